@@ -1,0 +1,256 @@
+//! Header parsing for the kernel program: Ethernet, VLAN, IPv4, IPv6, TCP, UDP, ICMP to a flow key.
+//!
+//! Written against the small [`Packet`] trait so the same code runs in the kernel (TC and XDP
+//! accessors in `main.rs`) and in host unit tests over byte slices.
+#![no_std]
+
+use devourer_common::flow::{FlowKey, KEY_F_IPV6, KEY_F_VLAN, VAL_F_ICMP, VAL_F_SYN};
+
+/// Bounded access to a frame's bytes.
+pub trait Packet {
+    /// Copies `size_of::<T>()` bytes at `off`; `None` when the frame is shorter.
+    fn load<T: Copy>(&self, off: usize) -> Option<T>;
+    /// The frame's length in bytes.
+    fn len(&self) -> usize;
+}
+
+/// What one packet contributes to its flow (the key's `ifindex` is left for the caller).
+#[derive(Clone, Copy)]
+pub struct Parsed {
+    pub key: FlowKey,
+    /// IP-layer bytes from the IP length field.
+    pub bytes: u32,
+    pub tcp_flags: u16,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// `VAL_F_*` bits for the flow value.
+    pub val_flags: u8,
+}
+
+/// Why a frame is not part of any flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...).
+    NonIp,
+    /// Truncated or inconsistent headers.
+    Malformed,
+}
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_HLEN: usize = 14;
+/// IPv6 extension headers walked before giving up on finding the transport header.
+pub const MAX_IPV6_EXT: usize = 8;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_DCCP: u8 = 33;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_UDPLITE: u8 = 136;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    ver_ihl: u8,
+    tos: u8,
+    tot_len: [u8; 2],
+    id: [u8; 2],
+    frag_off: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Hdr {
+    ver_tc_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_hdr: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+#[inline(always)]
+const fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// Parses one frame starting at its Ethernet header. `vlan_hint` is the tag the kernel already
+/// removed from the frame (TC's `skb->vlan_tci`); it is the outer tag when present.
+#[inline(always)]
+pub fn parse<P: Packet>(p: &P, vlan_hint: Option<u16>) -> Result<Parsed, Skip> {
+    let mut key = FlowKey::default();
+    if let Some(tci) = vlan_hint {
+        key.vlan = tci & 0x0fff;
+        key.flags |= KEY_F_VLAN;
+    }
+    let mut ethertype = be16(p.load::<[u8; 2]>(12).ok_or(Skip::Malformed)?);
+    let mut off = ETH_HLEN;
+    // Up to two tags (802.1Q, or QinQ: 802.1ad outer + 802.1Q inner) in the frame itself.
+    for _ in 0..2 {
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            let tag: [u8; 4] = p.load(off).ok_or(Skip::Malformed)?;
+            if key.flags & KEY_F_VLAN == 0 {
+                key.vlan = be16([tag[0], tag[1]]) & 0x0fff;
+                key.flags |= KEY_F_VLAN;
+            }
+            ethertype = be16([tag[2], tag[3]]);
+            off += 4;
+        }
+    }
+    let mut out = Parsed {
+        key,
+        bytes: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        val_flags: 0,
+    };
+    match ethertype {
+        ETH_P_IP => parse_ipv4(p, off, &mut out)?,
+        ETH_P_IPV6 => parse_ipv6(p, off, &mut out)?,
+        _ => return Err(Skip::NonIp),
+    }
+    Ok(out)
+}
+
+#[inline(always)]
+fn parse_ipv4<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip> {
+    let h: Ipv4Hdr = p.load(off).ok_or(Skip::Malformed)?;
+    if h.ver_ihl >> 4 != 4 {
+        return Err(Skip::Malformed);
+    }
+    let ihl = ((h.ver_ihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(Skip::Malformed);
+    }
+    let tot_len = be16(h.tot_len) as usize;
+    out.bytes = if tot_len == 0 {
+        // TSO/BIG TCP super-packets may carry 0: the frame is the only length there is.
+        p.len().saturating_sub(off) as u32
+    } else if tot_len < ihl {
+        return Err(Skip::Malformed);
+    } else {
+        tot_len as u32
+    };
+    out.key.src_addr = v4_mapped(h.src);
+    out.key.dst_addr = v4_mapped(h.dst);
+    out.key.proto = h.proto;
+    if be16(h.frag_off) & 0x1fff != 0 {
+        // Non-first fragment: no transport header; counted with ports 0.
+        return Ok(());
+    }
+    parse_l4(p, off + ihl, false, out)
+}
+
+#[inline(always)]
+fn parse_ipv6<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip> {
+    let h: Ipv6Hdr = p.load(off).ok_or(Skip::Malformed)?;
+    if h.ver_tc_flow[0] >> 4 != 6 {
+        return Err(Skip::Malformed);
+    }
+    let payload = be16(h.payload_len) as usize;
+    out.bytes = if payload == 0 {
+        // Jumbogram / BIG TCP: the payload length lives elsewhere; use the frame.
+        p.len().saturating_sub(off) as u32
+    } else {
+        (payload + 40) as u32
+    };
+    out.key.src_addr = h.src;
+    out.key.dst_addr = h.dst;
+    out.key.flags |= KEY_F_IPV6;
+    let mut next = h.next_hdr;
+    let mut l4 = off + 40;
+    let mut walked_all = true;
+    for _ in 0..MAX_IPV6_EXT {
+        match next {
+            // Hop-by-hop, routing, destination options, mobility, HIP, shim6.
+            0 | 43 | 60 | 135 | 139 | 140 => {
+                let e: [u8; 2] = p.load(l4).ok_or(Skip::Malformed)?;
+                next = e[0];
+                l4 += (e[1] as usize + 1) * 8;
+            }
+            // Fragment header.
+            44 => {
+                let f: [u8; 4] = p.load(l4).ok_or(Skip::Malformed)?;
+                next = f[0];
+                l4 += 8;
+                if be16([f[2], f[3]]) >> 3 != 0 {
+                    out.key.proto = next;
+                    return Ok(());
+                }
+            }
+            // Authentication header: length in 4-byte units, minus 2.
+            51 => {
+                let e: [u8; 2] = p.load(l4).ok_or(Skip::Malformed)?;
+                next = e[0];
+                l4 += (e[1] as usize + 2) * 4;
+            }
+            _ => {
+                walked_all = false;
+                break;
+            }
+        }
+    }
+    out.key.proto = next;
+    if walked_all {
+        // More extension headers than we walk: counted, with ports 0.
+        return Ok(());
+    }
+    parse_l4(p, l4, true, out)
+}
+
+#[inline(always)]
+fn parse_l4<P: Packet>(p: &P, off: usize, v6: bool, out: &mut Parsed) -> Result<(), Skip> {
+    match out.key.proto {
+        IPPROTO_TCP => {
+            let t: [u8; 14] = p.load(off).ok_or(Skip::Malformed)?;
+            out.key.src_port = be16([t[0], t[1]]);
+            out.key.dst_port = be16([t[2], t[3]]);
+            let flags = t[13];
+            out.tcp_flags = flags as u16 | (((t[12] & 1) as u16) << 8);
+            if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                out.val_flags |= VAL_F_SYN;
+            }
+        }
+        IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP | IPPROTO_DCCP => {
+            let u: [u8; 4] = p.load(off).ok_or(Skip::Malformed)?;
+            out.key.src_port = be16([u[0], u[1]]);
+            out.key.dst_port = be16([u[2], u[3]]);
+        }
+        IPPROTO_ICMP if !v6 => icmp(p, off, out)?,
+        IPPROTO_ICMPV6 if v6 => icmp(p, off, out)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn icmp<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip> {
+    let t: [u8; 2] = p.load(off).ok_or(Skip::Malformed)?;
+    out.icmp_type = t[0];
+    out.icmp_code = t[1];
+    out.val_flags |= VAL_F_ICMP;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! The parser over frames built with etherparse (and by hand where etherparse will not build
+//! them: options, fragments, extension headers, broken headers).
+
+extern crate std;
+
+use std::{vec, vec::Vec};
+
+use etherparse::{PacketBuilder, VlanId};
+
+use super::*;
+
+struct Bytes<'a>(&'a [u8]);
+
+impl Packet for Bytes<'_> {
+    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+        let end = off.checked_add(size_of::<T>())?;
+        let b = self.0.get(off..end)?;
+        // SAFETY: length checked.
+        Some(unsafe { core::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+fn run(frame: &[u8]) -> Result<Parsed, Skip> {
+    parse(&Bytes(frame), None)
+}
+
+const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+fn v4(a: [u8; 4]) -> [u8; 16] {
+    super::v4_mapped(a)
+}
+
+#[test]
+fn udp_over_ipv4() {
+    let b = PacketBuilder::ethernet2(MAC, MAC)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(5353, 53);
+    let mut f = Vec::new();
+    b.write(&mut f, &[0u8; 30]).unwrap();
+    let p = run(&f).unwrap();
+    assert_eq!(p.key.src_addr, v4([10, 0, 0, 1]));
+    assert_eq!(p.key.dst_addr, v4([10, 0, 0, 2]));
+    assert_eq!(
+        (p.key.src_port, p.key.dst_port, p.key.proto),
+        (5353, 53, 17)
+    );
+    assert_eq!(p.bytes, 20 + 8 + 30);
+    assert_eq!(p.key.flags & (KEY_F_VLAN | KEY_F_IPV6), 0);
+}
+
+#[test]
+fn tcp_flags_and_bare_syn() {
+    let b = PacketBuilder::ethernet2(MAC, MAC)
+        .ipv6([1; 16], [2; 16], 64)
+        .tcp(40000, 443, 1, 1000)
+        .syn();
+    let mut f = Vec::new();
+    b.write(&mut f, &[]).unwrap();
+    let p = run(&f).unwrap();
+    assert_eq!(p.tcp_flags, 0x02);
+    assert_eq!(p.val_flags & VAL_F_SYN, VAL_F_SYN);
+    assert_eq!(p.key.flags & KEY_F_IPV6, KEY_F_IPV6);
+    assert_eq!(p.bytes, 40 + 20);
+
+    let b = PacketBuilder::ethernet2(MAC, MAC)
+        .ipv6([2; 16], [1; 16], 64)
+        .tcp(443, 40000, 1, 1000)
+        .syn()
+        .ack(2);
+    let mut f = Vec::new();
+    b.write(&mut f, &[]).unwrap();
+    let p = run(&f).unwrap();
+    assert_eq!(p.tcp_flags, 0x12);
+    assert_eq!(p.val_flags & VAL_F_SYN, 0, "SYN-ACK is not the initiator");
+}
+
+#[test]
+fn vlan_and_qinq_take_the_outer_id() {
+    let b = PacketBuilder::ethernet2(MAC, MAC)
+        .single_vlan(VlanId::try_new(100).unwrap())
+        .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 64)
+        .udp(1, 2);
+    let mut f = Vec::new();
+    b.write(&mut f, &[]).unwrap();
+    let p = run(&f).unwrap();
+    assert_eq!((p.key.vlan, p.key.flags & KEY_F_VLAN), (100, KEY_F_VLAN));
+    assert_eq!(p.key.src_port, 1);
+
+    let b = PacketBuilder::ethernet2(MAC, MAC)
+        .double_vlan(VlanId::try_new(200).unwrap(), VlanId::try_new(300).unwrap())
+        .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 64)
+        .udp(1, 2);
+    let mut f = Vec::new();
+    b.write(&mut f, &[]).unwrap();
+    let p = run(&f).unwrap();
+    assert_eq!(p.key.vlan, 200);
+    assert_eq!(p.key.dst_port, 2);
+
+    // The kernel already moved the outer tag to skb->vlan_tci: the hint wins.
+    let p = parse(&Bytes(&f), Some(0x2000 | 7)).unwrap();
+    assert_eq!(p.key.vlan, 7);
+}
+
+/// An IPv4 header with `opts` option bytes (a multiple of 4) and the given fragment field.
+fn ipv4_raw(proto: u8, opts: usize, frag: u16, payload: &[u8]) -> Vec<u8> {
+    let ihl = 20 + opts;
+    let tot = (ihl + payload.len()) as u16;
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.push(0x40 | (ihl / 4) as u8);
+    f.push(0);
+    f.extend_from_slice(&tot.to_be_bytes());
+    f.extend_from_slice(&[0, 1]);
+    f.extend_from_slice(&frag.to_be_bytes());
+    f.extend_from_slice(&[64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    f.extend(core::iter::repeat_n(1u8, opts)); // NOPs
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn ipv4_options_move_the_transport_header() {
+    let udp = [0x30, 0x39, 0x00, 0x35, 0, 8, 0, 0];
+    let p = run(&ipv4_raw(17, 8, 0, &udp)).unwrap();
+    assert_eq!((p.key.src_port, p.key.dst_port), (12345, 53));
+    assert_eq!(p.bytes, 28 + 8);
+}
+
+#[test]
+fn fragments_first_has_ports_later_ones_do_not() {
+    let udp = [0x30, 0x39, 0x00, 0x35, 0, 8, 0, 0];
+    let first = run(&ipv4_raw(17, 0, 0x2000, &udp)).unwrap();
+    assert_eq!(first.key.src_port, 12345);
+    let later = run(&ipv4_raw(17, 0, 0x00b9, &[0xff; 16])).unwrap();
+    assert_eq!(
+        (later.key.src_port, later.key.dst_port, later.key.proto),
+        (0, 0, 17)
+    );
+    assert_eq!(later.bytes, 36);
+}
+
+fn ipv6_raw(next: u8, ext: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&((ext.len() + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 64]);
+    f.extend_from_slice(&[0xfe; 16]);
+    f.extend_from_slice(&[0xfd; 16]);
+    f.extend_from_slice(ext);
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    let udp = [0x00, 0x35, 0x30, 0x39, 0, 8, 0, 0];
+    // Hop-by-hop (8 bytes) -> destination options (16 bytes) -> UDP.
+    let mut ext = vec![60, 0, 1, 4, 0, 0, 0, 0];
+    ext.extend_from_slice(&[17, 1, 1, 12]);
+    ext.extend_from_slice(&[0; 12]);
+    let p = run(&ipv6_raw(0, &ext, &udp)).unwrap();
+    assert_eq!(
+        (p.key.proto, p.key.src_port, p.key.dst_port),
+        (17, 53, 12345)
+    );
+    assert_eq!(p.bytes, 40 + 24 + 8);
+
+    // A non-first fragment: the fragment header's next header, ports 0.
+    let frag = [17, 0, 0x05, 0x01, 0, 0, 0, 1];
+    let p = run(&ipv6_raw(44, &frag, &[0xaa; 20])).unwrap();
+    assert_eq!((p.key.proto, p.key.src_port), (17, 0));
+
+    // A first fragment still has its ports.
+    let frag = [17, 0, 0x00, 0x01, 0, 0, 0, 1];
+    let p = run(&ipv6_raw(44, &frag, &udp)).unwrap();
+    assert_eq!(p.key.src_port, 53);
+}
+
+#[test]
+fn icmp_type_and_code_are_kept() {
+    let b = PacketBuilder::ethernet2(MAC, MAC)
+        .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 64)
+        .icmpv4_echo_request(1, 1);
+    let mut f = Vec::new();
+    b.write(&mut f, &[0; 56]).unwrap();
+    let p = run(&f).unwrap();
+    assert_eq!((p.key.proto, p.icmp_type, p.icmp_code), (1, 8, 0));
+    assert_eq!(p.val_flags & VAL_F_ICMP, VAL_F_ICMP);
+    assert_eq!(p.bytes, 84);
+}
+
+#[test]
+fn broken_headers_are_malformed_and_other_ethertypes_are_not_ip() {
+    assert_eq!(run(&[0u8; 10]).err(), Some(Skip::Malformed));
+    let mut arp = vec![0u8; 42];
+    arp[12] = 0x08;
+    arp[13] = 0x06;
+    assert_eq!(run(&arp).err(), Some(Skip::NonIp));
+    // IHL 3 (12 bytes) is impossible.
+    let mut bad = ipv4_raw(17, 0, 0, &[0; 8]);
+    bad[14] = 0x43;
+    assert_eq!(run(&bad).err(), Some(Skip::Malformed));
+    // Version 5 in an IPv4 ethertype.
+    let mut bad = ipv4_raw(17, 0, 0, &[0; 8]);
+    bad[14] = 0x55;
+    assert_eq!(run(&bad).err(), Some(Skip::Malformed));
+    // Total length shorter than the header.
+    let mut bad = ipv4_raw(17, 0, 0, &[0; 8]);
+    bad[16..18].copy_from_slice(&10u16.to_be_bytes());
+    assert_eq!(run(&bad).err(), Some(Skip::Malformed));
+    // IP header cut short, and a TCP header cut short.
+    let ok = ipv4_raw(6, 0, 0, &[0; 20]);
+    assert_eq!(run(&ok[..30]).err(), Some(Skip::Malformed));
+    assert_eq!(run(&ok[..40]).err(), Some(Skip::Malformed));
+    assert!(run(&ok).is_ok());
+    // A VLAN tag with nothing after it.
+    let mut vlan = vec![0u8; 12];
+    vlan.extend_from_slice(&[0x81, 0x00, 0x00]);
+    assert_eq!(run(&vlan).err(), Some(Skip::Malformed));
+}

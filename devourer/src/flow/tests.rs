@@ -1,0 +1,350 @@
+//! Flow table behaviour against a fake per-CPU map that counts like the kernel program.
+
+use std::collections::BTreeMap;
+
+use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN};
+
+use super::*;
+
+const S: u64 = 1_000_000_000;
+const NCPU: usize = 4;
+
+fn cfg() -> TableConfig {
+    TableConfig {
+        idle_timeout: 10 * S,
+        active_timeout: 60 * S,
+        tcp_linger: 2 * S,
+        evict_after: 3 * S,
+    }
+}
+
+/// A per-CPU hash as the kernel program fills it.
+#[derive(Default)]
+struct FakeMap {
+    entries: BTreeMap<FlowKey, [FlowValue; NCPU]>,
+    capacity: usize,
+    /// Packets that arrive between the table's read and its delete (the eviction race).
+    on_take: Vec<(FlowKey, usize, u64, u64)>,
+    takes: usize,
+}
+
+impl FakeMap {
+    fn new() -> Self {
+        Self {
+            capacity: 1024,
+            ..Default::default()
+        }
+    }
+
+    fn packet(&mut self, cpu: usize, key: FlowKey, ts: u64, bytes: u64, tcp: u16, flags: u8) {
+        let slot = &mut self.entries.entry(key).or_default()[cpu];
+        if slot.first_ns == 0 || ts < slot.first_ns {
+            slot.first_ns = ts;
+        }
+        slot.last_ns = slot.last_ns.max(ts);
+        slot.bytes += bytes;
+        slot.packets += 1;
+        slot.tcp_flags |= tcp;
+        slot.flags |= flags;
+    }
+}
+
+impl FlowSource for FakeMap {
+    fn read_all(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> io::Result<()> {
+        for (k, slots) in &self.entries {
+            if let Some(v) = sum_per_cpu(slots.iter().copied()) {
+                out.push((*k, v));
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, key: &FlowKey) -> io::Result<Option<FlowValue>> {
+        self.takes += 1;
+        for (k, cpu, ts, bytes) in std::mem::take(&mut self.on_take) {
+            self.packet(cpu, k, ts, bytes, 0, 0);
+        }
+        Ok(self
+            .entries
+            .remove(key)
+            .and_then(|slots| sum_per_cpu(slots)))
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+fn key(a: u8, ap: u16, b: u8, bp: u16, proto: u8) -> FlowKey {
+    let mut k = FlowKey {
+        src_port: ap,
+        dst_port: bp,
+        proto,
+        ifindex: 2,
+        ..Default::default()
+    };
+    k.src_addr[15] = a;
+    k.dst_addr[15] = b;
+    k
+}
+
+fn rev(k: FlowKey) -> FlowKey {
+    super::reverse(&k)
+}
+
+fn scan(t: &mut FlowTable, m: &mut FakeMap, now: u64) -> Vec<Emitted> {
+    t.scan(m, now, false, &mut ScanStats::default()).unwrap()
+}
+
+#[test]
+fn per_cpu_slots_sum_with_earliest_first_packet_and_its_icmp_type() {
+    let a = FlowValue {
+        first_ns: 20,
+        last_ns: 50,
+        bytes: 100,
+        packets: 2,
+        icmp_type: 0,
+        flags: VAL_F_ICMP,
+        ..Default::default()
+    };
+    let b = FlowValue {
+        first_ns: 10,
+        last_ns: 30,
+        bytes: 60,
+        packets: 1,
+        icmp_type: 8,
+        flags: VAL_F_ICMP,
+        ..Default::default()
+    };
+    let v = sum_per_cpu([FlowValue::default(), a, FlowValue::default(), b]).unwrap();
+    assert_eq!(
+        (v.first_ns, v.last_ns, v.bytes, v.packets),
+        (10, 50, 160, 3)
+    );
+    assert_eq!(v.icmp_type, 8);
+    assert!(sum_per_cpu([FlowValue::default(); 3]).is_none());
+}
+
+#[test]
+fn both_directions_merge_with_the_syn_sender_as_source() {
+    let mut m = FakeMap::new();
+    let mut t = FlowTable::new(cfg());
+    // Client 9:40000 -> server 1:80. The server's reply is stamped earlier on another CPU
+    // (clocks differ per CPU): the bare SYN still decides who initiated.
+    let c2s = key(9, 40000, 1, 80, 6);
+    m.packet(0, rev(c2s), S + 5, 60, 0x12, 0);
+    m.packet(1, c2s, S + 10, 60, 0x02, VAL_F_SYN);
+    m.packet(1, c2s, S + 20, 52, 0x10, 0);
+    assert!(scan(&mut t, &mut m, 2 * S).is_empty());
+    let out = scan(&mut t, &mut m, 20 * S);
+    assert_eq!(out.len(), 1);
+    let r = &out[0];
+    assert_eq!(r.key.src_addr[15], 9);
+    assert_eq!((r.key.src_port, r.key.dst_port), (40000, 80));
+    assert_eq!((r.src.bytes, r.src.packets), (112, 2));
+    assert_eq!((r.dst.bytes, r.dst.packets), (60, 1));
+    assert_eq!(r.status, Status::IdleTimeout);
+    assert_eq!(r.tcp_flags(), 0x12);
+    assert_eq!(r.first_ns, S + 5);
+    assert_eq!(r.last_ns, S + 20);
+}
+
+#[test]
+fn without_syn_the_first_sender_is_the_source() {
+    let mut m = FakeMap::new();
+    let mut t = FlowTable::new(cfg());
+    let q = key(1, 53, 9, 5353, 17);
+    m.packet(0, rev(q), S, 70, 0, 0);
+    m.packet(0, q, S + 100, 200, 0, 0);
+    let out = scan(&mut t, &mut m, 30 * S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].key.src_addr[15], 9);
+    assert_eq!(out[0].key.src_port, 5353);
+    assert_eq!(out[0].src.bytes, 70);
+    assert_eq!(out[0].dst.bytes, 200);
+}
+
+#[test]
+fn idle_timeout_waits_for_quiet_and_emits_once() {
+    let mut m = FakeMap::new();
+    let mut t = FlowTable::new(cfg());
+    let k = key(1, 1000, 2, 2000, 17);
+    m.packet(0, k, S, 100, 0, 0);
+    m.packet(0, k, 5 * S, 100, 0, 0);
+    assert!(
+        scan(&mut t, &mut m, 14 * S).is_empty(),
+        "quiet 9s < 10s idle"
+    );
+    let out = scan(&mut t, &mut m, 15 * S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].src.packets, 2);
+    assert!(scan(&mut t, &mut m, 30 * S).is_empty());
+    assert!(t.is_empty());
+    assert!(m.entries.is_empty(), "kernel entry deleted");
+}
+
+#[test]
+fn active_timeout_emits_deltas_with_increasing_seq_and_one_flow_start() {
+    let mut m = FakeMap::new();
+    let mut t = FlowTable::new(cfg());
+    let k = key(1, 1000, 2, 2000, 6);
+    let mut out = Vec::new();
+    // A packet every second for 150 s, scans every second.
+    for s in 1..=150u64 {
+        m.packet((s % 3) as usize, k, s * S, 10, 0x10, 0);
+        out.extend(scan(&mut t, &mut m, s * S + S / 2));
+    }
+    out.extend(scan(&mut t, &mut m, 200 * S));
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(out.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(
+        out.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![
+            Status::ActiveTimeout,
+            Status::ActiveTimeout,
+            Status::IdleTimeout
+        ]
+    );
+    assert!(out.iter().all(|r| r.flow_start_ns == S));
+    let total: u64 = out.iter().map(|r| r.src.packets).sum();
+    assert_eq!(total, 150, "deltas add up to every packet exactly once");
+    // Each continuation starts at the first packet after the previous record's end.
+    assert_eq!(out[1].first_ns, out[0].last_ns + S);
+    assert_eq!(out[2].first_ns, out[1].last_ns + S);
+}
+
+#[test]
+fn tcp_close_is_emitted_after_the_linger_not_before() {
+    let mut m = FakeMap::new();
+    let mut t = FlowTable::new(cfg());
+    let k = key(1, 1000, 2, 80, 6);
+    m.packet(0, k, S, 60, 0x02, VAL_F_SYN);
+    m.packet(0, rev(k), S + 1, 60, 0x12, 0);
+    m.packet(0, k, 2 * S, 52, 0x11, 0);
+    m.packet(0, rev(k), 2 * S + 1, 52, 0x11, 0);
+    assert!(scan(&mut t, &mut m, 3 * S).is_empty(), "within linger");
+    m.packet(0, k, 3 * S, 52, 0x10, 0);
+    let out = scan(&mut t, &mut m, 5 * S + 1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status, Status::TcpClosed);
+    assert_eq!(out[0].src.packets, 3, "the last ACK is in the record");
+}
+
+#[test]
+fn rst_alone_closes() {
+    let mut m = FakeMap::new();
+    let mut t = FlowTable::new(cfg());
+    let k = key(1, 1000, 2, 80, 6);
+    m.packet(0, k, S, 60, 0x02, VAL_F_SYN);
+    m.packet(0, rev(k), S + 1, 40, 0x14, 0);
+    let out = scan(&mut t, &mut m, 4 * S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status, Status::TcpClosed);
+}
+
+#[test]
+fn a_packet_between_read_and_delete_is_kept_and_keeps_the_flow_open() {
+    let mut m = FakeMap::new();
+    let mut t = FlowTable::new(cfg());
+    let k = key(1, 1000, 2, 2000, 17);
+    m.packet(0, k, S, 100, 0, 0);
+    // At 11 s the entry reads as idle; while the table deletes it, a packet lands.
+    m.on_take.push((k, 1, 11 * S, 40));
+    let out = scan(&mut t, &mut m, 11 * S);
+    assert!(
+        out.is_empty(),
+        "the late packet keeps the flow from idling: {out:?}"
+    );
+    let out = scan(&mut t, &mut m, 30 * S);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].src.packets, out[0].src.bytes), (2, 140));
+}
+
+#[test]
+fn quiet_entries_leave_the_kernel_map_but_not_the_record() {
+    let mut m = FakeMap::new();
+    let mut t = FlowTable::new(cfg());
+    let k = key(1, 1000, 2, 2000, 17);
+    m.packet(0, k, S, 100, 0, 0);
+    assert!(scan(&mut t, &mut m, 5 * S).is_empty());
+    assert!(m.entries.is_empty(), "evicted after 3 s quiet");
+    m.packet(1, k, 8 * S, 50, 0, 0);
+    m.packet(1, rev(k), 8 * S + 1, 70, 0, 0);
+    assert!(scan(&mut t, &mut m, 9 * S).is_empty());
+    let out = scan(&mut t, &mut m, 19 * S);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let r = &out[0];
+    assert_eq!((r.src.packets, r.src.bytes, r.dst.bytes), (2, 150, 70));
+    assert_eq!((r.first_ns, r.last_ns), (S, 8 * S + 1));
+}
+
+#[test]
+fn pressure_evicts_the_least_recently_active_half_without_losing_counts() {
+    let mut m = FakeMap::new();
+    m.capacity = 8;
+    let mut t = FlowTable::new(cfg());
+    for i in 0..8u8 {
+        m.packet(
+            0,
+            key(1, 1000 + u16::from(i), 2, 53, 17),
+            S + u64::from(i),
+            80,
+            0,
+            0,
+        );
+    }
+    let mut st = ScanStats::default();
+    assert!(t.scan(&mut m, 2 * S, true, &mut st).unwrap().is_empty());
+    assert_eq!(m.entries.len(), 4);
+    assert!(
+        m.entries.keys().all(|k| k.src_port >= 1004),
+        "the newest stay"
+    );
+    let out = t.flush(&mut m, Status::Shutdown).unwrap();
+    assert_eq!(out.len(), 8);
+    assert!(
+        out.iter()
+            .all(|r| r.src.bytes == 80 && r.status == Status::Shutdown)
+    );
+}
+
+#[test]
+fn flush_emits_every_open_flow_in_a_stable_order() {
+    let run = || {
+        let mut m = FakeMap::new();
+        let mut t = FlowTable::new(cfg());
+        for i in 0..50u8 {
+            m.packet(usize::from(i) % NCPU, key(i, 10, 200, 20, 17), S, 1, 0, 0);
+        }
+        scan(&mut t, &mut m, 2 * S);
+        t.flush(&mut m, Status::EndOfInput).unwrap()
+    };
+    let a = run();
+    assert_eq!(a.len(), 50);
+    assert_eq!(a, run());
+    assert!(a.iter().all(|r| r.status == Status::EndOfInput));
+}
+
+#[test]
+fn icmp_records_carry_the_first_packets_type() {
+    let mut m = FakeMap::new();
+    let mut t = FlowTable::new(cfg());
+    let k = key(1, 0, 2, 0, 1);
+    let mut echo = |cpu, k, ts, ty: u8| {
+        let slot = &mut m.entries.entry(k).or_default()[cpu];
+        *slot = FlowValue {
+            first_ns: ts,
+            last_ns: ts,
+            bytes: 84,
+            packets: 1,
+            icmp_type: ty,
+            flags: VAL_F_ICMP,
+            ..Default::default()
+        };
+    };
+    echo(0, rev(k), 2 * S, 0);
+    echo(1, k, S, 8);
+    let out = scan(&mut t, &mut m, 20 * S);
+    assert_eq!(out[0].icmp(), Some((8, 0)));
+    assert_eq!(out[0].key.src_addr[15], 1);
+}

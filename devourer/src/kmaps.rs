@@ -1,0 +1,262 @@
+//! The map reader: batched reads and atomic deletes of the kernel flow map, and the kernel's
+//! counters and overflow aggregates.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+};
+
+use aya::maps::{Map, MapData};
+use devourer_common::flow::{
+    C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
+    C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS, COUNTERS_LEN, FlowKey,
+    FlowValue, OverflowKey, OverflowValue,
+};
+
+use crate::{bpf_sys, flow::FlowSource};
+
+/// Elements fetched per BPF_MAP_LOOKUP_BATCH call.
+const BATCH: usize = 4096;
+
+fn value_stride<V>() -> usize {
+    size_of::<V>().next_multiple_of(8)
+}
+
+fn read_pod<T: Copy>(bytes: &[u8]) -> T {
+    assert!(bytes.len() >= size_of::<T>());
+    // SAFETY: length checked; T is a plain-old-data repr(C) type shared with the kernel.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+fn as_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is plain-old-data without padding holes that matter for a key lookup
+    // (the shared types have explicit padding fields).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// A per-CPU hash map read through its fd.
+pub struct PerCpuHash<K, V> {
+    fd: OwnedFd,
+    ncpus: usize,
+    capacity: usize,
+    batch_ok: bool,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    _kv: std::marker::PhantomData<(K, V)>,
+}
+
+impl<K: Copy, V: Copy> PerCpuHash<K, V> {
+    pub fn new(map: Map, ncpus: usize, capacity: usize) -> io::Result<Self> {
+        let data: MapData = match map {
+            Map::PerCpuHashMap(d) => d,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "expected a per-CPU hash map",
+                ));
+            }
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned()?;
+        Ok(Self {
+            fd,
+            ncpus,
+            capacity,
+            batch_ok: true,
+            keys: Vec::new(),
+            values: Vec::new(),
+            _kv: std::marker::PhantomData,
+        })
+    }
+
+    fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn slots(&self, values: &[u8]) -> Vec<V> {
+        let stride = value_stride::<V>();
+        (0..self.ncpus)
+            .map(|c| read_pod::<V>(&values[c * stride..]))
+            .collect()
+    }
+
+    /// Calls `f` with every key and its per-CPU slots.
+    pub fn for_each(&mut self, mut f: impl FnMut(K, &[V])) -> io::Result<()> {
+        if self.batch_ok {
+            match self.for_each_batched(&mut f) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!("BPF_MAP_LOOKUP_BATCH unsupported ({e}); reading key by key");
+                    self.batch_ok = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.for_each_by_key(&mut f)
+    }
+
+    fn for_each_batched(&mut self, f: &mut impl FnMut(K, &[V])) -> io::Result<()> {
+        let vsize = value_stride::<V>() * self.ncpus;
+        self.keys.resize(BATCH * size_of::<K>(), 0);
+        self.values.resize(BATCH * vsize, 0);
+        let mut cursor = None;
+        loop {
+            let (n, done) = bpf_sys::lookup_batch(
+                self.raw(),
+                &mut cursor,
+                &mut self.keys,
+                &mut self.values,
+                BATCH as u32,
+            )?;
+            for i in 0..n as usize {
+                let k = read_pod::<K>(&self.keys[i * size_of::<K>()..]);
+                let slots = self.slots(&self.values[i * vsize..(i + 1) * vsize]);
+                f(k, &slots);
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    fn for_each_by_key(&mut self, f: &mut impl FnMut(K, &[V])) -> io::Result<()> {
+        let mut keys = Vec::new();
+        let mut prev: Option<K> = None;
+        loop {
+            let mut next = vec![0u8; size_of::<K>()];
+            let prev_bytes = prev.map(|k| as_bytes(&k).to_vec());
+            if !bpf_sys::get_next_key(self.raw(), prev_bytes.as_deref(), &mut next)? {
+                break;
+            }
+            let k = read_pod::<K>(&next);
+            keys.push(k);
+            prev = Some(k);
+        }
+        let mut buf = vec![0u8; value_stride::<V>() * self.ncpus];
+        for k in keys {
+            if bpf_sys::lookup(self.raw(), as_bytes(&k), &mut buf)? {
+                let slots = self.slots(&buf);
+                f(k, &slots);
+            }
+        }
+        Ok(())
+    }
+
+    /// Atomically removes `key`, returning its per-CPU slots.
+    pub fn take(&mut self, key: &K) -> io::Result<Option<Vec<V>>> {
+        let mut buf = vec![0u8; value_stride::<V>() * self.ncpus];
+        if bpf_sys::lookup_and_delete(self.raw(), as_bytes(key), &mut buf)? {
+            Ok(Some(self.slots(&buf)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// The kernel flow map as the flow table's source.
+pub struct KernelFlows(pub PerCpuHash<FlowKey, FlowValue>);
+
+impl FlowSource for KernelFlows {
+    fn read_all(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> io::Result<()> {
+        self.0.for_each(|k, slots| {
+            if let Some(v) = crate::flow::sum_per_cpu(slots.iter().copied()) {
+                out.push((k, v));
+            }
+        })
+    }
+
+    fn take(&mut self, key: &FlowKey) -> io::Result<Option<FlowValue>> {
+        Ok(self
+            .0
+            .take(key)?
+            .and_then(|slots| crate::flow::sum_per_cpu(slots)))
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+/// What the kernel program counted besides flows, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub packets: u64,
+    pub non_ip: u64,
+    pub malformed: u64,
+    pub map_full: u64,
+    pub overflow_full_packets: u64,
+    pub overflow_full_bytes: u64,
+    pub insert_race: u64,
+    pub wakeups: u64,
+    pub wakeup_failed: u64,
+}
+
+/// The counter array (a per-CPU array of u64).
+pub struct Counters {
+    fd: OwnedFd,
+    ncpus: usize,
+}
+
+impl Counters {
+    pub fn new(map: Map, ncpus: usize) -> io::Result<Self> {
+        let data = match map {
+            Map::PerCpuArray(d) => d,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "expected a per-CPU array",
+                ));
+            }
+        };
+        Ok(Self {
+            fd: data.fd().as_fd().try_clone_to_owned()?,
+            ncpus,
+        })
+    }
+
+    pub fn read(&self) -> io::Result<KernelCounters> {
+        let mut sums = [0u64; COUNTERS_LEN as usize];
+        let mut buf = vec![0u8; 8 * self.ncpus];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let key = i as u32;
+            if bpf_sys::lookup(self.fd.as_raw_fd(), &key.to_ne_bytes(), &mut buf)? {
+                *sum = buf
+                    .chunks_exact(8)
+                    .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+                    .sum();
+            }
+        }
+        let at = |i: u32| sums[i as usize];
+        Ok(KernelCounters {
+            packets: at(C_PACKETS),
+            non_ip: at(C_NON_IP),
+            malformed: at(C_MALFORMED),
+            map_full: at(C_MAP_FULL),
+            overflow_full_packets: at(C_OVERFLOW_FULL_PACKETS),
+            overflow_full_bytes: at(C_OVERFLOW_FULL_BYTES),
+            insert_race: at(C_INSERT_RACE),
+            wakeups: at(C_WAKEUPS),
+            wakeup_failed: at(C_WAKEUP_FAILED),
+        })
+    }
+}
+
+/// Reads the overflow aggregates: (ifindex, protocol) -> (bytes, packets), summed over CPUs.
+pub fn read_overflow(
+    map: &mut PerCpuHash<OverflowKey, OverflowValue>,
+) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
+    let mut out = Vec::new();
+    map.for_each(|k, slots| {
+        let mut total = OverflowValue::default();
+        for s in slots {
+            total.bytes += s.bytes;
+            total.packets += s.packets;
+        }
+        out.push((k, total));
+    })?;
+    out.sort_by_key(|(k, _)| *k);
+    Ok(out)
+}

@@ -1,0 +1,14 @@
+//! devourer's agent: loads the kernel program, reads and evicts its maps, merges flows and
+//! streams records to sinks, live (`capture`) or over a capture file (`read`).
+
+pub mod bpf_sys;
+pub mod capture;
+pub mod config;
+pub mod flow;
+pub mod kmaps;
+pub mod loader;
+pub mod offline;
+pub mod pcap;
+pub mod pipeline;
+pub mod record;
+pub mod sink;

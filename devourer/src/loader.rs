@@ -1,0 +1,384 @@
+//! The capture loader: loads the embedded kernel program with its load-time settings, hands out
+//! its maps, and attaches it to interfaces (TC via TCX or netlink, or XDP plus TC egress).
+
+use std::{
+    fmt, io,
+    os::fd::{AsFd as _, AsRawFd},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{self, NlOptions, TcAttachOptions},
+    },
+    util::KernelVersion,
+};
+use devourer_common::flow::{
+    COUNTERS_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_WAKE_INTERVAL_NS, OVERFLOW_MAP,
+    OVERFLOW_MAP_ENTRIES, WAKEUP_RING,
+};
+
+use crate::kmaps::{Counters, KernelFlows, PerCpuHash};
+
+/// The kernel program, built by build.rs for bpfel-unknown-none.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/devourer"));
+
+pub const PROG_TC_INGRESS: &str = "devourer_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "devourer_tc_egress";
+pub const PROG_XDP: &str = "devourer_xdp";
+
+/// Oldest kernel devourer runs on: atomic lookup-and-delete on hash maps arrived in 5.14
+/// (ring buffers 5.8, batched lookups 5.6, test_run with an `__sk_buff` context 5.x).
+pub const MIN_KERNEL: (u8, u8) = (5, 14);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "kernel {found} is too old: devourer needs {}.{} or newer (atomic lookup-and-delete on hash maps)",
+        MIN_KERNEL.0, MIN_KERNEL.1
+    )]
+    KernelTooOld { found: String },
+    #[error(
+        "not permitted to load eBPF programs: devourer needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root)"
+    )]
+    Permission(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("loading the eBPF object failed (map creation or verifier)")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("reading map {0} failed")]
+    Map(&'static str, #[source] io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("unknown interface {0:?} (see `ip link`)")]
+    UnknownInterface(String),
+    #[error("attaching {prog} to {iface} ({hook}) failed")]
+    Attach {
+        prog: &'static str,
+        iface: String,
+        hook: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Which hooks count packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// TC on ingress and egress (one hook on loopback).
+    Tc,
+    /// XDP on ingress (native, else generic) and TC on egress.
+    Xdp,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tc => "tc",
+            Self::Xdp => "xdp",
+        })
+    }
+}
+
+pub struct LoadOptions {
+    pub offline: bool,
+    pub flow_map_entries: u32,
+    pub wake_interval_ns: u64,
+}
+
+/// The loaded program and the maps the agent reads.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub flows: KernelFlows,
+    pub overflow:
+        PerCpuHash<devourer_common::flow::OverflowKey, devourer_common::flow::OverflowValue>,
+    pub counters: Counters,
+    pub wakeup: RingBuf<MapData>,
+    pub ncpus: usize,
+}
+
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && io.raw_os_error() == Some(libc::EPERM)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn classify(e: impl std::error::Error + Send + Sync + 'static) -> LoadError {
+    if is_eperm(&e) {
+        LoadError::Permission(Box::new(e))
+    } else {
+        LoadError::Load(Box::new(e))
+    }
+}
+
+pub fn check_kernel() -> Result<KernelVersion, LoadError> {
+    let v = KernelVersion::current().map_err(|e| LoadError::KernelTooOld {
+        found: format!("(unknown: {e})"),
+    })?;
+    if v < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
+        return Err(LoadError::KernelTooOld {
+            found: format!("{v:?}"),
+        });
+    }
+    Ok(v)
+}
+
+/// Loads the object: creates the maps (flow map sized as asked) and loads the programs used by
+/// `mode` (all three for offline use, which picks one).
+pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    check_kernel()?;
+    raise_memlock();
+    let offline: u8 = opts.offline.into();
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_OFFLINE, &offline, true)
+        .override_global(GLOBAL_WAKE_INTERVAL_NS, &opts.wake_interval_ns, true)
+        .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
+        .load(EBPF_OBJECT)
+        .map_err(classify)?;
+    for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::Missing(name))?
+            .try_into()
+            .map_err(classify)?;
+        prog.load().map_err(classify)?;
+    }
+    let xdp: &mut Xdp = ebpf
+        .program_mut(PROG_XDP)
+        .ok_or(LoadError::Missing(PROG_XDP))?
+        .try_into()
+        .map_err(classify)?;
+    xdp.load().map_err(classify)?;
+
+    let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Map("possible cpus", e))?;
+    let take =
+        |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Missing(name));
+    let flows = PerCpuHash::new(
+        take(&mut ebpf, FLOWS_MAP)?,
+        ncpus,
+        opts.flow_map_entries as usize,
+    )
+    .map_err(|e| LoadError::Map(FLOWS_MAP, e))?;
+    let overflow = PerCpuHash::new(
+        take(&mut ebpf, OVERFLOW_MAP)?,
+        ncpus,
+        OVERFLOW_MAP_ENTRIES as usize,
+    )
+    .map_err(|e| LoadError::Map(OVERFLOW_MAP, e))?;
+    let counters = Counters::new(take(&mut ebpf, COUNTERS_MAP)?, ncpus)
+        .map_err(|e| LoadError::Map(COUNTERS_MAP, e))?;
+    let wakeup = RingBuf::try_from(take(&mut ebpf, WAKEUP_RING)?).map_err(classify)?;
+    Ok(Loaded {
+        ebpf,
+        flows: KernelFlows(flows),
+        overflow,
+        counters,
+        wakeup,
+        ncpus,
+    })
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it where we may.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain setrlimit with a valid struct.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        tracing::debug!(
+            "could not lift RLIMIT_MEMLOCK ({}); fine on kernels >= 5.11",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+impl Loaded {
+    /// The raw fd of a loaded program, for BPF_PROG_TEST_RUN.
+    pub fn prog_fd(&self, name: &'static str) -> Result<i32, LoadError> {
+        let prog = self.ebpf.program(name).ok_or(LoadError::Missing(name))?;
+        let fd = prog.fd().map_err(classify)?;
+        Ok(fd.as_fd().as_raw_fd())
+    }
+}
+
+/// How TC programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcLink {
+    /// TCX links (kernel 6.6+): they go away with the process.
+    Tcx,
+    /// Netlink clsact filters: leftovers from a crashed run are removed first.
+    Netlink,
+}
+
+pub fn default_tc_link() -> TcLink {
+    match KernelVersion::current() {
+        Ok(v) if v >= KernelVersion::new(6, 6, 0) => TcLink::Tcx,
+        _ => TcLink::Netlink,
+    }
+}
+
+/// What was attached where, for logs.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub hooks: Vec<&'static str>,
+}
+
+pub fn ifindex(iface: &str) -> Result<u32, AttachError> {
+    let c = std::ffi::CString::new(iface)
+        .map_err(|_| AttachError::UnknownInterface(iface.to_owned()))?;
+    // SAFETY: valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        Err(AttachError::UnknownInterface(iface.to_owned()))
+    } else {
+        Ok(idx)
+    }
+}
+
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    kind: TcAttachType,
+    link: TcLink,
+) -> Result<(), AttachError> {
+    let hook = match kind {
+        TcAttachType::Ingress => "tc ingress",
+        _ => "tc egress",
+    };
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| AttachError::Attach {
+        prog: name,
+        iface: iface.to_owned(),
+        hook,
+        source,
+    };
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .expect("loaded program")
+        .try_into()
+        .map_err(|e| err(Box::new(e)))?;
+    let options = match link {
+        TcLink::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+        TcLink::Netlink => {
+            if let Err(e) = tc::qdisc_add_clsact(iface) {
+                // EEXIST: the qdisc is already there, which is what we need.
+                tracing::debug!(iface, "clsact qdisc: {e}");
+            }
+            match tc::qdisc_detach_program(iface, kind, name) {
+                Ok(()) => tracing::warn!(iface, hook, "removed a filter left by an earlier run"),
+                Err(e) => tracing::debug!(iface, hook, "no leftover filter: {e}"),
+            }
+            TcAttachOptions::Netlink(NlOptions::default())
+        }
+    };
+    prog.attach_with_options(iface, kind, options)
+        .map_err(|e| err(Box::new(e)))?;
+    Ok(())
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, iface: &str, lo: bool) -> Result<&'static str, AttachError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROG_XDP)
+        .expect("loaded program")
+        .try_into()
+        .map_err(|e| AttachError::Attach {
+            prog: PROG_XDP,
+            iface: iface.to_owned(),
+            hook: "xdp",
+            source: Box::new(e),
+        })?;
+    if !lo {
+        match prog.attach(iface, XdpMode::Driver) {
+            Ok(_) => return Ok("xdp (native)"),
+            Err(e) => tracing::warn!(
+                iface,
+                "native XDP unavailable ({e}); falling back to generic (SKB) mode, which costs more"
+            ),
+        }
+    }
+    prog.attach(iface, XdpMode::Skb)
+        .map_err(|e| AttachError::Attach {
+            prog: PROG_XDP,
+            iface: iface.to_owned(),
+            hook: "xdp (skb)",
+            source: Box::new(e),
+        })?;
+    Ok("xdp (skb)")
+}
+
+/// Attaches to one interface so that each packet crossing it is seen once per direction.
+/// On loopback a packet is sent and received on the same device: one hook only.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: Mode,
+    link: TcLink,
+) -> Result<Attachment, AttachError> {
+    let idx = ifindex(iface)?;
+    let lo = is_loopback(iface);
+    let mut hooks = Vec::new();
+    match mode {
+        Mode::Tc => {
+            attach_tc(ebpf, PROG_TC_INGRESS, iface, TcAttachType::Ingress, link)?;
+            hooks.push("tc ingress");
+            if !lo {
+                attach_tc(ebpf, PROG_TC_EGRESS, iface, TcAttachType::Egress, link)?;
+                hooks.push("tc egress");
+            }
+        }
+        Mode::Xdp => {
+            hooks.push(attach_xdp(ebpf, iface, lo)?);
+            if !lo {
+                attach_tc(ebpf, PROG_TC_EGRESS, iface, TcAttachType::Egress, link)?;
+                hooks.push("tc egress");
+            }
+        }
+    }
+    Ok(Attachment {
+        iface: iface.to_owned(),
+        ifindex: idx,
+        hooks,
+    })
+}
+
+/// An interface's IFF_* flags from sysfs (0 when unreadable).
+fn iface_flags(iface: &str) -> u32 {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/flags"))
+        .ok()
+        .and_then(|s| u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0)
+}
+
+/// Loopback devices carry IFF_LOOPBACK in their flags.
+pub fn is_loopback(iface: &str) -> bool {
+    iface_flags(iface) & libc::IFF_LOOPBACK as u32 != 0
+}
+
+/// Every interface that is up and not loopback, for `--all-interfaces`.
+pub fn up_interfaces() -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/sys/class/net")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let flags = iface_flags(&name);
+        if flags & libc::IFF_UP as u32 != 0 && flags & libc::IFF_LOOPBACK as u32 == 0 {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,29 @@
+//! The `devourer` binary: parses the command line, sets up logging on stderr and runs a command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use devourer::config::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("DEVOURER_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let res = match cli.command {
+        Command::Capture(args) => devourer::capture::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Read(args) => devourer::offline::run(args),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Offline replay (`devourer read FILE`): every recorded frame goes through the same kernel
+//! program with BPF_PROG_TEST_RUN, the file's timestamps as its clock, then through the same
+//! flow table and sinks as live capture. Timeouts fire on the file's clock.
+
+use std::{io::IsTerminal, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use devourer_common::flow::XdpReplayMeta;
+
+use crate::{
+    bpf_sys,
+    config::ReadArgs,
+    flow::Status,
+    loader::{self, LoadOptions, Mode, PROG_TC_INGRESS, PROG_XDP},
+    pcap::{CaptureFile, FrameSkip, to_ethernet},
+    pipeline::{Pipeline, report_kernel},
+    record::Clock,
+    sink::JsonLinesSink,
+};
+
+/// Frames longer than this are replayed cut to this length: BPF_PROG_TEST_RUN refuses frames
+/// that do not fit in a page with its head- and tailroom (about 3.5 KiB for XDP). Bytes come
+/// from the IP length fields, so cutting changes no count.
+pub const MAX_REPLAY_FRAME: usize = 3072;
+
+/// What happened to the file's packets before the kernel program saw them.
+#[derive(Debug, Default)]
+struct ReplayStats {
+    packets: u64,
+    fed: u64,
+    short: u64,
+    unsupported_link: u64,
+    cut: u64,
+    run_errors: u64,
+}
+
+/// Record interface names: the pcapng `if_name`, else `pcap`. Interface `i` of the file is
+/// replayed as ifindex `i + 1`.
+fn sync_names(pipeline: &mut Pipeline, cap: &CaptureFile) {
+    for (i, iface) in cap.interfaces.iter().enumerate().skip(pipeline.names.len()) {
+        let name = iface.name.clone().unwrap_or_else(|| "pcap".into());
+        pipeline.names.insert(i as u32 + 1, name);
+    }
+}
+
+pub fn run(args: ReadArgs) -> Result<ExitCode> {
+    let flow = &args.flow;
+    let mut cap = CaptureFile::open(&args.file)?;
+    let mut loaded = loader::load(&LoadOptions {
+        offline: true,
+        flow_map_entries: flow.flow_map_entries,
+        wake_interval_ns: flow.wake_interval.as_nanos() as u64,
+    })
+    .context("loading the kernel program")?;
+    let prog = loaded.prog_fd(match flow.mode {
+        Mode::Tc => PROG_TC_INGRESS,
+        Mode::Xdp => PROG_XDP,
+    })?;
+    let sink = JsonLinesSink::start(&flow.target(), 64, true, Duration::from_secs(1))
+        .with_context(|| format!("opening output {:?}", flow.target()))?;
+    let mut pipeline = Pipeline::new(flow.table_config(), sink, flow.agent(), Clock::default());
+    pipeline.default_name = "pcap".into();
+
+    let show_progress = args.progress || (!args.no_progress && std::io::stderr().is_terminal());
+    let bar = show_progress.then(|| {
+        let bar = indicatif::ProgressBar::new(cap.file_len);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta} {msg}",
+            )
+            .expect("progress template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
+
+    let interval = flow.scan_interval.as_nanos() as u64;
+    let mut next_scan: Option<u64> = None;
+    let mut last_ts: Option<u64> = None;
+    let mut frame = Vec::with_capacity(MAX_REPLAY_FRAME);
+    let mut input = Vec::with_capacity(MAX_REPLAY_FRAME + size_of::<XdpReplayMeta>());
+    let mut st = ReplayStats::default();
+    let mut warned_link = false;
+    let outcome = loop {
+        let pkt = match cap.next_packet() {
+            Ok(Some(p)) => p,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        st.packets += 1;
+        if let Some(bar) = &bar
+            && st.packets % 4096 == 0
+        {
+            bar.set_position(cap.position());
+            bar.set_message(format!("{} packets", st.packets));
+        }
+        sync_names(&mut pipeline, &cap);
+        // Scans at interval boundaries of the file's clock, before the packet that crosses one.
+        let due = *next_scan.get_or_insert(pkt.ts_ns.saturating_add(interval));
+        if pkt.ts_ns >= due {
+            let boundary = due + (pkt.ts_ns - due) / interval * interval;
+            if !pipeline.scan(&mut loaded.flows, boundary, false)? {
+                anyhow::bail!("output closed");
+            }
+            next_scan = Some(boundary + interval);
+        }
+        last_ts = Some(last_ts.map_or(pkt.ts_ns, |t: u64| t.max(pkt.ts_ns)));
+
+        let iface = &cap.interfaces[pkt.iface];
+        match to_ethernet(iface.linktype, &pkt.data, &mut frame) {
+            Ok(()) => {}
+            Err(FrameSkip::Short) => {
+                st.short += 1;
+                continue;
+            }
+            Err(FrameSkip::UnsupportedLink) => {
+                if !warned_link {
+                    tracing::warn!(
+                        linktype = ?iface.linktype,
+                        "skipping packets of an unsupported link type (Ethernet, raw IP, Linux SLL/SLL2 and BSD loopback are replayed)"
+                    );
+                    warned_link = true;
+                }
+                st.unsupported_link += 1;
+                continue;
+            }
+        }
+        if frame.len() > MAX_REPLAY_FRAME {
+            frame.truncate(MAX_REPLAY_FRAME);
+            st.cut += 1;
+        }
+        // Interface ids start at 1 in keys (0 would collide with "unset").
+        let ifindex = pkt.iface as u32 + 1;
+        let res = match flow.mode {
+            Mode::Tc => bpf_sys::test_run(prog, &frame, &bpf_sys::skb_ctx(pkt.ts_ns, ifindex)),
+            Mode::Xdp => {
+                let meta = XdpReplayMeta {
+                    ts_ns: pkt.ts_ns,
+                    ifindex,
+                    _pad: 0,
+                };
+                input.clear();
+                input.extend_from_slice(&meta.to_ne_bytes());
+                input.extend_from_slice(&frame);
+                let ctx = bpf_sys::xdp_ctx(size_of::<XdpReplayMeta>() as u32, input.len() as u32);
+                bpf_sys::test_run(prog, &input, &ctx)
+            }
+        };
+        match res {
+            Ok(_) => st.fed += 1,
+            Err(e) => {
+                st.run_errors += 1;
+                tracing::debug!(
+                    packet = st.packets,
+                    len = frame.len(),
+                    "test run refused the frame: {e}"
+                );
+            }
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+
+    sync_names(&mut pipeline, &cap);
+    // Flows that timed out by the file's last timestamp, then everything still open.
+    if let Some(t) = last_ts {
+        pipeline.scan(&mut loaded.flows, t, false)?;
+    }
+    pipeline.flush(&mut loaded.flows, Status::EndOfInput)?;
+    let counters = loaded.counters.read().context("reading kernel counters")?;
+    let names = pipeline.names.clone();
+    let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| "pcap".into());
+    report_kernel(&counters, &mut loaded.overflow, &name)?;
+    let (records, dropped) = pipeline.finish(Duration::from_secs(3600));
+    tracing::info!(
+        packets = st.packets,
+        replayed = st.fed,
+        malformed = counters.malformed + st.short + st.run_errors,
+        non_ip = counters.non_ip,
+        unsupported_link = st.unsupported_link,
+        cut = st.cut,
+        records,
+        dropped,
+        "replay finished"
+    );
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            tracing::error!("{:#}", anyhow::Error::new(e));
+            Ok(ExitCode::from(2))
+        }
+    }
+}

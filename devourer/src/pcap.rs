@@ -1,0 +1,426 @@
+//! Capture files for offline mode: reads pcap and pcapng (with pcap-file), keeps each pcapng
+//! interface's name, link type and timestamp resolution, and turns every supported link type
+//! into an Ethernet frame for the kernel program.
+
+use std::{
+    fs::File,
+    io::{self, BufReader, Read},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use pcap_file::{
+    DataLink, PcapError,
+    pcap::PcapReader,
+    pcapng::{
+        Block, PcapNgReader,
+        blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot open {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0} is neither a pcap nor a pcapng file (magic {1:02x?})")]
+    UnknownFormat(String, [u8; 4]),
+    #[error("bad capture file header")]
+    Header(#[source] PcapError),
+    #[error("the capture file is truncated or corrupt after {packets} packets")]
+    Corrupt {
+        packets: u64,
+        #[source]
+        source: PcapError,
+    },
+}
+
+/// One interface of the capture (pcap files have exactly one).
+#[derive(Clone, Debug)]
+pub struct Interface {
+    /// pcapng `if_name`, if any.
+    pub name: Option<String>,
+    pub linktype: DataLink,
+    /// Nanoseconds per timestamp unit numerator/denominator (pcapng `if_tsresol`).
+    ts_mul: u128,
+    ts_div: u128,
+    ts_offset_s: u64,
+}
+
+impl Interface {
+    fn from_idb(idb: &InterfaceDescriptionBlock<'_>) -> Self {
+        let mut iface = Self {
+            name: None,
+            linktype: idb.linktype,
+            ts_mul: 1000,
+            ts_div: 1,
+            ts_offset_s: 0,
+        };
+        for opt in &idb.options {
+            match opt {
+                InterfaceDescriptionOption::IfName(n) => iface.name = Some(n.to_string()),
+                InterfaceDescriptionOption::IfTsResol(r) => {
+                    let (mul, div) = tsresol(*r);
+                    iface.ts_mul = mul;
+                    iface.ts_div = div;
+                }
+                InterfaceDescriptionOption::IfTsOffset(s) => iface.ts_offset_s = *s,
+                _ => {}
+            }
+        }
+        iface
+    }
+
+    /// Converts a raw pcapng timestamp (in this interface's units) to nanoseconds.
+    fn ns(&self, raw: u64) -> u64 {
+        let ns = raw as u128 * self.ts_mul / self.ts_div;
+        (ns as u64).saturating_add(self.ts_offset_s.saturating_mul(1_000_000_000))
+    }
+}
+
+/// `if_tsresol`: units of 10^-n seconds (high bit clear) or 2^-n seconds (high bit set),
+/// as (multiplier, divisor) giving nanoseconds.
+fn tsresol(r: u8) -> (u128, u128) {
+    let n = u32::from(r & 0x7f);
+    if r & 0x80 == 0 {
+        if n <= 9 {
+            (10u128.pow(9 - n), 1)
+        } else {
+            (1, 10u128.pow(n.min(38) - 9))
+        }
+    } else {
+        (1_000_000_000, 1u128 << n.min(127))
+    }
+}
+
+/// A packet as recorded.
+#[derive(Debug)]
+pub struct Packet {
+    pub ts_ns: u64,
+    /// Index into [`CaptureFile::interfaces`].
+    pub iface: usize,
+    pub data: Vec<u8>,
+}
+
+enum Inner {
+    Pcap(PcapReader<BufReader<Counting<File>>>),
+    PcapNg {
+        reader: PcapNgReader<BufReader<Counting<File>>>,
+        /// Interfaces of the current section, as indexes into `interfaces`.
+        section: Vec<usize>,
+        last_ts: u64,
+    },
+}
+
+pub struct CaptureFile {
+    inner: Inner,
+    pub interfaces: Vec<Interface>,
+    pub file_len: u64,
+    read_bytes: Arc<AtomicU64>,
+    packets: u64,
+}
+
+/// Counts the bytes read, for the progress bar.
+struct Counting<R> {
+    inner: R,
+    n: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl CaptureFile {
+    pub fn open(path: &Path) -> Result<Self, CaptureError> {
+        let open_err = |source| CaptureError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut f = File::open(path).map_err(open_err)?;
+        let file_len = f.metadata().map_err(open_err)?.len();
+        let mut magic = [0u8; 4];
+        f.read_exact(&mut magic).map_err(open_err)?;
+        let f = File::open(path).map_err(open_err)?;
+        let read_bytes = Arc::new(AtomicU64::new(0));
+        let reader = BufReader::with_capacity(
+            1 << 16,
+            Counting {
+                inner: f,
+                n: read_bytes.clone(),
+            },
+        );
+        let (inner, interfaces) = match magic {
+            [0xd4, 0xc3, 0xb2, 0xa1]
+            | [0xa1, 0xb2, 0xc3, 0xd4]
+            | [0x4d, 0x3c, 0xb2, 0xa1]
+            | [0xa1, 0xb2, 0x3c, 0x4d] => {
+                let r = PcapReader::new(reader).map_err(CaptureError::Header)?;
+                let h = r.header();
+                let iface = Interface {
+                    name: None,
+                    linktype: h.datalink,
+                    ts_mul: 1,
+                    ts_div: 1,
+                    ts_offset_s: 0,
+                };
+                (Inner::Pcap(r), vec![iface])
+            }
+            [0x0a, 0x0d, 0x0d, 0x0a] => {
+                let r = PcapNgReader::new(reader).map_err(CaptureError::Header)?;
+                (
+                    Inner::PcapNg {
+                        reader: r,
+                        section: Vec::new(),
+                        last_ts: 0,
+                    },
+                    Vec::new(),
+                )
+            }
+            other => {
+                return Err(CaptureError::UnknownFormat(
+                    path.display().to_string(),
+                    other,
+                ));
+            }
+        };
+        Ok(Self {
+            inner,
+            interfaces,
+            file_len,
+            read_bytes,
+            packets: 0,
+        })
+    }
+
+    /// Bytes of the file consumed so far.
+    pub fn position(&self) -> u64 {
+        self.read_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The next packet; `Ok(None)` at the clean end of the file.
+    pub fn next_packet(&mut self) -> Result<Option<Packet>, CaptureError> {
+        let packets = self.packets;
+        let corrupt = |source| CaptureError::Corrupt { packets, source };
+        let pkt = match &mut self.inner {
+            Inner::Pcap(r) => {
+                let res = r.header().ts_resolution;
+                match r.next_raw_packet() {
+                    None => None,
+                    Some(Err(e)) => return Err(corrupt(e)),
+                    Some(Ok(raw)) => {
+                        let frac = u64::from(raw.ts_frac);
+                        let frac_ns = match res {
+                            pcap_file::TsResolution::MicroSecond => frac * 1000,
+                            pcap_file::TsResolution::NanoSecond => frac,
+                        };
+                        Some(Packet {
+                            ts_ns: u64::from(raw.ts_sec) * 1_000_000_000 + frac_ns,
+                            iface: 0,
+                            data: raw.data.into_owned(),
+                        })
+                    }
+                }
+            }
+            Inner::PcapNg {
+                reader,
+                section,
+                last_ts,
+            } => loop {
+                let block = match reader.next_block() {
+                    None => break None,
+                    Some(Err(e)) => return Err(corrupt(e)),
+                    Some(Ok(b)) => b,
+                };
+                let iface_of = |section: &[usize], id: u32| -> Result<usize, CaptureError> {
+                    section
+                        .get(id as usize)
+                        .copied()
+                        .ok_or(CaptureError::Corrupt {
+                            packets,
+                            source: PcapError::InvalidInterfaceId(id),
+                        })
+                };
+                match block {
+                    Block::SectionHeader(_) => section.clear(),
+                    Block::InterfaceDescription(idb) => {
+                        section.push(self.interfaces.len());
+                        self.interfaces.push(Interface::from_idb(&idb));
+                    }
+                    Block::EnhancedPacket(epb) => {
+                        let idx = iface_of(section, epb.interface_id)?;
+                        // pcap-file hands the raw 64-bit count over as nanoseconds.
+                        let raw = epb.timestamp.as_nanos() as u64;
+                        let ts = self.interfaces[idx].ns(raw);
+                        *last_ts = ts;
+                        break Some(Packet {
+                            ts_ns: ts,
+                            iface: idx,
+                            data: epb.data.into_owned(),
+                        });
+                    }
+                    Block::Packet(pb) => {
+                        let idx = iface_of(section, u32::from(pb.interface_id))?;
+                        let ts = self.interfaces[idx].ns(pb.timestamp);
+                        *last_ts = ts;
+                        break Some(Packet {
+                            ts_ns: ts,
+                            iface: idx,
+                            data: pb.data.into_owned(),
+                        });
+                    }
+                    Block::SimplePacket(spb) => {
+                        // No timestamp and always interface 0: use the last time seen.
+                        let idx = iface_of(section, 0)?;
+                        break Some(Packet {
+                            ts_ns: *last_ts,
+                            iface: idx,
+                            data: spb.data.into_owned(),
+                        });
+                    }
+                    _ => {}
+                }
+            },
+        };
+        if pkt.is_some() {
+            self.packets += 1;
+        }
+        Ok(pkt)
+    }
+}
+
+const ETH_HLEN: usize = 14;
+
+/// Why a recorded frame cannot be given to the kernel program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameSkip {
+    /// Shorter than its link-layer header (or than an Ethernet header).
+    Short,
+    /// A link type devourer does not replay.
+    UnsupportedLink,
+}
+
+fn eth_header(ethertype: u16) -> [u8; ETH_HLEN] {
+    let mut h = [0u8; ETH_HLEN];
+    h[12..].copy_from_slice(&ethertype.to_be_bytes());
+    h
+}
+
+fn ethertype_for_ip(first: Option<&u8>) -> Option<u16> {
+    match first.map(|b| b >> 4) {
+        Some(4) => Some(0x0800),
+        Some(6) => Some(0x86dd),
+        _ => None,
+    }
+}
+
+fn prepend(ethertype: u16, payload: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&eth_header(ethertype));
+    out.extend_from_slice(payload);
+}
+
+/// Writes `data` (of link type `lt`) into `out` as an Ethernet frame.
+pub fn to_ethernet(lt: DataLink, data: &[u8], out: &mut Vec<u8>) -> Result<(), FrameSkip> {
+    match lt {
+        DataLink::ETHERNET => {
+            if data.len() < ETH_HLEN {
+                return Err(FrameSkip::Short);
+            }
+            out.clear();
+            out.extend_from_slice(data);
+        }
+        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => {
+            // Non-IP content still gets a frame: the program counts it as malformed/non-IP.
+            let et = ethertype_for_ip(data.first()).unwrap_or(0);
+            if data.is_empty() {
+                return Err(FrameSkip::Short);
+            }
+            prepend(et, data, out);
+        }
+        DataLink::LINUX_SLL => {
+            // 16-byte header, protocol (ethertype) in the last two bytes.
+            if data.len() < 16 {
+                return Err(FrameSkip::Short);
+            }
+            prepend(u16::from_be_bytes([data[14], data[15]]), &data[16..], out);
+        }
+        DataLink::LINUX_SLL2 => {
+            // 20-byte header, protocol first.
+            if data.len() < 20 {
+                return Err(FrameSkip::Short);
+            }
+            prepend(u16::from_be_bytes([data[0], data[1]]), &data[20..], out);
+        }
+        DataLink::NULL | DataLink::LOOP => {
+            // 4-byte address family (host order for NULL, network order for LOOP); the IP
+            // version nibble is the reliable part across writers' byte orders.
+            if data.len() < 4 {
+                return Err(FrameSkip::Short);
+            }
+            let et = ethertype_for_ip(data.get(4)).unwrap_or(0);
+            prepend(et, &data[4..], out);
+        }
+        _ => return Err(FrameSkip::UnsupportedLink),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsresol_defaults_and_powers() {
+        assert_eq!(tsresol(6), (1000, 1));
+        assert_eq!(tsresol(9), (1, 1));
+        assert_eq!(tsresol(3), (1_000_000, 1));
+        assert_eq!(tsresol(12), (1, 1000));
+        assert_eq!(tsresol(0x80 | 10), (1_000_000_000, 1024));
+    }
+
+    #[test]
+    fn raw_ip_and_cooked_frames_become_ethernet() {
+        let ip4 = [0x45u8, 0, 0, 20];
+        let mut out = Vec::new();
+        to_ethernet(DataLink::RAW, &ip4, &mut out).unwrap();
+        assert_eq!(&out[12..14], &[0x08, 0x00]);
+        assert_eq!(&out[14..], &ip4);
+
+        let mut sll = vec![0u8; 16];
+        sll[14] = 0x86;
+        sll[15] = 0xdd;
+        sll.extend_from_slice(&[0x60, 0, 0, 0]);
+        to_ethernet(DataLink::LINUX_SLL, &sll, &mut out).unwrap();
+        assert_eq!(&out[12..14], &[0x86, 0xdd]);
+        assert_eq!(&out[14..], &[0x60, 0, 0, 0]);
+
+        let mut sll2 = vec![0x08, 0x00];
+        sll2.extend_from_slice(&[0u8; 18]);
+        sll2.push(0x45);
+        to_ethernet(DataLink::LINUX_SLL2, &sll2, &mut out).unwrap();
+        assert_eq!(&out[12..], &[0x08, 0x00, 0x45]);
+    }
+
+    #[test]
+    fn short_and_unknown_frames_are_refused() {
+        let mut out = Vec::new();
+        assert_eq!(
+            to_ethernet(DataLink::ETHERNET, &[0; 13], &mut out),
+            Err(FrameSkip::Short)
+        );
+        assert_eq!(
+            to_ethernet(DataLink::IEEE802_11, &[0; 64], &mut out),
+            Err(FrameSkip::UnsupportedLink)
+        );
+    }
+}

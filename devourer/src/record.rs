@@ -1,0 +1,187 @@
+//! The flow record as sinks write it (`type: "flow"`, fields as in design.md): ids, address
+//! and time formatting.
+
+use std::{
+    borrow::Cow,
+    net::{IpAddr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use devourer_common::flow::{FlowKey, KEY_F_IPV6, KEY_F_VLAN};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::flow::Emitted;
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FlowRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub seq: u32,
+    pub agent: String,
+    pub interface: String,
+    pub protocol: Cow<'static, str>,
+    pub src_addr: String,
+    pub dst_addr: String,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    pub vlan: Option<u16>,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+    pub src_bytes: u64,
+    pub dst_bytes: u64,
+    pub src_packets: u64,
+    pub dst_packets: u64,
+    pub status: &'static str,
+    pub src_name: Option<String>,
+    pub dst_name: Option<String>,
+    pub tcp_flags: u16,
+}
+
+pub fn protocol_name(proto: u8) -> Cow<'static, str> {
+    match proto {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => n.to_string().into(),
+    }
+}
+
+/// The key's address as text: IPv4 for IPv4 packets (stored v4-mapped), IPv6 otherwise.
+pub fn addr(key: &FlowKey, a: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(a);
+    if key.flags & KEY_F_IPV6 == 0
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        return IpAddr::V4(v4);
+    }
+    IpAddr::V6(v6)
+}
+
+/// RFC 3339, UTC, microseconds: `2024-05-01T12:00:00.123456Z`.
+pub fn rfc3339(ns_since_epoch: u64) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(ns_since_epoch);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// Record id: hash of the 5-tuple, interface, VLAN, flow start, agent and seq. The same flow
+/// record always gets the same id (BigQuery insertId; replays are reproducible).
+pub fn record_id(key: &FlowKey, flow_start_ns: u64, agent: &str, seq: u32) -> String {
+    let mut h = Sha256::new();
+    h.update(key.src_addr);
+    h.update(key.dst_addr);
+    h.update(key.src_port.to_be_bytes());
+    h.update(key.dst_port.to_be_bytes());
+    h.update([key.proto, key.flags]);
+    h.update(key.ifindex.to_be_bytes());
+    h.update(key.vlan.to_be_bytes());
+    h.update(flow_start_ns.to_be_bytes());
+    h.update((agent.len() as u32).to_be_bytes());
+    h.update(agent.as_bytes());
+    h.update(seq.to_be_bytes());
+    let digest = h.finalize();
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Turns kernel-clock nanoseconds into wall-clock nanoseconds since the epoch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock {
+    /// Added to the program's timestamps (0 offline, where they already are wall time).
+    pub offset_ns: i128,
+}
+
+impl Clock {
+    pub fn wall(&self, ns: u64) -> u64 {
+        (ns as i128 + self.offset_ns).max(0) as u64
+    }
+}
+
+pub struct RecordContext<'a> {
+    pub agent: &'a str,
+    pub clock: Clock,
+    pub interface_name: &'a dyn Fn(u32) -> String,
+}
+
+impl FlowRecord {
+    pub fn new(e: &Emitted, cx: &RecordContext<'_>) -> Self {
+        let k = &e.key;
+        let icmp = e.icmp();
+        Self {
+            kind: "flow",
+            id: record_id(k, e.flow_start_ns, cx.agent, e.seq),
+            seq: e.seq,
+            agent: cx.agent.to_owned(),
+            interface: (cx.interface_name)(k.ifindex),
+            protocol: protocol_name(k.proto),
+            src_addr: addr(k, k.src_addr).to_string(),
+            dst_addr: addr(k, k.dst_addr).to_string(),
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+            icmp_type: icmp.map(|(t, _)| t),
+            icmp_code: icmp.map(|(_, c)| c),
+            vlan: (k.flags & KEY_F_VLAN != 0).then_some(k.vlan),
+            first_seen_at: rfc3339(cx.clock.wall(e.first_ns)),
+            last_seen_at: rfc3339(cx.clock.wall(e.last_ns)),
+            src_bytes: e.src.bytes,
+            dst_bytes: e.dst.bytes,
+            src_packets: e.src.packets,
+            dst_packets: e.dst.packets,
+            status: e.status.as_str(),
+            src_name: None,
+            dst_name: None,
+            tcp_flags: e.tcp_flags(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_rfc3339_with_microseconds() {
+        assert_eq!(
+            rfc3339(1_700_000_000_123_456_789),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn ipv4_keys_print_as_ipv4_and_ipv6_keys_as_ipv6() {
+        let mut k = FlowKey::default();
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1];
+        assert_eq!(addr(&k, mapped).to_string(), "10.0.0.1");
+        k.flags |= KEY_F_IPV6;
+        assert_eq!(addr(&k, mapped).to_string(), "::ffff:10.0.0.1");
+    }
+
+    #[test]
+    fn record_ids_differ_by_seq_agent_and_start_and_repeat_otherwise() {
+        let k = FlowKey {
+            proto: 6,
+            ..Default::default()
+        };
+        let a = record_id(&k, 1, "node-a", 0);
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, record_id(&k, 1, "node-a", 0));
+        assert_ne!(a, record_id(&k, 1, "node-a", 1));
+        assert_ne!(a, record_id(&k, 1, "node-b", 0));
+        assert_ne!(a, record_id(&k, 2, "node-a", 0));
+    }
+
+    #[test]
+    fn protocols_have_names_or_numbers() {
+        assert_eq!(protocol_name(6), "tcp");
+        assert_eq!(protocol_name(58), "icmpv6");
+        assert_eq!(protocol_name(47), "47");
+    }
+}
