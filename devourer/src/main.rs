@@ -1,6 +1,6 @@
 //! The `devourer` binary: parses the command line, sets up logging on stderr and runs a command.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
 use devourer::config::{Cli, Command};
@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let res = match cli.command {
         Command::Capture(args) => devourer::capture::run(args).map(|()| ExitCode::SUCCESS),

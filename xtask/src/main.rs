@@ -1,1 +1,241 @@
-fn main() {}
+//! Developer tasks cargo alone cannot do: install the eBPF toolchain, run the agent as root with
+//! demo-friendly timeouts, and run every check CI runs.
+
+mod setup;
+
+use std::{
+    net::{TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building the kernel program needs (pinned nightly, rust-src, bpf-linker).
+    Setup,
+    /// Build only the kernel program (bpfel-unknown-none), to check it compiles.
+    BuildEbpf,
+    /// Build and run the agent as root. Without arguments: capture on lo with short timeouts,
+    /// plus a little loopback traffic so records show within seconds.
+    Run {
+        /// Do not generate demo traffic on lo.
+        #[arg(long)]
+        no_demo: bool,
+        /// Build with optimisations.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for devourer (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Everything CI runs: setup, fmt, clippy, unit tests, kernel parser tests, end-to-end tests.
+    Test {
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only tests whose name contains this (passed to the test harness).
+        filter: Option<String>,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions; declared here to avoid a libc dependency.
+    unsafe extern "C" {
+        safe fn geteuid() -> u32;
+    }
+    geteuid() == 0
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::BuildEbpf => {
+            setup::setup()?;
+            let tc = setup::ebpf_toolchain()?;
+            run_cmd(
+                Command::new("rustup")
+                    .current_dir(workspace_root())
+                    .args([
+                        "run",
+                        &tc,
+                        "cargo",
+                        "build",
+                        "--release",
+                        "-p",
+                        "devourer-ebpf",
+                    ])
+                    .args([
+                        "--bins",
+                        "--target",
+                        "bpfel-unknown-none",
+                        "-Z",
+                        "build-std=core",
+                    ]),
+            )
+        }
+        Cmd::Run {
+            no_demo,
+            release,
+            args,
+        } => run(no_demo, release, args),
+        Cmd::Test { no_lint, filter } => test(no_lint, filter),
+    }
+}
+
+fn run(no_demo: bool, release: bool, args: Vec<String>) -> Result<()> {
+    setup::setup()?;
+    let mut build = cargo();
+    build.args(["build", "-p", "devourer"]);
+    if release {
+        build.arg("--release");
+    }
+    run_cmd(&mut build)?;
+    let bin = workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("devourer");
+    let demo = args.is_empty() && !no_demo;
+    let args = if args.is_empty() {
+        [
+            "capture",
+            "-i",
+            "lo",
+            "--idle-timeout",
+            "5s",
+            "--tcp-linger",
+            "1s",
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        args
+    };
+    if demo {
+        eprintln!("xtask: generating a little TCP and UDP traffic on lo (--no-demo to stop it)");
+        std::thread::spawn(demo_traffic);
+    }
+    let mut cmd = if is_root() {
+        Command::new(&bin)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(&bin);
+        c
+    };
+    cmd.args(&args);
+    run_cmd(&mut cmd)
+}
+
+/// A request/response over TCP and a datagram over UDP on loopback every two seconds.
+fn demo_traffic() {
+    let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
+        return;
+    };
+    let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else {
+        return;
+    };
+    let (tcp_addr, udp_addr) = match (listener.local_addr(), udp.local_addr()) {
+        (Ok(t), Ok(u)) => (t, u),
+        _ => return,
+    };
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut conn = conn;
+            let mut buf = [0u8; 64];
+            if let Ok(n) = conn.read(&mut buf) {
+                let _ = conn.write_all(&buf[..n]);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    loop {
+        if let Ok(mut c) = TcpStream::connect(tcp_addr) {
+            use std::io::{Read, Write};
+            let _ = c.write_all(b"hello devourer\n");
+            let mut buf = [0u8; 64];
+            let _ = c.read(&mut buf);
+        }
+        let _ = udp.send_to(b"ping", udp_addr);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
+    setup::setup()?;
+    if !no_lint {
+        run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        run_cmd(cargo().args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "devourer-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    let filter: Vec<String> = filter.into_iter().collect();
+    // Unit tests: the agent, shared types, xtask.
+    run_cmd(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "devourer-ebpf"])
+            .args(["--exclude", "devourer-tests", "--"])
+            .args(&filter),
+    )?;
+    // The kernel program's parser, on the host.
+    run_cmd(
+        cargo()
+            .args(["test", "-p", "devourer-ebpf", "--lib", "--"])
+            .args(&filter),
+    )?;
+    // End-to-end: the real binary against real traffic in network namespaces, as root.
+    run_cmd(cargo().args(["build", "-p", "devourer"]))?;
+    if !is_root() {
+        eprintln!(
+            "xtask: not root, so the end-to-end tests (BPF programs, network namespaces) will skip; run as root for them"
+        );
+    }
+    let bin = workspace_root().join("target/debug/devourer");
+    run_cmd(
+        cargo()
+            .env("DEVOURER_BIN", &bin)
+            .args(["test", "-p", "devourer-tests", "--", "--test-threads=1"])
+            .args(&filter),
+    )
+}
