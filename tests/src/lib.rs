@@ -13,6 +13,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod frames;
+
 /// True when running as root; otherwise prints why the calling test skips.
 pub fn require_root(test: &str) -> bool {
     // SAFETY: no preconditions.
@@ -326,6 +328,7 @@ pub fn tshark_sums(pcap: &Path, addrs: Option<&[String]>) -> (Sums, BTreeMap<Dir
         "tcp.dstport",
         "udp.srcport",
         "udp.dstport",
+        "ieee8021ad.id",
     ];
     let mut cmd = Command::new("tshark");
     cmd.arg("-r")
@@ -379,7 +382,8 @@ pub fn tshark_sums(pcap: &Path, addrs: Option<&[String]>) -> (Sums, BTreeMap<Dir
             dst: dst.into(),
             sport,
             dport,
-            vlan: get(1).parse().ok(),
+            // An 802.1ad outer tag is dissected as ieee8021ad, the 802.1Q tags as vlan.
+            vlan: get(13).parse().ok().or_else(|| get(1).parse().ok()),
         };
         let e = sums.entry(key.clone()).or_default();
         e.bytes += bytes;

@@ -1,0 +1,143 @@
+//! Hand-built frames for crafted captures: tags, options, fragments, extension headers, ICMP
+//! errors, jumbo frames and broken headers that capture tools rarely produce on demand.
+
+use std::path::Path;
+
+use pcap_file::{
+    DataLink,
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+};
+
+pub const A4: [u8; 4] = [192, 0, 2, 1];
+pub const B4: [u8; 4] = [192, 0, 2, 2];
+pub const A6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const B6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(8 + payload.len());
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(payload);
+    h
+}
+
+pub fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(20 + payload.len());
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An IPv4 packet. `opt_words` adds 4-byte words of NOP options; `frag` is the raw flags and
+/// offset field. `tot_len` overrides the length field (0: computed).
+pub fn ipv4(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    payload: &[u8],
+    opt_words: usize,
+    frag: u16,
+) -> Vec<u8> {
+    let ihl = 5 + opt_words;
+    let tot = (ihl * 4 + payload.len()) as u16;
+    let mut p = vec![0x40 | ihl as u8, 0];
+    p.extend_from_slice(&tot.to_be_bytes());
+    p.extend_from_slice(&[0x12, 0x34]);
+    p.extend_from_slice(&frag.to_be_bytes());
+    p.extend_from_slice(&[64, proto, 0, 0]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend(std::iter::repeat_n(1u8, opt_words * 4));
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An IPv6 packet whose first next-header is `next`, followed by `ext` then `payload`.
+pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, ext: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&((ext.len() + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[next, 64]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(ext);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An 8-byte-multiple extension header (hop-by-hop, destination options, routing) with PadN.
+pub fn ext(next: u8, len8: u8) -> Vec<u8> {
+    let total = (len8 as usize + 1) * 8;
+    let mut e = vec![next, len8];
+    e.push(1); // PadN
+    e.push((total - 4) as u8);
+    e.resize(total, 0);
+    e
+}
+
+/// Ethernet II with up to two tags: (tpid, vlan id) outermost first.
+pub fn eth(tags: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+    for (tpid, vid) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&vid.to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+pub fn eth4(p: &[u8]) -> Vec<u8> {
+    eth(&[], 0x0800, p)
+}
+
+pub fn eth6(p: &[u8]) -> Vec<u8> {
+    eth(&[], 0x86dd, p)
+}
+
+/// Writes frames 1 ms apart from `start_s` (seconds since the epoch) as a pcap of `link`.
+pub fn write_pcap(path: &Path, link: DataLink, frames: &[Vec<u8>], start_s: u64) {
+    write_pcap_timed(
+        path,
+        link,
+        &frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (start_s * 1_000_000 + i as u64 * 1000, f.clone()))
+            .collect::<Vec<_>>(),
+    );
+}
+
+/// Writes (microseconds since the epoch, frame) pairs as a pcap of `link`.
+pub fn write_pcap_timed(path: &Path, link: DataLink, frames: &[(u64, Vec<u8>)]) {
+    let file = std::fs::File::create(path).expect("create pcap");
+    let header = PcapHeader {
+        datalink: link,
+        snaplen: 65535,
+        ..Default::default()
+    };
+    let mut w = PcapWriter::with_header(file, header).expect("pcap header");
+    for (us, f) in frames {
+        let ts = std::time::Duration::from_micros(*us);
+        w.write_packet(&PcapPacket::new(ts, f.len() as u32, f))
+            .expect("write packet");
+    }
+}
+
+/// The same frame as Linux cooked capture v1 (SLL) and v2 (SLL2), from an Ethernet frame.
+pub fn to_sll(frame: &[u8]) -> Vec<u8> {
+    let mut s = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0];
+    s.extend_from_slice(&frame[12..14]);
+    s.extend_from_slice(&frame[14..]);
+    s
+}
+
+pub fn to_sll2(frame: &[u8]) -> Vec<u8> {
+    let mut s = frame[12..14].to_vec();
+    s.extend_from_slice(&[0, 0, 0, 0, 0, 2, 0, 1, 0, 0, 6, 2, 0, 0, 0, 0, 0, 1]);
+    s.extend_from_slice(&frame[14..]);
+    s
+}

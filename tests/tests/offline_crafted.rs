@@ -1,0 +1,409 @@
+//! `devourer read` over crafted captures: VLAN and QinQ tags, IPv4 options and fragments, IPv6
+//! extension headers and fragments, ICMP errors quoting other flows, a jumbo frame, other link
+//! types; then broken frames and a truncated file.
+
+use devourer_tests::{frames::*, *};
+use pcap_file::DataLink;
+
+fn crafted() -> Vec<Vec<u8>> {
+    let mut f = Vec::new();
+    // 802.1Q VLAN 100, both directions of a UDP exchange.
+    f.push(eth(
+        &[(0x8100, 100)],
+        0x0800,
+        &ipv4(A4, B4, 17, &udp(5000, 53, &[1; 30]), 0, 0),
+    ));
+    f.push(eth(
+        &[(0x8100, 100)],
+        0x0800,
+        &ipv4(B4, A4, 17, &udp(53, 5000, &[2; 90]), 0, 0),
+    ));
+    // QinQ: 802.1ad outer 200, 802.1Q inner 300, TCP over IPv6.
+    let syn = ipv6(A6, B6, 6, &[], &tcp(40000, 443, 0x02, &[]));
+    f.push(eth(&[(0x88a8, 200), (0x8100, 300)], 0x86dd, &syn));
+    let synack = ipv6(B6, A6, 6, &[], &tcp(443, 40000, 0x12, &[]));
+    f.push(eth(&[(0x88a8, 200), (0x8100, 300)], 0x86dd, &synack));
+    // Same addresses and ports untagged: a different flow.
+    f.push(eth6(&ipv6(
+        A6,
+        B6,
+        6,
+        &[],
+        &tcp(40000, 443, 0x10, &[7; 100]),
+    )));
+    // IPv4 with 12 bytes of options.
+    f.push(eth4(&ipv4(A4, B4, 17, &udp(6000, 7000, &[3; 10]), 3, 0)));
+    // IPv4 fragments: first (MF, offset 0) carries the UDP header, the rest have no ports.
+    f.push(eth4(&ipv4(
+        A4,
+        B4,
+        17,
+        &udp(6001, 7001, &[4; 1000]),
+        0,
+        0x2000,
+    )));
+    f.push(eth4(&ipv4(A4, B4, 17, &[5; 800], 0, 0x2000 | 126)));
+    f.push(eth4(&ipv4(A4, B4, 17, &[6; 300], 0, 226)));
+    // IPv6: hop-by-hop then destination options then UDP.
+    let mut e = ext(60, 0);
+    e.extend(ext(17, 1));
+    f.push(eth6(&ipv6(A6, B6, 0, &e, &udp(8000, 8001, &[8; 20]))));
+    // IPv6 routing header (type 4, segments left 0) then TCP.
+    let mut rh = vec![6, 2, 4, 0, 0, 0, 0, 0];
+    rh.extend_from_slice(&A6);
+    f.push(eth6(&ipv6(A6, B6, 43, &rh, &tcp(1234, 80, 0x18, &[9; 50]))));
+    // IPv6 fragments: first with the UDP header, a later one without.
+    let fh_first = [17, 0, 0x00, 0x01, 0, 0, 0, 42];
+    f.push(eth6(&ipv6(
+        A6,
+        B6,
+        44,
+        &fh_first,
+        &udp(9000, 9001, &[10; 200]),
+    )));
+    let fh_later = [17, 0, 0x00, 0xd0, 0, 0, 0, 42];
+    f.push(eth6(&ipv6(A6, B6, 44, &fh_later, &[11; 100])));
+    // ICMP port unreachable quoting the VLAN-less UDP flow's header: counted as ICMP only.
+    let quoted = ipv4(A4, B4, 17, &udp(6000, 7000, &[3; 10]), 0, 0);
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[..28]);
+    f.push(eth4(&ipv4(B4, A4, 1, &icmp, 0, 0)));
+    // ICMPv6 destination unreachable quoting an IPv6 UDP header, and an echo request.
+    let q6 = ipv6(A6, B6, 17, &[], &udp(8000, 8001, &[]));
+    let mut icmp6 = vec![1, 4, 0, 0, 0, 0, 0, 0];
+    icmp6.extend_from_slice(&q6);
+    f.push(eth6(&ipv6(B6, A6, 58, &[], &icmp6)));
+    f.push(eth6(&ipv6(
+        A6,
+        B6,
+        58,
+        &[],
+        &[128, 0, 0, 0, 0, 1, 0, 1, 0xab, 0xcd],
+    )));
+    // A jumbo frame (8 KiB of UDP payload): replayed cut, counted by its IP length.
+    f.push(eth4(&ipv4(
+        A4,
+        B4,
+        17,
+        &udp(11000, 11001, &vec![12; 8000]),
+        0,
+        0,
+    )));
+    // GRE: no ports, protocol by number.
+    f.push(eth4(&ipv4(
+        A4,
+        B4,
+        47,
+        &[0, 0, 0x08, 0x00, 0x45, 0, 0, 20],
+        0,
+        0,
+    )));
+    f
+}
+
+/// More extension headers than the program walks (9 destination options): counted with
+/// ports 0 and the last header's protocol. tshark walks them all, so this one is checked alone.
+fn beyond_the_extension_header_bound() -> Vec<u8> {
+    let mut many = Vec::new();
+    for i in 0..9 {
+        many.extend(ext(if i == 8 { 17 } else { 60 }, 0));
+    }
+    eth6(&ipv6(A6, B6, 60, &many, &udp(1, 2, &[0; 8])))
+}
+
+fn check(file: &std::path::Path, what: &str) {
+    let (oracle, _) = tshark_sums(file, None);
+    for mode in ["tc", "xdp"] {
+        let (status, stdout, stderr) = devourer_read(file, &["--mode", mode]);
+        assert!(status.success(), "{what} --mode {mode}: {status}\n{stderr}");
+        let recs = records(&stdout);
+        assert_same_sums(
+            &devourer_sums(&recs, None),
+            &oracle,
+            &format!("{what} --mode {mode}"),
+        );
+        assert_eq!(log_number(&stderr, "malformed"), Some(0), "{stderr}");
+    }
+}
+
+#[test]
+fn crafted_headers_match_tshark_on_ethernet_sll_and_sll2() {
+    if !require_root("crafted_headers_match_tshark_on_ethernet_sll_and_sll2") {
+        return;
+    }
+    let tmp = TempDir::new("crafted");
+    let frames = crafted();
+    let eth_file = tmp.path("crafted.pcap");
+    write_pcap(&eth_file, DataLink::ETHERNET, &frames, 1_700_000_000);
+    check(&eth_file, "ethernet");
+    let sll = tmp.path("crafted-sll.pcap");
+    let sll_frames: Vec<_> = frames.iter().map(|f| to_sll(f)).collect();
+    write_pcap(&sll, DataLink::LINUX_SLL, &sll_frames, 1_700_000_000);
+    check(&sll, "sll");
+    let sll2 = tmp.path("crafted-sll2.pcap");
+    let sll2_frames: Vec<_> = frames.iter().map(|f| to_sll2(f)).collect();
+    write_pcap(&sll2, DataLink::LINUX_SLL2, &sll2_frames, 1_700_000_000);
+    check(&sll2, "sll2");
+    // Raw IP: only the untagged frames.
+    let raw = tmp.path("crafted-raw.pcap");
+    let raw_frames: Vec<_> = frames
+        .iter()
+        .filter(|f| matches!(&f[12..14], [0x08, 0x00] | [0x86, 0xdd]))
+        .map(|f| f[14..].to_vec())
+        .collect();
+    write_pcap(&raw, DataLink::RAW, &raw_frames, 1_700_000_000);
+    check(&raw, "raw");
+
+    // Field by field on the Ethernet file.
+    let (_, stdout, _) = devourer_read(&eth_file, &[]);
+    let recs = records(&stdout);
+    let find = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        recs.iter()
+            .find(|r| f(r))
+            .cloned()
+            .unwrap_or_else(|| panic!("no such record in {recs:#?}"))
+    };
+    let v = find(&|r| r["vlan"] == 100);
+    assert_eq!(
+        (
+            v["protocol"].as_str(),
+            v["src_addr"].as_str(),
+            v["src_port"].as_u64(),
+            v["dst_port"].as_u64()
+        ),
+        (Some("udp"), Some("192.0.2.1"), Some(5000), Some(53))
+    );
+    assert_eq!(
+        (v["src_bytes"].as_u64(), v["dst_bytes"].as_u64()),
+        (Some(58), Some(118))
+    );
+    let q = find(&|r| r["vlan"] == 200);
+    assert_eq!(q["protocol"], "tcp");
+    assert_eq!(q["src_port"], 40000, "the SYN sender is the source");
+    assert_eq!(q["tcp_flags"], 0x12);
+    let untagged = find(&|r| r["vlan"].is_null() && r["dst_port"] == 443);
+    assert_eq!(untagged["src_bytes"], 160);
+    let frag_rest =
+        find(&|r| r["protocol"] == "udp" && r["src_port"] == 0 && r["src_addr"] == "192.0.2.1");
+    assert_eq!(
+        (
+            frag_rest["src_packets"].as_u64(),
+            frag_rest["src_bytes"].as_u64()
+        ),
+        (Some(2), Some(1140))
+    );
+    let icmp = find(&|r| r["protocol"] == "icmp");
+    assert_eq!(
+        (icmp["icmp_type"].as_u64(), icmp["icmp_code"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(icmp["src_addr"], "192.0.2.2");
+    let icmp6 = find(&|r| r["protocol"] == "icmpv6");
+    assert_eq!(
+        (icmp6["icmp_type"].as_u64(), icmp6["icmp_code"].as_u64()),
+        (Some(1), Some(4))
+    );
+    assert_eq!(
+        icmp6["src_packets"].as_u64().unwrap() + icmp6["dst_packets"].as_u64().unwrap(),
+        2
+    );
+    let jumbo = find(&|r| r["dst_port"] == 11001);
+    assert_eq!(jumbo["src_bytes"], 8028);
+    let gre = find(&|r| r["protocol"] == "47");
+    assert_eq!(gre["src_port"], 0);
+    assert!(
+        recs.iter()
+            .all(|r| r["interface"] == "pcap" && r["agent"] == "test-agent")
+    );
+    assert!(
+        recs.iter().all(|r| r["first_seen_at"]
+            .as_str()
+            .unwrap()
+            .starts_with("2023-11-14T22:13:2")),
+        "timestamps come from the file"
+    );
+
+    let deep = tmp.path("deep.pcap");
+    write_pcap(
+        &deep,
+        DataLink::ETHERNET,
+        &[beyond_the_extension_header_bound()],
+        1_700_000_000,
+    );
+    for mode in ["tc", "xdp"] {
+        let (status, stdout, stderr) = devourer_read(&deep, &["--mode", mode]);
+        assert!(status.success(), "{stderr}");
+        let recs = records(&stdout);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(
+            recs[0]["protocol"], "60",
+            "stopped at a destination-options header"
+        );
+        assert_eq!(
+            (recs[0]["src_port"].as_u64(), recs[0]["src_bytes"].as_u64()),
+            (Some(0), Some(128))
+        );
+    }
+}
+
+#[test]
+fn broken_frames_are_counted_as_malformed_without_stopping_the_replay() {
+    if !require_root("broken_frames_are_counted_as_malformed_without_stopping_the_replay") {
+        return;
+    }
+    let tmp = TempDir::new("broken");
+    let good = eth4(&ipv4(A4, B4, 17, &udp(1, 2, &[0; 10]), 0, 0));
+    let mut bogus_ihl = good.clone();
+    bogus_ihl[14] = 0x42;
+    let mut bad_version = good.clone();
+    bad_version[14] = 0x75;
+    let mut short_total = good.clone();
+    short_total[16..18].copy_from_slice(&8u16.to_be_bytes());
+    let cut_ip = good[..24].to_vec();
+    let cut_tcp = eth4(&ipv4(A4, B4, 6, &tcp(1, 2, 0x02, &[]), 0, 0))[..40].to_vec();
+    let cut_v6 = eth6(&ipv6(A6, B6, 0, &ext(17, 3), &udp(1, 2, &[])))[..70].to_vec();
+    let garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 % 251) as u8).collect();
+    let mut frames = vec![
+        good.clone(),
+        bogus_ihl,
+        bad_version,
+        short_total,
+        cut_ip,
+        cut_tcp,
+        cut_v6,
+        vec![],
+        vec![0xff; 5],
+        garbage,
+        eth(&[(0x8100, 5)], 0x0800, &[]),
+    ];
+    frames.push(good.clone());
+    let file = tmp.path("broken.pcap");
+    write_pcap(&file, DataLink::ETHERNET, &frames, 1_700_000_000);
+    for mode in ["tc", "xdp"] {
+        let (status, stdout, stderr) = devourer_read(&file, &["--mode", mode]);
+        assert!(
+            status.success(),
+            "malformed packets are not fatal ({mode}): {stderr}"
+        );
+        let recs = records(&stdout);
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        assert_eq!(recs[0]["src_packets"], 2, "both good frames counted");
+        // 7 broken IP frames in the kernel, 2 too short for an Ethernet header in userspace;
+        // the garbage frame has a random ethertype: not IP.
+        assert_eq!(log_number(&stderr, "malformed"), Some(9), "{stderr}");
+        assert_eq!(log_number(&stderr, "non_ip"), Some(1), "{stderr}");
+        assert_eq!(log_number(&stderr, "packets"), Some(12), "{stderr}");
+    }
+}
+
+#[test]
+fn a_truncated_file_emits_what_was_read_and_exits_nonzero() {
+    if !require_root("a_truncated_file_emits_what_was_read_and_exits_nonzero") {
+        return;
+    }
+    let tmp = TempDir::new("trunc");
+    let frames: Vec<_> = (0..20u16)
+        .map(|i| eth4(&ipv4(A4, B4, 17, &udp(1000 + i, 53, &[0; 50]), 0, 0)))
+        .collect();
+    let file = tmp.path("whole.pcap");
+    write_pcap(&file, DataLink::ETHERNET, &frames, 1_700_000_000);
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = tmp.path("cut.pcap");
+    std::fs::write(&cut, &bytes[..bytes.len() - 30]).unwrap();
+    let (status, stdout, stderr) = devourer_read(&cut, &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("truncated or corrupt after 19 packets"),
+        "{stderr}"
+    );
+    let recs = records(&stdout);
+    assert_eq!(recs.len(), 19, "every complete packet's flow is emitted");
+    assert!(recs.iter().all(|r| r["status"] == "end_of_input"));
+
+    let not_pcap = tmp.path("notes.txt");
+    std::fs::write(&not_pcap, "hello, I am not a capture\n").unwrap();
+    let (status, stdout, stderr) = devourer_read(&not_pcap, &[]);
+    assert!(!status.success());
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("neither a pcap nor a pcapng"), "{stderr}");
+
+    let (status, _, stderr) = devourer_read(&tmp.path("missing.pcap"), &[]);
+    assert!(!status.success());
+    assert!(stderr.contains("cannot open"), "{stderr}");
+}
+
+#[test]
+fn timeouts_fire_on_the_files_clock() {
+    if !require_root("timeouts_fire_on_the_files_clock") {
+        return;
+    }
+    let tmp = TempDir::new("clock");
+    let t0 = 1_700_000_000_000_000u64;
+    let s = 1_000_000u64;
+    let a = |sp| eth4(&ipv4(A4, B4, 17, &udp(sp, 9, &[0; 10]), 0, 0));
+    let mut frames = Vec::new();
+    // Flow 1: two packets, then quiet for a minute of file time: idle timeout.
+    frames.push((t0, a(1)));
+    frames.push((t0 + s, a(1)));
+    // Flow 2: one packet every 10 s for 100 s: active timeouts every 30 s.
+    for i in 0..=10 {
+        frames.push((t0 + 2 * s + i * 10 * s, a(2)));
+    }
+    // Flow 3: a TCP exchange closed with FIN both ways, then a late packet of flow 2.
+    let c = |fl| eth4(&ipv4(A4, B4, 6, &tcp(3333, 80, fl, &[]), 0, 0));
+    let sv = |fl| eth4(&ipv4(B4, A4, 6, &tcp(80, 3333, fl, &[]), 0, 0));
+    frames.push((t0 + 5 * s, c(0x02)));
+    frames.push((t0 + 5 * s + 1, sv(0x12)));
+    frames.push((t0 + 6 * s, c(0x11)));
+    frames.push((t0 + 6 * s + 1, sv(0x11)));
+    frames.sort_by_key(|(t, _)| *t);
+    let file = tmp.path("clock.pcap");
+    write_pcap_timed(&file, DataLink::ETHERNET, &frames);
+    let (status, stdout, stderr) = devourer_read(
+        &file,
+        &[
+            "--idle-timeout",
+            "20s",
+            "--active-timeout",
+            "30s",
+            "--tcp-linger",
+            "2s",
+        ],
+    );
+    assert!(status.success(), "{stderr}");
+    let recs = records(&stdout);
+    let of = |sp: u64| {
+        recs.iter()
+            .filter(|r| r["src_port"] == sp)
+            .map(|r| {
+                (
+                    r["seq"].as_u64().unwrap(),
+                    r["status"].as_str().unwrap().to_owned(),
+                    r["src_packets"].as_u64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(1), vec![(0, "idle_timeout".into(), 2)]);
+    let f2 = of(2);
+    assert_eq!(f2.iter().map(|x| x.2).sum::<u64>(), 11, "{f2:?}");
+    assert!(f2.len() >= 3, "{f2:?}");
+    assert!(
+        f2[..f2.len() - 1].iter().all(|x| x.1 == "active_timeout"),
+        "{f2:?}"
+    );
+    assert_eq!(f2.last().unwrap().1, "end_of_input");
+    assert_eq!(
+        f2.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (0..f2.len() as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(of(3333), vec![(0, "tcp_closed".into(), 2)]);
+    // All records of flow 2 share nothing but the flow: distinct ids.
+    let mut ids: Vec<_> = recs
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), recs.len());
+}
