@@ -20,6 +20,9 @@ pub struct Parsed {
     pub key: FlowKey,
     /// IP-layer bytes from the IP length field.
     pub bytes: u32,
+    /// Network plus transport header bytes: what each extra segment of a GSO/GRO super-packet
+    /// adds on the wire (its own IP and TCP/UDP headers).
+    pub seg_hdr: u32,
     pub tcp_flags: u16,
     pub icmp_type: u8,
     pub icmp_code: u8,
@@ -119,6 +122,7 @@ pub fn parse<P: Packet>(p: &P, vlan_hint: Option<u16>) -> Result<Parsed, Skip> {
     let mut out = Parsed {
         key,
         bytes: 0,
+        seg_hdr: 0,
         tcp_flags: 0,
         icmp_type: 0,
         icmp_code: 0,
@@ -154,6 +158,7 @@ fn parse_ipv4<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
     out.key.src_addr = v4_mapped(h.src);
     out.key.dst_addr = v4_mapped(h.dst);
     out.key.proto = h.proto;
+    out.seg_hdr = ihl as u32;
     if be16(h.frag_off) & 0x1fff != 0 {
         // Non-first fragment: no transport header; counted with ports 0.
         return Ok(());
@@ -195,6 +200,7 @@ fn parse_ipv6<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
                 l4 += 8;
                 if be16([f[2], f[3]]) >> 3 != 0 {
                     out.key.proto = next;
+                    out.seg_hdr = (l4 - off) as u32;
                     return Ok(());
                 }
             }
@@ -211,6 +217,7 @@ fn parse_ipv6<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
         }
     }
     out.key.proto = next;
+    out.seg_hdr = (l4 - off) as u32;
     if walked_all {
         // More extension headers than we walk: counted, with ports 0.
         return Ok(());
@@ -225,6 +232,7 @@ fn parse_l4<P: Packet>(p: &P, off: usize, v6: bool, out: &mut Parsed) -> Result<
             let t: [u8; 14] = p.load(off).ok_or(Skip::Malformed)?;
             out.key.src_port = be16([t[0], t[1]]);
             out.key.dst_port = be16([t[2], t[3]]);
+            out.seg_hdr += ((t[12] >> 4) as u32) * 4;
             let flags = t[13];
             out.tcp_flags = flags as u16 | (((t[12] & 1) as u16) << 8);
             if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
@@ -235,6 +243,9 @@ fn parse_l4<P: Packet>(p: &P, off: usize, v6: bool, out: &mut Parsed) -> Result<
             let u: [u8; 4] = p.load(off).ok_or(Skip::Malformed)?;
             out.key.src_port = be16([u[0], u[1]]);
             out.key.dst_port = be16([u[2], u[3]]);
+            if out.key.proto == IPPROTO_UDP {
+                out.seg_hdr += 8;
+            }
         }
         IPPROTO_ICMP if !v6 => icmp(p, off, out)?,
         IPPROTO_ICMPV6 if v6 => icmp(p, off, out)?,

@@ -172,8 +172,13 @@ fn xdp(ctx: &XdpContext) {
 fn account<P: Packet>(p: &P, vlan_hint: Option<u16>, ts: u64, ifindex: u32, gso_segs: u32) {
     count(C_PACKETS, 1);
     match parse(p, vlan_hint) {
-        Ok(parsed) => {
-            let segs = if gso_segs == 0 { 1 } else { gso_segs as u64 };
+        Ok(mut parsed) => {
+            let segs = if gso_segs <= 1 { 1 } else { gso_segs as u64 };
+            // A GSO/GRO super-packet stands for `segs` packets on the wire, each with its own
+            // headers: count the bytes those packets' IP length fields add up to.
+            parsed.bytes = parsed
+                .bytes
+                .saturating_add(((segs - 1) as u32).saturating_mul(parsed.seg_hdr));
             record(&parsed, ts, ifindex, segs);
         }
         Err(Skip::NonIp) => count(C_NON_IP, 1),

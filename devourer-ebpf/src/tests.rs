@@ -222,3 +222,18 @@ fn broken_headers_are_malformed_and_other_ethertypes_are_not_ip() {
     vlan.extend_from_slice(&[0x81, 0x00, 0x00]);
     assert_eq!(run(&vlan).err(), Some(Skip::Malformed));
 }
+
+#[test]
+fn segment_header_length_covers_ip_and_transport_headers() {
+    // TCP with 12 bytes of options (doff 8) over IPv4 with 4 bytes of options.
+    let mut t = vec![0u8; 32];
+    t[12] = 8 << 4;
+    t[13] = 0x10;
+    let p = run(&ipv4_raw(6, 4, 0, &t)).unwrap();
+    assert_eq!(p.seg_hdr, 24 + 32);
+    let udp = [0, 1, 0, 2, 0, 8, 0, 0];
+    assert_eq!(run(&ipv4_raw(17, 0, 0, &udp)).unwrap().seg_hdr, 28);
+    let mut e = vec![17, 0, 1, 4, 0, 0, 0, 0];
+    e.truncate(8);
+    assert_eq!(run(&ipv6_raw(0, &e, &udp)).unwrap().seg_hdr, 40 + 8 + 8);
+}

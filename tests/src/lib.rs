@@ -256,10 +256,21 @@ impl Drop for Bg {
 /// Starts tcpdump writing `file` in `ns` and waits until it is capturing.
 pub fn tcpdump(ns: &Netns, iface: &str, file: &Path) -> Bg {
     let mut cmd = ns.cmd("tcpdump");
-    cmd.args(["-i", iface, "-n", "-U", "--immediate-mode", "-s", "0", "-w"])
-        .arg(file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-i",
+        iface,
+        "-n",
+        "-U",
+        "--immediate-mode",
+        "-B",
+        "65536",
+        "-s",
+        "0",
+        "-w",
+    ])
+    .arg(file)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     let mut bg = Bg::spawn(cmd, "tcpdump");
     let stderr = bg
         .child

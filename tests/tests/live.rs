@@ -1,0 +1,291 @@
+//! `devourer capture` on a veth end in a test namespace, against tcpdump on the same interface:
+//! per-direction bytes and packets equal, in TC and XDP mode; SIGTERM flushes and detaches; a
+//! closed stdout ends the agent cleanly.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use devourer_tests::*;
+
+/// Starts the agent in namespace A on its veth end; returns once it is capturing.
+fn start_agent(link: &Link, mode: &str, out: &Path, log: &Path, extra: &[&str]) -> Bg {
+    let mut cmd = link.a.cmd(devourer_bin());
+    cmd.args([
+        "capture",
+        "-i",
+        &link.if_a,
+        "--mode",
+        mode,
+        "--agent-name",
+        "live-agent",
+    ])
+    .args(["--scan-interval", "200ms"])
+    .args(extra)
+    .env("DEVOURER_LOG", "info")
+    .stdout(File::create(out).expect("stdout file"))
+    .stderr(File::create(log).expect("stderr file"));
+    let bg = Bg::spawn(cmd, "devourer capture");
+    let ready = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("capturing"))
+    });
+    assert!(
+        ready,
+        "agent did not start:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    bg
+}
+
+fn traffic(link: &Link) {
+    let b = &link.b;
+    let web = Bg::spawn(
+        {
+            let mut c = b.cmd("python3");
+            c.args(["-m", "http.server", "8000", "--bind", "::"])
+                .current_dir(std::env::temp_dir())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            c
+        },
+        "http.server",
+    );
+    let iperf = Bg::spawn(
+        {
+            let mut c = b.cmd("iperf3");
+            c.args(["-s", "-p", "5201"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            c
+        },
+        "iperf3 -s",
+    );
+    assert!(wait_for(Duration::from_secs(10), || {
+        b.cmd("bash")
+            .args([
+                "-c",
+                "ss -ltn | grep -q ':8000 ' && ss -ltn | grep -q ':5201 '",
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    }));
+    let (ip4b, ip6b) = (&link.ip4_b, &link.ip6_b);
+    link.a.sh(&format!(
+        "ping -c 5 -i 0.2 {ip4b} >/dev/null
+         ping -6 -c 3 -i 0.2 {ip6b} >/dev/null
+         for i in 1 2 3; do curl -sf -o /dev/null http://{ip4b}:8000/; done
+         curl -sf -o /dev/null 'http://[{ip6b}]:8000/'
+         iperf3 -c {ip4b} -p 5201 -n 3M -b 300M >/dev/null
+         iperf3 -c {ip6b} -p 5201 -u -b 20M -n 1M -l 1200 >/dev/null
+         python3 -c \"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port in range(30000, 30200):
+    s.sendto(b'z' * (port % 50), ('{ip4b}', port))
+\"
+         sleep 0.5"
+    ));
+    drop(web);
+    drop(iperf);
+}
+
+fn live_matches_tcpdump(mode: &str) {
+    let tmp = TempDir::new(&format!("live-{mode}"));
+    let link = Link::new();
+    let pcap = tmp.path("live.pcap");
+    let (out, log) = (tmp.path("out.jsonl"), tmp.path("agent.log"));
+    let dump = tcpdump(&link.a, &link.if_a, &pcap);
+    let agent = start_agent(&link, mode, &out, &log, &[]);
+    traffic(&link);
+    let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    dump.stop(libc::SIGINT, Duration::from_secs(10));
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        res.status.success(),
+        "agent exit {}: {log_text}",
+        res.status
+    );
+    assert!(log_text.contains("stopping (SIGTERM)"), "{log_text}");
+
+    let addrs = link.addrs();
+    let (oracle, _) = tshark_sums(&pcap, Some(&addrs));
+    let recs = records(&std::fs::read(&out).unwrap());
+    assert_same_sums(
+        &devourer_sums(&recs, Some(&addrs)),
+        &oracle,
+        &format!("live --mode {mode}"),
+    );
+    assert!(oracle.len() > 200, "many flows: {}", oracle.len());
+    assert!(
+        recs.iter()
+            .all(|r| r["interface"] == link.if_a.as_str() && r["agent"] == "live-agent")
+    );
+    // Idle timeout is 120 s: everything still open was flushed by SIGTERM.
+    assert!(recs.iter().any(|r| r["status"] == "shutdown"));
+    // TCP connections that closed at least 5 s before the end were emitted as closed; all
+    // TCP records are oriented from the client.
+    for r in recs.iter().filter(|r| r["protocol"] == "tcp") {
+        assert_eq!(
+            r["src_addr"].as_str().unwrap().starts_with("10.")
+                || r["src_addr"].as_str().unwrap().starts_with("fd00:"),
+            true
+        );
+        assert!(
+            r["dst_port"] == 8000 || r["dst_port"] == 5201,
+            "client -> server: {r}"
+        );
+    }
+    // Detached: no XDP program and no TC filter is left on the interface.
+    let shown = link.a.sh(&format!(
+        "ip link show dev {}; tc filter show dev {} ingress; tc filter show dev {} egress",
+        link.if_a, link.if_a, link.if_a
+    ));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(!shown.contains("xdp"), "{shown}");
+    assert!(!shown.contains("devourer"), "{shown}");
+}
+
+#[test]
+fn live_tc_counts_match_tcpdump_and_sigterm_flushes() {
+    if !require_root("live_tc_counts_match_tcpdump_and_sigterm_flushes") {
+        return;
+    }
+    live_matches_tcpdump("tc");
+}
+
+#[test]
+fn live_xdp_counts_match_tcpdump_and_sigterm_flushes() {
+    if !require_root("live_xdp_counts_match_tcpdump_and_sigterm_flushes") {
+        return;
+    }
+    live_matches_tcpdump("xdp");
+}
+
+#[test]
+fn idle_flows_are_emitted_while_running() {
+    if !require_root("idle_flows_are_emitted_while_running") {
+        return;
+    }
+    let tmp = TempDir::new("idle");
+    let link = Link::new();
+    let (out, log) = (tmp.path("out.jsonl"), tmp.path("agent.log"));
+    let agent = start_agent(
+        &link,
+        "tc",
+        &out,
+        &log,
+        &["--idle-timeout", "1s", "--evict-after", "500ms"],
+    );
+    link.a.sh(&format!("ping -c 2 -i 0.2 {}", link.ip4_b));
+    let emitted = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.contains("idle_timeout"))
+    });
+    let res = agent.stop(libc::SIGINT, Duration::from_secs(20));
+    assert!(emitted, "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(res.status.success());
+    let recs = records(&std::fs::read(&out).unwrap());
+    let icmp: Vec<_> = recs.iter().filter(|r| r["protocol"] == "icmp").collect();
+    assert_eq!(icmp.len(), 1, "{recs:?}");
+    assert_eq!(
+        (
+            icmp[0]["src_packets"].as_u64(),
+            icmp[0]["dst_packets"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert_eq!(icmp[0]["status"], "idle_timeout");
+}
+
+#[test]
+fn a_closed_stdout_ends_the_agent_cleanly() {
+    if !require_root("a_closed_stdout_ends_the_agent_cleanly") {
+        return;
+    }
+    let tmp = TempDir::new("epipe");
+    let link = Link::new();
+    let log = tmp.path("agent.log");
+    let mut cmd = link.a.cmd(devourer_bin());
+    cmd.args([
+        "capture",
+        "-i",
+        &link.if_a,
+        "--idle-timeout",
+        "1s",
+        "--evict-after",
+        "200ms",
+    ])
+    .args(["--scan-interval", "200ms"])
+    .stdout(Stdio::piped())
+    .stderr(File::create(&log).unwrap());
+    let mut agent = Bg::spawn(cmd, "devourer capture");
+    let stdout = agent.child.as_mut().unwrap().stdout.take().unwrap();
+    let pinger = Bg::spawn(
+        {
+            let mut c = link.a.cmd("ping");
+            c.args(["-i", "0.3", "-c", "100", &link.ip4_b])
+                .stdout(Stdio::null());
+            c
+        },
+        "ping",
+    );
+    // Read one record, then close our end, like `devourer capture ... | head -1`.
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    assert!(first.contains("\"type\":\"flow\""), "{first}");
+    // Pings with a 1 s idle timeout: UDP-less ICMP flow stays open; force new flows instead.
+    link.a.sh(&format!(
+        "for p in 1 2 3 4 5; do echo x > /dev/udp/{}/4000$p; sleep 0.3; done",
+        link.ip4_b
+    ));
+    let child = agent.child.as_mut().unwrap();
+    let exited = wait_for(Duration::from_secs(15), || {
+        child.try_wait().unwrap().is_some()
+    });
+    drop(pinger);
+    assert!(
+        exited,
+        "agent still running after its stdout closed:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{status}: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("output closed")
+    );
+}
+
+#[test]
+fn unknown_interface_and_no_interface_are_clear_errors() {
+    if !require_root("unknown_interface_and_no_interface_are_clear_errors") {
+        return;
+    }
+    let out = Command::new(devourer_bin())
+        .args(["capture", "-i", "nosuchif0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown interface \"nosuchif0\""), "{err}");
+    let out = Command::new(devourer_bin())
+        .args(["capture"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass -i IFACE"));
+    let out = Command::new(devourer_bin())
+        .args(["capture", "-i", "lo", "--idle-timeout", "soon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--idle-timeout"));
+}
