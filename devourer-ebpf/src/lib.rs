@@ -11,7 +11,7 @@ pub trait Packet {
     /// Copies `size_of::<T>()` bytes at `off`; `None` when the frame is shorter.
     fn load<T: Copy>(&self, off: usize) -> Option<T>;
     /// The frame's length in bytes.
-    fn len(&self) -> usize;
+    fn frame_len(&self) -> usize;
 }
 
 /// What one packet contributes to its flow (the key's `ifindex` is left for the caller).
@@ -149,7 +149,7 @@ fn parse_ipv4<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
     let tot_len = be16(h.tot_len) as usize;
     out.bytes = if tot_len == 0 {
         // TSO/BIG TCP super-packets may carry 0: the frame is the only length there is.
-        p.len().saturating_sub(off) as u32
+        p.frame_len().saturating_sub(off) as u32
     } else if tot_len < ihl {
         return Err(Skip::Malformed);
     } else {
@@ -175,7 +175,7 @@ fn parse_ipv6<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
     let payload = be16(h.payload_len) as usize;
     out.bytes = if payload == 0 {
         // Jumbogram / BIG TCP: the payload length lives elsewhere; use the frame.
-        p.len().saturating_sub(off) as u32
+        p.frame_len().saturating_sub(off) as u32
     } else {
         (payload + 40) as u32
     };

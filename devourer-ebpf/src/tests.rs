@@ -19,7 +19,7 @@ impl Packet for Bytes<'_> {
         Some(unsafe { core::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
     }
 
-    fn len(&self) -> usize {
+    fn frame_len(&self) -> usize {
         self.0.len()
     }
 }

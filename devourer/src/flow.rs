@@ -467,7 +467,7 @@ impl FlowTable {
 }
 
 fn sort_records(out: &mut [Emitted]) {
-    out.sort_unstable_by(|a, b| (a.first_ns, a.key, a.seq).cmp(&(b.first_ns, b.key, b.seq)));
+    out.sort_unstable_by_key(|r| (r.first_ns, r.key, r.seq));
 }
 
 #[cfg(test)]

@@ -169,10 +169,7 @@ impl FlowSource for KernelFlows {
     }
 
     fn take(&mut self, key: &FlowKey) -> io::Result<Option<FlowValue>> {
-        Ok(self
-            .0
-            .take(key)?
-            .and_then(|slots| crate::flow::sum_per_cpu(slots)))
+        Ok(self.0.take(key)?.and_then(crate::flow::sum_per_cpu))
     }
 
     fn capacity(&self) -> usize {

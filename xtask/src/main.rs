@@ -209,6 +209,21 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        // The kernel crate on its own: feature unification would otherwise pull std into it.
+        let tc = setup::ebpf_toolchain()?;
+        run_cmd(
+            Command::new("rustup")
+                .current_dir(workspace_root().join("devourer-ebpf"))
+                .args([
+                    "run",
+                    &tc,
+                    "cargo",
+                    "clippy",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
+                .args(["-Z", "build-std=core", "--bins", "--", "-D", "warnings"]),
+        )?;
     }
     let filter: Vec<String> = filter.into_iter().collect();
     // Unit tests: the agent, shared types, xtask.

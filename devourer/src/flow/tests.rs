@@ -64,10 +64,7 @@ impl FlowSource for FakeMap {
         for (k, cpu, ts, bytes) in std::mem::take(&mut self.on_take) {
             self.packet(cpu, k, ts, bytes, 0, 0);
         }
-        Ok(self
-            .entries
-            .remove(key)
-            .and_then(|slots| sum_per_cpu(slots)))
+        Ok(self.entries.remove(key).and_then(sum_per_cpu))
     }
 
     fn capacity(&self) -> usize {
