@@ -147,7 +147,17 @@ pub fn run(args: ReadArgs) -> Result<ExitCode> {
             }
         };
         match res {
-            Ok(_) => st.fed += 1,
+            Ok(_) => {
+                st.fed += 1;
+                // The map filled up: evict early, as the live agent does on the wake-up.
+                let mut woken = false;
+                while loaded.wakeup.next().is_some() {
+                    woken = true;
+                }
+                if woken && !pipeline.scan(&mut loaded.flows, pkt.ts_ns, true)? {
+                    anyhow::bail!("output closed");
+                }
+            }
             Err(e) => {
                 st.run_errors += 1;
                 tracing::debug!(

@@ -407,3 +407,65 @@ fn timeouts_fire_on_the_files_clock() {
     ids.dedup();
     assert_eq!(ids.len(), recs.len());
 }
+
+#[test]
+fn a_full_flow_map_spills_to_the_overflow_map_and_nothing_is_lost() {
+    if !require_root("a_full_flow_map_spills_to_the_overflow_map_and_nothing_is_lost") {
+        return;
+    }
+    let tmp = TempDir::new("full");
+    // 400 one-packet UDP flows and 100 TCP packets of one flow, 1 ms apart, into a map of 16.
+    let mut frames: Vec<Vec<u8>> = (0..400u16)
+        .map(|i| eth4(&ipv4(A4, B4, 17, &udp(10_000 + i, 53, &[0; 20]), 0, 0)))
+        .collect();
+    for i in 0..100 {
+        frames.insert(
+            i * 4,
+            eth4(&ipv4(A4, B4, 6, &tcp(4444, 80, 0x10, &[0; 10]), 0, 0)),
+        );
+    }
+    let file = tmp.path("many.pcap");
+    write_pcap(&file, DataLink::ETHERNET, &frames, 1_700_000_000);
+    for mode in ["tc", "xdp"] {
+        let (status, stdout, stderr) = devourer_read(
+            &file,
+            &[
+                "--mode",
+                mode,
+                "--flow-map-entries",
+                "16",
+                "--wake-interval",
+                "20ms",
+            ],
+        );
+        assert!(status.success(), "{stderr}");
+        let recs = records(&stdout);
+        let in_records: u64 = recs
+            .iter()
+            .map(|r| r["src_packets"].as_u64().unwrap())
+            .sum();
+        let in_overflow: u64 = stderr
+            .lines()
+            .filter(|l| l.contains("counted in the overflow map"))
+            .filter_map(|l| log_number(l, "packets"))
+            .sum();
+        assert!(in_overflow > 0, "the map did fill up: {stderr}");
+        assert_eq!(
+            in_records + in_overflow,
+            500,
+            "every packet is in a record or the overflow map:\n{stderr}"
+        );
+        assert!(
+            in_records > 100,
+            "wake-ups made room early: only {in_records} in records"
+        );
+        assert_eq!(
+            log_number(&stderr, "map_full"),
+            Some(in_overflow),
+            "{stderr}"
+        );
+        // The long TCP flow is one flow however often its entry was evicted under pressure.
+        let tcp: Vec<_> = recs.iter().filter(|r| r["protocol"] == "tcp").collect();
+        assert_eq!(tcp.len(), 1, "{tcp:?}");
+    }
+}
