@@ -181,7 +181,10 @@ fn idle_flows_are_emitted_while_running() {
     );
     link.a.sh(&format!("ping -c 2 -i 0.2 {}", link.ip4_b));
     let emitted = wait_for(Duration::from_secs(10), || {
-        std::fs::read_to_string(&out).is_ok_and(|s| s.contains("idle_timeout"))
+        std::fs::read_to_string(&out).is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.contains("\"protocol\":\"icmp\"") && l.contains("idle_timeout"))
+        })
     });
     let res = agent.stop(libc::SIGINT, Duration::from_secs(20));
     assert!(emitted, "{}", std::fs::read_to_string(&log).unwrap());
@@ -287,4 +290,107 @@ fn unknown_interface_and_no_interface_are_clear_errors() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--idle-timeout"));
+}
+
+/// Tagged frames sent from B with a raw socket: at TC ingress on A the kernel has moved the
+/// outer tag into `skb->vlan_tci`; XDP sees it in the frame. Both must report the outer id.
+fn tagged_frames_keep_their_outer_vlan(mode: &str) {
+    use devourer_tests::frames::*;
+    let tmp = TempDir::new(&format!("vlan-{mode}"));
+    let link = Link::new();
+    let mac = |ns: &Netns, ifc: &str| {
+        let out = ns.sh(&format!("cat /sys/class/net/{ifc}/address"));
+        String::from_utf8_lossy(&out.stdout).trim().replace(':', "")
+    };
+    let (mac_a, mac_b) = (mac(&link.a, &link.if_a), mac(&link.b, &link.if_b));
+    let with_macs = |f: Vec<u8>| {
+        let mut f = f;
+        let hex = |s: &str| {
+            (0..6)
+                .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+                .collect::<Vec<_>>()
+        };
+        f[..6].copy_from_slice(&hex(&mac_a));
+        f[6..12].copy_from_slice(&hex(&mac_b));
+        f
+    };
+    let mut frames = Vec::new();
+    for i in 0..5u16 {
+        frames.push(eth(
+            &[(0x8100, 100)],
+            0x0800,
+            &ipv4(B4, A4, 17, &udp(7000 + i, 53, &[1; 40]), 0, 0),
+        ));
+        frames.push(eth(
+            &[(0x88a8, 200), (0x8100, 300)],
+            0x0800,
+            &ipv4(B4, A4, 17, &udp(8000, 53, &[2; 60]), 0, 0),
+        ));
+        frames.push(eth(
+            &[(0x8100, 0)],
+            0x86dd,
+            &ipv6(B6, A6, 17, &[], &udp(9000, 53, &[3; 20])),
+        ));
+    }
+    let hexfile = tmp.path("frames.hex");
+    let text: String = frames
+        .into_iter()
+        .map(|f| {
+            with_macs(f)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(&hexfile, text).unwrap();
+    let pcap = tmp.path("vlan.pcap");
+    let (out, log) = (tmp.path("out.jsonl"), tmp.path("agent.log"));
+    let dump = tcpdump(&link.a, &link.if_a, &pcap);
+    let agent = start_agent(&link, mode, &out, &log, &[]);
+    link.b.sh(&format!(
+        "python3 -c \"
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('{}', 0))
+for line in open('{}'):
+    s.send(bytes.fromhex(line.strip()))
+\"
+         sleep 0.3",
+        link.if_b,
+        hexfile.display()
+    ));
+    let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    dump.stop(libc::SIGINT, Duration::from_secs(10));
+    assert!(res.status.success());
+    // Only the crafted frames: link-local multicast chatter may fall between the two starts.
+    let addrs: Vec<String> = ["192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"]
+        .map(String::from)
+        .to_vec();
+    let (oracle, _) = tshark_sums(&pcap, Some(&addrs));
+    let recs = records(&std::fs::read(&out).unwrap());
+    assert_same_sums(
+        &devourer_sums(&recs, Some(&addrs)),
+        &oracle,
+        &format!("tagged frames, --mode {mode}"),
+    );
+    let vlans: std::collections::BTreeSet<u64> =
+        recs.iter().filter_map(|r| r["vlan"].as_u64()).collect();
+    assert_eq!(vlans, [0, 100, 200].into_iter().collect(), "{recs:?}");
+}
+
+#[test]
+fn live_tc_reads_the_vlan_tag_the_kernel_moved_out_of_the_frame() {
+    if !require_root("live_tc_reads_the_vlan_tag_the_kernel_moved_out_of_the_frame") {
+        return;
+    }
+    tagged_frames_keep_their_outer_vlan("tc");
+}
+
+#[test]
+fn live_xdp_reads_vlan_tags_in_the_frame() {
+    if !require_root("live_xdp_reads_vlan_tags_in_the_frame") {
+        return;
+    }
+    tagged_frames_keep_their_outer_vlan("xdp");
 }

@@ -1,0 +1,169 @@
+//! Attachment lifecycle: nothing stale after a crash (TCX links die with the process, netlink
+//! filters left behind are removed at the next start), `--all-interfaces`, and a clear message
+//! when capabilities are missing.
+
+use std::{fs::File, path::Path, process::Command, time::Duration};
+
+use devourer_tests::*;
+
+fn start(ns: &Netns, args: &[&str], log: &Path) -> Bg {
+    let mut cmd = ns.cmd(devourer_bin());
+    cmd.arg("capture")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(File::create(log).unwrap());
+    let bg = Bg::spawn(cmd, "devourer capture");
+    let ok = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("capturing"))
+    });
+    assert!(
+        ok,
+        "agent did not start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    bg
+}
+
+fn loaded_devourer_programs() -> usize {
+    let out = run(Command::new("bpftool").args(["prog", "show"]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("name devourer_"))
+        .count()
+}
+
+fn tc_filters(ns: &Netns, ifc: &str) -> String {
+    let out = ns.sh(&format!(
+        "tc filter show dev {ifc} ingress; tc filter show dev {ifc} egress"
+    ));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_killed_agent_leaves_no_tcx_program_behind() {
+    if !require_root("a_killed_agent_leaves_no_tcx_program_behind") {
+        return;
+    }
+    let tmp = TempDir::new("tcx");
+    let link = Link::new();
+    let before = loaded_devourer_programs();
+    let agent = start(&link.a, &["-i", &link.if_a], &tmp.path("log"));
+    assert!(loaded_devourer_programs() > before);
+    agent.signal(libc::SIGKILL);
+    drop(agent);
+    assert!(
+        wait_for(Duration::from_secs(10), || loaded_devourer_programs()
+            == before),
+        "programs still loaded after kill -9: {}",
+        loaded_devourer_programs()
+    );
+    assert!(!tc_filters(&link.a, &link.if_a).contains("devourer"));
+}
+
+#[test]
+fn netlink_filters_left_by_a_crash_are_removed_at_the_next_start() {
+    if !require_root("netlink_filters_left_by_a_crash_are_removed_at_the_next_start") {
+        return;
+    }
+    let tmp = TempDir::new("netlink");
+    let link = Link::new();
+    let first = start(
+        &link.a,
+        &["-i", &link.if_a, "--tc-netlink"],
+        &tmp.path("log1"),
+    );
+    first.signal(libc::SIGKILL);
+    drop(first);
+    let left = tc_filters(&link.a, &link.if_a);
+    assert_eq!(left.matches("devourer_tc_ingress").count(), 1, "{left}");
+    assert_eq!(left.matches("devourer_tc_egress").count(), 1, "{left}");
+
+    let log2 = tmp.path("log2");
+    let second = start(&link.a, &["-i", &link.if_a, "--tc-netlink"], &log2);
+    let now = tc_filters(&link.a, &link.if_a);
+    assert_eq!(
+        now.matches("devourer_tc_ingress").count(),
+        1,
+        "one filter, not two: {now}"
+    );
+    assert_eq!(now.matches("devourer_tc_egress").count(), 1, "{now}");
+    assert!(
+        std::fs::read_to_string(&log2)
+            .unwrap()
+            .contains("removed a filter left by an earlier run")
+    );
+    // The new filters count: ping through them.
+    link.a
+        .sh(&format!("ping -c 2 -i 0.2 {} >/dev/null", link.ip4_b));
+    let out = second.stop(libc::SIGTERM, Duration::from_secs(20));
+    assert!(out.status.success());
+    assert!(
+        !tc_filters(&link.a, &link.if_a).contains("devourer"),
+        "clean after SIGTERM"
+    );
+}
+
+#[test]
+fn all_interfaces_means_every_up_interface_except_loopback() {
+    if !require_root("all_interfaces_means_every_up_interface_except_loopback") {
+        return;
+    }
+    let tmp = TempDir::new("all");
+    let link = Link::new();
+    link.a.sh("ip link add up0 type veth peer name up1
+         ip link set up0 up; ip link set up1 up
+         ip link add down0 type veth peer name down1");
+    let log = tmp.path("log");
+    let agent = start(&link.a, &["--all-interfaces"], &log);
+    let out = agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let attached: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" attached "))
+        .filter_map(|l| l.split("interface=").nth(1)?.split_whitespace().next())
+        .collect();
+    let mut attached = attached;
+    attached.sort_unstable();
+    let mut expect = vec![link.if_a.as_str(), "up0", "up1"];
+    expect.sort_unstable();
+    assert_eq!(attached, expect, "{text}");
+}
+
+#[test]
+fn missing_capabilities_are_named() {
+    if !require_root("missing_capabilities_are_named") {
+        return;
+    }
+    let tmp = TempDir::new("caps");
+    let pcap = tmp.path("one.pcap");
+    frames::write_pcap(
+        &pcap,
+        pcap_file::DataLink::ETHERNET,
+        &[frames::eth4(&frames::ipv4(
+            frames::A4,
+            frames::B4,
+            17,
+            &frames::udp(1, 2, &[]),
+            0,
+            0,
+        ))],
+        1_700_000_000,
+    );
+    let cmd = format!("{} read {}", devourer_bin().display(), pcap.display());
+    let out = Command::new("capsh")
+        .args([
+            "--drop=cap_bpf,cap_perfmon,cap_net_admin,cap_sys_admin",
+            "--",
+            "-c",
+            &cmd,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"),
+        "{err}"
+    );
+}
