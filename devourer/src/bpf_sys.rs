@@ -8,6 +8,7 @@ const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
 /// `union bpf_attr` is at most this large for the commands used here; the kernel requires the
 /// bytes it does not know to be zero, so every call passes a zeroed buffer of this size.
@@ -94,11 +95,13 @@ pub fn lookup_and_delete(map_fd: RawFd, key: &[u8], value: &mut [u8]) -> io::Res
     )
 }
 
-/// One step of BPF_MAP_LOOKUP_BATCH. `cursor` is `None` for the first call and is updated for
-/// the next. Returns how many elements were written to `keys`/`values` and whether the map
-/// has been walked to its end.
+/// One step of BPF_MAP_LOOKUP_BATCH, or of BPF_MAP_LOOKUP_AND_DELETE_BATCH with `delete`
+/// (each element is copied out and deleted under its bucket's lock). `cursor` is `None` for
+/// the first call and is updated for the next. Returns how many elements were written to
+/// `keys`/`values` and whether the map has been walked to its end.
 pub fn lookup_batch(
     map_fd: RawFd,
+    delete: bool,
     cursor: &mut Option<u64>,
     keys: &mut [u8],
     values: &mut [u8],
@@ -121,7 +124,12 @@ pub fn lookup_batch(
     attr.put_u64(24, values.as_mut_ptr() as u64);
     attr.put_u32(32, max);
     attr.put_u32(36, map_fd as u32);
-    let res = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+    let cmd = if delete {
+        BPF_MAP_LOOKUP_AND_DELETE_BATCH
+    } else {
+        BPF_MAP_LOOKUP_BATCH
+    };
+    let res = sys_bpf(cmd, &mut attr);
     let count = attr.get_u32(32);
     match res {
         Ok(()) => {

@@ -24,6 +24,17 @@ pub trait FlowSource {
     fn take(&mut self, key: &FlowKey) -> io::Result<Option<FlowValue>>;
     /// How many entries the map holds at most.
     fn capacity(&self) -> usize;
+    /// Atomically removes every entry, appending each with its summed value.
+    fn take_all(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> io::Result<()> {
+        let mut keys = Vec::new();
+        self.read_all(&mut keys)?;
+        for (k, _) in keys {
+            if let Some(v) = self.take(&k)? {
+                out.push((k, v));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Sums one entry's per-CPU slots: counts add up, the first packet is the earliest slot's.
@@ -318,12 +329,17 @@ impl FlowTable {
         let Some(v) = src.take(key)? else {
             return Ok(false);
         };
+        self.fold_deleted(key, &v);
+        Ok(true)
+    }
+
+    /// Folds what deleting a kernel entry returned into its flow.
+    fn fold_deleted(&mut self, key: &FlowKey, v: &FlowValue) {
         let (ck, d) = canonical(key);
         self.flows
             .entry(ck)
             .or_insert_with(|| Flow::new(ck))
-            .observe(d, &v, false);
-        Ok(true)
+            .observe(d, v, false);
     }
 
     fn take_flow(&mut self, src: &mut dyn FlowSource, ck: &FlowKey) -> io::Result<()> {
@@ -445,9 +461,9 @@ impl FlowTable {
     /// Empties the kernel map and the table: every open flow is emitted with `status`.
     pub fn flush(&mut self, src: &mut dyn FlowSource, status: Status) -> io::Result<Vec<Emitted>> {
         let mut entries = Vec::new();
-        src.read_all(&mut entries)?;
-        for (k, _) in &entries {
-            self.take_into(src, k)?;
+        src.take_all(&mut entries)?;
+        for (k, v) in &entries {
+            self.fold_deleted(k, v);
         }
         let mut out = Vec::new();
         for mut flow in std::mem::take(&mut self.flows).into_values() {

@@ -82,7 +82,7 @@ impl<K: Copy, V: Copy> PerCpuHash<K, V> {
     /// Calls `f` with every key and its per-CPU slots.
     pub fn for_each(&mut self, mut f: impl FnMut(K, &[V])) -> io::Result<()> {
         if self.batch_ok {
-            match self.for_each_batched(&mut f) {
+            match self.batched(false, &mut f) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::warn!("BPF_MAP_LOOKUP_BATCH unsupported ({e}); reading key by key");
@@ -94,7 +94,31 @@ impl<K: Copy, V: Copy> PerCpuHash<K, V> {
         self.for_each_by_key(&mut f)
     }
 
-    fn for_each_batched(&mut self, f: &mut impl FnMut(K, &[V])) -> io::Result<()> {
+    /// Atomically removes every entry, calling `f` with each key and its per-CPU slots.
+    pub fn drain(&mut self, mut f: impl FnMut(K, &[V])) -> io::Result<()> {
+        if self.batch_ok {
+            match self.batched(true, &mut f) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(
+                        "batched lookup-and-delete unsupported ({e}); deleting key by key"
+                    );
+                    self.batch_ok = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut keys = Vec::new();
+        self.for_each_by_key(&mut |k, _: &[V]| keys.push(k))?;
+        for k in keys {
+            if let Some(slots) = self.take(&k)? {
+                f(k, &slots);
+            }
+        }
+        Ok(())
+    }
+
+    fn batched(&mut self, delete: bool, f: &mut impl FnMut(K, &[V])) -> io::Result<()> {
         let vsize = value_stride::<V>() * self.ncpus;
         self.keys.resize(BATCH * size_of::<K>(), 0);
         self.values.resize(BATCH * vsize, 0);
@@ -102,6 +126,7 @@ impl<K: Copy, V: Copy> PerCpuHash<K, V> {
         loop {
             let (n, done) = bpf_sys::lookup_batch(
                 self.raw(),
+                delete,
                 &mut cursor,
                 &mut self.keys,
                 &mut self.values,

@@ -71,7 +71,7 @@ fn reused_per_cpu_entries_start_from_zero_and_deletes_return_every_cpu() {
     }
     let mut loaded = loader::load(&LoadOptions {
         offline: true,
-        flow_map_entries: 64,
+        flow_map_entries: 1024,
         wake_interval_ns: 1,
     })
     .expect("loading");
@@ -109,6 +109,20 @@ fn reused_per_cpu_entries_start_from_zero_and_deletes_return_every_cpu() {
     );
     assert_eq!(s[0].1[1].packets, 1);
     assert_eq!(s[0].1[1].first_ns, 2_000);
+
+    // Draining (batched lookup-and-delete) returns everything and leaves the map empty.
+    for port in 0..300u16 {
+        let mut f = frame.clone();
+        f[34..36].copy_from_slice(&(2000 + port).to_be_bytes());
+        bpf_sys::test_run(prog, &f, &bpf_sys::skb_ctx(3_000, 7)).unwrap();
+    }
+    let mut drained = Vec::new();
+    loaded.flows.take_all(&mut drained).unwrap();
+    assert_eq!(drained.len(), 301);
+    assert_eq!(drained.iter().map(|(_, v)| v.packets).sum::<u64>(), 301);
+    let mut rest = Vec::new();
+    loaded.flows.read_all(&mut rest).unwrap();
+    assert!(rest.is_empty());
 }
 
 #[test]
