@@ -290,6 +290,59 @@ pub fn tcpdump(ns: &Netns, iface: &str, file: &Path) -> Bg {
     bg
 }
 
+/// Starts a web server (`python3 -m http.server`, port 8000) and an iperf3 server (port 5201)
+/// in `ns` and waits until both listen. They stop when the returned guards drop.
+pub fn start_servers(ns: &Netns) -> [Bg; 2] {
+    let quiet = |mut c: Command| {
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    };
+    let mut web = ns.cmd("python3");
+    web.args(["-m", "http.server", "8000", "--bind", "::"])
+        .current_dir(std::env::temp_dir());
+    let mut iperf = ns.cmd("iperf3");
+    iperf.args(["-s", "-p", "5201"]);
+    let servers = [
+        Bg::spawn(quiet(web), "http.server"),
+        Bg::spawn(quiet(iperf), "iperf3 -s"),
+    ];
+    let listening = wait_for(Duration::from_secs(10), || {
+        ns.cmd("bash")
+            .args([
+                "-c",
+                "ss -ltn | grep -q ':8000 ' && ss -ltn | grep -q ':5201 '",
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(listening, "servers did not start listening");
+    servers
+}
+
+/// Runs `devourer capture ARGS` in `ns`, records to `out` (or nowhere), logs to `log`; returns
+/// once the agent says it is capturing.
+pub fn start_capture(ns: &Netns, args: &[&str], out: Option<&Path>, log: &Path) -> Bg {
+    let mut cmd = ns.cmd(devourer_bin());
+    cmd.arg("capture")
+        .args(args)
+        .env("DEVOURER_LOG", "info")
+        .stdout(match out {
+            Some(p) => Stdio::from(std::fs::File::create(p).expect("stdout file")),
+            None => Stdio::null(),
+        })
+        .stderr(std::fs::File::create(log).expect("log file"));
+    let bg = Bg::spawn(cmd, "devourer capture");
+    let ready = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("capturing"))
+    });
+    assert!(
+        ready,
+        "agent did not start:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    bg
+}
+
 /// Waits until `f` is true or `timeout` passes.
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

@@ -2,26 +2,12 @@
 //! filters left behind are removed at the next start), `--all-interfaces`, and a clear message
 //! when capabilities are missing.
 
-use std::{fs::File, path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use devourer_tests::*;
 
 fn start(ns: &Netns, args: &[&str], log: &Path) -> Bg {
-    let mut cmd = ns.cmd(devourer_bin());
-    cmd.arg("capture")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(File::create(log).unwrap());
-    let bg = Bg::spawn(cmd, "devourer capture");
-    let ok = wait_for(Duration::from_secs(20), || {
-        std::fs::read_to_string(log).is_ok_and(|l| l.contains("capturing"))
-    });
-    assert!(
-        ok,
-        "agent did not start: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-    bg
+    start_capture(ns, args, None, log)
 }
 
 fn loaded_devourer_programs() -> usize {

@@ -14,65 +14,21 @@ use devourer_tests::*;
 
 /// Starts the agent in namespace A on its veth end; returns once it is capturing.
 fn start_agent(link: &Link, mode: &str, out: &Path, log: &Path, extra: &[&str]) -> Bg {
-    let mut cmd = link.a.cmd(devourer_bin());
-    cmd.args([
-        "capture",
+    let mut args = vec![
         "-i",
         &link.if_a,
         "--mode",
         mode,
         "--agent-name",
         "live-agent",
-    ])
-    .args(["--scan-interval", "200ms"])
-    .args(extra)
-    .env("DEVOURER_LOG", "info")
-    .stdout(File::create(out).expect("stdout file"))
-    .stderr(File::create(log).expect("stderr file"));
-    let bg = Bg::spawn(cmd, "devourer capture");
-    let ready = wait_for(Duration::from_secs(20), || {
-        std::fs::read_to_string(log).is_ok_and(|l| l.contains("capturing"))
-    });
-    assert!(
-        ready,
-        "agent did not start:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-    bg
+    ];
+    args.extend(["--scan-interval", "200ms"]);
+    args.extend(extra);
+    start_capture(&link.a, &args, Some(out), log)
 }
 
 fn traffic(link: &Link) {
-    let b = &link.b;
-    let web = Bg::spawn(
-        {
-            let mut c = b.cmd("python3");
-            c.args(["-m", "http.server", "8000", "--bind", "::"])
-                .current_dir(std::env::temp_dir())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            c
-        },
-        "http.server",
-    );
-    let iperf = Bg::spawn(
-        {
-            let mut c = b.cmd("iperf3");
-            c.args(["-s", "-p", "5201"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            c
-        },
-        "iperf3 -s",
-    );
-    assert!(wait_for(Duration::from_secs(10), || {
-        b.cmd("bash")
-            .args([
-                "-c",
-                "ss -ltn | grep -q ':8000 ' && ss -ltn | grep -q ':5201 '",
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-    }));
+    let servers = start_servers(&link.b);
     let (ip4b, ip6b) = (&link.ip4_b, &link.ip6_b);
     link.a.sh(&format!(
         "ping -c 5 -i 0.2 {ip4b} >/dev/null
@@ -89,8 +45,7 @@ for port in range(30000, 30200):
 \"
          sleep 0.5"
     ));
-    drop(web);
-    drop(iperf);
+    drop(servers);
 }
 
 fn live_matches_tcpdump(mode: &str) {

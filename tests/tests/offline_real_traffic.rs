@@ -9,40 +9,8 @@ use devourer_tests::*;
 /// Generates the traffic mix from namespace A to B, with a capture running on B's side.
 fn capture_mix(link: &Link, pcap: &std::path::Path, pcapng: bool) {
     let b = &link.b;
-    let web = Bg::spawn(
-        {
-            let mut c = b.cmd("python3");
-            c.args(["-m", "http.server", "8000", "--bind", "::"])
-                .current_dir(std::env::temp_dir())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-            c
-        },
-        "http.server",
-    );
-    let iperf = Bg::spawn(
-        {
-            let mut c = b.cmd("iperf3");
-            c.args(["-s", "-p", "5201"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-            c
-        },
-        "iperf3 -s",
-    );
+    let servers = start_servers(b);
     let (ip4b, ip6b) = (&link.ip4_b, &link.ip6_b);
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            b.cmd("bash")
-                .args([
-                    "-c",
-                    "ss -ltn | grep -q ':8000 ' && ss -ltn | grep -q ':5201 '",
-                ])
-                .status()
-                .is_ok_and(|s| s.success())
-        }),
-        "servers listening"
-    );
     let cap = if pcapng {
         let mut c = b.cmd("dumpcap");
         c.args(["-q", "-i", &link.if_b, "-w"])
@@ -80,8 +48,7 @@ EOF
     ));
     // SIGINT lets both capture tools flush their files.
     cap.stop(libc::SIGINT, Duration::from_secs(10));
-    drop(web);
-    drop(iperf);
+    drop(servers);
 }
 
 fn check_modes(pcap: &std::path::Path, link: &Link, expect_iface: &str) {
