@@ -4,7 +4,7 @@
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Per-CPU hash: coarse [`OverflowKey`] -> [`OverflowValue`] for packets the full flow map refused.
 pub const OVERFLOW_MAP: &str = "OVERFLOW";
-/// Per-CPU array of `u64` counters indexed by the `C_*` constants.
+/// Per-CPU array with one [`CounterBlock`]: `u64` counters indexed by the `C_*` constants.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Ring buffer of rate-limited [`Wakeup`] events asking the agent to evict early.
 pub const WAKEUP_RING: &str = "WAKEUP";
@@ -39,7 +39,18 @@ pub const C_INSERT_RACE: u32 = 6;
 /// Wake-ups sent to the agent, and those the ring had no room for.
 pub const C_WAKEUPS: u32 = 7;
 pub const C_WAKEUP_FAILED: u32 = 8;
-pub const COUNTERS_LEN: u32 = 9;
+/// DNS payload events sent, refused by a full ring, and sent cut at the cap.
+pub const C_DNS_EVENTS: u32 = 9;
+pub const C_DNS_RING_FULL: u32 = 10;
+pub const C_DNS_CUT: u32 = 11;
+pub const COUNTERS_LEN: u32 = 12;
+
+/// The counters of one CPU (one lookup per packet, then plain increments).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterBlock {
+    pub c: [u64; COUNTERS_LEN as usize],
+}
 
 /// `FlowKey::flags`: the frame carried a VLAN tag (`vlan` is its id; 0 is a priority tag).
 pub const KEY_F_VLAN: u8 = 1;
@@ -136,6 +147,7 @@ mod user {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for OverflowKey {}
     unsafe impl aya::Pod for OverflowValue {}
+    unsafe impl aya::Pod for CounterBlock {}
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);

@@ -8,8 +8,20 @@ use devourer_common::flow::{FlowKey, KEY_F_IPV6, KEY_F_VLAN, VAL_F_ICMP, VAL_F_S
 
 /// Bounded access to a frame's bytes.
 pub trait Packet {
-    /// Copies `size_of::<T>()` bytes at `off`; `None` when the frame is shorter.
-    fn load<T: Copy>(&self, off: usize) -> Option<T>;
+    /// A pointer to `size_of::<T>()` readable bytes at `off` (maybe unaligned); `None` when the
+    /// frame is shorter. It stays valid until the next call.
+    fn at<T: Copy>(&self, off: usize) -> Option<*const T>;
+
+    /// Copies `size_of::<T>()` bytes at `off`. For small values: a large header copied into
+    /// a local is split into one register per byte by LLVM, and those spill past BPF's
+    /// 512-byte stack; read large headers field by field through [`Packet::at`] instead.
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+        // SAFETY: `at` returned a pointer to enough readable bytes.
+        self.at::<T>(off)
+            .map(|p| unsafe { core::ptr::read_unaligned(p) })
+    }
+
     /// The frame's length in bytes.
     fn frame_len(&self) -> usize;
 }
@@ -28,6 +40,12 @@ pub struct Parsed {
     pub icmp_code: u8,
     /// `VAL_F_*` bits for the flow value.
     pub val_flags: u8,
+    /// Where the TCP/UDP payload starts in the frame, and how long the IP lengths say it is
+    /// (0 when there is no transport header).
+    pub payload_off: u32,
+    pub payload_len: u32,
+    /// TCP sequence number (0 for other protocols).
+    pub tcp_seq: u32,
 }
 
 /// Why a frame is not part of any flow.
@@ -96,14 +114,43 @@ const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
     ]
 }
 
-/// Parses one frame starting at its Ethernet header. `vlan_hint` is the tag the kernel already
-/// removed from the frame (TC's `skb->vlan_tci`); it is the outer tag when present.
+impl Parsed {
+    pub const EMPTY: Self = Self {
+        key: FlowKey {
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+            ifindex: 0,
+            vlan: 0,
+            proto: 0,
+            flags: 0,
+        },
+        bytes: 0,
+        seg_hdr: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        val_flags: 0,
+        payload_off: 0,
+        payload_len: 0,
+        tcp_seq: 0,
+    };
+}
+
+/// Parses one frame starting at its Ethernet header into `out`. `vlan_hint` is the tag the
+/// kernel already removed from the frame (TC's `skb->vlan_tci`); it is the outer tag when
+/// present.
+///
+/// `out` is written in place: in the kernel it lives in a per-CPU map slot, because LLVM keeps
+/// a local struct of this size as one register per byte and spills them past the 512-byte
+/// stack.
 #[inline(always)]
-pub fn parse<P: Packet>(p: &P, vlan_hint: Option<u16>) -> Result<Parsed, Skip> {
-    let mut key = FlowKey::default();
+pub fn parse<P: Packet>(p: &P, vlan_hint: Option<u16>, out: &mut Parsed) -> Result<(), Skip> {
+    *out = Parsed::EMPTY;
     if let Some(tci) = vlan_hint {
-        key.vlan = tci & 0x0fff;
-        key.flags |= KEY_F_VLAN;
+        out.key.vlan = tci & 0x0fff;
+        out.key.flags |= KEY_F_VLAN;
     }
     let mut ethertype = be16(p.load::<[u8; 2]>(12).ok_or(Skip::Malformed)?);
     let mut off = ETH_HLEN;
@@ -111,42 +158,35 @@ pub fn parse<P: Packet>(p: &P, vlan_hint: Option<u16>) -> Result<Parsed, Skip> {
     for _ in 0..2 {
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
             let tag: [u8; 4] = p.load(off).ok_or(Skip::Malformed)?;
-            if key.flags & KEY_F_VLAN == 0 {
-                key.vlan = be16([tag[0], tag[1]]) & 0x0fff;
-                key.flags |= KEY_F_VLAN;
+            if out.key.flags & KEY_F_VLAN == 0 {
+                out.key.vlan = be16([tag[0], tag[1]]) & 0x0fff;
+                out.key.flags |= KEY_F_VLAN;
             }
             ethertype = be16([tag[2], tag[3]]);
             off += 4;
         }
     }
-    let mut out = Parsed {
-        key,
-        bytes: 0,
-        seg_hdr: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-        val_flags: 0,
-    };
     match ethertype {
-        ETH_P_IP => parse_ipv4(p, off, &mut out)?,
-        ETH_P_IPV6 => parse_ipv6(p, off, &mut out)?,
-        _ => return Err(Skip::NonIp),
+        ETH_P_IP => parse_ipv4(p, off, out),
+        ETH_P_IPV6 => parse_ipv6(p, off, out),
+        _ => Err(Skip::NonIp),
     }
-    Ok(out)
 }
 
 #[inline(always)]
 fn parse_ipv4<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip> {
-    let h: Ipv4Hdr = p.load(off).ok_or(Skip::Malformed)?;
-    if h.ver_ihl >> 4 != 4 {
+    let h = p.at::<Ipv4Hdr>(off).ok_or(Skip::Malformed)?;
+    // SAFETY (all reads of `h`): `at` checked that the header's bytes are readable; every
+    // field is a byte or byte array (alignment 1).
+    let ver_ihl = unsafe { (*h).ver_ihl };
+    if ver_ihl >> 4 != 4 {
         return Err(Skip::Malformed);
     }
-    let ihl = ((h.ver_ihl & 0x0f) as usize) * 4;
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
     if ihl < 20 {
         return Err(Skip::Malformed);
     }
-    let tot_len = be16(h.tot_len) as usize;
+    let tot_len = be16(unsafe { (*h).tot_len }) as usize;
     out.bytes = if tot_len == 0 {
         // TSO/BIG TCP super-packets may carry 0: the frame is the only length there is.
         p.frame_len().saturating_sub(off) as u32
@@ -155,34 +195,36 @@ fn parse_ipv4<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
     } else {
         tot_len as u32
     };
-    out.key.src_addr = v4_mapped(h.src);
-    out.key.dst_addr = v4_mapped(h.dst);
-    out.key.proto = h.proto;
+    out.key.src_addr = v4_mapped(unsafe { (*h).src });
+    out.key.dst_addr = v4_mapped(unsafe { (*h).dst });
+    out.key.proto = unsafe { (*h).proto };
     out.seg_hdr = ihl as u32;
-    if be16(h.frag_off) & 0x1fff != 0 {
+    if be16(unsafe { (*h).frag_off }) & 0x1fff != 0 {
         // Non-first fragment: no transport header; counted with ports 0.
         return Ok(());
     }
-    parse_l4(p, off + ihl, false, out)
+    let ip_end = off + out.bytes as usize;
+    parse_l4(p, off + ihl, ip_end, false, out)
 }
 
 #[inline(always)]
 fn parse_ipv6<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip> {
-    let h: Ipv6Hdr = p.load(off).ok_or(Skip::Malformed)?;
-    if h.ver_tc_flow[0] >> 4 != 6 {
+    let h = p.at::<Ipv6Hdr>(off).ok_or(Skip::Malformed)?;
+    // SAFETY (all reads of `h`): as for IPv4.
+    if unsafe { (*h).ver_tc_flow[0] } >> 4 != 6 {
         return Err(Skip::Malformed);
     }
-    let payload = be16(h.payload_len) as usize;
+    let payload = be16(unsafe { (*h).payload_len }) as usize;
     out.bytes = if payload == 0 {
         // Jumbogram / BIG TCP: the payload length lives elsewhere; use the frame.
         p.frame_len().saturating_sub(off) as u32
     } else {
         (payload + 40) as u32
     };
-    out.key.src_addr = h.src;
-    out.key.dst_addr = h.dst;
+    out.key.src_addr = unsafe { (*h).src };
+    out.key.dst_addr = unsafe { (*h).dst };
     out.key.flags |= KEY_F_IPV6;
-    let mut next = h.next_hdr;
+    let mut next = unsafe { (*h).next_hdr };
     let mut l4 = off + 40;
     let mut walked_all = true;
     for _ in 0..MAX_IPV6_EXT {
@@ -222,17 +264,29 @@ fn parse_ipv6<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
         // More extension headers than we walk: counted, with ports 0.
         return Ok(());
     }
-    parse_l4(p, l4, true, out)
+    let ip_end = off + out.bytes as usize;
+    parse_l4(p, l4, ip_end, true, out)
 }
 
 #[inline(always)]
-fn parse_l4<P: Packet>(p: &P, off: usize, v6: bool, out: &mut Parsed) -> Result<(), Skip> {
+fn parse_l4<P: Packet>(
+    p: &P,
+    off: usize,
+    ip_end: usize,
+    v6: bool,
+    out: &mut Parsed,
+) -> Result<(), Skip> {
     match out.key.proto {
         IPPROTO_TCP => {
             let t: [u8; 14] = p.load(off).ok_or(Skip::Malformed)?;
             out.key.src_port = be16([t[0], t[1]]);
             out.key.dst_port = be16([t[2], t[3]]);
-            out.seg_hdr += ((t[12] >> 4) as u32) * 4;
+            out.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            let doff = ((t[12] >> 4) as usize) * 4;
+            out.seg_hdr += doff as u32;
+            if doff >= 20 {
+                payload(off + doff, ip_end, out);
+            }
             let flags = t[13];
             out.tcp_flags = flags as u16 | (((t[12] & 1) as u16) << 8);
             if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
@@ -245,6 +299,7 @@ fn parse_l4<P: Packet>(p: &P, off: usize, v6: bool, out: &mut Parsed) -> Result<
             out.key.dst_port = be16([u[2], u[3]]);
             if out.key.proto == IPPROTO_UDP {
                 out.seg_hdr += 8;
+                payload(off + 8, ip_end, out);
             }
         }
         IPPROTO_ICMP if !v6 => icmp(p, off, out)?,
@@ -252,6 +307,26 @@ fn parse_l4<P: Packet>(p: &P, off: usize, v6: bool, out: &mut Parsed) -> Result<
         _ => {}
     }
     Ok(())
+}
+
+#[inline(always)]
+fn payload(start: usize, ip_end: usize, out: &mut Parsed) {
+    out.payload_off = start as u32;
+    out.payload_len = ip_end.saturating_sub(start) as u32;
+}
+
+/// Whether this packet's payload goes to the DNS ring: TCP or UDP with payload, from or to one
+/// of `ports` (0 marks an unused slot).
+#[inline(always)]
+pub fn is_dns(p: &Parsed, ports: &[u16]) -> bool {
+    if p.payload_len == 0 || (p.key.proto != IPPROTO_UDP && p.key.proto != IPPROTO_TCP) {
+        return false;
+    }
+    let mut hit = false;
+    for &port in ports {
+        hit |= port != 0 && (port == p.key.src_port || port == p.key.dst_port);
+    }
+    hit
 }
 
 #[inline(always)]

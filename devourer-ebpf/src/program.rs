@@ -8,18 +8,22 @@ use core::ptr::{read_unaligned, read_volatile};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_PIPE, xdp_action::XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{TcContext, XdpContext},
 };
-use devourer_common::flow::{
-    C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
-    C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS, COUNTERS_LEN,
-    DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, OVERFLOW_MAP_ENTRIES,
-    OverflowKey, OverflowValue, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup, XdpReplayMeta,
+use devourer_common::dns::{
+    DIR_EGRESS, DIR_INGRESS, DNS_CAP_MAX, DNS_F_IPV6, DNS_HEADER_LEN, DNS_PORT_SLOTS, DnsScratch,
 };
-use devourer_ebpf::{Packet, Parsed, Skip, parse};
+use devourer_common::flow::{
+    C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP,
+    C_OVERFLOW_FULL_BYTES, C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS,
+    CounterBlock, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue,
+    KEY_F_IPV6, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, VAL_F_ICMP, WAKEUP_RING_BYTES,
+    Wakeup, XdpReplayMeta,
+};
+use devourer_ebpf::{Packet, Parsed, Skip, is_dns, parse};
 
 const EEXIST: i32 = 17;
 
@@ -28,6 +32,13 @@ const EEXIST: i32 = 17;
 static DEVOURER_OFFLINE: u8 = 0;
 #[unsafe(no_mangle)]
 static DEVOURER_WAKE_INTERVAL_NS: u64 = DEFAULT_WAKE_INTERVAL_NS;
+
+/// Ports whose payloads go to the DNS ring (0 = unused slot).
+#[unsafe(no_mangle)]
+static DEVOURER_DNS_PORTS: [u16; DNS_PORT_SLOTS] = [53, 0, 0, 0, 0, 0, 0, 0];
+/// Payload bytes copied per DNS packet (at most DNS_CAP_MAX).
+#[unsafe(no_mangle)]
+static DEVOURER_DNS_CAP: u32 = DNS_CAP_MAX as u32;
 
 #[map(name = "FLOWS")]
 static FLOWS: PerCpuHashMap<FlowKey, FlowValue> =
@@ -38,10 +49,16 @@ static OVERFLOW: PerCpuHashMap<OverflowKey, OverflowValue> =
     PerCpuHashMap::with_max_entries(OVERFLOW_MAP_ENTRIES, 0);
 
 #[map(name = "COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "WAKEUP")]
 static WAKEUP: RingBuf = RingBuf::with_byte_size(WAKEUP_RING_BYTES, 0);
+
+#[map(name = "DNS_EVENTS")]
+static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[map(name = "DNS_SCRATCH")]
+static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "WAKE_STATE")]
 static WAKE_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -52,50 +69,98 @@ fn offline() -> bool {
     unsafe { read_volatile(&DEVOURER_OFFLINE) != 0 }
 }
 
-#[inline(always)]
-fn count(idx: u32, n: u64) {
-    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU slot, only this CPU writes it, and programs do not nest on one CPU
-        // for these hooks.
-        unsafe { *c += n };
+/// This CPU's counters, looked up once per packet.
+struct Ctr(*mut CounterBlock);
+
+impl Ctr {
+    #[inline(always)]
+    fn get() -> Option<Self> {
+        COUNTERS.get_ptr_mut(0).map(Ctr)
+    }
+
+    #[inline(always)]
+    fn add(&self, idx: u32, n: u64) {
+        // SAFETY: this CPU's slot; only this CPU writes it and programs do not nest on one CPU
+        // for these hooks. The index is one of the C_* constants, below COUNTERS_LEN.
+        unsafe { (*self.0).c[idx as usize] += n };
     }
 }
 
+/// Copies `len` (1..=DNS_CAP_MAX) bytes at `off` of the packet into `dst`.
+trait CopyOut {
+    fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool;
+}
+
 /// TC accessor: direct packet access for the linear part, `bpf_skb_load_bytes` past it.
-struct TcPacket<'a>(&'a TcContext);
+struct TcPacket<'a> {
+    ctx: &'a TcContext,
+    /// HDR_SCRATCH of this CPU.
+    scratch: *mut [u8; 64],
+}
+
+impl CopyOut for TcPacket<'_> {
+    #[inline(always)]
+    fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: dst points at DNS_CAP_MAX writable bytes and len was bounded by the caller.
+        unsafe { bpf_skb_load_bytes(self.ctx.skb.skb as *const _, off, dst.cast(), len) == 0 }
+    }
+}
+
+/// Where headers beyond the linear part of an skb are copied (map memory, not stack: every
+/// load site would otherwise keep its own stack buffer, and the stack is 512 bytes).
+#[map(name = "HDR_SCRATCH")]
+static HDR_SCRATCH: PerCpuArray<[u8; 64]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a packet is parsed into (see `devourer_ebpf::parse`); its key is used as the map key
+/// in place.
+#[map(name = "PARSED")]
+static PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
 
 impl Packet for TcPacket<'_> {
     #[inline(always)]
-    fn load<T: Copy>(&self, off: usize) -> Option<T> {
-        let start = self.0.data();
-        let end = self.0.data_end();
+    fn at<T: Copy>(&self, off: usize) -> Option<*const T> {
+        const { assert!(size_of::<T>() <= 64) };
+        let start = self.ctx.data();
+        let end = self.ctx.data_end();
         if start + off + size_of::<T>() <= end {
-            // SAFETY: bounds checked against data_end just above.
-            Some(unsafe { read_unaligned((start + off) as *const T) })
-        } else {
-            self.0.load::<T>(off).ok()
+            return Some((start + off) as *const T);
         }
+        let buf = self.scratch;
+        // SAFETY: buf is 64 writable bytes of this CPU's slot; T fits (asserted above).
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                self.ctx.skb.skb as *const _,
+                off as u32,
+                buf.cast(),
+                size_of::<T>() as u32,
+            )
+        };
+        (ret == 0).then_some(buf.cast::<T>())
     }
 
     #[inline(always)]
     fn frame_len(&self) -> usize {
-        self.0.len() as usize
+        self.ctx.len() as usize
     }
 }
 
 /// XDP accessor: the frame (first buffer) is linear.
 struct XdpPacket<'a>(&'a XdpContext);
 
+impl CopyOut for XdpPacket<'_> {
+    #[inline(always)]
+    fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: as for TC; bpf_xdp_load_bytes also reads past the first buffer.
+        unsafe { bpf_xdp_load_bytes(self.0.ctx, off, dst.cast(), len) == 0 }
+    }
+}
+
 impl Packet for XdpPacket<'_> {
     #[inline(always)]
-    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+    fn at<T: Copy>(&self, off: usize) -> Option<*const T> {
         let start = self.0.data();
         let end = self.0.data_end();
-        if start + off + size_of::<T>() > end {
-            return None;
-        }
-        // SAFETY: bounds checked against data_end just above.
-        Some(unsafe { read_unaligned((start + off) as *const T) })
+        (start + off + size_of::<T>() <= end).then_some((start + off) as *const T)
     }
 
     #[inline(always)]
@@ -106,13 +171,13 @@ impl Packet for XdpPacket<'_> {
 
 #[classifier]
 pub fn devourer_tc_ingress(ctx: TcContext) -> i32 {
-    tc(&ctx);
+    tc(&ctx, DIR_INGRESS);
     TC_ACT_PIPE
 }
 
 #[classifier]
 pub fn devourer_tc_egress(ctx: TcContext) -> i32 {
-    tc(&ctx);
+    tc(&ctx, DIR_EGRESS);
     TC_ACT_PIPE
 }
 
@@ -123,7 +188,7 @@ pub fn devourer_xdp(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn tc(ctx: &TcContext) {
+fn tc(ctx: &TcContext, direction: u8) {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer the kernel passed in; these __sk_buff fields are readable by
     // sched_cls programs. Every field is read unconditionally at its constant offset (volatile,
@@ -148,7 +213,17 @@ fn tc(ctx: &TcContext) {
         };
         (ts, ifindex, vlan, segs)
     };
-    account(&TcPacket(ctx), vlan_hint, ts, ifindex, segs);
+    let Some(scratch) = HDR_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    account(
+        &TcPacket { ctx, scratch },
+        vlan_hint,
+        ts,
+        ifindex,
+        segs,
+        direction,
+    );
 }
 
 #[inline(always)]
@@ -158,8 +233,10 @@ fn xdp(ctx: &XdpContext) {
     let (ts, ifindex) = if offline() {
         let meta = ctx.metadata();
         if meta + size_of::<XdpReplayMeta>() > ctx.data() {
-            count(C_PACKETS, 1);
-            count(C_MALFORMED, 1);
+            if let Some(ctr) = Ctr::get() {
+                ctr.add(C_PACKETS, 1);
+                ctr.add(C_MALFORMED, 1);
+            }
             return;
         }
         // SAFETY: the metadata area was bounds-checked against data just above.
@@ -169,24 +246,48 @@ fn xdp(ctx: &XdpContext) {
         // SAFETY: plain helper call.
         (unsafe { bpf_ktime_get_ns() }, dev)
     };
-    account(&XdpPacket(ctx), None, ts, ifindex, 1);
+    account(&XdpPacket(ctx), None, ts, ifindex, 1, DIR_INGRESS);
 }
 
 #[inline(always)]
-fn account<P: Packet>(p: &P, vlan_hint: Option<u16>, ts: u64, ifindex: u32, gso_segs: u32) {
-    count(C_PACKETS, 1);
-    match parse(p, vlan_hint) {
-        Ok(mut parsed) => {
+fn account<P: Packet + CopyOut>(
+    p: &P,
+    vlan_hint: Option<u16>,
+    ts: u64,
+    ifindex: u32,
+    gso_segs: u32,
+    direction: u8,
+) {
+    let (Some(ctr), Some(parsed)) = (Ctr::get(), PARSED.get_ptr_mut(0)) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; programs do not nest on one CPU for these hooks.
+    let parsed = unsafe { &mut *parsed };
+    ctr.add(C_PACKETS, 1);
+    match parse(p, vlan_hint, parsed) {
+        Ok(()) => {
+            // SAFETY: a load-time constant array.
+            let ports = unsafe { read_volatile(&DEVOURER_DNS_PORTS) };
+            if is_dns(parsed, &ports) {
+                dns_event(
+                    p,
+                    parsed,
+                    ts,
+                    ifindex as u64 | (direction as u64) << 32,
+                    &ctr,
+                );
+            }
             let segs = if gso_segs <= 1 { 1 } else { gso_segs as u64 };
             // A GSO/GRO super-packet stands for `segs` packets on the wire, each with its own
             // headers: count the bytes those packets' IP length fields add up to.
             parsed.bytes = parsed
                 .bytes
                 .saturating_add(((segs - 1) as u32).saturating_mul(parsed.seg_hdr));
-            record(&parsed, ts, ifindex, segs);
+            parsed.key.ifindex = ifindex;
+            record(parsed, ts, segs, &ctr);
         }
-        Err(Skip::NonIp) => count(C_NON_IP, 1),
-        Err(Skip::Malformed) => count(C_MALFORMED, 1),
+        Err(Skip::NonIp) => ctr.add(C_NON_IP, 1),
+        Err(Skip::Malformed) => ctr.add(C_MALFORMED, 1),
     }
 }
 
@@ -209,36 +310,91 @@ fn add(v: &mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
 }
 
 #[inline(always)]
-fn record(p: &Parsed, ts: u64, ifindex: u32, segs: u64) {
-    let mut key = p.key;
-    key.ifindex = ifindex;
-    if let Some(v) = FLOWS.get_ptr_mut(&key) {
+fn record(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr) {
+    let key = &p.key;
+    let ifindex = key.ifindex;
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of the entry; see `count`.
         add(unsafe { &mut *v }, p, ts, segs);
         return;
     }
     let mut fresh = FlowValue::default();
     add(&mut fresh, p, ts, segs);
-    match FLOWS.insert(&key, &fresh, BPF_NOEXIST as u64) {
+    match FLOWS.insert(key, &fresh, BPF_NOEXIST as u64) {
         Ok(()) => {}
         Err(e) if e == -EEXIST => {
             // Another CPU created the entry between our lookup and insert: our slot is zeroed.
-            count(C_INSERT_RACE, 1);
-            match FLOWS.get_ptr_mut(&key) {
+            ctr.add(C_INSERT_RACE, 1);
+            match FLOWS.get_ptr_mut(key) {
                 // SAFETY: as above.
                 Some(v) => add(unsafe { &mut *v }, p, ts, segs),
                 // Deleted again by the agent in between: account it as overflow, not lost.
-                None => overflow(p, ts, ifindex, segs),
+                None => overflow(p, ts, ifindex, segs, ctr),
             }
         }
-        Err(_) => overflow(p, ts, ifindex, segs),
+        Err(_) => overflow(p, ts, ifindex, segs, ctr),
+    }
+}
+
+/// Forwards a DNS packet's payload (up to the cap) with its addresses to the DNS ring.
+/// A function of its own (a BPF-to-BPF call, at most five arguments): inlined, it would
+/// push the packet path's stack frame past 512 bytes.
+#[inline(never)]
+fn dns_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_dir: u64, ctr: &Ctr) {
+    let ifindex = if_dir as u32;
+    let direction = (if_dir >> 32) as u8;
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot; programs do not nest on one CPU for these hooks.
+    let scratch = unsafe { &mut *scratch };
+    // SAFETY: a load-time constant.
+    let cap = unsafe { read_volatile(&DEVOURER_DNS_CAP) }.min(DNS_CAP_MAX as u32);
+    let len = parsed.payload_len.min(cap);
+    if len == 0 || len > DNS_CAP_MAX as u32 {
+        return;
+    }
+    if !p.copy_out(parsed.payload_off, scratch.payload.as_mut_ptr(), len) {
+        return;
+    }
+    let k = &parsed.key;
+    let h = &mut scratch.header;
+    h.ts_ns = ts;
+    h.src_addr = k.src_addr;
+    h.dst_addr = k.dst_addr;
+    h.src_port = k.src_port;
+    h.dst_port = k.dst_port;
+    h.ifindex = ifindex;
+    h.tcp_seq = parsed.tcp_seq;
+    h.payload_len = parsed.payload_len;
+    h.cap_len = len as u16;
+    h.proto = k.proto;
+    h.direction = direction;
+    h.flags = if k.flags & KEY_F_IPV6 != 0 {
+        DNS_F_IPV6
+    } else {
+        0
+    };
+    h.tcp_flags = parsed.tcp_flags as u8;
+    let size = DNS_HEADER_LEN + len as usize;
+    // SAFETY: size <= DNS_HEADER_LEN + DNS_CAP_MAX = size_of::<DnsScratch>().
+    let bytes =
+        unsafe { core::slice::from_raw_parts((scratch as *const DnsScratch).cast::<u8>(), size) };
+    match DNS_EVENTS.output::<[u8]>(bytes, 0) {
+        Ok(()) => {
+            ctr.add(C_DNS_EVENTS, 1);
+            if parsed.payload_len > len {
+                ctr.add(C_DNS_CUT, 1);
+            }
+        }
+        Err(_) => ctr.add(C_DNS_RING_FULL, 1),
     }
 }
 
 /// The flow map is full: aggregate by (ifindex, protocol) and ask the agent to evict early.
 #[inline(always)]
-fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64) {
-    count(C_MAP_FULL, segs);
+fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64, ctr: &Ctr) {
+    ctr.add(C_MAP_FULL, segs);
     let key = OverflowKey {
         ifindex,
         proto: p.key.proto,
@@ -274,15 +430,15 @@ fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64) {
         }
     };
     if !added {
-        count(C_OVERFLOW_FULL_PACKETS, segs);
-        count(C_OVERFLOW_FULL_BYTES, p.bytes as u64);
+        ctr.add(C_OVERFLOW_FULL_PACKETS, segs);
+        ctr.add(C_OVERFLOW_FULL_BYTES, p.bytes as u64);
     }
-    wake(ts);
+    wake(ts, ctr);
 }
 
 /// At most one wake-up per CPU per interval: a full map must not turn into an event per packet.
 #[inline(always)]
-fn wake(ts: u64) {
+fn wake(ts: u64, ctr: &Ctr) {
     let Some(last) = WAKE_STATE.get_ptr_mut(0) else {
         return;
     };
@@ -295,8 +451,8 @@ fn wake(ts: u64) {
     }
     *last = ts;
     match WAKEUP.output::<Wakeup>(Wakeup { ts_ns: ts }, 0) {
-        Ok(()) => count(C_WAKEUPS, 1),
-        Err(_) => count(C_WAKEUP_FAILED, 1),
+        Ok(()) => ctr.add(C_WAKEUPS, 1),
+        Err(_) => ctr.add(C_WAKEUP_FAILED, 1),
     }
 }
 

@@ -12,11 +12,9 @@ use super::*;
 struct Bytes<'a>(&'a [u8]);
 
 impl Packet for Bytes<'_> {
-    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+    fn at<T: Copy>(&self, off: usize) -> Option<*const T> {
         let end = off.checked_add(size_of::<T>())?;
-        let b = self.0.get(off..end)?;
-        // SAFETY: length checked.
-        Some(unsafe { core::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+        Some(self.0.get(off..end)?.as_ptr().cast::<T>())
     }
 
     fn frame_len(&self) -> usize {
@@ -25,7 +23,12 @@ impl Packet for Bytes<'_> {
 }
 
 fn run(frame: &[u8]) -> Result<Parsed, Skip> {
-    parse(&Bytes(frame), None)
+    run_hint(frame, None)
+}
+
+fn run_hint(frame: &[u8], hint: Option<u16>) -> Result<Parsed, Skip> {
+    let mut out = Parsed::EMPTY;
+    parse(&Bytes(frame), hint, &mut out).map(|()| out)
 }
 
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -101,7 +104,7 @@ fn vlan_and_qinq_take_the_outer_id() {
     assert_eq!(p.key.dst_port, 2);
 
     // The kernel already moved the outer tag to skb->vlan_tci: the hint wins.
-    let p = parse(&Bytes(&f), Some(0x2000 | 7)).unwrap();
+    let p = run_hint(&f, Some(0x2000 | 7)).unwrap();
     assert_eq!(p.key.vlan, 7);
 }
 

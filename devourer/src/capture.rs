@@ -11,8 +11,10 @@ use tokio::{
 
 use crate::{
     config::CaptureArgs,
+    dns::decode_event,
     flow::Status,
-    loader::{self, LoadOptions, TcLink},
+    loader::{self, TcLink},
+    local::LocalAddrs,
     pipeline::{Pipeline, report_kernel},
     record::Clock,
     sink::JsonLinesSink,
@@ -42,6 +44,9 @@ fn wall_clock() -> Clock {
     }
 }
 
+/// How often this host's addresses are re-read (they decide DNS roles).
+const LOCAL_REFRESH: Duration = Duration::from_secs(30);
+
 pub fn run(args: CaptureArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -66,12 +71,8 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
         loader::ifindex(iface)?;
     }
     let flow = &args.flow;
-    let mut loaded = loader::load(&LoadOptions {
-        offline: false,
-        flow_map_entries: flow.flow_map_entries,
-        wake_interval_ns: flow.wake_interval.as_nanos() as u64,
-    })
-    .context("loading the kernel program")?;
+    let mut loaded =
+        loader::load(&args.dns.load_options(false, flow)).context("loading the kernel program")?;
 
     let link = if args.tc_netlink {
         TcLink::Netlink
@@ -95,11 +96,25 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
     .with_context(|| format!("opening output {:?}", flow.target()))?;
     let mut pipeline = Pipeline::new(flow.table_config(), sink, flow.agent(), wall_clock());
     pipeline.names = names;
+    let mut local = LocalAddrs::new(args.dns.local_nets.clone());
+    local
+        .refresh_from_interfaces()
+        .context("listing this host's addresses")?;
+    let (dns, dns_log) = args
+        .dns
+        .build(local)
+        .context("opening the DNS log directory")?;
+    pipeline.dns = dns;
+    pipeline.dns_log = dns_log;
+    let mut last_local_refresh = std::time::Instant::now();
 
-    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd owns the ring buffer.
+    // SAFETY (both): each ring buffer owns its map fd for as long as its AsyncFd owns it.
     let mut wake = unsafe { AsyncFd::register_with_interest(loaded.wakeup, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("polling the wake-up ring")?;
+    let mut dns_ring = unsafe { AsyncFd::register_with_interest(loaded.dns, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("polling the DNS ring")?;
     let mut tick = tokio::time::interval(flow.scan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -114,6 +129,23 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
 
     let reason = loop {
         let pressure = tokio::select! {
+            guard = dns_ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the DNS ring")?;
+                let ring = guard.get_inner_mut();
+                // Drain everything before clearing readiness, or a wake-up could be missed.
+                while let Some(item) = ring.next() {
+                    match decode_event(&item) {
+                        Some((h, payload)) => pipeline.dns_event(&h, payload),
+                        None => tracing::debug!(len = item.len(), "short DNS ring record"),
+                    }
+                }
+                guard.clear_ready();
+                pipeline.clock = wall_clock();
+                if !pipeline.emit_dns() {
+                    break "output closed";
+                }
+                continue;
+            }
             _ = tick.tick() => false,
             guard = wake.readable_mut() => {
                 let mut guard = guard.context("waiting on the wake-up ring")?;
@@ -126,6 +158,14 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
             _ = sigint.recv() => break "SIGINT",
         };
         pipeline.clock = wall_clock();
+        if last_local_refresh.elapsed() >= LOCAL_REFRESH
+            && let Some(dns) = &mut pipeline.dns
+        {
+            if let Err(e) = dns.local.refresh_from_interfaces() {
+                tracing::warn!("re-reading this host's addresses failed: {e}");
+            }
+            last_local_refresh = std::time::Instant::now();
+        }
         let open = pipeline
             .scan(&mut loaded.flows, monotonic_ns(), pressure)
             .context("scanning the flow map")?;
@@ -146,9 +186,16 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
     // Detach first so that nothing is counted after the final read.
     drop(loaded.ebpf);
     pipeline.clock = wall_clock();
+    let ring = dns_ring.get_mut();
+    while let Some(item) = ring.next() {
+        if let Some((h, payload)) = decode_event(&item) {
+            pipeline.dns_event(&h, payload);
+        }
+    }
     pipeline
-        .flush(&mut loaded.flows, Status::Shutdown)
+        .flush(&mut loaded.flows, Status::Shutdown, monotonic_ns())
         .context("flushing the flow map")?;
+    pipeline.report_dns();
     let counters = loaded.counters.read().context("reading kernel counters")?;
     let names = pipeline.names.clone();
     let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| i.to_string());

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use devourer_common::flow::DEFAULT_FLOW_MAP_ENTRIES;
+use devourer_common::{dns::DNS_PORT_SLOTS, flow::DEFAULT_FLOW_MAP_ENTRIES};
 
 use crate::loader::Mode;
 
@@ -72,6 +72,156 @@ pub struct FlowArgs {
     pub mode: Mode,
 }
 
+/// A port list from one flag value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ports(pub Vec<u16>);
+
+/// A DNS port list: `53,5353`, or `none` to turn DNS off.
+pub fn parse_ports(s: &str) -> Result<Ports, String> {
+    parse_port_list(s).map(Ports)
+}
+
+fn parse_port_list(s: &str) -> Result<Vec<u16>, String> {
+    if s.eq_ignore_ascii_case("none") || s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ports = s
+        .split(',')
+        .map(|p| match p.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("{p:?} is not a port (1-65535)")),
+            Ok(n) => Ok(n),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if ports.len() > DNS_PORT_SLOTS {
+        return Err(format!("at most {DNS_PORT_SLOTS} ports"));
+    }
+    Ok(ports)
+}
+
+/// Ring sizes: a power of two of at least one page, with an optional K/M/G suffix.
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let (num, mul) = match s.trim().to_ascii_uppercase() {
+        t if t.ends_with("KIB") || t.ends_with('K') => (
+            t.trim_end_matches("IB").trim_end_matches('K').to_owned(),
+            1 << 10,
+        ),
+        t if t.ends_with("MIB") || t.ends_with('M') => (
+            t.trim_end_matches("IB").trim_end_matches('M').to_owned(),
+            1 << 20,
+        ),
+        t if t.ends_with("GIB") || t.ends_with('G') => (
+            t.trim_end_matches("IB").trim_end_matches('G').to_owned(),
+            1 << 30,
+        ),
+        t => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{s:?}: write sizes like 4M, 512K or 1048576"))?
+        * mul;
+    if n < 4096 || !n.is_power_of_two() || n > (1 << 30) {
+        return Err(format!("{s:?}: must be a power of two from 4K to 1G"));
+    }
+    Ok(n as u32)
+}
+
+/// Which clock the text logs use for file names and line times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogTz {
+    Utc,
+    Local,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DnsArgs {
+    /// UDP/TCP ports whose payloads are decoded as DNS (comma-separated, at most 8), or `none`.
+    #[arg(long, env = "DEVOURER_DNS_PORTS", default_value = "53", value_parser = parse_ports)]
+    pub dns_ports: Ports,
+    /// Payload bytes copied per DNS packet (at most 4096).
+    #[arg(long, env = "DEVOURER_DNS_CAP", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(12..=4096))]
+    pub dns_cap: u32,
+    /// Size of the kernel's DNS ring buffer (power of two, e.g. 4M).
+    #[arg(long, env = "DEVOURER_DNS_RING_SIZE", default_value = "4M", value_parser = parse_ring_size)]
+    pub dns_ring_size: u32,
+    /// A query without a response for this long is `lost`.
+    #[arg(long, env = "DEVOURER_DNS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub dns_timeout: Duration,
+    /// Queries waiting for a response at most; past it the oldest end as lost (counted).
+    #[arg(long, env = "DEVOURER_DNS_MAX_PENDING", default_value_t = 65_536)]
+    pub dns_max_pending: usize,
+    /// TCP connections reassembled at once for DNS over TCP.
+    #[arg(long, env = "DEVOURER_DNS_MAX_TCP_STREAMS", default_value_t = 10_000)]
+    pub dns_max_tcp_streams: usize,
+    /// Addresses remembered with the name they were resolved from.
+    #[arg(long, env = "DEVOURER_NAME_CACHE_ENTRIES", default_value_t = 100_000)]
+    pub name_cache_entries: usize,
+    /// Networks that count as this host's (besides its interfaces' addresses; offline, only
+    /// these): decides a DNS transaction's role. Repeatable.
+    #[arg(long = "local-net", env = "DEVOURER_LOCAL_NET", value_delimiter = ',')]
+    pub local_nets: Vec<ipnet::IpNet>,
+    /// Write packetlog-compatible DNS text logs here (hourly files).
+    #[arg(long, env = "DEVOURER_DNS_LOG_DIR")]
+    pub dns_log_dir: Option<PathBuf>,
+    /// Four files per hour (CQ, CR, SQ, SR) instead of one.
+    #[arg(long, env = "DEVOURER_DNS_LOG_SPLIT")]
+    pub dns_log_split: bool,
+    /// Time zone of text log file names and line times.
+    #[arg(long, env = "DEVOURER_LOG_TZ", default_value = "utc")]
+    pub log_tz: LogTz,
+}
+
+impl DnsArgs {
+    pub fn load_options(&self, offline: bool, flow: &FlowArgs) -> crate::loader::LoadOptions {
+        crate::loader::LoadOptions {
+            offline,
+            flow_map_entries: flow.flow_map_entries,
+            wake_interval_ns: flow.wake_interval.as_nanos().min(u64::MAX as u128) as u64,
+            dns_ports: self.dns_ports.0.clone(),
+            dns_cap: self.dns_cap,
+            dns_ring_bytes: self.dns_ring_size,
+        }
+    }
+
+    /// The DNS tracker and text log these flags ask for (none when DNS is off).
+    pub fn build(
+        &self,
+        local: crate::local::LocalAddrs,
+    ) -> std::io::Result<(
+        Option<crate::dns::DnsTracker>,
+        Option<crate::dns::textlog::DnsLog>,
+    )> {
+        if !self.enabled() {
+            return Ok((None, None));
+        }
+        let tracker = crate::dns::DnsTracker::new(self.tracker_config(), local);
+        let log = match &self.dns_log_dir {
+            Some(dir) => Some(crate::dns::textlog::DnsLog::new(
+                dir.clone(),
+                self.dns_log_split,
+                self.log_tz == LogTz::Local,
+            )?),
+            None => None,
+        };
+        Ok((Some(tracker), log))
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.dns_ports.0.is_empty()
+    }
+
+    pub fn tracker_config(&self) -> crate::dns::DnsConfig {
+        crate::dns::DnsConfig {
+            timeout_ns: self.dns_timeout.as_nanos().min(u64::MAX as u128) as u64,
+            max_pending: self.dns_max_pending.max(1),
+            max_tcp_streams: self.dns_max_tcp_streams.max(1),
+            name_cache_entries: self.name_cache_entries.max(1),
+            text_log: self.dns_log_dir.is_some(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
     /// Interface to monitor (repeatable).
@@ -96,6 +246,8 @@ pub struct CaptureArgs {
     pub output_queue: usize,
     #[command(flatten)]
     pub flow: FlowArgs,
+    #[command(flatten)]
+    pub dns: DnsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +261,8 @@ pub struct ReadArgs {
     pub no_progress: bool,
     #[command(flatten)]
     pub flow: FlowArgs,
+    #[command(flatten)]
+    pub dns: DnsArgs,
 }
 
 impl FlowArgs {
@@ -164,6 +318,20 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn dns_ports_and_ring_sizes_parse() {
+        assert_eq!(parse_ports("53"), Ok(Ports(vec![53])));
+        assert_eq!(parse_ports("53, 5353"), Ok(Ports(vec![53, 5353])));
+        assert_eq!(parse_ports("none"), Ok(Ports(vec![])));
+        assert!(parse_ports("0").is_err());
+        assert!(parse_ports("1,2,3,4,5,6,7,8,9").is_err());
+        assert_eq!(parse_ring_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_ring_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_ring_size("8192"), Ok(8192));
+        assert!(parse_ring_size("3M").is_err());
+        assert!(parse_ring_size("1K").is_err());
     }
 
     #[test]

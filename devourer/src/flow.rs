@@ -9,7 +9,7 @@
 //! carries are the folded entries plus the entries still live at the cut, which are deleted at
 //! that moment. The next packet creates a fresh entry whose first timestamp is exact.
 
-use std::{collections::HashMap, io};
+use std::{collections::HashMap, io, net::IpAddr, sync::Arc};
 
 use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN};
 
@@ -34,6 +34,20 @@ pub trait FlowSource {
             }
         }
         Ok(())
+    }
+}
+
+/// Where flows get the names of their addresses (the DNS name cache, or nothing).
+pub trait Resolver {
+    fn name(&mut self, addr: IpAddr, now: u64) -> Option<Arc<str>>;
+}
+
+/// No names at all.
+pub struct NoNames;
+
+impl Resolver for NoNames {
+    fn name(&mut self, _: IpAddr, _: u64) -> Option<Arc<str>> {
+        None
     }
 }
 
@@ -117,6 +131,8 @@ pub struct Emitted {
     pub src: FlowValue,
     pub dst: FlowValue,
     pub status: Status,
+    pub src_name: Option<Arc<str>>,
+    pub dst_name: Option<Arc<str>>,
 }
 
 impl Emitted {
@@ -179,6 +195,10 @@ struct Flow {
     orient: Option<(usize, u64)>,
     /// Last packet seen in either direction over the flow's life.
     last_seen: u64,
+    /// Names of the canonical source and destination addresses, taken when the flow is first
+    /// seen (and again at emit while unknown).
+    names: [Option<Arc<str>>; 2],
+    named: bool,
 }
 
 /// Puts a directional key in canonical form; returns it and the direction it had.
@@ -212,7 +232,23 @@ impl Flow {
             seq: 0,
             orient: None,
             last_seen: 0,
+            names: [None, None],
+            named: false,
         }
+    }
+
+    /// Fills in the names still unknown from `names` at `now`.
+    fn resolve(&mut self, names: &mut dyn Resolver, now: u64) {
+        let addrs = [
+            crate::record::addr(&self.key, self.key.src_addr),
+            crate::record::addr(&self.key, self.key.dst_addr),
+        ];
+        for (slot, a) in self.names.iter_mut().zip(addrs) {
+            if slot.is_none() {
+                *slot = names.name(a, now);
+            }
+        }
+        self.named = true;
     }
 
     /// Records the latest read (`live`) or the deleted final value (`!live`) of an entry.
@@ -266,11 +302,12 @@ impl Flow {
     }
 
     /// Builds the record for what the flow holds now and starts the next one.
-    fn cut(&mut self, status: Status) -> Option<Emitted> {
+    fn cut(&mut self, status: Status, names: &mut dyn Resolver, now: u64) -> Option<Emitted> {
         let cur = self.current();
         if cur[0].packets == 0 && cur[1].packets == 0 {
             return None;
         }
+        self.resolve(names, now);
         let first = self.record_first_ns();
         let initiator = self.initiator();
         let (src, start) = *self.orient.get_or_insert((initiator, first));
@@ -284,6 +321,8 @@ impl Flow {
             src: cur[src],
             dst: cur[dst],
             status,
+            src_name: self.names[src].clone(),
+            dst_name: self.names[dst].clone(),
         };
         self.seq += 1;
         for d in &mut self.dirs {
@@ -370,6 +409,7 @@ impl FlowTable {
         now: u64,
         pressure: bool,
         stats: &mut ScanStats,
+        names: &mut dyn Resolver,
     ) -> io::Result<Vec<Emitted>> {
         let mut entries = std::mem::take(&mut self.scratch);
         entries.clear();
@@ -406,6 +446,9 @@ impl FlowTable {
                 stats.evicted += 1;
             }
         }
+        for flow in self.flows.values_mut().filter(|f| !f.named) {
+            flow.resolve(names, now);
+        }
         let mut out = Vec::new();
         let keys: Vec<FlowKey> = self.flows.keys().copied().collect();
         for ck in keys {
@@ -423,7 +466,7 @@ impl FlowTable {
                 }
                 s => s,
             };
-            if let Some(rec) = flow.cut(status) {
+            if let Some(rec) = flow.cut(status, names, now) {
                 out.push(rec);
             }
             if status != Status::ActiveTimeout {
@@ -459,7 +502,13 @@ impl FlowTable {
     }
 
     /// Empties the kernel map and the table: every open flow is emitted with `status`.
-    pub fn flush(&mut self, src: &mut dyn FlowSource, status: Status) -> io::Result<Vec<Emitted>> {
+    pub fn flush(
+        &mut self,
+        src: &mut dyn FlowSource,
+        status: Status,
+        names: &mut dyn Resolver,
+        now: u64,
+    ) -> io::Result<Vec<Emitted>> {
         let mut entries = Vec::new();
         src.take_all(&mut entries)?;
         for (k, v) in &entries {
@@ -473,7 +522,7 @@ impl FlowTable {
                     d.fold(&l);
                 }
             }
-            if let Some(rec) = flow.cut(status) {
+            if let Some(rec) = flow.cut(status, names, now) {
                 out.push(rec);
             }
         }

@@ -8,9 +8,9 @@ use std::{
 
 use aya::maps::{Map, MapData};
 use devourer_common::flow::{
-    C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
-    C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS, COUNTERS_LEN, FlowKey,
-    FlowValue, OverflowKey, OverflowValue,
+    C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP,
+    C_OVERFLOW_FULL_BYTES, C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS,
+    COUNTERS_LEN, CounterBlock, FlowKey, FlowValue, OverflowKey, OverflowValue,
 };
 
 use crate::{bpf_sys, flow::FlowSource};
@@ -214,6 +214,9 @@ pub struct KernelCounters {
     pub insert_race: u64,
     pub wakeups: u64,
     pub wakeup_failed: u64,
+    pub dns_events: u64,
+    pub dns_ring_full: u64,
+    pub dns_cut: u64,
 }
 
 /// The counter array (a per-CPU array of u64).
@@ -241,14 +244,14 @@ impl Counters {
 
     pub fn read(&self) -> io::Result<KernelCounters> {
         let mut sums = [0u64; COUNTERS_LEN as usize];
-        let mut buf = vec![0u8; 8 * self.ncpus];
-        for (i, sum) in sums.iter_mut().enumerate() {
-            let key = i as u32;
-            if bpf_sys::lookup(self.fd.as_raw_fd(), &key.to_ne_bytes(), &mut buf)? {
-                *sum = buf
-                    .chunks_exact(8)
-                    .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
-                    .sum();
+        let stride = value_stride::<CounterBlock>();
+        let mut buf = vec![0u8; stride * self.ncpus];
+        if bpf_sys::lookup(self.fd.as_raw_fd(), &0u32.to_ne_bytes(), &mut buf)? {
+            for cpu in buf.chunks_exact(stride) {
+                let block = read_pod::<CounterBlock>(cpu);
+                for (sum, v) in sums.iter_mut().zip(block.c) {
+                    *sum += v;
+                }
             }
         }
         let at = |i: u32| sums[i as usize];
@@ -262,6 +265,9 @@ impl Counters {
             insert_race: at(C_INSERT_RACE),
             wakeups: at(C_WAKEUPS),
             wakeup_failed: at(C_WAKEUP_FAILED),
+            dns_events: at(C_DNS_EVENTS),
+            dns_ring_full: at(C_DNS_RING_FULL),
+            dns_cut: at(C_DNS_CUT),
         })
     }
 }

@@ -4,9 +4,11 @@
 pub mod bpf_sys;
 pub mod capture;
 pub mod config;
+pub mod dns;
 pub mod flow;
 pub mod kmaps;
 pub mod loader;
+pub mod local;
 pub mod offline;
 pub mod pcap;
 pub mod pipeline;

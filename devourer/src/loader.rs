@@ -15,6 +15,9 @@ use aya::{
     },
     util::KernelVersion,
 };
+use devourer_common::dns::{
+    DEFAULT_DNS_RING_BYTES, DNS_CAP_MAX, DNS_PORT_SLOTS, DNS_RING, GLOBAL_DNS_CAP, GLOBAL_DNS_PORTS,
+};
 use devourer_common::flow::{
     COUNTERS_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_WAKE_INTERVAL_NS, OVERFLOW_MAP,
     OVERFLOW_MAP_ENTRIES, WAKEUP_RING,
@@ -88,6 +91,25 @@ pub struct LoadOptions {
     pub offline: bool,
     pub flow_map_entries: u32,
     pub wake_interval_ns: u64,
+    /// Ports whose payloads go to the DNS ring (empty: none).
+    pub dns_ports: Vec<u16>,
+    /// Payload bytes copied per DNS packet.
+    pub dns_cap: u32,
+    pub dns_ring_bytes: u32,
+}
+
+impl LoadOptions {
+    /// Defaults for tests and tools: DNS on port 53, design.md's sizes.
+    pub fn new(offline: bool, flow_map_entries: u32) -> Self {
+        Self {
+            offline,
+            flow_map_entries,
+            wake_interval_ns: devourer_common::flow::DEFAULT_WAKE_INTERVAL_NS,
+            dns_ports: vec![53],
+            dns_cap: DNS_CAP_MAX as u32,
+            dns_ring_bytes: DEFAULT_DNS_RING_BYTES,
+        }
+    }
 }
 
 /// The loaded program and the maps the agent reads.
@@ -98,6 +120,7 @@ pub struct Loaded {
         PerCpuHash<devourer_common::flow::OverflowKey, devourer_common::flow::OverflowValue>,
     pub counters: Counters,
     pub wakeup: RingBuf<MapData>,
+    pub dns: RingBuf<MapData>,
     pub ncpus: usize,
 }
 
@@ -140,10 +163,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     check_kernel()?;
     raise_memlock();
     let offline: u8 = opts.offline.into();
+    let mut ports = [0u16; DNS_PORT_SLOTS];
+    for (slot, p) in ports.iter_mut().zip(&opts.dns_ports) {
+        *slot = *p;
+    }
+    let dns_cap = opts.dns_cap.min(DNS_CAP_MAX as u32);
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_OFFLINE, &offline, true)
         .override_global(GLOBAL_WAKE_INTERVAL_NS, &opts.wake_interval_ns, true)
+        .override_global(GLOBAL_DNS_PORTS, &ports, true)
+        .override_global(GLOBAL_DNS_CAP, &dns_cap, true)
         .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
+        .map_max_entries(DNS_RING, opts.dns_ring_bytes)
         .load(EBPF_OBJECT)
         .map_err(classify)?;
     for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
@@ -179,12 +210,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let counters = Counters::new(take(&mut ebpf, COUNTERS_MAP)?, ncpus)
         .map_err(|e| LoadError::Map(COUNTERS_MAP, e))?;
     let wakeup = RingBuf::try_from(take(&mut ebpf, WAKEUP_RING)?).map_err(classify)?;
+    let dns = RingBuf::try_from(take(&mut ebpf, DNS_RING)?).map_err(classify)?;
     Ok(Loaded {
         ebpf,
         flows: KernelFlows(flows),
         overflow,
         counters,
         wakeup,
+        dns,
         ncpus,
     })
 }

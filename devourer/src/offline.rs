@@ -10,8 +10,10 @@ use devourer_common::flow::XdpReplayMeta;
 use crate::{
     bpf_sys,
     config::ReadArgs,
+    dns::decode_event,
     flow::Status,
-    loader::{self, LoadOptions, Mode, PROG_TC_INGRESS, PROG_XDP},
+    loader::{self, Mode, PROG_TC_INGRESS, PROG_XDP},
+    local::LocalAddrs,
     pcap::{CaptureFile, FrameSkip, to_ethernet},
     pipeline::{Pipeline, report_kernel},
     record::Clock,
@@ -22,6 +24,9 @@ use crate::{
 /// that do not fit in a page with its head- and tailroom (about 3.5 KiB for XDP). Bytes come
 /// from the IP length fields, so cutting changes no count.
 pub const MAX_REPLAY_FRAME: usize = 3072;
+
+/// DNS records are handed to the sink in batches of about this many.
+const DNS_BATCH: usize = 1024;
 
 /// What happened to the file's packets before the kernel program saw them.
 #[derive(Debug, Default)]
@@ -46,12 +51,8 @@ fn sync_names(pipeline: &mut Pipeline, cap: &CaptureFile) {
 pub fn run(args: ReadArgs) -> Result<ExitCode> {
     let flow = &args.flow;
     let mut cap = CaptureFile::open(&args.file)?;
-    let mut loaded = loader::load(&LoadOptions {
-        offline: true,
-        flow_map_entries: flow.flow_map_entries,
-        wake_interval_ns: flow.wake_interval.as_nanos() as u64,
-    })
-    .context("loading the kernel program")?;
+    let mut loaded =
+        loader::load(&args.dns.load_options(true, flow)).context("loading the kernel program")?;
     let prog = loaded.prog_fd(match flow.mode {
         Mode::Tc => PROG_TC_INGRESS,
         Mode::Xdp => PROG_XDP,
@@ -60,6 +61,13 @@ pub fn run(args: ReadArgs) -> Result<ExitCode> {
         .with_context(|| format!("opening output {:?}", flow.target()))?;
     let mut pipeline = Pipeline::new(flow.table_config(), sink, flow.agent(), Clock::default());
     pipeline.default_name = "pcap".into();
+    // Offline, only --local-net says which addresses were the capturing host's.
+    let (dns, dns_log) = args
+        .dns
+        .build(LocalAddrs::new(args.dns.local_nets.clone()))
+        .context("opening the DNS log directory")?;
+    pipeline.dns = dns;
+    pipeline.dns_log = dns_log;
 
     let show_progress = args.progress || (!args.no_progress && std::io::stderr().is_terminal());
     let bar = show_progress.then(|| {
@@ -149,6 +157,14 @@ pub fn run(args: ReadArgs) -> Result<ExitCode> {
         match res {
             Ok(_) => {
                 st.fed += 1;
+                while let Some(item) = loaded.dns.next() {
+                    if let Some((h, payload)) = decode_event(&item) {
+                        pipeline.dns_event(&h, payload);
+                    }
+                }
+                if pipeline.dns_backlog() >= DNS_BATCH && !pipeline.emit_dns() {
+                    anyhow::bail!("output closed");
+                }
                 // The map filled up: evict early, as the live agent does on the wake-up.
                 let mut woken = false;
                 while loaded.wakeup.next().is_some() {
@@ -177,7 +193,8 @@ pub fn run(args: ReadArgs) -> Result<ExitCode> {
     if let Some(t) = last_ts {
         pipeline.scan(&mut loaded.flows, t, false)?;
     }
-    pipeline.flush(&mut loaded.flows, Status::EndOfInput)?;
+    pipeline.flush(&mut loaded.flows, Status::EndOfInput, last_ts.unwrap_or(0))?;
+    pipeline.report_dns();
     let counters = loaded.counters.read().context("reading kernel counters")?;
     let names = pipeline.names.clone();
     let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| "pcap".into());

@@ -1,15 +1,19 @@
 //! The userspace pipeline shared by live capture and offline replay: scans the flow table,
-//! turns due flows into records and hands them to the sink; reports what the kernel counted
-//! outside flows.
+//! runs DNS events through the tracker, turns due flows and finished transactions into records
+//! for the sink and DNS lines for the text log; reports what the kernel counted outside flows.
 
 use std::{collections::HashMap, io};
 
-use devourer_common::flow::{OverflowKey, OverflowValue};
+use devourer_common::{
+    dns::DnsEventHeader,
+    flow::{OverflowKey, OverflowValue},
+};
 
 use crate::{
-    flow::{Emitted, FlowSource, FlowTable, ScanStats, Status, TableConfig},
+    dns::{DnsOutput, DnsTracker, textlog::DnsLog},
+    flow::{Emitted, FlowSource, FlowTable, NoNames, Resolver, ScanStats, Status, TableConfig},
     kmaps::{KernelCounters, PerCpuHash, read_overflow},
-    record::{Clock, FlowRecord, RecordContext, protocol_name},
+    record::{Clock, DnsRecord, FlowRecord, RecordContext, protocol_name},
     sink::JsonLinesSink,
 };
 
@@ -24,6 +28,9 @@ pub struct Pipeline {
     pub default_name: String,
     pub scan_stats: ScanStats,
     pub records: u64,
+    pub dns: Option<DnsTracker>,
+    pub dns_log: Option<DnsLog>,
+    dns_out: DnsOutput,
 }
 
 impl Pipeline {
@@ -37,29 +44,95 @@ impl Pipeline {
             default_name: "unknown".into(),
             scan_stats: ScanStats::default(),
             records: 0,
+            dns: None,
+            dns_log: None,
+            dns_out: DnsOutput::default(),
         }
     }
 
-    fn emit(&mut self, emitted: &[Emitted]) -> bool {
+    /// Builds records with this pipeline's agent, clock and interface names.
+    fn build<T>(&self, f: impl FnOnce(&RecordContext<'_>) -> Vec<T>) -> Vec<T> {
         let names = &self.names;
         let default = &self.default_name;
         let name = |idx: u32| names.get(&idx).cloned().unwrap_or_else(|| default.clone());
-        let cx = RecordContext {
+        f(&RecordContext {
             agent: &self.agent,
             clock: self.clock,
             interface_name: &name,
-        };
-        let records: Vec<FlowRecord> = emitted.iter().map(|e| FlowRecord::new(e, &cx)).collect();
-        self.records += records.len() as u64;
-        self.sink.send(&records)
+        })
     }
 
-    /// One scan at `now`; returns `Ok(false)` when the output has closed.
+    fn send<T: serde::Serialize>(&mut self, records: &[T]) -> bool {
+        self.records += records.len() as u64;
+        self.sink.send(records)
+    }
+
+    fn emit_flows(&mut self, emitted: &[Emitted]) -> bool {
+        let records = self.build(|cx| emitted.iter().map(|e| FlowRecord::new(e, cx)).collect());
+        self.send(&records)
+    }
+
+    /// Runs one DNS event through the tracker; its records wait for [`Pipeline::emit_dns`].
+    pub fn dns_event(&mut self, h: &DnsEventHeader, payload: &[u8]) {
+        if let Some(dns) = &mut self.dns {
+            dns.on_event(h, payload, &mut self.dns_out);
+        }
+    }
+
+    /// DNS records and log lines waiting to be written.
+    pub fn dns_backlog(&self) -> usize {
+        self.dns_out.txs.len() + self.dns_out.lines.len()
+    }
+
+    /// Writes the DNS records and log lines produced so far; `false` when the output closed.
+    pub fn emit_dns(&mut self) -> bool {
+        let out = std::mem::take(&mut self.dns_out);
+        if let Some(log) = &mut self.dns_log {
+            for l in &out.lines {
+                log.write(l, self.clock);
+            }
+            log.flush();
+        }
+        let records = self.build(|cx| out.txs.iter().map(|t| DnsRecord::new(t, cx)).collect());
+        self.send(&records)
+    }
+
+    /// One scan at `now`: lost DNS queries, then due flows. `Ok(false)` when the output closed.
     pub fn scan(&mut self, src: &mut dyn FlowSource, now: u64, pressure: bool) -> io::Result<bool> {
+        if let Some(dns) = &mut self.dns {
+            dns.expire(now, &mut self.dns_out);
+        }
+        if !self.emit_dns() {
+            return Ok(false);
+        }
         let mut stats = self.scan_stats;
-        let out = self.table.scan(src, now, pressure, &mut stats)?;
+        let resolver: &mut dyn Resolver = match &mut self.dns {
+            Some(dns) => &mut dns.names,
+            None => &mut NoNames,
+        };
+        let out = self.table.scan(src, now, pressure, &mut stats, resolver)?;
         self.scan_stats = stats;
-        Ok(self.emit(&out))
+        Ok(self.emit_flows(&out))
+    }
+
+    /// Emits every open flow with `status`, empties the kernel map, and ends every waiting DNS
+    /// query as lost.
+    pub fn flush(
+        &mut self,
+        src: &mut dyn FlowSource,
+        status: Status,
+        now: u64,
+    ) -> io::Result<bool> {
+        if let Some(dns) = &mut self.dns {
+            dns.flush(&mut self.dns_out);
+        }
+        let open = self.emit_dns();
+        let resolver: &mut dyn Resolver = match &mut self.dns {
+            Some(dns) => &mut dns.names,
+            None => &mut NoNames,
+        };
+        let out = self.table.flush(src, status, resolver, now)?;
+        Ok(self.emit_flows(&out) && open)
     }
 
     /// Stops the sink, waiting up to `deadline`; returns (records emitted, records dropped).
@@ -72,10 +145,35 @@ impl Pipeline {
         )
     }
 
-    /// Emits every open flow with `status` and empties the kernel map.
-    pub fn flush(&mut self, src: &mut dyn FlowSource, status: Status) -> io::Result<bool> {
-        let out = self.table.flush(src, status)?;
-        Ok(self.emit(&out))
+    /// Logs what the DNS side counted.
+    pub fn report_dns(&self) {
+        let Some(dns) = &self.dns else {
+            return;
+        };
+        let s = &dns.stats;
+        let m = dns.matcher_stats();
+        let t = dns.tcp_stats();
+        let tx = |k: &str| s.transactions.get(k).copied().unwrap_or(0);
+        tracing::info!(
+            events = s.events,
+            messages = s.messages,
+            success = tx("success"),
+            lost = tx("lost"),
+            no_query = tx("no_query"),
+            partial = s.partial,
+            parse_errors = s.parse_errors.values().sum::<u64>(),
+            retransmits = m.retransmits,
+            duplicates = m.duplicates,
+            pending_overflow = m.overflow,
+            tcp_gaps = t.gaps,
+            tcp_cut = t.cut,
+            log_lines = self.dns_log.as_ref().map_or(0, |l| l.lines),
+            log_failed = self.dns_log.as_ref().map_or(0, |l| l.failed),
+            "dns"
+        );
+        for (reason, n) in &s.parse_errors {
+            tracing::info!(reason, count = n, "dns payloads that did not decode");
+        }
     }
 }
 
@@ -91,6 +189,9 @@ pub fn report_kernel(
         malformed = counters.malformed,
         map_full = counters.map_full,
         overflow_full_packets = counters.overflow_full_packets,
+        dns_events = counters.dns_events,
+        dns_ring_full = counters.dns_ring_full,
+        dns_cut = counters.dns_cut,
         "kernel counters"
     );
     for (k, v) in read_overflow(overflow)? {
@@ -107,6 +208,12 @@ pub fn report_kernel(
             packets = counters.overflow_full_packets,
             bytes = counters.overflow_full_bytes,
             "the overflow map was full too: these were counted only in totals"
+        );
+    }
+    if counters.dns_ring_full > 0 {
+        tracing::error!(
+            events = counters.dns_ring_full,
+            "DNS payloads dropped: the DNS ring buffer was full (raise --dns-ring-size)"
         );
     }
     Ok(())

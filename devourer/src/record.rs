@@ -11,7 +11,13 @@ use devourer_common::flow::{FlowKey, KEY_F_IPV6, KEY_F_VLAN};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::flow::Emitted;
+use crate::{
+    dns::{
+        DnsTx,
+        message::{class_name, rcode_name, type_name},
+    },
+    flow::Emitted,
+};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct FlowRecord {
@@ -83,12 +89,7 @@ pub fn record_id(key: &FlowKey, flow_start_ns: u64, agent: &str, seq: u32) -> St
     h.update((agent.len() as u32).to_be_bytes());
     h.update(agent.as_bytes());
     h.update(seq.to_be_bytes());
-    let digest = h.finalize();
-    let mut out = String::with_capacity(32);
-    for b in &digest[..16] {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    hex16(&h.finalize())
 }
 
 /// Turns kernel-clock nanoseconds into wall-clock nanoseconds since the epoch.
@@ -135,9 +136,84 @@ impl FlowRecord {
             src_packets: e.src.packets,
             dst_packets: e.dst.packets,
             status: e.status.as_str(),
-            src_name: None,
-            dst_name: None,
+            src_name: e.src_name.as_deref().map(str::to_owned),
+            dst_name: e.dst_name.as_deref().map(str::to_owned),
             tcp_flags: e.tcp_flags(),
+        }
+    }
+}
+
+/// A DNS transaction record (`type: "dns"`, fields as in design.md).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DnsRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub agent: String,
+    pub interface: String,
+    pub time: String,
+    pub client: String,
+    pub client_port: u16,
+    pub server: String,
+    pub server_port: u16,
+    pub transport: &'static str,
+    pub msg_id: u16,
+    pub q_name: Option<String>,
+    pub q_type: Option<String>,
+    pub q_class: Option<String>,
+    pub rcode: Option<String>,
+    pub answers: Vec<String>,
+    pub latency: Option<f64>,
+    pub status: &'static str,
+    pub role: &'static str,
+}
+
+/// DNS record id: hash of the endpoints, transport, message id, query time and agent.
+pub fn dns_id(tx: &DnsTx, agent: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(tx.client.to_string());
+    h.update(tx.client_port.to_be_bytes());
+    h.update(tx.server.to_string());
+    h.update(tx.server_port.to_be_bytes());
+    h.update([u8::from(tx.tcp)]);
+    h.update(tx.msg_id.to_be_bytes());
+    h.update(tx.time_ns.to_be_bytes());
+    h.update((agent.len() as u32).to_be_bytes());
+    h.update(agent.as_bytes());
+    hex16(&h.finalize())
+}
+
+fn hex16(digest: &[u8]) -> String {
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+impl DnsRecord {
+    pub fn new(tx: &DnsTx, cx: &RecordContext<'_>) -> Self {
+        let q = tx.question.as_ref();
+        Self {
+            kind: "dns",
+            id: dns_id(tx, cx.agent),
+            agent: cx.agent.to_owned(),
+            interface: (cx.interface_name)(tx.ifindex),
+            time: rfc3339(cx.clock.wall(tx.time_ns)),
+            client: tx.client.to_string(),
+            client_port: tx.client_port,
+            server: tx.server.to_string(),
+            server_port: tx.server_port,
+            transport: if tx.tcp { "tcp" } else { "udp" },
+            msg_id: tx.msg_id,
+            q_name: q.map(|q| q.name.clone()),
+            q_type: q.map(|q| type_name(q.qtype)),
+            q_class: q.map(|q| class_name(q.qclass)),
+            rcode: tx.rcode.map(rcode_name),
+            answers: tx.answers.clone(),
+            latency: tx.latency_ns.map(|ns| ns as f64 / 1e9),
+            status: tx.status.as_str(),
+            role: tx.role.as_str(),
         }
     }
 }

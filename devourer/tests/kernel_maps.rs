@@ -69,12 +69,7 @@ fn reused_per_cpu_entries_start_from_zero_and_deletes_return_every_cpu() {
         eprintln!("SKIP: needs two CPUs");
         return;
     }
-    let mut loaded = loader::load(&LoadOptions {
-        offline: true,
-        flow_map_entries: 1024,
-        wake_interval_ns: 1,
-    })
-    .expect("loading");
+    let mut loaded = loader::load(&LoadOptions::new(true, 1024)).expect("loading");
     let prog = loaded.prog_fd(PROG_TC_INGRESS).unwrap();
     let frame = udp_frame(10, 0);
     let run = |cpu: usize, ts: u64| {
@@ -131,12 +126,7 @@ fn replay_frames_up_to_the_cut_length_are_accepted() {
         eprintln!("SKIP: needs root to load BPF programs");
         return;
     }
-    let loaded = loader::load(&LoadOptions {
-        offline: true,
-        flow_map_entries: 64,
-        wake_interval_ns: 1,
-    })
-    .expect("loading");
+    let loaded = loader::load(&LoadOptions::new(true, 64)).expect("loading");
     let tc = loaded.prog_fd(PROG_TC_INGRESS).unwrap();
     let xdp = loaded.prog_fd(PROG_XDP).unwrap();
     let big = udp_frame(MAX_REPLAY_FRAME - 42, MAX_REPLAY_FRAME);

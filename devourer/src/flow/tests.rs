@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use std::{net::IpAddr, sync::Arc};
+
 use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN};
 
 use super::*;
@@ -90,7 +92,8 @@ fn rev(k: FlowKey) -> FlowKey {
 }
 
 fn scan(t: &mut FlowTable, m: &mut FakeMap, now: u64) -> Vec<Emitted> {
-    t.scan(m, now, false, &mut ScanStats::default()).unwrap()
+    t.scan(m, now, false, &mut ScanStats::default(), &mut NoNames)
+        .unwrap()
 }
 
 #[test]
@@ -291,13 +294,19 @@ fn pressure_evicts_the_least_recently_active_half_without_losing_counts() {
         );
     }
     let mut st = ScanStats::default();
-    assert!(t.scan(&mut m, 2 * S, true, &mut st).unwrap().is_empty());
+    assert!(
+        t.scan(&mut m, 2 * S, true, &mut st, &mut NoNames)
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(m.entries.len(), 4);
     assert!(
         m.entries.keys().all(|k| k.src_port >= 1004),
         "the newest stay"
     );
-    let out = t.flush(&mut m, Status::Shutdown).unwrap();
+    let out = t
+        .flush(&mut m, Status::Shutdown, &mut NoNames, 2 * S)
+        .unwrap();
     assert_eq!(out.len(), 8);
     assert!(
         out.iter()
@@ -314,7 +323,8 @@ fn flush_emits_every_open_flow_in_a_stable_order() {
             m.packet(usize::from(i) % NCPU, key(i, 10, 200, 20, 17), S, 1, 0, 0);
         }
         scan(&mut t, &mut m, 2 * S);
-        t.flush(&mut m, Status::EndOfInput).unwrap()
+        t.flush(&mut m, Status::EndOfInput, &mut NoNames, 2 * S)
+            .unwrap()
     };
     let a = run();
     assert_eq!(a.len(), 50);
@@ -344,4 +354,37 @@ fn icmp_records_carry_the_first_packets_type() {
     let out = scan(&mut t, &mut m, 20 * S);
     assert_eq!(out[0].icmp(), Some((8, 0)));
     assert_eq!(out[0].key.src_addr[15], 1);
+}
+
+#[test]
+fn a_flow_takes_names_when_it_starts_and_fills_unknown_ones_at_emit() {
+    struct Book(Vec<(IpAddr, &'static str, u64)>);
+    impl Resolver for Book {
+        fn name(&mut self, addr: IpAddr, now: u64) -> Option<Arc<str>> {
+            self.0
+                .iter()
+                .find(|(a, _, from)| *a == addr && now >= *from)
+                .map(|(_, n, _)| Arc::from(*n))
+        }
+    }
+    let mut m = FakeMap::new();
+    let mut t = FlowTable::new(cfg());
+    let k = key(1, 40000, 2, 443, 6);
+    let server = crate::record::addr(&k, k.dst_addr);
+    let client = crate::record::addr(&k, k.src_addr);
+    // The server's name is known from the start; the client's only later.
+    let mut book = Book(vec![
+        (server, "www.example.com", 0),
+        (client, "laptop.lan", 5 * S),
+    ]);
+    m.packet(0, k, S, 60, 0x02, VAL_F_SYN);
+    t.scan(&mut m, 2 * S, false, &mut ScanStats::default(), &mut book)
+        .unwrap();
+    // The server's address now means something else: the flow keeps its first name.
+    book.0[0].1 = "other.example.com";
+    let out = t
+        .scan(&mut m, 20 * S, false, &mut ScanStats::default(), &mut book)
+        .unwrap();
+    assert_eq!(out[0].dst_name.as_deref(), Some("www.example.com"));
+    assert_eq!(out[0].src_name.as_deref(), Some("laptop.lan"));
 }

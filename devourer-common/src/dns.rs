@@ -1,0 +1,58 @@
+//! DNS payload events: what the kernel program forwards to the agent for port-53 traffic.
+
+/// Ring buffer of [`DnsEventHeader`] + payload records (its own ring: no other event kinds).
+pub const DNS_RING: &str = "DNS_EVENTS";
+/// Per-CPU scratch where one event is assembled before `bpf_ringbuf_output`.
+pub const DNS_SCRATCH_MAP: &str = "DNS_SCRATCH";
+pub const DEFAULT_DNS_RING_BYTES: u32 = 4 << 20;
+/// Largest payload copied per packet (enough for EDNS answers).
+pub const DNS_CAP_MAX: usize = 4096;
+/// Ports whose UDP/TCP payloads are forwarded; 0 marks an unused slot.
+pub const DNS_PORT_SLOTS: usize = 8;
+
+/// Load-time global (`[u16; DNS_PORT_SLOTS]`): the DNS ports, 0 = unused.
+pub const GLOBAL_DNS_PORTS: &str = "DEVOURER_DNS_PORTS";
+/// Load-time global (u32): payload bytes copied per packet, at most [`DNS_CAP_MAX`].
+pub const GLOBAL_DNS_CAP: &str = "DEVOURER_DNS_CAP";
+
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// `DnsEventHeader::flags`: addresses are IPv6 (else v4-mapped IPv4).
+pub const DNS_F_IPV6: u8 = 1;
+
+/// Precedes `cap_len` payload bytes in each ring record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsEventHeader {
+    /// Packet time on the program's clock (monotonic live, the file's offline).
+    pub ts_ns: u64,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub ifindex: u32,
+    /// TCP sequence number of the payload's first byte (0 for UDP).
+    pub tcp_seq: u32,
+    /// Transport payload bytes the packet carried.
+    pub payload_len: u32,
+    /// Payload bytes that follow this header (at most the cap).
+    pub cap_len: u16,
+    pub proto: u8,
+    pub direction: u8,
+    pub flags: u8,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 10],
+}
+
+/// The per-CPU scratch record: header and payload, output with its used length.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsScratch {
+    pub header: DnsEventHeader,
+    pub payload: [u8; DNS_CAP_MAX],
+}
+
+pub const DNS_HEADER_LEN: usize = size_of::<DnsEventHeader>();
+
+const _: () = assert!(DNS_HEADER_LEN == 72);

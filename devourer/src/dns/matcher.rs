@@ -1,0 +1,300 @@
+//! The transaction table: matches each response to its query by endpoints, transport, id and
+//! question; retransmitted queries keep the first query's time; unanswered queries expire as
+//! lost; the table is bounded (the oldest expire first when it is full).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    num::NonZeroUsize,
+};
+
+use lru::LruCache;
+
+use super::message::Question;
+
+/// (client, server, transport, id): who asked whom, over what, under which id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TxKey {
+    pub client: [u8; 16],
+    pub server: [u8; 16],
+    pub client_port: u16,
+    pub server_port: u16,
+    pub proto: u8,
+    pub id: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// The first query's time (program clock): retransmissions do not restart the clock.
+    pub first_ns: u64,
+    pub question: Question,
+    pub ifindex: u32,
+    pub v6: bool,
+    seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseMatch {
+    Matched(Pending),
+    /// A second copy of a response already matched (seen twice, or on two interfaces).
+    Duplicate,
+    /// No query was seen for it.
+    Unmatched,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatcherStats {
+    pub retransmits: u64,
+    pub id_reuse: u64,
+    /// Queries expired early (as lost) because the table was full.
+    pub overflow: u64,
+    pub duplicates: u64,
+}
+
+pub struct Matcher {
+    timeout_ns: u64,
+    max_pending: usize,
+    pending: HashMap<TxKey, Pending>,
+    /// (first_ns, seq, key) in arrival order, for expiry; stale items are skipped.
+    order: VecDeque<(u64, u64, TxKey)>,
+    /// Recently matched transactions, to tell duplicate responses from unmatched ones.
+    answered: LruCache<TxKey, ()>,
+    next_seq: u64,
+    pub stats: MatcherStats,
+}
+
+impl Matcher {
+    pub fn new(timeout_ns: u64, max_pending: usize) -> Self {
+        let max_pending = max_pending.max(1);
+        Self {
+            timeout_ns,
+            max_pending,
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            answered: LruCache::new(NonZeroUsize::new(max_pending).expect("non-zero")),
+            next_seq: 0,
+            stats: MatcherStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// A query. Returns transactions that end as lost because of it: the previous query
+    /// under the same id with another question, or the oldest one when the table is full.
+    pub fn query(
+        &mut self,
+        key: TxKey,
+        question: Question,
+        ts: u64,
+        ifindex: u32,
+        v6: bool,
+    ) -> Vec<(TxKey, Pending)> {
+        let mut lost = Vec::new();
+        if let Some(p) = self.pending.get(&key) {
+            if p.question.same(&question) {
+                self.stats.retransmits += 1;
+                return lost;
+            }
+            self.stats.id_reuse += 1;
+            let old = self.pending.remove(&key).expect("present");
+            lost.push((key, old));
+        }
+        while self.pending.len() >= self.max_pending {
+            match self.pop_oldest() {
+                Some(old) => {
+                    self.stats.overflow += 1;
+                    lost.push(old);
+                }
+                None => break,
+            }
+        }
+        self.answered.pop(&key);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.insert(
+            key,
+            Pending {
+                first_ns: ts,
+                question,
+                ifindex,
+                v6,
+                seq,
+            },
+        );
+        self.order.push_back((ts, seq, key));
+        if self.order.len() > 4 * self.max_pending + 1024 {
+            let pending = &self.pending;
+            self.order
+                .retain(|(_, seq, k)| pending.get(k).is_some_and(|p| p.seq == *seq));
+        }
+        lost
+    }
+
+    /// A response; `question` is its question, if it has one.
+    pub fn response(&mut self, key: TxKey, question: Option<&Question>) -> ResponseMatch {
+        let same = match (self.pending.get(&key), question) {
+            (Some(p), Some(q)) => p.question.same(q),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if same {
+            let p = self.pending.remove(&key).expect("present");
+            self.answered.put(key, ());
+            return ResponseMatch::Matched(p);
+        }
+        if self.answered.get(&key).is_some() {
+            self.stats.duplicates += 1;
+            return ResponseMatch::Duplicate;
+        }
+        ResponseMatch::Unmatched
+    }
+
+    fn pop_oldest(&mut self) -> Option<(TxKey, Pending)> {
+        while let Some((_, seq, key)) = self.order.pop_front() {
+            if self.pending.get(&key).is_some_and(|p| p.seq == seq) {
+                return self.pending.remove(&key).map(|p| (key, p));
+            }
+        }
+        None
+    }
+
+    /// Queries unanswered for the timeout at `now`.
+    pub fn expire(&mut self, now: u64) -> Vec<(TxKey, Pending)> {
+        let mut lost = Vec::new();
+        while let Some(&(first, seq, key)) = self.order.front() {
+            if now.saturating_sub(first) < self.timeout_ns {
+                break;
+            }
+            self.order.pop_front();
+            if self.pending.get(&key).is_some_and(|p| p.seq == seq)
+                && let Some(p) = self.pending.remove(&key)
+            {
+                lost.push((key, p));
+            }
+        }
+        lost
+    }
+
+    /// Every query still waiting (shutdown, end of input), oldest first.
+    pub fn drain(&mut self) -> Vec<(TxKey, Pending)> {
+        let mut all = Vec::new();
+        while let Some(p) = self.pop_oldest() {
+            all.push(p);
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn key(id: u16) -> TxKey {
+        TxKey {
+            client: [1; 16],
+            server: [2; 16],
+            client_port: 40000,
+            server_port: 53,
+            proto: 17,
+            id,
+        }
+    }
+
+    fn q(name: &str, qtype: u16) -> Question {
+        Question {
+            name: name.into(),
+            qtype,
+            qclass: 1,
+        }
+    }
+
+    #[test]
+    fn a_response_matches_its_query_and_retransmissions_keep_the_first_time() {
+        let mut m = Matcher::new(5 * S, 100);
+        assert!(m.query(key(1), q("a.example", 1), S, 1, false).is_empty());
+        assert!(
+            m.query(key(1), q("a.example", 1), 2 * S, 1, false)
+                .is_empty()
+        );
+        assert_eq!(m.stats.retransmits, 1);
+        match m.response(key(1), Some(&q("A.EXAMPLE", 1))) {
+            ResponseMatch::Matched(p) => assert_eq!(p.first_ns, S),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            m.response(key(1), Some(&q("a.example", 1))),
+            ResponseMatch::Duplicate
+        );
+        assert_eq!(
+            m.response(key(2), Some(&q("a.example", 1))),
+            ResponseMatch::Unmatched
+        );
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn the_question_must_match_too() {
+        let mut m = Matcher::new(5 * S, 100);
+        m.query(key(1), q("a.example", 1), S, 1, false);
+        assert_eq!(
+            m.response(key(1), Some(&q("a.example", 28))),
+            ResponseMatch::Unmatched
+        );
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn id_reuse_with_another_question_ends_the_first_as_lost() {
+        let mut m = Matcher::new(5 * S, 100);
+        m.query(key(7), q("a.example", 1), S, 1, false);
+        let lost = m.query(key(7), q("b.example", 1), 2 * S, 1, false);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].1.question.name, "a.example");
+        assert_eq!(m.stats.id_reuse, 1);
+    }
+
+    #[test]
+    fn unanswered_queries_expire_after_the_timeout() {
+        let mut m = Matcher::new(5 * S, 100);
+        m.query(key(1), q("a.example", 1), S, 1, false);
+        m.query(key(2), q("b.example", 1), 3 * S, 1, false);
+        assert!(m.expire(5 * S).is_empty());
+        let lost = m.expire(6 * S);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].0.id, 1);
+        assert_eq!(m.expire(8 * S).len(), 1);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_loses_its_oldest_query() {
+        let mut m = Matcher::new(5 * S, 3);
+        for id in 0..3 {
+            assert!(
+                m.query(key(id), q("x.example", 1), S + u64::from(id), 1, false)
+                    .is_empty()
+            );
+        }
+        let lost = m.query(key(9), q("x.example", 1), 2 * S, 1, false);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].0.id, 0);
+        assert_eq!((m.len(), m.stats.overflow), (3, 1));
+        // Answered ones leave room without being lost.
+        assert!(matches!(
+            m.response(key(1), None),
+            ResponseMatch::Matched(_)
+        ));
+        assert!(
+            m.query(key(10), q("x.example", 1), 2 * S, 1, false)
+                .is_empty()
+        );
+        assert_eq!(m.drain().len(), 3);
+    }
+}

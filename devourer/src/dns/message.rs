@@ -1,0 +1,357 @@
+//! DNS messages from the wire: decoded with hickory-proto, rendered the way dig prints them,
+//! with every byte from the wire escaped (no packet can forge a log line or a JSON field).
+
+use std::{fmt::Write as _, net::IpAddr};
+
+use hickory_proto::{
+    op::{Message, Query},
+    rr::{DNSClass, Name, RData, Record, RecordType},
+    serialize::binary::{BinDecodable, BinDecoder},
+};
+
+/// Why a payload could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ParseError {
+    /// Shorter than the 12-byte header.
+    TooShort,
+    /// The question section does not decode.
+    BadQuestion,
+}
+
+impl ParseError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::TooShort => "too_short",
+            Self::BadQuestion => "bad_question",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Question {
+    /// Presentation form without the trailing dot (`""` for the root).
+    pub name: String,
+    pub qtype: u16,
+    pub qclass: u16,
+}
+
+impl Question {
+    /// Whether two questions ask the same thing (names compare case-insensitively).
+    pub fn same(&self, other: &Question) -> bool {
+        self.qtype == other.qtype
+            && self.qclass == other.qclass
+            && self.name.eq_ignore_ascii_case(&other.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// Owner name, presentation form with the trailing dot (as dig prints it).
+    pub name: String,
+    pub ttl: u32,
+    pub class: u16,
+    pub rtype: u16,
+    /// RDATA as dig prints it.
+    pub data: String,
+    /// RDATA as packetlog's dnslog printed it (names without the trailing dot, SOA timers in
+    /// parentheses).
+    pub data_log: String,
+}
+
+impl Answer {
+    /// `name ttl class type data`, as in dig's answer section.
+    pub fn dig(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.name,
+            self.ttl,
+            class_name(self.class),
+            type_name(self.rtype),
+            self.data
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsMessage {
+    pub id: u16,
+    pub response: bool,
+    pub opcode: u8,
+    /// Response code, with the EDNS extended bits when an OPT record carries them.
+    pub rcode: u16,
+    /// Section counts as the header states them (QD, AN, NS, AR).
+    pub counts: [u16; 4],
+    pub question: Option<Question>,
+    pub answers: Vec<Answer>,
+    /// Addresses from A/AAAA answers, with their TTL.
+    pub addresses: Vec<(IpAddr, u32)>,
+    /// Only the header and question could be decoded (cut at the capture cap, or broken
+    /// records after the question).
+    pub partial: bool,
+}
+
+/// Decodes a message. Everything after the question is optional: a message whose records are
+/// cut or broken still yields its id, flags and question (`partial`).
+pub fn parse(bytes: &[u8]) -> Result<DnsMessage, ParseError> {
+    if bytes.len() < 12 {
+        return Err(ParseError::TooShort);
+    }
+    let id = u16::from_be_bytes([bytes[0], bytes[1]]);
+    let flags = u16::from_be_bytes([bytes[2], bytes[3]]);
+    let counts = [4, 6, 8, 10].map(|i| u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+    let mut msg = DnsMessage {
+        id,
+        response: flags & 0x8000 != 0,
+        opcode: ((flags >> 11) & 0x0f) as u8,
+        rcode: flags & 0x000f,
+        counts,
+        question: None,
+        answers: Vec::new(),
+        addresses: Vec::new(),
+        partial: false,
+    };
+    match Message::from_vec(bytes) {
+        Ok(m) => {
+            msg.question = m.queries.first().map(question);
+            if let Some(edns) = &m.edns {
+                msg.rcode |= u16::from(edns.rcode_high()) << 4;
+            }
+            for r in &m.answers {
+                if let Some(a) = answer(r) {
+                    msg.answers.push(a);
+                }
+                match &r.data {
+                    RData::A(a) => msg.addresses.push((IpAddr::V4(a.0), r.ttl)),
+                    RData::AAAA(a) => msg.addresses.push((IpAddr::V6(a.0), r.ttl)),
+                    _ => {}
+                }
+            }
+        }
+        Err(_) => {
+            msg.partial = true;
+            if counts[0] > 0 {
+                let mut d = BinDecoder::new(&bytes[12..]);
+                let q = Query::read(&mut d).map_err(|_| ParseError::BadQuestion)?;
+                msg.question = Some(question(&q));
+            }
+        }
+    }
+    Ok(msg)
+}
+
+fn question(q: &Query) -> Question {
+    Question {
+        name: name_text(q.name(), false),
+        qtype: u16::from(q.query_type()),
+        qclass: u16::from(q.query_class()),
+    }
+}
+
+/// A name in presentation form: printable ASCII as is, `.` and `\` inside labels escaped with
+/// a backslash, every other byte as `\DDD`.
+pub fn name_text(name: &Name, trailing_dot: bool) -> String {
+    let mut s = String::new();
+    for label in name.iter() {
+        if !s.is_empty() {
+            s.push('.');
+        }
+        for &b in label {
+            match b {
+                b'.' | b'\\' => {
+                    s.push('\\');
+                    s.push(b as char);
+                }
+                0x21..=0x7e => s.push(b as char),
+                _ => {
+                    let _ = write!(s, "\\{b:03}");
+                }
+            }
+        }
+    }
+    if trailing_dot {
+        s.push('.');
+    }
+    s
+}
+
+/// A character string (TXT and friends) as dig prints it: in quotes, `"` and `\` escaped,
+/// bytes outside printable ASCII as `\DDD`.
+fn quoted(bytes: &[u8], out: &mut String) {
+    out.push('"');
+    for &b in bytes {
+        match b {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\{b:03}");
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// Escapes anything outside printable ASCII in text produced by hickory's Display impls.
+fn sanitize(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars() {
+        if (' '..='~').contains(&c) {
+            s.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(s, "\\{b:03}");
+            }
+        }
+    }
+    s
+}
+
+fn hex_rdata(bytes: &[u8]) -> String {
+    let mut s = format!("\\# {}", bytes.len());
+    if !bytes.is_empty() {
+        s.push(' ');
+        for b in bytes {
+            let _ = write!(s, "{b:02x}");
+        }
+    }
+    s
+}
+
+fn answer(r: &Record) -> Option<Answer> {
+    let rtype = u16::from(r.record_type());
+    let (data, data_log) = match &r.data {
+        RData::A(a) => (a.0.to_string(), a.0.to_string()),
+        RData::AAAA(a) => (a.0.to_string(), a.0.to_string()),
+        RData::CNAME(n) => (name_text(&n.0, true), name_text(&n.0, false)),
+        RData::NS(n) => (name_text(&n.0, true), name_text(&n.0, false)),
+        RData::PTR(n) => (name_text(&n.0, true), name_text(&n.0, false)),
+        RData::MX(mx) => (
+            format!("{} {}", mx.preference, name_text(&mx.exchange, true)),
+            format!("{} {}", mx.preference, name_text(&mx.exchange, false)),
+        ),
+        RData::SOA(soa) => {
+            let timers = format!(
+                "{} {} {} {} {}",
+                soa.serial, soa.refresh, soa.retry, soa.expire, soa.minimum
+            );
+            (
+                format!(
+                    "{} {} {timers}",
+                    name_text(&soa.mname, true),
+                    name_text(&soa.rname, true)
+                ),
+                format!(
+                    "{} {} ({timers})",
+                    name_text(&soa.mname, false),
+                    name_text(&soa.rname, false)
+                ),
+            )
+        }
+        RData::SRV(srv) => (
+            format!(
+                "{} {} {} {}",
+                srv.priority,
+                srv.weight,
+                srv.port,
+                name_text(&srv.target, true)
+            ),
+            format!(
+                "{} {} {} {}",
+                srv.priority,
+                srv.weight,
+                srv.port,
+                name_text(&srv.target, false)
+            ),
+        ),
+        RData::TXT(txt) => {
+            let mut s = String::new();
+            for (i, part) in txt.txt_data.iter().enumerate() {
+                if i > 0 {
+                    s.push(' ');
+                }
+                quoted(part, &mut s);
+            }
+            (s.clone(), s)
+        }
+        RData::NULL(null) => {
+            let s = hex_rdata(&null.anything);
+            (s.clone(), s)
+        }
+        RData::Unknown { rdata, .. } => {
+            let s = hex_rdata(&rdata.anything);
+            (s.clone(), s)
+        }
+        // OPT has no presentation form (and lives in the EDNS field, not among answers).
+        RData::OPT(_) => return None,
+        other => {
+            let mut s = String::new();
+            if write!(s, "{other}").is_err() {
+                s.clear();
+            }
+            let s = sanitize(&s);
+            (s.clone(), s)
+        }
+    };
+    Some(Answer {
+        name: name_text(&r.name, true),
+        ttl: r.ttl,
+        class: u16::from(r.dns_class),
+        rtype,
+        data,
+        data_log,
+    })
+}
+
+/// Mnemonic for a record type, `TYPE123` for unknown ones (as dig prints them).
+pub fn type_name(t: u16) -> String {
+    match RecordType::from(t) {
+        RecordType::Unknown(_) => format!("TYPE{t}"),
+        rt => rt.to_string(),
+    }
+}
+
+/// Mnemonic for a class, `CLASS123` for unknown ones.
+pub fn class_name(c: u16) -> String {
+    match DNSClass::from(c) {
+        DNSClass::IN => "IN".into(),
+        DNSClass::CH => "CH".into(),
+        DNSClass::HS => "HS".into(),
+        DNSClass::NONE => "NONE".into(),
+        DNSClass::ANY => "ANY".into(),
+        _ => format!("CLASS{c}"),
+    }
+}
+
+/// Mnemonic for a response code (RFC 6895 names, as dig prints them).
+pub fn rcode_name(rc: u16) -> String {
+    let known = match rc {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        11 => "DSOTYPENI",
+        16 => "BADVERS",
+        17 => "BADKEY",
+        18 => "BADTIME",
+        19 => "BADMODE",
+        20 => "BADNAME",
+        21 => "BADALG",
+        22 => "BADTRUNC",
+        23 => "BADCOOKIE",
+        _ => return format!("RCODE{rc}"),
+    };
+    known.into()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,340 @@
+//! DNS: turns the kernel's port-53 payload events into transactions (success, lost, no_query)
+//! with latency, feeds the name cache from answers, and produces packetlog-style log lines.
+
+pub mod matcher;
+pub mod message;
+pub mod names;
+pub mod tcp;
+pub mod textlog;
+
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+pub mod testwire;
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use devourer_common::dns::{DNS_F_IPV6, DNS_HEADER_LEN, DnsEventHeader};
+
+use self::{
+    matcher::{Matcher, Pending, ResponseMatch, TxKey},
+    message::{DnsMessage, Question, parse},
+    names::NameCache,
+    tcp::{StreamKey, TcpStreams},
+    textlog::{LogLine, Role, line},
+};
+use crate::local::LocalAddrs;
+
+const IPPROTO_TCP: u8 = 6;
+
+#[derive(Clone, Copy, Debug)]
+pub struct DnsConfig {
+    /// A query unanswered this long is lost (ns).
+    pub timeout_ns: u64,
+    pub max_pending: usize,
+    pub max_tcp_streams: usize,
+    pub name_cache_entries: usize,
+    /// Produce packetlog text lines.
+    pub text_log: bool,
+}
+
+/// Why a transaction record was emitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TxStatus {
+    Success,
+    Lost,
+    NoQuery,
+}
+
+impl TxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Lost => "lost",
+            Self::NoQuery => "no_query",
+        }
+    }
+}
+
+/// One finished DNS transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsTx {
+    pub status: TxStatus,
+    /// Query time (response time for `no_query`), program clock.
+    pub time_ns: u64,
+    pub client: IpAddr,
+    pub client_port: u16,
+    pub server: IpAddr,
+    pub server_port: u16,
+    pub tcp: bool,
+    pub msg_id: u16,
+    pub question: Option<Question>,
+    pub rcode: Option<u16>,
+    /// dig-style answer lines.
+    pub answers: Vec<String>,
+    pub latency_ns: Option<u64>,
+    pub role: Role,
+    pub ifindex: u32,
+}
+
+/// What the tracker counted (for the closing summary and metrics).
+#[derive(Clone, Debug, Default)]
+pub struct DnsStats {
+    pub events: u64,
+    pub messages: u64,
+    /// Messages whose records after the question were cut or broken (still matched).
+    pub partial: u64,
+    pub parse_errors: BTreeMap<&'static str, u64>,
+    pub transactions: BTreeMap<&'static str, u64>,
+}
+
+/// Transactions and log lines produced by one call.
+#[derive(Debug, Default)]
+pub struct DnsOutput {
+    pub txs: Vec<DnsTx>,
+    pub lines: Vec<LogLine>,
+}
+
+pub struct DnsTracker {
+    cfg: DnsConfig,
+    tcp: TcpStreams,
+    matcher: Matcher,
+    pub names: NameCache,
+    pub local: LocalAddrs,
+    pub stats: DnsStats,
+}
+
+/// Splits one ring record into its header and payload; `None` when it is too short.
+pub fn decode_event(bytes: &[u8]) -> Option<(DnsEventHeader, &[u8])> {
+    if bytes.len() < DNS_HEADER_LEN {
+        return None;
+    }
+    // SAFETY: length checked; the header is plain old data written by the kernel program.
+    let h = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DnsEventHeader>()) };
+    let end = (DNS_HEADER_LEN + usize::from(h.cap_len)).min(bytes.len());
+    Some((h, &bytes[DNS_HEADER_LEN..end]))
+}
+
+pub fn ip(addr: &[u8; 16], v6: bool) -> IpAddr {
+    let a = std::net::Ipv6Addr::from(*addr);
+    match a.to_ipv4_mapped() {
+        Some(v4) if !v6 => IpAddr::V4(v4),
+        _ => IpAddr::V6(a),
+    }
+}
+
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    format!("{addr}#{port}")
+}
+
+impl DnsTracker {
+    pub fn new(cfg: DnsConfig, local: LocalAddrs) -> Self {
+        Self {
+            tcp: TcpStreams::new(cfg.max_tcp_streams),
+            matcher: Matcher::new(cfg.timeout_ns, cfg.max_pending),
+            names: NameCache::new(cfg.name_cache_entries),
+            local,
+            stats: DnsStats::default(),
+            cfg,
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.matcher.len()
+    }
+
+    pub fn matcher_stats(&self) -> matcher::MatcherStats {
+        self.matcher.stats
+    }
+
+    pub fn tcp_stats(&self) -> tcp::TcpStats {
+        self.tcp.stats
+    }
+
+    fn role(&self, client: &IpAddr, server: &IpAddr) -> Role {
+        if self.local.contains(server) {
+            Role::Server
+        } else if self.local.contains(client) {
+            Role::Client
+        } else {
+            Role::Transit
+        }
+    }
+
+    /// One event from the kernel: a UDP datagram's or a TCP segment's payload.
+    pub fn on_event(&mut self, h: &DnsEventHeader, payload: &[u8], out: &mut DnsOutput) {
+        self.stats.events += 1;
+        let complete = payload.len() as u32 >= h.payload_len;
+        if h.proto == IPPROTO_TCP {
+            let key = StreamKey {
+                src: h.src_addr,
+                dst: h.dst_addr,
+                sport: h.src_port,
+                dport: h.dst_port,
+                ifindex: h.ifindex,
+            };
+            for m in self
+                .tcp
+                .segment(key, h.tcp_seq, h.tcp_flags, payload, complete)
+            {
+                self.on_message(h, &m, out);
+            }
+        } else {
+            self.on_message(h, payload, out);
+        }
+    }
+
+    fn on_message(&mut self, h: &DnsEventHeader, bytes: &[u8], out: &mut DnsOutput) {
+        let m = match parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                *self.stats.parse_errors.entry(e.reason()).or_default() += 1;
+                tracing::debug!(
+                    len = bytes.len(),
+                    reason = e.reason(),
+                    "undecodable DNS payload"
+                );
+                return;
+            }
+        };
+        self.stats.messages += 1;
+        if m.partial {
+            self.stats.partial += 1;
+        }
+        let v6 = h.flags & DNS_F_IPV6 != 0;
+        let (src, dst) = (ip(&h.src_addr, v6), ip(&h.dst_addr, v6));
+        let (client, server, cport, sport) = if m.response {
+            (dst, src, h.dst_port, h.src_port)
+        } else {
+            (src, dst, h.src_port, h.dst_port)
+        };
+        let role = self.role(&client, &server);
+        if self.cfg.text_log {
+            out.lines.push(line(
+                h.ts_ns,
+                &endpoint(src, h.src_port),
+                &endpoint(dst, h.dst_port),
+                role,
+                &m,
+            ));
+        }
+        let key = TxKey {
+            client: if m.response { h.dst_addr } else { h.src_addr },
+            server: if m.response { h.src_addr } else { h.dst_addr },
+            client_port: cport,
+            server_port: sport,
+            proto: h.proto,
+            id: m.id,
+        };
+        if !m.response {
+            let q = m.question.clone().unwrap_or(Question {
+                name: String::new(),
+                qtype: 0,
+                qclass: 0,
+            });
+            for (k, p) in self.matcher.query(key, q, h.ts_ns, h.ifindex, v6) {
+                self.emit_lost(k, p, out);
+            }
+            return;
+        }
+        if let Some(q) = &m.question {
+            for (addr, ttl) in &m.addresses {
+                self.names.learn(*addr, &q.name, *ttl, h.ts_ns);
+            }
+        }
+        match self.matcher.response(key, m.question.as_ref()) {
+            ResponseMatch::Matched(p) => {
+                let tx = self.answered(h, &m, client, server, cport, sport, role, Some(&p));
+                self.push(tx, out);
+            }
+            ResponseMatch::Unmatched => {
+                let tx = self.answered(h, &m, client, server, cport, sport, role, None);
+                self.push(tx, out);
+            }
+            ResponseMatch::Duplicate => {}
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the endpoints of one exchange")]
+    fn answered(
+        &self,
+        h: &DnsEventHeader,
+        m: &DnsMessage,
+        client: IpAddr,
+        server: IpAddr,
+        cport: u16,
+        sport: u16,
+        role: Role,
+        query: Option<&Pending>,
+    ) -> DnsTx {
+        DnsTx {
+            status: if query.is_some() {
+                TxStatus::Success
+            } else {
+                TxStatus::NoQuery
+            },
+            time_ns: query.map_or(h.ts_ns, |p| p.first_ns),
+            client,
+            client_port: cport,
+            server,
+            server_port: sport,
+            tcp: h.proto == IPPROTO_TCP,
+            msg_id: m.id,
+            question: m
+                .question
+                .clone()
+                .or_else(|| query.map(|p| p.question.clone())),
+            rcode: Some(m.rcode),
+            answers: m.answers.iter().map(|a| a.dig()).collect(),
+            latency_ns: query.map(|p| h.ts_ns.saturating_sub(p.first_ns)),
+            role,
+            ifindex: query.map_or(h.ifindex, |p| p.ifindex),
+        }
+    }
+
+    fn emit_lost(&mut self, k: TxKey, p: Pending, out: &mut DnsOutput) {
+        let client = ip(&k.client, p.v6);
+        let server = ip(&k.server, p.v6);
+        let role = self.role(&client, &server);
+        let tx = DnsTx {
+            status: TxStatus::Lost,
+            time_ns: p.first_ns,
+            client,
+            client_port: k.client_port,
+            server,
+            server_port: k.server_port,
+            tcp: k.proto == IPPROTO_TCP,
+            msg_id: k.id,
+            question: Some(p.question),
+            rcode: None,
+            answers: Vec::new(),
+            latency_ns: None,
+            role,
+            ifindex: p.ifindex,
+        };
+        self.push(tx, out);
+    }
+
+    fn push(&mut self, tx: DnsTx, out: &mut DnsOutput) {
+        *self
+            .stats
+            .transactions
+            .entry(tx.status.as_str())
+            .or_default() += 1;
+        out.txs.push(tx);
+    }
+
+    /// Queries unanswered for `--dns-timeout` at `now` end as lost.
+    pub fn expire(&mut self, now: u64, out: &mut DnsOutput) {
+        for (k, p) in self.matcher.expire(now) {
+            self.emit_lost(k, p, out);
+        }
+    }
+
+    /// Shutdown or end of input: every query still waiting ends as lost.
+    pub fn flush(&mut self, out: &mut DnsOutput) {
+        for (k, p) in self.matcher.drain() {
+            self.emit_lost(k, p, out);
+        }
+    }
+}

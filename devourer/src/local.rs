@@ -1,0 +1,80 @@
+//! Which addresses are this host's: the interfaces' addresses (re-read periodically) plus
+//! configured networks (`--local-net`, the only source offline). Decides a DNS message's role.
+
+use std::{collections::HashSet, io, net::IpAddr};
+
+use ipnet::IpNet;
+
+#[derive(Clone, Debug, Default)]
+pub struct LocalAddrs {
+    nets: Vec<IpNet>,
+    addrs: HashSet<IpAddr>,
+}
+
+impl LocalAddrs {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self {
+            nets,
+            addrs: HashSet::new(),
+        }
+    }
+
+    /// Replaces the interface addresses with the ones the host has now.
+    pub fn refresh_from_interfaces(&mut self) -> io::Result<()> {
+        self.addrs = interface_addrs()?;
+        Ok(())
+    }
+
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.addrs.contains(ip) || self.nets.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// Every address configured on an interface of this network namespace.
+pub fn interface_addrs() -> io::Result<HashSet<IpAddr>> {
+    let mut out = HashSet::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr of the family it states.
+            unsafe {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        out.insert(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        out.insert(IpAddr::from(sin6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list getifaddrs allocated.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_local_and_configured_networks_count() {
+        let mut l = LocalAddrs::new(vec!["192.0.2.0/24".parse().unwrap()]);
+        l.refresh_from_interfaces().unwrap();
+        assert!(l.contains(&"127.0.0.1".parse().unwrap()));
+        assert!(l.contains(&"192.0.2.77".parse().unwrap()));
+        assert!(!l.contains(&"198.51.100.1".parse().unwrap()));
+    }
+}
