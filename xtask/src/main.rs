@@ -1,13 +1,12 @@
 //! Developer tasks cargo alone cannot do: install the eBPF toolchain, run the agent as root with
 //! demo-friendly timeouts, and run every check CI runs.
 
+mod demo;
 mod setup;
 
 use std::{
-    net::{TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -145,10 +144,7 @@ fn run(no_demo: bool, release: bool, args: Vec<String>) -> Result<()> {
     } else {
         args
     };
-    if demo {
-        eprintln!("xtask: generating a little TCP and UDP traffic on lo (--no-demo to stop it)");
-        std::thread::spawn(demo_traffic);
-    }
+    let _resolver = if demo { demo::start() } else { None };
     let mut cmd = if is_root() {
         Command::new(&bin)
     } else {
@@ -158,41 +154,6 @@ fn run(no_demo: bool, release: bool, args: Vec<String>) -> Result<()> {
     };
     cmd.args(&args);
     run_cmd(&mut cmd)
-}
-
-/// A request/response over TCP and a datagram over UDP on loopback every two seconds.
-fn demo_traffic() {
-    let Ok(listener) = TcpListener::bind("127.0.0.1:0") else {
-        return;
-    };
-    let Ok(udp) = UdpSocket::bind("127.0.0.1:0") else {
-        return;
-    };
-    let (tcp_addr, udp_addr) = match (listener.local_addr(), udp.local_addr()) {
-        (Ok(t), Ok(u)) => (t, u),
-        _ => return,
-    };
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            use std::io::{Read, Write};
-            let mut conn = conn;
-            let mut buf = [0u8; 64];
-            if let Ok(n) = conn.read(&mut buf) {
-                let _ = conn.write_all(&buf[..n]);
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    loop {
-        if let Ok(mut c) = TcpStream::connect(tcp_addr) {
-            use std::io::{Read, Write};
-            let _ = c.write_all(b"hello devourer\n");
-            let mut buf = [0u8; 64];
-            let _ = c.read(&mut buf);
-        }
-        let _ = udp.send_to(b"ping", udp_addr);
-        std::thread::sleep(Duration::from_secs(2));
-    }
 }
 
 fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
