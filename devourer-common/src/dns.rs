@@ -14,6 +14,10 @@ pub const DNS_PORT_SLOTS: usize = 8;
 pub const GLOBAL_DNS_PORTS: &str = "DEVOURER_DNS_PORTS";
 /// Load-time global (u32): payload bytes copied per packet, at most [`DNS_CAP_MAX`].
 pub const GLOBAL_DNS_CAP: &str = "DEVOURER_DNS_CAP";
+/// Load-time global (u64): flags for the DNS ring output (see [`BPF_RB_NO_WAKEUP`]).
+pub const GLOBAL_DNS_RB_FLAGS: &str = "DEVOURER_DNS_RB_FLAGS";
+/// No wake-up per event: for a reader that polls after every replayed frame anyway.
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
 
 pub const DIR_INGRESS: u8 = 0;
 pub const DIR_EGRESS: u8 = 1;

@@ -36,6 +36,10 @@ static DEVOURER_WAKE_INTERVAL_NS: u64 = DEFAULT_WAKE_INTERVAL_NS;
 /// Ports whose payloads go to the DNS ring (0 = unused slot).
 #[unsafe(no_mangle)]
 static DEVOURER_DNS_PORTS: [u16; DNS_PORT_SLOTS] = [53, 0, 0, 0, 0, 0, 0, 0];
+/// Flags for DNS ring output: 0 (the kernel wakes the reader when it has caught up), or
+/// BPF_RB_NO_WAKEUP where the reader polls anyway (offline replay drains after every frame).
+#[unsafe(no_mangle)]
+static DEVOURER_DNS_RB_FLAGS: u64 = 0;
 /// Payload bytes copied per DNS packet (at most DNS_CAP_MAX).
 #[unsafe(no_mangle)]
 static DEVOURER_DNS_CAP: u32 = DNS_CAP_MAX as u32;
@@ -380,7 +384,9 @@ fn dns_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_dir: u64, ctr: &Ctr
     // SAFETY: size <= DNS_HEADER_LEN + DNS_CAP_MAX = size_of::<DnsScratch>().
     let bytes =
         unsafe { core::slice::from_raw_parts((scratch as *const DnsScratch).cast::<u8>(), size) };
-    match DNS_EVENTS.output::<[u8]>(bytes, 0) {
+    // SAFETY: a load-time constant.
+    let flags = unsafe { read_volatile(&DEVOURER_DNS_RB_FLAGS) };
+    match DNS_EVENTS.output::<[u8]>(bytes, flags) {
         Ok(()) => {
             ctr.add(C_DNS_EVENTS, 1);
             if parsed.payload_len > len {

@@ -16,7 +16,8 @@ use aya::{
     util::KernelVersion,
 };
 use devourer_common::dns::{
-    DEFAULT_DNS_RING_BYTES, DNS_CAP_MAX, DNS_PORT_SLOTS, DNS_RING, GLOBAL_DNS_CAP, GLOBAL_DNS_PORTS,
+    BPF_RB_NO_WAKEUP, DEFAULT_DNS_RING_BYTES, DNS_CAP_MAX, DNS_PORT_SLOTS, DNS_RING,
+    GLOBAL_DNS_CAP, GLOBAL_DNS_PORTS, GLOBAL_DNS_RB_FLAGS,
 };
 use devourer_common::flow::{
     COUNTERS_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_WAKE_INTERVAL_NS, OVERFLOW_MAP,
@@ -168,11 +169,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         *slot = *p;
     }
     let dns_cap = opts.dns_cap.min(DNS_CAP_MAX as u32);
+    // Offline, the reader drains the ring after every frame: wake-ups would only cost.
+    let rb_flags: u64 = if opts.offline { BPF_RB_NO_WAKEUP } else { 0 };
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_OFFLINE, &offline, true)
         .override_global(GLOBAL_WAKE_INTERVAL_NS, &opts.wake_interval_ns, true)
         .override_global(GLOBAL_DNS_PORTS, &ports, true)
         .override_global(GLOBAL_DNS_CAP, &dns_cap, true)
+        .override_global(GLOBAL_DNS_RB_FLAGS, &rb_flags, true)
         .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
         .map_max_entries(DNS_RING, opts.dns_ring_bytes)
         .load(EBPF_OBJECT)

@@ -40,7 +40,12 @@ fn start_dnsmasq() -> Option<Resolver> {
     // The port must be free: do not stand in for a resolver the host already runs.
     drop(UdpSocket::bind("127.0.0.1:53").ok()?);
     let child = Command::new("dnsmasq")
-        .args(["--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces"])
+        .args([
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+        ])
         .args(["--listen-address=127.0.0.1", "--port=53", "--local-ttl=60"])
         .arg(format!("--address=/{DEMO_NAME}/127.0.0.1"))
         .arg("--log-facility=/dev/null")
@@ -86,8 +91,10 @@ fn resolve(id: u16) -> Option<Ipv4Addr> {
 }
 
 fn traffic() {
-    let (Ok(listener), Ok(udp)) = (TcpListener::bind("127.0.0.1:0"), UdpSocket::bind("127.0.0.1:0"))
-    else {
+    let (Ok(listener), Ok(udp)) = (
+        TcpListener::bind("127.0.0.1:0"),
+        UdpSocket::bind("127.0.0.1:0"),
+    ) else {
         return;
     };
     let (Ok(tcp_addr), Ok(udp_addr)) = (listener.local_addr(), udp.local_addr()) else {

@@ -1,6 +1,7 @@
 //! Developer tasks cargo alone cannot do: install the eBPF toolchain, run the agent as root with
 //! demo-friendly timeouts, and run every check CI runs.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -37,6 +38,11 @@ enum Cmd {
         /// Arguments for devourer (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Benchmarks (as root): a table, bench/results/latest.json and docs/benchmarks.md.
+    Bench {
+        /// One benchmark (dns); all when omitted.
+        name: Option<String>,
     },
     /// Everything CI runs: setup, fmt, clippy, unit tests, kernel parser tests, end-to-end tests.
     Test {
@@ -113,6 +119,7 @@ fn main() -> Result<()> {
             args,
         } => run(no_demo, release, args),
         Cmd::Test { no_lint, filter } => test(no_lint, filter),
+        Cmd::Bench { name } => bench::bench(name),
     }
 }
 
