@@ -303,7 +303,7 @@ fn a_truncated_file_emits_what_was_read_and_exits_nonzero() {
     }
     let tmp = TempDir::new("trunc");
     let frames: Vec<_> = (0..20u16)
-        .map(|i| eth4(&ipv4(A4, B4, 17, &udp(1000 + i, 53, &[0; 50]), 0, 0)))
+        .map(|i| eth4(&ipv4(A4, B4, 17, &udp(1000 + i, 9, &[0; 50]), 0, 0)))
         .collect();
     let file = tmp.path("whole.pcap");
     write_pcap(&file, DataLink::ETHERNET, &frames, 1_700_000_000);
@@ -416,7 +416,7 @@ fn a_full_flow_map_spills_to_the_overflow_map_and_nothing_is_lost() {
     let tmp = TempDir::new("full");
     // 400 one-packet UDP flows and 100 TCP packets of one flow, 1 ms apart, into a map of 16.
     let mut frames: Vec<Vec<u8>> = (0..400u16)
-        .map(|i| eth4(&ipv4(A4, B4, 17, &udp(10_000 + i, 53, &[0; 20]), 0, 0)))
+        .map(|i| eth4(&ipv4(A4, B4, 17, &udp(10_000 + i, 9, &[0; 20]), 0, 0)))
         .collect();
     for i in 0..100 {
         frames.insert(
