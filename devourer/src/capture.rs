@@ -47,6 +47,14 @@ fn wall_clock() -> Clock {
 /// How often this host's addresses are re-read (they decide DNS roles).
 const LOCAL_REFRESH: Duration = Duration::from_secs(30);
 
+/// The BigQuery sink when `--bq-project-id`/`--bq-dataset` ask for one.
+pub fn start_bq(args: &crate::config::BqArgs) -> Result<Option<crate::bq::BqSink>> {
+    match args.config().map_err(anyhow::Error::msg)? {
+        Some(cfg) => Ok(Some(crate::bq::BqSink::start(cfg)?)),
+        None => Ok(None),
+    }
+}
+
 pub fn run(args: CaptureArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -87,14 +95,20 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
         names.insert(a.ifindex, a.iface);
     }
 
-    let sink = JsonLinesSink::start(
-        &flow.target(),
-        (args.output_queue / 256).max(4),
-        false,
-        Duration::from_secs(1),
-    )
-    .with_context(|| format!("opening output {:?}", flow.target()))?;
+    let sink = match flow.target() {
+        Some(t) => Some(
+            JsonLinesSink::start(
+                &t,
+                (args.output_queue / 256).max(4),
+                false,
+                Duration::from_secs(1),
+            )
+            .with_context(|| format!("opening output {t:?}"))?,
+        ),
+        None => None,
+    };
     let mut pipeline = Pipeline::new(flow.table_config(), sink, flow.agent(), wall_clock());
+    pipeline.bq = start_bq(&args.bq)?;
     pipeline.names = names;
     let mut local = LocalAddrs::new(args.dns.local_nets.clone());
     local

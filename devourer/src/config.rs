@@ -64,7 +64,8 @@ pub struct FlowArgs {
     /// Name of this node in records (default: the host name; on Kubernetes pass the node name).
     #[arg(long, env = "DEVOURER_AGENT_NAME")]
     pub agent_name: Option<String>,
-    /// Write JSON lines here instead of stdout (appended).
+    /// Write JSON lines here instead of stdout (appended); `none` for no JSON lines (with
+    /// BigQuery, for instance).
     #[arg(long, short = 'o', env = "DEVOURER_OUTPUT")]
     pub output: Option<PathBuf>,
     /// TC (default) or XDP on ingress plus TC on egress. Offline: which program replays.
@@ -98,28 +99,26 @@ fn parse_port_list(s: &str) -> Result<Vec<u16>, String> {
     Ok(ports)
 }
 
-/// Ring sizes: a power of two of at least one page, with an optional K/M/G suffix.
-pub fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let (num, mul) = match s.trim().to_ascii_uppercase() {
-        t if t.ends_with("KIB") || t.ends_with('K') => (
-            t.trim_end_matches("IB").trim_end_matches('K').to_owned(),
-            1 << 10,
-        ),
-        t if t.ends_with("MIB") || t.ends_with('M') => (
-            t.trim_end_matches("IB").trim_end_matches('M').to_owned(),
-            1 << 20,
-        ),
-        t if t.ends_with("GIB") || t.ends_with('G') => (
-            t.trim_end_matches("IB").trim_end_matches('G').to_owned(),
-            1 << 30,
-        ),
-        t => (t, 1),
+/// A byte size: `4096`, `512K`, `4M`, `1G` (binary multiples; `KiB`/`MiB`/`GiB` too).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t.trim_end_matches("IB").trim_end_matches('B');
+    let (num, mul) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
     };
-    let n: u64 = num
-        .trim()
+    num.trim()
         .parse::<u64>()
-        .map_err(|_| format!("{s:?}: write sizes like 4M, 512K or 1048576"))?
-        * mul;
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("{s:?}: write sizes like 4M, 512K, 1G or 1048576"))
+}
+
+/// Ring sizes: a power of two of at least one page.
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n = parse_bytes(s)?;
     if n < 4096 || !n.is_power_of_two() || n > (1 << 30) {
         return Err(format!("{s:?}: must be a power of two from 4K to 1G"));
     }
@@ -222,6 +221,107 @@ impl DnsArgs {
     }
 }
 
+#[derive(Debug, Args, Clone)]
+pub struct BqArgs {
+    /// Stream records to BigQuery in this project (with --bq-dataset).
+    #[arg(long, env = "DEVOURER_BQ_PROJECT_ID")]
+    pub bq_project_id: Option<String>,
+    /// The dataset (it must exist; tables are created in it).
+    #[arg(long, env = "DEVOURER_BQ_DATASET")]
+    pub bq_dataset: Option<String>,
+    /// Table for flow records (partitioned by first_seen_at).
+    #[arg(long, env = "DEVOURER_BQ_TABLE", default_value = "flow_logs")]
+    pub bq_table: String,
+    /// Table for DNS transactions (partitioned by time).
+    #[arg(long, env = "DEVOURER_BQ_DNS_TABLE", default_value = "dns_logs")]
+    pub bq_dns_table: String,
+    /// Service-account key file; without it, Application Default Credentials (the GCE/GKE
+    /// metadata server, workload identity, GOOGLE_APPLICATION_CREDENTIALS).
+    #[arg(long, env = "DEVOURER_BQ_SA_KEY_FILE")]
+    pub bq_sa_key_file: Option<PathBuf>,
+    /// BigQuery v2 API root, for emulators and private endpoints.
+    #[arg(long, env = "DEVOURER_BQ_ENDPOINT")]
+    pub bq_endpoint: Option<String>,
+    /// Send a batch at least this often.
+    #[arg(long, env = "DEVOURER_BQ_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub bq_flush_interval: Duration,
+    /// Rows per insertAll request at most (BigQuery allows 50,000).
+    #[arg(long, env = "DEVOURER_BQ_BATCH_ROWS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=50_000))]
+    pub bq_batch_rows: u64,
+    /// Bytes per request at most (BigQuery allows 10 MB).
+    #[arg(long, env = "DEVOURER_BQ_BATCH_BYTES", default_value = "5M", value_parser = parse_bytes)]
+    pub bq_batch_bytes: u64,
+    /// Timeout of one request.
+    #[arg(long, env = "DEVOURER_BQ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub bq_timeout: Duration,
+    /// First wait after a failed request; doubles up to --bq-backoff-max (with jitter).
+    #[arg(long, env = "DEVOURER_BQ_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub bq_backoff_base: Duration,
+    #[arg(long, env = "DEVOURER_BQ_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub bq_backoff_max: Duration,
+    /// How long start-up waits for the tables to be checked.
+    #[arg(long, env = "DEVOURER_BQ_SETUP_WAIT", default_value = "10s", value_parser = parse_duration)]
+    pub bq_setup_wait: Duration,
+    /// After creating or changing a table, retry rows BigQuery refuses for this long.
+    #[arg(long, env = "DEVOURER_BQ_SCHEMA_SETTLE", default_value = "5m", value_parser = parse_duration)]
+    pub bq_schema_settle: Duration,
+    /// Rows wait here until BigQuery acknowledges them (kept across restarts).
+    #[arg(
+        long,
+        env = "DEVOURER_SPOOL_DIR",
+        default_value = "/var/lib/devourer/spool"
+    )]
+    pub spool_dir: PathBuf,
+    /// Spool size cap; past it new rows are dropped and counted.
+    #[arg(long, env = "DEVOURER_SPOOL_MAX_BYTES", default_value = "1G", value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
+    /// Rows BigQuery refuses as invalid, with the reason (default: in the spool directory).
+    #[arg(long, env = "DEVOURER_BQ_DEAD_LETTER")]
+    pub bq_dead_letter: Option<PathBuf>,
+}
+
+impl BqArgs {
+    /// The BigQuery sink configuration, if one was asked for.
+    pub fn config(&self) -> Result<Option<crate::bq::BqConfig>, String> {
+        let (project, dataset) = match (&self.bq_project_id, &self.bq_dataset) {
+            (None, None) => return Ok(None),
+            (Some(p), Some(d)) => (p.clone(), d.clone()),
+            (Some(_), None) => return Err("--bq-project-id needs --bq-dataset".into()),
+            (None, Some(_)) => return Err("--bq-dataset needs --bq-project-id".into()),
+        };
+        if self.bq_batch_bytes > 9 << 20 {
+            return Err(
+                "--bq-batch-bytes: at most 9M (BigQuery refuses requests over 10 MB)".into(),
+            );
+        }
+        Ok(Some(crate::bq::BqConfig {
+            project,
+            dataset,
+            flow_table: self.bq_table.clone(),
+            dns_table: self.bq_dns_table.clone(),
+            key_file: self.bq_sa_key_file.clone(),
+            endpoint: self.bq_endpoint.clone(),
+            spool_dir: self.spool_dir.clone(),
+            spool_max_bytes: self.spool_max_bytes,
+            dead_letter: self
+                .bq_dead_letter
+                .clone()
+                .unwrap_or_else(|| self.spool_dir.join("dead-letter.jsonl")),
+            batch: crate::bq::spool::Limits {
+                rows: self.bq_batch_rows as usize,
+                bytes: self.bq_batch_bytes,
+                age: self.bq_flush_interval,
+            },
+            backoff_base: self.bq_backoff_base,
+            backoff_max: self.bq_backoff_max.max(self.bq_backoff_base),
+            timeout: self.bq_timeout,
+            setup_wait: self.bq_setup_wait,
+            schema_settle: self.bq_schema_settle,
+        }))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
     /// Interface to monitor (repeatable).
@@ -248,6 +348,8 @@ pub struct CaptureArgs {
     pub flow: FlowArgs,
     #[command(flatten)]
     pub dns: DnsArgs,
+    #[command(flatten)]
+    pub bq: BqArgs,
 }
 
 #[derive(Debug, Args)]
@@ -259,10 +361,15 @@ pub struct ReadArgs {
     pub progress: bool,
     #[arg(long, overrides_with = "progress")]
     pub no_progress: bool,
+    /// How long the end of the replay may wait for outputs (JSON lines, BigQuery) to drain.
+    #[arg(long, env = "DEVOURER_SHUTDOWN_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub flow: FlowArgs,
     #[command(flatten)]
     pub dns: DnsArgs,
+    #[command(flatten)]
+    pub bq: BqArgs,
 }
 
 impl FlowArgs {
@@ -280,10 +387,12 @@ impl FlowArgs {
         self.agent_name.clone().unwrap_or_else(hostname)
     }
 
-    pub fn target(&self) -> crate::sink::Target {
+    /// Where JSON lines go, or `None` with `--output none`.
+    pub fn target(&self) -> Option<crate::sink::Target> {
         match &self.output {
-            Some(p) if p.as_os_str() != "-" => crate::sink::Target::File(p.clone()),
-            _ => crate::sink::Target::Stdout,
+            Some(p) if p.as_os_str() == "none" => None,
+            Some(p) if p.as_os_str() != "-" => Some(crate::sink::Target::File(p.clone())),
+            _ => Some(crate::sink::Target::Stdout),
         }
     }
 }

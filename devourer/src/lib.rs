@@ -2,6 +2,7 @@
 //! streams records to sinks, live (`capture`) or over a capture file (`read`).
 
 pub mod bpf_sys;
+pub mod bq;
 pub mod capture;
 pub mod config;
 pub mod dns;

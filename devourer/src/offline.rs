@@ -57,9 +57,15 @@ pub fn run(args: ReadArgs) -> Result<ExitCode> {
         Mode::Tc => PROG_TC_INGRESS,
         Mode::Xdp => PROG_XDP,
     })?;
-    let sink = JsonLinesSink::start(&flow.target(), 64, true, Duration::from_secs(1))
-        .with_context(|| format!("opening output {:?}", flow.target()))?;
+    let sink = match flow.target() {
+        Some(t) => Some(
+            JsonLinesSink::start(&t, 64, true, Duration::from_secs(1))
+                .with_context(|| format!("opening output {t:?}"))?,
+        ),
+        None => None,
+    };
     let mut pipeline = Pipeline::new(flow.table_config(), sink, flow.agent(), Clock::default());
+    pipeline.bq = crate::capture::start_bq(&args.bq)?;
     pipeline.default_name = "pcap".into();
     // Offline, only --local-net says which addresses were the capturing host's.
     let (dns, dns_log) = args
@@ -199,7 +205,7 @@ pub fn run(args: ReadArgs) -> Result<ExitCode> {
     let names = pipeline.names.clone();
     let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| "pcap".into());
     report_kernel(&counters, &mut loaded.overflow, &name)?;
-    let (records, dropped) = pipeline.finish(Duration::from_secs(3600));
+    let (records, dropped) = pipeline.finish(args.shutdown_timeout);
     tracing::info!(
         packets = st.packets,
         replayed = st.fed,

@@ -10,6 +10,7 @@ use devourer_common::{
 };
 
 use crate::{
+    bq::{BqSink, Kind},
     dns::{DnsOutput, DnsTracker, textlog::DnsLog},
     flow::{Emitted, FlowSource, FlowTable, NoNames, Resolver, ScanStats, Status, TableConfig},
     kmaps::{KernelCounters, PerCpuHash, read_overflow},
@@ -19,7 +20,9 @@ use crate::{
 
 pub struct Pipeline {
     pub table: FlowTable,
-    pub sink: JsonLinesSink,
+    /// JSON lines (stdout or a file), unless `--output none`.
+    pub sink: Option<JsonLinesSink>,
+    pub bq: Option<BqSink>,
     pub agent: String,
     pub clock: Clock,
     /// ifindex -> interface name for records.
@@ -34,10 +37,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(cfg: TableConfig, sink: JsonLinesSink, agent: String, clock: Clock) -> Self {
+    pub fn new(cfg: TableConfig, sink: Option<JsonLinesSink>, agent: String, clock: Clock) -> Self {
         Self {
             table: FlowTable::new(cfg),
             sink,
+            bq: None,
             agent,
             clock,
             names: HashMap::new(),
@@ -62,14 +66,18 @@ impl Pipeline {
         })
     }
 
-    fn send<T: serde::Serialize>(&mut self, records: &[T]) -> bool {
+    /// Hands records to every sink; `false` once the JSON output has closed.
+    fn send<T: serde::Serialize>(&mut self, kind: Kind, records: &[T]) -> bool {
         self.records += records.len() as u64;
-        self.sink.send(records)
+        if let Some(bq) = &self.bq {
+            bq.send(kind, records);
+        }
+        self.sink.as_ref().is_none_or(|s| s.send(records))
     }
 
     fn emit_flows(&mut self, emitted: &[Emitted]) -> bool {
         let records = self.build(|cx| emitted.iter().map(|e| FlowRecord::new(e, cx)).collect());
-        self.send(&records)
+        self.send(Kind::Flow, &records)
     }
 
     /// Runs one DNS event through the tracker; its records wait for [`Pipeline::emit_dns`].
@@ -94,7 +102,7 @@ impl Pipeline {
             log.flush();
         }
         let records = self.build(|cx| out.txs.iter().map(|t| DnsRecord::new(t, cx)).collect());
-        self.send(&records)
+        self.send(Kind::Dns, &records)
     }
 
     /// One scan at `now`: lost DNS queries, then due flows. `Ok(false)` when the output closed.
@@ -135,14 +143,21 @@ impl Pipeline {
         Ok(self.emit_flows(&out) && open)
     }
 
-    /// Stops the sink, waiting up to `deadline`; returns (records emitted, records dropped).
+    /// Stops the sinks, each waiting up to `deadline`; returns (records emitted, JSON lines
+    /// dropped). BigQuery rows not yet acknowledged stay in its spool.
     pub fn finish(self, deadline: std::time::Duration) -> (u64, u64) {
-        let stats = self.sink.stats.clone();
-        self.sink.finish(deadline);
-        (
-            self.records,
-            stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
-        )
+        let dropped = match self.sink {
+            Some(sink) => {
+                let stats = sink.stats.clone();
+                sink.finish(deadline);
+                stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
+            }
+            None => 0,
+        };
+        if let Some(bq) = self.bq {
+            bq.finish(deadline);
+        }
+        (self.records, dropped)
     }
 
     /// Logs what the DNS side counted.

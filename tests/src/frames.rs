@@ -141,3 +141,58 @@ pub fn to_sll2(frame: &[u8]) -> Vec<u8> {
     s.extend_from_slice(&frame[14..]);
     s
 }
+
+/// A DNS message: one question (type A, class IN) and, for a response, one A answer.
+pub fn dns(id: u16, name: &str, answer: Option<[u8; 4]>) -> Vec<u8> {
+    let mut m = id.to_be_bytes().to_vec();
+    m.extend_from_slice(if answer.is_some() {
+        &[0x81, 0x80]
+    } else {
+        &[0x01, 0x00]
+    });
+    m.extend_from_slice(&[0, 1, 0, u8::from(answer.is_some()), 0, 0, 0, 0]);
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    if let Some(ip) = answer {
+        m.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        m.extend_from_slice(&ip);
+    }
+    m
+}
+
+/// `flows` UDP flows and `lookups` DNS query/response pairs from A to B, 1 ms apart; the
+/// names are `host<i>.example`, or `poison` for the index given.
+pub fn flows_and_lookups(flows: u16, lookups: u16, poison: Option<u16>) -> Vec<Vec<u8>> {
+    let mut f = Vec::new();
+    for i in 0..flows {
+        f.push(eth4(&ipv4(A4, B4, 17, &udp(20_000 + i, 9, &[0; 30]), 0, 0)));
+    }
+    for i in 0..lookups {
+        let name = if Some(i) == poison {
+            "poison.example".to_owned()
+        } else {
+            format!("host{i}.example")
+        };
+        let port = 30_000 + i;
+        f.push(eth4(&ipv4(
+            A4,
+            B4,
+            17,
+            &udp(port, 53, &dns(i, &name, None)),
+            0,
+            0,
+        )));
+        f.push(eth4(&ipv4(
+            B4,
+            A4,
+            17,
+            &udp(53, port, &dns(i, &name, Some([10, 0, 0, 1]))),
+            0,
+            0,
+        )));
+    }
+    f
+}

@@ -1,0 +1,240 @@
+//! The BigQuery sink: records are appended to an on-disk spool before anything is sent, a
+//! thread of its own streams sealed batches with tabledata.insertAll (gcp-bigquery-client),
+//! retries with backoff for as long as the spool has room, dead-letters rows BigQuery calls
+//! invalid, and deletes a batch only once BigQuery acknowledged it.
+
+pub mod schema;
+mod sender;
+pub mod spool;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+pub use self::schema::Kind;
+use self::spool::{Limits, Spool};
+
+/// Where and how to stream.
+#[derive(Clone, Debug)]
+pub struct BqConfig {
+    pub project: String,
+    pub dataset: String,
+    pub flow_table: String,
+    pub dns_table: String,
+    /// A service-account key file; without it Application Default Credentials are used
+    /// (GOOGLE_APPLICATION_CREDENTIALS, then the GCE/GKE metadata server).
+    pub key_file: Option<PathBuf>,
+    /// The BigQuery v2 API root (emulators, private endpoints, tests).
+    pub endpoint: Option<String>,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub dead_letter: PathBuf,
+    pub batch: Limits,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Per request.
+    pub timeout: Duration,
+    /// How long start-up waits for the tables to be checked (a type conflict fails start-up;
+    /// an unreachable BigQuery does not).
+    pub setup_wait: Duration,
+    /// After devourer creates or patches a table, BigQuery may refuse rows for a while: retry
+    /// them instead of dead-lettering for this long.
+    pub schema_settle: Duration,
+}
+
+impl BqConfig {
+    pub fn table(&self, kind: Kind) -> &str {
+        match kind {
+            Kind::Flow => &self.flow_table,
+            Kind::Dns => &self.dns_table,
+        }
+    }
+
+    fn spool_name(kind: Kind) -> &'static str {
+        match kind {
+            Kind::Flow => "flow",
+            Kind::Dns => "dns",
+        }
+    }
+}
+
+/// What the sink counted (for the closing summary and metrics).
+#[derive(Debug, Default)]
+pub struct BqStats {
+    pub rows_spooled: AtomicU64,
+    pub rows_sent: AtomicU64,
+    pub rows_retried: AtomicU64,
+    pub rows_dead_lettered: AtomicU64,
+    /// Refused because the spool was full (or could not be written).
+    pub rows_dropped: AtomicU64,
+    pub requests: AtomicU64,
+    pub request_errors: AtomicU64,
+    pub request_micros: AtomicU64,
+    /// Unix seconds of the last acknowledged batch (0: none yet).
+    pub last_success: AtomicU64,
+}
+
+impl BqStats {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+pub struct BqSink {
+    spool: Arc<Spool>,
+    pub stats: Arc<BqStats>,
+    stop: Arc<AtomicBool>,
+    deadline: Arc<Mutex<Option<Instant>>>,
+    thread: Option<JoinHandle<()>>,
+    warned_full: AtomicBool,
+}
+
+impl BqSink {
+    /// Opens the spool (replaying what an earlier run left), checks the key file, starts the
+    /// sender and waits up to `setup_wait` for the tables: a column of the wrong type, a missing
+    /// dataset or a broken key file is an error here.
+    pub fn start(cfg: BqConfig) -> Result<Self> {
+        if let Some(key) = &cfg.key_file {
+            let text = std::fs::read_to_string(key)
+                .with_context(|| format!("reading the service-account key {}", key.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a JSON key file", key.display()))?;
+            for field in ["client_email", "private_key", "token_uri"] {
+                if v[field].as_str().is_none() {
+                    bail!(
+                        "{}: no {field} (a service-account key file is expected)",
+                        key.display()
+                    );
+                }
+            }
+        }
+        let tables = [Kind::Flow, Kind::Dns].map(BqConfig::spool_name);
+        let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, cfg.batch, &tables)
+            .with_context(|| format!("opening the spool in {}", cfg.spool_dir.display()))?;
+        let queued = spool.bytes();
+        if queued > 0 {
+            tracing::info!(bytes = queued, dir = %cfg.spool_dir.display(), "spool holds rows from an earlier run; sending them first");
+        }
+        let spool = Arc::new(spool);
+        let stats = Arc::new(BqStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Arc::new(Mutex::new(None));
+        let (setup_tx, setup_rx) = mpsc::channel();
+        let wait = cfg.setup_wait;
+        let s = sender::Sender {
+            cfg,
+            spool: spool.clone(),
+            stats: stats.clone(),
+            stop: stop.clone(),
+            deadline: deadline.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sink-bigquery".into())
+            .spawn(move || s.run(setup_tx))
+            .context("starting the BigQuery sender")?;
+        match setup_rx.recv_timeout(wait) {
+            Ok(Err(fatal)) => {
+                let _ = thread.join();
+                bail!("BigQuery: {fatal}");
+            }
+            Ok(Ok(())) => tracing::info!("BigQuery tables ready"),
+            Err(_) => tracing::warn!(
+                "BigQuery not reachable yet (waited {wait:?}); rows are spooled and sent once it is"
+            ),
+        }
+        Ok(Self {
+            spool,
+            stats,
+            stop,
+            deadline,
+            thread: Some(thread),
+            warned_full: AtomicBool::new(false),
+        })
+    }
+
+    /// Spools records (without the `type` field, which is the table). Never blocks on
+    /// BigQuery; rows that do not fit in the spool are dropped and counted.
+    pub fn send<T: Serialize>(&self, kind: Kind, records: &[T]) {
+        if records.is_empty() {
+            return;
+        }
+        let mut lines = Vec::with_capacity(records.len() * 400);
+        for r in records {
+            let mut v = serde_json::to_value(r).expect("records serialise");
+            if let Some(o) = v.as_object_mut() {
+                o.remove("type");
+            }
+            serde_json::to_writer(&mut lines, &v).expect("values serialise");
+            lines.push(b'\n');
+        }
+        let n = records.len() as u64;
+        match self
+            .spool
+            .append(BqConfig::spool_name(kind), &lines, records.len())
+        {
+            Ok(true) => BqStats::add(&self.stats.rows_spooled, n),
+            Ok(false) => {
+                BqStats::add(&self.stats.rows_dropped, n);
+                if !self.warned_full.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        "the BigQuery spool is full (--spool-max-bytes): new rows are dropped and counted"
+                    );
+                }
+            }
+            Err(e) => {
+                BqStats::add(&self.stats.rows_dropped, n);
+                tracing::error!(
+                    "writing to the BigQuery spool failed: {e}; rows dropped and counted"
+                );
+            }
+        }
+    }
+
+    pub fn spool_bytes(&self) -> u64 {
+        self.spool.bytes()
+    }
+
+    /// Seals what is open and sends for up to `deadline`; what is left stays in the spool for
+    /// the next start.
+    pub fn finish(mut self, deadline: Duration) {
+        *self.deadline.lock().expect("deadline lock") = Some(Instant::now() + deadline);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let left = self.spool.bytes();
+        let s = &self.stats;
+        tracing::info!(
+            rows_spooled = BqStats::get(&s.rows_spooled),
+            rows_sent = BqStats::get(&s.rows_sent),
+            rows_retried = BqStats::get(&s.rows_retried),
+            rows_dead_lettered = BqStats::get(&s.rows_dead_lettered),
+            rows_dropped = BqStats::get(&s.rows_dropped),
+            requests = BqStats::get(&s.requests),
+            request_errors = BqStats::get(&s.request_errors),
+            spool_bytes_left = left,
+            "bigquery"
+        );
+        if left > 0 {
+            tracing::warn!(
+                bytes = left,
+                dir = %self.spool.dir().display(),
+                "rows not yet acknowledged stay in the spool and are sent at the next start"
+            );
+        }
+    }
+}
