@@ -1,7 +1,12 @@
-//! Live capture (`devourer capture`): attaches to interfaces, scans the flow map on a timer and
-//! on map-full wake-ups, and on SIGINT/SIGTERM detaches and flushes every open flow.
+//! Live capture (`devourer capture`): attaches to interfaces (following them with
+//! `--all-interfaces`), scans the flow map on a timer and on map-full wake-ups, reads the DNS
+//! ring, serves metrics, reopens outputs on SIGHUP, and on SIGINT/SIGTERM detaches and flushes
+//! every open flow.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use tokio::{
@@ -10,11 +15,14 @@ use tokio::{
 };
 
 use crate::{
+    bq::BqStats,
     config::CaptureArgs,
     dns::decode_event,
     flow::Status,
+    ifaces::{Attached, LinkWatch},
     loader::{self, TcLink},
     local::LocalAddrs,
+    metrics::{Health, Metrics},
     pipeline::{Pipeline, report_kernel},
     record::Clock,
     sink::JsonLinesSink,
@@ -63,9 +71,45 @@ pub fn run(args: CaptureArgs) -> Result<()> {
     rt.block_on(run_async(args))
 }
 
+/// The interfaces `--all-interfaces` means right now.
+fn all_up() -> Vec<String> {
+    loader::up_interfaces().unwrap_or_else(|e| {
+        tracing::warn!("listing interfaces in /sys/class/net: {e}");
+        Vec::new()
+    })
+}
+
+/// Copies what the pipeline's parts counted into the metrics.
+fn update_metrics(m: &Metrics, p: &Pipeline, kernel: &crate::kmaps::KernelCounters) {
+    m.kernel(kernel);
+    m.flows_active.set(p.table.len() as i64);
+    m.map_entries.set(p.scan_stats.kernel_entries as i64);
+    if let Some(dns) = &p.dns {
+        m.dns(&dns.stats, dns.pending());
+    }
+    if let Some(s) = &p.sink {
+        m.sink("jsonl", "written", s.stats.written.load(Ordering::Relaxed));
+        m.sink("jsonl", "dropped", s.stats.dropped.load(Ordering::Relaxed));
+    }
+    if let Some(bq) = &p.bq {
+        let s = &bq.stats;
+        m.sink("bigquery", "spooled", BqStats::get(&s.rows_spooled));
+        m.sink("bigquery", "sent", BqStats::get(&s.rows_sent));
+        m.sink("bigquery", "retried", BqStats::get(&s.rows_retried));
+        m.sink(
+            "bigquery",
+            "dead_lettered",
+            BqStats::get(&s.rows_dead_lettered),
+        );
+        m.sink("bigquery", "dropped", BqStats::get(&s.rows_dropped));
+        m.spool_bytes.set(bq.spool_bytes() as i64);
+        m.bq_last_success.set(BqStats::get(&s.last_success) as i64);
+    }
+}
+
 async fn run_async(args: CaptureArgs) -> Result<()> {
-    let ifaces = if args.all_interfaces {
-        let up = loader::up_interfaces().context("listing interfaces in /sys/class/net")?;
+    let wanted = if args.all_interfaces {
+        let up = all_up();
         if up.is_empty() {
             bail!("--all-interfaces: no interface other than loopback is up");
         }
@@ -75,9 +119,10 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
     } else {
         args.interfaces.clone()
     };
-    for iface in &ifaces {
+    for iface in &wanted {
         loader::ifindex(iface)?;
     }
+    crate::caps::check().context("checking capabilities")?;
     let flow = &args.flow;
     let mut loaded =
         loader::load(&args.dns.load_options(false, flow)).context("loading the kernel program")?;
@@ -87,12 +132,11 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
     } else {
         loader::default_tc_link()
     };
-    let mut names = HashMap::new();
-    for iface in &ifaces {
-        let a = loader::attach(&mut loaded.ebpf, iface, flow.mode, link)
+    let mut attached = Attached::new(flow.mode, link);
+    for iface in &wanted {
+        attached
+            .attach(&mut loaded.ebpf, iface)
             .with_context(|| format!("monitoring {iface}"))?;
-        tracing::info!(interface = %a.iface, ifindex = a.ifindex, hooks = ?a.hooks, "attached");
-        names.insert(a.ifindex, a.iface);
     }
 
     let sink = match flow.target() {
@@ -109,7 +153,7 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
     };
     let mut pipeline = Pipeline::new(flow.table_config(), sink, flow.agent(), wall_clock());
     pipeline.bq = start_bq(&args.bq)?;
-    pipeline.names = names;
+    pipeline.names = attached.names();
     let mut local = LocalAddrs::new(args.dns.local_nets.clone());
     local
         .refresh_from_interfaces()
@@ -120,7 +164,24 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
         .context("opening the DNS log directory")?;
     pipeline.dns = dns;
     pipeline.dns_log = dns_log;
-    let mut last_local_refresh = std::time::Instant::now();
+    let mut last_local_refresh = Instant::now();
+
+    let metrics = Metrics::new();
+    metrics.map_capacity.set(i64::from(flow.flow_map_entries));
+    metrics.interfaces.set(attached.len() as i64);
+    pipeline.metrics = Some(metrics.clone());
+    let health = Arc::new(Health::default());
+    if let Some(addr) = args.metrics_addr.0 {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {addr} (--metrics-addr)"))?;
+        let (m, h) = (metrics.clone(), health.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, m, h).await {
+                tracing::error!("metrics endpoint stopped: {e}");
+            }
+        });
+    }
 
     // SAFETY (both): each ring buffer owns its map fd for as long as its AsyncFd owns it.
     let mut wake = unsafe { AsyncFd::register_with_interest(loaded.wakeup, Interest::READABLE) }
@@ -129,11 +190,19 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
     let mut dns_ring = unsafe { AsyncFd::register_with_interest(loaded.dns, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("polling the DNS ring")?;
+    let mut links = if args.all_interfaces {
+        Some(LinkWatch::new().context("watching interfaces (netlink)")?)
+    } else {
+        None
+    };
     let mut tick = tokio::time::interval(flow.scan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut last_map_full = 0;
+    health.capturing.store(true, Ordering::Relaxed);
+    health.sinks_ok.store(true, Ordering::Relaxed);
     tracing::info!(
         mode = %flow.mode,
         idle_timeout = ?flow.idle_timeout,
@@ -160,6 +229,21 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
                 }
                 continue;
             }
+            changed = async { links.as_mut().expect("guarded").changed().await }, if links.is_some() => {
+                if let Err(e) = changed {
+                    tracing::warn!("netlink: {e}; interfaces are rescanned on every scan instead");
+                    links = None;
+                }
+                attached.sync(&mut loaded.ebpf, &all_up());
+                pipeline.names.extend(attached.names());
+                metrics.interfaces.set(attached.len() as i64);
+                continue;
+            }
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reopening outputs");
+                pipeline.reopen();
+                continue;
+            }
             _ = tick.tick() => false,
             guard = wake.readable_mut() => {
                 let mut guard = guard.context("waiting on the wake-up ring")?;
@@ -172,17 +256,25 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
             _ = sigint.recv() => break "SIGINT",
         };
         pipeline.clock = wall_clock();
+        if args.all_interfaces && links.is_none() {
+            attached.sync(&mut loaded.ebpf, &all_up());
+            pipeline.names.extend(attached.names());
+        }
         if last_local_refresh.elapsed() >= LOCAL_REFRESH
             && let Some(dns) = &mut pipeline.dns
         {
             if let Err(e) = dns.local.refresh_from_interfaces() {
                 tracing::warn!("re-reading this host's addresses failed: {e}");
             }
-            last_local_refresh = std::time::Instant::now();
+            last_local_refresh = Instant::now();
         }
+        let started = Instant::now();
         let open = pipeline
             .scan(&mut loaded.flows, monotonic_ns(), pressure)
             .context("scanning the flow map")?;
+        metrics
+            .scan_seconds
+            .observe(started.elapsed().as_secs_f64());
         if !open {
             break "output closed";
         }
@@ -195,9 +287,15 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
             );
             last_map_full = counters.map_full;
         }
+        update_metrics(&metrics, &pipeline, &counters);
+        health
+            .sinks_ok
+            .store(pipeline.sinks_alive(), Ordering::Relaxed);
     };
+    health.capturing.store(false, Ordering::Relaxed);
     tracing::info!("stopping ({reason}): detaching and flushing open flows");
     // Detach first so that nothing is counted after the final read.
+    drop(attached);
     drop(loaded.ebpf);
     pipeline.clock = wall_clock();
     let ring = dns_ring.get_mut();

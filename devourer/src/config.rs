@@ -14,6 +14,10 @@ use crate::loader::Mode;
     about = "Kernel-assisted network flow monitor: who talks to whom, and how much"
 )]
 pub struct Cli {
+    /// TOML configuration file (keys: long flag names in snake_case); default
+    /// /etc/devourer/devourer.toml when it exists. Flags beat DEVOURER_* variables beat the file.
+    #[arg(long, global = true, env = "DEVOURER_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -24,6 +28,24 @@ pub enum Command {
     Capture(CaptureArgs),
     /// Replay a pcap/pcapng file through the same kernel program and stream its flow records.
     Read(ReadArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file and print the effective settings (file, environment and
+    /// the flags after `--`).
+    Check {
+        file: PathBuf,
+        /// Which command the settings are for.
+        #[arg(long = "for", default_value = "capture", value_parser = ["capture", "read"])]
+        for_command: String,
+        /// Flags as the command would get them (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 /// A duration flag: `500ms`, `5s`, `2m`, `1h`.
@@ -322,6 +344,19 @@ impl BqArgs {
     }
 }
 
+/// `--metrics-addr`: an address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+pub fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MetricsAddr(None));
+    }
+    s.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|e| format!("{s:?}: {e} (write ADDRESS:PORT, or off)"))
+}
+
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
     /// Interface to monitor (repeatable).
@@ -341,6 +376,9 @@ pub struct CaptureArgs {
     /// How long shutdown may take to write the last records.
     #[arg(long, env = "DEVOURER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Serve /metrics, /healthz and /readyz here (`off` to disable).
+    #[arg(long, env = "DEVOURER_METRICS_ADDR", default_value = "0.0.0.0:9402", value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
     /// Records waiting for a slow output before new ones are dropped (and counted).
     #[arg(long, env = "DEVOURER_OUTPUT_QUEUE", default_value_t = 100_000)]
     pub output_queue: usize,

@@ -3,13 +3,17 @@
 
 pub mod bpf_sys;
 pub mod bq;
+pub mod caps;
 pub mod capture;
 pub mod config;
+pub mod config_file;
 pub mod dns;
 pub mod flow;
+pub mod ifaces;
 pub mod kmaps;
 pub mod loader;
 pub mod local;
+pub mod metrics;
 pub mod offline;
 pub mod pcap;
 pub mod pipeline;

@@ -11,7 +11,8 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        tc::{self, NlOptions, TcAttachOptions},
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        xdp::XdpLinkId,
     },
     util::KernelVersion,
 };
@@ -267,12 +268,14 @@ pub fn default_tc_link() -> TcLink {
     }
 }
 
-/// What was attached where, for logs.
-#[derive(Clone, Debug)]
+/// What was attached where: names for logs, link ids for detaching.
+#[derive(Debug)]
 pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
     pub hooks: Vec<&'static str>,
+    tc: Vec<(&'static str, SchedClassifierLinkId)>,
+    xdp: Option<XdpLinkId>,
 }
 
 pub fn ifindex(iface: &str) -> Result<u32, AttachError> {
@@ -293,7 +296,7 @@ fn attach_tc(
     iface: &str,
     kind: TcAttachType,
     link: TcLink,
-) -> Result<(), AttachError> {
+) -> Result<(&'static str, SchedClassifierLinkId), AttachError> {
     let hook = match kind {
         TcAttachType::Ingress => "tc ingress",
         _ => "tc egress",
@@ -323,12 +326,17 @@ fn attach_tc(
             TcAttachOptions::Netlink(NlOptions::default())
         }
     };
-    prog.attach_with_options(iface, kind, options)
+    let id = prog
+        .attach_with_options(iface, kind, options)
         .map_err(|e| err(Box::new(e)))?;
-    Ok(())
+    Ok((name, id))
 }
 
-fn attach_xdp(ebpf: &mut Ebpf, iface: &str, lo: bool) -> Result<&'static str, AttachError> {
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    lo: bool,
+) -> Result<(&'static str, XdpLinkId), AttachError> {
     let prog: &mut Xdp = ebpf
         .program_mut(PROG_XDP)
         .expect("loaded program")
@@ -341,21 +349,22 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, lo: bool) -> Result<&'static str, At
         })?;
     if !lo {
         match prog.attach(iface, XdpMode::Driver) {
-            Ok(_) => return Ok("xdp (native)"),
+            Ok(id) => return Ok(("xdp (native)", id)),
             Err(e) => tracing::warn!(
                 iface,
                 "native XDP unavailable ({e}); falling back to generic (SKB) mode, which costs more"
             ),
         }
     }
-    prog.attach(iface, XdpMode::Skb)
+    let id = prog
+        .attach(iface, XdpMode::Skb)
         .map_err(|e| AttachError::Attach {
             prog: PROG_XDP,
             iface: iface.to_owned(),
             hook: "xdp (skb)",
             source: Box::new(e),
         })?;
-    Ok("xdp (skb)")
+    Ok(("xdp (skb)", id))
 }
 
 /// Attaches to one interface so that each packet crossing it is seen once per direction.
@@ -368,29 +377,64 @@ pub fn attach(
 ) -> Result<Attachment, AttachError> {
     let idx = ifindex(iface)?;
     let lo = is_loopback(iface);
-    let mut hooks = Vec::new();
-    match mode {
-        Mode::Tc => {
-            attach_tc(ebpf, PROG_TC_INGRESS, iface, TcAttachType::Ingress, link)?;
-            hooks.push("tc ingress");
-            if !lo {
-                attach_tc(ebpf, PROG_TC_EGRESS, iface, TcAttachType::Egress, link)?;
-                hooks.push("tc egress");
-            }
-        }
-        Mode::Xdp => {
-            hooks.push(attach_xdp(ebpf, iface, lo)?);
-            if !lo {
-                attach_tc(ebpf, PROG_TC_EGRESS, iface, TcAttachType::Egress, link)?;
-                hooks.push("tc egress");
-            }
-        }
-    }
-    Ok(Attachment {
+    let mut a = Attachment {
         iface: iface.to_owned(),
         ifindex: idx,
-        hooks,
-    })
+        hooks: Vec::new(),
+        tc: Vec::new(),
+        xdp: None,
+    };
+    match mode {
+        Mode::Tc => {
+            a.tc.push(attach_tc(
+                ebpf,
+                PROG_TC_INGRESS,
+                iface,
+                TcAttachType::Ingress,
+                link,
+            )?);
+            a.hooks.push("tc ingress");
+        }
+        Mode::Xdp => {
+            let (hook, id) = attach_xdp(ebpf, iface, lo)?;
+            a.hooks.push(hook);
+            a.xdp = Some(id);
+        }
+    }
+    if !lo {
+        a.tc.push(attach_tc(
+            ebpf,
+            PROG_TC_EGRESS,
+            iface,
+            TcAttachType::Egress,
+            link,
+        )?);
+        a.hooks.push("tc egress");
+    }
+    Ok(a)
+}
+
+/// Detaches what [`attach`] attached. Errors are expected when the interface is already gone
+/// (the kernel removed its links with it) and only logged.
+pub fn detach(ebpf: &mut Ebpf, a: Attachment) {
+    for (name, id) in a.tc {
+        let res = ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+            .map(|p| p.detach(id));
+        if let Some(Err(e)) = res {
+            tracing::debug!(iface = %a.iface, "detaching {name}: {e}");
+        }
+    }
+    if let Some(id) = a.xdp {
+        let res = ebpf
+            .program_mut(PROG_XDP)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .map(|p| p.detach(id));
+        if let Some(Err(e)) = res {
+            tracing::debug!(iface = %a.iface, "detaching xdp: {e}");
+        }
+    }
 }
 
 /// An interface's IFF_* flags from sysfs (0 when unreadable).

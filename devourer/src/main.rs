@@ -2,12 +2,17 @@
 
 use std::{io::IsTerminal, process::ExitCode};
 
-use clap::Parser;
-use devourer::config::{Cli, Command};
+use devourer::config::{Command, ConfigCommand};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match devourer::config_file::parse(std::env::args_os().collect()) {
+        Ok((cli, _)) => cli,
+        Err(e) => {
+            eprintln!("devourer: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let filter = EnvFilter::try_from_env("DEVOURER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -19,6 +24,17 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Capture(args) => devourer::capture::run(args).map(|()| ExitCode::SUCCESS),
         Command::Read(args) => devourer::offline::run(args),
+        Command::Config(ConfigCommand::Check {
+            file,
+            for_command,
+            args,
+        }) => match devourer::config_file::check(&file, &for_command, &args) {
+            Ok(text) => {
+                print!("{text}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),
+        },
     };
     match res {
         Ok(code) => code,

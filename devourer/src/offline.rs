@@ -51,6 +51,7 @@ fn sync_names(pipeline: &mut Pipeline, cap: &CaptureFile) {
 pub fn run(args: ReadArgs) -> Result<ExitCode> {
     let flow = &args.flow;
     let mut cap = CaptureFile::open(&args.file)?;
+    crate::caps::check().context("checking capabilities")?;
     let mut loaded =
         loader::load(&args.dns.load_options(true, flow)).context("loading the kernel program")?;
     let prog = loaded.prog_fd(match flow.mode {

@@ -2,7 +2,7 @@
 //! runs DNS events through the tracker, turns due flows and finished transactions into records
 //! for the sink and DNS lines for the text log; reports what the kernel counted outside flows.
 
-use std::{collections::HashMap, io};
+use std::{collections::HashMap, io, sync::Arc};
 
 use devourer_common::{
     dns::DnsEventHeader,
@@ -14,6 +14,7 @@ use crate::{
     dns::{DnsOutput, DnsTracker, textlog::DnsLog},
     flow::{Emitted, FlowSource, FlowTable, NoNames, Resolver, ScanStats, Status, TableConfig},
     kmaps::{KernelCounters, PerCpuHash, read_overflow},
+    metrics::Metrics,
     record::{Clock, DnsRecord, FlowRecord, RecordContext, protocol_name},
     sink::JsonLinesSink,
 };
@@ -33,6 +34,7 @@ pub struct Pipeline {
     pub records: u64,
     pub dns: Option<DnsTracker>,
     pub dns_log: Option<DnsLog>,
+    pub metrics: Option<Arc<Metrics>>,
     dns_out: DnsOutput,
 }
 
@@ -50,6 +52,7 @@ impl Pipeline {
             records: 0,
             dns: None,
             dns_log: None,
+            metrics: None,
             dns_out: DnsOutput::default(),
         }
     }
@@ -77,7 +80,36 @@ impl Pipeline {
 
     fn emit_flows(&mut self, emitted: &[Emitted]) -> bool {
         let records = self.build(|cx| emitted.iter().map(|e| FlowRecord::new(e, cx)).collect());
+        if let Some(m) = &self.metrics {
+            for r in &records {
+                m.flows_emitted.with_label_values(&[r.status]).inc();
+                m.flow_packets
+                    .with_label_values(&[&r.interface])
+                    .inc_by(r.src_packets + r.dst_packets);
+                m.flow_bytes
+                    .with_label_values(&[&r.interface])
+                    .inc_by(r.src_bytes + r.dst_bytes);
+            }
+        }
         self.send(Kind::Flow, &records)
+    }
+
+    /// SIGHUP: reopen the JSON output file and the DNS log files (logrotate moved them).
+    pub fn reopen(&mut self) {
+        if let Some(s) = &self.sink {
+            s.reopen();
+        }
+        if let Some(l) = &mut self.dns_log {
+            l.reopen();
+        }
+    }
+
+    /// Whether every sink still accepts records (for /readyz).
+    pub fn sinks_alive(&self) -> bool {
+        self.sink
+            .as_ref()
+            .is_none_or(|s| !s.stats.closed.load(std::sync::atomic::Ordering::Relaxed))
+            && self.bq.as_ref().is_none_or(BqSink::alive)
     }
 
     /// Runs one DNS event through the tracker; its records wait for [`Pipeline::emit_dns`].
@@ -102,6 +134,17 @@ impl Pipeline {
             log.flush();
         }
         let records = self.build(|cx| out.txs.iter().map(|t| DnsRecord::new(t, cx)).collect());
+        if let Some(m) = &self.metrics {
+            for r in &records {
+                let rcode = r.rcode.as_deref().unwrap_or("none");
+                m.dns_transactions
+                    .with_label_values(&[r.status, rcode])
+                    .inc();
+                if let Some(l) = r.latency {
+                    m.dns_latency.observe(l);
+                }
+            }
+        }
         self.send(Kind::Dns, &records)
     }
 

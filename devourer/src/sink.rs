@@ -49,14 +49,18 @@ pub struct SinkStats {
     pub closed: AtomicBool,
 }
 
-struct Batch {
-    bytes: Vec<u8>,
-    records: u64,
+enum Msg {
+    Batch {
+        bytes: Vec<u8>,
+        records: u64,
+    },
+    /// Reopen the output (a file moved away by logrotate).
+    Reopen,
 }
 
 /// A JSON-lines writer on its own thread.
 pub struct JsonLinesSink {
-    tx: Option<SyncSender<Batch>>,
+    tx: Option<SyncSender<Msg>>,
     thread: Option<JoinHandle<()>>,
     pub stats: Arc<SinkStats>,
     /// Offline replays must not lose records: they wait for room instead of dropping.
@@ -75,10 +79,10 @@ impl JsonLinesSink {
         let stats = Arc::new(SinkStats::default());
         let (tx, rx) = mpsc::sync_channel(queue);
         let st = stats.clone();
-        let name = format!("{target:?}");
+        let target = target.clone();
         let thread = std::thread::Builder::new()
             .name("sink-jsonl".into())
-            .spawn(move || writer(rx, out, st, retry, name))?;
+            .spawn(move || writer(rx, out, st, retry, target))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
@@ -95,7 +99,7 @@ impl JsonLinesSink {
         let mut bytes = Vec::with_capacity(records.len() * 400);
         encode(records, &mut bytes);
         let n = records.len() as u64;
-        let batch = Batch { bytes, records: n };
+        let batch = Msg::Batch { bytes, records: n };
         let tx = self.tx.as_ref().expect("sink running");
         let res = if self.lossless {
             tx.send(batch).map_err(|_| ())
@@ -121,6 +125,15 @@ impl JsonLinesSink {
         !self.stats.closed.load(Ordering::Relaxed)
     }
 
+    /// Asks the writer to reopen its output after what is queued.
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(Msg::Reopen).is_err()
+        {
+            tracing::warn!("output queue full: the reopen waits for the next SIGHUP");
+        }
+    }
+
     /// Stops accepting records and waits up to `deadline` for the queue to drain.
     pub fn finish(mut self, deadline: Duration) {
         drop(self.tx.take());
@@ -142,17 +155,34 @@ impl JsonLinesSink {
 }
 
 fn writer(
-    rx: Receiver<Batch>,
+    rx: Receiver<Msg>,
     mut out: Box<dyn Write + Send>,
     stats: Arc<SinkStats>,
     retry: Duration,
-    name: String,
+    target: Target,
 ) {
+    let name = format!("{target:?}");
     let mut failing = false;
-    for batch in rx {
+    for msg in rx {
+        let (bytes, records) = match msg {
+            Msg::Batch { bytes, records } => (bytes, records),
+            Msg::Reopen => {
+                let _ = out.flush();
+                match target.open() {
+                    Ok(o) => {
+                        out = o;
+                        tracing::info!(output = %name, "reopened");
+                    }
+                    Err(e) => {
+                        tracing::error!(output = %name, "reopening failed: {e}; keeping the old file")
+                    }
+                }
+                continue;
+            }
+        };
         let mut off = 0;
-        while off < batch.bytes.len() {
-            match out.write(&batch.bytes[off..]) {
+        while off < bytes.len() {
+            match out.write(&bytes[off..]) {
                 Ok(0) => {
                     stats.closed.store(true, Ordering::Relaxed);
                     return;
@@ -184,6 +214,6 @@ fn writer(
         if let Err(e) = out.flush() {
             tracing::warn!(output = %name, "flush failed: {e}");
         }
-        stats.written.fetch_add(batch.records, Ordering::Relaxed);
+        stats.written.fetch_add(records, Ordering::Relaxed);
     }
 }

@@ -204,6 +204,12 @@ impl BqSink {
         }
     }
 
+    /// Whether the sender thread is still running (it stops only on a fatal set-up error or at
+    /// shutdown).
+    pub fn alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     pub fn spool_bytes(&self) -> u64 {
         self.spool.bytes()
     }

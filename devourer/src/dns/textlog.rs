@@ -213,6 +213,12 @@ impl DnsLog {
         Ok(self.open.get_mut(name).expect("just opened"))
     }
 
+    /// Closes the open files; the next line opens them again (after logrotate moved them).
+    pub fn reopen(&mut self) {
+        self.flush();
+        self.open.clear();
+    }
+
     pub fn flush(&mut self) {
         for (name, f) in &mut self.open {
             if let Err(e) = f.flush() {

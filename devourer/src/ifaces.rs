@@ -1,0 +1,150 @@
+//! The monitored interfaces: attaches to the ones asked for, and with `--all-interfaces` keeps
+//! following the host's interfaces (a netlink link-change subscription wakes a rescan), letting
+//! go of removed ones.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
+
+use aya::Ebpf;
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::loader::{self, AttachError, Attachment, Mode, TcLink};
+
+/// What is attached, by interface name.
+pub struct Attached {
+    mode: Mode,
+    link: TcLink,
+    map: BTreeMap<String, Attachment>,
+}
+
+impl Attached {
+    pub fn new(mode: Mode, link: TcLink) -> Self {
+        Self {
+            mode,
+            link,
+            map: BTreeMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// ifindex -> name of everything attached.
+    pub fn names(&self) -> HashMap<u32, String> {
+        self.map
+            .values()
+            .map(|a| (a.ifindex, a.iface.clone()))
+            .collect()
+    }
+
+    pub fn attach(&mut self, ebpf: &mut Ebpf, iface: &str) -> Result<(), AttachError> {
+        let a = loader::attach(ebpf, iface, self.mode, self.link)?;
+        tracing::info!(interface = %a.iface, ifindex = a.ifindex, hooks = ?a.hooks, "attached");
+        self.map.insert(iface.to_owned(), a);
+        Ok(())
+    }
+
+    /// Makes the attached set equal `wanted`: attaches new interfaces (a failure is logged and
+    /// retried at the next sync), lets go of the ones that are gone or were re-created.
+    pub fn sync(&mut self, ebpf: &mut Ebpf, wanted: &[String]) {
+        let gone: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(name, a)| {
+                !wanted.contains(name) || loader::ifindex(name).ok() != Some(a.ifindex)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            if let Some(a) = self.map.remove(&name) {
+                tracing::info!(interface = %name, "interface gone: letting go");
+                loader::detach(ebpf, a);
+            }
+        }
+        for name in wanted {
+            if !self.map.contains_key(name)
+                && let Err(e) = self.attach(ebpf, name)
+            {
+                tracing::warn!(interface = %name, "cannot attach yet: {e}");
+            }
+        }
+    }
+}
+
+/// A netlink socket subscribed to link changes (RTMGRP_LINK).
+pub struct LinkWatch {
+    fd: AsyncFd<OwnedFd>,
+}
+
+const RTMGRP_LINK: u32 = 1;
+
+impl LinkWatch {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain socket/bind with a zeroed sockaddr_nl.
+        let fd = unsafe {
+            let raw: RawFd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            if raw < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let fd = OwnedFd::from_raw_fd(raw);
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as u16;
+            addr.nl_groups = RTMGRP_LINK;
+            if libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            fd
+        };
+        Ok(Self {
+            // SAFETY: the AsyncFd owns the fd it polls.
+            fd: unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?,
+        })
+    }
+
+    /// Waits for link changes and drains the notifications.
+    pub async fn changed(&mut self) -> io::Result<()> {
+        let mut guard = self.fd.readable_mut().await?;
+        let mut buf = [0u8; 16384];
+        loop {
+            // SAFETY: reading into a local buffer from our socket.
+            let n = unsafe {
+                libc::recv(
+                    guard.get_inner().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                let e = io::Error::last_os_error();
+                if n == 0 || e.kind() == io::ErrorKind::WouldBlock {
+                    break;
+                }
+                // ENOBUFS: notifications were lost; a rescan covers them.
+                if e.raw_os_error() != Some(libc::ENOBUFS) {
+                    return Err(e);
+                }
+            }
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+}
