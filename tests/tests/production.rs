@@ -10,15 +10,14 @@ use devourer_tests::*;
 fn scrape(ns: &Netns, url: &str) -> prometheus_parse::Scrape {
     let out = run(ns.cmd("curl").args(["-sf", url]));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text")
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text")
 }
 
 fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     s.samples
         .iter()
-        .find(|x| {
-            x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
-        })
+        .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
         .map(|x| match x.value {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
@@ -38,18 +37,31 @@ fn metrics_equal_the_traffic_sent_and_health_endpoints_answer() {
     let agent = start_capture(
         &link.a,
         &[
-            "-i", &link.if_a, "--metrics-addr", "127.0.0.1:9402", "--idle-timeout", "1s",
-            "--evict-after", "300ms", "--scan-interval", "200ms",
+            "-i",
+            &link.if_a,
+            "--metrics-addr",
+            "127.0.0.1:9402",
+            "--idle-timeout",
+            "1s",
+            "--evict-after",
+            "300ms",
+            "--scan-interval",
+            "200ms",
         ],
         Some(&out),
         &log,
     );
     let base = "http://127.0.0.1:9402";
-    let ready = run(link.a.cmd("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).arg(format!("{base}/readyz")));
+    let ready = run(link
+        .a
+        .cmd("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{base}/readyz")));
     assert_eq!(String::from_utf8_lossy(&ready.stdout), "200");
     run(link.a.cmd("curl").arg("-sf").arg(format!("{base}/healthz")));
 
-    link.a.sh(&format!("ping -c 10 -i 0.05 {} >/dev/null", link.ip4_b));
+    link.a
+        .sh(&format!("ping -c 10 -i 0.05 {} >/dev/null", link.ip4_b));
     let emitted = wait_for(Duration::from_secs(10), || {
         std::fs::read_to_string(&out).is_ok_and(|s| s.contains("\"protocol\":\"icmp\""))
     });
@@ -67,23 +79,54 @@ fn metrics_equal_the_traffic_sent_and_health_endpoints_answer() {
         .map(|r| r["src_bytes"].as_u64().unwrap() + r["dst_bytes"].as_u64().unwrap())
         .sum();
     let icmp = flows.iter().find(|r| r["protocol"] == "icmp").unwrap();
-    assert_eq!((icmp["src_packets"].as_u64(), icmp["dst_packets"].as_u64()), (Some(10), Some(10)));
-    assert_eq!(value(&s, "devourer_packets_total", &[("interface", &link.if_a)]), Some(pkts as f64));
-    assert_eq!(value(&s, "devourer_bytes_total", &[("interface", &link.if_a)]), Some(bytes as f64));
     assert_eq!(
-        value(&s, "devourer_flows_emitted_total", &[("status", "idle_timeout")]),
+        (icmp["src_packets"].as_u64(), icmp["dst_packets"].as_u64()),
+        (Some(10), Some(10))
+    );
+    assert_eq!(
+        value(&s, "devourer_packets_total", &[("interface", &link.if_a)]),
+        Some(pkts as f64)
+    );
+    assert_eq!(
+        value(&s, "devourer_bytes_total", &[("interface", &link.if_a)]),
+        Some(bytes as f64)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "devourer_flows_emitted_total",
+            &[("status", "idle_timeout")]
+        ),
         Some(flows.len() as f64)
     );
     assert!(value(&s, "devourer_kernel_events_total", &[("event", "packets")]).unwrap() >= 20.0);
-    assert_eq!(value(&s, "devourer_kernel_map_capacity", &[]), Some(65536.0));
-    assert_eq!(value(&s, "devourer_sink_rows_total", &[("sink", "jsonl"), ("outcome", "written")]), Some(recs.len() as f64));
+    assert_eq!(
+        value(&s, "devourer_kernel_map_capacity", &[]),
+        Some(65536.0)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "devourer_sink_rows_total",
+            &[("sink", "jsonl"), ("outcome", "written")]
+        ),
+        Some(recs.len() as f64)
+    );
     assert_eq!(value(&s, "devourer_interfaces_attached", &[]), Some(1.0));
-    assert!(s.samples.iter().any(|x| x.metric == "devourer_eviction_scan_duration_seconds_count"));
+    assert!(
+        s.samples
+            .iter()
+            .any(|x| x.metric == "devourer_eviction_scan_duration_seconds_count")
+    );
     assert!(s.samples.iter().any(|x| x.metric == "devourer_build_info"));
     // Label values stay low-cardinality: no addresses.
     for x in &s.samples {
         for (k, v) in x.labels.iter() {
-            assert!(!v.contains(&link.ip4_a) && !v.contains(&link.ip4_b), "{k}={v} on {}", x.metric);
+            assert!(
+                !v.contains(&link.ip4_a) && !v.contains(&link.ip4_b),
+                "{k}={v} on {}",
+                x.metric
+            );
         }
     }
     let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
@@ -102,29 +145,48 @@ fn sighup_reopens_the_output_file() {
     let agent = start_capture(
         &link.a,
         &[
-            "-i", &link.if_a, "--output", file.to_str().unwrap(), "--idle-timeout", "1s",
-            "--evict-after", "300ms", "--scan-interval", "200ms", "--metrics-addr", "off",
+            "-i",
+            &link.if_a,
+            "--output",
+            file.to_str().unwrap(),
+            "--idle-timeout",
+            "1s",
+            "--evict-after",
+            "300ms",
+            "--scan-interval",
+            "200ms",
+            "--metrics-addr",
+            "off",
         ],
         None,
         &log,
     );
-    link.a.sh(&format!("ping -c 2 -i 0.1 {} >/dev/null", link.ip4_b));
-    assert!(wait_for(Duration::from_secs(10), || std::fs::read_to_string(&file).is_ok_and(|s| !s.is_empty())));
+    link.a
+        .sh(&format!("ping -c 2 -i 0.1 {} >/dev/null", link.ip4_b));
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&file).is_ok_and(|s| !s.is_empty())
+    }));
     let rotated = tmp.path("flows.jsonl.1");
     std::fs::rename(&file, &rotated).unwrap();
     agent.signal(libc::SIGHUP);
     assert!(wait_for(Duration::from_secs(5), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reopened"))
     }));
-    link.a.sh(&format!("ping -c 2 -i 0.1 {} >/dev/null", link.ip4_b));
+    link.a
+        .sh(&format!("ping -c 2 -i 0.1 {} >/dev/null", link.ip4_b));
     assert!(
-        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&file).is_ok_and(|s| s.contains("icmp"))),
+        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&file)
+            .is_ok_and(|s| s.contains("icmp"))),
         "records go to the new file"
     );
     let old = std::fs::read_to_string(&rotated).unwrap();
     let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
     assert!(res.status.success());
-    assert_eq!(std::fs::read_to_string(&rotated).unwrap(), old, "nothing more in the rotated file");
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap(),
+        old,
+        "nothing more in the rotated file"
+    );
 }
 
 #[test]
@@ -137,7 +199,17 @@ fn all_interfaces_follows_interfaces_that_come_and_go() {
     let (out, log) = (tmp.path("out.jsonl"), tmp.path("agent.log"));
     let agent = start_capture(
         &link.a,
-        &["--all-interfaces", "--idle-timeout", "1s", "--evict-after", "300ms", "--scan-interval", "200ms", "--metrics-addr", "off"],
+        &[
+            "--all-interfaces",
+            "--idle-timeout",
+            "1s",
+            "--evict-after",
+            "300ms",
+            "--scan-interval",
+            "200ms",
+            "--metrics-addr",
+            "off",
+        ],
         Some(&out),
         &log,
     );
@@ -150,7 +222,9 @@ fn all_interfaces_follows_interfaces_that_come_and_go() {
          ip link set {newif} up",
         c = c.name
     ));
-    c.sh(&format!("ip addr add 192.168.77.2/24 dev {newif}p; ip link set {newif}p up"));
+    c.sh(&format!(
+        "ip addr add 192.168.77.2/24 dev {newif}p; ip link set {newif}p up"
+    ));
     assert!(
         wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log)
             .is_ok_and(|l| l.contains(&format!("interface={newif} "))
@@ -161,7 +235,9 @@ fn all_interfaces_follows_interfaces_that_come_and_go() {
     link.a.sh("ping -c 3 -i 0.1 192.168.77.2 >/dev/null");
     assert!(wait_for(Duration::from_secs(10), || {
         std::fs::read_to_string(&out).is_ok_and(|s| {
-            s.lines().any(|l| l.contains(&format!("\"interface\":\"{newif}\"")) && l.contains("192.168.77.2"))
+            s.lines().any(|l| {
+                l.contains(&format!("\"interface\":\"{newif}\"")) && l.contains("192.168.77.2")
+            })
         })
     }));
     link.a.sh(&format!("ip link del {newif}"));
@@ -172,7 +248,11 @@ fn all_interfaces_follows_interfaces_that_come_and_go() {
         std::fs::read_to_string(&log).unwrap()
     );
     let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
-    assert!(res.status.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(
+        res.status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
 }
 
 #[test]
@@ -197,24 +277,52 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough() {
     let log = tmp.path("agent.log");
     let out = tmp.path("out.jsonl");
     let mut cmd = limited("+bpf,+net_admin,+perfmon");
-    cmd.args(["capture", "-i", &link.if_a, "--idle-timeout", "1s", "--evict-after", "300ms"])
-        .args(["--scan-interval", "200ms", "--metrics-addr", "127.0.0.1:9402"])
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap());
+    cmd.args([
+        "capture",
+        "-i",
+        &link.if_a,
+        "--idle-timeout",
+        "1s",
+        "--evict-after",
+        "300ms",
+    ])
+    .args([
+        "--scan-interval",
+        "200ms",
+        "--metrics-addr",
+        "127.0.0.1:9402",
+    ])
+    .stdout(std::fs::File::create(&out).unwrap())
+    .stderr(std::fs::File::create(&log).unwrap());
     let agent = Bg::spawn(cmd, "devourer with three capabilities");
     assert!(
-        wait_for(Duration::from_secs(20), || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("capturing"))),
+        wait_for(Duration::from_secs(20), || std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("capturing"))),
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap_or_default();
-    assert!(status.contains("CapBnd:\t000000c000001000"), "only the three in the bounding set: {status}");
-    link.a.sh(&format!("ping -c 3 -i 0.1 {} >/dev/null", link.ip4_b));
-    assert!(wait_for(Duration::from_secs(10), || std::fs::read_to_string(&out).is_ok_and(|s| s.contains("icmp"))));
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap_or_default();
+    assert!(
+        status.contains("CapBnd:\t000000c000001000"),
+        "only the three in the bounding set: {status}"
+    );
+    link.a
+        .sh(&format!("ping -c 3 -i 0.1 {} >/dev/null", link.ip4_b));
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.contains("icmp"))
+    }));
     let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
-    assert!(res.status.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(
+        res.status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
 
-    for (caps, missing) in [("+net_admin,+perfmon", "CAP_BPF"), ("+bpf,+perfmon", "CAP_NET_ADMIN")] {
+    for (caps, missing) in [
+        ("+net_admin,+perfmon", "CAP_BPF"),
+        ("+bpf,+perfmon", "CAP_NET_ADMIN"),
+    ] {
         let mut cmd = limited(caps);
         cmd.args(["capture", "-i", &link.if_a, "--metrics-addr", "off"]);
         let o = cmd.output().unwrap();

@@ -39,6 +39,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The statically linked agent the container image ships (musl, release).
+    BuildStatic,
     /// Benchmarks (as root): a table, bench/results/latest.json and docs/benchmarks.md.
     Bench {
         /// One benchmark (dns); all when omitted.
@@ -120,6 +122,7 @@ fn main() -> Result<()> {
         } => run(no_demo, release, args),
         Cmd::Test { no_lint, filter } => test(no_lint, filter),
         Cmd::Bench { name } => bench::bench(name),
+        Cmd::BuildStatic => build_static().map(|p| println!("{}", p.display())),
     }
 }
 
@@ -161,6 +164,26 @@ fn run(no_demo: bool, release: bool, args: Vec<String>) -> Result<()> {
     };
     cmd.args(&args);
     run_cmd(&mut cmd)
+}
+
+const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Builds the static agent (what the Dockerfile copies) and returns its path.
+fn build_static() -> Result<PathBuf> {
+    run_cmd(Command::new("rustup").args(["target", "add", STATIC_TARGET]))?;
+    run_cmd(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "devourer",
+                "--target",
+                STATIC_TARGET,
+            ])
+            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
+    )?;
+    Ok(workspace_root().join(format!("target/{STATIC_TARGET}/release/devourer")))
 }
 
 fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
@@ -215,9 +238,11 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
         );
     }
     let bin = workspace_root().join("target/debug/devourer");
+    let static_bin = build_static()?;
     run_cmd(
         cargo()
             .env("DEVOURER_BIN", &bin)
+            .env("DEVOURER_STATIC_BIN", &static_bin)
             .args(["test", "-p", "devourer-tests", "--", "--test-threads=1"])
             .args(&filter),
     )

@@ -119,14 +119,16 @@ pub struct Civil {
 }
 
 pub fn civil(wall_ns: u64, local: bool) -> Civil {
-    let secs = (wall_ns / 1_000_000_000) as libc::time_t;
-    // SAFETY: a zeroed tm filled by the reentrant libc conversions.
+    // time_t is 64 bits on the targets devourer runs on (glibc and musl x86_64/aarch64).
+    let secs = (wall_ns / 1_000_000_000) as i64;
+    let secs = (&secs as *const i64).cast();
+    // SAFETY: a zeroed tm filled by the reentrant libc conversions from a valid time.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     unsafe {
         if local {
-            libc::localtime_r(&secs, &mut tm);
+            libc::localtime_r(secs, &mut tm);
         } else {
-            libc::gmtime_r(&secs, &mut tm);
+            libc::gmtime_r(secs, &mut tm);
         }
     }
     Civil {
