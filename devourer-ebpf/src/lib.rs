@@ -12,21 +12,39 @@ pub trait Packet {
     /// frame is shorter. It stays valid until the next call.
     fn at<T: Copy>(&self, off: usize) -> Option<*const T>;
 
-    /// Copies `size_of::<T>()` bytes at `off`. For small values: a large header copied into
-    /// a local is split into one register per byte by LLVM, and those spill past BPF's
-    /// 512-byte stack; read large headers field by field through [`Packet::at`] instead.
+    /// Copies `size_of::<T>()` bytes at `off`.
     #[inline(always)]
     fn load<T: Copy>(&self, off: usize) -> Option<T> {
         // SAFETY: `at` returned a pointer to enough readable bytes.
-        self.at::<T>(off)
-            .map(|p| unsafe { core::ptr::read_unaligned(p) })
+        self.at::<T>(off).map(|p| unsafe { self.read(p) })
+    }
+
+    /// Reads through a pointer from [`Packet::at`]. The default copies byte by byte (any
+    /// alignment); the kernel accessors read whole words: LLVM splits reads it cannot prove
+    /// aligned into single bytes, and the CPUs devourer runs on (x86-64, arm64) load unaligned
+    /// words natively, as the verifier allows there.
+    ///
+    /// # Safety
+    /// `p` must come from `at` on this packet, for this `T`.
+    #[inline(always)]
+    unsafe fn read<T: Copy>(&self, p: *const T) -> T {
+        // SAFETY: the caller passes a pointer `at` checked.
+        unsafe { core::ptr::read_unaligned(p) }
     }
 
     /// The frame's length in bytes.
     fn frame_len(&self) -> usize;
 }
 
+/// A word of the frame as its bytes in wire order (one load in the kernel).
+#[inline(always)]
+fn bytes4<P: Packet>(p: &P, off: usize) -> Option<[u8; 4]> {
+    p.load::<u32>(off).map(u32::to_ne_bytes)
+}
+
 /// What one packet contributes to its flow (the key's `ifindex` is left for the caller).
+/// Aligned so the key's addresses can be stored a word at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct Parsed {
     pub key: FlowKey,
@@ -76,39 +94,28 @@ pub const IPPROTO_UDPLITE: u8 = 136;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv4Hdr {
-    ver_ihl: u8,
-    tos: u8,
-    tot_len: [u8; 2],
-    id: [u8; 2],
-    frag_off: [u8; 2],
-    ttl: u8,
-    proto: u8,
-    check: [u8; 2],
-    src: [u8; 4],
-    dst: [u8; 4],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ipv6Hdr {
-    ver_tc_flow: [u8; 4],
-    payload_len: [u8; 2],
-    next_hdr: u8,
-    hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
-}
-
 #[inline(always)]
 const fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
+/// Stores 16 address bytes given as four words in wire order (aligned stores: a `FlowKey`
+/// is 4-aligned and its addresses sit at offsets 0 and 16).
 #[inline(always)]
-const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+fn set_addr(dst: &mut [u8; 16], words: [u32; 4]) {
+    // SAFETY: [u8; 16] and [u32; 4] have the same size; the address fields of a FlowKey are
+    // 4-aligned.
+    unsafe { *(dst.as_mut_ptr().cast::<[u32; 4]>()) = words };
+}
+
+/// `::ffff:a.b.c.d` from the IPv4 address word.
+#[inline(always)]
+fn v4_mapped(addr: u32) -> [u32; 4] {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), addr]
+}
+
+#[cfg(test)]
+pub(crate) fn v4_mapped_bytes(a: [u8; 4]) -> [u8; 16] {
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
     ]
@@ -142,30 +149,41 @@ impl Parsed {
 /// kernel already removed from the frame (TC's `skb->vlan_tci`); it is the outer tag when
 /// present.
 ///
-/// `out` is written in place: in the kernel it lives in a per-CPU map slot, because LLVM keeps
-/// a local struct of this size as one register per byte and spills them past the 512-byte
-/// stack.
+/// `out` is written in place, every field of it (no zeroing pass: a 72-byte memset is a call
+/// in BPF): in the kernel it lives in a per-CPU map slot, because LLVM keeps a local struct of
+/// this size as one register per byte and spills them past the 512-byte stack.
 #[inline(always)]
 pub fn parse<P: Packet>(p: &P, vlan_hint: Option<u16>, out: &mut Parsed) -> Result<(), Skip> {
-    *out = Parsed::EMPTY;
-    if let Some(tci) = vlan_hint {
-        out.key.vlan = tci & 0x0fff;
-        out.key.flags |= KEY_F_VLAN;
-    }
+    let (mut vlan, mut flags) = match vlan_hint {
+        Some(tci) => (tci & 0x0fff, KEY_F_VLAN),
+        None => (0, 0),
+    };
     let mut ethertype = be16(p.load::<[u8; 2]>(12).ok_or(Skip::Malformed)?);
     let mut off = ETH_HLEN;
     // Up to two tags (802.1Q, or QinQ: 802.1ad outer + 802.1Q inner) in the frame itself.
     for _ in 0..2 {
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-            let tag: [u8; 4] = p.load(off).ok_or(Skip::Malformed)?;
-            if out.key.flags & KEY_F_VLAN == 0 {
-                out.key.vlan = be16([tag[0], tag[1]]) & 0x0fff;
-                out.key.flags |= KEY_F_VLAN;
+            let tag = bytes4(p, off).ok_or(Skip::Malformed)?;
+            if flags & KEY_F_VLAN == 0 {
+                vlan = be16([tag[0], tag[1]]) & 0x0fff;
+                flags |= KEY_F_VLAN;
             }
             ethertype = be16([tag[2], tag[3]]);
             off += 4;
         }
     }
+    out.key.vlan = vlan;
+    out.key.flags = flags;
+    out.key.src_port = 0;
+    out.key.dst_port = 0;
+    out.seg_hdr = 0;
+    out.tcp_flags = 0;
+    out.icmp_type = 0;
+    out.icmp_code = 0;
+    out.val_flags = 0;
+    out.payload_off = 0;
+    out.payload_len = 0;
+    out.tcp_seq = 0;
     match ethertype {
         ETH_P_IP => parse_ipv4(p, off, out),
         ETH_P_IPV6 => parse_ipv6(p, off, out),
@@ -175,18 +193,20 @@ pub fn parse<P: Packet>(p: &P, vlan_hint: Option<u16>, out: &mut Parsed) -> Resu
 
 #[inline(always)]
 fn parse_ipv4<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip> {
-    let h = p.at::<Ipv4Hdr>(off).ok_or(Skip::Malformed)?;
-    // SAFETY (all reads of `h`): `at` checked that the header's bytes are readable; every
-    // field is a byte or byte array (alignment 1).
-    let ver_ihl = unsafe { (*h).ver_ihl };
-    if ver_ihl >> 4 != 4 {
+    // version/IHL, TOS, total length | id, fragment | TTL, protocol, checksum | src | dst
+    let w0 = bytes4(p, off).ok_or(Skip::Malformed)?;
+    let w1 = bytes4(p, off + 4).ok_or(Skip::Malformed)?;
+    let w2 = bytes4(p, off + 8).ok_or(Skip::Malformed)?;
+    let src = p.load::<u32>(off + 12).ok_or(Skip::Malformed)?;
+    let dst = p.load::<u32>(off + 16).ok_or(Skip::Malformed)?;
+    if w0[0] >> 4 != 4 {
         return Err(Skip::Malformed);
     }
-    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    let ihl = ((w0[0] & 0x0f) as usize) * 4;
     if ihl < 20 {
         return Err(Skip::Malformed);
     }
-    let tot_len = be16(unsafe { (*h).tot_len }) as usize;
+    let tot_len = be16([w0[2], w0[3]]) as usize;
     out.bytes = if tot_len == 0 {
         // TSO/BIG TCP super-packets may carry 0: the frame is the only length there is.
         p.frame_len().saturating_sub(off) as u32
@@ -195,11 +215,11 @@ fn parse_ipv4<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
     } else {
         tot_len as u32
     };
-    out.key.src_addr = v4_mapped(unsafe { (*h).src });
-    out.key.dst_addr = v4_mapped(unsafe { (*h).dst });
-    out.key.proto = unsafe { (*h).proto };
+    set_addr(&mut out.key.src_addr, v4_mapped(src));
+    set_addr(&mut out.key.dst_addr, v4_mapped(dst));
+    out.key.proto = w2[1];
     out.seg_hdr = ihl as u32;
-    if be16(unsafe { (*h).frag_off }) & 0x1fff != 0 {
+    if be16([w1[2], w1[3]]) & 0x1fff != 0 {
         // Non-first fragment: no transport header; counted with ports 0.
         return Ok(());
     }
@@ -209,22 +229,29 @@ fn parse_ipv4<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
 
 #[inline(always)]
 fn parse_ipv6<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip> {
-    let h = p.at::<Ipv6Hdr>(off).ok_or(Skip::Malformed)?;
-    // SAFETY (all reads of `h`): as for IPv4.
-    if unsafe { (*h).ver_tc_flow[0] } >> 4 != 6 {
+    // version/class/flow | payload length, next header, hop limit | src (4 words) | dst
+    let w0 = bytes4(p, off).ok_or(Skip::Malformed)?;
+    let w1 = bytes4(p, off + 4).ok_or(Skip::Malformed)?;
+    let mut src = [0u32; 4];
+    let mut dst = [0u32; 4];
+    for i in 0..4 {
+        src[i] = p.load::<u32>(off + 8 + 4 * i).ok_or(Skip::Malformed)?;
+        dst[i] = p.load::<u32>(off + 24 + 4 * i).ok_or(Skip::Malformed)?;
+    }
+    if w0[0] >> 4 != 6 {
         return Err(Skip::Malformed);
     }
-    let payload = be16(unsafe { (*h).payload_len }) as usize;
+    let payload = be16([w1[0], w1[1]]) as usize;
     out.bytes = if payload == 0 {
         // Jumbogram / BIG TCP: the payload length lives elsewhere; use the frame.
         p.frame_len().saturating_sub(off) as u32
     } else {
         (payload + 40) as u32
     };
-    out.key.src_addr = unsafe { (*h).src };
-    out.key.dst_addr = unsafe { (*h).dst };
+    set_addr(&mut out.key.src_addr, src);
+    set_addr(&mut out.key.dst_addr, dst);
     out.key.flags |= KEY_F_IPV6;
-    let mut next = unsafe { (*h).next_hdr };
+    let mut next = w1[2];
     let mut l4 = off + 40;
     let mut walked_all = true;
     for _ in 0..MAX_IPV6_EXT {
@@ -237,7 +264,7 @@ fn parse_ipv6<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
             }
             // Fragment header.
             44 => {
-                let f: [u8; 4] = p.load(l4).ok_or(Skip::Malformed)?;
+                let f = bytes4(p, l4).ok_or(Skip::Malformed)?;
                 next = f[0];
                 l4 += 8;
                 if be16([f[2], f[3]]) >> 3 != 0 {
@@ -278,23 +305,27 @@ fn parse_l4<P: Packet>(
 ) -> Result<(), Skip> {
     match out.key.proto {
         IPPROTO_TCP => {
-            let t: [u8; 14] = p.load(off).ok_or(Skip::Malformed)?;
-            out.key.src_port = be16([t[0], t[1]]);
-            out.key.dst_port = be16([t[2], t[3]]);
-            out.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
-            let doff = ((t[12] >> 4) as usize) * 4;
+            // ports | sequence | ack | offset, flags, window
+            let ports = bytes4(p, off).ok_or(Skip::Malformed)?;
+            let seq = bytes4(p, off + 4).ok_or(Skip::Malformed)?;
+            let w3 = bytes4(p, off + 12).ok_or(Skip::Malformed)?;
+            let t = [w3[0], w3[1]];
+            out.key.src_port = be16([ports[0], ports[1]]);
+            out.key.dst_port = be16([ports[2], ports[3]]);
+            out.tcp_seq = u32::from_be_bytes(seq);
+            let doff = ((t[0] >> 4) as usize) * 4;
             out.seg_hdr += doff as u32;
             if doff >= 20 {
                 payload(off + doff, ip_end, out);
             }
-            let flags = t[13];
-            out.tcp_flags = flags as u16 | (((t[12] & 1) as u16) << 8);
+            let flags = t[1];
+            out.tcp_flags = flags as u16 | (((t[0] & 1) as u16) << 8);
             if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
                 out.val_flags |= VAL_F_SYN;
             }
         }
         IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP | IPPROTO_DCCP => {
-            let u: [u8; 4] = p.load(off).ok_or(Skip::Malformed)?;
+            let u = bytes4(p, off).ok_or(Skip::Malformed)?;
             out.key.src_port = be16([u[0], u[1]]);
             out.key.dst_port = be16([u[2], u[3]]);
             if out.key.proto == IPPROTO_UDP {

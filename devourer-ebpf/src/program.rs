@@ -98,7 +98,7 @@ trait CopyOut {
 /// TC accessor: direct packet access for the linear part, `bpf_skb_load_bytes` past it.
 struct TcPacket<'a> {
     ctx: &'a TcContext,
-    /// HDR_SCRATCH of this CPU.
+    /// This CPU's header scratch (`Scratch::hdr`).
     scratch: *mut [u8; 64],
 }
 
@@ -110,15 +110,19 @@ impl CopyOut for TcPacket<'_> {
     }
 }
 
-/// Where headers beyond the linear part of an skb are copied (map memory, not stack: every
-/// load site would otherwise keep its own stack buffer, and the stack is 512 bytes).
-#[map(name = "HDR_SCRATCH")]
-static HDR_SCRATCH: PerCpuArray<[u8; 64]> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU working memory (map memory, not stack; one lookup per packet for both parts):
+/// - `parsed`: where a packet is parsed into (see `devourer_ebpf::parse`); its key is used as
+///   the map key in place;
+/// - `hdr`: where headers beyond the linear part of an skb are copied (every load site would
+///   otherwise keep its own stack buffer, and the stack is 512 bytes).
+#[repr(C)]
+struct Scratch {
+    parsed: Parsed,
+    hdr: [u8; 64],
+}
 
-/// Where a packet is parsed into (see `devourer_ebpf::parse`); its key is used as the map key
-/// in place.
-#[map(name = "PARSED")]
-static PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 impl Packet for TcPacket<'_> {
     #[inline(always)]
@@ -140,6 +144,13 @@ impl Packet for TcPacket<'_> {
             )
         };
         (ret == 0).then_some(buf.cast::<T>())
+    }
+
+    #[inline(always)]
+    unsafe fn read<T: Copy>(&self, p: *const T) -> T {
+        // SAFETY: see `Packet::read`: a word load; unaligned packet loads are fine on the
+        // architectures devourer supports, and scratch memory is aligned.
+        unsafe { core::ptr::read(p) }
     }
 
     #[inline(always)]
@@ -168,6 +179,12 @@ impl Packet for XdpPacket<'_> {
     }
 
     #[inline(always)]
+    unsafe fn read<T: Copy>(&self, p: *const T) -> T {
+        // SAFETY: as for TC.
+        unsafe { core::ptr::read(p) }
+    }
+
+    #[inline(always)]
     fn frame_len(&self) -> usize {
         self.0.data_end() - self.0.data()
     }
@@ -191,25 +208,39 @@ pub fn devourer_xdp(ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// Programs that do nothing: the baselines of the kernel-cost benchmark (never attached by the
+/// agent, loaded only by `cargo xtask bench`).
+#[classifier]
+pub fn devourer_empty_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_PIPE
+}
+
+#[xdp]
+pub fn devourer_empty_xdp(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
 #[inline(always)]
 fn tc(ctx: &TcContext, direction: u8) {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer the kernel passed in; these __sk_buff fields are readable by
-    // sched_cls programs. Every field is read unconditionally at its constant offset (volatile,
-    // so LLVM cannot turn two field reads into one load through a selected pointer, which the
+    // sched_cls programs. Fields are read with volatile loads at their constant offsets, so
+    // LLVM cannot turn two field reads into one load through a selected pointer (which the
     // verifier refuses on the context).
     let (ts, ifindex, vlan_hint, segs) = unsafe {
+        // Both interface fields are read whatever the mode (LLVM would otherwise merge the two
+        // 32-bit reads into one through a selected offset, which the verifier refuses); only
+        // offline replay reads tstamp, whose read carries extra checks.
         let cb0 = read_volatile(&(*skb).cb[0]);
         let dev = read_volatile(&(*skb).ifindex);
-        let tstamp = read_volatile(&(*skb).tstamp);
-        let vlan_present = read_volatile(&(*skb).vlan_present);
-        let vlan_tci = read_volatile(&(*skb).vlan_tci);
-        let segs = read_volatile(&(*skb).gso_segs);
         let (ts, ifindex) = if offline() {
-            (tstamp, cb0)
+            (read_volatile(&(*skb).tstamp), cb0)
         } else {
             (bpf_ktime_get_ns(), dev)
         };
+        let vlan_present = read_volatile(&(*skb).vlan_present);
+        let vlan_tci = read_volatile(&(*skb).vlan_tci);
+        let segs = read_volatile(&(*skb).gso_segs);
         let vlan = if vlan_present != 0 {
             Some(vlan_tci as u16)
         } else {
@@ -217,11 +248,18 @@ fn tc(ctx: &TcContext, direction: u8) {
         };
         (ts, ifindex, vlan, segs)
     };
-    let Some(scratch) = HDR_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: this CPU's slot; programs do not nest on one CPU for these hooks.
+    let scratch = unsafe { &mut *scratch };
+    let pkt = TcPacket {
+        ctx,
+        scratch: &mut scratch.hdr,
+    };
     account(
-        &TcPacket { ctx, scratch },
+        &pkt,
+        &mut scratch.parsed,
         vlan_hint,
         ts,
         ifindex,
@@ -250,23 +288,27 @@ fn xdp(ctx: &XdpContext) {
         // SAFETY: plain helper call.
         (unsafe { bpf_ktime_get_ns() }, dev)
     };
-    account(&XdpPacket(ctx), None, ts, ifindex, 1, DIR_INGRESS);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; see `tc`.
+    let parsed = unsafe { &mut (*scratch).parsed };
+    account(&XdpPacket(ctx), parsed, None, ts, ifindex, 1, DIR_INGRESS);
 }
 
 #[inline(always)]
 fn account<P: Packet + CopyOut>(
     p: &P,
+    parsed: &mut Parsed,
     vlan_hint: Option<u16>,
     ts: u64,
     ifindex: u32,
     gso_segs: u32,
     direction: u8,
 ) {
-    let (Some(ctr), Some(parsed)) = (Ctr::get(), PARSED.get_ptr_mut(0)) else {
+    let Some(ctr) = Ctr::get() else {
         return;
     };
-    // SAFETY: this CPU's slot; programs do not nest on one CPU for these hooks.
-    let parsed = unsafe { &mut *parsed };
     ctr.add(C_PACKETS, 1);
     match parse(p, vlan_hint, parsed) {
         Ok(()) => {

@@ -34,7 +34,7 @@ fn run_hint(frame: &[u8], hint: Option<u16>) -> Result<Parsed, Skip> {
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 
 fn v4(a: [u8; 4]) -> [u8; 16] {
-    super::v4_mapped(a)
+    super::v4_mapped_bytes(a)
 }
 
 #[test]

@@ -33,6 +33,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub const PROG_TC_INGRESS: &str = "devourer_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "devourer_tc_egress";
 pub const PROG_XDP: &str = "devourer_xdp";
+/// Do-nothing programs of the same types: benchmark baselines, loaded on request only.
+pub const PROG_EMPTY_TC: &str = "devourer_empty_tc";
+pub const PROG_EMPTY_XDP: &str = "devourer_empty_xdp";
 
 /// Oldest kernel devourer runs on: atomic lookup-and-delete on hash maps arrived in 5.14
 /// (ring buffers 5.8, batched lookups 5.6, test_run with an `__sk_buff` context 5.x).
@@ -241,6 +244,25 @@ fn raise_memlock() {
             io::Error::last_os_error()
         );
     }
+}
+
+/// Loads one of the do-nothing programs (benchmarks) and returns its fd.
+pub fn load_empty(loaded: &mut Loaded, name: &'static str) -> Result<i32, LoadError> {
+    let prog = loaded
+        .ebpf
+        .program_mut(name)
+        .ok_or(LoadError::Missing(name))?;
+    match name {
+        PROG_EMPTY_XDP => {
+            let p: &mut Xdp = prog.try_into().map_err(classify)?;
+            p.load().map_err(classify)?;
+        }
+        _ => {
+            let p: &mut SchedClassifier = prog.try_into().map_err(classify)?;
+            p.load().map_err(classify)?;
+        }
+    }
+    loaded.prog_fd(name)
 }
 
 impl Loaded {

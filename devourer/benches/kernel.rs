@@ -1,0 +1,145 @@
+//! Kernel cost per packet (root): devourer's TC and XDP programs, loaded as the live agent loads
+//! them, run with BPF_PROG_TEST_RUN over packets of each kind, against a do-nothing program of
+//! the same type measured in the same run. The kernel reports the mean time around the program.
+//!
+//! - existing flow: one packet repeated (the first run creates the entry, the rest update it);
+//! - new flow: distinct packets, one run each (every run inserts), against the empty program
+//!   run the same way;
+//! - DNS: a port-53 query repeated (each run also copies the payload to the DNS ring).
+//!
+//! Prints one JSON object per case: {"case", "ns"}.
+
+use devourer::{
+    bpf_sys::test_run_repeat,
+    flow::FlowSource,
+    loader::{self, LoadOptions, PROG_EMPTY_TC, PROG_EMPTY_XDP, PROG_TC_INGRESS, PROG_XDP},
+};
+
+const REPEAT: u32 = 1_000_000;
+const NEW_FLOWS: u16 = 20_000;
+
+fn eth(ethertype: u16, tags: &[u16], payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+    for t in tags {
+        f.extend_from_slice(&0x8100u16.to_be_bytes());
+        f.extend_from_slice(&t.to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn ipv4(proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    p.extend_from_slice(l4);
+    p
+}
+
+fn ipv6(next: u8, l4: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[next, 64]);
+    p.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    p.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    p.extend_from_slice(l4);
+    p
+}
+
+fn tcp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut t = sport.to_be_bytes().to_vec();
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(&[0u8; 40]);
+    t
+}
+
+fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = sport.to_be_bytes().to_vec();
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+fn dns_query() -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in ["www", "example", "com"] {
+        m.push(l.len() as u8);
+        m.extend_from_slice(l.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m
+}
+
+fn report(case: &str, ns: f64) {
+    println!("{{\"case\":\"{case}\",\"ns\":{ns:.1}}}");
+}
+
+fn main() {
+    let mut loaded = loader::load(&LoadOptions::new(false, 65_536)).expect("loading (root?)");
+    let progs = [
+        (
+            "tc",
+            loaded.prog_fd(PROG_TC_INGRESS).unwrap(),
+            loader::load_empty(&mut loaded, PROG_EMPTY_TC).unwrap(),
+        ),
+        (
+            "xdp",
+            loaded.prog_fd(PROG_XDP).unwrap(),
+            loader::load_empty(&mut loaded, PROG_EMPTY_XDP).unwrap(),
+        ),
+    ];
+    let v4 = eth(0x0800, &[], &ipv4(6, &tcp(40000, 443)));
+    let v6 = eth(0x86dd, &[], &ipv6(17, &udp(5000, 6000, &[0; 40])));
+    let vlan = eth(0x0800, &[100], &ipv4(17, &udp(5001, 6001, &[0; 40])));
+    let dns = eth(0x0800, &[], &ipv4(17, &udp(5353, 53, &dns_query())));
+    let mut drained = Vec::new();
+    for (hook, prog, empty) in progs {
+        let run = |fd: i32, pkt: &[u8], n: u32| {
+            test_run_repeat(fd, pkt, &[], n).expect("test run").1 as f64
+        };
+        report(
+            &format!("{hook} empty, same packet"),
+            run(empty, &v4, REPEAT),
+        );
+        report(
+            &format!("{hook} existing flow, IPv4 TCP"),
+            run(prog, &v4, REPEAT),
+        );
+        report(
+            &format!("{hook} existing flow, IPv6 UDP"),
+            run(prog, &v6, REPEAT),
+        );
+        report(
+            &format!("{hook} existing flow, VLAN"),
+            run(prog, &vlan, REPEAT),
+        );
+        // The DNS ring holds ~30k small events: stay below, then empty it.
+        report(
+            &format!("{hook} DNS query to the ring"),
+            run(prog, &dns, 20_000),
+        );
+        while loaded.dns.next().is_some() {}
+        // New flows: a distinct packet per run, one run each, against the empty program.
+        let mut sum_new = 0.0;
+        let mut sum_empty = 0.0;
+        for i in 0..NEW_FLOWS {
+            let pkt = eth(0x0800, &[], &ipv4(6, &tcp(1024 + i, 443)));
+            sum_empty += run(empty, &pkt, 1);
+            sum_new += run(prog, &pkt, 1);
+        }
+        report(
+            &format!("{hook} empty, one run per packet"),
+            sum_empty / f64::from(NEW_FLOWS),
+        );
+        report(&format!("{hook} new flow"), sum_new / f64::from(NEW_FLOWS));
+        drained.clear();
+        loaded
+            .flows
+            .take_all(&mut drained)
+            .expect("emptying the flow map");
+    }
+}
