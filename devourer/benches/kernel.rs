@@ -7,16 +7,25 @@
 //!   run the same way;
 //! - DNS: a port-53 query repeated (each run also copies the payload to the DNS ring).
 //!
-//! Prints one JSON object per case: {"case", "ns"}.
+//! - replay floor: a test_run call of the empty program, timed from userspace (with
+//!   `--replay-floor FILE`: every frame of a capture, read and framed as `devourer read` does);
+//! - scans of a map holding 100k flows (read, and evict everything).
+//!
+//! Prints one JSON object per case: {"case", "ns"}. Arguments pick sections (`--per-packet`,
+//! `--replay-floor`, `--scan`); none runs all.
+
+use std::time::Instant;
 
 use devourer::{
     bpf_sys::test_run_repeat,
-    flow::FlowSource,
+    flow::{FlowSource, FlowTable, NoNames, ScanStats, Status, TableConfig},
     loader::{self, LoadOptions, PROG_EMPTY_TC, PROG_EMPTY_XDP, PROG_TC_INGRESS, PROG_XDP},
 };
 
 const REPEAT: u32 = 1_000_000;
 const NEW_FLOWS: u16 = 20_000;
+const CALLS: u32 = 300_000;
+const SCAN_FLOWS: u32 = 100_000;
 
 fn eth(ethertype: u16, tags: &[u16], payload: &[u8]) -> Vec<u8> {
     let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
@@ -79,7 +88,12 @@ fn report(case: &str, ns: f64) {
 }
 
 fn main() {
-    let mut loaded = loader::load(&LoadOptions::new(false, 65_536)).expect("loading (root?)");
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    let mut loaded = loader::load(&LoadOptions::new(false, 131_072)).expect("loading (root?)");
     let progs = [
         (
             "tc",
@@ -97,7 +111,7 @@ fn main() {
     let vlan = eth(0x0800, &[100], &ipv4(17, &udp(5001, 6001, &[0; 40])));
     let dns = eth(0x0800, &[], &ipv4(17, &udp(5353, 53, &dns_query())));
     let mut drained = Vec::new();
-    for (hook, prog, empty) in progs {
+    for (hook, prog, empty) in progs.into_iter().filter(|_| want("--per-packet")) {
         let run = |fd: i32, pkt: &[u8], n: u32| {
             test_run_repeat(fd, pkt, &[], n).expect("test run").1 as f64
         };
@@ -142,4 +156,87 @@ fn main() {
             .take_all(&mut drained)
             .expect("emptying the flow map");
     }
+
+    if want("--replay-floor") {
+        let file = args
+            .iter()
+            .position(|a| a == "--replay-floor")
+            .and_then(|i| args.get(i + 1));
+        match file {
+            Some(f) => replay_floor_file(&mut loaded, std::path::Path::new(f)),
+            None => replay_floor(&mut loaded, &v4),
+        }
+    }
+    if want("--scan") {
+        scan(&mut loaded);
+    }
+}
+
+fn replay_floor(loaded: &mut loader::Loaded, v4: &[u8]) {
+    // The offline replay floor: one BPF_PROG_TEST_RUN call (repeat 1) of an empty TC program,
+    // timed from userspace, syscall included.
+    let empty = loaded.prog_fd(PROG_EMPTY_TC).expect("empty program");
+    let ctx = devourer::bpf_sys::skb_ctx(1, 1);
+    let start = Instant::now();
+    for _ in 0..CALLS {
+        devourer::bpf_sys::test_run(empty, v4, &ctx).expect("test run");
+    }
+    let per = start.elapsed().as_nanos() as f64 / f64::from(CALLS);
+    report("replay floor: empty TC test_run call", per);
+}
+
+/// The floor for replaying a capture: its frames, read and converted as `devourer read` does,
+/// each fed once to the empty TC program with the same context.
+fn replay_floor_file(loaded: &mut loader::Loaded, path: &std::path::Path) {
+    use devourer::pcap::{CaptureFile, to_ethernet};
+    let empty = loaded.prog_fd(PROG_EMPTY_TC).expect("empty program");
+    let mut cap = CaptureFile::open(path).expect("opening the capture");
+    let mut frame = Vec::new();
+    let mut n = 0u64;
+    let start = Instant::now();
+    while let Some(pkt) = cap.next_packet().expect("reading the capture") {
+        let lt = cap.interfaces[pkt.iface].linktype;
+        if to_ethernet(lt, &pkt.data, &mut frame).is_ok() {
+            let ctx = devourer::bpf_sys::skb_ctx(pkt.ts_ns, pkt.iface as u32 + 1);
+            devourer::bpf_sys::test_run(empty, &frame, &ctx).expect("test run");
+            n += 1;
+        }
+    }
+    let per = start.elapsed().as_nanos() as f64 / n as f64;
+    report("replay floor: empty TC test_run call", per);
+}
+
+fn scan(loaded: &mut loader::Loaded) {
+    // Scanning the flow map with 100k entries: read only (all active), then evicting all.
+    let tc = loaded.prog_fd(PROG_TC_INGRESS).unwrap();
+    for i in 0..SCAN_FLOWS {
+        let sport = (i % 60_000) as u16 + 1024;
+        let dport = 443 + (i / 60_000) as u16;
+        let pkt = eth(0x0800, &[], &ipv4(6, &tcp(sport, dport)));
+        test_run_repeat(tc, &pkt, &[], 1).expect("test run");
+    }
+    let forever = u64::MAX / 4;
+    let mut table = FlowTable::new(TableConfig {
+        idle_timeout: forever,
+        active_timeout: forever,
+        tcp_linger: forever,
+        evict_after: forever,
+    });
+    let now = devourer::capture::monotonic_ns();
+    let mut st = ScanStats::default();
+    let start = Instant::now();
+    table
+        .scan(&mut loaded.flows, now, false, &mut st, &mut NoNames)
+        .expect("scan");
+    report("scan 100k flows: read", start.elapsed().as_nanos() as f64);
+    assert_eq!(st.kernel_entries, SCAN_FLOWS as usize);
+    let start = Instant::now();
+    let out = table
+        .flush(&mut loaded.flows, Status::Shutdown, &mut NoNames, now)
+        .expect("flush");
+    report(
+        "scan 100k flows: evict all",
+        start.elapsed().as_nanos() as f64,
+    );
+    assert_eq!(out.len(), SCAN_FLOWS as usize);
 }

@@ -11,6 +11,9 @@
 
 use std::{collections::HashMap, io, net::IpAddr, sync::Arc};
 
+/// Seeded per process: keys come off the network, so no fixed hash an attacker could collide.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN};
 
 const TCP_FIN: u16 = 0x01;
@@ -342,7 +345,7 @@ pub struct ScanStats {
 
 pub struct FlowTable {
     cfg: TableConfig,
-    flows: HashMap<FlowKey, Flow>,
+    flows: FastMap<FlowKey, Flow>,
     scratch: Vec<(FlowKey, FlowValue)>,
 }
 
@@ -350,7 +353,7 @@ impl FlowTable {
     pub fn new(cfg: TableConfig) -> Self {
         Self {
             cfg,
-            flows: HashMap::new(),
+            flows: FastMap::default(),
             scratch: Vec::new(),
         }
     }
@@ -450,11 +453,12 @@ impl FlowTable {
             flow.resolve(names, now);
         }
         let mut out = Vec::new();
-        let keys: Vec<FlowKey> = self.flows.keys().copied().collect();
-        for ck in keys {
-            let Some(status) = self.due(&ck, now) else {
-                continue;
-            };
+        let due: Vec<(FlowKey, Status)> = self
+            .flows
+            .iter()
+            .filter_map(|(ck, f)| Some((*ck, self.due(f, now)?)))
+            .collect();
+        for (ck, status) in due {
             self.take_flow(src, &ck)?;
             let flow = self.flows.get_mut(&ck).expect("flow exists");
             let status = match status {
@@ -483,8 +487,7 @@ impl FlowTable {
         Ok(out)
     }
 
-    fn due(&self, ck: &FlowKey, now: u64) -> Option<Status> {
-        let f = self.flows.get(ck)?;
+    fn due(&self, f: &Flow, now: u64) -> Option<Status> {
         let first = f.record_first_ns();
         if first == 0 {
             return None;

@@ -43,7 +43,7 @@ enum Cmd {
     BuildStatic,
     /// Benchmarks (as root): a table, bench/results/latest.json and docs/benchmarks.md.
     Bench {
-        /// One benchmark (dns); all when omitted.
+        /// One benchmark (kernel, datapath, userspace, replay, dns, pressure); all when omitted.
         name: Option<String>,
     },
     /// Everything CI runs: setup, fmt, clippy, unit tests, kernel parser tests, end-to-end tests.

@@ -1,0 +1,238 @@
+//! Datapath overhead on a veth pair: machine CPU per received 64-byte UDP packet at a fixed
+//! rate with no program, devourer (TC, XDP), an empty XDP program, tcpdump and softflowd; the
+//! highest rate reached; TCP throughput. Rounds are interleaved and medians reported.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    Row, bench_dir,
+    net::{Pair, Proc, agent, machine_busy, median, spawn},
+    row,
+};
+use crate::workspace_root;
+
+const ROUNDS: usize = 3;
+/// Seconds per measurement.
+const SECS: u32 = 3;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    None,
+    DevourerTc,
+    DevourerXdp,
+    EmptyXdp,
+    Tcpdump,
+    Softflowd,
+}
+
+impl Setup {
+    fn name(self) -> &'static str {
+        match self {
+            Setup::None => "no program",
+            Setup::DevourerTc => "devourer (TC)",
+            Setup::DevourerXdp => "devourer (XDP)",
+            Setup::EmptyXdp => "empty XDP program",
+            Setup::Tcpdump => "tcpdump -w /dev/null (libpcap)",
+            Setup::Softflowd => "softflowd",
+        }
+    }
+
+    /// Starts the program watching `vb` in the receiving namespace.
+    fn start(self, pair: &Pair) -> Result<Option<Proc>> {
+        let log = bench_dir().join(format!("datapath-{}.log", self as u8));
+        let p = match self {
+            Setup::None => return Ok(None),
+            Setup::DevourerTc => agent(&pair.b, &["-i", "vb"], &log)?,
+            Setup::DevourerXdp => agent(&pair.b, &["-i", "vb", "--mode", "xdp"], &log)?,
+            Setup::EmptyXdp => spawn(
+                &pair.b,
+                &workspace_root().join("target/release/examples/attach_empty"),
+                &["vb"],
+                &log,
+                Some("attached"),
+            )?,
+            Setup::Tcpdump => spawn(
+                &pair.b,
+                "tcpdump".as_ref(),
+                &["-i", "vb", "-n", "-w", "/dev/null"],
+                &log,
+                Some("listening on"),
+            )?,
+            // -d: stay in the foreground; export to a port nobody listens on.
+            Setup::Softflowd => spawn(
+                &pair.b,
+                "softflowd".as_ref(),
+                &["-d", "-i", "vb", "-n", "127.0.0.1:9995"],
+                &log,
+                None,
+            )?,
+        };
+        Ok(Some(p))
+    }
+}
+
+/// iperf3 from `a` to the server in `b`; returns the client's JSON report.
+fn iperf(pair: &Pair, args: &[&str]) -> Result<serde_json::Value> {
+    let out = pair
+        .cmd(&pair.a, "iperf3")
+        .args(["-c", "10.99.0.2", "-J", "-t", &SECS.to_string()])
+        .args(args)
+        .output()
+        .context("running iperf3")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("iperf3 -J printed no JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    Ok(v)
+}
+
+/// One measurement: (machine busy µs per received packet, received packets per second).
+fn udp_round(pair: &Pair, setup: Setup, rate: &str) -> Result<(f64, f64)> {
+    let p = setup.start(pair)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let busy0 = machine_busy();
+    let rx0 = pair.rx_packets();
+    let t0 = std::time::Instant::now();
+    iperf(pair, &["-u", "-l", "64", "-b", rate])?;
+    let secs = t0.elapsed().as_secs_f64();
+    let busy1 = machine_busy();
+    let rx = (pair.rx_packets() - rx0) as f64;
+    if let Some(p) = p {
+        p.stop()?;
+    }
+    Ok(((busy1 - busy0) * 1e6 / rx.max(1.0), rx / secs))
+}
+
+pub fn run() -> Result<Vec<Row>> {
+    if Command::new("softflowd").arg("-h").output().is_err() {
+        bail!("softflowd is not installed (apt-get install softflowd)");
+    }
+    let pair = Pair::new()?;
+    let _server = spawn(
+        &pair.b,
+        "iperf3".as_ref(),
+        &["-s", "-B", "10.99.0.2"],
+        &bench_dir().join("iperf3-server.log"),
+        None,
+    )?;
+    let setups = [
+        Setup::None,
+        Setup::DevourerTc,
+        Setup::DevourerXdp,
+        Setup::EmptyXdp,
+        Setup::Tcpdump,
+        Setup::Softflowd,
+    ];
+    let mut rows = Vec::new();
+
+    // (a) Fixed rate: busy CPU of the whole machine per received packet.
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    let mut pps: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    for _ in 0..ROUNDS {
+        for (i, s) in setups.iter().enumerate() {
+            let (c, r) = udp_round(&pair, *s, "60M")?;
+            cpu[i].push(c);
+            pps[i].push(r);
+        }
+    }
+    let spread: Vec<String> = cpu
+        .iter()
+        .map(|v| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(0.0, f64::max);
+            format!("rounds {lo:.2}–{hi:.2}")
+        })
+        .collect();
+    let cpu: Vec<f64> = cpu.into_iter().map(median).collect();
+    let base = ("no program, 60 Mbit/s UDP", cpu[0]);
+    for (i, s) in setups.iter().enumerate() {
+        let (baseline, note) = match s {
+            Setup::None => (
+                None,
+                format!("baseline; {:.0} pkt/s received", median(pps[i].clone())),
+            ),
+            Setup::DevourerTc => (Some(base), "goal ≤ 1.05×".to_owned()),
+            Setup::DevourerXdp => (
+                Some(("empty XDP program, 60 Mbit/s UDP", cpu[3])),
+                "native XDP changes the veth datapath: compared with an empty XDP program"
+                    .to_owned(),
+            ),
+            _ => (Some(base), "what users would otherwise run".to_owned()),
+        };
+        rows.push(row(
+            &format!("{}, 60 Mbit/s UDP", s.name()),
+            cpu[i],
+            "µs CPU/pkt",
+            baseline,
+            &format!("{note}; {}", spread[i]),
+        ));
+    }
+    let tc = cpu[1];
+    for (i, s) in setups.iter().enumerate().skip(4) {
+        rows.push(row(
+            &format!("devourer (TC) vs {}", s.name()),
+            tc,
+            "µs CPU/pkt",
+            Some((s.name(), cpu[i])),
+            "below 1 = devourer costs less",
+        ));
+    }
+
+    // (b) The highest rate the sender reaches, with and without devourer.
+    let mut max: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (i, s) in [Setup::None, Setup::DevourerTc].into_iter().enumerate() {
+            max[i].push(udp_round(&pair, s, "0")?.1);
+        }
+    }
+    let (m0, m1) = (median(max[0].clone()), median(max[1].clone()));
+    rows.push(row(
+        "highest UDP rate, no program",
+        m0,
+        "pkt/s",
+        None,
+        "baseline; 64-byte packets",
+    ));
+    rows.push(row(
+        "highest UDP rate, devourer (TC)",
+        m1,
+        "pkt/s",
+        Some(("highest UDP rate, no program", m0)),
+        "sender-bound here: expect ~1.0",
+    ));
+
+    // (c) TCP throughput.
+    let mut tcp: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (i, s) in [Setup::None, Setup::DevourerTc].into_iter().enumerate() {
+            let p = s.start(&pair)?;
+            let v = iperf(&pair, &[])?;
+            if let Some(p) = p {
+                p.stop()?;
+            }
+            let bps = v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .context("iperf3 TCP report without sum_received")?;
+            tcp[i].push(bps / 1e9);
+        }
+    }
+    let (t0, t1) = (median(tcp[0].clone()), median(tcp[1].clone()));
+    rows.push(row(
+        "TCP throughput, no program",
+        t0,
+        "Gbit/s",
+        None,
+        "baseline; one stream",
+    ));
+    rows.push(row(
+        "TCP throughput, devourer (TC)",
+        t1,
+        "Gbit/s",
+        Some(("TCP throughput, no program", t0)),
+        "goal ~1.0",
+    ));
+    Ok(rows)
+}

@@ -1,0 +1,171 @@
+//! Userspace cost of the agent: CPU per evicted flow, CPU per million packets at the highest
+//! rate, resident memory idle and with 1k, 100k and 1M active flows, and the time one scan of
+//! a 100k-entry flow map takes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use super::{
+    Row, bench_dir, bench_lines, case, log_number,
+    net::{
+        Pair, agent, proc_cpu_seconds, proc_rss_kib, spawn, tcpreplay, unique_flows, write_pcap,
+    },
+    row,
+};
+
+/// Replay pace for generated flows: fast, yet inside what the agent drains without overflow.
+const PPS: u64 = 200_000;
+
+pub fn run() -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let dir = bench_dir();
+
+    // Resident memory: idle, then with 1k, 100k and 1M flows held open (long timeouts).
+    let pair = Pair::new()?;
+    let a = agent(
+        &pair.b,
+        &[
+            "-i",
+            "vb",
+            "--idle-timeout",
+            "1h",
+            "--active-timeout",
+            "2h",
+            "--evict-after",
+            "1s",
+            "--flow-map-entries",
+            "524288",
+        ],
+        &dir.join("userspace-rss.log"),
+    )?;
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = proc_rss_kib(a.pid()) as f64;
+    rows.push(row(
+        "RSS idle",
+        idle / 1024.0,
+        "MiB",
+        None,
+        "default settings; goal ≤ 30 MiB",
+    ));
+    let mut held = 0u32;
+    for target in [1_000u32, 100_000, 1_000_000] {
+        let pcap = dir.join(format!("flows-{held}-{target}.pcap"));
+        write_pcap(&pcap, unique_flows(held, target - held), 1)?;
+        tcpreplay(&pair, &pcap, Some(PPS))?;
+        held = target;
+        // Entries quiet for --evict-after move into the agent's table at the next scans.
+        std::thread::sleep(Duration::from_secs(4));
+        let rss = proc_rss_kib(a.pid()) as f64;
+        rows.push(row(
+            &format!("RSS with {target} active flows"),
+            rss / 1024.0,
+            "MiB",
+            Some(("RSS idle", idle / 1024.0)),
+            &format!(
+                "{:.2} KiB per flow above idle; goal ≤ 1 KiB",
+                (rss - idle) / f64::from(target)
+            ),
+        ));
+    }
+    let text = a.stop()?;
+    let overflow = log_number(&text, "map_full").unwrap_or(0);
+    if overflow > 0 {
+        eprintln!("xtask: {overflow} packets went to the overflow map in the RSS run");
+    }
+    drop(pair);
+
+    // CPU per evicted flow: 200k one-packet flows, emitted after a 1 s idle timeout.
+    let pair = Pair::new()?;
+    let flows = 200_000u32;
+    let pcap = dir.join("flows-evict.pcap");
+    write_pcap(&pcap, unique_flows(0, flows), 1)?;
+    let a = agent(
+        &pair.b,
+        &[
+            "-i",
+            "vb",
+            "--idle-timeout",
+            "1s",
+            "--evict-after",
+            "1s",
+            "--flow-map-entries",
+            "524288",
+        ],
+        &dir.join("userspace-evict.log"),
+    )?;
+    // The agent's own cost while idle over the same time is subtracted.
+    let c0 = proc_cpu_seconds(a.pid());
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_rate = (proc_cpu_seconds(a.pid()) - c0) / t0.elapsed().as_secs_f64();
+    let c1 = proc_cpu_seconds(a.pid());
+    let t1 = Instant::now();
+    tcpreplay(&pair, &pcap, Some(PPS))?;
+    std::thread::sleep(Duration::from_secs(4));
+    let cpu = proc_cpu_seconds(a.pid()) - c1 - idle_rate * t1.elapsed().as_secs_f64();
+    let text = a.stop()?;
+    let records = log_number(&text, "records").unwrap_or(0);
+    if records < u64::from(flows) {
+        bail!("only {records} of {flows} flows were emitted:\n{text}");
+    }
+    rows.push(row(
+        "CPU per evicted flow",
+        cpu * 1e6 / f64::from(flows),
+        "µs",
+        Some(("closest peer (netobserv, quoted)", 24.0)),
+        "read, merge, expire, JSON to /dev/null; goal ≤ 10 µs",
+    ));
+    drop(pair);
+
+    // CPU per million packets at the highest rate: few flows, the kernel counts, the agent scans.
+    let pair = Pair::new()?;
+    let _server = spawn(
+        &pair.b,
+        "iperf3".as_ref(),
+        &["-s", "-B", "10.99.0.2"],
+        &dir.join("iperf3-server.log"),
+        None,
+    )?;
+    let a = agent(&pair.b, &["-i", "vb"], &dir.join("userspace-pps.log"))?;
+    let c0 = proc_cpu_seconds(a.pid());
+    let rx0 = pair.rx_packets();
+    let out = pair
+        .cmd(&pair.a, "iperf3")
+        .args(["-c", "10.99.0.2", "-u", "-l", "64", "-b", "0", "-t", "5"])
+        .output()?;
+    if !out.status.success() {
+        bail!("iperf3: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let pkts = (pair.rx_packets() - rx0) as f64;
+    let cpu = proc_cpu_seconds(a.pid()) - c0;
+    a.stop()?;
+    rows.push(row(
+        "agent CPU per million packets",
+        cpu * 1e3 / (pkts / 1e6),
+        "ms",
+        None,
+        &format!("{pkts:.0} packets at the highest iperf3 UDP rate; counting is in the kernel"),
+    ));
+    drop(pair);
+
+    // One scan of a flow map holding 100k entries.
+    let lines = bench_lines("kernel", &["--scan"])?;
+    let read = case(&lines, "scan 100k flows: read", "ns")? / 1e6;
+    let evict = case(&lines, "scan 100k flows: evict all", "ns")? / 1e6;
+    rows.push(row(
+        "scan of 100k flows: read",
+        read,
+        "ms",
+        None,
+        "every flow active",
+    ));
+    rows.push(row(
+        "scan of 100k flows: evict all",
+        evict,
+        "ms",
+        Some(("scan of 100k flows: read", read)),
+        "batched lookup-and-delete, merge, records built",
+    ));
+    Ok(rows)
+}
