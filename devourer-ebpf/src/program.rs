@@ -4,13 +4,16 @@
     reason = "keys and values go to map helpers by reference: one stack copy for the verifier"
 )]
 
-use core::ptr::{read_unaligned, read_volatile};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr::{read_unaligned, read_volatile},
+};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_PIPE, xdp_action::XDP_PASS},
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use devourer_common::dns::{
@@ -47,6 +50,11 @@ static DEVOURER_DNS_CAP: u32 = DNS_CAP_MAX as u32;
 #[map(name = "FLOWS")]
 static FLOWS: PerCpuHashMap<FlowKey, FlowValue> =
     PerCpuHashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, 0);
+
+/// The shared-map alternative (one value per flow, atomic adds), for the benchmark that
+/// compares it with the per-CPU map. One entry unless the benchmark sizes it at load.
+#[map(name = "FLOWS_SHARED")]
+static FLOWS_SHARED: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(1, 0);
 
 #[map(name = "OVERFLOW")]
 static OVERFLOW: PerCpuHashMap<OverflowKey, OverflowValue> =
@@ -192,13 +200,13 @@ impl Packet for XdpPacket<'_> {
 
 #[classifier]
 pub fn devourer_tc_ingress(ctx: TcContext) -> i32 {
-    tc(&ctx, DIR_INGRESS);
+    tc::<false>(&ctx, DIR_INGRESS);
     TC_ACT_PIPE
 }
 
 #[classifier]
 pub fn devourer_tc_egress(ctx: TcContext) -> i32 {
-    tc(&ctx, DIR_EGRESS);
+    tc::<false>(&ctx, DIR_EGRESS);
     TC_ACT_PIPE
 }
 
@@ -220,8 +228,16 @@ pub fn devourer_empty_xdp(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// TC ingress counting into the shared map instead of the per-CPU one (benchmark only).
+#[classifier]
+pub fn devourer_tc_shared(ctx: TcContext) -> i32 {
+    tc::<true>(&ctx, DIR_INGRESS);
+    TC_ACT_PIPE
+}
+
+/// `SHARED`: count into the shared map (benchmark) instead of the per-CPU one.
 #[inline(always)]
-fn tc(ctx: &TcContext, direction: u8) {
+fn tc<const SHARED: bool>(ctx: &TcContext, direction: u8) {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer the kernel passed in; these __sk_buff fields are readable by
     // sched_cls programs. Fields are read with volatile loads at their constant offsets, so
@@ -257,7 +273,7 @@ fn tc(ctx: &TcContext, direction: u8) {
         ctx,
         scratch: &mut scratch.hdr,
     };
-    account(
+    account::<_, SHARED>(
         &pkt,
         &mut scratch.parsed,
         vlan_hint,
@@ -293,11 +309,11 @@ fn xdp(ctx: &XdpContext) {
     };
     // SAFETY: this CPU's slot; see `tc`.
     let parsed = unsafe { &mut (*scratch).parsed };
-    account(&XdpPacket(ctx), parsed, None, ts, ifindex, 1, DIR_INGRESS);
+    account::<_, false>(&XdpPacket(ctx), parsed, None, ts, ifindex, 1, DIR_INGRESS);
 }
 
 #[inline(always)]
-fn account<P: Packet + CopyOut>(
+fn account<P: Packet + CopyOut, const SHARED: bool>(
     p: &P,
     parsed: &mut Parsed,
     vlan_hint: Option<u16>,
@@ -330,7 +346,11 @@ fn account<P: Packet + CopyOut>(
                 .bytes
                 .saturating_add(((segs - 1) as u32).saturating_mul(parsed.seg_hdr));
             parsed.key.ifindex = ifindex;
-            record(parsed, ts, segs, &ctr);
+            if SHARED {
+                record_shared(parsed, ts, segs, &ctr);
+            } else {
+                record(parsed, ts, segs, &ctr);
+            }
         }
         Err(Skip::NonIp) => ctr.add(C_NON_IP, 1),
         Err(Skip::Malformed) => ctr.add(C_MALFORMED, 1),
@@ -379,6 +399,44 @@ fn record(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr) {
             }
         }
         Err(_) => overflow(p, ts, ifindex, segs, ctr),
+    }
+}
+
+/// [`record`] into the shared map: one value for all CPUs, counters added atomically. For the
+/// benchmark only: the timestamp and flag updates are plain stores, which a concurrent update
+/// from another CPU may overwrite.
+#[inline(always)]
+fn record_shared(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr) {
+    let key = &p.key;
+    let shared_add = |v: *mut FlowValue| {
+        // SAFETY: a live map value; the counters are 8-byte aligned u64 fields.
+        unsafe {
+            // BPF_ATOMIC add (the bpf target has no compare-and-swap, so no AtomicU64 methods).
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                &raw mut (*v).bytes,
+                p.bytes as u64,
+            );
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).packets, segs);
+            if ts > (*v).last_ns {
+                (*v).last_ns = ts;
+            }
+            (*v).tcp_flags |= p.tcp_flags;
+            (*v).flags |= p.val_flags;
+        }
+    };
+    if let Some(v) = FLOWS_SHARED.get_ptr_mut(key) {
+        shared_add(v);
+        return;
+    }
+    let mut fresh = FlowValue::default();
+    add(&mut fresh, p, ts, segs);
+    match FLOWS_SHARED.insert(key, &fresh, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => match FLOWS_SHARED.get_ptr_mut(key) {
+            Some(v) => shared_add(v),
+            None => overflow(p, ts, key.ifindex, segs, ctr),
+        },
+        Err(_) => overflow(p, ts, key.ifindex, segs, ctr),
     }
 }
 

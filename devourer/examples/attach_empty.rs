@@ -1,31 +1,54 @@
-//! Benchmark helper: attaches devourer's do-nothing XDP program to an interface (native mode,
-//! else generic, as the agent does) and holds it until SIGTERM or SIGINT. Native XDP changes
-//! the veth datapath itself, so XDP mode is compared with this rather than with no program.
+//! Benchmark helper: attaches devourer's do-nothing programs to an interface and holds them
+//! until SIGTERM or SIGINT, as baselines for the datapath benchmark.
 //!
-//! Usage: attach_empty IFACE
+//! - `attach_empty IFACE xdp`: the empty XDP program (native, else generic, as the agent does).
+//!   Native XDP changes the veth datapath itself, so XDP mode is compared with this.
+//! - `attach_empty IFACE tc`: the empty TC program on ingress and egress, attached the way the
+//!   agent attaches its own (TCX on 6.6+, else netlink): the cost of the hooks alone.
 
-use aya::programs::{Xdp, XdpMode};
-use devourer::loader::{self, LoadOptions, PROG_EMPTY_XDP};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
+use devourer::loader::{self, LoadOptions, PROG_EMPTY_TC, PROG_EMPTY_XDP, TcLink};
 
 fn main() -> anyhow::Result<()> {
-    let iface = std::env::args()
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("usage: attach_empty IFACE"))?;
-    let mut loaded = loader::load(&LoadOptions::new(false, 1024))?;
-    loader::load_empty(&mut loaded, PROG_EMPTY_XDP)?;
-    let prog: &mut Xdp = loaded
-        .ebpf
-        .program_mut(PROG_EMPTY_XDP)
-        .expect("loaded above")
-        .try_into()?;
-    let mode = match prog.attach(&iface, XdpMode::Driver) {
-        Ok(_) => "native",
-        Err(_) => {
-            prog.attach(&iface, XdpMode::Skb)?;
-            "generic"
-        }
+    let mut args = std::env::args().skip(1);
+    let (Some(iface), Some(kind)) = (args.next(), args.next()) else {
+        anyhow::bail!("usage: attach_empty IFACE xdp|tc");
     };
-    eprintln!("attached empty XDP ({mode}) to {iface}");
+    let mut loaded = loader::load(&LoadOptions::new(false, 1024))?;
+    let what = match kind.as_str() {
+        "xdp" => {
+            loader::load_bench_program(&mut loaded, PROG_EMPTY_XDP)?;
+            let prog: &mut Xdp = loaded
+                .ebpf
+                .program_mut(PROG_EMPTY_XDP)
+                .expect("loaded above")
+                .try_into()?;
+            match prog.attach(&iface, XdpMode::Driver) {
+                Ok(_) => "empty XDP (native)",
+                Err(_) => {
+                    prog.attach(&iface, XdpMode::Skb)?;
+                    "empty XDP (generic)"
+                }
+            }
+        }
+        "tc" => {
+            loader::load_bench_program(&mut loaded, PROG_EMPTY_TC)?;
+            let prog: &mut SchedClassifier = loaded
+                .ebpf
+                .program_mut(PROG_EMPTY_TC)
+                .expect("loaded above")
+                .try_into()?;
+            if loader::default_tc_link() == TcLink::Netlink {
+                let _ = tc::qdisc_add_clsact(&iface);
+            }
+            for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+                prog.attach(&iface, hook)?;
+            }
+            "empty TC (ingress and egress)"
+        }
+        other => anyhow::bail!("unknown kind {other:?}: xdp or tc"),
+    };
+    eprintln!("attached {what} to {iface}");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -37,6 +60,6 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
-    // Dropping the program detaches it.
+    // Dropping the programs detaches them.
     Ok(())
 }

@@ -202,6 +202,7 @@ impl DnsArgs {
             dns_ports: self.dns_ports.0.clone(),
             dns_cap: self.dns_cap,
             dns_ring_bytes: self.dns_ring_size,
+            shared_map_entries: 1,
         }
     }
 

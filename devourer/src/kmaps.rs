@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, RawFd},
 };
 
 use aya::maps::{Map, MapData};
@@ -36,7 +36,8 @@ fn as_bytes<T: Copy>(v: &T) -> &[u8] {
 
 /// A per-CPU hash map read through its fd.
 pub struct PerCpuHash<K, V> {
-    fd: OwnedFd,
+    /// Kept open (not a dup): programs loaded later were relocated against this very fd.
+    data: MapData,
     ncpus: usize,
     capacity: usize,
     batch_ok: bool,
@@ -56,9 +57,8 @@ impl<K: Copy, V: Copy> PerCpuHash<K, V> {
                 ));
             }
         };
-        let fd = data.fd().as_fd().try_clone_to_owned()?;
         Ok(Self {
-            fd,
+            data,
             ncpus,
             capacity,
             batch_ok: true,
@@ -69,7 +69,7 @@ impl<K: Copy, V: Copy> PerCpuHash<K, V> {
     }
 
     fn raw(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.data.fd().as_fd().as_raw_fd()
     }
 
     fn slots(&self, values: &[u8]) -> Vec<V> {
@@ -221,7 +221,7 @@ pub struct KernelCounters {
 
 /// The counter array (a per-CPU array of u64).
 pub struct Counters {
-    fd: OwnedFd,
+    data: MapData,
     ncpus: usize,
 }
 
@@ -236,17 +236,15 @@ impl Counters {
                 ));
             }
         };
-        Ok(Self {
-            fd: data.fd().as_fd().try_clone_to_owned()?,
-            ncpus,
-        })
+        Ok(Self { data, ncpus })
     }
 
     pub fn read(&self) -> io::Result<KernelCounters> {
         let mut sums = [0u64; COUNTERS_LEN as usize];
         let stride = value_stride::<CounterBlock>();
         let mut buf = vec![0u8; stride * self.ncpus];
-        if bpf_sys::lookup(self.fd.as_raw_fd(), &0u32.to_ne_bytes(), &mut buf)? {
+        let fd = self.data.fd().as_fd().as_raw_fd();
+        if bpf_sys::lookup(fd, &0u32.to_ne_bytes(), &mut buf)? {
             for cpu in buf.chunks_exact(stride) {
                 let block = read_pod::<CounterBlock>(cpu);
                 for (sum, v) in sums.iter_mut().zip(block.c) {

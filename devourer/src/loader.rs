@@ -36,6 +36,10 @@ pub const PROG_XDP: &str = "devourer_xdp";
 /// Do-nothing programs of the same types: benchmark baselines, loaded on request only.
 pub const PROG_EMPTY_TC: &str = "devourer_empty_tc";
 pub const PROG_EMPTY_XDP: &str = "devourer_empty_xdp";
+/// TC ingress counting into the shared (not per-CPU) flow map: benchmarks only.
+pub const PROG_TC_SHARED: &str = "devourer_tc_shared";
+/// The shared flow map of [`PROG_TC_SHARED`].
+pub const SHARED_FLOWS_MAP: &str = "FLOWS_SHARED";
 
 /// Oldest kernel devourer runs on: atomic lookup-and-delete on hash maps arrived in 5.14
 /// (ring buffers 5.8, batched lookups 5.6, test_run with an `__sk_buff` context 5.x).
@@ -101,6 +105,8 @@ pub struct LoadOptions {
     /// Payload bytes copied per DNS packet.
     pub dns_cap: u32,
     pub dns_ring_bytes: u32,
+    /// Entries of the benchmark-only shared flow map (1 unless benchmarking it).
+    pub shared_map_entries: u32,
 }
 
 impl LoadOptions {
@@ -113,6 +119,7 @@ impl LoadOptions {
             dns_ports: vec![53],
             dns_cap: DNS_CAP_MAX as u32,
             dns_ring_bytes: DEFAULT_DNS_RING_BYTES,
+            shared_map_entries: 1,
         }
     }
 }
@@ -183,6 +190,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(GLOBAL_DNS_RB_FLAGS, &rb_flags, true)
         .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
         .map_max_entries(DNS_RING, opts.dns_ring_bytes)
+        .map_max_entries(SHARED_FLOWS_MAP, opts.shared_map_entries.max(1))
         .load(EBPF_OBJECT)
         .map_err(classify)?;
     for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
@@ -246,8 +254,9 @@ fn raise_memlock() {
     }
 }
 
-/// Loads one of the do-nothing programs (benchmarks) and returns its fd.
-pub fn load_empty(loaded: &mut Loaded, name: &'static str) -> Result<i32, LoadError> {
+/// Loads one of the programs only benchmarks use (the empty ones, the shared-map variant) and
+/// returns its fd.
+pub fn load_bench_program(loaded: &mut Loaded, name: &'static str) -> Result<i32, LoadError> {
     let prog = loaded
         .ebpf
         .program_mut(name)

@@ -43,7 +43,8 @@ enum Cmd {
     BuildStatic,
     /// Benchmarks (as root): a table, bench/results/latest.json and docs/benchmarks.md.
     Bench {
-        /// One benchmark (kernel, datapath, userspace, replay, dns, pressure); all when omitted.
+        /// One benchmark (kernel, datapath, userspace, replay, dns, pressure), all when omitted;
+        /// `report` re-renders docs/benchmarks.md from the saved results.
         name: Option<String>,
     },
     /// Everything CI runs: setup, fmt, clippy, unit tests, kernel parser tests, end-to-end tests.

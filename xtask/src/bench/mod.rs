@@ -50,12 +50,22 @@ const ALL: &[&str] = &[
 ];
 
 pub fn bench(name: Option<String>) -> Result<()> {
+    let root = workspace_root();
+    let results_path = root.join("bench/results/latest.json");
+    if name.as_deref() == Some("report") {
+        // Re-renders docs/benchmarks.md from the saved results (after editing the findings).
+        let results: Results = serde_json::from_slice(
+            &std::fs::read(&results_path).context("no saved results: run a benchmark first")?,
+        )?;
+        return write_markdown(&root.join("docs/benchmarks.md"), &results);
+    }
     let names: Vec<&str> = match &name {
         Some(n) if ALL.contains(&n.as_str()) => vec![n.as_str()],
         Some(n) => bail!("unknown benchmark {n:?}; known: {}", ALL.join(", ")),
         None => ALL.to_vec(),
     };
     crate::setup::setup()?;
+    require_tools()?;
     run_cmd(cargo().args([
         "build",
         "--release",
@@ -66,9 +76,7 @@ pub fn bench(name: Option<String>) -> Result<()> {
         "--example",
         "attach_empty",
     ]))?;
-    let root = workspace_root();
     std::fs::create_dir_all(bench_dir())?;
-    let results_path = root.join("bench/results/latest.json");
     let mut results: Results = std::fs::read(&results_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -92,6 +100,46 @@ pub fn bench(name: Option<String>) -> Result<()> {
         write_markdown(&root.join("docs/benchmarks.md"), &results)?;
     }
     eprintln!("xtask: wrote bench/results/latest.json and docs/benchmarks.md");
+    Ok(())
+}
+
+/// The programs the benchmarks drive, installed from Debian when missing (as root).
+fn require_tools() -> Result<()> {
+    let tools = [
+        ("iperf3", "iperf3"),
+        ("tcpreplay", "tcpreplay"),
+        ("tcpdump", "tcpdump"),
+        ("softflowd", "softflowd"),
+        ("ip", "iproute2"),
+    ];
+    let found = |t: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(t, _)| !found(t))
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} for the benchmarks", missing.join(" "));
+    let st = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+    if !st.is_ok_and(|s| s.success()) {
+        bail!(
+            "the benchmarks need Debian's {}: install them (apt-get install {})",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
     Ok(())
 }
 
@@ -137,7 +185,10 @@ fn print_table(name: &str, rows: &[Row]) {
 }
 
 /// Notes that stay in docs/benchmarks.md whatever the run measured: what holds figures back.
-const FINDINGS: &str = include_str!("findings.md");
+fn findings() -> String {
+    std::fs::read_to_string(workspace_root().join("xtask/src/bench/findings.md"))
+        .unwrap_or_default()
+}
 
 fn write_markdown(path: &Path, results: &Results) -> Result<()> {
     let mut md = String::from(
@@ -163,7 +214,7 @@ fn write_markdown(path: &Path, results: &Results) -> Result<()> {
         }
     }
     md.push('\n');
-    md.push_str(FINDINGS);
+    md.push_str(&findings());
     std::fs::create_dir_all(path.parent().expect("dir"))?;
     std::fs::write(path, md)?;
     Ok(())
