@@ -1,4 +1,6 @@
-//! DNS payload events: what the kernel program forwards to the agent for port-53 traffic.
+//! Payload events: what the kernel program forwards to the agent for DNS ports (UDP and TCP)
+//! and HTTP ports (TCP segments that start a request or response). Each kind has a ring of its
+//! own, so a large download cannot crowd out DNS; both use [`DnsEventHeader`].
 
 /// Ring buffer of [`DnsEventHeader`] + payload records (its own ring: no other event kinds).
 pub const DNS_RING: &str = "DNS_EVENTS";
@@ -18,6 +20,16 @@ pub const GLOBAL_DNS_CAP: &str = "DEVOURER_DNS_CAP";
 pub const GLOBAL_DNS_RB_FLAGS: &str = "DEVOURER_DNS_RB_FLAGS";
 /// No wake-up per event: for a reader that polls after every replayed frame anyway.
 pub const BPF_RB_NO_WAKEUP: u64 = 1;
+
+/// Ring buffer of HTTP payload events ([`DnsEventHeader`] + payload).
+pub const HTTP_RING: &str = "HTTP_EVENTS";
+pub const DEFAULT_HTTP_RING_BYTES: u32 = 4 << 20;
+/// Default payload bytes copied per HTTP segment (request line and the usual headers).
+pub const DEFAULT_HTTP_CAP: u32 = 1024;
+/// Load-time global (`[u16; DNS_PORT_SLOTS]`): the HTTP ports, 0 = unused (all 0: HTTP off).
+pub const GLOBAL_HTTP_PORTS: &str = "DEVOURER_HTTP_PORTS";
+/// Load-time global (u32): payload bytes copied per HTTP segment, at most [`DNS_CAP_MAX`].
+pub const GLOBAL_HTTP_CAP: &str = "DEVOURER_HTTP_CAP";
 
 pub const DIR_INGRESS: u8 = 0;
 pub const DIR_EGRESS: u8 = 1;

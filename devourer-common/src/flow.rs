@@ -43,7 +43,11 @@ pub const C_WAKEUP_FAILED: u32 = 8;
 pub const C_DNS_EVENTS: u32 = 9;
 pub const C_DNS_RING_FULL: u32 = 10;
 pub const C_DNS_CUT: u32 = 11;
-pub const COUNTERS_LEN: u32 = 12;
+/// HTTP payload events sent, refused by a full ring, and sent cut at the cap.
+pub const C_HTTP_EVENTS: u32 = 12;
+pub const C_HTTP_RING_FULL: u32 = 13;
+pub const C_HTTP_CUT: u32 = 14;
+pub const COUNTERS_LEN: u32 = 15;
 
 /// The counters of one CPU (one lookup per packet, then plain increments).
 #[repr(C)]

@@ -360,6 +360,50 @@ pub fn is_dns(p: &Parsed, ports: &[u16]) -> bool {
     hit
 }
 
+/// Whether this packet's payload may go to the HTTP ring: TCP with payload, from or to one of
+/// `ports` (0 marks an unused slot; all 0 turns HTTP off).
+#[inline(always)]
+pub fn is_http(p: &Parsed, ports: &[u16]) -> bool {
+    if p.payload_len == 0 || p.key.proto != IPPROTO_TCP {
+        return false;
+    }
+    let mut hit = false;
+    for &port in ports {
+        hit |= port != 0 && (port == p.key.src_port || port == p.key.dst_port);
+    }
+    hit
+}
+
+/// Whether a TCP payload starting with these four bytes can start an HTTP/1 message: a status
+/// line (`HTTP/1.1 200`) or a request line with a method RFC 9110 defines. Body segments of a
+/// download fail this and never reach userspace, which parses only the first segment of each
+/// message anyway.
+#[inline(always)]
+pub fn starts_http(first: [u8; 4]) -> bool {
+    // One 32-bit compare each (a byte-string match could become a memcmp call, which BPF lacks).
+    const fn w(b: &[u8; 4]) -> u32 {
+        u32::from_be_bytes(*b)
+    }
+    const STARTS: [u32; 10] = [
+        w(b"HTTP"),
+        w(b"GET "),
+        w(b"POST"),
+        w(b"PUT "),
+        w(b"HEAD"),
+        w(b"DELE"),
+        w(b"OPTI"),
+        w(b"PATC"),
+        w(b"CONN"),
+        w(b"TRAC"),
+    ];
+    let v = u32::from_be_bytes(first);
+    let mut hit = false;
+    for s in STARTS {
+        hit |= v == s;
+    }
+    hit
+}
+
 #[inline(always)]
 fn icmp<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip> {
     let t: [u8; 2] = p.load(off).ok_or(Skip::Malformed)?;

@@ -17,16 +17,18 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use devourer_common::dns::{
-    DIR_EGRESS, DIR_INGRESS, DNS_CAP_MAX, DNS_F_IPV6, DNS_HEADER_LEN, DNS_PORT_SLOTS, DnsScratch,
+    DEFAULT_HTTP_CAP, DIR_EGRESS, DIR_INGRESS, DNS_CAP_MAX, DNS_F_IPV6, DNS_HEADER_LEN,
+    DNS_PORT_SLOTS, DnsScratch,
 };
 use devourer_common::flow::{
-    C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP,
-    C_OVERFLOW_FULL_BYTES, C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS,
-    CounterBlock, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue,
-    KEY_F_IPV6, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, VAL_F_ICMP, WAKEUP_RING_BYTES,
-    Wakeup, XdpReplayMeta,
+    C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_HTTP_CUT, C_HTTP_EVENTS, C_HTTP_RING_FULL,
+    C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
+    C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS, CounterBlock,
+    DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6,
+    OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup,
+    XdpReplayMeta,
 };
-use devourer_ebpf::{Packet, Parsed, Skip, is_dns, parse};
+use devourer_ebpf::{Packet, Parsed, Skip, is_dns, is_http, parse, starts_http};
 
 const EEXIST: i32 = 17;
 
@@ -46,6 +48,12 @@ static DEVOURER_DNS_RB_FLAGS: u64 = 0;
 /// Payload bytes copied per DNS packet (at most DNS_CAP_MAX).
 #[unsafe(no_mangle)]
 static DEVOURER_DNS_CAP: u32 = DNS_CAP_MAX as u32;
+/// TCP ports whose segments that start an HTTP message go to the HTTP ring (all 0: off).
+#[unsafe(no_mangle)]
+static DEVOURER_HTTP_PORTS: [u16; DNS_PORT_SLOTS] = [0; DNS_PORT_SLOTS];
+/// Payload bytes copied per HTTP segment (at most DNS_CAP_MAX).
+#[unsafe(no_mangle)]
+static DEVOURER_HTTP_CAP: u32 = DEFAULT_HTTP_CAP;
 
 #[map(name = "FLOWS")]
 static FLOWS: PerCpuHashMap<FlowKey, FlowValue> =
@@ -69,6 +77,10 @@ static WAKEUP: RingBuf = RingBuf::with_byte_size(WAKEUP_RING_BYTES, 0);
 #[map(name = "DNS_EVENTS")]
 static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
+#[map(name = "HTTP_EVENTS")]
+static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Where one payload event (DNS or HTTP) is assembled before it is output to its ring.
 #[map(name = "DNS_SCRATCH")]
 static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 
@@ -330,14 +342,21 @@ fn account<P: Packet + CopyOut, const SHARED: bool>(
         Ok(()) => {
             // SAFETY: a load-time constant array.
             let ports = unsafe { read_volatile(&DEVOURER_DNS_PORTS) };
+            let if_dir = ifindex as u64 | (direction as u64) << 32;
             if is_dns(parsed, &ports) {
-                dns_event(
-                    p,
-                    parsed,
-                    ts,
-                    ifindex as u64 | (direction as u64) << 32,
-                    &ctr,
-                );
+                payload_event(p, parsed, ts, if_dir | KIND_DNS, &ctr);
+            }
+            // SAFETY: a load-time constant array.
+            let http_ports = unsafe { read_volatile(&DEVOURER_HTTP_PORTS) };
+            if is_http(parsed, &http_ports) {
+                // Through the load helper: the payload offset is not a bounded packet offset.
+                let mut first = [0u8; 4];
+                if parsed.payload_len >= 4
+                    && p.copy_out(parsed.payload_off, first.as_mut_ptr(), 4)
+                    && starts_http(first)
+                {
+                    payload_event(p, parsed, ts, if_dir | KIND_HTTP, &ctr);
+                }
             }
             let segs = if gso_segs <= 1 { 1 } else { gso_segs as u64 };
             // A GSO/GRO super-packet stands for `segs` packets on the wire, each with its own
@@ -440,20 +459,33 @@ fn record_shared(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr) {
     }
 }
 
-/// Forwards a DNS packet's payload (up to the cap) with its addresses to the DNS ring.
-/// A function of its own (a BPF-to-BPF call, at most five arguments): inlined, it would
-/// push the packet path's stack frame past 512 bytes.
+/// `payload_event`'s kind, in bits 40.. of its `if_dir` argument.
+const KIND_DNS: u64 = 0;
+const KIND_HTTP: u64 = 1 << 40;
+
+/// Forwards a packet's payload (up to the kind's cap) with its addresses to the DNS or the
+/// HTTP ring. A function of its own (a BPF-to-BPF call, at most five arguments, so interface,
+/// direction and kind share one): inlined, it would push the packet path's stack frame past
+/// 512 bytes.
 #[inline(never)]
-fn dns_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_dir: u64, ctr: &Ctr) {
+fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_dir: u64, ctr: &Ctr) {
     let ifindex = if_dir as u32;
     let direction = (if_dir >> 32) as u8;
+    let http = if_dir & KIND_HTTP != 0;
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's scratch slot; programs do not nest on one CPU for these hooks.
     let scratch = unsafe { &mut *scratch };
-    // SAFETY: a load-time constant.
-    let cap = unsafe { read_volatile(&DEVOURER_DNS_CAP) }.min(DNS_CAP_MAX as u32);
+    // SAFETY: load-time constants.
+    let cap = unsafe {
+        if http {
+            read_volatile(&DEVOURER_HTTP_CAP)
+        } else {
+            read_volatile(&DEVOURER_DNS_CAP)
+        }
+    }
+    .min(DNS_CAP_MAX as u32);
     let len = parsed.payload_len.min(cap);
     if len == 0 || len > DNS_CAP_MAX as u32 {
         return;
@@ -484,16 +516,21 @@ fn dns_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_dir: u64, ctr: &Ctr
     // SAFETY: size <= DNS_HEADER_LEN + DNS_CAP_MAX = size_of::<DnsScratch>().
     let bytes =
         unsafe { core::slice::from_raw_parts((scratch as *const DnsScratch).cast::<u8>(), size) };
-    // SAFETY: a load-time constant.
+    // SAFETY: a load-time constant (the same wake-up policy for both rings).
     let flags = unsafe { read_volatile(&DEVOURER_DNS_RB_FLAGS) };
-    match DNS_EVENTS.output::<[u8]>(bytes, flags) {
+    let (ring, sent, full, cut) = if http {
+        (&HTTP_EVENTS, C_HTTP_EVENTS, C_HTTP_RING_FULL, C_HTTP_CUT)
+    } else {
+        (&DNS_EVENTS, C_DNS_EVENTS, C_DNS_RING_FULL, C_DNS_CUT)
+    };
+    match ring.output::<[u8]>(bytes, flags) {
         Ok(()) => {
-            ctr.add(C_DNS_EVENTS, 1);
+            ctr.add(sent, 1);
             if parsed.payload_len > len {
-                ctr.add(C_DNS_CUT, 1);
+                ctr.add(cut, 1);
             }
         }
-        Err(_) => ctr.add(C_DNS_RING_FULL, 1),
+        Err(_) => ctr.add(full, 1),
     }
 }
 

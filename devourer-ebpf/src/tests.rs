@@ -240,3 +240,39 @@ fn segment_header_length_covers_ip_and_transport_headers() {
     e.truncate(8);
     assert_eq!(run(&ipv6_raw(0, &e, &udp)).unwrap().seg_hdr, 40 + 8 + 8);
 }
+
+#[test]
+fn http_payloads_are_picked_by_port_and_first_bytes() {
+    let frame = |sport: u16, dport: u16, payload: &[u8]| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(MAC, MAC)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(sport, dport, 1, 1000)
+            .write(&mut f, payload)
+            .unwrap();
+        f
+    };
+    let ports = [80, 8080, 0, 0, 0, 0, 0, 0];
+    let req = run(&frame(40000, 80, b"GET / HTTP/1.1\r\n\r\n")).unwrap();
+    assert!(is_http(&req, &ports));
+    assert!(!is_http(&req, &[0; 8]), "all-zero ports turn HTTP off");
+    let resp = run(&frame(8080, 40000, b"HTTP/1.1 200 OK\r\n\r\n")).unwrap();
+    assert!(is_http(&resp, &ports));
+    assert!(!is_http(
+        &run(&frame(40000, 443, b"GET /")).unwrap(),
+        &ports
+    ));
+    assert!(
+        !is_http(&run(&frame(40000, 80, b"")).unwrap(), &ports),
+        "no payload"
+    );
+
+    for start in [
+        b"HTTP", b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC",
+    ] {
+        assert!(starts_http(*start), "{start:?}");
+    }
+    for other in [b"get ", b"\x16\x03\x01\x02", b"\0\0\0\0", b"HTTQ", b"GETX"] {
+        assert!(!starts_http(*other), "{other:?}");
+    }
+}

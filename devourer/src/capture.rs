@@ -124,8 +124,9 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
     }
     crate::caps::check().context("checking capabilities")?;
     let flow = &args.flow;
-    let mut loaded =
-        loader::load(&args.dns.load_options(false, flow)).context("loading the kernel program")?;
+    let mut opts = args.dns.load_options(false, flow);
+    args.http.apply(&mut opts);
+    let mut loaded = loader::load(&opts).context("loading the kernel program")?;
 
     let link = if args.tc_netlink {
         TcLink::Netlink
@@ -158,6 +159,12 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
     local
         .refresh_from_interfaces()
         .context("listing this host's addresses")?;
+    let (http, http_log) = args
+        .http
+        .build(local.clone(), args.dns.log_tz)
+        .context("opening the HTTP log directory")?;
+    pipeline.http = http;
+    pipeline.http_log = http_log;
     let (dns, dns_log) = args
         .dns
         .build(local)
@@ -190,6 +197,9 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
     let mut dns_ring = unsafe { AsyncFd::register_with_interest(loaded.dns, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("polling the DNS ring")?;
+    let mut http_ring = unsafe { AsyncFd::register_with_interest(loaded.http, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("polling the HTTP ring")?;
     let mut links = if args.all_interfaces {
         Some(LinkWatch::new().context("watching interfaces (netlink)")?)
     } else {
@@ -229,6 +239,22 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
                 }
                 continue;
             }
+            guard = http_ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the HTTP ring")?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    match decode_event(&item) {
+                        Some((h, payload)) => pipeline.http_event(&h, payload),
+                        None => tracing::debug!(len = item.len(), "short HTTP ring record"),
+                    }
+                }
+                guard.clear_ready();
+                pipeline.clock = wall_clock();
+                if !pipeline.emit_http() {
+                    break "output closed";
+                }
+                continue;
+            }
             changed = async { links.as_mut().expect("guarded").changed().await }, if links.is_some() => {
                 if let Err(e) = changed {
                     tracing::warn!("netlink: {e}; interfaces are rescanned on every scan instead");
@@ -260,11 +286,15 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
             attached.sync(&mut loaded.ebpf, &all_up());
             pipeline.names.extend(attached.names());
         }
-        if last_local_refresh.elapsed() >= LOCAL_REFRESH
-            && let Some(dns) = &mut pipeline.dns
-        {
-            if let Err(e) = dns.local.refresh_from_interfaces() {
-                tracing::warn!("re-reading this host's addresses failed: {e}");
+        if last_local_refresh.elapsed() >= LOCAL_REFRESH {
+            let locals = [
+                pipeline.dns.as_mut().map(|d| &mut d.local),
+                pipeline.http.as_mut().map(|h| &mut h.local),
+            ];
+            for local in locals.into_iter().flatten() {
+                if let Err(e) = local.refresh_from_interfaces() {
+                    tracing::warn!("re-reading this host's addresses failed: {e}");
+                }
             }
             last_local_refresh = Instant::now();
         }
@@ -304,10 +334,17 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
             pipeline.dns_event(&h, payload);
         }
     }
+    let ring = http_ring.get_mut();
+    while let Some(item) = ring.next() {
+        if let Some((h, payload)) = decode_event(&item) {
+            pipeline.http_event(&h, payload);
+        }
+    }
     pipeline
         .flush(&mut loaded.flows, Status::Shutdown, monotonic_ns())
         .context("flushing the flow map")?;
     pipeline.report_dns();
+    pipeline.report_http();
     let counters = loaded.counters.read().context("reading kernel counters")?;
     let names = pipeline.names.clone();
     let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| i.to_string());

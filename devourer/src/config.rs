@@ -179,7 +179,7 @@ pub struct DnsArgs {
     #[arg(long, env = "DEVOURER_NAME_CACHE_ENTRIES", default_value_t = 100_000)]
     pub name_cache_entries: usize,
     /// Networks that count as this host's (besides its interfaces' addresses; offline, only
-    /// these): decides a DNS transaction's role. Repeatable.
+    /// these): decides the role of a DNS transaction or an HTTP message. Repeatable.
     #[arg(long = "local-net", env = "DEVOURER_LOCAL_NET", value_delimiter = ',')]
     pub local_nets: Vec<ipnet::IpNet>,
     /// Write packetlog-compatible DNS text logs here (hourly files).
@@ -202,6 +202,10 @@ impl DnsArgs {
             dns_ports: self.dns_ports.0.clone(),
             dns_cap: self.dns_cap,
             dns_ring_bytes: self.dns_ring_size,
+            // Set by HttpArgs::apply.
+            http_ports: Vec::new(),
+            http_cap: devourer_common::dns::DEFAULT_HTTP_CAP,
+            http_ring_bytes: devourer_common::dns::DEFAULT_HTTP_RING_BYTES,
             shared_map_entries: 1,
         }
     }
@@ -212,14 +216,16 @@ impl DnsArgs {
         local: crate::local::LocalAddrs,
     ) -> std::io::Result<(
         Option<crate::dns::DnsTracker>,
-        Option<crate::dns::textlog::DnsLog>,
+        Option<crate::textlog::TextLog>,
     )> {
         if !self.enabled() {
             return Ok((None, None));
         }
         let tracker = crate::dns::DnsTracker::new(self.tracker_config(), local);
         let log = match &self.dns_log_dir {
-            Some(dir) => Some(crate::dns::textlog::DnsLog::new(
+            Some(dir) => Some(crate::textlog::TextLog::new(
+                "dns",
+                crate::textlog::Period::Hourly,
                 dir.clone(),
                 self.dns_log_split,
                 self.log_tz == LogTz::Local,
@@ -241,6 +247,81 @@ impl DnsArgs {
             name_cache_entries: self.name_cache_entries.max(1),
             text_log: self.dns_log_dir.is_some(),
         }
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct HttpArgs {
+    /// TCP ports whose HTTP requests and responses are logged (comma-separated, at most 8), or
+    /// `none`. Default: none, or 80 when --http-log-dir is given.
+    #[arg(long, env = "DEVOURER_HTTP_PORTS", value_parser = parse_ports)]
+    pub http_ports: Option<Ports>,
+    /// Payload bytes copied per HTTP segment (the request line and headers that fit).
+    #[arg(long, env = "DEVOURER_HTTP_CAP", default_value_t = devourer_common::dns::DEFAULT_HTTP_CAP,
+          value_parser = clap::value_parser!(u32).range(16..=4096))]
+    pub http_cap: u32,
+    /// Size of the kernel's HTTP ring buffer (power of two, e.g. 4M).
+    #[arg(long, env = "DEVOURER_HTTP_RING_SIZE", default_value = "4M", value_parser = parse_ring_size)]
+    pub http_ring_size: u32,
+    /// A request without a response for this long is forgotten (counted as unanswered).
+    #[arg(long, env = "DEVOURER_HTTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_timeout: Duration,
+    /// Connections with requests awaiting a response, at most.
+    #[arg(long, env = "DEVOURER_HTTP_MAX_CONNECTIONS", default_value_t = 65_536)]
+    pub http_max_connections: usize,
+    /// Write packetlog-compatible HTTP text logs here (daily files).
+    #[arg(long, env = "DEVOURER_HTTP_LOG_DIR")]
+    pub http_log_dir: Option<PathBuf>,
+    /// Four files per day (CQ, CR, SQ, SR) instead of one.
+    #[arg(long, env = "DEVOURER_HTTP_LOG_SPLIT")]
+    pub http_log_split: bool,
+}
+
+impl HttpArgs {
+    /// The ports in effect: the flag, else 80 when a log directory is given, else none.
+    pub fn ports(&self) -> Vec<u16> {
+        match &self.http_ports {
+            Some(p) => p.0.clone(),
+            None if self.http_log_dir.is_some() => vec![80],
+            None => Vec::new(),
+        }
+    }
+
+    /// Adds the HTTP settings to the kernel program's load options.
+    pub fn apply(&self, o: &mut crate::loader::LoadOptions) {
+        o.http_ports = self.ports();
+        o.http_cap = self.http_cap;
+        o.http_ring_bytes = self.http_ring_size;
+    }
+
+    /// The HTTP tracker and text log these flags ask for (none when HTTP is off).
+    pub fn build(
+        &self,
+        local: crate::local::LocalAddrs,
+        log_tz: LogTz,
+    ) -> std::io::Result<(
+        Option<crate::http::HttpTracker>,
+        Option<crate::textlog::TextLog>,
+    )> {
+        if self.ports().is_empty() {
+            return Ok((None, None));
+        }
+        let cfg = crate::http::HttpConfig {
+            timeout_ns: self.http_timeout.as_nanos().min(u64::MAX as u128) as u64,
+            max_connections: self.http_max_connections.max(1),
+            text_log: self.http_log_dir.is_some(),
+        };
+        let log = match &self.http_log_dir {
+            Some(dir) => Some(crate::textlog::TextLog::new(
+                "http",
+                crate::textlog::Period::Daily,
+                dir.clone(),
+                self.http_log_split,
+                log_tz == LogTz::Local,
+            )?),
+            None => None,
+        };
+        Ok((Some(crate::http::HttpTracker::new(cfg, local)), log))
     }
 }
 
@@ -388,6 +469,8 @@ pub struct CaptureArgs {
     #[command(flatten)]
     pub dns: DnsArgs,
     #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
     pub bq: BqArgs,
 }
 
@@ -407,6 +490,8 @@ pub struct ReadArgs {
     pub flow: FlowArgs,
     #[command(flatten)]
     pub dns: DnsArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     #[command(flatten)]
     pub bq: BqArgs,
 }

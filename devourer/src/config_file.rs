@@ -295,5 +295,6 @@ mod tests {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/devourer.example.toml");
         let out = check(&example, "capture", &[]).unwrap();
         assert!(out.contains("idle_timeout = \"120s\""), "{out}");
+        assert!(out.contains("http_cap = \"1024\"  # file"), "{out}");
     }
 }

@@ -8,9 +8,10 @@ use std::{
 
 use aya::maps::{Map, MapData};
 use devourer_common::flow::{
-    C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP,
-    C_OVERFLOW_FULL_BYTES, C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS,
-    COUNTERS_LEN, CounterBlock, FlowKey, FlowValue, OverflowKey, OverflowValue,
+    C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_HTTP_CUT, C_HTTP_EVENTS, C_HTTP_RING_FULL,
+    C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
+    C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS, COUNTERS_LEN, CounterBlock,
+    FlowKey, FlowValue, OverflowKey, OverflowValue,
 };
 
 use crate::{bpf_sys, flow::FlowSource};
@@ -217,6 +218,9 @@ pub struct KernelCounters {
     pub dns_events: u64,
     pub dns_ring_full: u64,
     pub dns_cut: u64,
+    pub http_events: u64,
+    pub http_ring_full: u64,
+    pub http_cut: u64,
 }
 
 /// The counter array (a per-CPU array of u64).
@@ -266,6 +270,9 @@ impl Counters {
             dns_events: at(C_DNS_EVENTS),
             dns_ring_full: at(C_DNS_RING_FULL),
             dns_cut: at(C_DNS_CUT),
+            http_events: at(C_HTTP_EVENTS),
+            http_ring_full: at(C_HTTP_RING_FULL),
+            http_cut: at(C_HTTP_CUT),
         })
     }
 }

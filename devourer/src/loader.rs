@@ -18,7 +18,8 @@ use aya::{
 };
 use devourer_common::dns::{
     BPF_RB_NO_WAKEUP, DEFAULT_DNS_RING_BYTES, DNS_CAP_MAX, DNS_PORT_SLOTS, DNS_RING,
-    GLOBAL_DNS_CAP, GLOBAL_DNS_PORTS, GLOBAL_DNS_RB_FLAGS,
+    GLOBAL_DNS_CAP, GLOBAL_DNS_PORTS, GLOBAL_DNS_RB_FLAGS, GLOBAL_HTTP_CAP, GLOBAL_HTTP_PORTS,
+    HTTP_RING,
 };
 use devourer_common::flow::{
     COUNTERS_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_WAKE_INTERVAL_NS, OVERFLOW_MAP,
@@ -105,6 +106,11 @@ pub struct LoadOptions {
     /// Payload bytes copied per DNS packet.
     pub dns_cap: u32,
     pub dns_ring_bytes: u32,
+    /// TCP ports whose message-starting segments go to the HTTP ring (empty: HTTP off).
+    pub http_ports: Vec<u16>,
+    /// Payload bytes copied per HTTP segment.
+    pub http_cap: u32,
+    pub http_ring_bytes: u32,
     /// Entries of the benchmark-only shared flow map (1 unless benchmarking it).
     pub shared_map_entries: u32,
 }
@@ -119,6 +125,9 @@ impl LoadOptions {
             dns_ports: vec![53],
             dns_cap: DNS_CAP_MAX as u32,
             dns_ring_bytes: DEFAULT_DNS_RING_BYTES,
+            http_ports: Vec::new(),
+            http_cap: devourer_common::dns::DEFAULT_HTTP_CAP,
+            http_ring_bytes: devourer_common::dns::DEFAULT_HTTP_RING_BYTES,
             shared_map_entries: 1,
         }
     }
@@ -133,6 +142,7 @@ pub struct Loaded {
     pub counters: Counters,
     pub wakeup: RingBuf<MapData>,
     pub dns: RingBuf<MapData>,
+    pub http: RingBuf<MapData>,
     pub ncpus: usize,
 }
 
@@ -180,6 +190,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         *slot = *p;
     }
     let dns_cap = opts.dns_cap.min(DNS_CAP_MAX as u32);
+    let mut http_ports = [0u16; DNS_PORT_SLOTS];
+    for (slot, p) in http_ports.iter_mut().zip(&opts.http_ports) {
+        *slot = *p;
+    }
+    let http_cap = opts.http_cap.min(DNS_CAP_MAX as u32);
     // Offline, the reader drains the ring after every frame: wake-ups would only cost.
     let rb_flags: u64 = if opts.offline { BPF_RB_NO_WAKEUP } else { 0 };
     let mut ebpf = EbpfLoader::new()
@@ -188,8 +203,19 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(GLOBAL_DNS_PORTS, &ports, true)
         .override_global(GLOBAL_DNS_CAP, &dns_cap, true)
         .override_global(GLOBAL_DNS_RB_FLAGS, &rb_flags, true)
+        .override_global(GLOBAL_HTTP_PORTS, &http_ports, true)
+        .override_global(GLOBAL_HTTP_CAP, &http_cap, true)
         .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
         .map_max_entries(DNS_RING, opts.dns_ring_bytes)
+        // Without HTTP ports the ring stays at its smallest (one page): nothing is sent to it.
+        .map_max_entries(
+            HTTP_RING,
+            if opts.http_ports.is_empty() {
+                page_size()
+            } else {
+                opts.http_ring_bytes
+            },
+        )
         .map_max_entries(SHARED_FLOWS_MAP, opts.shared_map_entries.max(1))
         .load(EBPF_OBJECT)
         .map_err(classify)?;
@@ -227,6 +253,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_err(|e| LoadError::Map(COUNTERS_MAP, e))?;
     let wakeup = RingBuf::try_from(take(&mut ebpf, WAKEUP_RING)?).map_err(classify)?;
     let dns = RingBuf::try_from(take(&mut ebpf, DNS_RING)?).map_err(classify)?;
+    let http = RingBuf::try_from(take(&mut ebpf, HTTP_RING)?).map_err(classify)?;
     Ok(Loaded {
         ebpf,
         flows: KernelFlows(flows),
@@ -234,8 +261,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         counters,
         wakeup,
         dns,
+        http,
         ncpus,
     })
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u32 } else { 4096 }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it where we may.

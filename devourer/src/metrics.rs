@@ -41,6 +41,8 @@ pub struct Metrics {
     pub dns_latency: Histogram,
     dns_parse_errors: IntCounterVec,
     pub dns_pending: IntGauge,
+    pub http_messages: IntCounterVec,
+    pub http_latency: Histogram,
     pub sink_rows: IntCounterVec,
     pub spool_bytes: IntGauge,
     pub bq_last_success: IntGauge,
@@ -100,6 +102,16 @@ impl Metrics {
         )
         .expect("metric");
         r.register(Box::new(dns_latency.clone())).expect("register");
+        let http_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "devourer_http_latency_seconds",
+                "Time from an HTTP request to its response (first segments).",
+            )
+            .buckets(DNS_BUCKETS.to_vec()),
+        )
+        .expect("metric");
+        r.register(Box::new(http_latency.clone()))
+            .expect("register");
         let bq_request_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "devourer_sink_request_duration_seconds",
@@ -148,7 +160,7 @@ impl Metrics {
             kernel: counter_vec(
                 &r,
                 "devourer_kernel_events_total",
-                "What the kernel program counted: packets seen, non_ip, malformed, map_full (packets into the overflow map), overflow_full, dns_events, dns_ring_drops, dns_cut, wakeups.",
+                "What the kernel program counted: packets seen, non_ip, malformed, map_full (packets into the overflow map), overflow_full, dns_events, dns_ring_drops, dns_cut, http_events, http_ring_drops, http_cut, wakeups.",
                 &["event"],
             ),
             dns_transactions: counter_vec(
@@ -169,6 +181,13 @@ impl Metrics {
                 "devourer_dns_pending",
                 "DNS queries awaiting a response.",
             ),
+            http_messages: counter_vec(
+                &r,
+                "devourer_http_messages_total",
+                "HTTP requests and responses seen, by kind and role.",
+                &["kind", "role"],
+            ),
+            http_latency,
             sink_rows: counter_vec(
                 &r,
                 "devourer_sink_rows_total",
@@ -216,6 +235,9 @@ impl Metrics {
             ("dns_events", k.dns_events),
             ("dns_ring_drops", k.dns_ring_full),
             ("dns_cut", k.dns_cut),
+            ("http_events", k.http_events),
+            ("http_ring_drops", k.http_ring_full),
+            ("http_cut", k.http_cut),
             ("wakeups", k.wakeups),
         ] {
             self.sync(

@@ -1,6 +1,7 @@
 //! The userspace pipeline shared by live capture and offline replay: scans the flow table,
-//! runs DNS events through the tracker, turns due flows and finished transactions into records
-//! for the sink and DNS lines for the text log; reports what the kernel counted outside flows.
+//! runs DNS and HTTP events through their trackers, turns due flows, finished transactions and
+//! HTTP messages into records for the sinks and lines for the text logs; reports what the
+//! kernel counted outside flows.
 
 use std::{collections::HashMap, io, sync::Arc};
 
@@ -11,12 +12,14 @@ use devourer_common::{
 
 use crate::{
     bq::{BqSink, Kind},
-    dns::{DnsOutput, DnsTracker, textlog::DnsLog},
+    dns::{DnsOutput, DnsTracker},
     flow::{Emitted, FlowSource, FlowTable, NoNames, Resolver, ScanStats, Status, TableConfig},
+    http::{HttpOutput, HttpTracker},
     kmaps::{KernelCounters, PerCpuHash, read_overflow},
     metrics::Metrics,
-    record::{Clock, DnsRecord, FlowRecord, RecordContext, protocol_name},
+    record::{Clock, DnsRecord, FlowRecord, HttpRecord, RecordContext, protocol_name},
     sink::JsonLinesSink,
+    textlog::TextLog,
 };
 
 pub struct Pipeline {
@@ -33,9 +36,12 @@ pub struct Pipeline {
     pub scan_stats: ScanStats,
     pub records: u64,
     pub dns: Option<DnsTracker>,
-    pub dns_log: Option<DnsLog>,
+    pub dns_log: Option<TextLog>,
+    pub http: Option<HttpTracker>,
+    pub http_log: Option<TextLog>,
     pub metrics: Option<Arc<Metrics>>,
     dns_out: DnsOutput,
+    http_out: HttpOutput,
 }
 
 impl Pipeline {
@@ -54,6 +60,9 @@ impl Pipeline {
             dns_log: None,
             metrics: None,
             dns_out: DnsOutput::default(),
+            http: None,
+            http_log: None,
+            http_out: HttpOutput::default(),
         }
     }
 
@@ -102,6 +111,9 @@ impl Pipeline {
         if let Some(l) = &mut self.dns_log {
             l.reopen();
         }
+        if let Some(l) = &mut self.http_log {
+            l.reopen();
+        }
     }
 
     /// Whether every sink still accepts records (for /readyz).
@@ -148,12 +160,53 @@ impl Pipeline {
         self.send(Kind::Dns, &records)
     }
 
-    /// One scan at `now`: lost DNS queries, then due flows. `Ok(false)` when the output closed.
+    /// Runs one HTTP event through the tracker; its records wait for [`Pipeline::emit_http`].
+    pub fn http_event(&mut self, h: &DnsEventHeader, payload: &[u8]) {
+        if let Some(http) = &mut self.http {
+            http.on_event(h, payload, &mut self.http_out);
+        }
+    }
+
+    /// HTTP records and log lines waiting to be written.
+    pub fn http_backlog(&self) -> usize {
+        self.http_out.msgs.len() + self.http_out.lines.len()
+    }
+
+    /// Writes the HTTP records (JSON lines only) and log lines produced so far; `false` when
+    /// the output closed.
+    pub fn emit_http(&mut self) -> bool {
+        let out = std::mem::take(&mut self.http_out);
+        if let Some(log) = &mut self.http_log {
+            for l in &out.lines {
+                log.write(l, self.clock);
+            }
+            log.flush();
+        }
+        let records = self.build(|cx| out.msgs.iter().map(|m| HttpRecord::new(m, cx)).collect());
+        if let Some(m) = &self.metrics {
+            for r in &records {
+                m.http_messages
+                    .with_label_values(&[r.message, r.role])
+                    .inc();
+                if let Some(l) = r.latency {
+                    m.http_latency.observe(l);
+                }
+            }
+        }
+        self.records += records.len() as u64;
+        self.sink.as_ref().is_none_or(|s| s.send(&records))
+    }
+
+    /// One scan at `now`: lost DNS queries and forgotten HTTP requests, then due flows.
+    /// `Ok(false)` when the output closed.
     pub fn scan(&mut self, src: &mut dyn FlowSource, now: u64, pressure: bool) -> io::Result<bool> {
         if let Some(dns) = &mut self.dns {
             dns.expire(now, &mut self.dns_out);
         }
-        if !self.emit_dns() {
+        if let Some(http) = &mut self.http {
+            http.expire(now);
+        }
+        if !self.emit_dns() || !self.emit_http() {
             return Ok(false);
         }
         let mut stats = self.scan_stats;
@@ -177,7 +230,7 @@ impl Pipeline {
         if let Some(dns) = &mut self.dns {
             dns.flush(&mut self.dns_out);
         }
-        let open = self.emit_dns();
+        let open = self.emit_dns() & self.emit_http();
         let resolver: &mut dyn Resolver = match &mut self.dns {
             Some(dns) => &mut dns.names,
             None => &mut NoNames,
@@ -201,6 +254,25 @@ impl Pipeline {
             bq.finish(deadline);
         }
         (self.records, dropped)
+    }
+
+    /// Logs what the HTTP side counted.
+    pub fn report_http(&self) {
+        let Some(http) = &self.http else {
+            return;
+        };
+        let s = &http.stats;
+        tracing::info!(
+            events = s.events,
+            requests = s.requests,
+            responses = s.responses,
+            matched = s.matched,
+            unanswered = s.unanswered + http.pending() as u64,
+            not_http = s.not_http.values().sum::<u64>(),
+            log_lines = self.http_log.as_ref().map_or(0, |l| l.lines),
+            log_failed = self.http_log.as_ref().map_or(0, |l| l.failed),
+            "http"
+        );
     }
 
     /// Logs what the DNS side counted.
@@ -250,6 +322,9 @@ pub fn report_kernel(
         dns_events = counters.dns_events,
         dns_ring_full = counters.dns_ring_full,
         dns_cut = counters.dns_cut,
+        http_events = counters.http_events,
+        http_ring_full = counters.http_ring_full,
+        http_cut = counters.http_cut,
         "kernel counters"
     );
     for (k, v) in read_overflow(overflow)? {
@@ -272,6 +347,12 @@ pub fn report_kernel(
         tracing::error!(
             events = counters.dns_ring_full,
             "DNS payloads dropped: the DNS ring buffer was full (raise --dns-ring-size)"
+        );
+    }
+    if counters.http_ring_full > 0 {
+        tracing::error!(
+            events = counters.http_ring_full,
+            "HTTP payloads dropped: the HTTP ring buffer was full (raise --http-ring-size)"
         );
     }
     Ok(())

@@ -1,5 +1,5 @@
-//! The flow record as sinks write it (`type: "flow"`, fields as in design.md): ids, address
-//! and time formatting.
+//! The records as sinks write them (`type` `flow`, `dns` and `http`, fields as in design.md):
+//! ids, address and time formatting.
 
 use std::{
     borrow::Cow,
@@ -17,6 +17,7 @@ use crate::{
         message::{class_name, rcode_name, type_name},
     },
     flow::Emitted,
+    http::{HttpMsg, message::Message},
 };
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -215,6 +216,111 @@ impl DnsRecord {
             status: tx.status.as_str(),
             role: tx.role.as_str(),
         }
+    }
+}
+
+/// An HTTP request or response (`type: "http"`, packetlog httplog fields).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HttpRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub agent: String,
+    pub interface: String,
+    pub time: String,
+    pub client: String,
+    pub client_port: u16,
+    pub server: String,
+    pub server_port: u16,
+    pub role: &'static str,
+    /// `request` or `response`.
+    #[serde(rename = "kind")]
+    pub message: &'static str,
+    /// Requests: theirs; responses: the matched request's.
+    pub method: Option<String>,
+    pub target: Option<String>,
+    pub version: Option<String>,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub status_code: Option<u16>,
+    pub reason: Option<String>,
+    pub content_length: Option<u64>,
+    pub content_type: Option<String>,
+    /// Seconds since the matched request (responses).
+    pub latency: Option<f64>,
+    /// Fields cut short by the segment's end, the capture cap or the length limits.
+    pub truncated: Vec<&'static str>,
+}
+
+/// HTTP record id: hash of the endpoints, time, kind and agent.
+pub fn http_id(m: &HttpMsg, agent: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(m.client.to_string());
+    h.update(m.client_port.to_be_bytes());
+    h.update(m.server.to_string());
+    h.update(m.server_port.to_be_bytes());
+    h.update(m.time_ns.to_be_bytes());
+    h.update([u8::from(matches!(m.message, Message::Response(_)))]);
+    // Pipelined messages share a packet time: the request line tells them apart.
+    if let Message::Request(r) = &m.message {
+        h.update(r.method.as_bytes());
+        h.update(r.target.as_deref().unwrap_or_default().as_bytes());
+    }
+    h.update((agent.len() as u32).to_be_bytes());
+    h.update(agent.as_bytes());
+    hex16(&h.finalize())
+}
+
+impl HttpRecord {
+    pub fn new(m: &HttpMsg, cx: &RecordContext<'_>) -> Self {
+        let mut r = Self {
+            kind: "http",
+            id: http_id(m, cx.agent),
+            agent: cx.agent.to_owned(),
+            interface: (cx.interface_name)(m.ifindex),
+            time: rfc3339(cx.clock.wall(m.time_ns)),
+            client: m.client.to_string(),
+            client_port: m.client_port,
+            server: m.server.to_string(),
+            server_port: m.server_port,
+            role: m.role.as_str(),
+            message: "request",
+            method: None,
+            target: None,
+            version: None,
+            host: None,
+            user_agent: None,
+            status_code: None,
+            reason: None,
+            content_length: None,
+            content_type: None,
+            latency: m.latency_ns.map(|ns| ns as f64 / 1e9),
+            truncated: Vec::new(),
+        };
+        match &m.message {
+            Message::Request(q) => {
+                r.method = Some(q.method.clone());
+                r.target.clone_from(&q.target);
+                r.version.clone_from(&q.version);
+                r.host.clone_from(&q.host);
+                r.user_agent.clone_from(&q.user_agent);
+                r.truncated.clone_from(&q.truncated);
+            }
+            Message::Response(s) => {
+                r.message = "response";
+                if let Some((method, target)) = &m.request {
+                    r.method = Some(method.clone());
+                    r.target.clone_from(target);
+                }
+                r.version = Some(s.version.clone());
+                r.status_code = Some(s.status_code);
+                r.reason.clone_from(&s.reason);
+                r.content_length = s.content_length;
+                r.content_type.clone_from(&s.content_type);
+                r.truncated.clone_from(&s.truncated);
+            }
+        }
+        r
     }
 }
 

@@ -28,7 +28,7 @@ use crate::{
 /// from the IP length fields, so cutting changes no count.
 pub const MAX_REPLAY_FRAME: usize = 3072;
 
-/// DNS records are handed to the sink in batches of about this many.
+/// DNS and HTTP records are handed to the sink in batches of about this many.
 const DNS_BATCH: usize = 1024;
 
 /// What happened to the file's packets before the kernel program saw them.
@@ -56,8 +56,9 @@ pub fn run(args: ReadArgs) -> Result<ExitCode> {
     let cap = CaptureFile::open(&args.file)?;
     let file_len = cap.file_len;
     crate::caps::check().context("checking capabilities")?;
-    let mut loaded =
-        loader::load(&args.dns.load_options(true, flow)).context("loading the kernel program")?;
+    let mut opts = args.dns.load_options(true, flow);
+    args.http.apply(&mut opts);
+    let mut loaded = loader::load(&opts).context("loading the kernel program")?;
     let prog = loaded.prog_fd(match flow.mode {
         Mode::Tc => PROG_TC_INGRESS,
         Mode::Xdp => PROG_XDP,
@@ -73,6 +74,13 @@ pub fn run(args: ReadArgs) -> Result<ExitCode> {
     pipeline.bq = crate::capture::start_bq(&args.bq)?;
     pipeline.default_name = "pcap".into();
     // Offline, only --local-net says which addresses were the capturing host's.
+    let local = LocalAddrs::new(args.dns.local_nets.clone());
+    let (http, http_log) = args
+        .http
+        .build(local, args.dns.log_tz)
+        .context("opening the HTTP log directory")?;
+    pipeline.http = http;
+    pipeline.http_log = http_log;
     let (dns, dns_log) = args
         .dns
         .build(LocalAddrs::new(args.dns.local_nets.clone()))
@@ -176,6 +184,14 @@ pub fn run(args: ReadArgs) -> Result<ExitCode> {
                     if pipeline.dns_backlog() >= DNS_BATCH && !pipeline.emit_dns() {
                         anyhow::bail!("output closed");
                     }
+                    while let Some(item) = loaded.http.next() {
+                        if let Some((h, payload)) = decode_event(&item) {
+                            pipeline.http_event(&h, payload);
+                        }
+                    }
+                    if pipeline.http_backlog() >= DNS_BATCH && !pipeline.emit_http() {
+                        anyhow::bail!("output closed");
+                    }
                     // The map filled up: evict early, as the live agent does on the wake-up.
                     let mut woken = false;
                     while loaded.wakeup.next().is_some() {
@@ -211,6 +227,7 @@ pub fn run(args: ReadArgs) -> Result<ExitCode> {
     }
     pipeline.flush(&mut loaded.flows, Status::EndOfInput, last_ts.unwrap_or(0))?;
     pipeline.report_dns();
+    pipeline.report_http();
     let counters = loaded.counters.read().context("reading kernel counters")?;
     let names = pipeline.names.clone();
     let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| "pcap".into());

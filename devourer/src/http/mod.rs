@@ -1,0 +1,292 @@
+//! HTTP: turns the kernel's HTTP payload events (the first bytes of segments that start a
+//! request or response, no reassembly, as packetlog's httplog did) into request and response
+//! records, matches responses to requests per connection in order (pipelining), and produces
+//! packetlog-style log lines.
+
+pub mod message;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use devourer_common::dns::{DNS_F_IPV6, DnsEventHeader};
+
+use self::message::{Message, Request, parse_segment};
+use crate::{
+    dns::ip,
+    local::LocalAddrs,
+    textlog::{LogLine, Role},
+};
+
+#[derive(Clone, Copy, Debug)]
+pub struct HttpConfig {
+    /// A request without a response for this long is forgotten (ns), counted as unanswered.
+    pub timeout_ns: u64,
+    /// Connections with requests waiting, at most; past it the least recently active go.
+    pub max_connections: usize,
+    /// Produce packetlog text lines.
+    pub text_log: bool,
+}
+
+/// Requests waiting on one connection at most (pipelining depth); older ones are forgotten.
+const MAX_QUEUE: usize = 64;
+
+/// One request or response as records and log lines show it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpMsg {
+    /// Packet time, program clock.
+    pub time_ns: u64,
+    pub client: IpAddr,
+    pub client_port: u16,
+    pub server: IpAddr,
+    pub server_port: u16,
+    pub role: Role,
+    pub ifindex: u32,
+    pub message: Message,
+    /// Responses: the request they answer (method, target), and the time since it.
+    pub request: Option<(String, Option<String>)>,
+    pub latency_ns: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct HttpStats {
+    pub events: u64,
+    pub requests: u64,
+    pub responses: u64,
+    /// Responses matched to a request on their connection.
+    pub matched: u64,
+    /// Requests forgotten without a response (timeout, queue or table limits).
+    pub unanswered: u64,
+    /// Segments that did not start an HTTP message, by reason.
+    pub not_http: HashMap<&'static str, u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct HttpOutput {
+    pub msgs: Vec<HttpMsg>,
+    pub lines: Vec<LogLine>,
+}
+
+/// (client addr, client port, server addr, server port).
+type ConnKey = ([u8; 16], u16, [u8; 16], u16);
+
+struct Waiting {
+    time_ns: u64,
+    method: String,
+    target: Option<String>,
+}
+
+#[derive(Default)]
+struct Conn {
+    queue: VecDeque<Waiting>,
+    last_ns: u64,
+}
+
+pub struct HttpTracker {
+    cfg: HttpConfig,
+    conns: HashMap<ConnKey, Conn>,
+    pub local: LocalAddrs,
+    pub stats: HttpStats,
+}
+
+impl HttpTracker {
+    pub fn new(cfg: HttpConfig, local: LocalAddrs) -> Self {
+        Self {
+            cfg,
+            conns: HashMap::new(),
+            local,
+            stats: HttpStats::default(),
+        }
+    }
+
+    /// Requests waiting for a response.
+    pub fn pending(&self) -> usize {
+        self.conns.values().map(|c| c.queue.len()).sum()
+    }
+
+    fn role(&self, client: &IpAddr, server: &IpAddr) -> Role {
+        if self.local.contains(server) {
+            Role::Server
+        } else if self.local.contains(client) {
+            Role::Client
+        } else {
+            Role::Transit
+        }
+    }
+
+    /// One event from the kernel: the first bytes of a TCP segment to or from an HTTP port.
+    pub fn on_event(&mut self, h: &DnsEventHeader, payload: &[u8], out: &mut HttpOutput) {
+        self.stats.events += 1;
+        let messages = match parse_segment(payload) {
+            Ok(m) => m,
+            Err(reason) => {
+                *self.stats.not_http.entry(reason).or_default() += 1;
+                tracing::debug!(
+                    len = payload.len(),
+                    reason,
+                    "segment is not the start of an HTTP message"
+                );
+                return;
+            }
+        };
+        let v6 = h.flags & DNS_F_IPV6 != 0;
+        for m in messages {
+            let response = matches!(m, Message::Response(_));
+            // A request goes from client to server, a response back.
+            let (c, cp, s, sp) = if response {
+                (h.dst_addr, h.dst_port, h.src_addr, h.src_port)
+            } else {
+                (h.src_addr, h.src_port, h.dst_addr, h.dst_port)
+            };
+            let (client, server) = (ip(&c, v6), ip(&s, v6));
+            let mut msg = HttpMsg {
+                time_ns: h.ts_ns,
+                client,
+                client_port: cp,
+                server,
+                server_port: sp,
+                role: self.role(&client, &server),
+                ifindex: h.ifindex,
+                message: m,
+                request: None,
+                latency_ns: None,
+            };
+            let key = (c, cp, s, sp);
+            match &msg.message {
+                Message::Request(r) => {
+                    self.stats.requests += 1;
+                    self.wait(key, h.ts_ns, r);
+                }
+                Message::Response(r) => {
+                    self.stats.responses += 1;
+                    // An interim response (100 Continue, 103 Early Hints) does not end the
+                    // exchange: it reports the request without taking it off the queue.
+                    let interim = (100..200).contains(&r.status_code) && r.status_code != 101;
+                    if let Some(conn) = self.conns.get_mut(&key) {
+                        conn.last_ns = conn.last_ns.max(h.ts_ns);
+                        let w = if interim {
+                            conn.queue
+                                .front()
+                                .map(|w| (w.time_ns, w.method.clone(), w.target.clone()))
+                        } else {
+                            conn.queue
+                                .pop_front()
+                                .map(|w| (w.time_ns, w.method, w.target))
+                        };
+                        if let Some((t, method, target)) = w {
+                            self.stats.matched += 1;
+                            msg.latency_ns = Some(h.ts_ns.saturating_sub(t));
+                            msg.request = Some((method, target));
+                        }
+                        if conn.queue.is_empty() {
+                            self.conns.remove(&key);
+                        }
+                    }
+                }
+            }
+            if self.cfg.text_log {
+                out.lines.push(line(&msg));
+            }
+            out.msgs.push(msg);
+        }
+    }
+
+    fn wait(&mut self, key: ConnKey, time_ns: u64, r: &Request) {
+        if !self.conns.contains_key(&key) && self.conns.len() >= self.cfg.max_connections {
+            self.forget_oldest();
+        }
+        let conn = self.conns.entry(key).or_default();
+        conn.last_ns = conn.last_ns.max(time_ns);
+        if conn.queue.len() >= MAX_QUEUE {
+            conn.queue.pop_front();
+            self.stats.unanswered += 1;
+        }
+        conn.queue.push_back(Waiting {
+            time_ns,
+            method: r.method.clone(),
+            target: r.target.clone(),
+        });
+    }
+
+    /// The table is full: the least recently active tenth of the connections goes.
+    fn forget_oldest(&mut self) {
+        let mut by_age: Vec<(u64, ConnKey)> =
+            self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
+        by_age.sort_unstable();
+        let n = (by_age.len() / 10).max(1);
+        for (_, k) in &by_age[..n] {
+            if let Some(c) = self.conns.remove(k) {
+                self.stats.unanswered += c.queue.len() as u64;
+            }
+        }
+    }
+
+    /// Requests unanswered for the timeout at `now` are forgotten (and counted).
+    pub fn expire(&mut self, now: u64) {
+        let timeout = self.cfg.timeout_ns;
+        let mut gone = 0;
+        self.conns.retain(|_, c| {
+            while c
+                .queue
+                .front()
+                .is_some_and(|w| now.saturating_sub(w.time_ns) >= timeout)
+            {
+                c.queue.pop_front();
+                gone += 1;
+            }
+            !c.queue.is_empty()
+        });
+        self.stats.unanswered += gone;
+    }
+}
+
+fn or_dash(s: Option<&str>) -> &str {
+    match s {
+        Some(v) if !v.is_empty() => v,
+        _ => "-",
+    }
+}
+
+/// The packetlog httplog line (after the time): `SRC#PORT DST#PORT KIND` then
+/// `METHOD TARGET VERSION HOST USER-AGENT` for a request or
+/// `VERSION STATUS REASON LENGTH CONTENT-TYPE` for a response; `-` for what is missing.
+pub fn line(m: &HttpMsg) -> LogLine {
+    let client = format!("{}#{}", m.client, m.client_port);
+    let server = format!("{}#{}", m.server, m.server_port);
+    let (kind, body) = match &m.message {
+        Message::Request(r) => (
+            m.role.kind(false),
+            format!(
+                "{client} {server} {} {} {} {} {} {}",
+                m.role.kind(false),
+                r.method,
+                or_dash(r.target.as_deref()),
+                or_dash(r.version.as_deref()),
+                or_dash(r.host.as_deref()),
+                or_dash(r.user_agent.as_deref()),
+            ),
+        ),
+        Message::Response(r) => (
+            m.role.kind(true),
+            format!(
+                "{server} {client} {} {} {} {} {} {}",
+                m.role.kind(true),
+                r.version,
+                r.status_code,
+                or_dash(r.reason.as_deref()),
+                r.content_length
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                or_dash(r.content_type.as_deref()),
+            ),
+        ),
+    };
+    LogLine {
+        ts_ns: m.time_ns,
+        kind,
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,240 @@
+//! The HTTP tracker: records, matching in order on a connection, interim responses, expiry,
+//! roles and packetlog lines.
+
+use devourer_common::dns::DnsEventHeader;
+
+use super::*;
+
+const CLIENT: [u8; 4] = [10, 0, 0, 1];
+const SERVER: [u8; 4] = [10, 0, 0, 2];
+
+fn mapped(a: [u8; 4]) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[10] = 0xff;
+    m[11] = 0xff;
+    m[12..].copy_from_slice(&a);
+    m
+}
+
+/// A header for a segment from `src` to `dst` at `ts_ns`.
+fn seg(ts_ns: u64, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> DnsEventHeader {
+    DnsEventHeader {
+        ts_ns,
+        src_addr: mapped(src.0),
+        dst_addr: mapped(dst.0),
+        src_port: src.1,
+        dst_port: dst.1,
+        ifindex: 3,
+        proto: 6,
+        ..DnsEventHeader::default()
+    }
+}
+
+fn tracker(local: &[&str]) -> HttpTracker {
+    let nets = local.iter().map(|n| n.parse().unwrap()).collect();
+    HttpTracker::new(
+        HttpConfig {
+            timeout_ns: 30_000_000_000,
+            max_connections: 100,
+            text_log: true,
+        },
+        LocalAddrs::new(nets),
+    )
+}
+
+fn request(t: &mut HttpTracker, ts: u64, port: u16, payload: &[u8], out: &mut HttpOutput) {
+    t.on_event(&seg(ts, (CLIENT, port), (SERVER, 80)), payload, out);
+}
+
+fn response(t: &mut HttpTracker, ts: u64, port: u16, payload: &[u8], out: &mut HttpOutput) {
+    t.on_event(&seg(ts, (SERVER, 80), (CLIENT, port)), payload, out);
+}
+
+#[test]
+fn pipelined_responses_match_their_requests_in_order() {
+    let mut t = tracker(&["10.0.0.2/32"]);
+    let mut out = HttpOutput::default();
+    request(
+        &mut t,
+        1_000,
+        5000,
+        b"GET /a HTTP/1.1\r\nHost: s\r\n\r\nGET /b HTTP/1.1\r\nHost: s\r\n\r\n",
+        &mut out,
+    );
+    response(
+        &mut t,
+        5_000,
+        5000,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        &mut out,
+    );
+    assert_eq!(out.msgs.len(), 4);
+    let responses: Vec<_> = out.msgs.iter().filter(|m| m.request.is_some()).collect();
+    assert_eq!(responses.len(), 2);
+    assert_eq!(
+        responses[0].request,
+        Some(("GET".into(), Some("/a".into())))
+    );
+    assert_eq!(
+        responses[1].request,
+        Some(("GET".into(), Some("/b".into())))
+    );
+    assert_eq!(responses[0].latency_ns, Some(4_000));
+    assert_eq!(t.pending(), 0);
+    assert_eq!(t.stats.matched, 2);
+}
+
+#[test]
+fn roles_and_lines_follow_httplog() {
+    // This host is the server: CQ/CR.
+    let mut t = tracker(&["10.0.0.2/32"]);
+    let mut out = HttpOutput::default();
+    request(
+        &mut t,
+        1,
+        50905,
+        b"GET / HTTP/1.1\r\nHost: cloud.example\r\nUser-Agent: Mozilla/5.0 (X11)\r\n\r\n",
+        &mut out,
+    );
+    response(
+        &mut t,
+        2,
+        50905,
+        b"HTTP/1.1 302 Found\r\nContent-Length: 0\r\nContent-Type: text/html; charset=UTF-8\r\n\r\n",
+        &mut out,
+    );
+    let bodies: Vec<_> = out
+        .lines
+        .iter()
+        .map(|l| (l.kind, l.body.as_str()))
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            (
+                "CQ",
+                "10.0.0.1#50905 10.0.0.2#80 CQ GET / HTTP/1.1 cloud.example Mozilla/5.0 (X11)"
+            ),
+            (
+                "CR",
+                "10.0.0.2#80 10.0.0.1#50905 CR HTTP/1.1 302 Found 0 text/html; charset=UTF-8"
+            ),
+        ]
+    );
+    // This host is the client: SQ/SR; missing fields are dashes.
+    let mut t = tracker(&["10.0.0.1/32"]);
+    let mut out = HttpOutput::default();
+    request(&mut t, 1, 40000, b"GET /x HTTP/1.0\r\n\r\n", &mut out);
+    response(&mut t, 2, 40000, b"HTTP/1.0 200 OK\r\n\r\n", &mut out);
+    assert_eq!(
+        out.lines[0].body,
+        "10.0.0.1#40000 10.0.0.2#80 SQ GET /x HTTP/1.0 - -"
+    );
+    assert_eq!(
+        out.lines[1].body,
+        "10.0.0.2#80 10.0.0.1#40000 SR HTTP/1.0 200 OK - -"
+    );
+}
+
+#[test]
+fn an_interim_response_does_not_end_the_exchange() {
+    let mut t = tracker(&[]);
+    let mut out = HttpOutput::default();
+    request(
+        &mut t,
+        10,
+        6000,
+        b"POST /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        &mut out,
+    );
+    response(&mut t, 20, 6000, b"HTTP/1.1 100 Continue\r\n\r\n", &mut out);
+    response(
+        &mut t,
+        30,
+        6000,
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        &mut out,
+    );
+    let latencies: Vec<_> = out.msgs.iter().map(|m| m.latency_ns).collect();
+    assert_eq!(latencies, [None, Some(10), Some(20)]);
+    assert_eq!(out.msgs[0].role, Role::Transit);
+}
+
+#[test]
+fn a_response_without_a_request_and_unanswered_requests_are_counted() {
+    let mut t = tracker(&[]);
+    let mut out = HttpOutput::default();
+    response(&mut t, 5, 7000, b"HTTP/1.1 200 OK\r\n\r\n", &mut out);
+    assert_eq!(out.msgs[0].request, None);
+    assert_eq!(out.msgs[0].latency_ns, None);
+    request(&mut t, 10, 7001, b"GET /slow HTTP/1.1\r\n\r\n", &mut out);
+    t.expire(10 + 29_000_000_000);
+    assert_eq!(t.pending(), 1);
+    t.expire(10 + 30_000_000_000);
+    assert_eq!((t.pending(), t.stats.unanswered), (0, 1));
+}
+
+#[test]
+fn segments_that_are_not_http_are_counted_not_recorded() {
+    let mut t = tracker(&[]);
+    let mut out = HttpOutput::default();
+    request(&mut t, 1, 8000, b"\x16\x03\x01\x00\xa5\x01\x00", &mut out);
+    assert!(out.msgs.is_empty() && out.lines.is_empty());
+    assert_eq!(t.stats.not_http.values().sum::<u64>(), 1);
+}
+
+mod fuzz {
+    //! Random and mutated segments never panic the tracker, and every line it writes stays one
+    //! printable line.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SEEDS: &[&[u8]] = &[
+        b"GET /a?b=c HTTP/1.1\r\nHost: example.test\r\nUser-Agent: curl/8\r\n\r\n",
+        b"POST /up HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /next HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok",
+        b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ];
+
+    fn check(t: &mut HttpTracker, payload: &[u8], response: bool) {
+        let mut out = HttpOutput::default();
+        let h = if response {
+            seg(1, (SERVER, 80), (CLIENT, 9000))
+        } else {
+            seg(1, (CLIENT, 9000), (SERVER, 80))
+        };
+        t.on_event(&h, payload, &mut out);
+        for l in &out.lines {
+            assert!(
+                l.body.bytes().all(|b| (0x20..0x7f).contains(&b)),
+                "{:?}",
+                l.body
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_segments_are_harmless(payload in proptest::collection::vec(any::<u8>(), 0..600), response: bool) {
+            let mut t = tracker(&[]);
+            check(&mut t, &payload, response);
+        }
+
+        #[test]
+        fn mutated_heads_are_harmless(
+            seed in 0..SEEDS.len(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            cut in any::<usize>(),
+        ) {
+            let mut p = SEEDS[seed].to_vec();
+            for (at, b) in flips {
+                let i = at % p.len();
+                p[i] = b;
+            }
+            p.truncate(cut % (p.len() + 1));
+            let mut t = tracker(&[]);
+            check(&mut t, &p, p.starts_with(b"HTTP"));
+        }
+    }
+}
