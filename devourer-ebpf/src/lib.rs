@@ -364,7 +364,8 @@ pub fn is_dns(p: &Parsed, ports: &[u16]) -> bool {
 /// `ports` (0 marks an unused slot; all 0 turns HTTP off).
 #[inline(always)]
 pub fn is_http(p: &Parsed, ports: &[u16]) -> bool {
-    if p.payload_len == 0 || p.key.proto != IPPROTO_TCP {
+    // Slots fill from the first: an empty first slot means HTTP is off (one compare per packet).
+    if ports.first().is_none_or(|&p| p == 0) || p.payload_len == 0 || p.key.proto != IPPROTO_TCP {
         return false;
     }
     let mut hit = false;
