@@ -4,6 +4,8 @@
 # Run on a host (or as the DaemonSet in deploy/kubernetes):
 #   docker run --rm --network host --cap-drop ALL --cap-add BPF --cap-add NET_ADMIN \
 #     --cap-add PERFMON devourer capture -i eth0
+# The static binary is built without capture on request (libpcap has no static musl build
+# on Debian): see README, "Capture on request".
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \

@@ -68,7 +68,10 @@ pub fn run(args: CaptureArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_async(args))
+    let res = rt.block_on(run_async(args));
+    // Blocking threads (a capture's libpcap reads) must not hold the exit up.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    res
 }
 
 /// The interfaces `--all-interfaces` means right now.
@@ -107,6 +110,68 @@ fn update_metrics(m: &Metrics, p: &Pipeline, kernel: &crate::kmaps::KernelCounte
     }
 }
 
+/// Capture on request when configured: the service, its Redis listener and its API.
+#[cfg(feature = "capture-requests")]
+async fn start_requests(
+    cfg: Option<crate::ondemand::config::RequestsConfig>,
+    node: String,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<crate::ondemand::Service>> {
+    use crate::ondemand::{Service, api, redis};
+    let Some(cfg) = cfg else {
+        return Ok(None);
+    };
+    let svc = Service::new(cfg.clone(), node, Some(metrics.clone()));
+    if let Some(url) = cfg.redis_url.clone() {
+        tokio::spawn(redis::listen(
+            svc.clone(),
+            url,
+            cfg.channel.clone(),
+            cfg.capture.retry_base,
+            cfg.capture.retry_max,
+        ));
+    }
+    if let Some(a) = &cfg.api {
+        let token = match &a.token_file {
+            Some(f) => {
+                let t = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the API token file {}", f.display()))?;
+                let t = t.trim().to_owned();
+                if t.is_empty() {
+                    bail!("the API token file {} is empty", f.display());
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let listener = api::bind(a.addr)
+            .await
+            .with_context(|| format!("binding the capture API on {} ([api] addr)", a.addr))?;
+        tracing::info!(addr = %a.addr, auth = token.is_some(), "capture API listening");
+        tokio::spawn(api::serve(listener, svc.clone(), token));
+    }
+    tracing::info!(
+        dir = %cfg.local_dir.display(),
+        max_concurrent = cfg.capture.limits().max_concurrent,
+        "capture on request enabled"
+    );
+    Ok(Some(svc))
+}
+
+#[cfg(not(feature = "capture-requests"))]
+async fn start_requests(
+    cfg: Option<crate::ondemand::config::RequestsConfig>,
+    _node: String,
+    _metrics: &Arc<Metrics>,
+) -> Result<Option<()>> {
+    if cfg.is_some() {
+        bail!(
+            "capture on request is configured, but this build has no libpcap (built without the capture-requests feature)"
+        );
+    }
+    Ok(None)
+}
+
 async fn run_async(args: CaptureArgs) -> Result<()> {
     let wanted = if args.all_interfaces {
         let up = all_up();
@@ -122,7 +187,14 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
     for iface in &wanted {
         loader::ifindex(iface)?;
     }
-    crate::caps::check().context("checking capabilities")?;
+    let requests_cfg = crate::ondemand::config::resolve(
+        &args.sections,
+        args.capture_redis.as_deref(),
+        args.capture_channel.as_deref(),
+        args.capture_dir.as_ref(),
+    )
+    .map_err(|e| anyhow::anyhow!("capture on request: {e}"))?;
+    crate::caps::check(requests_cfg.is_some()).context("checking capabilities")?;
     let flow = &args.flow;
     let mut opts = args.dns.load_options(false, flow);
     args.http.apply(&mut opts);
@@ -189,6 +261,8 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
             }
         });
     }
+
+    let requests = start_requests(requests_cfg, flow.agent(), &metrics).await?;
 
     // SAFETY (both): each ring buffer owns its map fd for as long as its AsyncFd owns it.
     let mut wake = unsafe { AsyncFd::register_with_interest(loaded.wakeup, Interest::READABLE) }
@@ -324,6 +398,13 @@ async fn run_async(args: CaptureArgs) -> Result<()> {
     };
     health.capturing.store(false, Ordering::Relaxed);
     tracing::info!("stopping ({reason}): detaching and flushing open flows");
+    // Running captures stop and store what they hold.
+    #[cfg(feature = "capture-requests")]
+    if let Some(svc) = &requests {
+        svc.shutdown(args.shutdown_timeout).await;
+    }
+    #[cfg(not(feature = "capture-requests"))]
+    let _ = requests;
     // Detach first so that nothing is counted after the final read.
     drop(attached);
     drop(loaded.ebpf);

@@ -464,6 +464,16 @@ pub struct CaptureArgs {
     /// Records waiting for a slow output before new ones are dropped (and counted).
     #[arg(long, env = "DEVOURER_OUTPUT_QUEUE", default_value_t = 100_000)]
     pub output_queue: usize,
+    /// Take packet captures on request from this Redis pub/sub server
+    /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`); also `[capture.redis] url` in the file.
+    #[arg(long, env = "DEVOURER_CAPTURE_REDIS")]
+    pub capture_redis: Option<String>,
+    /// The Redis channel capture requests arrive on (default `capture`).
+    #[arg(long, env = "DEVOURER_CAPTURE_CHANNEL")]
+    pub capture_channel: Option<String>,
+    /// Write captures here (default /var/lib/devourer/captures; failed uploads land here too).
+    #[arg(long, env = "DEVOURER_CAPTURE_DIR")]
+    pub capture_dir: Option<PathBuf>,
     #[command(flatten)]
     pub flow: FlowArgs,
     #[command(flatten)]
@@ -472,6 +482,9 @@ pub struct CaptureArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub bq: BqArgs,
+    /// The configuration file's `[capture]` and `[api]` sections (capture on request).
+    #[arg(skip)]
+    pub sections: Box<crate::ondemand::config::Sections>,
 }
 
 #[derive(Debug, Args)]

@@ -91,6 +91,19 @@ fn values(v: &toml::Value) -> Option<Vec<String>> {
     }
 }
 
+/// Table-valued keys that are sections of their own, not flags.
+const SECTIONS: &[&str] = &["capture", "api"];
+
+/// The `[capture]` and `[api]` sections of `file`; errors name the key.
+pub fn sections(file: &Path) -> Result<crate::ondemand::config::Sections, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read(file.into(), e))?;
+    crate::ondemand::config::read_sections(&text).map_err(|message| ConfigError::BadValue {
+        file: file.into(),
+        key: "capture/api section".into(),
+        message,
+    })
+}
+
 /// Applies the file's keys as defaults of subcommand `sub`'s flags.
 pub fn apply(cmd: Command, sub: &str, file: &Path) -> Result<Command, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read(file.into(), e))?;
@@ -101,6 +114,10 @@ pub fn apply(cmd: Command, sub: &str, file: &Path) -> Result<Command, ConfigErro
     };
     let mut defaults = Vec::new();
     for (key, value) in &table {
+        // Sections (capture on request) are read by `sections`, not mapped to flags.
+        if SECTIONS.contains(&key.as_str()) && value.is_table() {
+            continue;
+        }
         let Some(arg) = subcmd
             .get_arguments()
             .find(|a| a.get_long().is_some_and(|l| l.replace('-', "_") == *key))
@@ -159,7 +176,11 @@ pub fn parse(args: Vec<OsString>) -> Result<(Cli, Option<PathBuf>), Box<dyn std:
         cmd = apply(cmd, &sub, p)?;
     }
     let matches = cmd.try_get_matches_from(args).map_err(|e| e.exit())?;
-    Ok((Cli::from_arg_matches(&matches).map_err(|e| e.exit())?, path))
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.exit())?;
+    if let (crate::config::Command::Capture(a), Some(p)) = (&mut cli.command, &path) {
+        *a.sections = sections(p)?;
+    }
+    Ok((cli, path))
 }
 
 /// `devourer config check FILE [-- ARGS]`: the effective settings of `devourer SUB ARGS` with
@@ -174,8 +195,13 @@ pub fn check(
     argv.extend(args.iter().cloned());
     let matches = cmd.clone().try_get_matches_from(&argv)?;
     let (_, m) = matches.subcommand().ok_or("no subcommand")?;
-    // Make sure the typed configuration builds too.
+    // Make sure the typed configuration builds too, sections included.
     Cli::from_arg_matches(&matches)?;
+    let secs = sections(file)?;
+    if sub == "capture" {
+        crate::ondemand::config::resolve(&secs, None, None, None)
+            .map_err(|e| format!("capture on request: {e}"))?;
+    }
     let text = std::fs::read_to_string(file)?;
     let keys: Vec<String> = toml::from_str::<toml::Table>(&text)?
         .keys()
@@ -296,5 +322,29 @@ mod tests {
         let out = check(&example, "capture", &[]).unwrap();
         assert!(out.contains("idle_timeout = \"120s\""), "{out}");
         assert!(out.contains("http_cap = \"1024\"  # file"), "{out}");
+    }
+
+    #[test]
+    fn the_example_capture_on_request_sections_parse_when_uncommented() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/devourer.example.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        let (_, block) = text.split_once("Capture on request").unwrap();
+        let uncommented: String = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with('[')
+                    || l.split_once(" = ")
+                        .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let s = crate::ondemand::config::read_sections(&uncommented)
+            .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let c = s.capture.unwrap();
+        assert_eq!(c.limits().max_packets, 50_000);
+        assert_eq!(c.aliases("public").unwrap(), ["eth0"]);
+        assert_eq!(c.s3.unwrap().bucket, "pcaps");
+        assert!(s.api.unwrap().token_file.is_some());
     }
 }

@@ -16,6 +16,7 @@ pub mod loader;
 pub mod local;
 pub mod metrics;
 pub mod offline;
+pub mod ondemand;
 pub mod pcap;
 pub mod pipeline;
 pub mod record;

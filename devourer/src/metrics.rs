@@ -43,6 +43,9 @@ pub struct Metrics {
     pub dns_pending: IntGauge,
     pub http_messages: IntCounterVec,
     pub http_latency: Histogram,
+    pub capture_requests: IntCounterVec,
+    pub captures: IntCounterVec,
+    pub captured_packets: IntCounter,
     pub sink_rows: IntCounterVec,
     pub spool_bytes: IntGauge,
     pub bq_last_success: IntGauge,
@@ -188,6 +191,27 @@ impl Metrics {
                 &["kind", "role"],
             ),
             http_latency,
+            capture_requests: counter_vec(
+                &r,
+                "devourer_capture_requests_total",
+                "Capture requests by outcome: accepted, other_node, or the reason they were rejected.",
+                &["outcome"],
+            ),
+            captures: counter_vec(
+                &r,
+                "devourer_captures_total",
+                "Capture files by result: written, uploaded, upload_failed_kept_locally, failed.",
+                &["result"],
+            ),
+            captured_packets: {
+                let c = IntCounter::new(
+                    "devourer_captured_packets_total",
+                    "Packets written to capture files.",
+                )
+                .expect("metric");
+                r.register(Box::new(c.clone())).expect("register");
+                c
+            },
             sink_rows: counter_vec(
                 &r,
                 "devourer_sink_rows_total",

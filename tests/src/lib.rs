@@ -322,10 +322,22 @@ pub fn start_servers(ns: &Netns) -> [Bg; 2] {
 /// Runs `devourer capture ARGS` in `ns`, records to `out` (or nowhere), logs to `log`; returns
 /// once the agent says it is capturing.
 pub fn start_capture(ns: &Netns, args: &[&str], out: Option<&Path>, log: &Path) -> Bg {
+    start_capture_env(ns, args, out, log, &[])
+}
+
+/// [`start_capture`] with extra environment variables.
+pub fn start_capture_env(
+    ns: &Netns,
+    args: &[&str],
+    out: Option<&Path>,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> Bg {
     let mut cmd = ns.cmd(devourer_bin());
     cmd.arg("capture")
         .args(args)
         .env("DEVOURER_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(match out {
             Some(p) => Stdio::from(std::fs::File::create(p).expect("stdout file")),
             None => Stdio::null(),

@@ -169,7 +169,8 @@ fn run(no_demo: bool, release: bool, args: Vec<String>) -> Result<()> {
 
 const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
-/// Builds the static agent (what the Dockerfile copies) and returns its path.
+/// Builds the static agent (what the Dockerfile copies) and returns its path. It lacks
+/// capture on request, which needs libpcap.
 fn build_static() -> Result<PathBuf> {
     run_cmd(Command::new("rustup").args(["target", "add", STATIC_TARGET]))?;
     run_cmd(
@@ -181,6 +182,8 @@ fn build_static() -> Result<PathBuf> {
                 "devourer",
                 "--target",
                 STATIC_TARGET,
+                // libpcap (capture on request) has no static musl build on Debian.
+                "--no-default-features",
             ])
             .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
     )?;

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{run_cmd, workspace_root};
+use crate::{is_root, run_cmd, workspace_root};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The LLVM major version of the pinned nightly, as bpf-linker's feature name.
@@ -27,7 +27,44 @@ fn quiet_ok(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())
 }
 
+/// libpcap's headers and library, which the agent links for capture on request: installed
+/// with apt-get when missing (Debian and Ubuntu), else a clear error.
+fn libpcap() -> Result<()> {
+    let present = ["/usr/include/pcap.h", "/usr/include/pcap/pcap.h"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+        || quiet_ok(Command::new("pkg-config").args(["--exists", "libpcap"]));
+    if present {
+        return Ok(());
+    }
+    let hint = "install libpcap's development files (Debian: libpcap-dev), or build the agent \
+                with --no-default-features to leave capture on request out";
+    if !quiet_ok(Command::new("apt-get").arg("--version")) {
+        bail!("libpcap headers not found: {hint}");
+    }
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new(if is_root() { "apt-get" } else { "sudo" });
+        if !is_root() {
+            cmd.arg("apt-get");
+        }
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run_cmd(&mut cmd)
+    };
+    let install = [
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "libpcap-dev",
+    ];
+    // A fresh machine may have no package lists yet.
+    apt(&install)
+        .or_else(|_| apt(&["update", "-q"]).and_then(|()| apt(&install)))
+        .with_context(|| format!("installing libpcap-dev failed: {hint}"))
+}
+
 pub fn setup() -> Result<()> {
+    libpcap()?;
     let tc = ebpf_toolchain()?;
     let has_src = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", &tc])

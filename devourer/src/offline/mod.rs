@@ -55,7 +55,7 @@ pub fn run(args: ReadArgs) -> Result<ExitCode> {
     let flow = &args.flow;
     let cap = CaptureFile::open(&args.file)?;
     let file_len = cap.file_len;
-    crate::caps::check().context("checking capabilities")?;
+    crate::caps::check(false).context("checking capabilities")?;
     let mut opts = args.dns.load_options(true, flow);
     args.http.apply(&mut opts);
     let mut loaded = loader::load(&opts).context("loading the kernel program")?;

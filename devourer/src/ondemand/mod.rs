@@ -1,0 +1,22 @@
+//! Packet capture on request (pcapdaemon): requests arrive over Redis pub/sub or the HTTP API,
+//! are checked and clamped to the admin limits, capture into memory on each named interface,
+//! and end as pcap files in a local directory and/or an S3 bucket. A bad request is rejected
+//! and counted; the agent keeps running. Settings and request checks build everywhere; the
+//! capture itself needs the `capture-requests` feature (libpcap).
+
+pub mod config;
+pub mod request;
+
+#[cfg(feature = "capture-requests")]
+pub mod api;
+#[cfg(feature = "capture-requests")]
+pub mod redis;
+#[cfg(feature = "capture-requests")]
+mod service;
+#[cfg(feature = "capture-requests")]
+pub mod sniff;
+#[cfg(feature = "capture-requests")]
+pub mod store;
+
+#[cfg(feature = "capture-requests")]
+pub use service::{FileStatus, Refused, Service, Status};

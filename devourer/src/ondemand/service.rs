@@ -1,0 +1,370 @@
+//! The capture-on-request service: takes a message, checks and clamps it, runs one capture
+//! per interface on blocking threads, stores the files, and keeps each capture's status.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::Serialize;
+
+use super::{
+    config::RequestsConfig,
+    request::{self, Context, Decision, Plan, Reject},
+    sniff,
+    store::{self, Retry},
+};
+use crate::metrics::Metrics;
+
+/// Finished captures remembered for `GET /captures/ID`.
+const KEEP_FINISHED: usize = 1000;
+
+/// One interface's part of a capture.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FileStatus {
+    pub interface: String,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Which limit ended it: packets, bytes, duration, timeout or shutdown.
+    pub stopped_by: Option<&'static str>,
+    pub kernel_dropped: u32,
+    pub local_path: Option<String>,
+    pub s3_url: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A capture as the API reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub id: String,
+    /// `running`, `done` (every file stored) or `failed`.
+    pub state: &'static str,
+    pub node: String,
+    pub alertid: u64,
+    pub interfaces: Vec<String>,
+    pub filter: Option<String>,
+    /// The limits in force after clamping.
+    pub packets: u64,
+    pub bytes: u64,
+    pub duration_secs: f64,
+    pub timeout_secs: f64,
+    pub clamped: Vec<&'static str>,
+    pub files: Vec<FileStatus>,
+}
+
+/// Why a request did not start a capture.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Invalid(#[from] Reject),
+    #[error("{0} captures are running already (max_concurrent)")]
+    Busy(usize),
+}
+
+impl Refused {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid(r) => r.reason(),
+            Self::Busy(_) => "busy",
+        }
+    }
+}
+
+struct Inner {
+    cfg: RequestsConfig,
+    node: String,
+    metrics: Option<Arc<Metrics>>,
+    cancel: AtomicBool,
+    running: Mutex<usize>,
+    statuses: Mutex<(BTreeMap<String, Status>, VecDeque<String>)>,
+    seq: AtomicU64,
+}
+
+/// The capture-on-request service; cheap to clone.
+#[derive(Clone)]
+pub struct Service(Arc<Inner>);
+
+impl Service {
+    pub fn new(cfg: RequestsConfig, node: String, metrics: Option<Arc<Metrics>>) -> Self {
+        Self(Arc::new(Inner {
+            cfg,
+            node,
+            metrics,
+            cancel: AtomicBool::new(false),
+            running: Mutex::new(0),
+            statuses: Mutex::new((BTreeMap::new(), VecDeque::new())),
+            seq: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn config(&self) -> &RequestsConfig {
+        &self.0.cfg
+    }
+
+    fn count(&self, outcome: &str) {
+        if let Some(m) = &self.0.metrics {
+            m.capture_requests.with_label_values(&[outcome]).inc();
+        }
+    }
+
+    /// Handles one message. `Ok(Some(id))`: a capture started; `Ok(None)`: it was for other
+    /// nodes. Must be called inside the tokio runtime.
+    pub fn submit(&self, text: &str, source: &'static str) -> Result<Option<String>, Refused> {
+        let res = self.try_submit(text, source);
+        match &res {
+            Ok(Some(id)) => {
+                self.count("accepted");
+                tracing::info!(id, source, "capture request accepted");
+            }
+            Ok(None) => {
+                self.count("other_node");
+                tracing::debug!(source, "capture request for other nodes");
+            }
+            Err(e) => {
+                self.count(e.reason());
+                tracing::warn!(source, reason = e.reason(), "capture request rejected: {e}");
+            }
+        }
+        res
+    }
+
+    fn try_submit(&self, text: &str, source: &'static str) -> Result<Option<String>, Refused> {
+        let raw = request::parse(text)?;
+        if raw.logrequest {
+            tracing::info!(source, request = %text.escape_default(), "capture request");
+        }
+        if !raw.unknown.is_empty() {
+            let keys: Vec<&String> = raw.unknown.keys().collect();
+            tracing::warn!(source, ?keys, "capture request: unknown fields ignored");
+        }
+        let cfg = &self.0.cfg;
+        let limits = cfg.capture.limits();
+        let s3 = cfg.capture.s3_target();
+        let aliases = |a: &str| cfg.capture.aliases(a);
+        let exists = |i: &str| crate::loader::ifindex(i).is_ok();
+        let cx = Context {
+            node: &self.0.node,
+            limits: &limits,
+            aliases: &aliases,
+            interface_exists: &exists,
+            check_filter: &sniff::check_filter,
+            s3: s3.as_ref(),
+        };
+        let plan = match request::plan(&raw, &cx)? {
+            Decision::Run(p) => *p,
+            Decision::NotForUs => return Ok(None),
+        };
+        {
+            let mut running = self.0.running.lock().expect("lock");
+            if *running >= limits.max_concurrent {
+                return Err(Refused::Busy(*running));
+            }
+            *running += 1;
+        }
+        let n = self.0.seq.fetch_add(1, Ordering::Relaxed);
+        let started = SystemTime::now();
+        let id = format!(
+            "{:x}-{n}",
+            started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis()
+        );
+        if !plan.clamped.is_empty() {
+            tracing::info!(id, clamped = ?plan.clamped, "capture request clamped to the configured limits");
+        }
+        self.remember(Status {
+            id: id.clone(),
+            state: "running",
+            node: self.0.node.clone(),
+            alertid: plan.alertid,
+            interfaces: plan.interfaces.clone(),
+            filter: plan.filter.clone(),
+            packets: plan.packets,
+            bytes: plan.bytes,
+            duration_secs: plan.duration.as_secs_f64(),
+            timeout_secs: plan.timeout.as_secs_f64(),
+            clamped: plan.clamped.clone(),
+            files: Vec::new(),
+        });
+        let svc = self.clone();
+        let task_id = id.clone();
+        tokio::spawn(async move {
+            let files = svc.run_capture(&task_id, plan, started).await;
+            svc.finish(&task_id, files);
+        });
+        Ok(Some(id))
+    }
+
+    fn remember(&self, s: Status) {
+        let mut g = self.0.statuses.lock().expect("lock");
+        let (map, order) = &mut *g;
+        order.push_back(s.id.clone());
+        map.insert(s.id.clone(), s);
+        // Forget the oldest finished captures; running ones stay.
+        while map.len() > KEEP_FINISHED {
+            let Some(i) = order
+                .iter()
+                .position(|id| map.get(id).is_none_or(|s| s.state != "running"))
+            else {
+                break;
+            };
+            if let Some(old) = order.remove(i) {
+                map.remove(&old);
+            }
+        }
+    }
+
+    pub fn status(&self, id: &str) -> Option<Status> {
+        self.0.statuses.lock().expect("lock").0.get(id).cloned()
+    }
+
+    fn finish(&self, id: &str, files: Vec<FileStatus>) {
+        let failed = files.is_empty() || files.iter().any(|f| f.error.is_some());
+        if let Some(m) = &self.0.metrics {
+            for f in &files {
+                let result = match (&f.error, &f.s3_url, &f.local_path) {
+                    (Some(_), _, None) => "failed",
+                    (Some(_), _, Some(_)) => "upload_failed_kept_locally",
+                    (None, Some(_), _) => "uploaded",
+                    (None, None, _) => "written",
+                };
+                m.captures.with_label_values(&[result]).inc();
+                m.captured_packets.inc_by(f.packets);
+            }
+        }
+        if let Some(s) = self.0.statuses.lock().expect("lock").0.get_mut(id) {
+            s.state = if failed { "failed" } else { "done" };
+            s.files = files;
+        }
+        *self.0.running.lock().expect("lock") -= 1;
+    }
+
+    async fn run_capture(&self, id: &str, plan: Plan, started: SystemTime) -> Vec<FileStatus> {
+        let plan = Arc::new(plan);
+        let mut jobs = Vec::new();
+        for iface in plan.interfaces.clone() {
+            let (svc, plan) = (self.clone(), plan.clone());
+            jobs.push(tokio::task::spawn_blocking(move || {
+                let r = sniff::run(&iface, &plan, &svc.0.cancel);
+                (iface, r)
+            }));
+        }
+        let mut files = Vec::new();
+        for job in jobs {
+            let (iface, res) = match job.await {
+                Ok(x) => x,
+                Err(e) => {
+                    files.push(FileStatus {
+                        error: Some(format!("capture thread: {e}")),
+                        ..FileStatus::default()
+                    });
+                    continue;
+                }
+            };
+            let mut f = FileStatus {
+                interface: iface.clone(),
+                ..FileStatus::default()
+            };
+            match res {
+                Ok(c) => {
+                    f.packets = c.packets.len() as u64;
+                    f.bytes = c.bytes;
+                    f.stopped_by = Some(c.stop.as_str());
+                    f.kernel_dropped = c.dropped;
+                    self.store(id, &plan, &c, started, &mut f).await;
+                }
+                Err(e) => {
+                    tracing::error!(id, iface, "capture failed: {e}");
+                    f.error = Some(e);
+                }
+            }
+            files.push(f);
+        }
+        files
+    }
+
+    /// Writes and/or uploads one interface's capture, filling in where it went.
+    async fn store(
+        &self,
+        id: &str,
+        plan: &Plan,
+        c: &sniff::Captured,
+        started: SystemTime,
+        f: &mut FileStatus,
+    ) {
+        let cfg = &self.0.cfg;
+        let name = store::file_name(&self.0.node, &c.iface, plan.alertid, started);
+        let bytes = match sniff::pcap_bytes(c) {
+            Ok(b) => b,
+            Err(e) => {
+                f.error = Some(format!("writing the pcap: {e}"));
+                return;
+            }
+        };
+        let mut keep_local = plan.s3.is_none() || cfg.local_copy;
+        if let Some(t) = &plan.s3 {
+            let key = store::object_key(t, &name);
+            let retry = Retry {
+                attempts: cfg.capture.upload_attempts.max(1),
+                base: cfg.capture.retry_base,
+                max: cfg.capture.retry_max,
+            };
+            let t0 = Instant::now();
+            match store::upload(t, &key, bytes.clone(), retry).await {
+                Ok(()) => {
+                    let url = format!("s3://{}/{key}", t.bucket);
+                    tracing::info!(
+                        id,
+                        url,
+                        packets = f.packets,
+                        secs = t0.elapsed().as_secs_f64(),
+                        "capture uploaded"
+                    );
+                    f.s3_url = Some(url);
+                }
+                Err(e) => {
+                    tracing::error!(id, bucket = %t.bucket, key, "upload failed for good ({e}); keeping the capture in {}", cfg.local_dir.display());
+                    f.error = Some(format!("upload: {e}"));
+                    keep_local = true;
+                }
+            }
+        }
+        if keep_local {
+            match store::write_local(&cfg.local_dir, &name, &bytes) {
+                Ok(p) => {
+                    tracing::info!(id, path = %p.display(), packets = f.packets, stopped_by = f.stopped_by, "capture written");
+                    f.local_path = Some(p.display().to_string());
+                }
+                Err(e) => {
+                    tracing::error!(id, dir = %cfg.local_dir.display(), "writing the capture failed: {e}; it is lost");
+                    let prev = f.error.take();
+                    f.error = Some(match prev {
+                        Some(p) => format!("{p}; local write: {e}"),
+                        None => format!("local write: {e}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Shutdown: running captures stop and store what they have, waiting up to `deadline`.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.0.cancel.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        while *self.0.running.lock().expect("lock") > 0 && start.elapsed() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = *self.0.running.lock().expect("lock");
+        if left > 0 {
+            tracing::warn!(
+                captures = left,
+                "shutdown deadline passed with captures still being stored"
+            );
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Where finished captures go: a local directory (written atomically) and/or an S3-compatible
+//! bucket (object_store), uploads retried with backoff; a capture whose upload keeps failing is
+//! written locally instead, never dropped silently.
+
+use std::{
+    io::{self, Write},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use object_store::{
+    ClientOptions, ObjectStoreExt, PutPayload, RetryConfig,
+    aws::{AmazonS3Builder, AmazonS3ConfigKey},
+    path::Path as ObjectPath,
+};
+
+use super::request::S3Target;
+
+/// Keeps names to `[A-Za-z0-9._-]`: interface names and node names become file names.
+fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// `NODE_IFACE_ALERTID_TIME.pcap` (design.md), TIME as `YYYYMMDDTHHMMSSZ`.
+pub fn file_name(node: &str, iface: &str, alertid: u64, at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let c = crate::textlog::civil(secs, false);
+    format!(
+        "{}_{}_{alertid}_{:04}{:02}{:02}T{:02}{:02}{:02}Z.pcap",
+        safe(node),
+        safe(iface),
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        c.min,
+        c.sec
+    )
+}
+
+/// Writes `bytes` as `dir/name` atomically (a temporary file, fsync, rename): a reader never
+/// sees half a capture. An existing file of that name gets a numbered sibling instead.
+pub fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let mut path = dir.join(name);
+    let mut n = 1;
+    while path.exists() {
+        path = dir.join(format!("{}.{n}.pcap", name.trim_end_matches(".pcap")));
+        n += 1;
+    }
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map(|()| path)
+}
+
+/// Upload retries: attempts, first wait, longest wait.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    pub attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+/// The object key of `name` under the target's folder.
+pub fn object_key(t: &S3Target, name: &str) -> String {
+    match t.folder.as_deref().map(|f| f.trim_matches('/')) {
+        Some(f) if !f.is_empty() => format!("{f}/{name}"),
+        _ => name.to_owned(),
+    }
+}
+
+/// Uploads `bytes` to the target; credentials from the environment (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, web identity, instance metadata).
+pub async fn upload(t: &S3Target, key: &str, bytes: Vec<u8>, retry: Retry) -> Result<(), String> {
+    if let Some(acl) = t.acl.as_deref().filter(|a| *a != "private") {
+        tracing::warn!(
+            acl,
+            "S3 ACLs are not applied (object_store has none; new buckets disable them): the bucket's policy decides access"
+        );
+    }
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(&t.bucket)
+        .with_region(t.region.as_deref().unwrap_or("us-east-1"))
+        // Our own retries below, with configurable backoff.
+        .with_retry(RetryConfig {
+            max_retries: 0,
+            ..RetryConfig::default()
+        })
+        .with_client_options(
+            ClientOptions::new()
+                .with_timeout(Duration::from_secs(60))
+                .with_connect_timeout(Duration::from_secs(5)),
+        );
+    if let Some(e) = &t.endpoint {
+        let url = if e.contains("://") {
+            e.clone()
+        } else {
+            format!("https://{e}")
+        };
+        b = b
+            .with_allow_http(url.starts_with("http://"))
+            .with_endpoint(url);
+    }
+    if t.encryption {
+        let key: AmazonS3ConfigKey = "aws_server_side_encryption"
+            .parse()
+            .map_err(|e| format!("S3 configuration: {e}"))?;
+        b = b.with_config(key, "AES256");
+    }
+    let store = b.build().map_err(|e| format!("S3 configuration: {e}"))?;
+    let path = ObjectPath::from(key);
+    let payload = PutPayload::from(bytes);
+    let mut wait = retry.base;
+    let mut last = String::new();
+    for attempt in 1..=retry.attempts.max(1) {
+        match store.put(&path, payload.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                last = e.to_string();
+                tracing::warn!(bucket = %t.bucket, key, attempt, "upload failed: {last}");
+            }
+        }
+        if attempt < retry.attempts {
+            let jitter = wait.mul_f64(fastrand::f64() * 0.2);
+            tokio::time::sleep(wait + jitter).await;
+            wait = (wait * 2).min(retry.max);
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_design_and_stay_file_names() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_779_540_000);
+        assert_eq!(
+            file_name("node-1", "eth0", 655443, at),
+            "node-1_eth0_655443_20260523T124000Z.pcap"
+        );
+        assert_eq!(
+            file_name("a/b", "../x", 0, at),
+            "a-b_..-x_0_20260523T124000Z.pcap"
+        );
+        let t = S3Target {
+            bucket: "b".into(),
+            folder: Some("/pcaps/".into()),
+            ..S3Target::default()
+        };
+        assert_eq!(object_key(&t, "f.pcap"), "pcaps/f.pcap");
+    }
+
+    #[test]
+    fn local_files_appear_whole_and_never_overwrite() {
+        let dir = std::env::temp_dir().join(format!("devourer-store-{}", std::process::id()));
+        let a = write_local(&dir, "x.pcap", b"one").unwrap();
+        let b = write_local(&dir, "x.pcap", b"two").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read(&a).unwrap(), b"one");
+        assert_eq!(std::fs::read(&b).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

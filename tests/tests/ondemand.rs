@@ -1,0 +1,486 @@
+//! Packet capture on request (pcapdaemon), end to end: a real redis-server and a local S3
+//! server (moto) on the receiving namespace's loopback, requests published with redis-cli or
+//! posted to the HTTP API, ping and UDP traffic from the other namespace. Every file must open
+//! in tshark and hold exactly the filtered packets up to the limit (checked against tcpdump on
+//! the same interface); each limit ends a capture; bad requests are rejected and counted while
+//! the agent keeps running.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use devourer_tests::*;
+use serde_json::Value;
+
+const TOKEN: &str = "s3cret-token";
+const NODE: &str = "test-node";
+
+struct Od {
+    link: Link,
+    dir: TempDir,
+    _redis: Bg,
+    _discard: Bg,
+    agent: Option<Bg>,
+    log: PathBuf,
+}
+
+impl Od {
+    /// redis-server on B's loopback, then the agent on B's veth end with capture on request:
+    /// `[capture]` limits from `limits` (TOML lines), Redis, the API with a token, an alias.
+    fn new(limits: &str, env: &[(&str, &str)]) -> Self {
+        let link = Link::new();
+        let dir = TempDir::new("ondemand");
+        let mut redis = link.b.cmd("redis-server");
+        redis
+            .args([
+                "--port",
+                "6379",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let redis = Bg::spawn(redis, "redis-server");
+        let up = wait_for(Duration::from_secs(10), || {
+            link.b
+                .cmd("redis-cli")
+                .args(["-p", "6379", "ping"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+        });
+        assert!(up, "redis-server answering");
+        // A UDP sink on B's discard port, so the UDP traffic below draws no ICMP errors.
+        let mut discard = link.b.cmd("python3");
+        discard.args([
+            "-c",
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',9))\nwhile True: s.recv(65536)",
+        ]);
+        let discard = Bg::spawn(discard, "udp discard");
+        std::fs::write(dir.path("token"), format!("{TOKEN}\n")).unwrap();
+        let config = format!(
+            "[capture]\n{limits}\nlocal_dir = \"{caps}\"\nretry_base = \"100ms\"\nretry_max = \"200ms\"\nupload_attempts = 2\n\
+             [[capture.interface]]\nname = \"{ifb}\"\nalias = [\"public\"]\n\
+             [capture.redis]\nurl = \"redis://127.0.0.1:6379\"\n\
+             [api]\naddr = \"127.0.0.1:9403\"\ntoken_file = \"{token}\"\n",
+            caps = dir.path("caps").display(),
+            ifb = link.if_b,
+            token = dir.path("token").display(),
+        );
+        std::fs::write(dir.path("devourer.toml"), config).unwrap();
+        let log = dir.path("agent.log");
+        let cfg = dir.path("devourer.toml");
+        let agent = start_capture_env(
+            &link.b,
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "-i",
+                &link.if_b,
+                "--agent-name",
+                NODE,
+                "--metrics-addr",
+                "127.0.0.1:9402",
+            ],
+            None,
+            &log,
+            env,
+        );
+        let od = Self {
+            link,
+            dir,
+            _redis: redis,
+            _discard: discard,
+            agent: Some(agent),
+            log,
+        };
+        let subscribed = wait_for(Duration::from_secs(10), || {
+            od.log_text().contains("subscribed")
+        });
+        assert!(subscribed, "{}", od.log_text());
+        od
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn caps(&self) -> PathBuf {
+        self.dir.path("caps")
+    }
+
+    fn publish(&self, msg: &str) {
+        let out = run(self
+            .link
+            .b
+            .cmd("redis-cli")
+            .args(["-p", "6379", "PUBLISH", "capture", msg]));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "1",
+            "one subscriber"
+        );
+    }
+
+    /// curl in B; returns (HTTP status, body).
+    fn http(&self, args: &[&str]) -> (u16, String) {
+        let out = run(self
+            .link
+            .b
+            .cmd("curl")
+            .args(["-s", "-w", "\n%{http_code}"])
+            .args(args));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap(), body.to_owned())
+    }
+
+    fn post(&self, request: &str, token: &str) -> (u16, Value) {
+        let auth = format!("Authorization: Bearer {token}");
+        let (code, body) = self.http(&[
+            "-H",
+            &auth,
+            "--data-binary",
+            request,
+            "http://127.0.0.1:9403/captures",
+        ]);
+        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// Posts a request and waits for its capture to finish; returns its status.
+    fn capture(&self, request: &str, traffic: impl FnOnce()) -> Value {
+        let (code, body) = self.post(request, TOKEN);
+        assert_eq!(code, 202, "{body}\n{}", self.log_text());
+        let id = body["id"].as_str().unwrap().to_owned();
+        // The capture socket opens on its own thread after the 202; give it time to be armed.
+        std::thread::sleep(Duration::from_millis(500));
+        traffic();
+        let auth = format!("Authorization: Bearer {TOKEN}");
+        let url = format!("http://127.0.0.1:9403/captures/{id}");
+        let mut status = Value::Null;
+        let done = wait_for(Duration::from_secs(20), || {
+            status =
+                serde_json::from_str(&self.http(&["-H", &auth, &url]).1).unwrap_or(Value::Null);
+            status["state"] != "running"
+        });
+        assert!(
+            done,
+            "capture {id} still running: {status}\n{}",
+            self.log_text()
+        );
+        status
+    }
+
+    fn metric(&self, name: &str, label: &str) -> u64 {
+        let (_, text) = self.http(&["http://127.0.0.1:9402/metrics"]);
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    }
+
+    /// `count` pings from A to B, `interval` seconds apart, `size` bytes of payload.
+    fn ping(&self, count: u32, interval: f64, size: u32) {
+        self.link.a.sh(&format!(
+            "ping -q -c {count} -i {interval} -s {size} -W 1 {} >/dev/null || true",
+            self.link.ip4_b
+        ));
+    }
+
+    /// UDP datagrams from A to B's discard port, which the filters below exclude.
+    fn udp(&self, count: u32) {
+        self.link.a.sh(&format!(
+            "python3 -c \"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range({count}):
+    s.sendto(b'x' * 64, ('{}', 9))
+\"",
+            self.link.ip4_b
+        ));
+    }
+}
+
+impl Drop for Od {
+    fn drop(&mut self) {
+        if let Some(a) = self.agent.take() {
+            a.stop(libc::SIGTERM, Duration::from_secs(20));
+        }
+    }
+}
+
+/// (frame count, protocols) of a capture file as tshark reads it.
+fn tshark_frames(file: &Path) -> Vec<String> {
+    let out = run(Command::new("tshark").arg("-r").arg(file).args([
+        "-n",
+        "-T",
+        "fields",
+        "-e",
+        "frame.protocols",
+    ]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The frames of a pcap file, as bytes.
+fn frames(file: &Path) -> Vec<Vec<u8>> {
+    let mut r = pcap_file::pcap::PcapReader::new(std::fs::File::open(file).unwrap()).unwrap();
+    let mut out = Vec::new();
+    while let Some(p) = r.next_packet() {
+        out.push(p.unwrap().data.into_owned());
+    }
+    out
+}
+
+#[test]
+fn a_redis_request_captures_exactly_the_filtered_packets_up_to_the_limit() {
+    if !require_root("a_redis_request_captures_exactly_the_filtered_packets_up_to_the_limit") {
+        return;
+    }
+    let od = Od::new("max_packets = 1000", &[]);
+    let oracle = od.dir.path("oracle.pcap");
+    let dump = tcpdump(&od.link.b, &od.link.if_b, &oracle);
+    od.publish(r#"{"nodere":"^test-","alias":["public"],"bpf":"icmp","packets":6,"alertid":7,"logrequest":true}"#);
+    // A request for another node is ignored.
+    od.publish(r#"{"node":"elsewhere","interface":["lo"],"packets":1}"#);
+    std::thread::sleep(Duration::from_millis(300));
+    std::thread::scope(|s| {
+        s.spawn(|| od.udp(200));
+        od.ping(10, 0.05, 56);
+    });
+    let written = wait_for(Duration::from_secs(10), || {
+        std::fs::read_dir(od.caps()).is_ok_and(|d| d.count() == 1)
+    });
+    assert!(written, "{}", od.log_text());
+    dump.stop(libc::SIGINT, Duration::from_secs(10));
+    let file = std::fs::read_dir(od.caps())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let name = file.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(
+        name.starts_with(&format!("{NODE}_{}_7_", od.link.if_b)) && name.ends_with("Z.pcap"),
+        "{name}"
+    );
+    let protos = tshark_frames(&file);
+    assert_eq!(protos.len(), 6, "{protos:?}");
+    assert!(protos.iter().all(|p| p.contains(":ip:icmp")), "{protos:?}");
+    // Exactly packets tcpdump saw on the interface, in order, with nothing in between.
+    let ours = frames(&file);
+    let seen = frames(&oracle);
+    let icmp: Vec<&Vec<u8>> = seen.iter().filter(|f| f.get(23) == Some(&1)).collect();
+    let at = icmp
+        .iter()
+        .position(|f| **f == ours[0])
+        .expect("first packet in tcpdump's capture");
+    for (i, f) in ours.iter().enumerate() {
+        assert_eq!(icmp.get(at + i).copied(), Some(f), "packet {i}");
+    }
+    assert_eq!(
+        od.metric("devourer_capture_requests_total", "other_node"),
+        1
+    );
+    assert_eq!(
+        od.metric("devourer_capture_requests_total", "\"accepted\""),
+        1
+    );
+    assert_eq!(od.metric("devourer_captured_packets_total", ""), 6);
+}
+
+#[test]
+fn every_limit_ends_a_capture_and_over_limit_requests_are_clamped() {
+    if !require_root("every_limit_ends_a_capture_and_over_limit_requests_are_clamped") {
+        return;
+    }
+    let od = Od::new("max_duration = 2\nmax_timeout = 30\n", &[]);
+    let iface = od.link.if_b.clone();
+    let req = |extra: &str| {
+        format!(r#"{{"node":"{NODE}","interface":["{iface}"],"bpf":"icmp",{extra}}}"#)
+    };
+
+    // bytes: 400-byte pings make 442-byte frames; the third passes 1000 bytes of file.
+    let s = od.capture(&req(r#""bytes":1000"#), || od.ping(6, 0.05, 400));
+    assert_eq!(
+        (s["state"].as_str(), s["files"][0]["stopped_by"].as_str()),
+        (Some("done"), Some("bytes")),
+        "{s}"
+    );
+    assert_eq!(s["files"][0]["packets"], 3, "{s}");
+
+    // duration: a steady ping for longer than the request's one second.
+    let t0 = Instant::now();
+    let s = od.capture(&req(r#""duration":1"#), || od.ping(40, 0.05, 56));
+    assert_eq!(s["files"][0]["stopped_by"], "duration", "{s}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+
+    // An over-limit duration is clamped to max_duration (2 s).
+    let s = od.capture(&req(r#""duration":7200"#), || od.ping(60, 0.05, 56));
+    assert_eq!(
+        (
+            s["files"][0]["stopped_by"].as_str(),
+            s["duration_secs"].as_f64()
+        ),
+        (Some("duration"), Some(2.0)),
+        "{s}"
+    );
+    assert!(
+        s["clamped"]
+            .as_array()
+            .unwrap()
+            .contains(&"duration".into()),
+        "{s}"
+    );
+
+    // timeout: one exchange, then quiet for longer than the idle timeout.
+    let s = od.capture(&req(r#""timeout":1"#), || od.ping(1, 0.2, 56));
+    assert_eq!(s["files"][0]["stopped_by"], "timeout", "{s}");
+    assert_eq!(s["files"][0]["packets"], 2, "request and reply: {s}");
+
+    // packets.
+    let s = od.capture(&req(r#""packets":4"#), || od.ping(10, 0.05, 56));
+    assert_eq!(s["files"][0]["stopped_by"], "packets", "{s}");
+    assert_eq!(s["files"][0]["packets"], 4, "{s}");
+    let path = s["files"][0]["local_path"].as_str().unwrap();
+    assert_eq!(tshark_frames(Path::new(path)).len(), 4);
+}
+
+#[test]
+fn s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local() {
+    if !require_root("s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local") {
+        return;
+    }
+    let od = Od::new(
+        "",
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    );
+    let mut moto = od.link.b.cmd("moto_server");
+    moto.args(["-H", "127.0.0.1", "-p", "5000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _moto = Bg::spawn(moto, "moto_server");
+    let up = wait_for(Duration::from_secs(30), || {
+        od.link
+            .b
+            .cmd("curl")
+            .args(["-sf", "-X", "PUT", "http://127.0.0.1:5000/pcaps"])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(up, "moto S3 server with bucket pcaps");
+    let iface = od.link.if_b.clone();
+
+    let s = od.capture(
+        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":3,"alertid":11,"bucket":"pcaps","folder":"alerts","endpoint":"http://127.0.0.1:5000","region":"us-east-1"}}"#),
+        || od.ping(5, 0.05, 56),
+    );
+    assert_eq!(s["state"], "done", "{s}\n{}", od.log_text());
+    let url = s["files"][0]["s3_url"].as_str().unwrap();
+    let key = url.strip_prefix("s3://pcaps/").unwrap();
+    assert!(
+        key.starts_with(&format!("alerts/{NODE}_{iface}_11_")),
+        "{key}"
+    );
+    // local_dir is configured, so a local copy is kept as well.
+    assert!(
+        s["files"][0]["local_path"].is_string(),
+        "local copy too: {s}"
+    );
+    assert_eq!(od.metric("devourer_captures_total", "\"uploaded\""), 1);
+    let (code, _) = od.http(&[
+        "--aws-sigv4",
+        "aws:amz:us-east-1:s3",
+        "--user",
+        "testing:testing",
+        "-o",
+        od.dir.path("down.pcap").to_str().unwrap(),
+        &format!("http://127.0.0.1:5000/pcaps/{key}"),
+    ]);
+    assert_eq!(code, 200);
+    let protos = tshark_frames(&od.dir.path("down.pcap"));
+    assert_eq!(protos.len(), 3, "{protos:?}");
+
+    // Nothing listens on port 1: two failed attempts, then the file is kept locally.
+    let s = od.capture(
+        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":2,"bucket":"pcaps","endpoint":"http://127.0.0.1:1"}}"#),
+        || od.ping(3, 0.05, 56),
+    );
+    assert_eq!(s["state"], "failed", "{s}");
+    let f = &s["files"][0];
+    assert!(f["error"].as_str().unwrap().starts_with("upload"), "{f}");
+    let local = f["local_path"].as_str().expect("kept locally");
+    assert_eq!(tshark_frames(Path::new(local)).len(), 2);
+    assert_eq!(
+        od.metric("devourer_captures_total", "upload_failed_kept_locally"),
+        1
+    );
+}
+
+#[test]
+fn bad_requests_are_rejected_and_counted_and_the_agent_keeps_running() {
+    if !require_root("bad_requests_are_rejected_and_counted_and_the_agent_keeps_running") {
+        return;
+    }
+    let od = Od::new("", &[]);
+    let iface = od.link.if_b.clone();
+    od.publish("not json at all");
+    od.publish(r#"{"node":"any","interface":["lo"],"packets":"many"}"#);
+    od.publish(&format!(
+        r#"{{"node":"any","interface":["{iface}"],"bpf":"tcp prot 80"}}"#
+    ));
+    od.publish(&format!(
+        r#"{{"node":"any","nodere":".*","interface":["{iface}"]}}"#
+    ));
+    od.publish(r#"{"node":"any","alias":["nowhere"]}"#);
+    od.publish(&format!(
+        r#"{{"node":"any","interface":["{iface}"],"packets":1,"colour":"blue"}}"#
+    ));
+    let counted = wait_for(Duration::from_secs(10), || {
+        od.metric("devourer_capture_requests_total", "bad_json") == 2
+            && od.metric("devourer_capture_requests_total", "bad_filter") == 1
+            && od.metric("devourer_capture_requests_total", "bad_node") == 1
+            && od.metric("devourer_capture_requests_total", "bad_interface") == 1
+            && od.metric("devourer_capture_requests_total", "\"accepted\"") == 1
+    });
+    assert!(counted, "{}", od.log_text());
+    assert!(od.log_text().contains("unknown fields ignored"));
+
+    // The API: a wrong token is refused, a bad request is a 400 with the reason.
+    let (code, _) = od.post(
+        &format!(r#"{{"node":"any","interface":["{iface}"]}}"#),
+        "wrong",
+    );
+    assert_eq!(code, 401);
+    let (code, body) = od.post(r#"{"node":"any","interface":["no-such-if"]}"#, TOKEN);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (400, Some("bad_interface")),
+        "{body}"
+    );
+    let (code, _) = od.http(&[
+        "-H",
+        &format!("Authorization: Bearer {TOKEN}"),
+        "http://127.0.0.1:9403/captures/nope",
+    ]);
+    assert_eq!(code, 404);
+
+    // Still capturing, and still taking requests.
+    let s = od.capture(
+        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":2}}"#),
+        || od.ping(4, 0.05, 56),
+    );
+    assert_eq!(s["state"], "done", "{s}");
+    assert!(od.log_text().contains("capturing") && !od.log_text().contains("panicked"));
+}
