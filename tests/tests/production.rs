@@ -2,7 +2,7 @@
 //! text parser) equal what was sent; health endpoints; SIGHUP reopens the output; interfaces
 //! that appear later are followed; exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON suffice.
 
-use std::time::Duration;
+use std::{process::Stdio, time::Duration};
 
 use devourer_tests::*;
 
@@ -256,8 +256,10 @@ fn all_interfaces_follows_interfaces_that_come_and_go() {
 }
 
 #[test]
-fn exactly_bpf_net_admin_and_perfmon_are_enough() {
-    if !require_root("exactly_bpf_net_admin_and_perfmon_are_enough") {
+fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_request() {
+    if !require_root(
+        "exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_request",
+    ) {
         return;
     }
     let tmp = TempDir::new("caps");
@@ -330,4 +332,60 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough() {
         assert!(!o.status.success());
         assert!(err.contains(&format!("missing {missing}")), "{caps}: {err}");
     }
+
+    // Capture on request opens a packet socket: CAP_NET_RAW, and only then.
+    let cfg = tmp.path("requests.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[capture]\nlocal_dir = \"{}\"\n[api]\naddr = \"127.0.0.1:9403\"\n",
+            tmp.path("captures").display()
+        ),
+    )
+    .unwrap();
+    let with_requests = |caps: &str| {
+        let mut cmd = limited(caps);
+        cmd.args(["capture", "-i", &link.if_a, "--metrics-addr", "off"])
+            .arg("--config")
+            .arg(&cfg);
+        cmd
+    };
+    let o = with_requests("+bpf,+net_admin,+perfmon").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("missing CAP_NET_RAW"), "{err}");
+
+    let mut cmd = with_requests("+bpf,+net_admin,+perfmon,+net_raw");
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let agent = Bg::spawn(cmd, "devourer with capture on request");
+    assert!(
+        wait_for(Duration::from_secs(20), || std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("capturing"))),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let req = format!(
+        r#"{{"node":"any","interface":["{}"],"bpf":"icmp","packets":2}}"#,
+        link.if_a
+    );
+    link.a.sh(&format!(
+        "curl -sf --data-binary '{req}' http://127.0.0.1:9403/captures >/dev/null"
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    link.a
+        .sh(&format!("ping -c 3 -i 0.1 {} >/dev/null", link.ip4_b));
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_dir(tmp.path("captures")).is_ok_and(|d| d.count() == 1)
+        }),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    assert!(
+        res.status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
 }
