@@ -383,10 +383,14 @@ fn s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local() {
     let iface = od.link.if_b.clone();
 
     let s = od.capture(
-        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":3,"alertid":11,"bucket":"pcaps","folder":"alerts","endpoint":"http://127.0.0.1:5000","region":"us-east-1"}}"#),
+        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":3,"alertid":11,"tags":"blah,tagme","customer":"importantcustomer","bucket":"pcaps","folder":"alerts","endpoint":"http://127.0.0.1:5000","region":"us-east-1"}}"#),
         || od.ping(5, 0.05, 56),
     );
     assert_eq!(s["state"], "done", "{s}\n{}", od.log_text());
+    assert_eq!(
+        (s["tags"].as_str(), s["customer"].as_str()),
+        (Some("blah,tagme"), Some("importantcustomer"))
+    );
     let url = s["files"][0]["s3_url"].as_str().unwrap();
     let key = url.strip_prefix("s3://pcaps/").unwrap();
     assert!(

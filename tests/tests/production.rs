@@ -241,18 +241,8 @@ fn all_interfaces_follows_interfaces_that_come_and_go() {
         })
     }));
     link.a.sh(&format!("ip link del {newif}"));
-    assert!(
-        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log)
-            .is_ok_and(|l| l.contains("interface gone: letting go"))),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
-    let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
-    assert!(
-        res.status.success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    log_shows(&log, "interface gone: letting go");
+    stops_cleanly(agent, &log);
 }
 
 #[test]
@@ -297,12 +287,7 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_
     .stdout(std::fs::File::create(&out).unwrap())
     .stderr(std::fs::File::create(&log).unwrap());
     let agent = Bg::spawn(cmd, "devourer with three capabilities");
-    assert!(
-        wait_for(Duration::from_secs(20), || std::fs::read_to_string(&log)
-            .is_ok_and(|l| l.contains("capturing"))),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    log_shows(&log, "capturing");
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap_or_default();
     assert!(
@@ -314,12 +299,7 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_
     assert!(wait_for(Duration::from_secs(10), || {
         std::fs::read_to_string(&out).is_ok_and(|s| s.contains("icmp"))
     }));
-    let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
-    assert!(
-        res.status.success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    stops_cleanly(agent, &log);
 
     for (caps, missing) in [
         ("+net_admin,+perfmon", "CAP_BPF"),
@@ -359,12 +339,7 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_
     cmd.stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
     let agent = Bg::spawn(cmd, "devourer with capture on request");
-    assert!(
-        wait_for(Duration::from_secs(20), || std::fs::read_to_string(&log)
-            .is_ok_and(|l| l.contains("capturing"))),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    log_shows(&log, "capturing");
     let req = format!(
         r#"{{"node":"any","interface":["{}"],"bpf":"icmp","packets":2}}"#,
         link.if_a
@@ -382,10 +357,28 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
+    stops_cleanly(agent, &log);
+}
+
+/// Waits up to ten seconds for the agent's log to hold `text` (twenty for start-up).
+fn log_shows(log: &std::path::Path, text: &str) {
+    let secs = if text == "capturing" { 20 } else { 10 };
+    let seen = wait_for(Duration::from_secs(secs), || {
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains(text))
+    });
+    assert!(
+        seen,
+        "no {text:?} in the log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// SIGTERM, and the agent must exit successfully.
+fn stops_cleanly(agent: Bg, log: &std::path::Path) {
     let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
     assert!(
         res.status.success(),
         "{}",
-        std::fs::read_to_string(&log).unwrap()
+        std::fs::read_to_string(log).unwrap_or_default()
     );
 }

@@ -45,6 +45,9 @@ pub struct Status {
     pub state: &'static str,
     pub node: String,
     pub alertid: u64,
+    /// pcapdaemon's free-form metadata, as the request gave it.
+    pub tags: Option<String>,
+    pub customer: Option<String>,
     pub interfaces: Vec<String>,
     pub filter: Option<String>,
     /// The limits in force after clamping.
@@ -182,6 +185,8 @@ impl Service {
             state: "running",
             node: self.0.node.clone(),
             alertid: plan.alertid,
+            tags: plan.tags.clone(),
+            customer: plan.customer.clone(),
             interfaces: plan.interfaces.clone(),
             filter: plan.filter.clone(),
             packets: plan.packets,
