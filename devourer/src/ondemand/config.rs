@@ -70,6 +70,9 @@ pub struct CaptureSection {
     /// Upload attempts before a capture falls back to the local directory.
     #[serde(default = "defaults::upload_attempts")]
     pub upload_attempts: u32,
+    /// Time limit of one upload attempt.
+    #[serde(default = "defaults::upload_timeout", deserialize_with = "duration")]
+    pub upload_timeout: Duration,
     #[serde(default)]
     pub interface: Vec<InterfaceAlias>,
     pub redis: Option<RedisSection>,
@@ -107,6 +110,9 @@ mod defaults {
     }
     pub fn upload_attempts() -> u32 {
         5
+    }
+    pub fn upload_timeout() -> Duration {
+        d(60)
     }
     pub fn channel() -> String {
         "capture".into()

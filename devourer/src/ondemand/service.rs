@@ -318,9 +318,10 @@ impl Service {
                 attempts: cfg.capture.upload_attempts.max(1),
                 base: cfg.capture.retry_base,
                 max: cfg.capture.retry_max,
+                timeout: cfg.capture.upload_timeout,
             };
             let t0 = Instant::now();
-            match store::upload(t, &key, bytes.clone(), retry).await {
+            match store::upload(t, &key, bytes.clone(), retry, &self.0.cancel).await {
                 Ok(()) => {
                     let url = format!("s3://{}/{key}", t.bucket);
                     tracing::info!(

@@ -5,12 +5,13 @@
 use std::{
     io::{self, Write},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, SystemTime},
 };
 
 use object_store::{
     ClientOptions, ObjectStoreExt, PutPayload, RetryConfig,
-    aws::{AmazonS3Builder, AmazonS3ConfigKey},
+    aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey},
     path::Path as ObjectPath,
 };
 
@@ -72,12 +73,13 @@ pub fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> 
     res.map(|()| path)
 }
 
-/// Upload retries: attempts, first wait, longest wait.
+/// Upload retries: attempts, first wait, longest wait, and each attempt's time limit.
 #[derive(Clone, Copy, Debug)]
 pub struct Retry {
     pub attempts: u32,
     pub base: Duration,
     pub max: Duration,
+    pub timeout: Duration,
 }
 
 /// The object key of `name` under the target's folder.
@@ -90,14 +92,27 @@ pub fn object_key(t: &S3Target, name: &str) -> String {
 
 /// Uploads `bytes` to the target; credentials from the environment (`AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, web identity, instance metadata).
-pub async fn upload(t: &S3Target, key: &str, bytes: Vec<u8>, retry: Retry) -> Result<(), String> {
+/// Retries stop early once `stop` is set (shutdown), so the caller can keep the file locally.
+pub async fn upload(
+    t: &S3Target,
+    key: &str,
+    bytes: Vec<u8>,
+    retry: Retry,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     if let Some(acl) = t.acl.as_deref().filter(|a| *a != "private") {
         tracing::warn!(
             acl,
             "S3 ACLs are not applied (object_store has none; new buckets disable them): the bucket's policy decides access"
         );
     }
-    let mut b = AmazonS3Builder::from_env()
+    let store = configure(AmazonS3Builder::from_env(), t, retry)?;
+    put_with_retries(&store, t, key, bytes, retry, stop).await
+}
+
+/// The target's bucket, region, endpoint, encryption and time limits on top of `b`.
+fn configure(b: AmazonS3Builder, t: &S3Target, retry: Retry) -> Result<AmazonS3, String> {
+    let mut b = b
         .with_bucket_name(&t.bucket)
         .with_region(t.region.as_deref().unwrap_or("us-east-1"))
         // Our own retries below, with configurable backoff.
@@ -107,8 +122,8 @@ pub async fn upload(t: &S3Target, key: &str, bytes: Vec<u8>, retry: Retry) -> Re
         })
         .with_client_options(
             ClientOptions::new()
-                .with_timeout(Duration::from_secs(60))
-                .with_connect_timeout(Duration::from_secs(5)),
+                .with_timeout(retry.timeout)
+                .with_connect_timeout(retry.timeout.min(Duration::from_secs(5))),
         );
     if let Some(e) = &t.endpoint {
         let url = if e.contains("://") {
@@ -126,7 +141,17 @@ pub async fn upload(t: &S3Target, key: &str, bytes: Vec<u8>, retry: Retry) -> Re
             .map_err(|e| format!("S3 configuration: {e}"))?;
         b = b.with_config(key, "AES256");
     }
-    let store = b.build().map_err(|e| format!("S3 configuration: {e}"))?;
+    b.build().map_err(|e| format!("S3 configuration: {e}"))
+}
+
+async fn put_with_retries(
+    store: &AmazonS3,
+    t: &S3Target,
+    key: &str,
+    bytes: Vec<u8>,
+    retry: Retry,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     let path = ObjectPath::from(key);
     let payload = PutPayload::from(bytes);
     let mut wait = retry.base;
@@ -141,7 +166,13 @@ pub async fn upload(t: &S3Target, key: &str, bytes: Vec<u8>, retry: Retry) -> Re
         }
         if attempt < retry.attempts {
             let jitter = wait.mul_f64(fastrand::f64() * 0.2);
-            tokio::time::sleep(wait + jitter).await;
+            let until = tokio::time::Instant::now() + wait + jitter;
+            while tokio::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100).min(wait + jitter)).await;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err(format!("{last} (no more retries: shutting down)"));
+            }
             wait = (wait * 2).min(retry.max);
         }
     }
@@ -169,6 +200,52 @@ mod tests {
             ..S3Target::default()
         };
         assert_eq!(object_key(&t, "f.pcap"), "pcaps/f.pcap");
+    }
+
+    #[test]
+    fn a_dead_endpoint_fails_after_the_attempts_and_shutdown_cuts_the_retries() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let t = S3Target {
+            bucket: "pcaps".into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            ..S3Target::default()
+        };
+        let retry = |attempts, base| Retry {
+            attempts,
+            base,
+            max: base,
+            timeout: Duration::from_secs(2),
+        };
+        let store = |r| {
+            let creds = AmazonS3Builder::new()
+                .with_access_key_id("k")
+                .with_secret_access_key("s");
+            configure(creds, &t, r).unwrap()
+        };
+        let running = AtomicBool::new(false);
+        let t0 = std::time::Instant::now();
+        let e = rt
+            .block_on(async {
+                let r = retry(3, Duration::from_millis(10));
+                put_with_retries(&store(r), &t, "k.pcap", vec![1], r, &running).await
+            })
+            .unwrap_err();
+        assert!(!e.contains("shutting down"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // An hour between attempts, but shutdown is under way: one attempt, then give up.
+        let stopping = AtomicBool::new(true);
+        let t0 = std::time::Instant::now();
+        let e = rt
+            .block_on(async {
+                let r = retry(100, Duration::from_secs(3600));
+                put_with_retries(&store(r), &t, "k.pcap", vec![1], r, &stopping).await
+            })
+            .unwrap_err();
+        assert!(e.contains("shutting down"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
