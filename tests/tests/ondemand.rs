@@ -16,11 +16,47 @@ use serde_json::Value;
 
 const TOKEN: &str = "s3cret-token";
 const NODE: &str = "test-node";
+const REDIS_PASSWORD: &str = "redis-pw-7731";
+
+/// redis-server on `ns`'s loopback, with a password, answering.
+fn redis_server(ns: &Netns) -> Bg {
+    let mut redis = ns.cmd("redis-server");
+    redis
+        .args([
+            "--port",
+            "6379",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--requirepass", REDIS_PASSWORD])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let redis = Bg::spawn(redis, "redis-server");
+    let up = wait_for(Duration::from_secs(10), || {
+        ns.cmd("redis-cli")
+            .args([
+                "-p",
+                "6379",
+                "--no-auth-warning",
+                "-a",
+                REDIS_PASSWORD,
+                "ping",
+            ])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+    });
+    assert!(up, "redis-server answering");
+    redis
+}
 
 struct Od {
     link: Link,
     dir: TempDir,
-    _redis: Bg,
+    redis: Option<Bg>,
     _discard: Bg,
     agent: Option<Bg>,
     log: PathBuf,
@@ -32,29 +68,7 @@ impl Od {
     fn new(limits: &str, env: &[(&str, &str)]) -> Self {
         let link = Link::new();
         let dir = TempDir::new("ondemand");
-        let mut redis = link.b.cmd("redis-server");
-        redis
-            .args([
-                "--port",
-                "6379",
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let redis = Bg::spawn(redis, "redis-server");
-        let up = wait_for(Duration::from_secs(10), || {
-            link.b
-                .cmd("redis-cli")
-                .args(["-p", "6379", "ping"])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
-        });
-        assert!(up, "redis-server answering");
+        let redis = redis_server(&link.b);
         // A UDP sink on B's discard port, so the UDP traffic below draws no ICMP errors.
         let mut discard = link.b.cmd("python3");
         discard.args([
@@ -66,7 +80,7 @@ impl Od {
         let config = format!(
             "[capture]\n{limits}\nlocal_dir = \"{caps}\"\nretry_base = \"100ms\"\nretry_max = \"200ms\"\nupload_attempts = 2\n\
              [[capture.interface]]\nname = \"{ifb}\"\nalias = [\"public\"]\n\
-             [capture.redis]\nurl = \"redis://127.0.0.1:6379\"\n\
+             [capture.redis]\nurl = \"redis://:{REDIS_PASSWORD}@127.0.0.1:6379\"\n\
              [api]\naddr = \"127.0.0.1:9403\"\ntoken_file = \"{token}\"\n",
             caps = dir.path("caps").display(),
             ifb = link.if_b,
@@ -94,7 +108,7 @@ impl Od {
         let od = Self {
             link,
             dir,
-            _redis: redis,
+            redis: Some(redis),
             _discard: discard,
             agent: Some(agent),
             log,
@@ -119,7 +133,8 @@ impl Od {
             .link
             .b
             .cmd("redis-cli")
-            .args(["-p", "6379", "PUBLISH", "capture", msg]));
+            .args(["-p", "6379", "--no-auth-warning", "-a", REDIS_PASSWORD])
+            .args(["PUBLISH", "capture", msg]));
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
             "1",
@@ -433,8 +448,10 @@ fn s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local() {
 }
 
 #[test]
-fn bad_requests_are_rejected_and_counted_and_the_agent_keeps_running() {
-    if !require_root("bad_requests_are_rejected_and_counted_and_the_agent_keeps_running") {
+fn bad_requests_are_rejected_and_counted_and_the_agent_keeps_running_through_a_redis_restart() {
+    if !require_root(
+        "bad_requests_are_rejected_and_counted_and_the_agent_keeps_running_through_a_redis_restart",
+    ) {
         return;
     }
     let od = Od::new("", &[]);
@@ -486,5 +503,43 @@ fn bad_requests_are_rejected_and_counted_and_the_agent_keeps_running() {
         || od.ping(4, 0.05, 56),
     );
     assert_eq!(s["state"], "done", "{s}");
-    assert!(od.log_text().contains("capturing") && !od.log_text().contains("panicked"));
+
+    // Redis goes away and comes back: the agent resubscribes (with the password) and takes
+    // requests again.
+    let mut od = od;
+    od.redis
+        .take()
+        .unwrap()
+        .stop(libc::SIGTERM, Duration::from_secs(10));
+    let noticed = wait_for(Duration::from_secs(10), || {
+        od.log_text().contains("Redis subscription ended")
+    });
+    assert!(noticed, "{}", od.log_text());
+    od.redis = Some(redis_server(&od.link.b));
+    let again = wait_for(Duration::from_secs(10), || {
+        od.log_text()
+            .matches("subscribed to capture requests")
+            .count()
+            == 2
+    });
+    assert!(again, "{}", od.log_text());
+    let files = || std::fs::read_dir(od.caps()).map(|d| d.count()).unwrap_or(0);
+    let before = files();
+    od.publish(&format!(
+        r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":2}}"#
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    od.ping(4, 0.05, 56);
+    assert!(
+        wait_for(Duration::from_secs(10), || files() == before + 1),
+        "{}",
+        od.log_text()
+    );
+
+    let log = od.log_text();
+    assert!(log.contains("capturing") && !log.contains("panicked"));
+    assert!(
+        !log.contains(REDIS_PASSWORD),
+        "the Redis password stays out of the log"
+    );
 }
