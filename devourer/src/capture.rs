@@ -129,6 +129,7 @@ async fn start_requests(
             cfg.channel.clone(),
             cfg.capture.retry_base,
             cfg.capture.retry_max,
+            cfg.redis_ping,
         ));
     }
     if let Some(a) = &cfg.api {

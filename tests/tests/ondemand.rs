@@ -80,7 +80,7 @@ impl Od {
         let config = format!(
             "[capture]\n{limits}\nlocal_dir = \"{caps}\"\nretry_base = \"100ms\"\nretry_max = \"200ms\"\nupload_attempts = 2\n\
              [[capture.interface]]\nname = \"{ifb}\"\nalias = [\"public\"]\n\
-             [capture.redis]\nurl = \"redis://:{REDIS_PASSWORD}@127.0.0.1:6379\"\n\
+             [capture.redis]\nurl = \"redis://:{REDIS_PASSWORD}@127.0.0.1:6379\"\nping_interval = \"500ms\"\n\
              [api]\naddr = \"127.0.0.1:9403\"\ntoken_file = \"{token}\"\n",
             caps = dir.path("caps").display(),
             ifb = link.if_b,
@@ -532,6 +532,33 @@ fn bad_requests_are_rejected_and_counted_and_the_agent_keeps_running_through_a_r
     od.ping(4, 0.05, 56);
     assert!(
         wait_for(Duration::from_secs(10), || files() == before + 1),
+        "{}",
+        od.log_text()
+    );
+
+    // A server that stops answering (SIGSTOP: the connection stays open, silent) is noticed
+    // by the keepalive ping; once it answers again the agent is subscribed again.
+    let redis = od.redis.as_ref().unwrap();
+    redis.signal(libc::SIGSTOP);
+    let noticed = wait_for(Duration::from_secs(10), || {
+        od.log_text().contains("no answer to a ping")
+    });
+    redis.signal(libc::SIGCONT);
+    assert!(noticed, "{}", od.log_text());
+    let again = wait_for(Duration::from_secs(15), || {
+        od.log_text()
+            .matches("subscribed to capture requests")
+            .count()
+            == 3
+    });
+    assert!(again, "{}", od.log_text());
+    od.publish(&format!(
+        r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":2}}"#
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    od.ping(4, 0.05, 56);
+    assert!(
+        wait_for(Duration::from_secs(10), || files() == before + 2),
         "{}",
         od.log_text()
     );

@@ -114,6 +114,9 @@ mod defaults {
     pub fn upload_timeout() -> Duration {
         d(60)
     }
+    pub fn ping_interval() -> Duration {
+        d(30)
+    }
     pub fn channel() -> String {
         "capture".into()
     }
@@ -136,10 +139,14 @@ pub struct InterfaceAlias {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSection {
-    /// `redis://[:PASSWORD@]HOST:PORT[/DB]` (`rediss://` for TLS).
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]` (plain TCP; no TLS in this build).
     pub url: Option<String>,
     #[serde(default = "defaults::channel")]
     pub channel: String,
+    /// How often the subscription is pinged; no answer within it means the connection is
+    /// dead (a silent network failure) and the agent reconnects.
+    #[serde(default = "defaults::ping_interval", deserialize_with = "duration")]
+    pub ping_interval: Duration,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -180,6 +187,7 @@ pub struct RequestsConfig {
     pub capture: CaptureSection,
     pub redis_url: Option<String>,
     pub channel: String,
+    pub redis_ping: Duration,
     pub local_dir: PathBuf,
     /// The directory was configured (flag or `local_dir`): captures uploaded to S3 are kept
     /// there too. Otherwise it only receives captures without S3 and failed uploads.
@@ -272,10 +280,15 @@ pub fn resolve(
         .or_else(|| capture.local_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_DIR));
     let local_copy = dir_flag.is_some() || capture.local_dir.is_some();
+    let redis_ping = capture
+        .redis
+        .as_ref()
+        .map_or_else(defaults::ping_interval, |r| r.ping_interval);
     Ok(Some(RequestsConfig {
         capture,
         redis_url,
         channel,
+        redis_ping,
         local_dir,
         local_copy,
         api: sections.api.clone(),

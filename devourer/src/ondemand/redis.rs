@@ -7,12 +7,19 @@ use futures_util::StreamExt;
 
 use super::Service;
 
-/// Runs until the task is dropped.
-pub async fn listen(svc: Service, url: String, channel: String, base: Duration, max: Duration) {
+/// Runs until the task is dropped. `ping` is the keepalive period (and its answer's deadline).
+pub async fn listen(
+    svc: Service,
+    url: String,
+    channel: String,
+    base: Duration,
+    max: Duration,
+    ping: Duration,
+) {
     let shown = redact(&url);
     let mut wait = base;
     loop {
-        match subscribe(&svc, &url, &channel).await {
+        match subscribe(&svc, &url, &channel, ping).await {
             Ok(()) => {
                 tracing::warn!(url = %shown, channel, "Redis subscription ended; reconnecting");
                 wait = base;
@@ -30,21 +37,43 @@ pub async fn listen(svc: Service, url: String, channel: String, base: Duration, 
     }
 }
 
-async fn subscribe(svc: &Service, url: &str, channel: &str) -> redis::RedisResult<()> {
-    let client = redis::Client::open(url)?;
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(channel).await?;
+/// One subscription, until the server closes it or stops answering pings.
+async fn subscribe(svc: &Service, url: &str, channel: &str, ping: Duration) -> Result<(), String> {
+    let connect = async {
+        let client = redis::Client::open(url)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        redis::RedisResult::Ok(pubsub)
+    };
+    let pubsub = match tokio::time::timeout(ping, connect).await {
+        Ok(r) => r.map_err(|e| e.to_string())?,
+        Err(_) => return Err(format!("no answer within {ping:?} while subscribing")),
+    };
     tracing::info!(url = %redact(url), channel, "subscribed to capture requests");
-    let mut messages = pubsub.on_message();
-    while let Some(msg) = messages.next().await {
-        match msg.get_payload::<String>() {
-            Ok(text) => {
-                let _ = svc.submit(&text, "redis");
+    let (mut sink, mut messages) = pubsub.split();
+    let mut tick = tokio::time::interval(ping);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            msg = messages.next() => {
+                let Some(msg) = msg else { return Ok(()) };
+                match msg.get_payload::<String>() {
+                    Ok(text) => {
+                        let _ = svc.submit(&text, "redis");
+                    }
+                    Err(e) => tracing::warn!("capture request that is not text: {e}"),
+                }
             }
-            Err(e) => tracing::warn!("capture request that is not text: {e}"),
+            _ = tick.tick() => {
+                match tokio::time::timeout(ping, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(format!("ping failed: {e}")),
+                    Err(_) => return Err(format!("no answer to a ping within {ping:?}")),
+                }
+            }
         }
     }
-    Ok(())
 }
 
 /// The URL without its password, for logs.
