@@ -516,25 +516,29 @@ fn bad_requests_are_rejected_and_counted_and_the_agent_keeps_running_through_a_r
     });
     assert!(noticed, "{}", od.log_text());
     od.redis = Some(redis_server(&od.link.b));
-    let again = wait_for(Duration::from_secs(10), || {
-        od.log_text()
-            .matches("subscribed to capture requests")
-            .count()
-            == 2
-    });
-    assert!(again, "{}", od.log_text());
-    let files = || std::fs::read_dir(od.caps()).map(|d| d.count()).unwrap_or(0);
-    let before = files();
-    od.publish(&format!(
-        r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":2}}"#
-    ));
-    std::thread::sleep(Duration::from_millis(500));
-    od.ping(4, 0.05, 56);
-    assert!(
-        wait_for(Duration::from_secs(10), || files() == before + 1),
-        "{}",
-        od.log_text()
-    );
+    // Subscribed `n` times in all, then a published request is captured.
+    let resubscribed_and_serving = |od: &Od, n: usize| {
+        let again = wait_for(Duration::from_secs(15), || {
+            od.log_text()
+                .matches("subscribed to capture requests")
+                .count()
+                == n
+        });
+        assert!(again, "{}", od.log_text());
+        let files = || std::fs::read_dir(od.caps()).map(|d| d.count()).unwrap_or(0);
+        let before = files();
+        od.publish(&format!(
+            r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":2}}"#
+        ));
+        std::thread::sleep(Duration::from_millis(500));
+        od.ping(4, 0.05, 56);
+        assert!(
+            wait_for(Duration::from_secs(10), || files() == before + 1),
+            "{}",
+            od.log_text()
+        );
+    };
+    resubscribed_and_serving(&od, 2);
 
     // A server that stops answering (SIGSTOP: the connection stays open, silent) is noticed
     // by the keepalive ping; once it answers again the agent is subscribed again.
@@ -545,23 +549,7 @@ fn bad_requests_are_rejected_and_counted_and_the_agent_keeps_running_through_a_r
     });
     redis.signal(libc::SIGCONT);
     assert!(noticed, "{}", od.log_text());
-    let again = wait_for(Duration::from_secs(15), || {
-        od.log_text()
-            .matches("subscribed to capture requests")
-            .count()
-            == 3
-    });
-    assert!(again, "{}", od.log_text());
-    od.publish(&format!(
-        r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":2}}"#
-    ));
-    std::thread::sleep(Duration::from_millis(500));
-    od.ping(4, 0.05, 56);
-    assert!(
-        wait_for(Duration::from_secs(10), || files() == before + 2),
-        "{}",
-        od.log_text()
-    );
+    resubscribed_and_serving(&od, 3);
 
     let log = od.log_text();
     assert!(log.contains("capturing") && !log.contains("panicked"));
