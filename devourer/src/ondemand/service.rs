@@ -37,6 +37,19 @@ pub struct FileStatus {
     pub error: Option<String>,
 }
 
+impl FileStatus {
+    /// Where the file ended up, as the `devourer_captures_total` label.
+    pub fn result(&self) -> &'static str {
+        match (&self.error, &self.s3_url, &self.local_path) {
+            (None, None, _) => "written",
+            // Uploaded; a failed local copy (in `error`) lost nothing.
+            (_, Some(_), _) => "uploaded",
+            (Some(_), None, Some(_)) => "upload_failed_kept_locally",
+            (Some(_), None, None) => "failed",
+        }
+    }
+}
+
 /// A capture as the API reports it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
@@ -232,13 +245,7 @@ impl Service {
         let failed = files.is_empty() || files.iter().any(|f| f.error.is_some());
         if let Some(m) = &self.0.metrics {
             for f in &files {
-                let result = match (&f.error, &f.s3_url, &f.local_path) {
-                    (Some(_), _, None) => "failed",
-                    (Some(_), _, Some(_)) => "upload_failed_kept_locally",
-                    (None, Some(_), _) => "uploaded",
-                    (None, None, _) => "written",
-                };
-                m.captures.with_label_values(&[result]).inc();
+                m.captures.with_label_values(&[f.result()]).inc();
                 m.captured_packets.inc_by(f.packets);
             }
         }
@@ -372,5 +379,36 @@ impl Service {
                 "shutdown deadline passed with captures still being stored"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FileStatus;
+
+    #[test]
+    fn results_say_where_the_file_went() {
+        let f = |error: Option<&str>, s3: bool, local: bool| FileStatus {
+            error: error.map(str::to_owned),
+            s3_url: s3.then(|| "s3://b/k".to_owned()),
+            local_path: local.then(|| "/d/f.pcap".to_owned()),
+            ..FileStatus::default()
+        };
+        assert_eq!(f(None, false, true).result(), "written");
+        assert_eq!(f(None, true, false).result(), "uploaded");
+        assert_eq!(f(None, true, true).result(), "uploaded");
+        assert_eq!(
+            f(Some("local write: full"), true, false).result(),
+            "uploaded"
+        );
+        assert_eq!(
+            f(Some("upload: refused"), false, true).result(),
+            "upload_failed_kept_locally"
+        );
+        assert_eq!(
+            f(Some("upload: refused; local write: full"), false, false).result(),
+            "failed"
+        );
+        assert_eq!(f(Some("opening eth9"), false, false).result(), "failed");
     }
 }
