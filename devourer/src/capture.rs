@@ -123,7 +123,7 @@ async fn start_requests(
     };
     let svc = Service::new(cfg.clone(), node, Some(metrics.clone()));
     if let Some(url) = cfg.redis_url.clone() {
-        tokio::spawn(redis::listen(
+        let listener = tokio::spawn(redis::listen(
             svc.clone(),
             url,
             cfg.channel.clone(),
@@ -131,6 +131,14 @@ async fn start_requests(
             cfg.capture.retry_max,
             cfg.redis_ping,
         ));
+        // It runs for good; if it ever dies, say so instead of going quiet.
+        tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                tracing::error!(
+                    "the Redis capture-request listener died: {e}; no more Redis requests"
+                );
+            }
+        });
     }
     if let Some(a) = &cfg.api {
         let token = match &a.token_file {

@@ -558,3 +558,128 @@ fn bad_requests_are_rejected_and_counted_and_the_agent_keeps_running_through_a_r
         "the Redis password stays out of the log"
     );
 }
+
+#[test]
+fn a_tls_redis_with_a_private_ca_delivers_requests() {
+    if !require_root("a_tls_redis_with_a_private_ca_delivers_requests") {
+        return;
+    }
+    let link = Link::new();
+    let dir = TempDir::new("ondemand-tls");
+    // A private CA and a server certificate for 127.0.0.1, made with openssl.
+    sh(&format!(
+        "cd {d} && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca 2>/dev/null \
+         && openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null \
+         && printf 'subjectAltName=IP:127.0.0.1\\n' > ext \
+         && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext 2>/dev/null",
+        d = dir.path("").display()
+    ));
+    let pem = |f: &str| dir.path(f).display().to_string();
+    let mut redis = link.b.cmd("redis-server");
+    redis
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            "6380",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args([
+            "--tls-cert-file",
+            &pem("srv.pem"),
+            "--tls-key-file",
+            &pem("srv.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &pem("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(["--requirepass", REDIS_PASSWORD])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _redis = Bg::spawn(redis, "redis-server with TLS");
+    let cli = || {
+        let mut c = link.b.cmd("redis-cli");
+        c.args([
+            "--tls",
+            "--cacert",
+            &pem("ca.pem"),
+            "-p",
+            "6380",
+            "--no-auth-warning",
+        ])
+        .args(["-a", REDIS_PASSWORD]);
+        c
+    };
+    let up = wait_for(Duration::from_secs(10), || {
+        cli()
+            .arg("ping")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+    });
+    assert!(up, "redis-server with TLS answering");
+
+    let log = dir.path("agent.log");
+    let url = format!("rediss://:{REDIS_PASSWORD}@127.0.0.1:6380");
+    let caps = dir.path("caps");
+    let agent = start_capture_env(
+        &link.b,
+        &[
+            "-i",
+            &link.if_b,
+            "--agent-name",
+            NODE,
+            "--metrics-addr",
+            "off",
+        ],
+        None,
+        &log,
+        &[
+            ("DEVOURER_CAPTURE_REDIS", url.as_str()),
+            ("DEVOURER_CAPTURE_DIR", caps.to_str().unwrap()),
+            // The private CA, through the standard variable rustls' native roots honour.
+            ("SSL_CERT_FILE", pem("ca.pem").as_str()),
+        ],
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(10), || log_text()
+            .contains("subscribed")),
+        "{}",
+        log_text()
+    );
+    let req = format!(
+        r#"{{"node":"{NODE}","interface":["{}"],"bpf":"icmp","packets":2}}"#,
+        link.if_b
+    );
+    let out = run(cli().args(["PUBLISH", "capture", &req]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "one subscriber"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    link.a.sh(&format!(
+        "ping -q -c 3 -i 0.1 -W 1 {} >/dev/null || true",
+        link.ip4_b
+    ));
+    let written = wait_for(Duration::from_secs(10), || {
+        std::fs::read_dir(&caps).is_ok_and(|d| d.count() == 1)
+    });
+    assert!(written, "{}", log_text());
+    let file = std::fs::read_dir(&caps)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(tshark_frames(&file).len(), 2);
+    let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    assert!(res.status.success(), "{}", log_text());
+    assert!(!log_text().contains(REDIS_PASSWORD));
+}

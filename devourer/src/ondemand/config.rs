@@ -139,7 +139,7 @@ pub struct InterfaceAlias {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSection {
-    /// `redis://[:PASSWORD@]HOST:PORT[/DB]` (plain TCP; no TLS in this build).
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`, `rediss://` for TLS.
     pub url: Option<String>,
     #[serde(default = "defaults::channel")]
     pub channel: String,

@@ -17,6 +17,9 @@ pub async fn listen(
     ping: Duration,
 ) {
     let shown = redact(&url);
+    // rediss://: several rustls providers are linked in, so name the process default (an
+    // error only says one is set already).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut wait = base;
     loop {
         match subscribe(&svc, &url, &channel, ping).await {
