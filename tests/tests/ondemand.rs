@@ -172,8 +172,8 @@ impl Od {
         let (code, body) = self.post(request, TOKEN);
         assert_eq!(code, 202, "{body}\n{}", self.log_text());
         let id = body["id"].as_str().unwrap().to_owned();
-        // The capture socket opens on its own thread after the 202; give it time to be armed.
-        std::thread::sleep(Duration::from_millis(500));
+        // The API answers once the capture listens: traffic may start right away.
+        assert_eq!(body["listening"], true, "{body}");
         traffic();
         let auth = format!("Authorization: Bearer {TOKEN}");
         let url = format!("http://127.0.0.1:9403/captures/{id}");

@@ -347,7 +347,6 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_
     link.a.sh(&format!(
         "curl -sf --data-binary '{req}' http://127.0.0.1:9403/captures >/dev/null"
     ));
-    std::thread::sleep(Duration::from_millis(500));
     link.a
         .sh(&format!("ping -c 3 -i 0.1 {} >/dev/null", link.ip4_b));
     assert!(

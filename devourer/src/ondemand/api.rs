@@ -14,6 +14,9 @@ use serde_json::json;
 
 use super::{Refused, Service};
 
+/// How long `POST /captures` waits for the capture sockets to open before answering.
+const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Clone)]
 struct Api {
     svc: Service,
@@ -67,11 +70,17 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: String) -> Res
         return unauthorized();
     }
     match api.svc.submit(&body, "api") {
-        Ok(Some(id)) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"id": id, "status": format!("/captures/{id}")})),
-        )
-            .into_response(),
+        Ok(Some(id)) => {
+            // Answer once the capture listens, so the caller can send traffic right away.
+            let listening = api.svc.wait_listening(&id, LISTEN_WAIT).await;
+            (
+                StatusCode::ACCEPTED,
+                Json(
+                    json!({"id": id, "status": format!("/captures/{id}"), "listening": listening}),
+                ),
+            )
+                .into_response()
+        }
         Ok(None) => (
             StatusCode::OK,
             Json(json!({"id": null, "reason": "the request names other nodes"})),

@@ -69,6 +69,8 @@ pub struct Status {
     pub duration_secs: f64,
     pub timeout_secs: f64,
     pub clamped: Vec<&'static str>,
+    /// Interfaces whose capture socket is open with its filter: packets from then on count.
+    pub listening: usize,
     pub files: Vec<FileStatus>,
 }
 
@@ -207,6 +209,7 @@ impl Service {
             duration_secs: plan.duration.as_secs_f64(),
             timeout_secs: plan.timeout.as_secs_f64(),
             clamped: plan.clamped.clone(),
+            listening: 0,
             files: Vec::new(),
         });
         let svc = self.clone();
@@ -237,6 +240,27 @@ impl Service {
         }
     }
 
+    /// One more interface of capture `id` is listening.
+    fn armed(&self, id: &str) {
+        if let Some(s) = self.0.statuses.lock().expect("lock").0.get_mut(id) {
+            s.listening += 1;
+        }
+    }
+
+    /// Waits up to `limit` until every interface of capture `id` listens (or it ended), so an
+    /// API caller may send traffic as soon as it has the answer. Whether it is listening.
+    pub async fn wait_listening(&self, id: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            match self.status(id) {
+                Some(s) if s.listening >= s.interfaces.len() => return true,
+                Some(s) if s.state == "running" && start.elapsed() < limit => {}
+                _ => return false,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn status(&self, id: &str) -> Option<Status> {
         self.0.statuses.lock().expect("lock").0.get(id).cloned()
     }
@@ -260,9 +284,10 @@ impl Service {
         let plan = Arc::new(plan);
         let mut jobs = Vec::new();
         for iface in plan.interfaces.clone() {
-            let (svc, plan) = (self.clone(), plan.clone());
+            let (svc, plan, id) = (self.clone(), plan.clone(), id.to_owned());
             jobs.push(tokio::task::spawn_blocking(move || {
-                let r = sniff::run(&iface, &plan, &svc.0.cancel);
+                let armed = || svc.armed(&id);
+                let r = sniff::run(&iface, &plan, &svc.0.cancel, &armed);
                 (iface, r)
             }));
         }

@@ -67,8 +67,14 @@ pub fn check_filter(expr: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Captures on `iface` as `plan` says, until a limit or `cancel`.
-pub fn run(iface: &str, plan: &Plan, cancel: &AtomicBool) -> Result<Captured, String> {
+/// Captures on `iface` as `plan` says, until a limit or `cancel`; `armed` is called once the
+/// socket is open with its filter.
+pub fn run(
+    iface: &str,
+    plan: &Plan,
+    cancel: &AtomicBool,
+    armed: &dyn Fn(),
+) -> Result<Captured, String> {
     let cap = pcap::Capture::from_device(iface)
         .map_err(|e| e.to_string())?
         .snaplen(plan.snap as i32)
@@ -88,6 +94,7 @@ pub fn run(iface: &str, plan: &Plan, cancel: &AtomicBool) -> Result<Captured, St
         cap.filter(f, true)
             .map_err(|e| format!("filter {f:?}: {e}"))?;
     }
+    armed();
     let mut out = Captured {
         iface: iface.to_owned(),
         linktype: cap.get_datalink().0,
