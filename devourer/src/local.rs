@@ -1,9 +1,12 @@
 //! Which addresses are this host's: the interfaces' addresses (re-read periodically) plus
-//! configured networks (`--local-net`, the only source offline). Decides a DNS message's role.
+//! configured networks (`--local-net`, the only source offline). Decides a DNS or HTTP
+//! message's role.
 
 use std::{collections::HashSet, io, net::IpAddr};
 
 use ipnet::IpNet;
+
+use crate::textlog::Role;
 
 #[derive(Clone, Debug, Default)]
 pub struct LocalAddrs {
@@ -27,6 +30,17 @@ impl LocalAddrs {
 
     pub fn contains(&self, ip: &IpAddr) -> bool {
         self.addrs.contains(ip) || self.nets.iter().any(|n| n.contains(ip))
+    }
+
+    /// This host's side of an exchange between `client` and `server` (DNS, HTTP).
+    pub fn role(&self, client: &IpAddr, server: &IpAddr) -> Role {
+        if self.contains(server) {
+            Role::Server
+        } else if self.contains(client) {
+            Role::Client
+        } else {
+            Role::Transit
+        }
     }
 }
 

@@ -87,10 +87,29 @@ pub fn record_id(key: &FlowKey, flow_start_ns: u64, agent: &str, seq: u32) -> St
     h.update(key.ifindex.to_be_bytes());
     h.update(key.vlan.to_be_bytes());
     h.update(flow_start_ns.to_be_bytes());
-    h.update((agent.len() as u32).to_be_bytes());
-    h.update(agent.as_bytes());
+    hash_agent(&mut h, agent);
     h.update(seq.to_be_bytes());
     hex16(&h.finalize())
+}
+
+/// The agent name, length first, so that no two (agent, following field) pairs collide.
+fn hash_agent(h: &mut Sha256, agent: &str) {
+    h.update((agent.len() as u32).to_be_bytes());
+    h.update(agent.as_bytes());
+}
+
+/// The client and server of a DNS or HTTP exchange.
+fn hash_endpoints(
+    h: &mut Sha256,
+    client: impl std::fmt::Display,
+    client_port: u16,
+    server: impl std::fmt::Display,
+    server_port: u16,
+) {
+    h.update(client.to_string());
+    h.update(client_port.to_be_bytes());
+    h.update(server.to_string());
+    h.update(server_port.to_be_bytes());
 }
 
 /// Turns kernel-clock nanoseconds into wall-clock nanoseconds since the epoch.
@@ -172,15 +191,11 @@ pub struct DnsRecord {
 /// DNS record id: hash of the endpoints, transport, message id, query time and agent.
 pub fn dns_id(tx: &DnsTx, agent: &str) -> String {
     let mut h = Sha256::new();
-    h.update(tx.client.to_string());
-    h.update(tx.client_port.to_be_bytes());
-    h.update(tx.server.to_string());
-    h.update(tx.server_port.to_be_bytes());
+    hash_endpoints(&mut h, tx.client, tx.client_port, tx.server, tx.server_port);
     h.update([u8::from(tx.tcp)]);
     h.update(tx.msg_id.to_be_bytes());
     h.update(tx.time_ns.to_be_bytes());
-    h.update((agent.len() as u32).to_be_bytes());
-    h.update(agent.as_bytes());
+    hash_agent(&mut h, agent);
     hex16(&h.finalize())
 }
 
@@ -255,10 +270,7 @@ pub struct HttpRecord {
 /// HTTP record id: hash of the endpoints, time, kind and agent.
 pub fn http_id(m: &HttpMsg, agent: &str) -> String {
     let mut h = Sha256::new();
-    h.update(m.client.to_string());
-    h.update(m.client_port.to_be_bytes());
-    h.update(m.server.to_string());
-    h.update(m.server_port.to_be_bytes());
+    hash_endpoints(&mut h, m.client, m.client_port, m.server, m.server_port);
     h.update(m.time_ns.to_be_bytes());
     h.update([u8::from(matches!(m.message, Message::Response(_)))]);
     // Pipelined messages share a packet time: the request line tells them apart.
@@ -266,8 +278,7 @@ pub fn http_id(m: &HttpMsg, agent: &str) -> String {
         h.update(r.method.as_bytes());
         h.update(r.target.as_deref().unwrap_or_default().as_bytes());
     }
-    h.update((agent.len() as u32).to_be_bytes());
-    h.update(agent.as_bytes());
+    hash_agent(&mut h, agent);
     hex16(&h.finalize())
 }
 

@@ -151,16 +151,6 @@ impl DnsTracker {
         self.tcp.stats
     }
 
-    fn role(&self, client: &IpAddr, server: &IpAddr) -> Role {
-        if self.local.contains(server) {
-            Role::Server
-        } else if self.local.contains(client) {
-            Role::Client
-        } else {
-            Role::Transit
-        }
-    }
-
     /// One event from the kernel: a UDP datagram's or a TCP segment's payload.
     pub fn on_event(&mut self, h: &DnsEventHeader, payload: &[u8], out: &mut DnsOutput) {
         self.stats.events += 1;
@@ -208,7 +198,7 @@ impl DnsTracker {
         } else {
             (src, dst, h.src_port, h.dst_port)
         };
-        let role = self.role(&client, &server);
+        let role = self.local.role(&client, &server);
         if self.cfg.text_log {
             out.lines.push(line(
                 h.ts_ns,
@@ -295,7 +285,7 @@ impl DnsTracker {
     fn emit_lost(&mut self, k: TxKey, p: Pending, out: &mut DnsOutput) {
         let client = ip(&k.client, p.v6);
         let server = ip(&k.server, p.v6);
-        let role = self.role(&client, &server);
+        let role = self.local.role(&client, &server);
         let tx = DnsTx {
             status: TxStatus::Lost,
             time_ns: p.first_ns,

@@ -105,16 +105,6 @@ impl HttpTracker {
         self.conns.values().map(|c| c.queue.len()).sum()
     }
 
-    fn role(&self, client: &IpAddr, server: &IpAddr) -> Role {
-        if self.local.contains(server) {
-            Role::Server
-        } else if self.local.contains(client) {
-            Role::Client
-        } else {
-            Role::Transit
-        }
-    }
-
     /// One event from the kernel: the first bytes of a TCP segment to or from an HTTP port.
     pub fn on_event(&mut self, h: &DnsEventHeader, payload: &[u8], out: &mut HttpOutput) {
         self.stats.events += 1;
@@ -146,7 +136,7 @@ impl HttpTracker {
                 client_port: cp,
                 server,
                 server_port: sp,
-                role: self.role(&client, &server),
+                role: self.local.role(&client, &server),
                 ifindex: h.ifindex,
                 message: m,
                 request: None,
