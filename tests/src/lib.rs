@@ -325,6 +325,16 @@ pub fn start_capture(ns: &Netns, args: &[&str], out: Option<&Path>, log: &Path) 
     start_capture_env(ns, args, out, log, &[])
 }
 
+/// Timeouts short enough that a test sees idle flows within about a second.
+pub const QUICK_TIMEOUTS: [&str; 6] = [
+    "--idle-timeout",
+    "1s",
+    "--evict-after",
+    "300ms",
+    "--scan-interval",
+    "200ms",
+];
+
 /// [`start_capture`] with extra environment variables.
 pub fn start_capture_env(
     ns: &Netns,

@@ -110,19 +110,17 @@ fn the_dashboard_is_well_formed_and_queries_only_served_metrics() {
     let agent = start_capture(
         &link.a,
         &[
-            "-i",
-            &link.if_a,
-            "--metrics-addr",
-            "127.0.0.1:9402",
-            "--idle-timeout",
-            "1s",
-            "--evict-after",
-            "300ms",
-            "--scan-interval",
-            "200ms",
-            "--dns-timeout",
-            "500ms",
-        ],
+            &[
+                "-i",
+                &link.if_a,
+                "--metrics-addr",
+                "127.0.0.1:9402",
+                "--dns-timeout",
+                "500ms",
+            ][..],
+            &QUICK_TIMEOUTS,
+        ]
+        .concat(),
         None,
         &log,
     );

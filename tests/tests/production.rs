@@ -37,17 +37,10 @@ fn metrics_equal_the_traffic_sent_and_health_endpoints_answer() {
     let agent = start_capture(
         &link.a,
         &[
-            "-i",
-            &link.if_a,
-            "--metrics-addr",
-            "127.0.0.1:9402",
-            "--idle-timeout",
-            "1s",
-            "--evict-after",
-            "300ms",
-            "--scan-interval",
-            "200ms",
-        ],
+            &["-i", &link.if_a, "--metrics-addr", "127.0.0.1:9402"][..],
+            &QUICK_TIMEOUTS,
+        ]
+        .concat(),
         Some(&out),
         &log,
     );
@@ -145,19 +138,17 @@ fn sighup_reopens_the_output_file() {
     let agent = start_capture(
         &link.a,
         &[
-            "-i",
-            &link.if_a,
-            "--output",
-            file.to_str().unwrap(),
-            "--idle-timeout",
-            "1s",
-            "--evict-after",
-            "300ms",
-            "--scan-interval",
-            "200ms",
-            "--metrics-addr",
-            "off",
-        ],
+            &[
+                "-i",
+                &link.if_a,
+                "--output",
+                file.to_str().unwrap(),
+                "--metrics-addr",
+                "off",
+            ][..],
+            &QUICK_TIMEOUTS,
+        ]
+        .concat(),
         None,
         &log,
     );
@@ -200,16 +191,10 @@ fn all_interfaces_follows_interfaces_that_come_and_go() {
     let agent = start_capture(
         &link.a,
         &[
-            "--all-interfaces",
-            "--idle-timeout",
-            "1s",
-            "--evict-after",
-            "300ms",
-            "--scan-interval",
-            "200ms",
-            "--metrics-addr",
-            "off",
-        ],
+            &["--all-interfaces", "--metrics-addr", "off"][..],
+            &QUICK_TIMEOUTS,
+        ]
+        .concat(),
         Some(&out),
         &log,
     );
@@ -269,23 +254,11 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_
     let log = tmp.path("agent.log");
     let out = tmp.path("out.jsonl");
     let mut cmd = limited("+bpf,+net_admin,+perfmon");
-    cmd.args([
-        "capture",
-        "-i",
-        &link.if_a,
-        "--idle-timeout",
-        "1s",
-        "--evict-after",
-        "300ms",
-    ])
-    .args([
-        "--scan-interval",
-        "200ms",
-        "--metrics-addr",
-        "127.0.0.1:9402",
-    ])
-    .stdout(std::fs::File::create(&out).unwrap())
-    .stderr(std::fs::File::create(&log).unwrap());
+    cmd.args(["capture", "-i", &link.if_a])
+        .args(QUICK_TIMEOUTS)
+        .args(["--metrics-addr", "127.0.0.1:9402"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap());
     let agent = Bg::spawn(cmd, "devourer with three capabilities");
     log_shows(&log, "capturing");
     let status =

@@ -213,39 +213,30 @@ mod tests {
             endpoint: Some("http://127.0.0.1:1".into()),
             ..S3Target::default()
         };
-        let retry = |attempts, base| Retry {
-            attempts,
-            base,
-            max: base,
-            timeout: Duration::from_secs(2),
-        };
-        let store = |r| {
+        // Uploads with `attempts` tries `base` apart; the error, and whether it came quickly.
+        let upload_fails = |attempts, base, stopping: bool| {
+            let r = Retry {
+                attempts,
+                base,
+                max: base,
+                timeout: Duration::from_secs(2),
+            };
             let creds = AmazonS3Builder::new()
                 .with_access_key_id("k")
                 .with_secret_access_key("s");
-            configure(creds, &t, r).unwrap()
+            let store = configure(creds, &t, r).unwrap();
+            let stop = AtomicBool::new(stopping);
+            let t0 = std::time::Instant::now();
+            let e = rt
+                .block_on(put_with_retries(&store, &t, "k.pcap", vec![1], r, &stop))
+                .unwrap_err();
+            (e, t0.elapsed() < Duration::from_secs(5))
         };
-        let running = AtomicBool::new(false);
-        let t0 = std::time::Instant::now();
-        let e = rt
-            .block_on(async {
-                let r = retry(3, Duration::from_millis(10));
-                put_with_retries(&store(r), &t, "k.pcap", vec![1], r, &running).await
-            })
-            .unwrap_err();
-        assert!(!e.contains("shutting down"), "{e}");
-        assert!(t0.elapsed() < Duration::from_secs(5));
+        let (e, quick) = upload_fails(3, Duration::from_millis(10), false);
+        assert!(!e.contains("shutting down") && quick, "{e}");
         // An hour between attempts, but shutdown is under way: one attempt, then give up.
-        let stopping = AtomicBool::new(true);
-        let t0 = std::time::Instant::now();
-        let e = rt
-            .block_on(async {
-                let r = retry(100, Duration::from_secs(3600));
-                put_with_retries(&store(r), &t, "k.pcap", vec![1], r, &stopping).await
-            })
-            .unwrap_err();
-        assert!(e.contains("shutting down"), "{e}");
-        assert!(t0.elapsed() < Duration::from_secs(5));
+        let (e, quick) = upload_fails(100, Duration::from_secs(3600), true);
+        assert!(e.contains("shutting down") && quick, "{e}");
     }
 
     #[test]
