@@ -2,6 +2,7 @@
 //! demo-friendly timeouts, and run every check CI runs.
 
 mod bench;
+mod compare;
 mod demo;
 mod setup;
 
@@ -22,8 +23,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building the kernel program needs (pinned nightly, rust-src, bpf-linker).
-    Setup,
+    /// Install what building needs (pinned nightly with rust-src, clippy and rustfmt;
+    /// bpf-linker; libpcap), and with `--tests` what the tests need (Debian and Python packages).
+    Setup {
+        /// Also install the test dependencies.
+        #[arg(long)]
+        tests: bool,
+    },
+    /// Format every crate with the pinned nightly's rustfmt (rustfmt.toml's keys need it).
+    Fmt,
     /// Build only the kernel program (bpfel-unknown-none), to check it compiles.
     BuildEbpf,
     /// Build and run the agent as root. Without arguments: capture on lo with short timeouts,
@@ -47,6 +55,9 @@ enum Cmd {
         /// `report` re-renders docs/benchmarks.md from the saved results.
         name: Option<String>,
     },
+    /// Replay every capture under DIR with BASELINE (an agent binary) and the current build;
+    /// fail unless their records are byte for byte the same.
+    CompareRecords { baseline: PathBuf, dir: PathBuf },
     /// Everything CI runs: setup, fmt, clippy, unit tests, kernel parser tests, end-to-end tests.
     Test {
         /// Skip fmt and clippy.
@@ -91,7 +102,17 @@ fn is_root() -> bool {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Setup => setup::setup(),
+        Cmd::Setup { tests: false } => setup::setup(),
+        Cmd::Setup { tests: true } => setup::setup_tests(),
+        Cmd::Fmt => {
+            setup::setup()?;
+            let tc = setup::ebpf_toolchain()?;
+            run_cmd(
+                Command::new("rustup")
+                    .current_dir(workspace_root())
+                    .args(["run", &tc, "cargo", "fmt", "--all"]),
+            )
+        }
         Cmd::BuildEbpf => {
             setup::setup()?;
             let tc = setup::ebpf_toolchain()?;
@@ -124,6 +145,7 @@ fn main() -> Result<()> {
         Cmd::Test { no_lint, filter } => test(no_lint, filter),
         Cmd::Bench { name } => bench::bench(name),
         Cmd::BuildStatic => build_static().map(|p| println!("{}", p.display())),
+        Cmd::CompareRecords { baseline, dir } => compare::compare(&baseline, &dir),
     }
 }
 
@@ -191,9 +213,15 @@ fn build_static() -> Result<PathBuf> {
 }
 
 fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
-    setup::setup()?;
+    setup::setup_tests()?;
+    let tc = setup::ebpf_toolchain()?;
     if !no_lint {
-        run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        // The pinned nightly's rustfmt: rustfmt.toml's import grouping keys are nightly-only.
+        run_cmd(
+            Command::new("rustup")
+                .current_dir(workspace_root())
+                .args(["run", &tc, "cargo", "fmt", "--all", "--", "--check"]),
+        )?;
         run_cmd(cargo().args([
             "clippy",
             "--workspace",
@@ -205,7 +233,6 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
             "warnings",
         ]))?;
         // The kernel crate on its own: feature unification would otherwise pull std into it.
-        let tc = setup::ebpf_toolchain()?;
         run_cmd(
             Command::new("rustup")
                 .current_dir(workspace_root().join("devourer-ebpf"))
@@ -217,7 +244,9 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
                     "--target",
                     "bpfel-unknown-none",
                 ])
-                .args(["-Z", "build-std=core", "--bins", "--", "-D", "warnings"]),
+                // Both objects: the agent's and the benchmarks' (which adds baselines).
+                .args(["-Z", "build-std=core", "--bins", "--features", "bench"])
+                .args(["--", "-D", "warnings"]),
         )?;
     }
     let filter: Vec<String> = filter.into_iter().collect();

@@ -1,5 +1,9 @@
-//! `cargo xtask setup`: the pinned nightly with rust-src, and bpf-linker built against that
-//! nightly's own LLVM (no prebuilt LLVM is downloadable here). Quick when already done.
+//! `cargo xtask setup`: everything a bare machine lacks, installed idempotently (quick when
+//! present). [`setup`] is what building needs: libpcap's headers, the pinned nightly with
+//! rust-src, clippy and rustfmt, and bpf-linker built against that nightly's own LLVM (no
+//! prebuilt LLVM is downloadable here). [`setup_tests`] adds what `cargo xtask test` needs on
+//! top: the stable toolchain's lint components and the Debian and Python packages of the
+//! end-to-end tests.
 
 use std::process::Command;
 
@@ -10,6 +14,43 @@ use crate::{is_root, run_cmd, workspace_root};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The LLVM major version of the pinned nightly, as bpf-linker's feature name.
 const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
+
+/// Components of the pinned nightly: rust-src for `-Z build-std`, clippy and rustfmt for the
+/// kernel crate's lints and for the nightly-only keys of rustfmt.toml.
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
+
+/// Debian packages the end-to-end tests and the deployment checks run, each with its reason.
+const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("tshark", "the independent oracle for counts"),
+    ("tcpdump", "capture-on-request comparison and live captures"),
+    ("iperf3", "bulk TCP/UDP traffic"),
+    ("curl", "HTTP traffic"),
+    ("iputils-ping", "ICMP traffic"),
+    ("iproute2", "network namespaces and veth pairs"),
+    ("ethtool", "turning offloads off on veths"),
+    ("python3", "web server, fake BigQuery"),
+    ("ca-certificates", "TLS to the package registries"),
+    ("dnsmasq-base", "a real DNS server"),
+    ("bind9-dnsutils", "dig"),
+    ("bpftool", "attachment checks"),
+    ("libcap2-bin", "capsh: privilege checks"),
+    ("util-linux", "setpriv: privilege checks"),
+    ("musl-tools", "the static binary of the container image"),
+    ("systemd", "systemd-analyze verify of the unit"),
+    ("libpcap-dev", "capture on request (linked)"),
+    ("redis-server", "capture requests over Redis"),
+    ("redis-tools", "redis-cli PUBLISH"),
+    ("openssl", "a private CA for rediss://"),
+];
+
+/// Python modules the tests import, and the PyPI packages that provide them.
+const TEST_PYTHON_MODULES: &[(&str, &str)] = &[
+    ("googleapiclient", "google-api-python-client"),
+    ("cryptography", "cryptography"),
+    ("kubernetes_validate", "kubernetes-validate"),
+    ("yaml", "pyyaml"),
+    ("moto.server", "moto[server]"),
+];
 
 /// The toolchain channel pinned in devourer-ebpf/rust-toolchain.toml.
 pub fn ebpf_toolchain() -> Result<String> {
@@ -27,20 +68,33 @@ fn quiet_ok(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())
 }
 
-/// libpcap's headers and library, which the agent links for capture on request: installed
-/// with apt-get when missing (Debian and Ubuntu), else a clear error.
-fn libpcap() -> Result<()> {
-    let present = ["/usr/include/pcap.h", "/usr/include/pcap/pcap.h"]
+/// Debian packages from `wanted` that dpkg does not list as installed.
+fn missing_debian(wanted: &[&str]) -> Vec<String> {
+    wanted
         .iter()
-        .any(|p| std::path::Path::new(p).exists())
-        || quiet_ok(Command::new("pkg-config").args(["--exists", "libpcap"]));
-    if present {
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| {
+                    o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with("installed")
+                })
+        })
+        .map(|p| (*p).to_owned())
+        .collect()
+}
+
+/// Installs Debian packages with apt-get (through sudo when not root), updating the package
+/// lists first when the install cannot find them (a fresh machine has none).
+fn apt_install(packages: &[String]) -> Result<()> {
+    if packages.is_empty() {
         return Ok(());
     }
-    let hint = "install libpcap's development files (Debian: libpcap-dev), or build the agent \
-                with --no-default-features to leave capture on request out";
     if !quiet_ok(Command::new("apt-get").arg("--version")) {
-        bail!("libpcap headers not found: {hint}");
+        bail!(
+            "missing packages {} and no apt-get to install them",
+            packages.join(" ")
+        );
     }
     let apt = |args: &[&str]| {
         let mut cmd = Command::new(if is_root() { "apt-get" } else { "sudo" });
@@ -50,39 +104,72 @@ fn libpcap() -> Result<()> {
         cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
         run_cmd(&mut cmd)
     };
-    let install = [
-        "install",
-        "-y",
-        "-q",
-        "--no-install-recommends",
-        "libpcap-dev",
-    ];
-    // A fresh machine may have no package lists yet.
-    apt(&install)
-        .or_else(|_| apt(&["update", "-q"]).and_then(|()| apt(&install)))
-        .with_context(|| format!("installing libpcap-dev failed: {hint}"))
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(packages.iter().map(String::as_str));
+    apt(&install).or_else(|_| apt(&["update", "-q"]).and_then(|()| apt(&install)))
 }
 
+/// libpcap's headers and library, which the agent links for capture on request.
+fn libpcap() -> Result<()> {
+    let present = ["/usr/include/pcap.h", "/usr/include/pcap/pcap.h"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+        || quiet_ok(Command::new("pkg-config").args(["--exists", "libpcap"]));
+    if present {
+        return Ok(());
+    }
+    apt_install(&["libpcap-dev".to_owned()]).context(
+        "installing libpcap-dev failed: install libpcap's development files (Debian: \
+         libpcap-dev), or build the agent with --no-default-features to leave capture on \
+         request out",
+    )
+}
+
+/// Components a toolchain lacks, from `wanted`.
+fn missing_components(toolchain: &str, wanted: &[&str]) -> Vec<String> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", toolchain])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    wanted
+        .iter()
+        .filter(|c| {
+            !installed
+                .lines()
+                .any(|l| l.starts_with(&format!("{c}-")) || l == **c)
+        })
+        .map(|c| (*c).to_owned())
+        .collect()
+}
+
+/// The pinned nightly with its components, installed or completed.
+fn nightly(tc: &str) -> Result<()> {
+    let missing = missing_components(tc, NIGHTLY_COMPONENTS);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let installed = quiet_ok(Command::new("rustc").arg(format!("+{tc}")).arg("--version"));
+    let mut cmd = Command::new("rustup");
+    if installed {
+        cmd.args(["component", "add", "--toolchain", tc]);
+        cmd.args(&missing);
+    } else {
+        cmd.args(["toolchain", "install", tc, "--profile", "minimal"]);
+        for c in NIGHTLY_COMPONENTS {
+            cmd.args(["--component", c]);
+        }
+    }
+    run_cmd(&mut cmd).with_context(|| format!("installing {tc} with {}", missing.join(", ")))
+}
+
+/// What building the agent needs.
 pub fn setup() -> Result<()> {
     libpcap()?;
     let tc = ebpf_toolchain()?;
-    let has_src = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", &tc])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
-        });
-    if !has_src {
-        run_cmd(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            &tc,
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))?;
-    }
+    nightly(&tc)?;
     // bpf-linker is linked against the nightly's libLLVM; `rustup run` puts it on the path.
     let linker_ok = quiet_ok(Command::new("rustup").args(["run", &tc, "bpf-linker", "--version"]));
     if linker_ok {
@@ -129,4 +216,79 @@ pub fn setup() -> Result<()> {
         bail!("bpf-linker was installed but does not run under {tc}");
     }
     Ok(())
+}
+
+/// What `cargo xtask test` needs beyond building: lint components of the default toolchain,
+/// the tests' Debian packages and their Python packages.
+pub fn setup_tests() -> Result<()> {
+    setup()?;
+    let stable = Command::new("rustup")
+        .args(["show", "active-toolchain"])
+        .current_dir(workspace_root())
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        })
+        .context("asking rustup for the active toolchain")?;
+    let missing = missing_components(&stable, &["clippy", "rustfmt"]);
+    if !missing.is_empty() {
+        run_cmd(
+            Command::new("rustup")
+                .args(["component", "add", "--toolchain", &stable])
+                .args(&missing),
+        )?;
+    }
+    let names: Vec<&str> = TEST_DEBIAN_PACKAGES.iter().map(|(p, _)| *p).collect();
+    let missing = missing_debian(&names);
+    if !missing.is_empty() {
+        for (p, why) in TEST_DEBIAN_PACKAGES {
+            if missing.iter().any(|m| m == p) {
+                eprintln!("xtask: installing {p}: {why}");
+            }
+        }
+        apt_install(&missing).context("installing the tests' Debian packages")?;
+    }
+    python_packages()
+}
+
+/// The tests' Python packages, installed with pip when an import fails.
+fn python_packages() -> Result<()> {
+    let missing: Vec<&str> = TEST_PYTHON_MODULES
+        .iter()
+        .filter(|(module, _)| {
+            !quiet_ok(Command::new("python3").args(["-c", &format!("import {module}")]))
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !quiet_ok(Command::new("python3").args(["-m", "pip", "--version"])) {
+        apt_install(&["python3-pip".to_owned()]).context("python3 has no pip")?;
+    }
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    // Debian's own python3 refuses system-wide installs (PEP 668) unless told otherwise.
+    let externally_managed = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig,os;print(os.path.exists(os.path.join(sysconfig.get_path('stdlib'),'EXTERNALLY-MANAGED')))",
+        ])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "True");
+    if externally_managed {
+        cmd.arg("--break-system-packages");
+    }
+    cmd.args(&missing);
+    run_cmd(&mut cmd).context("installing the tests' Python packages")
 }

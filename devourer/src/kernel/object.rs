@@ -1,0 +1,318 @@
+//! The kernel object: loads the embedded program with its load-time settings (the flow map's
+//! size, payload ports and caps, the replay switch) and hands out the maps the agent reads.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::{SchedClassifier, Xdp},
+    util::KernelVersion,
+};
+use devourer_common::{
+    flow::{
+        COUNTERS_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_WAKE_INTERVAL_NS, OVERFLOW_MAP,
+        OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, WAKEUP_RING,
+    },
+    payload::{
+        BPF_RB_NO_WAKEUP, DEFAULT_DNS_RING_BYTES, DEFAULT_HTTP_CAP, DEFAULT_HTTP_RING_BYTES,
+        DNS_RING, GLOBAL_DNS_CAP, GLOBAL_DNS_PORTS, GLOBAL_HTTP_CAP, GLOBAL_HTTP_PORTS,
+        GLOBAL_RB_FLAGS, HTTP_RING, PAYLOAD_CAP_MAX, PORT_SLOTS,
+    },
+};
+
+use super::{
+    log::KernelLog,
+    maps::{Counters, KernelFlows, PerCpuHash},
+};
+
+/// The agent's kernel program, built by build.rs for bpfel-unknown-none.
+static AGENT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/devourer"));
+/// The benchmarks' object: the agent's programs plus baselines (never in a shipped agent).
+#[cfg(feature = "bench-programs")]
+static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/devourer-bench"));
+
+pub const PROG_TC_INGRESS: &str = "devourer_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "devourer_tc_egress";
+pub const PROG_XDP: &str = "devourer_xdp";
+/// Do-nothing programs of the same types: benchmark baselines (bench object only).
+pub const PROG_EMPTY_TC: &str = "devourer_empty_tc";
+pub const PROG_EMPTY_XDP: &str = "devourer_empty_xdp";
+/// TC ingress counting into the shared (not per-CPU) flow map (bench object only).
+pub const PROG_TC_SHARED: &str = "devourer_tc_shared";
+/// The shared flow map of [`PROG_TC_SHARED`].
+pub const SHARED_FLOWS_MAP: &str = "FLOWS_SHARED";
+
+/// aya-log's load-time level global in the program (0: off; 4: debug).
+const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+
+/// Oldest kernel devourer runs on: atomic lookup-and-delete on hash maps arrived in 5.14
+/// (ring buffers 5.8, batched lookups 5.6, test_run with an `__sk_buff` context 5.x).
+pub const MIN_KERNEL: (u8, u8) = (5, 14);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "kernel {found} is too old: devourer needs {}.{} or newer (atomic lookup-and-delete on hash maps)",
+        MIN_KERNEL.0, MIN_KERNEL.1
+    )]
+    KernelTooOld { found: String },
+    #[error(
+        "not permitted to load eBPF programs: devourer needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root)"
+    )]
+    Permission(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("loading the eBPF object failed (map creation or verifier)")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("reading map {0} failed")]
+    Map(&'static str, #[source] io::Error),
+}
+
+/// The program's load-time settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Replay recorded packets (BPF_PROG_TEST_RUN) instead of counting live ones.
+    pub offline: bool,
+    pub flow_map_entries: u32,
+    pub wake_interval_ns: u64,
+    /// Ports whose payloads go to the DNS ring (empty: none).
+    pub dns_ports: Vec<u16>,
+    /// Payload bytes copied per DNS packet.
+    pub dns_cap: u32,
+    pub dns_ring_bytes: u32,
+    /// TCP ports whose message-starting segments go to the HTTP ring (empty: HTTP off).
+    pub http_ports: Vec<u16>,
+    /// Payload bytes copied per HTTP segment.
+    pub http_cap: u32,
+    pub http_ring_bytes: u32,
+    /// Entries of the bench object's shared flow map (ignored by the agent's object).
+    pub shared_map_entries: u32,
+}
+
+impl LoadOptions {
+    /// Defaults for tests and tools: DNS on port 53, design.md's sizes.
+    pub fn new(offline: bool, flow_map_entries: u32) -> Self {
+        Self {
+            offline,
+            flow_map_entries,
+            wake_interval_ns: devourer_common::flow::DEFAULT_WAKE_INTERVAL_NS,
+            dns_ports: vec![53],
+            dns_cap: PAYLOAD_CAP_MAX as u32,
+            dns_ring_bytes: DEFAULT_DNS_RING_BYTES,
+            http_ports: Vec::new(),
+            http_cap: DEFAULT_HTTP_CAP,
+            http_ring_bytes: DEFAULT_HTTP_RING_BYTES,
+            shared_map_entries: 1,
+        }
+    }
+}
+
+/// The loaded program and the maps the agent reads.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub flows: KernelFlows,
+    pub overflow: PerCpuHash<OverflowKey, OverflowValue>,
+    pub counters: Counters,
+    pub wakeup: RingBuf<MapData>,
+    pub dns: RingBuf<MapData>,
+    pub http: RingBuf<MapData>,
+    /// The program's own log lines, when the agent logs `devourer::kernel` at debug.
+    pub log: Option<KernelLog>,
+    pub ncpus: usize,
+}
+
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && io.raw_os_error() == Some(libc::EPERM)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+pub(super) fn classify(e: impl std::error::Error + Send + Sync + 'static) -> LoadError {
+    if is_eperm(&e) {
+        LoadError::Permission(Box::new(e))
+    } else {
+        LoadError::Load(Box::new(e))
+    }
+}
+
+pub fn check_kernel() -> Result<KernelVersion, LoadError> {
+    let v = KernelVersion::current().map_err(|e| LoadError::KernelTooOld {
+        found: format!("(unknown: {e})"),
+    })?;
+    if v < KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0) {
+        return Err(LoadError::KernelTooOld {
+            found: format!("{v:?}"),
+        });
+    }
+    Ok(v)
+}
+
+/// Ports as the program's fixed slots (0 = unused).
+fn slots(ports: &[u16]) -> [u16; PORT_SLOTS] {
+    let mut out = [0u16; PORT_SLOTS];
+    for (slot, p) in out.iter_mut().zip(ports) {
+        *slot = *p;
+    }
+    out
+}
+
+/// Loads the agent's object: creates the maps (flow map sized as asked) and loads the TC and
+/// XDP programs (attaching picks the ones a mode uses; replay runs one).
+pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    load_object(AGENT_OBJECT, opts)
+}
+
+/// Loads the benchmarks' object, with the same settings as the agent's.
+#[cfg(feature = "bench-programs")]
+pub fn load_bench(opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    load_object(BENCH_OBJECT, opts)
+}
+
+fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    check_kernel()?;
+    raise_memlock();
+    let offline: u8 = opts.offline.into();
+    let dns_cap = opts.dns_cap.min(PAYLOAD_CAP_MAX as u32);
+    let http_cap = opts.http_cap.min(PAYLOAD_CAP_MAX as u32);
+    // Offline, the reader drains the rings after every frame: wake-ups would only cost.
+    let rb_flags: u64 = if opts.offline { BPF_RB_NO_WAKEUP } else { 0 };
+    let log_level: u8 = if KernelLog::wanted() { 4 } else { 0 };
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_OFFLINE, &offline, true)
+        .override_global(GLOBAL_WAKE_INTERVAL_NS, &opts.wake_interval_ns, true)
+        .override_global(GLOBAL_DNS_PORTS, &slots(&opts.dns_ports), true)
+        .override_global(GLOBAL_DNS_CAP, &dns_cap, true)
+        .override_global(GLOBAL_RB_FLAGS, &rb_flags, true)
+        .override_global(GLOBAL_HTTP_PORTS, &slots(&opts.http_ports), true)
+        .override_global(GLOBAL_HTTP_CAP, &http_cap, true)
+        .override_global(AYA_LOG_LEVEL, &log_level, true)
+        .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
+        .map_max_entries(DNS_RING, opts.dns_ring_bytes)
+        // Without HTTP ports the ring stays at its smallest (one page): nothing is sent to it.
+        .map_max_entries(
+            HTTP_RING,
+            if opts.http_ports.is_empty() {
+                page_size()
+            } else {
+                opts.http_ring_bytes
+            },
+        )
+        .map_max_entries(SHARED_FLOWS_MAP, opts.shared_map_entries.max(1))
+        .load(object)
+        .map_err(classify)?;
+    for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::Missing(name))?
+            .try_into()
+            .map_err(classify)?;
+        prog.load().map_err(classify)?;
+    }
+    let xdp: &mut Xdp = ebpf
+        .program_mut(PROG_XDP)
+        .ok_or(LoadError::Missing(PROG_XDP))?
+        .try_into()
+        .map_err(classify)?;
+    xdp.load().map_err(classify)?;
+
+    let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Map("possible cpus", e))?;
+    let take =
+        |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Missing(name));
+    let flows = PerCpuHash::new(
+        take(&mut ebpf, FLOWS_MAP)?,
+        ncpus,
+        opts.flow_map_entries as usize,
+    )
+    .map_err(|e| LoadError::Map(FLOWS_MAP, e))?;
+    let overflow = PerCpuHash::new(
+        take(&mut ebpf, OVERFLOW_MAP)?,
+        ncpus,
+        OVERFLOW_MAP_ENTRIES as usize,
+    )
+    .map_err(|e| LoadError::Map(OVERFLOW_MAP, e))?;
+    let counters = Counters::new(take(&mut ebpf, COUNTERS_MAP)?, ncpus)
+        .map_err(|e| LoadError::Map(COUNTERS_MAP, e))?;
+    let wakeup = RingBuf::try_from(take(&mut ebpf, WAKEUP_RING)?).map_err(classify)?;
+    let dns = RingBuf::try_from(take(&mut ebpf, DNS_RING)?).map_err(classify)?;
+    let http = RingBuf::try_from(take(&mut ebpf, HTTP_RING)?).map_err(classify)?;
+    let log = if log_level > 0 {
+        KernelLog::start(&mut ebpf)
+    } else {
+        None
+    };
+    Ok(Loaded {
+        ebpf,
+        flows: KernelFlows(flows),
+        overflow,
+        counters,
+        wakeup,
+        dns,
+        http,
+        log,
+        ncpus,
+    })
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u32 } else { 4096 }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it where we may.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain setrlimit with a valid struct.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        tracing::debug!(
+            "could not lift RLIMIT_MEMLOCK ({}); fine on kernels >= 5.11",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+impl Loaded {
+    /// Loads one of the bench object's extra programs (an empty one, the shared-map variant)
+    /// and returns its fd.
+    #[cfg(feature = "bench-programs")]
+    pub fn load_bench_program(&mut self, name: &'static str) -> Result<i32, LoadError> {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(LoadError::Missing(name))?;
+        match name {
+            PROG_EMPTY_XDP => {
+                let p: &mut Xdp = prog.try_into().map_err(classify)?;
+                p.load().map_err(classify)?;
+            }
+            _ => {
+                let p: &mut SchedClassifier = prog.try_into().map_err(classify)?;
+                p.load().map_err(classify)?;
+            }
+        }
+        self.prog_fd(name)
+    }
+
+    /// The raw fd of a loaded program, for BPF_PROG_TEST_RUN.
+    pub fn prog_fd(&self, name: &'static str) -> Result<i32, LoadError> {
+        let prog = self.ebpf.program(name).ok_or(LoadError::Missing(name))?;
+        let fd = prog.fd().map_err(classify)?;
+        Ok(fd.as_fd().as_raw_fd())
+    }
+}
