@@ -23,31 +23,60 @@ pub const GLOBAL_OFFLINE: &str = "DEVOURER_OFFLINE";
 pub const GLOBAL_WAKE_INTERVAL_NS: &str = "DEVOURER_WAKE_INTERVAL_NS";
 pub const DEFAULT_WAKE_INTERVAL_NS: u64 = 100_000_000;
 
-/// Counter indexes in [`COUNTERS_MAP`].
-pub const C_PACKETS: u32 = 0;
-/// Frames that are not IPv4/IPv6 (ARP, LLDP, ...): seen, not part of any flow.
-pub const C_NON_IP: u32 = 1;
-/// IP frames whose headers are truncated or inconsistent: not part of any flow.
-pub const C_MALFORMED: u32 = 2;
-/// Packets the full flow map refused; they are aggregated in [`OVERFLOW_MAP`].
-pub const C_MAP_FULL: u32 = 3;
-/// Packets and bytes refused by the overflow map too (it is full): counted only here.
-pub const C_OVERFLOW_FULL_PACKETS: u32 = 4;
-pub const C_OVERFLOW_FULL_BYTES: u32 = 5;
-/// Inserts that lost the race to another CPU (EEXIST) and were retried as updates.
-pub const C_INSERT_RACE: u32 = 6;
-/// Wake-ups sent to the agent, and those the ring had no room for.
-pub const C_WAKEUPS: u32 = 7;
-pub const C_WAKEUP_FAILED: u32 = 8;
-/// DNS payload events sent, refused by a full ring, and sent cut at the cap.
-pub const C_DNS_EVENTS: u32 = 9;
-pub const C_DNS_RING_FULL: u32 = 10;
-pub const C_DNS_CUT: u32 = 11;
-/// HTTP payload events sent, refused by a full ring, and sent cut at the cap.
-pub const C_HTTP_EVENTS: u32 = 12;
-pub const C_HTTP_RING_FULL: u32 = 13;
-pub const C_HTTP_CUT: u32 = 14;
+/// The kernel counters, one table for the program (which increments them by index), the
+/// metrics (`devourer_kernel_events_total{event=METRIC}`) and the shutdown summary (NAME=count).
+/// Each line: index constant, index, summary name, metric label, what it counts.
+macro_rules! counters {
+    ($($konst:ident = $idx:literal, $name:literal, $metric:literal, $help:literal;)*) => {
+        $(#[doc = $help] pub const $konst: u32 = $idx;)*
+        /// Every counter, in index order.
+        pub const COUNTERS: [Counter; COUNTERS_LEN as usize] = [
+            $(Counter { index: $konst, name: $name, metric: $metric, help: $help },)*
+        ];
+    };
+}
+
+/// One kernel counter of [`COUNTERS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counter {
+    /// Its slot in [`CounterBlock::c`].
+    pub index: u32,
+    /// The key it is logged under in the agent's summary.
+    pub name: &'static str,
+    /// The `event` label of `devourer_kernel_events_total`.
+    pub metric: &'static str,
+    pub help: &'static str,
+}
+
+counters! {
+    C_PACKETS = 0, "packets", "packets", "Packets the program saw.";
+    C_NON_IP = 1, "non_ip", "non_ip", "Frames that are not IPv4/IPv6 (ARP, LLDP, ...): seen, in no flow.";
+    C_MALFORMED = 2, "malformed", "malformed", "IP frames with truncated or inconsistent headers: in no flow.";
+    C_MAP_FULL = 3, "map_full", "map_full", "Packets the full flow map refused; aggregated in the overflow map.";
+    C_OVERFLOW_FULL_PACKETS = 4, "overflow_full_packets", "overflow_full", "Packets the overflow map refused too (full): counted only here.";
+    C_OVERFLOW_FULL_BYTES = 5, "overflow_full_bytes", "overflow_full_bytes", "Bytes of the packets the overflow map refused.";
+    C_INSERT_RACE = 6, "insert_race", "insert_race", "Inserts that lost the race to another CPU and were retried as updates.";
+    C_WAKEUPS = 7, "wakeups", "wakeups", "Map-full wake-ups sent to the agent.";
+    C_WAKEUP_FAILED = 8, "wakeup_failed", "wakeup_failed", "Wake-ups the wake-up ring had no room for.";
+    C_DNS_EVENTS = 9, "dns_events", "dns_events", "DNS payload events sent to the DNS ring.";
+    C_DNS_RING_FULL = 10, "dns_ring_full", "dns_ring_drops", "DNS payload events refused by a full DNS ring.";
+    C_DNS_CUT = 11, "dns_cut", "dns_cut", "DNS payload events cut at the DNS cap.";
+    C_HTTP_EVENTS = 12, "http_events", "http_events", "HTTP payload events sent to the HTTP ring.";
+    C_HTTP_RING_FULL = 13, "http_ring_full", "http_ring_drops", "HTTP payload events refused by a full HTTP ring.";
+    C_HTTP_CUT = 14, "http_cut", "http_cut", "HTTP payload events cut at the HTTP cap.";
+}
 pub const COUNTERS_LEN: u32 = 15;
+
+const _: () = {
+    let mut i = 0;
+    while i < COUNTERS.len() {
+        assert!(
+            COUNTERS[i].index as usize == i,
+            "COUNTERS must be in index order"
+        );
+        i += 1;
+    }
+};
 
 /// The counters of one CPU (one lookup per packet, then plain increments).
 #[repr(C)]

@@ -1,8 +1,8 @@
 //! Plain-old-data types and constants shared by the kernel program and the agent.
 #![no_std]
 
-pub mod dns;
 pub mod flow;
+pub mod payload;
 
 #[cfg(feature = "user")]
 extern crate std;

@@ -1,46 +1,44 @@
 //! Payload events: what the kernel program forwards to the agent for DNS ports (UDP and TCP)
 //! and HTTP ports (TCP segments that start a request or response). Each kind has a ring of its
-//! own, so a large download cannot crowd out DNS; both use [`DnsEventHeader`].
+//! own, so a large download cannot crowd out DNS; both carry a [`PayloadHeader`] and the
+//! payload's first bytes.
 
-/// Ring buffer of [`DnsEventHeader`] + payload records (its own ring: no other event kinds).
+/// Ring buffer of DNS payload events ([`PayloadHeader`] + payload).
 pub const DNS_RING: &str = "DNS_EVENTS";
+/// Ring buffer of HTTP payload events ([`PayloadHeader`] + payload).
+pub const HTTP_RING: &str = "HTTP_EVENTS";
 /// Per-CPU scratch where one event is assembled before `bpf_ringbuf_output`.
-pub const DNS_SCRATCH_MAP: &str = "DNS_SCRATCH";
-pub const DEFAULT_DNS_RING_BYTES: u32 = 4 << 20;
-/// Largest payload copied per packet (enough for EDNS answers).
-pub const DNS_CAP_MAX: usize = 4096;
-/// Ports whose UDP/TCP payloads are forwarded; 0 marks an unused slot.
-pub const DNS_PORT_SLOTS: usize = 8;
+pub const PAYLOAD_SCRATCH_MAP: &str = "PAYLOAD_SCRATCH";
 
-/// Load-time global (`[u16; DNS_PORT_SLOTS]`): the DNS ports, 0 = unused.
+pub const DEFAULT_DNS_RING_BYTES: u32 = 4 << 20;
+pub const DEFAULT_HTTP_RING_BYTES: u32 = 4 << 20;
+/// Largest payload copied per packet, whatever the kind (enough for EDNS answers).
+pub const PAYLOAD_CAP_MAX: usize = 4096;
+/// Default payload bytes copied per HTTP segment (request line and the usual headers).
+pub const DEFAULT_HTTP_CAP: u32 = 1024;
+/// Ports per kind whose payloads are forwarded; 0 marks an unused slot.
+pub const PORT_SLOTS: usize = 8;
+
+/// Load-time global (`[u16; PORT_SLOTS]`): the DNS ports, 0 = unused.
 pub const GLOBAL_DNS_PORTS: &str = "DEVOURER_DNS_PORTS";
-/// Load-time global (u32): payload bytes copied per packet, at most [`DNS_CAP_MAX`].
+/// Load-time global (u32): payload bytes copied per DNS packet, at most [`PAYLOAD_CAP_MAX`].
 pub const GLOBAL_DNS_CAP: &str = "DEVOURER_DNS_CAP";
-/// Load-time global (u64): flags for the DNS ring output (see [`BPF_RB_NO_WAKEUP`]).
-pub const GLOBAL_DNS_RB_FLAGS: &str = "DEVOURER_DNS_RB_FLAGS";
+/// Load-time global (`[u16; PORT_SLOTS]`): the HTTP ports, 0 = unused (all 0: HTTP off).
+pub const GLOBAL_HTTP_PORTS: &str = "DEVOURER_HTTP_PORTS";
+/// Load-time global (u32): payload bytes copied per HTTP segment, at most [`PAYLOAD_CAP_MAX`].
+pub const GLOBAL_HTTP_CAP: &str = "DEVOURER_HTTP_CAP";
+/// Load-time global (u64): flags for both rings' output (see [`BPF_RB_NO_WAKEUP`]).
+pub const GLOBAL_RB_FLAGS: &str = "DEVOURER_RB_FLAGS";
 /// No wake-up per event: for a reader that polls after every replayed frame anyway.
 pub const BPF_RB_NO_WAKEUP: u64 = 1;
 
-/// Ring buffer of HTTP payload events ([`DnsEventHeader`] + payload).
-pub const HTTP_RING: &str = "HTTP_EVENTS";
-pub const DEFAULT_HTTP_RING_BYTES: u32 = 4 << 20;
-/// Default payload bytes copied per HTTP segment (request line and the usual headers).
-pub const DEFAULT_HTTP_CAP: u32 = 1024;
-/// Load-time global (`[u16; DNS_PORT_SLOTS]`): the HTTP ports, 0 = unused (all 0: HTTP off).
-pub const GLOBAL_HTTP_PORTS: &str = "DEVOURER_HTTP_PORTS";
-/// Load-time global (u32): payload bytes copied per HTTP segment, at most [`DNS_CAP_MAX`].
-pub const GLOBAL_HTTP_CAP: &str = "DEVOURER_HTTP_CAP";
-
-pub const DIR_INGRESS: u8 = 0;
-pub const DIR_EGRESS: u8 = 1;
-
-/// `DnsEventHeader::flags`: addresses are IPv6 (else v4-mapped IPv4).
-pub const DNS_F_IPV6: u8 = 1;
+/// `PayloadHeader::flags`: addresses are IPv6 (else v4-mapped IPv4).
+pub const PAYLOAD_F_IPV6: u8 = 1;
 
 /// Precedes `cap_len` payload bytes in each ring record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DnsEventHeader {
+pub struct PayloadHeader {
     /// Packet time on the program's clock (monotonic live, the file's offline).
     pub ts_ns: u64,
     pub src_addr: [u8; 16],
@@ -55,20 +53,19 @@ pub struct DnsEventHeader {
     /// Payload bytes that follow this header (at most the cap).
     pub cap_len: u16,
     pub proto: u8,
-    pub direction: u8,
     pub flags: u8,
     pub tcp_flags: u8,
-    pub _pad: [u8; 10],
+    pub _pad: [u8; 11],
 }
 
 /// The per-CPU scratch record: header and payload, output with its used length.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct DnsScratch {
-    pub header: DnsEventHeader,
-    pub payload: [u8; DNS_CAP_MAX],
+pub struct PayloadScratch {
+    pub header: PayloadHeader,
+    pub payload: [u8; PAYLOAD_CAP_MAX],
 }
 
-pub const DNS_HEADER_LEN: usize = size_of::<DnsEventHeader>();
+pub const PAYLOAD_HEADER_LEN: usize = size_of::<PayloadHeader>();
 
-const _: () = assert!(DNS_HEADER_LEN == 72);
+const _: () = assert!(PAYLOAD_HEADER_LEN == 72);

@@ -1,36 +1,42 @@
 //! Entry points, maps and per-packet accounting. Fails open: every path returns PIPE/PASS.
+//! Included by both objects: the agent's (`main.rs`) and the benchmarks' (`bin/bench.rs`,
+//! which adds do-nothing baselines and a shared-map variant through [`FlowStore`]).
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "keys and values go to map helpers by reference: one stack copy for the verifier"
 )]
 
-use core::{
-    intrinsics::{AtomicOrdering, atomic_xadd},
-    ptr::{read_unaligned, read_volatile},
-};
+use core::ptr::{read_unaligned, read_volatile};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_PIPE, xdp_action::XDP_PASS},
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{TcContext, XdpContext},
 };
-use devourer_common::dns::{
-    DEFAULT_HTTP_CAP, DIR_EGRESS, DIR_INGRESS, DNS_CAP_MAX, DNS_F_IPV6, DNS_HEADER_LEN,
-    DNS_PORT_SLOTS, DnsScratch,
-};
-use devourer_common::flow::{
-    C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_HTTP_CUT, C_HTTP_EVENTS, C_HTTP_RING_FULL,
-    C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
-    C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS, CounterBlock,
-    DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6,
-    OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup,
-    XdpReplayMeta,
+use aya_log_ebpf::debug;
+use devourer_common::{
+    flow::{
+        C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_HTTP_CUT, C_HTTP_EVENTS, C_HTTP_RING_FULL,
+        C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
+        C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS, CounterBlock,
+        DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6,
+        OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup,
+        XdpReplayMeta,
+    },
+    payload::{
+        DEFAULT_HTTP_CAP, PAYLOAD_CAP_MAX, PAYLOAD_F_IPV6, PAYLOAD_HEADER_LEN, PORT_SLOTS,
+        PayloadScratch,
+    },
 };
 use devourer_ebpf::{Packet, Parsed, Skip, is_dns, is_http, parse, starts_http};
 
+use crate::access::{CopyOut, TcPacket, XdpPacket};
+
 const EEXIST: i32 = 17;
+/// Least time between two log lines from one CPU about malformed packets (debug logging).
+const ANOMALY_LOG_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// 1 when replaying recorded packets through BPF_PROG_TEST_RUN (see devourer-common).
 #[unsafe(no_mangle)]
@@ -40,29 +46,24 @@ static DEVOURER_WAKE_INTERVAL_NS: u64 = DEFAULT_WAKE_INTERVAL_NS;
 
 /// Ports whose payloads go to the DNS ring (0 = unused slot).
 #[unsafe(no_mangle)]
-static DEVOURER_DNS_PORTS: [u16; DNS_PORT_SLOTS] = [53, 0, 0, 0, 0, 0, 0, 0];
-/// Flags for DNS ring output: 0 (the kernel wakes the reader when it has caught up), or
+static DEVOURER_DNS_PORTS: [u16; PORT_SLOTS] = [53, 0, 0, 0, 0, 0, 0, 0];
+/// Flags for payload ring output: 0 (the kernel wakes the reader when it has caught up), or
 /// BPF_RB_NO_WAKEUP where the reader polls anyway (offline replay drains after every frame).
 #[unsafe(no_mangle)]
-static DEVOURER_DNS_RB_FLAGS: u64 = 0;
-/// Payload bytes copied per DNS packet (at most DNS_CAP_MAX).
+static DEVOURER_RB_FLAGS: u64 = 0;
+/// Payload bytes copied per DNS packet (at most PAYLOAD_CAP_MAX).
 #[unsafe(no_mangle)]
-static DEVOURER_DNS_CAP: u32 = DNS_CAP_MAX as u32;
+static DEVOURER_DNS_CAP: u32 = PAYLOAD_CAP_MAX as u32;
 /// TCP ports whose segments that start an HTTP message go to the HTTP ring (all 0: off).
 #[unsafe(no_mangle)]
-static DEVOURER_HTTP_PORTS: [u16; DNS_PORT_SLOTS] = [0; DNS_PORT_SLOTS];
-/// Payload bytes copied per HTTP segment (at most DNS_CAP_MAX).
+static DEVOURER_HTTP_PORTS: [u16; PORT_SLOTS] = [0; PORT_SLOTS];
+/// Payload bytes copied per HTTP segment (at most PAYLOAD_CAP_MAX).
 #[unsafe(no_mangle)]
 static DEVOURER_HTTP_CAP: u32 = DEFAULT_HTTP_CAP;
 
 #[map(name = "FLOWS")]
 static FLOWS: PerCpuHashMap<FlowKey, FlowValue> =
     PerCpuHashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, 0);
-
-/// The shared-map alternative (one value per flow, atomic adds), for the benchmark that
-/// compares it with the per-CPU map. One entry unless the benchmark sizes it at load.
-#[map(name = "FLOWS_SHARED")]
-static FLOWS_SHARED: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(1, 0);
 
 #[map(name = "OVERFLOW")]
 static OVERFLOW: PerCpuHashMap<OverflowKey, OverflowValue> =
@@ -81,11 +82,15 @@ static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Where one payload event (DNS or HTTP) is assembled before it is output to its ring.
-#[map(name = "DNS_SCRATCH")]
-static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "PAYLOAD_SCRATCH")]
+static PAYLOAD_SCRATCH: PerCpuArray<PayloadScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "WAKE_STATE")]
 static WAKE_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// When this CPU last logged a malformed packet (debug logging only).
+#[map(name = "LOG_STATE")]
+static LOG_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn offline() -> bool {
@@ -94,7 +99,7 @@ fn offline() -> bool {
 }
 
 /// This CPU's counters, looked up once per packet.
-struct Ctr(*mut CounterBlock);
+pub struct Ctr(*mut CounterBlock);
 
 impl Ctr {
     #[inline(always)]
@@ -103,30 +108,10 @@ impl Ctr {
     }
 
     #[inline(always)]
-    fn add(&self, idx: u32, n: u64) {
+    pub fn add(&self, idx: u32, n: u64) {
         // SAFETY: this CPU's slot; only this CPU writes it and programs do not nest on one CPU
         // for these hooks. The index is one of the C_* constants, below COUNTERS_LEN.
         unsafe { (*self.0).c[idx as usize] += n };
-    }
-}
-
-/// Copies `len` (1..=DNS_CAP_MAX) bytes at `off` of the packet into `dst`.
-trait CopyOut {
-    fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool;
-}
-
-/// TC accessor: direct packet access for the linear part, `bpf_skb_load_bytes` past it.
-struct TcPacket<'a> {
-    ctx: &'a TcContext,
-    /// This CPU's header scratch (`Scratch::hdr`).
-    scratch: *mut [u8; 64],
-}
-
-impl CopyOut for TcPacket<'_> {
-    #[inline(always)]
-    fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: dst points at DNS_CAP_MAX writable bytes and len was bounded by the caller.
-        unsafe { bpf_skb_load_bytes(self.ctx.skb.skb as *const _, off, dst.cast(), len) == 0 }
     }
 }
 
@@ -144,81 +129,15 @@ struct Scratch {
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-impl Packet for TcPacket<'_> {
-    #[inline(always)]
-    fn at<T: Copy>(&self, off: usize) -> Option<*const T> {
-        const { assert!(size_of::<T>() <= 64) };
-        let start = self.ctx.data();
-        let end = self.ctx.data_end();
-        if start + off + size_of::<T>() <= end {
-            return Some((start + off) as *const T);
-        }
-        let buf = self.scratch;
-        // SAFETY: buf is 64 writable bytes of this CPU's slot; T fits (asserted above).
-        let ret = unsafe {
-            bpf_skb_load_bytes(
-                self.ctx.skb.skb as *const _,
-                off as u32,
-                buf.cast(),
-                size_of::<T>() as u32,
-            )
-        };
-        (ret == 0).then_some(buf.cast::<T>())
-    }
-
-    #[inline(always)]
-    unsafe fn read<T: Copy>(&self, p: *const T) -> T {
-        // SAFETY: see `Packet::read`: a word load; unaligned packet loads are fine on the
-        // architectures devourer supports, and scratch memory is aligned.
-        unsafe { core::ptr::read(p) }
-    }
-
-    #[inline(always)]
-    fn frame_len(&self) -> usize {
-        self.ctx.len() as usize
-    }
-}
-
-/// XDP accessor: the frame (first buffer) is linear.
-struct XdpPacket<'a>(&'a XdpContext);
-
-impl CopyOut for XdpPacket<'_> {
-    #[inline(always)]
-    fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: as for TC; bpf_xdp_load_bytes also reads past the first buffer.
-        unsafe { bpf_xdp_load_bytes(self.0.ctx, off, dst.cast(), len) == 0 }
-    }
-}
-
-impl Packet for XdpPacket<'_> {
-    #[inline(always)]
-    fn at<T: Copy>(&self, off: usize) -> Option<*const T> {
-        let start = self.0.data();
-        let end = self.0.data_end();
-        (start + off + size_of::<T>() <= end).then_some((start + off) as *const T)
-    }
-
-    #[inline(always)]
-    unsafe fn read<T: Copy>(&self, p: *const T) -> T {
-        // SAFETY: as for TC.
-        unsafe { core::ptr::read(p) }
-    }
-
-    #[inline(always)]
-    fn frame_len(&self) -> usize {
-        self.0.data_end() - self.0.data()
-    }
-}
-
 #[classifier]
 pub fn devourer_tc_ingress(ctx: TcContext) -> i32 {
-    tc::<false>(&ctx, DIR_INGRESS);
+    tc::<PerCpu>(&ctx);
     TC_ACT_PIPE
 }
 
 #[classifier]
 pub fn devourer_tc_egress(ctx: TcContext) -> i32 {
-    tc::<false>(&ctx, DIR_EGRESS);
+    tc::<PerCpu>(&ctx);
     TC_ACT_PIPE
 }
 
@@ -228,28 +147,25 @@ pub fn devourer_xdp(ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
-/// Programs that do nothing: the baselines of the kernel-cost benchmark (never attached by the
-/// agent, loaded only by `cargo xtask bench`).
-#[classifier]
-pub fn devourer_empty_tc(_ctx: TcContext) -> i32 {
-    TC_ACT_PIPE
+/// Where a parsed packet is counted: the agent's per-CPU flow map ([`PerCpu`]), or a variant
+/// the benchmark object compares it with.
+pub trait FlowStore {
+    fn record(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr);
 }
 
-#[xdp]
-pub fn devourer_empty_xdp(_ctx: XdpContext) -> u32 {
-    XDP_PASS
+/// The per-CPU flow map: no atomics on the packet path.
+pub struct PerCpu;
+
+impl FlowStore for PerCpu {
+    #[inline(always)]
+    fn record(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr) {
+        record(p, ts, segs, ctr);
+    }
 }
 
-/// TC ingress counting into the shared map instead of the per-CPU one (benchmark only).
-#[classifier]
-pub fn devourer_tc_shared(ctx: TcContext) -> i32 {
-    tc::<true>(&ctx, DIR_INGRESS);
-    TC_ACT_PIPE
-}
-
-/// `SHARED`: count into the shared map (benchmark) instead of the per-CPU one.
+/// Counts one packet seen at TC into `S`.
 #[inline(always)]
-fn tc<const SHARED: bool>(ctx: &TcContext, direction: u8) {
+pub fn tc<S: FlowStore>(ctx: &TcContext) {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer the kernel passed in; these __sk_buff fields are readable by
     // sched_cls programs. Fields are read with volatile loads at their constant offsets, so
@@ -285,15 +201,7 @@ fn tc<const SHARED: bool>(ctx: &TcContext, direction: u8) {
         ctx,
         scratch: &mut scratch.hdr,
     };
-    account::<_, SHARED>(
-        &pkt,
-        &mut scratch.parsed,
-        vlan_hint,
-        ts,
-        ifindex,
-        segs,
-        direction,
-    );
+    account::<_, S>(&pkt, &mut scratch.parsed, vlan_hint, ts, ifindex, segs);
 }
 
 #[inline(always)]
@@ -321,18 +229,17 @@ fn xdp(ctx: &XdpContext) {
     };
     // SAFETY: this CPU's slot; see `tc`.
     let parsed = unsafe { &mut (*scratch).parsed };
-    account::<_, false>(&XdpPacket(ctx), parsed, None, ts, ifindex, 1, DIR_INGRESS);
+    account::<_, PerCpu>(&XdpPacket(ctx), parsed, None, ts, ifindex, 1);
 }
 
 #[inline(always)]
-fn account<P: Packet + CopyOut, const SHARED: bool>(
+fn account<P: Packet + CopyOut, S: FlowStore>(
     p: &P,
     parsed: &mut Parsed,
     vlan_hint: Option<u16>,
     ts: u64,
     ifindex: u32,
     gso_segs: u32,
-    direction: u8,
 ) {
     let Some(ctr) = Ctr::get() else {
         return;
@@ -342,9 +249,8 @@ fn account<P: Packet + CopyOut, const SHARED: bool>(
         Ok(()) => {
             // SAFETY: a load-time constant array.
             let ports = unsafe { read_volatile(&DEVOURER_DNS_PORTS) };
-            let if_dir = ifindex as u64 | (direction as u64) << 32;
             if is_dns(parsed, &ports) {
-                payload_event(p, parsed, ts, if_dir | KIND_DNS, &ctr);
+                payload_event(p, parsed, ts, ifindex as u64 | KIND_DNS, &ctr);
             }
             // SAFETY: a load-time constant array.
             let http_ports = unsafe { read_volatile(&DEVOURER_HTTP_PORTS) };
@@ -355,7 +261,7 @@ fn account<P: Packet + CopyOut, const SHARED: bool>(
                     && p.copy_out(parsed.payload_off, first.as_mut_ptr(), 4)
                     && starts_http(first)
                 {
-                    payload_event(p, parsed, ts, if_dir | KIND_HTTP, &ctr);
+                    payload_event(p, parsed, ts, ifindex as u64 | KIND_HTTP, &ctr);
                 }
             }
             let segs = if gso_segs <= 1 { 1 } else { gso_segs as u64 };
@@ -365,19 +271,37 @@ fn account<P: Packet + CopyOut, const SHARED: bool>(
                 .bytes
                 .saturating_add(((segs - 1) as u32).saturating_mul(parsed.seg_hdr));
             parsed.key.ifindex = ifindex;
-            if SHARED {
-                record_shared(parsed, ts, segs, &ctr);
-            } else {
-                record(parsed, ts, segs, &ctr);
-            }
+            S::record(parsed, ts, segs, &ctr);
         }
         Err(Skip::NonIp) => ctr.add(C_NON_IP, 1),
-        Err(Skip::Malformed) => ctr.add(C_MALFORMED, 1),
+        Err(Skip::Malformed) => {
+            ctr.add(C_MALFORMED, 1);
+            log_malformed(ts, ifindex);
+        }
     }
 }
 
+/// A debug line about a malformed packet, at most once per CPU per second (a flood of bad
+/// packets must not become a flood of log records); nothing unless the agent logs at debug.
+#[inline(never)]
+fn log_malformed(ts: u64, ifindex: u32) {
+    let Some(last) = LOG_STATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    let last = unsafe { &mut *last };
+    if *last != 0 && ts.wrapping_sub(*last) < ANOMALY_LOG_INTERVAL_NS {
+        return;
+    }
+    *last = ts;
+    debug!(
+        &(),
+        "malformed packet on ifindex {} (more are only counted for a second)", ifindex
+    );
+}
+
 #[inline(always)]
-fn add(v: &mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
+pub fn add(v: &mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
     if v.first_ns == 0 || ts < v.first_ns {
         v.first_ns = ts;
     }
@@ -410,6 +334,10 @@ fn record(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr) {
         Err(e) if e == -EEXIST => {
             // Another CPU created the entry between our lookup and insert: our slot is zeroed.
             ctr.add(C_INSERT_RACE, 1);
+            debug!(
+                &(),
+                "insert race on ifindex {}: retried as an update", ifindex
+            );
             match FLOWS.get_ptr_mut(key) {
                 // SAFETY: as above.
                 Some(v) => add(unsafe { &mut *v }, p, ts, segs),
@@ -421,58 +349,18 @@ fn record(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr) {
     }
 }
 
-/// [`record`] into the shared map: one value for all CPUs, counters added atomically. For the
-/// benchmark only: the timestamp and flag updates are plain stores, which a concurrent update
-/// from another CPU may overwrite.
-#[inline(always)]
-fn record_shared(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr) {
-    let key = &p.key;
-    let shared_add = |v: *mut FlowValue| {
-        // SAFETY: a live map value; the counters are 8-byte aligned u64 fields.
-        unsafe {
-            // BPF_ATOMIC add (the bpf target has no compare-and-swap, so no AtomicU64 methods).
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                &raw mut (*v).bytes,
-                p.bytes as u64,
-            );
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).packets, segs);
-            if ts > (*v).last_ns {
-                (*v).last_ns = ts;
-            }
-            (*v).tcp_flags |= p.tcp_flags;
-            (*v).flags |= p.val_flags;
-        }
-    };
-    if let Some(v) = FLOWS_SHARED.get_ptr_mut(key) {
-        shared_add(v);
-        return;
-    }
-    let mut fresh = FlowValue::default();
-    add(&mut fresh, p, ts, segs);
-    match FLOWS_SHARED.insert(key, &fresh, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        Err(e) if e == -EEXIST => match FLOWS_SHARED.get_ptr_mut(key) {
-            Some(v) => shared_add(v),
-            None => overflow(p, ts, key.ifindex, segs, ctr),
-        },
-        Err(_) => overflow(p, ts, key.ifindex, segs, ctr),
-    }
-}
-
-/// `payload_event`'s kind, in bits 40.. of its `if_dir` argument.
+/// `payload_event`'s kind, in bit 32 of its `if_kind` argument (the interface in bits 0..32).
 const KIND_DNS: u64 = 0;
-const KIND_HTTP: u64 = 1 << 40;
+const KIND_HTTP: u64 = 1 << 32;
 
 /// Forwards a packet's payload (up to the kind's cap) with its addresses to the DNS or the
-/// HTTP ring. A function of its own (a BPF-to-BPF call, at most five arguments, so interface,
-/// direction and kind share one): inlined, it would push the packet path's stack frame past
-/// 512 bytes.
+/// HTTP ring. A function of its own (a BPF-to-BPF call, at most five arguments, so interface
+/// and kind share one): inlined, it would push the packet path's stack frame past 512 bytes.
 #[inline(never)]
-fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_dir: u64, ctr: &Ctr) {
-    let ifindex = if_dir as u32;
-    let direction = (if_dir >> 32) as u8;
-    let http = if_dir & KIND_HTTP != 0;
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else {
+fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_kind: u64, ctr: &Ctr) {
+    let ifindex = if_kind as u32;
+    let http = if_kind & KIND_HTTP != 0;
+    let Some(scratch) = PAYLOAD_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's scratch slot; programs do not nest on one CPU for these hooks.
@@ -485,9 +373,9 @@ fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_dir: u64, ctr: 
             read_volatile(&DEVOURER_DNS_CAP)
         }
     }
-    .min(DNS_CAP_MAX as u32);
+    .min(PAYLOAD_CAP_MAX as u32);
     let len = parsed.payload_len.min(cap);
-    if len == 0 || len > DNS_CAP_MAX as u32 {
+    if len == 0 || len > PAYLOAD_CAP_MAX as u32 {
         return;
     }
     if !p.copy_out(parsed.payload_off, scratch.payload.as_mut_ptr(), len) {
@@ -505,19 +393,19 @@ fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_dir: u64, ctr: 
     h.payload_len = parsed.payload_len;
     h.cap_len = len as u16;
     h.proto = k.proto;
-    h.direction = direction;
     h.flags = if k.flags & KEY_F_IPV6 != 0 {
-        DNS_F_IPV6
+        PAYLOAD_F_IPV6
     } else {
         0
     };
     h.tcp_flags = parsed.tcp_flags as u8;
-    let size = DNS_HEADER_LEN + len as usize;
-    // SAFETY: size <= DNS_HEADER_LEN + DNS_CAP_MAX = size_of::<DnsScratch>().
-    let bytes =
-        unsafe { core::slice::from_raw_parts((scratch as *const DnsScratch).cast::<u8>(), size) };
+    let size = PAYLOAD_HEADER_LEN + len as usize;
+    // SAFETY: size <= PAYLOAD_HEADER_LEN + PAYLOAD_CAP_MAX = size_of::<PayloadScratch>().
+    let bytes = unsafe {
+        core::slice::from_raw_parts((scratch as *const PayloadScratch).cast::<u8>(), size)
+    };
     // SAFETY: a load-time constant (the same wake-up policy for both rings).
-    let flags = unsafe { read_volatile(&DEVOURER_DNS_RB_FLAGS) };
+    let flags = unsafe { read_volatile(&DEVOURER_RB_FLAGS) };
     let (ring, sent, full, cut) = if http {
         (&HTTP_EVENTS, C_HTTP_EVENTS, C_HTTP_RING_FULL, C_HTTP_CUT)
     } else {
@@ -536,7 +424,7 @@ fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_dir: u64, ctr: 
 
 /// The flow map is full: aggregate by (ifindex, protocol) and ask the agent to evict early.
 #[inline(always)]
-fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64, ctr: &Ctr) {
+pub fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64, ctr: &Ctr) {
     ctr.add(C_MAP_FULL, segs);
     let key = OverflowKey {
         ifindex,
@@ -594,8 +482,20 @@ fn wake(ts: u64, ctr: &Ctr) {
     }
     *last = ts;
     match WAKEUP.output::<Wakeup>(Wakeup { ts_ns: ts }, 0) {
-        Ok(()) => ctr.add(C_WAKEUPS, 1),
-        Err(_) => ctr.add(C_WAKEUP_FAILED, 1),
+        Ok(()) => {
+            ctr.add(C_WAKEUPS, 1);
+            debug!(
+                &(),
+                "flow map full: packets go to the overflow map; waking the agent"
+            );
+        }
+        Err(_) => {
+            ctr.add(C_WAKEUP_FAILED, 1);
+            debug!(
+                &(),
+                "flow map full and the wake-up ring too: the agent evicts at its next scan"
+            );
+        }
     }
 }
 

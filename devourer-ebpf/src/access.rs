@@ -1,0 +1,95 @@
+//! Packet accessors for the kernel program: TC (direct access to the linear part,
+//! `bpf_skb_load_bytes` past it) and XDP (linear first buffer), behind the parser's `Packet`
+//! trait and [`CopyOut`] for payload copies.
+
+use aya_ebpf::{
+    helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    programs::{TcContext, XdpContext},
+};
+use devourer_ebpf::Packet;
+
+/// Copies `len` (1..=PAYLOAD_CAP_MAX) bytes at `off` of the packet into `dst`.
+pub trait CopyOut {
+    fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool;
+}
+
+/// TC accessor: direct packet access for the linear part, `bpf_skb_load_bytes` past it.
+pub struct TcPacket<'a> {
+    pub ctx: &'a TcContext,
+    /// This CPU's header scratch (`Scratch::hdr`).
+    pub scratch: *mut [u8; 64],
+}
+
+impl CopyOut for TcPacket<'_> {
+    #[inline(always)]
+    fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: dst points at PAYLOAD_CAP_MAX writable bytes and len was bounded by the caller.
+        unsafe { bpf_skb_load_bytes(self.ctx.skb.skb as *const _, off, dst.cast(), len) == 0 }
+    }
+}
+
+impl Packet for TcPacket<'_> {
+    #[inline(always)]
+    fn at<T: Copy>(&self, off: usize) -> Option<*const T> {
+        const { assert!(size_of::<T>() <= 64) };
+        let start = self.ctx.data();
+        let end = self.ctx.data_end();
+        if start + off + size_of::<T>() <= end {
+            return Some((start + off) as *const T);
+        }
+        let buf = self.scratch;
+        // SAFETY: buf is 64 writable bytes of this CPU's slot; T fits (asserted above).
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                self.ctx.skb.skb as *const _,
+                off as u32,
+                buf.cast(),
+                size_of::<T>() as u32,
+            )
+        };
+        (ret == 0).then_some(buf.cast::<T>())
+    }
+
+    #[inline(always)]
+    unsafe fn read<T: Copy>(&self, p: *const T) -> T {
+        // SAFETY: see `Packet::read`: a word load; unaligned packet loads are fine on the
+        // architectures devourer supports, and scratch memory is aligned.
+        unsafe { core::ptr::read(p) }
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.ctx.len() as usize
+    }
+}
+
+/// XDP accessor: the frame (first buffer) is linear.
+pub struct XdpPacket<'a>(pub &'a XdpContext);
+
+impl CopyOut for XdpPacket<'_> {
+    #[inline(always)]
+    fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: as for TC; bpf_xdp_load_bytes also reads past the first buffer.
+        unsafe { bpf_xdp_load_bytes(self.0.ctx, off, dst.cast(), len) == 0 }
+    }
+}
+
+impl Packet for XdpPacket<'_> {
+    #[inline(always)]
+    fn at<T: Copy>(&self, off: usize) -> Option<*const T> {
+        let start = self.0.data();
+        let end = self.0.data_end();
+        (start + off + size_of::<T>() <= end).then_some((start + off) as *const T)
+    }
+
+    #[inline(always)]
+    unsafe fn read<T: Copy>(&self, p: *const T) -> T {
+        // SAFETY: as for TC.
+        unsafe { core::ptr::read(p) }
+    }
+
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.0.data_end() - self.0.data()
+    }
+}
