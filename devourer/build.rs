@@ -1,5 +1,6 @@
 //! Builds devourer-ebpf for the bpf target with aya-build, so that `cargo build` alone yields an
-//! agent with its kernel program embedded (see `loader.rs`).
+//! agent with its kernel program embedded (see `src/kernel/object.rs`); with the
+//! `bench-programs` feature, the benchmarks' object too.
 use std::{fs, path::Path};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,10 +20,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or_else(|| format!("no channel in {}", toolchain_file.display()))?
         .to_owned();
     let ebpf_dir = ebpf_dir.to_str().ok_or("non-UTF-8 path")?;
+    // The benchmarks build the bench object too (the same programs plus baselines).
+    let bench = std::env::var_os("CARGO_FEATURE_BENCH_PROGRAMS").is_some();
+    let features: &[&str] = if bench { &["bench"] } else { &[] };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "devourer-ebpf",
             root_dir: ebpf_dir,
+            features,
             ..Default::default()
         }],
         aya_build::Toolchain::Custom(&channel),

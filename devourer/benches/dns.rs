@@ -8,12 +8,11 @@
 use std::{hint::black_box, net::Ipv4Addr, time::Instant};
 
 use devourer::{
-    dns::{DnsConfig, DnsOutput, DnsTracker},
-    local::LocalAddrs,
-    record::{Clock, DnsRecord, RecordContext},
-    sink::encode,
+    base::{local::LocalAddrs, time::Clock},
+    decode::dns::{DnsConfig, DnsOutput, DnsTracker},
+    record::{Batch, DnsRecord, RecordContext},
 };
-use devourer_common::dns::DnsEventHeader;
+use devourer_common::payload::PayloadHeader;
 
 const PAIRS: u32 = 500_000;
 
@@ -42,7 +41,7 @@ fn message(id: u16, qname: &str, response: bool, ip: Ipv4Addr) -> Vec<u8> {
 }
 
 struct Msg {
-    h: DnsEventHeader,
+    h: PayloadHeader,
     payload: Vec<u8>,
 }
 
@@ -68,7 +67,7 @@ fn generate() -> Vec<Msg> {
                 (client, server, port, 53)
             };
             out.push(Msg {
-                h: DnsEventHeader {
+                h: PayloadHeader {
                     ts_ns: ts,
                     src_addr: v4(src),
                     dst_addr: v4(dst),
@@ -79,10 +78,9 @@ fn generate() -> Vec<Msg> {
                     payload_len: payload.len() as u32,
                     cap_len: payload.len() as u16,
                     proto: 17,
-                    direction: 0,
                     flags: 0,
                     tcp_flags: 0,
-                    _pad: [0; 10],
+                    _pad: [0; 11],
                 },
                 payload,
             });
@@ -176,7 +174,7 @@ fn main() {
         let recs: Vec<DnsRecord> = out.txs.iter().map(|t| DnsRecord::new(t, &cx)).collect();
         records += recs.len();
         buf.clear();
-        encode(&recs, &mut buf);
+        Batch::Dns(&recs).write_json(&mut buf);
         black_box(&buf);
     }
     report("tracker_and_records", msgs.len(), start);

@@ -17,10 +17,13 @@
 use std::time::Instant;
 
 use devourer::{
-    bpf_sys::test_run_repeat,
     flow::{FlowSource, FlowTable, NoNames, ScanStats, Status, TableConfig},
-    loader::{
-        self, LoadOptions, PROG_EMPTY_TC, PROG_EMPTY_XDP, PROG_TC_INGRESS, PROG_TC_SHARED, PROG_XDP,
+    kernel::{
+        object::{
+            self as loader, LoadOptions, PROG_EMPTY_TC, PROG_EMPTY_XDP, PROG_TC_INGRESS,
+            PROG_TC_SHARED, PROG_XDP,
+        },
+        sys::test_run_repeat,
     },
 };
 
@@ -97,17 +100,17 @@ fn main() {
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
     let mut opts = LoadOptions::new(false, 131_072);
     opts.shared_map_entries = 131_072;
-    let mut loaded = loader::load(&opts).expect("loading (root?)");
+    let mut loaded = loader::load_bench(&opts).expect("loading (root?)");
     let progs = [
         (
             "tc",
             loaded.prog_fd(PROG_TC_INGRESS).unwrap(),
-            loader::load_bench_program(&mut loaded, PROG_EMPTY_TC).unwrap(),
+            loaded.load_bench_program(PROG_EMPTY_TC).unwrap(),
         ),
         (
             "xdp",
             loaded.prog_fd(PROG_XDP).unwrap(),
-            loader::load_bench_program(&mut loaded, PROG_EMPTY_XDP).unwrap(),
+            loaded.load_bench_program(PROG_EMPTY_XDP).unwrap(),
         ),
     ];
     let v4 = eth(0x0800, &[], &ipv4(6, &tcp(40000, 443)));
@@ -196,7 +199,9 @@ fn one_run_each(empty: &dyn Fn(&[u8]) -> f64, prog: &dyn Fn(&[u8]) -> f64) -> (f
 /// moves between CPUs on every packet).
 fn shared_vs_per_cpu(loaded: &mut loader::Loaded, v4: &[u8]) {
     let per_cpu = loaded.prog_fd(PROG_TC_INGRESS).expect("tc program");
-    let shared = loader::load_bench_program(loaded, PROG_TC_SHARED).expect("shared-map program");
+    let shared = loaded
+        .load_bench_program(PROG_TC_SHARED)
+        .expect("shared-map program");
     let run =
         |fd: i32, pkt: &[u8], n: u32| test_run_repeat(fd, pkt, &[], n).expect("test run").1 as f64;
     report(
@@ -242,10 +247,10 @@ fn replay_floor(loaded: &mut loader::Loaded, v4: &[u8]) {
     // The offline replay floor: one BPF_PROG_TEST_RUN call (repeat 1) of an empty TC program,
     // timed from userspace, syscall included.
     let empty = loaded.prog_fd(PROG_EMPTY_TC).expect("empty program");
-    let ctx = devourer::bpf_sys::skb_ctx(1, 1);
+    let ctx = devourer::kernel::sys::skb_ctx(1, 1);
     let start = Instant::now();
     for _ in 0..CALLS {
-        devourer::bpf_sys::test_run(empty, v4, &ctx).expect("test run");
+        devourer::kernel::sys::test_run(empty, v4, &ctx).expect("test run");
     }
     let per = start.elapsed().as_nanos() as f64 / f64::from(CALLS);
     report("replay floor: empty TC test_run call", per);
@@ -254,17 +259,17 @@ fn replay_floor(loaded: &mut loader::Loaded, v4: &[u8]) {
 /// The floor for replaying a capture: its frames, read and converted as `devourer read` does,
 /// each fed once to the empty TC program with the same context.
 fn replay_floor_file(loaded: &mut loader::Loaded, path: &std::path::Path) {
-    use devourer::pcap::{CaptureFile, to_ethernet};
+    use devourer::drivers::replay::pcapfile::{PcapFile, to_ethernet};
     let empty = loaded.prog_fd(PROG_EMPTY_TC).expect("empty program");
-    let mut cap = CaptureFile::open(path).expect("opening the capture");
+    let mut cap = PcapFile::open(path).expect("opening the capture");
     let mut frame = Vec::new();
     let mut n = 0u64;
     let start = Instant::now();
     while let Some(pkt) = cap.next_packet().expect("reading the capture") {
         let lt = cap.interfaces[pkt.iface].linktype;
         if to_ethernet(lt, &pkt.data, &mut frame).is_ok() {
-            let ctx = devourer::bpf_sys::skb_ctx(pkt.ts_ns, pkt.iface as u32 + 1);
-            devourer::bpf_sys::test_run(empty, &frame, &ctx).expect("test run");
+            let ctx = devourer::kernel::sys::skb_ctx(pkt.ts_ns, pkt.iface as u32 + 1);
+            devourer::kernel::sys::test_run(empty, &frame, &ctx).expect("test run");
             n += 1;
         }
     }
@@ -288,7 +293,7 @@ fn scan(loaded: &mut loader::Loaded) {
         tcp_linger: forever,
         evict_after: forever,
     });
-    let now = devourer::capture::monotonic_ns();
+    let now = devourer::base::time::monotonic_ns();
     let mut st = ScanStats::default();
     let start = Instant::now();
     table

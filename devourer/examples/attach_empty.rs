@@ -7,17 +7,20 @@
 //!   agent attaches its own (TCX on 6.6+, else netlink): the cost of the hooks alone.
 
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc};
-use devourer::loader::{self, LoadOptions, PROG_EMPTY_TC, PROG_EMPTY_XDP, TcLink};
+use devourer::kernel::{
+    attach::{TcLink, default_tc_link},
+    object::{self as loader, LoadOptions, PROG_EMPTY_TC, PROG_EMPTY_XDP},
+};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(iface), Some(kind)) = (args.next(), args.next()) else {
         anyhow::bail!("usage: attach_empty IFACE xdp|tc");
     };
-    let mut loaded = loader::load(&LoadOptions::new(false, 1024))?;
+    let mut loaded = loader::load_bench(&LoadOptions::new(false, 1024))?;
     let what = match kind.as_str() {
         "xdp" => {
-            loader::load_bench_program(&mut loaded, PROG_EMPTY_XDP)?;
+            loaded.load_bench_program(PROG_EMPTY_XDP)?;
             let prog: &mut Xdp = loaded
                 .ebpf
                 .program_mut(PROG_EMPTY_XDP)
@@ -32,13 +35,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
         "tc" => {
-            loader::load_bench_program(&mut loaded, PROG_EMPTY_TC)?;
+            loaded.load_bench_program(PROG_EMPTY_TC)?;
             let prog: &mut SchedClassifier = loaded
                 .ebpf
                 .program_mut(PROG_EMPTY_TC)
                 .expect("loaded above")
                 .try_into()?;
-            if loader::default_tc_link() == TcLink::Netlink {
+            if default_tc_link() == TcLink::Netlink {
                 let _ = tc::qdisc_add_clsact(&iface);
             }
             for hook in [TcAttachType::Ingress, TcAttachType::Egress] {

@@ -1,24 +1,30 @@
 //! devourer's agent: loads the kernel program, reads and evicts its maps, merges flows and
-//! streams records to sinks, live (`capture`) or over a capture file (`read`).
+//! streams records to sinks, live (`devourer capture`) or over a capture file (`devourer read`).
+//!
+//! Stages, each importing only the ones listed before it:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`base`] | shared vocabulary: clocks and time formats, addresses and protocols, this host |
+//! | [`kernel`] | the eBPF object: load, attach, maps, payload rings, replay, its log |
+//! | [`flow`] | the flow table: both directions merged, timeouts, eviction |
+//! | [`decode`] | DNS transactions and HTTP messages from payload events |
+//! | [`record`] | records as sinks write them: fields, wall time, ids |
+//! | [`sink`] | where records go: JSON lines, text logs, BigQuery |
+//! | [`ops`] | metrics, health endpoints, capabilities |
+//! | [`config`] | the command line, the TOML file, capture-on-request settings |
+//! | [`ondemand`] | packet capture on request (Redis and HTTP triggers) |
+//! | [`assembly`] | builds the pipeline from the configuration; runs and stops it |
+//! | [`drivers`] | the live loop and the replay loop |
 
-pub mod bpf_sys;
-pub mod bq;
-pub mod caps;
-pub mod capture;
+pub mod assembly;
+pub mod base;
 pub mod config;
-pub mod config_file;
-pub mod dns;
+pub mod decode;
+pub mod drivers;
 pub mod flow;
-pub mod http;
-pub mod ifaces;
-pub mod kmaps;
-pub mod loader;
-pub mod local;
-pub mod metrics;
-pub mod offline;
+pub mod kernel;
 pub mod ondemand;
-pub mod pcap;
-pub mod pipeline;
+pub mod ops;
 pub mod record;
 pub mod sink;
-pub mod textlog;

@@ -2,12 +2,14 @@
 
 use std::{io::IsTerminal, process::ExitCode};
 
-use devourer::config::{Command, ConfigCommand};
+use devourer::config::{Command, ConfigCommand, file::ConfigError};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = match devourer::config_file::parse(std::env::args_os().collect()) {
+    let cli = match devourer::config::file::parse(std::env::args_os().collect()) {
         Ok((cli, _)) => cli,
+        // --help, --version and usage errors, formatted by clap.
+        Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => {
             eprintln!("devourer: {e}");
             return ExitCode::from(2);
@@ -22,13 +24,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let res = match cli.command {
-        Command::Capture(args) => devourer::capture::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Read(args) => devourer::offline::run(args),
+        Command::Capture(args) => devourer::drivers::live::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Read(args) => devourer::drivers::replay::run(args),
         Command::Config(ConfigCommand::Check {
             file,
             for_command,
             args,
-        }) => match devourer::config_file::check(&file, &for_command, &args) {
+        }) => match devourer::config::file::check(&file, &for_command, &args) {
             Ok(text) => {
                 print!("{text}");
                 Ok(ExitCode::SUCCESS)

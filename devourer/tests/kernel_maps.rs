@@ -3,10 +3,12 @@
 //! CPU's counts, and replay frames up to the cut length are accepted by BPF_PROG_TEST_RUN.
 
 use devourer::{
-    bpf_sys,
     flow::FlowSource,
-    loader::{self, LoadOptions, PROG_TC_INGRESS, PROG_XDP},
-    offline::MAX_REPLAY_FRAME,
+    kernel::{
+        object::{self as loader, LoadOptions, PROG_TC_INGRESS, PROG_XDP},
+        replay::MAX_REPLAY_FRAME,
+        sys as bpf_sys,
+    },
 };
 use devourer_common::flow::{FlowKey, FlowValue, XdpReplayMeta};
 

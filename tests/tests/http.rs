@@ -5,7 +5,11 @@
 //! and response is compared with tshark's, segment by segment (TCP desegmentation off, as the
 //! kernel program sees them), live and offline; the text log follows packetlog's httplog.
 
-use std::{path::Path, process::Command, process::Stdio, time::Duration};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use devourer_tests::*;
 use serde_json::Value;

@@ -293,7 +293,41 @@ fn broken_frames_are_counted_as_malformed_without_stopping_the_replay() {
         assert_eq!(log_number(&stderr, "malformed"), Some(9), "{stderr}");
         assert_eq!(log_number(&stderr, "non_ip"), Some(1), "{stderr}");
         assert_eq!(log_number(&stderr, "packets"), Some(12), "{stderr}");
+        // The program's own log is off unless asked for.
+        assert!(!stderr.contains("malformed packet on ifindex"), "{stderr}");
     }
+}
+
+#[test]
+fn the_kernel_programs_own_log_reaches_the_agents_log_when_asked_and_is_rate_limited() {
+    if !require_root("the_kernel_programs_own_log_reaches_the_agents_log_when_asked_and_is_rate_limited") {
+        return;
+    }
+    let tmp = TempDir::new("klog");
+    let good = eth4(&ipv4(A4, B4, 17, &udp(1, 2, &[0; 10]), 0, 0));
+    let mut bogus_ihl = good.clone();
+    bogus_ihl[14] = 0x42;
+    // Fifty malformed frames within one second of the file's clock: one log line for them.
+    let frames = vec![bogus_ihl; 50];
+    let file = tmp.path("malformed.pcap");
+    write_pcap(&file, DataLink::ETHERNET, &frames, 1_700_000_000);
+    let out = std::process::Command::new(devourer_tests::devourer_bin())
+        .arg("read")
+        .arg(&file)
+        .args(["--output", "none"])
+        .env("DEVOURER_LOG", "info,devourer::kernel=debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines = stderr
+        .lines()
+        .filter(|l| l.contains("devourer::kernel") && l.contains("malformed packet on ifindex 1"))
+        .count();
+    // At most one line per CPU per second (the replay thread may move between CPUs).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!((1..=cpus).contains(&lines), "{lines} lines:\n{stderr}");
+    assert_eq!(log_number(&stderr, "malformed"), Some(50), "{stderr}");
 }
 
 #[test]

@@ -1,76 +1,143 @@
-//! The userspace pipeline shared by live capture and offline replay: scans the flow table,
-//! runs DNS and HTTP events through their trackers, turns due flows, finished transactions and
-//! HTTP messages into records for the sinks and lines for the text logs; reports what the
-//! kernel counted outside flows.
+//! The userspace stages wired together, the same for live capture and replay: payload events
+//! through the DNS and HTTP trackers, kernel entries through the flow table, and what they
+//! produce turned into records for the metrics and every sink that takes their kind.
 
-use std::{collections::HashMap, io, sync::Arc};
+use std::{collections::HashMap, io, sync::Arc, time::Instant};
 
-use devourer_common::{
-    dns::DnsEventHeader,
-    flow::{OverflowKey, OverflowValue},
-};
+use devourer_common::payload::PayloadHeader;
 
 use crate::{
-    bq::{BqSink, Kind},
-    dns::{DnsOutput, DnsTracker},
-    flow::{Emitted, FlowSource, FlowTable, NoNames, Resolver, ScanStats, Status, TableConfig},
-    http::{HttpOutput, HttpTracker},
-    kmaps::{KernelCounters, PerCpuHash, read_overflow},
-    metrics::Metrics,
-    record::{Clock, DnsRecord, FlowRecord, HttpRecord, RecordContext, protocol_name},
-    sink::JsonLinesSink,
-    textlog::TextLog,
+    base::time::Clock,
+    decode::{
+        LogLine,
+        dns::{DnsOutput, DnsTracker},
+        http::{HttpOutput, HttpTracker},
+    },
+    flow::{Emitted, FlowSource, FlowTable, NoNames, Resolver, ScanStats, Status},
+    kernel::{events::PayloadKind, maps::KernelCounters},
+    ops::metrics::Metrics,
+    record::{Batch, DnsRecord, FlowRecord, HttpRecord, LogRecord, RecordContext},
+    sink::Sinks,
 };
 
-pub struct Pipeline {
+/// What a pipeline is built from (see `assembly::build`).
+pub struct Parts {
     pub table: FlowTable,
-    /// JSON lines (stdout or a file), unless `--output none`.
-    pub sink: Option<JsonLinesSink>,
-    pub bq: Option<BqSink>,
-    pub agent: String,
-    pub clock: Clock,
-    /// ifindex -> interface name for records.
-    pub names: HashMap<u32, String>,
-    /// Name for interfaces not in `names`.
-    pub default_name: String,
-    pub scan_stats: ScanStats,
-    pub records: u64,
+    pub sinks: Sinks,
     pub dns: Option<DnsTracker>,
-    pub dns_log: Option<TextLog>,
     pub http: Option<HttpTracker>,
-    pub http_log: Option<TextLog>,
     pub metrics: Option<Arc<Metrics>>,
+    pub agent: String,
+    /// Interface name for indexes without one (`unknown` live, `pcap` offline).
+    pub default_interface: &'static str,
+}
+
+pub struct Pipeline {
+    table: FlowTable,
+    sinks: Sinks,
+    dns: Option<DnsTracker>,
+    http: Option<HttpTracker>,
+    metrics: Option<Arc<Metrics>>,
+    agent: String,
+    default_interface: &'static str,
+    /// ifindex -> interface name for records.
+    names: HashMap<u32, String>,
+    /// Program clock to wall clock (re-read live; zero offset offline).
+    clock: Clock,
+    scan_stats: ScanStats,
+    records: u64,
     dns_out: DnsOutput,
     http_out: HttpOutput,
 }
 
 impl Pipeline {
-    pub fn new(cfg: TableConfig, sink: Option<JsonLinesSink>, agent: String, clock: Clock) -> Self {
+    pub fn new(p: Parts) -> Self {
         Self {
-            table: FlowTable::new(cfg),
-            sink,
-            bq: None,
-            agent,
-            clock,
+            table: p.table,
+            sinks: p.sinks,
+            dns: p.dns,
+            http: p.http,
+            metrics: p.metrics,
+            agent: p.agent,
+            default_interface: p.default_interface,
             names: HashMap::new(),
-            default_name: "unknown".into(),
+            clock: Clock::default(),
             scan_stats: ScanStats::default(),
             records: 0,
-            dns: None,
-            dns_log: None,
-            metrics: None,
             dns_out: DnsOutput::default(),
-            http: None,
-            http_log: None,
             http_out: HttpOutput::default(),
+        }
+    }
+
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// Names interfaces in records (more are added as they appear).
+    pub fn name_interfaces(&mut self, names: impl IntoIterator<Item = (u32, String)>) {
+        self.names.extend(names);
+    }
+
+    /// How many interfaces have a name.
+    pub fn named_interfaces(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn interface_name(&self, ifindex: u32) -> String {
+        self.names
+            .get(&ifindex)
+            .cloned()
+            .unwrap_or_else(|| self.default_interface.to_owned())
+    }
+
+    pub fn dns(&self) -> Option<&DnsTracker> {
+        self.dns.as_ref()
+    }
+
+    pub fn http(&self) -> Option<&HttpTracker> {
+        self.http.as_ref()
+    }
+
+    /// Re-reads this host's addresses (they decide DNS and HTTP roles).
+    pub fn refresh_local_addrs(&mut self) {
+        let locals = [
+            self.dns.as_mut().map(|d| &mut d.local),
+            self.http.as_mut().map(|h| &mut h.local),
+        ];
+        for local in locals.into_iter().flatten() {
+            if let Err(e) = local.refresh_from_interfaces() {
+                tracing::warn!("re-reading this host's addresses failed: {e}");
+            }
+        }
+    }
+
+    /// Runs one payload event through its tracker; its records wait for [`Pipeline::emit`].
+    pub fn payload(&mut self, kind: PayloadKind, h: &PayloadHeader, payload: &[u8]) {
+        match kind {
+            PayloadKind::Dns => {
+                if let Some(dns) = &mut self.dns {
+                    dns.on_event(h, payload, &mut self.dns_out);
+                }
+            }
+            PayloadKind::Http => {
+                if let Some(http) = &mut self.http {
+                    http.on_event(h, payload, &mut self.http_out);
+                }
+            }
+        }
+    }
+
+    /// Records and text lines of `kind` waiting to be written.
+    pub fn backlog(&self, kind: PayloadKind) -> usize {
+        match kind {
+            PayloadKind::Dns => self.dns_out.txs.len() + self.dns_out.lines.len(),
+            PayloadKind::Http => self.http_out.msgs.len() + self.http_out.lines.len(),
         }
     }
 
     /// Builds records with this pipeline's agent, clock and interface names.
     fn build<T>(&self, f: impl FnOnce(&RecordContext<'_>) -> Vec<T>) -> Vec<T> {
-        let names = &self.names;
-        let default = &self.default_name;
-        let name = |idx: u32| names.get(&idx).cloned().unwrap_or_else(|| default.clone());
+        let name = |idx: u32| self.interface_name(idx);
         f(&RecordContext {
             agent: &self.agent,
             clock: self.clock,
@@ -78,135 +145,64 @@ impl Pipeline {
         })
     }
 
-    /// Hands records to every sink; `false` once the JSON output has closed.
-    fn send<T: serde::Serialize>(&mut self, kind: Kind, records: &[T]) -> bool {
-        self.records += records.len() as u64;
-        if let Some(bq) = &self.bq {
-            bq.send(kind, records);
+    /// Counts a batch in the metrics and hands it to every sink that takes it; `false` once
+    /// a sink closed for good.
+    fn send(&mut self, batch: Batch<'_>) -> bool {
+        if let Some(m) = &self.metrics {
+            m.records(batch);
         }
-        self.sink.as_ref().is_none_or(|s| s.send(records))
+        if !matches!(batch, Batch::DnsLog(_) | Batch::HttpLog(_)) {
+            self.records += batch.len() as u64;
+        }
+        self.sinks.write(batch)
+    }
+
+    fn lines(&self, lines: Vec<LogLine>) -> Vec<LogRecord> {
+        lines
+            .into_iter()
+            .map(|l| LogRecord::new(l, self.clock))
+            .collect()
+    }
+
+    /// Writes the records and text lines of `kind` produced so far; `false` when an output
+    /// closed for good.
+    pub fn emit(&mut self, kind: PayloadKind) -> bool {
+        match kind {
+            PayloadKind::Dns => {
+                let out = std::mem::take(&mut self.dns_out);
+                let lines = self.lines(out.lines);
+                self.send(Batch::DnsLog(&lines));
+                let records =
+                    self.build(|cx| out.txs.iter().map(|t| DnsRecord::new(t, cx)).collect());
+                self.send(Batch::Dns(&records))
+            }
+            PayloadKind::Http => {
+                let out = std::mem::take(&mut self.http_out);
+                let lines = self.lines(out.lines);
+                self.send(Batch::HttpLog(&lines));
+                let records =
+                    self.build(|cx| out.msgs.iter().map(|m| HttpRecord::new(m, cx)).collect());
+                self.send(Batch::Http(&records))
+            }
+        }
     }
 
     fn emit_flows(&mut self, emitted: &[Emitted]) -> bool {
         let records = self.build(|cx| emitted.iter().map(|e| FlowRecord::new(e, cx)).collect());
-        if let Some(m) = &self.metrics {
-            for r in &records {
-                m.flows_emitted.with_label_values(&[r.status]).inc();
-                m.flow_packets
-                    .with_label_values(&[&r.interface])
-                    .inc_by(r.src_packets + r.dst_packets);
-                m.flow_bytes
-                    .with_label_values(&[&r.interface])
-                    .inc_by(r.src_bytes + r.dst_bytes);
-            }
-        }
-        self.send(Kind::Flow, &records)
-    }
-
-    /// SIGHUP: reopen the JSON output file and the DNS log files (logrotate moved them).
-    pub fn reopen(&mut self) {
-        if let Some(s) = &self.sink {
-            s.reopen();
-        }
-        if let Some(l) = &mut self.dns_log {
-            l.reopen();
-        }
-        if let Some(l) = &mut self.http_log {
-            l.reopen();
-        }
-    }
-
-    /// Whether every sink still accepts records (for /readyz).
-    pub fn sinks_alive(&self) -> bool {
-        self.sink
-            .as_ref()
-            .is_none_or(|s| !s.stats.closed.load(std::sync::atomic::Ordering::Relaxed))
-            && self.bq.as_ref().is_none_or(BqSink::alive)
-    }
-
-    /// Runs one DNS event through the tracker; its records wait for [`Pipeline::emit_dns`].
-    pub fn dns_event(&mut self, h: &DnsEventHeader, payload: &[u8]) {
-        if let Some(dns) = &mut self.dns {
-            dns.on_event(h, payload, &mut self.dns_out);
-        }
-    }
-
-    /// DNS records and log lines waiting to be written.
-    pub fn dns_backlog(&self) -> usize {
-        self.dns_out.txs.len() + self.dns_out.lines.len()
-    }
-
-    /// Writes the DNS records and log lines produced so far; `false` when the output closed.
-    pub fn emit_dns(&mut self) -> bool {
-        let out = std::mem::take(&mut self.dns_out);
-        if let Some(log) = &mut self.dns_log {
-            for l in &out.lines {
-                log.write(l, self.clock);
-            }
-            log.flush();
-        }
-        let records = self.build(|cx| out.txs.iter().map(|t| DnsRecord::new(t, cx)).collect());
-        if let Some(m) = &self.metrics {
-            for r in &records {
-                let rcode = r.rcode.as_deref().unwrap_or("none");
-                m.dns_transactions
-                    .with_label_values(&[r.status, rcode])
-                    .inc();
-                if let Some(l) = r.latency {
-                    m.dns_latency.observe(l);
-                }
-            }
-        }
-        self.send(Kind::Dns, &records)
-    }
-
-    /// Runs one HTTP event through the tracker; its records wait for [`Pipeline::emit_http`].
-    pub fn http_event(&mut self, h: &DnsEventHeader, payload: &[u8]) {
-        if let Some(http) = &mut self.http {
-            http.on_event(h, payload, &mut self.http_out);
-        }
-    }
-
-    /// HTTP records and log lines waiting to be written.
-    pub fn http_backlog(&self) -> usize {
-        self.http_out.msgs.len() + self.http_out.lines.len()
-    }
-
-    /// Writes the HTTP records (JSON lines only) and log lines produced so far; `false` when
-    /// the output closed.
-    pub fn emit_http(&mut self) -> bool {
-        let out = std::mem::take(&mut self.http_out);
-        if let Some(log) = &mut self.http_log {
-            for l in &out.lines {
-                log.write(l, self.clock);
-            }
-            log.flush();
-        }
-        let records = self.build(|cx| out.msgs.iter().map(|m| HttpRecord::new(m, cx)).collect());
-        if let Some(m) = &self.metrics {
-            for r in &records {
-                m.http_messages
-                    .with_label_values(&[r.message, r.role])
-                    .inc();
-                if let Some(l) = r.latency {
-                    m.http_latency.observe(l);
-                }
-            }
-        }
-        self.records += records.len() as u64;
-        self.sink.as_ref().is_none_or(|s| s.send(&records))
+        self.send(Batch::Flow(&records))
     }
 
     /// One scan at `now`: lost DNS queries and forgotten HTTP requests, then due flows.
-    /// `Ok(false)` when the output closed.
+    /// `Ok(false)` when an output closed.
     pub fn scan(&mut self, src: &mut dyn FlowSource, now: u64, pressure: bool) -> io::Result<bool> {
+        let started = Instant::now();
         if let Some(dns) = &mut self.dns {
             dns.expire(now, &mut self.dns_out);
         }
         if let Some(http) = &mut self.http {
             http.expire(now);
         }
-        if !self.emit_dns() || !self.emit_http() {
+        if !self.emit(PayloadKind::Dns) || !self.emit(PayloadKind::Http) {
             return Ok(false);
         }
         let mut stats = self.scan_stats;
@@ -216,11 +212,15 @@ impl Pipeline {
         };
         let out = self.table.scan(src, now, pressure, &mut stats, resolver)?;
         self.scan_stats = stats;
-        Ok(self.emit_flows(&out))
+        let open = self.emit_flows(&out);
+        if let Some(m) = &self.metrics {
+            m.scan_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        Ok(open)
     }
 
     /// Emits every open flow with `status`, empties the kernel map, and ends every waiting DNS
-    /// query as lost.
+    /// query as lost. `Ok(false)` when an output closed.
     pub fn flush(
         &mut self,
         src: &mut dyn FlowSource,
@@ -230,7 +230,7 @@ impl Pipeline {
         if let Some(dns) = &mut self.dns {
             dns.flush(&mut self.dns_out);
         }
-        let open = self.emit_dns() & self.emit_http();
+        let open = self.emit(PayloadKind::Dns) & self.emit(PayloadKind::Http);
         let resolver: &mut dyn Resolver = match &mut self.dns {
             Some(dns) => &mut dns.names,
             None => &mut NoNames,
@@ -239,121 +239,40 @@ impl Pipeline {
         Ok(self.emit_flows(&out) && open)
     }
 
-    /// Stops the sinks, each waiting up to `deadline`; returns (records emitted, JSON lines
-    /// dropped). BigQuery rows not yet acknowledged stay in its spool.
-    pub fn finish(self, deadline: std::time::Duration) -> (u64, u64) {
-        let dropped = match self.sink {
-            Some(sink) => {
-                let stats = sink.stats.clone();
-                sink.finish(deadline);
-                stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
-            }
-            None => 0,
-        };
-        if let Some(bq) = self.bq {
-            bq.finish(deadline);
-        }
-        (self.records, dropped)
+    /// Entries in the kernel flow map at the last scan.
+    pub fn kernel_entries(&self) -> usize {
+        self.scan_stats.kernel_entries
     }
 
-    /// Logs what the HTTP side counted.
-    pub fn report_http(&self) {
-        let Some(http) = &self.http else {
+    /// SIGHUP: reopen output files (logrotate moved them).
+    pub fn reopen(&mut self) {
+        self.sinks.reopen();
+    }
+
+    /// Whether every sink still accepts records (for /readyz).
+    pub fn sinks_alive(&self) -> bool {
+        self.sinks.alive()
+    }
+
+    /// Copies what the stages counted into the metrics.
+    pub fn update_metrics(&self, kernel: &KernelCounters) {
+        let Some(m) = &self.metrics else {
             return;
         };
-        let s = &http.stats;
-        tracing::info!(
-            events = s.events,
-            requests = s.requests,
-            responses = s.responses,
-            matched = s.matched,
-            unanswered = s.unanswered + http.pending() as u64,
-            not_http = s.not_http.values().sum::<u64>(),
-            log_lines = self.http_log.as_ref().map_or(0, |l| l.lines),
-            log_failed = self.http_log.as_ref().map_or(0, |l| l.failed),
-            "http"
-        );
-    }
-
-    /// Logs what the DNS side counted.
-    pub fn report_dns(&self) {
-        let Some(dns) = &self.dns else {
-            return;
-        };
-        let s = &dns.stats;
-        let m = dns.matcher_stats();
-        let t = dns.tcp_stats();
-        let tx = |k: &str| s.transactions.get(k).copied().unwrap_or(0);
-        tracing::info!(
-            events = s.events,
-            messages = s.messages,
-            success = tx("success"),
-            lost = tx("lost"),
-            no_query = tx("no_query"),
-            partial = s.partial,
-            parse_errors = s.parse_errors.values().sum::<u64>(),
-            retransmits = m.retransmits,
-            duplicates = m.duplicates,
-            pending_overflow = m.overflow,
-            tcp_gaps = t.gaps,
-            tcp_cut = t.cut,
-            log_lines = self.dns_log.as_ref().map_or(0, |l| l.lines),
-            log_failed = self.dns_log.as_ref().map_or(0, |l| l.failed),
-            "dns"
-        );
-        for (reason, n) in &s.parse_errors {
-            tracing::info!(reason, count = n, "dns payloads that did not decode");
+        m.kernel(kernel);
+        m.flows_active.set(self.table.len() as i64);
+        m.map_entries.set(self.scan_stats.kernel_entries as i64);
+        if let Some(dns) = &self.dns {
+            m.dns(&dns.stats, dns.pending());
+        }
+        for (name, report) in self.sinks.reports() {
+            m.sink(name, &report);
         }
     }
-}
 
-/// What the kernel counted outside flow records, for the closing summary and warnings.
-pub fn report_kernel(
-    counters: &KernelCounters,
-    overflow: &mut PerCpuHash<OverflowKey, OverflowValue>,
-    names: &dyn Fn(u32) -> String,
-) -> io::Result<()> {
-    tracing::info!(
-        packets = counters.packets,
-        non_ip = counters.non_ip,
-        malformed = counters.malformed,
-        map_full = counters.map_full,
-        overflow_full_packets = counters.overflow_full_packets,
-        dns_events = counters.dns_events,
-        dns_ring_full = counters.dns_ring_full,
-        dns_cut = counters.dns_cut,
-        http_events = counters.http_events,
-        http_ring_full = counters.http_ring_full,
-        http_cut = counters.http_cut,
-        "kernel counters"
-    );
-    for (k, v) in read_overflow(overflow)? {
-        tracing::warn!(
-            interface = %names(k.ifindex),
-            protocol = %protocol_name(k.proto),
-            packets = v.packets,
-            bytes = v.bytes,
-            "counted in the overflow map, not in flow records (the flow map was full; raise --flow-map-entries)"
-        );
+    /// Stops the sinks against `deadline`; returns (records emitted, records dropped by
+    /// sinks). BigQuery rows not yet acknowledged stay in its spool.
+    pub fn finish(self, deadline: Instant) -> (u64, u64) {
+        (self.records, self.sinks.finish(deadline))
     }
-    if counters.overflow_full_packets > 0 {
-        tracing::error!(
-            packets = counters.overflow_full_packets,
-            bytes = counters.overflow_full_bytes,
-            "the overflow map was full too: these were counted only in totals"
-        );
-    }
-    if counters.dns_ring_full > 0 {
-        tracing::error!(
-            events = counters.dns_ring_full,
-            "DNS payloads dropped: the DNS ring buffer was full (raise --dns-ring-size)"
-        );
-    }
-    if counters.http_ring_full > 0 {
-        tracing::error!(
-            events = counters.http_ring_full,
-            "HTTP payloads dropped: the HTTP ring buffer was full (raise --http-ring-size)"
-        );
-    }
-    Ok(())
 }

@@ -1,12 +1,55 @@
-//! Which addresses are this host's: the interfaces' addresses (re-read periodically) plus
-//! configured networks (`--local-net`, the only source offline). Decides a DNS or HTTP
-//! message's role.
+//! This host: its name, and which addresses are its own (the interfaces' addresses, re-read
+//! periodically, plus configured networks: `--local-net`, the only source offline), which
+//! decides the [`Role`] this host plays in a DNS or HTTP exchange.
 
 use std::{collections::HashSet, io, net::IpAddr};
 
 use ipnet::IpNet;
 
-use crate::textlog::Role;
+/// Which side of an exchange (DNS, HTTP) this host is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// This host answered: the server (packetlog CQ/CR).
+    Server,
+    /// This host asked (packetlog SQ/SR).
+    Client,
+    /// Neither address is this host's.
+    Transit,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Client => "client",
+            Self::Transit => "transit",
+        }
+    }
+
+    /// packetlog's kind of a query (request) or response seen in this role.
+    pub fn kind(self, response: bool) -> &'static str {
+        match (self, response) {
+            (Self::Server, false) => "CQ",
+            (Self::Server, true) => "CR",
+            (Self::Client, false) => "SQ",
+            (Self::Client, true) => "SR",
+            (Self::Transit, false) => "Q",
+            (Self::Transit, true) => "R",
+        }
+    }
+}
+
+/// This host's name (records' `agent` when no name is configured).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its length.
+    let ret = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if ret != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct LocalAddrs {

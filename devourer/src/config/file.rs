@@ -7,9 +7,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use clap::{ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, parser::ValueSource};
+use clap::{ArgAction, ArgMatches, Command, FromArgMatches, parser::ValueSource};
 
-use crate::config::Cli;
+use super::{Cli, command, requests};
 
 /// Where the configuration is read from when `--config` and `DEVOURER_CONFIG` are absent.
 pub const DEFAULT_CONFIG: &str = "/etc/devourer/devourer.toml";
@@ -34,6 +34,11 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// The command line itself (clap formats the message, with usage).
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The file named by `--config FILE`/`--config=FILE` in `args`, else `DEVOURER_CONFIG`, else the
@@ -95,12 +100,12 @@ fn values(v: &toml::Value) -> Option<Vec<String>> {
 const SECTIONS: &[&str] = &["capture", "api"];
 
 /// The `[capture]` and `[api]` sections of `file`; errors name the key.
-pub fn sections(file: &Path) -> Result<crate::ondemand::config::Sections, ConfigError> {
+pub fn sections(file: &Path) -> Result<requests::Sections, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read(file.into(), e))?;
-    crate::ondemand::config::read_sections(&text).map_err(|message| ConfigError::BadValue {
+    requests::read_sections(&text).map_err(|e| ConfigError::BadValue {
         file: file.into(),
         key: "capture/api section".into(),
-        message,
+        message: e.0,
     })
 }
 
@@ -168,16 +173,18 @@ pub fn apply(cmd: Command, sub: &str, file: &Path) -> Result<Command, ConfigErro
     }))
 }
 
-/// Parses the command line with the configuration file's defaults applied.
-pub fn parse(args: Vec<OsString>) -> Result<(Cli, Option<PathBuf>), Box<dyn std::error::Error>> {
-    let mut cmd = Cli::command();
+/// Parses the command line with the configuration file's defaults applied. `--help`,
+/// `--version` and usage errors come back as [`ConfigError::Cli`], which the caller prints
+/// with `clap::Error::exit`.
+pub fn parse(args: Vec<OsString>) -> Result<(Cli, Option<PathBuf>), ConfigError> {
+    let mut cmd = command();
     let path = config_path(&args);
     if let (Some(p), Some(sub)) = (&path, subcommand(&args)) {
         cmd = apply(cmd, &sub, p)?;
     }
-    let matches = cmd.try_get_matches_from(args).map_err(|e| e.exit())?;
-    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| e.exit())?;
-    if let (crate::config::Command::Capture(a), Some(p)) = (&mut cli.command, &path) {
+    let matches = cmd.try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let (super::Command::Capture(a), Some(p)) = (&mut cli.command, &path) {
         *a.sections = sections(p)?;
     }
     Ok((cli, path))
@@ -185,33 +192,31 @@ pub fn parse(args: Vec<OsString>) -> Result<(Cli, Option<PathBuf>), Box<dyn std:
 
 /// `devourer config check FILE [-- ARGS]`: the effective settings of `devourer SUB ARGS` with
 /// FILE, the environment and ARGS, as `key = value  # source` lines.
-pub fn check(
-    file: &Path,
-    sub: &str,
-    args: &[String],
-) -> Result<String, Box<dyn std::error::Error>> {
-    let cmd = apply(Cli::command(), sub, file)?;
+pub fn check(file: &Path, sub: &str, args: &[String]) -> Result<String, ConfigError> {
+    let cmd = apply(command(), sub, file)?;
     let mut argv: Vec<String> = vec!["devourer".into(), sub.into()];
     argv.extend(args.iter().cloned());
     let matches = cmd.clone().try_get_matches_from(&argv)?;
-    let (_, m) = matches.subcommand().ok_or("no subcommand")?;
+    let (_, m) = matches
+        .subcommand()
+        .ok_or_else(|| ConfigError::Invalid("no subcommand".into()))?;
     // Make sure the typed configuration builds too, sections included.
     Cli::from_arg_matches(&matches)?;
     let secs = sections(file)?;
     if sub == "capture" {
-        crate::ondemand::config::resolve(&secs, None, None, None)
-            .map_err(|e| format!("capture on request: {e}"))?;
+        requests::resolve(&secs, None, None, None)
+            .map_err(|e| ConfigError::Invalid(format!("capture on request: {e}")))?;
     }
-    let text = std::fs::read_to_string(file)?;
-    let keys: Vec<String> = toml::from_str::<toml::Table>(&text)?
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read(file.into(), e))?;
+    let keys: Vec<String> = toml::from_str::<toml::Table>(&text)
+        .map_err(|e| ConfigError::Toml(file.into(), e.to_string()))?
         .keys()
         .cloned()
         .collect();
-    Ok(describe(
-        cmd.find_subcommand(sub).ok_or("no such subcommand")?,
-        m,
-        &keys,
-    ))
+    let sub_cmd = cmd
+        .find_subcommand(sub)
+        .ok_or_else(|| ConfigError::Invalid(format!("no subcommand {sub}")))?;
+    Ok(describe(sub_cmd, m, &keys))
 }
 
 /// One line per setting: `key = value  # source`, where the key is the flag's file key.
@@ -268,7 +273,7 @@ mod tests {
             "win",
             "idle_timeout = \"30s\"\ninterface = [\"eth0\", \"eth1\"]\ndns_log_split = true\n",
         );
-        let cmd = apply(Cli::command(), "capture", &p).unwrap();
+        let cmd = apply(command(), "capture", &p).unwrap();
         let m = cmd
             .clone()
             .try_get_matches_from(["devourer", "capture", "--idle-timeout", "7s"])
@@ -276,9 +281,12 @@ mod tests {
         let Sub::Capture(c) = Cli::from_arg_matches(&m).unwrap().command else {
             panic!()
         };
-        assert_eq!(c.flow.idle_timeout, std::time::Duration::from_secs(7));
+        assert_eq!(
+            c.pipeline.flow.idle_timeout,
+            std::time::Duration::from_secs(7)
+        );
         assert_eq!(c.interfaces, ["eth0", "eth1"]);
-        assert!(c.dns.dns_log_split);
+        assert!(c.pipeline.dns.dns_log_split);
         let (cli, path) = parse(argv(&[
             "devourer",
             "--config",
@@ -290,26 +298,23 @@ mod tests {
         let Sub::Capture(c) = cli.command else {
             panic!()
         };
-        assert_eq!(c.flow.idle_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(
+            c.pipeline.flow.idle_timeout,
+            std::time::Duration::from_secs(30)
+        );
         let _ = std::fs::remove_file(p);
     }
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
         let p = write("unknown", "idle_timout = \"30s\"\n");
-        let e = apply(Cli::command(), "capture", &p)
-            .unwrap_err()
-            .to_string();
+        let e = apply(command(), "capture", &p).unwrap_err().to_string();
         assert!(e.contains("unknown key `idle_timout`"), "{e}");
         let p2 = write("bad", "idle_timeout = \"soon\"\n");
-        let e = apply(Cli::command(), "capture", &p2)
-            .unwrap_err()
-            .to_string();
+        let e = apply(command(), "capture", &p2).unwrap_err().to_string();
         assert!(e.contains("key `idle_timeout`"), "{e}");
         let p3 = write("badport", "dns_ports = \"0\"\n");
-        let e = apply(Cli::command(), "capture", &p3)
-            .unwrap_err()
-            .to_string();
+        let e = apply(command(), "capture", &p3).unwrap_err().to_string();
         assert!(e.contains("key `dns_ports`"), "{e}");
         for f in [p, p2, p3] {
             let _ = std::fs::remove_file(f);
@@ -339,8 +344,8 @@ mod tests {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        let s = crate::ondemand::config::read_sections(&uncommented)
-            .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let s =
+            requests::read_sections(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
         let c = s.capture.unwrap();
         assert_eq!(c.limits().max_packets, 50_000);
         assert_eq!(c.aliases("public").unwrap(), ["eth0"]);

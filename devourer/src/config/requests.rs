@@ -6,11 +6,22 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
-use super::request::S3Target;
+use super::values::{BadValue, parse_duration};
 
 /// Where captures go when nothing else is configured (and where failed uploads land).
 pub const DEFAULT_LOCAL_DIR: &str = "/var/lib/devourer/captures";
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:9403";
+
+/// Where a capture goes besides the local directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct S3Target {
+    pub bucket: String,
+    pub folder: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub acl: Option<String>,
+    pub encryption: bool,
+}
 
 /// The admin's bounds on every request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +47,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match V::deserialize(d)? {
         V::Secs(0) => Err(serde::de::Error::custom("must be greater than zero")),
         V::Secs(s) => Ok(Duration::from_secs(s)),
-        V::Text(t) => crate::config::parse_duration(&t).map_err(serde::de::Error::custom),
+        V::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
     }
 }
 
@@ -231,8 +242,8 @@ impl CaptureSection {
 }
 
 /// Reads the `[capture]` and `[api]` sections of a configuration file; errors name the key.
-pub fn read_sections(text: &str) -> Result<Sections, String> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+pub fn read_sections(text: &str) -> Result<Sections, BadValue> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| BadValue(e.to_string()))?;
     let mut only = toml::Table::new();
     for key in ["capture", "api"] {
         if let Some(v) = table.get(key) {
@@ -241,7 +252,7 @@ pub fn read_sections(text: &str) -> Result<Sections, String> {
     }
     toml::Value::Table(only)
         .try_into::<Sections>()
-        .map_err(|e| e.to_string().trim().to_owned())
+        .map_err(|e| BadValue(e.to_string().trim().to_owned()))
 }
 
 /// The settings from the file's sections and the flags; `None` when capture on request is off
@@ -251,7 +262,7 @@ pub fn resolve(
     redis_flag: Option<&str>,
     channel_flag: Option<&str>,
     dir_flag: Option<&PathBuf>,
-) -> Result<Option<RequestsConfig>, String> {
+) -> Result<Option<RequestsConfig>, BadValue> {
     let capture = sections.capture.clone().unwrap_or_default();
     let redis_url = redis_flag
         .map(str::to_owned)
@@ -267,13 +278,15 @@ pub fn resolve(
         && api.token_file.is_none()
         && !api.addr.ip().is_loopback()
     {
-        return Err(format!(
+        return Err(BadValue(format!(
             "[api] addr {} is not a loopback address: set [api] token_file",
             api.addr
-        ));
+        )));
     }
     if capture.max_duration.is_zero() || capture.max_timeout.is_zero() {
-        return Err("[capture] durations must be greater than zero".into());
+        return Err(BadValue(
+            "[capture] durations must be greater than zero".into(),
+        ));
     }
     let local_dir = dir_flag
         .cloned()
@@ -340,9 +353,11 @@ token_file = "/etc/devourer/token"
                 .local_copy
         );
 
-        let e = read_sections("[capture]\nmax_pakets = 3\n").unwrap_err();
+        let e = read_sections("[capture]\nmax_pakets = 3\n").unwrap_err().0;
         assert!(e.contains("max_pakets"), "{e}");
-        let e = read_sections("[capture]\nmax_timeout = \"soon\"\n").unwrap_err();
+        let e = read_sections("[capture]\nmax_timeout = \"soon\"\n")
+            .unwrap_err()
+            .0;
         assert!(e.contains("max_timeout"), "{e}");
         assert!(
             resolve(&Sections::default(), None, None, None)
@@ -353,6 +368,7 @@ token_file = "/etc/devourer/token"
         assert!(
             resolve(&open, None, None, None)
                 .unwrap_err()
+                .0
                 .contains("token_file")
         );
     }

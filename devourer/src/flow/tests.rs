@@ -1,8 +1,6 @@
 //! Flow table behaviour against a fake per-CPU map that counts like the kernel program.
 
-use std::collections::BTreeMap;
-
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN};
 
@@ -88,7 +86,7 @@ fn key(a: u8, ap: u16, b: u8, bp: u16, proto: u8) -> FlowKey {
 }
 
 fn rev(k: FlowKey) -> FlowKey {
-    super::reverse(&k)
+    super::entry::reverse(&k)
 }
 
 fn scan(t: &mut FlowTable, m: &mut FakeMap, now: u64) -> Vec<Emitted> {
@@ -370,8 +368,8 @@ fn a_flow_takes_names_when_it_starts_and_fills_unknown_ones_at_emit() {
     let mut m = FakeMap::new();
     let mut t = FlowTable::new(cfg());
     let k = key(1, 40000, 2, 443, 6);
-    let server = crate::record::addr(&k, k.dst_addr);
-    let client = crate::record::addr(&k, k.src_addr);
+    let server = crate::base::net::key_addr(&k, k.dst_addr);
+    let client = crate::base::net::key_addr(&k, k.src_addr);
     // The server's name is known from the start; the client's only later.
     let mut book = Book(vec![
         (server, "www.example.com", 0),

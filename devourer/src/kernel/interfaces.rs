@@ -11,7 +11,7 @@ use std::{
 use aya::Ebpf;
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::loader::{self, AttachError, Attachment, Mode, TcLink};
+use super::attach::{self, AttachError, Attachment, Mode, TcLink, ifindex};
 
 /// What is attached, by interface name.
 pub struct Attached {
@@ -46,10 +46,17 @@ impl Attached {
     }
 
     pub fn attach(&mut self, ebpf: &mut Ebpf, iface: &str) -> Result<(), AttachError> {
-        let a = loader::attach(ebpf, iface, self.mode, self.link)?;
+        let a = attach::attach(ebpf, iface, self.mode, self.link)?;
         tracing::info!(interface = %a.iface, ifindex = a.ifindex, hooks = ?a.hooks, "attached");
         self.map.insert(iface.to_owned(), a);
         Ok(())
+    }
+
+    /// Detaches from every interface (at shutdown: nothing is counted after the final read).
+    pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
+        for (_, a) in std::mem::take(&mut self.map) {
+            attach::detach(ebpf, a);
+        }
     }
 
     /// Makes the attached set equal `wanted`: attaches new interfaces (a failure is logged and
@@ -58,15 +65,13 @@ impl Attached {
         let gone: Vec<String> = self
             .map
             .iter()
-            .filter(|(name, a)| {
-                !wanted.contains(name) || loader::ifindex(name).ok() != Some(a.ifindex)
-            })
+            .filter(|(name, a)| !wanted.contains(name) || ifindex(name).ok() != Some(a.ifindex))
             .map(|(n, _)| n.clone())
             .collect();
         for name in gone {
             if let Some(a) = self.map.remove(&name) {
                 tracing::info!(interface = %name, "interface gone: letting go");
-                loader::detach(ebpf, a);
+                attach::detach(ebpf, a);
             }
         }
         for name in wanted {

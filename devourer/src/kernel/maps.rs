@@ -1,5 +1,5 @@
-//! The map reader: batched reads and atomic deletes of the kernel flow map, and the kernel's
-//! counters and overflow aggregates.
+//! The map reader: batched reads and atomic deletes of per-CPU hash maps (the flow map, the
+//! overflow aggregates), and the kernel's counters.
 
 use std::{
     io,
@@ -8,13 +8,11 @@ use std::{
 
 use aya::maps::{Map, MapData};
 use devourer_common::flow::{
-    C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_HTTP_CUT, C_HTTP_EVENTS, C_HTTP_RING_FULL,
-    C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
-    C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS, COUNTERS_LEN, CounterBlock,
-    FlowKey, FlowValue, OverflowKey, OverflowValue,
+    C_MAP_FULL, COUNTERS, COUNTERS_LEN, Counter, CounterBlock, FlowKey, FlowValue, OverflowKey,
+    OverflowValue,
 };
 
-use crate::{bpf_sys, flow::FlowSource};
+use super::sys as bpf_sys;
 
 /// Elements fetched per BPF_MAP_LOOKUP_BATCH call.
 const BATCH: usize = 4096;
@@ -182,45 +180,28 @@ impl<K: Copy, V: Copy> PerCpuHash<K, V> {
     }
 }
 
-/// The kernel flow map as the flow table's source.
+/// The kernel flow map (the flow stage reads and evicts it as its source of entries).
 pub struct KernelFlows(pub PerCpuHash<FlowKey, FlowValue>);
 
-impl FlowSource for KernelFlows {
-    fn read_all(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> io::Result<()> {
-        self.0.for_each(|k, slots| {
-            if let Some(v) = crate::flow::sum_per_cpu(slots.iter().copied()) {
-                out.push((k, v));
-            }
-        })
-    }
-
-    fn take(&mut self, key: &FlowKey) -> io::Result<Option<FlowValue>> {
-        Ok(self.0.take(key)?.and_then(crate::flow::sum_per_cpu))
-    }
-
-    fn capacity(&self) -> usize {
-        self.0.capacity()
-    }
-}
-
-/// What the kernel program counted besides flows, summed over CPUs.
+/// What the kernel program counted besides flows, summed over CPUs, indexed like
+/// [`COUNTERS`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelCounters {
-    pub packets: u64,
-    pub non_ip: u64,
-    pub malformed: u64,
-    pub map_full: u64,
-    pub overflow_full_packets: u64,
-    pub overflow_full_bytes: u64,
-    pub insert_race: u64,
-    pub wakeups: u64,
-    pub wakeup_failed: u64,
-    pub dns_events: u64,
-    pub dns_ring_full: u64,
-    pub dns_cut: u64,
-    pub http_events: u64,
-    pub http_ring_full: u64,
-    pub http_cut: u64,
+pub struct KernelCounters(pub [u64; COUNTERS_LEN as usize]);
+
+impl KernelCounters {
+    pub fn get(&self, index: u32) -> u64 {
+        self.0[index as usize]
+    }
+
+    /// Every counter with its description.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static Counter, u64)> + '_ {
+        COUNTERS.iter().map(|c| (c, self.get(c.index)))
+    }
+
+    /// Packets the full flow map refused (in the overflow map instead).
+    pub fn map_full(&self) -> u64 {
+        self.get(C_MAP_FULL)
+    }
 }
 
 /// The counter array (a per-CPU array of u64).
@@ -256,24 +237,7 @@ impl Counters {
                 }
             }
         }
-        let at = |i: u32| sums[i as usize];
-        Ok(KernelCounters {
-            packets: at(C_PACKETS),
-            non_ip: at(C_NON_IP),
-            malformed: at(C_MALFORMED),
-            map_full: at(C_MAP_FULL),
-            overflow_full_packets: at(C_OVERFLOW_FULL_PACKETS),
-            overflow_full_bytes: at(C_OVERFLOW_FULL_BYTES),
-            insert_race: at(C_INSERT_RACE),
-            wakeups: at(C_WAKEUPS),
-            wakeup_failed: at(C_WAKEUP_FAILED),
-            dns_events: at(C_DNS_EVENTS),
-            dns_ring_full: at(C_DNS_RING_FULL),
-            dns_cut: at(C_DNS_CUT),
-            http_events: at(C_HTTP_EVENTS),
-            http_ring_full: at(C_HTTP_RING_FULL),
-            http_cut: at(C_HTTP_CUT),
-        })
+        Ok(KernelCounters(sums))
     }
 }
 

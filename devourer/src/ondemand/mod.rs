@@ -1,10 +1,9 @@
 //! Packet capture on request (pcapdaemon): requests arrive over Redis pub/sub or the HTTP API,
 //! are checked and clamped to the admin limits, capture into memory on each named interface,
 //! and end as pcap files in a local directory and/or an S3 bucket. A bad request is rejected
-//! and counted; the agent keeps running. Settings and request checks build everywhere; the
-//! capture itself needs the `capture-requests` feature (libpcap).
+//! and counted; the agent keeps running. Request checks build everywhere (the settings are in
+//! `config::requests`); the capture itself needs the `capture-requests` feature (libpcap).
 
-pub mod config;
 pub mod request;
 
 #[cfg(feature = "capture-requests")]
@@ -19,4 +18,4 @@ pub mod sniff;
 pub mod store;
 
 #[cfg(feature = "capture-requests")]
-pub use service::{FileStatus, Refused, Service, Status};
+pub use service::{CaptureStatus, FileStatus, Refused, Service};

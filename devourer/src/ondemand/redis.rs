@@ -40,8 +40,24 @@ pub async fn listen(
     }
 }
 
+/// Why a subscription ended (the listener reconnects after any of them).
+#[derive(Debug, thiserror::Error)]
+enum SubscribeError {
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("no answer within {0:?} while subscribing")]
+    SubscribeTimeout(Duration),
+    #[error("no answer to a ping within {0:?}")]
+    PingTimeout(Duration),
+}
+
 /// One subscription, until the server closes it or stops answering pings.
-async fn subscribe(svc: &Service, url: &str, channel: &str, ping: Duration) -> Result<(), String> {
+async fn subscribe(
+    svc: &Service,
+    url: &str,
+    channel: &str,
+    ping: Duration,
+) -> Result<(), SubscribeError> {
     let connect = async {
         let client = redis::Client::open(url)?;
         let mut pubsub = client.get_async_pubsub().await?;
@@ -49,8 +65,8 @@ async fn subscribe(svc: &Service, url: &str, channel: &str, ping: Duration) -> R
         redis::RedisResult::Ok(pubsub)
     };
     let pubsub = match tokio::time::timeout(ping, connect).await {
-        Ok(r) => r.map_err(|e| e.to_string())?,
-        Err(_) => return Err(format!("no answer within {ping:?} while subscribing")),
+        Ok(r) => r?,
+        Err(_) => return Err(SubscribeError::SubscribeTimeout(ping)),
     };
     tracing::info!(url = %redact(url), channel, "subscribed to capture requests");
     let (mut sink, mut messages) = pubsub.split();
@@ -71,8 +87,8 @@ async fn subscribe(svc: &Service, url: &str, channel: &str, ping: Duration) -> R
             _ = tick.tick() => {
                 match tokio::time::timeout(ping, sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(format!("ping failed: {e}")),
-                    Err(_) => return Err(format!("no answer to a ping within {ping:?}")),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => return Err(SubscribeError::PingTimeout(ping)),
                 }
             }
         }

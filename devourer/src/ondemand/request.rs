@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::config::CaptureLimits;
+use crate::config::requests::{CaptureLimits, S3Target};
 
 /// The message as pcapdaemon defined it. Unknown fields are kept to warn about them.
 #[derive(Debug, Default, Deserialize)]
@@ -39,16 +39,10 @@ pub struct RawRequest {
     pub unknown: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Where a capture goes besides the local directory.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct S3Target {
-    pub bucket: String,
-    pub folder: Option<String>,
-    pub region: Option<String>,
-    pub endpoint: Option<String>,
-    pub acl: Option<String>,
-    pub encryption: bool,
-}
+/// A capture filter libpcap does not compile, with its message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadFilter(pub String);
 
 /// A request this node will run, every limit within the admin's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,7 +115,7 @@ pub struct Context<'a> {
     pub aliases: &'a dyn Fn(&str) -> Option<Vec<String>>,
     pub interface_exists: &'a dyn Fn(&str) -> bool,
     /// Compiles a filter; the error says why it does not.
-    pub check_filter: &'a dyn Fn(&str) -> Result<(), String>,
+    pub check_filter: &'a dyn Fn(&str) -> Result<(), BadFilter>,
     /// The configured S3 bucket and its defaults, if any.
     pub s3: Option<&'a S3Target>,
 }
@@ -163,7 +157,7 @@ pub fn plan(r: &RawRequest, cx: &Context<'_>) -> Result<Decision, Reject> {
     }
     let filter = r.bpf.as_ref().map(|f| f.trim()).filter(|f| !f.is_empty());
     if let Some(f) = filter {
-        (cx.check_filter)(f).map_err(Reject::Filter)?;
+        (cx.check_filter)(f).map_err(|e| Reject::Filter(e.0))?;
     }
     let l = cx.limits;
     let mut clamped = Vec::new();
@@ -248,7 +242,7 @@ mod tests {
         let exists = |i: &str| i.starts_with("eth") || i == "lo";
         let filter = |f: &str| {
             if f.contains("bogus") {
-                Err("syntax error".to_owned())
+                Err(BadFilter("syntax error".to_owned()))
             } else {
                 Ok(())
             }

@@ -13,12 +13,11 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    config::RequestsConfig,
     request::{self, Context, Decision, Plan, Reject},
     sniff,
     store::{self, Retry},
 };
-use crate::metrics::Metrics;
+use crate::{config::requests::RequestsConfig, ops::metrics::Metrics};
 
 /// Finished captures remembered for `GET /captures/ID`.
 const KEEP_FINISHED: usize = 1000;
@@ -52,7 +51,7 @@ impl FileStatus {
 
 /// A capture as the API reports it.
 #[derive(Clone, Debug, Serialize)]
-pub struct Status {
+pub struct CaptureStatus {
     pub id: String,
     /// `running`, `done` (every file stored) or `failed`.
     pub state: &'static str,
@@ -98,7 +97,7 @@ struct Inner {
     metrics: Option<Arc<Metrics>>,
     cancel: AtomicBool,
     running: Mutex<usize>,
-    statuses: Mutex<(BTreeMap<String, Status>, VecDeque<String>)>,
+    statuses: Mutex<(BTreeMap<String, CaptureStatus>, VecDeque<String>)>,
     seq: AtomicU64,
 }
 
@@ -125,7 +124,7 @@ impl Service {
 
     fn count(&self, outcome: &str) {
         if let Some(m) = &self.0.metrics {
-            m.capture_requests.with_label_values(&[outcome]).inc();
+            m.capture.requests.with_label_values(&[outcome]).inc();
         }
     }
 
@@ -163,7 +162,7 @@ impl Service {
         let limits = cfg.capture.limits();
         let s3 = cfg.capture.s3_target();
         let aliases = |a: &str| cfg.capture.aliases(a);
-        let exists = |i: &str| crate::loader::ifindex(i).is_ok();
+        let exists = |i: &str| crate::kernel::attach::ifindex(i).is_ok();
         let cx = Context {
             node: &self.0.node,
             limits: &limits,
@@ -195,7 +194,7 @@ impl Service {
         if !plan.clamped.is_empty() {
             tracing::info!(id, clamped = ?plan.clamped, "capture request clamped to the configured limits");
         }
-        self.remember(Status {
+        self.remember(CaptureStatus {
             id: id.clone(),
             state: "running",
             node: self.0.node.clone(),
@@ -221,7 +220,7 @@ impl Service {
         Ok(Some(id))
     }
 
-    fn remember(&self, s: Status) {
+    fn remember(&self, s: CaptureStatus) {
         let mut g = self.0.statuses.lock().expect("lock");
         let (map, order) = &mut *g;
         order.push_back(s.id.clone());
@@ -261,7 +260,7 @@ impl Service {
         }
     }
 
-    pub fn status(&self, id: &str) -> Option<Status> {
+    pub fn status(&self, id: &str) -> Option<CaptureStatus> {
         self.0.statuses.lock().expect("lock").0.get(id).cloned()
     }
 
@@ -269,8 +268,8 @@ impl Service {
         let failed = files.is_empty() || files.iter().any(|f| f.error.is_some());
         if let Some(m) = &self.0.metrics {
             for f in &files {
-                m.captures.with_label_values(&[f.result()]).inc();
-                m.captured_packets.inc_by(f.packets);
+                m.capture.files.with_label_values(&[f.result()]).inc();
+                m.capture.packets.inc_by(f.packets);
             }
         }
         if let Some(s) = self.0.statuses.lock().expect("lock").0.get_mut(id) {
@@ -317,7 +316,7 @@ impl Service {
                 }
                 Err(e) => {
                     tracing::error!(id, iface, "capture failed: {e}");
-                    f.error = Some(e);
+                    f.error = Some(e.to_string());
                 }
             }
             files.push(f);
@@ -339,7 +338,7 @@ impl Service {
         let bytes = match sniff::pcap_bytes(c) {
             Ok(b) => b,
             Err(e) => {
-                f.error = Some(format!("writing the pcap: {e}"));
+                f.error = Some(e.to_string());
                 return;
             }
         };
@@ -353,7 +352,16 @@ impl Service {
                 timeout: cfg.capture.upload_timeout,
             };
             let t0 = Instant::now();
-            match store::upload(t, &key, bytes.clone(), retry, &self.0.cancel).await {
+            match store::upload(
+                store::from_env(),
+                t,
+                &key,
+                bytes.clone(),
+                retry,
+                &self.0.cancel,
+            )
+            .await
+            {
                 Ok(()) => {
                     let url = format!("s3://{}/{key}", t.bucket);
                     tracing::info!(

@@ -13,7 +13,7 @@ use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
 };
 
-use super::request::Plan;
+use super::request::{BadFilter, Plan};
 
 /// Why a capture ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,16 +55,42 @@ pub struct Captured {
     pub dropped: u32,
 }
 
+/// Why a capture could not run or be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SniffError {
+    #[error("opening {iface}: {source}")]
+    Open {
+        iface: String,
+        #[source]
+        source: pcap::Error,
+    },
+    #[error("filter {filter:?}: {source}")]
+    Filter {
+        filter: String,
+        #[source]
+        source: pcap::Error,
+    },
+    #[error("reading {iface}: {source}")]
+    Read {
+        iface: String,
+        #[source]
+        source: pcap::Error,
+    },
+    #[error("writing the pcap file: {0}")]
+    Write(#[from] pcap_file::PcapError),
+}
+
 /// pcap file header plus one record header per packet.
 const FILE_HEADER: u64 = 24;
 const RECORD_HEADER: u64 = 16;
 
 /// Whether libpcap compiles `expr` (for an Ethernet capture).
-pub fn check_filter(expr: &str) -> Result<(), String> {
-    let dead = pcap::Capture::dead(pcap::Linktype::ETHERNET).map_err(|e| e.to_string())?;
+pub fn check_filter(expr: &str) -> Result<(), BadFilter> {
+    let dead =
+        pcap::Capture::dead(pcap::Linktype::ETHERNET).map_err(|e| BadFilter(e.to_string()))?;
     dead.compile(expr, true)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| BadFilter(e.to_string()))
 }
 
 /// Captures on `iface` as `plan` says, until a limit or `cancel`; `armed` is called once the
@@ -74,9 +100,13 @@ pub fn run(
     plan: &Plan,
     cancel: &AtomicBool,
     armed: &dyn Fn(),
-) -> Result<Captured, String> {
+) -> Result<Captured, SniffError> {
+    let open_err = |source| SniffError::Open {
+        iface: iface.to_owned(),
+        source,
+    };
     let cap = pcap::Capture::from_device(iface)
-        .map_err(|e| e.to_string())?
+        .map_err(open_err)?
         .snaplen(plan.snap as i32)
         .immediate_mode(true)
         .promisc(false)
@@ -85,14 +115,13 @@ pub fn run(
         .timeout(50);
     // Non-blocking, waited on with poll(2): libpcap's own read timeout may block for good on
     // an idle interface (TPACKET_V3), and the limits must be checked on the clock.
-    let mut cap = cap
-        .open()
-        .and_then(|c| c.setnonblock())
-        .map_err(|e| format!("opening {iface}: {e}"))?;
+    let mut cap = cap.open().and_then(|c| c.setnonblock()).map_err(open_err)?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&cap);
     if let Some(f) = &plan.filter {
-        cap.filter(f, true)
-            .map_err(|e| format!("filter {f:?}: {e}"))?;
+        cap.filter(f, true).map_err(|source| SniffError::Filter {
+            filter: f.clone(),
+            source,
+        })?;
     }
     armed();
     let mut out = Captured {
@@ -145,7 +174,12 @@ pub fn run(
                 }
             }
             Err(pcap::Error::TimeoutExpired) => wait_readable(fd, 50),
-            Err(e) => return Err(format!("reading {iface}: {e}")),
+            Err(source) => {
+                return Err(SniffError::Read {
+                    iface: iface.to_owned(),
+                    source,
+                });
+            }
         }
     };
     out.stop = stop;
@@ -167,21 +201,19 @@ fn wait_readable(fd: i32, ms: i32) {
 }
 
 /// The capture as a pcap file (microsecond timestamps).
-pub fn pcap_bytes(c: &Captured) -> Result<Vec<u8>, String> {
+pub fn pcap_bytes(c: &Captured) -> Result<Vec<u8>, SniffError> {
     let header = PcapHeader {
         snaplen: c.snap,
         datalink: DataLink::from(c.linktype as u32),
         ..PcapHeader::default()
     };
-    let mut w = PcapWriter::with_header(Vec::with_capacity(c.bytes as usize), header)
-        .map_err(|e| e.to_string())?;
+    let mut w = PcapWriter::with_header(Vec::with_capacity(c.bytes as usize), header)?;
     for p in &c.packets {
         w.write_packet(&PcapPacket {
             timestamp: p.ts,
             orig_len: p.orig_len,
             data: Cow::Borrowed(&p.data),
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
     }
     Ok(w.into_writer())
 }
@@ -195,7 +227,7 @@ mod tests {
         assert!(check_filter("tcp port 80 and host 10.0.0.1").is_ok());
         assert!(check_filter("icmp or (udp and dst portrange 1000-2000)").is_ok());
         let e = check_filter("tcp prot 80").unwrap_err();
-        assert!(e.contains("syntax") || e.contains("prot"), "{e}");
+        assert!(e.0.contains("syntax") || e.0.contains("prot"), "{e}");
     }
 
     #[test]

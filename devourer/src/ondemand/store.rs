@@ -15,7 +15,7 @@ use object_store::{
     path::Path as ObjectPath,
 };
 
-use super::request::S3Target;
+use crate::config::requests::S3Target;
 
 /// Keeps names to `[A-Za-z0-9._-]`: interface names and node names become file names.
 fn safe(s: &str) -> String {
@@ -36,7 +36,7 @@ pub fn file_name(node: &str, iface: &str, alertid: u64, at: SystemTime) -> Strin
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as u64;
-    let c = crate::textlog::civil(secs, false);
+    let c = crate::base::time::civil(secs, false);
     format!(
         "{}_{}_{alertid}_{:04}{:02}{:02}T{:02}{:02}{:02}Z.pcap",
         safe(node),
@@ -90,28 +90,25 @@ pub fn object_key(t: &S3Target, name: &str) -> String {
     }
 }
 
-/// Uploads `bytes` to the target; credentials from the environment (`AWS_ACCESS_KEY_ID`,
+/// Why an upload failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("S3 configuration: {0}")]
+    Config(#[source] object_store::Error),
+    #[error("{0}")]
+    Put(#[source] object_store::Error),
+    #[error("{0} (no more retries: shutting down)")]
+    ShuttingDown(#[source] object_store::Error),
+}
+
+/// Credentials and settings from the environment (`AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, web identity, instance metadata).
-/// Retries stop early once `stop` is set (shutdown), so the caller can keep the file locally.
-pub async fn upload(
-    t: &S3Target,
-    key: &str,
-    bytes: Vec<u8>,
-    retry: Retry,
-    stop: &AtomicBool,
-) -> Result<(), String> {
-    if let Some(acl) = t.acl.as_deref().filter(|a| *a != "private") {
-        tracing::warn!(
-            acl,
-            "S3 ACLs are not applied (object_store has none; new buckets disable them): the bucket's policy decides access"
-        );
-    }
-    let store = configure(AmazonS3Builder::from_env(), t, retry)?;
-    put_with_retries(&store, t, key, bytes, retry, stop).await
+pub fn from_env() -> AmazonS3Builder {
+    AmazonS3Builder::from_env()
 }
 
 /// The target's bucket, region, endpoint, encryption and time limits on top of `b`.
-fn configure(b: AmazonS3Builder, t: &S3Target, retry: Retry) -> Result<AmazonS3, String> {
+fn configure(b: AmazonS3Builder, t: &S3Target, retry: Retry) -> Result<AmazonS3, UploadError> {
     let mut b = b
         .with_bucket_name(&t.bucket)
         .with_region(t.region.as_deref().unwrap_or("us-east-1"))
@@ -138,45 +135,59 @@ fn configure(b: AmazonS3Builder, t: &S3Target, retry: Retry) -> Result<AmazonS3,
     if t.encryption {
         let key: AmazonS3ConfigKey = "aws_server_side_encryption"
             .parse()
-            .map_err(|e| format!("S3 configuration: {e}"))?;
+            .map_err(UploadError::Config)?;
         b = b.with_config(key, "AES256");
     }
-    b.build().map_err(|e| format!("S3 configuration: {e}"))
+    b.build().map_err(UploadError::Config)
 }
 
-async fn put_with_retries(
-    store: &AmazonS3,
+/// Uploads `bytes` to the target with the credentials and settings of `b` (see
+/// [`from_env`]). Retries stop early once `stop` is set (shutdown), so the caller can keep the
+/// file locally.
+pub async fn upload(
+    b: AmazonS3Builder,
     t: &S3Target,
     key: &str,
     bytes: Vec<u8>,
     retry: Retry,
     stop: &AtomicBool,
-) -> Result<(), String> {
+) -> Result<(), UploadError> {
+    if let Some(acl) = t.acl.as_deref().filter(|a| *a != "private") {
+        tracing::warn!(
+            acl,
+            "S3 ACLs are not applied (object_store has none; new buckets disable them): the bucket's policy decides access"
+        );
+    }
+    let store = configure(b, t, retry)?;
     let path = ObjectPath::from(key);
     let payload = PutPayload::from(bytes);
     let mut wait = retry.base;
-    let mut last = String::new();
-    for attempt in 1..=retry.attempts.max(1) {
-        match store.put(&path, payload.clone()).await {
+    let attempts = retry.attempts.max(1);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let last = match store.put(&path, payload.clone()).await {
             Ok(_) => return Ok(()),
             Err(e) => {
-                last = e.to_string();
-                tracing::warn!(bucket = %t.bucket, key, attempt, "upload failed: {last}");
+                tracing::warn!(bucket = %t.bucket, key, attempt, "upload failed: {e}");
+                e
             }
+        };
+        if attempt >= attempts {
+            return Err(UploadError::Put(last));
         }
-        if attempt < retry.attempts {
+        {
             let jitter = wait.mul_f64(fastrand::f64() * 0.2);
             let until = tokio::time::Instant::now() + wait + jitter;
             while tokio::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(100).min(wait + jitter)).await;
             }
             if stop.load(Ordering::Relaxed) {
-                return Err(format!("{last} (no more retries: shutting down)"));
+                return Err(UploadError::ShuttingDown(last));
             }
             wait = (wait * 2).min(retry.max);
         }
     }
-    Err(last)
 }
 
 #[cfg(test)]
@@ -224,12 +235,12 @@ mod tests {
             let creds = AmazonS3Builder::new()
                 .with_access_key_id("k")
                 .with_secret_access_key("s");
-            let store = configure(creds, &t, r).unwrap();
             let stop = AtomicBool::new(stopping);
             let t0 = std::time::Instant::now();
             let e = rt
-                .block_on(put_with_retries(&store, &t, "k.pcap", vec![1], r, &stop))
-                .unwrap_err();
+                .block_on(upload(creds, &t, "k.pcap", vec![1], r, &stop))
+                .unwrap_err()
+                .to_string();
             (e, t0.elapsed() < Duration::from_secs(5))
         };
         let (e, quick) = upload_fails(3, Duration::from_millis(10), false);

@@ -1,24 +1,28 @@
-//! Prometheus metrics and the health endpoints: `/metrics`, `/healthz` (the process is up) and
-//! `/readyz` (programs attached, map reader and sinks alive), served on the tokio runtime.
+//! Prometheus metrics: what the kernel counted, the records emitted, the flow table and the
+//! decoders' state, the sinks' outcomes and capture on request. Names and labels are part of
+//! the contract (the Grafana dashboard queries them).
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
+use devourer_common::flow::COUNTERS;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::{dns::DnsStats, kmaps::KernelCounters};
+use crate::{
+    decode::dns::DnsStats,
+    kernel::maps::KernelCounters,
+    record::Batch,
+    sink::{SinkReport, bigquery::RequestObserver},
+};
 
-/// Latency buckets for DNS (seconds): 100 µs to 10 s.
-const DNS_BUCKETS: &[f64] = &[
+/// Latency buckets (seconds): 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
@@ -29,214 +33,219 @@ const SCAN_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     pub registry: Registry,
-    pub flow_packets: IntCounterVec,
-    pub flow_bytes: IntCounterVec,
-    pub flows_emitted: IntCounterVec,
+    records: RecordMetrics,
     pub flows_active: IntGauge,
     pub map_entries: IntGauge,
     pub map_capacity: IntGauge,
     pub scan_seconds: Histogram,
     kernel: IntCounterVec,
-    pub dns_transactions: IntCounterVec,
-    pub dns_latency: Histogram,
     dns_parse_errors: IntCounterVec,
     pub dns_pending: IntGauge,
-    pub http_messages: IntCounterVec,
-    pub http_latency: Histogram,
-    pub capture_requests: IntCounterVec,
-    pub captures: IntCounterVec,
-    pub captured_packets: IntCounter,
-    pub sink_rows: IntCounterVec,
-    pub spool_bytes: IntGauge,
-    pub bq_last_success: IntGauge,
-    pub bq_request_seconds: HistogramVec,
+    pub capture: CaptureMetrics,
+    sink_rows: IntCounterVec,
+    spool_bytes: IntGauge,
+    bq_last_success: IntGauge,
+    sink_request_seconds: HistogramVec,
     pub interfaces: IntGauge,
     /// Last absolute values of counters kept elsewhere, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
-    r.register(Box::new(c.clone())).expect("register");
-    c
+/// What the records on their way to the sinks add up to.
+struct RecordMetrics {
+    flow_packets: IntCounterVec,
+    flow_bytes: IntCounterVec,
+    flows_emitted: IntCounterVec,
+    dns_transactions: IntCounterVec,
+    dns_latency: Histogram,
+    http_messages: IntCounterVec,
+    http_latency: Histogram,
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("metric");
-    r.register(Box::new(g.clone())).expect("register");
-    g
-}
-
-impl Metrics {
-    pub fn new() -> Arc<Self> {
-        let r = Registry::new();
-        let build = IntGaugeVec::new(
-            Opts::new(
-                "devourer_build_info",
-                "Build of the running agent (always 1).",
-            ),
-            &["version"],
-        )
-        .expect("metric");
-        r.register(Box::new(build.clone())).expect("register");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        #[cfg(target_os = "linux")]
-        {
-            let _ = r.register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ));
-        }
-        let scan_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "devourer_eviction_scan_duration_seconds",
-                "Time one scan of the kernel flow map takes.",
-            )
-            .buckets(SCAN_BUCKETS.to_vec()),
-        )
-        .expect("metric");
-        r.register(Box::new(scan_seconds.clone()))
-            .expect("register");
-        let dns_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "devourer_dns_latency_seconds",
-                "Time from a DNS query to its response.",
-            )
-            .buckets(DNS_BUCKETS.to_vec()),
-        )
-        .expect("metric");
-        r.register(Box::new(dns_latency.clone())).expect("register");
-        let http_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "devourer_http_latency_seconds",
-                "Time from an HTTP request to its response (first segments).",
-            )
-            .buckets(DNS_BUCKETS.to_vec()),
-        )
-        .expect("metric");
-        r.register(Box::new(http_latency.clone()))
-            .expect("register");
-        let bq_request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "devourer_sink_request_duration_seconds",
-                "Duration of requests to a remote sink.",
-            ),
-            &["sink"],
-        )
-        .expect("metric");
-        r.register(Box::new(bq_request_seconds.clone()))
-            .expect("register");
-        Arc::new(Self {
-            flow_packets: counter_vec(
-                &r,
+impl RecordMetrics {
+    fn new(r: &Reg) -> Self {
+        Self {
+            flow_packets: r.counters(
                 "devourer_packets_total",
                 "Packets in emitted flow records, by interface.",
                 &["interface"],
             ),
-            flow_bytes: counter_vec(
-                &r,
+            flow_bytes: r.counters(
                 "devourer_bytes_total",
                 "IP-layer bytes in emitted flow records, by interface.",
                 &["interface"],
             ),
-            flows_emitted: counter_vec(
-                &r,
+            flows_emitted: r.counters(
                 "devourer_flows_emitted_total",
                 "Flow records emitted, by status.",
                 &["status"],
             ),
-            flows_active: gauge(
-                &r,
-                "devourer_flows_active",
-                "Flows open in the agent's table.",
-            ),
-            map_entries: gauge(
-                &r,
-                "devourer_kernel_map_entries",
-                "Entries in the kernel flow map at the last scan.",
-            ),
-            map_capacity: gauge(
-                &r,
-                "devourer_kernel_map_capacity",
-                "Entries the kernel flow map holds at most.",
-            ),
-            scan_seconds,
-            kernel: counter_vec(
-                &r,
-                "devourer_kernel_events_total",
-                "What the kernel program counted: packets seen, non_ip, malformed, map_full (packets into the overflow map), overflow_full, dns_events, dns_ring_drops, dns_cut, http_events, http_ring_drops, http_cut, wakeups.",
-                &["event"],
-            ),
-            dns_transactions: counter_vec(
-                &r,
+            dns_transactions: r.counters(
                 "devourer_dns_transactions_total",
                 "DNS transactions, by status and rcode.",
                 &["status", "rcode"],
             ),
-            dns_latency,
-            dns_parse_errors: counter_vec(
-                &r,
-                "devourer_dns_parse_errors_total",
-                "DNS payloads that did not decode, by reason.",
-                &["reason"],
+            dns_latency: r.histogram(
+                "devourer_dns_latency_seconds",
+                "Time from a DNS query to its response.",
+                LATENCY_BUCKETS,
             ),
-            dns_pending: gauge(
-                &r,
-                "devourer_dns_pending",
-                "DNS queries awaiting a response.",
-            ),
-            http_messages: counter_vec(
-                &r,
+            http_messages: r.counters(
                 "devourer_http_messages_total",
                 "HTTP requests and responses seen, by kind and role.",
                 &["kind", "role"],
             ),
-            http_latency,
-            capture_requests: counter_vec(
-                &r,
+            http_latency: r.histogram(
+                "devourer_http_latency_seconds",
+                "Time from an HTTP request to its response (first segments).",
+                LATENCY_BUCKETS,
+            ),
+        }
+    }
+}
+
+/// Capture on request.
+pub struct CaptureMetrics {
+    /// Requests by outcome.
+    pub requests: IntCounterVec,
+    /// Capture files by result.
+    pub files: IntCounterVec,
+    pub packets: IntCounter,
+}
+
+impl CaptureMetrics {
+    fn new(r: &Reg) -> Self {
+        Self {
+            requests: r.counters(
                 "devourer_capture_requests_total",
                 "Capture requests by outcome: accepted, other_node, or the reason they were rejected.",
                 &["outcome"],
             ),
-            captures: counter_vec(
-                &r,
+            files: r.counters(
                 "devourer_captures_total",
                 "Capture files by result: written, uploaded, upload_failed_kept_locally, failed.",
                 &["result"],
             ),
-            captured_packets: {
-                let c = IntCounter::new(
-                    "devourer_captured_packets_total",
-                    "Packets written to capture files.",
-                )
-                .expect("metric");
-                r.register(Box::new(c.clone())).expect("register");
-                c
-            },
-            sink_rows: counter_vec(
-                &r,
+            packets: r.counter(
+                "devourer_captured_packets_total",
+                "Packets written to capture files.",
+            ),
+        }
+    }
+}
+
+/// Registers metrics on one registry (every name is registered once, at start).
+struct Reg(Registry);
+
+impl Reg {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(&self, m: M) -> M {
+        self.0
+            .register(Box::new(m.clone()))
+            .expect("metric registered once");
+        m
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("metric"))
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("metric"))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(Histogram::with_opts(opts).expect("metric"))
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let r = Reg(Registry::new());
+        let build = r.add(
+            IntGaugeVec::new(
+                Opts::new(
+                    "devourer_build_info",
+                    "Build of the running agent (always 1).",
+                ),
+                &["version"],
+            )
+            .expect("metric"),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        {
+            let _ = r.0.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+        let kernel_help = format!(
+            "What the kernel program counted, by event: {}.",
+            COUNTERS
+                .iter()
+                .map(|c| format!("{} ({})", c.metric, c.help.trim_end_matches('.')))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let m = Self {
+            records: RecordMetrics::new(&r),
+            flows_active: r.gauge("devourer_flows_active", "Flows open in the agent's table."),
+            map_entries: r.gauge(
+                "devourer_kernel_map_entries",
+                "Entries in the kernel flow map at the last scan.",
+            ),
+            map_capacity: r.gauge(
+                "devourer_kernel_map_capacity",
+                "Entries the kernel flow map holds at most.",
+            ),
+            scan_seconds: r.histogram(
+                "devourer_eviction_scan_duration_seconds",
+                "Time one scan of the kernel flow map takes.",
+                SCAN_BUCKETS,
+            ),
+            kernel: r.counters("devourer_kernel_events_total", &kernel_help, &["event"]),
+            dns_parse_errors: r.counters(
+                "devourer_dns_parse_errors_total",
+                "DNS payloads that did not decode, by reason.",
+                &["reason"],
+            ),
+            dns_pending: r.gauge("devourer_dns_pending", "DNS queries awaiting a response."),
+            capture: CaptureMetrics::new(&r),
+            sink_rows: r.counters(
                 "devourer_sink_rows_total",
                 "Records by sink and outcome (written, sent, retried, dead_lettered, dropped).",
                 &["sink", "outcome"],
             ),
-            spool_bytes: gauge(
-                &r,
+            spool_bytes: r.gauge(
                 "devourer_spool_bytes",
                 "Bytes waiting in the BigQuery spool.",
             ),
-            bq_last_success: gauge(
-                &r,
+            bq_last_success: r.gauge(
                 "devourer_bigquery_last_success_timestamp_seconds",
                 "When BigQuery last acknowledged a batch (Unix time, 0: never).",
             ),
-            bq_request_seconds,
-            interfaces: gauge(
-                &r,
+            sink_request_seconds: r.add(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "devourer_sink_request_duration_seconds",
+                        "Duration of requests to a remote sink.",
+                    ),
+                    &["sink"],
+                )
+                .expect("metric"),
+            ),
+            interfaces: r.gauge(
                 "devourer_interfaces_attached",
                 "Interfaces being monitored.",
             ),
             seen: Mutex::new(HashMap::new()),
-            registry: r,
-        })
+            registry: r.0,
+        };
+        Arc::new(m)
     }
 
     /// Adds to `counter` what `total` (an absolute count kept elsewhere) gained since last time.
@@ -249,24 +258,12 @@ impl Metrics {
         *last = (*last).max(total);
     }
 
+    /// Every kernel counter, labelled as the shared counter table says.
     pub fn kernel(&self, k: &KernelCounters) {
-        for (event, v) in [
-            ("packets", k.packets),
-            ("non_ip", k.non_ip),
-            ("malformed", k.malformed),
-            ("map_full", k.map_full),
-            ("overflow_full", k.overflow_full_packets),
-            ("dns_events", k.dns_events),
-            ("dns_ring_drops", k.dns_ring_full),
-            ("dns_cut", k.dns_cut),
-            ("http_events", k.http_events),
-            ("http_ring_drops", k.http_ring_full),
-            ("http_cut", k.http_cut),
-            ("wakeups", k.wakeups),
-        ] {
+        for (c, v) in k.iter() {
             self.sync(
-                &format!("kernel/{event}"),
-                &self.kernel.with_label_values(&[event]),
+                &format!("kernel/{}", c.metric),
+                &self.kernel.with_label_values(&[c.metric]),
                 v,
             );
         }
@@ -283,13 +280,73 @@ impl Metrics {
         self.dns_pending.set(pending as i64);
     }
 
-    /// A sink's absolute counts (from its own statistics).
-    pub fn sink(&self, sink: &str, outcome: &str, total: u64) {
-        self.sync(
-            &format!("sink/{sink}/{outcome}"),
-            &self.sink_rows.with_label_values(&[sink, outcome]),
-            total,
-        );
+    /// A sink's absolute counts and backlog (from its own statistics).
+    pub fn sink(&self, sink: &str, report: &SinkReport) {
+        for (outcome, total) in &report.outcomes {
+            self.sync(
+                &format!("sink/{sink}/{outcome}"),
+                &self.sink_rows.with_label_values(&[sink, outcome]),
+                *total,
+            );
+        }
+        if let Some(b) = report.spool_bytes {
+            self.spool_bytes.set(b as i64);
+        }
+        if let Some(t) = report.last_success {
+            self.bq_last_success.set(t as i64);
+        }
+    }
+
+    /// Observes the durations of a remote sink's requests.
+    pub fn request_observer(&self, sink: &'static str) -> RequestObserver {
+        let h = self.sink_request_seconds.with_label_values(&[sink]);
+        Arc::new(move |d: Duration| h.observe(d.as_secs_f64()))
+    }
+
+    /// Counts records on their way to the sinks.
+    pub fn records(&self, batch: Batch<'_>) {
+        match batch {
+            Batch::Flow(records) => {
+                for r in records {
+                    self.records
+                        .flows_emitted
+                        .with_label_values(&[r.status])
+                        .inc();
+                    self.records
+                        .flow_packets
+                        .with_label_values(&[&r.interface])
+                        .inc_by(r.src_packets + r.dst_packets);
+                    self.records
+                        .flow_bytes
+                        .with_label_values(&[&r.interface])
+                        .inc_by(r.src_bytes + r.dst_bytes);
+                }
+            }
+            Batch::Dns(records) => {
+                for r in records {
+                    let rcode = r.rcode.as_deref().unwrap_or("none");
+                    self.records
+                        .dns_transactions
+                        .with_label_values(&[r.status, rcode])
+                        .inc();
+                    if let Some(l) = r.latency {
+                        self.records.dns_latency.observe(l);
+                    }
+                }
+            }
+            Batch::Http(records) => {
+                for r in records {
+                    self.records
+                        .http_messages
+                        .with_label_values(&[r.message, r.role])
+                        .inc();
+                    if let Some(l) = r.latency {
+                        self.records.http_latency.observe(l);
+                    }
+                }
+            }
+            Batch::DnsLog(_) | Batch::HttpLog(_) => {}
+        }
     }
 
     pub fn render(&self) -> String {
@@ -301,74 +358,47 @@ impl Metrics {
     }
 }
 
-/// What `/readyz` checks.
-#[derive(Default)]
-pub struct Health {
-    /// Programs attached and the capture loop running.
-    pub capturing: AtomicBool,
-    /// Every sink is still accepting records.
-    pub sinks_ok: AtomicBool,
-}
-
-/// Serves the endpoints on `listener` until the runtime stops.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    let m = metrics.clone();
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = m.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let h = health.clone();
-                async move {
-                    let capturing = h.capturing.load(Ordering::Relaxed);
-                    let sinks = h.sinks_ok.load(Ordering::Relaxed);
-                    if capturing && sinks {
-                        (StatusCode::OK, "ready\n").into_response()
-                    } else {
-                        let why = format!("not ready: capturing={capturing} sinks={sinks}\n");
-                        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
-                    }
-                }
-            }),
-        );
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    axum::serve(listener, app).await
-}
-
 #[cfg(test)]
 mod tests {
+    use devourer_common::flow::{C_INSERT_RACE, C_PACKETS, COUNTERS_LEN};
+
     use super::*;
 
     #[test]
     fn counters_kept_elsewhere_only_add_what_is_new() {
         let m = Metrics::new();
-        let k = KernelCounters {
-            packets: 10,
-            ..Default::default()
-        };
+        let mut k = KernelCounters([0; COUNTERS_LEN as usize]);
+        k.0[C_PACKETS as usize] = 10;
         m.kernel(&k);
         m.kernel(&k);
-        m.kernel(&KernelCounters {
-            packets: 15,
-            ..Default::default()
-        });
+        k.0[C_PACKETS as usize] = 15;
+        m.kernel(&k);
         let text = m.render();
         assert!(
             text.contains("devourer_kernel_events_total{event=\"packets\"} 15"),
             "{text}"
         );
         assert!(text.contains("devourer_build_info{version="), "{text}");
+    }
+
+    #[test]
+    fn every_kernel_counter_is_surfaced_under_its_table_label() {
+        let m = Metrics::new();
+        let mut k = KernelCounters([0; COUNTERS_LEN as usize]);
+        for (i, v) in k.0.iter_mut().enumerate() {
+            *v = i as u64 + 1;
+        }
+        m.kernel(&k);
+        let text = m.render();
+        for c in COUNTERS {
+            let line = format!(
+                "devourer_kernel_events_total{{event=\"{}\"}} {}",
+                c.metric,
+                c.index + 1
+            );
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+        assert!(text.contains("event=\"dns_ring_drops\""));
+        assert!(text.contains(&format!("event=\"insert_race\"}} {}", C_INSERT_RACE + 1)));
     }
 }

@@ -1,5 +1,6 @@
-//! Record sinks: JSON lines on stdout or in a file, written by a thread of their own behind a
-//! bounded queue so that a slow or stuck output never blocks the flow table.
+//! The JSON lines sink: flow, DNS and HTTP records as one JSON object per line on stdout or in
+//! a file, written by a thread of its own behind a bounded queue so that a slow or stuck
+//! output never blocks the flow table.
 
 use std::{
     fs::OpenOptions,
@@ -11,10 +12,11 @@ use std::{
         mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use super::{Sink, SinkReport};
+use crate::record::{Batch, Kind};
 
 /// Where JSON lines go.
 #[derive(Clone, Debug)]
@@ -29,14 +31,6 @@ impl Target {
             Self::Stdout => Box::new(io::stdout()),
             Self::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
         })
-    }
-}
-
-/// Serialises records as one JSON object per line.
-pub fn encode<T: Serialize>(records: &[T], out: &mut Vec<u8>) {
-    for r in records {
-        serde_json::to_writer(&mut *out, r).expect("records serialise");
-        out.push(b'\n');
     }
 }
 
@@ -92,13 +86,12 @@ impl JsonLinesSink {
     }
 
     /// Queues records. Returns `false` once the output is closed for good.
-    pub fn send<T: Serialize>(&self, records: &[T]) -> bool {
-        if records.is_empty() {
+    fn send(&self, batch: Batch<'_>) -> bool {
+        if batch.is_empty() {
             return !self.stats.closed.load(Ordering::Relaxed);
         }
-        let mut bytes = Vec::with_capacity(records.len() * 400);
-        encode(records, &mut bytes);
-        let n = records.len() as u64;
+        let mut bytes = Vec::with_capacity(batch.len() * 400);
+        let n = batch.write_json(&mut bytes) as u64;
         let batch = Msg::Batch { bytes, records: n };
         let tx = self.tx.as_ref().expect("sink running");
         let res = if self.lossless {
@@ -124,9 +117,23 @@ impl JsonLinesSink {
         }
         !self.stats.closed.load(Ordering::Relaxed)
     }
+}
+
+impl Sink for JsonLinesSink {
+    fn name(&self) -> &'static str {
+        "jsonl"
+    }
+
+    fn takes(&self, kind: Kind) -> bool {
+        matches!(kind, Kind::Flow | Kind::Dns | Kind::Http)
+    }
+
+    fn write(&mut self, batch: Batch<'_>) -> bool {
+        self.send(batch)
+    }
 
     /// Asks the writer to reopen its output after what is queued.
-    pub fn reopen(&self) {
+    fn reopen(&mut self) {
         if let Some(tx) = &self.tx
             && tx.try_send(Msg::Reopen).is_err()
         {
@@ -134,23 +141,36 @@ impl JsonLinesSink {
         }
     }
 
-    /// Stops accepting records and waits up to `deadline` for the queue to drain.
-    pub fn finish(mut self, deadline: Duration) {
+    fn alive(&self) -> bool {
+        !self.stats.closed.load(Ordering::Relaxed)
+    }
+
+    fn report(&self) -> SinkReport {
+        SinkReport {
+            outcomes: vec![
+                ("written", self.stats.written.load(Ordering::Relaxed)),
+                ("dropped", self.stats.dropped.load(Ordering::Relaxed)),
+            ],
+            ..SinkReport::default()
+        }
+    }
+
+    /// Stops accepting records and waits until `deadline` for the queue to drain.
+    fn finish(mut self: Box<Self>, deadline: Instant) -> u64 {
         drop(self.tx.take());
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        let start = std::time::Instant::now();
-        while !thread.is_finished() && start.elapsed() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+        if let Some(thread) = self.thread.take() {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::error!(
+                    "output did not drain by the shutdown deadline; records still queued are lost"
+                );
+            }
         }
-        if thread.is_finished() {
-            let _ = thread.join();
-        } else {
-            tracing::error!(
-                "output did not drain within {deadline:?}; records still queued are lost"
-            );
-        }
+        self.stats.dropped.load(Ordering::Relaxed)
     }
 }
 

@@ -1,93 +1,20 @@
-//! packetlog-style text logs shared by DNS and HTTP: the CQ/CR/SQ/SR role of a line, and files
-//! that roll over hourly or daily (one per kind when split), reopened on SIGHUP.
+//! The packetlog text log sinks, one for DNS lines and one for HTTP lines: files that roll
+//! over hourly (DNS) or daily (HTTP), one per kind (CQ, CR, SQ, SR) when split, reopened on
+//! SIGHUP.
 
 use std::{
     collections::HashMap,
     fs::{File, OpenOptions},
     io::{self, BufWriter, Write},
     path::PathBuf,
+    time::Instant,
 };
 
-use crate::record::Clock;
-
-/// Which side of an exchange (DNS, HTTP) this host is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// This host answered: the server (packetlog CQ/CR).
-    Server,
-    /// This host asked (packetlog SQ/SR).
-    Client,
-    /// Neither address is this host's.
-    Transit,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Server => "server",
-            Self::Client => "client",
-            Self::Transit => "transit",
-        }
-    }
-
-    /// packetlog's kind of a query (request) or response seen in this role.
-    pub fn kind(self, response: bool) -> &'static str {
-        match (self, response) {
-            (Self::Server, false) => "CQ",
-            (Self::Server, true) => "CR",
-            (Self::Client, false) => "SQ",
-            (Self::Client, true) => "SR",
-            (Self::Transit, false) => "Q",
-            (Self::Transit, true) => "R",
-        }
-    }
-}
-
-/// A log line before its time is formatted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogLine {
-    /// Program clock.
-    pub ts_ns: u64,
-    pub kind: &'static str,
-    /// Everything after the time.
-    pub body: String,
-}
-
-/// Broken-down time of a wall-clock instant, UTC or the local zone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Civil {
-    pub year: i32,
-    pub month: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub min: u32,
-    pub sec: u32,
-    pub ms: u32,
-}
-
-pub fn civil(wall_ns: u64, local: bool) -> Civil {
-    // time_t is 64 bits on the targets devourer runs on (glibc and musl x86_64/aarch64).
-    let secs = (wall_ns / 1_000_000_000) as i64;
-    let secs = (&secs as *const i64).cast();
-    // SAFETY: a zeroed tm filled by the reentrant libc conversions from a valid time.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    unsafe {
-        if local {
-            libc::localtime_r(secs, &mut tm);
-        } else {
-            libc::gmtime_r(secs, &mut tm);
-        }
-    }
-    Civil {
-        year: tm.tm_year + 1900,
-        month: (tm.tm_mon + 1) as u32,
-        day: tm.tm_mday as u32,
-        hour: tm.tm_hour as u32,
-        min: tm.tm_min as u32,
-        sec: tm.tm_sec as u32,
-        ms: ((wall_ns / 1_000_000) % 1000) as u32,
-    }
-}
+use super::Sink;
+use crate::{
+    base::time::{Civil, civil},
+    record::{Batch, Kind, LogRecord},
+};
 
 /// How often a new file starts, which also sets the line's time stamp: hourly files have
 /// `HH:MM:SS.mmm` lines (packetlog dnslog), daily files `YYYY-MM-DD HH:MM:SS.mmm` (httplog).
@@ -97,11 +24,31 @@ pub enum Period {
     Daily,
 }
 
+/// Which log: the record kind it takes, its file name prefix and period.
+#[derive(Clone, Copy, Debug)]
+struct Spec {
+    kind: Kind,
+    name: &'static str,
+    period: Period,
+}
+
+/// Hourly `dns-YYYYMMDD-HH.log` files (packetlog dnslog).
+const DNS: Spec = Spec {
+    kind: Kind::DnsLog,
+    name: "dns",
+    period: Period::Hourly,
+};
+/// Daily `http-YYYYMMDD.log` files (packetlog httplog).
+const HTTP: Spec = Spec {
+    kind: Kind::HttpLog,
+    name: "http",
+    period: Period::Daily,
+};
+
 /// Writes log lines into `NAME-STAMP.log` files (or `NAME-KIND-STAMP.log` when split), keeping
 /// the files of the current period open.
 pub struct TextLog {
-    name: &'static str,
-    period: Period,
+    spec: Spec,
     dir: PathBuf,
     split: bool,
     local: bool,
@@ -112,17 +59,20 @@ pub struct TextLog {
 }
 
 impl TextLog {
-    pub fn new(
-        name: &'static str,
-        period: Period,
-        dir: PathBuf,
-        split: bool,
-        local: bool,
-    ) -> io::Result<Self> {
+    /// The DNS log.
+    pub fn dns(dir: PathBuf, split: bool, local: bool) -> io::Result<Self> {
+        Self::new(DNS, dir, split, local)
+    }
+
+    /// The HTTP log.
+    pub fn http(dir: PathBuf, split: bool, local: bool) -> io::Result<Self> {
+        Self::new(HTTP, dir, split, local)
+    }
+
+    fn new(spec: Spec, dir: PathBuf, split: bool, local: bool) -> io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         Ok(Self {
-            name,
-            period,
+            spec,
             dir,
             split,
             local,
@@ -134,11 +84,11 @@ impl TextLog {
     }
 
     fn file_name(&self, c: &Civil, kind: &str) -> String {
-        let stamp = match self.period {
+        let stamp = match self.spec.period {
             Period::Hourly => format!("{:04}{:02}{:02}-{:02}", c.year, c.month, c.day, c.hour),
             Period::Daily => format!("{:04}{:02}{:02}", c.year, c.month, c.day),
         };
-        let name = self.name;
+        let name = self.spec.name;
         if self.split {
             format!("{name}-{kind}-{stamp}.log")
         } else {
@@ -146,11 +96,11 @@ impl TextLog {
         }
     }
 
-    pub fn write(&mut self, l: &LogLine, clock: Clock) {
-        let c = civil(clock.wall(l.ts_ns), self.local);
+    pub fn write_line(&mut self, l: &LogRecord) {
+        let c = civil(l.wall_ns, self.local);
         let name = self.file_name(&c, l.kind);
         let time = format!("{:02}:{:02}:{:02}.{:03}", c.hour, c.min, c.sec, c.ms);
-        let text = match self.period {
+        let text = match self.spec.period {
             Period::Hourly => format!("{time} {}\n", l.body),
             Period::Daily => format!(
                 "{:04}-{:02}-{:02} {time} {}\n",
@@ -166,7 +116,7 @@ impl TextLog {
             Err(e) => {
                 self.failed += 1;
                 if !self.failing {
-                    tracing::error!(dir = %self.dir.display(), log = self.name, "writing the text log failed: {e}; lines are dropped and counted");
+                    tracing::error!(dir = %self.dir.display(), log = self.spec.name, "writing the text log failed: {e}; lines are dropped and counted");
                     self.failing = true;
                 }
             }
@@ -189,12 +139,6 @@ impl TextLog {
         Ok(self.open.get_mut(name).expect("just opened"))
     }
 
-    /// Closes the open files; the next line opens them again (after logrotate moved them).
-    pub fn reopen(&mut self) {
-        self.flush();
-        self.open.clear();
-    }
-
     pub fn flush(&mut self) {
         for (name, f) in &mut self.open {
             if let Err(e) = f.flush() {
@@ -202,5 +146,102 @@ impl TextLog {
                 tracing::warn!(file = %name, "flushing the text log failed: {e}");
             }
         }
+    }
+}
+
+impl Sink for TextLog {
+    fn name(&self) -> &'static str {
+        match self.spec.kind {
+            Kind::HttpLog => "http_log",
+            _ => "dns_log",
+        }
+    }
+
+    fn takes(&self, kind: Kind) -> bool {
+        kind == self.spec.kind
+    }
+
+    fn write(&mut self, batch: Batch<'_>) -> bool {
+        if let Batch::DnsLog(lines) | Batch::HttpLog(lines) = batch {
+            for l in lines {
+                self.write_line(l);
+            }
+        }
+        self.flush();
+        true
+    }
+
+    /// Closes the open files; the next line opens them again (after logrotate moved them).
+    fn reopen(&mut self) {
+        self.flush();
+        self.open.clear();
+    }
+
+    fn finish(mut self: Box<Self>, _deadline: Instant) -> u64 {
+        self.flush();
+        tracing::info!(
+            log = self.spec.name,
+            lines = self.lines,
+            failed = self.failed,
+            "text log"
+        );
+        self.failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        base::{local::Role, time::Clock},
+        decode::dns::{logline::line, message::parse, testwire::*},
+    };
+
+    fn rec(l: crate::decode::LogLine) -> LogRecord {
+        LogRecord::new(l, Clock::default())
+    }
+
+    #[test]
+    fn files_are_hourly_and_split_by_kind_on_request() {
+        let dir = std::env::temp_dir().join(format!("devourer-dnslog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // 2019-08-26T16:56:49.465Z
+        let ts = 1_566_838_609_465_000_000;
+        let q = parse(&query(1, "a.example", 1)).unwrap();
+        let mut log = TextLog::dns(dir.clone(), false, false).unwrap();
+        log.write_line(&rec(line(
+            ts,
+            "10.0.0.1#5000",
+            "10.0.0.2#53",
+            Role::Client,
+            &q,
+        )));
+        log.flush();
+        let text = std::fs::read_to_string(dir.join("dns-20190826-16.log")).unwrap();
+        assert_eq!(
+            text,
+            "16:56:49.465 10.0.0.1#5000 10.0.0.2#53 SQ 0001 00 a.example IN A\n"
+        );
+        let mut split = TextLog::dns(dir.clone(), true, false).unwrap();
+        split.write_line(&rec(line(
+            ts,
+            "10.0.0.1#5000",
+            "10.0.0.2#53",
+            Role::Server,
+            &q,
+        )));
+        split.flush();
+        assert!(dir.join("dns-CQ-20190826-16.log").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn each_text_log_takes_only_its_own_kind() {
+        let dir = std::env::temp_dir().join(format!("devourer-kinds-{}", std::process::id()));
+        let http = TextLog::http(dir.clone(), false, false).unwrap();
+        assert!(http.takes(Kind::HttpLog) && !http.takes(Kind::Http) && !http.takes(Kind::DnsLog));
+        let dns = TextLog::dns(dir.clone(), false, false).unwrap();
+        assert!(dns.takes(Kind::DnsLog) && !dns.takes(Kind::Dns) && !dns.takes(Kind::HttpLog));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -75,6 +75,9 @@ pub fn bench(name: Option<String>) -> Result<()> {
         "devourer",
         "--example",
         "attach_empty",
+        // The benchmarks' kernel object (baselines) beside the agent's.
+        "--features",
+        "bench-programs",
     ]))?;
     std::fs::create_dir_all(bench_dir())?;
     let mut results: Results = std::fs::read(&results_path)
@@ -251,7 +254,8 @@ pub fn log_number(log: &str, key: &str) -> Option<u64> {
 /// JSON lines printed by a `cargo bench --bench NAME` binary (after `--`, `args`).
 pub fn bench_lines(name: &str, args: &[&str]) -> Result<Vec<serde_json::Value>> {
     let out = cargo()
-        .args(["bench", "-p", "devourer", "--bench", name, "--"])
+        .args(["bench", "-p", "devourer", "--features", "bench-programs"])
+        .args(["--bench", name, "--"])
         .args(args)
         .stderr(Stdio::inherit())
         .output()

@@ -1,11 +1,11 @@
 //! Property tests: random and mutated payloads through the parser, the TCP reassembly and the
 //! matcher never panic, and every string they produce stays on one printable line.
 
-use devourer_common::dns::DnsEventHeader;
+use devourer_common::payload::PayloadHeader;
 use proptest::prelude::*;
 
 use super::{DnsConfig, DnsOutput, DnsTracker, message::parse, testwire::*};
-use crate::local::LocalAddrs;
+use crate::base::local::LocalAddrs;
 
 fn seeds() -> Vec<Vec<u8>> {
     vec![
@@ -44,9 +44,9 @@ fn tracker() -> DnsTracker {
     )
 }
 
-fn header(tcp: bool, seq: u32, flags: u8, len: usize, ts: u64, swap: bool) -> DnsEventHeader {
+fn header(tcp: bool, seq: u32, flags: u8, len: usize, ts: u64, swap: bool) -> PayloadHeader {
     let (a, b) = ([10u8; 16], [20u8; 16]);
-    DnsEventHeader {
+    PayloadHeader {
         ts_ns: ts,
         src_addr: if swap { b } else { a },
         dst_addr: if swap { a } else { b },
@@ -57,10 +57,9 @@ fn header(tcp: bool, seq: u32, flags: u8, len: usize, ts: u64, swap: bool) -> Dn
         payload_len: len as u32,
         cap_len: len as u16,
         proto: if tcp { 6 } else { 17 },
-        direction: 0,
         flags: 0,
         tcp_flags: flags,
-        _pad: [0; 10],
+        _pad: [0; 11],
     }
 }
 

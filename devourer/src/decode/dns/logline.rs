@@ -1,12 +1,12 @@
 //! The packetlog-compatible DNS text log line: one per message,
 //! `HH:MM:SS.mmm SRC#PORT DST#PORT KIND ID RCODE [QD/AN/NS/AR] QNAME CLASS TYPE [TTL DATA]`,
 //! written to hourly files `dns-YYYYMMDD-HH.log` (or one file per kind with `--dns-log-split`)
-//! by [`crate::textlog::TextLog`].
+//! by the text log sink.
 
 use std::fmt::Write as _;
 
 use super::message::{DnsMessage, class_name, type_name};
-pub use crate::textlog::{LogLine, Role};
+use crate::{base::local::Role, decode::LogLine};
 
 /// The line for one message. `src`/`dst` are `ADDR#PORT`.
 pub fn line(ts_ns: u64, src: &str, dst: &str, role: Role, m: &DnsMessage) -> LogLine {
@@ -61,11 +61,7 @@ pub fn line(ts_ns: u64, src: &str, dst: &str, role: Role, m: &DnsMessage) -> Log
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        dns::{message::parse, testwire::*},
-        record::Clock,
-        textlog::{Period, TextLog},
-    };
+    use crate::decode::dns::{message::parse, testwire::*};
 
     #[test]
     fn lines_follow_packetlog() {
@@ -113,34 +109,5 @@ mod tests {
             "198.97.190.53#53 172.1.214.13#9684 SR 39AC 03 1/0/0/0 nope.example IN A"
         );
         assert_eq!(Role::Transit.kind(false), "Q");
-    }
-
-    #[test]
-    fn files_are_hourly_and_split_by_kind_on_request() {
-        let dir = std::env::temp_dir().join(format!("devourer-dnslog-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let clock = Clock::default();
-        // 2019-08-26T16:56:49.465Z
-        let ts = 1_566_838_609_465_000_000;
-        let q = parse(&query(1, "a.example", 1)).unwrap();
-        let mut log = TextLog::new("dns", Period::Hourly, dir.clone(), false, false).unwrap();
-        log.write(
-            &line(ts, "10.0.0.1#5000", "10.0.0.2#53", Role::Client, &q),
-            clock,
-        );
-        log.flush();
-        let text = std::fs::read_to_string(dir.join("dns-20190826-16.log")).unwrap();
-        assert_eq!(
-            text,
-            "16:56:49.465 10.0.0.1#5000 10.0.0.2#53 SQ 0001 00 a.example IN A\n"
-        );
-        let mut split = TextLog::new("dns", Period::Hourly, dir.clone(), true, false).unwrap();
-        split.write(
-            &line(ts, "10.0.0.1#5000", "10.0.0.2#53", Role::Server, &q),
-            clock,
-        );
-        split.flush();
-        assert!(dir.join("dns-CQ-20190826-16.log").exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -147,6 +147,19 @@ fn question(q: &Query) -> Question {
     }
 }
 
+/// Appends `b`: after a backslash if it is one of `special`, as is if it is printable ASCII
+/// from `lowest`, else as `\DDD`.
+fn escape(out: &mut String, b: u8, special: [u8; 2], lowest: u8) {
+    if special.contains(&b) {
+        out.push('\\');
+        out.push(b as char);
+    } else if (lowest..=0x7e).contains(&b) {
+        out.push(b as char);
+    } else {
+        let _ = write!(out, "\\{b:03}");
+    }
+}
+
 /// A name in presentation form: printable ASCII as is, `.` and `\` inside labels escaped with
 /// a backslash, every other byte as `\DDD`.
 pub fn name_text(name: &Name, trailing_dot: bool) -> String {
@@ -156,16 +169,7 @@ pub fn name_text(name: &Name, trailing_dot: bool) -> String {
             s.push('.');
         }
         for &b in label {
-            match b {
-                b'.' | b'\\' => {
-                    s.push('\\');
-                    s.push(b as char);
-                }
-                0x21..=0x7e => s.push(b as char),
-                _ => {
-                    let _ = write!(s, "\\{b:03}");
-                }
-            }
+            escape(&mut s, b, [b'.', b'\\'], 0x21);
         }
     }
     if trailing_dot {
@@ -179,16 +183,7 @@ pub fn name_text(name: &Name, trailing_dot: bool) -> String {
 fn quoted(bytes: &[u8], out: &mut String) {
     out.push('"');
     for &b in bytes {
-        match b {
-            b'"' | b'\\' => {
-                out.push('\\');
-                out.push(b as char);
-            }
-            0x20..=0x7e => out.push(b as char),
-            _ => {
-                let _ = write!(out, "\\{b:03}");
-            }
-        }
+        escape(out, b, [b'"', b'\\'], 0x20);
     }
     out.push('"');
 }

@@ -1,11 +1,11 @@
 //! DNS: turns the kernel's port-53 payload events into transactions (success, lost, no_query)
 //! with latency, feeds the name cache from answers, and produces packetlog-style log lines.
 
+pub mod logline;
 pub mod matcher;
 pub mod message;
 pub mod names;
 pub mod tcp;
-pub mod textlog;
 
 #[cfg(test)]
 mod fuzz;
@@ -14,18 +14,20 @@ pub mod testwire;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use devourer_common::dns::{DNS_F_IPV6, DNS_HEADER_LEN, DnsEventHeader};
+use devourer_common::payload::{PAYLOAD_F_IPV6, PayloadHeader};
 
 use self::{
+    logline::line,
     matcher::{Matcher, Pending, ResponseMatch, TxKey},
     message::{DnsMessage, Question, parse},
     names::NameCache,
     tcp::{StreamKey, TcpStreams},
-    textlog::{LogLine, Role, line},
 };
-use crate::local::LocalAddrs;
-
-const IPPROTO_TCP: u8 = 6;
+use super::LogLine;
+use crate::base::{
+    local::{LocalAddrs, Role},
+    net::{IPPROTO_TCP, ip},
+};
 
 #[derive(Clone, Copy, Debug)]
 pub struct DnsConfig {
@@ -104,25 +106,6 @@ pub struct DnsTracker {
     pub stats: DnsStats,
 }
 
-/// Splits one ring record into its header and payload; `None` when it is too short.
-pub fn decode_event(bytes: &[u8]) -> Option<(DnsEventHeader, &[u8])> {
-    if bytes.len() < DNS_HEADER_LEN {
-        return None;
-    }
-    // SAFETY: length checked; the header is plain old data written by the kernel program.
-    let h = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DnsEventHeader>()) };
-    let end = (DNS_HEADER_LEN + usize::from(h.cap_len)).min(bytes.len());
-    Some((h, &bytes[DNS_HEADER_LEN..end]))
-}
-
-pub fn ip(addr: &[u8; 16], v6: bool) -> IpAddr {
-    let a = std::net::Ipv6Addr::from(*addr);
-    match a.to_ipv4_mapped() {
-        Some(v4) if !v6 => IpAddr::V4(v4),
-        _ => IpAddr::V6(a),
-    }
-}
-
 fn endpoint(addr: IpAddr, port: u16) -> String {
     format!("{addr}#{port}")
 }
@@ -152,7 +135,7 @@ impl DnsTracker {
     }
 
     /// One event from the kernel: a UDP datagram's or a TCP segment's payload.
-    pub fn on_event(&mut self, h: &DnsEventHeader, payload: &[u8], out: &mut DnsOutput) {
+    pub fn on_event(&mut self, h: &PayloadHeader, payload: &[u8], out: &mut DnsOutput) {
         self.stats.events += 1;
         let complete = payload.len() as u32 >= h.payload_len;
         if h.proto == IPPROTO_TCP {
@@ -174,7 +157,7 @@ impl DnsTracker {
         }
     }
 
-    fn on_message(&mut self, h: &DnsEventHeader, bytes: &[u8], out: &mut DnsOutput) {
+    fn on_message(&mut self, h: &PayloadHeader, bytes: &[u8], out: &mut DnsOutput) {
         let m = match parse(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -191,7 +174,7 @@ impl DnsTracker {
         if m.partial {
             self.stats.partial += 1;
         }
-        let v6 = h.flags & DNS_F_IPV6 != 0;
+        let v6 = h.flags & PAYLOAD_F_IPV6 != 0;
         let (src, dst) = (ip(&h.src_addr, v6), ip(&h.dst_addr, v6));
         let (client, server, cport, sport) = if m.response {
             (dst, src, h.dst_port, h.src_port)
@@ -248,7 +231,7 @@ impl DnsTracker {
     #[expect(clippy::too_many_arguments, reason = "the endpoints of one exchange")]
     fn answered(
         &self,
-        h: &DnsEventHeader,
+        h: &PayloadHeader,
         m: &DnsMessage,
         client: IpAddr,
         server: IpAddr,

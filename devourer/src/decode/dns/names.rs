@@ -5,6 +5,8 @@ use std::{net::IpAddr, num::NonZeroUsize, sync::Arc};
 
 use lru::LruCache;
 
+use crate::flow::Resolver;
+
 const MIN_TTL_NS: u64 = 60 * 1_000_000_000;
 const MAX_TTL_NS: u64 = 24 * 3600 * 1_000_000_000;
 
@@ -53,7 +55,7 @@ impl NameCache {
     }
 }
 
-impl crate::flow::Resolver for NameCache {
+impl Resolver for NameCache {
     fn name(&mut self, addr: IpAddr, now: u64) -> Option<Arc<str>> {
         self.lookup(&addr, now)
     }

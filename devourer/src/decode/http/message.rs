@@ -225,35 +225,39 @@ fn request(buf: &[u8]) -> Result<(Message, Option<usize>), &'static str> {
             }
             Ok((Message::Request(m), None))
         }
-        Err(
-            e @ (httparse::Error::HeaderName
-            | httparse::Error::HeaderValue
-            | httparse::Error::TooManyHeaders),
-        ) => {
-            // A broken header: keep the request line, mark the headers.
-            let (first, _) = first_line(buf).ok_or(reason(e))?;
-            let mut headers = [httparse::EMPTY_HEADER; 0];
-            let mut line = httparse::Request::new(&mut headers);
-            match line.parse(&first) {
-                Ok(httparse::Status::Complete(_)) => {
-                    let (target, cut) = field(line.path.unwrap_or_default().as_bytes(), MAX_TARGET);
-                    let mut m = Request {
-                        method: escape(line.method.unwrap_or_default().as_bytes()),
-                        target: Some(target),
-                        version: version(line.version),
-                        ..Request::default()
-                    };
-                    if cut {
-                        m.truncated.push("target");
-                    }
-                    m.truncated.push("headers");
-                    Ok((Message::Request(m), None))
-                }
-                _ => Err(reason(e)),
+        // A broken header: keep the request line, mark the headers.
+        Err(e) if header_error(e) => {
+            let first = first_line(buf).ok_or(reason(e))?.0;
+            let mut no_headers = [httparse::EMPTY_HEADER; 0];
+            let mut line = httparse::Request::new(&mut no_headers);
+            if !matches!(line.parse(&first), Ok(httparse::Status::Complete(_))) {
+                return Err(reason(e));
             }
+            let (target, cut) = field(line.path.unwrap_or_default().as_bytes(), MAX_TARGET);
+            let mut m = Request {
+                method: escape(line.method.unwrap_or_default().as_bytes()),
+                target: Some(target),
+                version: version(line.version),
+                truncated: vec!["headers"],
+                ..Request::default()
+            };
+            if cut {
+                m.truncated.insert(0, "target");
+            }
+            Ok((Message::Request(m), None))
         }
         Err(e) => Err(reason(e)),
     }
+}
+
+/// httparse's complaints about a header after a whole first line.
+fn header_error(e: httparse::Error) -> bool {
+    matches!(
+        e,
+        httparse::Error::HeaderName
+            | httparse::Error::HeaderValue
+            | httparse::Error::TooManyHeaders
+    )
 }
 
 /// The first line of `buf` closed as a head without headers, and what follows it.
@@ -327,14 +331,11 @@ fn response(buf: &[u8]) -> Result<(Message, Option<usize>), &'static str> {
             m.truncated.push("headers");
             Ok((Message::Response(m), None))
         }
-        Err(
-            e @ (httparse::Error::HeaderName
-            | httparse::Error::HeaderValue
-            | httparse::Error::TooManyHeaders),
-        ) => {
-            let (first, _) = first_line(buf).ok_or(reason(e))?;
-            let mut headers = [httparse::EMPTY_HEADER; 0];
-            let mut line = httparse::Response::new(&mut headers);
+        // A broken header: keep the status line, mark the headers.
+        Err(e) if header_error(e) => {
+            let first = first_line(buf).ok_or(reason(e))?.0;
+            let mut no_headers = [httparse::EMPTY_HEADER; 0];
+            let mut line = httparse::Response::new(&mut no_headers);
             match line.parse(&first) {
                 Ok(httparse::Status::Complete(_)) => Ok((
                     Message::Response(Response {

@@ -10,13 +10,13 @@ use std::{
     net::IpAddr,
 };
 
-use devourer_common::dns::{DNS_F_IPV6, DnsEventHeader};
+use devourer_common::payload::{PAYLOAD_F_IPV6, PayloadHeader};
 
 use self::message::{Message, Request, parse_segment};
-use crate::{
-    dns::ip,
-    local::LocalAddrs,
-    textlog::{LogLine, Role},
+use super::LogLine;
+use crate::base::{
+    local::{LocalAddrs, Role},
+    net::ip,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -106,7 +106,7 @@ impl HttpTracker {
     }
 
     /// One event from the kernel: the first bytes of a TCP segment to or from an HTTP port.
-    pub fn on_event(&mut self, h: &DnsEventHeader, payload: &[u8], out: &mut HttpOutput) {
+    pub fn on_event(&mut self, h: &PayloadHeader, payload: &[u8], out: &mut HttpOutput) {
         self.stats.events += 1;
         let messages = match parse_segment(payload) {
             Ok(m) => m,
@@ -120,7 +120,7 @@ impl HttpTracker {
                 return;
             }
         };
-        let v6 = h.flags & DNS_F_IPV6 != 0;
+        let v6 = h.flags & PAYLOAD_F_IPV6 != 0;
         for m in messages {
             let response = matches!(m, Message::Response(_));
             // A request goes from client to server, a response back.

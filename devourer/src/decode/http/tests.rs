@@ -1,7 +1,7 @@
 //! The HTTP tracker: records, matching in order on a connection, interim responses, expiry,
 //! roles and packetlog lines.
 
-use devourer_common::dns::DnsEventHeader;
+use devourer_common::payload::PayloadHeader;
 
 use super::*;
 
@@ -17,8 +17,8 @@ fn mapped(a: [u8; 4]) -> [u8; 16] {
 }
 
 /// A header for a segment from `src` to `dst` at `ts_ns`.
-fn seg(ts_ns: u64, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> DnsEventHeader {
-    DnsEventHeader {
+fn seg(ts_ns: u64, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> PayloadHeader {
+    PayloadHeader {
         ts_ns,
         src_addr: mapped(src.0),
         dst_addr: mapped(dst.0),
@@ -26,7 +26,7 @@ fn seg(ts_ns: u64, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> DnsEventHeader {
         dst_port: dst.1,
         ifindex: 3,
         proto: 6,
-        ..DnsEventHeader::default()
+        ..PayloadHeader::default()
     }
 }
 

@@ -1,4 +1,4 @@
-//! Capture files for offline mode: reads pcap and pcapng (with pcap-file), keeps each pcapng
+//! Capture files (pcap, pcapng) for replay: reads pcap and pcapng (with pcap-file), keeps each pcapng
 //! interface's name, link type and timestamp resolution, and turns every supported link type
 //! into an Ethernet frame for the kernel program.
 
@@ -22,7 +22,7 @@ use pcap_file::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
+pub enum PcapFileError {
     #[error("cannot open {path}")]
     Open {
         path: String,
@@ -103,7 +103,7 @@ fn tsresol(r: u8) -> (u128, u128) {
 #[derive(Debug)]
 pub struct Packet {
     pub ts_ns: u64,
-    /// Index into [`CaptureFile::interfaces`].
+    /// Index into [`PcapFile::interfaces`].
     pub iface: usize,
     pub data: Vec<u8>,
 }
@@ -118,7 +118,7 @@ enum Inner {
     },
 }
 
-pub struct CaptureFile {
+pub struct PcapFile {
     inner: Inner,
     pub interfaces: Vec<Interface>,
     pub file_len: u64,
@@ -140,9 +140,9 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-impl CaptureFile {
-    pub fn open(path: &Path) -> Result<Self, CaptureError> {
-        let open_err = |source| CaptureError::Open {
+impl PcapFile {
+    pub fn open(path: &Path) -> Result<Self, PcapFileError> {
+        let open_err = |source| PcapFileError::Open {
             path: path.display().to_string(),
             source,
         };
@@ -164,7 +164,7 @@ impl CaptureFile {
             | [0xa1, 0xb2, 0xc3, 0xd4]
             | [0x4d, 0x3c, 0xb2, 0xa1]
             | [0xa1, 0xb2, 0x3c, 0x4d] => {
-                let r = PcapReader::new(reader).map_err(CaptureError::Header)?;
+                let r = PcapReader::new(reader).map_err(PcapFileError::Header)?;
                 let h = r.header();
                 let iface = Interface {
                     name: None,
@@ -176,7 +176,7 @@ impl CaptureFile {
                 (Inner::Pcap(r), vec![iface])
             }
             [0x0a, 0x0d, 0x0d, 0x0a] => {
-                let r = PcapNgReader::new(reader).map_err(CaptureError::Header)?;
+                let r = PcapNgReader::new(reader).map_err(PcapFileError::Header)?;
                 (
                     Inner::PcapNg {
                         reader: r,
@@ -187,7 +187,7 @@ impl CaptureFile {
                 )
             }
             other => {
-                return Err(CaptureError::UnknownFormat(
+                return Err(PcapFileError::UnknownFormat(
                     path.display().to_string(),
                     other,
                 ));
@@ -208,9 +208,9 @@ impl CaptureFile {
     }
 
     /// The next packet; `Ok(None)` at the clean end of the file.
-    pub fn next_packet(&mut self) -> Result<Option<Packet>, CaptureError> {
+    pub fn next_packet(&mut self) -> Result<Option<Packet>, PcapFileError> {
         let packets = self.packets;
-        let corrupt = |source| CaptureError::Corrupt { packets, source };
+        let corrupt = |source| PcapFileError::Corrupt { packets, source };
         let pkt = match &mut self.inner {
             Inner::Pcap(r) => {
                 let res = r.header().ts_resolution;
@@ -241,11 +241,11 @@ impl CaptureFile {
                     Some(Err(e)) => return Err(corrupt(e)),
                     Some(Ok(b)) => b,
                 };
-                let iface_of = |section: &[usize], id: u32| -> Result<usize, CaptureError> {
+                let iface_of = |section: &[usize], id: u32| -> Result<usize, PcapFileError> {
                     section
                         .get(id as usize)
                         .copied()
-                        .ok_or(CaptureError::Corrupt {
+                        .ok_or(PcapFileError::Corrupt {
                             packets,
                             source: PcapError::InvalidInterfaceId(id),
                         })

@@ -6,10 +6,10 @@ use std::{
     thread::JoinHandle,
 };
 
-use super::MAX_REPLAY_FRAME;
 use pcap_file::DataLink;
 
-use crate::pcap::{CaptureError, CaptureFile, FrameSkip, to_ethernet};
+use super::pcapfile::{FrameSkip, PcapFile, PcapFileError, to_ethernet};
+use crate::kernel::replay::MAX_REPLAY_FRAME;
 
 /// Packets per batch: large enough that handing over costs nothing per packet, small enough
 /// that the two threads overlap.
@@ -40,7 +40,7 @@ pub struct Batch {
     /// Bytes of the file consumed, for the progress bar.
     pub position: u64,
     /// Set on the last batch: the clean end of the file, or why reading stopped.
-    pub end: Option<Result<(), CaptureError>>,
+    pub end: Option<Result<(), PcapFileError>>,
 }
 
 impl Batch {
@@ -57,7 +57,7 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn start(mut cap: CaptureFile) -> std::io::Result<Self> {
+    pub fn start(mut cap: PcapFile) -> std::io::Result<Self> {
         let (tx, batches) = sync_channel::<Batch>(DEPTH);
         let (spent, returned) = sync_channel::<Batch>(DEPTH + 2);
         let thread = std::thread::Builder::new()
@@ -87,7 +87,7 @@ impl Drop for Reader {
     }
 }
 
-fn read_loop(cap: &mut CaptureFile, tx: &SyncSender<Batch>, returned: &Receiver<Batch>) {
+fn read_loop(cap: &mut PcapFile, tx: &SyncSender<Batch>, returned: &Receiver<Batch>) {
     let mut frame = Vec::with_capacity(MAX_REPLAY_FRAME);
     loop {
         let mut b = returned.try_recv().unwrap_or_default();

@@ -1,4 +1,4 @@
-//! The BigQuery sink: records are appended to an on-disk spool before anything is sent, a
+//! The BigQuery sink (flows and DNS transactions): records are appended to an on-disk spool before anything is sent, a
 //! thread of its own streams sealed batches with tabledata.insertAll (gcp-bigquery-client),
 //! retries with backoff for as long as the spool has room, dead-letters rows BigQuery calls
 //! invalid, and deletes a batch only once BigQuery acknowledged it.
@@ -19,10 +19,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
 
-pub use self::schema::Kind;
+pub use self::schema::TableKind;
 use self::spool::{Limits, Spool};
+use super::{Sink, SinkReport};
+use crate::record::{Batch, Kind};
+
+/// Called with the duration of every request to BigQuery (for a metrics histogram).
+pub type RequestObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// Where and how to stream.
 #[derive(Clone, Debug)]
@@ -53,17 +57,17 @@ pub struct BqConfig {
 }
 
 impl BqConfig {
-    pub fn table(&self, kind: Kind) -> &str {
+    pub fn table(&self, kind: TableKind) -> &str {
         match kind {
-            Kind::Flow => &self.flow_table,
-            Kind::Dns => &self.dns_table,
+            TableKind::Flow => &self.flow_table,
+            TableKind::Dns => &self.dns_table,
         }
     }
 
-    fn spool_name(kind: Kind) -> &'static str {
+    fn spool_name(kind: TableKind) -> &'static str {
         match kind {
-            Kind::Flow => "flow",
-            Kind::Dns => "dns",
+            TableKind::Flow => "flow",
+            TableKind::Dns => "dns",
         }
     }
 }
@@ -107,7 +111,7 @@ impl BqSink {
     /// Opens the spool (replaying what an earlier run left), checks the key file, starts the
     /// sender and waits up to `setup_wait` for the tables: a column of the wrong type, a missing
     /// dataset or a broken key file is an error here.
-    pub fn start(cfg: BqConfig) -> Result<Self> {
+    pub fn start(cfg: BqConfig, on_request: Option<RequestObserver>) -> Result<Self> {
         if let Some(key) = &cfg.key_file {
             let text = std::fs::read_to_string(key)
                 .with_context(|| format!("reading the service-account key {}", key.display()))?;
@@ -122,7 +126,7 @@ impl BqSink {
                 }
             }
         }
-        let tables = [Kind::Flow, Kind::Dns].map(BqConfig::spool_name);
+        let tables = [TableKind::Flow, TableKind::Dns].map(BqConfig::spool_name);
         let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, cfg.batch, &tables)
             .with_context(|| format!("opening the spool in {}", cfg.spool_dir.display()))?;
         let queued = spool.bytes();
@@ -141,6 +145,7 @@ impl BqSink {
             stats: stats.clone(),
             stop: stop.clone(),
             deadline: deadline.clone(),
+            on_request,
         };
         let thread = std::thread::Builder::new()
             .name("sink-bigquery".into())
@@ -168,23 +173,28 @@ impl BqSink {
 
     /// Spools records (without the `type` field, which is the table). Never blocks on
     /// BigQuery; rows that do not fit in the spool are dropped and counted.
-    pub fn send<T: Serialize>(&self, kind: Kind, records: &[T]) {
-        if records.is_empty() {
+    fn send(&self, batch: Batch<'_>) {
+        let kind = match batch {
+            Batch::Flow(_) => TableKind::Flow,
+            Batch::Dns(_) => TableKind::Dns,
+            _ => return,
+        };
+        if batch.is_empty() {
             return;
         }
-        let mut lines = Vec::with_capacity(records.len() * 400);
-        for r in records {
-            let mut v = serde_json::to_value(r).expect("records serialise");
+        let values = batch.json_values();
+        let n = values.len() as u64;
+        let mut lines = Vec::with_capacity(values.len() * 400);
+        for mut v in values {
             if let Some(o) = v.as_object_mut() {
                 o.remove("type");
             }
             serde_json::to_writer(&mut lines, &v).expect("values serialise");
             lines.push(b'\n');
         }
-        let n = records.len() as u64;
         match self
             .spool
-            .append(BqConfig::spool_name(kind), &lines, records.len())
+            .append(BqConfig::spool_name(kind), &lines, n as usize)
         {
             Ok(true) => BqStats::add(&self.stats.rows_spooled, n),
             Ok(false) => {
@@ -203,21 +213,48 @@ impl BqSink {
             }
         }
     }
+}
+
+impl Sink for BqSink {
+    fn name(&self) -> &'static str {
+        "bigquery"
+    }
+
+    /// Flows and DNS transactions; HTTP records and text lines have no table.
+    fn takes(&self, kind: Kind) -> bool {
+        matches!(kind, Kind::Flow | Kind::Dns)
+    }
+
+    fn write(&mut self, batch: Batch<'_>) -> bool {
+        self.send(batch);
+        true
+    }
 
     /// Whether the sender thread is still running (it stops only on a fatal set-up error or at
     /// shutdown).
-    pub fn alive(&self) -> bool {
+    fn alive(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
-    pub fn spool_bytes(&self) -> u64 {
-        self.spool.bytes()
+    fn report(&self) -> SinkReport {
+        let s = &self.stats;
+        SinkReport {
+            outcomes: vec![
+                ("spooled", BqStats::get(&s.rows_spooled)),
+                ("sent", BqStats::get(&s.rows_sent)),
+                ("retried", BqStats::get(&s.rows_retried)),
+                ("dead_lettered", BqStats::get(&s.rows_dead_lettered)),
+                ("dropped", BqStats::get(&s.rows_dropped)),
+            ],
+            spool_bytes: Some(self.spool.bytes()),
+            last_success: Some(BqStats::get(&s.last_success)),
+        }
     }
 
-    /// Seals what is open and sends for up to `deadline`; what is left stays in the spool for
-    /// the next start.
-    pub fn finish(mut self, deadline: Duration) {
-        *self.deadline.lock().expect("deadline lock") = Some(Instant::now() + deadline);
+    /// Seals what is open and sends until `deadline`; what is left stays in the spool for the
+    /// next start.
+    fn finish(mut self: Box<Self>, deadline: Instant) -> u64 {
+        *self.deadline.lock().expect("deadline lock") = Some(deadline);
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -242,5 +279,6 @@ impl BqSink {
                 "rows not yet acknowledged stay in the spool and are sent at the next start"
             );
         }
+        BqStats::get(&s.rows_dropped)
     }
 }

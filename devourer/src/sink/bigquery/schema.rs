@@ -10,15 +10,15 @@ use gcp_bigquery_client::model::{
 
 /// Which records a table holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub enum TableKind {
     Flow,
     Dns,
 }
 
 /// (column, type, repeated) in record order.
-pub fn columns(kind: Kind) -> &'static [(&'static str, &'static str, bool)] {
+pub fn columns(kind: TableKind) -> &'static [(&'static str, &'static str, bool)] {
     match kind {
-        Kind::Flow => &[
+        TableKind::Flow => &[
             ("id", "STRING", false),
             ("seq", "INTEGER", false),
             ("agent", "STRING", false),
@@ -42,7 +42,7 @@ pub fn columns(kind: Kind) -> &'static [(&'static str, &'static str, bool)] {
             ("dst_name", "STRING", false),
             ("tcp_flags", "INTEGER", false),
         ],
-        Kind::Dns => &[
+        TableKind::Dns => &[
             ("id", "STRING", false),
             ("agent", "STRING", false),
             ("interface", "STRING", false),
@@ -81,14 +81,14 @@ fn field(name: &str, t: &str, repeated: bool) -> TableFieldSchema {
 }
 
 /// The table devourer creates: partitioned by day on the record's time, clustered by addresses.
-pub fn new_table(project: &str, dataset: &str, table: &str, kind: Kind) -> Table {
+pub fn new_table(project: &str, dataset: &str, table: &str, kind: TableKind) -> Table {
     let fields = columns(kind)
         .iter()
         .map(|(n, t, r)| field(n, t, *r))
         .collect();
     let (part, cluster) = match kind {
-        Kind::Flow => ("first_seen_at", ["src_addr", "dst_addr"]),
-        Kind::Dns => ("time", ["client", "server"]),
+        TableKind::Flow => ("first_seen_at", ["src_addr", "dst_addr"]),
+        TableKind::Dns => ("time", ["client", "server"]),
     };
     Table::new(project, dataset, table, TableSchema::new(fields))
         .time_partitioning(TimePartitioning::per_day().field(part))
@@ -119,8 +119,13 @@ pub enum Upgrade {
     AddColumns(Vec<String>),
 }
 
+/// Columns of an existing table whose types differ from ours, named with both types.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TypeConflict(pub String);
+
 /// Compares an existing table's schema with ours. Err names the columns whose types conflict.
-pub fn upgrade(existing: &Table, kind: Kind) -> Result<Upgrade, String> {
+pub fn upgrade(existing: &Table, kind: TableKind) -> Result<Upgrade, TypeConflict> {
     let have: Vec<(String, String)> = existing
         .schema
         .fields
@@ -149,7 +154,7 @@ pub fn upgrade(existing: &Table, kind: Kind) -> Result<Upgrade, String> {
         }
     }
     if !conflicts.is_empty() {
-        return Err(conflicts.join("; "));
+        return Err(TypeConflict(conflicts.join("; ")));
     }
     Ok(if missing.is_empty() {
         Upgrade::UpToDate
@@ -159,7 +164,7 @@ pub fn upgrade(existing: &Table, kind: Kind) -> Result<Upgrade, String> {
 }
 
 /// The existing table with our missing columns appended (for tables.patch).
-pub fn with_columns(mut existing: Table, kind: Kind, missing: &[String]) -> Table {
+pub fn with_columns(mut existing: Table, kind: TableKind, missing: &[String]) -> Table {
     let fields = existing.schema.fields.get_or_insert_with(Vec::new);
     for (n, t, r) in columns(kind) {
         if missing.iter().any(|m| m == n) {
@@ -174,7 +179,7 @@ mod tests {
     use serde::Serialize;
 
     use super::*;
-    use crate::record::{DnsRecord, FlowRecord};
+    use crate::record::{DnsRecord, ExchangeHead, FlowRecord};
 
     fn keys<T: Serialize>(r: &T) -> Vec<String> {
         let v = serde_json::to_value(r).unwrap();
@@ -214,20 +219,25 @@ mod tests {
             tcp_flags: 0,
         };
         let mut a = keys(&flow);
-        let mut b: Vec<String> = columns(Kind::Flow).iter().map(|c| c.0.to_owned()).collect();
+        let mut b: Vec<String> = columns(TableKind::Flow)
+            .iter()
+            .map(|c| c.0.to_owned())
+            .collect();
         a.sort();
         b.sort();
         assert_eq!(a, b);
         let dns = DnsRecord {
-            kind: "dns",
-            id: String::new(),
-            agent: String::new(),
-            interface: String::new(),
-            time: String::new(),
-            client: String::new(),
-            client_port: 0,
-            server: String::new(),
-            server_port: 0,
+            head: ExchangeHead {
+                kind: "dns",
+                id: String::new(),
+                agent: String::new(),
+                interface: String::new(),
+                time: String::new(),
+                client: String::new(),
+                client_port: 0,
+                server: String::new(),
+                server_port: 0,
+            },
             transport: "udp",
             msg_id: 0,
             q_name: None,
@@ -240,7 +250,10 @@ mod tests {
             role: "client",
         };
         let mut a = keys(&dns);
-        let mut b: Vec<String> = columns(Kind::Dns).iter().map(|c| c.0.to_owned()).collect();
+        let mut b: Vec<String> = columns(TableKind::Dns)
+            .iter()
+            .map(|c| c.0.to_owned())
+            .collect();
         a.sort();
         b.sort();
         assert_eq!(a, b);
@@ -266,7 +279,7 @@ mod tests {
         ];
         let fields = go.iter().map(|(n, t)| field(n, t, false)).collect();
         let t = Table::new("p", "d", "flow_logs", TableSchema::new(fields));
-        let Upgrade::AddColumns(missing) = upgrade(&t, Kind::Flow).unwrap() else {
+        let Upgrade::AddColumns(missing) = upgrade(&t, TableKind::Flow).unwrap() else {
             panic!("columns to add");
         };
         assert_eq!(
@@ -283,8 +296,11 @@ mod tests {
                 "tcp_flags"
             ]
         );
-        let patched = with_columns(t, Kind::Flow, &missing);
-        assert_eq!(upgrade(&patched, Kind::Flow).unwrap(), Upgrade::UpToDate);
+        let patched = with_columns(t, TableKind::Flow, &missing);
+        assert_eq!(
+            upgrade(&patched, TableKind::Flow).unwrap(),
+            Upgrade::UpToDate
+        );
 
         let bad = Table::new(
             "p",
@@ -292,9 +308,10 @@ mod tests {
             "flow_logs",
             TableSchema::new(vec![field("src_port", "STRING", false)]),
         );
-        let err = upgrade(&bad, Kind::Flow).unwrap_err();
+        let err = upgrade(&bad, TableKind::Flow).unwrap_err();
         assert!(
-            err.contains("src_port is STRING, devourer writes INTEGER"),
+            err.0
+                .contains("src_port is STRING, devourer writes INTEGER"),
             "{err}"
         );
     }

@@ -21,7 +21,7 @@ use gcp_bigquery_client::{
 use serde_json::Value;
 
 use super::{
-    BqConfig, BqStats, Kind,
+    BqConfig, BqStats, RequestObserver, TableKind,
     schema::{self, Upgrade},
     spool::{Segment, Spool},
 };
@@ -32,6 +32,7 @@ pub(super) struct Sender {
     pub stats: Arc<BqStats>,
     pub stop: Arc<AtomicBool>,
     pub deadline: Arc<Mutex<Option<Instant>>>,
+    pub on_request: Option<RequestObserver>,
 }
 
 /// Exponential backoff with jitter: base, 2×base, ... up to max; each wait is 50–100% of that.
@@ -55,6 +56,12 @@ impl Backoff {
         self.step = 0;
     }
 }
+
+/// BigQuery cannot be used with this configuration (a column of the wrong type, a missing
+/// dataset, a broken key): the agent refuses to start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Fatal(pub String);
 
 enum SetupError {
     /// Retrying cannot help: refuse to start.
@@ -118,14 +125,14 @@ impl Sender {
         }
     }
 
-    pub fn run(self, setup: mpsc::Sender<Result<(), String>>) {
+    pub fn run(self, setup: mpsc::Sender<Result<(), Fatal>>) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
             Ok(rt) => rt,
             Err(e) => {
-                let _ = setup.send(Err(format!("starting the sender runtime: {e}")));
+                let _ = setup.send(Err(Fatal(format!("starting the sender runtime: {e}"))));
                 return;
             }
         };
@@ -151,7 +158,7 @@ impl Sender {
         }
     }
 
-    async fn main(self, setup: mpsc::Sender<Result<(), String>>) {
+    async fn main(self, setup: mpsc::Sender<Result<(), Fatal>>) {
         let mut backoff = Backoff {
             base: self.cfg.backoff_base,
             max: self.cfg.backoff_max,
@@ -177,7 +184,7 @@ impl Sender {
                 }
                 Err(SetupError::Fatal(msg)) => {
                     tracing::error!("BigQuery: {msg}");
-                    let _ = setup.send(Err(msg));
+                    let _ = setup.send(Err(Fatal(msg)));
                     return;
                 }
                 Err(SetupError::Retry(msg)) => {
@@ -231,13 +238,13 @@ impl Sender {
     /// Creates missing tables and adds missing columns. `Ok(true)` when it changed something.
     async fn ensure_tables(&self, client: &Client) -> Result<bool, SetupError> {
         let mut changed = false;
-        for kind in [Kind::Flow, Kind::Dns] {
+        for kind in [TableKind::Flow, TableKind::Dns] {
             changed |= self.ensure_table(client, kind).await?;
         }
         Ok(changed)
     }
 
-    async fn ensure_table(&self, client: &Client, kind: Kind) -> Result<bool, SetupError> {
+    async fn ensure_table(&self, client: &Client, kind: TableKind) -> Result<bool, SetupError> {
         let (p, d, t) = (&self.cfg.project, &self.cfg.dataset, self.cfg.table(kind));
         match client.table().get(p, d, t, None).await {
             Ok(existing) => match schema::upgrade(&existing, kind) {
@@ -329,10 +336,11 @@ impl Sender {
             .tabledata()
             .insert_all(&self.cfg.project, &self.cfg.dataset, table, req)
             .await;
-        BqStats::add(
-            &self.stats.request_micros,
-            start.elapsed().as_micros() as u64,
-        );
+        let took = start.elapsed();
+        BqStats::add(&self.stats.request_micros, took.as_micros() as u64);
+        if let Some(f) = &self.on_request {
+            f(took);
+        }
         let resp = res.inspect_err(|_| BqStats::add(&self.stats.request_errors, 1))?;
         let Some(errs) = resp.insert_errors.filter(|e| !e.is_empty()) else {
             return Ok(None);
@@ -364,9 +372,9 @@ impl Sender {
     /// `Ok(false)`: nothing moved, wait before trying again.
     async fn send(&self, client: &Client, seg: &Segment, settling: bool) -> Result<bool, Failure> {
         let kind = if seg.table == "dns" {
-            Kind::Dns
+            TableKind::Dns
         } else {
-            Kind::Flow
+            TableKind::Flow
         };
         let table = self.cfg.table(kind).to_owned();
         let text = match std::fs::read_to_string(&seg.path) {

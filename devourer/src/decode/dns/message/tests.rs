@@ -1,5 +1,5 @@
 use super::*;
-use crate::dns::testwire::*;
+use crate::decode::dns::testwire::*;
 
 #[test]
 fn queries_and_responses_decode_with_dig_style_answers() {

@@ -1,0 +1,172 @@
+//! From configuration to parts: the kernel program's load options, the flow table's timeouts,
+//! the DNS and HTTP trackers, and the sinks, for either driver.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use super::{Driver, pipeline::Parts};
+use crate::{
+    base::{local::LocalAddrs, time::nanos},
+    config::{
+        BqArgs, DnsArgs, HttpArgs, PipelineArgs,
+        values::{LogTz, Output},
+    },
+    decode::{
+        dns::{DnsConfig, DnsTracker},
+        http::{HttpConfig, HttpTracker},
+    },
+    flow::{FlowTable, TableConfig},
+    kernel::object::LoadOptions,
+    ops::metrics::Metrics,
+    sink::{
+        Sinks,
+        bigquery::{BqConfig, BqSink, spool::Limits},
+        jsonl::{JsonLinesSink, Target},
+        textlog::TextLog,
+    },
+};
+
+/// The kernel program's settings.
+pub fn load_options(p: &PipelineArgs, offline: bool) -> LoadOptions {
+    let mut o = LoadOptions::new(offline, p.flow.flow_map_entries);
+    o.wake_interval_ns = nanos(p.flow.wake_interval);
+    o.dns_ports = p.dns.dns_ports.0.clone();
+    o.dns_cap = p.dns.dns_cap;
+    o.dns_ring_bytes = p.dns.dns_ring_size;
+    o.http_ports = p.http.ports();
+    o.http_cap = p.http.http_cap;
+    o.http_ring_bytes = p.http.http_ring_size;
+    o
+}
+
+fn table_config(p: &PipelineArgs) -> TableConfig {
+    let f = &p.flow;
+    TableConfig {
+        idle_timeout: nanos(f.idle_timeout),
+        active_timeout: nanos(f.active_timeout),
+        tcp_linger: nanos(f.tcp_linger),
+        evict_after: nanos(f.evict_after()),
+    }
+}
+
+fn dns_tracker(d: &DnsArgs, local: LocalAddrs) -> Option<DnsTracker> {
+    d.enabled().then(|| {
+        let cfg = DnsConfig {
+            timeout_ns: nanos(d.dns_timeout),
+            max_pending: d.dns_max_pending.max(1),
+            max_tcp_streams: d.dns_max_tcp_streams.max(1),
+            name_cache_entries: d.name_cache_entries.max(1),
+            text_log: d.dns_log_dir.is_some(),
+        };
+        DnsTracker::new(cfg, local)
+    })
+}
+
+fn http_tracker(h: &HttpArgs, local: LocalAddrs) -> Option<HttpTracker> {
+    (!h.ports().is_empty()).then(|| {
+        let cfg = HttpConfig {
+            timeout_ns: nanos(h.http_timeout),
+            max_connections: h.http_max_connections.max(1),
+            text_log: h.http_log_dir.is_some(),
+        };
+        HttpTracker::new(cfg, local)
+    })
+}
+
+/// This host's addresses: live, the interfaces' plus `--local-net`; offline, only the latter.
+fn local_addrs(d: &DnsArgs, driver: &Driver) -> Result<LocalAddrs> {
+    let mut local = LocalAddrs::new(d.local_nets.clone());
+    if let Driver::Live { .. } = driver {
+        local
+            .refresh_from_interfaces()
+            .context("listing this host's addresses")?;
+    }
+    Ok(local)
+}
+
+pub fn bq_config(b: &BqArgs, project: String, dataset: String) -> BqConfig {
+    BqConfig {
+        project,
+        dataset,
+        flow_table: b.bq_table.clone(),
+        dns_table: b.bq_dns_table.clone(),
+        key_file: b.bq_sa_key_file.clone(),
+        endpoint: b.bq_endpoint.clone(),
+        spool_dir: b.spool_dir.clone(),
+        spool_max_bytes: b.spool_max_bytes,
+        dead_letter: b
+            .bq_dead_letter
+            .clone()
+            .unwrap_or_else(|| b.spool_dir.join("dead-letter.jsonl")),
+        batch: Limits {
+            rows: b.bq_batch_rows as usize,
+            bytes: b.bq_batch_bytes,
+            age: b.bq_flush_interval,
+        },
+        backoff_base: b.bq_backoff_base,
+        backoff_max: b.bq_backoff_max.max(b.bq_backoff_base),
+        timeout: b.bq_timeout,
+        setup_wait: b.bq_setup_wait,
+        schema_settle: b.bq_schema_settle,
+    }
+}
+
+/// Every sink the configuration asks for: JSON lines, BigQuery, the DNS and HTTP text logs.
+fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> Result<Sinks> {
+    let mut sinks = Sinks::default();
+    let target = match p.flow.output() {
+        Output::Stdout => Some(Target::Stdout),
+        Output::File(path) => Some(Target::File(path)),
+        Output::None => None,
+    };
+    if let Some(t) = target {
+        // Live: a bounded queue that drops (and counts) when the output stalls; a replay
+        // waits for its output instead, so that no record of a file is lost.
+        let (queue, lossless) = match driver {
+            Driver::Live { output_queue } => ((output_queue / 256).max(4), false),
+            Driver::Replay => (64, true),
+        };
+        let jsonl = JsonLinesSink::start(&t, queue, lossless, std::time::Duration::from_secs(1))
+            .with_context(|| format!("opening output {t:?}"))?;
+        sinks.push(Box::new(jsonl));
+    }
+    if let Some((project, dataset)) = p.bq.destination()? {
+        let observer = metrics.map(|m| m.request_observer("bigquery"));
+        let bq = BqSink::start(bq_config(&p.bq, project, dataset), observer)?;
+        sinks.push(Box::new(bq));
+    }
+    let local_tz = p.dns.log_tz == LogTz::Local;
+    if !p.http.ports().is_empty()
+        && let Some(dir) = &p.http.http_log_dir
+    {
+        let log = TextLog::http(dir.clone(), p.http.http_log_split, local_tz)
+            .context("opening the HTTP log directory")?;
+        sinks.push(Box::new(log));
+    }
+    if p.dns.enabled()
+        && let Some(dir) = &p.dns.dns_log_dir
+    {
+        let log = TextLog::dns(dir.clone(), p.dns.dns_log_split, local_tz)
+            .context("opening the DNS log directory")?;
+        sinks.push(Box::new(log));
+    }
+    Ok(sinks)
+}
+
+/// The pipeline's parts for `driver`.
+pub fn parts(p: &PipelineArgs, driver: &Driver, metrics: Option<Arc<Metrics>>) -> Result<Parts> {
+    let local = local_addrs(&p.dns, driver)?;
+    Ok(Parts {
+        table: FlowTable::new(table_config(p)),
+        sinks: sinks(p, driver, metrics.as_ref())?,
+        http: http_tracker(&p.http, local.clone()),
+        dns: dns_tracker(&p.dns, local),
+        metrics,
+        agent: p.flow.agent(),
+        default_interface: match driver {
+            Driver::Live { .. } => "unknown",
+            Driver::Replay => "pcap",
+        },
+    })
+}

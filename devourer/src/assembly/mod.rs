@@ -1,0 +1,208 @@
+//! The one assembly both drivers run: loads the kernel program from the configuration
+//! ([`load_kernel`]), builds the pipeline behind it (flow table, DNS and HTTP trackers, sinks,
+//! metrics: [`build`], [`pipeline`]), moves payload events and kernel entries through it, and
+//! shuts everything down once, against one deadline ([`Assembly::shutdown`], [`summary`]).
+
+pub mod build;
+pub mod pipeline;
+pub mod summary;
+#[cfg(test)]
+mod tests;
+
+use std::{io, sync::Arc, time::Instant};
+
+use anyhow::{Context, Result};
+use devourer_common::{
+    flow::{OverflowKey, OverflowValue},
+    payload::PayloadHeader,
+};
+
+use self::pipeline::Pipeline;
+use crate::{
+    config::PipelineArgs,
+    flow::{FlowSource, Status},
+    kernel::{
+        events::{self, PayloadKind},
+        maps::{KernelCounters, read_overflow},
+        object::{self, Loaded},
+    },
+    ops::metrics::Metrics,
+};
+
+/// What the assembly needs from the kernel side: the flow map, the payload and wake-up rings,
+/// the counters and the overflow aggregates. The loaded program provides them; tests provide
+/// fakes.
+pub trait Kernel {
+    fn flows(&mut self) -> &mut dyn FlowSource;
+    /// Hands every event waiting in ring `kind` to `f`; returns how many there were.
+    fn payloads(&mut self, kind: PayloadKind, f: &mut dyn FnMut(&PayloadHeader, &[u8])) -> usize;
+    /// Empties the wake-up ring; `true` when the program asked for an early eviction.
+    fn woken(&mut self) -> bool;
+    fn counters(&self) -> io::Result<KernelCounters>;
+    fn overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>>;
+    /// Forwards the program's own log lines, if it logs.
+    fn forward_log(&mut self) {}
+}
+
+impl Kernel for Loaded {
+    fn flows(&mut self) -> &mut dyn FlowSource {
+        &mut self.flows
+    }
+
+    fn payloads(&mut self, kind: PayloadKind, f: &mut dyn FnMut(&PayloadHeader, &[u8])) -> usize {
+        let ring = match kind {
+            PayloadKind::Dns => &mut self.dns,
+            PayloadKind::Http => &mut self.http,
+        };
+        events::drain(kind, ring, f)
+    }
+
+    fn woken(&mut self) -> bool {
+        let mut woken = false;
+        while self.wakeup.next().is_some() {
+            woken = true;
+        }
+        woken
+    }
+
+    fn counters(&self) -> io::Result<KernelCounters> {
+        self.counters.read()
+    }
+
+    fn overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
+        read_overflow(&mut self.overflow)
+    }
+
+    fn forward_log(&mut self) {
+        if let Some(log) = &mut self.log {
+            log.flush();
+        }
+    }
+}
+
+/// Which driver runs the assembly; the parts that differ between them follow from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// Live capture: the program's clock is the kernel's, JSON lines are dropped (and
+    /// counted) past `output_queue` records waiting, this host's addresses come from its
+    /// interfaces too.
+    Live { output_queue: usize },
+    /// Replay of a capture file: the file's clock, an output that waits rather than drops,
+    /// only `--local-net` for this host's addresses.
+    Replay,
+}
+
+/// Loads the kernel program with the settings `p` asks for (replay: the offline variant).
+pub fn load_kernel(p: &PipelineArgs, driver: Driver) -> Result<Loaded> {
+    let opts = build::load_options(p, driver == Driver::Replay);
+    object::load(&opts).context("loading the kernel program")
+}
+
+/// The kernel side and the pipeline that reads it.
+pub struct Assembly<K: Kernel = Loaded> {
+    pub kernel: K,
+    pub pipeline: Pipeline,
+    last_map_full: u64,
+}
+
+/// What a finished run counted.
+#[derive(Debug)]
+pub struct Finished {
+    pub counters: KernelCounters,
+    /// Records emitted (flows, DNS, HTTP).
+    pub records: u64,
+    /// Records the sinks dropped.
+    pub dropped: u64,
+}
+
+impl<K: Kernel> Assembly<K> {
+    /// Builds the pipeline for `kernel` (sinks start here: BigQuery's set-up may wait).
+    pub fn new(
+        kernel: K,
+        p: &PipelineArgs,
+        driver: Driver,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self> {
+        let parts = build::parts(p, &driver, metrics)?;
+        Ok(Self {
+            kernel,
+            pipeline: Pipeline::new(parts),
+            last_map_full: 0,
+        })
+    }
+
+    /// Moves every event waiting in ring `kind` into its tracker; returns how many there were.
+    /// Their records wait for [`Pipeline::emit`] (or the next scan).
+    pub fn payloads(&mut self, kind: PayloadKind) -> usize {
+        let pipeline = &mut self.pipeline;
+        self.kernel
+            .payloads(kind, &mut |h, payload| pipeline.payload(kind, h, payload))
+    }
+
+    /// Empties the wake-up ring; `true` when the program asked for an early eviction (its
+    /// flow map filled up).
+    pub fn woken(&mut self) -> bool {
+        self.kernel.woken()
+    }
+
+    /// One scan of the flow map at `now` (program clock); `Ok(false)` when an output closed.
+    pub fn scan(&mut self, now: u64, pressure: bool) -> io::Result<bool> {
+        self.kernel.forward_log();
+        self.pipeline.scan(self.kernel.flows(), now, pressure)
+    }
+
+    /// Reads the kernel counters into the metrics, warning when the flow map filled up since
+    /// the last call.
+    pub fn observe(&mut self) -> Result<()> {
+        let counters = self.kernel.counters().context("reading kernel counters")?;
+        if counters.map_full() > self.last_map_full {
+            tracing::warn!(
+                packets = counters.map_full() - self.last_map_full,
+                kernel_entries = self.pipeline.kernel_entries(),
+                "flow map full: packets went to the overflow map; evicting early"
+            );
+            self.last_map_full = counters.map_full();
+        }
+        self.pipeline.update_metrics(&counters);
+        Ok(())
+    }
+
+    /// Stops once, after the driver detached the program (nothing is counted after the final
+    /// read): takes the events still in the rings, emits every open flow with `status` at
+    /// `now()` (program clock, read after the rings), logs the summary, and lets the sinks
+    /// deliver until `deadline`.
+    pub fn shutdown(
+        mut self,
+        status: Status,
+        now: impl FnOnce() -> u64,
+        deadline: Instant,
+    ) -> Result<Finished> {
+        for kind in [PayloadKind::Dns, PayloadKind::Http] {
+            self.payloads(kind);
+        }
+        let Self {
+            mut kernel,
+            mut pipeline,
+            ..
+        } = self;
+        pipeline
+            .flush(kernel.flows(), status, now())
+            .context("flushing the flow map")?;
+        if let Some(dns) = pipeline.dns() {
+            summary::dns(dns);
+        }
+        if let Some(http) = pipeline.http() {
+            summary::http(http);
+        }
+        kernel.forward_log();
+        let counters = kernel.counters().context("reading kernel counters")?;
+        let overflow = kernel.overflow().context("reading the overflow map")?;
+        summary::kernel(&counters, &overflow, &|i| pipeline.interface_name(i));
+        let (records, dropped) = pipeline.finish(deadline);
+        Ok(Finished {
+            counters,
+            records,
+            dropped,
+        })
+    }
+}

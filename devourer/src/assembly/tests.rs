@@ -1,0 +1,244 @@
+//! The whole userspace pipeline without root: a fake flow map and fake payload rings (raw ring
+//! records, decoded like the kernel's) in, JSON lines and text log lines out, through the
+//! assembly the drivers use, built from a command line.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use clap::FromArgMatches;
+use devourer_common::{
+    flow::{C_MAP_FULL, COUNTERS_LEN, FlowKey, FlowValue, VAL_F_SYN},
+    payload::{PAYLOAD_HEADER_LEN, PayloadHeader},
+};
+use serde_json::Value;
+
+use super::*;
+use crate::{
+    config::{Cli, Command, command},
+    decode::dns::testwire::{a, query, response},
+    kernel::events::decode,
+};
+
+const S: u64 = 1_000_000_000;
+/// The file's clock: 2023-11-14T22:13:20Z.
+const T0: u64 = 1_700_000_000 * S;
+
+/// A kernel side that holds what the program would have written.
+#[derive(Default)]
+struct FakeKernel {
+    flows: BTreeMap<FlowKey, FlowValue>,
+    dns: VecDeque<Vec<u8>>,
+    http: VecDeque<Vec<u8>>,
+    wake: bool,
+    counters: [u64; COUNTERS_LEN as usize],
+}
+
+impl FlowSource for FakeKernel {
+    fn read_all(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> io::Result<()> {
+        out.extend(self.flows.iter().map(|(k, v)| (*k, *v)));
+        Ok(())
+    }
+
+    fn take(&mut self, key: &FlowKey) -> io::Result<Option<FlowValue>> {
+        Ok(self.flows.remove(key))
+    }
+
+    fn capacity(&self) -> usize {
+        1024
+    }
+}
+
+impl Kernel for FakeKernel {
+    fn flows(&mut self) -> &mut dyn FlowSource {
+        self
+    }
+
+    fn payloads(&mut self, kind: PayloadKind, f: &mut dyn FnMut(&PayloadHeader, &[u8])) -> usize {
+        let ring = match kind {
+            PayloadKind::Dns => &mut self.dns,
+            PayloadKind::Http => &mut self.http,
+        };
+        let n = ring.len();
+        for record in ring.drain(..) {
+            let (h, payload) = decode(&record).expect("a whole record");
+            f(&h, payload);
+        }
+        n
+    }
+
+    fn woken(&mut self) -> bool {
+        std::mem::take(&mut self.wake)
+    }
+
+    fn counters(&self) -> io::Result<KernelCounters> {
+        Ok(KernelCounters(self.counters))
+    }
+
+    fn overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
+        Ok(Vec::new())
+    }
+}
+
+fn v4(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[10] = 0xff;
+    out[11] = 0xff;
+    out[12..].copy_from_slice(&a);
+    out
+}
+
+const CLIENT: [u8; 4] = [10, 0, 0, 1];
+const RESOLVER: [u8; 4] = [10, 0, 0, 53];
+const SERVER: [u8; 4] = [192, 0, 2, 7];
+
+/// A ring record as the program writes it: header, then the payload.
+fn ring_record(ts: u64, src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+    let h = PayloadHeader {
+        ts_ns: ts,
+        src_addr: v4(src.0),
+        dst_addr: v4(dst.0),
+        src_port: src.1,
+        dst_port: dst.1,
+        ifindex: 1,
+        payload_len: payload.len() as u32,
+        cap_len: payload.len() as u16,
+        proto: 17,
+        ..PayloadHeader::default()
+    };
+    let mut out = vec![0u8; PAYLOAD_HEADER_LEN];
+    // SAFETY: the buffer holds exactly one header.
+    unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast::<PayloadHeader>(), h) };
+    out.extend_from_slice(payload);
+    out
+}
+
+fn direction(src: ([u8; 4], u16), dst: ([u8; 4], u16), proto: u8) -> FlowKey {
+    FlowKey {
+        src_addr: v4(src.0),
+        dst_addr: v4(dst.0),
+        src_port: src.1,
+        dst_port: dst.1,
+        ifindex: 1,
+        proto,
+        ..FlowKey::default()
+    }
+}
+
+fn counted(first: u64, last: u64, bytes: u64, packets: u64, flags: u8) -> FlowValue {
+    FlowValue {
+        first_ns: first,
+        last_ns: last,
+        bytes,
+        packets,
+        flags,
+        ..FlowValue::default()
+    }
+}
+
+fn replay_args(out: &std::path::Path, log_dir: &std::path::Path) -> PipelineArgs {
+    let argv = [
+        "devourer",
+        "read",
+        "unused.pcap",
+        "--agent-name",
+        "node-1",
+        "--output",
+        out.to_str().unwrap(),
+        "--dns-log-dir",
+        log_dir.to_str().unwrap(),
+        "--idle-timeout",
+        "30s",
+    ];
+    let m = command().try_get_matches_from(argv).unwrap();
+    let Command::Read(r) = Cli::from_arg_matches(&m).unwrap().command else {
+        panic!("read")
+    };
+    r.pipeline
+}
+
+#[test]
+fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
+    let dir = std::env::temp_dir().join(format!("devourer-assembly-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("records.jsonl");
+    let p = replay_args(&out, &dir.join("dnslog"));
+
+    let mut kernel = FakeKernel::default();
+    // The client resolves www.example.com (answer 192.0.2.7), then connects to it.
+    let (c_dns, r_dns) = ((CLIENT, 40000), (RESOLVER, 53));
+    kernel.dns.push_back(ring_record(
+        T0,
+        c_dns,
+        r_dns,
+        &query(7, "www.example.com", 1),
+    ));
+    kernel.dns.push_back(ring_record(
+        T0 + 2_000_000,
+        r_dns,
+        c_dns,
+        &response(
+            7,
+            0,
+            "www.example.com",
+            1,
+            &[a("www.example.com", 300, SERVER)],
+        ),
+    ));
+    let (c, s) = ((CLIENT, 50000), (SERVER, 443));
+    kernel.flows.insert(
+        direction(c, s, 6),
+        counted(T0 + 5 * S, T0 + 6 * S, 600, 6, VAL_F_SYN),
+    );
+    kernel.flows.insert(
+        direction(s, c, 6),
+        counted(T0 + 5 * S, T0 + 6 * S, 9000, 7, 0),
+    );
+    kernel.counters[C_MAP_FULL as usize] = 0;
+
+    let mut agent = Assembly::new(kernel, &p, Driver::Replay, None).unwrap();
+    agent.pipeline.name_interfaces([(1, "eth0".to_owned())]);
+    assert_eq!(agent.payloads(PayloadKind::Dns), 2);
+    assert!(!agent.woken());
+    assert!(agent.scan(T0 + 7 * S, false).unwrap());
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let done = agent
+        .shutdown(Status::EndOfInput, || T0 + 8 * S, deadline)
+        .unwrap();
+    assert_eq!((done.records, done.dropped), (2, 0));
+
+    let text = std::fs::read_to_string(&out).unwrap();
+    let recs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2, "{text}");
+    let dns = &recs[0];
+    assert_eq!(dns["type"], "dns");
+    assert_eq!(dns["status"], "success");
+    assert_eq!(dns["q_name"], "www.example.com");
+    assert_eq!(dns["latency"], 0.002);
+    assert_eq!(dns["agent"], "node-1");
+    assert_eq!(dns["interface"], "eth0");
+    assert_eq!(dns["time"], "2023-11-14T22:13:20.000000Z");
+    let flow = &recs[1];
+    assert_eq!(flow["type"], "flow");
+    assert_eq!(flow["status"], "end_of_input");
+    assert_eq!(flow["src_addr"], "10.0.0.1");
+    assert_eq!(flow["dst_addr"], "192.0.2.7");
+    assert_eq!(flow["dst_name"], "www.example.com");
+    assert_eq!(
+        (flow["src_bytes"].as_u64(), flow["dst_bytes"].as_u64()),
+        (Some(600), Some(9000))
+    );
+    assert_eq!(
+        (flow["src_packets"].as_u64(), flow["dst_packets"].as_u64()),
+        (Some(6), Some(7))
+    );
+
+    let log = std::fs::read_to_string(dir.join("dnslog/dns-20231114-22.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[0].starts_with("22:13:20.000 10.0.0.1#40000 10.0.0.53#53 Q 0007"));
+    assert!(lines[1].contains(" R 0007 00 1/1/0/0 www.example.com IN A 300 192.0.2.7"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

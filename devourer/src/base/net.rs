@@ -1,0 +1,56 @@
+//! Addresses and protocols as the kernel program stores them and as records print them.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use devourer_common::flow::{FlowKey, KEY_F_IPV6};
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// A 16-byte kernel address: IPv4 when the packet was IPv4 (stored v4-mapped), else IPv6.
+pub fn ip(addr: &[u8; 16], v6: bool) -> IpAddr {
+    let a = Ipv6Addr::from(*addr);
+    match a.to_ipv4_mapped() {
+        Some(v4) if !v6 => IpAddr::V4(v4),
+        _ => IpAddr::V6(a),
+    }
+}
+
+/// One of a flow key's addresses.
+pub fn key_addr(key: &FlowKey, a: [u8; 16]) -> IpAddr {
+    ip(&a, key.flags & KEY_F_IPV6 != 0)
+}
+
+/// The protocol's name in records (`tcp`, `udp`, `icmp`, `icmpv6`), else its number.
+pub fn protocol_name(proto: u8) -> std::borrow::Cow<'static, str> {
+    match proto {
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_ICMPV6 => "icmpv6".into(),
+        n => n.to_string().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_keys_print_as_ipv4_and_ipv6_keys_as_ipv6() {
+        let mut k = FlowKey::default();
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1];
+        assert_eq!(key_addr(&k, mapped).to_string(), "10.0.0.1");
+        k.flags |= KEY_F_IPV6;
+        assert_eq!(key_addr(&k, mapped).to_string(), "::ffff:10.0.0.1");
+    }
+
+    #[test]
+    fn protocols_have_names_or_numbers() {
+        assert_eq!(protocol_name(6), "tcp");
+        assert_eq!(protocol_name(58), "icmpv6");
+        assert_eq!(protocol_name(47), "47");
+    }
+}

@@ -1,0 +1,245 @@
+//! The flag groups: flow table and kernel map ([`FlowArgs`]), DNS ([`DnsArgs`]), HTTP
+//! ([`HttpArgs`]) and BigQuery ([`BqArgs`]), gathered in [`PipelineArgs`], which `capture` and
+//! `read` both flatten. Parsing, defaults and validation only: the assembly builds from them.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+use devourer_common::{flow::DEFAULT_FLOW_MAP_ENTRIES, payload::DEFAULT_HTTP_CAP};
+
+use super::values::{
+    BadValue, LogTz, Output, Ports, parse_bytes, parse_duration, parse_ports, parse_ring_size,
+};
+use crate::{base::local::hostname, kernel::attach::Mode};
+
+/// The settings of the record pipeline, the same for live capture and replay.
+#[derive(Debug, Args, Clone)]
+pub struct PipelineArgs {
+    /// How long stopping may take to write the last records (and stop captures on request):
+    /// one deadline for everything. Default 10s for `capture`, 1h for `read`.
+    #[arg(long, env = "DEVOURER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    #[command(flatten)]
+    pub flow: FlowArgs,
+    #[command(flatten)]
+    pub dns: DnsArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub bq: BqArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct FlowArgs {
+    /// Emit a flow after this long without packets.
+    #[arg(long, env = "DEVOURER_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Emit a continuation record (seq + 1, deltas) for flows open this long.
+    #[arg(long, env = "DEVOURER_ACTIVE_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
+    pub active_timeout: Duration,
+    /// After a TCP FIN from both sides or a RST, emit the flow once it has been quiet this long.
+    #[arg(long, env = "DEVOURER_TCP_LINGER", default_value = "5s", value_parser = parse_duration)]
+    pub tcp_linger: Duration,
+    /// How often the kernel flow map is read (offline: on the capture's clock).
+    #[arg(long, env = "DEVOURER_SCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub scan_interval: Duration,
+    /// Move a kernel map entry quiet this long into the agent's table (frees map room early;
+    /// records are the same either way). Capped at the idle timeout.
+    #[arg(long, env = "DEVOURER_EVICT_AFTER", default_value = "10s", value_parser = parse_duration)]
+    pub evict_after: Duration,
+    /// Kernel flow map capacity (entries, one per flow direction).
+    #[arg(long, env = "DEVOURER_FLOW_MAP_ENTRIES", default_value_t = DEFAULT_FLOW_MAP_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+    pub flow_map_entries: u32,
+    /// Least time between two map-full wake-ups from one CPU.
+    #[arg(long, env = "DEVOURER_WAKE_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub wake_interval: Duration,
+    /// Name of this node in records (default: the host name; on Kubernetes pass the node name).
+    #[arg(long, env = "DEVOURER_AGENT_NAME")]
+    pub agent_name: Option<String>,
+    /// Write JSON lines here instead of stdout (appended); `none` for no JSON lines (with
+    /// BigQuery, for instance).
+    #[arg(long, short = 'o', env = "DEVOURER_OUTPUT")]
+    pub output: Option<PathBuf>,
+    /// TC (default) or XDP on ingress plus TC on egress. Offline: which program replays.
+    #[arg(long, env = "DEVOURER_MODE", default_value = "tc")]
+    pub mode: Mode,
+}
+
+impl FlowArgs {
+    pub fn agent(&self) -> String {
+        self.agent_name.clone().unwrap_or_else(hostname)
+    }
+
+    /// Where JSON lines go.
+    pub fn output(&self) -> Output {
+        Output::from_flag(self.output.as_ref())
+    }
+
+    /// Kernel entries quiet this long move to the agent: never later than the idle timeout.
+    pub fn evict_after(&self) -> Duration {
+        self.evict_after.min(self.idle_timeout)
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DnsArgs {
+    /// UDP/TCP ports whose payloads are decoded as DNS (comma-separated, at most 8), or `none`.
+    #[arg(long, env = "DEVOURER_DNS_PORTS", default_value = "53", value_parser = parse_ports)]
+    pub dns_ports: Ports,
+    /// Payload bytes copied per DNS packet (at most 4096).
+    #[arg(long, env = "DEVOURER_DNS_CAP", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(12..=4096))]
+    pub dns_cap: u32,
+    /// Size of the kernel's DNS ring buffer (power of two, e.g. 4M).
+    #[arg(long, env = "DEVOURER_DNS_RING_SIZE", default_value = "4M", value_parser = parse_ring_size)]
+    pub dns_ring_size: u32,
+    /// A query without a response for this long is `lost`.
+    #[arg(long, env = "DEVOURER_DNS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub dns_timeout: Duration,
+    /// Queries waiting for a response at most; past it the oldest end as lost (counted).
+    #[arg(long, env = "DEVOURER_DNS_MAX_PENDING", default_value_t = 65_536)]
+    pub dns_max_pending: usize,
+    /// TCP connections reassembled at once for DNS over TCP.
+    #[arg(long, env = "DEVOURER_DNS_MAX_TCP_STREAMS", default_value_t = 10_000)]
+    pub dns_max_tcp_streams: usize,
+    /// Addresses remembered with the name they were resolved from.
+    #[arg(long, env = "DEVOURER_NAME_CACHE_ENTRIES", default_value_t = 100_000)]
+    pub name_cache_entries: usize,
+    /// Networks that count as this host's (besides its interfaces' addresses; offline, only
+    /// these): decides the role of a DNS transaction or an HTTP message. Repeatable.
+    #[arg(long = "local-net", env = "DEVOURER_LOCAL_NET", value_delimiter = ',')]
+    pub local_nets: Vec<ipnet::IpNet>,
+    /// Write packetlog-compatible DNS text logs here (hourly files).
+    #[arg(long, env = "DEVOURER_DNS_LOG_DIR")]
+    pub dns_log_dir: Option<PathBuf>,
+    /// Four files per hour (CQ, CR, SQ, SR) instead of one.
+    #[arg(long, env = "DEVOURER_DNS_LOG_SPLIT")]
+    pub dns_log_split: bool,
+    /// Time zone of text log file names and line times.
+    #[arg(long, env = "DEVOURER_LOG_TZ", default_value = "utc")]
+    pub log_tz: LogTz,
+}
+
+impl DnsArgs {
+    pub fn enabled(&self) -> bool {
+        !self.dns_ports.0.is_empty()
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct HttpArgs {
+    /// TCP ports whose HTTP requests and responses are logged (comma-separated, at most 8), or
+    /// `none`. Default: none, or 80 when --http-log-dir is given.
+    #[arg(long, env = "DEVOURER_HTTP_PORTS", value_parser = parse_ports)]
+    pub http_ports: Option<Ports>,
+    /// Payload bytes copied per HTTP segment (the request line and headers that fit).
+    #[arg(long, env = "DEVOURER_HTTP_CAP", default_value_t = DEFAULT_HTTP_CAP,
+          value_parser = clap::value_parser!(u32).range(16..=4096))]
+    pub http_cap: u32,
+    /// Size of the kernel's HTTP ring buffer (power of two, e.g. 4M).
+    #[arg(long, env = "DEVOURER_HTTP_RING_SIZE", default_value = "4M", value_parser = parse_ring_size)]
+    pub http_ring_size: u32,
+    /// A request without a response for this long is forgotten (counted as unanswered).
+    #[arg(long, env = "DEVOURER_HTTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_timeout: Duration,
+    /// Connections with requests awaiting a response, at most.
+    #[arg(long, env = "DEVOURER_HTTP_MAX_CONNECTIONS", default_value_t = 65_536)]
+    pub http_max_connections: usize,
+    /// Write packetlog-compatible HTTP text logs here (daily files).
+    #[arg(long, env = "DEVOURER_HTTP_LOG_DIR")]
+    pub http_log_dir: Option<PathBuf>,
+    /// Four files per day (CQ, CR, SQ, SR) instead of one.
+    #[arg(long, env = "DEVOURER_HTTP_LOG_SPLIT")]
+    pub http_log_split: bool,
+}
+
+impl HttpArgs {
+    /// The ports in effect: the flag, else 80 when a log directory is given, else none.
+    pub fn ports(&self) -> Vec<u16> {
+        match &self.http_ports {
+            Some(p) => p.0.clone(),
+            None if self.http_log_dir.is_some() => vec![80],
+            None => Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BqArgs {
+    /// Stream records to BigQuery in this project (with --bq-dataset).
+    #[arg(long, env = "DEVOURER_BQ_PROJECT_ID")]
+    pub bq_project_id: Option<String>,
+    /// The dataset (it must exist; tables are created in it).
+    #[arg(long, env = "DEVOURER_BQ_DATASET")]
+    pub bq_dataset: Option<String>,
+    /// Table for flow records (partitioned by first_seen_at).
+    #[arg(long, env = "DEVOURER_BQ_TABLE", default_value = "flow_logs")]
+    pub bq_table: String,
+    /// Table for DNS transactions (partitioned by time).
+    #[arg(long, env = "DEVOURER_BQ_DNS_TABLE", default_value = "dns_logs")]
+    pub bq_dns_table: String,
+    /// Service-account key file; without it, Application Default Credentials (the GCE/GKE
+    /// metadata server, workload identity, GOOGLE_APPLICATION_CREDENTIALS).
+    #[arg(long, env = "DEVOURER_BQ_SA_KEY_FILE")]
+    pub bq_sa_key_file: Option<PathBuf>,
+    /// BigQuery v2 API root, for emulators and private endpoints.
+    #[arg(long, env = "DEVOURER_BQ_ENDPOINT")]
+    pub bq_endpoint: Option<String>,
+    /// Send a batch at least this often.
+    #[arg(long, env = "DEVOURER_BQ_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub bq_flush_interval: Duration,
+    /// Rows per insertAll request at most (BigQuery allows 50,000).
+    #[arg(long, env = "DEVOURER_BQ_BATCH_ROWS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=50_000))]
+    pub bq_batch_rows: u64,
+    /// Bytes per request at most (BigQuery allows 10 MB).
+    #[arg(long, env = "DEVOURER_BQ_BATCH_BYTES", default_value = "5M", value_parser = parse_bytes)]
+    pub bq_batch_bytes: u64,
+    /// Timeout of one request.
+    #[arg(long, env = "DEVOURER_BQ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub bq_timeout: Duration,
+    /// First wait after a failed request; doubles up to --bq-backoff-max (with jitter).
+    #[arg(long, env = "DEVOURER_BQ_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub bq_backoff_base: Duration,
+    #[arg(long, env = "DEVOURER_BQ_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub bq_backoff_max: Duration,
+    /// How long start-up waits for the tables to be checked.
+    #[arg(long, env = "DEVOURER_BQ_SETUP_WAIT", default_value = "10s", value_parser = parse_duration)]
+    pub bq_setup_wait: Duration,
+    /// After creating or changing a table, retry rows BigQuery refuses for this long.
+    #[arg(long, env = "DEVOURER_BQ_SCHEMA_SETTLE", default_value = "5m", value_parser = parse_duration)]
+    pub bq_schema_settle: Duration,
+    /// Rows wait here until BigQuery acknowledges them (kept across restarts).
+    #[arg(
+        long,
+        env = "DEVOURER_SPOOL_DIR",
+        default_value = "/var/lib/devourer/spool"
+    )]
+    pub spool_dir: PathBuf,
+    /// Spool size cap; past it new rows are dropped and counted.
+    #[arg(long, env = "DEVOURER_SPOOL_MAX_BYTES", default_value = "1G", value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
+    /// Rows BigQuery refuses as invalid, with the reason (default: in the spool directory).
+    #[arg(long, env = "DEVOURER_BQ_DEAD_LETTER")]
+    pub bq_dead_letter: Option<PathBuf>,
+}
+
+impl BqArgs {
+    /// The project and dataset when BigQuery is asked for (`None`: it is not); refuses half a
+    /// destination and batches BigQuery would refuse.
+    pub fn destination(&self) -> Result<Option<(String, String)>, BadValue> {
+        let dest = match (&self.bq_project_id, &self.bq_dataset) {
+            (None, None) => return Ok(None),
+            (Some(p), Some(d)) => (p.clone(), d.clone()),
+            (Some(_), None) => return Err(BadValue("--bq-project-id needs --bq-dataset".into())),
+            (None, Some(_)) => return Err(BadValue("--bq-dataset needs --bq-project-id".into())),
+        };
+        if self.bq_batch_bytes > 9 << 20 {
+            return Err(BadValue(
+                "--bq-batch-bytes: at most 9M (BigQuery refuses requests over 10 MB)".into(),
+            ));
+        }
+        Ok(Some(dest))
+    }
+}

@@ -1,0 +1,7 @@
+//! The two drivers of the one assembly: live capture ([`live`], `devourer capture`, with
+//! capture on request started by [`requests`]) and replay of a capture file ([`replay`],
+//! `devourer read`). Neither imports the other.
+
+pub mod live;
+pub mod replay;
+mod requests;

@@ -1,0 +1,96 @@
+//! Starting capture on request for the live driver: the service, its Redis listener and its
+//! HTTP API, when the configuration asks for them.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{config::requests::RequestsConfig, ops::metrics::Metrics};
+
+/// The running service (nothing in builds without libpcap).
+#[cfg(feature = "capture-requests")]
+pub type Requests = crate::ondemand::Service;
+#[cfg(not(feature = "capture-requests"))]
+pub type Requests = ();
+
+/// Starts capture on request when configured.
+#[cfg(feature = "capture-requests")]
+pub async fn start(
+    cfg: Option<RequestsConfig>,
+    node: String,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Requests>> {
+    use crate::ondemand::{Service, api, redis};
+    let Some(cfg) = cfg else {
+        return Ok(None);
+    };
+    let svc = Service::new(cfg.clone(), node, Some(metrics.clone()));
+    if let Some(url) = cfg.redis_url.clone() {
+        let listener = tokio::spawn(redis::listen(
+            svc.clone(),
+            url,
+            cfg.channel.clone(),
+            cfg.capture.retry_base,
+            cfg.capture.retry_max,
+            cfg.redis_ping,
+        ));
+        // It runs for good; if it ever dies, say so instead of going quiet.
+        tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                tracing::error!(
+                    "the Redis capture-request listener died: {e}; no more Redis requests"
+                );
+            }
+        });
+    }
+    if let Some(a) = &cfg.api {
+        let token = match &a.token_file {
+            Some(f) => {
+                let t = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the API token file {}", f.display()))?;
+                let t = t.trim().to_owned();
+                if t.is_empty() {
+                    bail!("the API token file {} is empty", f.display());
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let listener = api::bind(a.addr)
+            .await
+            .with_context(|| format!("binding the capture API on {} ([api] addr)", a.addr))?;
+        tracing::info!(addr = %a.addr, auth = token.is_some(), "capture API listening");
+        tokio::spawn(api::serve(listener, svc.clone(), token));
+    }
+    tracing::info!(
+        dir = %cfg.local_dir.display(),
+        max_concurrent = cfg.capture.limits().max_concurrent,
+        "capture on request enabled"
+    );
+    Ok(Some(svc))
+}
+
+#[cfg(not(feature = "capture-requests"))]
+pub async fn start(
+    cfg: Option<RequestsConfig>,
+    _node: String,
+    _metrics: &Arc<Metrics>,
+) -> Result<Option<Requests>> {
+    if cfg.is_some() {
+        bail!(
+            "capture on request is configured, but this build has no libpcap (built without the capture-requests feature)"
+        );
+    }
+    Ok(None)
+}
+
+/// Stops running captures and stores what they hold, until `deadline`.
+pub async fn stop(requests: Option<Requests>, deadline: std::time::Instant) {
+    #[cfg(feature = "capture-requests")]
+    if let Some(svc) = requests {
+        svc.shutdown(deadline.saturating_duration_since(std::time::Instant::now()))
+            .await;
+    }
+    #[cfg(not(feature = "capture-requests"))]
+    let _ = (requests, deadline);
+}

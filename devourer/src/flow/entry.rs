@@ -1,0 +1,232 @@
+//! One flow in the agent's table: its two directions' kernel entries (folded after deletion,
+//! or live), its orientation (the initiator) and names, and how a record is cut from it.
+
+use std::sync::Arc;
+
+use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN};
+
+use super::{Emitted, Resolver, Status};
+use crate::base::net::key_addr;
+
+const TCP_FIN: u16 = 0x01;
+const TCP_RST: u16 = 0x04;
+
+/// Sums one entry's per-CPU slots: counts add up, the first packet is the earliest slot's.
+/// Returns `None` when no slot saw a packet.
+pub fn sum_per_cpu(slots: impl IntoIterator<Item = FlowValue>) -> Option<FlowValue> {
+    let mut total: Option<FlowValue> = None;
+    for s in slots {
+        if s.packets == 0 && s.first_ns == 0 {
+            continue;
+        }
+        match &mut total {
+            None => total = Some(s),
+            Some(t) => merge_value(t, &s),
+        }
+    }
+    total
+}
+
+/// Adds `b` into `a` (same direction of the same flow).
+fn merge_value(a: &mut FlowValue, b: &FlowValue) {
+    if b.packets == 0 && b.first_ns == 0 {
+        return;
+    }
+    let b_is_earlier = a.first_ns == 0 || (b.first_ns != 0 && b.first_ns < a.first_ns);
+    if b.flags & VAL_F_ICMP != 0 && (a.flags & VAL_F_ICMP == 0 || b_is_earlier) {
+        a.icmp_type = b.icmp_type;
+        a.icmp_code = b.icmp_code;
+    }
+    if b_is_earlier {
+        a.first_ns = b.first_ns;
+    }
+    a.last_ns = a.last_ns.max(b.last_ns);
+    a.bytes += b.bytes;
+    a.packets += b.packets;
+    a.tcp_flags |= b.tcp_flags;
+    a.flags |= b.flags;
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Dir {
+    /// Entries already deleted from the kernel map, for the current record.
+    pub(super) folded: FlowValue,
+    /// The last read of the entry still in the kernel map, if any.
+    pub(super) live: Option<FlowValue>,
+    /// OR of TCP flags and `VAL_F_*` over the flow's whole life (close and initiator detection).
+    pub(super) ever_tcp: u16,
+    pub(super) ever_flags: u8,
+}
+
+impl Dir {
+    pub(super) fn current(&self) -> FlowValue {
+        let mut v = self.folded;
+        if let Some(l) = &self.live {
+            merge_value(&mut v, l);
+        }
+        v
+    }
+
+    pub(super) fn fold(&mut self, v: &FlowValue) {
+        merge_value(&mut self.folded, v);
+        self.live = None;
+        self.note(v);
+    }
+
+    pub(super) fn note(&mut self, v: &FlowValue) {
+        self.ever_tcp |= v.tcp_flags;
+        self.ever_flags |= v.flags;
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Flow {
+    /// Canonical key: `src_*` is the lower endpoint. Direction 0 is this key, 1 its reverse.
+    pub(super) key: FlowKey,
+    pub(super) dirs: [Dir; 2],
+    pub(super) seq: u32,
+    /// Fixed when the first record is emitted: the initiator's direction and the flow start.
+    pub(super) orient: Option<(usize, u64)>,
+    /// Last packet seen in either direction over the flow's life.
+    pub(super) last_seen: u64,
+    /// Names of the canonical source and destination addresses, taken when the flow is first
+    /// seen (and again at emit while unknown).
+    pub(super) names: [Option<Arc<str>>; 2],
+    pub(super) named: bool,
+}
+
+/// Puts a directional key in canonical form; returns it and the direction it had.
+pub fn canonical(k: &FlowKey) -> (FlowKey, usize) {
+    if (k.src_addr, k.src_port) <= (k.dst_addr, k.dst_port) {
+        (*k, 0)
+    } else {
+        (reverse(k), 1)
+    }
+}
+
+pub(super) fn reverse(k: &FlowKey) -> FlowKey {
+    FlowKey {
+        src_addr: k.dst_addr,
+        dst_addr: k.src_addr,
+        src_port: k.dst_port,
+        dst_port: k.src_port,
+        ..*k
+    }
+}
+
+pub(super) fn directional(canon: &FlowKey, dir: usize) -> FlowKey {
+    if dir == 0 { *canon } else { reverse(canon) }
+}
+
+impl Flow {
+    pub(super) fn new(key: FlowKey) -> Self {
+        Self {
+            key,
+            dirs: [Dir::default(); 2],
+            seq: 0,
+            orient: None,
+            last_seen: 0,
+            names: [None, None],
+            named: false,
+        }
+    }
+
+    /// Fills in the names still unknown from `names` at `now`.
+    pub(super) fn resolve(&mut self, names: &mut dyn Resolver, now: u64) {
+        let addrs = [
+            key_addr(&self.key, self.key.src_addr),
+            key_addr(&self.key, self.key.dst_addr),
+        ];
+        for (slot, a) in self.names.iter_mut().zip(addrs) {
+            if slot.is_none() {
+                *slot = names.name(a, now);
+            }
+        }
+        self.named = true;
+    }
+
+    /// Records the latest read (`live`) or the deleted final value (`!live`) of an entry.
+    pub(super) fn observe(&mut self, d: usize, v: &FlowValue, live: bool) {
+        self.last_seen = self.last_seen.max(v.last_ns);
+        if live {
+            self.dirs[d].live = Some(*v);
+            self.dirs[d].note(v);
+        } else {
+            self.dirs[d].fold(v);
+        }
+    }
+
+    pub(super) fn current(&self) -> [FlowValue; 2] {
+        [self.dirs[0].current(), self.dirs[1].current()]
+    }
+
+    /// First packet of the current record (0 when it has none yet).
+    pub(super) fn record_first_ns(&self) -> u64 {
+        let [a, b] = self.current();
+        match (a.first_ns, b.first_ns) {
+            (0, f) | (f, 0) => f,
+            (x, y) => x.min(y),
+        }
+    }
+
+    pub(super) fn has_live(&self) -> bool {
+        self.dirs.iter().any(|d| d.live.is_some())
+    }
+
+    pub(super) fn tcp_closed(&self) -> bool {
+        let [a, b] = &self.dirs;
+        (a.ever_tcp | b.ever_tcp) & TCP_RST != 0 || (a.ever_tcp & b.ever_tcp) & TCP_FIN != 0
+    }
+
+    /// The initiator: the only direction that sent a bare SYN, else the first to send.
+    pub(super) fn initiator(&self) -> usize {
+        let syn = |d: &Dir| d.ever_flags & VAL_F_SYN != 0;
+        match (syn(&self.dirs[0]), syn(&self.dirs[1])) {
+            (true, false) => 0,
+            (false, true) => 1,
+            _ => {
+                let [a, b] = self.current();
+                if a.first_ns == 0 || (b.first_ns != 0 && b.first_ns < a.first_ns) {
+                    1
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
+    /// Builds the record for what the flow holds now and starts the next one.
+    pub(super) fn cut(
+        &mut self,
+        status: Status,
+        names: &mut dyn Resolver,
+        now: u64,
+    ) -> Option<Emitted> {
+        let cur = self.current();
+        if cur[0].packets == 0 && cur[1].packets == 0 {
+            return None;
+        }
+        self.resolve(names, now);
+        let first = self.record_first_ns();
+        let initiator = self.initiator();
+        let (src, start) = *self.orient.get_or_insert((initiator, first));
+        let dst = 1 - src;
+        let rec = Emitted {
+            key: directional(&self.key, src),
+            seq: self.seq,
+            flow_start_ns: start,
+            first_ns: first,
+            last_ns: cur[0].last_ns.max(cur[1].last_ns),
+            src: cur[src],
+            dst: cur[dst],
+            status,
+            src_name: self.names[src].clone(),
+            dst_name: self.names[dst].clone(),
+        };
+        self.seq += 1;
+        for d in &mut self.dirs {
+            d.folded = FlowValue::default();
+        }
+        Some(rec)
+    }
+}

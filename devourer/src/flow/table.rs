@@ -1,0 +1,217 @@
+//! The flow table: every flow the agent follows, read from and evicted out of the kernel map
+//! each scan; decides which records are due and returns them in a deterministic order.
+
+use std::{collections::HashMap, io};
+
+use devourer_common::flow::{FlowKey, FlowValue};
+
+use super::{
+    Emitted, FlowSource, Resolver, Status, TableConfig,
+    entry::{Flow, canonical, directional},
+};
+
+/// Seeded per process: keys come off the network, so no fixed hash an attacker could collide.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Scan and emission statistics, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScanStats {
+    pub kernel_entries: usize,
+    pub evicted: usize,
+    pub emitted: usize,
+}
+
+pub struct FlowTable {
+    cfg: TableConfig,
+    flows: FastMap<FlowKey, Flow>,
+    scratch: Vec<(FlowKey, FlowValue)>,
+}
+
+impl FlowTable {
+    pub fn new(cfg: TableConfig) -> Self {
+        Self {
+            cfg,
+            flows: FastMap::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Deletes one kernel entry and folds what it held into its flow.
+    fn take_into(&mut self, src: &mut dyn FlowSource, key: &FlowKey) -> io::Result<bool> {
+        let Some(v) = src.take(key)? else {
+            return Ok(false);
+        };
+        self.fold_deleted(key, &v);
+        Ok(true)
+    }
+
+    /// Folds what deleting a kernel entry returned into its flow.
+    fn fold_deleted(&mut self, key: &FlowKey, v: &FlowValue) {
+        let (ck, d) = canonical(key);
+        self.flows
+            .entry(ck)
+            .or_insert_with(|| Flow::new(ck))
+            .observe(d, v, false);
+    }
+
+    fn take_flow(&mut self, src: &mut dyn FlowSource, ck: &FlowKey) -> io::Result<()> {
+        for d in 0..2 {
+            let live = self.flows.get(ck).is_some_and(|f| f.dirs[d].live.is_some());
+            if live {
+                let key = directional(ck, d);
+                if !self.take_into(src, &key)? {
+                    // Gone from the map (nothing else deletes, but never count it twice).
+                    if let Some(f) = self.flows.get_mut(ck) {
+                        let dir = &mut f.dirs[d];
+                        if let Some(l) = dir.live.take() {
+                            dir.fold(&l);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One scan at time `now`: read the kernel map, evict quiet entries (and, under `pressure`
+    /// or when the map is nearly full, the least recently active half), and return the records
+    /// that are due, in a deterministic order.
+    pub fn scan(
+        &mut self,
+        src: &mut dyn FlowSource,
+        now: u64,
+        pressure: bool,
+        stats: &mut ScanStats,
+        names: &mut dyn Resolver,
+    ) -> io::Result<Vec<Emitted>> {
+        let mut entries = std::mem::take(&mut self.scratch);
+        entries.clear();
+        src.read_all(&mut entries)?;
+        stats.kernel_entries = entries.len();
+        let mut evict: Vec<(u64, FlowKey)> = Vec::new();
+        let mut keep: Vec<(u64, FlowKey)> = Vec::new();
+        for (k, v) in &entries {
+            let (ck, d) = canonical(k);
+            self.flows
+                .entry(ck)
+                .or_insert_with(|| Flow::new(ck))
+                .observe(d, v, true);
+            if now.saturating_sub(v.last_ns) >= self.cfg.evict_after {
+                evict.push((v.last_ns, *k));
+            } else {
+                keep.push((v.last_ns, *k));
+            }
+        }
+        let capacity = src.capacity();
+        if pressure || entries.len() * 10 >= capacity * 9 {
+            // Free room down to half the map, oldest activity first. Evicting an active entry
+            // loses nothing: its counts move to the table and the next packet starts a new one.
+            let target = capacity / 2;
+            let remaining = keep.len();
+            if remaining > target {
+                keep.sort_unstable();
+                evict.extend_from_slice(&keep[..remaining - target]);
+            }
+        }
+        self.scratch = entries;
+        for (_, k) in &evict {
+            if self.take_into(src, k)? {
+                stats.evicted += 1;
+            }
+        }
+        for flow in self.flows.values_mut().filter(|f| !f.named) {
+            flow.resolve(names, now);
+        }
+        let mut out = Vec::new();
+        let due: Vec<(FlowKey, Status)> = self
+            .flows
+            .iter()
+            .filter_map(|(ck, f)| Some((*ck, self.due(f, now)?)))
+            .collect();
+        for (ck, status) in due {
+            self.take_flow(src, &ck)?;
+            let flow = self.flows.get_mut(&ck).expect("flow exists");
+            let status = match status {
+                // A packet may have arrived between the read and the delete.
+                Status::IdleTimeout
+                    if now.saturating_sub(flow.last_seen) < self.cfg.idle_timeout =>
+                {
+                    continue;
+                }
+                s => s,
+            };
+            if let Some(rec) = flow.cut(status, names, now) {
+                out.push(rec);
+            }
+            if status != Status::ActiveTimeout {
+                self.flows.remove(&ck);
+            }
+        }
+        // Flows whose record was cut at an active timeout and that went quiet afterwards.
+        let idle = self.cfg.idle_timeout;
+        self.flows.retain(|_, f| {
+            f.has_live() || f.record_first_ns() != 0 || now.saturating_sub(f.last_seen) < idle
+        });
+        sort_records(&mut out);
+        stats.emitted += out.len();
+        Ok(out)
+    }
+
+    fn due(&self, f: &Flow, now: u64) -> Option<Status> {
+        let first = f.record_first_ns();
+        if first == 0 {
+            return None;
+        }
+        let idle = now.saturating_sub(f.last_seen);
+        if idle >= self.cfg.idle_timeout {
+            Some(Status::IdleTimeout)
+        } else if f.tcp_closed() && idle >= self.cfg.tcp_linger {
+            Some(Status::TcpClosed)
+        } else if now.saturating_sub(first) >= self.cfg.active_timeout {
+            Some(Status::ActiveTimeout)
+        } else {
+            None
+        }
+    }
+
+    /// Empties the kernel map and the table: every open flow is emitted with `status`.
+    pub fn flush(
+        &mut self,
+        src: &mut dyn FlowSource,
+        status: Status,
+        names: &mut dyn Resolver,
+        now: u64,
+    ) -> io::Result<Vec<Emitted>> {
+        let mut entries = Vec::new();
+        src.take_all(&mut entries)?;
+        for (k, v) in &entries {
+            self.fold_deleted(k, v);
+        }
+        let mut out = Vec::new();
+        for mut flow in std::mem::take(&mut self.flows).into_values() {
+            // An entry read earlier but gone from the map now: its last read is what it held.
+            for d in &mut flow.dirs {
+                if let Some(l) = d.live.take() {
+                    d.fold(&l);
+                }
+            }
+            if let Some(rec) = flow.cut(status, names, now) {
+                out.push(rec);
+            }
+        }
+        sort_records(&mut out);
+        Ok(out)
+    }
+}
+
+fn sort_records(out: &mut [Emitted]) {
+    out.sort_unstable_by_key(|r| (r.first_ns, r.key, r.seq));
+}

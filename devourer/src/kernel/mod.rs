@@ -1,0 +1,13 @@
+//! Kernel-facing: the embedded program loaded with its settings ([`object`]), attached to
+//! interfaces ([`attach`], [`interfaces`]) or fed recorded frames ([`replay`]); its maps read
+//! and evicted ([`maps`], through raw `bpf(2)` calls in [`sys`]); its payload rings
+//! ([`events`]) and its own log ([`log`]).
+
+pub mod attach;
+pub mod events;
+pub mod interfaces;
+pub mod log;
+pub mod maps;
+pub mod object;
+pub mod replay;
+pub mod sys;

@@ -1,0 +1,52 @@
+//! DNS transaction records (`type: "dns"`, fields as in design.md).
+
+use serde::Serialize;
+
+use super::{ExchangeHead, RecordContext, id::dns_id};
+use crate::decode::dns::{
+    DnsTx,
+    message::{class_name, rcode_name, type_name},
+};
+
+/// A DNS transaction record (`type: "dns"`, fields as in design.md).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DnsRecord {
+    #[serde(flatten)]
+    pub head: ExchangeHead,
+    pub transport: &'static str,
+    pub msg_id: u16,
+    pub q_name: Option<String>,
+    pub q_type: Option<String>,
+    pub q_class: Option<String>,
+    pub rcode: Option<String>,
+    pub answers: Vec<String>,
+    pub latency: Option<f64>,
+    pub status: &'static str,
+    pub role: &'static str,
+}
+
+impl DnsRecord {
+    pub fn new(tx: &DnsTx, cx: &RecordContext<'_>) -> Self {
+        let q = tx.question.as_ref();
+        Self {
+            head: ExchangeHead::new(
+                "dns",
+                dns_id(tx, cx.agent),
+                cx,
+                (tx.ifindex, tx.time_ns),
+                (tx.client, tx.client_port),
+                (tx.server, tx.server_port),
+            ),
+            transport: if tx.tcp { "tcp" } else { "udp" },
+            msg_id: tx.msg_id,
+            q_name: q.map(|q| q.name.clone()),
+            q_type: q.map(|q| type_name(q.qtype)),
+            q_class: q.map(|q| class_name(q.qclass)),
+            rcode: tx.rcode.map(rcode_name),
+            answers: tx.answers.clone(),
+            latency: tx.latency_ns.map(|ns| ns as f64 / 1e9),
+            status: tx.status.as_str(),
+            role: tx.role.as_str(),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Flow records (`type: "flow"`): one per finished flow or active-timeout continuation,
+//! oriented so that `src_*` is the initiator.
+
+use std::borrow::Cow;
+
+use devourer_common::flow::KEY_F_VLAN;
+use serde::Serialize;
+
+use super::{RecordContext, id::record_id};
+use crate::{
+    base::{
+        net::{key_addr, protocol_name},
+        time::rfc3339,
+    },
+    flow::Emitted,
+};
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FlowRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub seq: u32,
+    pub agent: String,
+    pub interface: String,
+    pub protocol: Cow<'static, str>,
+    pub src_addr: String,
+    pub dst_addr: String,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    pub vlan: Option<u16>,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+    pub src_bytes: u64,
+    pub dst_bytes: u64,
+    pub src_packets: u64,
+    pub dst_packets: u64,
+    pub status: &'static str,
+    pub src_name: Option<String>,
+    pub dst_name: Option<String>,
+    pub tcp_flags: u16,
+}
+
+impl FlowRecord {
+    pub fn new(e: &Emitted, cx: &RecordContext<'_>) -> Self {
+        let k = &e.key;
+        let icmp = e.icmp();
+        Self {
+            kind: "flow",
+            id: record_id(k, e.flow_start_ns, cx.agent, e.seq),
+            seq: e.seq,
+            agent: cx.agent.to_owned(),
+            interface: (cx.interface_name)(k.ifindex),
+            protocol: protocol_name(k.proto),
+            src_addr: key_addr(k, k.src_addr).to_string(),
+            dst_addr: key_addr(k, k.dst_addr).to_string(),
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+            icmp_type: icmp.map(|(t, _)| t),
+            icmp_code: icmp.map(|(_, c)| c),
+            vlan: (k.flags & KEY_F_VLAN != 0).then_some(k.vlan),
+            first_seen_at: rfc3339(cx.clock.wall(e.first_ns)),
+            last_seen_at: rfc3339(cx.clock.wall(e.last_ns)),
+            src_bytes: e.src.bytes,
+            dst_bytes: e.dst.bytes,
+            src_packets: e.src.packets,
+            dst_packets: e.dst.packets,
+            status: e.status.as_str(),
+            src_name: e.src_name.as_deref().map(str::to_owned),
+            dst_name: e.dst_name.as_deref().map(str::to_owned),
+            tcp_flags: e.tcp_flags(),
+        }
+    }
+}
