@@ -300,7 +300,9 @@ fn broken_frames_are_counted_as_malformed_without_stopping_the_replay() {
 
 #[test]
 fn the_kernel_programs_own_log_reaches_the_agents_log_when_asked_and_is_rate_limited() {
-    if !require_root("the_kernel_programs_own_log_reaches_the_agents_log_when_asked_and_is_rate_limited") {
+    if !require_root(
+        "the_kernel_programs_own_log_reaches_the_agents_log_when_asked_and_is_rate_limited",
+    ) {
         return;
     }
     let tmp = TempDir::new("klog");
