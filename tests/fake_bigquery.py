@@ -9,7 +9,8 @@
   values of the wrong type (reason "invalid", every other row of the request "stopped", as
   BigQuery does without skipInvalidRows), and can be told to fail: per request (a status, a
   connection reset, a delay longer than the client's timeout) or for a while ("down").
-- Control: POST /control {"schedule": [...], "down": bool, "poison": "text"};
+- Control: POST /control {"schedule": [...], "down": bool, "poison": "text",
+  "fail_table": {"table": "p/d/t", "status": 503} (every insert into that table fails)};
   GET /control/state; GET /control/rows?table=T.
 """
 
@@ -49,6 +50,7 @@ STATE = {
     "schedule": [],
     "down": False,
     "poison": None,
+    "fail_table": None,
     "tokens": set(),
     "token_requests": 0,
     "creates": 0,
@@ -210,6 +212,8 @@ class Handler(BaseHTTPRequestHandler):
                     STATE["down"] = bool(ctl["down"])
                 if "poison" in ctl:
                     STATE["poison"] = ctl["poison"]
+                if "fail_table" in ctl:
+                    STATE["fail_table"] = ctl["fail_table"]
                 if ctl.get("drop_tables"):
                     STATE["tables"] = {}
             return self.reply(200, {"ok": True})
@@ -245,8 +249,11 @@ class Handler(BaseHTTPRequestHandler):
             STATE["inserts"] += 1
             step = STATE["schedule"].pop(0) if STATE["schedule"] else None
             down = STATE["down"]
+            failing = STATE["fail_table"]
         if down:
             return self.error(503, "backendError", "the service is down (fake outage)")
+        if failing and failing["table"] == key:
+            return self.error(failing["status"], "backendError", "this table fails (fake)")
         if step:
             mode = step.get("mode")
             if mode == "reset":

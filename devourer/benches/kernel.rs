@@ -292,6 +292,7 @@ fn scan(loaded: &mut loader::Loaded) {
         active_timeout: forever,
         tcp_linger: forever,
         evict_after: forever,
+        max_flows: usize::MAX,
     });
     let now = devourer::base::time::monotonic_ns();
     let mut st = ScanStats::default();

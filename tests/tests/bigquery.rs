@@ -404,3 +404,81 @@ fn an_existing_table_gets_missing_columns_and_a_type_conflict_stops_start_up() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_torn_spool_line_is_quarantined_and_every_good_row_still_arrives() {
+    if !require_root("a_torn_spool_line_is_quarantined_and_every_good_row_still_arrives") {
+        return;
+    }
+    // What a kill -9, an OOM kill or a power loss during an append leaves: a good row, then
+    // half of the next one, in the segment that was open.
+    let dir = TempDir::new("bq-torn");
+    let fake = Fake::start(&dir, &[]);
+    let spool = dir.path("spool");
+    std::fs::create_dir_all(spool.join("flow")).unwrap();
+    let good = r#"{"id":"left-by-an-earlier-run","seq":0,"agent":"bq-test","interface":"pcap","protocol":"udp","src_addr":"10.0.0.1","dst_addr":"10.0.0.2","src_port":1,"dst_port":2,"icmp_type":null,"icmp_code":null,"vlan":null,"first_seen_at":"2023-11-14T22:13:20.000000Z","last_seen_at":"2023-11-14T22:13:20.000000Z","src_bytes":28,"dst_bytes":0,"src_packets":1,"dst_packets":0,"status":"idle_timeout","src_name":null,"dst_name":null,"tcp_flags":0}"#;
+    let torn = r#"{"type":"flow","id":"torn"#;
+    std::fs::write(
+        spool.join("flow/00000000000000000000.open"),
+        format!("{good}\n{torn}"),
+    )
+    .unwrap();
+    // A line corrupted in the middle of a sealed segment, between two good rows.
+    std::fs::write(
+        spool.join("flow/00000000000000000001.jsonl"),
+        format!(
+            "{}\n\u{1}garbage\n{}\n",
+            good.replace("left-by-an-earlier-run", "before-the-garbage"),
+            good.replace("left-by-an-earlier-run", "after-the-garbage")
+        ),
+    )
+    .unwrap();
+    let pcap = capture(&dir, "t.pcap", 30, 10, None);
+    let (status, stdout, stderr) = output(&mut fake.read(&pcap, &spool, &[]));
+    assert!(status.success(), "{stderr}");
+    let mut want = ids_of(&stdout, "flow");
+    want.extend(
+        [
+            "left-by-an-earlier-run",
+            "before-the-garbage",
+            "after-the-garbage",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(fake.ids("flow_logs"), want, "{stderr}");
+    assert_eq!(fake.ids("dns_logs"), ids_of(&stdout, "dns"));
+    assert_eq!(log_number(&stderr, "rows_quarantined"), Some(2), "{stderr}");
+    assert_eq!(log_number(&stderr, "spool_bytes_left"), Some(0), "{stderr}");
+    let quarantine = std::fs::read_to_string(spool.join("quarantine.jsonl")).unwrap();
+    assert_eq!(quarantine.lines().count(), 2, "{quarantine}");
+    assert!(
+        quarantine.contains(r#"{\"type\":\"flow\",\"id\":\"torn"#),
+        "{quarantine}"
+    );
+    assert!(quarantine.contains("garbage"), "{quarantine}");
+}
+
+#[test]
+fn a_table_bigquery_keeps_refusing_does_not_hold_up_the_other() {
+    if !require_root("a_table_bigquery_keeps_refusing_does_not_hold_up_the_other") {
+        return;
+    }
+    let dir = TempDir::new("bq-tables");
+    let fake = Fake::start(&dir, &[]);
+    // Every insert into flow_logs fails with a 503 for as long as the run lasts; dns_logs
+    // works. The DNS rows must arrive; the flow rows stay spooled for the next start.
+    fake.control(r#"{"fail_table": {"table": "p/d/flow_logs", "status": 503}}"#);
+    let pcap = capture(&dir, "s.pcap", 40, 60, None);
+    let (status, stdout, stderr) = output(&mut fake.read(
+        &pcap,
+        &dir.path("spool"),
+        &["--bq-batch-rows", "10", "--shutdown-timeout", "3s"],
+    ));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(fake.ids("dns_logs"), ids_of(&stdout, "dns"), "{stderr}");
+    assert!(fake.ids("flow_logs").is_empty());
+    assert!(
+        log_number(&stderr, "spool_bytes_left").unwrap() > 0,
+        "{stderr}"
+    );
+}

@@ -476,20 +476,27 @@ fn a_full_flow_map_spills_to_the_overflow_map_and_nothing_is_lost() {
         );
         assert!(status.success(), "{stderr}");
         let recs = records(&stdout);
-        let in_records: u64 = recs
+        let flows: Vec<_> = recs.iter().filter(|r| r["type"] == "flow").collect();
+        let in_records: u64 = flows
             .iter()
             .map(|r| r["src_packets"].as_u64().unwrap())
             .sum();
-        let in_overflow: u64 = stderr
-            .lines()
-            .filter(|l| l.contains("counted in the overflow map"))
-            .filter_map(|l| log_number(l, "packets"))
+        let overflow: Vec<_> = recs.iter().filter(|r| r["type"] == "overflow").collect();
+        let in_overflow: u64 = overflow
+            .iter()
+            .map(|r| r["packets"].as_u64().unwrap())
             .sum();
         assert!(in_overflow > 0, "the map did fill up: {stderr}");
+        assert!(
+            overflow
+                .iter()
+                .all(|r| r["interface"] == "pcap" && r["bytes"].as_u64().unwrap() > 0),
+            "{overflow:?}"
+        );
         assert_eq!(
             in_records + in_overflow,
             500,
-            "every packet is in a record or the overflow map:\n{stderr}"
+            "every packet is in a flow record or an overflow record:\n{stderr}"
         );
         assert!(
             in_records > 100,
@@ -501,7 +508,7 @@ fn a_full_flow_map_spills_to_the_overflow_map_and_nothing_is_lost() {
             "{stderr}"
         );
         // The long TCP flow is one flow however often its entry was evicted under pressure.
-        let tcp: Vec<_> = recs.iter().filter(|r| r["protocol"] == "tcp").collect();
+        let tcp: Vec<_> = flows.iter().filter(|r| r["protocol"] == "tcp").collect();
         assert_eq!(tcp.len(), 1, "{tcp:?}");
     }
 }

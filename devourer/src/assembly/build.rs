@@ -47,6 +47,7 @@ fn table_config(p: &PipelineArgs) -> TableConfig {
         active_timeout: nanos(f.active_timeout),
         tcp_linger: nanos(f.tcp_linger),
         evict_after: nanos(f.evict_after()),
+        max_flows: f.max_flows as usize,
     }
 }
 
@@ -91,6 +92,7 @@ pub fn bq_config(b: &BqArgs, project: String, dataset: String) -> BqConfig {
         dataset,
         flow_table: b.bq_table.clone(),
         dns_table: b.bq_dns_table.clone(),
+        overflow_table: b.bq_overflow_table.clone(),
         key_file: b.bq_sa_key_file.clone(),
         endpoint: b.bq_endpoint.clone(),
         spool_dir: b.spool_dir.clone(),
@@ -99,6 +101,7 @@ pub fn bq_config(b: &BqArgs, project: String, dataset: String) -> BqConfig {
             .bq_dead_letter
             .clone()
             .unwrap_or_else(|| b.spool_dir.join("dead-letter.jsonl")),
+        dead_letter_max_bytes: b.bq_dead_letter_max_bytes,
         batch: Limits {
             rows: b.bq_batch_rows as usize,
             bytes: b.bq_batch_bytes,

@@ -23,7 +23,7 @@ use crate::{
     flow::{FlowSource, Status},
     kernel::{
         events::{self, PayloadKind},
-        maps::{KernelCounters, read_overflow},
+        maps::{KernelCounters, take_overflow},
         object::{self, Loaded},
     },
     ops::metrics::Metrics,
@@ -39,7 +39,8 @@ pub trait Kernel {
     /// Empties the wake-up ring; `true` when the program asked for an early eviction.
     fn woken(&mut self) -> bool;
     fn counters(&self) -> io::Result<KernelCounters>;
-    fn overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>>;
+    /// Takes what the overflow map aggregated since the last call.
+    fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>>;
     /// Forwards the program's own log lines, if it logs.
     fn forward_log(&mut self) {}
 }
@@ -69,8 +70,8 @@ impl Kernel for Loaded {
         self.counters.read()
     }
 
-    fn overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
-        read_overflow(&mut self.overflow)
+    fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
+        take_overflow(&mut self.overflow)
     }
 
     fn forward_log(&mut self) {
@@ -145,10 +146,13 @@ impl<K: Kernel> Assembly<K> {
         self.kernel.woken()
     }
 
-    /// One scan of the flow map at `now` (program clock); `Ok(false)` when an output closed.
+    /// One scan of the flow map at `now` (program clock), then what the overflow map holds
+    /// as overflow records; `Ok(false)` when an output closed.
     pub fn scan(&mut self, now: u64, pressure: bool) -> io::Result<bool> {
         self.kernel.forward_log();
-        self.pipeline.scan(self.kernel.flows(), now, pressure)
+        let open = self.pipeline.scan(self.kernel.flows(), now, pressure)?;
+        let overflow = self.kernel.take_overflow()?;
+        Ok(self.pipeline.emit_overflow(&overflow, now) && open)
     }
 
     /// Reads the kernel counters into the metrics, warning when the flow map filled up since
@@ -185,9 +189,12 @@ impl<K: Kernel> Assembly<K> {
             mut pipeline,
             ..
         } = self;
+        let now = now();
         pipeline
-            .flush(kernel.flows(), status, now())
+            .flush(kernel.flows(), status, now)
             .context("flushing the flow map")?;
+        let overflow = kernel.take_overflow().context("reading the overflow map")?;
+        pipeline.emit_overflow(&overflow, now);
         if let Some(dns) = pipeline.dns() {
             summary::dns(dns);
         }
@@ -196,8 +203,7 @@ impl<K: Kernel> Assembly<K> {
         }
         kernel.forward_log();
         let counters = kernel.counters().context("reading kernel counters")?;
-        let overflow = kernel.overflow().context("reading the overflow map")?;
-        summary::kernel(&counters, &overflow, &|i| pipeline.interface_name(i));
+        summary::kernel(&counters, pipeline.overflow_totals());
         let (records, dropped) = pipeline.finish(deadline);
         Ok(Finished {
             counters,

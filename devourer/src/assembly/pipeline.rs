@@ -4,7 +4,10 @@
 
 use std::{collections::HashMap, io, sync::Arc, time::Instant};
 
-use devourer_common::payload::PayloadHeader;
+use devourer_common::{
+    flow::{OverflowKey, OverflowValue},
+    payload::PayloadHeader,
+};
 
 use crate::{
     base::time::Clock,
@@ -16,7 +19,7 @@ use crate::{
     flow::{Emitted, FlowSource, FlowTable, NoNames, Resolver, ScanStats, Status},
     kernel::{events::PayloadKind, maps::KernelCounters},
     ops::metrics::Metrics,
-    record::{Batch, DnsRecord, FlowRecord, HttpRecord, LogRecord, RecordContext},
+    record::{Batch, DnsRecord, FlowRecord, HttpRecord, LogRecord, OverflowRecord, RecordContext},
     sink::Sinks,
 };
 
@@ -48,6 +51,8 @@ pub struct Pipeline {
     records: u64,
     dns_out: DnsOutput,
     http_out: HttpOutput,
+    /// Packets and bytes emitted in overflow records, for the summary.
+    overflow: OverflowValue,
 }
 
 impl Pipeline {
@@ -66,6 +71,7 @@ impl Pipeline {
             records: 0,
             dns_out: DnsOutput::default(),
             http_out: HttpOutput::default(),
+            overflow: OverflowValue::default(),
         }
     }
 
@@ -190,6 +196,27 @@ impl Pipeline {
     fn emit_flows(&mut self, emitted: &[Emitted]) -> bool {
         let records = self.build(|cx| emitted.iter().map(|e| FlowRecord::new(e, cx)).collect());
         self.send(Batch::Flow(&records))
+    }
+
+    /// Overflow records for what the overflow map aggregated until `now` (program clock);
+    /// `false` when an output closed.
+    pub fn emit_overflow(&mut self, entries: &[(OverflowKey, OverflowValue)], now: u64) -> bool {
+        for (_, v) in entries {
+            self.overflow.packets += v.packets;
+            self.overflow.bytes += v.bytes;
+        }
+        let records = self.build(|cx| {
+            entries
+                .iter()
+                .map(|(k, v)| OverflowRecord::new(k, v, now, cx))
+                .collect()
+        });
+        self.send(Batch::Overflow(&records))
+    }
+
+    /// Packets and bytes emitted in overflow records so far.
+    pub fn overflow_totals(&self) -> OverflowValue {
+        self.overflow
     }
 
     /// One scan at `now`: lost DNS queries and forgotten HTTP requests, then due flows.

@@ -3,35 +3,28 @@
 //! decoders counted. Records never go here.
 
 use devourer_common::flow::{
-    C_DNS_RING_FULL, C_HTTP_RING_FULL, C_OVERFLOW_FULL_BYTES, C_OVERFLOW_FULL_PACKETS, OverflowKey,
+    C_DNS_RING_FULL, C_HTTP_RING_FULL, C_OVERFLOW_FULL_BYTES, C_OVERFLOW_FULL_PACKETS,
     OverflowValue,
 };
 
 use crate::{
-    base::net::protocol_name,
     decode::{dns::DnsTracker, http::HttpTracker},
     kernel::maps::KernelCounters,
 };
 
-/// Every kernel counter as `name=value`, then what the overflow map holds, then loud errors
-/// for what was counted only in totals or dropped by a full ring.
-pub fn kernel(
-    counters: &KernelCounters,
-    overflow: &[(OverflowKey, OverflowValue)],
-    names: &dyn Fn(u32) -> String,
-) {
+/// Every kernel counter as `name=value`, then what went to overflow records, then loud
+/// errors for what was counted only in totals or dropped by a full ring.
+pub fn kernel(counters: &KernelCounters, overflow: OverflowValue) {
     let fields: String = counters
         .iter()
         .map(|(c, v)| format!(" {}={v}", c.name))
         .collect();
     tracing::info!("kernel counters{fields}");
-    for (k, v) in overflow {
+    if overflow.packets > 0 {
         tracing::warn!(
-            interface = %names(k.ifindex),
-            protocol = %protocol_name(k.proto),
-            packets = v.packets,
-            bytes = v.bytes,
-            "counted in the overflow map, not in flow records (the flow map was full; raise --flow-map-entries)"
+            packets = overflow.packets,
+            bytes = overflow.bytes,
+            "the flow map was full: these went to overflow records, per interface and protocol, not to flow records (raise --flow-map-entries)"
         );
     }
     let get = |i| counters.get(i);

@@ -30,6 +30,7 @@ struct FakeKernel {
     http: VecDeque<Vec<u8>>,
     wake: bool,
     counters: [u64; COUNTERS_LEN as usize],
+    overflow: Vec<(OverflowKey, OverflowValue)>,
 }
 
 impl FlowSource for FakeKernel {
@@ -73,8 +74,8 @@ impl Kernel for FakeKernel {
         Ok(KernelCounters(self.counters))
     }
 
-    fn overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
-        Ok(Vec::new())
+    fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
+        Ok(std::mem::take(&mut self.overflow))
     }
 }
 
@@ -240,5 +241,52 @@ fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
     assert_eq!(lines.len(), 2, "{log}");
     assert!(lines[0].starts_with("22:13:20.000 10.0.0.1#40000 10.0.0.53#53 Q 0007"));
     assert!(lines[1].contains(" R 0007 00 1/1/0/0 www.example.com IN A 300 192.0.2.7"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn what_the_overflow_map_held_becomes_overflow_records_at_each_scan() {
+    let dir = std::env::temp_dir().join(format!("devourer-overflow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("records.jsonl");
+    let p = replay_args(&out, &dir.join("dnslog"));
+    let mut kernel = FakeKernel::default();
+    let k = OverflowKey {
+        ifindex: 1,
+        proto: 17,
+        _pad: [0; 3],
+    };
+    kernel.overflow.push((
+        k,
+        OverflowValue {
+            bytes: 560,
+            packets: 7,
+        },
+    ));
+    let mut agent = Assembly::new(kernel, &p, Driver::Replay, None).unwrap();
+    agent.pipeline.name_interfaces([(1, "eth0".to_owned())]);
+    assert!(agent.scan(T0 + S, false).unwrap());
+    // Nothing new by the next scan: no record.
+    assert!(agent.scan(T0 + 2 * S, false).unwrap());
+    let done = agent
+        .shutdown(
+            Status::EndOfInput,
+            || T0 + 3 * S,
+            Instant::now() + std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(done.records, 1);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let r: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(r["type"], "overflow");
+    assert_eq!(r["interface"], "eth0");
+    assert_eq!(r["protocol"], "udp");
+    assert_eq!(
+        (r["packets"].as_u64(), r["bytes"].as_u64()),
+        (Some(7), Some(560))
+    );
+    assert_eq!(r["time"], "2023-11-14T22:13:21.000000Z");
+    assert_eq!(r["id"].as_str().unwrap().len(), 32);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -47,6 +47,11 @@ pub struct FlowArgs {
     /// records are the same either way). Capped at the idle timeout.
     #[arg(long, env = "DEVOURER_EVICT_AFTER", default_value = "10s", value_parser = parse_duration)]
     pub evict_after: Duration,
+    /// Flows the agent's table holds at most (memory: about 1 KiB each); past it the least
+    /// recently active are emitted early with status `table_full`.
+    #[arg(long, env = "DEVOURER_MAX_FLOWS", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
+    pub max_flows: u64,
     /// Kernel flow map capacity (entries, one per flow direction).
     #[arg(long, env = "DEVOURER_FLOW_MAP_ENTRIES", default_value_t = DEFAULT_FLOW_MAP_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
@@ -179,6 +184,13 @@ pub struct BqArgs {
     /// Table for DNS transactions (partitioned by time).
     #[arg(long, env = "DEVOURER_BQ_DNS_TABLE", default_value = "dns_logs")]
     pub bq_dns_table: String,
+    /// Table for overflow records: what a full flow map could not hold (partitioned by time).
+    #[arg(
+        long,
+        env = "DEVOURER_BQ_OVERFLOW_TABLE",
+        default_value = "overflow_logs"
+    )]
+    pub bq_overflow_table: String,
     /// Service-account key file; without it, Application Default Credentials (the GCE/GKE
     /// metadata server, workload identity, GOOGLE_APPLICATION_CREDENTIALS).
     #[arg(long, env = "DEVOURER_BQ_SA_KEY_FILE")]
@@ -220,9 +232,14 @@ pub struct BqArgs {
     /// Spool size cap; past it new rows are dropped and counted.
     #[arg(long, env = "DEVOURER_SPOOL_MAX_BYTES", default_value = "1G", value_parser = parse_bytes)]
     pub spool_max_bytes: u64,
-    /// Rows BigQuery refuses as invalid, with the reason (default: in the spool directory).
+    /// Rows BigQuery refuses as invalid, with the reason (default: in the spool directory);
+    /// spool lines that are not rows (torn by a crash) go to quarantine.jsonl beside it.
     #[arg(long, env = "DEVOURER_BQ_DEAD_LETTER")]
     pub bq_dead_letter: Option<PathBuf>,
+    /// Cap of the dead-letter file and of the quarantine file, each; past it rejected rows
+    /// are dropped and counted.
+    #[arg(long, env = "DEVOURER_BQ_DEAD_LETTER_MAX_BYTES", default_value = "100M", value_parser = parse_bytes)]
+    pub bq_dead_letter_max_bytes: u64,
 }
 
 impl BqArgs {

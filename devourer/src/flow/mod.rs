@@ -65,6 +65,9 @@ pub struct TableConfig {
     pub tcp_linger: u64,
     /// A kernel entry quiet for this long is moved into the table (frees map room early).
     pub evict_after: u64,
+    /// Flows the table holds at most; past it the least recently active are emitted early
+    /// with [`Status::TableFull`].
+    pub max_flows: usize,
 }
 
 /// Why a record was emitted (the record's `status`).
@@ -75,6 +78,9 @@ pub enum Status {
     TcpClosed,
     Shutdown,
     EndOfInput,
+    /// Emitted early: the table was at `--max-flows` and this flow was the least recently
+    /// active (its next packets start a new record).
+    TableFull,
 }
 
 impl Status {
@@ -85,6 +91,7 @@ impl Status {
             Self::TcpClosed => "tcp_closed",
             Self::Shutdown => "shutdown",
             Self::EndOfInput => "end_of_input",
+            Self::TableFull => "table_full",
         }
     }
 }

@@ -160,9 +160,43 @@ impl FlowTable {
         self.flows.retain(|_, f| {
             f.has_live() || f.record_first_ns() != 0 || now.saturating_sub(f.last_seen) < idle
         });
+        self.cap(src, names, now, &mut out)?;
         sort_records(&mut out);
         stats.emitted += out.len();
         Ok(out)
+    }
+
+    /// Past `max_flows`: emits the least recently active flows (their live kernel entries
+    /// deleted and folded in) with `table_full`, so the table stays bounded and every packet
+    /// still lands in a record.
+    fn cap(
+        &mut self,
+        src: &mut dyn FlowSource,
+        names: &mut dyn Resolver,
+        now: u64,
+        out: &mut Vec<Emitted>,
+    ) -> io::Result<()> {
+        let over = self.flows.len().saturating_sub(self.cfg.max_flows);
+        if over == 0 {
+            return Ok(());
+        }
+        let mut by_age: Vec<(u64, FlowKey)> =
+            self.flows.iter().map(|(k, f)| (f.last_seen, *k)).collect();
+        by_age.select_nth_unstable(over - 1);
+        for (_, ck) in &by_age[..over] {
+            self.take_flow(src, ck)?;
+            if let Some(mut flow) = self.flows.remove(ck) {
+                for d in &mut flow.dirs {
+                    if let Some(l) = d.live.take() {
+                        d.fold(&l);
+                    }
+                }
+                if let Some(rec) = flow.cut(Status::TableFull, names, now) {
+                    out.push(rec);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn due(&self, f: &Flow, now: u64) -> Option<Status> {

@@ -15,6 +15,7 @@ fn cfg() -> TableConfig {
         active_timeout: 60 * S,
         tcp_linger: 2 * S,
         evict_after: 3 * S,
+        max_flows: usize::MAX,
     }
 }
 
@@ -385,4 +386,43 @@ fn a_flow_takes_names_when_it_starts_and_fills_unknown_ones_at_emit() {
         .unwrap();
     assert_eq!(out[0].dst_name.as_deref(), Some("www.example.com"));
     assert_eq!(out[0].src_name.as_deref(), Some("laptop.lan"));
+}
+
+#[test]
+fn a_full_table_emits_its_least_recently_active_flows_early_and_loses_no_packet() {
+    let mut m = FakeMap::new();
+    let mut t = FlowTable::new(TableConfig {
+        max_flows: 3,
+        ..cfg()
+    });
+    // Five UDP flows, flow i last active at i seconds; two packets each.
+    for i in 0..5u8 {
+        let k = key(10 + i, 1000, 1, 53, 17);
+        m.packet(0, k, u64::from(i) * S, 100, 0, 0);
+        m.packet(1, k, u64::from(i) * S + 1, 100, 0, 0);
+    }
+    let out = scan(&mut t, &mut m, 5 * S);
+    assert_eq!(t.len(), 3, "the table keeps its cap");
+    let early: Vec<(u8, Status, u64)> = out
+        .iter()
+        .map(|e| (e.key.src_addr[15], e.status, e.src.packets))
+        .collect();
+    assert_eq!(
+        early,
+        [(10, Status::TableFull, 2), (11, Status::TableFull, 2)],
+        "the two least recently active, with every packet"
+    );
+    assert!(
+        !m.entries.contains_key(&key(10, 1000, 1, 53, 17)),
+        "their kernel entries were taken"
+    );
+    // A later packet of an evicted flow starts a new record; nothing is counted twice.
+    m.packet(0, key(10, 1000, 1, 53, 17), 6 * S, 100, 0, 0);
+    let mut all = out;
+    all.extend(
+        t.flush(&mut m, Status::Shutdown, &mut NoNames, 7 * S)
+            .unwrap(),
+    );
+    let packets: u64 = all.iter().map(|e| e.src.packets + e.dst.packets).sum();
+    assert_eq!(packets, 11);
 }

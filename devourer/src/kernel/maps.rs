@@ -241,18 +241,22 @@ impl Counters {
     }
 }
 
-/// Reads the overflow aggregates: (ifindex, protocol) -> (bytes, packets), summed over CPUs.
-pub fn read_overflow(
+/// Takes the overflow aggregates out of the map (atomic lookup-and-delete: a packet counted
+/// meanwhile starts a new entry): (ifindex, protocol) -> (bytes, packets), summed over CPUs,
+/// in key order.
+pub fn take_overflow(
     map: &mut PerCpuHash<OverflowKey, OverflowValue>,
 ) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
     let mut out = Vec::new();
-    map.for_each(|k, slots| {
+    map.drain(|k, slots| {
         let mut total = OverflowValue::default();
         for s in slots {
             total.bytes += s.bytes;
             total.packets += s.packets;
         }
-        out.push((k, total));
+        if total.packets > 0 {
+            out.push((k, total));
+        }
     })?;
     out.sort_by_key(|(k, _)| *k);
     Ok(out)

@@ -345,7 +345,7 @@ impl Metrics {
                     }
                 }
             }
-            Batch::DnsLog(_) | Batch::HttpLog(_) => {}
+            Batch::Overflow(_) | Batch::DnsLog(_) | Batch::HttpLog(_) => {}
         }
     }
 

@@ -57,7 +57,7 @@ pub fn dns_id(tx: &DnsTx, agent: &str) -> String {
     hex16(&h.finalize())
 }
 
-fn hex16(digest: &[u8]) -> String {
+pub(super) fn hex16(digest: &[u8]) -> String {
     let mut out = String::with_capacity(32);
     for b in &digest[..16] {
         out.push_str(&format!("{b:02x}"));

@@ -6,12 +6,13 @@ pub mod dns;
 pub mod flow;
 pub mod http;
 pub mod id;
+pub mod overflow;
 
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-pub use self::{dns::DnsRecord, flow::FlowRecord, http::HttpRecord};
+pub use self::{dns::DnsRecord, flow::FlowRecord, http::HttpRecord, overflow::OverflowRecord};
 use crate::{
     base::time::{Clock, rfc3339},
     decode::LogLine,
@@ -69,6 +70,8 @@ impl ExchangeHead {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Flow,
+    /// What the full flow map could not hold, per interface and protocol.
+    Overflow,
     Dns,
     Http,
     /// packetlog DNS text lines.
@@ -101,6 +104,7 @@ impl LogRecord {
 #[derive(Clone, Copy, Debug)]
 pub enum Batch<'a> {
     Flow(&'a [FlowRecord]),
+    Overflow(&'a [OverflowRecord]),
     Dns(&'a [DnsRecord]),
     Http(&'a [HttpRecord]),
     DnsLog(&'a [LogRecord]),
@@ -111,6 +115,7 @@ impl Batch<'_> {
     pub fn kind(&self) -> Kind {
         match self {
             Self::Flow(_) => Kind::Flow,
+            Self::Overflow(_) => Kind::Overflow,
             Self::Dns(_) => Kind::Dns,
             Self::Http(_) => Kind::Http,
             Self::DnsLog(_) => Kind::DnsLog,
@@ -121,6 +126,7 @@ impl Batch<'_> {
     pub fn len(&self) -> usize {
         match self {
             Self::Flow(r) => r.len(),
+            Self::Overflow(r) => r.len(),
             Self::Dns(r) => r.len(),
             Self::Http(r) => r.len(),
             Self::DnsLog(r) | Self::HttpLog(r) => r.len(),
@@ -141,6 +147,7 @@ impl Batch<'_> {
         }
         match self {
             Self::Flow(r) => values(r),
+            Self::Overflow(r) => values(r),
             Self::Dns(r) => values(r),
             Self::Http(r) => values(r),
             Self::DnsLog(_) | Self::HttpLog(_) => Vec::new(),
@@ -159,6 +166,7 @@ impl Batch<'_> {
         }
         match self {
             Self::Flow(r) => lines(r, out),
+            Self::Overflow(r) => lines(r, out),
             Self::Dns(r) => lines(r, out),
             Self::Http(r) => lines(r, out),
             Self::DnsLog(_) | Self::HttpLog(_) => 0,

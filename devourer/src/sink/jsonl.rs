@@ -1,4 +1,4 @@
-//! The JSON lines sink: flow, DNS and HTTP records as one JSON object per line on stdout or in
+//! The JSON lines sink: flow, overflow, DNS and HTTP records as one JSON object per line on stdout or in
 //! a file, written by a thread of its own behind a bounded queue so that a slow or stuck
 //! output never blocks the flow table.
 
@@ -125,7 +125,7 @@ impl Sink for JsonLinesSink {
     }
 
     fn takes(&self, kind: Kind) -> bool {
-        matches!(kind, Kind::Flow | Kind::Dns | Kind::Http)
+        matches!(kind, Kind::Flow | Kind::Overflow | Kind::Dns | Kind::Http)
     }
 
     fn write(&mut self, batch: Batch<'_>) -> bool {

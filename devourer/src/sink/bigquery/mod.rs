@@ -1,8 +1,9 @@
-//! The BigQuery sink (flows and DNS transactions): records are appended to an on-disk spool before anything is sent, a
+//! The BigQuery sink (flows, overflow and DNS transactions): records are appended to an on-disk spool before anything is sent, a
 //! thread of its own streams sealed batches with tabledata.insertAll (gcp-bigquery-client),
 //! retries with backoff for as long as the spool has room, dead-letters rows BigQuery calls
 //! invalid, and deletes a batch only once BigQuery acknowledged it.
 
+mod rejects;
 pub mod schema;
 mod sender;
 pub mod spool;
@@ -35,6 +36,7 @@ pub struct BqConfig {
     pub dataset: String,
     pub flow_table: String,
     pub dns_table: String,
+    pub overflow_table: String,
     /// A service-account key file; without it Application Default Credentials are used
     /// (GOOGLE_APPLICATION_CREDENTIALS, then the GCE/GKE metadata server).
     pub key_file: Option<PathBuf>,
@@ -43,6 +45,8 @@ pub struct BqConfig {
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub dead_letter: PathBuf,
+    /// Cap of the dead-letter file and of the quarantine file beside it, each.
+    pub dead_letter_max_bytes: u64,
     pub batch: Limits,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -61,13 +65,7 @@ impl BqConfig {
         match kind {
             TableKind::Flow => &self.flow_table,
             TableKind::Dns => &self.dns_table,
-        }
-    }
-
-    fn spool_name(kind: TableKind) -> &'static str {
-        match kind {
-            TableKind::Flow => "flow",
-            TableKind::Dns => "dns",
+            TableKind::Overflow => &self.overflow_table,
         }
     }
 }
@@ -79,6 +77,9 @@ pub struct BqStats {
     pub rows_sent: AtomicU64,
     pub rows_retried: AtomicU64,
     pub rows_dead_lettered: AtomicU64,
+    /// Spool lines that were not rows (torn or corrupt), moved to the quarantine file.
+    pub rows_quarantined: AtomicU64,
+    pub warned_quarantine: AtomicBool,
     /// Refused because the spool was full (or could not be written).
     pub rows_dropped: AtomicU64,
     pub requests: AtomicU64,
@@ -126,7 +127,7 @@ impl BqSink {
                 }
             }
         }
-        let tables = [TableKind::Flow, TableKind::Dns].map(BqConfig::spool_name);
+        let tables = TableKind::ALL.map(TableKind::spool_name);
         let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, cfg.batch, &tables)
             .with_context(|| format!("opening the spool in {}", cfg.spool_dir.display()))?;
         let queued = spool.bytes();
@@ -139,13 +140,15 @@ impl BqSink {
         let deadline = Arc::new(Mutex::new(None));
         let (setup_tx, setup_rx) = mpsc::channel();
         let wait = cfg.setup_wait;
+        let rejects = rejects::Rejects::new(cfg.dead_letter.clone(), cfg.dead_letter_max_bytes);
         let s = sender::Sender {
-            cfg,
             spool: spool.clone(),
             stats: stats.clone(),
             stop: stop.clone(),
             deadline: deadline.clone(),
             on_request,
+            rejects,
+            cfg,
         };
         let thread = std::thread::Builder::new()
             .name("sink-bigquery".into())
@@ -177,6 +180,7 @@ impl BqSink {
         let kind = match batch {
             Batch::Flow(_) => TableKind::Flow,
             Batch::Dns(_) => TableKind::Dns,
+            Batch::Overflow(_) => TableKind::Overflow,
             _ => return,
         };
         if batch.is_empty() {
@@ -192,10 +196,7 @@ impl BqSink {
             serde_json::to_writer(&mut lines, &v).expect("values serialise");
             lines.push(b'\n');
         }
-        match self
-            .spool
-            .append(BqConfig::spool_name(kind), &lines, n as usize)
-        {
+        match self.spool.append(kind.spool_name(), &lines) {
             Ok(true) => BqStats::add(&self.stats.rows_spooled, n),
             Ok(false) => {
                 BqStats::add(&self.stats.rows_dropped, n);
@@ -220,9 +221,9 @@ impl Sink for BqSink {
         "bigquery"
     }
 
-    /// Flows and DNS transactions; HTTP records and text lines have no table.
+    /// Flows, overflow and DNS transactions; HTTP records and text lines have no table.
     fn takes(&self, kind: Kind) -> bool {
-        matches!(kind, Kind::Flow | Kind::Dns)
+        matches!(kind, Kind::Flow | Kind::Overflow | Kind::Dns)
     }
 
     fn write(&mut self, batch: Batch<'_>) -> bool {
@@ -244,6 +245,7 @@ impl Sink for BqSink {
                 ("sent", BqStats::get(&s.rows_sent)),
                 ("retried", BqStats::get(&s.rows_retried)),
                 ("dead_lettered", BqStats::get(&s.rows_dead_lettered)),
+                ("quarantined", BqStats::get(&s.rows_quarantined)),
                 ("dropped", BqStats::get(&s.rows_dropped)),
             ],
             spool_bytes: Some(self.spool.bytes()),
@@ -266,6 +268,7 @@ impl Sink for BqSink {
             rows_sent = BqStats::get(&s.rows_sent),
             rows_retried = BqStats::get(&s.rows_retried),
             rows_dead_lettered = BqStats::get(&s.rows_dead_lettered),
+            rows_quarantined = BqStats::get(&s.rows_quarantined),
             rows_dropped = BqStats::get(&s.rows_dropped),
             requests = BqStats::get(&s.requests),
             request_errors = BqStats::get(&s.request_errors),

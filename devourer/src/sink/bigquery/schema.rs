@@ -13,6 +13,24 @@ use gcp_bigquery_client::model::{
 pub enum TableKind {
     Flow,
     Dns,
+    Overflow,
+}
+
+impl TableKind {
+    pub const ALL: [TableKind; 3] = [TableKind::Flow, TableKind::Dns, TableKind::Overflow];
+
+    /// The kind's directory in the spool.
+    pub fn spool_name(self) -> &'static str {
+        match self {
+            Self::Flow => "flow",
+            Self::Dns => "dns",
+            Self::Overflow => "overflow",
+        }
+    }
+
+    pub fn from_spool_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.spool_name() == name)
+    }
 }
 
 /// (column, type, repeated) in record order.
@@ -62,6 +80,15 @@ pub fn columns(kind: TableKind) -> &'static [(&'static str, &'static str, bool)]
             ("status", "STRING", false),
             ("role", "STRING", false),
         ],
+        TableKind::Overflow => &[
+            ("id", "STRING", false),
+            ("agent", "STRING", false),
+            ("interface", "STRING", false),
+            ("protocol", "STRING", false),
+            ("time", "TIMESTAMP", false),
+            ("packets", "INTEGER", false),
+            ("bytes", "INTEGER", false),
+        ],
     }
 }
 
@@ -89,6 +116,7 @@ pub fn new_table(project: &str, dataset: &str, table: &str, kind: TableKind) -> 
     let (part, cluster) = match kind {
         TableKind::Flow => ("first_seen_at", ["src_addr", "dst_addr"]),
         TableKind::Dns => ("time", ["client", "server"]),
+        TableKind::Overflow => ("time", ["interface", "protocol"]),
     };
     Table::new(project, dataset, table, TableSchema::new(fields))
         .time_partitioning(TimePartitioning::per_day().field(part))

@@ -1,11 +1,11 @@
 //! The BigQuery sender thread: builds the client, makes sure the tables exist with our
-//! columns, then sends sealed spool segments in order, retrying with backoff and handling
-//! BigQuery's per-row insert errors.
+//! columns, then sends sealed spool segments, oldest first, each table with its own backoff
+//! (a table that fails never holds the others up), handling BigQuery's per-row insert errors.
+//! Lines that are not rows (torn by a crash, corrupt) are quarantined; rows BigQuery calls
+//! invalid are dead-lettered; a row leaves the spool only once one of those holds it.
 
 use std::{
     collections::BTreeMap,
-    fs::OpenOptions,
-    io::Write,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use super::{
     BqConfig, BqStats, RequestObserver, TableKind,
+    rejects::{Kept, Rejects, is_row},
     schema::{self, Upgrade},
     spool::{Segment, Spool},
 };
@@ -33,6 +34,7 @@ pub(super) struct Sender {
     pub stop: Arc<AtomicBool>,
     pub deadline: Arc<Mutex<Option<Instant>>>,
     pub on_request: Option<RequestObserver>,
+    pub rejects: Rejects,
 }
 
 /// Exponential backoff with jitter: base, 2×base, ... up to max; each wait is 50–100% of that.
@@ -43,6 +45,10 @@ struct Backoff {
 }
 
 impl Backoff {
+    fn new(base: Duration, max: Duration) -> Self {
+        Self { base, max, step: 0 }
+    }
+
     fn next(&mut self) -> Duration {
         let full = self
             .base
@@ -97,10 +103,6 @@ fn classify(e: &BQError) -> Failure {
         }
         other => Failure::Retry(other.to_string()),
     }
-}
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
 
 impl Sender {
@@ -196,37 +198,57 @@ impl Sender {
                 }
             }
         };
-        backoff.reset();
+        for torn in self.spool.take_torn() {
+            self.quarantine(&torn.table, &torn.bytes);
+        }
+        // Each table has its own backoff: the oldest segment of any table that is not
+        // waiting goes next.
+        let mut tables: BTreeMap<String, (Backoff, Instant)> = self
+            .spool
+            .tables()
+            .into_iter()
+            .map(|t| {
+                (
+                    t,
+                    (
+                        Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max),
+                        Instant::now(),
+                    ),
+                )
+            })
+            .collect();
         loop {
             if let Err(e) = self.spool.seal_due(self.stopping()) {
                 tracing::error!("sealing a spool segment failed: {e}");
             }
-            let Some(seg) = self.spool.next() else {
-                if self.stopping() {
+            let now = Instant::now();
+            let ready = tables
+                .iter()
+                .filter(|(_, (_, at))| *at <= now)
+                .filter_map(|(t, _)| self.spool.next_of(t))
+                .min_by(|a, b| a.path.file_name().cmp(&b.path.file_name()));
+            let Some(seg) = ready else {
+                if self.past_deadline() || (self.stopping() && self.spool.next().is_none()) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             let settling = settle_until.is_some_and(|t| Instant::now() < t);
+            let (backoff, at) = tables.get_mut(&seg.table).expect("a spool table");
             match self.send(&client, &seg, settling).await {
-                Ok(progress) => {
-                    if progress {
-                        backoff.reset();
-                    } else {
-                        self.pause(backoff.next()).await;
-                    }
-                }
+                Ok(true) => backoff.reset(),
+                Ok(false) => *at = Instant::now() + backoff.next(),
                 Err(Failure::NotFound(msg)) => {
                     tracing::warn!(table = %seg.table, "BigQuery: {msg}; checking the table again");
                     if let Ok(true) = self.ensure_tables(&client).await {
                         settle_until = Some(Instant::now() + self.cfg.schema_settle);
                     }
-                    self.pause(backoff.next()).await;
+                    *at = Instant::now() + backoff.next();
                 }
                 Err(Failure::Retry(msg) | Failure::Invalid(msg)) => {
                     tracing::warn!(table = %seg.table, "BigQuery insert failed: {msg}; retrying");
-                    self.pause(backoff.next()).await;
+                    *at = Instant::now() + backoff.next();
                 }
             }
             if self.past_deadline() {
@@ -238,7 +260,7 @@ impl Sender {
     /// Creates missing tables and adds missing columns. `Ok(true)` when it changed something.
     async fn ensure_tables(&self, client: &Client) -> Result<bool, SetupError> {
         let mut changed = false;
-        for kind in [TableKind::Flow, TableKind::Dns] {
+        for kind in TableKind::ALL {
             changed |= self.ensure_table(client, kind).await?;
         }
         Ok(changed)
@@ -291,30 +313,52 @@ impl Sender {
         }
     }
 
-    fn dead_letter(&self, table: &str, reason: &str, row: &str) {
-        let line = serde_json::json!({
-            "time": now_rfc3339(),
-            "table": table,
-            "reason": reason,
-            "row": serde_json::from_str::<Value>(row).unwrap_or(Value::String(row.to_owned())),
-        });
-        let res = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.cfg.dead_letter)
-            .and_then(|mut f| {
-                f.write_all(format!("{line}\n").as_bytes())?;
-                f.sync_data()
-            });
-        match res {
-            Ok(()) => {
+    /// Dead-letters a row BigQuery refused; `false` when it could not be written (the row
+    /// stays in the spool and is tried again).
+    fn dead_letter(&self, table: &str, reason: &str, row: &str) -> bool {
+        match self.rejects.dead_letter(table, reason, row) {
+            Ok(Kept::Stored) => {
                 BqStats::add(&self.stats.rows_dead_lettered, 1);
-                tracing::warn!(table, reason, file = %self.cfg.dead_letter.display(), "row dead-lettered");
+                tracing::warn!(table, reason, file = %self.rejects.dead_letter_path().display(), "row dead-lettered");
+                true
             }
-            Err(e) => tracing::error!(
-                "writing the dead-letter file {} failed: {e}",
-                self.cfg.dead_letter.display()
-            ),
+            Ok(Kept::Full) => {
+                BqStats::add(&self.stats.rows_dropped, 1);
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    "writing the dead-letter file {} failed: {e}; the row stays in the spool",
+                    self.rejects.dead_letter_path().display()
+                );
+                false
+            }
+        }
+    }
+
+    /// Quarantines a spool line that is not a row; `false` when it could not be written (the
+    /// line stays in the spool).
+    fn quarantine(&self, table: &str, raw: &[u8]) -> bool {
+        let reason = "not a JSON row (torn by a crash during an append, or corrupt)";
+        match self.rejects.quarantine(table, reason, raw) {
+            Ok(kept) => {
+                if kept == Kept::Stored {
+                    BqStats::add(&self.stats.rows_quarantined, 1);
+                } else {
+                    BqStats::add(&self.stats.rows_dropped, 1);
+                }
+                if !self.stats.warned_quarantine.swap(true, Ordering::Relaxed) {
+                    tracing::error!(table, file = %self.rejects.quarantine_path().display(), "{reason}: quarantined (counted; logged once)");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    "writing the quarantine file {} failed: {e}; the line stays in the spool",
+                    self.rejects.quarantine_path().display()
+                );
+                false
+            }
         }
     }
 
@@ -371,11 +415,7 @@ impl Sender {
     /// Sends one segment. `Ok(true)`: progress was made (delivered or dead-lettered rows);
     /// `Ok(false)`: nothing moved, wait before trying again.
     async fn send(&self, client: &Client, seg: &Segment, settling: bool) -> Result<bool, Failure> {
-        let kind = if seg.table == "dns" {
-            TableKind::Dns
-        } else {
-            TableKind::Flow
-        };
+        let kind = TableKind::from_spool_name(&seg.table).unwrap_or(TableKind::Flow);
         let table = self.cfg.table(kind).to_owned();
         let text = match std::fs::read_to_string(&seg.path) {
             Ok(t) => t,
@@ -384,15 +424,40 @@ impl Sender {
                 return Ok(false);
             }
         };
-        let rows: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut rows: Vec<&str> = Vec::new();
+        // Lines that are not rows, which could not be quarantined: they stay in the spool.
+        let mut held = String::new();
+        let mut quarantined = false;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if is_row(line) {
+                rows.push(line);
+            } else if self.quarantine(&seg.table, line.as_bytes()) {
+                quarantined = true;
+            } else {
+                held.push_str(line);
+                held.push('\n');
+            }
+        }
+        if quarantined {
+            let mut rest = rows.join("\n");
+            if !rest.is_empty() {
+                rest.push('\n');
+            }
+            rest.push_str(&held);
+            if let Err(e) = self.spool.rewrite(seg, rest.as_bytes()) {
+                tracing::error!("rewriting a spool segment failed: {e}");
+            }
+        }
         if rows.is_empty() {
-            let _ = self.spool.done(seg);
-            return Ok(true);
+            if held.is_empty() {
+                let _ = self.spool.done(seg);
+            }
+            return Ok(quarantined);
         }
         let n = rows.len() as u64;
         match self.insert(client, &table, &rows).await {
             Ok(None) => {
-                self.delivered(seg, n);
+                self.delivered(seg, n, &held);
                 Ok(true)
             }
             Ok(Some(errors)) => {
@@ -401,8 +466,9 @@ impl Sender {
                 for (i, row) in rows.iter().enumerate() {
                     match errors.get(&i) {
                         // Just after a create or patch BigQuery may not know new columns yet.
-                        Some((true, reason)) if !settling => {
-                            self.dead_letter(&table, reason, row);
+                        Some((true, reason))
+                            if !settling && self.dead_letter(&table, reason, row) =>
+                        {
                             dead += 1;
                         }
                         _ => {
@@ -412,6 +478,7 @@ impl Sender {
                     }
                 }
                 BqStats::add(&self.stats.rows_retried, n - dead);
+                keep.push_str(&held);
                 if let Err(e) = self.spool.rewrite(seg, keep.as_bytes()) {
                     tracing::error!("rewriting a spool segment failed: {e}");
                 }
@@ -423,7 +490,7 @@ impl Sender {
                         table,
                         "BigQuery refused the batch ({msg}); sending its rows one by one"
                     );
-                    self.one_by_one(client, seg, &table, &rows).await
+                    self.one_by_one(client, seg, &table, &rows, &held).await
                 }
                 f => {
                     BqStats::add(&self.stats.rows_retried, n);
@@ -433,13 +500,14 @@ impl Sender {
         }
     }
 
-    fn delivered(&self, seg: &Segment, n: u64) {
+    /// `n` rows of `seg` were acknowledged; what is `held` stays in the spool.
+    fn delivered(&self, seg: &Segment, n: u64, held: &str) {
         BqStats::add(&self.stats.rows_sent, n);
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         self.stats.last_success.store(now, Ordering::Relaxed);
-        if let Err(e) = self.spool.done(seg) {
+        if let Err(e) = self.spool.rewrite(seg, held.as_bytes()) {
             tracing::error!("deleting an acknowledged spool segment failed: {e}");
         }
     }
@@ -451,8 +519,9 @@ impl Sender {
         seg: &Segment,
         table: &str,
         rows: &[&str],
+        held: &str,
     ) -> Result<bool, Failure> {
-        let mut keep = String::new();
+        let mut keep = held.to_owned();
         let mut moved = false;
         for (i, row) in rows.iter().enumerate() {
             match self.insert(client, table, &[row]).await {
@@ -466,13 +535,21 @@ impl Sender {
                         .map(|(_, r)| r)
                         .collect::<Vec<_>>()
                         .join("; ");
-                    self.dead_letter(table, &reason, row);
-                    moved = true;
+                    if self.dead_letter(table, &reason, row) {
+                        moved = true;
+                    } else {
+                        keep.push_str(row);
+                        keep.push('\n');
+                    }
                 }
                 Err(e) => match classify(&e) {
                     Failure::Invalid(msg) => {
-                        self.dead_letter(table, &msg, row);
-                        moved = true;
+                        if self.dead_letter(table, &msg, row) {
+                            moved = true;
+                        } else {
+                            keep.push_str(row);
+                            keep.push('\n');
+                        }
                     }
                     _ => {
                         // BigQuery is unwell again: keep this row and the rest for later.

@@ -1,7 +1,10 @@
-//! The on-disk spool in front of BigQuery: rows are appended to a table's open segment file,
-//! segments are sealed into batches (by rows, bytes or age), and a sealed segment is deleted
-//! only once BigQuery has acknowledged it. At start, segments left by an earlier run (sealed or
-//! still open when it died) are sent first.
+//! The on-disk spool in front of BigQuery: rows are appended to a table's open segment file and
+//! made durable (fdatasync, and the directory after a create or rename) before they count as
+//! spooled; a segment never holds more than one batch (rows and bytes checked before each
+//! line is appended), is sealed by those limits or by age, and is deleted only once BigQuery
+//! has acknowledged it. At start, segments left by an earlier run (sealed or still open when
+//! it died) are sent first; a torn last line (a crash during an append) is cut off and handed
+//! back to be quarantined.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -28,6 +31,32 @@ struct Open {
     opened: Instant,
 }
 
+/// Makes a directory's entries (a created or renamed file) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The tail of an interrupted append: bytes after the last newline of a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub table: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Cuts `path` back to its last newline; returns what was cut.
+fn cut_torn_tail(path: &Path) -> io::Result<Vec<u8>> {
+    let data = fs::read(path)?;
+    let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if keep == data.len() {
+        return Ok(Vec::new());
+    }
+    let tail = data[keep..].to_vec();
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.set_len(keep as u64)?;
+    f.sync_all()?;
+    Ok(tail)
+}
+
 #[derive(Default)]
 struct Table {
     open: Option<Open>,
@@ -45,6 +74,8 @@ pub struct Spool {
     max_bytes: u64,
     limits: Limits,
     inner: Mutex<Inner>,
+    /// Torn lines found at start, for the sender to quarantine.
+    torn: Mutex<Vec<TornTail>>,
 }
 
 /// A batch ready to send.
@@ -66,20 +97,39 @@ impl Spool {
             bytes: 0,
             next_seq: 0,
         };
+        let mut torn = Vec::new();
+        fs::create_dir_all(dir)?;
         for t in tables {
             let tdir = dir.join(t);
-            fs::create_dir_all(&tdir)?;
+            if !tdir.exists() {
+                fs::create_dir_all(&tdir)?;
+                sync_dir(dir)?;
+            }
             let mut found: Vec<(u64, PathBuf)> = Vec::new();
             for entry in fs::read_dir(&tdir)? {
                 let path = entry?.path();
                 let Some(seq) = seq_of(&path) else { continue };
                 let path = match path.extension().and_then(|e| e.to_str()) {
                     Some("jsonl") => path,
-                    // A segment still open when an earlier run stopped: seal it now.
+                    // A segment still open when an earlier run stopped: cut a torn last line
+                    // (kept for quarantine), then seal it.
                     Some("open") => {
+                        let tail = cut_torn_tail(&path)?;
+                        if !tail.is_empty() {
+                            torn.push(TornTail {
+                                table: (*t).to_owned(),
+                                bytes: tail,
+                            });
+                        }
                         let sealed = path.with_extension("jsonl");
                         fs::rename(&path, &sealed)?;
+                        sync_dir(&tdir)?;
                         sealed
+                    }
+                    // A rewrite interrupted before its rename: the segment itself is whole.
+                    Some("tmp") => {
+                        fs::remove_file(&path)?;
+                        continue;
                     }
                     _ => continue,
                 };
@@ -106,7 +156,13 @@ impl Spool {
             max_bytes,
             limits,
             inner: Mutex::new(inner),
+            torn: Mutex::new(torn),
         })
+    }
+
+    /// The torn lines found at start (each returned once).
+    pub fn take_torn(&self) -> Vec<TornTail> {
+        std::mem::take(&mut *self.torn.lock().expect("spool lock"))
     }
 
     pub fn dir(&self) -> &Path {
@@ -118,28 +174,65 @@ impl Spool {
         self.inner.lock().expect("spool lock").bytes
     }
 
-    /// Appends rows (JSON lines, `rows` of them) to `table`. Refuses them when the spool would
-    /// grow past its cap (the caller counts them as dropped).
-    pub fn append(&self, table: &str, lines: &[u8], rows: usize) -> io::Result<bool> {
+    /// Appends rows (JSON lines) to `table`, durably: when this returns `Ok(true)` every row
+    /// is on disk. A segment is sealed before a line would take it past the batch limits, so
+    /// no batch BigQuery refuses for its size is ever written. Refuses the rows (`Ok(false)`)
+    /// when the spool would grow past its cap (the caller counts them as dropped). On a write
+    /// error the segment is cut back to its last whole row, so no torn line remains.
+    pub fn append(&self, table: &str, lines: &[u8]) -> io::Result<bool> {
         let mut g = self.inner.lock().expect("spool lock");
         let inner = &mut *g;
         if inner.bytes + lines.len() as u64 > self.max_bytes {
             return Ok(false);
         }
-        let Some(t) = inner.tables.get_mut(table) else {
+        if !inner.tables.contains_key(table) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("no spool for table {table}"),
             ));
-        };
+        }
+        let mut chunk: Vec<u8> = Vec::new();
+        let mut chunk_rows = 0;
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            let t = inner.tables.get_mut(table).expect("checked above");
+            let (rows, bytes) = t.open.as_ref().map_or((0, 0), |o| (o.rows, o.bytes));
+            let full = rows + chunk_rows + 1 > self.limits.rows
+                || bytes + (chunk.len() + line.len()) as u64 > self.limits.bytes;
+            if full && (rows + chunk_rows) > 0 {
+                self.write(inner, table, &chunk, chunk_rows)?;
+                chunk.clear();
+                chunk_rows = 0;
+                Self::seal(inner.tables.get_mut(table).expect("checked"))?;
+            }
+            chunk.extend_from_slice(line);
+            chunk_rows += 1;
+        }
+        if chunk_rows > 0 {
+            self.write(inner, table, &chunk, chunk_rows)?;
+            let t = inner.tables.get_mut(table).expect("checked above");
+            if t.open
+                .as_ref()
+                .is_some_and(|o| o.rows >= self.limits.rows || o.bytes >= self.limits.bytes)
+            {
+                Self::seal(t)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Appends whole rows to `table`'s open segment (creating one) and syncs them.
+    fn write(&self, inner: &mut Inner, table: &str, chunk: &[u8], rows: usize) -> io::Result<()> {
+        let t = inner.tables.get_mut(table).expect("checked by append");
         if t.open.is_none() {
             let seq = inner.next_seq;
             inner.next_seq += 1;
-            let path = self.dir.join(table).join(format!("{seq:020}.open"));
+            let tdir = self.dir.join(table);
+            let path = tdir.join(format!("{seq:020}.open"));
             let file = OpenOptions::new()
                 .create_new(true)
                 .append(true)
                 .open(&path)?;
+            sync_dir(&tdir)?;
             t.open = Some(Open {
                 path,
                 file,
@@ -149,14 +242,21 @@ impl Spool {
             });
         }
         let open = t.open.as_mut().expect("just opened");
-        open.file.write_all(lines)?;
-        open.rows += rows;
-        open.bytes += lines.len() as u64;
-        inner.bytes += lines.len() as u64;
-        if open.rows >= self.limits.rows || open.bytes >= self.limits.bytes {
-            Self::seal(t)?;
+        if let Err(e) = open
+            .file
+            .write_all(chunk)
+            .and_then(|()| open.file.sync_data())
+        {
+            // Nothing half-written may stay: the next append would extend a torn line.
+            if let Err(cut) = open.file.set_len(open.bytes) {
+                tracing::error!(path = %open.path.display(), "cutting a failed append back failed: {cut}");
+            }
+            return Err(e);
         }
-        Ok(true)
+        open.rows += rows;
+        open.bytes += chunk.len() as u64;
+        inner.bytes += chunk.len() as u64;
+        Ok(())
     }
 
     fn seal(t: &mut Table) -> io::Result<()> {
@@ -164,6 +264,9 @@ impl Spool {
             open.file.sync_data()?;
             let sealed = open.path.with_extension("jsonl");
             fs::rename(&open.path, &sealed)?;
+            if let Some(parent) = sealed.parent() {
+                sync_dir(parent)?;
+            }
             let seq = seq_of(&sealed).expect("segment names are numbers");
             t.sealed.push_back((seq, sealed));
         }
@@ -198,6 +301,23 @@ impl Spool {
             })
     }
 
+    /// The oldest sealed segment of `table` (tables are sent independently: one that fails
+    /// does not hold the others up).
+    pub fn next_of(&self, table: &str) -> Option<Segment> {
+        let g = self.inner.lock().expect("spool lock");
+        let t = g.tables.get(table)?;
+        t.sealed.front().map(|(_, p)| Segment {
+            table: table.to_owned(),
+            path: p.clone(),
+        })
+    }
+
+    /// The tables this spool holds.
+    pub fn tables(&self) -> Vec<String> {
+        let g = self.inner.lock().expect("spool lock");
+        g.tables.keys().cloned().collect()
+    }
+
     /// Whether anything (sealed or open) waits to be sent.
     pub fn is_empty(&self) -> bool {
         let g = self.inner.lock().expect("spool lock");
@@ -211,6 +331,9 @@ impl Spool {
         let mut g = self.inner.lock().expect("spool lock");
         let len = fs::metadata(&seg.path).map(|m| m.len()).unwrap_or(0);
         fs::remove_file(&seg.path)?;
+        if let Some(parent) = seg.path.parent() {
+            sync_dir(parent)?;
+        }
         g.bytes = g.bytes.saturating_sub(len);
         if let Some(t) = g.tables.get_mut(&seg.table) {
             t.sealed.retain(|(_, p)| *p != seg.path);
@@ -232,6 +355,9 @@ impl Spool {
             f.sync_data()?;
         }
         fs::rename(&tmp, &seg.path)?;
+        if let Some(parent) = seg.path.parent() {
+            sync_dir(parent)?;
+        }
         g.bytes = g.bytes.saturating_sub(old) + lines.len() as u64;
         Ok(())
     }
@@ -260,12 +386,12 @@ mod tests {
         let dir = tmp("order");
         let s = Spool::open(&dir, 1 << 20, limits(), &["flows", "dns"]).unwrap();
         assert!(
-            s.append("flows", b"{\"id\":\"a\"}\n{\"id\":\"b\"}\n", 2)
+            s.append("flows", b"{\"id\":\"a\"}\n{\"id\":\"b\"}\n")
                 .unwrap()
         );
         assert_eq!(s.next(), None, "two rows: not a batch yet");
-        assert!(s.append("dns", b"{\"id\":\"x\"}\n", 1).unwrap());
-        assert!(s.append("flows", b"{\"id\":\"c\"}\n", 1).unwrap());
+        assert!(s.append("dns", b"{\"id\":\"x\"}\n").unwrap());
+        assert!(s.append("flows", b"{\"id\":\"c\"}\n").unwrap());
         let first = s.next().unwrap();
         assert_eq!(first.table, "flows");
         s.seal_due(true).unwrap();
@@ -279,8 +405,8 @@ mod tests {
         let dir = tmp("restart");
         {
             let s = Spool::open(&dir, 1 << 20, limits(), &["flows"]).unwrap();
-            s.append("flows", b"1\n2\n3\n", 3).unwrap();
-            s.append("flows", b"4\n", 1).unwrap();
+            s.append("flows", b"1\n2\n3\n").unwrap();
+            s.append("flows", b"4\n").unwrap();
             // Dropped without sealing: as if killed.
         }
         let s = Spool::open(&dir, 1 << 20, limits(), &["flows"]).unwrap();
@@ -300,9 +426,66 @@ mod tests {
     fn the_cap_refuses_rows_instead_of_growing() {
         let dir = tmp("cap");
         let s = Spool::open(&dir, 10, limits(), &["flows"]).unwrap();
-        assert!(s.append("flows", b"12345678\n", 1).unwrap());
-        assert!(!s.append("flows", b"abc\n", 1).unwrap());
+        assert!(s.append("flows", b"12345678\n").unwrap());
+        assert!(!s.append("flows", b"abc\n").unwrap());
         assert_eq!(s.bytes(), 9);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_append_never_makes_a_batch_past_the_limits() {
+        let dir = tmp("limits");
+        let lim = Limits {
+            rows: 3,
+            bytes: 10,
+            age: Duration::from_secs(3600),
+        };
+        let s = Spool::open(&dir, 1 << 20, lim, &["flows"]).unwrap();
+        // Seven rows of 2 bytes: batches of 3 rows (6 bytes), then the last one open.
+        assert!(s.append("flows", b"a\nb\nc\nd\ne\nf\ng\n").unwrap());
+        let mut batches = Vec::new();
+        while let Some(seg) = s.next() {
+            batches.push(fs::read(&seg.path).unwrap());
+            s.done(&seg).unwrap();
+        }
+        assert_eq!(batches, [b"a\nb\nc\n".to_vec(), b"d\ne\nf\n".to_vec()]);
+        // Bytes: g (still open) and 5-byte rows, at most 10 bytes a batch.
+        assert!(s.append("flows", b"hhhh\niiii\njjjj\n").unwrap());
+        s.seal_due(true).unwrap();
+        let mut sizes = Vec::new();
+        while let Some(seg) = s.next() {
+            sizes.push(fs::read(&seg.path).unwrap().len());
+            s.done(&seg).unwrap();
+        }
+        assert_eq!(
+            sizes,
+            [7, 10],
+            "g+hhhh (iiii would pass 10 bytes), then iiii+jjjj"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_at_restart_and_handed_back() {
+        let dir = tmp("torn");
+        fs::create_dir_all(dir.join("flow")).unwrap();
+        fs::write(
+            dir.join("flow/00000000000000000000.open"),
+            b"{\"id\":\"good\"}\n{\"type\":\"flow\",\"id\":\"torn",
+        )
+        .unwrap();
+        fs::write(dir.join("flow/00000000000000000001.tmp"), b"half a rewrite").unwrap();
+        let s = Spool::open(&dir, 1 << 20, limits(), &["flow", "dns"]).unwrap();
+        let torn = s.take_torn();
+        assert_eq!(torn.len(), 1);
+        assert_eq!(torn[0].table, "flow");
+        assert_eq!(torn[0].bytes, b"{\"type\":\"flow\",\"id\":\"torn");
+        assert!(s.take_torn().is_empty(), "handed back once");
+        let seg = s.next().unwrap();
+        assert_eq!(fs::read(&seg.path).unwrap(), b"{\"id\":\"good\"}\n");
+        assert!(!dir.join("flow/00000000000000000001.tmp").exists());
+        assert_eq!(s.next_of("dns"), None);
+        assert_eq!(s.next_of("flow"), Some(seg));
         let _ = fs::remove_dir_all(&dir);
     }
 }

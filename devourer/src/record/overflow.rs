@@ -1,0 +1,47 @@
+//! Overflow records (`type: "overflow"`): packets and bytes the full flow map could not hold,
+//! per interface and protocol, for one scan. With the flow records they account for every
+//! packet the program saw.
+
+use devourer_common::flow::{OverflowKey, OverflowValue};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{RecordContext, id::hex16};
+use crate::base::{net::protocol_name, time::rfc3339};
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct OverflowRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub agent: String,
+    pub interface: String,
+    pub protocol: std::borrow::Cow<'static, str>,
+    /// When the scan that read them ran (program clock mapped to wall time).
+    pub time: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl OverflowRecord {
+    /// The record of what `k` aggregated until the scan at `now_ns` (program clock).
+    pub fn new(k: &OverflowKey, v: &OverflowValue, now_ns: u64, cx: &RecordContext<'_>) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"overflow");
+        h.update(k.ifindex.to_be_bytes());
+        h.update([k.proto]);
+        h.update(now_ns.to_be_bytes());
+        h.update((cx.agent.len() as u32).to_be_bytes());
+        h.update(cx.agent.as_bytes());
+        Self {
+            kind: "overflow",
+            id: hex16(&h.finalize()),
+            agent: cx.agent.to_owned(),
+            interface: (cx.interface_name)(k.ifindex),
+            protocol: protocol_name(k.proto),
+            time: rfc3339(cx.clock.wall(now_ns)),
+            packets: v.packets,
+            bytes: v.bytes,
+        }
+    }
+}
