@@ -114,7 +114,7 @@ impl Od {
             log,
         };
         let subscribed = wait_for(Duration::from_secs(10), || {
-            od.log_text().contains("subscribed")
+            od.try_metric("devourer_capture_redis_subscribed", "") == Some(1)
         });
         assert!(subscribed, "{}", od.log_text());
         od
@@ -192,11 +192,26 @@ impl Od {
     }
 
     fn metric(&self, name: &str, label: &str) -> u64 {
-        let (_, text) = self.http(&["http://127.0.0.1:9402/metrics"]);
-        text.lines()
+        self.try_metric(name, label).unwrap_or(0)
+    }
+
+    /// A metric's value, `None` while the endpoint does not answer.
+    fn try_metric(&self, name: &str, label: &str) -> Option<u64> {
+        let out = self
+            .link
+            .b
+            .cmd("curl")
+            .args(["-sf", "http://127.0.0.1:9402/metrics"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v = text
+            .lines()
             .find(|l| l.starts_with(name) && l.contains(label))
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
+            .unwrap_or(0.0);
+        Some(v as u64)
     }
 
     /// `count` pings from A to B, `interval` seconds apart, `size` bytes of payload.
@@ -511,18 +526,18 @@ fn bad_requests_are_rejected_and_counted_and_the_agent_keeps_running_through_a_r
         .take()
         .unwrap()
         .stop(libc::SIGTERM, Duration::from_secs(10));
+    // Waits on the agent's state (the subscription gauge), not on one wording of a log line:
+    // the end of the stream or the keepalive ping may notice first.
     let noticed = wait_for(Duration::from_secs(10), || {
-        od.log_text().contains("Redis subscription ended")
+        od.try_metric("devourer_capture_redis_subscribed", "") == Some(0)
     });
     assert!(noticed, "{}", od.log_text());
     od.redis = Some(redis_server(&od.link.b));
     // Subscribed `n` times in all, then a published request is captured.
     let resubscribed_and_serving = |od: &Od, n: usize| {
         let again = wait_for(Duration::from_secs(15), || {
-            od.log_text()
-                .matches("subscribed to capture requests")
-                .count()
-                == n
+            od.try_metric("devourer_capture_redis_subscriptions_total", "") == Some(n as u64)
+                && od.try_metric("devourer_capture_redis_subscribed", "") == Some(1)
         });
         assert!(again, "{}", od.log_text());
         let files = || std::fs::read_dir(od.caps()).map(|d| d.count()).unwrap_or(0);
@@ -545,7 +560,7 @@ fn bad_requests_are_rejected_and_counted_and_the_agent_keeps_running_through_a_r
     let redis = od.redis.as_ref().unwrap();
     redis.signal(libc::SIGSTOP);
     let noticed = wait_for(Duration::from_secs(10), || {
-        od.log_text().contains("no answer to a ping")
+        od.try_metric("devourer_capture_redis_subscribed", "") == Some(0)
     });
     redis.signal(libc::SIGCONT);
     assert!(noticed, "{}", od.log_text());

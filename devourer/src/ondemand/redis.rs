@@ -22,7 +22,9 @@ pub async fn listen(
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut wait = base;
     loop {
-        match subscribe(&svc, &url, &channel, ping).await {
+        let res = subscribe(&svc, &url, &channel, ping).await;
+        svc.redis_subscribed(false);
+        match res {
             Ok(()) => {
                 tracing::warn!(url = %shown, channel, "Redis subscription ended; reconnecting");
                 wait = base;
@@ -69,6 +71,7 @@ async fn subscribe(
         Err(_) => return Err(SubscribeError::SubscribeTimeout(ping)),
     };
     tracing::info!(url = %redact(url), channel, "subscribed to capture requests");
+    svc.redis_subscribed(true);
     let (mut sink, mut messages) = pubsub.split();
     let mut tick = tokio::time::interval(ping);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

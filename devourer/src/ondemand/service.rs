@@ -122,6 +122,16 @@ impl Service {
         &self.0.cfg
     }
 
+    /// The Redis trigger subscribed (`true`) or lost its subscription.
+    pub fn redis_subscribed(&self, subscribed: bool) {
+        if let Some(m) = &self.0.metrics {
+            m.capture.redis_subscribed.set(i64::from(subscribed));
+            if subscribed {
+                m.capture.redis_subscriptions.inc();
+            }
+        }
+    }
+
     fn count(&self, outcome: &str) {
         if let Some(m) = &self.0.metrics {
             m.capture.requests.with_label_values(&[outcome]).inc();

@@ -111,6 +111,10 @@ pub struct CaptureMetrics {
     /// Capture files by result.
     pub files: IntCounterVec,
     pub packets: IntCounter,
+    /// 1 while the Redis trigger is subscribed.
+    pub redis_subscribed: IntGauge,
+    /// Subscriptions made (the first, then one per reconnect).
+    pub redis_subscriptions: IntCounter,
 }
 
 impl CaptureMetrics {
@@ -129,6 +133,14 @@ impl CaptureMetrics {
             packets: r.counter(
                 "devourer_captured_packets_total",
                 "Packets written to capture files.",
+            ),
+            redis_subscribed: r.gauge(
+                "devourer_capture_redis_subscribed",
+                "1 while subscribed to the Redis capture channel, else 0.",
+            ),
+            redis_subscriptions: r.counter(
+                "devourer_capture_redis_subscriptions_total",
+                "Subscriptions to the Redis capture channel (the first, then one per reconnect).",
             ),
         }
     }
