@@ -138,6 +138,8 @@ def field_ok(field, value):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if t == "STRING":
         return isinstance(value, str)
+    if t in ("BOOLEAN", "BOOL"):
+        return isinstance(value, bool)
     if t == "TIMESTAMP":
         return isinstance(value, str) and re.fullmatch(
             r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", value

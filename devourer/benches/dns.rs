@@ -151,7 +151,12 @@ fn main() {
         DnsConfig {
             timeout_ns: 5_000_000_000,
             max_pending: 65_536,
-            max_tcp_streams: 10_000,
+            tcp: devourer::decode::dns::tcp::TcpLimits {
+                max_streams: 10_000,
+                max_bytes: 16 << 20,
+                max_message: 65_535,
+                idle_ns: 30_000_000_000,
+            },
             name_cache_entries: 100_000,
             text_log: false,
         },

@@ -425,3 +425,130 @@ fn dns_transactions_match_tshark_in_xdp_mode() {
     }
     run_dns("xdp");
 }
+
+/// A DNS server over TCP on B that answers every query on a connection: `big6k.test` with
+/// about 6 KB of TXT records, `big60k.test` with about 60 KB, anything else with one A record.
+fn big_tcp_server(b: &Netns, addr: &str) -> Bg {
+    let script = format!(
+        r#"
+import socket, struct
+def answer(q):
+    qid = q[:2]
+    end = 12
+    while q[end] != 0:
+        end += 1 + q[end]
+    question = q[12:end + 5]
+    name = q[12:end + 1]
+    if b'big6k' in name:
+        rrs = [b'\xc0\x0c' + struct.pack('>HHIH', 16, 1, 60, 256) + bytes([255]) + b't' * 255 for _ in range(22)]
+    elif b'big60k' in name:
+        rrs = [b'\xc0\x0c' + struct.pack('>HHIH', 16, 1, 60, 256) + bytes([255]) + b'u' * 255 for _ in range(223)]
+    else:
+        rrs = [b'\xc0\x0c' + struct.pack('>HHIH', 1, 1, 60, 4) + bytes([192, 0, 2, 53])]
+    return qid + struct.pack('>HHHHH', 0x8180, 1, len(rrs), 0, 0) + question + b''.join(rrs)
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('{addr}', 53))
+s.listen(4)
+while True:
+    c, _ = s.accept()
+    buf = b''
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        buf += d
+        while len(buf) >= 2 and len(buf) >= 2 + struct.unpack('>H', buf[:2])[0]:
+            n = struct.unpack('>H', buf[:2])[0]
+            r = answer(buf[2:2 + n])
+            buf = buf[2 + n:]
+            c.sendall(struct.pack('>H', len(r)) + r)
+    c.close()
+"#
+    );
+    let mut c = b.cmd("python3");
+    c.args(["-c", &script]);
+    let bg = Bg::spawn(c, "big DNS over TCP");
+    let up = wait_for(Duration::from_secs(10), || {
+        b.cmd("bash")
+            .args(["-c", "ss -ltn | grep -q ':53 '"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(up, "the TCP DNS server listens");
+    bg
+}
+
+#[test]
+fn large_dns_responses_over_tcp_with_offloads_on_are_matched_and_the_connection_stays_in_step() {
+    if !require_root(
+        "large_dns_responses_over_tcp_with_offloads_on_are_matched_and_the_connection_stays_in_step",
+    ) {
+        return;
+    }
+    let tmp = TempDir::new("dns-big");
+    let link = Link::new();
+    // As on a real NIC: TSO/GSO on the sender and GRO on the receiver, so a response arrives
+    // at the program as one super-segment far larger than --dns-cap.
+    for (ns, ifc) in [(&link.a, &link.if_a), (&link.b, &link.if_b)] {
+        ns.sh(&format!(
+            "ethtool -K {ifc} tso on gso on gro on >/dev/null 2>&1 || true"
+        ));
+    }
+    let _server = big_tcp_server(&link.b, &link.ip4_b);
+    let (out, log) = (tmp.path("out.jsonl"), tmp.path("agent.log"));
+    let agent = start_capture(
+        &link.a,
+        &[
+            "-i",
+            &link.if_a,
+            "--scan-interval",
+            "200ms",
+            "--dns-timeout",
+            "2s",
+        ],
+        Some(&out),
+        &log,
+    );
+    // Three queries on one connection: 6 KB, 60 KB, then a small answer.
+    let dig = link.a.sh(&format!(
+        "dig @{} +tcp +keepopen +tries=1 +time=5 big6k.test TXT big60k.test TXT small.test A",
+        link.ip4_b
+    ));
+    let dig = String::from_utf8_lossy(&dig.stdout).into_owned();
+    assert_eq!(dig.matches("status: NOERROR").count(), 3, "{dig}");
+    assert!(
+        dig.contains("ANSWER: 223"),
+        "dig got the 60 KB answer whole: {dig}"
+    );
+    let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(res.status.success(), "{log_text}");
+    let recs = records(&std::fs::read(&out).unwrap());
+    let dns: Vec<&Value> = recs.iter().filter(|r| r["type"] == "dns").collect();
+    let by_name = |n: &str| {
+        dns.iter()
+            .find(|r| r["q_name"] == n)
+            .unwrap_or_else(|| panic!("no record for {n}: {dns:#?}\n{log_text}"))
+    };
+    for (name, cut) in [
+        ("big6k.test", true),
+        ("big60k.test", true),
+        ("small.test", false),
+    ] {
+        let r = by_name(name);
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(r["rcode"], "NOERROR", "{r}");
+        assert_eq!(r["transport"], "tcp", "{r}");
+        assert_eq!(r["cut"], cut, "{r}");
+        assert!(r["latency"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // The answers that fit in the 4,096 captured bytes are kept.
+    let kept = by_name("big6k.test")["answers"].as_array().unwrap().len();
+    assert!((10..22).contains(&kept), "{kept} of 22 answers kept");
+    assert_eq!(
+        by_name("small.test")["answers"][0],
+        "small.test. 60 IN A 192.0.2.53"
+    );
+    assert_eq!(dns.len(), 3, "{dns:#?}");
+}

@@ -232,6 +232,17 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        // The agent without capture on request (what the static binary is).
+        run_cmd(cargo().args([
+            "clippy",
+            "-p",
+            "devourer",
+            "--no-default-features",
+            "--lib",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
         // The kernel crate on its own: feature unification would otherwise pull std into it.
         run_cmd(
             Command::new("rustup")

@@ -13,7 +13,7 @@ use crate::{
         values::{LogTz, Output},
     },
     decode::{
-        dns::{DnsConfig, DnsTracker},
+        dns::{DnsConfig, DnsTracker, tcp::TcpLimits},
         http::{HttpConfig, HttpTracker},
     },
     flow::{FlowTable, TableConfig},
@@ -22,7 +22,7 @@ use crate::{
     sink::{
         Sinks,
         bigquery::{BqConfig, BqSink, spool::Limits},
-        jsonl::{JsonLinesSink, Target},
+        jsonl::{JsonLinesSink, QueueLimits, Target},
         textlog::TextLog,
     },
 };
@@ -55,9 +55,14 @@ fn dns_tracker(d: &DnsArgs, local: LocalAddrs) -> Option<DnsTracker> {
     d.enabled().then(|| {
         let cfg = DnsConfig {
             timeout_ns: nanos(d.dns_timeout),
-            max_pending: d.dns_max_pending.max(1),
-            max_tcp_streams: d.dns_max_tcp_streams.max(1),
-            name_cache_entries: d.name_cache_entries.max(1),
+            max_pending: d.dns_max_pending as usize,
+            tcp: TcpLimits {
+                max_streams: d.dns_max_tcp_streams as usize,
+                max_bytes: d.dns_tcp_max_bytes as usize,
+                max_message: d.dns_tcp_max_message as usize,
+                idle_ns: nanos(d.dns_tcp_idle_timeout),
+            },
+            name_cache_entries: d.name_cache_entries as usize,
             text_log: d.dns_log_dir.is_some(),
         };
         DnsTracker::new(cfg, local)
@@ -68,7 +73,8 @@ fn http_tracker(h: &HttpArgs, local: LocalAddrs) -> Option<HttpTracker> {
     (!h.ports().is_empty()).then(|| {
         let cfg = HttpConfig {
             timeout_ns: nanos(h.http_timeout),
-            max_connections: h.http_max_connections.max(1),
+            max_connections: h.http_max_connections as usize,
+            max_pending_bytes: h.http_max_pending_bytes as usize,
             text_log: h.http_log_dir.is_some(),
         };
         HttpTracker::new(cfg, local)
@@ -126,11 +132,22 @@ fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> R
     if let Some(t) = target {
         // Live: a bounded queue that drops (and counts) when the output stalls; a replay
         // waits for its output instead, so that no record of a file is lost.
-        let (queue, lossless) = match driver {
-            Driver::Live { output_queue } => ((output_queue / 256).max(4), false),
-            Driver::Replay => (64, true),
+        let limits = match *driver {
+            Driver::Live {
+                output_queue,
+                output_queue_bytes,
+            } => QueueLimits {
+                records: output_queue as u64,
+                bytes: output_queue_bytes,
+                lossless: false,
+            },
+            Driver::Replay => QueueLimits {
+                records: 16_384,
+                bytes: 32 << 20,
+                lossless: true,
+            },
         };
-        let jsonl = JsonLinesSink::start(&t, queue, lossless, std::time::Duration::from_secs(1))
+        let jsonl = JsonLinesSink::start(&t, limits, std::time::Duration::from_secs(1))
             .with_context(|| format!("opening output {t:?}"))?;
         sinks.push(Box::new(jsonl));
     }

@@ -34,8 +34,13 @@ use crate::{
 /// fakes.
 pub trait Kernel {
     fn flows(&mut self) -> &mut dyn FlowSource;
-    /// Hands every event waiting in ring `kind` to `f`; returns how many there were.
-    fn payloads(&mut self, kind: PayloadKind, f: &mut dyn FnMut(&PayloadHeader, &[u8])) -> usize;
+    /// Hands the events waiting in ring `kind` to `f`, at most `max`; returns how many.
+    fn payloads(
+        &mut self,
+        kind: PayloadKind,
+        max: usize,
+        f: &mut dyn FnMut(&PayloadHeader, &[u8]),
+    ) -> usize;
     /// Empties the wake-up ring; `true` when the program asked for an early eviction.
     fn woken(&mut self) -> bool;
     fn counters(&self) -> io::Result<KernelCounters>;
@@ -50,12 +55,17 @@ impl Kernel for Loaded {
         &mut self.flows
     }
 
-    fn payloads(&mut self, kind: PayloadKind, f: &mut dyn FnMut(&PayloadHeader, &[u8])) -> usize {
+    fn payloads(
+        &mut self,
+        kind: PayloadKind,
+        max: usize,
+        f: &mut dyn FnMut(&PayloadHeader, &[u8]),
+    ) -> usize {
         let ring = match kind {
             PayloadKind::Dns => &mut self.dns,
             PayloadKind::Http => &mut self.http,
         };
-        events::drain(kind, ring, f)
+        events::drain(kind, ring, max, f)
     }
 
     fn woken(&mut self) -> bool {
@@ -87,7 +97,10 @@ pub enum Driver {
     /// Live capture: the program's clock is the kernel's, JSON lines are dropped (and
     /// counted) past `output_queue` records waiting, this host's addresses come from its
     /// interfaces too.
-    Live { output_queue: usize },
+    Live {
+        output_queue: usize,
+        output_queue_bytes: u64,
+    },
     /// Replay of a capture file: the file's clock, an output that waits rather than drops,
     /// only `--local-net` for this host's addresses.
     Replay,
@@ -132,12 +145,14 @@ impl<K: Kernel> Assembly<K> {
         })
     }
 
-    /// Moves every event waiting in ring `kind` into its tracker; returns how many there were.
-    /// Their records wait for [`Pipeline::emit`] (or the next scan).
-    pub fn payloads(&mut self, kind: PayloadKind) -> usize {
+    /// Moves the events waiting in ring `kind` into its tracker, at most `max` (a live turn
+    /// takes a bounded share so that a flood cannot starve scans and signals); returns how
+    /// many. Their records wait for [`Pipeline::emit`] (or the next scan).
+    pub fn payloads(&mut self, kind: PayloadKind, max: usize) -> usize {
         let pipeline = &mut self.pipeline;
-        self.kernel
-            .payloads(kind, &mut |h, payload| pipeline.payload(kind, h, payload))
+        self.kernel.payloads(kind, max, &mut |h, payload| {
+            pipeline.payload(kind, h, payload)
+        })
     }
 
     /// Empties the wake-up ring; `true` when the program asked for an early eviction (its
@@ -182,7 +197,7 @@ impl<K: Kernel> Assembly<K> {
         deadline: Instant,
     ) -> Result<Finished> {
         for kind in [PayloadKind::Dns, PayloadKind::Http] {
-            self.payloads(kind);
+            self.payloads(kind, usize::MAX);
         }
         let Self {
             mut kernel,

@@ -295,6 +295,26 @@ impl Pipeline {
         for (name, report) in self.sinks.reports() {
             m.sink(name, &report);
         }
+        m.limits(&self.limit_hits());
+    }
+
+    /// What each bound cut so far, by the flag that sets it.
+    pub fn limit_hits(&self) -> Vec<(&'static str, u64)> {
+        let mut hits = vec![("max_flows", self.table.table_full())];
+        if let Some(dns) = &self.dns {
+            let t = dns.tcp_stats();
+            hits.extend([
+                ("dns_max_pending", dns.matcher_stats().overflow),
+                ("dns_max_tcp_streams", t.evicted),
+                ("dns_tcp_max_bytes", t.evicted_bytes),
+                ("dns_tcp_max_message", t.capped),
+                ("dns_tcp_idle_timeout", t.expired),
+            ]);
+        }
+        if let Some(http) = &self.http {
+            hits.push(("http_max_pending", http.stats.evicted));
+        }
+        hits
     }
 
     /// Stops the sinks against `deadline`; returns (records emitted, records dropped by

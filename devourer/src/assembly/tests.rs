@@ -53,13 +53,18 @@ impl Kernel for FakeKernel {
         self
     }
 
-    fn payloads(&mut self, kind: PayloadKind, f: &mut dyn FnMut(&PayloadHeader, &[u8])) -> usize {
+    fn payloads(
+        &mut self,
+        kind: PayloadKind,
+        max: usize,
+        f: &mut dyn FnMut(&PayloadHeader, &[u8]),
+    ) -> usize {
         let ring = match kind {
             PayloadKind::Dns => &mut self.dns,
             PayloadKind::Http => &mut self.http,
         };
-        let n = ring.len();
-        for record in ring.drain(..) {
+        let n = ring.len().min(max);
+        for record in ring.drain(..n) {
             let (h, payload) = decode(&record).expect("a whole record");
             f(&h, payload);
         }
@@ -198,7 +203,8 @@ fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
 
     let mut agent = Assembly::new(kernel, &p, Driver::Replay, None).unwrap();
     agent.pipeline.name_interfaces([(1, "eth0".to_owned())]);
-    assert_eq!(agent.payloads(PayloadKind::Dns), 2);
+    assert_eq!(agent.payloads(PayloadKind::Dns, 1), 1, "a bounded turn");
+    assert_eq!(agent.payloads(PayloadKind::Dns, 10), 1);
     assert!(!agent.woken());
     assert!(agent.scan(T0 + 7 * S, false).unwrap());
     let deadline = Instant::now() + std::time::Duration::from_secs(10);

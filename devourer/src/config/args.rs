@@ -103,14 +103,29 @@ pub struct DnsArgs {
     #[arg(long, env = "DEVOURER_DNS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub dns_timeout: Duration,
     /// Queries waiting for a response at most; past it the oldest end as lost (counted).
-    #[arg(long, env = "DEVOURER_DNS_MAX_PENDING", default_value_t = 65_536)]
-    pub dns_max_pending: usize,
+    #[arg(long, env = "DEVOURER_DNS_MAX_PENDING", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub dns_max_pending: u64,
     /// TCP connections reassembled at once for DNS over TCP.
-    #[arg(long, env = "DEVOURER_DNS_MAX_TCP_STREAMS", default_value_t = 10_000)]
-    pub dns_max_tcp_streams: usize,
+    #[arg(long, env = "DEVOURER_DNS_MAX_TCP_STREAMS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub dns_max_tcp_streams: u64,
+    /// Bytes held for DNS-over-TCP messages in progress, all connections together; past it
+    /// the least recently active connections are forgotten (counted).
+    #[arg(long, env = "DEVOURER_DNS_TCP_MAX_BYTES", default_value = "16M", value_parser = parse_bytes)]
+    pub dns_tcp_max_bytes: u64,
+    /// Bytes kept of one DNS message over TCP; a longer one is decoded from what was kept
+    /// (records say `cut`).
+    #[arg(long, env = "DEVOURER_DNS_TCP_MAX_MESSAGE", default_value_t = 65_535,
+          value_parser = clap::value_parser!(u64).range(512..=65_535))]
+    pub dns_tcp_max_message: u64,
+    /// A DNS-over-TCP connection quiet this long is forgotten.
+    #[arg(long, env = "DEVOURER_DNS_TCP_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub dns_tcp_idle_timeout: Duration,
     /// Addresses remembered with the name they were resolved from.
-    #[arg(long, env = "DEVOURER_NAME_CACHE_ENTRIES", default_value_t = 100_000)]
-    pub name_cache_entries: usize,
+    #[arg(long, env = "DEVOURER_NAME_CACHE_ENTRIES", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub name_cache_entries: u64,
     /// Networks that count as this host's (besides its interfaces' addresses; offline, only
     /// these): decides the role of a DNS transaction or an HTTP message. Repeatable.
     #[arg(long = "local-net", env = "DEVOURER_LOCAL_NET", value_delimiter = ',')]
@@ -149,8 +164,13 @@ pub struct HttpArgs {
     #[arg(long, env = "DEVOURER_HTTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub http_timeout: Duration,
     /// Connections with requests awaiting a response, at most.
-    #[arg(long, env = "DEVOURER_HTTP_MAX_CONNECTIONS", default_value_t = 65_536)]
-    pub http_max_connections: usize,
+    #[arg(long, env = "DEVOURER_HTTP_MAX_CONNECTIONS", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub http_max_connections: u64,
+    /// Bytes of the requests awaiting a response (method and target), at most; past it the
+    /// least recently active connections' requests are forgotten (counted as unanswered).
+    #[arg(long, env = "DEVOURER_HTTP_MAX_PENDING_BYTES", default_value = "16M", value_parser = parse_bytes)]
+    pub http_max_pending_bytes: u64,
     /// Write packetlog-compatible HTTP text logs here (daily files).
     #[arg(long, env = "DEVOURER_HTTP_LOG_DIR")]
     pub http_log_dir: Option<PathBuf>,

@@ -80,12 +80,25 @@ pub struct LiveArgs {
     /// Attach TC programs with netlink clsact filters even where TCX links exist.
     #[arg(long, hide = true)]
     pub tc_netlink: bool,
+    /// Connections the metrics endpoint and the capture API each serve at once; past it new
+    /// ones are closed at once (counted).
+    #[arg(long, env = "DEVOURER_ENDPOINT_MAX_CONNECTIONS", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub endpoint_max_connections: u64,
+    /// Time a client of those endpoints has to send a request's head, and the lifetime of one
+    /// connection.
+    #[arg(long, env = "DEVOURER_ENDPOINT_TIMEOUT", default_value = "10s", value_parser = values::parse_duration)]
+    pub endpoint_timeout: std::time::Duration,
     /// Serve /metrics, /healthz and /readyz here (`off` to disable).
     #[arg(long, env = "DEVOURER_METRICS_ADDR", default_value = "0.0.0.0:9402", value_parser = parse_metrics_addr)]
     pub metrics_addr: MetricsAddr,
     /// Records waiting for a slow output before new ones are dropped (and counted).
-    #[arg(long, env = "DEVOURER_OUTPUT_QUEUE", default_value_t = 100_000)]
-    pub output_queue: usize,
+    #[arg(long, env = "DEVOURER_OUTPUT_QUEUE", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub output_queue: u64,
+    /// Bytes of records waiting for a slow output, at most (with --output-queue).
+    #[arg(long, env = "DEVOURER_OUTPUT_QUEUE_BYTES", default_value = "32M", value_parser = values::parse_bytes)]
+    pub output_queue_bytes: u64,
     /// Take packet captures on request from this Redis pub/sub server
     /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`); also `[capture.redis] url` in the file.
     #[arg(long, env = "DEVOURER_CAPTURE_REDIS")]

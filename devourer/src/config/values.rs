@@ -14,12 +14,19 @@ fn bad(msg: impl Into<String>) -> BadValue {
     BadValue(msg.into())
 }
 
-/// A duration flag: `500ms`, `5s`, `2m`, `1h`.
+/// The longest duration any setting takes: far beyond any sensible timeout, and small enough
+/// that clock arithmetic in nanoseconds never overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A duration flag: `500ms`, `5s`, `2m`, `1h`; more than zero, at most 30 days.
 pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
     let d = humantime::parse_duration(s)
         .map_err(|e| bad(format!("{e} (write durations like 500ms, 5s, 2m, 1h)")))?;
     if d.is_zero() {
         return Err(bad("must be greater than zero"));
+    }
+    if d > MAX_DURATION {
+        return Err(bad(format!("{s:?}: at most 30 days")));
     }
     Ok(d)
 }
@@ -46,14 +53,24 @@ pub fn parse_ports(s: &str) -> Result<Ports, BadValue> {
     Ok(Ports(ports))
 }
 
-/// A byte size: `4096`, `512K`, `4M`, `1G` (binary multiples; `KiB`/`MiB`/`GiB` too).
+/// A byte size: `4096`, `512K`, `4M`, `1G` (binary multiples; `KiB`/`MiB`/`GiB` too); more
+/// than zero, at most 1T.
 pub fn parse_bytes(s: &str) -> Result<u64, BadValue> {
+    let n = parse_size(s)?;
+    if n == 0 || n > 1 << 40 {
+        return Err(bad(format!("{s:?}: must be from 1 byte to 1T")));
+    }
+    Ok(n)
+}
+
+fn parse_size(s: &str) -> Result<u64, BadValue> {
     let t = s.trim().to_ascii_uppercase();
     let t = t.trim_end_matches("IB").trim_end_matches('B');
     let (num, mul) = match t.chars().last() {
         Some('K') => (&t[..t.len() - 1], 1u64 << 10),
         Some('M') => (&t[..t.len() - 1], 1 << 20),
         Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1),
     };
     num.trim()
@@ -124,6 +141,8 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("31days").is_err());
+        assert!(parse_duration("18446744073709551615s").is_err());
     }
 
     #[test]
@@ -138,6 +157,10 @@ mod tests {
         assert_eq!(parse_ring_size("8192"), Ok(8192));
         assert!(parse_ring_size("3M").is_err());
         assert!(parse_ring_size("1K").is_err());
+        assert_eq!(parse_bytes("1T"), Ok(1 << 40));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("2T").is_err());
+        assert!(parse_bytes("99999999999999999999G").is_err());
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::{
     },
     ops::{
         caps,
+        endpoint::EndpointLimits,
         health::{self, Health},
         metrics::Metrics,
     },
@@ -38,6 +39,9 @@ use crate::{
 
 /// How often this host's addresses are re-read (they decide DNS roles).
 const LOCAL_REFRESH: Duration = Duration::from_secs(30);
+/// Payload events taken from a ring per turn of the loop: under a flood the scan timer,
+/// interface changes and signals still get their turns.
+const PAYLOAD_TURN: usize = 8192;
 
 pub fn run(args: LiveArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -62,7 +66,8 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     caps::check(requests_cfg.is_some()).context("checking capabilities")?;
     let p = &args.pipeline;
     let driver = Driver::Live {
-        output_queue: args.output_queue,
+        output_queue: args.output_queue as usize,
+        output_queue_bytes: args.output_queue_bytes,
     };
     let mut kernel = assembly::load_kernel(p, driver)?;
     let link = if args.tc_netlink {
@@ -83,8 +88,12 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     let mut agent = Assembly::new(kernel, p, driver, Some(metrics.clone()))?;
     agent.pipeline.set_clock(Clock::live());
     agent.pipeline.name_interfaces(attached.names());
-    let health = serve_health(args.metrics_addr, &metrics).await?;
-    let requests = requests::start(requests_cfg, p.flow.agent(), &metrics).await?;
+    let limits = EndpointLimits {
+        max_connections: args.endpoint_max_connections as usize,
+        timeout: args.endpoint_timeout,
+    };
+    let health = serve_health(args.metrics_addr, &metrics, limits).await?;
+    let requests = requests::start(requests_cfg, p.flow.agent(), &metrics, limits).await?;
     let mut events = Events::new(&agent.kernel, args.all_interfaces, p.flow.scan_interval)?;
     health.capturing.store(true, Ordering::Relaxed);
     health.sinks_ok.store(true, Ordering::Relaxed);
@@ -98,7 +107,8 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     let reason = loop {
         match events.next().await? {
             Event::Payload(kind) => {
-                agent.payloads(kind);
+                let more = agent.payloads(kind, PAYLOAD_TURN) == PAYLOAD_TURN;
+                events.more(kind, more);
                 agent.pipeline.set_clock(Clock::live());
                 if !agent.pipeline.emit(kind) {
                     break "output closed";
@@ -182,7 +192,11 @@ fn follow(agent: &mut Assembly, attached: &mut Attached, metrics: &Metrics) {
 }
 
 /// Serves /metrics, /healthz and /readyz unless `--metrics-addr off`.
-async fn serve_health(addr: MetricsAddr, metrics: &Arc<Metrics>) -> Result<Arc<Health>> {
+async fn serve_health(
+    addr: MetricsAddr,
+    metrics: &Arc<Metrics>,
+    limits: EndpointLimits,
+) -> Result<Arc<Health>> {
     let health = Arc::new(Health::default());
     if let Some(addr) = addr.0 {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -190,7 +204,7 @@ async fn serve_health(addr: MetricsAddr, metrics: &Arc<Metrics>) -> Result<Arc<H
             .with_context(|| format!("binding the metrics endpoint {addr} (--metrics-addr)"))?;
         let (m, h) = (metrics.clone(), health.clone());
         tokio::spawn(async move {
-            if let Err(e) = health::serve(listener, m, h).await {
+            if let Err(e) = health::serve(listener, m, h, limits).await {
                 tracing::error!("metrics endpoint stopped: {e}");
             }
         });
@@ -226,6 +240,9 @@ impl AsRawFd for RingFd {
 struct Events {
     dns: AsyncFd<RingFd>,
     http: AsyncFd<RingFd>,
+    /// A ring's last turn stopped at its bound: events wait without a new wake-up coming, so
+    /// the ring counts as ready (beside whatever else is).
+    more: [bool; 2],
     wake: AsyncFd<RingFd>,
     links: Option<LinkWatch>,
     tick: Interval,
@@ -235,8 +252,15 @@ struct Events {
 }
 
 /// Waits until a ring is readable and clears its readiness before the caller drains it (an
-/// event written during the drain is read by it, or sets readiness again).
-async fn ready(fd: &AsyncFd<RingFd>) -> io::Result<()> {
+/// event written during the drain is read by it, or sets readiness again). With `more`, the
+/// ring still holds events from its last turn: ready now.
+async fn ready(fd: &AsyncFd<RingFd>, more: bool) -> io::Result<()> {
+    if more {
+        // Let the runtime's other tasks (the endpoints, capture on request) run between
+        // turns: a ready ring alone never yields.
+        tokio::task::yield_now().await;
+        return Ok(());
+    }
     fd.readable().await?.clear_ready();
     Ok(())
 }
@@ -260,6 +284,7 @@ impl Events {
         Ok(Self {
             dns: fd(kernel.dns.as_raw_fd(), "DNS")?,
             http: fd(kernel.http.as_raw_fd(), "HTTP")?,
+            more: [false; 2],
             wake: fd(kernel.wakeup.as_raw_fd(), "wake-up")?,
             links,
             tick,
@@ -267,6 +292,11 @@ impl Events {
             int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
         })
+    }
+
+    /// Whether ring `kind` still holds events after its last turn.
+    fn more(&mut self, kind: PayloadKind, more: bool) {
+        self.more[kind as usize] = more;
     }
 
     /// Whether netlink tells about interface changes (else every scan rescans).
@@ -277,9 +307,10 @@ impl Events {
     async fn next(&mut self) -> Result<Event> {
         let links = self.links.as_mut();
         let following = links.is_some();
+        let [dns_more, http_more] = self.more;
         tokio::select! {
-            r = ready(&self.dns) => r.map(|()| Event::Payload(PayloadKind::Dns)).context("waiting on the DNS ring"),
-            r = ready(&self.http) => r.map(|()| Event::Payload(PayloadKind::Http)).context("waiting on the HTTP ring"),
+            r = ready(&self.dns, dns_more) => r.map(|()| Event::Payload(PayloadKind::Dns)).context("waiting on the DNS ring"),
+            r = ready(&self.http, http_more) => r.map(|()| Event::Payload(PayloadKind::Http)).context("waiting on the HTTP ring"),
             changed = async { links.expect("guarded").changed().await }, if following => {
                 if let Err(e) = changed {
                     tracing::warn!("netlink: {e}; interfaces are rescanned on every scan instead");
@@ -289,7 +320,7 @@ impl Events {
             }
             _ = self.hup.recv() => Ok(Event::Reopen),
             _ = self.tick.tick() => Ok(Event::Scan { pressure: false }),
-            r = ready(&self.wake) => r.map(|()| Event::Scan { pressure: true }).context("waiting on the wake-up ring"),
+            r = ready(&self.wake, false) => r.map(|()| Event::Scan { pressure: true }).context("waiting on the wake-up ring"),
             _ = self.term.recv() => Ok(Event::Stop("SIGTERM")),
             _ = self.int.recv() => Ok(Event::Stop("SIGINT")),
         }

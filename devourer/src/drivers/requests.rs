@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use crate::{config::requests::RequestsConfig, ops::metrics::Metrics};
+use crate::{
+    config::requests::RequestsConfig,
+    ops::{endpoint::EndpointLimits, metrics::Metrics},
+};
 
 /// The running service (nothing in builds without libpcap).
 #[cfg(feature = "capture-requests")]
@@ -19,7 +22,10 @@ pub async fn start(
     cfg: Option<RequestsConfig>,
     node: String,
     metrics: &Arc<Metrics>,
+    limits: EndpointLimits,
 ) -> Result<Option<Requests>> {
+    use anyhow::Context;
+
     use crate::ondemand::{Service, api, redis};
     let Some(cfg) = cfg else {
         return Ok(None);
@@ -60,7 +66,8 @@ pub async fn start(
             .await
             .with_context(|| format!("binding the capture API on {} ([api] addr)", a.addr))?;
         tracing::info!(addr = %a.addr, auth = token.is_some(), "capture API listening");
-        tokio::spawn(api::serve(listener, svc.clone(), token));
+        let refused = metrics.limit_counter("endpoint_max_connections");
+        tokio::spawn(api::serve(listener, svc.clone(), token, limits, refused));
     }
     tracing::info!(
         dir = %cfg.local_dir.display(),
@@ -75,6 +82,7 @@ pub async fn start(
     cfg: Option<RequestsConfig>,
     _node: String,
     _metrics: &Arc<Metrics>,
+    _limits: EndpointLimits,
 ) -> Result<Option<Requests>> {
     if cfg.is_some() {
         bail!(

@@ -22,6 +22,8 @@ pub struct ScanStats {
 }
 
 pub struct FlowTable {
+    /// Flows emitted early because the table was full, over its life.
+    table_full: u64,
     cfg: TableConfig,
     flows: FastMap<FlowKey, Flow>,
     scratch: Vec<(FlowKey, FlowValue)>,
@@ -30,6 +32,7 @@ pub struct FlowTable {
 impl FlowTable {
     pub fn new(cfg: TableConfig) -> Self {
         Self {
+            table_full: 0,
             cfg,
             flows: FastMap::default(),
             scratch: Vec::new(),
@@ -42,6 +45,11 @@ impl FlowTable {
 
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
+    }
+
+    /// Flows emitted early (`table_full`) to keep within `max_flows`, so far.
+    pub fn table_full(&self) -> u64 {
+        self.table_full
     }
 
     /// Deletes one kernel entry and folds what it held into its flow.
@@ -183,6 +191,7 @@ impl FlowTable {
         let mut by_age: Vec<(u64, FlowKey)> =
             self.flows.iter().map(|(k, f)| (f.last_seen, *k)).collect();
         by_age.select_nth_unstable(over - 1);
+        self.table_full += over as u64;
         for (_, ck) in &by_age[..over] {
             self.take_flow(src, ck)?;
             if let Some(mut flow) = self.flows.remove(ck) {

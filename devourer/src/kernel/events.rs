@@ -22,16 +22,19 @@ pub fn decode(bytes: &[u8]) -> Option<(PayloadHeader, &[u8])> {
     Some((h, &bytes[PAYLOAD_HEADER_LEN..end]))
 }
 
-/// Hands every event waiting in `ring` to `f`, in ring order, until the ring is empty; returns
-/// how many records there were. Records too short to hold a header are skipped (logged at
-/// debug: the program never writes them).
+/// Hands the events waiting in `ring` to `f`, in ring order, until the ring is empty or `max`
+/// were taken; returns how many records there were (`max`: more may wait). Records too short
+/// to hold a header are skipped (logged at debug: the program never writes them).
 pub fn drain(
     kind: PayloadKind,
     ring: &mut RingBuf<MapData>,
+    max: usize,
     mut f: impl FnMut(&PayloadHeader, &[u8]),
 ) -> usize {
     let mut n = 0;
-    while let Some(item) = ring.next() {
+    while n < max
+        && let Some(item) = ring.next()
+    {
         n += 1;
         match decode(&item) {
             Some((h, payload)) => f(&h, payload),

@@ -13,6 +13,7 @@ use axum::{
 use serde_json::json;
 
 use super::{Refused, Service};
+use crate::ops::endpoint::{self, EndpointLimits};
 
 /// How long `POST /captures` waits for the capture sockets to open before answering.
 const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -28,14 +29,18 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::bind(addr).await
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, svc: Service, token: Option<String>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    svc: Service,
+    token: Option<String>,
+    limits: EndpointLimits,
+    refused: prometheus::IntCounter,
+) {
     let app = Router::new()
         .route("/captures", post(create))
         .route("/captures/{id}", get(status))
         .with_state(Api { svc, token });
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("capture API stopped: {e}");
-    }
+    endpoint::serve(listener, app, limits, Some(refused)).await;
 }
 
 fn authorized(api: &Api, headers: &HeaderMap) -> bool {

@@ -8,7 +8,10 @@ use std::sync::{
 
 use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
 
-use super::metrics::Metrics;
+use super::{
+    endpoint::{self, EndpointLimits},
+    metrics::Metrics,
+};
 
 /// What `/readyz` checks.
 #[derive(Default)]
@@ -24,6 +27,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    limits: EndpointLimits,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let m = metrics.clone();
@@ -53,5 +57,7 @@ pub async fn serve(
             }),
         );
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    axum::serve(listener, app).await
+    let refused = metrics.limit_counter("endpoint_max_connections");
+    endpoint::serve(listener, app, limits, Some(refused)).await;
+    Ok(())
 }

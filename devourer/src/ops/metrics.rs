@@ -46,6 +46,7 @@ pub struct Metrics {
     spool_bytes: IntGauge,
     bq_last_success: IntGauge,
     sink_request_seconds: HistogramVec,
+    limit_hits: IntCounterVec,
     pub interfaces: IntGauge,
     /// Last absolute values of counters kept elsewhere, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
@@ -250,6 +251,11 @@ impl Metrics {
                 )
                 .expect("metric"),
             ),
+            limit_hits: r.counters(
+                "devourer_limit_hits_total",
+                "What a configured bound cut, by the flag that sets it (max_flows: flows emitted early as table_full; dns_max_pending: queries ended as lost; dns_max_tcp_streams, dns_tcp_max_bytes, dns_tcp_idle_timeout: DNS-over-TCP connections forgotten; dns_tcp_max_message: messages kept in part; http_max_pending: requests forgotten).",
+                &["limit"],
+            ),
             interfaces: r.gauge(
                 "devourer_interfaces_attached",
                 "Interfaces being monitored.",
@@ -306,6 +312,22 @@ impl Metrics {
         }
         if let Some(t) = report.last_success {
             self.bq_last_success.set(t as i64);
+        }
+    }
+
+    /// The counter of one bound, for a stage that counts as it cuts.
+    pub fn limit_counter(&self, limit: &str) -> IntCounter {
+        self.limit_hits.with_label_values(&[limit])
+    }
+
+    /// What each bound cut, as absolute counts (from the stages' statistics).
+    pub fn limits(&self, hits: &[(&'static str, u64)]) {
+        for (limit, total) in hits {
+            self.sync(
+                &format!("limit/{limit}"),
+                &self.limit_hits.with_label_values(&[limit]),
+                *total,
+            );
         }
     }
 

@@ -1,6 +1,7 @@
 //! Operating the agent: Prometheus metrics ([`metrics`]), the health endpoints ([`health`])
-//! and the capability check at start ([`caps`]).
+//! served with bounds ([`endpoint`]), and the capability check at start ([`caps`]).
 
 pub mod caps;
+pub mod endpoint;
 pub mod health;
 pub mod metrics;

@@ -23,6 +23,8 @@ pub struct DnsRecord {
     pub latency: Option<f64>,
     pub status: &'static str,
     pub role: &'static str,
+    /// The response was longer than what was captured: its answers are those that fit.
+    pub cut: bool,
 }
 
 impl DnsRecord {
@@ -47,6 +49,7 @@ impl DnsRecord {
             latency: tx.latency_ns.map(|ns| ns as f64 / 1e9),
             status: tx.status.as_str(),
             role: tx.role.as_str(),
+            cut: tx.cut,
         }
     }
 }

@@ -1,15 +1,16 @@
-//! The JSON lines sink: flow, overflow, DNS and HTTP records as one JSON object per line on stdout or in
-//! a file, written by a thread of its own behind a bounded queue so that a slow or stuck
-//! output never blocks the flow table.
+//! The JSON lines sink: flow, overflow, DNS and HTTP records as one JSON object per line on
+//! stdout or in a file, written by a thread of its own behind a queue bounded in records and
+//! bytes, so that a slow or stuck output never blocks the flow table (a live agent drops and
+//! counts what does not fit; a replay waits for room instead).
 
 use std::{
     fs::OpenOptions,
     io::{self, Write},
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Condvar, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{self, Receiver, SyncSender, TrySendError},
+        mpsc::{self, Receiver, Sender},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -34,6 +35,15 @@ impl Target {
     }
 }
 
+/// How much may wait for the output.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    pub records: u64,
+    pub bytes: u64,
+    /// Wait for room instead of dropping (a replay must not lose records).
+    pub lossless: bool,
+}
+
 /// Counters shared between the writer thread and the pipeline.
 #[derive(Debug, Default)]
 pub struct SinkStats {
@@ -43,79 +53,124 @@ pub struct SinkStats {
     pub closed: AtomicBool,
 }
 
-enum Msg {
-    Batch {
-        bytes: Vec<u8>,
-        records: u64,
-    },
-    /// Reopen the output (a file moved away by logrotate).
-    Reopen,
+/// What waits for the writer: records and bytes, with a condition for a lossless sender.
+#[derive(Default)]
+struct Queued {
+    level: Mutex<(u64, u64)>,
+    room: Condvar,
+}
+
+impl Queued {
+    fn add(&self, records: u64, bytes: u64) {
+        let mut l = self.level.lock().expect("queue lock");
+        l.0 += records;
+        l.1 += bytes;
+    }
+
+    fn remove(&self, records: u64, bytes: u64) {
+        let mut l = self.level.lock().expect("queue lock");
+        l.0 -= records;
+        l.1 -= bytes;
+        self.room.notify_all();
+    }
+
+    fn records(&self) -> u64 {
+        self.level.lock().expect("queue lock").0
+    }
+}
+
+struct Shared {
+    stats: SinkStats,
+    queued: Queued,
+    /// SIGHUP asked for a reopen; the writer does it before its next write.
+    reopen: AtomicBool,
 }
 
 /// A JSON-lines writer on its own thread.
 pub struct JsonLinesSink {
-    tx: Option<SyncSender<Msg>>,
+    tx: Option<Sender<(Vec<u8>, u64)>>,
     thread: Option<JoinHandle<()>>,
-    pub stats: Arc<SinkStats>,
-    /// Offline replays must not lose records: they wait for room instead of dropping.
-    lossless: bool,
+    shared: Arc<Shared>,
+    limits: QueueLimits,
 }
 
 impl JsonLinesSink {
-    /// Opens the target and starts the writer. `queue` is how many batches may wait.
-    pub fn start(
-        target: &Target,
-        queue: usize,
-        lossless: bool,
-        retry: Duration,
-    ) -> io::Result<Self> {
+    /// Opens the target and starts the writer.
+    pub fn start(target: &Target, limits: QueueLimits, retry: Duration) -> io::Result<Self> {
         let out = target.open()?;
-        let stats = Arc::new(SinkStats::default());
-        let (tx, rx) = mpsc::sync_channel(queue);
-        let st = stats.clone();
+        let shared = Arc::new(Shared {
+            stats: SinkStats::default(),
+            queued: Queued::default(),
+            reopen: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel();
+        let sh = shared.clone();
         let target = target.clone();
         let thread = std::thread::Builder::new()
             .name("sink-jsonl".into())
-            .spawn(move || writer(rx, out, st, retry, target))?;
+            .spawn(move || writer(rx, out, &sh, retry, target))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
-            stats,
-            lossless,
+            shared,
+            limits,
         })
+    }
+
+    pub fn stats(&self) -> &SinkStats {
+        &self.shared.stats
+    }
+
+    fn drop_counted(&self, n: u64) {
+        let before = self.shared.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        if before == 0 {
+            tracing::error!(
+                "output is not keeping up: dropping records past --output-queue (counted)"
+            );
+        }
+    }
+
+    /// Whether `n` records of `bytes` fit now; a lossless sink waits until they do (or the
+    /// writer stops).
+    fn room(&self, n: u64, bytes: u64) -> bool {
+        let q = &self.shared.queued;
+        let mut l = q.level.lock().expect("queue lock");
+        loop {
+            // An empty queue always takes a batch, however large: progress is never blocked.
+            let fits =
+                l.0 == 0 || (l.0 + n <= self.limits.records && l.1 + bytes <= self.limits.bytes);
+            if fits || !self.limits.lossless || self.shared.stats.closed.load(Ordering::Relaxed) {
+                return fits;
+            }
+            l = q
+                .room
+                .wait_timeout(l, Duration::from_millis(100))
+                .expect("queue lock")
+                .0;
+        }
     }
 
     /// Queues records. Returns `false` once the output is closed for good.
     fn send(&self, batch: Batch<'_>) -> bool {
+        let stats = &self.shared.stats;
         if batch.is_empty() {
-            return !self.stats.closed.load(Ordering::Relaxed);
+            return !stats.closed.load(Ordering::Relaxed);
         }
         let mut bytes = Vec::with_capacity(batch.len() * 400);
         let n = batch.write_json(&mut bytes) as u64;
-        let batch = Msg::Batch { bytes, records: n };
+        if !self.room(n, bytes.len() as u64) {
+            self.drop_counted(n);
+            return !stats.closed.load(Ordering::Relaxed);
+        }
+        self.shared.queued.add(n, bytes.len() as u64);
+        let len = bytes.len() as u64;
         let tx = self.tx.as_ref().expect("sink running");
-        let res = if self.lossless {
-            tx.send(batch).map_err(|_| ())
-        } else {
-            match tx.try_send(batch) {
-                Ok(()) => Ok(()),
-                Err(TrySendError::Full(_)) => {
-                    let before = self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                    if before == 0 {
-                        tracing::error!(
-                            "output is not keeping up: dropping records (counted in the summary)"
-                        );
-                    }
-                    Ok(())
-                }
-                Err(TrySendError::Disconnected(_)) => Err(()),
-            }
-        };
-        if res.is_err() {
-            self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        if tx.send((bytes, n)).is_err() {
+            self.shared.queued.remove(n, len);
+            stats.dropped.fetch_add(n, Ordering::Relaxed);
             return false;
         }
-        !self.stats.closed.load(Ordering::Relaxed)
+        !stats.closed.load(Ordering::Relaxed)
     }
 }
 
@@ -132,30 +187,33 @@ impl Sink for JsonLinesSink {
         self.send(batch)
     }
 
-    /// Asks the writer to reopen its output after what is queued.
+    /// Asks the writer to reopen its output before its next write (never skipped: a full
+    /// queue only delays it).
     fn reopen(&mut self) {
-        if let Some(tx) = &self.tx
-            && tx.try_send(Msg::Reopen).is_err()
-        {
-            tracing::warn!("output queue full: the reopen waits for the next SIGHUP");
+        self.shared.reopen.store(true, Ordering::Relaxed);
+        if let Some(tx) = &self.tx {
+            // An empty batch wakes an idle writer so that the reopen happens now.
+            let _ = tx.send((Vec::new(), 0));
         }
     }
 
     fn alive(&self) -> bool {
-        !self.stats.closed.load(Ordering::Relaxed)
+        !self.shared.stats.closed.load(Ordering::Relaxed)
     }
 
     fn report(&self) -> SinkReport {
+        let s = &self.shared.stats;
         SinkReport {
             outcomes: vec![
-                ("written", self.stats.written.load(Ordering::Relaxed)),
-                ("dropped", self.stats.dropped.load(Ordering::Relaxed)),
+                ("written", s.written.load(Ordering::Relaxed)),
+                ("dropped", s.dropped.load(Ordering::Relaxed)),
             ],
             ..SinkReport::default()
         }
     }
 
-    /// Stops accepting records and waits until `deadline` for the queue to drain.
+    /// Stops accepting records and waits until `deadline` for the queue to drain; records
+    /// still queued then are lost and counted as dropped.
     fn finish(mut self: Box<Self>, deadline: Instant) -> u64 {
         drop(self.tx.take());
         if let Some(thread) = self.thread.take() {
@@ -165,41 +223,41 @@ impl Sink for JsonLinesSink {
             if thread.is_finished() {
                 let _ = thread.join();
             } else {
+                let left = self.shared.queued.records();
+                self.shared.stats.dropped.fetch_add(left, Ordering::Relaxed);
                 tracing::error!(
-                    "output did not drain by the shutdown deadline; records still queued are lost"
+                    records = left,
+                    "output did not drain by the shutdown deadline; records still queued are lost (counted as dropped)"
                 );
             }
         }
-        self.stats.dropped.load(Ordering::Relaxed)
+        self.shared.stats.dropped.load(Ordering::Relaxed)
     }
 }
 
 fn writer(
-    rx: Receiver<Msg>,
+    rx: Receiver<(Vec<u8>, u64)>,
     mut out: Box<dyn Write + Send>,
-    stats: Arc<SinkStats>,
+    shared: &Shared,
     retry: Duration,
     target: Target,
 ) {
     let name = format!("{target:?}");
+    let stats = &shared.stats;
     let mut failing = false;
-    for msg in rx {
-        let (bytes, records) = match msg {
-            Msg::Batch { bytes, records } => (bytes, records),
-            Msg::Reopen => {
-                let _ = out.flush();
-                match target.open() {
-                    Ok(o) => {
-                        out = o;
-                        tracing::info!(output = %name, "reopened");
-                    }
-                    Err(e) => {
-                        tracing::error!(output = %name, "reopening failed: {e}; keeping the old file")
-                    }
+    for (bytes, records) in rx {
+        if shared.reopen.swap(false, Ordering::Relaxed) {
+            let _ = out.flush();
+            match target.open() {
+                Ok(o) => {
+                    out = o;
+                    tracing::info!(output = %name, "reopened");
                 }
-                continue;
+                Err(e) => {
+                    tracing::error!(output = %name, "reopening failed: {e}; keeping the old file")
+                }
             }
-        };
+        }
         let mut off = 0;
         while off < bytes.len() {
             match out.write(&bytes[off..]) {
@@ -234,6 +292,62 @@ fn writer(
         if let Err(e) = out.flush() {
             tracing::warn!(output = %name, "flush failed: {e}");
         }
+        shared.queued.remove(records, bytes.len() as u64);
         stats.written.fetch_add(records, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::LogRecord;
+
+    #[test]
+    fn a_stuck_output_drops_past_the_record_bound_and_counts_what_is_left_at_shutdown() {
+        // A pipe nobody reads: the writer blocks once the pipe buffer is full.
+        let mut fds = [0i32; 2];
+        // SAFETY: a fresh pipe; the read end is kept open (never read) until the end.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let path = PathBuf::from(format!("/proc/self/fd/{}", fds[1]));
+        let limits = QueueLimits {
+            records: 100,
+            bytes: 1 << 30,
+            lossless: false,
+        };
+        let mut s =
+            JsonLinesSink::start(&Target::File(path), limits, Duration::from_millis(10)).unwrap();
+        let lines: Vec<LogRecord> = Vec::new();
+        assert!(s.write(Batch::DnsLog(&lines)), "an empty batch is fine");
+        // 50 batches of 50 overflow records of ~150 bytes: ~375 KB, far past the pipe buffer.
+        let recs: Vec<crate::record::OverflowRecord> = (0..50)
+            .map(|i| crate::record::OverflowRecord {
+                kind: "overflow",
+                id: format!("{i:032}"),
+                agent: "a".repeat(40),
+                interface: "eth0".into(),
+                protocol: "udp".into(),
+                time: "2023-11-14T22:13:20.000000Z".into(),
+                packets: 1,
+                bytes: 1,
+            })
+            .collect();
+        for _ in 0..50 {
+            assert!(s.write(Batch::Overflow(&recs)));
+        }
+        let dropped_live = s.stats().dropped.load(Ordering::Relaxed);
+        assert!(dropped_live > 0, "the bound dropped some");
+        let report = s.report();
+        let dropped = Box::new(s).finish(Instant::now() + Duration::from_millis(200));
+        let written = report.outcomes[0].1;
+        assert!(
+            dropped > dropped_live,
+            "what was still queued is counted too"
+        );
+        assert!(written + dropped <= 2500);
+        // SAFETY: closing our pipe ends.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
     }
 }

@@ -36,7 +36,12 @@ fn tracker() -> DnsTracker {
         DnsConfig {
             timeout_ns: 1_000_000_000,
             max_pending: 64,
-            max_tcp_streams: 16,
+            tcp: super::tcp::TcpLimits {
+                max_streams: 16,
+                max_bytes: 256 << 10,
+                max_message: 65_535,
+                idle_ns: 30_000_000_000,
+            },
             name_cache_entries: 64,
             text_log: true,
         },

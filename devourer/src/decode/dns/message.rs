@@ -85,8 +85,8 @@ pub struct DnsMessage {
     pub answers: Vec<Answer>,
     /// Addresses from A/AAAA answers, with their TTL.
     pub addresses: Vec<(IpAddr, u32)>,
-    /// Only the header and question could be decoded (cut at the capture cap, or broken
-    /// records after the question).
+    /// Not every record decoded (cut at the capture cap, or broken records after the
+    /// question): the answers are those before the first that did not.
     pub partial: bool,
 }
 
@@ -117,26 +117,46 @@ pub fn parse(bytes: &[u8]) -> Result<DnsMessage, ParseError> {
                 msg.rcode |= u16::from(edns.rcode_high()) << 4;
             }
             for r in &m.answers {
-                if let Some(a) = answer(r) {
-                    msg.answers.push(a);
-                }
-                match &r.data {
-                    RData::A(a) => msg.addresses.push((IpAddr::V4(a.0), r.ttl)),
-                    RData::AAAA(a) => msg.addresses.push((IpAddr::V6(a.0), r.ttl)),
-                    _ => {}
-                }
+                msg.add_answer(r);
             }
         }
         Err(_) => {
+            // Cut at the capture cap, or broken after some point: the question, then every
+            // answer that decodes whole, in order.
             msg.partial = true;
+            let mut d = BinDecoder::new(bytes);
+            d.read_slice(12).map_err(|_| ParseError::TooShort)?;
             if counts[0] > 0 {
-                let mut d = BinDecoder::new(&bytes[12..]);
                 let q = Query::read(&mut d).map_err(|_| ParseError::BadQuestion)?;
                 msg.question = Some(question(&q));
+                for _ in 1..counts[0] {
+                    if Query::read(&mut d).is_err() {
+                        return Ok(msg);
+                    }
+                }
+            }
+            for _ in 0..counts[1] {
+                match Record::read(&mut d) {
+                    Ok(r) => msg.add_answer(&r),
+                    Err(_) => break,
+                }
             }
         }
     }
     Ok(msg)
+}
+
+impl DnsMessage {
+    fn add_answer(&mut self, r: &Record) {
+        if let Some(a) = answer(r) {
+            self.answers.push(a);
+        }
+        match &r.data {
+            RData::A(a) => self.addresses.push((IpAddr::V4(a.0), r.ttl)),
+            RData::AAAA(a) => self.addresses.push((IpAddr::V6(a.0), r.ttl)),
+            _ => {}
+        }
+    }
 }
 
 fn question(q: &Query) -> Question {

@@ -21,7 +21,7 @@ use self::{
     matcher::{Matcher, Pending, ResponseMatch, TxKey},
     message::{DnsMessage, Question, parse},
     names::NameCache,
-    tcp::{StreamKey, TcpStreams},
+    tcp::{StreamKey, TcpLimits, TcpStreams},
 };
 use super::LogLine;
 use crate::base::{
@@ -34,7 +34,8 @@ pub struct DnsConfig {
     /// A query unanswered this long is lost (ns).
     pub timeout_ns: u64,
     pub max_pending: usize,
-    pub max_tcp_streams: usize,
+    /// Bounds on DNS-over-TCP reassembly.
+    pub tcp: TcpLimits,
     pub name_cache_entries: usize,
     /// Produce packetlog text lines.
     pub text_log: bool,
@@ -77,6 +78,9 @@ pub struct DnsTx {
     pub latency_ns: Option<u64>,
     pub role: Role,
     pub ifindex: u32,
+    /// The response was longer than what was captured (`--dns-cap`, a cut TCP segment, a
+    /// lost one): the answers are those that fit.
+    pub cut: bool,
 }
 
 /// What the tracker counted (for the closing summary and metrics).
@@ -113,7 +117,7 @@ fn endpoint(addr: IpAddr, port: u16) -> String {
 impl DnsTracker {
     pub fn new(cfg: DnsConfig, local: LocalAddrs) -> Self {
         Self {
-            tcp: TcpStreams::new(cfg.max_tcp_streams),
+            tcp: TcpStreams::new(cfg.tcp),
             matcher: Matcher::new(cfg.timeout_ns, cfg.max_pending),
             names: NameCache::new(cfg.name_cache_entries),
             local,
@@ -137,7 +141,6 @@ impl DnsTracker {
     /// One event from the kernel: a UDP datagram's or a TCP segment's payload.
     pub fn on_event(&mut self, h: &PayloadHeader, payload: &[u8], out: &mut DnsOutput) {
         self.stats.events += 1;
-        let complete = payload.len() as u32 >= h.payload_len;
         if h.proto == IPPROTO_TCP {
             let key = StreamKey {
                 src: h.src_addr,
@@ -146,18 +149,26 @@ impl DnsTracker {
                 dport: h.dst_port,
                 ifindex: h.ifindex,
             };
-            for m in self
-                .tcp
-                .segment(key, h.tcp_seq, h.tcp_flags, payload, complete)
-            {
-                self.on_message(h, &m, out);
+            let messages = self.tcp.segment(
+                key,
+                h.tcp_seq,
+                h.tcp_flags,
+                h.ts_ns,
+                payload,
+                h.payload_len as usize,
+            );
+            for m in messages {
+                self.on_message(h, &m.bytes, m.cut, out);
             }
         } else {
-            self.on_message(h, payload, out);
+            let cut = (payload.len() as u32) < h.payload_len;
+            self.on_message(h, payload, cut, out);
         }
     }
 
-    fn on_message(&mut self, h: &PayloadHeader, bytes: &[u8], out: &mut DnsOutput) {
+    /// One message; `cut` when some of its bytes were never captured (the answers are those
+    /// that fit).
+    fn on_message(&mut self, h: &PayloadHeader, bytes: &[u8], cut: bool, out: &mut DnsOutput) {
         let m = match parse(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -217,11 +228,13 @@ impl DnsTracker {
         }
         match self.matcher.response(key, m.question.as_ref()) {
             ResponseMatch::Matched(p) => {
-                let tx = self.answered(h, &m, client, server, cport, sport, role, Some(&p));
+                let mut tx = self.answered(h, &m, client, server, cport, sport, role, Some(&p));
+                tx.cut = cut;
                 self.push(tx, out);
             }
             ResponseMatch::Unmatched => {
-                let tx = self.answered(h, &m, client, server, cport, sport, role, None);
+                let mut tx = self.answered(h, &m, client, server, cport, sport, role, None);
+                tx.cut = cut;
                 self.push(tx, out);
             }
             ResponseMatch::Duplicate => {}
@@ -262,6 +275,7 @@ impl DnsTracker {
             latency_ns: query.map(|p| h.ts_ns.saturating_sub(p.first_ns)),
             role,
             ifindex: query.map_or(h.ifindex, |p| p.ifindex),
+            cut: false,
         }
     }
 
@@ -284,6 +298,7 @@ impl DnsTracker {
             latency_ns: None,
             role,
             ifindex: p.ifindex,
+            cut: false,
         };
         self.push(tx, out);
     }
@@ -302,6 +317,12 @@ impl DnsTracker {
         for (k, p) in self.matcher.expire(now) {
             self.emit_lost(k, p, out);
         }
+        self.tcp.expire(now);
+    }
+
+    /// Bytes held for DNS-over-TCP messages in progress.
+    pub fn tcp_held_bytes(&self) -> usize {
+        self.tcp.held_bytes()
     }
 
     /// Shutdown or end of input: every query still waiting ends as lost.

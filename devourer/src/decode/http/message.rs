@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 pub const MAX_TARGET: usize = 1024;
 /// Longest header value kept.
 const MAX_VALUE: usize = 512;
+/// Longest method kept (standard methods are at most 7 bytes; extension ones a few more).
+const MAX_METHOD: usize = 32;
 /// Ends a field cut short (by the cap, the segment, or the length limits above).
 pub const CUT_MARK: &str = "[...]";
 /// Headers looked at per message (httparse needs a fixed array).
@@ -162,10 +164,14 @@ fn request(buf: &[u8]) -> Result<(Message, Option<usize>), &'static str> {
     let mut r = httparse::Request::new(&mut headers);
     match r.parse(buf) {
         Ok(httparse::Status::Complete(n)) => {
+            let (method, method_cut) = field(r.method.unwrap_or_default().as_bytes(), MAX_METHOD);
             let mut m = Request {
-                method: escape(r.method.unwrap_or_default().as_bytes()),
+                method,
                 ..Request::default()
             };
+            if method_cut {
+                m.truncated.push("method");
+            }
             let (target, cut) = field(r.path.unwrap_or_default().as_bytes(), MAX_TARGET);
             m.target = Some(target);
             if cut {
@@ -177,10 +183,14 @@ fn request(buf: &[u8]) -> Result<(Message, Option<usize>), &'static str> {
         }
         Ok(httparse::Status::Partial) => {
             let method = r.method.ok_or("partial method")?.to_owned();
+            let (kept, method_cut) = field(method.as_bytes(), MAX_METHOD);
             let mut m = Request {
-                method: escape(method.as_bytes()),
+                method: kept,
                 ..Request::default()
             };
+            if method_cut {
+                m.truncated.push("method");
+            }
             match (r.path, r.version) {
                 (Some(path), Some(v)) => {
                     // The request line arrived whole; the headers did not.
@@ -234,8 +244,10 @@ fn request(buf: &[u8]) -> Result<(Message, Option<usize>), &'static str> {
                 return Err(reason(e));
             }
             let (target, cut) = field(line.path.unwrap_or_default().as_bytes(), MAX_TARGET);
+            let (method, method_cut) =
+                field(line.method.unwrap_or_default().as_bytes(), MAX_METHOD);
             let mut m = Request {
-                method: escape(line.method.unwrap_or_default().as_bytes()),
+                method,
                 target: Some(target),
                 version: version(line.version),
                 truncated: vec!["headers"],
@@ -243,6 +255,9 @@ fn request(buf: &[u8]) -> Result<(Message, Option<usize>), &'static str> {
             };
             if cut {
                 m.truncated.insert(0, "target");
+            }
+            if method_cut {
+                m.truncated.insert(0, "method");
             }
             Ok((Message::Request(m), None))
         }

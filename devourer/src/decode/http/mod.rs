@@ -25,6 +25,9 @@ pub struct HttpConfig {
     pub timeout_ns: u64,
     /// Connections with requests waiting, at most; past it the least recently active go.
     pub max_connections: usize,
+    /// Bytes of the requests waiting (method and target), at most; past it the least
+    /// recently active connections go.
+    pub max_pending_bytes: usize,
     /// Produce packetlog text lines.
     pub text_log: bool,
 }
@@ -58,6 +61,8 @@ pub struct HttpStats {
     pub matched: u64,
     /// Requests forgotten without a response (timeout, queue or table limits).
     pub unanswered: u64,
+    /// Of those, requests forgotten to stay within the connection limit or the byte budget.
+    pub evicted: u64,
     /// Segments that did not start an HTTP message, by reason.
     pub not_http: HashMap<&'static str, u64>,
 }
@@ -77,6 +82,13 @@ struct Waiting {
     target: Option<String>,
 }
 
+impl Waiting {
+    /// What it holds, for the byte budget.
+    fn bytes(&self) -> usize {
+        self.method.len() + self.target.as_ref().map_or(0, String::len)
+    }
+}
+
 #[derive(Default)]
 struct Conn {
     queue: VecDeque<Waiting>,
@@ -86,6 +98,8 @@ struct Conn {
 pub struct HttpTracker {
     cfg: HttpConfig,
     conns: HashMap<ConnKey, Conn>,
+    /// Bytes of every waiting request.
+    pending_bytes: usize,
     pub local: LocalAddrs,
     pub stats: HttpStats,
 }
@@ -95,6 +109,7 @@ impl HttpTracker {
         Self {
             cfg,
             conns: HashMap::new(),
+            pending_bytes: 0,
             local,
             stats: HttpStats::default(),
         }
@@ -160,9 +175,10 @@ impl HttpTracker {
                                 .front()
                                 .map(|w| (w.time_ns, w.method.clone(), w.target.clone()))
                         } else {
-                            conn.queue
-                                .pop_front()
-                                .map(|w| (w.time_ns, w.method, w.target))
+                            conn.queue.pop_front().map(|w| {
+                                self.pending_bytes -= w.bytes();
+                                (w.time_ns, w.method, w.target)
+                            })
                         };
                         if let Some((t, method, target)) = w {
                             self.stats.matched += 1;
@@ -188,15 +204,27 @@ impl HttpTracker {
         }
         let conn = self.conns.entry(key).or_default();
         conn.last_ns = conn.last_ns.max(time_ns);
-        if conn.queue.len() >= MAX_QUEUE {
-            conn.queue.pop_front();
+        if conn.queue.len() >= MAX_QUEUE
+            && let Some(w) = conn.queue.pop_front()
+        {
+            self.pending_bytes -= w.bytes();
             self.stats.unanswered += 1;
         }
-        conn.queue.push_back(Waiting {
+        let w = Waiting {
             time_ns,
             method: r.method.clone(),
             target: r.target.clone(),
-        });
+        };
+        self.pending_bytes += w.bytes();
+        conn.queue.push_back(w);
+        while self.pending_bytes > self.cfg.max_pending_bytes && !self.conns.is_empty() {
+            self.forget_oldest();
+        }
+    }
+
+    /// Bytes of the requests waiting for a response.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     /// The table is full: the least recently active tenth of the connections goes.
@@ -208,6 +236,8 @@ impl HttpTracker {
         for (_, k) in &by_age[..n] {
             if let Some(c) = self.conns.remove(k) {
                 self.stats.unanswered += c.queue.len() as u64;
+                self.stats.evicted += c.queue.len() as u64;
+                self.pending_bytes -= c.queue.iter().map(Waiting::bytes).sum::<usize>();
             }
         }
     }
@@ -215,18 +245,18 @@ impl HttpTracker {
     /// Requests unanswered for the timeout at `now` are forgotten (and counted).
     pub fn expire(&mut self, now: u64) {
         let timeout = self.cfg.timeout_ns;
-        let mut gone = 0;
+        let (mut gone, mut bytes) = (0, 0);
         self.conns.retain(|_, c| {
-            while c
+            while let Some(w) = c
                 .queue
-                .front()
-                .is_some_and(|w| now.saturating_sub(w.time_ns) >= timeout)
+                .pop_front_if(|w| now.saturating_sub(w.time_ns) >= timeout)
             {
-                c.queue.pop_front();
+                bytes += w.bytes();
                 gone += 1;
             }
             !c.queue.is_empty()
         });
+        self.pending_bytes -= bytes;
         self.stats.unanswered += gone;
     }
 }

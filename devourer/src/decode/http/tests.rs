@@ -36,6 +36,7 @@ fn tracker(local: &[&str]) -> HttpTracker {
         HttpConfig {
             timeout_ns: 30_000_000_000,
             max_connections: 100,
+            max_pending_bytes: 1 << 20,
             text_log: true,
         },
         LocalAddrs::new(nets),
@@ -237,4 +238,49 @@ mod fuzz {
             check(&mut t, &p, p.starts_with(b"HTTP"));
         }
     }
+}
+
+#[test]
+fn waiting_requests_stay_within_their_byte_budget_and_long_methods_are_cut() {
+    let mut t = HttpTracker::new(
+        HttpConfig {
+            timeout_ns: 30_000_000_000,
+            max_connections: 100_000,
+            max_pending_bytes: 10_000,
+            text_log: false,
+        },
+        LocalAddrs::new(vec![]),
+    );
+    let mut out = HttpOutput::default();
+    // 200 connections, each with one request whose target is 500 bytes: 100 KB unbounded.
+    for i in 0..200u16 {
+        let req = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(499));
+        t.on_event(
+            &seg(
+                u64::from(i),
+                ([10, 0, 0, 1], 10_000 + i),
+                ([10, 0, 0, 2], 80),
+            ),
+            req.as_bytes(),
+            &mut out,
+        );
+        assert!(t.pending_bytes() <= 10_000, "{}", t.pending_bytes());
+    }
+    assert!(t.stats.evicted > 0 && t.stats.evicted == t.stats.unanswered);
+    let long = format!("{} / HTTP/1.1\r\n\r\n", "X".repeat(100));
+    out = HttpOutput::default();
+    t.on_event(
+        &seg(1, ([10, 0, 0, 9], 1), ([10, 0, 0, 2], 80)),
+        long.as_bytes(),
+        &mut out,
+    );
+    let Message::Request(r) = &out.msgs[0].message else {
+        panic!("a request")
+    };
+    assert!(
+        r.method.len() < 40 && r.method.ends_with("[...]"),
+        "{}",
+        r.method
+    );
+    assert_eq!(r.truncated, ["method"]);
 }

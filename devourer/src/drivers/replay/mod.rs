@@ -163,7 +163,8 @@ impl Replay {
             if !agent.scan(boundary, false)? {
                 bail!("output closed");
             }
-            self.next_scan = Some(boundary + self.interval);
+            // A timestamp near u64::MAX (a corrupt file) must not overflow the clock.
+            self.next_scan = Some(boundary.saturating_add(self.interval));
         }
         self.last_ts = Some(self.last_ts.map_or(pkt.ts_ns, |t| t.max(pkt.ts_ns)));
         match pkt.skip {
@@ -197,7 +198,7 @@ impl Replay {
         }
         st.fed += 1;
         for kind in [PayloadKind::Dns, PayloadKind::Http] {
-            agent.payloads(kind);
+            agent.payloads(kind, usize::MAX);
             if agent.pipeline.backlog(kind) >= EMIT_BATCH && !agent.pipeline.emit(kind) {
                 bail!("output closed");
             }

@@ -259,7 +259,16 @@ impl Sink for BqSink {
         *self.deadline.lock().expect("deadline lock") = Some(deadline);
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A request in flight may take up to --bq-timeout: never wait past the deadline.
+            // Its rows stay in the spool (sent again at the next start; insertIds de-duplicate).
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!("BigQuery did not answer by the shutdown deadline: stopping anyway");
+            }
         }
         let left = self.spool.bytes();
         let s = &self.stats;

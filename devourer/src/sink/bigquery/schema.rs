@@ -79,6 +79,7 @@ pub fn columns(kind: TableKind) -> &'static [(&'static str, &'static str, bool)]
             ("latency", "FLOAT", false),
             ("status", "STRING", false),
             ("role", "STRING", false),
+            ("cut", "BOOLEAN", false),
         ],
         TableKind::Overflow => &[
             ("id", "STRING", false),
@@ -97,6 +98,7 @@ fn field_type(t: &str) -> FieldType {
         "INTEGER" => FieldType::Integer,
         "TIMESTAMP" => FieldType::Timestamp,
         "FLOAT" => FieldType::Float,
+        "BOOLEAN" => FieldType::Boolean,
         _ => FieldType::String,
     }
 }
@@ -276,6 +278,7 @@ mod tests {
             latency: None,
             status: "lost",
             role: "client",
+            cut: false,
         };
         let mut a = keys(&dns);
         let mut b: Vec<String> = columns(TableKind::Dns)

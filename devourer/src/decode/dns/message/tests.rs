@@ -76,6 +76,27 @@ fn cut_records_still_give_id_flags_and_question() {
 }
 
 #[test]
+fn a_message_cut_inside_its_answers_keeps_the_ones_that_fit() {
+    let full = response(
+        10,
+        0,
+        "many.example",
+        1,
+        &[
+            a("many.example", 60, [192, 0, 2, 1]),
+            a("many.example", 60, [192, 0, 2, 2]),
+            a("many.example", 60, [192, 0, 2, 3]),
+        ],
+    );
+    // The third A record loses its last two address bytes.
+    let m = parse(&full[..full.len() - 2]).unwrap();
+    assert!(m.partial);
+    let data: Vec<&str> = m.answers.iter().map(|a| a.data.as_str()).collect();
+    assert_eq!(data, ["192.0.2.1", "192.0.2.2"]);
+    assert_eq!(m.addresses.len(), 2, "the names of what fit are learnt");
+}
+
+#[test]
 fn garbage_is_refused_with_a_reason() {
     assert_eq!(parse(&[0; 11]), Err(ParseError::TooShort));
     let mut bad = query(1, "x.example", 1);
