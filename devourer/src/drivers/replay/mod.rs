@@ -4,6 +4,7 @@
 //! frames the file ([`reader`], [`pcapfile`]), so the replaying thread only feeds the program.
 
 pub mod pcapfile;
+mod pcapng;
 mod reader;
 
 use std::{io::IsTerminal, process::ExitCode, time::Instant};

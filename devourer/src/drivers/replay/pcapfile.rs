@@ -1,6 +1,6 @@
-//! Capture files (pcap, pcapng) for replay: reads pcap and pcapng (with pcap-file), keeps each pcapng
-//! interface's name, link type and timestamp resolution, and turns every supported link type
-//! into an Ethernet frame for the kernel program.
+//! Capture files for replay: pcap (with pcap-file) and pcapng (with the tolerant reader in
+//! `pcapng`), keeping each pcapng interface's name, link type and timestamp resolution, and
+//! every supported link type turned into an Ethernet frame for the kernel program.
 
 use std::{
     fs::File,
@@ -12,14 +12,11 @@ use std::{
     },
 };
 
-use pcap_file::{
-    DataLink, PcapError,
-    pcap::PcapReader,
-    pcapng::{
-        Block, PcapNgReader,
-        blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
-    },
-};
+use pcap_file::{DataLink, pcap::PcapReader};
+
+use super::pcapng::{self, Block, IfaceDesc};
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PcapFileError {
@@ -32,12 +29,12 @@ pub enum PcapFileError {
     #[error("{0} is neither a pcap nor a pcapng file (magic {1:02x?})")]
     UnknownFormat(String, [u8; 4]),
     #[error("bad capture file header")]
-    Header(#[source] PcapError),
+    Header(#[source] Source),
     #[error("the capture file is truncated or corrupt after {packets} packets")]
     Corrupt {
         packets: u64,
         #[source]
-        source: PcapError,
+        source: Source,
     },
 }
 
@@ -54,27 +51,16 @@ pub struct Interface {
 }
 
 impl Interface {
-    fn from_idb(idb: &InterfaceDescriptionBlock<'_>) -> Self {
-        let mut iface = Self {
-            name: None,
-            linktype: idb.linktype,
-            ts_mul: 1000,
-            ts_div: 1,
-            ts_offset_s: 0,
-        };
-        for opt in &idb.options {
-            match opt {
-                InterfaceDescriptionOption::IfName(n) => iface.name = Some(n.to_string()),
-                InterfaceDescriptionOption::IfTsResol(r) => {
-                    let (mul, div) = tsresol(*r);
-                    iface.ts_mul = mul;
-                    iface.ts_div = div;
-                }
-                InterfaceDescriptionOption::IfTsOffset(s) => iface.ts_offset_s = *s,
-                _ => {}
-            }
+    fn from_desc(d: &IfaceDesc) -> Self {
+        // Microseconds unless `if_tsresol` says otherwise.
+        let (ts_mul, ts_div) = d.tsresol.map_or((1000, 1), tsresol);
+        Self {
+            name: d.name.clone(),
+            linktype: DataLink::from(u32::from(d.linktype)),
+            ts_mul,
+            ts_div,
+            ts_offset_s: d.tsoffset.map_or(0, |s| s.max(0) as u64),
         }
-        iface
     }
 
     /// Converts a raw pcapng timestamp (in this interface's units) to nanoseconds.
@@ -111,7 +97,7 @@ pub struct Packet {
 enum Inner {
     Pcap(PcapReader<BufReader<Counting<File>>>),
     PcapNg {
-        reader: PcapNgReader<BufReader<Counting<File>>>,
+        reader: pcapng::Reader<BufReader<Counting<File>>>,
         /// Interfaces of the current section, as indexes into `interfaces`.
         section: Vec<usize>,
         last_ts: u64,
@@ -164,7 +150,7 @@ impl PcapFile {
             | [0xa1, 0xb2, 0xc3, 0xd4]
             | [0x4d, 0x3c, 0xb2, 0xa1]
             | [0xa1, 0xb2, 0x3c, 0x4d] => {
-                let r = PcapReader::new(reader).map_err(PcapFileError::Header)?;
+                let r = PcapReader::new(reader).map_err(|e| PcapFileError::Header(e.into()))?;
                 let h = r.header();
                 let iface = Interface {
                     name: None,
@@ -176,7 +162,7 @@ impl PcapFile {
                 (Inner::Pcap(r), vec![iface])
             }
             [0x0a, 0x0d, 0x0d, 0x0a] => {
-                let r = PcapNgReader::new(reader).map_err(PcapFileError::Header)?;
+                let r = pcapng::Reader::new(reader);
                 (
                     Inner::PcapNg {
                         reader: r,
@@ -210,13 +196,13 @@ impl PcapFile {
     /// The next packet; `Ok(None)` at the clean end of the file.
     pub fn next_packet(&mut self) -> Result<Option<Packet>, PcapFileError> {
         let packets = self.packets;
-        let corrupt = |source| PcapFileError::Corrupt { packets, source };
+        let corrupt = |source: Source| PcapFileError::Corrupt { packets, source };
         let pkt = match &mut self.inner {
             Inner::Pcap(r) => {
                 let res = r.header().ts_resolution;
                 match r.next_raw_packet() {
                     None => None,
-                    Some(Err(e)) => return Err(corrupt(e)),
+                    Some(Err(e)) => return Err(corrupt(e.into())),
                     Some(Ok(raw)) => {
                         let frac = u64::from(raw.ts_frac);
                         let frac_ns = match res {
@@ -237,57 +223,46 @@ impl PcapFile {
                 last_ts,
             } => loop {
                 let block = match reader.next_block() {
-                    None => break None,
-                    Some(Err(e)) => return Err(corrupt(e)),
-                    Some(Ok(b)) => b,
+                    Ok(None) => break None,
+                    Err(e) => return Err(corrupt(e.into())),
+                    Ok(Some(b)) => b,
                 };
                 let iface_of = |section: &[usize], id: u32| -> Result<usize, PcapFileError> {
                     section
                         .get(id as usize)
                         .copied()
-                        .ok_or(PcapFileError::Corrupt {
+                        .ok_or_else(|| PcapFileError::Corrupt {
                             packets,
-                            source: PcapError::InvalidInterfaceId(id),
+                            source: format!("a packet names interface {id}, not described")
+                                .into(),
                         })
                 };
                 match block {
-                    Block::SectionHeader(_) => section.clear(),
-                    Block::InterfaceDescription(idb) => {
+                    Block::Section => section.clear(),
+                    Block::Interface(d) => {
                         section.push(self.interfaces.len());
-                        self.interfaces.push(Interface::from_idb(&idb));
+                        self.interfaces.push(Interface::from_desc(&d));
                     }
-                    Block::EnhancedPacket(epb) => {
-                        let idx = iface_of(section, epb.interface_id)?;
-                        // pcap-file hands the raw 64-bit count over as nanoseconds.
-                        let raw = epb.timestamp.as_nanos() as u64;
-                        let ts = self.interfaces[idx].ns(raw);
+                    Block::Packet { iface, ts, data } => {
+                        let idx = iface_of(section, iface)?;
+                        let ts = self.interfaces[idx].ns(ts);
                         *last_ts = ts;
                         break Some(Packet {
                             ts_ns: ts,
                             iface: idx,
-                            data: epb.data.into_owned(),
+                            data: data.to_vec(),
                         });
                     }
-                    Block::Packet(pb) => {
-                        let idx = iface_of(section, u32::from(pb.interface_id))?;
-                        let ts = self.interfaces[idx].ns(pb.timestamp);
-                        *last_ts = ts;
-                        break Some(Packet {
-                            ts_ns: ts,
-                            iface: idx,
-                            data: pb.data.into_owned(),
-                        });
-                    }
-                    Block::SimplePacket(spb) => {
+                    Block::Simple { data } => {
                         // No timestamp and always interface 0: use the last time seen.
                         let idx = iface_of(section, 0)?;
                         break Some(Packet {
                             ts_ns: *last_ts,
                             iface: idx,
-                            data: spb.data.into_owned(),
+                            data: data.to_vec(),
                         });
                     }
-                    _ => {}
+                    Block::Other => {}
                 }
             },
         };
