@@ -157,8 +157,15 @@ pub struct Wakeup {
 pub struct XdpReplayMeta {
     pub ts_ns: u64,
     pub ifindex: u32,
-    pub _pad: u32,
+    /// The frame's length on the wire (it may be replayed cut): what an IP length of 0 (a
+    /// BIG TCP or jumbo super-packet) is counted from.
+    pub wire_len: u32,
 }
+
+/// Offline TC replay: `__sk_buff.cb[CB_IFINDEX]` carries the replayed interface and
+/// `cb[CB_WIRE_LEN]` the frame's length on the wire (see [`XdpReplayMeta::wire_len`]).
+pub const CB_IFINDEX: usize = 0;
+pub const CB_WIRE_LEN: usize = 1;
 
 impl XdpReplayMeta {
     /// The bytes the program reads at `data_meta` (native byte order, as the kernel's).
@@ -166,7 +173,7 @@ impl XdpReplayMeta {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&self.ts_ns.to_ne_bytes());
         b[8..12].copy_from_slice(&self.ifindex.to_ne_bytes());
-        b[12..].copy_from_slice(&self._pad.to_ne_bytes());
+        b[12..].copy_from_slice(&self.wire_len.to_ne_bytes());
         b
     }
 }

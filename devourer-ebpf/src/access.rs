@@ -2,11 +2,16 @@
 //! `bpf_skb_load_bytes` past it) and XDP (linear first buffer), behind the parser's `Packet`
 //! trait and [`CopyOut`] for payload copies.
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{
     helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
+use devourer_common::flow::{CB_WIRE_LEN, XdpReplayMeta};
 use devourer_ebpf::Packet;
+
+use crate::program::offline;
 
 /// Copies `len` (1..=PAYLOAD_CAP_MAX) bytes at `off` of the packet into `dst`.
 pub trait CopyOut {
@@ -57,8 +62,17 @@ impl Packet for TcPacket<'_> {
         unsafe { core::ptr::read(p) }
     }
 
+    /// Read only for an IP length of 0 (BIG TCP, jumbograms). Replayed frames may be cut:
+    /// their length on the wire travels in `cb[CB_WIRE_LEN]`.
     #[inline(always)]
     fn frame_len(&self) -> usize {
+        if offline() {
+            // SAFETY: the context the kernel passed in; cb is readable by sched_cls programs.
+            let wire = unsafe { read_volatile(&(*self.ctx.skb.skb).cb[CB_WIRE_LEN]) };
+            if wire != 0 {
+                return wire as usize;
+            }
+        }
         self.ctx.len() as usize
     }
 }
@@ -88,8 +102,19 @@ impl Packet for XdpPacket<'_> {
         unsafe { core::ptr::read(p) }
     }
 
+    /// As for TC; offline, the length on the wire travels in the replay metadata.
     #[inline(always)]
     fn frame_len(&self) -> usize {
+        if offline() {
+            let meta = self.0.metadata();
+            if meta + size_of::<XdpReplayMeta>() <= self.0.data() {
+                // SAFETY: the metadata area was bounds-checked against data just above.
+                let m = unsafe { core::ptr::read_unaligned(meta as *const XdpReplayMeta) };
+                if m.wire_len != 0 {
+                    return m.wire_len as usize;
+                }
+            }
+        }
         self.0.data_end() - self.0.data()
     }
 }

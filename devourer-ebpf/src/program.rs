@@ -20,7 +20,7 @@ use devourer_common::{
     flow::{
         C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_HTTP_CUT, C_HTTP_EVENTS, C_HTTP_RING_FULL,
         C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
-        C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS, CounterBlock,
+        C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS, CB_IFINDEX, CounterBlock,
         DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6,
         OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup,
         XdpReplayMeta,
@@ -93,7 +93,7 @@ static WAKE_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 static LOG_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn offline() -> bool {
+pub fn offline() -> bool {
     // SAFETY: a load-time constant; volatile so the compiler does not fold the default.
     unsafe { read_volatile(&DEVOURER_OFFLINE) != 0 }
 }
@@ -175,7 +175,7 @@ pub fn tc<S: FlowStore>(ctx: &TcContext) {
         // Both interface fields are read whatever the mode (LLVM would otherwise merge the two
         // 32-bit reads into one through a selected offset, which the verifier refuses); only
         // offline replay reads tstamp, whose read carries extra checks.
-        let cb0 = read_volatile(&(*skb).cb[0]);
+        let cb0 = read_volatile(&(*skb).cb[CB_IFINDEX]);
         let dev = read_volatile(&(*skb).ifindex);
         let (ts, ifindex) = if offline() {
             (read_volatile(&(*skb).tstamp), cb0)

@@ -247,7 +247,7 @@ fn replay_floor(loaded: &mut loader::Loaded, v4: &[u8]) {
     // The offline replay floor: one BPF_PROG_TEST_RUN call (repeat 1) of an empty TC program,
     // timed from userspace, syscall included.
     let empty = loaded.prog_fd(PROG_EMPTY_TC).expect("empty program");
-    let ctx = devourer::kernel::sys::skb_ctx(1, 1);
+    let ctx = devourer::kernel::sys::skb_ctx(1, 1, 0);
     let start = Instant::now();
     for _ in 0..CALLS {
         devourer::kernel::sys::test_run(empty, v4, &ctx).expect("test run");
@@ -268,7 +268,7 @@ fn replay_floor_file(loaded: &mut loader::Loaded, path: &std::path::Path) {
     while let Some(pkt) = cap.next_packet().expect("reading the capture") {
         let lt = cap.interfaces[pkt.iface].linktype;
         if to_ethernet(lt, &pkt.data, &mut frame).is_ok() {
-            let ctx = devourer::kernel::sys::skb_ctx(pkt.ts_ns, pkt.iface as u32 + 1);
+            let ctx = devourer::kernel::sys::skb_ctx(pkt.ts_ns, pkt.iface as u32 + 1, 0);
             devourer::kernel::sys::test_run(empty, &frame, &ctx).expect("test run");
             n += 1;
         }

@@ -76,7 +76,7 @@ fn reused_per_cpu_entries_start_from_zero_and_deletes_return_every_cpu() {
     let frame = udp_frame(10, 0);
     let run = |cpu: usize, ts: u64| {
         pin_to_cpu(cpu);
-        bpf_sys::test_run(prog, &frame, &bpf_sys::skb_ctx(ts, 7)).expect("test run");
+        bpf_sys::test_run(prog, &frame, &bpf_sys::skb_ctx(ts, 7, 0)).expect("test run");
     };
     for i in 0..3 {
         run(0, 1_000 + i);
@@ -111,7 +111,7 @@ fn reused_per_cpu_entries_start_from_zero_and_deletes_return_every_cpu() {
     for port in 0..300u16 {
         let mut f = frame.clone();
         f[34..36].copy_from_slice(&(2000 + port).to_be_bytes());
-        bpf_sys::test_run(prog, &f, &bpf_sys::skb_ctx(3_000, 7)).unwrap();
+        bpf_sys::test_run(prog, &f, &bpf_sys::skb_ctx(3_000, 7, 0)).unwrap();
     }
     let mut drained = Vec::new();
     loaded.flows.take_all(&mut drained).unwrap();
@@ -133,11 +133,11 @@ fn replay_frames_up_to_the_cut_length_are_accepted() {
     let xdp = loaded.prog_fd(PROG_XDP).unwrap();
     let big = udp_frame(MAX_REPLAY_FRAME - 42, MAX_REPLAY_FRAME);
     assert_eq!(big.len(), MAX_REPLAY_FRAME);
-    bpf_sys::test_run(tc, &big, &bpf_sys::skb_ctx(1, 1)).expect("TC accepts the cut length");
+    bpf_sys::test_run(tc, &big, &bpf_sys::skb_ctx(1, 1, 0)).expect("TC accepts the cut length");
     let meta = XdpReplayMeta {
         ts_ns: 1,
         ifindex: 1,
-        _pad: 0,
+        wire_len: 0,
     };
     let mut input = meta.to_ne_bytes().to_vec();
     input.extend_from_slice(&big);
@@ -145,7 +145,7 @@ fn replay_frames_up_to_the_cut_length_are_accepted() {
     bpf_sys::test_run(xdp, &input, &ctx).expect("XDP accepts the cut length");
     // A page-sized frame is what the cut avoids.
     let huge = udp_frame(4000, 0);
-    assert!(bpf_sys::test_run(tc, &huge, &bpf_sys::skb_ctx(1, 1)).is_err());
+    assert!(bpf_sys::test_run(tc, &huge, &bpf_sys::skb_ctx(1, 1, 0)).is_err());
     // Frames shorter than an Ethernet header are refused by the kernel (userspace skips them).
-    assert!(bpf_sys::test_run(tc, &[0u8; 10], &bpf_sys::skb_ctx(1, 1)).is_err());
+    assert!(bpf_sys::test_run(tc, &[0u8; 10], &bpf_sys::skb_ctx(1, 1, 0)).is_err());
 }

@@ -114,9 +114,10 @@ pub fn write_pcap(path: &Path, link: DataLink, frames: &[Vec<u8>], start_s: u64)
 /// Writes (microseconds since the epoch, frame) pairs as a pcap of `link`.
 pub fn write_pcap_timed(path: &Path, link: DataLink, frames: &[(u64, Vec<u8>)]) {
     let file = std::fs::File::create(path).expect("create pcap");
+    // tcpdump's snap length: super-packets (BIG TCP) are longer than 64 KiB.
     let header = PcapHeader {
         datalink: link,
-        snaplen: 65535,
+        snaplen: 262_144,
         ..Default::default()
     };
     let mut w = PcapWriter::with_header(file, header).expect("pcap header");

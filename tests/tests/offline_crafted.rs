@@ -512,3 +512,54 @@ fn a_full_flow_map_spills_to_the_overflow_map_and_nothing_is_lost() {
         assert_eq!(tcp.len(), 1, "{tcp:?}");
     }
 }
+
+#[test]
+fn big_tcp_super_packets_count_their_length_on_the_wire_though_replayed_cut() {
+    if !require_root("big_tcp_super_packets_count_their_length_on_the_wire_though_replayed_cut") {
+        return;
+    }
+    let tmp = TempDir::new("bigtcp");
+    // BIG TCP: an IPv4 super-packet of 80,066 bytes on the wire with total length 0, and an
+    // IPv6 one with payload length 0; each replayed cut to 3 KiB.
+    let mut v4 = eth4(&ipv4(
+        A4,
+        B4,
+        6,
+        &tcp(4000, 80, 0x10, &vec![7u8; 80_012]),
+        0,
+        0,
+    ));
+    assert_eq!(v4.len(), 80_066);
+    v4[16..18].copy_from_slice(&[0, 0]);
+    let mut v6 = eth6(&ipv6(
+        A6,
+        B6,
+        6,
+        &[],
+        &tcp(4001, 80, 0x10, &vec![8u8; 70_000]),
+    ));
+    v6[18..20].copy_from_slice(&[0, 0]);
+    let file = tmp.path("bigtcp.pcap");
+    write_pcap(
+        &file,
+        DataLink::ETHERNET,
+        &[v4.clone(), v6.clone()],
+        1_700_000_000,
+    );
+    for mode in ["tc", "xdp"] {
+        let (status, stdout, stderr) = devourer_read(&file, &["--mode", mode]);
+        assert!(status.success(), "{stderr}");
+        let recs = records(&stdout);
+        let bytes = |port: u64| {
+            recs.iter()
+                .find(|r| r["src_port"] == port)
+                .and_then(|r| r["src_bytes"].as_u64())
+        };
+        assert_eq!(bytes(4000), Some(80_066 - 14), "IPv4, {mode}: {recs:?}");
+        assert_eq!(
+            bytes(4001),
+            Some(v6.len() as u64 - 14),
+            "IPv6, {mode}: {recs:?}"
+        );
+    }
+}

@@ -38,15 +38,22 @@ impl Replayer {
         })
     }
 
-    /// Runs the program once over `frame`, seen at `ts_ns` on interface `ifindex`.
-    pub fn feed(&mut self, frame: &[u8], ts_ns: u64, ifindex: u32) -> io::Result<()> {
+    /// Runs the program once over `frame` (maybe cut: `wire_len` was its length on the wire),
+    /// seen at `ts_ns` on interface `ifindex`.
+    pub fn feed(
+        &mut self,
+        frame: &[u8],
+        wire_len: u32,
+        ts_ns: u64,
+        ifindex: u32,
+    ) -> io::Result<()> {
         match self.mode {
-            Mode::Tc => sys::test_run(self.prog, frame, &sys::skb_ctx(ts_ns, ifindex)),
+            Mode::Tc => sys::test_run(self.prog, frame, &sys::skb_ctx(ts_ns, ifindex, wire_len)),
             Mode::Xdp => {
                 let meta = XdpReplayMeta {
                     ts_ns,
                     ifindex,
-                    _pad: 0,
+                    wire_len,
                 };
                 self.input.clear();
                 self.input.extend_from_slice(&meta.to_ne_bytes());

@@ -3,6 +3,8 @@
 
 use std::{io, os::fd::RawFd};
 
+use devourer_common::flow::{CB_IFINDEX, CB_WIRE_LEN};
+
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -143,15 +145,17 @@ pub fn lookup_batch(
 
 /// Size of `struct __sk_buff` in the UAPI, and the offsets of the fields offline mode sets.
 pub const SKB_CTX_LEN: usize = 192;
-const SKB_CB0: usize = 48;
+const SKB_CB: usize = 48;
 const SKB_TSTAMP: usize = 152;
 
 /// Builds the `__sk_buff` context a TC program sees in BPF_PROG_TEST_RUN: the packet's time as
-/// `tstamp` and the replayed interface as `cb[0]` (the only fields test_run lets us set that
-/// the program reads).
-pub fn skb_ctx(tstamp_ns: u64, ifindex: u32) -> [u8; SKB_CTX_LEN] {
+/// `tstamp`, the replayed interface and the frame's length on the wire in `cb[]` (the only
+/// fields test_run lets us set that the program reads).
+pub fn skb_ctx(tstamp_ns: u64, ifindex: u32, wire_len: u32) -> [u8; SKB_CTX_LEN] {
     let mut ctx = [0u8; SKB_CTX_LEN];
-    ctx[SKB_CB0..SKB_CB0 + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    let cb = |i: usize| SKB_CB + 4 * i;
+    ctx[cb(CB_IFINDEX)..cb(CB_IFINDEX) + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[cb(CB_WIRE_LEN)..cb(CB_WIRE_LEN) + 4].copy_from_slice(&wire_len.to_ne_bytes());
     ctx[SKB_TSTAMP..SKB_TSTAMP + 8].copy_from_slice(&tstamp_ns.to_ne_bytes());
     ctx
 }

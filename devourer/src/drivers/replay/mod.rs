@@ -188,7 +188,7 @@ impl Replay {
         }
         st.cut += u64::from(pkt.cut);
         let frame = batch.frame(pkt);
-        if let Err(e) = replayer.feed(frame, pkt.ts_ns, pkt.iface as u32 + 1) {
+        if let Err(e) = replayer.feed(frame, pkt.wire_len, pkt.ts_ns, pkt.iface as u32 + 1) {
             st.run_errors += 1;
             tracing::debug!(
                 packet = st.packets,

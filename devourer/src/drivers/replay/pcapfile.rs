@@ -92,6 +92,8 @@ pub struct Packet {
     /// Index into [`PcapFile::interfaces`].
     pub iface: usize,
     pub data: Vec<u8>,
+    /// Its length on the wire (the capture may hold less: a snap length).
+    pub orig_len: u32,
 }
 
 enum Inner {
@@ -212,6 +214,7 @@ impl PcapFile {
                         Some(Packet {
                             ts_ns: u64::from(raw.ts_sec) * 1_000_000_000 + frac_ns,
                             iface: 0,
+                            orig_len: raw.orig_len,
                             data: raw.data.into_owned(),
                         })
                     }
@@ -233,8 +236,7 @@ impl PcapFile {
                         .copied()
                         .ok_or_else(|| PcapFileError::Corrupt {
                             packets,
-                            source: format!("a packet names interface {id}, not described")
-                                .into(),
+                            source: format!("a packet names interface {id}, not described").into(),
                         })
                 };
                 match block {
@@ -243,22 +245,29 @@ impl PcapFile {
                         section.push(self.interfaces.len());
                         self.interfaces.push(Interface::from_desc(&d));
                     }
-                    Block::Packet { iface, ts, data } => {
+                    Block::Packet {
+                        iface,
+                        ts,
+                        orig_len,
+                        data,
+                    } => {
                         let idx = iface_of(section, iface)?;
                         let ts = self.interfaces[idx].ns(ts);
                         *last_ts = ts;
                         break Some(Packet {
                             ts_ns: ts,
                             iface: idx,
+                            orig_len,
                             data: data.to_vec(),
                         });
                     }
-                    Block::Simple { data } => {
+                    Block::Simple { orig_len, data } => {
                         // No timestamp and always interface 0: use the last time seen.
                         let idx = iface_of(section, 0)?;
                         break Some(Packet {
                             ts_ns: *last_ts,
                             iface: idx,
+                            orig_len,
                             data: data.to_vec(),
                         });
                     }

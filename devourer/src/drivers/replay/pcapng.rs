@@ -37,14 +37,17 @@ pub enum Block<'a> {
     /// A new section: its interfaces start from index 0 again.
     Section,
     Interface(IfaceDesc),
-    /// A packet on interface `iface` at `ts` (raw units of that interface).
+    /// A packet on interface `iface` at `ts` (raw units of that interface), `orig_len` bytes
+    /// on the wire of which `data` was captured.
     Packet {
         iface: u32,
         ts: u64,
+        orig_len: u32,
         data: &'a [u8],
     },
     /// A simple packet block: interface 0, no timestamp.
     Simple {
+        orig_len: u32,
         data: &'a [u8],
     },
     /// Anything else (name resolution, statistics, custom, ...).
@@ -146,6 +149,7 @@ impl<R: Read> Reader<R> {
                 Block::Packet {
                     iface: self.u32(&b[..4]),
                     ts: u64::from(self.u32(&b[4..])) << 32 | u64::from(self.u32(&b[8..])),
+                    orig_len: self.u32(&b[16..]),
                     data: &self.buf[20..20 + caplen],
                 }
             }
@@ -154,12 +158,15 @@ impl<R: Read> Reader<R> {
                 Block::Packet {
                     iface: u32::from(self.u16(&b[..2])),
                     ts: u64::from(self.u32(&b[4..])) << 32 | u64::from(self.u32(&b[8..])),
+                    orig_len: self.u32(&b[16..]),
                     data: &self.buf[20..20 + caplen],
                 }
             }
             SPB if b.len() >= 4 => {
-                let len = (self.u32(&b[..4]) as usize).min(b.len() - 4);
+                let orig_len = self.u32(&b[..4]);
+                let len = (orig_len as usize).min(b.len() - 4);
                 Block::Simple {
+                    orig_len,
                     data: &self.buf[4..4 + len],
                 }
             }

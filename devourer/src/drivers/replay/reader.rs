@@ -26,6 +26,8 @@ pub struct Framed {
     pub skip: Option<(FrameSkip, DataLink)>,
     /// Cut to [`MAX_REPLAY_FRAME`].
     pub cut: bool,
+    /// The Ethernet frame's length on the wire, before any cut (the capture's or ours).
+    pub wire_len: u32,
     /// The frame: `bytes[start..end]` of the batch.
     start: usize,
     end: usize,
@@ -104,11 +106,15 @@ fn read_loop(cap: &mut PcapFile, tx: &SyncSender<Batch>, returned: &Receiver<Bat
                         iface: pkt.iface,
                         skip: None,
                         cut: false,
+                        wire_len: 0,
                         start,
                         end: start,
                     };
                     match to_ethernet(linktype, &pkt.data, &mut frame) {
                         Ok(()) => {
+                            let uncaptured = (pkt.orig_len as usize).saturating_sub(pkt.data.len());
+                            framed.wire_len =
+                                u32::try_from(frame.len() + uncaptured).unwrap_or(u32::MAX);
                             if frame.len() > MAX_REPLAY_FRAME {
                                 frame.truncate(MAX_REPLAY_FRAME);
                                 framed.cut = true;

@@ -11,11 +11,19 @@ struct W {
 
 impl W {
     fn u16(&self, v: u16) -> [u8; 2] {
-        if self.be { v.to_be_bytes() } else { v.to_le_bytes() }
+        if self.be {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
     }
 
     fn u32(&self, v: u32) -> [u8; 4] {
-        if self.be { v.to_be_bytes() } else { v.to_le_bytes() }
+        if self.be {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
     }
 
     fn opt(&self, code: u16, value: &[u8]) -> Vec<u8> {
@@ -72,12 +80,22 @@ impl W {
 }
 
 fn file(be: bool) -> Vec<u8> {
-    let mut w = W { be, out: Vec::new() };
+    let mut w = W {
+        be,
+        out: Vec::new(),
+    };
     w.shb();
     let opts = [
         w.opt(2, b"eth\xff1"),
         w.opt(9, &[6]),
-        w.opt(14, &if be { 5i64.to_be_bytes() } else { 5i64.to_le_bytes() }),
+        w.opt(
+            14,
+            &if be {
+                5i64.to_be_bytes()
+            } else {
+                5i64.to_le_bytes()
+            },
+        ),
         w.opt(2989, b"\0\0\x7e\xd9x"),
         w.opt(0, b""),
     ];
@@ -112,6 +130,7 @@ fn both_byte_orders_read_with_the_options_that_matter_and_bad_ones_ignored() {
             Some(Block::Packet {
                 iface: 0,
                 ts: 1_700_000_000_000_123,
+                orig_len: 10,
                 data: b"packet-one"
             })
         );
@@ -121,6 +140,7 @@ fn both_byte_orders_read_with_the_options_that_matter_and_bad_ones_ignored() {
             Some(Block::Packet {
                 iface: 1,
                 ts: 42,
+                orig_len: 3,
                 data: b"two"
             })
         );
