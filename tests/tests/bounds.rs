@@ -272,3 +272,111 @@ for p in range(1, 4001):
         "{text}"
     );
 }
+
+/// The largest resident set of any child this test process has waited for, in KiB.
+fn children_max_rss_kib() -> u64 {
+    // SAFETY: getrusage fills a zeroed struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    u.ru_maxrss as u64
+}
+
+#[test]
+fn every_flood_at_once_stays_under_256_mib_at_default_settings() {
+    if !require_root("every_flood_at_once_stays_under_256_mib_at_default_settings") {
+        return;
+    }
+    use devourer_tests::frames::*;
+    use pcap_file::DataLink;
+    let tmp = TempDir::new("floods");
+    let addr = |i: u32| [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let server = [192, 0, 2, 53];
+    let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut t = 1_700_000_000_000_000u64;
+    let mut push = |f: Vec<u8>| {
+        t += 50;
+        frames.push((t, f));
+    };
+    // Interleaved: spoofed SYNs (180,000 distinct flows: past --max-flows and the kernel map
+    // together), DNS queries nobody answers (70,000: past --dns-max-pending), DNS-over-TCP
+    // connections each stuck inside a long message (12,000: past the connection cap and the
+    // byte budget), and HTTP requests with long targets on as many connections (30,000: past
+    // the pending-bytes budget).
+    for i in 0..180_000u32 {
+        push(eth4(&ipv4(
+            addr(i),
+            server,
+            6,
+            &tcp(40_000, 443, 0x02, &[]),
+            0,
+            0,
+        )));
+        if i < 70_000 {
+            let mut q = (i as u16).to_be_bytes().to_vec();
+            q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 7]);
+            q.extend_from_slice(b"example\0\0\x01\0\x01");
+            push(eth4(&ipv4(
+                addr(i),
+                server,
+                17,
+                &udp(5000 + (i % 50_000) as u16, 53, &q),
+                0,
+                0,
+            )));
+        }
+        if i < 12_000 {
+            let mut m = 60_000u16.to_be_bytes().to_vec();
+            m.extend(std::iter::repeat_n(0x41u8, 1400));
+            push(eth4(&ipv4(
+                addr(i),
+                server,
+                6,
+                &tcp(6000, 53, 0x18, &m),
+                0,
+                0,
+            )));
+        }
+        if i < 30_000 {
+            let req = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "t".repeat(1000));
+            push(eth4(&ipv4(
+                addr(i),
+                server,
+                6,
+                &tcp(7000, 80, 0x18, req.as_bytes()),
+                0,
+                0,
+            )));
+        }
+    }
+    let file = tmp.path("floods.pcap");
+    write_pcap_timed(&file, DataLink::ETHERNET, &frames);
+    let packets = frames.len();
+    drop(frames);
+    let out = Command::new(devourer_bin())
+        .arg("read")
+        .arg(&file)
+        .args([
+            "--http-ports",
+            "80",
+            "--output",
+            "/dev/null",
+            "--no-progress",
+        ])
+        .env("DEVOURER_LOG", "info")
+        .output()
+        .expect("running devourer read");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        log_number(&stderr, "replayed"),
+        Some(packets as u64),
+        "{stderr}"
+    );
+    let peak_mib = children_max_rss_kib() / 1024;
+    assert!(
+        peak_mib < 256,
+        "peak RSS {peak_mib} MiB under every flood at once:\n{stderr}"
+    );
+    eprintln!("peak RSS {peak_mib} MiB for {packets} packets");
+}

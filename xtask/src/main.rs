@@ -4,6 +4,7 @@
 mod bench;
 mod compare;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -58,6 +59,14 @@ enum Cmd {
     /// Replay every capture under DIR with BASELINE (an agent binary) and the current build;
     /// fail unless their records are byte for byte the same.
     CompareRecords { baseline: PathBuf, dir: PathBuf },
+    /// Runs the fuzz targets (cargo fuzz, pinned nightly) for a bounded time each.
+    Fuzz {
+        /// One target (all when omitted).
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u32,
+    },
     /// Everything CI runs: setup, fmt, clippy, unit tests, kernel parser tests, end-to-end tests.
     Test {
         /// Skip fmt and clippy.
@@ -146,6 +155,10 @@ fn main() -> Result<()> {
         Cmd::Bench { name } => bench::bench(name),
         Cmd::BuildStatic => build_static().map(|p| println!("{}", p.display())),
         Cmd::CompareRecords { baseline, dir } => compare::compare(&baseline, &dir),
+        Cmd::Fuzz { target, seconds } => {
+            setup::setup_tests()?;
+            fuzz::fuzz(target, seconds)
+        }
     }
 }
 
@@ -206,6 +219,8 @@ fn build_static() -> Result<PathBuf> {
                 STATIC_TARGET,
                 // libpcap (capture on request) has no static musl build on Debian.
                 "--no-default-features",
+                "--features",
+                "bigquery",
             ])
             .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
     )?;
@@ -227,22 +242,25 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
             "--workspace",
             "--exclude",
             "devourer-ebpf",
+            "--exclude",
+            "devourer-fuzz",
             "--all-targets",
             "--",
             "-D",
             "warnings",
         ]))?;
-        // The agent without capture on request (what the static binary is).
-        run_cmd(cargo().args([
-            "clippy",
-            "-p",
-            "devourer",
-            "--no-default-features",
-            "--lib",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        // The fuzz targets.
+        run_cmd(cargo().args(["clippy", "-p", "devourer-fuzz", "--", "-D", "warnings"]))?;
+        // The agent without capture on request (what the static binary is), and without
+        // any optional part (what the fuzz targets link).
+        for features in [&["--features", "bigquery"][..], &[]] {
+            run_cmd(
+                cargo()
+                    .args(["clippy", "-p", "devourer", "--no-default-features"])
+                    .args(features)
+                    .args(["--lib", "--", "-D", "warnings"]),
+            )?;
+        }
         // The kernel crate on its own: feature unification would otherwise pull std into it.
         run_cmd(
             Command::new("rustup")
@@ -265,7 +283,13 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
     run_cmd(
         cargo()
             .args(["test", "--workspace", "--exclude", "devourer-ebpf"])
-            .args(["--exclude", "devourer-tests", "--"])
+            .args([
+                "--exclude",
+                "devourer-tests",
+                "--exclude",
+                "devourer-fuzz",
+                "--",
+            ])
             .args(&filter),
     )?;
     // The kernel program's parser, on the host.
@@ -274,6 +298,11 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
             .args(["test", "-p", "devourer-ebpf", "--lib", "--"])
             .args(&filter),
     )?;
+    // What the agent reads from the network, files and requests, fuzzed for a bounded time
+    // (skipped when only some tests are asked for).
+    if filter.is_empty() {
+        fuzz::fuzz(None, 30)?;
+    }
     // End-to-end: the real binary against real traffic in network namespaces, as root.
     run_cmd(cargo().args(["build", "-p", "devourer"]))?;
     if !is_root() {

@@ -252,7 +252,23 @@ pub fn setup_tests() -> Result<()> {
         }
         apt_install(&missing).context("installing the tests' Debian packages")?;
     }
-    python_packages()
+    python_packages()?;
+    cargo_fuzz()
+}
+
+/// cargo-fuzz, for the fuzz targets (`cargo xtask fuzz`, part of `cargo xtask test`).
+fn cargo_fuzz() -> Result<()> {
+    if quiet_ok(Command::new("cargo").args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    run_cmd(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        "0.13.2",
+        "--locked",
+    ]))
+    .context("installing cargo-fuzz")
 }
 
 /// The tests' Python packages, installed with pip when an import fails.

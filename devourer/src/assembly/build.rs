@@ -21,7 +21,6 @@ use crate::{
     ops::metrics::Metrics,
     sink::{
         Sinks,
-        bigquery::{BqConfig, BqSink, spool::Limits},
         jsonl::{JsonLinesSink, QueueLimits, Target},
         textlog::TextLog,
     },
@@ -92,7 +91,9 @@ fn local_addrs(d: &DnsArgs, driver: &Driver) -> Result<LocalAddrs> {
     Ok(local)
 }
 
-pub fn bq_config(b: &BqArgs, project: String, dataset: String) -> BqConfig {
+#[cfg(feature = "bigquery")]
+pub fn bq_config(b: &BqArgs, project: String, dataset: String) -> crate::sink::bigquery::BqConfig {
+    use crate::sink::{bigquery::BqConfig, spool::Limits};
     BqConfig {
         project,
         dataset,
@@ -119,6 +120,30 @@ pub fn bq_config(b: &BqArgs, project: String, dataset: String) -> BqConfig {
         setup_wait: b.bq_setup_wait,
         schema_settle: b.bq_schema_settle,
     }
+}
+
+#[cfg(feature = "bigquery")]
+fn bigquery(
+    b: &BqArgs,
+    project: String,
+    dataset: String,
+    metrics: Option<&Arc<Metrics>>,
+) -> Result<Box<dyn crate::sink::Sink>> {
+    let observer = metrics.map(|m| m.request_observer("bigquery"));
+    let bq = crate::sink::bigquery::BqSink::start(bq_config(b, project, dataset), observer)?;
+    Ok(Box::new(bq))
+}
+
+#[cfg(not(feature = "bigquery"))]
+fn bigquery(
+    _b: &BqArgs,
+    _project: String,
+    _dataset: String,
+    _metrics: Option<&Arc<Metrics>>,
+) -> Result<Box<dyn crate::sink::Sink>> {
+    anyhow::bail!(
+        "BigQuery is configured, but this build has no BigQuery sink (built without the bigquery feature)"
+    )
 }
 
 /// Every sink the configuration asks for: JSON lines, BigQuery, the DNS and HTTP text logs.
@@ -152,9 +177,7 @@ fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> R
         sinks.push(Box::new(jsonl));
     }
     if let Some((project, dataset)) = p.bq.destination()? {
-        let observer = metrics.map(|m| m.request_observer("bigquery"));
-        let bq = BqSink::start(bq_config(&p.bq, project, dataset), observer)?;
-        sinks.push(Box::new(bq));
+        sinks.push(bigquery(&p.bq, project, dataset, metrics)?);
     }
     let local_tz = p.dns.log_tz == LogTz::Local;
     if !p.http.ports().is_empty()
@@ -184,6 +207,7 @@ pub fn parts(p: &PipelineArgs, driver: &Driver, metrics: Option<Arc<Metrics>>) -
         dns: dns_tracker(&p.dns, local),
         metrics,
         agent: p.flow.agent(),
+        max_interface_names: p.flow.max_interface_names as usize,
         default_interface: match driver {
             Driver::Live { .. } => "unknown",
             Driver::Replay => "pcap",

@@ -2,12 +2,13 @@
 //! through the DNS and HTTP trackers, kernel entries through the flow table, and what they
 //! produce turned into records for the metrics and every sink that takes their kind.
 
-use std::{collections::HashMap, io, sync::Arc, time::Instant};
+use std::{io, num::NonZeroUsize, sync::Arc, time::Instant};
 
 use devourer_common::{
     flow::{OverflowKey, OverflowValue},
     payload::PayloadHeader,
 };
+use lru::LruCache;
 
 use crate::{
     base::time::Clock,
@@ -33,6 +34,8 @@ pub struct Parts {
     pub agent: String,
     /// Interface name for indexes without one (`unknown` live, `pcap` offline).
     pub default_interface: &'static str,
+    /// Interface names remembered at most (interfaces come and go on a node).
+    pub max_interface_names: usize,
 }
 
 pub struct Pipeline {
@@ -43,8 +46,8 @@ pub struct Pipeline {
     metrics: Option<Arc<Metrics>>,
     agent: String,
     default_interface: &'static str,
-    /// ifindex -> interface name for records.
-    names: HashMap<u32, String>,
+    /// ifindex -> interface name for records; the least recently named go first.
+    names: LruCache<u32, String>,
     /// Program clock to wall clock (re-read live; zero offset offline).
     clock: Clock,
     scan_stats: ScanStats,
@@ -65,7 +68,9 @@ impl Pipeline {
             metrics: p.metrics,
             agent: p.agent,
             default_interface: p.default_interface,
-            names: HashMap::new(),
+            names: LruCache::new(
+                NonZeroUsize::new(p.max_interface_names.max(1)).expect("non-zero"),
+            ),
             clock: Clock::default(),
             scan_stats: ScanStats::default(),
             records: 0,
@@ -81,7 +86,9 @@ impl Pipeline {
 
     /// Names interfaces in records (more are added as they appear).
     pub fn name_interfaces(&mut self, names: impl IntoIterator<Item = (u32, String)>) {
-        self.names.extend(names);
+        for (ifindex, name) in names {
+            self.names.put(ifindex, name);
+        }
     }
 
     /// How many interfaces have a name.
@@ -91,7 +98,7 @@ impl Pipeline {
 
     pub fn interface_name(&self, ifindex: u32) -> String {
         self.names
-            .get(&ifindex)
+            .peek(&ifindex)
             .cloned()
             .unwrap_or_else(|| self.default_interface.to_owned())
     }

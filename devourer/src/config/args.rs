@@ -49,9 +49,14 @@ pub struct FlowArgs {
     pub evict_after: Duration,
     /// Flows the agent's table holds at most (memory: about 1 KiB each); past it the least
     /// recently active are emitted early with status `table_full`.
-    #[arg(long, env = "DEVOURER_MAX_FLOWS", default_value_t = 100_000,
+    #[arg(long, env = "DEVOURER_MAX_FLOWS", default_value_t = 50_000,
           value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
     pub max_flows: u64,
+    /// Interface names remembered for records (interfaces come and go on a node); the least
+    /// recently attached are forgotten first.
+    #[arg(long, env = "DEVOURER_MAX_INTERFACE_NAMES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    pub max_interface_names: u64,
     /// Kernel flow map capacity (entries, one per flow direction).
     #[arg(long, env = "DEVOURER_FLOW_MAP_ENTRIES", default_value_t = DEFAULT_FLOW_MAP_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=16_777_216))]

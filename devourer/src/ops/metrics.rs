@@ -18,7 +18,7 @@ use crate::{
     decode::dns::DnsStats,
     kernel::maps::KernelCounters,
     record::Batch,
-    sink::{SinkReport, bigquery::RequestObserver},
+    sink::{RequestObserver, SinkReport},
 };
 
 /// Latency buckets (seconds): 100 µs to 10 s.

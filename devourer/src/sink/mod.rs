@@ -1,14 +1,23 @@
 //! Where records go, behind one interface: JSON lines ([`jsonl`]), packetlog text logs
-//! ([`textlog`]) and BigQuery ([`bigquery`]). Each sink declares which record kinds it takes;
+//! ([`textlog`]) and BigQuery ([`bigquery`], in front of which a durable [`spool`] keeps every
+//! row until it is acknowledged). Each sink declares which record kinds it takes;
 //! adding a destination (Kafka, OTLP, ...) is one new module implementing [`Sink`].
 
+#[cfg(feature = "bigquery")]
 pub mod bigquery;
 pub mod jsonl;
+pub mod spool;
 pub mod textlog;
 
-use std::time::Instant;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::record::{Batch, Kind};
+
+/// Called with the duration of every request a remote sink makes (for a metrics histogram).
+pub type RequestObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// What a sink reports for metrics: absolute counts by outcome
 /// (`devourer_sink_rows_total{sink, outcome}`) and, for a spooling sink, its backlog.

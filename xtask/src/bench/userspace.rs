@@ -36,6 +36,9 @@ pub fn run() -> Result<Vec<Row>> {
             "1s",
             "--flow-map-entries",
             "524288",
+            // Hold every flow (the default cap would emit them early as table_full).
+            "--max-flows",
+            "2000000",
         ],
         &dir.join("userspace-rss.log"),
     )?;
@@ -91,6 +94,8 @@ pub fn run() -> Result<Vec<Row>> {
             "1s",
             "--flow-map-entries",
             "524288",
+            "--max-flows",
+            "2000000",
         ],
         &dir.join("userspace-evict.log"),
     )?;

@@ -4,7 +4,7 @@
 //! frames the file ([`reader`], [`pcapfile`]), so the replaying thread only feeds the program.
 
 pub mod pcapfile;
-mod pcapng;
+pub mod pcapng;
 mod reader;
 
 use std::{io::IsTerminal, process::ExitCode, time::Instant};
@@ -143,6 +143,18 @@ fn progress_bar(args: &ReplayArgs, file_len: u64) -> Option<indicatif::ProgressB
     })
 }
 
+/// The replay clock: with the next scan due at `due` (file time) and a packet at `ts`, the
+/// scan boundary that packet crosses and when the one after is due; `None` before `due`.
+/// Saturating: a corrupt timestamp near `u64::MAX` must not overflow.
+pub fn scan_boundary(due: u64, ts: u64, interval: u64) -> Option<(u64, u64)> {
+    if ts < due {
+        return None;
+    }
+    let interval = interval.max(1);
+    let boundary = due + (ts - due) / interval * interval;
+    Some((boundary, boundary.saturating_add(interval)))
+}
+
 impl Replay {
     /// One recorded packet: the scans its time crosses, then the program over its frame, then
     /// the payloads and wake-ups that run produced.
@@ -159,13 +171,11 @@ impl Replay {
         let due = *self
             .next_scan
             .get_or_insert(pkt.ts_ns.saturating_add(self.interval));
-        if pkt.ts_ns >= due {
-            let boundary = due + (pkt.ts_ns - due) / self.interval * self.interval;
+        if let Some((boundary, next)) = scan_boundary(due, pkt.ts_ns, self.interval) {
             if !agent.scan(boundary, false)? {
                 bail!("output closed");
             }
-            // A timestamp near u64::MAX (a corrupt file) must not overflow the clock.
-            self.next_scan = Some(boundary.saturating_add(self.interval));
+            self.next_scan = Some(next);
         }
         self.last_ts = Some(self.last_ts.map_or(pkt.ts_ns, |t| t.max(pkt.ts_ns)));
         match pkt.skip {

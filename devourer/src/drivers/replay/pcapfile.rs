@@ -96,10 +96,13 @@ pub struct Packet {
     pub orig_len: u32,
 }
 
+/// What a capture is read from: a file, or bytes (tests, fuzzing).
+type Input = BufReader<Counting<Box<dyn Read + Send>>>;
+
 enum Inner {
-    Pcap(PcapReader<BufReader<Counting<File>>>),
+    Pcap(PcapReader<Input>),
     PcapNg {
-        reader: pcapng::Reader<BufReader<Counting<File>>>,
+        reader: pcapng::Reader<Input>,
         /// Interfaces of the current section, as indexes into `interfaces`.
         section: Vec<usize>,
         last_ts: u64,
@@ -139,11 +142,29 @@ impl PcapFile {
         let mut magic = [0u8; 4];
         f.read_exact(&mut magic).map_err(open_err)?;
         let f = File::open(path).map_err(open_err)?;
+        Self::start(Box::new(f), magic, file_len, &path.display().to_string())
+    }
+
+    /// A capture held in memory.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, PcapFileError> {
+        let mut magic = [0u8; 4];
+        let n = bytes.len().min(4);
+        magic[..n].copy_from_slice(&bytes[..n]);
+        let len = bytes.len() as u64;
+        Self::start(Box::new(io::Cursor::new(bytes)), magic, len, "the capture")
+    }
+
+    fn start(
+        input: Box<dyn Read + Send>,
+        magic: [u8; 4],
+        file_len: u64,
+        name: &str,
+    ) -> Result<Self, PcapFileError> {
         let read_bytes = Arc::new(AtomicU64::new(0));
         let reader = BufReader::with_capacity(
             1 << 16,
             Counting {
-                inner: f,
+                inner: input,
                 n: read_bytes.clone(),
             },
         );
@@ -175,10 +196,7 @@ impl PcapFile {
                 )
             }
             other => {
-                return Err(PcapFileError::UnknownFormat(
-                    path.display().to_string(),
-                    other,
-                ));
+                return Err(PcapFileError::UnknownFormat(name.to_owned(), other));
             }
         };
         Ok(Self {

@@ -3,10 +3,8 @@
 //! retries with backoff for as long as the spool has room, dead-letters rows BigQuery calls
 //! invalid, and deletes a batch only once BigQuery acknowledged it.
 
-mod rejects;
 pub mod schema;
 mod sender;
-pub mod spool;
 
 use std::{
     path::PathBuf,
@@ -22,12 +20,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 pub use self::schema::TableKind;
-use self::spool::{Limits, Spool};
-use super::{Sink, SinkReport};
+pub use super::RequestObserver;
+use super::{
+    Sink, SinkReport,
+    spool::{Limits, Spool, rejects::Rejects},
+};
 use crate::record::{Batch, Kind};
-
-/// Called with the duration of every request to BigQuery (for a metrics histogram).
-pub type RequestObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// Where and how to stream.
 #[derive(Clone, Debug)]
@@ -140,7 +138,7 @@ impl BqSink {
         let deadline = Arc::new(Mutex::new(None));
         let (setup_tx, setup_rx) = mpsc::channel();
         let wait = cfg.setup_wait;
-        let rejects = rejects::Rejects::new(cfg.dead_letter.clone(), cfg.dead_letter_max_bytes);
+        let rejects = Rejects::new(cfg.dead_letter.clone(), cfg.dead_letter_max_bytes);
         let s = sender::Sender {
             spool: spool.clone(),
             stats: stats.clone(),

@@ -22,9 +22,11 @@ use serde_json::Value;
 
 use super::{
     BqConfig, BqStats, RequestObserver, TableKind,
-    rejects::{Kept, Rejects, is_row},
     schema::{self, Upgrade},
-    spool::{Segment, Spool},
+};
+use crate::sink::spool::{
+    Segment, Spool,
+    rejects::{Kept, Rejects, is_row},
 };
 
 pub(super) struct Sender {

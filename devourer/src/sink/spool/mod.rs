@@ -1,10 +1,12 @@
-//! The on-disk spool in front of BigQuery: rows are appended to a table's open segment file and
-//! made durable (fdatasync, and the directory after a create or rename) before they count as
+//! The on-disk spool in front of a remote sink (BigQuery): rows are appended to a table's open
+//! segment file and made durable (fdatasync, and the directory after a create or rename) before they count as
 //! spooled; a segment never holds more than one batch (rows and bytes checked before each
 //! line is appended), is sealed by those limits or by age, and is deleted only once BigQuery
 //! has acknowledged it. At start, segments left by an earlier run (sealed or still open when
 //! it died) are sent first; a torn last line (a crash during an append) is cut off and handed
 //! back to be quarantined.
+
+pub mod rejects;
 
 use std::{
     collections::{BTreeMap, VecDeque},
