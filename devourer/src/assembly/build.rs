@@ -199,6 +199,7 @@ fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> R
 
 /// The pipeline's parts for `driver`.
 pub fn parts(p: &PipelineArgs, driver: &Driver, metrics: Option<Arc<Metrics>>) -> Result<Parts> {
+    crate::base::files::set_group(p.file_group);
     let local = local_addrs(&p.dns, driver)?;
     Ok(Parts {
         table: FlowTable::new(table_config(p)),

@@ -8,7 +8,8 @@ use clap::Args;
 use devourer_common::{flow::DEFAULT_FLOW_MAP_ENTRIES, payload::DEFAULT_HTTP_CAP};
 
 use super::values::{
-    BadValue, LogTz, Output, Ports, parse_bytes, parse_duration, parse_ports, parse_ring_size,
+    BadValue, LogTz, Output, Ports, parse_bytes, parse_duration, parse_group, parse_ports,
+    parse_ring_size,
 };
 use crate::{base::local::hostname, kernel::attach::Mode};
 
@@ -19,6 +20,11 @@ pub struct PipelineArgs {
     /// one deadline for everything. Default 10s for `capture`, 1h for `read`.
     #[arg(long, env = "DEVOURER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// A group (name or id) that may read the files the agent writes: records, text logs,
+    /// the spool, dead-letter and quarantine files, captures. They are 0640 in directories
+    /// 0750 owned by it; without this flag they are 0600 and 0700, for root alone.
+    #[arg(long, env = "DEVOURER_FILE_GROUP", value_parser = parse_group)]
+    pub file_group: Option<u32>,
     #[command(flatten)]
     pub flow: FlowArgs,
     #[command(flatten)]

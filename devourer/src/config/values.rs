@@ -129,6 +129,33 @@ impl Output {
     }
 }
 
+/// A group that may read the agent's files: a numeric id, or a name from the group database.
+pub fn parse_group(s: &str) -> Result<u32, BadValue> {
+    if let Ok(gid) = s.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(s).map_err(|_| bad("not a group name"))?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives its use by `grp`.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(bad(format!(
+            "{s:?}: no such group (give a name or a numeric id)"
+        )));
+    }
+    Ok(grp.gr_gid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +170,14 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("31days").is_err());
         assert!(parse_duration("18446744073709551615s").is_err());
+    }
+
+    #[test]
+    fn groups_are_ids_or_names_that_exist() {
+        assert_eq!(parse_group("1234"), Ok(1234));
+        assert_eq!(parse_group("root"), Ok(0));
+        assert!(parse_group("no-such-group-here").is_err());
+        assert!(parse_group("a\0b").is_err());
     }
 
     #[test]

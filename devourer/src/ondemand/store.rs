@@ -15,7 +15,7 @@ use object_store::{
     path::Path as ObjectPath,
 };
 
-use crate::config::requests::S3Target;
+use crate::{base::files, config::requests::S3Target};
 
 /// Keeps names to `[A-Za-z0-9._-]`: interface names and node names become file names.
 fn safe(s: &str) -> String {
@@ -53,16 +53,16 @@ pub fn file_name(node: &str, iface: &str, alertid: u64, at: SystemTime) -> Strin
 /// Writes `bytes` as `dir/name` atomically (a temporary file, fsync, rename): a reader never
 /// sees half a capture. An existing file of that name gets a numbered sibling instead.
 pub fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
+    files::create_dir_all(dir)?;
     let mut path = dir.join(name);
     let mut n = 1;
     while path.exists() {
         path = dir.join(format!("{}.{n}.pcap", name.trim_end_matches(".pcap")));
         n += 1;
     }
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = dir.join(format!(".{name}.{:016x}.tmp", fastrand::u64(..)));
     let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = files::create_new(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)

@@ -4,7 +4,6 @@
 //! counts what does not fit; a replay waits for room instead).
 
 use std::{
-    fs::OpenOptions,
     io::{self, Write},
     path::PathBuf,
     sync::{
@@ -17,7 +16,10 @@ use std::{
 };
 
 use super::{Sink, SinkReport};
-use crate::record::{Batch, Kind};
+use crate::{
+    base::files,
+    record::{Batch, Kind},
+};
 
 /// Where JSON lines go.
 #[derive(Clone, Debug)]
@@ -30,7 +32,7 @@ impl Target {
     fn open(&self) -> io::Result<Box<dyn Write + Send>> {
         Ok(match self {
             Self::Stdout => Box::new(io::stdout()),
-            Self::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+            Self::File(p) => Box::new(files::open_append(p)?),
         })
     }
 }

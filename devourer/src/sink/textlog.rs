@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, BufWriter, Write},
     path::PathBuf,
     time::Instant,
@@ -12,7 +12,10 @@ use std::{
 
 use super::Sink;
 use crate::{
-    base::time::{Civil, civil},
+    base::{
+        files,
+        time::{Civil, civil},
+    },
     record::{Batch, Kind, LogRecord},
 };
 
@@ -70,7 +73,7 @@ impl TextLog {
     }
 
     fn new(spec: Spec, dir: PathBuf, split: bool, local: bool) -> io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        files::create_dir_all(&dir)?;
         Ok(Self {
             spec,
             dir,
@@ -130,10 +133,7 @@ impl TextLog {
                 self.flush();
                 self.open.clear();
             }
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join(name))?;
+            let f = files::open_append(&self.dir.join(name))?;
             self.open.insert(name.to_owned(), BufWriter::new(f));
         }
         Ok(self.open.get_mut(name).expect("just opened"))

@@ -2,8 +2,6 @@
 //! httparse: pipelined messages in one segment one after another, a head cut by the segment's
 //! end or the capture cap parsed as far as it goes with the cut fields marked.
 
-use std::fmt::Write as _;
-
 /// Longest target kept; longer ones are cut and end with [`CUT_MARK`].
 pub const MAX_TARGET: usize = 1024;
 /// Longest header value kept.
@@ -42,21 +40,7 @@ pub enum Message {
     Response(Response),
 }
 
-/// Escapes wire bytes for logs and JSON: printable ASCII stays (a backslash doubles), anything
-/// else becomes `\DDD`, so no byte can start a new log line or pass as something it is not.
-pub fn escape(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len());
-    for &b in bytes {
-        match b {
-            b'\\' => s.push_str("\\\\"),
-            0x20..=0x7e => s.push(b as char),
-            _ => {
-                let _ = write!(s, "\\{b:03}");
-            }
-        }
-    }
-    s
-}
+pub use crate::base::text::escape;
 
 /// `bytes` escaped and cut to `max` bytes (with the mark), and whether it was cut.
 fn field(bytes: &[u8], max: usize) -> (String, bool) {

@@ -17,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::base::files;
+
 /// When a batch is complete.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -100,11 +102,11 @@ impl Spool {
             next_seq: 0,
         };
         let mut torn = Vec::new();
-        fs::create_dir_all(dir)?;
+        files::create_dir_all(dir)?;
         for t in tables {
             let tdir = dir.join(t);
             if !tdir.exists() {
-                fs::create_dir_all(&tdir)?;
+                files::create_dir_all(&tdir)?;
                 sync_dir(dir)?;
             }
             let mut found: Vec<(u64, PathBuf)> = Vec::new();
@@ -230,10 +232,7 @@ impl Spool {
             inner.next_seq += 1;
             let tdir = self.dir.join(table);
             let path = tdir.join(format!("{seq:020}.open"));
-            let file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)?;
+            let file = files::create_new(&path)?;
             sync_dir(&tdir)?;
             t.open = Some(Open {
                 path,
@@ -352,7 +351,12 @@ impl Spool {
         let old = fs::metadata(&seg.path).map(|m| m.len()).unwrap_or(0);
         let tmp = seg.path.with_extension("tmp");
         {
-            let mut f = File::create(&tmp)?;
+            // A leftover of an interrupted rewrite is removed first (a link, not its target).
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut f = files::create_new(&tmp)?;
             f.write_all(lines)?;
             f.sync_data()?;
         }

@@ -3,7 +3,6 @@
 //! (spool lines that are not rows at all: torn by a crash during an append, or corrupt).
 
 use std::{
-    fs::OpenOptions,
     io::{self, Write},
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
@@ -11,6 +10,8 @@ use std::{
 };
 
 use serde_json::{Value, json};
+
+use crate::base::files;
 
 /// What became of a rejected row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +88,7 @@ impl Rejects {
             }
             return Ok(Kept::Full);
         }
-        let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+        let mut f = files::open_append(path)?;
         f.write_all(text.as_bytes())?;
         f.sync_data()?;
         Ok(Kept::Stored)
