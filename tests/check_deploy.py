@@ -58,6 +58,8 @@ def main():
     caps = c["securityContext"]["capabilities"]
     assert caps["drop"] == ["ALL"] and sorted(caps["add"]) == ["BPF", "NET_ADMIN", "PERFMON"], caps
     assert not c["securityContext"].get("privileged"), "not privileged"
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False, "no privilege escalation"
+    assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, "seccomp"
     assert pod["hostNetwork"] is True
     assert {"operator": "Exists"} in pod["tolerations"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"

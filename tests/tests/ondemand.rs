@@ -66,6 +66,11 @@ impl Od {
     /// redis-server on B's loopback, then the agent on B's veth end with capture on request:
     /// `[capture]` limits from `limits` (TOML lines), Redis, the API with a token, an alias.
     fn new(limits: &str, env: &[(&str, &str)]) -> Self {
+        Self::with(limits, "", env)
+    }
+
+    /// [`Od::new`] with more `[capture.*]` tables (upload destinations).
+    fn with(limits: &str, tables: &str, env: &[(&str, &str)]) -> Self {
         let link = Link::new();
         let dir = TempDir::new("ondemand");
         let redis = redis_server(&link.b);
@@ -79,7 +84,7 @@ impl Od {
         std::fs::write(dir.path("token"), format!("{TOKEN}\n")).unwrap();
         let config = format!(
             "[capture]\n{limits}\nlocal_dir = \"{caps}\"\nretry_base = \"100ms\"\nretry_max = \"200ms\"\nupload_attempts = 2\n\
-             [[capture.interface]]\nname = \"{ifb}\"\nalias = [\"public\"]\n\
+             [[capture.interface]]\nname = \"{ifb}\"\nalias = [\"public\"]\n{tables}\n\
              [capture.redis]\nurl = \"redis://:{REDIS_PASSWORD}@127.0.0.1:6379\"\nping_interval = \"500ms\"\n\
              [api]\naddr = \"127.0.0.1:9403\"\ntoken_file = \"{token}\"\n",
             caps = dir.path("caps").display(),
@@ -388,8 +393,11 @@ fn s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local() {
     if !require_root("s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local") {
         return;
     }
-    let od = Od::new(
+    // The default destination (moto), and one that nothing serves.
+    let od = Od::with(
         "",
+        "[capture.s3]\nbucket = \"pcaps\"\nendpoint = \"http://127.0.0.1:5000\"\nallow_http = true\n\
+         [[capture.destination]]\nname = \"dead\"\nbucket = \"pcaps\"\nendpoint = \"http://127.0.0.1:1\"\nallow_http = true\n",
         &[
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -448,7 +456,7 @@ fn s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local() {
 
     // Nothing listens on port 1: two failed attempts, then the file is kept locally.
     let s = od.capture(
-        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":2,"bucket":"pcaps","endpoint":"http://127.0.0.1:1"}}"#),
+        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":2,"destination":"dead"}}"#),
         || od.ping(3, 0.05, 56),
     );
     assert_eq!(s["state"], "failed", "{s}");
@@ -459,6 +467,185 @@ fn s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local() {
     assert_eq!(
         od.metric("devourer_captures_total", "upload_failed_kept_locally"),
         1
+    );
+}
+
+/// A TCP listener on B's loopback that counts the connections it gets (in a file).
+fn trap(od: &Od, port: u16) -> (Bg, PathBuf) {
+    let hits = od.dir.path("trap-hits");
+    std::fs::write(&hits, "0").unwrap();
+    let mut t = od.link.b.cmd("python3");
+    t.args([
+        "-c",
+        &format!(
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('127.0.0.1',{port}))\ns.listen(16)\nn=0\nwhile True:\n c,_=s.accept()\n n+=1\n \
+             open('{}','w').write(str(n))\n c.close()",
+            hits.display()
+        ),
+    ]);
+    let bg = Bg::spawn(t, "trap endpoint");
+    let up = wait_for(Duration::from_secs(5), || {
+        od.link
+            .b
+            .cmd("sh")
+            .args(["-c", &format!("ss -ltn | grep -q 127.0.0.1:{port}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(up, "trap listening");
+    (bg, hits)
+}
+
+/// Capability bits in force in every thread of `pid`, by thread name.
+fn thread_caps(pid: i32) -> Vec<(String, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .map(|st| {
+            let field = |k: &str| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            let eff = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
+            (field("Name:"), eff)
+        })
+        .collect()
+}
+
+#[test]
+fn requests_cannot_steer_uploads_multiply_limits_or_forge_logs_and_captures_stay_private() {
+    if !require_root(
+        "requests_cannot_steer_uploads_multiply_limits_or_forge_logs_and_captures_stay_private",
+    ) {
+        return;
+    }
+    let od = Od::new("", &[]);
+    let iface = od.link.if_b.clone();
+    let (_trap, hits) = trap(&od, 8080);
+
+    // Upload destinations are the administrator's: a request naming a server of its own is
+    // refused (API and Redis), and the trap hears nothing.
+    let steer = format!(
+        r#"{{"node":"any","interface":["{iface}"],"packets":1,"bucket":"loot","endpoint":"http://127.0.0.1:8080"}}"#
+    );
+    let (code, body) = od.post(&steer, TOKEN);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (400, Some("bad_destination")),
+        "{body}"
+    );
+    od.publish(&steer);
+    od.publish(&format!(
+        r#"{{"node":"any","interface":["{iface}"],"packets":1,"endpoint":"127.0.0.1:8080"}}"#
+    ));
+    let counted = wait_for(Duration::from_secs(10), || {
+        od.metric("devourer_capture_requests_total", "bad_destination") == 3
+    });
+    assert!(counted, "{}", od.log_text());
+
+    // The token is needed on loopback too, before any body is read; a body past the limit is
+    // refused and counted, over Redis as well.
+    let (code, _) = od.http(&["--data-binary", &steer, "http://127.0.0.1:9403/captures"]);
+    assert_eq!(code, 401, "no token");
+    let (code, _) = od.http(&["http://127.0.0.1:9403/captures/x"]);
+    assert_eq!(code, 401, "no token for a status either");
+    let huge = format!(
+        r#"{{"node":"any","interface":["{iface}"],"tags":"{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let big = od.dir.path("big.json");
+    std::fs::write(&big, &huge).unwrap();
+    let (code, _) = od.http(&[
+        "-H",
+        &format!("Authorization: Bearer {TOKEN}"),
+        "--data-binary",
+        &format!("@{}", big.display()),
+        "http://127.0.0.1:9403/captures",
+    ]);
+    assert_eq!(code, 413);
+    od.publish(&huge);
+    let counted = wait_for(Duration::from_secs(10), || {
+        od.metric("devourer_capture_requests_total", "too_large") == 2
+    });
+    assert!(counted, "{}", od.log_text());
+
+    // A newline in a request field forges no log line.
+    od.publish(r#"{"nodere":"(\nFORGED-LINE from nodere","interface":["lo"]}"#);
+    od.publish(
+        r#"{"node":"any","interface":["lo"],"destination":"x\nFORGED-LINE from destination"}"#,
+    );
+    od.publish(r#"{"node":"any","interface":["no\nFORGED-LINE from interface"]}"#);
+    let seen = wait_for(Duration::from_secs(10), || {
+        od.metric("devourer_capture_requests_total", "bad_node") == 1
+            && od.metric("devourer_capture_requests_total", "bad_destination") == 4
+            && od.metric("devourer_capture_requests_total", "bad_interface") == 1
+    });
+    assert!(seen, "{}", od.log_text());
+
+    // One interface named 64 times is one capture, one file; every thread of the agent,
+    // the capture's own included, holds only CAP_BPF and CAP_NET_RAW.
+    let many = serde_json::json!(vec![iface.clone(); 64]).to_string();
+    let pid = od.agent.as_ref().unwrap().pid();
+    let mut during = Vec::new();
+    let s = od.capture(
+        &format!(r#"{{"node":"any","interface":{many},"bpf":"icmp","packets":3}}"#),
+        || {
+            during = thread_caps(pid);
+            od.ping(5, 0.05, 56);
+        },
+    );
+    assert_eq!(s["state"], "done", "{s}");
+    assert_eq!(s["interfaces"], serde_json::json!([iface]), "{s}");
+    assert_eq!(s["files"].as_array().unwrap().len(), 1, "{s}");
+    let kept = (1u64 << 39) | (1u64 << 13);
+    assert!(
+        during.len() >= 3,
+        "main, output and capture threads: {during:?}"
+    );
+    for (name, eff) in &during {
+        assert_eq!(*eff, kept, "thread {name} holds {eff:#x}");
+    }
+    assert!(
+        od.log_text().contains(r#"kept=["CAP_NET_RAW", "CAP_BPF"]"#),
+        "{}",
+        od.log_text()
+    );
+
+    // The capture file is for root alone.
+    let file = PathBuf::from(s["files"][0]["local_path"].as_str().unwrap());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(file.parent().unwrap()).unwrap().mode() & 0o777,
+        0o700
+    );
+    let other = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!other.success(), "another user cannot read the capture");
+
+    let log = od.log_text();
+    let forged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("FORGED-LINE"))
+        .collect();
+    assert!(forged.is_empty(), "forged log lines: {forged:?}\n{log}");
+    assert!(
+        log.contains("FORGED-LINE from nodere"),
+        "the field is logged, escaped: {log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&hits).unwrap(),
+        "0",
+        "the trap got a connection"
     );
 }
 

@@ -267,6 +267,11 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_
         status.contains("CapBnd:\t000000c000001000"),
         "only the three in the bounding set: {status}"
     );
+    // Loaded and attached on one interface: only CAP_BPF is still needed (map reads).
+    assert!(
+        status.contains("CapEff:\t0000008000000000"),
+        "CAP_BPF alone after start-up: {status}"
+    );
     link.a
         .sh(&format!("ping -c 3 -i 0.1 {} >/dev/null", link.ip4_b));
     assert!(wait_for(Duration::from_secs(10), || {
@@ -288,11 +293,13 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_
 
     // Capture on request opens a packet socket: CAP_NET_RAW, and only then.
     let cfg = tmp.path("requests.toml");
+    std::fs::write(tmp.path("token"), "t0ken\n").unwrap();
     std::fs::write(
         &cfg,
         format!(
-            "[capture]\nlocal_dir = \"{}\"\n[api]\naddr = \"127.0.0.1:9403\"\n",
-            tmp.path("captures").display()
+            "[capture]\nlocal_dir = \"{}\"\n[api]\naddr = \"127.0.0.1:9403\"\ntoken_file = \"{}\"\n",
+            tmp.path("captures").display(),
+            tmp.path("token").display()
         ),
     )
     .unwrap();
@@ -318,7 +325,7 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_
         link.if_a
     );
     link.a.sh(&format!(
-        "curl -sf --data-binary '{req}' http://127.0.0.1:9403/captures >/dev/null"
+        "curl -sf -H 'Authorization: Bearer t0ken' --data-binary '{req}' http://127.0.0.1:9403/captures >/dev/null"
     ));
     link.a
         .sh(&format!("ping -c 3 -i 0.1 {} >/dev/null", link.ip4_b));

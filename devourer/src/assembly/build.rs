@@ -209,6 +209,8 @@ pub fn parts(p: &PipelineArgs, driver: &Driver, metrics: Option<Arc<Metrics>>) -
         metrics,
         agent: p.flow.agent(),
         max_interface_names: p.flow.max_interface_names as usize,
+        // No packets after detach: its flows are idle by then and out after a scan.
+        interface_linger: p.flow.idle_timeout + p.flow.evict_after() + p.flow.scan_interval * 2,
         default_interface: match driver {
             Driver::Live { .. } => "unknown",
             Driver::Replay => "pcap",

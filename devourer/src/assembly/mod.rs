@@ -183,6 +183,8 @@ impl<K: Kernel> Assembly<K> {
             self.last_map_full = counters.map_full();
         }
         self.pipeline.update_metrics(&counters);
+        self.pipeline
+            .forget_gone_interfaces(std::time::Instant::now());
         Ok(())
     }
 

@@ -2,7 +2,13 @@
 //! through the DNS and HTTP trackers, kernel entries through the flow table, and what they
 //! produce turned into records for the metrics and every sink that takes their kind.
 
-use std::{io, num::NonZeroUsize, sync::Arc, time::Instant};
+use std::{
+    collections::VecDeque,
+    io,
+    num::NonZeroUsize,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use devourer_common::{
     flow::{OverflowKey, OverflowValue},
@@ -36,6 +42,8 @@ pub struct Parts {
     pub default_interface: &'static str,
     /// Interface names remembered at most (interfaces come and go on a node).
     pub max_interface_names: usize,
+    /// How long a detached interface's metric series stay: until its last flows are out.
+    pub interface_linger: Duration,
 }
 
 pub struct Pipeline {
@@ -48,6 +56,11 @@ pub struct Pipeline {
     default_interface: &'static str,
     /// ifindex -> interface name for records; the least recently named go first.
     names: LruCache<u32, String>,
+    max_interface_names: usize,
+    /// Detached interfaces whose metric series go once their last flows are out, oldest
+    /// first (at most `max_interface_names`).
+    gone: VecDeque<(String, Instant)>,
+    interface_linger: Duration,
     /// Program clock to wall clock (re-read live; zero offset offline).
     clock: Clock,
     scan_stats: ScanStats,
@@ -71,6 +84,9 @@ impl Pipeline {
             names: LruCache::new(
                 NonZeroUsize::new(p.max_interface_names.max(1)).expect("non-zero"),
             ),
+            max_interface_names: p.max_interface_names.max(1),
+            gone: VecDeque::new(),
+            interface_linger: p.interface_linger,
             clock: Clock::default(),
             scan_stats: ScanStats::default(),
             records: 0,
@@ -87,7 +103,35 @@ impl Pipeline {
     /// Names interfaces in records (more are added as they appear).
     pub fn name_interfaces(&mut self, names: impl IntoIterator<Item = (u32, String)>) {
         for (ifindex, name) in names {
+            // Back (a re-created pod veth): its series stay.
+            self.gone.retain(|(n, _)| *n != name);
             self.names.put(ifindex, name);
+        }
+    }
+
+    /// Interfaces let go of: their metric series are removed once their flows are out.
+    pub fn interfaces_gone(&mut self, names: Vec<String>) {
+        let at = Instant::now() + self.interface_linger;
+        for name in names {
+            self.gone.push_back((name, at));
+            if self.gone.len() > self.max_interface_names
+                && let Some((oldest, _)) = self.gone.pop_front()
+                && let Some(m) = &self.metrics
+            {
+                m.forget_interface(&oldest);
+            }
+        }
+    }
+
+    /// Removes the series of interfaces gone for longer than the linger.
+    pub fn forget_gone_interfaces(&mut self, now: Instant) {
+        while let Some((_, at)) = self.gone.front()
+            && *at <= now
+        {
+            let (name, _) = self.gone.pop_front().expect("front");
+            if let Some(m) = &self.metrics {
+                m.forget_interface(&name);
+            }
         }
     }
 

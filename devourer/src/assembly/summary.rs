@@ -61,6 +61,7 @@ pub fn dns(dns: &DnsTracker) {
         lost = tx("lost"),
         no_query = tx("no_query"),
         partial = s.partial,
+        names_refused = s.names_refused,
         parse_errors = s.parse_errors.values().sum::<u64>(),
         retransmits = m.retransmits,
         duplicates = m.duplicates,

@@ -251,6 +251,99 @@ fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
 }
 
 #[test]
+fn a_spoofed_unsolicited_answer_does_not_rename_a_flow() {
+    let dir = std::env::temp_dir().join(format!("devourer-spoof-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("records.jsonl");
+    let p = replay_args(&out, &dir.join("dnslog"));
+    let mut kernel = FakeKernel::default();
+    // An answer nobody asked for claims the server is www.bank.example.
+    kernel.dns.push_back(ring_record(
+        T0,
+        (RESOLVER, 53),
+        (CLIENT, 40001),
+        &response(
+            9,
+            0,
+            "www.bank.example",
+            1,
+            &[a("www.bank.example", 86400, SERVER)],
+        ),
+    ));
+    let (c, s) = ((CLIENT, 50000), (SERVER, 443));
+    kernel.flows.insert(
+        direction(c, s, 6),
+        counted(T0 + S, T0 + 2 * S, 600, 6, VAL_F_SYN),
+    );
+    let mut agent = Assembly::new(kernel, &p, Driver::Replay, None).unwrap();
+    assert_eq!(agent.payloads(PayloadKind::Dns, 10), 1);
+    assert!(agent.scan(T0 + 3 * S, false).unwrap());
+    let refused = agent.pipeline.dns().unwrap().stats.names_refused;
+    assert_eq!(refused, 1, "the answer's address is counted as refused");
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    agent
+        .shutdown(Status::EndOfInput, || T0 + 4 * S, deadline)
+        .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let flow: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["type"] == "flow")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(flow["dst_addr"], "192.0.2.7");
+    assert_eq!(flow["dst_name"].as_str().unwrap_or(""), "", "{flow}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_detached_interface_loses_its_series_once_its_flows_are_out_unless_it_comes_back() {
+    let dir = std::env::temp_dir().join(format!("devourer-gone-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = replay_args(&dir.join("records.jsonl"), &dir.join("dnslog"));
+    let mut kernel = FakeKernel::default();
+    for (port, ifindex) in [(50000, 1), (50001, 2)] {
+        let mut k = direction((CLIENT, port), (SERVER, 443), 6);
+        k.ifindex = ifindex;
+        kernel
+            .flows
+            .insert(k, counted(T0, T0 + S, 600, 6, VAL_F_SYN));
+    }
+    let metrics = crate::ops::metrics::Metrics::new();
+    let mut agent = Assembly::new(kernel, &p, Driver::Replay, Some(metrics.clone())).unwrap();
+    agent
+        .pipeline
+        .name_interfaces([(1, "veth-a".to_owned()), (2, "veth-b".to_owned())]);
+    assert!(
+        agent.scan(T0 + 100 * S, false).unwrap(),
+        "both flows idle out"
+    );
+    let text = metrics.render();
+    assert!(text.contains("veth-a") && text.contains("veth-b"), "{text}");
+    agent
+        .pipeline
+        .interfaces_gone(vec!["veth-a".to_owned(), "veth-b".to_owned()]);
+    // veth-b is re-created under the same name: its series stay.
+    agent.pipeline.name_interfaces([(3, "veth-b".to_owned())]);
+    let now = Instant::now();
+    agent.pipeline.forget_gone_interfaces(now);
+    assert!(
+        metrics.render().contains("veth-a"),
+        "kept while its flows may still be out"
+    );
+    agent
+        .pipeline
+        .forget_gone_interfaces(now + std::time::Duration::from_secs(24 * 3600));
+    let text = metrics.render();
+    assert!(
+        !text.contains("veth-a") && text.contains("veth-b"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn what_the_overflow_map_held_becomes_overflow_records_at_each_scan() {
     let dir = std::env::temp_dir().join(format!("devourer-overflow-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

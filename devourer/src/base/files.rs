@@ -68,8 +68,21 @@ fn options() -> OpenOptions {
 
 /// Opens `path` for appending, creating it private; never follows a symbolic link.
 pub fn open_append(path: &Path) -> io::Result<File> {
+    append(path, options())
+}
+
+/// Opens an output the operator named by its full path (`--output`) for appending: a link
+/// there is the operator's choice (`/dev/stdout`, a pipe) and is followed; a new file is
+/// private.
+pub fn open_output(path: &Path) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.mode(file_mode());
+    append(path, o)
+}
+
+fn append(path: &Path, mut o: OpenOptions) -> io::Result<File> {
     let existed = path.exists();
-    let f = options().create(true).append(true).open(path)?;
+    let f = o.create(true).append(true).open(path)?;
     if !existed {
         f.set_permissions(fs::Permissions::from_mode(file_mode()))?;
         chown_group(path)?;

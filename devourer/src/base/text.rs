@@ -29,6 +29,15 @@ pub fn escape_str(s: &str, max: usize) -> String {
     out
 }
 
+/// A URL without the credentials in its user part (`scheme://***@host...`), for logs and
+/// printed settings; anything else unchanged.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +46,18 @@ mod tests {
     fn control_bytes_and_backslashes_cannot_forge_lines() {
         assert_eq!(escape(b"a\nb\\c\x7f"), "a\\010b\\\\c\\127");
         assert_eq!(escape_str("x\r\ny", 2), "x\\013[...]");
+    }
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact_url("redis://:s3cret@10.0.0.1:6379/0"),
+            "redis://***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redact_url("user@host"), "user@host");
     }
 }

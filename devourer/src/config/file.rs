@@ -10,6 +10,7 @@ use std::{
 use clap::{ArgAction, ArgMatches, Command, FromArgMatches, parser::ValueSource};
 
 use super::{Cli, command, requests};
+use crate::base::text::redact_url;
 
 /// Where the configuration is read from when `--config` and `DEVOURER_CONFIG` are absent.
 pub const DEFAULT_CONFIG: &str = "/etc/devourer/devourer.toml";
@@ -228,7 +229,8 @@ fn describe(sub: &Command, m: &ArgMatches, file_keys: &[String]) -> String {
             continue;
         }
         let Some(raw) = m.get_raw(id) else { continue };
-        let vals: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
+        // Credentials in a URL (the Redis password) are never printed.
+        let vals: Vec<String> = raw.map(|v| redact_url(&v.to_string_lossy())).collect();
         let key = arg
             .get_long()
             .map_or_else(|| id.to_owned(), |l| l.replace('-', "_"));
@@ -327,6 +329,21 @@ mod tests {
         let out = check(&example, "capture", &[]).unwrap();
         assert!(out.contains("idle_timeout = \"120s\""), "{out}");
         assert!(out.contains("http_cap = \"1024\"  # file"), "{out}");
+    }
+
+    #[test]
+    fn config_check_never_prints_the_redis_password() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/devourer.example.toml");
+        let args = [
+            "--capture-redis".to_owned(),
+            "redis://:hunter2@10.0.0.1:6379".to_owned(),
+        ];
+        let out = check(&example, "capture", &args).unwrap();
+        assert!(
+            out.contains("capture_redis = \"redis://***@10.0.0.1:6379\""),
+            "{out}"
+        );
+        assert!(!out.contains("hunter2"), "{out}");
     }
 
     #[test]

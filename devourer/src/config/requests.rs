@@ -1,26 +1,52 @@
 //! Capture-on-request settings: the `[capture]` (limits, interface aliases, `[capture.redis]`,
-//! `[capture.s3]`) and `[api]` sections of the TOML file, with pcapdaemon's admin limits under
-//! design.md's names, and the flags that override them.
+//! the upload destinations `[capture.s3]` and `[[capture.destination]]`) and `[api]` sections
+//! of the TOML file, with pcapdaemon's admin limits under design.md's names, and the flags that
+//! override them.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
-use super::values::{BadValue, parse_duration};
+use super::values::{BadValue, parse_bytes, parse_duration};
 
 /// Where captures go when nothing else is configured (and where failed uploads land).
 pub const DEFAULT_LOCAL_DIR: &str = "/var/lib/devourer/captures";
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:9403";
 
-/// Where a capture goes besides the local directory.
+/// The name of the `[capture.s3]` destination when it gives none.
+pub const DEFAULT_DESTINATION: &str = "default";
+
+/// Where a capture goes besides the local directory: a destination the administrator
+/// configured (requests only pick one).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct S3Target {
+    /// The destination's name (`DEFAULT_DESTINATION` for `[capture.s3]` unless named).
+    pub name: String,
     pub bucket: String,
     pub folder: Option<String>,
     pub region: Option<String>,
     pub endpoint: Option<String>,
     pub acl: Option<String>,
     pub encryption: bool,
+    /// A plain `http://` endpoint is allowed (a local S3-compatible store, for instance).
+    pub allow_http: bool,
+}
+
+impl S3Target {
+    /// The endpoint as a URL (`https://` where the configuration gives a bare host), if any.
+    pub fn endpoint_url(&self) -> Option<String> {
+        self.endpoint.as_deref().map(endpoint_url)
+    }
+}
+
+/// `host[:port]` or a URL, as a URL without a trailing slash.
+pub fn endpoint_url(e: &str) -> String {
+    let e = e.trim().trim_end_matches('/');
+    if e.contains("://") {
+        e.to_owned()
+    } else {
+        format!("https://{e}")
+    }
 }
 
 /// The admin's bounds on every request.
@@ -34,6 +60,30 @@ pub struct CaptureLimits {
     pub default_timeout: Duration,
     pub snaplength: u32,
     pub max_concurrent: usize,
+    /// Distinct interfaces one request may name.
+    pub max_interfaces: usize,
+    /// Memory all captures in flight may hold (their packets and socket buffers).
+    pub max_memory: u64,
+    /// Bytes of one request message (Redis or API body); longer ones are refused unread.
+    pub max_request_bytes: usize,
+}
+
+/// Bytes of memory one capture socket's ring buffer takes (counted against `max_memory`).
+pub const CAPTURE_RING_BYTES: u64 = 4 << 20;
+
+/// `128M` or a number of bytes.
+fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        Count(u64),
+        Text(String),
+    }
+    match V::deserialize(d)? {
+        V::Count(0) => Err(serde::de::Error::custom("must be greater than zero")),
+        V::Count(n) => Ok(n),
+        V::Text(t) => parse_bytes(&t).map_err(serde::de::Error::custom),
+    }
 }
 
 /// `5s`, `2m` or a number of seconds (pcapdaemon wrote seconds).
@@ -72,6 +122,16 @@ pub struct CaptureSection {
     pub snaplength: u32,
     #[serde(default = "defaults::max_concurrent")]
     pub max_concurrent: usize,
+    /// Distinct interfaces one request may name (more are refused).
+    #[serde(default = "defaults::max_interfaces")]
+    pub max_interfaces: usize,
+    /// Memory held by all captures in flight, packets and socket buffers: a capture that
+    /// would pass it stops (`stopped_by: memory`) and keeps what it has.
+    #[serde(default = "defaults::max_memory", deserialize_with = "bytes")]
+    pub max_memory: u64,
+    /// Size of one request message; longer ones are refused (`too_large`) and counted.
+    #[serde(default = "defaults::max_request_bytes", deserialize_with = "bytes")]
+    pub max_request_bytes: u64,
     pub local_dir: Option<PathBuf>,
     /// First wait before a Redis reconnect or an upload retry; doubles up to `retry_max`.
     #[serde(default = "defaults::retry_base", deserialize_with = "duration")]
@@ -87,7 +147,11 @@ pub struct CaptureSection {
     #[serde(default)]
     pub interface: Vec<InterfaceAlias>,
     pub redis: Option<RedisSection>,
+    /// The default upload destination: captures go there unless a request picks another.
     pub s3: Option<S3Section>,
+    /// More destinations a request may pick by `"destination": NAME`.
+    #[serde(default)]
+    pub destination: Vec<S3Section>,
 }
 
 mod defaults {
@@ -112,6 +176,15 @@ mod defaults {
     }
     pub fn max_concurrent() -> usize {
         4
+    }
+    pub fn max_interfaces() -> usize {
+        16
+    }
+    pub fn max_memory() -> u64 {
+        128 << 20
+    }
+    pub fn max_request_bytes() -> u64 {
+        64 << 10
     }
     pub fn retry_base() -> Duration {
         d(1)
@@ -163,6 +236,8 @@ pub struct RedisSection {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Section {
+    /// Required in `[[capture.destination]]`; `[capture.s3]` is `default` unless named.
+    pub name: Option<String>,
     pub bucket: String,
     pub region: Option<String>,
     pub endpoint: Option<String>,
@@ -170,6 +245,24 @@ pub struct S3Section {
     pub acl: Option<String>,
     #[serde(default)]
     pub encryption: bool,
+    /// Allow a plain `http://` endpoint (off: only `https://`).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+impl S3Section {
+    fn target(&self, name: &str) -> S3Target {
+        S3Target {
+            name: name.to_owned(),
+            bucket: self.bucket.clone(),
+            folder: self.folder.clone(),
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            acl: self.acl.clone(),
+            encryption: self.encryption,
+            allow_http: self.allow_http,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -177,7 +270,8 @@ pub struct S3Section {
 pub struct ApiSection {
     #[serde(default = "default_api_addr")]
     pub addr: SocketAddr,
-    /// File holding the bearer token (one line). Required unless `addr` is loopback.
+    /// File holding the bearer token (one line). Required: loopback is shared by every
+    /// host-network pod of a node.
     pub token_file: Option<PathBuf>,
 }
 
@@ -216,18 +310,61 @@ impl CaptureSection {
             default_timeout: self.default_timeout,
             snaplength: self.snaplength.clamp(64, 262_144),
             max_concurrent: self.max_concurrent.max(1),
+            max_interfaces: self.max_interfaces.max(1),
+            max_memory: self.max_memory.max(CAPTURE_RING_BYTES),
+            max_request_bytes: self.max_request_bytes.clamp(256, 16 << 20) as usize,
         }
     }
 
+    /// The default destination (`[capture.s3]`), if any.
     pub fn s3_target(&self) -> Option<S3Target> {
-        self.s3.as_ref().map(|s| S3Target {
-            bucket: s.bucket.clone(),
-            folder: s.folder.clone(),
-            region: s.region.clone(),
-            endpoint: s.endpoint.clone(),
-            acl: s.acl.clone(),
-            encryption: s.encryption,
-        })
+        self.s3
+            .as_ref()
+            .map(|s| s.target(s.name.as_deref().unwrap_or(DEFAULT_DESTINATION)))
+    }
+
+    /// Every destination a request may pick: the default first, then `[[capture.destination]]`.
+    pub fn destinations(&self) -> Vec<S3Target> {
+        let named = self
+            .destination
+            .iter()
+            .map(|s| s.target(s.name.as_deref().unwrap_or_default()));
+        self.s3_target().into_iter().chain(named).collect()
+    }
+
+    /// Names unique and present, buckets given, endpoints `https://` unless `allow_http`.
+    fn check_destinations(&self) -> Result<(), BadValue> {
+        if self
+            .destination
+            .iter()
+            .any(|d| d.name.as_deref().is_none_or(str::is_empty))
+        {
+            return Err(BadValue("[[capture.destination]] needs a `name`".into()));
+        }
+        let all = self.destinations();
+        for (i, d) in all.iter().enumerate() {
+            let which = format!("capture destination {:?}", d.name);
+            if all[..i].iter().any(|o| o.name == d.name) {
+                return Err(BadValue(format!("{which}: the name is used twice")));
+            }
+            if d.bucket.is_empty() {
+                return Err(BadValue(format!("{which}: `bucket` is empty")));
+            }
+            match d.endpoint_url() {
+                Some(u) if u.starts_with("http://") && !d.allow_http => {
+                    return Err(BadValue(format!(
+                        "{which}: endpoint {u} is plain http: set allow_http = true to allow it"
+                    )));
+                }
+                Some(u) if !u.starts_with("http://") && !u.starts_with("https://") => {
+                    return Err(BadValue(format!(
+                        "{which}: endpoint {u} is neither https:// nor http://"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     pub fn aliases(&self, alias: &str) -> Option<Vec<String>> {
@@ -274,15 +411,16 @@ pub fn resolve(
     if redis_url.is_none() && sections.api.is_none() {
         return Ok(None);
     }
+    // On loopback too: every host-network pod of a node shares it.
     if let Some(api) = &sections.api
         && api.token_file.is_none()
-        && !api.addr.ip().is_loopback()
     {
         return Err(BadValue(format!(
-            "[api] addr {} is not a loopback address: set [api] token_file",
+            "[api] (addr {}) needs token_file: the capture API always requires a bearer token",
             api.addr
         )));
     }
+    capture.check_destinations()?;
     if capture.max_duration.is_zero() || capture.max_timeout.is_zero() {
         return Err(BadValue(
             "[capture] durations must be greater than zero".into(),
@@ -364,12 +502,64 @@ token_file = "/etc/devourer/token"
                 .unwrap()
                 .is_none()
         );
-        let open = read_sections("[api]\naddr = \"0.0.0.0:9403\"\n").unwrap();
-        assert!(
-            resolve(&open, None, None, None)
-                .unwrap_err()
-                .0
-                .contains("token_file")
+        for api in ["[api]\naddr = \"0.0.0.0:9403\"\n", "[api]\n"] {
+            let open = read_sections(api).unwrap();
+            let e = resolve(&open, None, None, None).unwrap_err().0;
+            assert!(e.contains("token_file"), "{e}");
+        }
+    }
+
+    fn destinations(text: &str) -> Result<Vec<S3Target>, String> {
+        let s = read_sections(&format!("{text}\n[api]\ntoken_file = \"/t\"\n")).map_err(|e| e.0)?;
+        let r = resolve(&s, None, None, None).map_err(|e| e.0)?.unwrap();
+        Ok(r.capture.destinations())
+    }
+
+    #[test]
+    fn destinations_are_named_and_plain_http_only_where_allowed() {
+        let d = destinations(
+            r#"
+[capture.s3]
+bucket = "pcaps"
+[[capture.destination]]
+name = "lab"
+bucket = "lab-pcaps"
+endpoint = "http://10.0.0.5:9000/"
+allow_http = true
+acl = "private"
+"#,
+        )
+        .unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            (d[0].name.as_str(), d[0].bucket.as_str()),
+            ("default", "pcaps")
         );
+        assert_eq!(d[1].name, "lab");
+        assert_eq!(d[1].endpoint_url().as_deref(), Some("http://10.0.0.5:9000"));
+        assert!(d[1].allow_http && !d[0].allow_http);
+
+        for (text, says) in [
+            (
+                "[capture.s3]\nbucket = \"b\"\nendpoint = \"http://x:9000\"",
+                "allow_http",
+            ),
+            ("[[capture.destination]]\nbucket = \"b\"", "needs a `name`"),
+            (
+                "[capture.s3]\nbucket = \"b\"\n[[capture.destination]]\nname = \"default\"\nbucket = \"c\"",
+                "used twice",
+            ),
+            (
+                "[[capture.destination]]\nname = \"x\"\nbucket = \"\"",
+                "empty",
+            ),
+            (
+                "[capture.s3]\nbucket = \"b\"\nendpoint = \"ftp://x\"",
+                "neither",
+            ),
+        ] {
+            let e = destinations(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 }

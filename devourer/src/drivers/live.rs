@@ -82,6 +82,7 @@ async fn run_async(args: LiveArgs) -> Result<()> {
             .attach(&mut kernel.ebpf, iface)
             .with_context(|| format!("monitoring {iface}"))?;
     }
+    drop_capabilities(&args, link, requests_cfg.as_ref())?;
     let metrics = Metrics::new();
     metrics.map_capacity.set(i64::from(p.flow.flow_map_entries));
     metrics.interfaces.set(attached.len() as i64);
@@ -157,6 +158,31 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     Ok(())
 }
 
+/// Loaded and attached: keeps only the capabilities the running agent needs (see
+/// [`caps::Keep`]). Runs before any other thread starts, so every thread has just these.
+fn drop_capabilities(
+    args: &LiveArgs,
+    link: TcLink,
+    requests: Option<&crate::config::requests::RequestsConfig>,
+) -> Result<()> {
+    let low = |a: Option<std::net::SocketAddr>| a.is_some_and(|a| a.port() < 1024);
+    let keep = caps::Keep {
+        attach_later: args.all_interfaces
+            || link == TcLink::Netlink
+            || args.pipeline.flow.mode == attach::Mode::Xdp,
+        raw_sockets: requests.is_some(),
+        chown: args.pipeline.file_group.is_some(),
+        low_port: low(args.metrics_addr.0)
+            || low(requests.and_then(|r| r.api.as_ref()).map(|a| a.addr)),
+    };
+    let kept = caps::drop_all_but(&keep).context("dropping capabilities after start-up")?;
+    tracing::info!(
+        kept = ?caps::names(kept),
+        "capabilities not needed after start-up dropped"
+    );
+    Ok(())
+}
+
 /// The interfaces to attach to at start.
 fn interfaces(args: &LiveArgs) -> Result<Vec<String>> {
     let wanted = if args.all_interfaces {
@@ -186,7 +212,8 @@ fn all_up() -> Vec<String> {
 
 /// `--all-interfaces`: attaches to interfaces that came up, lets go of those that went.
 fn follow(agent: &mut Assembly, attached: &mut Attached, metrics: &Metrics) {
-    attached.sync(&mut agent.kernel.ebpf, &all_up());
+    let gone = attached.sync(&mut agent.kernel.ebpf, &all_up());
+    agent.pipeline.interfaces_gone(gone);
     agent.pipeline.name_interfaces(attached.names());
     metrics.interfaces.set(attached.len() as i64);
 }

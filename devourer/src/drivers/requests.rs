@@ -50,22 +50,21 @@ pub async fn start(
         });
     }
     if let Some(a) = &cfg.api {
-        let token = match &a.token_file {
-            Some(f) => {
-                let t = std::fs::read_to_string(f)
-                    .with_context(|| format!("reading the API token file {}", f.display()))?;
-                let t = t.trim().to_owned();
-                if t.is_empty() {
-                    bail!("the API token file {} is empty", f.display());
-                }
-                Some(t)
-            }
-            None => None,
-        };
+        let f = a
+            .token_file
+            .as_ref()
+            .context("[api] needs token_file: the capture API always requires a bearer token")?;
+        let token = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the API token file {}", f.display()))?
+            .trim()
+            .to_owned();
+        if token.is_empty() {
+            bail!("the API token file {} is empty", f.display());
+        }
         let listener = api::bind(a.addr)
             .await
             .with_context(|| format!("binding the capture API on {} ([api] addr)", a.addr))?;
-        tracing::info!(addr = %a.addr, auth = token.is_some(), "capture API listening");
+        tracing::info!(addr = %a.addr, "capture API listening (bearer token required)");
         let refused = metrics.limit_counter("endpoint_max_connections");
         tokio::spawn(api::serve(listener, svc.clone(), token, limits, refused));
     }

@@ -61,15 +61,16 @@ impl Attached {
 
     /// Makes the attached set equal `wanted`: attaches new interfaces (a failure is logged and
     /// retried at the next sync), lets go of the ones that are gone or were re-created.
-    pub fn sync(&mut self, ebpf: &mut Ebpf, wanted: &[String]) {
+    /// Returns the names let go of.
+    pub fn sync(&mut self, ebpf: &mut Ebpf, wanted: &[String]) -> Vec<String> {
         let gone: Vec<String> = self
             .map
             .iter()
             .filter(|(name, a)| !wanted.contains(name) || ifindex(name).ok() != Some(a.ifindex))
             .map(|(n, _)| n.clone())
             .collect();
-        for name in gone {
-            if let Some(a) = self.map.remove(&name) {
+        for name in &gone {
+            if let Some(a) = self.map.remove(name) {
                 tracing::info!(interface = %name, "interface gone: letting go");
                 attach::detach(ebpf, a);
             }
@@ -81,6 +82,7 @@ impl Attached {
                 tracing::warn!(interface = %name, "cannot attach yet: {e}");
             }
         }
+        gone
     }
 }
 

@@ -1,12 +1,15 @@
 //! The HTTP trigger: `POST /captures` (a pcapdaemon request as the body) returns the capture's
-//! id, `GET /captures/ID` its status. On its own listener, behind a bearer token.
+//! id, `GET /captures/ID` its status. On its own listener, behind a bearer token that every
+//! request needs (loopback too: host-network pods share it), checked before the body is read;
+//! bodies over `max_request_bytes` are refused and counted.
 
 use std::net::SocketAddr;
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{DefaultBodyLimit, Path, Request, State, rejection::StringRejection},
     http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -21,7 +24,7 @@ const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Clone)]
 struct Api {
     svc: Service,
-    token: Option<String>,
+    token: String,
 }
 
 /// Binds `addr` (failing start-up when it cannot) and serves until the task is dropped.
@@ -32,21 +35,31 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     svc: Service,
-    token: Option<String>,
+    token: String,
     limits: EndpointLimits,
     refused: prometheus::IntCounter,
 ) {
+    let max_body = svc.config().capture.limits().max_request_bytes;
+    let api = Api { svc, token };
     let app = Router::new()
         .route("/captures", post(create))
         .route("/captures/{id}", get(status))
-        .with_state(Api { svc, token });
+        // Runs before the handlers' extractors: no body is read without the token.
+        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(api);
     endpoint::serve(listener, app, limits, Some(refused)).await;
 }
 
-fn authorized(api: &Api, headers: &HeaderMap) -> bool {
-    let Some(token) = &api.token else {
-        return true;
-    };
+async fn authenticate(State(api): State<Api>, req: Request, next: Next) -> Response {
+    if authorized(&api.token, req.headers()) {
+        next.run(req).await
+    } else {
+        unauthorized()
+    }
+}
+
+fn authorized(token: &str, headers: &HeaderMap) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -70,10 +83,23 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-async fn create(State(api): State<Api>, headers: HeaderMap, body: String) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
+async fn create(State(api): State<Api>, body: Result<String, StringRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let reason = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "bad_json"
+            };
+            api.svc.refused_unread(reason, "api", &e.body_text());
+            return (
+                e.status(),
+                Json(json!({"error": e.body_text(), "reason": reason})),
+            )
+                .into_response();
+        }
+    };
     match api.svc.submit(&body, "api") {
         Ok(Some(id)) => {
             // Answer once the capture listens, so the caller can send traffic right away.
@@ -105,10 +131,7 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: String) -> Res
     }
 }
 
-async fn status(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
+async fn status(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.svc.status(&id) {
         Some(s) => Json(s).into_response(),
         None => (

@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::Service;
+use crate::base::text::redact_url as redact;
 
 /// Runs until the task is dropped. `ping` is the keepalive period (and its answer's deadline).
 pub async fn listen(
@@ -80,11 +81,12 @@ async fn subscribe(
         tokio::select! {
             msg = messages.next() => {
                 let Some(msg) = msg else { return Ok(()) };
-                match msg.get_payload::<String>() {
+                // Redis hands over whole messages; the service refuses long ones unparsed.
+                match std::str::from_utf8(msg.get_payload_bytes()) {
                     Ok(text) => {
-                        let _ = svc.submit(&text, "redis");
+                        let _ = svc.submit(text, "redis");
                     }
-                    Err(e) => tracing::warn!("capture request that is not text: {e}"),
+                    Err(_) => svc.refused_unread("bad_json", "redis", "the message is not UTF-8 text"),
                 }
             }
             _ = tick.tick() => {
@@ -95,28 +97,5 @@ async fn subscribe(
                 }
             }
         }
-    }
-}
-
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_stay_out_of_logs() {
-        assert_eq!(
-            super::redact("redis://:s3cret@10.0.0.1:6379/0"),
-            "redis://***@10.0.0.1:6379/0"
-        );
-        assert_eq!(
-            super::redact("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
     }
 }

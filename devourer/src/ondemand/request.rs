@@ -1,11 +1,16 @@
 //! Capture requests: pcapdaemon's JSON message, checked and clamped to the admin limits. A
-//! request that cannot be honoured is rejected with a reason, never half-run.
+//! request that cannot be honoured is rejected with a reason, never half-run. A request never
+//! chooses where its capture goes: it picks one of the administrator's destinations, by name
+//! or by pcapdaemon's `bucket`/`endpoint`/`region`, which must then equal one.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::requests::{CaptureLimits, S3Target};
+use crate::{
+    base::text::escape_str,
+    config::requests::{CaptureLimits, S3Target, endpoint_url},
+};
 
 /// The message as pcapdaemon defined it. Unknown fields are kept to warn about them.
 #[derive(Debug, Default, Deserialize)]
@@ -25,6 +30,8 @@ pub struct RawRequest {
     pub tags: Option<String>,
     pub customer: Option<String>,
     pub alertid: Option<u64>,
+    /// The name of a configured destination.
+    pub destination: Option<String>,
     pub folder: Option<String>,
     pub bucket: Option<String>,
     pub region: Option<String>,
@@ -82,16 +89,22 @@ pub enum Reject {
     Regex(String),
     #[error("give exactly one of `interface` and `alias`, with at least one name")]
     Interfaces,
-    #[error("unknown interface alias {0:?} (see [[capture.interface]] in the configuration)")]
+    #[error("unknown interface alias \"{0}\" (see [[capture.interface]] in the configuration)")]
     Alias(String),
-    #[error("no interface {0:?} on this node")]
+    #[error("no interface \"{0}\" on this node")]
     NoInterface(String),
+    #[error("{0} distinct interfaces named, more than max_interfaces ({1})")]
+    TooManyInterfaces(usize, usize),
+    #[error("the message has {0} bytes, more than max_request_bytes ({1})")]
+    TooLarge(usize, usize),
     #[error("bad `bpf` filter: {0}")]
     Filter(String),
     #[error("`{0}` must be greater than zero")]
     Zero(&'static str),
-    #[error("an S3 upload needs a bucket (in the request or [capture.s3])")]
+    #[error("an S3 upload needs a destination, and none is configured ([capture.s3])")]
     NoBucket,
+    #[error("{0}")]
+    Destination(String),
 }
 
 impl Reject {
@@ -99,10 +112,15 @@ impl Reject {
         match self {
             Self::Json(_) => "bad_json",
             Self::Node | Self::Regex(_) => "bad_node",
-            Self::Interfaces | Self::Alias(_) | Self::NoInterface(_) => "bad_interface",
+            Self::Interfaces
+            | Self::Alias(_)
+            | Self::NoInterface(_)
+            | Self::TooManyInterfaces(..) => "bad_interface",
+            Self::TooLarge(..) => "too_large",
             Self::Filter(_) => "bad_filter",
             Self::Zero(_) => "bad_limit",
             Self::NoBucket => "bad_s3",
+            Self::Destination(_) => "bad_destination",
         }
     }
 }
@@ -116,12 +134,35 @@ pub struct Context<'a> {
     pub interface_exists: &'a dyn Fn(&str) -> bool,
     /// Compiles a filter; the error says why it does not.
     pub check_filter: &'a dyn Fn(&str) -> Result<(), BadFilter>,
-    /// The configured S3 bucket and its defaults, if any.
-    pub s3: Option<&'a S3Target>,
+    /// The configured destinations, the default (`[capture.s3]`) first if there is one.
+    pub destinations: &'a [S3Target],
+    /// Whether the first destination is the default.
+    pub has_default: bool,
 }
 
-pub fn parse(text: &str) -> Result<RawRequest, Reject> {
-    serde_json::from_str(text).map_err(|e| Reject::Json(e.to_string()))
+/// Reads a message of at most `max` bytes.
+pub fn parse(text: &str, max: usize) -> Result<RawRequest, Reject> {
+    if text.len() > max {
+        return Err(Reject::TooLarge(text.len(), max));
+    }
+    serde_json::from_str(text).map_err(|e| Reject::Json(shown(&e.to_string())))
+}
+
+/// A request's string (or a message quoting one) as logs and answers show it: escaped, cut
+/// to 256 bytes. Every rejection's text goes through it, so none can forge a log line.
+fn shown(s: &str) -> String {
+    escape_str(s, 256)
+}
+
+/// `names` without repeats, in order (one name, one capture: repeats must not multiply it).
+fn distinct(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
 }
 
 /// Checks a request against this node and clamps it to the limits.
@@ -129,35 +170,38 @@ pub fn plan(r: &RawRequest, cx: &Context<'_>) -> Result<Decision, Reject> {
     let ours = match (&r.node, &r.nodere) {
         (Some(n), None) => n == "any" || n == cx.node,
         (None, Some(re)) => regex::Regex::new(re)
-            .map_err(|e| Reject::Regex(e.to_string()))?
+            .map_err(|e| Reject::Regex(shown(&e.to_string())))?
             .is_match(cx.node),
         _ => return Err(Reject::Node),
     };
     if !ours {
         return Ok(Decision::NotForUs);
     }
+    let max = cx.limits.max_interfaces;
     let interfaces = match (&r.interface, &r.alias) {
-        (Some(names), None) if !names.is_empty() => names.clone(),
+        (Some(names), None) if !names.is_empty() => distinct(names.iter().cloned()),
         (None, Some(aliases)) if !aliases.is_empty() => {
             let mut out = Vec::new();
-            for a in aliases {
-                let names = (cx.aliases)(a).ok_or_else(|| Reject::Alias(a.clone()))?;
-                for n in names {
-                    if !out.contains(&n) {
-                        out.push(n);
-                    }
+            for a in distinct(aliases.iter().cloned()) {
+                out.extend((cx.aliases)(&a).ok_or_else(|| Reject::Alias(shown(&a)))?);
+                // Checked as it grows, so a long list is not expanded first.
+                if out.len() > max * 2 {
+                    out = distinct(out);
                 }
             }
-            out
+            distinct(out)
         }
         _ => return Err(Reject::Interfaces),
     };
+    if interfaces.len() > max {
+        return Err(Reject::TooManyInterfaces(interfaces.len(), max));
+    }
     if let Some(missing) = interfaces.iter().find(|i| !(cx.interface_exists)(i)) {
-        return Err(Reject::NoInterface(missing.clone()));
+        return Err(Reject::NoInterface(shown(missing)));
     }
     let filter = r.bpf.as_ref().map(|f| f.trim()).filter(|f| !f.is_empty());
     if let Some(f) = filter {
-        (cx.check_filter)(f).map_err(|e| Reject::Filter(e.0))?;
+        (cx.check_filter)(f).map_err(|e| Reject::Filter(shown(&e.0)))?;
     }
     let l = cx.limits;
     let mut clamped = Vec::new();
@@ -186,23 +230,19 @@ pub fn plan(r: &RawRequest, cx: &Context<'_>) -> Result<Decision, Reject> {
         };
     let duration = secs("duration", r.duration, l.max_duration, l.max_duration)?;
     let timeout = secs("timeout", r.timeout, l.default_timeout, l.max_timeout)?;
-    let s3 = if r.bucket.is_some() || r.folder.is_some() || r.endpoint.is_some() {
-        let base = cx.s3.cloned().unwrap_or_default();
-        let bucket = r.bucket.clone().unwrap_or(base.bucket);
-        if bucket.is_empty() {
-            return Err(Reject::NoBucket);
+    let s3 = destination(r, cx)?.map(|d| {
+        let mut t = d.clone();
+        // A folder is a prefix inside the administrator's bucket; encryption may be asked
+        // for, never turned off; the ACL is the administrator's alone.
+        if let Some(f) = &r.folder {
+            t.folder = Some(f.clone());
         }
-        Some(S3Target {
-            bucket,
-            folder: r.folder.clone().or(base.folder),
-            region: r.region.clone().or(base.region),
-            endpoint: r.endpoint.clone().or(base.endpoint),
-            acl: r.acl.clone().or(base.acl),
-            encryption: r.encryption.unwrap_or(base.encryption),
-        })
-    } else {
-        cx.s3.cloned()
-    };
+        t.encryption |= r.encryption == Some(true);
+        if r.acl.is_some() && r.acl != t.acl {
+            clamped.push("acl");
+        }
+        t
+    });
     Ok(Decision::Run(Box::new(Plan {
         interfaces,
         filter: filter.map(str::to_owned),
@@ -220,6 +260,55 @@ pub fn plan(r: &RawRequest, cx: &Context<'_>) -> Result<Decision, Reject> {
     })))
 }
 
+/// The configured destination a request picks: by `destination`, by pcapdaemon's fields
+/// (each one given must equal the destination's), or the default; `None`: local only.
+fn destination<'a>(r: &RawRequest, cx: &Context<'a>) -> Result<Option<&'a S3Target>, Reject> {
+    let asks_where = r.bucket.is_some() || r.endpoint.is_some() || r.region.is_some();
+    let equal = |d: &S3Target| {
+        r.bucket.as_ref().is_none_or(|b| *b == d.bucket)
+            && r.endpoint
+                .as_deref()
+                .is_none_or(|e| Some(endpoint_url(e)) == d.endpoint_url())
+            && r.region
+                .as_deref()
+                .is_none_or(|g| g == d.region.as_deref().unwrap_or("us-east-1"))
+    };
+    if let Some(name) = &r.destination {
+        let d = cx
+            .destinations
+            .iter()
+            .find(|d| d.name == *name)
+            .ok_or_else(|| {
+                Reject::Destination(format!(
+                    "no destination named \"{}\" is configured",
+                    shown(name)
+                ))
+            })?;
+        if !equal(d) {
+            return Err(Reject::Destination(format!(
+                "bucket, endpoint or region differ from destination \"{}\"",
+                shown(name)
+            )));
+        }
+        return Ok(Some(d));
+    }
+    if asks_where {
+        return cx.destinations.iter().find(|d| equal(d)).map(Some).ok_or_else(|| {
+            Reject::Destination(format!(
+                "bucket \"{}\", endpoint \"{}\", region \"{}\" are not a configured destination",
+                shown(r.bucket.as_deref().unwrap_or("")),
+                shown(r.endpoint.as_deref().unwrap_or("")),
+                shown(r.region.as_deref().unwrap_or("")),
+            ))
+        });
+    }
+    let default = cx.destinations.first().filter(|_| cx.has_default);
+    if r.folder.is_some() && default.is_none() {
+        return Err(Reject::NoBucket);
+    }
+    Ok(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,10 +322,21 @@ mod tests {
             default_timeout: Duration::from_secs(10),
             snaplength: 1500,
             max_concurrent: 2,
+            max_interfaces: 3,
+            max_memory: 1 << 30,
+            max_request_bytes: 4096,
         }
     }
 
     fn decide(json: &str) -> Result<Decision, Reject> {
+        decide_in(json, &[], false)
+    }
+
+    fn decide_in(
+        json: &str,
+        destinations: &[S3Target],
+        has_default: bool,
+    ) -> Result<Decision, Reject> {
         let l = limits();
         let aliases = |a: &str| (a == "public").then(|| vec!["eth0".to_owned(), "eth1".to_owned()]);
         let exists = |i: &str| i.starts_with("eth") || i == "lo";
@@ -253,9 +353,10 @@ mod tests {
             aliases: &aliases,
             interface_exists: &exists,
             check_filter: &filter,
-            s3: None,
+            destinations,
+            has_default,
         };
-        plan(&parse(json)?, &cx)
+        plan(&parse(json, l.max_request_bytes)?, &cx)
     }
 
     fn run(json: &str) -> Plan {
@@ -329,6 +430,28 @@ mod tests {
     }
 
     #[test]
+    fn repeated_interfaces_are_one_and_their_number_is_capped() {
+        let many = vec!["lo"; 64];
+        let p = run(&format!(
+            r#"{{"node":"any","interface":{}}}"#,
+            serde_json::json!(many)
+        ));
+        assert_eq!(p.interfaces, ["lo"]);
+        let p = run(r#"{"node":"any","alias":["public","public","public"]}"#);
+        assert_eq!(p.interfaces, ["eth0", "eth1"]);
+        assert_eq!(
+            decide(r#"{"node":"any","interface":["eth0","eth1","eth2","eth3"]}"#).unwrap_err(),
+            Reject::TooManyInterfaces(4, 3)
+        );
+        let big = format!(
+            r#"{{"node":"any","interface":["lo"],"tags":"{}"}}"#,
+            "x".repeat(5000)
+        );
+        let e = decide(&big).unwrap_err();
+        assert_eq!(e.reason(), "too_large", "{e}");
+    }
+
+    #[test]
     fn bad_messages_are_rejected_with_a_reason() {
         for (json, reason) in [
             ("not json", "bad_json"),
@@ -354,9 +477,82 @@ mod tests {
         }
     }
 
+    fn dest(name: &str, bucket: &str, endpoint: Option<&str>) -> S3Target {
+        S3Target {
+            name: name.into(),
+            bucket: bucket.into(),
+            endpoint: endpoint.map(Into::into),
+            acl: Some("private".into()),
+            ..S3Target::default()
+        }
+    }
+
+    #[test]
+    fn a_request_only_picks_a_configured_destination() {
+        let ds = [
+            dest("default", "pcaps", None),
+            dest("lab", "lab-pcaps", Some("http://10.0.0.5:9000")),
+        ];
+        let s3 = |json: &str, has_default: bool| match decide_in(json, &ds, has_default) {
+            Ok(Decision::Run(p)) => {
+                let p = *p;
+                Ok(p.s3.map(|t| (t.name, t.folder, t.acl, p.clamped)))
+            }
+            Ok(Decision::NotForUs) => panic!("{json}"),
+            Err(e) => Err(e),
+        };
+        let base = r#""node":"any","interface":["lo"]"#;
+        // Nothing asked: the default, or local only without one.
+        assert_eq!(
+            s3(&format!("{{{base}}}"), true).unwrap().unwrap().0,
+            "default"
+        );
+        assert_eq!(s3(&format!("{{{base}}}"), false).unwrap(), None);
+        // By name, or by pcapdaemon's fields equal to a destination's (the folder is the
+        // request's, the ACL stays the administrator's).
+        let (name, folder, acl, clamped) = s3(
+            &format!(r#"{{{base},"bucket":"lab-pcaps","endpoint":"http://10.0.0.5:9000/","folder":"f","acl":"public-read"}}"#),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((name.as_str(), folder.as_deref()), ("lab", Some("f")));
+        assert_eq!((acl.as_deref(), clamped), (Some("private"), vec!["acl"]));
+        assert_eq!(
+            s3(&format!(r#"{{{base},"destination":"lab"}}"#), true)
+                .unwrap()
+                .unwrap()
+                .0,
+            "lab"
+        );
+        // Anything else is refused, with the reason.
+        for (json, says) in [
+            (
+                r#""endpoint":"http://127.0.0.1:8080""#,
+                "not a configured destination",
+            ),
+            (r#""bucket":"attacker""#, "not a configured destination"),
+            (
+                r#""bucket":"pcaps","region":"eu-west-1""#,
+                "not a configured destination",
+            ),
+            (r#""destination":"elsewhere""#, "no destination named"),
+            (
+                r#""destination":"lab","bucket":"pcaps""#,
+                "differ from destination",
+            ),
+            (r#""destination":"x\ny""#, "x\\010y"),
+        ] {
+            let e = s3(&format!("{{{base},{json}}}"), true).unwrap_err();
+            assert_eq!(e.reason(), "bad_destination", "{json}");
+            assert!(e.to_string().contains(says), "{json}: {e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+
     #[test]
     fn unknown_fields_are_kept_for_a_warning() {
-        let r = parse(r#"{"node":"any","interface":["lo"],"colour":"blue"}"#).unwrap();
+        let r = parse(r#"{"node":"any","interface":["lo"],"colour":"blue"}"#, 4096).unwrap();
         assert_eq!(r.unknown.keys().collect::<Vec<_>>(), ["colour"]);
     }
 }

@@ -17,7 +17,11 @@ use super::{
     sniff,
     store::{self, Retry},
 };
-use crate::{config::requests::RequestsConfig, ops::metrics::Metrics};
+use crate::{
+    base::text::{escape, escape_str},
+    config::requests::RequestsConfig,
+    ops::metrics::Metrics,
+};
 
 /// Finished captures remembered for `GET /captures/ID`.
 const KEEP_FINISHED: usize = 1000;
@@ -99,6 +103,8 @@ struct Inner {
     running: Mutex<usize>,
     statuses: Mutex<(BTreeMap<String, CaptureStatus>, VecDeque<String>)>,
     seq: AtomicU64,
+    /// Memory held by every capture in flight (`max_memory`).
+    memory: Arc<sniff::Memory>,
 }
 
 /// The capture-on-request service; cheap to clone.
@@ -107,7 +113,9 @@ pub struct Service(Arc<Inner>);
 
 impl Service {
     pub fn new(cfg: RequestsConfig, node: String, metrics: Option<Arc<Metrics>>) -> Self {
+        let memory = Arc::new(sniff::Memory::new(cfg.capture.limits().max_memory));
         Self(Arc::new(Inner {
+            memory,
             cfg,
             node,
             metrics,
@@ -159,18 +167,29 @@ impl Service {
         res
     }
 
+    /// A message refused before it could be read (too large, not text): counted and logged.
+    pub fn refused_unread(&self, reason: &'static str, source: &'static str, why: &str) {
+        self.count(reason);
+        tracing::warn!(
+            source,
+            reason,
+            "capture request rejected: {}",
+            escape_str(why, 256)
+        );
+    }
+
     fn try_submit(&self, text: &str, source: &'static str) -> Result<Option<String>, Refused> {
-        let raw = request::parse(text)?;
-        if raw.logrequest {
-            tracing::info!(source, request = %text.escape_default(), "capture request");
-        }
-        if !raw.unknown.is_empty() {
-            let keys: Vec<&String> = raw.unknown.keys().collect();
-            tracing::warn!(source, ?keys, "capture request: unknown fields ignored");
-        }
         let cfg = &self.0.cfg;
         let limits = cfg.capture.limits();
-        let s3 = cfg.capture.s3_target();
+        let raw = request::parse(text, limits.max_request_bytes)?;
+        if raw.logrequest {
+            tracing::info!(source, request = %escape(text.as_bytes()), "capture request");
+        }
+        if !raw.unknown.is_empty() {
+            let keys: Vec<String> = raw.unknown.keys().map(|k| escape_str(k, 64)).collect();
+            tracing::warn!(source, ?keys, "capture request: unknown fields ignored");
+        }
+        let destinations = cfg.capture.destinations();
         let aliases = |a: &str| cfg.capture.aliases(a);
         let exists = |i: &str| crate::kernel::attach::ifindex(i).is_ok();
         let cx = Context {
@@ -179,7 +198,8 @@ impl Service {
             aliases: &aliases,
             interface_exists: &exists,
             check_filter: &sniff::check_filter,
-            s3: s3.as_ref(),
+            destinations: &destinations,
+            has_default: cfg.capture.s3.is_some(),
         };
         let plan = match request::plan(&raw, &cx)? {
             Decision::Run(p) => *p,
@@ -251,6 +271,7 @@ impl Service {
 
     /// One more interface of capture `id` is listening.
     fn armed(&self, id: &str) {
+        self.show_memory();
         if let Some(s) = self.0.statuses.lock().expect("lock").0.get_mut(id) {
             s.listening += 1;
         }
@@ -274,12 +295,22 @@ impl Service {
         self.0.statuses.lock().expect("lock").0.get(id).cloned()
     }
 
+    fn show_memory(&self) {
+        if let Some(m) = &self.0.metrics {
+            m.capture.memory.set(self.0.memory.held() as i64);
+        }
+    }
+
     fn finish(&self, id: &str, files: Vec<FileStatus>) {
         let failed = files.is_empty() || files.iter().any(|f| f.error.is_some());
+        self.show_memory();
         if let Some(m) = &self.0.metrics {
             for f in &files {
                 m.capture.files.with_label_values(&[f.result()]).inc();
                 m.capture.packets.inc_by(f.packets);
+                if f.stopped_by == Some("memory") {
+                    m.limit_counter("capture_max_memory").inc();
+                }
             }
         }
         if let Some(s) = self.0.statuses.lock().expect("lock").0.get_mut(id) {
@@ -291,12 +322,14 @@ impl Service {
 
     async fn run_capture(&self, id: &str, plan: Plan, started: SystemTime) -> Vec<FileStatus> {
         let plan = Arc::new(plan);
+        let budget = Arc::new(sniff::Budget::new(self.0.memory.clone()));
         let mut jobs = Vec::new();
         for iface in plan.interfaces.clone() {
-            let (svc, plan, id) = (self.clone(), plan.clone(), id.to_owned());
+            let (svc, plan, id, budget) =
+                (self.clone(), plan.clone(), id.to_owned(), budget.clone());
             jobs.push(tokio::task::spawn_blocking(move || {
                 let armed = || svc.armed(&id);
-                let r = sniff::run(&iface, &plan, &svc.0.cancel, &armed);
+                let r = sniff::run(&iface, &plan, &budget, &svc.0.cancel, &armed);
                 (iface, r)
             }));
         }
@@ -323,6 +356,7 @@ impl Service {
                     f.stopped_by = Some(c.stop.as_str());
                     f.kernel_dropped = c.dropped;
                     self.store(id, &plan, &c, started, &mut f).await;
+                    self.0.memory.give(c.held);
                 }
                 Err(e) => {
                     tracing::error!(id, iface, "capture failed: {e}");

@@ -1,10 +1,14 @@
 //! One capture on one interface: libpcap (tcpdump's filter compiler, an AF_PACKET socket) into
 //! memory until the first limit (packets, bytes, duration, idle timeout) or cancellation,
-//! then a pcap file image.
+//! then a pcap file image. A request's interfaces share its packet and byte totals, and every
+//! capture in flight shares one memory budget.
 
 use std::{
     borrow::Cow,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -14,6 +18,110 @@ use pcap_file::{
 };
 
 use super::request::{BadFilter, Plan};
+use crate::config::requests::CAPTURE_RING_BYTES;
+
+/// Memory held by all captures in flight (packets and socket buffers), capped.
+#[derive(Debug)]
+pub struct Memory {
+    held: AtomicU64,
+    max: u64,
+}
+
+impl Memory {
+    pub fn new(max: u64) -> Self {
+        Self {
+            held: AtomicU64::new(0),
+            max,
+        }
+    }
+
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` bytes if they fit under the cap.
+    fn take(&self, n: u64) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                (h + n <= self.max).then_some(h + n)
+            })
+            .is_ok()
+    }
+
+    /// Gives back what a capture held once it is stored.
+    pub fn give(&self, n: u64) {
+        self.held.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// What the captures of one request share: its packet and file-byte totals, and the memory
+/// budget of all captures.
+#[derive(Debug)]
+pub struct Budget {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    memory: Arc<Memory>,
+}
+
+impl Budget {
+    pub fn new(memory: Arc<Memory>) -> Self {
+        Self {
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            memory,
+        }
+    }
+
+    /// Whether the request's totals are reached (by any of its interfaces).
+    fn spent(&self, plan: &Plan) -> Option<Stop> {
+        if self.packets.load(Ordering::Acquire) >= plan.packets {
+            Some(Stop::Packets)
+        } else if self.bytes.load(Ordering::Acquire) >= plan.bytes {
+            Some(Stop::Bytes)
+        } else {
+            None
+        }
+    }
+
+    /// Takes one packet of `rec` file bytes: `Ok(last)` to keep it (`last`: it reached a
+    /// total), `Err(stop)` when a total or the memory cap leaves no room for it.
+    fn take(&self, plan: &Plan, rec: u64) -> Result<Option<Stop>, Stop> {
+        let n = self.packets.fetch_add(1, Ordering::AcqRel) + 1;
+        if n > plan.packets {
+            self.packets.fetch_sub(1, Ordering::AcqRel);
+            return Err(Stop::Packets);
+        }
+        let before = self.bytes.fetch_add(rec, Ordering::AcqRel);
+        let undo = |stop| {
+            self.packets.fetch_sub(1, Ordering::AcqRel);
+            self.bytes.fetch_sub(rec, Ordering::AcqRel);
+            Err(stop)
+        };
+        if before >= plan.bytes {
+            return undo(Stop::Bytes);
+        }
+        if !self.memory.take(rec) {
+            return undo(Stop::Memory);
+        }
+        // The packet that reaches a limit is kept (the file may pass `bytes` by one).
+        Ok(if n >= plan.packets {
+            Some(Stop::Packets)
+        } else if before + rec >= plan.bytes {
+            Some(Stop::Bytes)
+        } else {
+            None
+        })
+    }
+}
+
+/// The socket buffer's share of the memory budget, given back when the capture ends.
+struct Ring<'a>(&'a Memory);
+
+impl Drop for Ring<'_> {
+    fn drop(&mut self) {
+        self.0.give(CAPTURE_RING_BYTES);
+    }
+}
 
 /// Why a capture ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +130,8 @@ pub enum Stop {
     Bytes,
     Duration,
     Timeout,
+    /// The memory all captures in flight may hold (`max_memory`) was reached.
+    Memory,
     Cancelled,
 }
 
@@ -32,6 +142,7 @@ impl Stop {
             Self::Bytes => "bytes",
             Self::Duration => "duration",
             Self::Timeout => "timeout",
+            Self::Memory => "memory",
             Self::Cancelled => "shutdown",
         }
     }
@@ -53,6 +164,8 @@ pub struct Captured {
     pub stop: Stop,
     /// Packets the kernel dropped because the capture buffer was full.
     pub dropped: u32,
+    /// Bytes of the memory budget the packets hold (given back once stored).
+    pub held: u64,
 }
 
 /// Why a capture could not run or be written.
@@ -78,6 +191,8 @@ pub enum SniffError {
     },
     #[error("writing the pcap file: {0}")]
     Write(#[from] pcap_file::PcapError),
+    #[error("captures in flight hold {0} bytes: no room for another socket (max_memory)")]
+    Memory(u64),
 }
 
 /// pcap file header plus one record header per packet.
@@ -93,11 +208,12 @@ pub fn check_filter(expr: &str) -> Result<(), BadFilter> {
         .map_err(|e| BadFilter(e.to_string()))
 }
 
-/// Captures on `iface` as `plan` says, until a limit or `cancel`; `armed` is called once the
-/// socket is open with its filter.
+/// Captures on `iface` as `plan` says, until a limit (the request's totals in `budget`) or
+/// `cancel`; `armed` is called once the socket is open with its filter.
 pub fn run(
     iface: &str,
     plan: &Plan,
+    budget: &Budget,
     cancel: &AtomicBool,
     armed: &dyn Fn(),
 ) -> Result<Captured, SniffError> {
@@ -105,12 +221,16 @@ pub fn run(
         iface: iface.to_owned(),
         source,
     };
+    if !budget.memory.take(CAPTURE_RING_BYTES) {
+        return Err(SniffError::Memory(budget.memory.held()));
+    }
+    let _ring = Ring(&budget.memory);
     let cap = pcap::Capture::from_device(iface)
         .map_err(open_err)?
         .snaplen(plan.snap as i32)
         .immediate_mode(true)
         .promisc(false)
-        .buffer_size(8 << 20)
+        .buffer_size(CAPTURE_RING_BYTES as i32)
         // Wake at least this often to check the clock and cancellation.
         .timeout(50);
     // Non-blocking, waited on with poll(2): libpcap's own read timeout may block for good on
@@ -132,12 +252,17 @@ pub fn run(
         bytes: FILE_HEADER,
         stop: Stop::Cancelled,
         dropped: 0,
+        held: 0,
     };
+    budget.bytes.fetch_add(FILE_HEADER, Ordering::AcqRel);
     let start = Instant::now();
     let mut last = start;
     let stop = loop {
         if cancel.load(Ordering::Relaxed) {
             break Stop::Cancelled;
+        }
+        if let Some(stop) = budget.spent(plan) {
+            break stop;
         }
         if start.elapsed() >= plan.duration {
             break Stop::Duration;
@@ -151,7 +276,13 @@ pub fn run(
                 last = Instant::now();
                 let ts = Duration::new(p.header.ts.tv_sec.max(0) as u64, 0)
                     + Duration::from_micros(p.header.ts.tv_usec.max(0) as u64);
-                out.bytes += RECORD_HEADER + u64::from(p.header.caplen);
+                let rec = RECORD_HEADER + u64::from(p.header.caplen);
+                let reached = match budget.take(plan, rec) {
+                    Ok(reached) => reached,
+                    Err(stop) => break stop,
+                };
+                out.bytes += rec;
+                out.held += rec;
                 out.packets.push(Pkt {
                     ts,
                     orig_len: p.header.len,
@@ -165,16 +296,13 @@ pub fn run(
                         "captured packet"
                     );
                 }
-                // The packet that reaches a limit is kept (the file may pass `bytes` by one).
-                if out.packets.len() as u64 >= plan.packets {
-                    break Stop::Packets;
-                }
-                if out.bytes >= plan.bytes {
-                    break Stop::Bytes;
+                if let Some(stop) = reached {
+                    break stop;
                 }
             }
             Err(pcap::Error::TimeoutExpired) => wait_readable(fd, 50),
             Err(source) => {
+                budget.memory.give(out.held);
                 return Err(SniffError::Read {
                     iface: iface.to_owned(),
                     source,
@@ -222,6 +350,68 @@ pub fn pcap_bytes(c: &Captured) -> Result<Vec<u8>, SniffError> {
 mod tests {
     use super::*;
 
+    fn plan(packets: u64, bytes: u64) -> Plan {
+        Plan {
+            interfaces: vec!["a".into(), "b".into()],
+            filter: None,
+            snap: 100,
+            packets,
+            bytes,
+            duration: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            alertid: 0,
+            tags: None,
+            customer: None,
+            s3: None,
+            packetdebug: false,
+            clamped: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_requests_interfaces_share_its_totals() {
+        let memory = Arc::new(Memory::new(1 << 30));
+        let p = plan(3, 1 << 20);
+        let (a, b) = (Budget::new(memory.clone()), Budget::new(memory.clone()));
+        // Two interfaces of one request take from one budget: three packets in all.
+        assert_eq!(a.take(&p, 100), Ok(None));
+        assert_eq!(a.take(&p, 100), Ok(None));
+        assert_eq!(a.take(&p, 100), Ok(Some(Stop::Packets)));
+        assert_eq!(a.take(&p, 100), Err(Stop::Packets));
+        assert_eq!(a.spent(&p), Some(Stop::Packets));
+        // Another request has its own totals, and the memory is shared by all.
+        assert_eq!(b.take(&p, 100), Ok(None));
+        assert_eq!(memory.held(), 400);
+        // Bytes: the packet that reaches the total is kept, the next is not.
+        let p = plan(100, 250);
+        let c = Budget::new(memory.clone());
+        assert_eq!(c.take(&p, 200), Ok(None));
+        assert_eq!(c.take(&p, 200), Ok(Some(Stop::Bytes)));
+        assert_eq!(c.take(&p, 10), Err(Stop::Bytes));
+        assert_eq!(memory.held(), 800);
+    }
+
+    #[test]
+    fn captures_in_flight_stop_at_the_memory_cap_and_give_it_back() {
+        let memory = Arc::new(Memory::new(1000));
+        let p = plan(1000, 1 << 20);
+        let a = Budget::new(memory.clone());
+        assert_eq!(a.take(&p, 600), Ok(None));
+        let b = Budget::new(memory.clone());
+        assert_eq!(b.take(&p, 600), Err(Stop::Memory), "no room left");
+        assert_eq!(
+            b.packets.load(Ordering::Relaxed),
+            0,
+            "the refused packet is not counted"
+        );
+        memory.give(600);
+        assert_eq!(
+            b.take(&p, 600),
+            Ok(None),
+            "room again once the first is stored"
+        );
+    }
+
     #[test]
     fn filters_compile_with_libpcap() {
         assert!(check_filter("tcp port 80 and host 10.0.0.1").is_ok());
@@ -244,6 +434,7 @@ mod tests {
             bytes: FILE_HEADER + RECORD_HEADER + 14,
             stop: Stop::Packets,
             dropped: 0,
+            held: 0,
         };
         let bytes = pcap_bytes(&c).unwrap();
         assert_eq!(bytes.len() as u64, c.bytes);

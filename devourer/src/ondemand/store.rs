@@ -122,15 +122,9 @@ fn configure(b: AmazonS3Builder, t: &S3Target, retry: Retry) -> Result<AmazonS3,
                 .with_timeout(retry.timeout)
                 .with_connect_timeout(retry.timeout.min(Duration::from_secs(5))),
         );
-    if let Some(e) = &t.endpoint {
-        let url = if e.contains("://") {
-            e.clone()
-        } else {
-            format!("https://{e}")
-        };
-        b = b
-            .with_allow_http(url.starts_with("http://"))
-            .with_endpoint(url);
+    if let Some(url) = t.endpoint_url() {
+        // Plain http only where the administrator allowed it for this destination.
+        b = b.with_allow_http(t.allow_http).with_endpoint(url);
     }
     if t.encryption {
         let key: AmazonS3ConfigKey = "aws_server_side_encryption"
@@ -222,6 +216,7 @@ mod tests {
         let t = S3Target {
             bucket: "pcaps".into(),
             endpoint: Some("http://127.0.0.1:1".into()),
+            allow_http: true,
             ..S3Target::default()
         };
         // Uploads with `attempts` tries `base` apart; the error, and whether it came quickly.

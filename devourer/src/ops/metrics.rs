@@ -40,6 +40,7 @@ pub struct Metrics {
     pub scan_seconds: Histogram,
     kernel: IntCounterVec,
     dns_parse_errors: IntCounterVec,
+    dns_names_refused: IntCounter,
     pub dns_pending: IntGauge,
     pub capture: CaptureMetrics,
     sink_rows: IntCounterVec,
@@ -83,7 +84,7 @@ impl RecordMetrics {
             ),
             dns_transactions: r.counters(
                 "devourer_dns_transactions_total",
-                "DNS transactions, by status and rcode.",
+                "DNS transactions, by status and rcode (unassigned codes as `other`).",
                 &["status", "rcode"],
             ),
             dns_latency: r.histogram(
@@ -116,6 +117,8 @@ pub struct CaptureMetrics {
     pub redis_subscribed: IntGauge,
     /// Subscriptions made (the first, then one per reconnect).
     pub redis_subscriptions: IntCounter,
+    /// Memory held by captures in flight.
+    pub memory: IntGauge,
 }
 
 impl CaptureMetrics {
@@ -142,6 +145,10 @@ impl CaptureMetrics {
             redis_subscriptions: r.counter(
                 "devourer_capture_redis_subscriptions_total",
                 "Subscriptions to the Redis capture channel (the first, then one per reconnect).",
+            ),
+            memory: r.gauge(
+                "devourer_capture_memory_bytes",
+                "Memory held by captures in flight (packets and socket buffers), at most [capture] max_memory.",
             ),
         }
     }
@@ -226,6 +233,10 @@ impl Metrics {
                 "DNS payloads that did not decode, by reason.",
                 &["reason"],
             ),
+            dns_names_refused: r.counter(
+                "devourer_dns_names_refused_total",
+                "Addresses in DNS answers not learned as flow names: the response matched no query the agent saw (unsolicited or spoofed).",
+            ),
             dns_pending: r.gauge("devourer_dns_pending", "DNS queries awaiting a response."),
             capture: CaptureMetrics::new(&r),
             sink_rows: r.counters(
@@ -295,6 +306,11 @@ impl Metrics {
                 *n,
             );
         }
+        self.sync(
+            "dns_names_refused",
+            &self.dns_names_refused,
+            s.names_refused,
+        );
         self.dns_pending.set(pending as i64);
     }
 
@@ -331,6 +347,12 @@ impl Metrics {
         }
     }
 
+    /// Removes the series of an interface that is gone (pod veths come and go).
+    pub fn forget_interface(&self, name: &str) {
+        let _ = self.records.flow_packets.remove_label_values(&[name]);
+        let _ = self.records.flow_bytes.remove_label_values(&[name]);
+    }
+
     /// Observes the durations of a remote sink's requests.
     pub fn request_observer(&self, sink: &'static str) -> RequestObserver {
         let h = self.sink_request_seconds.with_label_values(&[sink]);
@@ -358,7 +380,7 @@ impl Metrics {
             }
             Batch::Dns(records) => {
                 for r in records {
-                    let rcode = r.rcode.as_deref().unwrap_or("none");
+                    let rcode = rcode_label(r.rcode.as_deref());
                     self.records
                         .dns_transactions
                         .with_label_values(&[r.status, rcode])
@@ -392,11 +414,42 @@ impl Metrics {
     }
 }
 
+/// The `rcode` label: a named response code, `none`, or `other` for the thousands of
+/// unassigned values a packet may carry (traffic must not grow the label set).
+fn rcode_label(rcode: Option<&str>) -> &str {
+    match rcode {
+        None => "none",
+        Some(r) if r.starts_with("RCODE") => "other",
+        Some(r) => r,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use devourer_common::flow::{C_INSERT_RACE, C_PACKETS, COUNTERS_LEN};
 
     use super::*;
+
+    #[test]
+    fn traffic_cannot_grow_label_sets_for_good() {
+        assert_eq!(rcode_label(Some("RCODE4095")), "other");
+        assert_eq!(rcode_label(Some("NXDOMAIN")), "NXDOMAIN");
+        assert_eq!(rcode_label(None), "none");
+        let m = Metrics::new();
+        m.records
+            .flow_packets
+            .with_label_values(&["veth1234"])
+            .inc();
+        m.records.flow_bytes.with_label_values(&["veth1234"]).inc();
+        m.records.flow_packets.with_label_values(&["eth0"]).inc();
+        assert!(m.render().contains("veth1234"));
+        m.forget_interface("veth1234");
+        let text = m.render();
+        assert!(
+            !text.contains("veth1234") && text.contains("eth0"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn counters_kept_elsewhere_only_add_what_is_new() {

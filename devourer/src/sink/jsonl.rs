@@ -32,7 +32,7 @@ impl Target {
     fn open(&self) -> io::Result<Box<dyn Write + Send>> {
         Ok(match self {
             Self::Stdout => Box::new(io::stdout()),
-            Self::File(p) => Box::new(files::open_append(p)?),
+            Self::File(p) => Box::new(files::open_output(p)?),
         })
     }
 }

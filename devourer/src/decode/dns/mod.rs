@@ -91,6 +91,8 @@ pub struct DnsStats {
     /// Messages whose records after the question were cut or broken (still matched).
     pub partial: u64,
     pub parse_errors: BTreeMap<&'static str, u64>,
+    /// Answer addresses not learned as names: their response matched no query we saw.
+    pub names_refused: u64,
     pub transactions: BTreeMap<&'static str, u64>,
 }
 
@@ -221,18 +223,21 @@ impl DnsTracker {
             }
             return;
         }
-        if let Some(q) = &m.question {
-            for (addr, ttl) in &m.addresses {
-                self.names.learn(*addr, &q.name, *ttl, h.ts_ns);
-            }
-        }
         match self.matcher.response(key, m.question.as_ref()) {
             ResponseMatch::Matched(p) => {
+                // Names only from answers to queries we saw: an unsolicited (spoofed)
+                // response must not rename a flow's peer.
+                if let Some(q) = &m.question {
+                    for (addr, ttl) in &m.addresses {
+                        self.names.learn(*addr, &q.name, *ttl, h.ts_ns);
+                    }
+                }
                 let mut tx = self.answered(h, &m, client, server, cport, sport, role, Some(&p));
                 tx.cut = cut;
                 self.push(tx, out);
             }
             ResponseMatch::Unmatched => {
+                self.stats.names_refused += m.addresses.len() as u64;
                 let mut tx = self.answered(h, &m, client, server, cport, sport, role, None);
                 tx.cut = cut;
                 self.push(tx, out);
