@@ -1,4 +1,5 @@
-//! Entry points, maps and per-packet accounting. Fails open: every path returns PIPE/PASS.
+//! Entry points, maps and per-packet accounting. Fails open: every path returns TC_ACT_UNSPEC
+//! (TCX_NEXT: the next program in the chain runs, a netlink filter after ours too) or XDP_PASS.
 //! Included by both objects: the agent's (`main.rs`) and the benchmarks' (`bin/bench.rs`,
 //! which adds do-nothing baselines and a shared-map variant through [`FlowStore`]).
 #![expect(
@@ -9,7 +10,7 @@
 use core::ptr::{read_unaligned, read_volatile};
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_PIPE, xdp_action::XDP_PASS},
+    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{PerCpuArray, PerCpuHashMap, RingBuf},
@@ -129,16 +130,21 @@ struct Scratch {
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// What every TC program returns: TC_ACT_UNSPEC, which TCX calls TCX_NEXT. Attached first in
+/// the TCX chain (nothing before us can hide a packet), we must hand every packet on: PIPE or
+/// OK would end a netlink filter list, OK a TCX chain, and skip a CNI's policy after us.
+pub const TC_NEXT: i32 = TC_ACT_UNSPEC;
+
 #[classifier]
 pub fn devourer_tc_ingress(ctx: TcContext) -> i32 {
     tc::<PerCpu>(&ctx);
-    TC_ACT_PIPE
+    TC_NEXT
 }
 
 #[classifier]
 pub fn devourer_tc_egress(ctx: TcContext) -> i32 {
     tc::<PerCpu>(&ctx);
-    TC_ACT_PIPE
+    TC_NEXT
 }
 
 #[xdp]

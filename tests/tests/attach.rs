@@ -99,21 +99,47 @@ fn all_interfaces_means_every_up_interface_except_loopback() {
     link.a.sh("ip link add up0 type veth peer name up1
          ip link set up0 up; ip link set up1 up
          ip link add down0 type veth peer name down1");
-    let log = tmp.path("log");
-    let agent = start(&link.a, &["--all-interfaces"], &log);
-    let out = agent.stop(libc::SIGTERM, Duration::from_secs(20));
-    assert!(out.status.success());
-    let text = std::fs::read_to_string(&log).unwrap();
-    let attached: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains(" attached "))
-        .filter_map(|l| l.split("interface=").nth(1)?.split_whitespace().next())
-        .collect();
-    let mut attached = attached;
-    attached.sort_unstable();
-    let mut expect = vec![link.if_a.as_str(), "up0", "up1"];
+    // The interfaces one run attached, sorted.
+    let attached_with = |name: &str, args: &[&str]| {
+        let log = tmp.path(name);
+        let agent = start(&link.a, args, &log);
+        let out = agent.stop(libc::SIGTERM, Duration::from_secs(20));
+        assert!(out.status.success());
+        let text = std::fs::read_to_string(&log).unwrap();
+        let mut attached: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(" attached "))
+            .filter_map(|l| l.split("interface=").nth(1)?.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        attached.sort_unstable();
+        attached
+    };
+    let mut expect = vec![link.if_a.clone(), "up0".into(), "up1".into()];
     expect.sort_unstable();
-    assert_eq!(attached, expect, "{text}");
+    assert_eq!(attached_with("all", &["--all-interfaces"]), expect);
+    // Patterns choose among them (a CNI's bridge or tunnel left out, for instance).
+    assert_eq!(
+        attached_with(
+            "some",
+            &[
+                "--all-interfaces",
+                "--interface-include",
+                "up*,va*",
+                "--interface-exclude",
+                "up1"
+            ]
+        ),
+        ["up0".to_owned(), link.if_a.clone()]
+    );
+    let o = link
+        .a
+        .cmd(devourer_bin())
+        .args(["capture", "-i", "up0", "--interface-exclude", "up1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("choose among --all-interfaces"));
 }
 
 #[test]
@@ -152,4 +178,78 @@ fn missing_capabilities_are_named() {
         err.contains("needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"),
         "{err}"
     );
+}
+
+/// A program that drops every packet arriving on `iface` in `ns`, at the head or the tail of
+/// its TCX ingress chain; gone when the returned process is.
+fn drop_all(ns: &Netns, iface: &str, order: &str) -> Bg {
+    let mut cmd = ns.cmd(env!("CARGO_BIN_EXE_tcx_drop"));
+    cmd.args([iface, "ingress", order])
+        .stdout(std::process::Stdio::piped());
+    let mut bg = Bg::spawn(cmd, "tcx_drop");
+    let mut line = String::new();
+    let out = bg.child.as_mut().unwrap().stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+    assert_eq!(line.trim(), "attached");
+    bg
+}
+
+/// ICMP echo requests from A to B in the agent's records (B's side).
+fn requests_counted(out: &Path, link: &Link) -> u64 {
+    records(&std::fs::read(out).unwrap())
+        .iter()
+        .filter(|r| r["type"] == "flow" && r["protocol"] == "icmp")
+        .filter(|r| r["src_addr"] == link.ip4_a.as_str())
+        .map(|r| r["src_packets"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn the_agent_heads_the_tcx_chain_and_hands_every_packet_on() {
+    if !require_root("the_agent_heads_the_tcx_chain_and_hands_every_packet_on") {
+        return;
+    }
+    let tmp = TempDir::new("tcx-order");
+    let link = Link::new();
+    let ping = || {
+        let o = link
+            .a
+            .cmd("ping")
+            .args(["-c", "4", "-i", "0.1", "-W", "1", &link.ip4_b])
+            .output()
+            .unwrap();
+        o.status.success()
+    };
+    let agent_on_b = |name: &str| {
+        let out = tmp.path(&format!("{name}.jsonl"));
+        let agent = start_capture(
+            &link.b,
+            &["-i", &link.if_b, "--metrics-addr", "off"],
+            Some(&out),
+            &tmp.path(&format!("{name}.log")),
+        );
+        (agent, out)
+    };
+
+    // A program already there that drops everything cannot hide the packets from devourer:
+    // it attaches in front of it.
+    let dropper = drop_all(&link.b, &link.if_b, "first");
+    let (agent, out) = agent_on_b("before");
+    assert!(!ping(), "the drop program drops");
+    agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    assert_eq!(
+        requests_counted(&out, &link),
+        4,
+        "counted although dropped after us"
+    );
+    drop(dropper);
+
+    // One attached after devourer still runs: devourer hands every packet on (TCX_NEXT).
+    let (agent, out) = agent_on_b("after");
+    assert!(ping(), "nothing drops yet");
+    let dropper = drop_all(&link.b, &link.if_b, "last");
+    assert!(!ping(), "the program after devourer still drops");
+    drop(dropper);
+    agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    assert_eq!(requests_counted(&out, &link), 8);
 }

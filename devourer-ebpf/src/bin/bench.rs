@@ -25,7 +25,7 @@ mod baselines {
     use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
     use aya_ebpf::{
-        bindings::{BPF_NOEXIST, TC_ACT_PIPE, xdp_action::XDP_PASS},
+        bindings::{BPF_NOEXIST, xdp_action::XDP_PASS},
         macros::{classifier, map, xdp},
         maps::HashMap,
         programs::{TcContext, XdpContext},
@@ -33,12 +33,12 @@ mod baselines {
     use devourer_common::flow::{FlowKey, FlowValue};
     use devourer_ebpf::Parsed;
 
-    use crate::program::{Ctr, FlowStore, add, overflow, tc};
+    use crate::program::{Ctr, FlowStore, TC_NEXT, add, overflow, tc};
 
     /// Programs that do nothing: the baselines of the kernel-cost benchmark.
     #[classifier]
     pub fn devourer_empty_tc(_ctx: TcContext) -> i32 {
-        TC_ACT_PIPE
+        TC_NEXT
     }
 
     #[xdp]
@@ -50,7 +50,7 @@ mod baselines {
     #[classifier]
     pub fn devourer_tc_shared(ctx: TcContext) -> i32 {
         tc::<Shared>(&ctx);
-        TC_ACT_PIPE
+        TC_NEXT
     }
 
     /// One value per flow for all CPUs. One entry unless the benchmark sizes it at load.

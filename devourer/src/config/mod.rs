@@ -77,6 +77,14 @@ pub struct LiveArgs {
     /// Monitor every interface that is up, except loopback.
     #[arg(long, conflicts_with = "interfaces")]
     pub all_interfaces: bool,
+    /// With --all-interfaces: only interfaces whose names match one of these patterns
+    /// (comma-separated globs: `eth*,ens*,veth*`); default: every interface.
+    #[arg(long, env = "DEVOURER_INTERFACE_INCLUDE", value_delimiter = ',', value_parser = values::parse_glob)]
+    pub interface_include: Vec<glob::Pattern>,
+    /// With --all-interfaces: never interfaces whose names match one of these patterns
+    /// (`cni0,docker0,flannel.1`); beats --interface-include.
+    #[arg(long, env = "DEVOURER_INTERFACE_EXCLUDE", value_delimiter = ',', value_parser = values::parse_glob)]
+    pub interface_exclude: Vec<glob::Pattern>,
     /// Attach TC programs with netlink clsact filters even where TCX links exist.
     #[arg(long, hide = true)]
     pub tc_netlink: bool,

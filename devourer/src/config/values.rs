@@ -129,6 +129,11 @@ impl Output {
     }
 }
 
+/// An interface name pattern (`veth*`, `cali?*`, `eth[0-3]`).
+pub fn parse_glob(s: &str) -> Result<glob::Pattern, BadValue> {
+    glob::Pattern::new(s.trim()).map_err(|e| bad(format!("{s:?} is not a name pattern: {e}")))
+}
+
 /// A group that may read the agent's files: a numeric id, or a name from the group database.
 pub fn parse_group(s: &str) -> Result<u32, BadValue> {
     if let Ok(gid) = s.parse::<u32>() {

@@ -26,7 +26,7 @@ use crate::{
     kernel::{
         attach::{self, TcLink},
         events::PayloadKind,
-        interfaces::{Attached, LinkWatch},
+        interfaces::{Attached, LinkWatch, Selection},
         object::Loaded,
     },
     ops::{
@@ -55,7 +55,8 @@ pub fn run(args: LiveArgs) -> Result<()> {
 }
 
 async fn run_async(args: LiveArgs) -> Result<()> {
-    let wanted = interfaces(&args)?;
+    let selection = selection(&args)?;
+    let wanted = interfaces(&args, &selection)?;
     let requests_cfg = resolve(
         &args.sections,
         args.capture_redis.as_deref(),
@@ -115,7 +116,7 @@ async fn run_async(args: LiveArgs) -> Result<()> {
                     break "output closed";
                 }
             }
-            Event::Interfaces => follow(&mut agent, &mut attached, &metrics),
+            Event::Interfaces => follow(&mut agent, &mut attached, &selection, &metrics),
             Event::Reopen => {
                 tracing::info!("SIGHUP: reopening outputs");
                 agent.pipeline.reopen();
@@ -126,7 +127,7 @@ async fn run_async(args: LiveArgs) -> Result<()> {
                 }
                 agent.pipeline.set_clock(Clock::live());
                 if args.all_interfaces && !events.following_links() {
-                    follow(&mut agent, &mut attached, &metrics);
+                    follow(&mut agent, &mut attached, &selection, &metrics);
                 }
                 if last_local_refresh.elapsed() >= LOCAL_REFRESH {
                     agent.pipeline.refresh_local_addrs();
@@ -183,12 +184,26 @@ fn drop_capabilities(
     Ok(())
 }
 
+/// Which interfaces `--all-interfaces` takes (patterns are refused without it).
+fn selection(args: &LiveArgs) -> Result<Selection> {
+    let s = Selection {
+        include: args.interface_include.clone(),
+        exclude: args.interface_exclude.clone(),
+    };
+    if !s.is_empty() && !args.all_interfaces {
+        bail!(
+            "--interface-include and --interface-exclude choose among --all-interfaces: add it, or name interfaces with -i"
+        );
+    }
+    Ok(s)
+}
+
 /// The interfaces to attach to at start.
-fn interfaces(args: &LiveArgs) -> Result<Vec<String>> {
+fn interfaces(args: &LiveArgs, selection: &Selection) -> Result<Vec<String>> {
     let wanted = if args.all_interfaces {
-        let up = all_up();
+        let up = all_up(selection);
         if up.is_empty() {
-            bail!("--all-interfaces: no interface other than loopback is up");
+            bail!("--all-interfaces: no interface other than loopback is up (and selected)");
         }
         up
     } else if args.interfaces.is_empty() {
@@ -203,16 +218,18 @@ fn interfaces(args: &LiveArgs) -> Result<Vec<String>> {
 }
 
 /// The interfaces `--all-interfaces` means right now.
-fn all_up() -> Vec<String> {
-    attach::up_interfaces().unwrap_or_else(|e| {
+fn all_up(selection: &Selection) -> Vec<String> {
+    let mut up = attach::up_interfaces().unwrap_or_else(|e| {
         tracing::warn!("listing interfaces in /sys/class/net: {e}");
         Vec::new()
-    })
+    });
+    up.retain(|i| selection.wants(i));
+    up
 }
 
 /// `--all-interfaces`: attaches to interfaces that came up, lets go of those that went.
-fn follow(agent: &mut Assembly, attached: &mut Attached, metrics: &Metrics) {
-    let gone = attached.sync(&mut agent.kernel.ebpf, &all_up());
+fn follow(agent: &mut Assembly, attached: &mut Attached, selection: &Selection, metrics: &Metrics) {
+    let gone = attached.sync(&mut agent.kernel.ebpf, &all_up(selection));
     agent.pipeline.interfaces_gone(gone);
     agent.pipeline.name_interfaces(attached.names());
     metrics.interfaces.set(attached.len() as i64);

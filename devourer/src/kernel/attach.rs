@@ -108,7 +108,9 @@ fn attach_tc(
         .try_into()
         .map_err(|e| err(Box::new(e)))?;
     let options = match link {
-        TcLink::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+        // At the head of the chain: a program already there (a CNI's) cannot hide packets
+        // from us; ours hands every packet on (TCX_NEXT).
+        TcLink::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
         TcLink::Netlink => {
             if let Err(e) = tc::qdisc_add_clsact(iface) {
                 // EEXIST: the qdisc is already there, which is what we need.

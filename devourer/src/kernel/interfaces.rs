@@ -13,6 +13,25 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use super::attach::{self, AttachError, Attachment, Mode, TcLink, ifindex};
 
+/// Which of the host's interfaces `--all-interfaces` takes: those matching an include pattern
+/// (all when there is none) and no exclude pattern.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub include: Vec<glob::Pattern>,
+    pub exclude: Vec<glob::Pattern>,
+}
+
+impl Selection {
+    pub fn wants(&self, iface: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| p.matches(iface)))
+            && !self.exclude.iter().any(|p| p.matches(iface))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+}
+
 /// What is attached, by interface name.
 pub struct Attached {
     mode: Mode,
@@ -153,5 +172,28 @@ impl LinkWatch {
         }
         guard.clear_ready();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excludes_beat_includes_and_no_include_means_all() {
+        let p = |v: &[&str]| v.iter().map(|s| glob::Pattern::new(s).unwrap()).collect();
+        let all = Selection::default();
+        assert!(all.wants("cni0") && all.is_empty());
+        let s = Selection {
+            include: p(&["veth*", "eth?"]),
+            exclude: p(&["veth9*"]),
+        };
+        assert!(s.wants("veth1234") && s.wants("eth0"));
+        assert!(!s.wants("veth9abc") && !s.wants("cni0") && !s.wants("eth10"));
+        let cni = Selection {
+            include: Vec::new(),
+            exclude: p(&["cni0", "flannel.1", "cilium_*"]),
+        };
+        assert!(cni.wants("eth0") && !cni.wants("cilium_vxlan") && !cni.wants("flannel.1"));
     }
 }
