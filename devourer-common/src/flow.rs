@@ -1,6 +1,7 @@
 //! The flow map's key and value, the overflow map, the counter array and load-time settings.
 
-/// Per-CPU hash: directional flow key -> [`FlowValue`]. Size set at load time.
+/// Hash: directional flow key -> [`FlowValue`], one value for all CPUs (counts added
+/// atomically), so its memory does not grow with the CPU count. Size set at load time.
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Per-CPU hash: coarse [`OverflowKey`] -> [`OverflowValue`] for packets the full flow map refused.
 pub const OVERFLOW_MAP: &str = "OVERFLOW";
@@ -22,6 +23,22 @@ pub const GLOBAL_OFFLINE: &str = "DEVOURER_OFFLINE";
 /// Load-time global (u64): least nanoseconds between two wake-ups from one CPU.
 pub const GLOBAL_WAKE_INTERVAL_NS: &str = "DEVOURER_WAKE_INTERVAL_NS";
 pub const DEFAULT_WAKE_INTERVAL_NS: u64 = 100_000_000;
+/// Load-time global (u8): 1 to count a packet on every attached interface it crosses, each
+/// interface its own flow (`--count-per-interface`); 0 (the default) to count it once per node,
+/// on the first interface that saw its flow (the key then has no interface).
+pub const GLOBAL_PER_INTERFACE: &str = "DEVOURER_PER_INTERFACE";
+
+/// Where a packet was seen: `ifindex << 1 | HOOK_EGRESS` (ingress: the bit clear).
+pub const HOOK_EGRESS: u32 = 1;
+
+/// Encodes an interface and a hook direction as [`FlowValue::counted_on`] stores them.
+#[inline(always)]
+pub const fn hook(ifindex: u32, egress: bool) -> u32 {
+    ifindex << 1 | egress as u32
+}
+
+/// Other interfaces a flow direction was seen on, at most ([`FlowValue::seen_on`]).
+pub const SEEN_SLOTS: usize = 5;
 
 /// The kernel counters, one table for the program (which increments them by index), the
 /// metrics (`devourer_kernel_events_total{event=METRIC}`) and the shutdown summary (NAME=count).
@@ -64,8 +81,10 @@ counters! {
     C_HTTP_EVENTS = 12, "http_events", "http_events", "HTTP payload events sent to the HTTP ring.";
     C_HTTP_RING_FULL = 13, "http_ring_full", "http_ring_drops", "HTTP payload events refused by a full HTTP ring.";
     C_HTTP_CUT = 14, "http_cut", "http_cut", "HTTP payload events cut at the HTTP cap.";
+    C_REPEATS = 15, "repeats", "repeats", "Packets seen again on another attached interface: counted once, where their flow was first seen.";
+    C_SEEN_FULL = 16, "seen_full", "seen_full", "Sightings on another interface not listed: the flow's interface list was full.";
 }
-pub const COUNTERS_LEN: u32 = 15;
+pub const COUNTERS_LEN: u32 = 17;
 
 const _: () = {
     let mut i = 0;
@@ -110,8 +129,8 @@ pub struct FlowKey {
     pub flags: u8,
 }
 
-/// What one CPU counted for one direction since the entry was created.
-/// `first_ns == 0` means this CPU saw no packet of the flow.
+/// What was counted for one direction since the entry was created (all CPUs add to it).
+/// `first_ns == 0` means no packet was counted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -121,12 +140,18 @@ pub struct FlowValue {
     pub bytes: u64,
     /// Packets (a GSO super-packet counts its segments).
     pub packets: u64,
-    /// OR of the TCP flags seen (FIN=0x01 ... CWR=0x80).
+    /// OR of the TCP flags seen (FIN=0x01 ... CWR=0x80). The program ORs the 64-bit word at
+    /// offset 32 atomically: this field is its bits 0..16, `flags` its bits 32..40.
     pub tcp_flags: u16,
     pub icmp_type: u8,
     pub icmp_code: u8,
+    /// `VAL_F_*`.
     pub flags: u8,
     pub _pad: [u8; 3],
+    /// The interface and hook ([`hook`]) that counts this direction: the first that saw it.
+    pub counted_on: u32,
+    /// The other interfaces and hooks that saw it, not counted there (0: a free slot).
+    pub seen_on: [u32; SEEN_SLOTS],
 }
 
 #[repr(C)]
@@ -191,6 +216,8 @@ mod user {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 64);
+const _: () = assert!(core::mem::offset_of!(FlowValue, tcp_flags) == 32);
+const _: () = assert!(core::mem::offset_of!(FlowValue, flags) == 36);
 const _: () = assert!(core::mem::size_of::<OverflowKey>() == 8);
 const _: () = assert!(core::mem::size_of::<XdpReplayMeta>() == 16);

@@ -1,19 +1,29 @@
 //! Entry points, maps and per-packet accounting. Fails open: every path returns TC_ACT_UNSPEC
 //! (TCX_NEXT: the next program in the chain runs, a netlink filter after ours too) or XDP_PASS.
 //! Included by both objects: the agent's (`main.rs`) and the benchmarks' (`bin/bench.rs`,
-//! which adds do-nothing baselines and a shared-map variant through [`FlowStore`]).
+//! which adds do-nothing baselines and a per-CPU-map variant through [`FlowStore`]).
+//!
+//! Count once per node: a packet crosses several attached interfaces on a node (a pod's veth,
+//! a bridge, the uplink). The flow key has no interface; the first interface and hook that
+//! sees a flow direction creates its entry and is the only one that counts it
+//! (`counted_on`); every other one only adds itself to `seen_on`. Payloads (DNS, HTTP) go to
+//! userspace from the counting hook alone. `DEVOURER_PER_INTERFACE` puts the interface back in
+//! the key: every interface counts its own flows.
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "keys and values go to map helpers by reference: one stack copy for the verifier"
 )]
 
-use core::ptr::{read_unaligned, read_volatile};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_or, atomic_xadd},
+    ptr::{read_unaligned, read_volatile},
+};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
@@ -21,10 +31,10 @@ use devourer_common::{
     flow::{
         C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_HTTP_CUT, C_HTTP_EVENTS, C_HTTP_RING_FULL,
         C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
-        C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_WAKEUP_FAILED, C_WAKEUPS, CB_IFINDEX, CounterBlock,
-        DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6,
-        OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup,
-        XdpReplayMeta,
+        C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_REPEATS, C_SEEN_FULL, C_WAKEUP_FAILED, C_WAKEUPS,
+        CB_IFINDEX, CounterBlock, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS, FlowKey,
+        FlowValue, KEY_F_IPV6, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, SEEN_SLOTS,
+        VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup, XdpReplayMeta, hook,
     },
     payload::{
         DEFAULT_HTTP_CAP, PAYLOAD_CAP_MAX, PAYLOAD_F_IPV6, PAYLOAD_HEADER_LEN, PORT_SLOTS,
@@ -44,6 +54,9 @@ const ANOMALY_LOG_INTERVAL_NS: u64 = 1_000_000_000;
 static DEVOURER_OFFLINE: u8 = 0;
 #[unsafe(no_mangle)]
 static DEVOURER_WAKE_INTERVAL_NS: u64 = DEFAULT_WAKE_INTERVAL_NS;
+/// 1: every interface counts its own flows (the interface is in the key); 0: once per node.
+#[unsafe(no_mangle)]
+static DEVOURER_PER_INTERFACE: u8 = 0;
 
 /// Ports whose payloads go to the DNS ring (0 = unused slot).
 #[unsafe(no_mangle)]
@@ -62,9 +75,10 @@ static DEVOURER_HTTP_PORTS: [u16; PORT_SLOTS] = [0; PORT_SLOTS];
 #[unsafe(no_mangle)]
 static DEVOURER_HTTP_CAP: u32 = DEFAULT_HTTP_CAP;
 
+/// One value per flow direction for all CPUs: memory flat in the CPU count, one first
+/// interface per flow (what counting once needs); counts are added atomically.
 #[map(name = "FLOWS")]
-static FLOWS: PerCpuHashMap<FlowKey, FlowValue> =
-    PerCpuHashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, 0);
+static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, 0);
 
 #[map(name = "OVERFLOW")]
 static OVERFLOW: PerCpuHashMap<OverflowKey, OverflowValue> =
@@ -97,6 +111,12 @@ static LOG_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub fn offline() -> bool {
     // SAFETY: a load-time constant; volatile so the compiler does not fold the default.
     unsafe { read_volatile(&DEVOURER_OFFLINE) != 0 }
+}
+
+#[inline(always)]
+fn per_interface() -> bool {
+    // SAFETY: as `offline`.
+    unsafe { read_volatile(&DEVOURER_PER_INTERFACE) != 0 }
 }
 
 /// This CPU's counters, looked up once per packet.
@@ -137,13 +157,13 @@ pub const TC_NEXT: i32 = TC_ACT_UNSPEC;
 
 #[classifier]
 pub fn devourer_tc_ingress(ctx: TcContext) -> i32 {
-    tc::<PerCpu>(&ctx);
+    tc::<Shared>(&ctx, false);
     TC_NEXT
 }
 
 #[classifier]
 pub fn devourer_tc_egress(ctx: TcContext) -> i32 {
-    tc::<PerCpu>(&ctx);
+    tc::<Shared>(&ctx, true);
     TC_NEXT
 }
 
@@ -153,25 +173,26 @@ pub fn devourer_xdp(ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
-/// Where a parsed packet is counted: the agent's per-CPU flow map ([`PerCpu`]), or a variant
-/// the benchmark object compares it with.
+/// Where a parsed packet is counted: the agent's shared flow map ([`Shared`]), or a variant
+/// the benchmark object compares it with. Returns whether this hook counted the packet (the
+/// first to see its flow), which alone then sends its payload.
 pub trait FlowStore {
-    fn record(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr);
+    fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool;
 }
 
-/// The per-CPU flow map: no atomics on the packet path.
-pub struct PerCpu;
+/// The shared flow map.
+pub struct Shared;
 
-impl FlowStore for PerCpu {
+impl FlowStore for Shared {
     #[inline(always)]
-    fn record(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr) {
-        record(p, ts, segs, ctr);
+    fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
+        record(p, ts, segs, hook, ctr)
     }
 }
 
-/// Counts one packet seen at TC into `S`.
+/// Counts one packet seen at TC (`egress`: the egress hook) into `S`.
 #[inline(always)]
-pub fn tc<S: FlowStore>(ctx: &TcContext) {
+pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer the kernel passed in; these __sk_buff fields are readable by
     // sched_cls programs. Fields are read with volatile loads at their constant offsets, so
@@ -207,7 +228,14 @@ pub fn tc<S: FlowStore>(ctx: &TcContext) {
         ctx,
         scratch: &mut scratch.hdr,
     };
-    account::<_, S>(&pkt, &mut scratch.parsed, vlan_hint, ts, ifindex, segs);
+    account::<_, S>(
+        &pkt,
+        &mut scratch.parsed,
+        vlan_hint,
+        ts,
+        hook(ifindex, egress),
+        segs,
+    );
 }
 
 #[inline(always)]
@@ -235,24 +263,36 @@ fn xdp(ctx: &XdpContext) {
     };
     // SAFETY: this CPU's slot; see `tc`.
     let parsed = unsafe { &mut (*scratch).parsed };
-    account::<_, PerCpu>(&XdpPacket(ctx), parsed, None, ts, ifindex, 1);
+    account::<_, Shared>(&XdpPacket(ctx), parsed, None, ts, hook(ifindex, false), 1);
 }
 
+/// Counts one packet seen at `hook` (interface and direction, see [`hook`]).
 #[inline(always)]
 fn account<P: Packet + CopyOut, S: FlowStore>(
     p: &P,
     parsed: &mut Parsed,
     vlan_hint: Option<u16>,
     ts: u64,
-    ifindex: u32,
+    hook: u32,
     gso_segs: u32,
 ) {
     let Some(ctr) = Ctr::get() else {
         return;
     };
     ctr.add(C_PACKETS, 1);
+    let ifindex = hook >> 1;
     match parse(p, vlan_hint, parsed) {
         Ok(()) => {
+            let segs = if gso_segs <= 1 { 1 } else { gso_segs as u64 };
+            // A GSO/GRO super-packet stands for `segs` packets on the wire, each with its own
+            // headers: count the bytes those packets' IP length fields add up to.
+            let (bytes, seg_hdr) = (parsed.bytes, parsed.seg_hdr);
+            parsed.bytes = bytes.saturating_add(((segs - 1) as u32).saturating_mul(seg_hdr));
+            parsed.key.ifindex = if per_interface() { ifindex } else { 0 };
+            if !S::record(parsed, ts, segs, hook, &ctr) {
+                // Seen already where its flow is counted: so is its payload.
+                return;
+            }
             // SAFETY: a load-time constant array.
             let ports = unsafe { read_volatile(&DEVOURER_DNS_PORTS) };
             if is_dns(parsed, &ports) {
@@ -270,14 +310,6 @@ fn account<P: Packet + CopyOut, S: FlowStore>(
                     payload_event(p, parsed, ts, ifindex as u64 | KIND_HTTP, &ctr);
                 }
             }
-            let segs = if gso_segs <= 1 { 1 } else { gso_segs as u64 };
-            // A GSO/GRO super-packet stands for `segs` packets on the wire, each with its own
-            // headers: count the bytes those packets' IP length fields add up to.
-            parsed.bytes = parsed
-                .bytes
-                .saturating_add(((segs - 1) as u32).saturating_mul(parsed.seg_hdr));
-            parsed.key.ifindex = ifindex;
-            S::record(parsed, ts, segs, &ctr);
         }
         Err(Skip::NonIp) => ctr.add(C_NON_IP, 1),
         Err(Skip::Malformed) => {
@@ -324,29 +356,81 @@ pub fn add(v: &mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
     v.flags |= p.val_flags;
 }
 
+/// Adds a packet to an entry other CPUs may be updating: counts and flag bits atomically (the
+/// last-seen time and the first ICMP type are plain stores, where a race only picks one of two
+/// close values).
 #[inline(always)]
-fn record(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr) {
+pub fn add_shared(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
+    // SAFETY: a live map value; the counters are 8-byte aligned u64 fields, and so is the word
+    // at offset 32 that holds the flag fields (repr(C), asserted in devourer-common).
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).bytes, p.bytes as u64);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).packets, segs);
+        if ts > (*v).last_ns {
+            (*v).last_ns = ts;
+        }
+        if p.tcp_flags != 0 || p.val_flags != 0 {
+            if p.val_flags & VAL_F_ICMP != 0 && (*v).flags & VAL_F_ICMP == 0 {
+                (*v).icmp_type = p.icmp_type;
+                (*v).icmp_code = p.icmp_code;
+            }
+            // One 64-bit OR on the word at offset 32 (the bpf target has no 32-bit atomics
+            // without alu32): tcp_flags is its bits 0..16, flags its bits 32..40.
+            let bits = p.tcp_flags as u64 | (p.val_flags as u64) << 32;
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(
+                (&raw mut (*v).tcp_flags).cast::<u64>(),
+                bits,
+            );
+        }
+    }
+}
+
+/// A packet at `hook` for an existing entry: counted if `hook` is where its flow is counted,
+/// else `hook` is listed among the others that saw it. Whether it was counted.
+#[inline(always)]
+fn count_or_note(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
+    // SAFETY: a live map value; `counted_on` is set once, at insert.
+    if unsafe { (*v).counted_on } == hook {
+        add_shared(v, p, ts, segs);
+        return true;
+    }
+    ctr.add(C_REPEATS, segs);
+    // SAFETY: as above; a racing CPU may take the same free slot, which only repeats a hook.
+    let seen = unsafe { &mut (*v).seen_on };
+    for slot in seen.iter_mut().take(SEEN_SLOTS) {
+        if *slot == hook {
+            return false;
+        }
+        if *slot == 0 {
+            *slot = hook;
+            return false;
+        }
+    }
+    ctr.add(C_SEEN_FULL, 1);
+    false
+}
+
+#[inline(always)]
+fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
     let key = &p.key;
-    let ifindex = key.ifindex;
+    let ifindex = hook >> 1;
     if let Some(v) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: this CPU's slot of the entry; see `count`.
-        add(unsafe { &mut *v }, p, ts, segs);
-        return;
+        return count_or_note(v, p, ts, segs, hook, ctr);
     }
     let mut fresh = FlowValue::default();
     add(&mut fresh, p, ts, segs);
+    fresh.counted_on = hook;
     match FLOWS.insert(key, &fresh, BPF_NOEXIST as u64) {
-        Ok(()) => {}
+        Ok(()) => true,
         Err(e) if e == -EEXIST => {
-            // Another CPU created the entry between our lookup and insert: our slot is zeroed.
+            // Another CPU created the entry between our lookup and insert.
             ctr.add(C_INSERT_RACE, 1);
             debug!(
                 &(),
                 "insert race on ifindex {}: retried as an update", ifindex
             );
             match FLOWS.get_ptr_mut(key) {
-                // SAFETY: as above.
-                Some(v) => add(unsafe { &mut *v }, p, ts, segs),
+                Some(v) => count_or_note(v, p, ts, segs, hook, ctr),
                 // Deleted again by the agent in between: account it as overflow, not lost.
                 None => overflow(p, ts, ifindex, segs, ctr),
             }
@@ -428,9 +512,75 @@ fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_kind: u64, ctr:
     }
 }
 
-/// The flow map is full: aggregate by (ifindex, protocol) and ask the agent to evict early.
+/// Packets the overflow path saw last on this CPU, to count a packet once there too.
+#[repr(C)]
+struct Recent {
+    sig: [u64; RECENT_SLOTS],
+    ts: [u64; RECENT_SLOTS],
+    next: u64,
+}
+
+const RECENT_SLOTS: usize = 8;
+/// A packet crosses a node's interfaces within microseconds, on one CPU.
+const REPEAT_WINDOW_NS: u64 = 200_000;
+
+#[map(name = "RECENT")]
+static RECENT: PerCpuArray<Recent> = PerCpuArray::with_max_entries(1, 0);
+
+/// A packet's signature on the overflow path: its flow key, TCP sequence and IP length.
 #[inline(always)]
-pub fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64, ctr: &Ctr) {
+fn signature(p: &Parsed) -> u64 {
+    let k = &p.key;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |x: u64| h = (h ^ x).wrapping_mul(0x0000_0100_0000_01b3);
+    for a in [&k.src_addr, &k.dst_addr] {
+        mix(u64::from_ne_bytes([
+            a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
+        ]));
+        mix(u64::from_ne_bytes([
+            a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15],
+        ]));
+    }
+    mix((k.src_port as u64) << 48 | (k.dst_port as u64) << 32 | (k.proto as u64) << 24);
+    mix((p.tcp_seq as u64) << 32 | p.bytes as u64);
+    h
+}
+
+/// Whether this CPU put the same packet through the overflow path a moment ago (at another
+/// interface of the node): best effort, as the flow map's first-interface rule cannot apply.
+#[inline(always)]
+fn repeat(p: &Parsed, ts: u64) -> bool {
+    if per_interface() {
+        return false;
+    }
+    let Some(r) = RECENT.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot.
+    let r = unsafe { &mut *r };
+    let sig = signature(p);
+    for i in 0..RECENT_SLOTS {
+        if r.sig[i] == sig && ts.wrapping_sub(r.ts[i]) < REPEAT_WINDOW_NS {
+            return true;
+        }
+    }
+    let i = (r.next % RECENT_SLOTS as u64) as usize;
+    if i < RECENT_SLOTS {
+        r.sig[i] = sig;
+        r.ts[i] = ts;
+    }
+    r.next = r.next.wrapping_add(1);
+    false
+}
+
+/// The flow map is full: aggregate by (ifindex, protocol) and ask the agent to evict early.
+/// Whether the packet was counted (not a repeat of one counted at another interface).
+#[inline(always)]
+pub fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64, ctr: &Ctr) -> bool {
+    if repeat(p, ts) {
+        ctr.add(C_REPEATS, segs);
+        return false;
+    }
     ctr.add(C_MAP_FULL, segs);
     let key = OverflowKey {
         ifindex,
@@ -471,6 +621,7 @@ pub fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64, ctr: &Ctr) {
         ctr.add(C_OVERFLOW_FULL_BYTES, p.bytes as u64);
     }
     wake(ts, ctr);
+    true
 }
 
 /// At most one wake-up per CPU per interval: a full map must not turn into an event per packet.

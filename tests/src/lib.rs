@@ -14,6 +14,7 @@ use std::{
 use serde_json::Value;
 
 pub mod frames;
+pub mod node;
 
 /// True when running as root; otherwise prints why the calling test skips.
 pub fn require_root(test: &str) -> bool {

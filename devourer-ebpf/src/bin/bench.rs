@@ -1,8 +1,9 @@
 //! The benchmarks' object (`devourer-bench`, built only with the `bench` feature): the agent's
-//! programs plus do-nothing baselines of the same types and a TC variant that counts into one
-//! shared map with atomic adds instead of the per-CPU one. Never shipped in the agent.
+//! programs plus do-nothing baselines of the same types and a TC variant that counts into a
+//! per-CPU map (a CPU-private slot per entry, every interface counting) instead of the shared
+//! one. Never shipped in the agent.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
-// Atomic adds for the shared-map variant.
+// Atomic adds and ors on the shared flow map's values.
 #![cfg_attr(
     target_arch = "bpf",
     feature(core_intrinsics),
@@ -22,12 +23,10 @@ mod program;
     reason = "keys and values go to map helpers by reference: one stack copy for the verifier"
 )]
 mod baselines {
-    use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
     use aya_ebpf::{
         bindings::{BPF_NOEXIST, xdp_action::XDP_PASS},
         macros::{classifier, map, xdp},
-        maps::HashMap,
+        maps::PerCpuHashMap,
         programs::{TcContext, XdpContext},
     };
     use devourer_common::flow::{FlowKey, FlowValue};
@@ -46,59 +45,45 @@ mod baselines {
         XDP_PASS
     }
 
-    /// TC ingress counting into the shared map instead of the per-CPU one.
+    /// TC ingress counting into the per-CPU map instead of the shared one.
     #[classifier]
-    pub fn devourer_tc_shared(ctx: TcContext) -> i32 {
-        tc::<Shared>(&ctx);
+    pub fn devourer_tc_percpu(ctx: TcContext) -> i32 {
+        tc::<PerCpu>(&ctx, false);
         TC_NEXT
     }
 
-    /// One value per flow for all CPUs. One entry unless the benchmark sizes it at load.
-    #[map(name = "FLOWS_SHARED")]
-    static FLOWS_SHARED: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(1, 0);
+    /// A CPU-private value per entry. One entry unless the benchmark sizes it at load.
+    #[map(name = "FLOWS_PERCPU")]
+    static FLOWS_PERCPU: PerCpuHashMap<FlowKey, FlowValue> = PerCpuHashMap::with_max_entries(1, 0);
 
     const EEXIST: i32 = 17;
 
-    /// Counters added atomically; the timestamp and flag updates are plain stores, which a
-    /// concurrent update from another CPU may overwrite (good enough to measure the cost).
-    struct Shared;
+    /// Plain adds to this CPU's slot, every hook counting (what the agent did before it
+    /// counted once per node).
+    struct PerCpu;
 
-    impl FlowStore for Shared {
+    impl FlowStore for PerCpu {
         #[inline(always)]
-        fn record(p: &Parsed, ts: u64, segs: u64, ctr: &Ctr) {
+        fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
             let key = &p.key;
-            let shared_add = |v: *mut FlowValue| {
-                // SAFETY: a live map value; the counters are 8-byte aligned u64 fields.
-                unsafe {
-                    // BPF_ATOMIC add (the bpf target has no compare-and-swap).
-                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                        &raw mut (*v).bytes,
-                        p.bytes as u64,
-                    );
-                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                        &raw mut (*v).packets,
-                        segs,
-                    );
-                    if ts > (*v).last_ns {
-                        (*v).last_ns = ts;
-                    }
-                    (*v).tcp_flags |= p.tcp_flags;
-                    (*v).flags |= p.val_flags;
-                }
-            };
-            if let Some(v) = FLOWS_SHARED.get_ptr_mut(key) {
-                shared_add(v);
-                return;
+            if let Some(v) = FLOWS_PERCPU.get_ptr_mut(key) {
+                // SAFETY: this CPU's slot of a live entry.
+                add(unsafe { &mut *v }, p, ts, segs);
+                return true;
             }
             let mut fresh = FlowValue::default();
             add(&mut fresh, p, ts, segs);
-            match FLOWS_SHARED.insert(key, &fresh, BPF_NOEXIST as u64) {
-                Ok(()) => {}
-                Err(e) if e == -EEXIST => match FLOWS_SHARED.get_ptr_mut(key) {
-                    Some(v) => shared_add(v),
-                    None => overflow(p, ts, key.ifindex, segs, ctr),
+            match FLOWS_PERCPU.insert(key, &fresh, BPF_NOEXIST as u64) {
+                Ok(()) => true,
+                Err(e) if e == -EEXIST => match FLOWS_PERCPU.get_ptr_mut(key) {
+                    // SAFETY: as above.
+                    Some(v) => {
+                        add(unsafe { &mut *v }, p, ts, segs);
+                        true
+                    }
+                    None => overflow(p, ts, hook >> 1, segs, ctr),
                 },
-                Err(_) => overflow(p, ts, key.ifindex, segs, ctr),
+                Err(_) => overflow(p, ts, hook >> 1, segs, ctr),
             }
         }
     }

@@ -28,15 +28,7 @@ use crate::{
 
 /// The kernel program's settings.
 pub fn load_options(p: &PipelineArgs, offline: bool) -> LoadOptions {
-    let mut o = LoadOptions::new(offline, p.flow.flow_map_entries);
-    o.wake_interval_ns = nanos(p.flow.wake_interval);
-    o.dns_ports = p.dns.dns_ports.0.clone();
-    o.dns_cap = p.dns.dns_cap;
-    o.dns_ring_bytes = p.dns.dns_ring_size;
-    o.http_ports = p.http.ports();
-    o.http_cap = p.http.http_cap;
-    o.http_ring_bytes = p.http.http_ring_size;
-    o
+    p.load_options(offline)
 }
 
 fn table_config(p: &PipelineArgs) -> TableConfig {

@@ -11,7 +11,10 @@ use super::values::{
     BadValue, LogTz, Output, Ports, parse_bytes, parse_duration, parse_group, parse_ports,
     parse_ring_size,
 };
-use crate::{base::local::hostname, kernel::attach::Mode};
+use crate::{
+    base::{local::hostname, time::nanos},
+    kernel::{attach::Mode, object::LoadOptions},
+};
 
 /// The settings of the record pipeline, the same for live capture and replay.
 #[derive(Debug, Args, Clone)]
@@ -33,6 +36,22 @@ pub struct PipelineArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub bq: BqArgs,
+}
+
+impl PipelineArgs {
+    /// The kernel program's load-time settings.
+    pub fn load_options(&self, offline: bool) -> LoadOptions {
+        let mut o = LoadOptions::new(offline, self.flow.flow_map_entries);
+        o.wake_interval_ns = nanos(self.flow.wake_interval);
+        o.dns_ports = self.dns.dns_ports.0.clone();
+        o.dns_cap = self.dns.dns_cap;
+        o.dns_ring_bytes = self.dns.dns_ring_size;
+        o.http_ports = self.http.ports();
+        o.http_cap = self.http.http_cap;
+        o.http_ring_bytes = self.http.http_ring_size;
+        o.per_interface = self.flow.count_per_interface;
+        o
+    }
 }
 
 #[derive(Debug, Args, Clone)]
@@ -63,10 +82,17 @@ pub struct FlowArgs {
     #[arg(long, env = "DEVOURER_MAX_INTERFACE_NAMES", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_interface_names: u64,
-    /// Kernel flow map capacity (entries, one per flow direction).
+    /// Kernel flow map capacity (entries, one per flow direction). Its memory, whatever the
+    /// CPU count: about (entries + CPUs) x 152 bytes plus 16 bytes per bucket (entries rounded
+    /// up to a power of two), ~11 MiB at the default (`devourer_kernel_map_bytes`).
     #[arg(long, env = "DEVOURER_FLOW_MAP_ENTRIES", default_value_t = DEFAULT_FLOW_MAP_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub flow_map_entries: u32,
+    /// Count a packet on every monitored interface it crosses, each interface its own flow
+    /// records (the default counts it once per node, on the first interface that saw its
+    /// flow, and lists the others in the record's `interfaces`).
+    #[arg(long, env = "DEVOURER_COUNT_PER_INTERFACE")]
+    pub count_per_interface: bool,
     /// Least time between two map-full wake-ups from one CPU.
     #[arg(long, env = "DEVOURER_WAKE_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
     pub wake_interval: Duration,

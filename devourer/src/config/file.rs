@@ -10,7 +10,7 @@ use std::{
 use clap::{ArgAction, ArgMatches, Command, FromArgMatches, parser::ValueSource};
 
 use super::{Cli, command, requests};
-use crate::base::text::redact_url;
+use crate::{base::text::redact_url, kernel::object::map_bytes};
 
 /// Where the configuration is read from when `--config` and `DEVOURER_CONFIG` are absent.
 pub const DEFAULT_CONFIG: &str = "/etc/devourer/devourer.toml";
@@ -202,7 +202,7 @@ pub fn check(file: &Path, sub: &str, args: &[String]) -> Result<String, ConfigEr
         .subcommand()
         .ok_or_else(|| ConfigError::Invalid("no subcommand".into()))?;
     // Make sure the typed configuration builds too, sections included.
-    Cli::from_arg_matches(&matches)?;
+    let cli = Cli::from_arg_matches(&matches)?;
     let secs = sections(file)?;
     if sub == "capture" {
         requests::resolve(&secs, None, None, None)
@@ -217,7 +217,22 @@ pub fn check(file: &Path, sub: &str, args: &[String]) -> Result<String, ConfigEr
     let sub_cmd = cmd
         .find_subcommand(sub)
         .ok_or_else(|| ConfigError::Invalid(format!("no subcommand {sub}")))?;
-    Ok(describe(sub_cmd, m, &keys))
+    let mut out = describe(sub_cmd, m, &keys);
+    let pipeline = match &cli.command {
+        super::Command::Capture(a) => Some(&a.pipeline),
+        super::Command::Read(r) => Some(&r.pipeline),
+        super::Command::Config(_) => None,
+    };
+    if let Some(p) = pipeline {
+        let ncpus = aya::util::nr_cpus().map_or(1, |n| n as u64);
+        let bytes = map_bytes(&p.load_options(sub == "read"), ncpus);
+        out.push_str(&format!(
+            "# kernel maps: about {:.1} MiB on this machine's {ncpus} CPUs (flow map {} entries; see --flow-map-entries)\n",
+            bytes as f64 / (1 << 20) as f64,
+            p.flow.flow_map_entries
+        ));
+    }
+    Ok(out)
 }
 
 /// One line per setting: `key = value  # source`, where the key is the flag's file key.

@@ -27,7 +27,7 @@ use crate::{
         attach::{self, TcLink},
         events::PayloadKind,
         interfaces::{Attached, LinkWatch, Selection},
-        object::Loaded,
+        object::{Loaded, map_bytes},
     },
     ops::{
         caps,
@@ -71,6 +71,7 @@ async fn run_async(args: LiveArgs) -> Result<()> {
         output_queue_bytes: args.output_queue_bytes,
     };
     let mut kernel = assembly::load_kernel(p, driver)?;
+    let agent_ncpus = kernel.ncpus;
     let link = if args.tc_netlink {
         TcLink::Netlink
     } else {
@@ -86,6 +87,10 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     drop_capabilities(&args, link, requests_cfg.as_ref())?;
     let metrics = Metrics::new();
     metrics.map_capacity.set(i64::from(p.flow.flow_map_entries));
+    let ncpus = agent_ncpus as u64;
+    metrics
+        .map_bytes
+        .set(map_bytes(&p.load_options(false), ncpus) as i64);
     metrics.interfaces.set(attached.len() as i64);
     let mut agent = Assembly::new(kernel, p, driver, Some(metrics.clone()))?;
     agent.pipeline.set_clock(Clock::live());

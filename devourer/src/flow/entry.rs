@@ -27,10 +27,16 @@ pub fn sum_per_cpu(slots: impl IntoIterator<Item = FlowValue>) -> Option<FlowVal
     total
 }
 
+/// Interfaces and hooks a flow lists in its records, at most.
+pub const MAX_HOOKS: usize = 16;
+
 /// Adds `b` into `a` (same direction of the same flow).
 fn merge_value(a: &mut FlowValue, b: &FlowValue) {
     if b.packets == 0 && b.first_ns == 0 {
         return;
+    }
+    if a.counted_on == 0 {
+        a.counted_on = b.counted_on;
     }
     let b_is_earlier = a.first_ns == 0 || (b.first_ns != 0 && b.first_ns < a.first_ns);
     if b.flags & VAL_F_ICMP != 0 && (a.flags & VAL_F_ICMP == 0 || b_is_earlier) {
@@ -56,6 +62,8 @@ pub(super) struct Dir {
     /// OR of TCP flags and `VAL_F_*` over the flow's whole life (close and initiator detection).
     pub(super) ever_tcp: u16,
     pub(super) ever_flags: u8,
+    /// The interface and hook that counts this direction (the first that saw it; 0: none yet).
+    pub(super) counted_on: u32,
 }
 
 impl Dir {
@@ -76,6 +84,9 @@ impl Dir {
     pub(super) fn note(&mut self, v: &FlowValue) {
         self.ever_tcp |= v.tcp_flags;
         self.ever_flags |= v.flags;
+        if self.counted_on == 0 {
+            self.counted_on = v.counted_on;
+        }
     }
 }
 
@@ -93,6 +104,8 @@ pub(super) struct Flow {
     /// seen (and again at emit while unknown).
     pub(super) names: [Option<Arc<str>>; 2],
     pub(super) named: bool,
+    /// Every interface and hook that saw the flow, either way (at most [`MAX_HOOKS`]).
+    pub(super) hooks: Vec<u32>,
 }
 
 /// Puts a directional key in canonical form; returns it and the direction it had.
@@ -128,7 +141,39 @@ impl Flow {
             last_seen: 0,
             names: [None, None],
             named: false,
+            hooks: Vec::new(),
         }
+    }
+
+    /// Lists the hooks an entry names (where it was counted and where else it was seen).
+    fn note_hooks(&mut self, v: &FlowValue) {
+        let all = std::iter::once(v.counted_on).chain(v.seen_on.iter().copied());
+        for h in all.filter(|h| *h != 0) {
+            if !self.hooks.contains(&h) && self.hooks.len() < MAX_HOOKS {
+                self.hooks.push(h);
+            }
+        }
+    }
+
+    /// The record's interface and hook list: the initiator's counting hook first, then the
+    /// responder's, then every other hook in order.
+    fn hook_list(&self, src: usize) -> (u32, Vec<u32>) {
+        let counting = [self.dirs[src].counted_on, self.dirs[1 - src].counted_on];
+        let mut rest: Vec<u32> = self
+            .hooks
+            .iter()
+            .copied()
+            .filter(|h| !counting.contains(h))
+            .collect();
+        rest.sort_unstable();
+        let mut list: Vec<u32> = Vec::with_capacity(self.hooks.len());
+        for h in counting.into_iter().filter(|h| *h != 0).chain(rest) {
+            if !list.contains(&h) {
+                list.push(h);
+            }
+        }
+        let first = counting.into_iter().find(|h| *h != 0).map_or(0, |h| h >> 1);
+        (first, list)
     }
 
     /// Fills in the names still unknown from `names` at `now`.
@@ -148,6 +193,7 @@ impl Flow {
     /// Records the latest read (`live`) or the deleted final value (`!live`) of an entry.
     pub(super) fn observe(&mut self, d: usize, v: &FlowValue, live: bool) {
         self.last_seen = self.last_seen.max(v.last_ns);
+        self.note_hooks(v);
         if live {
             self.dirs[d].live = Some(*v);
             self.dirs[d].note(v);
@@ -211,7 +257,15 @@ impl Flow {
         let initiator = self.initiator();
         let (src, start) = *self.orient.get_or_insert((initiator, first));
         let dst = 1 - src;
+        let (counted_on, hooks) = self.hook_list(src);
         let rec = Emitted {
+            // Counting per interface, the key names it; once per node, the first that saw it.
+            interface: if self.key.ifindex != 0 {
+                self.key.ifindex
+            } else {
+                counted_on
+            },
+            hooks,
             key: directional(&self.key, src),
             seq: self.seq,
             flow_start_ns: start,

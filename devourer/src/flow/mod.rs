@@ -17,7 +17,7 @@ use std::{io, net::IpAddr, sync::Arc};
 use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP};
 
 pub use self::{
-    entry::{canonical, sum_per_cpu},
+    entry::{MAX_HOOKS, canonical, sum_per_cpu},
     table::{FlowTable, ScanStats},
 };
 use crate::kernel::maps::KernelFlows;
@@ -100,6 +100,11 @@ impl Status {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Emitted {
     pub key: FlowKey,
+    /// The interface that counted the initiator's packets (the first that saw the flow).
+    pub interface: u32,
+    /// Every interface and hook that saw the flow (`ifindex << 1 | egress`), the counting
+    /// ones first.
+    pub hooks: Vec<u32>,
     pub seq: u32,
     /// First packet of the flow (its seq 0 record): part of the record id.
     pub flow_start_ns: u64,

@@ -47,6 +47,25 @@ pub enum AttachError {
     },
 }
 
+impl AttachError {
+    /// The kernel refused with EEXIST (for XDP: a device above this one runs a program).
+    fn is_exists(&self) -> bool {
+        let Self::Attach { source, .. } = self else {
+            return false;
+        };
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = cur {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.raw_os_error() == Some(libc::EEXIST))
+            {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+}
+
 /// How TC programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcLink {
@@ -192,11 +211,40 @@ pub fn attach(
             )?);
             a.hooks.push("tc ingress");
         }
-        Mode::Xdp => {
-            let (hook, id) = attach_xdp(ebpf, iface, lo)?;
-            a.hooks.push(hook);
-            a.xdp = Some(id);
+        // A device with devices under it (a bridge, a bond) and the devices under one cannot
+        // both run XDP: the master takes TC ingress (it has no native XDP anyway), and so does
+        // a port whose master runs someone's XDP program.
+        Mode::Xdp if has_lower_devices(iface) => {
+            a.tc.push(attach_tc(
+                ebpf,
+                PROG_TC_INGRESS,
+                iface,
+                TcAttachType::Ingress,
+                link,
+            )?);
+            a.hooks.push("tc ingress (XDP is on the devices under it)");
         }
+        Mode::Xdp => match attach_xdp(ebpf, iface, lo) {
+            Ok((hook, id)) => {
+                a.hooks.push(hook);
+                a.xdp = Some(id);
+            }
+            Err(e) if e.is_exists() => {
+                tracing::warn!(
+                    iface,
+                    "XDP is taken above this device ({e}); TC ingress instead"
+                );
+                a.tc.push(attach_tc(
+                    ebpf,
+                    PROG_TC_INGRESS,
+                    iface,
+                    TcAttachType::Ingress,
+                    link,
+                )?);
+                a.hooks.push("tc ingress (XDP taken above)");
+            }
+            Err(e) => return Err(e),
+        },
     }
     if !lo {
         a.tc.push(attach_tc(
@@ -240,6 +288,16 @@ fn iface_flags(iface: &str) -> u32 {
         .ok()
         .and_then(|s| u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
         .unwrap_or(0)
+}
+
+/// Whether devices are enslaved to `iface` (a bridge's ports, a bond's links).
+fn has_lower_devices(iface: &str) -> bool {
+    std::fs::read_dir(format!("/sys/class/net/{iface}"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("lower_"))
+        })
+        .unwrap_or(false)
 }
 
 /// Loopback devices carry IFF_LOOPBACK in their flags.

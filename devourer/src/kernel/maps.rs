@@ -1,5 +1,5 @@
-//! The map reader: batched reads and atomic deletes of per-CPU hash maps (the flow map, the
-//! overflow aggregates), and the kernel's counters.
+//! The map reader: batched reads and atomic deletes of hash maps, shared (the flow map) or
+//! per-CPU (the overflow aggregates), and the kernel's counters.
 
 use std::{
     io,
@@ -17,6 +17,8 @@ use super::sys as bpf_sys;
 /// Elements fetched per BPF_MAP_LOOKUP_BATCH call.
 const BATCH: usize = 4096;
 
+/// Bytes one value takes in lookup buffers (the kernel rounds per-CPU values to 8; the shared
+/// map's values are multiples of 8 already).
 fn value_stride<V>() -> usize {
     size_of::<V>().next_multiple_of(8)
 }
@@ -33,10 +35,11 @@ fn as_bytes<T: Copy>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
-/// A per-CPU hash map read through its fd.
-pub struct PerCpuHash<K, V> {
+/// A hash map read through its fd: per-CPU (a value per CPU per entry) or shared (one).
+pub struct HashReader<K, V> {
     /// Kept open (not a dup): programs loaded later were relocated against this very fd.
     data: MapData,
+    /// Values per entry: the CPU count for a per-CPU map, 1 for a shared one.
     ncpus: usize,
     capacity: usize,
     batch_ok: bool,
@@ -45,14 +48,15 @@ pub struct PerCpuHash<K, V> {
     _kv: std::marker::PhantomData<(K, V)>,
 }
 
-impl<K: Copy, V: Copy> PerCpuHash<K, V> {
+impl<K: Copy, V: Copy> HashReader<K, V> {
     pub fn new(map: Map, ncpus: usize, capacity: usize) -> io::Result<Self> {
-        let data: MapData = match map {
-            Map::PerCpuHashMap(d) => d,
+        let (data, ncpus): (MapData, usize) = match map {
+            Map::PerCpuHashMap(d) => (d, ncpus),
+            Map::HashMap(d) => (d, 1),
             _ => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    "expected a per-CPU hash map",
+                    "expected a hash map",
                 ));
             }
         };
@@ -181,7 +185,7 @@ impl<K: Copy, V: Copy> PerCpuHash<K, V> {
 }
 
 /// The kernel flow map (the flow stage reads and evicts it as its source of entries).
-pub struct KernelFlows(pub PerCpuHash<FlowKey, FlowValue>);
+pub struct KernelFlows(pub HashReader<FlowKey, FlowValue>);
 
 /// What the kernel program counted besides flows, summed over CPUs, indexed like
 /// [`COUNTERS`].
@@ -245,7 +249,7 @@ impl Counters {
 /// meanwhile starts a new entry): (ifindex, protocol) -> (bytes, packets), summed over CPUs,
 /// in key order.
 pub fn take_overflow(
-    map: &mut PerCpuHash<OverflowKey, OverflowValue>,
+    map: &mut HashReader<OverflowKey, OverflowValue>,
 ) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
     let mut out = Vec::new();
     map.drain(|k, slots| {

@@ -14,8 +14,8 @@ use aya::{
 };
 use devourer_common::{
     flow::{
-        COUNTERS_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_WAKE_INTERVAL_NS, OVERFLOW_MAP,
-        OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, WAKEUP_RING,
+        COUNTERS_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE, GLOBAL_WAKE_INTERVAL_NS,
+        OVERFLOW_MAP, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, WAKEUP_RING,
     },
     payload::{
         BPF_RB_NO_WAKEUP, DEFAULT_DNS_RING_BYTES, DEFAULT_HTTP_CAP, DEFAULT_HTTP_RING_BYTES,
@@ -26,7 +26,7 @@ use devourer_common::{
 
 use super::{
     log::KernelLog,
-    maps::{Counters, KernelFlows, PerCpuHash},
+    maps::{Counters, HashReader, KernelFlows},
 };
 
 /// The agent's kernel program, built by build.rs for bpfel-unknown-none.
@@ -42,10 +42,10 @@ pub const PROG_XDP: &str = "devourer_xdp";
 /// Do-nothing programs of the same types: benchmark baselines (bench object only).
 pub const PROG_EMPTY_TC: &str = "devourer_empty_tc";
 pub const PROG_EMPTY_XDP: &str = "devourer_empty_xdp";
-/// TC ingress counting into the shared (not per-CPU) flow map (bench object only).
-pub const PROG_TC_SHARED: &str = "devourer_tc_shared";
-/// The shared flow map of [`PROG_TC_SHARED`].
-pub const SHARED_FLOWS_MAP: &str = "FLOWS_SHARED";
+/// TC ingress counting into a per-CPU flow map, every hook counting (bench object only).
+pub const PROG_TC_PERCPU: &str = "devourer_tc_percpu";
+/// The per-CPU flow map of [`PROG_TC_PERCPU`].
+pub const PERCPU_FLOWS_MAP: &str = "FLOWS_PERCPU";
 
 /// aya-log's load-time level global in the program (0: off; 4: debug).
 const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
@@ -90,8 +90,10 @@ pub struct LoadOptions {
     /// Payload bytes copied per HTTP segment.
     pub http_cap: u32,
     pub http_ring_bytes: u32,
-    /// Entries of the bench object's shared flow map (ignored by the agent's object).
-    pub shared_map_entries: u32,
+    /// Entries of the bench object's per-CPU flow map (ignored by the agent's object).
+    pub percpu_map_entries: u32,
+    /// Count on every interface (the interface in the flow key) instead of once per node.
+    pub per_interface: bool,
 }
 
 impl LoadOptions {
@@ -107,7 +109,8 @@ impl LoadOptions {
             http_ports: Vec::new(),
             http_cap: DEFAULT_HTTP_CAP,
             http_ring_bytes: DEFAULT_HTTP_RING_BYTES,
-            shared_map_entries: 1,
+            percpu_map_entries: 1,
+            per_interface: false,
         }
     }
 }
@@ -116,7 +119,7 @@ impl LoadOptions {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub flows: KernelFlows,
-    pub overflow: PerCpuHash<OverflowKey, OverflowValue>,
+    pub overflow: HashReader<OverflowKey, OverflowValue>,
     pub counters: Counters,
     pub wakeup: RingBuf<MapData>,
     pub dns: RingBuf<MapData>,
@@ -189,9 +192,11 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     // Offline, the reader drains the rings after every frame: wake-ups would only cost.
     let rb_flags: u64 = if opts.offline { BPF_RB_NO_WAKEUP } else { 0 };
     let log_level: u8 = if KernelLog::wanted() { 4 } else { 0 };
+    let per_interface: u8 = opts.per_interface.into();
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_OFFLINE, &offline, true)
         .override_global(GLOBAL_WAKE_INTERVAL_NS, &opts.wake_interval_ns, true)
+        .override_global(GLOBAL_PER_INTERFACE, &per_interface, true)
         .override_global(GLOBAL_DNS_PORTS, &slots(&opts.dns_ports), true)
         .override_global(GLOBAL_DNS_CAP, &dns_cap, true)
         .override_global(GLOBAL_RB_FLAGS, &rb_flags, true)
@@ -209,7 +214,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
                 opts.http_ring_bytes
             },
         )
-        .map_max_entries(SHARED_FLOWS_MAP, opts.shared_map_entries.max(1))
+        .map_max_entries(PERCPU_FLOWS_MAP, opts.percpu_map_entries.max(1))
         .load(object)
         .map_err(classify)?;
     for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
@@ -230,13 +235,13 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Map("possible cpus", e))?;
     let take =
         |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Missing(name));
-    let flows = PerCpuHash::new(
+    let flows = HashReader::new(
         take(&mut ebpf, FLOWS_MAP)?,
         ncpus,
         opts.flow_map_entries as usize,
     )
     .map_err(|e| LoadError::Map(FLOWS_MAP, e))?;
-    let overflow = PerCpuHash::new(
+    let overflow = HashReader::new(
         take(&mut ebpf, OVERFLOW_MAP)?,
         ncpus,
         OVERFLOW_MAP_ENTRIES as usize,
@@ -263,6 +268,46 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         log,
         ncpus,
     })
+}
+
+/// Bytes a preallocated BPF hash map element takes besides its key and value (the kernel's
+/// `htab_elem` header), and a bucket.
+const HTAB_ELEM_HEADER: u64 = 48;
+const HTAB_BUCKET: u64 = 16;
+
+/// Estimated kernel memory of a preallocated hash map: its elements (the kernel adds one spare
+/// per CPU) and buckets (entries rounded up to a power of two).
+fn hash_map_bytes(entries: u64, ncpus: u64, key: u64, value: u64) -> u64 {
+    let elem = HTAB_ELEM_HEADER + key.next_multiple_of(8) + value.next_multiple_of(8);
+    (entries + ncpus) * elem + entries.next_power_of_two() * HTAB_BUCKET
+}
+
+/// Estimated kernel memory of the maps `opts` loads with on `ncpus` CPUs: the shared flow map
+/// (flat in the CPU count), the rings, and what is per CPU (the small overflow map's values,
+/// counters and scratch space). `devourer_kernel_map_bytes`, and `config check`.
+pub fn map_bytes(opts: &LoadOptions, ncpus: u64) -> u64 {
+    use devourer_common::{
+        flow::{CounterBlock, FlowKey, FlowValue},
+        payload::PayloadScratch,
+    };
+    let size = |n: usize| n as u64;
+    let flows = hash_map_bytes(
+        u64::from(opts.flow_map_entries),
+        ncpus,
+        size(size_of::<FlowKey>()),
+        size(size_of::<FlowValue>()),
+    );
+    // Per-CPU values live apart from the element, which holds a pointer to them.
+    let overflow = hash_map_bytes(u64::from(OVERFLOW_MAP_ENTRIES), ncpus, 8, 8)
+        + u64::from(OVERFLOW_MAP_ENTRIES) * ncpus * size(size_of::<OverflowValue>());
+    let http_ring = if opts.http_ports.is_empty() {
+        page_size()
+    } else {
+        opts.http_ring_bytes
+    };
+    let rings = u64::from(opts.dns_ring_bytes) + u64::from(http_ring) + 4096;
+    let per_cpu = size(size_of::<CounterBlock>() + size_of::<PayloadScratch>()) + 512;
+    flows + overflow + rings + per_cpu * ncpus
 }
 
 fn page_size() -> u32 {

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub flows_active: IntGauge,
     pub map_entries: IntGauge,
     pub map_capacity: IntGauge,
+    pub map_bytes: IntGauge,
     pub scan_seconds: Histogram,
     kernel: IntCounterVec,
     dns_parse_errors: IntCounterVec,
@@ -221,6 +222,10 @@ impl Metrics {
             map_capacity: r.gauge(
                 "devourer_kernel_map_capacity",
                 "Entries the kernel flow map holds at most.",
+            ),
+            map_bytes: r.gauge(
+                "devourer_kernel_map_bytes",
+                "Kernel memory of the program's maps (estimate): the shared flow map, flat in the CPU count, the rings and the small per-CPU parts.",
             ),
             scan_seconds: r.histogram(
                 "devourer_eviction_scan_duration_seconds",

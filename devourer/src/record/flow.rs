@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use devourer_common::flow::KEY_F_VLAN;
+use devourer_common::flow::{HOOK_EGRESS, KEY_F_VLAN};
 use serde::Serialize;
 
 use super::{RecordContext, id::record_id};
@@ -41,6 +41,29 @@ pub struct FlowRecord {
     pub src_name: Option<String>,
     pub dst_name: Option<String>,
     pub tcp_flags: u16,
+    /// Every interface that saw the flow and in which direction (packets entering it:
+    /// `ingress`, leaving it: `egress`); the ones that counted it first.
+    pub interfaces: Vec<Observed>,
+}
+
+/// One interface a flow crossed, and which way.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Observed {
+    pub interface: String,
+    pub direction: &'static str,
+}
+
+impl Observed {
+    fn new(hook: u32, cx: &RecordContext<'_>) -> Self {
+        Self {
+            interface: (cx.interface_name)(hook >> 1),
+            direction: if hook & HOOK_EGRESS != 0 {
+                "egress"
+            } else {
+                "ingress"
+            },
+        }
+    }
 }
 
 impl FlowRecord {
@@ -52,7 +75,7 @@ impl FlowRecord {
             id: record_id(k, e.flow_start_ns, cx.agent, e.seq),
             seq: e.seq,
             agent: cx.agent.to_owned(),
-            interface: (cx.interface_name)(k.ifindex),
+            interface: (cx.interface_name)(e.interface),
             protocol: protocol_name(k.proto),
             src_addr: key_addr(k, k.src_addr).to_string(),
             dst_addr: key_addr(k, k.dst_addr).to_string(),
@@ -71,6 +94,7 @@ impl FlowRecord {
             src_name: e.src_name.as_deref().map(str::to_owned),
             dst_name: e.dst_name.as_deref().map(str::to_owned),
             tcp_flags: e.tcp_flags(),
+            interfaces: e.hooks.iter().map(|h| Observed::new(*h, cx)).collect(),
         }
     }
 }

@@ -59,6 +59,7 @@ pub fn columns(kind: TableKind) -> &'static [(&'static str, &'static str, bool)]
             ("src_name", "STRING", false),
             ("dst_name", "STRING", false),
             ("tcp_flags", "INTEGER", false),
+            ("interfaces", "RECORD", true),
         ],
         TableKind::Dns => &[
             ("id", "STRING", false),
@@ -99,6 +100,7 @@ fn field_type(t: &str) -> FieldType {
         "TIMESTAMP" => FieldType::Timestamp,
         "FLOAT" => FieldType::Float,
         "BOOLEAN" => FieldType::Boolean,
+        "RECORD" => FieldType::Record,
         _ => FieldType::String,
     }
 }
@@ -106,7 +108,23 @@ fn field_type(t: &str) -> FieldType {
 fn field(name: &str, t: &str, repeated: bool) -> TableFieldSchema {
     let mut f = TableFieldSchema::new(name, field_type(t));
     f.mode = Some(if repeated { "REPEATED" } else { "NULLABLE" }.to_owned());
+    if t == "RECORD" {
+        f.fields = Some(
+            subfields(name)
+                .iter()
+                .map(|(n, t)| field(n, t, false))
+                .collect(),
+        );
+    }
     f
+}
+
+/// The fields of a RECORD column.
+fn subfields(column: &str) -> &'static [(&'static str, &'static str)] {
+    match column {
+        "interfaces" => &[("interface", "STRING"), ("direction", "STRING")],
+        _ => &[],
+    }
 }
 
 /// The table devourer creates: partitioned by day on the record's time, clustered by addresses.
@@ -134,6 +152,7 @@ fn same_type(a: &str, b: &str) -> bool {
             "INT64" => "INTEGER",
             "FLOAT64" => "FLOAT",
             "BOOL" => "BOOLEAN",
+            "STRUCT" => "RECORD",
             other => other,
         }
         .to_owned()
@@ -247,6 +266,7 @@ mod tests {
             src_name: None,
             dst_name: None,
             tcp_flags: 0,
+            interfaces: Vec::new(),
         };
         let mut a = keys(&flow);
         let mut b: Vec<String> = columns(TableKind::Flow)
@@ -324,10 +344,21 @@ mod tests {
                 "vlan",
                 "src_name",
                 "dst_name",
-                "tcp_flags"
+                "tcp_flags",
+                "interfaces"
             ]
         );
         let patched = with_columns(t, TableKind::Flow, &missing);
+        let ifaces = patched.schema.fields.as_ref().unwrap().last().unwrap();
+        assert_eq!(ifaces.mode.as_deref(), Some("REPEATED"));
+        let sub: Vec<&str> = ifaces
+            .fields
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(sub, ["interface", "direction"], "a RECORD of two strings");
         assert_eq!(
             upgrade(&patched, TableKind::Flow).unwrap(),
             Upgrade::UpToDate

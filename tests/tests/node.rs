@@ -1,0 +1,221 @@
+//! A Kubernetes node (see `devourer_tests::node`): the agent with `--all-interfaces` in the
+//! node namespace sees each pod packet on the pod's veth, the bridge and the uplink, and must
+//! count it once. Oracle: tcpdump inside the pod, where each packet is seen once.
+
+use std::time::Duration;
+
+use devourer_tests::{node::*, *};
+use serde_json::Value;
+
+/// Pod 1 talks to pod 2 and to the outside: ICMP, UDP (iperf3), TCP (iperf3, curl).
+fn traffic(n: &Node) {
+    let [pod1, pod2] = &n.pods;
+    pod1.sh(&format!(
+        "ping -q -c 3 -i 0.2 -W 1 {p2} >/dev/null
+         ping -q -c 3 -i 0.2 -W 1 {OUTSIDE_IP} >/dev/null
+         iperf3 -c {OUTSIDE_IP} -p 5201 -u -b 2M -t 1 -l 1000 >/dev/null
+         iperf3 -c {p2} -p 5201 -n 300K >/dev/null
+         curl -sf -o /dev/null http://{OUTSIDE_IP}:8000/",
+        p2 = POD_IPS[1]
+    ));
+    let _ = pod2;
+}
+
+/// Runs the agent in the node namespace over [`traffic`]; returns its records, the pod's
+/// capture and the agent's log.
+fn observe(
+    n: &Node,
+    tmp: &TempDir,
+    mode: &str,
+    extra: &[&str],
+) -> (Vec<Value>, std::path::PathBuf, String) {
+    let _outside = start_servers(&n.outside);
+    let _pod2 = start_servers(&n.pods[1]);
+    let out = tmp.path(&format!("{mode}.jsonl"));
+    let log = tmp.path(&format!("{mode}.log"));
+    let pcap = tmp.path(&format!("{mode}-pod.pcap"));
+    let mut args = vec!["--all-interfaces", "--mode", mode, "--metrics-addr", "off"];
+    args.extend_from_slice(extra);
+    let agent = start_capture(&n.node, &args, Some(&out), &log);
+    let dump = tcpdump(&n.pods[0], "eth0", &pcap);
+    traffic(n);
+    std::thread::sleep(Duration::from_millis(300));
+    dump.stop(libc::SIGINT, Duration::from_secs(10));
+    agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    let log = std::fs::read_to_string(&log).unwrap();
+    (records(&std::fs::read(&out).unwrap()), pcap, log)
+}
+
+fn pod_addrs() -> Vec<String> {
+    vec![
+        POD_IPS[0].to_owned(),
+        POD_IPS[1].to_owned(),
+        OUTSIDE_IP.to_owned(),
+    ]
+}
+
+/// The (interface, direction) pairs a record lists.
+fn listed(r: &Value) -> Vec<(String, String)> {
+    r["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["interface"].as_str().unwrap().to_owned(),
+                o["direction"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_pod_packet_is_counted_once_across_veth_bridge_and_uplink_in_tc_and_xdp_modes() {
+    if !require_root(
+        "each_pod_packet_is_counted_once_across_veth_bridge_and_uplink_in_tc_and_xdp_modes",
+    ) {
+        return;
+    }
+    for mode in ["tc", "xdp"] {
+        let tmp = TempDir::new(&format!("node-{mode}"));
+        let n = Node::new(false);
+        let (recs, pcap, log) = observe(&n, &tmp, mode, &[]);
+        let addrs = pod_addrs();
+        let (oracle, _) = tshark_sums(&pcap, Some(&addrs));
+        let ours = devourer_sums(&recs, Some(&addrs));
+        assert_same_sums(&ours, &oracle, &format!("{mode}: pod 1's conversations"));
+        assert!(
+            log_number(&log, "repeats").is_some_and(|n| n > 0),
+            "{mode}: packets were seen again on other interfaces: {log}"
+        );
+
+        // Each record is counted where its flow entered the node first and lists the rest.
+        let flow = |src: &str, dst: &str, proto: &str| {
+            recs.iter()
+                .find(|r| {
+                    r["type"] == "flow"
+                        && r["src_addr"] == src
+                        && r["dst_addr"] == dst
+                        && r["protocol"] == proto
+                })
+                .unwrap_or_else(|| panic!("{mode}: no {proto} flow {src} -> {dst}"))
+        };
+        let to_outside = flow(POD_IPS[0], OUTSIDE_IP, "icmp");
+        assert_eq!(to_outside["interface"], POD_VETHS[0], "{to_outside}");
+        let seen = listed(to_outside);
+        for want in [
+            (POD_VETHS[0], "ingress"),
+            (UPLINK, "egress"),
+            (UPLINK, "ingress"),
+            (POD_VETHS[0], "egress"),
+        ] {
+            assert!(
+                seen.contains(&(want.0.to_owned(), want.1.to_owned())),
+                "{mode}: {want:?} missing from {seen:?}"
+            );
+        }
+        assert_eq!(seen[0], (POD_VETHS[0].to_owned(), "ingress".to_owned()));
+        let to_pod = flow(POD_IPS[0], POD_IPS[1], "icmp");
+        assert_eq!(to_pod["interface"], POD_VETHS[0]);
+        let seen = listed(to_pod);
+        assert!(
+            seen.contains(&(POD_VETHS[1].to_owned(), "egress".to_owned()))
+                && seen.contains(&(POD_VETHS[1].to_owned(), "ingress".to_owned())),
+            "{mode}: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn counting_per_interface_counts_every_crossing_on_request() {
+    if !require_root("counting_per_interface_counts_every_crossing_on_request") {
+        return;
+    }
+    let tmp = TempDir::new("node-per-if");
+    let n = Node::new(false);
+    let (recs, pcap, _) = observe(&n, &tmp, "tc", &["--count-per-interface"]);
+    let addrs = pod_addrs();
+    let (oracle, _) = tshark_sums(&pcap, Some(&addrs));
+    let to_outside = DirKey {
+        src: POD_IPS[0].into(),
+        dst: OUTSIDE_IP.into(),
+        sport: 0,
+        dport: 0,
+        vlan: None,
+    };
+    let want = oracle[&to_outside].packets;
+    // The pod's echo requests cross its veth, the bridge and the uplink: a record on each.
+    let mut on: Vec<(String, u64)> = recs
+        .iter()
+        .filter(|r| {
+            r["type"] == "flow"
+                && r["protocol"] == "icmp"
+                && r["src_addr"] == POD_IPS[0]
+                && r["dst_addr"] == OUTSIDE_IP
+        })
+        .map(|r| {
+            (
+                r["interface"].as_str().unwrap().to_owned(),
+                r["src_packets"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    on.sort();
+    assert_eq!(
+        on,
+        [
+            (BRIDGE.to_owned(), want),
+            (UPLINK.to_owned(), want),
+            (POD_VETHS[0].to_owned(), want)
+        ]
+    );
+}
+
+#[test]
+fn a_pcapng_of_the_nodes_interfaces_counts_each_packet_once_offline() {
+    if !require_root("a_pcapng_of_the_nodes_interfaces_counts_each_packet_once_offline") {
+        return;
+    }
+    let tmp = TempDir::new("node-pcapng");
+    let n = Node::new(false);
+    let _outside = start_servers(&n.outside);
+    let _pod2 = start_servers(&n.pods[1]);
+    let node_file = tmp.path("node.pcapng");
+    let pod_file = tmp.path("pod.pcap");
+    // One file with every node interface the pods' packets cross, as dumpcap writes it.
+    let mut c = n.node.cmd("dumpcap");
+    c.args([
+        "-q",
+        "-i",
+        POD_VETHS[0],
+        "-i",
+        POD_VETHS[1],
+        "-i",
+        BRIDGE,
+        "-i",
+        UPLINK,
+    ])
+    .arg("-w")
+    .arg(&node_file)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let dumpcap = Bg::spawn(c, "dumpcap");
+    assert!(
+        wait_for(Duration::from_secs(10), || node_file
+            .metadata()
+            .is_ok_and(|m| m.len() > 0)),
+        "dumpcap writing"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let dump = tcpdump(&n.pods[0], "eth0", &pod_file);
+    traffic(&n);
+    std::thread::sleep(Duration::from_millis(500));
+    dump.stop(libc::SIGINT, Duration::from_secs(10));
+    dumpcap.stop(libc::SIGINT, Duration::from_secs(10));
+    let addrs = pod_addrs();
+    let (oracle, _) = tshark_sums(&pod_file, Some(&addrs));
+    let (status, out, log) = devourer_read(&node_file, &[]);
+    assert!(status.success(), "{log}");
+    let ours = devourer_sums(&records(&out), Some(&addrs));
+    assert_same_sums(&ours, &oracle, "the node's pcapng, once per packet");
+}
