@@ -219,3 +219,95 @@ fn a_pcapng_of_the_nodes_interfaces_counts_each_packet_once_offline() {
     let ours = devourer_sums(&records(&out), Some(&addrs));
     assert_same_sums(&ours, &oracle, "the node's pcapng, once per packet");
 }
+
+#[test]
+fn masqueraded_and_service_dnat_connections_are_one_record_with_the_translated_endpoints() {
+    if !require_root(
+        "masqueraded_and_service_dnat_connections_are_one_record_with_the_translated_endpoints",
+    ) {
+        return;
+    }
+    let tmp = TempDir::new("node-nat");
+    let n = Node::new(true);
+    n.service(80, 8000);
+    let _outside = start_servers(&n.outside);
+    let out = tmp.path("nat.jsonl");
+    let log = tmp.path("nat.log");
+    let pcap = tmp.path("nat-pod.pcap");
+    let agent = start_capture(
+        &n.node,
+        &["--all-interfaces", "--metrics-addr", "off"],
+        Some(&out),
+        &log,
+    );
+    let dump = tcpdump(&n.pods[0], "eth0", &pcap);
+    n.pods[0].sh(&format!(
+        "ping -q -c 3 -i 0.2 -W 1 {OUTSIDE_IP} >/dev/null
+         iperf3 -c {OUTSIDE_IP} -p 5201 -u -b 1M -t 1 -l 1000 >/dev/null
+         curl -sf -o /dev/null http://{OUTSIDE_IP}:8000/
+         curl -sf -o /dev/null http://{SERVICE_IP}:80/"
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    dump.stop(libc::SIGINT, Duration::from_secs(10));
+    agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    let log = std::fs::read_to_string(&log).unwrap();
+    let recs = records(&std::fs::read(&out).unwrap());
+    let flows: Vec<&Value> = recs.iter().filter(|r| r["type"] == "flow").collect();
+
+    // The pod sees its conversations before translation, each packet once: so must we.
+    let addrs = vec![
+        POD_IPS[0].to_owned(),
+        OUTSIDE_IP.to_owned(),
+        SERVICE_IP.to_owned(),
+    ];
+    let (oracle, _) = tshark_sums(&pcap, Some(&addrs));
+    let ours = devourer_sums(&recs, Some(&addrs));
+    assert_same_sums(&ours, &oracle, "pod 1's NAT'd conversations");
+    // No second record under the node's address for the masqueraded copies.
+    for r in &flows {
+        assert!(
+            r["src_addr"] != NODE_UPLINK_IP && r["dst_addr"] != NODE_UPLINK_IP,
+            "the translated copy was recorded too: {r}\n{log}"
+        );
+    }
+    // Masquerade: the source as the outside saw it.
+    for proto in ["icmp", "udp", "tcp"] {
+        let r = flows
+            .iter()
+            .find(|r| {
+                r["protocol"] == proto && r["src_addr"] == POD_IPS[0] && r["dst_addr"] == OUTSIDE_IP
+            })
+            .unwrap_or_else(|| panic!("no {proto} flow to the outside"));
+        assert_eq!(r["xlat_src_addr"], NODE_UPLINK_IP, "{r}");
+        assert_eq!(r["xlat_dst_addr"], Value::Null, "{r}");
+        if proto == "icmp" {
+            assert_eq!(r["xlat_src_port"], Value::Null, "{r}");
+        } else {
+            assert!(r["xlat_src_port"].as_u64().is_some(), "{r}");
+        }
+        let seen = listed(r);
+        assert!(
+            seen.contains(&(UPLINK.to_owned(), "egress".to_owned())),
+            "the uplink, where the translated copy was seen, is listed: {seen:?}"
+        );
+    }
+    // The service: recorded to the ClusterIP, its backend in xlat_dst_*.
+    let svc = flows
+        .iter()
+        .find(|r| r["dst_addr"] == SERVICE_IP)
+        .expect("a flow to the service address");
+    assert_eq!(svc["src_addr"], POD_IPS[0]);
+    assert_eq!(svc["dst_port"], 80);
+    assert_eq!(svc["xlat_dst_addr"], OUTSIDE_IP, "{svc}");
+    assert_eq!(svc["xlat_dst_port"], 8000, "{svc}");
+    assert_eq!(svc["xlat_src_addr"], NODE_UPLINK_IP, "{svc}");
+    assert!(
+        !flows.iter().any(|r| r["protocol"] == "tcp"
+            && r["dst_port"] == 8000
+            && r["src_addr"] == POD_IPS[0]
+            && r["xlat_dst_addr"].is_null()
+            && r["dst_addr"] == OUTSIDE_IP
+            && svc["xlat_src_port"] == r["src_port"]),
+        "the service connection's backend side is not a record of its own"
+    );
+}

@@ -587,7 +587,8 @@ fn requests_cannot_steer_uploads_multiply_limits_or_forge_logs_and_captures_stay
     assert!(seen, "{}", od.log_text());
 
     // One interface named 64 times is one capture, one file; every thread of the agent,
-    // the capture's own included, holds only CAP_BPF and CAP_NET_RAW.
+    // the capture's own included, holds only CAP_BPF, CAP_NET_RAW and (conntrack lookups for
+    // NAT'd connections) CAP_NET_ADMIN.
     let many = serde_json::json!(vec![iface.clone(); 64]).to_string();
     let pid = od.agent.as_ref().unwrap().pid();
     let mut during = Vec::new();
@@ -601,7 +602,7 @@ fn requests_cannot_steer_uploads_multiply_limits_or_forge_logs_and_captures_stay
     assert_eq!(s["state"], "done", "{s}");
     assert_eq!(s["interfaces"], serde_json::json!([iface]), "{s}");
     assert_eq!(s["files"].as_array().unwrap().len(), 1, "{s}");
-    let kept = (1u64 << 39) | (1u64 << 13);
+    let kept = (1u64 << 39) | (1u64 << 13) | (1u64 << 12);
     assert!(
         during.len() >= 3,
         "main, output and capture threads: {during:?}"
@@ -610,7 +611,8 @@ fn requests_cannot_steer_uploads_multiply_limits_or_forge_logs_and_captures_stay
         assert_eq!(*eff, kept, "thread {name} holds {eff:#x}");
     }
     assert!(
-        od.log_text().contains(r#"kept=["CAP_NET_RAW", "CAP_BPF"]"#),
+        od.log_text()
+            .contains(r#"kept=["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_BPF"]"#),
         "{}",
         od.log_text()
     );

@@ -16,8 +16,8 @@ use crate::{
         dns::{DnsConfig, DnsTracker, tcp::TcpLimits},
         http::{HttpConfig, HttpTracker},
     },
-    flow::{FlowTable, TableConfig},
-    kernel::object::LoadOptions,
+    flow::{FlowTable, TableConfig, nat::NatLookup},
+    kernel::{conntrack::Conntrack, object::LoadOptions},
     ops::metrics::Metrics,
     sink::{
         Sinks,
@@ -39,6 +39,24 @@ fn table_config(p: &PipelineArgs) -> TableConfig {
         tcp_linger: nanos(f.tcp_linger),
         evict_after: nanos(f.evict_after()),
         max_flows: f.max_flows as usize,
+    }
+}
+
+/// The flow table; live, joined to conntrack unless `--no-conntrack` (or it cannot be asked).
+fn flow_table(p: &PipelineArgs, driver: &Driver) -> FlowTable {
+    let table = FlowTable::new(table_config(p));
+    if p.flow.no_conntrack || !matches!(driver, Driver::Live { .. }) {
+        return table;
+    }
+    match Conntrack::open(p.flow.conntrack_timeout) {
+        Ok(ct) => table.with_nat(NatLookup {
+            source: Box::new(ct),
+            per_scan: p.flow.conntrack_lookups_per_scan as usize,
+        }),
+        Err(e) => {
+            tracing::warn!("conntrack unavailable, NAT'd connections are not joined: {e}");
+            table
+        }
     }
 }
 
@@ -194,7 +212,7 @@ pub fn parts(p: &PipelineArgs, driver: &Driver, metrics: Option<Arc<Metrics>>) -
     crate::base::files::set_group(p.file_group);
     let local = local_addrs(&p.dns, driver)?;
     Ok(Parts {
-        table: FlowTable::new(table_config(p)),
+        table: flow_table(p, driver),
         sinks: sinks(p, driver, metrics.as_ref())?,
         http: http_tracker(&p.http, local.clone()),
         dns: dns_tracker(&p.dns, local),

@@ -105,6 +105,10 @@ impl Pipeline {
         for (ifindex, name) in names {
             // Back (a re-created pod veth): its series stay.
             self.gone.retain(|(n, _)| *n != name);
+            if let Some(m) = &self.metrics {
+                // Its traffic series exist from the start, at 0.
+                m.traffic(&name, 0, 0);
+            }
             self.names.put(ifindex, name);
         }
     }
@@ -290,6 +294,7 @@ impl Pipeline {
         };
         let out = self.table.scan(src, now, pressure, &mut stats, resolver)?;
         self.scan_stats = stats;
+        self.count_traffic();
         let open = self.emit_flows(&out);
         if let Some(m) = &self.metrics {
             m.scan_seconds.observe(started.elapsed().as_secs_f64());
@@ -314,7 +319,18 @@ impl Pipeline {
             None => &mut NoNames,
         };
         let out = self.table.flush(src, status, resolver, now)?;
+        self.count_traffic();
         Ok(self.emit_flows(&out) && open)
+    }
+
+    /// Adds what the table read this scan to the per-interface traffic counters.
+    fn count_traffic(&mut self) {
+        let traffic = self.table.take_traffic();
+        if let Some(m) = &self.metrics {
+            for (ifindex, packets, bytes) in traffic {
+                m.traffic(&self.interface_name(ifindex), packets, bytes);
+            }
+        }
     }
 
     /// Entries in the kernel flow map at the last scan.
@@ -347,6 +363,7 @@ impl Pipeline {
             m.sink(name, &report);
         }
         m.limits(&self.limit_hits());
+        m.nat(&self.table.nat_stats());
     }
 
     /// What each bound cut so far, by the flag that sets it.

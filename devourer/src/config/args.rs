@@ -93,6 +93,19 @@ pub struct FlowArgs {
     /// flow, and lists the others in the record's `interfaces`).
     #[arg(long, env = "DEVOURER_COUNT_PER_INTERFACE")]
     pub count_per_interface: bool,
+    /// Live: do not join NAT'd connections through conntrack (by default a connection through
+    /// SNAT, masquerade or a service DNAT is one record with the pre-translation endpoints and
+    /// the translated ones in `xlat_*`; keeps CAP_NET_ADMIN to ask conntrack).
+    #[arg(long, env = "DEVOURER_NO_CONNTRACK")]
+    pub no_conntrack: bool,
+    /// Flows looked up in conntrack per scan at most (new flows past it wait for the next scan;
+    /// those emitted first count in `devourer_conntrack_lookups_total{outcome="skipped"}`).
+    #[arg(long, env = "DEVOURER_CONNTRACK_LOOKUPS_PER_SCAN", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub conntrack_lookups_per_scan: u64,
+    /// How long one conntrack answer may take before the lookup counts as failed.
+    #[arg(long, env = "DEVOURER_CONNTRACK_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub conntrack_timeout: Duration,
     /// Least time between two map-full wake-ups from one CPU.
     #[arg(long, env = "DEVOURER_WAKE_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
     pub wake_interval: Duration,

@@ -176,6 +176,7 @@ fn drop_capabilities(
         attach_later: args.all_interfaces
             || link == TcLink::Netlink
             || args.pipeline.flow.mode == attach::Mode::Xdp,
+        conntrack: !args.pipeline.flow.no_conntrack,
         raw_sockets: requests.is_some(),
         chown: args.pipeline.file_group.is_some(),
         low_port: low(args.metrics_addr.0)

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN};
 
-use super::{Emitted, Resolver, Status};
+use super::{
+    Emitted, Resolver, Status,
+    nat::{Nat, endpoint_addr},
+};
 use crate::base::net::key_addr;
 
 const TCP_FIN: u16 = 0x01;
@@ -64,6 +67,8 @@ pub(super) struct Dir {
     pub(super) ever_flags: u8,
     /// The interface and hook that counts this direction (the first that saw it; 0: none yet).
     pub(super) counted_on: u32,
+    /// Packets and bytes read from the kernel since the traffic metrics last took them.
+    pub(super) unreported: (u64, u64),
 }
 
 impl Dir {
@@ -106,6 +111,20 @@ pub(super) struct Flow {
     pub(super) named: bool,
     /// Every interface and hook that saw the flow, either way (at most [`MAX_HOOKS`]).
     pub(super) hooks: Vec<u32>,
+    /// What conntrack said about the flow's connection.
+    pub(super) nat: NatState,
+    /// The translated copy of a flow also in the table: its records are not emitted.
+    pub(super) duplicate: bool,
+}
+
+/// A flow's translation, as far as it is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NatState {
+    /// Not looked up yet (or no conntrack).
+    Unknown,
+    /// Looked up: not a translated connection (or no entry).
+    Plain,
+    Translated(Nat),
 }
 
 /// Puts a directional key in canonical form; returns it and the direction it had.
@@ -142,6 +161,42 @@ impl Flow {
             names: [None, None],
             named: false,
             hooks: Vec::new(),
+            nat: NatState::Unknown,
+            duplicate: false,
+        }
+    }
+
+    /// Takes the packets and bytes counted since the last call, by the interface that counted
+    /// each direction: `(ifindex, packets, bytes)`.
+    pub(super) fn take_traffic(&mut self) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
+        let keyed = self.key.ifindex;
+        self.dirs.iter_mut().filter_map(move |d| {
+            let (p, b) = std::mem::take(&mut d.unreported);
+            let ifindex = if keyed != 0 { keyed } else { d.counted_on >> 1 };
+            (p != 0 || b != 0).then_some((ifindex, p, b))
+        })
+    }
+
+    /// Merges hooks seen by the flow's translated copy into this flow's list.
+    pub(super) fn add_hooks(&mut self, hooks: &[u32]) {
+        for h in hooks {
+            if !self.hooks.contains(h) && self.hooks.len() < MAX_HOOKS {
+                self.hooks.push(*h);
+            }
+        }
+    }
+
+    /// The canonical endpoints as records show them: before translation when translated.
+    fn record_addrs(&self) -> [std::net::IpAddr; 2] {
+        match &self.nat {
+            NatState::Translated(n) => [
+                endpoint_addr(&self.key, &n.pre[0]),
+                endpoint_addr(&self.key, &n.pre[1]),
+            ],
+            _ => [
+                key_addr(&self.key, self.key.src_addr),
+                key_addr(&self.key, self.key.dst_addr),
+            ],
         }
     }
 
@@ -178,10 +233,7 @@ impl Flow {
 
     /// Fills in the names still unknown from `names` at `now`.
     pub(super) fn resolve(&mut self, names: &mut dyn Resolver, now: u64) {
-        let addrs = [
-            key_addr(&self.key, self.key.src_addr),
-            key_addr(&self.key, self.key.dst_addr),
-        ];
+        let addrs = self.record_addrs();
         for (slot, a) in self.names.iter_mut().zip(addrs) {
             if slot.is_none() {
                 *slot = names.name(a, now);
@@ -194,6 +246,11 @@ impl Flow {
     pub(super) fn observe(&mut self, d: usize, v: &FlowValue, live: bool) {
         self.last_seen = self.last_seen.max(v.last_ns);
         self.note_hooks(v);
+        // What the kernel entry gained since its last read (all of it when it is new).
+        let dir = &mut self.dirs[d];
+        let (p0, b0) = dir.live.map_or((0, 0), |l| (l.packets, l.bytes));
+        dir.unreported.0 += v.packets.saturating_sub(p0);
+        dir.unreported.1 += v.bytes.saturating_sub(b0);
         if live {
             self.dirs[d].live = Some(*v);
             self.dirs[d].note(v);
@@ -258,7 +315,7 @@ impl Flow {
         let (src, start) = *self.orient.get_or_insert((initiator, first));
         let dst = 1 - src;
         let (counted_on, hooks) = self.hook_list(src);
-        let rec = Emitted {
+        let mut rec = Emitted {
             // Counting per interface, the key names it; once per node, the first that saw it.
             interface: if self.key.ifindex != 0 {
                 self.key.ifindex
@@ -276,7 +333,16 @@ impl Flow {
             status,
             src_name: self.names[src].clone(),
             dst_name: self.names[dst].clone(),
+            xlat_src: None,
+            xlat_dst: None,
         };
+        if let NatState::Translated(n) = &self.nat {
+            // Record endpoints are the pre-translation ones; translated sides go to xlat_*.
+            (rec.key.src_addr, rec.key.src_port) = n.pre[src];
+            (rec.key.dst_addr, rec.key.dst_port) = n.pre[dst];
+            rec.xlat_src = (n.post[src] != n.pre[src]).then_some(n.post[src]);
+            rec.xlat_dst = (n.post[dst] != n.pre[dst]).then_some(n.post[dst]);
+        }
         self.seq += 1;
         for d in &mut self.dirs {
             d.folded = FlowValue::default();

@@ -10,6 +10,7 @@
 //! that moment. The next packet creates a fresh entry whose first timestamp is exact.
 
 mod entry;
+pub mod nat;
 mod table;
 
 use std::{io, net::IpAddr, sync::Arc};
@@ -84,6 +85,15 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 6] = [
+        Self::IdleTimeout,
+        Self::ActiveTimeout,
+        Self::TcpClosed,
+        Self::Shutdown,
+        Self::EndOfInput,
+        Self::TableFull,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::IdleTimeout => "idle_timeout",
@@ -115,6 +125,10 @@ pub struct Emitted {
     pub status: Status,
     pub src_name: Option<Arc<str>>,
     pub dst_name: Option<Arc<str>>,
+    /// The source's and destination's endpoints after NAT, where they were translated (the
+    /// key then holds the endpoints before translation).
+    pub xlat_src: Option<nat::Endpoint>,
+    pub xlat_dst: Option<nat::Endpoint>,
 }
 
 impl Emitted {

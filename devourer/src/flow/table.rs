@@ -7,7 +7,8 @@ use devourer_common::flow::{FlowKey, FlowValue};
 
 use super::{
     Emitted, FlowSource, Resolver, Status, TableConfig,
-    entry::{Flow, canonical, directional},
+    entry::{Flow, NatState, canonical, directional},
+    nat::{NatLookup, NatStats, interpret, tuple},
 };
 
 /// Seeded per process: keys come off the network, so no fixed hash an attacker could collide.
@@ -27,6 +28,32 @@ pub struct FlowTable {
     cfg: TableConfig,
     flows: FastMap<FlowKey, Flow>,
     scratch: Vec<(FlowKey, FlowValue)>,
+    /// Conntrack, when NAT'd connections are joined (live only).
+    nat: Option<NatLookup>,
+    tally: Tally,
+}
+
+/// What the table counts besides records: conntrack lookups and traffic per interface.
+#[derive(Default)]
+struct Tally {
+    nat: NatStats,
+    /// Packets and bytes read since the metrics last took them, by counting interface.
+    traffic: FastMap<u32, (u64, u64)>,
+}
+
+impl Tally {
+    /// Moves a flow's new traffic into the per-interface sums (a NAT duplicate's is dropped:
+    /// its packets are its twin's).
+    fn take_traffic(&mut self, flow: &mut Flow) {
+        let dup = flow.duplicate;
+        for (ifindex, p, b) in flow.take_traffic() {
+            if !dup {
+                let t = self.traffic.entry(ifindex).or_default();
+                t.0 += p;
+                t.1 += b;
+            }
+        }
+    }
 }
 
 impl FlowTable {
@@ -36,7 +63,129 @@ impl FlowTable {
             cfg,
             flows: FastMap::default(),
             scratch: Vec::new(),
+            nat: None,
+            tally: Tally::default(),
         }
+    }
+
+    /// Joins NAT'd connections through `lookup` (conntrack).
+    pub fn with_nat(mut self, lookup: NatLookup) -> Self {
+        self.nat = Some(lookup);
+        self
+    }
+
+    /// Conntrack lookups and joined records so far.
+    pub fn nat_stats(&self) -> NatStats {
+        self.tally.nat
+    }
+
+    /// Packets and bytes counted since the last call, by the interface that counted them:
+    /// `(ifindex, packets, bytes)`. Current within one scan, and summed over time equal to
+    /// what the records carry.
+    pub fn take_traffic(&mut self) -> Vec<(u32, u64, u64)> {
+        self.tally
+            .traffic
+            .drain()
+            .map(|(i, (p, b))| (i, p, b))
+            .collect()
+    }
+
+    /// Moves the new traffic of every flow whose translation is settled into the sums.
+    fn settle_traffic(&mut self) {
+        let nat_on = self.nat.is_some();
+        for f in self.flows.values_mut() {
+            if !(nat_on && f.nat == NatState::Unknown) {
+                self.tally.take_traffic(f);
+            }
+        }
+    }
+
+    /// Looks up flows not asked about yet (at most `per_scan`), and marks the translated copy
+    /// of a flow also in the table as its duplicate (its hooks join the twin's list).
+    fn translate(&mut self) {
+        let Some(nat) = &mut self.nat else {
+            return;
+        };
+        let mut budget = nat.per_scan;
+        let mut twins = Vec::new();
+        let mut fatal = None;
+        for (ck, f) in self.flows.iter_mut() {
+            if f.nat == NatState::Unknown && budget > 0 {
+                budget -= 1;
+                self.tally.nat.lookups += 1;
+                f.nat = match nat.source.entry(&tuple(ck)) {
+                    Ok(entry) => match entry.and_then(|e| interpret(ck, &e)) {
+                        Some(n) => {
+                            self.tally.nat.translated += 1;
+                            // Names belong to the endpoints records show (before NAT).
+                            f.names = [None, None];
+                            f.named = false;
+                            NatState::Translated(n)
+                        }
+                        None => NatState::Plain,
+                    },
+                    Err(e) => {
+                        self.tally.nat.errors += 1;
+                        if self.tally.nat.errors == 1 {
+                            tracing::warn!("conntrack lookup failed (counted from now on): {e}");
+                        }
+                        if is_fatal(&e) {
+                            fatal = Some(e);
+                        }
+                        NatState::Plain
+                    }
+                };
+            }
+            if let NatState::Translated(n) = &f.nat
+                && n.translated_view
+                && !f.duplicate
+            {
+                twins.push((*ck, n.twin(ck)));
+            }
+        }
+        if let Some(e) = fatal {
+            tracing::warn!("NAT'd connections are no longer joined: {e}");
+            self.nat = None;
+        }
+        for (ck, twin) in twins {
+            if ck == twin || !self.flows.contains_key(&twin) {
+                continue;
+            }
+            let Some(copy) = self.flows.get_mut(&ck) else {
+                continue;
+            };
+            copy.duplicate = true;
+            let hooks = copy.hooks.clone();
+            if let Some(t) = self.flows.get_mut(&twin) {
+                t.add_hooks(&hooks);
+            }
+        }
+    }
+
+    /// Cuts a record from `flow` into `out`, unless the flow is a NAT duplicate (its packets
+    /// are its twin's, already in that flow's records).
+    fn cut_into(
+        tally: &mut Tally,
+        nat_on: bool,
+        flow: &mut Flow,
+        status: Status,
+        names: &mut dyn Resolver,
+        now: u64,
+        out: &mut Vec<Emitted>,
+    ) {
+        tally.take_traffic(flow);
+        let Some(rec) = flow.cut(status, names, now) else {
+            return;
+        };
+        if flow.duplicate {
+            tally.nat.merged += 1;
+            tally.nat.merged_packets += rec.src.packets + rec.dst.packets;
+            return;
+        }
+        if nat_on && flow.nat == NatState::Unknown {
+            tally.nat.skipped += 1;
+        }
+        out.push(rec);
     }
 
     pub fn len(&self) -> usize {
@@ -135,6 +284,8 @@ impl FlowTable {
                 stats.evicted += 1;
             }
         }
+        self.translate();
+        self.settle_traffic();
         for flow in self.flows.values_mut().filter(|f| !f.named) {
             flow.resolve(names, now);
         }
@@ -156,9 +307,8 @@ impl FlowTable {
                 }
                 s => s,
             };
-            if let Some(rec) = flow.cut(status, names, now) {
-                out.push(rec);
-            }
+            let nat_on = self.nat.is_some();
+            Self::cut_into(&mut self.tally, nat_on, flow, status, names, now, &mut out);
             if status != Status::ActiveTimeout {
                 self.flows.remove(&ck);
             }
@@ -200,9 +350,16 @@ impl FlowTable {
                         d.fold(&l);
                     }
                 }
-                if let Some(rec) = flow.cut(Status::TableFull, names, now) {
-                    out.push(rec);
-                }
+                let nat_on = self.nat.is_some();
+                Self::cut_into(
+                    &mut self.tally,
+                    nat_on,
+                    &mut flow,
+                    Status::TableFull,
+                    names,
+                    now,
+                    out,
+                );
             }
         }
         Ok(())
@@ -238,7 +395,9 @@ impl FlowTable {
         for (k, v) in &entries {
             self.fold_deleted(k, v);
         }
+        self.translate();
         let mut out = Vec::new();
+        let nat_on = self.nat.is_some();
         for mut flow in std::mem::take(&mut self.flows).into_values() {
             // An entry read earlier but gone from the map now: its last read is what it held.
             for d in &mut flow.dirs {
@@ -246,12 +405,30 @@ impl FlowTable {
                     d.fold(&l);
                 }
             }
-            if let Some(rec) = flow.cut(status, names, now) {
-                out.push(rec);
-            }
+            Self::cut_into(
+                &mut self.tally,
+                nat_on,
+                &mut flow,
+                status,
+                names,
+                now,
+                &mut out,
+            );
         }
         sort_records(&mut out);
         Ok(out)
+    }
+}
+
+/// A lookup error that will not go away: no permission, no conntrack netlink in this kernel.
+fn is_fatal(e: &crate::kernel::conntrack::Error) -> bool {
+    use crate::kernel::conntrack::Error;
+    match e {
+        Error::Io(io) => matches!(
+            io.raw_os_error(),
+            Some(libc::EPERM | libc::EACCES | libc::EPROTONOSUPPORT | libc::EOPNOTSUPP)
+        ),
+        Error::Malformed(_) => false,
     }
 }
 

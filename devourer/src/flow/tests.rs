@@ -426,3 +426,83 @@ fn a_full_table_emits_its_least_recently_active_flows_early_and_loses_no_packet(
     let packets: u64 = all.iter().map(|e| e.src.packets + e.dst.packets).sum();
     assert_eq!(packets, 11);
 }
+
+/// Conntrack with fixed entries, found by either tuple as the kernel finds them.
+struct FakeConntrack(Vec<crate::kernel::conntrack::Entry>);
+
+impl nat::Conntracker for FakeConntrack {
+    fn entry(
+        &mut self,
+        t: &crate::kernel::conntrack::Tuple,
+    ) -> Result<Option<crate::kernel::conntrack::Entry>, crate::kernel::conntrack::Error> {
+        Ok(self.0.iter().copied().find(|e| {
+            [e.orig, e.reply]
+                .iter()
+                .any(|x| *x == *t || *x == t.reversed())
+        }))
+    }
+}
+
+/// Pod ::1:1000 to service ::3:80, DNAT'd to backend ::9:8000 and masqueraded to node ::7.
+fn nat_table() -> FlowTable {
+    use crate::kernel::conntrack::{Entry, Tuple};
+    let t = |s: &str, sp: u16, d: &str, dp: u16| Tuple {
+        src: s.parse().unwrap(),
+        dst: d.parse().unwrap(),
+        proto: 6,
+        src_port: sp,
+        dst_port: dp,
+    };
+    let entry = Entry {
+        orig: t("::1", 1000, "::3", 80),
+        reply: t("::9", 8000, "::7", 1000),
+    };
+    FlowTable::new(cfg()).with_nat(nat::NatLookup {
+        source: Box::new(FakeConntrack(vec![entry])),
+        per_scan: 100,
+    })
+}
+
+#[test]
+fn the_translated_copy_of_a_nat_connection_is_not_a_second_record() {
+    let mut t = nat_table();
+    let mut m = FakeMap::new();
+    let pre = key(1, 1000, 3, 80, 6);
+    let post = key(7, 1000, 9, 8000, 6);
+    for (i, k) in [pre, post].into_iter().enumerate() {
+        m.packet(0, k, S + i as u64, 60, 0x02, VAL_F_SYN);
+        m.packet(0, rev(k), S + 10 + i as u64, 60, 0x12, 0);
+    }
+    assert!(scan(&mut t, &mut m, 2 * S).is_empty());
+    let traffic: u64 = t.take_traffic().iter().map(|x| x.1).sum();
+    assert_eq!(traffic, 2, "the copy's packets are not counted again");
+    let out = scan(&mut t, &mut m, 30 * S);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let r = &out[0];
+    assert_eq!((r.key.src_addr[15], r.key.src_port), (1, 1000));
+    assert_eq!((r.key.dst_addr[15], r.key.dst_port), (3, 80));
+    assert_eq!(r.xlat_src.map(|(a, p)| (a[15], p)), Some((7, 1000)));
+    assert_eq!(r.xlat_dst.map(|(a, p)| (a[15], p)), Some((9, 8000)));
+    assert_eq!((r.src.packets, r.dst.packets), (1, 1));
+    let s = t.nat_stats();
+    assert_eq!((s.lookups, s.translated, s.merged), (2, 2, 1));
+}
+
+#[test]
+fn a_translated_flow_seen_alone_is_recorded_with_its_original_endpoints() {
+    let mut t = nat_table();
+    let mut m = FakeMap::new();
+    let post = key(7, 1000, 9, 8000, 6);
+    m.packet(0, post, S, 60, 0x02, VAL_F_SYN);
+    m.packet(0, rev(post), S + 10, 60, 0x12, 0);
+    let out = t
+        .flush(&mut m, Status::Shutdown, &mut NoNames, 2 * S)
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    let r = &out[0];
+    assert_eq!((r.key.src_addr[15], r.key.src_port), (1, 1000));
+    assert_eq!((r.key.dst_addr[15], r.key.dst_port), (3, 80));
+    assert_eq!(r.xlat_src.map(|(a, p)| (a[15], p)), Some((7, 1000)));
+    assert_eq!(r.xlat_dst.map(|(a, p)| (a[15], p)), Some((9, 8000)));
+    assert_eq!((r.src.packets, r.dst.packets), (1, 1));
+}

@@ -1,9 +1,10 @@
 //! Kernel-facing: the embedded program loaded with its settings ([`object`]), attached to
 //! interfaces ([`attach`], [`interfaces`]) or fed recorded frames ([`replay`]); its maps read
 //! and evicted ([`maps`], through raw `bpf(2)` calls in [`sys`]); its payload rings
-//! ([`events`]) and its own log ([`log`]).
+//! ([`events`]) and its own log ([`log`]); conntrack's NAT entries ([`conntrack`]).
 
 pub mod attach;
+pub mod conntrack;
 pub mod events;
 pub mod interfaces;
 pub mod log;

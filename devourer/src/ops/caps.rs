@@ -30,6 +30,8 @@ pub struct Keep {
     /// Attaches to interfaces after start (`--all-interfaces`) or detaches through netlink
     /// (TC filters on kernels without TCX, XDP on kernels without XDP links): CAP_NET_ADMIN.
     pub attach_later: bool,
+    /// Asks conntrack about NAT'd connections: CAP_NET_ADMIN.
+    pub conntrack: bool,
     /// Opens capture sockets on request: CAP_NET_RAW.
     pub raw_sockets: bool,
     /// Gives new files to `--file-group`: CAP_CHOWN.
@@ -51,6 +53,7 @@ impl Keep {
         };
         for (on, cap) in [
             (self.attach_later, CAP_NET_ADMIN),
+            (self.conntrack, CAP_NET_ADMIN),
             (self.raw_sockets, CAP_NET_RAW),
             (self.chown, CAP_CHOWN),
             (self.low_port, CAP_NET_BIND_SERVICE),
@@ -200,8 +203,14 @@ mod tests {
         let bit = |c: u32| 1u64 << c;
         let root = u64::MAX >> 23;
         assert_eq!(names(Keep::default().mask(root)), ["CAP_BPF"]);
+        let conntrack = Keep {
+            conntrack: true,
+            ..Keep::default()
+        };
+        assert_eq!(names(conntrack.mask(root)), ["CAP_NET_ADMIN", "CAP_BPF"]);
         let all = Keep {
             attach_later: true,
+            conntrack: true,
             raw_sockets: true,
             chown: true,
             low_port: true,

@@ -15,7 +15,8 @@ use prometheus::{
 };
 
 use crate::{
-    decode::dns::DnsStats,
+    decode::dns::{DnsStats, message::ParseError},
+    flow::{Status, nat::NatStats},
     kernel::maps::KernelCounters,
     record::Batch,
     sink::{RequestObserver, SinkReport},
@@ -49,6 +50,8 @@ pub struct Metrics {
     bq_last_success: IntGauge,
     sink_request_seconds: HistogramVec,
     limit_hits: IntCounterVec,
+    conntrack_lookups: IntCounterVec,
+    nat_duplicates: IntCounter,
     pub interfaces: IntGauge,
     /// Last absolute values of counters kept elsewhere, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
@@ -70,12 +73,12 @@ impl RecordMetrics {
         Self {
             flow_packets: r.counters(
                 "devourer_packets_total",
-                "Packets in emitted flow records, by interface.",
+                "Packets counted, by the interface that counted them (once per node: the first that saw the flow), updated every scan; summed over time, what the flow records carry.",
                 &["interface"],
             ),
             flow_bytes: r.counters(
                 "devourer_bytes_total",
-                "IP-layer bytes in emitted flow records, by interface.",
+                "IP-layer bytes counted, by the interface that counted them, updated every scan.",
                 &["interface"],
             ),
             flows_emitted: r.counters(
@@ -272,6 +275,15 @@ impl Metrics {
                 "What a configured bound cut, by the flag that sets it (max_flows: flows emitted early as table_full; dns_max_pending: queries ended as lost; dns_max_tcp_streams, dns_tcp_max_bytes, dns_tcp_idle_timeout: DNS-over-TCP connections forgotten; dns_tcp_max_message: messages kept in part; http_max_pending: requests forgotten).",
                 &["limit"],
             ),
+            conntrack_lookups: r.counters(
+                "devourer_conntrack_lookups_total",
+                "Flows looked up in conntrack to join NAT'd connections, by outcome (translated, not_translated, error; skipped: emitted before their turn, --conntrack-lookups-per-scan).",
+                &["outcome"],
+            ),
+            nat_duplicates: r.counter(
+                "devourer_nat_duplicates_total",
+                "Records not emitted: the translated copy of a connection whose pre-translation flow is recorded (its packets are counted there).",
+            ),
             interfaces: r.gauge(
                 "devourer_interfaces_attached",
                 "Interfaces being monitored.",
@@ -279,7 +291,42 @@ impl Metrics {
             seen: Mutex::new(HashMap::new()),
             registry: r.0,
         };
+        m.known_labels();
         Arc::new(m)
+    }
+
+    /// Creates every series whose label values are known in advance, at 0, so a fresh agent's
+    /// dashboard shows 0 rather than no data.
+    fn known_labels(&self) {
+        for s in Status::ALL {
+            self.records.flows_emitted.with_label_values(&[s.as_str()]);
+        }
+        for rcode in [
+            "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+        ] {
+            for status in ["success", "no_query"] {
+                self.records
+                    .dns_transactions
+                    .with_label_values(&[status, rcode]);
+            }
+        }
+        self.records
+            .dns_transactions
+            .with_label_values(&["lost", rcode_label(None)]);
+        for reason in ParseError::REASONS {
+            self.dns_parse_errors.with_label_values(&[reason]);
+        }
+        for c in COUNTERS {
+            self.kernel.with_label_values(&[c.metric]);
+        }
+        for kind in ["request", "response"] {
+            for role in ["client", "server", "transit"] {
+                self.records.http_messages.with_label_values(&[kind, role]);
+            }
+        }
+        for outcome in ["translated", "not_translated", "error", "skipped"] {
+            self.conntrack_lookups.with_label_values(&[outcome]);
+        }
     }
 
     /// Adds to `counter` what `total` (an absolute count kept elsewhere) gained since last time.
@@ -352,6 +399,36 @@ impl Metrics {
         }
     }
 
+    /// Traffic one scan read, for one interface (0 and 0 creates its series).
+    pub fn traffic(&self, interface: &str, packets: u64, bytes: u64) {
+        self.records
+            .flow_packets
+            .with_label_values(&[interface])
+            .inc_by(packets);
+        self.records
+            .flow_bytes
+            .with_label_values(&[interface])
+            .inc_by(bytes);
+    }
+
+    /// Conntrack lookups and the records of NAT'd connections joined to their twin.
+    pub fn nat(&self, s: &NatStats) {
+        let not_translated = s.lookups.saturating_sub(s.translated + s.errors);
+        for (outcome, total) in [
+            ("translated", s.translated),
+            ("not_translated", not_translated),
+            ("error", s.errors),
+            ("skipped", s.skipped),
+        ] {
+            self.sync(
+                &format!("conntrack/{outcome}"),
+                &self.conntrack_lookups.with_label_values(&[outcome]),
+                total,
+            );
+        }
+        self.sync("nat_duplicates", &self.nat_duplicates, s.merged);
+    }
+
     /// Removes the series of an interface that is gone (pod veths come and go).
     pub fn forget_interface(&self, name: &str) {
         let _ = self.records.flow_packets.remove_label_values(&[name]);
@@ -373,14 +450,6 @@ impl Metrics {
                         .flows_emitted
                         .with_label_values(&[r.status])
                         .inc();
-                    self.records
-                        .flow_packets
-                        .with_label_values(&[&r.interface])
-                        .inc_by(r.src_packets + r.dst_packets);
-                    self.records
-                        .flow_bytes
-                        .with_label_values(&[&r.interface])
-                        .inc_by(r.src_bytes + r.dst_bytes);
                 }
             }
             Batch::Dns(records) => {

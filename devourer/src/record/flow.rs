@@ -13,6 +13,7 @@ use crate::{
         time::rfc3339,
     },
     flow::Emitted,
+    kernel::conntrack::has_ports,
 };
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -44,6 +45,12 @@ pub struct FlowRecord {
     /// Every interface that saw the flow and in which direction (packets entering it:
     /// `ingress`, leaving it: `egress`); the ones that counted it first.
     pub interfaces: Vec<Observed>,
+    /// A NAT'd connection's translated source and destination (null where not translated;
+    /// ports null for protocols without ports): `src_*`/`dst_*` are before translation.
+    pub xlat_src_addr: Option<String>,
+    pub xlat_src_port: Option<u16>,
+    pub xlat_dst_addr: Option<String>,
+    pub xlat_dst_port: Option<u16>,
 }
 
 /// One interface a flow crossed, and which way.
@@ -95,6 +102,14 @@ impl FlowRecord {
             dst_name: e.dst_name.as_deref().map(str::to_owned),
             tcp_flags: e.tcp_flags(),
             interfaces: e.hooks.iter().map(|h| Observed::new(*h, cx)).collect(),
+            xlat_src_addr: e.xlat_src.map(|(a, _)| key_addr(k, a).to_string()),
+            xlat_src_port: e
+                .xlat_src
+                .and_then(|(_, p)| has_ports(k.proto).then_some(p)),
+            xlat_dst_addr: e.xlat_dst.map(|(a, _)| key_addr(k, a).to_string()),
+            xlat_dst_port: e
+                .xlat_dst
+                .and_then(|(_, p)| has_ports(k.proto).then_some(p)),
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum ParseError {
 }
 
 impl ParseError {
+    /// Every reason, as metrics label them.
+    pub const REASONS: [&'static str; 2] = ["too_short", "bad_question"];
+
     pub fn reason(self) -> &'static str {
         match self {
             Self::TooShort => "too_short",

@@ -60,6 +60,10 @@ pub fn columns(kind: TableKind) -> &'static [(&'static str, &'static str, bool)]
             ("dst_name", "STRING", false),
             ("tcp_flags", "INTEGER", false),
             ("interfaces", "RECORD", true),
+            ("xlat_src_addr", "STRING", false),
+            ("xlat_src_port", "INTEGER", false),
+            ("xlat_dst_addr", "STRING", false),
+            ("xlat_dst_port", "INTEGER", false),
         ],
         TableKind::Dns => &[
             ("id", "STRING", false),
@@ -267,6 +271,10 @@ mod tests {
             dst_name: None,
             tcp_flags: 0,
             interfaces: Vec::new(),
+            xlat_src_addr: None,
+            xlat_src_port: None,
+            xlat_dst_addr: None,
+            xlat_dst_port: None,
         };
         let mut a = keys(&flow);
         let mut b: Vec<String> = columns(TableKind::Flow)
@@ -345,11 +353,22 @@ mod tests {
                 "src_name",
                 "dst_name",
                 "tcp_flags",
-                "interfaces"
+                "interfaces",
+                "xlat_src_addr",
+                "xlat_src_port",
+                "xlat_dst_addr",
+                "xlat_dst_port"
             ]
         );
         let patched = with_columns(t, TableKind::Flow, &missing);
-        let ifaces = patched.schema.fields.as_ref().unwrap().last().unwrap();
+        let ifaces = patched
+            .schema
+            .fields
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|f| f.name == "interfaces")
+            .unwrap();
         assert_eq!(ifaces.mode.as_deref(), Some("REPEATED"));
         let sub: Vec<&str> = ifaces
             .fields

@@ -1,0 +1,286 @@
+//! NAT: which flows are one connection seen before and after translation (SNAT, masquerade,
+//! a ClusterIP DNAT), read from conntrack, so a record carries the pre-translation endpoints,
+//! the translated ones in `xlat_*`, and the connection is counted once.
+
+use std::net::IpAddr;
+
+use devourer_common::flow::FlowKey;
+
+use crate::{
+    base::net::{IPPROTO_ICMP, IPPROTO_ICMPV6, key_addr},
+    kernel::conntrack::{
+        self, Conntrack, Entry, FILTER_IP_DST, FILTER_IP_SRC, FILTER_PROTO_NUM,
+        FILTER_PROTO_SRC_PORT, Tuple, has_ports,
+    },
+};
+
+/// An endpoint as flow keys store it: a 16-byte (v4-mapped) address and a port.
+pub type Endpoint = ([u8; 16], u16);
+
+/// Where the table learns a connection's translations (conntrack, or a fake in tests).
+pub trait Conntracker: Send {
+    /// The entry of the connection that `t` (either way round) belongs to.
+    fn entry(&mut self, t: &Tuple) -> Result<Option<Entry>, conntrack::Error>;
+}
+
+/// Entries one filtered lookup reads at most.
+const MATCHES: usize = 8;
+
+impl Conntracker for Conntrack {
+    fn entry(&mut self, t: &Tuple) -> Result<Option<Entry>, conntrack::Error> {
+        if has_ports(t.proto) {
+            // One hash probe finds either tuple of an entry; the flow may be oriented either way.
+            for probe in [*t, t.reversed()] {
+                if let Some(e) = self.get(&probe)? {
+                    return Ok(Some(e));
+                }
+            }
+            // Half translated (seen between DNAT and SNAT, on a bridge with br_netfilter): the
+            // source is still the original one; filter on it.
+            for probe in [*t, t.reversed()] {
+                let flags = FILTER_IP_SRC | FILTER_PROTO_NUM | FILTER_PROTO_SRC_PORT;
+                let found = self.find(&probe, false, flags, MATCHES)?;
+                if let Some(e) = found.into_iter().find(|e| view(t, e).is_some()) {
+                    return Ok(Some(e));
+                }
+            }
+            return Ok(None);
+        }
+        if !matches!(t.proto, IPPROTO_ICMP | IPPROTO_ICMPV6) {
+            return Ok(None);
+        }
+        // ICMP identifiers are not in flow keys: a filtered dump by addresses, each side.
+        let flags = FILTER_IP_SRC | FILTER_IP_DST | FILTER_PROTO_NUM;
+        for reply_side in [false, true] {
+            for probe in [*t, t.reversed()] {
+                let found = self.find(&probe, reply_side, flags, MATCHES)?;
+                if let Some(e) = found
+                    .into_iter()
+                    .find(|e| translated(e) && view(t, e).is_some())
+                {
+                    return Ok(Some(e));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// True when the reply tuple is not the original's mirror image: the kernel translates.
+fn translated(e: &Entry) -> bool {
+    e.reply != e.orig.reversed()
+}
+
+/// Whether `t` is a view of the connection `e`: each of its endpoints either the original or
+/// the translated one of its side. Returns (`t` runs against the original direction, `t` is
+/// the original tuple itself).
+fn view(t: &Tuple, e: &Entry) -> Option<(bool, bool)> {
+    let (o, r) = (&e.orig, &e.reply);
+    let pre = [(o.src, o.src_port), (o.dst, o.dst_port)];
+    // What each original endpoint became: replies go to the source's translation and come
+    // from the destination's.
+    let post = [(r.dst, r.dst_port), (r.src, r.src_port)];
+    let flow = [(t.src, t.src_port), (t.dst, t.dst_port)];
+    for swapped in [false, true] {
+        let f = if swapped { [flow[1], flow[0]] } else { flow };
+        if (f[0] == pre[0] || f[0] == post[0]) && (f[1] == pre[1] || f[1] == post[1]) {
+            return Some((swapped, f == pre));
+        }
+    }
+    None
+}
+
+/// What conntrack says about one flow, for the canonical key's two endpoints (0: `src_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nat {
+    /// Each endpoint before translation (what the connection's initiator addressed).
+    pub pre: [Endpoint; 2],
+    /// Each endpoint after translation (equal to `pre` on a side that was not translated).
+    pub post: [Endpoint; 2],
+    /// The flow is the translated copy: the packets it counts are the pre-translation flow's
+    /// again (after the NAT hook), so when that flow is seen too this one is not emitted.
+    pub translated_view: bool,
+}
+
+impl Nat {
+    /// The canonical key of the pre-translation flow, seen on the same kind of hook.
+    pub fn twin(&self, key: &FlowKey) -> FlowKey {
+        super::canonical(&FlowKey {
+            src_addr: self.pre[0].0,
+            src_port: self.pre[0].1,
+            dst_addr: self.pre[1].0,
+            dst_port: self.pre[1].1,
+            ..*key
+        })
+        .0
+    }
+}
+
+fn key_bytes(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn endpoint(a: IpAddr, port: u16) -> Endpoint {
+    (key_bytes(a), port)
+}
+
+/// The tuple of a canonical flow key (ports 0 where the protocol has none).
+pub fn tuple(key: &FlowKey) -> Tuple {
+    let ports = has_ports(key.proto);
+    Tuple {
+        src: key_addr(key, key.src_addr),
+        dst: key_addr(key, key.dst_addr),
+        proto: key.proto,
+        src_port: if ports { key.src_port } else { 0 },
+        dst_port: if ports { key.dst_port } else { 0 },
+    }
+}
+
+/// Reads a conntrack entry against a flow's canonical key: `None` when the connection is not
+/// translated or the entry is not this flow's.
+pub fn interpret(key: &FlowKey, e: &Entry) -> Option<Nat> {
+    if !translated(e) {
+        return None;
+    }
+    let (swapped, original) = view(&tuple(key), e)?;
+    let (o, r) = (&e.orig, &e.reply);
+    let pre = [endpoint(o.src, o.src_port), endpoint(o.dst, o.dst_port)];
+    let post = [endpoint(r.dst, r.dst_port), endpoint(r.src, r.src_port)];
+    let order = |p: [Endpoint; 2]| if swapped { [p[1], p[0]] } else { p };
+    Some(Nat {
+        pre: order(pre),
+        post: order(post),
+        translated_view: !original,
+    })
+}
+
+/// The address of an [`Endpoint`] of a key with `key`'s family.
+pub fn endpoint_addr(key: &FlowKey, e: &Endpoint) -> IpAddr {
+    key_addr(key, e.0)
+}
+
+/// Conntrack lookups over the agent's life, for metrics and the summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatStats {
+    /// Flows looked up in conntrack.
+    pub lookups: u64,
+    /// Of those, flows of a translated connection.
+    pub translated: u64,
+    /// Records not emitted because they were the translated copy of a flow also seen.
+    pub merged: u64,
+    /// Packets those records held (counted in their twin's records).
+    pub merged_packets: u64,
+    /// Flows emitted before their turn to be looked up (`--conntrack-lookups-per-scan`).
+    pub skipped: u64,
+    /// Lookups that failed (timeout, refused).
+    pub errors: u64,
+}
+
+/// A table's conntrack: the source and how many flows one scan may look up.
+pub struct NatLookup {
+    pub source: Box<dyn Conntracker>,
+    pub per_scan: usize,
+}
+
+#[cfg(test)]
+pub(crate) fn v4(a: &str) -> [u8; 16] {
+    key_bytes(a.parse::<IpAddr>().expect("address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str, sp: u16, d: &str, dp: u16) -> Tuple {
+        Tuple {
+            src: s.parse().unwrap(),
+            dst: d.parse().unwrap(),
+            proto: 6,
+            src_port: sp,
+            dst_port: dp,
+        }
+    }
+
+    fn key(s: &str, sp: u16, d: &str, dp: u16) -> FlowKey {
+        super::super::canonical(&FlowKey {
+            src_addr: v4(s),
+            dst_addr: v4(d),
+            src_port: sp,
+            dst_port: dp,
+            proto: 6,
+            ..Default::default()
+        })
+        .0
+    }
+
+    /// Pod 10.244.1.2:40000 to 192.168.77.2:80, masqueraded to the node's 192.168.77.1:61000.
+    fn masquerade() -> Entry {
+        Entry {
+            orig: t("10.244.1.2", 40000, "192.168.77.2", 80),
+            reply: t("192.168.77.2", 80, "192.168.77.1", 61000),
+        }
+    }
+
+    #[test]
+    fn the_pod_side_flow_of_a_masqueraded_connection_carries_the_translated_source() {
+        let k = key("10.244.1.2", 40000, "192.168.77.2", 80);
+        let n = interpret(&k, &masquerade()).unwrap();
+        assert!(!n.translated_view);
+        let i = if k.src_addr == v4("10.244.1.2") { 0 } else { 1 };
+        assert_eq!(n.pre[i], (v4("10.244.1.2"), 40000));
+        assert_eq!(n.post[i], (v4("192.168.77.1"), 61000));
+        assert_eq!(n.pre[1 - i], n.post[1 - i]);
+    }
+
+    #[test]
+    fn the_uplink_side_flow_is_the_translated_copy_whose_twin_is_the_pod_flow() {
+        let pod = key("10.244.1.2", 40000, "192.168.77.2", 80);
+        let up = key("192.168.77.1", 61000, "192.168.77.2", 80);
+        let n = interpret(&up, &masquerade()).unwrap();
+        assert!(n.translated_view);
+        assert_eq!(n.twin(&up), pod);
+    }
+
+    #[test]
+    fn a_service_dnat_maps_the_cluster_ip_to_its_backend() {
+        let e = Entry {
+            orig: t("10.244.1.2", 5000, "10.96.0.10", 53),
+            reply: t("192.168.77.2", 53, "10.244.1.2", 5000),
+        };
+        let backend = key("10.244.1.2", 5000, "192.168.77.2", 53);
+        let n = interpret(&backend, &e).unwrap();
+        assert!(n.translated_view);
+        assert_eq!(n.twin(&backend), key("10.244.1.2", 5000, "10.96.0.10", 53));
+        let svc = interpret(&key("10.244.1.2", 5000, "10.96.0.10", 53), &e).unwrap();
+        assert!(!svc.translated_view);
+    }
+
+    #[test]
+    fn a_half_translated_copy_between_dnat_and_snat_is_a_copy_of_the_service_flow() {
+        // Service DNAT and masquerade: the bridge (br_netfilter) sees pod -> backend.
+        let e = Entry {
+            orig: t("10.244.1.2", 5000, "10.96.0.10", 80),
+            reply: t("192.168.77.2", 8000, "192.168.77.1", 5000),
+        };
+        let half = key("10.244.1.2", 5000, "192.168.77.2", 8000);
+        let n = interpret(&half, &e).unwrap();
+        assert!(n.translated_view);
+        assert_eq!(n.twin(&half), key("10.244.1.2", 5000, "10.96.0.10", 80));
+    }
+
+    #[test]
+    fn an_untranslated_or_unrelated_entry_says_nothing() {
+        let plain = Entry {
+            orig: t("10.0.0.1", 1, "10.0.0.2", 2),
+            reply: t("10.0.0.2", 2, "10.0.0.1", 1),
+        };
+        assert_eq!(interpret(&key("10.0.0.1", 1, "10.0.0.2", 2), &plain), None);
+        assert_eq!(
+            interpret(&key("10.9.9.9", 1, "10.0.0.2", 2), &masquerade()),
+            None
+        );
+    }
+}
