@@ -167,6 +167,7 @@ fn main() {
         agent: "bench",
         clock: Clock::default(),
         interface_name: &name,
+        community_seed: 0,
     };
     let mut buf = Vec::with_capacity(1 << 20);
     let mut records = 0usize;

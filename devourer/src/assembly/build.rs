@@ -218,6 +218,7 @@ pub fn parts(p: &PipelineArgs, driver: &Driver, metrics: Option<Arc<Metrics>>) -
         dns: dns_tracker(&p.dns, local),
         metrics,
         agent: p.flow.agent(),
+        community_seed: p.flow.community_id_seed,
         max_interface_names: p.flow.max_interface_names as usize,
         // No packets after detach: its flows are idle by then and out after a scan.
         interface_linger: p.flow.idle_timeout + p.flow.evict_after() + p.flow.scan_interval * 2,

@@ -38,6 +38,8 @@ pub struct Parts {
     pub http: Option<HttpTracker>,
     pub metrics: Option<Arc<Metrics>>,
     pub agent: String,
+    /// Seed of the records' Community ID.
+    pub community_seed: u16,
     /// Interface name for indexes without one (`unknown` live, `pcap` offline).
     pub default_interface: &'static str,
     /// Interface names remembered at most (interfaces come and go on a node).
@@ -53,6 +55,7 @@ pub struct Pipeline {
     http: Option<HttpTracker>,
     metrics: Option<Arc<Metrics>>,
     agent: String,
+    community_seed: u16,
     default_interface: &'static str,
     /// ifindex -> interface name for records; the least recently named go first.
     names: LruCache<u32, String>,
@@ -80,6 +83,7 @@ impl Pipeline {
             http: p.http,
             metrics: p.metrics,
             agent: p.agent,
+            community_seed: p.community_seed,
             default_interface: p.default_interface,
             names: LruCache::new(
                 NonZeroUsize::new(p.max_interface_names.max(1)).expect("non-zero"),
@@ -203,6 +207,7 @@ impl Pipeline {
             agent: &self.agent,
             clock: self.clock,
             interface_name: &name,
+            community_seed: self.community_seed,
         })
     }
 

@@ -106,6 +106,10 @@ pub struct FlowArgs {
     /// How long one conntrack answer may take before the lookup counts as failed.
     #[arg(long, env = "DEVOURER_CONNTRACK_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub conntrack_timeout: Duration,
+    /// Seed of the records' Community ID (`community_id`); 0, the standard default, joins
+    /// other tools' logs that kept theirs.
+    #[arg(long, env = "DEVOURER_COMMUNITY_ID_SEED", default_value_t = 0)]
+    pub community_id_seed: u16,
     /// Least time between two map-full wake-ups from one CPU.
     #[arg(long, env = "DEVOURER_WAKE_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
     pub wake_interval: Duration,

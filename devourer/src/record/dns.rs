@@ -3,9 +3,12 @@
 use serde::Serialize;
 
 use super::{ExchangeHead, RecordContext, id::dns_id};
-use crate::decode::dns::{
-    DnsTx,
-    message::{class_name, rcode_name, type_name},
+use crate::{
+    base::net::{IPPROTO_TCP, IPPROTO_UDP},
+    decode::dns::{
+        DnsTx,
+        message::{class_name, rcode_name, type_name},
+    },
 };
 
 /// A DNS transaction record (`type: "dns"`, fields as in design.md).
@@ -32,7 +35,7 @@ impl DnsRecord {
         let q = tx.question.as_ref();
         Self {
             head: ExchangeHead::new(
-                "dns",
+                ("dns", if tx.tcp { IPPROTO_TCP } else { IPPROTO_UDP }),
                 dns_id(tx, cx.agent),
                 cx,
                 (tx.ifindex, tx.time_ns),

@@ -6,7 +6,11 @@ use std::borrow::Cow;
 use devourer_common::flow::{HOOK_EGRESS, KEY_F_VLAN};
 use serde::Serialize;
 
-use super::{RecordContext, id::record_id};
+use super::{
+    RecordContext,
+    community::{Ports, community_id},
+    id::record_id,
+};
 use crate::{
     base::{
         net::{key_addr, protocol_name},
@@ -45,6 +49,8 @@ pub struct FlowRecord {
     /// Every interface that saw the flow and in which direction (packets entering it:
     /// `ingress`, leaving it: `egress`); the ones that counted it first.
     pub interfaces: Vec<Observed>,
+    /// Community ID v1 of the conversation (its endpoints before any NAT).
+    pub community_id: String,
     /// A NAT'd connection's translated source and destination (null where not translated;
     /// ports null for protocols without ports): `src_*`/`dst_*` are before translation.
     pub xlat_src_addr: Option<String>,
@@ -102,6 +108,13 @@ impl FlowRecord {
             dst_name: e.dst_name.as_deref().map(str::to_owned),
             tcp_flags: e.tcp_flags(),
             interfaces: e.hooks.iter().map(|h| Observed::new(*h, cx)).collect(),
+            community_id: community_id(
+                cx.community_seed,
+                key_addr(k, k.src_addr),
+                key_addr(k, k.dst_addr),
+                k.proto,
+                Ports::of(k.proto, (k.src_port, k.dst_port), icmp),
+            ),
             xlat_src_addr: e.xlat_src.map(|(a, _)| key_addr(k, a).to_string()),
             xlat_src_port: e
                 .xlat_src

@@ -3,7 +3,10 @@
 use serde::Serialize;
 
 use super::{ExchangeHead, RecordContext, id::http_id};
-use crate::decode::http::{HttpMsg, message::Message};
+use crate::{
+    base::net::IPPROTO_TCP,
+    decode::http::{HttpMsg, message::Message},
+};
 
 /// An HTTP request or response (`type: "http"`, packetlog httplog fields).
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -34,7 +37,7 @@ impl HttpRecord {
     pub fn new(m: &HttpMsg, cx: &RecordContext<'_>) -> Self {
         let mut r = Self {
             head: ExchangeHead::new(
-                "http",
+                ("http", IPPROTO_TCP),
                 http_id(m, cx.agent),
                 cx,
                 (m.ifindex, m.time_ns),

@@ -2,6 +2,7 @@
 //! ([`http`]) and packetlog text lines ([`LogRecord`]), built from what the flow stage and the
 //! decoders produced, with wall-clock times, interface names and stable ids ([`id`]).
 
+pub mod community;
 pub mod dns;
 pub mod flow;
 pub mod http;
@@ -19,11 +20,12 @@ use crate::{
 };
 
 /// What records are built with: the agent's name, the clock that turns program time into wall
-/// time, and interface names.
+/// time, interface names and the Community ID seed.
 pub struct RecordContext<'a> {
     pub agent: &'a str,
     pub clock: Clock,
     pub interface_name: &'a dyn Fn(u32) -> String,
+    pub community_seed: u16,
 }
 
 /// The fields DNS and HTTP records open with: which exchange, seen where and when.
@@ -39,19 +41,28 @@ pub struct ExchangeHead {
     pub client_port: u16,
     pub server: String,
     pub server_port: u16,
+    /// Community ID v1 of the connection ([`community`]).
+    pub community_id: String,
 }
 
 impl ExchangeHead {
     /// The head of a `kind` record seen on `ifindex` at `time_ns` (program clock) between
-    /// `client` and `server`.
+    /// `client` and `server` over `proto` (TCP or UDP).
     pub fn new(
-        kind: &'static str,
+        (kind, proto): (&'static str, u8),
         id: String,
         cx: &RecordContext<'_>,
         (ifindex, time_ns): (u32, u64),
         (client, client_port): (IpAddr, u16),
         (server, server_port): (IpAddr, u16),
     ) -> Self {
+        let community_id = community::community_id(
+            cx.community_seed,
+            client,
+            server,
+            proto,
+            community::Ports::Ports(client_port, server_port),
+        );
         Self {
             kind,
             id,
@@ -62,6 +73,7 @@ impl ExchangeHead {
             client_port,
             server: server.to_string(),
             server_port,
+            community_id,
         }
     }
 }
