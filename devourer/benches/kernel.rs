@@ -401,6 +401,7 @@ fn scan(loaded: &mut loader::Loaded) {
         tcp_linger: forever,
         evict_after: forever,
         max_flows: usize::MAX,
+        start_records: false,
     });
     let now = devourer::base::time::monotonic_ns();
     let mut st = ScanStats::default();

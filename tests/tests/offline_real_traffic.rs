@@ -271,3 +271,68 @@ fn pcapng_from_dumpcap_matches_tshark_and_names_the_interface() {
         "{earliest} vs first packet {expect}"
     );
 }
+
+#[test]
+fn flow_start_records_come_once_per_flow_before_its_records_with_zero_counters() {
+    if !require_root("flow_start_records_come_once_per_flow_before_its_records_with_zero_counters")
+    {
+        return;
+    }
+    let tmp = TempDir::new("starts");
+    let link = Link::new();
+    let pcap = tmp.path("mix.pcap");
+    capture_mix(&link, &pcap, false);
+    let (status, plain, err) = devourer_read(&pcap, &[]);
+    assert!(status.success(), "{err}");
+    let (status, with, err) = devourer_read(&pcap, &["--flow-start-records"]);
+    assert!(status.success(), "{err}");
+    let (plain, with) = (records(&plain), records(&with));
+    let addrs = link.addrs();
+    assert_same_sums(
+        &devourer_sums(&with, Some(&addrs)),
+        &devourer_sums(&plain, Some(&addrs)),
+        "start records count nothing",
+    );
+    let conv = |r: &serde_json::Value| {
+        format!(
+            "{} {}:{} {}:{}",
+            r["protocol"], r["src_addr"], r["src_port"], r["dst_addr"], r["dst_port"]
+        )
+    };
+    let mut started = std::collections::BTreeMap::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for r in with.iter().filter(|r| r["type"] == "flow") {
+        assert!(
+            ids.insert(r["id"].as_str().unwrap().to_owned()),
+            "ids are distinct: {r}"
+        );
+        if r["status"] == "start" {
+            for f in [
+                "src_packets",
+                "dst_packets",
+                "src_bytes",
+                "dst_bytes",
+                "tcp_flags",
+            ] {
+                assert_eq!(r[f], 0, "{f} in {r}");
+            }
+            assert_eq!(r["first_seen_at"], r["last_seen_at"]);
+            assert!(
+                started.insert(conv(r), r.clone()).is_none(),
+                "one start per flow: {r}"
+            );
+        } else {
+            let s = started
+                .get(&conv(r))
+                .unwrap_or_else(|| panic!("a record before its flow's start: {r}"));
+            assert_eq!(s["first_seen_at"], r["first_seen_at"], "{r}");
+            assert_eq!(s["community_id"], r["community_id"]);
+        }
+    }
+    let flows = plain.iter().filter(|r| r["type"] == "flow").count();
+    assert_eq!(
+        started.len(),
+        flows,
+        "one start for each flow of the plain run"
+    );
+}

@@ -39,6 +39,7 @@ fn table_config(p: &PipelineArgs) -> TableConfig {
         tcp_linger: nanos(f.tcp_linger),
         evict_after: nanos(f.evict_after()),
         max_flows: f.max_flows as usize,
+        start_records: f.flow_start_records,
     }
 }
 

@@ -106,6 +106,10 @@ pub struct FlowArgs {
     /// How long one conntrack answer may take before the lookup counts as failed.
     #[arg(long, env = "DEVOURER_CONNTRACK_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub conntrack_timeout: Duration,
+    /// Emit a record with status `start` (zero counters, its own id) when a flow is first
+    /// seen: live within one scan of its first packet, offline at that packet's file time.
+    #[arg(long, env = "DEVOURER_FLOW_START_RECORDS")]
+    pub flow_start_records: bool,
     /// Seed of the records' Community ID (`community_id`); 0, the standard default, joins
     /// other tools' logs that kept theirs.
     #[arg(long, env = "DEVOURER_COMMUNITY_ID_SEED", default_value_t = 0)]

@@ -115,6 +115,8 @@ pub(super) struct Flow {
     pub(super) nat: NatState,
     /// The translated copy of a flow also in the table: its records are not emitted.
     pub(super) duplicate: bool,
+    /// Its start record was emitted (or is not wanted).
+    pub(super) started: bool,
 }
 
 /// A flow's translation, as far as it is known.
@@ -163,6 +165,7 @@ impl Flow {
             hooks: Vec::new(),
             nat: NatState::Unknown,
             duplicate: false,
+            started: false,
         }
     }
 
@@ -298,6 +301,62 @@ impl Flow {
         }
     }
 
+    /// The flow's start record: its endpoints, interfaces, first packet and names so far, zero
+    /// counters. Fixes the orientation the flow's records keep.
+    pub(super) fn start(&mut self, names: &mut dyn Resolver, now: u64) -> Emitted {
+        self.started = true;
+        self.resolve(names, now);
+        let first = self.record_first_ns();
+        let initiator = self.initiator();
+        let cur = self.current();
+        let (src, start) = *self.orient.get_or_insert((initiator, first));
+        let mut rec = self.record(src, start, Status::Start);
+        rec.first_ns = first;
+        rec.last_ns = first;
+        // The first ICMP type and code, without counting anything.
+        for (side, d) in [(&mut rec.src, src), (&mut rec.dst, 1 - src)] {
+            side.flags = cur[d].flags;
+            side.icmp_type = cur[d].icmp_type;
+            side.icmp_code = cur[d].icmp_code;
+        }
+        rec
+    }
+
+    /// A record of this flow oriented with `src` as the initiator, counters zero.
+    fn record(&self, src: usize, start: u64, status: Status) -> Emitted {
+        let dst = 1 - src;
+        let (counted_on, hooks) = self.hook_list(src);
+        let mut rec = Emitted {
+            // Counting per interface, the key names it; once per node, the first that saw it.
+            interface: if self.key.ifindex != 0 {
+                self.key.ifindex
+            } else {
+                counted_on
+            },
+            hooks,
+            key: directional(&self.key, src),
+            seq: self.seq,
+            flow_start_ns: start,
+            first_ns: 0,
+            last_ns: 0,
+            src: FlowValue::default(),
+            dst: FlowValue::default(),
+            status,
+            src_name: self.names[src].clone(),
+            dst_name: self.names[dst].clone(),
+            xlat_src: None,
+            xlat_dst: None,
+        };
+        if let NatState::Translated(n) = &self.nat {
+            // Record endpoints are the pre-translation ones; translated sides go to xlat_*.
+            (rec.key.src_addr, rec.key.src_port) = n.pre[src];
+            (rec.key.dst_addr, rec.key.dst_port) = n.pre[dst];
+            rec.xlat_src = (n.post[src] != n.pre[src]).then_some(n.post[src]);
+            rec.xlat_dst = (n.post[dst] != n.pre[dst]).then_some(n.post[dst]);
+        }
+        rec
+    }
+
     /// Builds the record for what the flow holds now and starts the next one.
     pub(super) fn cut(
         &mut self,
@@ -313,36 +372,11 @@ impl Flow {
         let first = self.record_first_ns();
         let initiator = self.initiator();
         let (src, start) = *self.orient.get_or_insert((initiator, first));
-        let dst = 1 - src;
-        let (counted_on, hooks) = self.hook_list(src);
-        let mut rec = Emitted {
-            // Counting per interface, the key names it; once per node, the first that saw it.
-            interface: if self.key.ifindex != 0 {
-                self.key.ifindex
-            } else {
-                counted_on
-            },
-            hooks,
-            key: directional(&self.key, src),
-            seq: self.seq,
-            flow_start_ns: start,
-            first_ns: first,
-            last_ns: cur[0].last_ns.max(cur[1].last_ns),
-            src: cur[src],
-            dst: cur[dst],
-            status,
-            src_name: self.names[src].clone(),
-            dst_name: self.names[dst].clone(),
-            xlat_src: None,
-            xlat_dst: None,
-        };
-        if let NatState::Translated(n) = &self.nat {
-            // Record endpoints are the pre-translation ones; translated sides go to xlat_*.
-            (rec.key.src_addr, rec.key.src_port) = n.pre[src];
-            (rec.key.dst_addr, rec.key.dst_port) = n.pre[dst];
-            rec.xlat_src = (n.post[src] != n.pre[src]).then_some(n.post[src]);
-            rec.xlat_dst = (n.post[dst] != n.pre[dst]).then_some(n.post[dst]);
-        }
+        let mut rec = self.record(src, start, status);
+        rec.first_ns = first;
+        rec.last_ns = cur[0].last_ns.max(cur[1].last_ns);
+        rec.src = cur[src];
+        rec.dst = cur[1 - src];
         self.seq += 1;
         for d in &mut self.dirs {
             d.folded = FlowValue::default();

@@ -69,11 +69,15 @@ pub struct TableConfig {
     /// Flows the table holds at most; past it the least recently active are emitted early
     /// with [`Status::TableFull`].
     pub max_flows: usize,
+    /// Emit a [`Status::Start`] record when a flow is first seen.
+    pub start_records: bool,
 }
 
 /// Why a record was emitted (the record's `status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Status {
+    /// The flow was just seen (`--flow-start-records`): zero counters, its own id.
+    Start,
     IdleTimeout,
     ActiveTimeout,
     TcpClosed,
@@ -85,7 +89,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
+        Self::Start,
         Self::IdleTimeout,
         Self::ActiveTimeout,
         Self::TcpClosed,
@@ -96,6 +101,7 @@ impl Status {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Start => "start",
             Self::IdleTimeout => "idle_timeout",
             Self::ActiveTimeout => "active_timeout",
             Self::TcpClosed => "tcp_closed",

@@ -164,15 +164,19 @@ impl FlowTable {
 
     /// Cuts a record from `flow` into `out`, unless the flow is a NAT duplicate (its packets
     /// are its twin's, already in that flow's records).
+    #[allow(clippy::too_many_arguments)]
     fn cut_into(
         tally: &mut Tally,
-        nat_on: bool,
+        (nat_on, start_records): (bool, bool),
         flow: &mut Flow,
         status: Status,
         names: &mut dyn Resolver,
         now: u64,
         out: &mut Vec<Emitted>,
     ) {
+        if start_records && !flow.started && !flow.duplicate {
+            out.push(flow.start(names, now));
+        }
         tally.take_traffic(flow);
         let Some(rec) = flow.cut(status, names, now) else {
             return;
@@ -290,6 +294,16 @@ impl FlowTable {
             flow.resolve(names, now);
         }
         let mut out = Vec::new();
+        if self.cfg.start_records {
+            let nat_on = self.nat.is_some();
+            for flow in self.flows.values_mut() {
+                // Once its translation is known: a NAT duplicate has no records at all.
+                let settled = !(nat_on && flow.nat == NatState::Unknown);
+                if !flow.started && settled && !flow.duplicate {
+                    out.push(flow.start(names, now));
+                }
+            }
+        }
         let due: Vec<(FlowKey, Status)> = self
             .flows
             .iter()
@@ -307,8 +321,8 @@ impl FlowTable {
                 }
                 s => s,
             };
-            let nat_on = self.nat.is_some();
-            Self::cut_into(&mut self.tally, nat_on, flow, status, names, now, &mut out);
+            let modes = (self.nat.is_some(), self.cfg.start_records);
+            Self::cut_into(&mut self.tally, modes, flow, status, names, now, &mut out);
             if status != Status::ActiveTimeout {
                 self.flows.remove(&ck);
             }
@@ -350,10 +364,10 @@ impl FlowTable {
                         d.fold(&l);
                     }
                 }
-                let nat_on = self.nat.is_some();
+                let modes = (self.nat.is_some(), self.cfg.start_records);
                 Self::cut_into(
                     &mut self.tally,
-                    nat_on,
+                    modes,
                     &mut flow,
                     Status::TableFull,
                     names,
@@ -397,7 +411,7 @@ impl FlowTable {
         }
         self.translate();
         let mut out = Vec::new();
-        let nat_on = self.nat.is_some();
+        let modes = (self.nat.is_some(), self.cfg.start_records);
         for mut flow in std::mem::take(&mut self.flows).into_values() {
             // An entry read earlier but gone from the map now: its last read is what it held.
             for d in &mut flow.dirs {
@@ -407,7 +421,7 @@ impl FlowTable {
             }
             Self::cut_into(
                 &mut self.tally,
-                nat_on,
+                modes,
                 &mut flow,
                 status,
                 names,
@@ -433,5 +447,6 @@ fn is_fatal(e: &crate::kernel::conntrack::Error) -> bool {
 }
 
 fn sort_records(out: &mut [Emitted]) {
-    out.sort_unstable_by_key(|r| (r.first_ns, r.key, r.seq));
+    // A flow's start record before its first record (same first packet, key and seq).
+    out.sort_unstable_by_key(|r| (r.first_ns, r.key, r.seq, r.status));
 }

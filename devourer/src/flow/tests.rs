@@ -16,6 +16,7 @@ fn cfg() -> TableConfig {
         tcp_linger: 2 * S,
         evict_after: 3 * S,
         max_flows: usize::MAX,
+        start_records: false,
     }
 }
 
@@ -505,4 +506,43 @@ fn a_translated_flow_seen_alone_is_recorded_with_its_original_endpoints() {
     assert_eq!(r.xlat_src.map(|(a, p)| (a[15], p)), Some((7, 1000)));
     assert_eq!(r.xlat_dst.map(|(a, p)| (a[15], p)), Some((9, 8000)));
     assert_eq!((r.src.packets, r.dst.packets), (1, 1));
+}
+
+#[test]
+fn a_start_record_comes_once_per_flow_when_first_seen_with_zero_counters() {
+    let mut t = FlowTable::new(TableConfig {
+        start_records: true,
+        active_timeout: 20 * S,
+        ..cfg()
+    });
+    let mut m = FakeMap::new();
+    let k = key(1, 1000, 2, 80, 6);
+    m.packet(0, k, S, 60, 0x02, VAL_F_SYN);
+    m.packet(1, rev(k), S + 5, 60, 0x12, 0);
+    let out = scan(&mut t, &mut m, 2 * S);
+    assert_eq!(out.len(), 1);
+    let s = &out[0];
+    assert_eq!(s.status, Status::Start);
+    assert_eq!((s.first_ns, s.last_ns), (S, S));
+    assert_eq!((s.src.packets, s.dst.packets, s.src.bytes), (0, 0, 0));
+    assert_eq!(
+        s.key, k,
+        "oriented like the flow's records: the SYN sender first"
+    );
+    // Active timeout, then idle: two real records, no second start.
+    for i in 3..25 {
+        m.packet(0, k, i * S, 60, 0x10, 0);
+        let out = scan(&mut t, &mut m, i * S + 1);
+        assert!(out.iter().all(|r| r.status != Status::Start), "{out:?}");
+    }
+    let out = scan(&mut t, &mut m, 60 * S);
+    assert!(out.iter().all(|r| r.status != Status::Start));
+    // A flow seen and finished within one scan: its start first, then its record.
+    let k2 = key(3, 1000, 4, 53, 17);
+    m.packet(0, k2, 61 * S, 80, 0, 0);
+    let out = t
+        .flush(&mut m, Status::EndOfInput, &mut NoNames, 62 * S)
+        .unwrap();
+    let statuses: Vec<Status> = out.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [Status::Start, Status::EndOfInput]);
 }

@@ -16,7 +16,7 @@ use crate::{
         net::{key_addr, protocol_name},
         time::rfc3339,
     },
-    flow::Emitted,
+    flow::{Emitted, Status},
     kernel::conntrack::has_ports,
 };
 
@@ -85,7 +85,18 @@ impl FlowRecord {
         let icmp = e.icmp();
         Self {
             kind: "flow",
-            id: record_id(k, e.flow_start_ns, cx.agent, e.seq),
+            // A start record's id differs from its flow's first record's (BigQuery would
+            // drop one of two rows with the same insertId).
+            id: record_id(
+                k,
+                e.flow_start_ns,
+                cx.agent,
+                if e.status == Status::Start {
+                    u32::MAX
+                } else {
+                    e.seq
+                },
+            ),
             seq: e.seq,
             agent: cx.agent.to_owned(),
             interface: (cx.interface_name)(e.interface),
