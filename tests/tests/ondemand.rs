@@ -397,7 +397,8 @@ fn s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local() {
     let od = Od::with(
         "",
         "[capture.s3]\nbucket = \"pcaps\"\nendpoint = \"http://127.0.0.1:5000\"\nallow_http = true\n\
-         [[capture.destination]]\nname = \"dead\"\nbucket = \"pcaps\"\nendpoint = \"http://127.0.0.1:1\"\nallow_http = true\n",
+         [[capture.destination]]\nname = \"dead\"\nbucket = \"pcaps\"\nendpoint = \"http://127.0.0.1:1\"\nallow_http = true\n\
+         [[capture.destination]]\nname = \"public\"\nbucket = \"pcaps\"\nendpoint = \"http://127.0.0.1:5000\"\nallow_http = true\nacl = \"public-read\"\n",
         &[
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -453,6 +454,32 @@ fn s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local() {
     assert_eq!(code, 200);
     let protos = tshark_frames(&od.dir.path("down.pcap"));
     assert_eq!(protos.len(), 3, "{protos:?}");
+    // The object's ACL (GetObjectAcl): the owner alone on the default destination.
+    let object_acl = |key: &str| {
+        let (code, body) = od.http(&[
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            "testing:testing",
+            &format!("http://127.0.0.1:5000/pcaps/{key}?acl"),
+        ]);
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    assert!(!object_acl(key).contains("AllUsers"), "private by default");
+
+    // A destination with a canned ACL: applied to the upload, whatever the request says.
+    let s = od.capture(
+        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":2,"destination":"public","acl":"private"}}"#),
+        || od.ping(3, 0.05, 56),
+    );
+    assert_eq!(s["state"], "done", "{s}\n{}", od.log_text());
+    let url = s["files"][0]["s3_url"].as_str().unwrap();
+    let acl = object_acl(url.strip_prefix("s3://pcaps/").unwrap());
+    assert!(
+        acl.contains("http://acs.amazonaws.com/groups/global/AllUsers") && acl.contains("READ"),
+        "public-read applied: {acl}"
+    );
 
     // Nothing listens on port 1: two failed attempts, then the file is kept locally.
     let s = od.capture(

@@ -13,6 +13,17 @@ use super::values::{BadValue, parse_bytes, parse_duration};
 pub const DEFAULT_LOCAL_DIR: &str = "/var/lib/devourer/captures";
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:9403";
 
+/// The canned ACLs S3 knows (`x-amz-acl`).
+pub const CANNED_ACLS: [&str; 7] = [
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+];
+
 /// The name of the `[capture.s3]` destination when it gives none.
 pub const DEFAULT_DESTINATION: &str = "default";
 
@@ -350,6 +361,14 @@ impl CaptureSection {
             if d.bucket.is_empty() {
                 return Err(BadValue(format!("{which}: `bucket` is empty")));
             }
+            if let Some(acl) = d.acl.as_deref()
+                && !CANNED_ACLS.contains(&acl)
+            {
+                return Err(BadValue(format!(
+                    "{which}: acl {acl:?} is not a canned S3 ACL (one of {})",
+                    CANNED_ACLS.join(", ")
+                )));
+            }
             match d.endpoint_url() {
                 Some(u) if u.starts_with("http://") && !d.allow_http => {
                     return Err(BadValue(format!(
@@ -556,6 +575,10 @@ acl = "private"
             (
                 "[capture.s3]\nbucket = \"b\"\nendpoint = \"ftp://x\"",
                 "neither",
+            ),
+            (
+                "[capture.s3]\nbucket = \"b\"\nacl = \"public\"",
+                "not a canned S3 ACL",
             ),
         ] {
             let e = destinations(text).unwrap_err();

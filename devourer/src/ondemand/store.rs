@@ -9,6 +9,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use http::{HeaderMap, HeaderName, HeaderValue};
 use object_store::{
     ClientOptions, ObjectStoreExt, PutPayload, RetryConfig,
     aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey},
@@ -97,6 +98,8 @@ pub enum UploadError {
     Config(#[source] object_store::Error),
     #[error("{0}")]
     Put(#[source] object_store::Error),
+    #[error("acl {0:?} is not a header value")]
+    Acl(String),
     #[error("{0} (no more retries: shutting down)")]
     ShuttingDown(#[source] object_store::Error),
 }
@@ -109,6 +112,18 @@ pub fn from_env() -> AmazonS3Builder {
 
 /// The target's bucket, region, endpoint, encryption and time limits on top of `b`.
 fn configure(b: AmazonS3Builder, t: &S3Target, retry: Retry) -> Result<AmazonS3, UploadError> {
+    let mut options = ClientOptions::new()
+        .with_timeout(retry.timeout)
+        .with_connect_timeout(retry.timeout.min(Duration::from_secs(5)));
+    if let Some(acl) = &t.acl {
+        // The destination's canned ACL on every upload (signed like the other headers); a
+        // bucket that refuses ACLs fails the upload, which keeps the file locally.
+        let value = HeaderValue::from_str(acl).map_err(|_| UploadError::Acl(acl.clone()))?;
+        options = options.with_default_headers(HeaderMap::from_iter([(
+            HeaderName::from_static("x-amz-acl"),
+            value,
+        )]));
+    }
     let mut b = b
         .with_bucket_name(&t.bucket)
         .with_region(t.region.as_deref().unwrap_or("us-east-1"))
@@ -117,11 +132,7 @@ fn configure(b: AmazonS3Builder, t: &S3Target, retry: Retry) -> Result<AmazonS3,
             max_retries: 0,
             ..RetryConfig::default()
         })
-        .with_client_options(
-            ClientOptions::new()
-                .with_timeout(retry.timeout)
-                .with_connect_timeout(retry.timeout.min(Duration::from_secs(5))),
-        );
+        .with_client_options(options);
     if let Some(url) = t.endpoint_url() {
         // Plain http only where the administrator allowed it for this destination.
         b = b.with_allow_http(t.allow_http).with_endpoint(url);
@@ -146,12 +157,6 @@ pub async fn upload(
     retry: Retry,
     stop: &AtomicBool,
 ) -> Result<(), UploadError> {
-    if let Some(acl) = t.acl.as_deref().filter(|a| *a != "private") {
-        tracing::warn!(
-            acl,
-            "S3 ACLs are not applied (object_store has none; new buckets disable them): the bucket's policy decides access"
-        );
-    }
     let store = configure(b, t, retry)?;
     let path = ObjectPath::from(key);
     let payload = PutPayload::from(bytes);
