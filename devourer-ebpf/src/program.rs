@@ -21,20 +21,21 @@ use core::{
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use devourer_common::{
+    filter::{FilterCounts, FilterRule, MAX_FILTER_RULES, RULE_DROP},
     flow::{
-        C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_HTTP_CUT, C_HTTP_EVENTS, C_HTTP_RING_FULL,
-        C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
-        C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_REPEATS, C_SEEN_FULL, C_WAKEUP_FAILED, C_WAKEUPS,
-        CB_IFINDEX, CounterBlock, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS, FlowKey,
-        FlowValue, KEY_F_IPV6, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, SEEN_SLOTS,
-        VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup, XdpReplayMeta, hook,
+        C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_FILTERED, C_HTTP_CUT, C_HTTP_EVENTS,
+        C_HTTP_RING_FULL, C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
+        C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_REPEATS, C_SAMPLED_OUT, C_SEEN_FULL, C_WAKEUP_FAILED,
+        C_WAKEUPS, CB_IFINDEX, CounterBlock, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS,
+        FlowKey, FlowValue, KEY_F_IPV6, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue,
+        SEEN_SLOTS, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup, XdpReplayMeta, hook,
     },
     payload::{
         DEFAULT_HTTP_CAP, PAYLOAD_CAP_MAX, PAYLOAD_F_IPV6, PAYLOAD_HEADER_LEN, PORT_SLOTS,
@@ -74,6 +75,28 @@ static DEVOURER_HTTP_PORTS: [u16; PORT_SLOTS] = [0; PORT_SLOTS];
 /// Payload bytes copied per HTTP segment (at most PAYLOAD_CAP_MAX).
 #[unsafe(no_mangle)]
 static DEVOURER_HTTP_CAP: u32 = DEFAULT_HTTP_CAP;
+
+/// `--filter` rules, the first `DEVOURER_FILTER_COUNT` in use.
+#[unsafe(no_mangle)]
+static DEVOURER_FILTERS: [FilterRule; MAX_FILTER_RULES] = [FilterRule {
+    net: [0; 4],
+    mask: [0; 4],
+    port_lo: 0,
+    port_hi: 0,
+    action: 0,
+    proto: 0,
+    family: 0,
+    has_port: 0,
+}; MAX_FILTER_RULES];
+#[unsafe(no_mangle)]
+static DEVOURER_FILTER_COUNT: u32 = 0;
+/// `--sampling N`: count one packet in N (0 and 1: all).
+#[unsafe(no_mangle)]
+static DEVOURER_SAMPLING: u32 = 0;
+
+/// What each filter rule matched.
+#[map(name = "FILTER_COUNTS")]
+static FILTER_COUNTS: PerCpuArray<FilterCounts> = PerCpuArray::with_max_entries(1, 0);
 
 /// One value per flow direction for all CPUs: memory flat in the CPU count, one first
 /// interface per flow (what counting once needs); counts are added atomically.
@@ -289,6 +312,17 @@ fn account<P: Packet + CopyOut, S: FlowStore>(
             let (bytes, seg_hdr) = (parsed.bytes, parsed.seg_hdr);
             parsed.bytes = bytes.saturating_add(((segs - 1) as u32).saturating_mul(seg_hdr));
             parsed.key.ifindex = if per_interface() { ifindex } else { 0 };
+            if filtered_out(parsed, segs, &ctr) {
+                return;
+            }
+            let mut segs = segs;
+            if sampled_out() {
+                // Not counted, but still noted (times, flags, interfaces) and its payload
+                // still decoded: DNS and HTTP are not sampled.
+                ctr.add(C_SAMPLED_OUT, segs);
+                parsed.bytes = 0;
+                segs = 0;
+            }
             if !S::record(parsed, ts, segs, hook, &ctr) {
                 // Seen already where its flow is counted: so is its payload.
                 return;
@@ -317,6 +351,47 @@ fn account<P: Packet + CopyOut, S: FlowStore>(
             log_malformed(ts, ifindex);
         }
     }
+}
+
+/// Runs the `--filter` rules over a parsed packet: counts what the first matching rule matched
+/// and returns true when that rule drops the packet.
+#[inline(always)]
+fn filtered_out(parsed: &Parsed, segs: u64, ctr: &Ctr) -> bool {
+    // SAFETY: a load-time constant.
+    let count = unsafe { read_volatile(&DEVOURER_FILTER_COUNT) } as usize;
+    if count == 0 {
+        return false;
+    }
+    let mut i = 0;
+    while i < MAX_FILTER_RULES && i < count {
+        // SAFETY: a load-time constant array, index in bounds.
+        let rule = unsafe { read_volatile(&DEVOURER_FILTERS[i]) };
+        if rule.matches(&parsed.key) {
+            if let Some(c) = FILTER_COUNTS.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot; `i` is below MAX_FILTER_RULES.
+                unsafe {
+                    (*c).packets[i] += segs;
+                    (*c).bytes[i] += parsed.bytes as u64;
+                }
+            }
+            if rule.action == RULE_DROP {
+                ctr.add(C_FILTERED, segs);
+                return true;
+            }
+            return false;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// True for the packets `--sampling N` leaves uncounted (all but one in N, at random).
+#[inline(always)]
+fn sampled_out() -> bool {
+    // SAFETY: a load-time constant.
+    let n = unsafe { read_volatile(&DEVOURER_SAMPLING) };
+    // SAFETY: a helper without arguments.
+    n > 1 && unsafe { bpf_get_prandom_u32() } % n != 0
 }
 
 /// A debug line about a malformed packet, at most once per CPU per second (a flood of bad

@@ -168,6 +168,7 @@ fn main() {
         clock: Clock::default(),
         interface_name: &name,
         community_seed: 0,
+        sampling: 1,
     };
     let mut buf = Vec::with_capacity(1 << 20);
     let mut records = 0usize;

@@ -598,12 +598,22 @@ impl Drop for TempDir {
 
 /// Runs `devourer read FILE ARGS...`; returns (exit status, stdout, stderr).
 pub fn devourer_read(file: &Path, args: &[&str]) -> (std::process::ExitStatus, Vec<u8>, String) {
+    devourer_read_env(file, args, &[])
+}
+
+/// [`devourer_read`] with extra environment variables.
+pub fn devourer_read_env(
+    file: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, Vec<u8>, String) {
     let out = Command::new(devourer_bin())
         .arg("read")
         .arg(file)
         .args(["--agent-name", "test-agent"])
         .args(args)
         .env("DEVOURER_LOG", "info")
+        .envs(env.iter().copied())
         .output()
         .expect("running devourer read");
     (

@@ -220,6 +220,8 @@ pub fn parts(p: &PipelineArgs, driver: &Driver, metrics: Option<Arc<Metrics>>) -
         metrics,
         agent: p.flow.agent(),
         community_seed: p.flow.community_id_seed,
+        sampling: p.flow.sampling,
+        filter_actions: p.flow.filters.iter().map(|r| r.action()).collect(),
         max_interface_names: p.flow.max_interface_names as usize,
         // No packets after detach: its flows are idle by then and out after a scan.
         interface_linger: p.flow.idle_timeout + p.flow.evict_after() + p.flow.scan_interval * 2,

@@ -13,6 +13,7 @@ use std::{io, sync::Arc, time::Instant};
 
 use anyhow::{Context, Result};
 use devourer_common::{
+    filter::FilterCounts,
     flow::{OverflowKey, OverflowValue},
     payload::PayloadHeader,
 };
@@ -44,6 +45,10 @@ pub trait Kernel {
     /// Empties the wake-up ring; `true` when the program asked for an early eviction.
     fn woken(&mut self) -> bool;
     fn counters(&self) -> io::Result<KernelCounters>;
+    /// What each `--filter` rule matched.
+    fn filter_counts(&self) -> io::Result<FilterCounts> {
+        Ok(FilterCounts::default())
+    }
     /// Takes what the overflow map aggregated since the last call.
     fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>>;
     /// Forwards the program's own log lines, if it logs.
@@ -80,6 +85,10 @@ impl Kernel for Loaded {
         self.counters.read()
     }
 
+    fn filter_counts(&self) -> io::Result<FilterCounts> {
+        self.filter_counts.filter_counts()
+    }
+
     fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
         take_overflow(&mut self.overflow)
     }
@@ -108,6 +117,7 @@ pub enum Driver {
 
 /// Loads the kernel program with the settings `p` asks for (replay: the offline variant).
 pub fn load_kernel(p: &PipelineArgs, driver: Driver) -> Result<Loaded> {
+    crate::config::filter::check_count(&p.flow.filters).map_err(|e| anyhow::anyhow!(e.0))?;
     let opts = build::load_options(p, driver == Driver::Replay);
     object::load(&opts).context("loading the kernel program")
 }
@@ -182,7 +192,11 @@ impl<K: Kernel> Assembly<K> {
             );
             self.last_map_full = counters.map_full();
         }
-        self.pipeline.update_metrics(&counters);
+        let filters = self
+            .kernel
+            .filter_counts()
+            .context("reading filter counts")?;
+        self.pipeline.update_metrics(&counters, &filters);
         self.pipeline
             .forget_gone_interfaces(std::time::Instant::now());
         Ok(())

@@ -11,6 +11,7 @@ use std::{
 };
 
 use devourer_common::{
+    filter::FilterCounts,
     flow::{OverflowKey, OverflowValue},
     payload::PayloadHeader,
 };
@@ -40,6 +41,10 @@ pub struct Parts {
     pub agent: String,
     /// Seed of the records' Community ID.
     pub community_seed: u16,
+    /// `--sampling` (flow records carry it).
+    pub sampling: u32,
+    /// Each `--filter` rule's action, in order (metric labels).
+    pub filter_actions: Vec<&'static str>,
     /// Interface name for indexes without one (`unknown` live, `pcap` offline).
     pub default_interface: &'static str,
     /// Interface names remembered at most (interfaces come and go on a node).
@@ -56,6 +61,8 @@ pub struct Pipeline {
     metrics: Option<Arc<Metrics>>,
     agent: String,
     community_seed: u16,
+    sampling: u32,
+    filter_actions: Vec<&'static str>,
     default_interface: &'static str,
     /// ifindex -> interface name for records; the least recently named go first.
     names: LruCache<u32, String>,
@@ -84,6 +91,8 @@ impl Pipeline {
             metrics: p.metrics,
             agent: p.agent,
             community_seed: p.community_seed,
+            sampling: p.sampling,
+            filter_actions: p.filter_actions,
             default_interface: p.default_interface,
             names: LruCache::new(
                 NonZeroUsize::new(p.max_interface_names.max(1)).expect("non-zero"),
@@ -208,6 +217,7 @@ impl Pipeline {
             clock: self.clock,
             interface_name: &name,
             community_seed: self.community_seed,
+            sampling: self.sampling,
         })
     }
 
@@ -354,11 +364,12 @@ impl Pipeline {
     }
 
     /// Copies what the stages counted into the metrics.
-    pub fn update_metrics(&self, kernel: &KernelCounters) {
+    pub fn update_metrics(&self, kernel: &KernelCounters, filters: &FilterCounts) {
         let Some(m) = &self.metrics else {
             return;
         };
         m.kernel(kernel);
+        m.filters(&self.filter_actions, filters);
         m.flows_active.set(self.table.len() as i64);
         m.map_entries.set(self.scan_stats.kernel_entries as i64);
         if let Some(dns) = &self.dns {

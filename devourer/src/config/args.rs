@@ -7,9 +7,12 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 use devourer_common::{flow::DEFAULT_FLOW_MAP_ENTRIES, payload::DEFAULT_HTTP_CAP};
 
-use super::values::{
-    BadValue, LogTz, Output, Ports, parse_bytes, parse_duration, parse_group, parse_ports,
-    parse_ring_size,
+use super::{
+    filter,
+    values::{
+        BadValue, LogTz, Output, Ports, parse_bytes, parse_duration, parse_group, parse_ports,
+        parse_ring_size,
+    },
 };
 use crate::{
     base::{local::hostname, time::nanos},
@@ -50,6 +53,8 @@ impl PipelineArgs {
         o.http_cap = self.http.http_cap;
         o.http_ring_bytes = self.http.http_ring_size;
         o.per_interface = self.flow.count_per_interface;
+        o.filters = self.flow.filters.iter().map(|r| r.rule).collect();
+        o.sampling = self.flow.sampling;
         o
     }
 }
@@ -106,6 +111,19 @@ pub struct FlowArgs {
     /// How long one conntrack answer may take before the lookup counts as failed.
     #[arg(long, env = "DEVOURER_CONNTRACK_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub conntrack_timeout: Duration,
+    /// A rule deciding which packets are recorded (repeatable, in order; the first that
+    /// matches decides, no match keeps): `keep` or `drop`, then any of `proto P` (tcp, udp,
+    /// icmp, icmpv6), `net CIDR` (either address), `port N` or `port N-M` (either port); at
+    /// most 16.
+    /// Evaluated in the kernel; dropped packets are counted per rule, never recorded, and
+    /// still reach the host.
+    #[arg(long = "filter", env = "DEVOURER_FILTER", value_delimiter = ';', value_parser = filter::parse_rule)]
+    pub filters: Vec<filter::Rule>,
+    /// Count one packet in N, at random, in the kernel (flow records carry `sampling`: N, to
+    /// scale by); DNS and HTTP payloads are not sampled. 1: every packet.
+    #[arg(long, env = "DEVOURER_SAMPLING", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub sampling: u32,
     /// Emit a record with status `start` (zero counters, its own id) when a flow is first
     /// seen: live within one scan of its first packet, offline at that packet's file time.
     #[arg(long, env = "DEVOURER_FLOW_START_RECORDS")]

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod file;
+pub mod filter;
 pub mod requests;
 pub mod values;
 

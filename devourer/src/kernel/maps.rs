@@ -6,10 +6,16 @@ use std::{
     os::fd::{AsFd, AsRawFd, RawFd},
 };
 
-use aya::maps::{Map, MapData};
-use devourer_common::flow::{
-    C_MAP_FULL, COUNTERS, COUNTERS_LEN, Counter, CounterBlock, FlowKey, FlowValue, OverflowKey,
-    OverflowValue,
+use aya::{
+    Pod,
+    maps::{Map, MapData},
+};
+use devourer_common::{
+    filter::{FilterCounts, MAX_FILTER_RULES},
+    flow::{
+        C_MAP_FULL, COUNTERS, COUNTERS_LEN, Counter, CounterBlock, FlowKey, FlowValue, OverflowKey,
+        OverflowValue,
+    },
 };
 
 use super::sys as bpf_sys;
@@ -208,13 +214,36 @@ impl KernelCounters {
     }
 }
 
-/// The counter array (a per-CPU array of u64).
+/// A one-slot per-CPU array read as every CPU's value (the counters, the filter counts).
 pub struct Counters {
     data: MapData,
     ncpus: usize,
 }
 
 impl Counters {
+    /// Every CPU's value of slot 0 (none when the slot is missing).
+    pub fn per_cpu<T: Pod>(&self) -> io::Result<Vec<T>> {
+        let stride = value_stride::<T>();
+        let mut buf = vec![0u8; stride * self.ncpus];
+        let fd = self.data.fd().as_fd().as_raw_fd();
+        if !bpf_sys::lookup(fd, &0u32.to_ne_bytes(), &mut buf)? {
+            return Ok(Vec::new());
+        }
+        Ok(buf.chunks_exact(stride).map(read_pod::<T>).collect())
+    }
+
+    /// What each filter rule matched, summed over CPUs.
+    pub fn filter_counts(&self) -> io::Result<FilterCounts> {
+        let mut sum = FilterCounts::default();
+        for c in self.per_cpu::<FilterCounts>()? {
+            for i in 0..MAX_FILTER_RULES {
+                sum.packets[i] += c.packets[i];
+                sum.bytes[i] += c.bytes[i];
+            }
+        }
+        Ok(sum)
+    }
+
     pub fn new(map: Map, ncpus: usize) -> io::Result<Self> {
         let data = match map {
             Map::PerCpuArray(d) => d,
@@ -230,15 +259,9 @@ impl Counters {
 
     pub fn read(&self) -> io::Result<KernelCounters> {
         let mut sums = [0u64; COUNTERS_LEN as usize];
-        let stride = value_stride::<CounterBlock>();
-        let mut buf = vec![0u8; stride * self.ncpus];
-        let fd = self.data.fd().as_fd().as_raw_fd();
-        if bpf_sys::lookup(fd, &0u32.to_ne_bytes(), &mut buf)? {
-            for cpu in buf.chunks_exact(stride) {
-                let block = read_pod::<CounterBlock>(cpu);
-                for (sum, v) in sums.iter_mut().zip(block.c) {
-                    *sum += v;
-                }
+        for block in self.per_cpu::<CounterBlock>()? {
+            for (sum, v) in sums.iter_mut().zip(block.c) {
+                *sum += v;
             }
         }
         Ok(KernelCounters(sums))

@@ -13,6 +13,10 @@ use aya::{
     util::KernelVersion,
 };
 use devourer_common::{
+    filter::{
+        FILTER_COUNTS_MAP, FilterRule, GLOBAL_FILTER_COUNT, GLOBAL_FILTERS, GLOBAL_SAMPLING,
+        MAX_FILTER_RULES,
+    },
     flow::{
         COUNTERS_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE, GLOBAL_WAKE_INTERVAL_NS,
         OVERFLOW_MAP, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, WAKEUP_RING,
@@ -94,6 +98,10 @@ pub struct LoadOptions {
     pub percpu_map_entries: u32,
     /// Count on every interface (the interface in the flow key) instead of once per node.
     pub per_interface: bool,
+    /// `--filter` rules, in order (at most `MAX_FILTER_RULES`).
+    pub filters: Vec<FilterRule>,
+    /// `--sampling N` (1: every packet).
+    pub sampling: u32,
 }
 
 impl LoadOptions {
@@ -111,6 +119,8 @@ impl LoadOptions {
             http_ring_bytes: DEFAULT_HTTP_RING_BYTES,
             percpu_map_entries: 1,
             per_interface: false,
+            filters: Vec::new(),
+            sampling: 1,
         }
     }
 }
@@ -121,6 +131,8 @@ pub struct Loaded {
     pub flows: KernelFlows,
     pub overflow: HashReader<OverflowKey, OverflowValue>,
     pub counters: Counters,
+    /// What each `--filter` rule matched.
+    pub filter_counts: Counters,
     pub wakeup: RingBuf<MapData>,
     pub dns: RingBuf<MapData>,
     pub http: RingBuf<MapData>,
@@ -193,7 +205,15 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let rb_flags: u64 = if opts.offline { BPF_RB_NO_WAKEUP } else { 0 };
     let log_level: u8 = if KernelLog::wanted() { 4 } else { 0 };
     let per_interface: u8 = opts.per_interface.into();
+    let mut filters = [FilterRule::default(); MAX_FILTER_RULES];
+    for (slot, rule) in filters.iter_mut().zip(&opts.filters) {
+        *slot = *rule;
+    }
+    let filter_count = opts.filters.len().min(MAX_FILTER_RULES) as u32;
     let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_FILTERS, &filters, true)
+        .override_global(GLOBAL_FILTER_COUNT, &filter_count, true)
+        .override_global(GLOBAL_SAMPLING, &opts.sampling, true)
         .override_global(GLOBAL_OFFLINE, &offline, true)
         .override_global(GLOBAL_WAKE_INTERVAL_NS, &opts.wake_interval_ns, true)
         .override_global(GLOBAL_PER_INTERFACE, &per_interface, true)
@@ -249,6 +269,8 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     .map_err(|e| LoadError::Map(OVERFLOW_MAP, e))?;
     let counters = Counters::new(take(&mut ebpf, COUNTERS_MAP)?, ncpus)
         .map_err(|e| LoadError::Map(COUNTERS_MAP, e))?;
+    let filter_counts = Counters::new(take(&mut ebpf, FILTER_COUNTS_MAP)?, ncpus)
+        .map_err(|e| LoadError::Map(FILTER_COUNTS_MAP, e))?;
     let wakeup = RingBuf::try_from(take(&mut ebpf, WAKEUP_RING)?).map_err(classify)?;
     let dns = RingBuf::try_from(take(&mut ebpf, DNS_RING)?).map_err(classify)?;
     let http = RingBuf::try_from(take(&mut ebpf, HTTP_RING)?).map_err(classify)?;
@@ -262,6 +284,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         flows: KernelFlows(flows),
         overflow,
         counters,
+        filter_counts,
         wakeup,
         dns,
         http,

@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use devourer_common::flow::COUNTERS;
+use devourer_common::{
+    filter::{FilterCounts, MAX_FILTER_RULES},
+    flow::COUNTERS,
+};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -51,6 +54,8 @@ pub struct Metrics {
     sink_request_seconds: HistogramVec,
     limit_hits: IntCounterVec,
     conntrack_lookups: IntCounterVec,
+    filter_packets: IntCounterVec,
+    filter_bytes: IntCounterVec,
     nat_duplicates: IntCounter,
     pub interfaces: IntGauge,
     /// Last absolute values of counters kept elsewhere, to add only what is new.
@@ -280,6 +285,16 @@ impl Metrics {
                 "Flows looked up in conntrack to join NAT'd connections, by outcome (translated, not_translated, error; skipped: emitted before their turn, --conntrack-lookups-per-scan).",
                 &["outcome"],
             ),
+            filter_packets: r.counters(
+                "devourer_filter_packets_total",
+                "Packets each --filter rule matched (the first that matched decides), by rule number (1 is the first) and action: drop ones are in no record.",
+                &["rule", "action"],
+            ),
+            filter_bytes: r.counters(
+                "devourer_filter_bytes_total",
+                "IP-layer bytes each --filter rule matched, by rule number and action.",
+                &["rule", "action"],
+            ),
             nat_duplicates: r.counter(
                 "devourer_nat_duplicates_total",
                 "Records not emitted: the translated copy of a connection whose pre-translation flow is recorded (its packets are counted there).",
@@ -396,6 +411,23 @@ impl Metrics {
                 &self.limit_hits.with_label_values(&[limit]),
                 *total,
             );
+        }
+    }
+
+    /// What each `--filter` rule matched (kept or dropped), by rule number and action.
+    pub fn filters(&self, actions: &[&'static str], counts: &FilterCounts) {
+        for (i, action) in actions.iter().enumerate().take(MAX_FILTER_RULES) {
+            let rule = (i + 1).to_string();
+            for (what, v, c) in [
+                ("packets", counts.packets[i], &self.filter_packets),
+                ("bytes", counts.bytes[i], &self.filter_bytes),
+            ] {
+                self.sync(
+                    &format!("filter/{what}/{rule}"),
+                    &c.with_label_values(&[rule.as_str(), action]),
+                    v,
+                );
+            }
         }
     }
 

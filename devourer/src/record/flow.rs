@@ -51,6 +51,8 @@ pub struct FlowRecord {
     pub interfaces: Vec<Observed>,
     /// Community ID v1 of the conversation (its endpoints before any NAT).
     pub community_id: String,
+    /// One packet in this many was counted (`--sampling`; 1: all): scale counts by it.
+    pub sampling: u32,
     /// A NAT'd connection's translated source and destination (null where not translated;
     /// ports null for protocols without ports): `src_*`/`dst_*` are before translation.
     pub xlat_src_addr: Option<String>,
@@ -119,6 +121,7 @@ impl FlowRecord {
             dst_name: e.dst_name.as_deref().map(str::to_owned),
             tcp_flags: e.tcp_flags(),
             interfaces: e.hooks.iter().map(|h| Observed::new(*h, cx)).collect(),
+            sampling: cx.sampling,
             community_id: community_id(
                 cx.community_seed,
                 key_addr(k, k.src_addr),

@@ -26,6 +26,8 @@ pub struct RecordContext<'a> {
     pub clock: Clock,
     pub interface_name: &'a dyn Fn(u32) -> String,
     pub community_seed: u16,
+    /// `--sampling`: one packet in this many was counted.
+    pub sampling: u32,
 }
 
 /// The fields DNS and HTTP records open with: which exchange, seen where and when.
