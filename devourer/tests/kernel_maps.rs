@@ -1,6 +1,7 @@
-//! The real kernel program and maps through the library (root only): per-CPU slots of a
-//! deleted entry do not come back stale when its key is reused, lookup-and-delete returns every
-//! CPU's counts, and replay frames up to the cut length are accepted by BPF_PROG_TEST_RUN.
+//! The real kernel program and maps through the library (root only): packets counted on two
+//! CPUs meet in the shared flow map's one value, a deleted entry's counts do not come back
+//! when its key is reused, lookup-and-delete returns everything, and replay frames up to the
+//! cut length are accepted by BPF_PROG_TEST_RUN.
 
 use devourer::{
     flow::FlowSource,
@@ -61,7 +62,7 @@ fn slots(loaded: &mut loader::Loaded) -> Vec<(FlowKey, Vec<FlowValue>)> {
 }
 
 #[test]
-fn reused_per_cpu_entries_start_from_zero_and_deletes_return_every_cpu() {
+fn counts_from_every_cpu_meet_in_one_value_and_a_reused_key_starts_from_zero() {
     if !is_root() {
         eprintln!("SKIP: needs root to load BPF programs");
         return;
@@ -81,31 +82,26 @@ fn reused_per_cpu_entries_start_from_zero_and_deletes_return_every_cpu() {
     for i in 0..3 {
         run(0, 1_000 + i);
     }
-    run(1, 500);
+    run(1, 1_003);
     let s = slots(&mut loaded);
     assert_eq!(s.len(), 1);
-    let (key, per_cpu) = &s[0];
-    assert_eq!(key.ifindex, 7, "offline ifindex comes from cb[0]");
-    assert_eq!(per_cpu[0].packets, 3);
-    assert_eq!(per_cpu[1].packets, 1);
-    assert_eq!(per_cpu[1].first_ns, 500);
+    let (key, values) = &s[0];
+    assert_eq!(key.ifindex, 0, "counted once per node: no interface in the key");
+    assert_eq!(values.len(), 1, "one value for all CPUs");
+    assert_eq!(values[0].packets, 4, "both CPUs' packets in the shared value");
+    assert_eq!(values[0].counted_on, 7 << 1, "offline interface from cb[0], ingress");
 
     let taken = loaded.flows.take(key).unwrap().expect("entry present");
     assert_eq!((taken.packets, taken.bytes), (4, 4 * 38));
-    assert_eq!((taken.first_ns, taken.last_ns), (500, 1_002));
+    assert_eq!((taken.first_ns, taken.last_ns), (1_000, 1_003));
     assert!(loaded.flows.take(key).unwrap().is_none(), "deleted");
 
-    // Reinsert the same key from CPU 1: CPU 0's slot must not carry the old three packets.
+    // The same key again, from the other CPU: nothing of the deleted entry comes back.
     run(1, 2_000);
     let s = slots(&mut loaded);
     assert_eq!(s.len(), 1);
-    assert_eq!(
-        s[0].1[0],
-        FlowValue::default(),
-        "stale slot on a reused key"
-    );
-    assert_eq!(s[0].1[1].packets, 1);
-    assert_eq!(s[0].1[1].first_ns, 2_000);
+    assert_eq!(s[0].1[0].packets, 1, "no stale counts on a reused key");
+    assert_eq!(s[0].1[0].first_ns, 2_000);
 
     // Draining (batched lookup-and-delete) returns everything and leaves the map empty.
     for port in 0..300u16 {
