@@ -86,10 +86,20 @@ fn counts_from_every_cpu_meet_in_one_value_and_a_reused_key_starts_from_zero() {
     let s = slots(&mut loaded);
     assert_eq!(s.len(), 1);
     let (key, values) = &s[0];
-    assert_eq!(key.ifindex, 0, "counted once per node: no interface in the key");
+    assert_eq!(
+        key.ifindex, 0,
+        "counted once per node: no interface in the key"
+    );
     assert_eq!(values.len(), 1, "one value for all CPUs");
-    assert_eq!(values[0].packets, 4, "both CPUs' packets in the shared value");
-    assert_eq!(values[0].counted_on, 7 << 1, "offline interface from cb[0], ingress");
+    assert_eq!(
+        values[0].packets, 4,
+        "both CPUs' packets in the shared value"
+    );
+    assert_eq!(
+        values[0].counted_on,
+        7 << 1,
+        "offline interface from cb[0], ingress"
+    );
 
     let taken = loaded.flows.take(key).unwrap().expect("entry present");
     assert_eq!((taken.packets, taken.bytes), (4, 4 * 38));

@@ -193,16 +193,7 @@ pub(crate) fn v4(a: &str) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(s: &str, sp: u16, d: &str, dp: u16) -> Tuple {
-        Tuple {
-            src: s.parse().unwrap(),
-            dst: d.parse().unwrap(),
-            proto: 6,
-            src_port: sp,
-            dst_port: dp,
-        }
-    }
+    use crate::kernel::conntrack::tcp as t;
 
     fn key(s: &str, sp: u16, d: &str, dp: u16) -> FlowKey {
         super::super::canonical(&FlowKey {

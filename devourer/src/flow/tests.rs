@@ -446,14 +446,7 @@ impl nat::Conntracker for FakeConntrack {
 
 /// Pod ::1:1000 to service ::3:80, DNAT'd to backend ::9:8000 and masqueraded to node ::7.
 fn nat_table() -> FlowTable {
-    use crate::kernel::conntrack::{Entry, Tuple};
-    let t = |s: &str, sp: u16, d: &str, dp: u16| Tuple {
-        src: s.parse().unwrap(),
-        dst: d.parse().unwrap(),
-        proto: 6,
-        src_port: sp,
-        dst_port: dp,
-    };
+    use crate::kernel::conntrack::{Entry, tcp as t};
     let entry = Entry {
         orig: t("::1", 1000, "::3", 80),
         reply: t("::9", 8000, "::7", 1000),
@@ -479,12 +472,7 @@ fn the_translated_copy_of_a_nat_connection_is_not_a_second_record() {
     assert_eq!(traffic, 2, "the copy's packets are not counted again");
     let out = scan(&mut t, &mut m, 30 * S);
     assert_eq!(out.len(), 1, "{out:?}");
-    let r = &out[0];
-    assert_eq!((r.key.src_addr[15], r.key.src_port), (1, 1000));
-    assert_eq!((r.key.dst_addr[15], r.key.dst_port), (3, 80));
-    assert_eq!(r.xlat_src.map(|(a, p)| (a[15], p)), Some((7, 1000)));
-    assert_eq!(r.xlat_dst.map(|(a, p)| (a[15], p)), Some((9, 8000)));
-    assert_eq!((r.src.packets, r.dst.packets), (1, 1));
+    assert_is_the_service_connection(&out[0]);
     let s = t.nat_stats();
     assert_eq!((s.lookups, s.translated, s.merged), (2, 2, 1));
 }
@@ -500,7 +488,12 @@ fn a_translated_flow_seen_alone_is_recorded_with_its_original_endpoints() {
         .flush(&mut m, Status::Shutdown, &mut NoNames, 2 * S)
         .unwrap();
     assert_eq!(out.len(), 1);
-    let r = &out[0];
+    assert_is_the_service_connection(&out[0]);
+}
+
+/// The record of [`nat_table`]'s connection: pod to service, node and backend in `xlat_*`,
+/// one packet each way.
+fn assert_is_the_service_connection(r: &Emitted) {
     assert_eq!((r.key.src_addr[15], r.key.src_port), (1, 1000));
     assert_eq!((r.key.dst_addr[15], r.key.dst_port), (3, 80));
     assert_eq!(r.xlat_src.map(|(a, p)| (a[15], p)), Some((7, 1000)));

@@ -200,28 +200,18 @@ pub fn attach(
         tc: Vec::new(),
         xdp: None,
     };
+    let tc_ingress =
+        |ebpf: &mut Ebpf| attach_tc(ebpf, PROG_TC_INGRESS, iface, TcAttachType::Ingress, link);
     match mode {
         Mode::Tc => {
-            a.tc.push(attach_tc(
-                ebpf,
-                PROG_TC_INGRESS,
-                iface,
-                TcAttachType::Ingress,
-                link,
-            )?);
+            a.tc.push(tc_ingress(ebpf)?);
             a.hooks.push("tc ingress");
         }
         // A device with devices under it (a bridge, a bond) and the devices under one cannot
         // both run XDP: the master takes TC ingress (it has no native XDP anyway), and so does
         // a port whose master runs someone's XDP program.
         Mode::Xdp if has_lower_devices(iface) => {
-            a.tc.push(attach_tc(
-                ebpf,
-                PROG_TC_INGRESS,
-                iface,
-                TcAttachType::Ingress,
-                link,
-            )?);
+            a.tc.push(tc_ingress(ebpf)?);
             a.hooks.push("tc ingress (XDP is on the devices under it)");
         }
         Mode::Xdp => match attach_xdp(ebpf, iface, lo) {
@@ -234,13 +224,7 @@ pub fn attach(
                     iface,
                     "XDP is taken above this device ({e}); TC ingress instead"
                 );
-                a.tc.push(attach_tc(
-                    ebpf,
-                    PROG_TC_INGRESS,
-                    iface,
-                    TcAttachType::Ingress,
-                    link,
-                )?);
+                a.tc.push(tc_ingress(ebpf)?);
                 a.hooks.push("tc ingress (XDP taken above)");
             }
             Err(e) => return Err(e),

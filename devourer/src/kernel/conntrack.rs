@@ -432,19 +432,21 @@ fn parse_tuple(b: &[u8]) -> Option<Tuple> {
     })
 }
 
+/// A TCP tuple from text, for tests.
+#[cfg(test)]
+pub(crate) fn tcp(s: &str, sp: u16, d: &str, dp: u16) -> Tuple {
+    Tuple {
+        src: s.parse().expect("address"),
+        dst: d.parse().expect("address"),
+        proto: 6,
+        src_port: sp,
+        dst_port: dp,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tcp(s: &str, sp: u16, d: &str, dp: u16) -> Tuple {
-        Tuple {
-            src: s.parse().unwrap(),
-            dst: d.parse().unwrap(),
-            proto: 6,
-            src_port: sp,
-            dst_port: dp,
-        }
-    }
 
     #[test]
     fn a_built_tuple_parses_back_to_itself() {
