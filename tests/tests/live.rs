@@ -349,3 +349,42 @@ fn live_xdp_reads_vlan_tags_in_the_frame() {
     }
     tagged_frames_keep_their_outer_vlan("xdp");
 }
+
+#[test]
+fn live_filters_drop_what_their_rules_say_and_count_it_per_rule() {
+    if !require_root("live_filters_drop_what_their_rules_say_and_count_it_per_rule") {
+        return;
+    }
+    let tmp = TempDir::new("live-filter");
+    let link = Link::new();
+    let (out, log) = (tmp.path("out.jsonl"), tmp.path("agent.log"));
+    let agent = start_agent(
+        &link,
+        "tc",
+        &out,
+        &log,
+        &["--filter", "drop proto icmp", "--filter", "keep port 8000"],
+    );
+    let servers = start_servers(&link.b);
+    link.a.sh(&format!(
+        "ping -c 4 -i 0.1 {b} >/dev/null
+         curl -sf -o /dev/null http://{b}:8000/",
+        b = link.ip4_b
+    ));
+    drop(servers);
+    let res = agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(res.status.success(), "{log_text}");
+    let recs = records(&std::fs::read(&out).unwrap());
+    assert!(
+        !recs.iter().any(|r| r["protocol"] == "icmp"),
+        "no ICMP record: the first rule drops it"
+    );
+    let web = recs
+        .iter()
+        .find(|r| r["protocol"] == "tcp" && r["dst_port"] == 8000)
+        .expect("the web flow, kept by the second rule");
+    assert!(web["src_packets"].as_u64().unwrap() >= 4, "{web}");
+    // Echo requests and replies were seen and dropped, nothing else.
+    assert_eq!(log_number(&log_text, "filtered"), Some(8), "{log_text}");
+}
