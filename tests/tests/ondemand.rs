@@ -914,3 +914,118 @@ fn a_tls_redis_with_a_private_ca_delivers_requests() {
     assert!(res.status.success(), "{}", log_text());
     assert!(!log_text().contains(REDIS_PASSWORD));
 }
+
+/// Calls moto's SQS (query protocol, signed as the AWS CLI would) from namespace B.
+fn sqs(od: &Od, params: &[(&str, &str)]) -> String {
+    let mut cmd = od.link.b.cmd("curl");
+    cmd.args([
+        "-s",
+        "--aws-sigv4",
+        "aws:amz:us-east-1:sqs",
+        "--user",
+        "testing:testing",
+    ]);
+    for (k, v) in params {
+        cmd.args(["--data-urlencode", &format!("{k}={v}")]);
+    }
+    cmd.arg("http://127.0.0.1:5000/");
+    // Not `run`: the server may not be up yet (the caller waits for an answer).
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn sqs_requests_from_this_nodes_queue_are_captured_and_deleted() {
+    if !require_root("sqs_requests_from_this_nodes_queue_are_captured_and_deleted") {
+        return;
+    }
+    // One queue per node: {node} in the URL is the agent's name.
+    let od = Od::with(
+        "",
+        "[capture.sqs]\nurl = \"http://127.0.0.1:5000/123456789012/capture-{node}\"\n\
+         endpoint = \"http://127.0.0.1:5000\"\nregion = \"us-east-1\"\nwait_seconds = 1\nchunk_size = 10\n",
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    );
+    let mut moto = od.link.b.cmd("moto_server");
+    moto.args(["-H", "127.0.0.1", "-p", "5000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _moto = Bg::spawn(moto, "moto_server");
+    let queue = format!("capture-{NODE}");
+    let created = wait_for(Duration::from_secs(30), || {
+        sqs(&od, &[("Action", "CreateQueue"), ("QueueName", &queue)]).contains(&queue)
+    });
+    assert!(created, "moto SQS queue {queue}");
+    let url = format!("http://127.0.0.1:5000/123456789012/{queue}");
+    let iface = od.link.if_b.clone();
+    let send = |body: &str| {
+        let out = sqs(
+            &od,
+            &[
+                ("Action", "SendMessage"),
+                ("QueueUrl", &url),
+                ("MessageBody", body),
+            ],
+        );
+        assert!(out.contains("MessageId"), "{out}");
+    };
+    send("not json at all");
+    send(&format!(
+        r#"{{"node":"{NODE}","interface":["{iface}"],"bpf":"icmp","packets":3,"alertid":42}}"#
+    ));
+    let accepted = wait_for(Duration::from_secs(20), || {
+        od.metric("devourer_capture_requests_total", "\"accepted\"") == 1
+    });
+    assert!(accepted, "{}", od.log_text());
+    od.ping(5, 0.1, 56);
+    let caps = od.dir.path("caps");
+    let file = wait_for(Duration::from_secs(20), || {
+        std::fs::read_dir(&caps).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .contains(&format!("_{iface}_42_"))
+            })
+        })
+    });
+    assert!(
+        file,
+        "the capture's file in {}\n{}",
+        caps.display(),
+        od.log_text()
+    );
+    assert_eq!(
+        od.metric("devourer_capture_requests_total", "\"bad_json\""),
+        1,
+        "the bad message is refused and counted"
+    );
+    // Both messages were deleted: nothing visible or in flight.
+    let attrs = sqs(
+        &od,
+        &[
+            ("Action", "GetQueueAttributes"),
+            ("QueueUrl", &url),
+            ("AttributeName.1", "All"),
+        ],
+    );
+    for name in [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+    ] {
+        let at = attrs
+            .find(name)
+            .unwrap_or_else(|| panic!("{name} in {attrs}"));
+        assert!(
+            attrs[at..]
+                .split("</Value>")
+                .next()
+                .unwrap()
+                .ends_with(">0"),
+            "{name} is 0: {attrs}"
+        );
+    }
+}

@@ -158,6 +158,8 @@ pub struct CaptureSection {
     #[serde(default)]
     pub interface: Vec<InterfaceAlias>,
     pub redis: Option<RedisSection>,
+    /// Requests from an SQS queue (pcapdaemon's trigger).
+    pub sqs: Option<SqsSection>,
     /// The default upload destination: captures go there unless a request picks another.
     pub s3: Option<S3Section>,
     /// More destinations a request may pick by `"destination": NAME`.
@@ -215,6 +217,12 @@ mod defaults {
     pub fn channel() -> String {
         "capture".into()
     }
+    pub fn wait_seconds() -> i32 {
+        20
+    }
+    pub fn chunk_size() -> i32 {
+        10
+    }
 }
 
 impl Default for CaptureSection {
@@ -229,6 +237,49 @@ pub struct InterfaceAlias {
     pub name: String,
     #[serde(default)]
     pub alias: Vec<String>,
+}
+
+/// `[capture.sqs]`: SQS hands a message to one consumer only, so each node reads its own
+/// queue: `{node}` in `url` is replaced by the agent's name (a sender fans out, with SNS say).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SqsSection {
+    pub url: String,
+    pub region: Option<String>,
+    /// An SQS-compatible service instead of AWS's.
+    pub endpoint: Option<String>,
+    /// Long polling: how long one receive waits for a message (0-20 s).
+    #[serde(default = "defaults::wait_seconds")]
+    pub wait_seconds: i32,
+    /// Messages one receive takes at most (1-10).
+    #[serde(default = "defaults::chunk_size")]
+    pub chunk_size: i32,
+}
+
+impl SqsSection {
+    /// The queue URL for node `node`.
+    pub fn queue_url(&self, node: &str) -> String {
+        self.url.replace("{node}", node)
+    }
+
+    fn check(&self) -> Result<(), BadValue> {
+        if self.url.trim().is_empty() {
+            return Err(BadValue("[capture.sqs] url is empty".into()));
+        }
+        if !(0..=20).contains(&self.wait_seconds) {
+            return Err(BadValue(format!(
+                "[capture.sqs] wait_seconds {} is not 0-20",
+                self.wait_seconds
+            )));
+        }
+        if !(1..=10).contains(&self.chunk_size) {
+            return Err(BadValue(format!(
+                "[capture.sqs] chunk_size {} is not 1-10",
+                self.chunk_size
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -427,8 +478,11 @@ pub fn resolve(
         .map(str::to_owned)
         .or_else(|| capture.redis.as_ref().map(|r| r.channel.clone()))
         .unwrap_or_else(defaults::channel);
-    if redis_url.is_none() && sections.api.is_none() {
+    if redis_url.is_none() && sections.api.is_none() && capture.sqs.is_none() {
         return Ok(None);
+    }
+    if let Some(sqs) = &capture.sqs {
+        sqs.check()?;
     }
     // On loopback too: every host-network pod of a node shares it.
     if let Some(api) = &sections.api
@@ -468,6 +522,32 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_sqs_queue_alone_turns_requests_on_and_its_bounds_are_checked() {
+        let cfg = |sqs: &str| {
+            let s = read_sections(&format!("[capture.sqs]\n{sqs}\n")).map_err(|e| e.0)?;
+            resolve(&s, None, None, None).map_err(|e| e.0)
+        };
+        let r = cfg("url = \"https://sqs.eu-west-1.amazonaws.com/1/capture-{node}\"")
+            .unwrap()
+            .expect("requests on");
+        let q = r.capture.sqs.unwrap();
+        assert_eq!(
+            q.queue_url("node-7"),
+            "https://sqs.eu-west-1.amazonaws.com/1/capture-node-7"
+        );
+        assert_eq!((q.wait_seconds, q.chunk_size), (20, 10));
+        for (extra, says) in [
+            ("wait_seconds = 21", "0-20"),
+            ("chunk_size = 0", "1-10"),
+            ("chunk_size = 11", "1-10"),
+        ] {
+            let e = cfg(&format!("url = \"u\"\n{extra}")).unwrap_err();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+        assert!(cfg("url = \" \"").unwrap_err().contains("empty"));
+    }
 
     #[test]
     fn sections_read_with_defaults_and_name_bad_keys() {

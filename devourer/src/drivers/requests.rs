@@ -26,11 +26,11 @@ pub async fn start(
 ) -> Result<Option<Requests>> {
     use anyhow::Context;
 
-    use crate::ondemand::{Service, api, redis};
+    use crate::ondemand::{Service, api, redis, sqs};
     let Some(cfg) = cfg else {
         return Ok(None);
     };
-    let svc = Service::new(cfg.clone(), node, Some(metrics.clone()));
+    let svc = Service::new(cfg.clone(), node.clone(), Some(metrics.clone()));
     if let Some(url) = cfg.redis_url.clone() {
         let listener = tokio::spawn(redis::listen(
             svc.clone(),
@@ -46,6 +46,20 @@ pub async fn start(
                 tracing::error!(
                     "the Redis capture-request listener died: {e}; no more Redis requests"
                 );
+            }
+        });
+    }
+    if let Some(q) = cfg.capture.sqs.clone() {
+        let listener = tokio::spawn(sqs::listen(
+            svc.clone(),
+            q,
+            node.clone(),
+            cfg.capture.retry_base,
+            cfg.capture.retry_max,
+        ));
+        tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                tracing::error!("the SQS capture-request listener died: {e}; no more SQS requests");
             }
         });
     }

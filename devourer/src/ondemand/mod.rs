@@ -1,4 +1,4 @@
-//! Packet capture on request (pcapdaemon): requests arrive over Redis pub/sub or the HTTP API,
+//! Packet capture on request (pcapdaemon): requests arrive over Redis pub/sub, SQS or the HTTP API,
 //! are checked and clamped to the admin limits, capture into memory on each named interface,
 //! and end as pcap files in a local directory and/or an S3 bucket. A bad request is rejected
 //! and counted; the agent keeps running. Request checks build everywhere (the settings are in
@@ -14,6 +14,8 @@ pub mod redis;
 mod service;
 #[cfg(feature = "capture-requests")]
 pub mod sniff;
+#[cfg(feature = "capture-requests")]
+pub mod sqs;
 #[cfg(feature = "capture-requests")]
 pub mod store;
 
