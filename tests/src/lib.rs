@@ -653,3 +653,90 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// A conversation: protocol and both endpoints (address, port), in order.
+pub type Conversation = (String, [(String, u64); 2]);
+
+/// tshark's Community ID of each conversation (TCP, UDP, ICMP and ICMPv6 echo).
+pub fn tshark_community_ids(
+    pcap: &Path,
+) -> std::collections::BTreeMap<Conversation, std::collections::BTreeSet<String>> {
+    let out = run(Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-n", "--enable-protocol", "communityid"])
+        .args(["-T", "fields", "-E", "separator=\t", "-E", "occurrence=f"])
+        .args([
+            "-e",
+            "communityid",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ipv6.src",
+        ])
+        .args(["-e", "ipv6.dst", "-e", "tcp.srcport", "-e", "tcp.dstport"])
+        .args(["-e", "udp.srcport", "-e", "udp.dstport", "-e", "icmp.type"])
+        .args(["-e", "icmpv6.type"]));
+    let mut ids: std::collections::BTreeMap<_, std::collections::BTreeSet<String>> =
+        Default::default();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < 11 || f[0].is_empty() {
+            continue;
+        }
+        let (src, dst) = if f[1].is_empty() {
+            (f[3], f[4])
+        } else {
+            (f[1], f[2])
+        };
+        let port = |s: &str| s.parse::<u64>().unwrap_or(0);
+        let (proto, sp, dp) = if !f[5].is_empty() {
+            ("tcp", port(f[5]), port(f[6]))
+        } else if !f[7].is_empty() {
+            ("udp", port(f[7]), port(f[8]))
+        } else if matches!(f[9], "0" | "8") {
+            ("icmp", 0, 0)
+        } else if matches!(f[10], "128" | "129") {
+            ("icmpv6", 0, 0)
+        } else {
+            continue;
+        };
+        let mut ends = [(src.to_owned(), sp), (dst.to_owned(), dp)];
+        ends.sort();
+        ids.entry((proto.to_owned(), ends))
+            .or_default()
+            .insert(f[0].to_owned());
+    }
+    ids
+}
+
+/// Every TCP, UDP and echo record's `community_id` is the one tshark gives its packets.
+pub fn community_ids_match_tshark(pcap: &Path, recs: &[Value]) {
+    let oracle = tshark_community_ids(pcap);
+    let mut checked = std::collections::BTreeSet::new();
+    for r in recs.iter().filter(|r| r["type"] == "flow") {
+        let proto = r["protocol"].as_str().unwrap();
+        let echo = matches!(r["icmp_type"].as_u64(), Some(0 | 8 | 128 | 129));
+        if !(matches!(proto, "tcp" | "udp") || echo) {
+            continue;
+        }
+        let end = |a: &str, p: &str| (r[a].as_str().unwrap().to_owned(), r[p].as_u64().unwrap());
+        let mut ends = [end("src_addr", "src_port"), end("dst_addr", "dst_port")];
+        ends.sort();
+        let want = oracle
+            .get(&(proto.to_owned(), ends.clone()))
+            .unwrap_or_else(|| panic!("tshark has no Community ID for {r}"));
+        assert_eq!(want.len(), 1, "one conversation, one id: {want:?}");
+        assert_eq!(
+            r["community_id"].as_str(),
+            want.iter().next().map(String::as_str),
+            "{r}"
+        );
+        checked.insert(proto.to_owned());
+    }
+    for p in ["tcp", "udp", "icmp", "icmpv6"] {
+        assert!(checked.contains(p), "no {p} record checked: {checked:?}");
+    }
+}

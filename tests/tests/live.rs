@@ -74,6 +74,7 @@ fn live_matches_tcpdump(mode: &str) {
         &oracle,
         &format!("live --mode {mode}"),
     );
+    community_ids_match_tshark(&pcap, &recs);
     assert!(oracle.len() > 200, "many flows: {}", oracle.len());
     assert!(
         recs.iter()
