@@ -53,6 +53,7 @@ fn flow_table(p: &PipelineArgs, driver: &Driver) -> FlowTable {
         Ok(ct) => table.with_nat(NatLookup {
             source: Box::new(ct),
             per_scan: p.flow.conntrack_lookups_per_scan as usize,
+            walks_per_scan: p.flow.conntrack_walks_per_scan as usize,
         }),
         Err(e) => {
             tracing::warn!("conntrack unavailable, NAT'd connections are not joined: {e}");

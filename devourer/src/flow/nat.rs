@@ -17,52 +17,65 @@ use crate::{
 /// An endpoint as flow keys store it: a 16-byte (v4-mapped) address and a port.
 pub type Endpoint = ([u8; 16], u16);
 
+/// What a lookup found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Entry(Entry),
+    /// Conntrack has no such connection.
+    None,
+    /// Finding out needs a walk of the whole table and this scan has none left.
+    Later,
+}
+
 /// Where the table learns a connection's translations (conntrack, or a fake in tests).
 pub trait Conntracker: Send {
-    /// The entry of the connection that `t` (either way round) belongs to.
-    fn entry(&mut self, t: &Tuple) -> Result<Option<Entry>, conntrack::Error>;
+    /// The entry of the connection that `t` (either way round) belongs to. Hash probes are
+    /// cheap; a filtered walk of the kernel's whole table costs one of `walks`.
+    fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, conntrack::Error>;
 }
 
 /// Entries one filtered lookup reads at most.
 const MATCHES: usize = 8;
 
 impl Conntracker for Conntrack {
-    fn entry(&mut self, t: &Tuple) -> Result<Option<Entry>, conntrack::Error> {
+    fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, conntrack::Error> {
+        // The filtered walks one flow may need, in order: (tuple, reply side, fields).
+        let mut plan: Vec<(Tuple, bool, u32)> = Vec::new();
         if has_ports(t.proto) {
             // One hash probe finds either tuple of an entry; the flow may be oriented either way.
             for probe in [*t, t.reversed()] {
                 if let Some(e) = self.get(&probe)? {
-                    return Ok(Some(e));
+                    return Ok(Answer::Entry(e));
                 }
             }
             // Half translated (seen between DNAT and SNAT, on a bridge with br_netfilter): the
             // source is still the original one; filter on it.
-            for probe in [*t, t.reversed()] {
-                let flags = FILTER_IP_SRC | FILTER_PROTO_NUM | FILTER_PROTO_SRC_PORT;
-                let found = self.find(&probe, false, flags, MATCHES)?;
-                if let Some(e) = found.into_iter().find(|e| view(t, e).is_some()) {
-                    return Ok(Some(e));
-                }
-            }
-            return Ok(None);
-        }
-        if !matches!(t.proto, IPPROTO_ICMP | IPPROTO_ICMPV6) {
-            return Ok(None);
-        }
-        // ICMP identifiers are not in flow keys: a filtered dump by addresses, each side.
-        let flags = FILTER_IP_SRC | FILTER_IP_DST | FILTER_PROTO_NUM;
-        for reply_side in [false, true] {
-            for probe in [*t, t.reversed()] {
-                let found = self.find(&probe, reply_side, flags, MATCHES)?;
-                if let Some(e) = found
-                    .into_iter()
-                    .find(|e| translated(e) && view(t, e).is_some())
-                {
-                    return Ok(Some(e));
-                }
+            let flags = FILTER_IP_SRC | FILTER_PROTO_NUM | FILTER_PROTO_SRC_PORT;
+            plan.extend([(*t, false, flags), (t.reversed(), false, flags)]);
+        } else if matches!(t.proto, IPPROTO_ICMP | IPPROTO_ICMPV6) {
+            // ICMP identifiers are not in flow keys: filter by addresses, each side.
+            let flags = FILTER_IP_SRC | FILTER_IP_DST | FILTER_PROTO_NUM;
+            for reply_side in [false, true] {
+                plan.extend([(*t, reply_side, flags), (t.reversed(), reply_side, flags)]);
             }
         }
-        Ok(None)
+        if plan.is_empty() {
+            return Ok(Answer::None);
+        }
+        if *walks < plan.len() {
+            return Ok(Answer::Later);
+        }
+        for (probe, reply_side, flags) in plan {
+            *walks -= 1;
+            let found = self.find(&probe, reply_side, flags, MATCHES)?;
+            if let Some(e) = found
+                .into_iter()
+                .find(|e| translated(e) && view(t, e).is_some())
+            {
+                return Ok(Answer::Entry(e));
+            }
+        }
+        Ok(Answer::None)
     }
 }
 
@@ -179,10 +192,12 @@ pub struct NatStats {
     pub errors: u64,
 }
 
-/// A table's conntrack: the source and how many flows one scan may look up.
+/// A table's conntrack: the source, how many flows one scan may look up, and how many
+/// filtered walks of the kernel's table (ICMP, half-translated copies) those may cost.
 pub struct NatLookup {
     pub source: Box<dyn Conntracker>,
     pub per_scan: usize,
+    pub walks_per_scan: usize,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use devourer_common::flow::{FlowKey, FlowValue};
 use super::{
     Emitted, FlowSource, Resolver, Status, TableConfig,
     entry::{Flow, NatState, canonical, directional},
-    nat::{NatLookup, NatStats, interpret, tuple},
+    nat::{Answer, NatLookup, NatStats, interpret, tuple},
 };
 
 /// Seeded per process: keys come off the network, so no fixed hash an attacker could collide.
@@ -90,13 +90,12 @@ impl FlowTable {
             .collect()
     }
 
-    /// Moves the new traffic of every flow whose translation is settled into the sums.
+    /// Moves every flow's new traffic into the sums (after [`Self::translate`], so a NAT
+    /// duplicate found this scan adds nothing; one whose lookup waits adds its packets
+    /// meanwhile: counters that follow the traffic over exact ones for a scan or two).
     fn settle_traffic(&mut self) {
-        let nat_on = self.nat.is_some();
         for f in self.flows.values_mut() {
-            if !(nat_on && f.nat == NatState::Unknown) {
-                self.tally.take_traffic(f);
-            }
+            self.tally.take_traffic(f);
         }
     }
 
@@ -107,14 +106,16 @@ impl FlowTable {
             return;
         };
         let mut budget = nat.per_scan;
+        let mut walks = nat.walks_per_scan;
         let mut twins = Vec::new();
         let mut fatal = None;
         for (ck, f) in self.flows.iter_mut() {
             if f.nat == NatState::Unknown && budget > 0 {
                 budget -= 1;
-                self.tally.nat.lookups += 1;
-                f.nat = match nat.source.entry(&tuple(ck)) {
-                    Ok(entry) => match entry.and_then(|e| interpret(ck, &e)) {
+                f.nat = match nat.source.entry(&tuple(ck), &mut walks) {
+                    // Asked again next scan, when there are walks to spend.
+                    Ok(Answer::Later) => NatState::Unknown,
+                    Ok(Answer::Entry(e)) => match interpret(ck, &e) {
                         Some(n) => {
                             self.tally.nat.translated += 1;
                             // Names belong to the endpoints records show (before NAT).
@@ -124,6 +125,7 @@ impl FlowTable {
                         }
                         None => NatState::Plain,
                     },
+                    Ok(Answer::None) => NatState::Plain,
                     Err(e) => {
                         self.tally.nat.errors += 1;
                         if self.tally.nat.errors == 1 {
@@ -132,9 +134,14 @@ impl FlowTable {
                         if is_fatal(&e) {
                             fatal = Some(e);
                         }
+                        // No more lookups this scan: one stall (a timeout) at most per scan.
+                        budget = 0;
                         NatState::Plain
                     }
                 };
+                if f.nat != NatState::Unknown {
+                    self.tally.nat.lookups += 1;
+                }
             }
             if let NatState::Translated(n) = &f.nat
                 && n.translated_view

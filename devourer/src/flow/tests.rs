@@ -435,12 +435,14 @@ impl nat::Conntracker for FakeConntrack {
     fn entry(
         &mut self,
         t: &crate::kernel::conntrack::Tuple,
-    ) -> Result<Option<crate::kernel::conntrack::Entry>, crate::kernel::conntrack::Error> {
-        Ok(self.0.iter().copied().find(|e| {
+        _walks: &mut usize,
+    ) -> Result<nat::Answer, crate::kernel::conntrack::Error> {
+        let found = self.0.iter().copied().find(|e| {
             [e.orig, e.reply]
                 .iter()
                 .any(|x| *x == *t || *x == t.reversed())
-        }))
+        });
+        Ok(found.map_or(nat::Answer::None, nat::Answer::Entry))
     }
 }
 
@@ -454,6 +456,7 @@ fn nat_table() -> FlowTable {
     FlowTable::new(cfg()).with_nat(nat::NatLookup {
         source: Box::new(FakeConntrack(vec![entry])),
         per_scan: 100,
+        walks_per_scan: 8,
     })
 }
 
