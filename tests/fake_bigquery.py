@@ -10,8 +10,9 @@
   BigQuery does without skipInvalidRows), and can be told to fail: per request (a status, a
   connection reset, a delay longer than the client's timeout) or for a while ("down").
 - Control: POST /control {"schedule": [...], "down": bool, "poison": "text",
-  "fail_table": {"table": "p/d/t", "status": 503} (every insert into that table fails)};
-  GET /control/state; GET /control/rows?table=T.
+  "fail_table": {"table": "p/d/t", "status": 503} (every insert into that table fails),
+  "fail_ratio": 0.2 (that share of inserts fails with 503, at random)};
+  GET /control/state; GET /control/rows?table=T[&fields=a,b] (only those fields of each row).
 """
 
 import argparse
@@ -19,6 +20,7 @@ import base64
 import gzip
 import json
 import os
+import random
 import re
 import sys
 import threading
@@ -51,6 +53,7 @@ STATE = {
     "down": False,
     "poison": None,
     "fail_table": None,
+    "fail_ratio": 0.0,
     "tokens": set(),
     "token_requests": 0,
     "creates": 0,
@@ -216,6 +219,8 @@ class Handler(BaseHTTPRequestHandler):
                     STATE["poison"] = ctl["poison"]
                 if "fail_table" in ctl:
                     STATE["fail_table"] = ctl["fail_table"]
+                if "fail_ratio" in ctl:
+                    STATE["fail_ratio"] = float(ctl["fail_ratio"])
                 if ctl.get("drop_tables"):
                     STATE["tables"] = {}
             return self.reply(200, {"ok": True})
@@ -252,10 +257,13 @@ class Handler(BaseHTTPRequestHandler):
             step = STATE["schedule"].pop(0) if STATE["schedule"] else None
             down = STATE["down"]
             failing = STATE["fail_table"]
+            unlucky = random.random() < STATE["fail_ratio"]
         if down:
             return self.error(503, "backendError", "the service is down (fake outage)")
         if failing and failing["table"] == key:
             return self.error(failing["status"], "backendError", "this table fails (fake)")
+        if unlucky:
+            return self.error(503, "backendError", "a random failure (fake fail_ratio)")
         if step:
             mode = step.get("mode")
             if mode == "reset":
@@ -327,9 +335,13 @@ class Handler(BaseHTTPRequestHandler):
                 }
             return self.reply(200, out)
         if url.path == "/control/rows":
-            key = parse_qs(url.query)["table"][0]
+            q = parse_qs(url.query)
+            key = q["table"][0]
             with LOCK:
                 rows = list(STATE["tables"].get(key, {"rows": {}})["rows"].values())
+            if "fields" in q:
+                keep = q["fields"][0].split(",")
+                rows = [{k: r.get(k) for k in keep} for r in rows]
             return self.reply(200, rows)
         m = re.fullmatch(r"/bigquery/v2/projects/([^/]+)/datasets/([^/]+)/tables/([^/]+)", url.path)
         if m:

@@ -13,6 +13,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod bigquery;
 pub mod frames;
 pub mod node;
 

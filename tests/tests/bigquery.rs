@@ -5,73 +5,21 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
 
-use devourer_tests::{frames::*, *};
+use devourer_tests::{bigquery::FakeBigQuery as Fake, frames::*, *};
 use pcap_file::DataLink;
 use serde_json::Value;
 
-struct Fake {
-    bg: Bg,
-    port: u16,
-    key: PathBuf,
+/// `devourer read` against the fake (test-only settings).
+trait ReadWith {
+    fn read(&self, file: &Path, spool: &Path, extra: &[&str]) -> Command;
 }
 
-impl Fake {
-    fn start(dir: &TempDir, seed: &[&str]) -> Self {
-        let key = dir.path("key.json");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fake_bigquery.py");
-        let mut cmd = Command::new("python3");
-        cmd.arg(script).arg("--write-key").arg(&key);
-        for s in seed {
-            cmd.args(["--seed-table", s]);
-        }
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut bg = Bg::spawn(cmd, "fake BigQuery");
-        let out = bg.child.as_mut().unwrap().stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(out)
-            .read_line(&mut line)
-            .expect("fake BigQuery port");
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("fake BigQuery said {line:?}"));
-        Self { bg, port, key }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn control(&self, body: &str) {
-        run(Command::new("curl")
-            .args(["-sf", "-X", "POST", "-d", body])
-            .arg(self.url("/control")));
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let out = run(Command::new("curl").arg("-sf").arg(self.url(path)));
-        serde_json::from_slice(&out.stdout).expect("fake JSON")
-    }
-
-    fn state(&self) -> Value {
-        self.get("/control/state")
-    }
-
-    fn ids(&self, table: &str) -> BTreeSet<String> {
-        self.get(&format!("/control/rows?table=p/d/{table}"))
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["id"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
+impl ReadWith for Fake {
     /// devourer read FILE with this BigQuery, the spool in `spool`, compressed backoff.
     fn read(&self, file: &Path, spool: &Path, extra: &[&str]) -> Command {
         let mut cmd = Command::new(devourer_bin());
@@ -103,12 +51,6 @@ impl Fake {
             .args(extra)
             .env("DEVOURER_LOG", "info");
         cmd
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        let _ = &self.bg;
     }
 }
 

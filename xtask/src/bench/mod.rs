@@ -9,6 +9,7 @@ mod kernel;
 mod net;
 mod pressure;
 mod replay;
+mod soak;
 mod userspace;
 
 use std::{
@@ -49,6 +50,9 @@ const ALL: &[&str] = &[
     "pressure",
 ];
 
+/// Benchmarks run only when named (they take minutes).
+const BY_NAME: &[&str] = &["soak"];
+
 pub fn bench(name: Option<String>) -> Result<()> {
     let root = workspace_root();
     let results_path = root.join("bench/results/latest.json");
@@ -60,8 +64,12 @@ pub fn bench(name: Option<String>) -> Result<()> {
         return write_markdown(&root.join("docs/benchmarks.md"), &results);
     }
     let names: Vec<&str> = match &name {
-        Some(n) if ALL.contains(&n.as_str()) => vec![n.as_str()],
-        Some(n) => bail!("unknown benchmark {n:?}; known: {}", ALL.join(", ")),
+        Some(n) if ALL.contains(&n.as_str()) || BY_NAME.contains(&n.as_str()) => vec![n.as_str()],
+        Some(n) => bail!(
+            "unknown benchmark {n:?}; known: {}, {}",
+            ALL.join(", "),
+            BY_NAME.join(", ")
+        ),
         None => ALL.to_vec(),
     };
     crate::setup::setup()?;
@@ -93,6 +101,7 @@ pub fn bench(name: Option<String>) -> Result<()> {
             "replay" => replay::run()?,
             "dns" => dns::run()?,
             "pressure" => pressure::run()?,
+            "soak" => soak::run()?,
             _ => unreachable!("checked above"),
         };
         print_table(n, &rows);
