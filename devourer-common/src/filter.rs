@@ -88,6 +88,11 @@ impl FilterRule {
             }
         }
         if self.has_port != 0 {
+            // Ports only where the protocol has them (TCP, UDP, UDP-Lite, SCTP, DCCP): an
+            // ICMP packet's zero ports match no port rule.
+            if !matches!(key.proto, 6 | 17 | 33 | 132 | 136) {
+                return false;
+            }
             let (lo, hi) = (self.port_lo, self.port_hi);
             let s = key.src_port >= lo && key.src_port <= hi;
             let d = key.dst_port >= lo && key.dst_port <= hi;

@@ -213,6 +213,11 @@ mod tests {
         let host = parse_rule("keep net 192.168.1.7").unwrap().rule;
         assert!(host.matches(&key("192.168.1.7", 1, "10.0.0.2", 2, 6)));
         assert!(!host.matches(&key("192.168.1.8", 1, "10.0.0.2", 2, 6)));
+        let zero = parse_rule("drop port 0-10").unwrap().rule;
+        assert!(
+            !zero.matches(&key("1.1.1.1", 0, "2.2.2.2", 0, 1)),
+            "ICMP has no ports"
+        );
         let all = parse_rule("drop").unwrap().rule;
         assert!(all.matches(&key("1.1.1.1", 0, "2.2.2.2", 0, 1)));
     }
