@@ -109,8 +109,8 @@ pub struct FlowArgs {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub conntrack_lookups_per_scan: u64,
     /// Filtered walks of the kernel's whole conntrack table per scan at most: an ICMP flow
-    /// needs up to 4, a TCP/UDP flow conntrack does not know by its tuple up to 2 (a copy seen
-    /// between DNAT and SNAT). Flows past it wait for the next scan.
+    /// needs up to 4 (its identifier is not in the flow key; TCP and UDP need none). ICMP
+    /// flows past it wait for the next scan.
     #[arg(long, env = "DEVOURER_CONNTRACK_WALKS_PER_SCAN", default_value_t = 32,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub conntrack_walks_per_scan: u64,

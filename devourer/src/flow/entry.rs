@@ -124,8 +124,11 @@ pub(super) struct Flow {
 pub(super) enum NatState {
     /// Not looked up yet (or no conntrack).
     Unknown,
-    /// Looked up: not a translated connection (or no entry).
+    /// Looked up: not a translated connection.
     Plain,
+    /// Conntrack has no entry under its tuple: plain, unless it is the copy of a translated
+    /// flow in the table (seen between DNAT and SNAT), which each scan checks.
+    Orphan,
     Translated(Nat),
 }
 

@@ -9,8 +9,7 @@ use devourer_common::flow::FlowKey;
 use crate::{
     base::net::{IPPROTO_ICMP, IPPROTO_ICMPV6, key_addr},
     kernel::conntrack::{
-        self, Conntrack, Entry, FILTER_IP_DST, FILTER_IP_SRC, FILTER_PROTO_NUM,
-        FILTER_PROTO_SRC_PORT, Tuple, has_ports,
+        self, Conntrack, Entry, FILTER_IP_DST, FILTER_IP_SRC, FILTER_PROTO_NUM, Tuple, has_ports,
     },
 };
 
@@ -39,28 +38,24 @@ const MATCHES: usize = 8;
 
 impl Conntracker for Conntrack {
     fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, conntrack::Error> {
-        // The filtered walks one flow may need, in order: (tuple, reply side, fields).
-        let mut plan: Vec<(Tuple, bool, u32)> = Vec::new();
         if has_ports(t.proto) {
             // One hash probe finds either tuple of an entry; the flow may be oriented either way.
+            // (A copy seen between DNAT and SNAT matches neither: the table finds its twin.)
             for probe in [*t, t.reversed()] {
                 if let Some(e) = self.get(&probe)? {
                     return Ok(Answer::Entry(e));
                 }
             }
-            // Half translated (seen between DNAT and SNAT, on a bridge with br_netfilter): the
-            // source is still the original one; filter on it.
-            let flags = FILTER_IP_SRC | FILTER_PROTO_NUM | FILTER_PROTO_SRC_PORT;
-            plan.extend([(*t, false, flags), (t.reversed(), false, flags)]);
-        } else if matches!(t.proto, IPPROTO_ICMP | IPPROTO_ICMPV6) {
-            // ICMP identifiers are not in flow keys: filter by addresses, each side.
-            let flags = FILTER_IP_SRC | FILTER_IP_DST | FILTER_PROTO_NUM;
-            for reply_side in [false, true] {
-                plan.extend([(*t, reply_side, flags), (t.reversed(), reply_side, flags)]);
-            }
-        }
-        if plan.is_empty() {
             return Ok(Answer::None);
+        }
+        if !matches!(t.proto, IPPROTO_ICMP | IPPROTO_ICMPV6) {
+            return Ok(Answer::None);
+        }
+        // ICMP identifiers are not in flow keys: filter by addresses, each side.
+        let flags = FILTER_IP_SRC | FILTER_IP_DST | FILTER_PROTO_NUM;
+        let mut plan: Vec<(Tuple, bool, u32)> = Vec::new();
+        for reply_side in [false, true] {
+            plan.extend([(*t, reply_side, flags), (t.reversed(), reply_side, flags)]);
         }
         if *walks < plan.len() {
             return Ok(Answer::Later);
@@ -113,6 +108,9 @@ pub struct Nat {
     /// The flow is the translated copy: the packets it counts are the pre-translation flow's
     /// again (after the NAT hook), so when that flow is seen too this one is not emitted.
     pub translated_view: bool,
+    /// The conntrack entry it was read from (copies conntrack cannot find by their own tuple
+    /// are matched against it).
+    pub entry: Entry,
 }
 
 impl Nat {
@@ -167,6 +165,7 @@ pub fn interpret(key: &FlowKey, e: &Entry) -> Option<Nat> {
         pre: order(pre),
         post: order(post),
         translated_view: !original,
+        entry: *e,
     })
 }
 

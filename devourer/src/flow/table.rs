@@ -8,8 +8,9 @@ use devourer_common::flow::{FlowKey, FlowValue};
 use super::{
     Emitted, FlowSource, Resolver, Status, TableConfig,
     entry::{Flow, NatState, canonical, directional},
-    nat::{Answer, NatLookup, NatStats, interpret, tuple},
+    nat::{Answer, Endpoint, NatLookup, NatStats, interpret, tuple},
 };
+use crate::kernel::conntrack::{Entry, has_ports};
 
 /// Seeded per process: keys come off the network, so no fixed hash an attacker could collide.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -125,6 +126,7 @@ impl FlowTable {
                         }
                         None => NatState::Plain,
                     },
+                    Ok(Answer::None) if has_ports(ck.proto) => NatState::Orphan,
                     Ok(Answer::None) => NatState::Plain,
                     Err(e) => {
                         self.tally.nat.errors += 1;
@@ -150,6 +152,7 @@ impl FlowTable {
                 twins.push((*ck, n.twin(ck)));
             }
         }
+        twins.extend(self.adopt_orphans());
         if let Some(e) = fatal {
             tracing::warn!("NAT'd connections are no longer joined: {e}");
             self.nat = None;
@@ -167,6 +170,50 @@ impl FlowTable {
                 t.add_hooks(&hooks);
             }
         }
+    }
+
+    /// Flows conntrack does not know by their tuple that are a translated flow's copy seen
+    /// between DNAT and SNAT (a bridge with br_netfilter sees the pod's source and the
+    /// service's backend): matched against the translated flows of the table by endpoint,
+    /// without asking the kernel. Returns (copy, twin) pairs.
+    fn adopt_orphans(&mut self) -> Vec<(FlowKey, FlowKey)> {
+        let orphans: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.nat == NatState::Orphan)
+            .map(|(k, _)| *k)
+            .collect();
+        if orphans.is_empty() {
+            return Vec::new();
+        }
+        // Translated original flows by (protocol, either endpoint).
+        let mut by_end: FastMap<(u8, Endpoint), Vec<Entry>> = FastMap::default();
+        for (k, f) in &self.flows {
+            if let NatState::Translated(n) = &f.nat
+                && !n.translated_view
+            {
+                for end in n.pre {
+                    by_end.entry((k.proto, end)).or_default().push(n.entry);
+                }
+            }
+        }
+        let mut twins = Vec::new();
+        for ck in orphans {
+            let ends = [(ck.src_addr, ck.src_port), (ck.dst_addr, ck.dst_port)];
+            let found = ends
+                .iter()
+                .filter_map(|e| by_end.get(&(ck.proto, *e)))
+                .flatten()
+                .find_map(|e| interpret(&ck, e).filter(|n| n.translated_view));
+            if let (Some(n), Some(f)) = (found, self.flows.get_mut(&ck)) {
+                self.tally.nat.translated += 1;
+                f.names = [None, None];
+                f.named = false;
+                f.nat = NatState::Translated(n);
+                twins.push((ck, n.twin(&ck)));
+            }
+        }
+        twins
     }
 
     /// Cuts a record from `flow` into `out`, unless the flow is a NAT duplicate (its packets

@@ -542,3 +542,19 @@ fn a_start_record_comes_once_per_flow_when_first_seen_with_zero_counters() {
     let statuses: Vec<Status> = out.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [Status::Start, Status::EndOfInput]);
 }
+
+#[test]
+fn a_copy_seen_between_dnat_and_snat_joins_its_service_flow_without_a_table_walk() {
+    let mut t = nat_table();
+    let mut m = FakeMap::new();
+    let pre = key(1, 1000, 3, 80, 6);
+    // The bridge (br_netfilter) sees the pod's source and the backend: no conntrack tuple.
+    let half = key(1, 1000, 9, 8000, 6);
+    m.packet(0, pre, S, 60, 0x02, VAL_F_SYN);
+    m.packet(0, rev(pre), S + 10, 60, 0x12, 0);
+    m.packet(0, half, S + 1, 60, 0x02, VAL_F_SYN);
+    let out = scan(&mut t, &mut m, 30 * S);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_is_the_service_connection(&out[0]);
+    assert_eq!(t.nat_stats().merged, 1);
+}

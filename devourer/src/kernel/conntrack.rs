@@ -42,8 +42,6 @@ pub const FILTER_IP_SRC: u32 = 1 << 0;
 pub const FILTER_IP_DST: u32 = 1 << 1;
 /// ... the protocol.
 pub const FILTER_PROTO_NUM: u32 = 1 << 3;
-/// ... the source port.
-pub const FILTER_PROTO_SRC_PORT: u32 = 1 << 4;
 
 /// Protocols whose conntrack tuple carries ports (a lookup by tuple is one hash probe).
 pub fn has_ports(proto: u8) -> bool {
