@@ -14,7 +14,16 @@ import tempfile
 import kubernetes_validate
 import yaml
 
-CORE = {"Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service", "Secret"}
+CORE = {
+    "Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service", "Secret",
+    "ClusterRole", "ClusterRoleBinding",
+}
+# What the agent may do with the API: read pods, Services, EndpointSlices, nodes, ReplicaSets.
+READ = ["get", "list", "watch"]
+ALLOWED = {
+    ("", "pods"), ("", "services"), ("", "nodes"),
+    ("discovery.k8s.io", "endpointslices"), ("apps", "replicasets"),
+}
 
 
 def main():
@@ -29,7 +38,10 @@ def main():
                 if doc:
                     docs.append((name, doc))
     kinds = {d["kind"] for _, d in docs}
-    missing = {"Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service", "ServiceMonitor"} - kinds
+    missing = {
+        "Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service", "ServiceMonitor",
+        "ClusterRole", "ClusterRoleBinding",
+    } - kinds
     assert not missing, f"missing manifests: {missing}"
     version = kubernetes_validate.latest_version()
     for name, doc in docs:
@@ -44,6 +56,27 @@ def main():
             print(f"ok {name}: ServiceMonitor well-formed")
         else:
             raise AssertionError(f"{name}: unexpected kind {doc['kind']}")
+
+    # Least privilege: read-only, on exactly those resources, bound to the agent's account.
+    role = next(d for _, d in docs if d["kind"] == "ClusterRole")
+    granted = set()
+    for rule in role["rules"]:
+        assert sorted(rule["verbs"]) == sorted(READ), rule
+        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                granted.add((g, r))
+    assert granted == ALLOWED, f"ClusterRole grants {granted ^ ALLOWED} beyond or short of {ALLOWED}"
+    sa = next(d for _, d in docs if d["kind"] == "ServiceAccount")
+    assert sa.get("automountServiceAccountToken") is True, "the agent needs its token"
+    binding = next(d for _, d in docs if d["kind"] == "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{
+        "kind": "ServiceAccount",
+        "name": sa["metadata"]["name"],
+        "namespace": sa["metadata"]["namespace"],
+    }], binding["subjects"]
+    print(f"ok rbac: read-only on {sorted(granted)}, bound to {sa['metadata']['name']}")
 
     with open(os.path.join(kdir, "kustomization.yaml")) as f:
         kust = yaml.safe_load(f)

@@ -163,12 +163,14 @@ fn main() {
         LocalAddrs::new(vec!["10.0.0.0/24".parse().expect("net")]),
     );
     let name = |_: u32| "eth0".to_owned();
+    let workload = |_| None;
     let cx = RecordContext {
         agent: "bench",
         clock: Clock::default(),
         interface_name: &name,
         community_seed: 0,
         sampling: 1,
+        workload: &workload,
     };
     let mut buf = Vec::with_capacity(1 << 20);
     let mut records = 0usize;

@@ -12,6 +12,7 @@
 //! | [`record`] | records as sinks write them: fields, wall time, ids |
 //! | [`sink`] | where records go: JSON lines, text logs, BigQuery |
 //! | [`ops`] | metrics, health endpoints, capabilities |
+//! | [`k8s`] | Kubernetes metadata: the cluster's pods, Services and nodes by address |
 //! | [`config`] | the command line, the TOML file, capture-on-request settings |
 //! | [`ondemand`] | packet capture on request (Redis and HTTP triggers) |
 //! | [`assembly`] | builds the pipeline from the configuration; runs and stops it |
@@ -23,6 +24,7 @@ pub mod config;
 pub mod decode;
 pub mod drivers;
 pub mod flow;
+pub mod k8s;
 pub mod kernel;
 pub mod ondemand;
 pub mod ops;

@@ -24,8 +24,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let res = match cli.command {
-        Command::Capture(args) => devourer::drivers::live::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Read(args) => devourer::drivers::replay::run(args),
+        Command::Capture(args) => devourer::drivers::live::run(*args).map(|()| ExitCode::SUCCESS),
+        Command::Read(args) => devourer::drivers::replay::run(*args),
         Command::Config(ConfigCommand::Check {
             file,
             for_command,

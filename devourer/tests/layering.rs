@@ -9,8 +9,8 @@ use std::{
 
 /// Bottom to top.
 const STAGES: &[&str] = &[
-    "base", "kernel", "flow", "decode", "record", "sink", "ops", "config", "ondemand", "assembly",
-    "drivers",
+    "base", "kernel", "flow", "decode", "record", "sink", "ops", "k8s", "config", "ondemand",
+    "assembly", "drivers",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

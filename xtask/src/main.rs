@@ -220,7 +220,7 @@ fn build_static() -> Result<PathBuf> {
                 // libpcap (capture on request) has no static musl build on Debian.
                 "--no-default-features",
                 "--features",
-                "bigquery",
+                "bigquery,k8s",
             ])
             .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
     )?;

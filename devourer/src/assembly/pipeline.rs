@@ -5,6 +5,7 @@
 use std::{
     collections::VecDeque,
     io,
+    net::IpAddr,
     num::NonZeroUsize,
     sync::Arc,
     time::{Duration, Instant},
@@ -21,10 +22,11 @@ use crate::{
     base::time::Clock,
     decode::{
         LogLine,
-        dns::{DnsOutput, DnsTracker},
+        dns::{DnsOutput, DnsTracker, names::NameCache},
         http::{HttpOutput, HttpTracker},
     },
-    flow::{Emitted, FlowSource, FlowTable, NoNames, Resolver, ScanStats, Status},
+    flow::{Emitted, FlowSource, FlowTable, Resolver, ScanStats, Status, Workload},
+    k8s::Cluster,
     kernel::{events::PayloadKind, maps::KernelCounters},
     ops::metrics::Metrics,
     record::{Batch, DnsRecord, FlowRecord, HttpRecord, LogRecord, OverflowRecord, RecordContext},
@@ -79,6 +81,24 @@ pub struct Pipeline {
     http_out: HttpOutput,
     /// Packets and bytes emitted in overflow records, for the summary.
     overflow: OverflowValue,
+    /// Kubernetes metadata (`--k8s-metadata`).
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// Where flows get their names: the DNS name cache and the Kubernetes objects, each if on.
+struct Names<'a> {
+    dns: Option<&'a mut NameCache>,
+    cluster: Option<&'a Cluster>,
+}
+
+impl Resolver for Names<'_> {
+    fn name(&mut self, addr: IpAddr, now: u64) -> Option<Arc<str>> {
+        self.dns.as_mut()?.lookup(&addr, now)
+    }
+
+    fn workload(&mut self, addr: IpAddr) -> Option<Arc<Workload>> {
+        self.cluster?.lookup(addr)
+    }
 }
 
 impl Pipeline {
@@ -106,7 +126,13 @@ impl Pipeline {
             dns_out: DnsOutput::default(),
             http_out: HttpOutput::default(),
             overflow: OverflowValue::default(),
+            cluster: None,
         }
+    }
+
+    /// Names records' addresses with the Kubernetes objects that hold them.
+    pub fn set_cluster(&mut self, cluster: Arc<Cluster>) {
+        self.cluster = Some(cluster);
     }
 
     pub fn set_clock(&mut self, clock: Clock) {
@@ -212,12 +238,14 @@ impl Pipeline {
     /// Builds records with this pipeline's agent, clock and interface names.
     fn build<T>(&self, f: impl FnOnce(&RecordContext<'_>) -> Vec<T>) -> Vec<T> {
         let name = |idx: u32| self.interface_name(idx);
+        let workload = |a: IpAddr| self.cluster.as_ref()?.lookup(a);
         f(&RecordContext {
             agent: &self.agent,
             clock: self.clock,
             interface_name: &name,
             community_seed: self.community_seed,
             sampling: self.sampling,
+            workload: &workload,
         })
     }
 
@@ -303,11 +331,13 @@ impl Pipeline {
             return Ok(false);
         }
         let mut stats = self.scan_stats;
-        let resolver: &mut dyn Resolver = match &mut self.dns {
-            Some(dns) => &mut dns.names,
-            None => &mut NoNames,
+        let mut resolver = Names {
+            dns: self.dns.as_mut().map(|d| &mut d.names),
+            cluster: self.cluster.as_deref(),
         };
-        let out = self.table.scan(src, now, pressure, &mut stats, resolver)?;
+        let out = self
+            .table
+            .scan(src, now, pressure, &mut stats, &mut resolver)?;
         self.scan_stats = stats;
         self.count_traffic();
         let open = self.emit_flows(&out);
@@ -329,11 +359,11 @@ impl Pipeline {
             dns.flush(&mut self.dns_out);
         }
         let open = self.emit(PayloadKind::Dns) & self.emit(PayloadKind::Http);
-        let resolver: &mut dyn Resolver = match &mut self.dns {
-            Some(dns) => &mut dns.names,
-            None => &mut NoNames,
+        let mut resolver = Names {
+            dns: self.dns.as_mut().map(|d| &mut d.names),
+            cluster: self.cluster.as_deref(),
         };
-        let out = self.table.flush(src, status, resolver, now)?;
+        let out = self.table.flush(src, status, &mut resolver, now)?;
         self.count_traffic();
         Ok(self.emit_flows(&out) && open)
     }

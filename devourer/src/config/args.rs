@@ -169,6 +169,36 @@ impl FlowArgs {
     }
 }
 
+/// `--k8s-metadata`: which Kubernetes objects name records' addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum K8sMetadata {
+    Off,
+    /// The pods on this node (`spec.nodeName` = --agent-name), Services and nodes.
+    Node,
+    /// Every pod of the cluster (names remote peers too).
+    Cluster,
+}
+
+/// Kubernetes metadata on records (live only).
+#[derive(Debug, Args, Clone)]
+pub struct K8sArgs {
+    /// Name records' addresses with Kubernetes pods, workloads, Services and nodes. Default:
+    /// `node` in a pod with its ServiceAccount token mounted, else `off`.
+    #[arg(long, env = "DEVOURER_K8S_METADATA", value_enum)]
+    pub k8s_metadata: Option<K8sMetadata>,
+    /// The API server and credentials, for an agent outside the cluster (default: the pod's
+    /// in-cluster configuration).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Memory for Kubernetes metadata, at most (estimate; about 0.8 KiB a pod): past it new
+    /// objects are not kept (`devourer_k8s_objects_refused_total`).
+    #[arg(long, env = "DEVOURER_K8S_MAX_BYTES", default_value = "64M", value_parser = parse_bytes)]
+    pub k8s_max_bytes: u64,
+    /// Longest wait between two attempts of a watch after an error (the API server away).
+    #[arg(long, env = "DEVOURER_K8S_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub k8s_backoff_max: Duration,
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct DnsArgs {
     /// UDP/TCP ports whose payloads are decoded as DNS (comma-separated, at most 8), or `none`.

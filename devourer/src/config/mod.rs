@@ -33,9 +33,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Count live traffic on interfaces and stream flow records.
-    Capture(LiveArgs),
+    Capture(Box<LiveArgs>),
     /// Replay a pcap/pcapng file through the same kernel program and stream its flow records.
-    Read(ReplayArgs),
+    Read(Box<ReplayArgs>),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -118,6 +118,8 @@ pub struct LiveArgs {
     /// Write captures here (default /var/lib/devourer/captures; failed uploads land here too).
     #[arg(long, env = "DEVOURER_CAPTURE_DIR")]
     pub capture_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub k8s: args::K8sArgs,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     /// The configuration file's `[capture]` and `[api]` sections (capture on request).

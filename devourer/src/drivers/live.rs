@@ -101,6 +101,10 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     };
     let health = serve_health(args.metrics_addr, &metrics, limits).await?;
     let requests = requests::start(requests_cfg, p.flow.agent(), &metrics, limits).await?;
+    if let Some(cluster) = super::k8s::start(&args.k8s, &p.flow.agent(), &metrics).await? {
+        agent.pipeline.set_cluster(cluster);
+        health.k8s_metadata.store(true, Ordering::Relaxed);
+    }
     let mut events = Events::new(&agent.kernel, args.all_interfaces, p.flow.scan_interval)?;
     health.capturing.store(true, Ordering::Relaxed);
     health.sinks_ok.store(true, Ordering::Relaxed);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN};
 
 use super::{
-    Emitted, Resolver, Status,
+    Emitted, Resolver, Status, Workload,
     nat::{Nat, endpoint_addr},
 };
 use crate::base::net::key_addr;
@@ -108,6 +108,8 @@ pub(super) struct Flow {
     /// Names of the canonical source and destination addresses, taken when the flow is first
     /// seen (and again at emit while unknown).
     pub(super) names: [Option<Arc<str>>; 2],
+    /// The Kubernetes objects holding them, taken likewise.
+    pub(super) workloads: [Option<Arc<Workload>>; 2],
     pub(super) named: bool,
     /// Every interface and hook that saw the flow, either way (at most [`MAX_HOOKS`]).
     pub(super) hooks: Vec<u32>,
@@ -164,6 +166,7 @@ impl Flow {
             orient: None,
             last_seen: 0,
             names: [None, None],
+            workloads: [None, None],
             named: false,
             hooks: Vec::new(),
             nat: NatState::Unknown,
@@ -240,9 +243,12 @@ impl Flow {
     /// Fills in the names still unknown from `names` at `now`.
     pub(super) fn resolve(&mut self, names: &mut dyn Resolver, now: u64) {
         let addrs = self.record_addrs();
-        for (slot, a) in self.names.iter_mut().zip(addrs) {
+        for ((slot, k8s), a) in self.names.iter_mut().zip(&mut self.workloads).zip(addrs) {
             if slot.is_none() {
                 *slot = names.name(a, now);
+            }
+            if k8s.is_none() {
+                *k8s = names.workload(a);
             }
         }
         self.named = true;
@@ -347,6 +353,8 @@ impl Flow {
             status,
             src_name: self.names[src].clone(),
             dst_name: self.names[dst].clone(),
+            src_k8s: self.workloads[src].clone(),
+            dst_k8s: self.workloads[dst].clone(),
             xlat_src: None,
             xlat_dst: None,
         };

@@ -44,9 +44,28 @@ pub trait FlowSource {
     }
 }
 
-/// Where flows get the names of their addresses (the DNS name cache, or nothing).
+/// Where flows get the names of their addresses (the DNS name cache, the Kubernetes objects
+/// that hold them, or nothing).
 pub trait Resolver {
     fn name(&mut self, addr: IpAddr, now: u64) -> Option<Arc<str>>;
+    /// The Kubernetes object holding `addr` now.
+    fn workload(&mut self, _addr: IpAddr) -> Option<Arc<Workload>> {
+        None
+    }
+}
+
+/// The Kubernetes object an address belongs to (a pod, a Service's ClusterIP or a node), as
+/// records name it: each field `null` where unknown or not applying.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: Option<Arc<str>>,
+    pub pod: Option<Arc<str>>,
+    /// The pod's workload: a ReplicaSet's Deployment, a StatefulSet, DaemonSet, Job...
+    pub owner_kind: Option<Arc<str>>,
+    pub owner: Option<Arc<str>>,
+    pub node: Option<Arc<str>>,
+    /// A Service selecting the pod, or the Service whose ClusterIP the address is.
+    pub service: Option<Arc<str>>,
 }
 
 /// No names at all.
@@ -131,6 +150,9 @@ pub struct Emitted {
     pub status: Status,
     pub src_name: Option<Arc<str>>,
     pub dst_name: Option<Arc<str>>,
+    /// The Kubernetes objects of the source and destination.
+    pub src_k8s: Option<Arc<Workload>>,
+    pub dst_k8s: Option<Arc<Workload>>,
     /// The source's and destination's endpoints after NAT, where they were translated (the
     /// key then holds the endpoints before translation).
     pub xlat_src: Option<nat::Endpoint>,

@@ -121,6 +121,7 @@ impl FlowTable {
                             self.tally.nat.translated += 1;
                             // Names belong to the endpoints records show (before NAT).
                             f.names = [None, None];
+                            f.workloads = [None, None];
                             f.named = false;
                             NatState::Translated(n)
                         }
@@ -208,6 +209,7 @@ impl FlowTable {
             if let (Some(n), Some(f)) = (found, self.flows.get_mut(&ck)) {
                 self.tally.nat.translated += 1;
                 f.names = [None, None];
+                f.workloads = [None, None];
                 f.named = false;
                 f.nat = NatState::Translated(n);
                 twins.push((ck, n.twin(&ck)));

@@ -20,6 +20,8 @@ pub struct Health {
     pub capturing: AtomicBool,
     /// Every sink is still accepting records.
     pub sinks_ok: AtomicBool,
+    /// Kubernetes metadata is on (`/readyz` says when it is stale; counting goes on).
+    pub k8s_metadata: AtomicBool,
 }
 
 /// Serves the endpoints on `listener` until the runtime stops.
@@ -31,6 +33,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let m = metrics.clone();
+    let refused = metrics.limit_counter("endpoint_max_connections");
     let app = Router::new()
         .route(
             "/metrics",
@@ -43,12 +46,19 @@ pub async fn serve(
         .route(
             "/readyz",
             get(move || {
-                let h = health.clone();
+                let (h, m2) = (health.clone(), metrics.clone());
                 async move {
                     let capturing = h.capturing.load(Ordering::Relaxed);
                     let sinks = h.sinks_ok.load(Ordering::Relaxed);
                     if capturing && sinks {
-                        (StatusCode::OK, "ready\n").into_response()
+                        let stale =
+                            h.k8s_metadata.load(Ordering::Relaxed) && m2.k8s.stale.get() != 0;
+                        let body = if stale {
+                            "ready (kubernetes metadata stale: names may be missing or old)\n"
+                        } else {
+                            "ready\n"
+                        };
+                        (StatusCode::OK, body).into_response()
                     } else {
                         let why = format!("not ready: capturing={capturing} sinks={sinks}\n");
                         (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
@@ -57,7 +67,6 @@ pub async fn serve(
             }),
         );
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    let refused = metrics.limit_counter("endpoint_max_connections");
     endpoint::serve(listener, app, limits, Some(refused)).await;
     Ok(())
 }

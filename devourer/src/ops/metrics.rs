@@ -48,6 +48,7 @@ pub struct Metrics {
     dns_names_refused: IntCounter,
     pub dns_pending: IntGauge,
     pub capture: CaptureMetrics,
+    pub k8s: K8sMetrics,
     sink_rows: IntCounterVec,
     spool_bytes: IntGauge,
     bq_last_success: IntGauge,
@@ -163,6 +164,69 @@ impl CaptureMetrics {
     }
 }
 
+/// Kubernetes metadata (`--k8s-metadata`).
+pub struct K8sMetrics {
+    /// Objects held, by kind (pods, services, nodes, replicasets).
+    pub objects: IntGaugeVec,
+    /// Watches restarted after an error, by kind.
+    pub watch_restarts: IntCounterVec,
+    /// New objects not kept at the byte cap, by kind.
+    pub refused: IntCounterVec,
+    pub cache_bytes: IntGauge,
+    pub lookups_missed: IntCounter,
+    /// 1 while some watch is not following its objects.
+    pub stale: IntGauge,
+}
+
+/// The kinds of object watched (metric labels).
+pub const K8S_KINDS: [&str; 4] = ["pods", "services", "nodes", "replicasets"];
+
+impl K8sMetrics {
+    fn new(r: &Reg) -> Self {
+        let objects = r.add(
+            IntGaugeVec::new(
+                Opts::new(
+                    "devourer_k8s_objects",
+                    "Kubernetes objects held for naming records, by kind.",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
+        );
+        let m = Self {
+            objects,
+            watch_restarts: r.counters(
+                "devourer_k8s_watch_restarts_total",
+                "Kubernetes watches restarted after an error (API server unreachable, refusing, or a watch that expired), by kind.",
+                &["kind"],
+            ),
+            refused: r.counters(
+                "devourer_k8s_objects_refused_total",
+                "New Kubernetes objects not kept because the metadata held reached --k8s-max-bytes, by kind.",
+                &["kind"],
+            ),
+            cache_bytes: r.gauge(
+                "devourer_k8s_cache_bytes",
+                "Memory held by Kubernetes metadata (estimate), at most --k8s-max-bytes.",
+            ),
+            lookups_missed: r.counter(
+                "devourer_k8s_lookups_missed_total",
+                "Addresses looked up for records that no known pod holds (a node, a Service, outside the cluster, or not known yet).",
+            ),
+            stale: r.gauge(
+                "devourer_k8s_metadata_stale",
+                "1 while some Kubernetes watch is not following its objects (not listed yet, or the API server lost): names may be missing or old.",
+            ),
+        };
+        for kind in K8S_KINDS {
+            m.objects.with_label_values(&[kind]).set(0);
+            m.watch_restarts.with_label_values(&[kind]).inc_by(0);
+            m.refused.with_label_values(&[kind]).inc_by(0);
+        }
+        m
+    }
+}
+
 /// Registers metrics on one registry (every name is registered once, at start).
 struct Reg(Registry);
 
@@ -252,6 +316,7 @@ impl Metrics {
             ),
             dns_pending: r.gauge("devourer_dns_pending", "DNS queries awaiting a response."),
             capture: CaptureMetrics::new(&r),
+            k8s: K8sMetrics::new(&r),
             sink_rows: r.counters(
                 "devourer_sink_rows_total",
                 "Records by sink and outcome (written, sent, retried, dead_lettered, dropped).",

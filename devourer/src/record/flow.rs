@@ -10,6 +10,7 @@ use super::{
     RecordContext,
     community::{Ports, community_id},
     id::record_id,
+    k8s::K8sFields,
 };
 use crate::{
     base::{
@@ -59,6 +60,9 @@ pub struct FlowRecord {
     pub xlat_src_port: Option<u16>,
     pub xlat_dst_addr: Option<String>,
     pub xlat_dst_port: Option<u16>,
+    /// `src_k8s_*`/`dst_k8s_*`: the Kubernetes objects of both ends.
+    #[serde(flatten)]
+    pub k8s: K8sFields,
 }
 
 /// One interface a flow crossed, and which way.
@@ -137,6 +141,7 @@ impl FlowRecord {
             xlat_dst_port: e
                 .xlat_dst
                 .and_then(|(_, p)| has_ports(k.proto).then_some(p)),
+            k8s: K8sFields::flow(e.src_k8s.clone(), e.dst_k8s.clone()),
         }
     }
 }

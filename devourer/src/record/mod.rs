@@ -7,9 +7,10 @@ pub mod dns;
 pub mod flow;
 pub mod http;
 pub mod id;
+pub mod k8s;
 pub mod overflow;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
@@ -17,6 +18,7 @@ pub use self::{dns::DnsRecord, flow::FlowRecord, http::HttpRecord, overflow::Ove
 use crate::{
     base::time::{Clock, rfc3339},
     decode::LogLine,
+    flow::Workload,
 };
 
 /// What records are built with: the agent's name, the clock that turns program time into wall
@@ -28,6 +30,8 @@ pub struct RecordContext<'a> {
     pub community_seed: u16,
     /// `--sampling`: one packet in this many was counted.
     pub sampling: u32,
+    /// The Kubernetes object holding an address now (DNS and HTTP records' `*_k8s_*`).
+    pub workload: &'a dyn Fn(IpAddr) -> Option<Arc<Workload>>,
 }
 
 /// The fields DNS and HTTP records open with: which exchange, seen where and when.
@@ -45,6 +49,9 @@ pub struct ExchangeHead {
     pub server_port: u16,
     /// Community ID v1 of the connection ([`community`]).
     pub community_id: String,
+    /// `client_k8s_*`/`server_k8s_*`: the Kubernetes objects of both ends.
+    #[serde(flatten)]
+    pub k8s: k8s::K8sFields,
 }
 
 impl ExchangeHead {
@@ -76,6 +83,7 @@ impl ExchangeHead {
             server: server.to_string(),
             server_port,
             community_id,
+            k8s: k8s::K8sFields::exchange((cx.workload)(client), (cx.workload)(server)),
         }
     }
 }

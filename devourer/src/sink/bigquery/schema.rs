@@ -66,6 +66,18 @@ pub fn columns(kind: TableKind) -> &'static [(&'static str, &'static str, bool)]
             ("xlat_src_port", "INTEGER", false),
             ("xlat_dst_addr", "STRING", false),
             ("xlat_dst_port", "INTEGER", false),
+            ("src_k8s_namespace", "STRING", false),
+            ("src_k8s_pod", "STRING", false),
+            ("src_k8s_owner_kind", "STRING", false),
+            ("src_k8s_owner", "STRING", false),
+            ("src_k8s_node", "STRING", false),
+            ("src_k8s_service", "STRING", false),
+            ("dst_k8s_namespace", "STRING", false),
+            ("dst_k8s_pod", "STRING", false),
+            ("dst_k8s_owner_kind", "STRING", false),
+            ("dst_k8s_owner", "STRING", false),
+            ("dst_k8s_node", "STRING", false),
+            ("dst_k8s_service", "STRING", false),
         ],
         TableKind::Dns => &[
             ("id", "STRING", false),
@@ -77,6 +89,18 @@ pub fn columns(kind: TableKind) -> &'static [(&'static str, &'static str, bool)]
             ("server", "STRING", false),
             ("server_port", "INTEGER", false),
             ("community_id", "STRING", false),
+            ("client_k8s_namespace", "STRING", false),
+            ("client_k8s_pod", "STRING", false),
+            ("client_k8s_owner_kind", "STRING", false),
+            ("client_k8s_owner", "STRING", false),
+            ("client_k8s_node", "STRING", false),
+            ("client_k8s_service", "STRING", false),
+            ("server_k8s_namespace", "STRING", false),
+            ("server_k8s_pod", "STRING", false),
+            ("server_k8s_owner_kind", "STRING", false),
+            ("server_k8s_owner", "STRING", false),
+            ("server_k8s_node", "STRING", false),
+            ("server_k8s_service", "STRING", false),
             ("transport", "STRING", false),
             ("msg_id", "INTEGER", false),
             ("q_name", "STRING", false),
@@ -235,7 +259,10 @@ mod tests {
     use serde::Serialize;
 
     use super::*;
-    use crate::record::{DnsRecord, ExchangeHead, FlowRecord};
+    use crate::record::{
+        DnsRecord, ExchangeHead, FlowRecord,
+        k8s::{FLOW_KEYS, K8sFields},
+    };
 
     fn keys<T: Serialize>(r: &T) -> Vec<String> {
         let v = serde_json::to_value(r).unwrap();
@@ -280,6 +307,7 @@ mod tests {
             xlat_src_port: None,
             xlat_dst_addr: None,
             xlat_dst_port: None,
+            k8s: K8sFields::flow(None, None),
         };
         let mut a = keys(&flow);
         let mut b: Vec<String> = columns(TableKind::Flow)
@@ -301,6 +329,7 @@ mod tests {
                 server: String::new(),
                 server_port: 0,
                 community_id: String::new(),
+                k8s: K8sFields::exchange(None, None),
             },
             transport: "udp",
             msg_id: 0,
@@ -365,8 +394,11 @@ mod tests {
                 "xlat_src_addr",
                 "xlat_src_port",
                 "xlat_dst_addr",
-                "xlat_dst_port"
+                "xlat_dst_port",
             ]
+            .into_iter()
+            .chain(FLOW_KEYS.into_iter().flatten())
+            .collect::<Vec<_>>()
         );
         let patched = with_columns(t, TableKind::Flow, &missing);
         let ifaces = patched

@@ -1,0 +1,560 @@
+//! What the agent knows of the cluster: pods, Services, nodes and ReplicaSets reduced to what
+//! records name, indexed by address, within a byte cap. Plain data in, [`Workload`]s out: the
+//! watches ([`super::watch`]) feed it.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use crate::flow::Workload;
+
+/// The kinds of object watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Pod,
+    Service,
+    Node,
+    ReplicaSet,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Pod, Kind::Service, Kind::Node, Kind::ReplicaSet];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pod => "pods",
+            Self::Service => "services",
+            Self::Node => "nodes",
+            Self::ReplicaSet => "replicasets",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// Namespace and name (a node's namespace is empty).
+pub type ObjKey = (String, String);
+
+/// A controller reference: kind and name.
+pub type Owner = (String, String);
+
+/// What is kept of a pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub node: Option<String>,
+    pub ips: Vec<IpAddr>,
+    /// Shares the node's addresses: named by the node alone.
+    pub host_network: bool,
+    /// Not Succeeded or Failed: it holds its addresses.
+    pub running: bool,
+    pub labels: Vec<(String, String)>,
+    pub owner: Option<Owner>,
+}
+
+/// What is kept of a Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Vec<(String, String)>,
+    pub cluster_ips: Vec<IpAddr>,
+}
+
+/// What is kept of a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// What is kept of a ReplicaSet: its controller (a Deployment, usually).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaSetInfo {
+    pub namespace: String,
+    pub name: String,
+    pub owner: Option<Owner>,
+}
+
+/// An interned or shared string.
+type Str = Arc<str>;
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Bytes a heap allocation of `n` bytes takes (malloc's header and rounding).
+fn heap(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        (n + 8).max(32).next_multiple_of(16)
+    }
+}
+
+/// Bytes the index holds for one entry of a map or tree beyond its key and value.
+const ENTRY: usize = 64;
+/// An `Arc<str>`: its pointer and, when it is not shared, its allocation.
+const ARC_STR: usize = 16;
+
+/// Strings many objects repeat (namespaces, nodes, owners, labels), kept once. Strings no
+/// object uses any more are dropped when the set has doubled since the last sweep.
+#[derive(Default)]
+struct Interner {
+    set: std::collections::HashSet<Str, foldhash::fast::RandomState>,
+    swept_at: usize,
+    /// Bytes of the strings held.
+    bytes: usize,
+}
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Str {
+        if let Some(x) = self.set.get(s) {
+            return x.clone();
+        }
+        let x: Str = s.into();
+        self.bytes += heap(s.len() + 16) + ENTRY;
+        self.set.insert(x.clone());
+        if self.set.len() > 2 * self.swept_at + 1024 {
+            self.sweep();
+        }
+        x
+    }
+
+    fn sweep(&mut self) {
+        self.set.retain(|x| Arc::strong_count(x) > 1);
+        self.bytes = self.set.iter().map(|x| heap(x.len() + 16) + ENTRY).sum();
+        self.swept_at = self.set.len();
+    }
+}
+
+struct Pod {
+    node: Option<Str>,
+    ips: Box<[IpAddr]>,
+    indexed: bool,
+    labels: Box<[(Str, Str)]>,
+    owner: Option<(Str, Str)>,
+    workload: Arc<Workload>,
+    bytes: usize,
+}
+
+struct Service {
+    selector: Box<[(Str, Str)]>,
+    cluster_ips: Box<[IpAddr]>,
+    workload: Arc<Workload>,
+    bytes: usize,
+}
+
+struct Node {
+    addrs: Box<[IpAddr]>,
+    workload: Arc<Workload>,
+    bytes: usize,
+}
+
+/// An object's key as stored.
+type Key = (Str, Str);
+
+/// The cluster as records name it.
+pub struct Index {
+    strings: Interner,
+    pods: BTreeMap<Key, Pod>,
+    /// A running pod's address, its key and names (one lookup per record end).
+    pod_ips: FastMap<IpAddr, (Key, Arc<Workload>)>,
+    services: BTreeMap<Key, Service>,
+    service_ips: FastMap<IpAddr, Key>,
+    nodes: BTreeMap<Str, Node>,
+    node_ips: FastMap<IpAddr, Str>,
+    replicasets: HashMap<Key, Option<(Str, Str)>>,
+    /// Estimated bytes held by the objects, by kind (the strings they share apart).
+    bytes: [usize; 4],
+    cap: usize,
+    /// New objects refused at the cap, by kind.
+    refused: [u64; 4],
+    /// A relist in progress, by kind: the objects it listed so far.
+    relisting: [Option<HashSet<ObjKey>>; 4],
+}
+
+/// Counts for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    pub objects: [usize; 4],
+    pub bytes: usize,
+    pub refused: [u64; 4],
+}
+
+/// The fixed part of a stored object of each kind, its map entries included.
+const POD_FIXED: usize = ENTRY * 2 + 32 + 2 * ARC_STR + std::mem::size_of::<Pod>();
+const SERVICE_FIXED: usize = ENTRY + 32 + 2 * ARC_STR + std::mem::size_of::<Service>();
+const NODE_FIXED: usize = ENTRY + ARC_STR + std::mem::size_of::<Node>();
+const RS_FIXED: usize = ENTRY + 4 * ARC_STR + 8;
+/// A workload's allocation.
+const WORKLOAD: usize = 16 + std::mem::size_of::<Workload>();
+/// An address in an object and in the address map.
+const ADDR: usize = std::mem::size_of::<IpAddr>() + ENTRY + 2 * ARC_STR + 8;
+
+impl Index {
+    /// An empty index holding at most about `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            strings: Interner::default(),
+            pods: BTreeMap::new(),
+            pod_ips: FastMap::default(),
+            services: BTreeMap::new(),
+            service_ips: FastMap::default(),
+            nodes: BTreeMap::new(),
+            node_ips: FastMap::default(),
+            replicasets: HashMap::new(),
+            bytes: [0; 4],
+            cap,
+            refused: [0; 4],
+            relisting: [None, None, None, None],
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.bytes.iter().sum::<usize>() + self.strings.bytes
+    }
+
+    pub fn stats(&self) -> IndexStats {
+        IndexStats {
+            objects: [
+                self.pods.len(),
+                self.services.len(),
+                self.nodes.len(),
+                self.replicasets.len(),
+            ],
+            bytes: self.total(),
+            refused: self.refused,
+        }
+    }
+
+    /// The object holding `addr`: a running pod's address, a Service's ClusterIP, a node's.
+    pub fn lookup(&self, addr: IpAddr) -> Option<Arc<Workload>> {
+        if let Some((_, w)) = self.pod_ips.get(&addr) {
+            return Some(w.clone());
+        }
+        if let Some(k) = self.service_ips.get(&addr) {
+            return self.services.get(k).map(|s| s.workload.clone());
+        }
+        let node = self.node_ips.get(&addr)?;
+        self.nodes.get(node).map(|n| n.workload.clone())
+    }
+
+    /// Whether a new object of `kind` fits under the cap; counts the refusal when it does
+    /// not. Known objects always change (an update frees about what it takes).
+    fn admit(&mut self, kind: Kind, known: bool) -> bool {
+        if !known && self.total() >= self.cap {
+            self.refused[kind.slot()] += 1;
+            return false;
+        }
+        true
+    }
+
+    fn account(&mut self, kind: Kind, old: usize, new: usize) {
+        let b = &mut self.bytes[kind.slot()];
+        *b = b.saturating_sub(old) + new;
+    }
+
+    fn key(&mut self, namespace: &str, name: &str) -> Key {
+        (self.strings.get(namespace), name.into())
+    }
+
+    /// A relist of `kind` begins: objects it does not list are removed when it ends.
+    pub fn begin_relist(&mut self, kind: Kind) {
+        self.relisting[kind.slot()] = Some(HashSet::new());
+    }
+
+    /// The relist of `kind` ended: what it did not list is gone.
+    pub fn end_relist(&mut self, kind: Kind) {
+        let Some(seen) = self.relisting[kind.slot()].take() else {
+            return;
+        };
+        let unseen = |(ns, n): &Key| !seen.contains(&(ns.to_string(), n.to_string()));
+        let gone: Vec<Key> = match kind {
+            Kind::Pod => self.pods.keys().filter(|k| unseen(k)).cloned().collect(),
+            Kind::Service => self
+                .services
+                .keys()
+                .filter(|k| unseen(k))
+                .cloned()
+                .collect(),
+            Kind::Node => (self.nodes.keys())
+                .map(|n| (Str::from(""), n.clone()))
+                .filter(|k| unseen(k))
+                .collect(),
+            Kind::ReplicaSet => (self.replicasets.keys())
+                .filter(|k| unseen(k))
+                .cloned()
+                .collect(),
+        };
+        for (ns, name) in gone {
+            self.remove(kind, &ns, &name);
+        }
+        self.strings.sweep();
+    }
+
+    fn listed(&mut self, kind: Kind, namespace: &str, name: &str) {
+        if let Some(seen) = &mut self.relisting[kind.slot()] {
+            seen.insert((namespace.to_owned(), name.to_owned()));
+        }
+    }
+
+    /// An object of `kind` deleted.
+    pub fn remove(&mut self, kind: Kind, namespace: &str, name: &str) {
+        let key: Key = (namespace.into(), name.into());
+        match kind {
+            Kind::Pod => {
+                if let Some(p) = self.pods.remove(&key) {
+                    unindex_pod(&mut self.pod_ips, &key, &p.ips);
+                    self.account(kind, p.bytes, 0);
+                }
+            }
+            Kind::Service => {
+                if let Some(s) = self.services.remove(&key) {
+                    unindex(&mut self.service_ips, &key, &s.cluster_ips);
+                    self.account(kind, s.bytes, 0);
+                    self.rename_pods(namespace, |_| true);
+                }
+            }
+            Kind::Node => {
+                if let Some(n) = self.nodes.remove(name) {
+                    unindex(&mut self.node_ips, &key.1, &n.addrs);
+                    self.account(kind, n.bytes, 0);
+                }
+            }
+            Kind::ReplicaSet => {
+                if self.replicasets.remove(&key).is_some() {
+                    self.account(kind, RS_FIXED, 0);
+                    self.rename_pods(namespace, |p| owned_by(p, "ReplicaSet", name));
+                }
+            }
+        }
+    }
+
+    fn pairs(&mut self, p: Vec<(String, String)>) -> Box<[(Str, Str)]> {
+        p.into_iter()
+            .map(|(k, v)| (self.strings.get(&k), self.strings.get(&v)))
+            .collect()
+    }
+
+    /// A pod added or changed. A running pod takes its addresses (from whichever pod held
+    /// them before: an address is reused only after its last holder ended); one that ended
+    /// lets them go.
+    pub fn apply_pod(&mut self, info: PodInfo) {
+        self.listed(Kind::Pod, &info.namespace, &info.name);
+        let key = self.key(&info.namespace, &info.name);
+        let old = self.pods.get(&key).map(|p| p.bytes);
+        if !self.admit(Kind::Pod, old.is_some()) {
+            return;
+        }
+        if let Some(prev) = self.pods.remove(&key) {
+            unindex_pod(&mut self.pod_ips, &key, &prev.ips);
+        }
+        let indexed = info.running && !info.host_network;
+        let bytes = POD_FIXED
+            + heap(info.name.len() + 16)
+            + heap(info.ips.len() * std::mem::size_of::<IpAddr>())
+            + info.ips.len() * if indexed { ADDR } else { 0 }
+            + heap(info.labels.len() * 2 * ARC_STR)
+            + WORKLOAD;
+        let pod = Pod {
+            node: info.node.as_deref().map(|n| self.strings.get(n)),
+            ips: info.ips.into(),
+            indexed,
+            labels: self.pairs(info.labels),
+            owner: (info.owner).map(|(k, n)| (self.strings.get(&k), self.strings.get(&n))),
+            workload: Arc::default(),
+            bytes,
+        };
+        let workload = Arc::new(self.pod_workload(&key, &pod));
+        if indexed {
+            for ip in &pod.ips {
+                self.pod_ips.insert(*ip, (key.clone(), workload.clone()));
+            }
+        }
+        self.account(Kind::Pod, old.unwrap_or(0), bytes);
+        self.pods.insert(key, Pod { workload, ..pod });
+    }
+
+    pub fn apply_service(&mut self, info: ServiceInfo) {
+        self.listed(Kind::Service, &info.namespace, &info.name);
+        let key = self.key(&info.namespace, &info.name);
+        let old = self.services.remove(&key);
+        if !self.admit(Kind::Service, old.is_some()) {
+            return;
+        }
+        if let Some(prev) = &old {
+            unindex(&mut self.service_ips, &key, &prev.cluster_ips);
+        }
+        for ip in &info.cluster_ips {
+            self.service_ips.insert(*ip, key.clone());
+        }
+        let selector = self.pairs(info.selector);
+        let bytes = SERVICE_FIXED
+            + heap(info.name.len() + 16)
+            + heap(selector.len() * 2 * ARC_STR)
+            + info.cluster_ips.len() * ADDR
+            + WORKLOAD;
+        let workload = Arc::new(Workload {
+            namespace: Some(key.0.clone()),
+            service: Some(key.1.clone()),
+            ..Workload::default()
+        });
+        let selector_changed = old.as_ref().is_none_or(|o| o.selector != selector);
+        self.account(Kind::Service, old.map_or(0, |o| o.bytes), bytes);
+        let ns = key.0.clone();
+        self.services.insert(
+            key,
+            Service {
+                selector,
+                cluster_ips: info.cluster_ips.into(),
+                workload,
+                bytes,
+            },
+        );
+        if selector_changed {
+            self.rename_pods(&ns, |_| true);
+        }
+    }
+
+    pub fn apply_node(&mut self, info: NodeInfo) {
+        self.listed(Kind::Node, "", &info.name);
+        let name = self.strings.get(&info.name);
+        let old = self.nodes.remove(&name);
+        if !self.admit(Kind::Node, old.is_some()) {
+            return;
+        }
+        if let Some(prev) = &old {
+            unindex(&mut self.node_ips, &name, &prev.addrs);
+        }
+        for a in &info.addrs {
+            self.node_ips.insert(*a, name.clone());
+        }
+        let bytes = NODE_FIXED + info.addrs.len() * ADDR + WORKLOAD;
+        self.account(Kind::Node, old.map_or(0, |o| o.bytes), bytes);
+        let workload = Arc::new(Workload {
+            node: Some(name.clone()),
+            ..Workload::default()
+        });
+        self.nodes.insert(
+            name,
+            Node {
+                addrs: info.addrs.into(),
+                workload,
+                bytes,
+            },
+        );
+    }
+
+    pub fn apply_replicaset(&mut self, info: ReplicaSetInfo) {
+        self.listed(Kind::ReplicaSet, &info.namespace, &info.name);
+        let key = self.key(&info.namespace, &info.name);
+        let old = self.replicasets.get(&key).cloned();
+        if !self.admit(Kind::ReplicaSet, old.is_some()) {
+            return;
+        }
+        let owner = (info.owner).map(|(k, n)| (self.strings.get(&k), self.strings.get(&n)));
+        let changed = old.as_ref().is_none_or(|o| *o != owner);
+        self.account(Kind::ReplicaSet, old.map_or(0, |_| RS_FIXED), RS_FIXED);
+        let (ns, name) = key.clone();
+        self.replicasets.insert(key, owner);
+        if changed {
+            self.rename_pods(&ns, |p| owned_by(p, "ReplicaSet", &name));
+        }
+    }
+
+    /// Rebuilds the workloads of the pods of `namespace` that `which` picks (a Service or a
+    /// ReplicaSet changed).
+    fn rename_pods(&mut self, namespace: &str, which: impl Fn(&Pod) -> bool) {
+        let ns: Str = namespace.into();
+        let keys: Vec<Key> = self
+            .pods
+            .range((ns.clone(), Str::from(""))..)
+            .take_while(|((n, _), _)| *n == ns)
+            .filter(|(_, p)| which(p))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            let w = Arc::new(self.pod_workload(&k, &self.pods[&k]));
+            let Some(p) = self.pods.get_mut(&k) else {
+                continue;
+            };
+            p.workload = w.clone();
+            if p.indexed {
+                for ip in &p.ips {
+                    if let Some(e) = self.pod_ips.get_mut(ip)
+                        && e.0 == k
+                    {
+                        e.1 = w.clone();
+                    }
+                }
+            }
+        }
+    }
+
+    fn pod_workload(&self, (ns, name): &Key, p: &Pod) -> Workload {
+        let (owner_kind, owner) = match &p.owner {
+            Some((kind, rs)) if &**kind == "ReplicaSet" => {
+                match self
+                    .replicasets
+                    .get(&(ns.clone(), rs.clone()))
+                    .cloned()
+                    .flatten()
+                {
+                    Some((k, n)) => (Some(k), Some(n)),
+                    None => (Some(kind.clone()), Some(rs.clone())),
+                }
+            }
+            Some((kind, n)) => (Some(kind.clone()), Some(n.clone())),
+            None => (None, None),
+        };
+        let service = self
+            .services
+            .range((ns.clone(), Str::from(""))..)
+            .take_while(|((n, _), _)| n == ns)
+            .find(|(_, s)| selects(&s.selector, &p.labels))
+            .map(|((_, name), _)| name.clone());
+        Workload {
+            namespace: Some(ns.clone()),
+            pod: Some(name.clone()),
+            owner_kind,
+            owner,
+            node: p.node.clone(),
+            service,
+        }
+    }
+}
+
+fn unindex_pod(index: &mut FastMap<IpAddr, (Key, Arc<Workload>)>, key: &Key, ips: &[IpAddr]) {
+    for a in ips {
+        if index.get(a).is_some_and(|(k, _)| k == key) {
+            index.remove(a);
+        }
+    }
+}
+
+fn owned_by(p: &Pod, kind: &str, name: &str) -> bool {
+    p.owner
+        .as_ref()
+        .is_some_and(|(k, n)| &**k == kind && &**n == name)
+}
+
+/// A Service's selector picks pods carrying all its labels; an empty one picks none.
+fn selects(selector: &[(Str, Str)], labels: &[(Str, Str)]) -> bool {
+    !selector.is_empty() && selector.iter().all(|s| labels.contains(s))
+}
+
+/// Drops `addrs` from `index` where they still point at `key`.
+fn unindex<K: PartialEq>(index: &mut FastMap<IpAddr, K>, key: &K, addrs: &[IpAddr]) {
+    for a in addrs {
+        if index.get(a) == Some(key) {
+            index.remove(a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
