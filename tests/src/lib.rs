@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod bigquery;
 pub mod frames;
+pub mod k8s;
 pub mod node;
 
 /// True when running as root; otherwise prints why the calling test skips.

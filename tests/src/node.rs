@@ -93,10 +93,15 @@ impl Node {
     /// to `OUTSIDE_IP:target` (nftables prerouting, as kube-proxy does; a routed backend, so
     /// the replies come back through the node and are un-DNAT'd there).
     pub fn service(&self, port: u16, target: u16) {
+        self.service_at(SERVICE_IP, port, target);
+    }
+
+    /// [`Node::service`] on another address.
+    pub fn service_at(&self, addr: &str, port: u16, target: u16) {
         self.node.sh(&format!(
             "nft add table ip dvsvc
              nft 'add chain ip dvsvc pre {{ type nat hook prerouting priority -100; }}'
-             nft add rule ip dvsvc pre ip daddr {SERVICE_IP} tcp dport {port} dnat to {OUTSIDE_IP}:{target}"
+             nft add rule ip dvsvc pre ip daddr {addr} tcp dport {port} dnat to {OUTSIDE_IP}:{target}"
         ));
     }
 }

@@ -41,7 +41,12 @@ const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("libpcap-dev", "capture on request (linked)"),
     ("redis-server", "capture requests over Redis"),
     ("redis-tools", "redis-cli PUBLISH"),
-    ("openssl", "a private CA for rediss://"),
+    (
+        "openssl",
+        "a private CA for rediss://, the test API server's keys",
+    ),
+    ("etcd-server", "the store of the test Kubernetes API server"),
+    ("xz-utils", "unpacking the test Kubernetes API server"),
 ];
 
 /// Python modules the tests import, and the PyPI packages that provide them.
