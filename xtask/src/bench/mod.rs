@@ -5,6 +5,7 @@
 
 mod datapath;
 mod dns;
+mod k8s;
 mod kernel;
 mod net;
 mod pressure;
@@ -48,6 +49,7 @@ const ALL: &[&str] = &[
     "replay",
     "dns",
     "pressure",
+    "k8s",
 ];
 
 /// Benchmarks run only when named (they take minutes).
@@ -102,6 +104,7 @@ pub fn bench(name: Option<String>) -> Result<()> {
             "dns" => dns::run()?,
             "pressure" => pressure::run()?,
             "soak" => soak::run()?,
+            "k8s" => k8s::run()?,
             _ => unreachable!("checked above"),
         };
         print_table(n, &rows);
