@@ -63,6 +63,15 @@ struct Od {
 }
 
 impl Od {
+    /// moto (S3 and SQS) on B's loopback, port 5000, with the test credentials' account.
+    fn moto(&self) -> Bg {
+        let mut moto = self.link.b.cmd("moto_server");
+        moto.args(["-H", "127.0.0.1", "-p", "5000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Bg::spawn(moto, "moto_server")
+    }
+
     /// redis-server on B's loopback, then the agent on B's veth end with capture on request:
     /// `[capture]` limits from `limits` (TOML lines), Redis, the API with a token, an alias.
     fn new(limits: &str, env: &[(&str, &str)]) -> Self {
@@ -404,11 +413,7 @@ fn s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local() {
             ("AWS_SECRET_ACCESS_KEY", "testing"),
         ],
     );
-    let mut moto = od.link.b.cmd("moto_server");
-    moto.args(["-H", "127.0.0.1", "-p", "5000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _moto = Bg::spawn(moto, "moto_server");
+    let _moto = od.moto();
     let up = wait_for(Duration::from_secs(30), || {
         od.link
             .b
@@ -950,11 +955,7 @@ fn sqs_requests_from_this_nodes_queue_are_captured_and_deleted() {
             ("AWS_SECRET_ACCESS_KEY", "testing"),
         ],
     );
-    let mut moto = od.link.b.cmd("moto_server");
-    moto.args(["-H", "127.0.0.1", "-p", "5000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _moto = Bg::spawn(moto, "moto_server");
+    let _moto = od.moto();
     let queue = format!("capture-{NODE}");
     let created = wait_for(Duration::from_secs(30), || {
         sqs(&od, &[("Action", "CreateQueue"), ("QueueName", &queue)]).contains(&queue)
