@@ -133,7 +133,23 @@ pub enum Batch<'a> {
     HttpLog(&'a [LogRecord]),
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
+    /// The batch in pieces of at most `n` records, in order.
+    pub fn chunks(self, n: usize) -> impl Iterator<Item = Batch<'a>> {
+        let (n, len) = (n.max(1), self.len());
+        (0..len).step_by(n).map(move |i| {
+            let r = i..(i + n).min(len);
+            match self {
+                Self::Flow(x) => Self::Flow(&x[r]),
+                Self::Overflow(x) => Self::Overflow(&x[r]),
+                Self::Dns(x) => Self::Dns(&x[r]),
+                Self::Http(x) => Self::Http(&x[r]),
+                Self::DnsLog(x) => Self::DnsLog(&x[r]),
+                Self::HttpLog(x) => Self::HttpLog(&x[r]),
+            }
+        })
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Self::Flow(_) => Kind::Flow,

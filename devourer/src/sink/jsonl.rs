@@ -37,6 +37,9 @@ impl Target {
     }
 }
 
+/// Records serialised and queued as one piece at most (about a MiB of JSON).
+const CHUNK: usize = 1024;
+
 /// How much may wait for the output.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueLimits {
@@ -153,12 +156,25 @@ impl JsonLinesSink {
     }
 
     /// Queues records. Returns `false` once the output is closed for good.
+    /// Queues `batch` in pieces of at most [`CHUNK`] records, so that a large batch (the
+    /// queries a flush ends, tens of thousands) never sits in memory as one buffer beside the
+    /// queue.
     fn send(&self, batch: Batch<'_>) -> bool {
         let stats = &self.shared.stats;
         if batch.is_empty() {
             return !stats.closed.load(Ordering::Relaxed);
         }
-        let mut bytes = Vec::with_capacity(batch.len() * 400);
+        // Every piece is sent (or counted dropped), even after the output closed.
+        let mut open = true;
+        for c in batch.chunks(CHUNK) {
+            open &= self.send_chunk(c);
+        }
+        open
+    }
+
+    fn send_chunk(&self, batch: Batch<'_>) -> bool {
+        let stats = &self.shared.stats;
+        let mut bytes = Vec::with_capacity(batch.len() * 1024);
         let n = batch.write_json(&mut bytes) as u64;
         if !self.room(n, bytes.len() as u64) {
             self.drop_counted(n);
@@ -303,6 +319,38 @@ fn writer(
 mod tests {
     use super::*;
     use crate::record::LogRecord;
+
+    #[test]
+    fn a_batch_is_split_in_order_into_pieces_of_at_most_the_chunk() {
+        let recs: Vec<crate::record::OverflowRecord> = (0..2 * CHUNK + 5)
+            .map(|i| crate::record::OverflowRecord {
+                kind: "overflow",
+                id: format!("{i}"),
+                agent: "a".into(),
+                interface: "eth0".into(),
+                protocol: "udp".into(),
+                time: String::new(),
+                packets: 1,
+                bytes: 1,
+            })
+            .collect();
+        let pieces: Vec<Batch<'_>> = Batch::Overflow(&recs).chunks(CHUNK).collect();
+        assert_eq!(
+            pieces.iter().map(Batch::len).collect::<Vec<_>>(),
+            [CHUNK, CHUNK, 5]
+        );
+        let ids: Vec<String> = pieces
+            .iter()
+            .flat_map(|b| b.json_values())
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            ids,
+            (0..2 * CHUNK + 5)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn a_stuck_output_drops_past_the_record_bound_and_counts_what_is_left_at_shutdown() {
