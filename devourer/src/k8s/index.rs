@@ -43,7 +43,7 @@ pub type ObjKey = (String, String);
 /// A controller reference: kind and name.
 pub type Owner = (String, String);
 
-/// What is kept of a pod.
+/// What a watch reports of a pod. (stored interned, see [`Index`])
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodInfo {
     pub namespace: String,
@@ -58,7 +58,7 @@ pub struct PodInfo {
     pub owner: Option<Owner>,
 }
 
-/// What is kept of a Service.
+/// What a watch reports of a Service. (stored interned, see [`Index`])
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub namespace: String,
@@ -67,14 +67,14 @@ pub struct ServiceInfo {
     pub cluster_ips: Vec<IpAddr>,
 }
 
-/// What is kept of a node.
+/// What a watch reports of a node. (stored interned, see [`Index`])
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
     pub name: String,
     pub addrs: Vec<IpAddr>,
 }
 
-/// What is kept of a ReplicaSet: its controller (a Deployment, usually).
+/// What a watch reports of a ReplicaSet: its controller (a Deployment, usually).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaSetInfo {
     pub namespace: String,
@@ -334,6 +334,10 @@ impl Index {
         }
     }
 
+    fn owner(&mut self, o: Option<Owner>) -> Option<(Str, Str)> {
+        o.map(|(k, n)| (self.strings.get(&k), self.strings.get(&n)))
+    }
+
     fn pairs(&mut self, p: Vec<(String, String)>) -> Box<[(Str, Str)]> {
         p.into_iter()
             .map(|(k, v)| (self.strings.get(&k), self.strings.get(&v)))
@@ -365,7 +369,7 @@ impl Index {
             ips: info.ips.into(),
             indexed,
             labels: self.pairs(info.labels),
-            owner: (info.owner).map(|(k, n)| (self.strings.get(&k), self.strings.get(&n))),
+            owner: self.owner(info.owner),
             workload: Arc::default(),
             bytes,
         };
@@ -456,7 +460,7 @@ impl Index {
         if !self.admit(Kind::ReplicaSet, old.is_some()) {
             return;
         }
-        let owner = (info.owner).map(|(k, n)| (self.strings.get(&k), self.strings.get(&n)));
+        let owner = self.owner(info.owner);
         let changed = old.as_ref().is_none_or(|o| *o != owner);
         self.account(Kind::ReplicaSet, old.map_or(0, |_| RS_FIXED), RS_FIXED);
         let (ns, name) = key.clone();
