@@ -58,9 +58,11 @@ pub fn dns_id(tx: &DnsTx, agent: &str) -> String {
 }
 
 pub(super) fn hex16(digest: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(32);
     for b in &digest[..16] {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
     out
 }
@@ -96,5 +98,21 @@ mod tests {
         assert_ne!(a, record_id(&k, 1, "node-a", 1));
         assert_ne!(a, record_id(&k, 1, "node-b", 0));
         assert_ne!(a, record_id(&k, 2, "node-a", 0));
+    }
+
+    #[test]
+    fn ids_are_the_first_16_digest_bytes_in_lowercase_hex() {
+        let digest: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+        let want: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex16(&digest), want);
+        // Pinned: ids are BigQuery insertIds, stable across versions.
+        let k = FlowKey {
+            proto: 6,
+            ..Default::default()
+        };
+        assert_eq!(
+            record_id(&k, 1, "node-a", 0),
+            "7288becc4bb614ffcaab0b727e7a7eed"
+        );
     }
 }
