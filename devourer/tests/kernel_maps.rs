@@ -120,11 +120,17 @@ fn counts_from_every_cpu_meet_in_one_value_and_a_reused_key_starts_from_zero() {
         bpf_sys::test_run(prog, &f, &bpf_sys::skb_ctx(3_000, 7, 0)).unwrap();
     }
     let mut drained = Vec::new();
-    loaded.flows.take_all(&mut drained).unwrap();
+    loaded
+        .flows
+        .take_all(&mut |k, v| drained.push((k, v)))
+        .unwrap();
     assert_eq!(drained.len(), 301);
     assert_eq!(drained.iter().map(|(_, v)| v.packets).sum::<u64>(), 301);
     let mut rest = Vec::new();
-    loaded.flows.read_all(&mut rest).unwrap();
+    loaded
+        .flows
+        .read_all(&mut |k, v| rest.push((k, v)))
+        .unwrap();
     assert!(rest.is_empty());
 }
 

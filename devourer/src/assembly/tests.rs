@@ -34,8 +34,10 @@ struct FakeKernel {
 }
 
 impl FlowSource for FakeKernel {
-    fn read_all(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> io::Result<()> {
-        out.extend(self.flows.iter().map(|(k, v)| (*k, *v)));
+    fn read_all(&mut self, f: &mut dyn FnMut(FlowKey, FlowValue)) -> io::Result<()> {
+        for (k, v) in &self.flows {
+            f(*k, *v);
+        }
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN};
+use smallvec::SmallVec;
 
 use super::{
     Emitted, Resolver, Status, Workload,
@@ -35,33 +36,91 @@ pub const MAX_HOOKS: usize = 16;
 
 /// Adds `b` into `a` (same direction of the same flow).
 fn merge_value(a: &mut FlowValue, b: &FlowValue) {
-    if b.packets == 0 && b.first_ns == 0 {
-        return;
-    }
     if a.counted_on == 0 {
         a.counted_on = b.counted_on;
     }
-    let b_is_earlier = a.first_ns == 0 || (b.first_ns != 0 && b.first_ns < a.first_ns);
-    if b.flags & VAL_F_ICMP != 0 && (a.flags & VAL_F_ICMP == 0 || b_is_earlier) {
-        a.icmp_type = b.icmp_type;
-        a.icmp_code = b.icmp_code;
+    let mut sum = Counts::of(a);
+    sum.add(b, b.packets, b.bytes);
+    *a = FlowValue {
+        seen_on: a.seen_on,
+        ..sum.value(a.counted_on)
+    };
+}
+
+/// What one direction counted for the current record: a kernel value without its hook fields
+/// (the flow keeps those once, in its hook list).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Counts {
+    first_ns: u64,
+    last_ns: u64,
+    bytes: u64,
+    packets: u64,
+    tcp_flags: u16,
+    icmp_type: u8,
+    icmp_code: u8,
+    flags: u8,
+}
+
+impl Counts {
+    fn of(v: &FlowValue) -> Self {
+        Self {
+            first_ns: v.first_ns,
+            last_ns: v.last_ns,
+            bytes: v.bytes,
+            packets: v.packets,
+            tcp_flags: v.tcp_flags,
+            icmp_type: v.icmp_type,
+            icmp_code: v.icmp_code,
+            flags: v.flags,
+        }
     }
-    if b_is_earlier {
-        a.first_ns = b.first_ns;
+
+    /// Adds `packets` and `bytes` of `v` (what its entry gained since the last read) and the
+    /// rest of `v` (first and last packet, flags, first ICMP type), as [`merge_value`] does.
+    fn add(&mut self, v: &FlowValue, packets: u64, bytes: u64) {
+        if v.packets == 0 && v.first_ns == 0 {
+            return;
+        }
+        let v_is_earlier = self.first_ns == 0 || (v.first_ns != 0 && v.first_ns < self.first_ns);
+        if v.flags & VAL_F_ICMP != 0 && (self.flags & VAL_F_ICMP == 0 || v_is_earlier) {
+            self.icmp_type = v.icmp_type;
+            self.icmp_code = v.icmp_code;
+        }
+        if v_is_earlier {
+            self.first_ns = v.first_ns;
+        }
+        self.last_ns = self.last_ns.max(v.last_ns);
+        self.bytes += bytes;
+        self.packets += packets;
+        self.tcp_flags |= v.tcp_flags;
+        self.flags |= v.flags;
     }
-    a.last_ns = a.last_ns.max(b.last_ns);
-    a.bytes += b.bytes;
-    a.packets += b.packets;
-    a.tcp_flags |= b.tcp_flags;
-    a.flags |= b.flags;
+
+    /// As a kernel value counted on `counted_on` (records read counts from kernel values).
+    fn value(&self, counted_on: u32) -> FlowValue {
+        FlowValue {
+            first_ns: self.first_ns,
+            last_ns: self.last_ns,
+            bytes: self.bytes,
+            packets: self.packets,
+            tcp_flags: self.tcp_flags,
+            icmp_type: self.icmp_type,
+            icmp_code: self.icmp_code,
+            flags: self.flags,
+            counted_on,
+            ..FlowValue::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Dir {
-    /// Entries already deleted from the kernel map, for the current record.
-    pub(super) folded: FlowValue,
-    /// The last read of the entry still in the kernel map, if any.
-    pub(super) live: Option<FlowValue>,
+    /// The current record's counts: the entries deleted since the last cut plus the last read
+    /// of the entry still in the kernel map.
+    counts: Counts,
+    /// Packets and bytes of the entry still in the kernel map at its last read (`None`: no
+    /// entry in the map), so the next read adds only what it gained.
+    live: Option<(u64, u64)>,
     /// OR of TCP flags and `VAL_F_*` over the flow's whole life (close and initiator detection).
     pub(super) ever_tcp: u16,
     pub(super) ever_flags: u8,
@@ -73,25 +132,33 @@ pub(super) struct Dir {
 
 impl Dir {
     pub(super) fn current(&self) -> FlowValue {
-        let mut v = self.folded;
-        if let Some(l) = &self.live {
-            merge_value(&mut v, l);
-        }
-        v
+        self.counts.value(self.counted_on)
     }
 
-    pub(super) fn fold(&mut self, v: &FlowValue) {
-        merge_value(&mut self.folded, v);
-        self.live = None;
-        self.note(v);
+    /// Whether an entry of this direction is in the kernel map (as of the last read).
+    pub(super) fn is_live(&self) -> bool {
+        self.live.is_some()
     }
 
-    pub(super) fn note(&mut self, v: &FlowValue) {
+    /// Records a read of this direction's kernel entry: `live` while it stays in the map, or
+    /// the value its deletion returned.
+    fn observe(&mut self, v: &FlowValue, live: bool) {
+        let (p0, b0) = self.live.unwrap_or((0, 0));
+        let (p, b) = (v.packets.saturating_sub(p0), v.bytes.saturating_sub(b0));
+        self.counts.add(v, p, b);
+        self.unreported.0 += p;
+        self.unreported.1 += b;
+        self.live = live.then_some((v.packets, v.bytes));
         self.ever_tcp |= v.tcp_flags;
         self.ever_flags |= v.flags;
         if self.counted_on == 0 {
             self.counted_on = v.counted_on;
         }
+    }
+
+    /// The entry is gone from the map: its last read is what it held.
+    pub(super) fn end_live(&mut self) {
+        self.live = None;
     }
 }
 
@@ -102,7 +169,7 @@ pub(super) struct Flow {
     pub(super) dirs: [Dir; 2],
     pub(super) seq: u32,
     /// Fixed when the first record is emitted: the initiator's direction and the flow start.
-    pub(super) orient: Option<(usize, u64)>,
+    pub(super) orient: Option<(u8, u64)>,
     /// Last packet seen in either direction over the flow's life.
     pub(super) last_seen: u64,
     /// Names of the canonical source and destination addresses, taken when the flow is first
@@ -112,7 +179,7 @@ pub(super) struct Flow {
     pub(super) workloads: [Option<Arc<Workload>>; 2],
     pub(super) named: bool,
     /// Every interface and hook that saw the flow, either way (at most [`MAX_HOOKS`]).
-    pub(super) hooks: Vec<u32>,
+    pub(super) hooks: SmallVec<[u32; 4]>,
     /// What conntrack said about the flow's connection.
     pub(super) nat: NatState,
     /// The translated copy of a flow also in the table: its records are not emitted.
@@ -122,7 +189,7 @@ pub(super) struct Flow {
 }
 
 /// A flow's translation, as far as it is known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum NatState {
     /// Not looked up yet (or no conntrack).
     Unknown,
@@ -131,7 +198,8 @@ pub(super) enum NatState {
     /// Conntrack has no entry under its tuple: plain, unless it is the copy of a translated
     /// flow in the table (seen between DNAT and SNAT), which each scan checks.
     Orphan,
-    Translated(Nat),
+    /// Boxed: few flows are translated, and every flow would carry its size.
+    Translated(Box<Nat>),
 }
 
 /// Puts a directional key in canonical form; returns it and the direction it had.
@@ -168,7 +236,7 @@ impl Flow {
             names: [None, None],
             workloads: [None, None],
             named: false,
-            hooks: Vec::new(),
+            hooks: SmallVec::new(),
             nat: NatState::Unknown,
             duplicate: false,
             started: false,
@@ -223,7 +291,7 @@ impl Flow {
     /// responder's, then every other hook in order.
     fn hook_list(&self, src: usize) -> (u32, Vec<u32>) {
         let counting = [self.dirs[src].counted_on, self.dirs[1 - src].counted_on];
-        let mut rest: Vec<u32> = self
+        let mut rest: SmallVec<[u32; 4]> = self
             .hooks
             .iter()
             .copied()
@@ -258,17 +326,7 @@ impl Flow {
     pub(super) fn observe(&mut self, d: usize, v: &FlowValue, live: bool) {
         self.last_seen = self.last_seen.max(v.last_ns);
         self.note_hooks(v);
-        // What the kernel entry gained since its last read (all of it when it is new).
-        let dir = &mut self.dirs[d];
-        let (p0, b0) = dir.live.map_or((0, 0), |l| (l.packets, l.bytes));
-        dir.unreported.0 += v.packets.saturating_sub(p0);
-        dir.unreported.1 += v.bytes.saturating_sub(b0);
-        if live {
-            self.dirs[d].live = Some(*v);
-            self.dirs[d].note(v);
-        } else {
-            self.dirs[d].fold(v);
-        }
+        self.dirs[d].observe(v, live);
     }
 
     pub(super) fn current(&self) -> [FlowValue; 2] {
@@ -277,15 +335,20 @@ impl Flow {
 
     /// First packet of the current record (0 when it has none yet).
     pub(super) fn record_first_ns(&self) -> u64 {
-        let [a, b] = self.current();
-        match (a.first_ns, b.first_ns) {
+        match (self.dirs[0].counts.first_ns, self.dirs[1].counts.first_ns) {
             (0, f) | (f, 0) => f,
             (x, y) => x.min(y),
         }
     }
 
     pub(super) fn has_live(&self) -> bool {
-        self.dirs.iter().any(|d| d.live.is_some())
+        self.dirs.iter().any(Dir::is_live)
+    }
+
+    /// The initiator's direction and the flow's start, fixed by its first record.
+    fn orientation(&mut self, initiator: usize, first: u64) -> (usize, u64) {
+        let (src, start) = *self.orient.get_or_insert((initiator as u8, first));
+        (usize::from(src), start)
     }
 
     pub(super) fn tcp_closed(&self) -> bool {
@@ -318,7 +381,7 @@ impl Flow {
         let first = self.record_first_ns();
         let initiator = self.initiator();
         let cur = self.current();
-        let (src, start) = *self.orient.get_or_insert((initiator, first));
+        let (src, start) = self.orientation(initiator, first);
         let mut rec = self.record(src, start, Status::Start);
         rec.first_ns = first;
         rec.last_ns = first;
@@ -382,7 +445,7 @@ impl Flow {
         self.resolve(names, now);
         let first = self.record_first_ns();
         let initiator = self.initiator();
-        let (src, start) = *self.orient.get_or_insert((initiator, first));
+        let (src, start) = self.orientation(initiator, first);
         let mut rec = self.record(src, start, status);
         rec.first_ns = first;
         rec.last_ns = cur[0].last_ns.max(cur[1].last_ns);
@@ -390,7 +453,7 @@ impl Flow {
         rec.dst = cur[1 - src];
         self.seq += 1;
         for d in &mut self.dirs {
-            d.folded = FlowValue::default();
+            d.counts = Counts::default();
         }
         Some(rec)
     }

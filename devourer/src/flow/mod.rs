@@ -11,6 +11,7 @@
 
 mod entry;
 pub mod nat;
+mod store;
 mod table;
 
 use std::{io, net::IpAddr, sync::Arc};
@@ -25,19 +26,19 @@ use crate::kernel::maps::KernelFlows;
 
 /// Where the table reads and evicts kernel entries (the BPF map, or a fake in tests).
 pub trait FlowSource {
-    /// Appends every entry with its per-CPU values summed.
-    fn read_all(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> io::Result<()>;
+    /// Calls `f` with every entry, its per-CPU values summed.
+    fn read_all(&mut self, f: &mut dyn FnMut(FlowKey, FlowValue)) -> io::Result<()>;
     /// Atomically removes an entry and returns its summed value (`None` if absent).
     fn take(&mut self, key: &FlowKey) -> io::Result<Option<FlowValue>>;
     /// How many entries the map holds at most.
     fn capacity(&self) -> usize;
-    /// Atomically removes every entry, appending each with its summed value.
-    fn take_all(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> io::Result<()> {
+    /// Atomically removes every entry, calling `f` with each and its summed value.
+    fn take_all(&mut self, f: &mut dyn FnMut(FlowKey, FlowValue)) -> io::Result<()> {
         let mut keys = Vec::new();
-        self.read_all(&mut keys)?;
-        for (k, _) in keys {
+        self.read_all(&mut |k, _| keys.push(k))?;
+        for k in keys {
             if let Some(v) = self.take(&k)? {
-                out.push((k, v));
+                f(k, v);
             }
         }
         Ok(())
@@ -179,10 +180,10 @@ impl Emitted {
 
 /// The kernel flow map as the table's source: per-CPU slots summed.
 impl FlowSource for KernelFlows {
-    fn read_all(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> io::Result<()> {
+    fn read_all(&mut self, f: &mut dyn FnMut(FlowKey, FlowValue)) -> io::Result<()> {
         self.0.for_each(|k, slots| {
             if let Some(v) = sum_per_cpu(slots.iter().copied()) {
-                out.push((k, v));
+                f(k, v);
             }
         })
     }
@@ -193,6 +194,14 @@ impl FlowSource for KernelFlows {
 
     fn capacity(&self) -> usize {
         self.0.capacity()
+    }
+
+    fn take_all(&mut self, f: &mut dyn FnMut(FlowKey, FlowValue)) -> io::Result<()> {
+        self.0.drain(|k, slots| {
+            if let Some(v) = sum_per_cpu(slots.iter().copied()) {
+                f(k, v);
+            }
+        })
     }
 }
 

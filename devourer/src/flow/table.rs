@@ -9,11 +9,16 @@ use super::{
     Emitted, FlowSource, Resolver, Status, TableConfig,
     entry::{Flow, NatState, canonical, directional},
     nat::{Answer, Endpoint, NatLookup, NatStats, interpret, tuple},
+    store::Flows,
 };
 use crate::kernel::conntrack::{Entry, has_ports};
 
 /// Seeded per process: keys come off the network, so no fixed hash an attacker could collide.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Quiet entries from which a scan drains the whole kernel map in one batch (when they are
+/// most of it) instead of deleting them one by one.
+const DRAIN_MIN: usize = 256;
 
 /// Scan and emission statistics, for logs and metrics.
 #[derive(Clone, Copy, Debug, Default)]
@@ -27,8 +32,7 @@ pub struct FlowTable {
     /// Flows emitted early because the table was full, over its life.
     table_full: u64,
     cfg: TableConfig,
-    flows: FastMap<FlowKey, Flow>,
-    scratch: Vec<(FlowKey, FlowValue)>,
+    flows: Flows,
     /// Conntrack, when NAT'd connections are joined (live only).
     nat: Option<NatLookup>,
     tally: Tally,
@@ -62,8 +66,7 @@ impl FlowTable {
         Self {
             table_full: 0,
             cfg,
-            flows: FastMap::default(),
-            scratch: Vec::new(),
+            flows: Flows::default(),
             nat: None,
             tally: Tally::default(),
         }
@@ -95,7 +98,7 @@ impl FlowTable {
     /// duplicate found this scan adds nothing; one whose lookup waits adds its packets
     /// meanwhile: counters that follow the traffic over exact ones for a scan or two).
     fn settle_traffic(&mut self) {
-        for f in self.flows.values_mut() {
+        for f in self.flows.iter_mut() {
             self.tally.take_traffic(f);
         }
     }
@@ -110,7 +113,8 @@ impl FlowTable {
         let mut walks = nat.walks_per_scan;
         let mut twins = Vec::new();
         let mut fatal = None;
-        for (ck, f) in self.flows.iter_mut() {
+        for f in self.flows.iter_mut() {
+            let ck = &f.key;
             if f.nat == NatState::Unknown && budget > 0 {
                 budget -= 1;
                 f.nat = match nat.source.entry(&tuple(ck), &mut walks) {
@@ -123,7 +127,7 @@ impl FlowTable {
                             f.names = [None, None];
                             f.workloads = [None, None];
                             f.named = false;
-                            NatState::Translated(n)
+                            NatState::Translated(Box::new(n))
                         }
                         None => NatState::Plain,
                     },
@@ -150,7 +154,7 @@ impl FlowTable {
                 && n.translated_view
                 && !f.duplicate
             {
-                twins.push((*ck, n.twin(ck)));
+                twins.push((f.key, n.twin(&f.key)));
             }
         }
         twins.extend(self.adopt_orphans());
@@ -181,20 +185,20 @@ impl FlowTable {
         let orphans: Vec<FlowKey> = self
             .flows
             .iter()
-            .filter(|(_, f)| f.nat == NatState::Orphan)
-            .map(|(k, _)| *k)
+            .filter(|f| f.nat == NatState::Orphan)
+            .map(|f| f.key)
             .collect();
         if orphans.is_empty() {
             return Vec::new();
         }
         // Translated original flows by (protocol, either endpoint).
         let mut by_end: FastMap<(u8, Endpoint), Vec<Entry>> = FastMap::default();
-        for (k, f) in &self.flows {
+        for f in self.flows.iter() {
             if let NatState::Translated(n) = &f.nat
                 && !n.translated_view
             {
                 for end in n.pre {
-                    by_end.entry((k.proto, end)).or_default().push(n.entry);
+                    by_end.entry((f.key.proto, end)).or_default().push(n.entry);
                 }
             }
         }
@@ -211,8 +215,8 @@ impl FlowTable {
                 f.names = [None, None];
                 f.workloads = [None, None];
                 f.named = false;
-                f.nat = NatState::Translated(n);
                 twins.push((ck, n.twin(&ck)));
+                f.nat = NatState::Translated(Box::new(n));
             }
         }
         twins
@@ -266,31 +270,19 @@ impl FlowTable {
         let Some(v) = src.take(key)? else {
             return Ok(false);
         };
-        self.fold_deleted(key, &v);
+        fold_deleted(&mut self.flows, key, &v);
         Ok(true)
-    }
-
-    /// Folds what deleting a kernel entry returned into its flow.
-    fn fold_deleted(&mut self, key: &FlowKey, v: &FlowValue) {
-        let (ck, d) = canonical(key);
-        self.flows
-            .entry(ck)
-            .or_insert_with(|| Flow::new(ck))
-            .observe(d, v, false);
     }
 
     fn take_flow(&mut self, src: &mut dyn FlowSource, ck: &FlowKey) -> io::Result<()> {
         for d in 0..2 {
-            let live = self.flows.get(ck).is_some_and(|f| f.dirs[d].live.is_some());
+            let live = self.flows.get(ck).is_some_and(|f| f.dirs[d].is_live());
             if live {
                 let key = directional(ck, d);
                 if !self.take_into(src, &key)? {
                     // Gone from the map (nothing else deletes, but never count it twice).
                     if let Some(f) = self.flows.get_mut(ck) {
-                        let dir = &mut f.dirs[d];
-                        if let Some(l) = dir.live.take() {
-                            dir.fold(&l);
-                        }
+                        f.dirs[d].end_live();
                     }
                 }
             }
@@ -309,26 +301,22 @@ impl FlowTable {
         stats: &mut ScanStats,
         names: &mut dyn Resolver,
     ) -> io::Result<Vec<Emitted>> {
-        let mut entries = std::mem::take(&mut self.scratch);
-        entries.clear();
-        src.read_all(&mut entries)?;
-        stats.kernel_entries = entries.len();
         let mut evict: Vec<(u64, FlowKey)> = Vec::new();
         let mut keep: Vec<(u64, FlowKey)> = Vec::new();
-        for (k, v) in &entries {
-            let (ck, d) = canonical(k);
-            self.flows
-                .entry(ck)
-                .or_insert_with(|| Flow::new(ck))
-                .observe(d, v, true);
-            if now.saturating_sub(v.last_ns) >= self.cfg.evict_after {
-                evict.push((v.last_ns, *k));
+        let (flows, evict_after) = (&mut self.flows, self.cfg.evict_after);
+        src.read_all(&mut |k, v| {
+            let (ck, d) = canonical(&k);
+            flows.get_or_insert(ck).observe(d, &v, true);
+            if now.saturating_sub(v.last_ns) >= evict_after {
+                evict.push((v.last_ns, k));
             } else {
-                keep.push((v.last_ns, *k));
+                keep.push((v.last_ns, k));
             }
-        }
+        })?;
+        let read = evict.len() + keep.len();
+        stats.kernel_entries = read;
         let capacity = src.capacity();
-        if pressure || entries.len() * 10 >= capacity * 9 {
+        if pressure || read * 10 >= capacity * 9 {
             // Free room down to half the map, oldest activity first. Evicting an active entry
             // loses nothing: its counts move to the table and the next packet starts a new one.
             let target = capacity / 2;
@@ -338,21 +326,31 @@ impl FlowTable {
                 evict.extend_from_slice(&keep[..remaining - target]);
             }
         }
-        self.scratch = entries;
-        for (_, k) in &evict {
-            if self.take_into(src, k)? {
+        if evict.len() >= DRAIN_MIN && evict.len() * 4 >= read * 3 {
+            // Most of the map is quiet (after a burst of short flows): one batched drain costs
+            // far less than a delete per entry. The few active entries it takes too fold into
+            // their flows like evicted ones, and their next packets start fresh entries.
+            let flows = &mut self.flows;
+            src.take_all(&mut |k, v| {
+                fold_deleted(flows, &k, &v);
                 stats.evicted += 1;
+            })?;
+        } else {
+            for (_, k) in &evict {
+                if self.take_into(src, k)? {
+                    stats.evicted += 1;
+                }
             }
         }
         self.translate();
         self.settle_traffic();
-        for flow in self.flows.values_mut().filter(|f| !f.named) {
+        for flow in self.flows.iter_mut().filter(|f| !f.named) {
             flow.resolve(names, now);
         }
         let mut out = Vec::new();
         if self.cfg.start_records {
             let nat_on = self.nat.is_some();
-            for flow in self.flows.values_mut() {
+            for flow in self.flows.iter_mut() {
                 // Once its translation is known: a NAT duplicate has no records at all.
                 let settled = !(nat_on && flow.nat == NatState::Unknown);
                 if !flow.started && settled && !flow.duplicate {
@@ -363,7 +361,7 @@ impl FlowTable {
         let due: Vec<(FlowKey, Status)> = self
             .flows
             .iter()
-            .filter_map(|(ck, f)| Some((*ck, self.due(f, now)?)))
+            .filter_map(|f| Some((f.key, self.due(f, now)?)))
             .collect();
         for (ck, status) in due {
             self.take_flow(src, &ck)?;
@@ -385,7 +383,7 @@ impl FlowTable {
         }
         // Flows whose record was cut at an active timeout and that went quiet afterwards.
         let idle = self.cfg.idle_timeout;
-        self.flows.retain(|_, f| {
+        self.flows.retain(|f| {
             f.has_live() || f.record_first_ns() != 0 || now.saturating_sub(f.last_seen) < idle
         });
         self.cap(src, names, now, &mut out)?;
@@ -409,16 +407,14 @@ impl FlowTable {
             return Ok(());
         }
         let mut by_age: Vec<(u64, FlowKey)> =
-            self.flows.iter().map(|(k, f)| (f.last_seen, *k)).collect();
+            self.flows.iter().map(|f| (f.last_seen, f.key)).collect();
         by_age.select_nth_unstable(over - 1);
         self.table_full += over as u64;
         for (_, ck) in &by_age[..over] {
             self.take_flow(src, ck)?;
             if let Some(mut flow) = self.flows.remove(ck) {
                 for d in &mut flow.dirs {
-                    if let Some(l) = d.live.take() {
-                        d.fold(&l);
-                    }
+                    d.end_live();
                 }
                 let modes = (self.nat.is_some(), self.cfg.start_records);
                 Self::cut_into(
@@ -460,20 +456,15 @@ impl FlowTable {
         names: &mut dyn Resolver,
         now: u64,
     ) -> io::Result<Vec<Emitted>> {
-        let mut entries = Vec::new();
-        src.take_all(&mut entries)?;
-        for (k, v) in &entries {
-            self.fold_deleted(k, v);
-        }
+        let flows = &mut self.flows;
+        src.take_all(&mut |k, v| fold_deleted(flows, &k, &v))?;
         self.translate();
         let mut out = Vec::new();
         let modes = (self.nat.is_some(), self.cfg.start_records);
-        for mut flow in std::mem::take(&mut self.flows).into_values() {
+        for mut flow in self.flows.take_all() {
             // An entry read earlier but gone from the map now: its last read is what it held.
             for d in &mut flow.dirs {
-                if let Some(l) = d.live.take() {
-                    d.fold(&l);
-                }
+                d.end_live();
             }
             Self::cut_into(
                 &mut self.tally,
@@ -488,6 +479,12 @@ impl FlowTable {
         sort_records(&mut out);
         Ok(out)
     }
+}
+
+/// Folds what deleting a kernel entry returned into its flow.
+fn fold_deleted(flows: &mut Flows, key: &FlowKey, v: &FlowValue) {
+    let (ck, d) = canonical(key);
+    flows.get_or_insert(ck).observe(d, v, false);
 }
 
 /// A lookup error that will not go away: no permission, no conntrack netlink in this kernel.

@@ -28,6 +28,8 @@ struct FakeMap {
     /// Packets that arrive between the table's read and its delete (the eviction race).
     on_take: Vec<(FlowKey, usize, u64, u64)>,
     takes: usize,
+    /// Batched drains of the whole map.
+    drains: usize,
 }
 
 impl FakeMap {
@@ -52,10 +54,10 @@ impl FakeMap {
 }
 
 impl FlowSource for FakeMap {
-    fn read_all(&mut self, out: &mut Vec<(FlowKey, FlowValue)>) -> io::Result<()> {
+    fn read_all(&mut self, f: &mut dyn FnMut(FlowKey, FlowValue)) -> io::Result<()> {
         for (k, slots) in &self.entries {
             if let Some(v) = sum_per_cpu(slots.iter().copied()) {
-                out.push((*k, v));
+                f(*k, v);
             }
         }
         Ok(())
@@ -71,6 +73,16 @@ impl FlowSource for FakeMap {
 
     fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    fn take_all(&mut self, f: &mut dyn FnMut(FlowKey, FlowValue)) -> io::Result<()> {
+        self.drains += 1;
+        for (k, slots) in std::mem::take(&mut self.entries) {
+            if let Some(v) = sum_per_cpu(slots) {
+                f(k, v);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -276,6 +288,38 @@ fn quiet_entries_leave_the_kernel_map_but_not_the_record() {
     let r = &out[0];
     assert_eq!((r.src.packets, r.src.bytes, r.dst.bytes), (2, 150, 70));
     assert_eq!((r.first_ns, r.last_ns), (S, 8 * S + 1));
+}
+
+#[test]
+fn a_mostly_quiet_map_is_drained_in_one_batch_and_active_flows_keep_every_packet() {
+    let mut m = FakeMap::new();
+    m.capacity = 4096;
+    let mut t = FlowTable::new(cfg());
+    let active = key(9, 9000, 2, 443, 6);
+    for i in 0..1000u16 {
+        m.packet(0, key(1, 1000 + i, 2, 53, 17), S, 80, 0, 0);
+    }
+    m.packet(0, active, S, 100, 0, 0);
+    m.packet(1, active, 5 * S, 100, 0, 0);
+    // At 5 s, 1000 of 1001 entries have been quiet for 4 s (evict_after 3 s).
+    assert!(scan(&mut t, &mut m, 5 * S).is_empty());
+    assert_eq!(
+        (m.drains, m.takes),
+        (1, 0),
+        "one batch, no delete per entry"
+    );
+    assert!(m.entries.is_empty(), "the active entry went with the batch");
+    // Its next packet starts a fresh entry; the record holds both parts.
+    m.packet(0, active, 6 * S, 100, 0, 0);
+    let out = scan(&mut t, &mut m, 20 * S);
+    assert_eq!(out.len(), 1001);
+    let r = out
+        .iter()
+        .find(|r| r.key.src_port == 9000)
+        .expect("active flow");
+    assert_eq!((r.src.packets, r.src.bytes), (3, 300));
+    assert_eq!((r.first_ns, r.last_ns), (S, 6 * S));
+    assert!(out.iter().all(|r| r.src.packets >= 1 && r.src.bytes >= 80));
 }
 
 #[test]

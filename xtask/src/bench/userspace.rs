@@ -66,7 +66,7 @@ pub fn run() -> Result<Vec<Row>> {
             "MiB",
             Some(("RSS idle", idle / 1024.0)),
             &format!(
-                "{:.2} KiB per flow above idle; goal ≤ 1 KiB",
+                "{:.2} KiB per flow above idle; goal ≤ 0.5 KiB (issue #17)",
                 (rss - idle) / f64::from(target)
             ),
         ));
