@@ -36,7 +36,7 @@ impl DnsRecord {
         Self {
             head: ExchangeHead::new(
                 ("dns", if tx.tcp { IPPROTO_TCP } else { IPPROTO_UDP }),
-                dns_id(tx, cx.agent),
+                |addrs| dns_id(tx, addrs, cx.agent),
                 cx,
                 (tx.ifindex, tx.time_ns),
                 (tx.client, tx.client_port),

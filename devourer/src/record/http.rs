@@ -38,7 +38,7 @@ impl HttpRecord {
         let mut r = Self {
             head: ExchangeHead::new(
                 ("http", IPPROTO_TCP),
-                http_id(m, cx.agent),
+                |addrs| http_id(m, addrs, cx.agent),
                 cx,
                 (m.ifindex, m.time_ns),
                 (m.client, m.client_port),

@@ -32,24 +32,23 @@ fn hash_agent(h: &mut Sha256, agent: &str) {
     h.update(agent.as_bytes());
 }
 
-/// The client and server of a DNS or HTTP exchange.
+/// The client and server of a DNS or HTTP exchange, as records show their addresses.
 fn hash_endpoints(
     h: &mut Sha256,
-    client: impl std::fmt::Display,
-    client_port: u16,
-    server: impl std::fmt::Display,
-    server_port: u16,
+    (client, client_port): (&str, u16),
+    (server, server_port): (&str, u16),
 ) {
-    h.update(client.to_string());
+    h.update(client);
     h.update(client_port.to_be_bytes());
-    h.update(server.to_string());
+    h.update(server);
     h.update(server_port.to_be_bytes());
 }
 
-/// DNS record id: hash of the endpoints, transport, message id, query time and agent.
-pub fn dns_id(tx: &DnsTx, agent: &str) -> String {
+/// DNS record id: hash of the endpoints (`addrs`: the client's and server's addresses as the
+/// record shows them), transport, message id, query time and agent.
+pub fn dns_id(tx: &DnsTx, (client, server): (&str, &str), agent: &str) -> String {
     let mut h = Sha256::new();
-    hash_endpoints(&mut h, tx.client, tx.client_port, tx.server, tx.server_port);
+    hash_endpoints(&mut h, (client, tx.client_port), (server, tx.server_port));
     h.update([u8::from(tx.tcp)]);
     h.update(tx.msg_id.to_be_bytes());
     h.update(tx.time_ns.to_be_bytes());
@@ -67,10 +66,10 @@ pub(super) fn hex16(digest: &[u8]) -> String {
     out
 }
 
-/// HTTP record id: hash of the endpoints, time, kind and agent.
-pub fn http_id(m: &HttpMsg, agent: &str) -> String {
+/// HTTP record id: hash of the endpoints (as for [`dns_id`]), time, kind and agent.
+pub fn http_id(m: &HttpMsg, (client, server): (&str, &str), agent: &str) -> String {
     let mut h = Sha256::new();
-    hash_endpoints(&mut h, m.client, m.client_port, m.server, m.server_port);
+    hash_endpoints(&mut h, (client, m.client_port), (server, m.server_port));
     h.update(m.time_ns.to_be_bytes());
     h.update([u8::from(matches!(m.message, Message::Response(_)))]);
     // Pipelined messages share a packet time: the request line tells them apart.
@@ -113,6 +112,27 @@ mod tests {
         assert_eq!(
             record_id(&k, 1, "node-a", 0),
             "7288becc4bb614ffcaab0b727e7a7eed"
+        );
+        let tx = DnsTx {
+            status: crate::decode::dns::TxStatus::Success,
+            time_ns: 5,
+            client: "10.0.0.1".parse().unwrap(),
+            client_port: 40000,
+            server: "2001:db8::53".parse().unwrap(),
+            server_port: 53,
+            tcp: false,
+            msg_id: 7,
+            question: None,
+            rcode: Some(0),
+            answers: vec![],
+            latency_ns: None,
+            role: crate::base::local::Role::Client,
+            ifindex: 2,
+            cut: false,
+        };
+        assert_eq!(
+            dns_id(&tx, ("10.0.0.1", "2001:db8::53"), "node-a"),
+            "9d43ad7df38bbb1699a559660d96ef38"
         );
     }
 }

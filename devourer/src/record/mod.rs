@@ -56,10 +56,11 @@ pub struct ExchangeHead {
 
 impl ExchangeHead {
     /// The head of a `kind` record seen on `ifindex` at `time_ns` (program clock) between
-    /// `client` and `server` over `proto` (TCP or UDP).
+    /// `client` and `server` over `proto` (TCP or UDP); `id` makes its id from the client's and
+    /// server's addresses as the record shows them.
     pub fn new(
         (kind, proto): (&'static str, u8),
-        id: String,
+        id: impl FnOnce((&str, &str)) -> String,
         cx: &RecordContext<'_>,
         (ifindex, time_ns): (u32, u64),
         (client, client_port): (IpAddr, u16),
@@ -72,15 +73,17 @@ impl ExchangeHead {
             proto,
             community::Ports::Ports(client_port, server_port),
         );
+        // Formatted once: the record shows them and its id hashes them.
+        let (client_text, server_text) = (client.to_string(), server.to_string());
         Self {
             kind,
-            id,
+            id: id((&client_text, &server_text)),
             agent: cx.agent.to_owned(),
             interface: (cx.interface_name)(ifindex),
             time: rfc3339(cx.clock.wall(time_ns)),
-            client: client.to_string(),
+            client: client_text,
             client_port,
-            server: server.to_string(),
+            server: server_text,
             server_port,
             community_id,
             k8s: k8s::K8sFields::exchange((cx.workload)(client), (cx.workload)(server)),
