@@ -241,8 +241,14 @@ fn hex_rdata(bytes: &[u8]) -> String {
 fn answer(r: &Record) -> Option<Answer> {
     let rtype = u16::from(r.record_type());
     let (data, data_log) = match &r.data {
-        RData::A(a) => (a.0.to_string(), a.0.to_string()),
-        RData::AAAA(a) => (a.0.to_string(), a.0.to_string()),
+        RData::A(a) => {
+            let text = a.0.to_string();
+            (text.clone(), text)
+        }
+        RData::AAAA(a) => {
+            let text = a.0.to_string();
+            (text.clone(), text)
+        }
         RData::CNAME(n) => (name_text(&n.0, true), name_text(&n.0, false)),
         RData::NS(n) => (name_text(&n.0, true), name_text(&n.0, false)),
         RData::PTR(n) => (name_text(&n.0, true), name_text(&n.0, false)),
