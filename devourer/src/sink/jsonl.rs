@@ -155,10 +155,9 @@ impl JsonLinesSink {
         }
     }
 
-    /// Queues records. Returns `false` once the output is closed for good.
     /// Queues `batch` in pieces of at most [`CHUNK`] records, so that a large batch (the
     /// queries a flush ends, tens of thousands) never sits in memory as one buffer beside the
-    /// queue.
+    /// queue. Returns `false` once the output is closed for good.
     fn send(&self, batch: Batch<'_>) -> bool {
         let stats = &self.shared.stats;
         if batch.is_empty() {
