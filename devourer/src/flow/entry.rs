@@ -226,6 +226,13 @@ pub(super) fn directional(canon: &FlowKey, dir: usize) -> FlowKey {
 }
 
 impl Flow {
+    /// Both directions' entries are gone from the map: their last reads are what they held.
+    pub(super) fn end_live(&mut self) {
+        for d in &mut self.dirs {
+            d.end_live();
+        }
+    }
+
     pub(super) fn new(key: FlowKey) -> Self {
         Self {
             key,

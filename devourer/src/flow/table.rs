@@ -413,9 +413,7 @@ impl FlowTable {
         for (_, ck) in &by_age[..over] {
             self.take_flow(src, ck)?;
             if let Some(mut flow) = self.flows.remove(ck) {
-                for d in &mut flow.dirs {
-                    d.end_live();
-                }
+                flow.end_live();
                 let modes = (self.nat.is_some(), self.cfg.start_records);
                 Self::cut_into(
                     &mut self.tally,
@@ -463,9 +461,7 @@ impl FlowTable {
         let modes = (self.nat.is_some(), self.cfg.start_records);
         for mut flow in self.flows.take_all() {
             // An entry read earlier but gone from the map now: its last read is what it held.
-            for d in &mut flow.dirs {
-                d.end_live();
-            }
+            flow.end_live();
             Self::cut_into(
                 &mut self.tally,
                 modes,
