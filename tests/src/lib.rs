@@ -625,6 +625,46 @@ pub fn devourer_read_env(
     )
 }
 
+/// JSON lines sorted: the set of records of a run (a replay on several threads fills the
+/// kernel's map in another order, and records of one scan come out in the map's order).
+pub fn sorted_lines(out: &[u8]) -> Vec<String> {
+    let mut lines: Vec<String> = String::from_utf8_lossy(out)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// `devourer read` on one feeding thread and on `threads`: the same records, ids included.
+/// Returns how many packets the other threads fed in the second run.
+pub fn assert_threads_agree(file: &Path, args: &[&str], threads: u8) -> u64 {
+    let run = |n: u8| {
+        let n = n.to_string();
+        let all: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--replay-threads", &n])
+            .collect();
+        let (status, stdout, stderr) = devourer_read(file, &all);
+        assert!(status.success(), "{all:?}: {status}\n{stderr}");
+        (sorted_lines(&stdout), stderr)
+    };
+    let (one, _) = run(1);
+    let (many, stderr) = run(threads);
+    assert!(!one.is_empty(), "{} gave records", file.display());
+    assert_eq!(
+        one.len(),
+        many.len(),
+        "{} on 1 and {threads} threads",
+        file.display()
+    );
+    for (a, b) in one.iter().zip(&many) {
+        assert_eq!(a, b, "{} on 1 and {threads} threads", file.display());
+    }
+    log_number(&stderr, "replayed_elsewhere").expect("the replay summary")
+}
+
 /// A `key=value` number from devourer's summary log lines (stderr).
 pub fn log_number(stderr: &str, key: &str) -> Option<u64> {
     let needle = format!("{key}=");

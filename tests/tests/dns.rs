@@ -408,6 +408,12 @@ fn run_dns(mode: &str) {
     assert!(status.success(), "{stderr}");
     let offline = devourer_transactions(&records(&stdout));
     assert_same_transactions(&offline, &oracle, &format!("offline --mode {mode}"));
+    // On four threads, the same DNS and flow records: DNS stays in file order on the first.
+    assert_threads_agree(
+        &pcap,
+        &["--mode", mode, "--dns-timeout", "2s", "--local-net", &local],
+        4,
+    );
 }
 
 #[test]

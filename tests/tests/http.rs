@@ -322,6 +322,7 @@ fn http_messages_match_tshark_segment_by_segment_live_and_offline() {
     assert!(status.success(), "{stderr}");
     let offline_recs = records(&stdout);
     assert_eq!(devourer_messages(&offline_recs), oracle, "offline");
+    assert_threads_agree(&pcap, &["--http-ports", "80", "--local-net", &local], 4);
     let roles: Vec<&Value> = offline_recs
         .iter()
         .filter(|r| r["type"] == "http" && r["client"] == a4.as_str())

@@ -218,6 +218,9 @@ fn a_pcapng_of_the_nodes_interfaces_counts_each_packet_once_offline() {
     assert!(status.success(), "{log}");
     let ours = devourer_sums(&records(&out), Some(&addrs));
     assert_same_sums(&ours, &oracle, "the node's pcapng, once per packet");
+    // Each packet appears once per interface it crossed, in file order: which interface
+    // counts a flow follows that order, on any number of replay threads.
+    assert_threads_agree(&node_file, &[], 4);
 }
 
 #[test]

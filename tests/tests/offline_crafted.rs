@@ -123,6 +123,7 @@ fn check(file: &std::path::Path, what: &str) {
             &format!("{what} --mode {mode}"),
         );
         assert_eq!(log_number(&stderr, "malformed"), Some(0), "{stderr}");
+        assert_threads_agree(file, &["--mode", mode], 3);
     }
 }
 
@@ -562,4 +563,45 @@ fn big_tcp_super_packets_count_their_length_on_the_wire_though_replayed_cut() {
             "IPv6, {mode}: {recs:?}"
         );
     }
+}
+
+#[test]
+fn dns_records_do_not_depend_on_how_many_threads_replay() {
+    if !require_root("dns_records_do_not_depend_on_how_many_threads_replay") {
+        return;
+    }
+    // 300 queries from as many ports, then their responses newest first, each followed by a
+    // packet of a plain UDP flow (fed on the other threads). With room for 50 pending
+    // queries, which ones match depends on the order the queries reach the tracker: the
+    // replay must hand DNS to it in file order however many threads feed the program.
+    let mut frames = Vec::new();
+    for i in 0..300u16 {
+        let q = udp(30_000 + i, 53, &dns(i, &format!("q{i}.example"), None));
+        frames.push(eth4(&ipv4(A4, B4, 17, &q, 0, 0)));
+        frames.push(eth4(&ipv4(A4, B4, 17, &udp(20_000 + i, 9, &[0; 30]), 0, 0)));
+    }
+    for i in (0..300u16).rev() {
+        let answer = Some([10, 9, (i >> 8) as u8, i as u8]);
+        let r = udp(53, 30_000 + i, &dns(i, &format!("q{i}.example"), answer));
+        frames.push(eth4(&ipv4(B4, A4, 17, &r, 0, 0)));
+        frames.push(eth4(&ipv4(B4, A4, 17, &udp(9, 20_000 + i, &[0; 30]), 0, 0)));
+    }
+    let tmp = TempDir::new("dnsorder");
+    let file = tmp.path("dns.pcap");
+    write_pcap(&file, DataLink::ETHERNET, &frames, 1_700_000_000);
+    let args = ["--dns-max-pending", "50", "--dns-timeout", "60s"];
+    let (status, stdout, stderr) = devourer_read(&file, &args);
+    assert!(status.success(), "{stderr}");
+    let recs = records(&stdout);
+    let status_of = |s: &str| {
+        recs.iter()
+            .filter(|r| r["type"] == "dns" && r["status"] == s)
+            .count()
+    };
+    assert!(
+        status_of("success") > 0 && status_of("no_query") > 0,
+        "some responses match, others find their query evicted: {recs:#?}"
+    );
+    let elsewhere = assert_threads_agree(&file, &args, 4);
+    assert!(elsewhere > 100, "the other threads fed {elsewhere} packets");
 }

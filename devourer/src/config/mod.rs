@@ -137,6 +137,13 @@ pub struct ReplayArgs {
     pub progress: bool,
     #[arg(long, overrides_with = "progress")]
     pub no_progress: bool,
+    /// Threads that feed the kernel program, at most 64 (0: one per CPU, up to 64). Records
+    /// do not depend on it:
+    /// each flow stays on one thread and DNS and HTTP packets keep file order on the first,
+    /// except that where the flow map fills, early evictions fall at other packets.
+    #[arg(long, env = "DEVOURER_REPLAY_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=64))]
+    pub replay_threads: u8,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }

@@ -1,5 +1,5 @@
 //! The capture reader thread of `devourer read`: parses the file and converts frames to
-//! Ethernet on the second core, handing batches over in file order.
+//! Ethernet on the second core, handing batches over in file order with each frame's lane.
 
 use std::{
     sync::mpsc::{Receiver, SyncSender, sync_channel},
@@ -8,7 +8,10 @@ use std::{
 
 use pcap_file::DataLink;
 
-use super::pcapfile::{FrameSkip, PcapFile, PcapFileError, to_ethernet};
+use super::{
+    lanes::Lanes,
+    pcapfile::{FrameSkip, PcapFile, PcapFileError, to_ethernet},
+};
 use crate::kernel::replay::MAX_REPLAY_FRAME;
 
 /// Packets per batch: large enough that handing over costs nothing per packet, small enough
@@ -28,6 +31,8 @@ pub struct Framed {
     pub cut: bool,
     /// The Ethernet frame's length on the wire, before any cut (the capture's or ours).
     pub wire_len: u32,
+    /// The replay thread that feeds it ([`Lanes`]); 0 for frames that are skipped.
+    pub lane: u8,
     /// The frame: `bytes[start..end]` of the batch.
     start: usize,
     end: usize,
@@ -59,12 +64,12 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn start(mut cap: PcapFile) -> std::io::Result<Self> {
+    pub fn start(mut cap: PcapFile, lanes: Lanes) -> std::io::Result<Self> {
         let (tx, batches) = sync_channel::<Batch>(DEPTH);
         let (spent, returned) = sync_channel::<Batch>(DEPTH + 2);
         let thread = std::thread::Builder::new()
             .name("pcap-reader".into())
-            .spawn(move || read_loop(&mut cap, &tx, &returned))?;
+            .spawn(move || read_loop(&mut cap, &lanes, &tx, &returned))?;
         Ok(Self {
             batches,
             spent,
@@ -89,7 +94,12 @@ impl Drop for Reader {
     }
 }
 
-fn read_loop(cap: &mut PcapFile, tx: &SyncSender<Batch>, returned: &Receiver<Batch>) {
+fn read_loop(
+    cap: &mut PcapFile,
+    lanes: &Lanes,
+    tx: &SyncSender<Batch>,
+    returned: &Receiver<Batch>,
+) {
     let mut frame = Vec::with_capacity(MAX_REPLAY_FRAME);
     loop {
         let mut b = returned.try_recv().unwrap_or_default();
@@ -107,6 +117,7 @@ fn read_loop(cap: &mut PcapFile, tx: &SyncSender<Batch>, returned: &Receiver<Bat
                         skip: None,
                         cut: false,
                         wire_len: 0,
+                        lane: 0,
                         start,
                         end: start,
                     };
@@ -119,6 +130,7 @@ fn read_loop(cap: &mut PcapFile, tx: &SyncSender<Batch>, returned: &Receiver<Bat
                                 frame.truncate(MAX_REPLAY_FRAME);
                                 framed.cut = true;
                             }
+                            framed.lane = lanes.of(&frame);
                             b.bytes.extend_from_slice(&frame);
                         }
                         Err(e) => framed.skip = Some((e, linktype)),
