@@ -1,6 +1,8 @@
 //! Datapath overhead on a veth pair: machine CPU per received 64-byte UDP packet at a fixed
 //! rate with no program, devourer (TC, XDP), an empty XDP program, tcpdump and softflowd; the
-//! highest rate reached; TCP throughput. Rounds are interleaved and medians reported.
+//! highest rate reached; TCP throughput. Rounds are interleaved and medians reported; each
+//! ratio is also taken round by round (both sides of a round ran back to back), and its range
+//! over the rounds says whether the two setups are told apart or not.
 
 use std::{process::Command, time::Duration};
 
@@ -13,6 +15,10 @@ use super::{
 };
 use crate::workspace_root;
 
+/// Rounds of the fixed-rate CPU measure: enough that a few-percent difference shows in every
+/// round or is seen to come and go.
+const CPU_ROUNDS: usize = 7;
+/// Rounds of the highest-rate and TCP measures.
 const ROUNDS: usize = 3;
 /// Seconds per measurement (the whole benchmark stays under two minutes).
 const SECS: &str = "2";
@@ -134,57 +140,60 @@ pub fn run() -> Result<Vec<Row>> {
     // (a) Fixed rate: busy CPU of the whole machine per received packet.
     let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     let mut pps: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
-    for _ in 0..ROUNDS {
+    for _ in 0..CPU_ROUNDS {
         for (i, s) in setups.iter().enumerate() {
             let (c, r) = udp_round(&pair, *s, "60M")?;
             cpu[i].push(c);
             pps[i].push(r);
         }
     }
-    let spread: Vec<String> = cpu
-        .iter()
-        .map(|v| {
-            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = v.iter().copied().fold(0.0, f64::max);
-            format!("rounds {lo:.2}–{hi:.2}")
-        })
-        .collect();
-    let cpu: Vec<f64> = cpu.into_iter().map(median).collect();
-    let base = ("no program, 60 Mbit/s UDP", cpu[0]);
-    for (i, s) in setups.iter().enumerate() {
-        let (baseline, note) = match s {
-            Setup::None => (
-                None,
-                format!("baseline; {:.0} pkt/s received", median(pps[i].clone())),
-            ),
-            Setup::DevourerTc => (Some(base), "goal ≤ 1.05×".to_owned()),
-            Setup::EmptyTc => (
-                Some(base),
-                "the TC hooks alone (ingress and egress)".to_owned(),
-            ),
-            Setup::DevourerXdp => (
-                Some(("empty XDP program, 60 Mbit/s UDP", cpu[3])),
-                "native XDP changes the veth datapath: compared with an empty XDP program"
-                    .to_owned(),
-            ),
-            _ => (Some(base), "what users would otherwise run".to_owned()),
-        };
+    let med: Vec<f64> = cpu.iter().cloned().map(median).collect();
+    let name = |i: usize| format!("{}, 60 Mbit/s UDP", setups[i].name());
+    // (setup, baseline setup, what the comparison says)
+    let (none, tc, xdp, empty_xdp, empty_tc) = (0, 1, 2, 3, 4);
+    let compared = [
+        (tc, none, "goal ≤ 1.05×"),
+        (
+            xdp,
+            empty_xdp,
+            "native XDP changes the veth datapath: compared with an empty XDP program",
+        ),
+        (empty_xdp, none, "native XDP on veth by itself"),
+        (empty_tc, none, "the TC hooks alone (ingress and egress)"),
+        (5, none, "what users would otherwise run"),
+        (6, none, "what users would otherwise run"),
+    ];
+    rows.push(row(
+        &name(none),
+        med[none],
+        "µs CPU/pkt",
+        None,
+        &format!(
+            "baseline; {:.0} pkt/s received; {}",
+            median(pps[none].clone()),
+            spread(&cpu[none])
+        ),
+    ));
+    for (i, b, note) in compared {
         rows.push(row(
-            &format!("{}, 60 Mbit/s UDP", s.name()),
-            cpu[i],
+            &name(i),
+            med[i],
             "µs CPU/pkt",
-            baseline,
-            &format!("{note}; {}", spread[i]),
+            Some((&name(b), med[b])),
+            &format!("{note}; {}", per_round(&cpu[i], &cpu[b])),
         ));
     }
-    let tc = cpu[1];
-    for (i, s) in setups.iter().enumerate().skip(5) {
+    for (b, note) in [
+        (empty_tc, "what counting adds to the hooks"),
+        (5, "below 1 = devourer costs less"),
+        (6, "below 1 = devourer costs less"),
+    ] {
         rows.push(row(
-            &format!("devourer (TC) vs {}", s.name()),
-            tc,
+            &format!("devourer (TC) vs {}", setups[b].name()),
+            med[tc],
             "µs CPU/pkt",
-            Some((s.name(), cpu[i])),
-            "below 1 = devourer costs less",
+            Some((setups[b].name(), med[b])),
+            &format!("{note}; {}", per_round(&cpu[tc], &cpu[b])),
         ));
     }
 
@@ -252,4 +261,30 @@ pub fn run() -> Result<Vec<Row>> {
         "the TC hooks alone",
     ));
     Ok(rows)
+}
+
+/// The range of one setup's figures over the rounds.
+fn spread(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(0.0, f64::max);
+    format!("rounds {lo:.2}–{hi:.2}")
+}
+
+/// Round-by-round ratios of `a` to `b` (measured back to back in each round): their range, and
+/// whether it leaves 1 on one side.
+fn per_round(a: &[f64], b: &[f64]) -> String {
+    let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = r.iter().copied().fold(0.0, f64::max);
+    let verdict = if lo > 1.0 {
+        "higher in every round"
+    } else if hi < 1.0 {
+        "lower in every round"
+    } else {
+        "not separable over these rounds"
+    };
+    format!(
+        "per-round ratio {lo:.2}–{hi:.2} over {} rounds: {verdict}",
+        r.len()
+    )
 }
