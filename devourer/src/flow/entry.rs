@@ -233,6 +233,16 @@ impl Flow {
         }
     }
 
+    /// The type of the current record's first ICMP packet, either way (`None`: none seen).
+    pub(super) fn icmp_type(&self) -> Option<u8> {
+        self.dirs
+            .iter()
+            .map(|d| &d.counts)
+            .filter(|c| c.flags & VAL_F_ICMP != 0)
+            .min_by_key(|c| c.first_ns)
+            .map(|c| c.icmp_type)
+    }
+
     pub(super) fn new(key: FlowKey) -> Self {
         Self {
             key,

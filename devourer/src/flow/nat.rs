@@ -33,6 +33,19 @@ pub trait Conntracker: Send {
     fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, conntrack::Error>;
 }
 
+/// Whether conntrack may hold a connection of its own for a flow of `proto` whose first ICMP
+/// packet had `icmp_type` (`None`: not known, so it may). Conntrack tracks ICMP queries and
+/// their replies as connections (echo, timestamp, information and address mask; ICMPv6 echo
+/// and node information); errors, neighbour discovery and multicast listener messages have
+/// none, and asking about an ICMP flow costs walks of the kernel's whole table.
+pub fn may_be_tracked(proto: u8, icmp_type: Option<u8>) -> bool {
+    match (proto, icmp_type) {
+        (IPPROTO_ICMP, Some(t)) => matches!(t, 0 | 8 | 13..=18),
+        (IPPROTO_ICMPV6, Some(t)) => matches!(t, 128 | 129 | 139 | 140),
+        _ => true,
+    }
+}
+
 /// Entries one filtered lookup reads at most.
 const MATCHES: usize = 8;
 

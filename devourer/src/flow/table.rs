@@ -8,7 +8,7 @@ use devourer_common::flow::{FlowKey, FlowValue};
 use super::{
     Emitted, FlowSource, Resolver, Status, TableConfig,
     entry::{Flow, NatState, canonical, directional},
-    nat::{Answer, Endpoint, NatLookup, NatStats, interpret, tuple},
+    nat::{Answer, Endpoint, NatLookup, NatStats, interpret, may_be_tracked, tuple},
     store::Flows,
 };
 use crate::kernel::conntrack::{Entry, has_ports};
@@ -115,6 +115,10 @@ impl FlowTable {
         let mut fatal = None;
         for f in self.flows.iter_mut() {
             let ck = &f.key;
+            if f.nat == NatState::Unknown && !may_be_tracked(ck.proto, f.icmp_type()) {
+                // No connection of its own to find, and finding that out costs table walks.
+                f.nat = NatState::Plain;
+            }
             if f.nat == NatState::Unknown && budget > 0 {
                 budget -= 1;
                 f.nat = match nat.source.entry(&tuple(ck), &mut walks) {

@@ -602,3 +602,68 @@ fn a_copy_seen_between_dnat_and_snat_joins_its_service_flow_without_a_table_walk
     assert_is_the_service_connection(&out[0]);
     assert_eq!(t.nat_stats().merged, 1);
 }
+
+/// Conntrack that finds nothing and keeps the tuples it was asked about.
+struct Asked(Arc<std::sync::Mutex<Vec<crate::kernel::conntrack::Tuple>>>);
+
+impl nat::Conntracker for Asked {
+    fn entry(
+        &mut self,
+        t: &crate::kernel::conntrack::Tuple,
+        _walks: &mut usize,
+    ) -> Result<nat::Answer, crate::kernel::conntrack::Error> {
+        self.0.lock().unwrap().push(*t);
+        Ok(nat::Answer::None)
+    }
+}
+
+#[test]
+fn icmp_flows_conntrack_cannot_track_are_not_looked_up() {
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut t = FlowTable::new(cfg()).with_nat(nat::NatLookup {
+        source: Box::new(Asked(Arc::clone(&asked))),
+        per_scan: 100,
+        walks_per_scan: 100,
+    });
+    let mut m = FakeMap::new();
+    // (peer, protocol, first ICMP type or None): neighbour solicitation, ICMPv6 echo,
+    // destination unreachable, ICMP echo reply, an ICMP flow of fragments (type unknown).
+    let flows = [
+        (1, 58, Some(135)),
+        (2, 58, Some(128)),
+        (3, 1, Some(3)),
+        (4, 1, Some(0)),
+        (5, 1, None),
+    ];
+    for (peer, proto, ty) in flows {
+        m.entries.entry(key(peer, 0, 100, 0, proto)).or_default()[0] = FlowValue {
+            first_ns: S,
+            last_ns: S,
+            bytes: 84,
+            packets: 1,
+            icmp_type: ty.unwrap_or(0),
+            flags: if ty.is_some() { VAL_F_ICMP } else { 0 },
+            ..Default::default()
+        };
+    }
+    let out = scan(&mut t, &mut m, 2 * S);
+    assert!(out.is_empty());
+    let mut peers: Vec<u8> = asked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|x| match x.src {
+            IpAddr::V6(a) => a.octets()[15],
+            IpAddr::V4(a) => a.octets()[3],
+        })
+        .collect();
+    peers.sort_unstable();
+    assert_eq!(
+        peers,
+        [2, 4, 5],
+        "only flows conntrack may hold are asked about"
+    );
+    let out = scan(&mut t, &mut m, 30 * S);
+    assert_eq!(out.len(), 5, "every flow is still recorded");
+    assert_eq!(asked.lock().unwrap().len(), 3, "none is asked again");
+}
