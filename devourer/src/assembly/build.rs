@@ -16,7 +16,10 @@ use crate::{
         dns::{DnsConfig, DnsTracker, tcp::TcpLimits},
         http::{HttpConfig, HttpTracker},
     },
-    flow::{FlowTable, TableConfig, nat::NatLookup},
+    flow::{
+        FlowTable, TableConfig,
+        nat::{KernelConntrack, NatLookup},
+    },
     kernel::{conntrack::Conntrack, object::LoadOptions},
     ops::metrics::Metrics,
     sink::{
@@ -51,7 +54,7 @@ fn flow_table(p: &PipelineArgs, driver: &Driver) -> FlowTable {
     }
     match Conntrack::open(p.flow.conntrack_timeout) {
         Ok(ct) => table.with_nat(NatLookup {
-            source: Box::new(ct),
+            source: Box::new(KernelConntrack::new(ct)),
             per_scan: p.flow.conntrack_lookups_per_scan as usize,
             walks_per_scan: p.flow.conntrack_walks_per_scan as usize,
         }),

@@ -108,10 +108,11 @@ pub struct FlowArgs {
     #[arg(long, env = "DEVOURER_CONNTRACK_LOOKUPS_PER_SCAN", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub conntrack_lookups_per_scan: u64,
-    /// Filtered walks of the kernel's whole conntrack table per scan at most: an ICMP query
-    /// flow (echo, timestamp, ...) needs up to 4 (its identifier is not in the flow key; TCP,
-    /// UDP and other ICMP types, which conntrack keeps no connection for, need none). ICMP
-    /// flows past it wait for the next scan.
+    /// Filtered walks of the kernel's whole conntrack table per scan at most: ICMP query flows
+    /// (echo, timestamp, ...), whose identifier is not in the flow key, share one walk per scan
+    /// and IP version, or need up to 4 each when the table holds more than 4096 translated ICMP
+    /// connections; TCP, UDP and other ICMP types (which conntrack keeps no connection for)
+    /// need none. ICMP flows past it wait for the next scan.
     #[arg(long, env = "DEVOURER_CONNTRACK_WALKS_PER_SCAN", default_value_t = 32,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub conntrack_walks_per_scan: u64,

@@ -2,14 +2,14 @@
 //! a ClusterIP DNAT), read from conntrack, so a record carries the pre-translation endpoints,
 //! the translated ones in `xlat_*`, and the connection is counted once.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use devourer_common::flow::FlowKey;
 
 use crate::{
     base::net::{IPPROTO_ICMP, IPPROTO_ICMPV6, key_addr},
     kernel::conntrack::{
-        self, Conntrack, Entry, FILTER_IP_DST, FILTER_IP_SRC, FILTER_PROTO_NUM, Tuple, has_ports,
+        Conntrack, Entry, Error, FILTER_IP_DST, FILTER_IP_SRC, FILTER_PROTO_NUM, Tuple, has_ports,
     },
 };
 
@@ -30,7 +30,10 @@ pub enum Answer {
 pub trait Conntracker: Send {
     /// The entry of the connection that `t` (either way round) belongs to. Hash probes are
     /// cheap; a filtered walk of the kernel's whole table costs one of `walks`.
-    fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, conntrack::Error>;
+    fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, Error>;
+
+    /// A new scan begins: what an earlier scan read of the kernel's table is out of date.
+    fn new_scan(&mut self) {}
 }
 
 /// Whether conntrack may hold a connection of its own for a flow of `proto` whose first ICMP
@@ -48,14 +51,74 @@ pub fn may_be_tracked(proto: u8, icmp_type: Option<u8>) -> bool {
 
 /// Entries one filtered lookup reads at most.
 const MATCHES: usize = 8;
+/// Translated ICMP connections one walk per scan keeps for all of that scan's ICMP flows; past
+/// it, flows are looked up one by one as before (more walks, nothing missed).
+const ICMP_WALK_ENTRIES: usize = 4096;
 
-impl Conntracker for Conntrack {
-    fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, conntrack::Error> {
+/// Conntrack as the table asks it: TCP and UDP flows by hash probe, ICMP flows (whose
+/// identifier is not in the flow key) against one walk per scan and protocol that reads every
+/// translated ICMP connection.
+pub struct KernelConntrack {
+    ct: Conntrack,
+    /// This scan's walk of each ICMP protocol: (protocol, its translated connections, all of them).
+    icmp: Vec<(u8, Vec<Entry>, bool)>,
+}
+
+impl KernelConntrack {
+    pub fn new(ct: Conntrack) -> Self {
+        Self {
+            ct,
+            icmp: Vec::new(),
+        }
+    }
+
+    /// The translated connections of `proto` this scan (walking once for them), or `None`
+    /// when the walk found more than it keeps or none is left to spend.
+    fn icmp_walk(&mut self, proto: u8, walks: &mut usize) -> Result<Option<&[Entry]>, Error> {
+        let i = match self.icmp.iter().position(|(p, ..)| *p == proto) {
+            Some(i) => i,
+            None if *walks == 0 => return Ok(None),
+            None => {
+                *walks -= 1;
+                // Only the protocol is compared; the address family picks IPv4 or IPv6.
+                let none: IpAddr = if proto == IPPROTO_ICMP {
+                    Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    Ipv6Addr::UNSPECIFIED.into()
+                };
+                let any = Tuple {
+                    src: none,
+                    dst: none,
+                    proto,
+                    src_port: 0,
+                    dst_port: 0,
+                };
+                let (entries, all) = self.ct.find(
+                    &any,
+                    (false, FILTER_PROTO_NUM),
+                    ICMP_WALK_ENTRIES,
+                    &translated,
+                )?;
+                self.icmp.push((proto, entries, all));
+                self.icmp.len() - 1
+            }
+        };
+        let (_, entries, all) = &self.icmp[i];
+        Ok(all.then_some(entries.as_slice()))
+    }
+}
+
+impl Conntracker for KernelConntrack {
+    fn new_scan(&mut self) {
+        self.icmp.clear();
+    }
+
+    fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, Error> {
         if has_ports(t.proto) {
             // One hash probe finds either tuple of an entry; the flow may be oriented either way.
             // (A copy seen between DNAT and SNAT matches neither: the table finds its twin.)
             for probe in [*t, t.reversed()] {
-                if let Some(e) = self.get(&probe)? {
+                if let Some(e) = self.ct.get(&probe)? {
                     return Ok(Answer::Entry(e));
                 }
             }
@@ -64,22 +127,24 @@ impl Conntracker for Conntrack {
         if !matches!(t.proto, IPPROTO_ICMP | IPPROTO_ICMPV6) {
             return Ok(Answer::None);
         }
-        // ICMP identifiers are not in flow keys: filter by addresses, each side.
+        if let Some(entries) = self.icmp_walk(t.proto, walks)? {
+            let found = entries.iter().find(|e| view(t, e).is_some());
+            return Ok(found.map_or(Answer::None, |e| Answer::Entry(*e)));
+        }
+        // More translated ICMP connections than one walk keeps: filter by addresses, each side.
         let flags = FILTER_IP_SRC | FILTER_IP_DST | FILTER_PROTO_NUM;
-        let mut plan: Vec<(Tuple, bool, u32)> = Vec::new();
+        let mut plan: Vec<(Tuple, bool)> = Vec::new();
         for reply_side in [false, true] {
-            plan.extend([(*t, reply_side, flags), (t.reversed(), reply_side, flags)]);
+            plan.extend([(*t, reply_side), (t.reversed(), reply_side)]);
         }
         if *walks < plan.len() {
             return Ok(Answer::Later);
         }
-        for (probe, reply_side, flags) in plan {
+        let fits = |e: &Entry| translated(e) && view(t, e).is_some();
+        for (probe, reply_side) in plan {
             *walks -= 1;
-            let found = self.find(&probe, reply_side, flags, MATCHES)?;
-            if let Some(e) = found
-                .into_iter()
-                .find(|e| translated(e) && view(t, e).is_some())
-            {
+            let (found, _) = self.ct.find(&probe, (reply_side, flags), MATCHES, &fits)?;
+            if let Some(e) = found.into_iter().next() {
                 return Ok(Answer::Entry(e));
             }
         }

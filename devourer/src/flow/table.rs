@@ -109,6 +109,7 @@ impl FlowTable {
         let Some(nat) = &mut self.nat else {
             return;
         };
+        nat.source.new_scan();
         let mut budget = nat.per_scan;
         let mut walks = nat.walks_per_scan;
         let mut twins = Vec::new();

@@ -150,15 +150,16 @@ impl Conntrack {
     }
 
     /// Entries whose original tuple (or, with `reply_side`, reply tuple) matches `t` in the
-    /// fields `flags` names (`FILTER_*`): at most `max` of them. The kernel filters (Linux
-    /// 5.8+) but still walks its whole table, so use sparingly.
+    /// fields `flags` names (`FILTER_*`) and that `keep` keeps: at most `max` of them, and
+    /// whether that was all. The kernel filters (Linux 5.8+) but still walks its whole table,
+    /// so use sparingly.
     pub fn find(
         &mut self,
         t: &Tuple,
-        reply_side: bool,
-        flags: u32,
+        (reply_side, flags): (bool, u32),
         max: usize,
-    ) -> Result<Vec<Entry>, Error> {
+        keep: &dyn Fn(&Entry) -> bool,
+    ) -> Result<(Vec<Entry>, bool), Error> {
         let mut msg = Request::new(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, t.src);
         let (which, flag_attr) = if reply_side {
             (CTA_TUPLE_REPLY, CTA_FILTER_REPLY_FLAGS)
@@ -169,14 +170,18 @@ impl Conntrack {
         let filter = msg.begin(CTA_FILTER | NLA_F_NESTED);
         msg.attr(flag_attr, &flags.to_ne_bytes());
         msg.end(filter);
-        let mut out = Vec::new();
+        let (mut out, mut all) = (Vec::new(), true);
         self.exchange(msg, true, &mut |e| {
-            if out.len() < max {
-                out.push(e);
+            if keep(&e) {
+                if out.len() < max {
+                    out.push(e);
+                } else {
+                    all = false;
+                }
             }
             true
         })?;
-        Ok(out)
+        Ok((out, all))
     }
 
     /// Sends one request and reads its answers to the end (the final acknowledgement, or the
