@@ -257,6 +257,8 @@ pub fn endpoint_addr(key: &FlowKey, e: &Endpoint) -> IpAddr {
 pub struct NatStats {
     /// Flows looked up in conntrack.
     pub lookups: u64,
+    /// Filtered walks of the kernel's whole conntrack table those lookups took (ICMP).
+    pub walks: u64,
     /// Of those, flows of a translated connection.
     pub translated: u64,
     /// Records not emitted because they were the translated copy of a flow also seen.

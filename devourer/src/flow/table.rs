@@ -162,6 +162,7 @@ impl FlowTable {
                 twins.push((f.key, n.twin(&f.key)));
             }
         }
+        self.tally.nat.walks += nat.walks_per_scan.saturating_sub(walks) as u64;
         twins.extend(self.adopt_orphans());
         if let Some(e) = fatal {
             tracing::warn!("NAT'd connections are no longer joined: {e}");

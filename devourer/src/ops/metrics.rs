@@ -58,6 +58,7 @@ pub struct Metrics {
     filter_packets: IntCounterVec,
     filter_bytes: IntCounterVec,
     nat_duplicates: IntCounter,
+    conntrack_walks: IntCounter,
     pub interfaces: IntGauge,
     /// Last absolute values of counters kept elsewhere, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
@@ -364,6 +365,10 @@ impl Metrics {
                 "devourer_nat_duplicates_total",
                 "Records not emitted: the translated copy of a connection whose pre-translation flow is recorded (its packets are counted there).",
             ),
+            conntrack_walks: r.counter(
+                "devourer_conntrack_walks_total",
+                "Filtered walks of the kernel's whole conntrack table (ICMP query flows' lookups; at most --conntrack-walks-per-scan per scan).",
+            ),
             interfaces: r.gauge(
                 "devourer_interfaces_attached",
                 "Interfaces being monitored.",
@@ -524,6 +529,7 @@ impl Metrics {
             );
         }
         self.sync("nat_duplicates", &self.nat_duplicates, s.merged);
+        self.sync("conntrack_walks", &self.conntrack_walks, s.walks);
     }
 
     /// Removes the series of an interface that is gone (pod veths come and go).
