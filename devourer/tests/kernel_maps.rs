@@ -52,21 +52,6 @@ fn udp_frame(payload: usize, len: usize) -> Vec<u8> {
     f
 }
 
-/// Runs the XDP program over `frame` replayed at `ts_ns` on ifindex 7 into map set `map`.
-fn xdp_run(prog: i32, frame: &[u8], ts_ns: u64, map: u32) -> std::io::Result<u32> {
-    let meta = XdpReplayMeta {
-        ts_ns,
-        ifindex: 7,
-        wire_len: 0,
-        map,
-        _pad: 0,
-    };
-    let mut input = meta.to_ne_bytes().to_vec();
-    input.extend_from_slice(frame);
-    let ctx = bpf_sys::xdp_ctx(size_of::<XdpReplayMeta>() as u32, input.len() as u32);
-    bpf_sys::test_run(prog, &input, &ctx)
-}
-
 fn slots(loaded: &mut loader::Loaded) -> Vec<(FlowKey, Vec<FlowValue>)> {
     let mut out = Vec::new();
     loaded
@@ -162,7 +147,17 @@ fn replay_frames_up_to_the_cut_length_are_accepted() {
     let big = udp_frame(MAX_REPLAY_FRAME - 42, MAX_REPLAY_FRAME);
     assert_eq!(big.len(), MAX_REPLAY_FRAME);
     bpf_sys::test_run(tc, &big, &bpf_sys::skb_ctx(1, 1, 0, 0)).expect("TC accepts the cut length");
-    xdp_run(xdp, &big, 1, 0).expect("XDP accepts the cut length");
+    let meta = XdpReplayMeta {
+        ts_ns: 1,
+        ifindex: 1,
+        wire_len: 0,
+        map: 0,
+        _pad: 0,
+    };
+    let mut input = meta.to_ne_bytes().to_vec();
+    input.extend_from_slice(&big);
+    let ctx = bpf_sys::xdp_ctx(size_of::<XdpReplayMeta>() as u32, input.len() as u32);
+    bpf_sys::test_run(xdp, &input, &ctx).expect("XDP accepts the cut length");
     // A page-sized frame is what the cut avoids.
     let huge = udp_frame(4000, 0);
     assert!(bpf_sys::test_run(tc, &huge, &bpf_sys::skb_ctx(1, 1, 0, 0)).is_err());
@@ -186,7 +181,17 @@ fn replay_frames_marked_for_the_second_map_set_count_there_and_nowhere_else() {
     let xdp = loaded.prog_fd(PROG_XDP).unwrap();
     let frame = udp_frame(10, 0);
     bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(1_000, 7, 0, 1)).unwrap();
-    xdp_run(xdp, &frame, 2_000, 1).unwrap();
+    let meta = XdpReplayMeta {
+        ts_ns: 2_000,
+        ifindex: 7,
+        wire_len: 0,
+        map: 1,
+        _pad: 0,
+    };
+    let mut input = meta.to_ne_bytes().to_vec();
+    input.extend_from_slice(&frame);
+    let ctx = bpf_sys::xdp_ctx(size_of::<XdpReplayMeta>() as u32, input.len() as u32);
+    bpf_sys::test_run(xdp, &input, &ctx).unwrap();
     assert!(slots(&mut loaded).is_empty(), "nothing in the first set");
     let mut second = Vec::new();
     loaded

@@ -221,10 +221,10 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
     let filter_count = opts.filters.len().min(MAX_FILTER_RULES) as u32;
     // Only offline replay counts in the second map set.
-    let (second_entries, second_overflow) = if opts.offline {
-        (opts.flow_map_entries, OVERFLOW_MAP_ENTRIES)
+    let second_entries = if opts.offline {
+        opts.flow_map_entries
     } else {
-        (1, 1)
+        1
     };
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_FILTERS, &filters, true)
@@ -241,7 +241,14 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(AYA_LOG_LEVEL, &log_level, true)
         .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
         .map_max_entries(FLOWS_B_MAP, second_entries)
-        .map_max_entries(OVERFLOW_B_MAP, second_overflow)
+        .map_max_entries(
+            OVERFLOW_B_MAP,
+            if opts.offline {
+                OVERFLOW_MAP_ENTRIES
+            } else {
+                1
+            },
+        )
         .map_max_entries(DNS_RING, opts.dns_ring_bytes)
         // Without HTTP ports the ring stays at its smallest (one page): nothing is sent to it.
         .map_max_entries(
@@ -279,10 +286,30 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Map("possible cpus", e))?;
     let take =
         |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Missing(name));
-    let flows = hash_reader(&mut ebpf, FLOWS_MAP, ncpus, opts.flow_map_entries)?;
-    let overflow = hash_reader(&mut ebpf, OVERFLOW_MAP, ncpus, OVERFLOW_MAP_ENTRIES)?;
-    let flows_b = hash_reader(&mut ebpf, FLOWS_B_MAP, ncpus, second_entries)?;
-    let overflow_b = hash_reader(&mut ebpf, OVERFLOW_B_MAP, ncpus, second_overflow)?;
+    let flows = HashReader::new(
+        take(&mut ebpf, FLOWS_MAP)?,
+        ncpus,
+        opts.flow_map_entries as usize,
+    )
+    .map_err(|e| LoadError::Map(FLOWS_MAP, e))?;
+    let overflow = HashReader::new(
+        take(&mut ebpf, OVERFLOW_MAP)?,
+        ncpus,
+        OVERFLOW_MAP_ENTRIES as usize,
+    )
+    .map_err(|e| LoadError::Map(OVERFLOW_MAP, e))?;
+    let flows_b = HashReader::new(
+        take(&mut ebpf, FLOWS_B_MAP)?,
+        ncpus,
+        second_entries as usize,
+    )
+    .map_err(|e| LoadError::Map(FLOWS_B_MAP, e))?;
+    let overflow_b = HashReader::new(
+        take(&mut ebpf, OVERFLOW_B_MAP)?,
+        ncpus,
+        OVERFLOW_MAP_ENTRIES as usize,
+    )
+    .map_err(|e| LoadError::Map(OVERFLOW_B_MAP, e))?;
     let counters = Counters::new(take(&mut ebpf, COUNTERS_MAP)?, ncpus)
         .map_err(|e| LoadError::Map(COUNTERS_MAP, e))?;
     let filter_counts = Counters::new(take(&mut ebpf, FILTER_COUNTS_MAP)?, ncpus)
@@ -310,17 +337,6 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         log,
         ncpus,
     })
-}
-
-/// Takes hash map `name` out of `ebpf`, to be read as one of `entries` entries.
-fn hash_reader<K: Copy, V: Copy>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    ncpus: usize,
-    entries: u32,
-) -> Result<HashReader<K, V>, LoadError> {
-    let map = ebpf.take_map(name).ok_or(LoadError::Missing(name))?;
-    HashReader::new(map, ncpus, entries as usize).map_err(|e| LoadError::Map(name, e))
 }
 
 /// Bytes a preallocated BPF hash map element takes besides its key and value (the kernel's

@@ -2,7 +2,7 @@
 //! kernel program with BPF_PROG_TEST_RUN, the file's timestamps as its clock, then through the
 //! same pipeline as live capture. Timeouts fire on the file's clock. A second thread reads and
 //! frames the file ([`reader`], [`pcapfile`]); the frames are fed by one thread per CPU
-//! ([`lanes`] says which), which meet after every segment and at every scan boundary. The
+//! ([`lanes`] says which), which meet after every batch and at every scan boundary. The
 //! program counts each scan interval's packets in one of two map sets, alternating, so a scan
 //! sees exactly the packets before its boundary, as a single-threaded replay would, while the
 //! other threads already feed the next interval's.
