@@ -103,9 +103,6 @@ pub struct LoadOptions {
     pub filters: Vec<FilterRule>,
     /// `--sampling N` (1: every packet).
     pub sampling: u32,
-    /// Load only this program (replay runs one; each program costs its verification);
-    /// `None`: every program.
-    pub only: Option<&'static str>,
 }
 
 impl LoadOptions {
@@ -125,7 +122,6 @@ impl LoadOptions {
             per_interface: false,
             filters: Vec::new(),
             sampling: 1,
-            only: None,
         }
     }
 }
@@ -262,11 +258,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_max_entries(PERCPU_FLOWS_MAP, opts.percpu_map_entries.max(1))
         .load(object)
         .map_err(classify)?;
-    let wanted = |name: &str| opts.only.is_none_or(|only| only == name);
-    for name in [PROG_TC_INGRESS, PROG_TC_EGRESS]
-        .into_iter()
-        .filter(|n| wanted(n))
-    {
+    for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or(LoadError::Missing(name))?
@@ -274,14 +266,12 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
             .map_err(classify)?;
         prog.load().map_err(classify)?;
     }
-    if wanted(PROG_XDP) {
-        let xdp: &mut Xdp = ebpf
-            .program_mut(PROG_XDP)
-            .ok_or(LoadError::Missing(PROG_XDP))?
-            .try_into()
-            .map_err(classify)?;
-        xdp.load().map_err(classify)?;
-    }
+    let xdp: &mut Xdp = ebpf
+        .program_mut(PROG_XDP)
+        .ok_or(LoadError::Missing(PROG_XDP))?
+        .try_into()
+        .map_err(classify)?;
+    xdp.load().map_err(classify)?;
 
     let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Map("possible cpus", e))?;
     let take =
