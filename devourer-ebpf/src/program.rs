@@ -33,10 +33,9 @@ use devourer_common::{
         C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_FILTERED, C_HTTP_CUT, C_HTTP_EVENTS,
         C_HTTP_RING_FULL, C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
         C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_REPEATS, C_SAMPLED_OUT, C_SEEN_FULL, C_WAKEUP_FAILED,
-        C_WAKEUPS, CB_IFINDEX, CB_MAP, CounterBlock, DEFAULT_FLOW_MAP_ENTRIES,
-        DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6, OVERFLOW_MAP_ENTRIES,
-        OverflowKey, OverflowValue, SEEN_SLOTS, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup,
-        XdpReplayMeta, hook,
+        C_WAKEUPS, CB_IFINDEX, CounterBlock, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS,
+        FlowKey, FlowValue, KEY_F_IPV6, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue,
+        SEEN_SLOTS, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup, XdpReplayMeta, hook,
     },
     payload::{
         DEFAULT_HTTP_CAP, PAYLOAD_CAP_MAX, PAYLOAD_F_IPV6, PAYLOAD_HEADER_LEN, PORT_SLOTS,
@@ -107,42 +106,6 @@ static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_FL
 #[map(name = "OVERFLOW")]
 static OVERFLOW: PerCpuHashMap<OverflowKey, OverflowValue> =
     PerCpuHashMap::with_max_entries(OVERFLOW_MAP_ENTRIES, 0);
-
-/// Offline replay's second map set: frames marked for it (`cb[CB_MAP]`, the XDP replay
-/// metadata) count here, so the agent reads one set while the next scan interval's frames go
-/// to the other. The loader sizes them to one entry in the live agent, which never uses them.
-#[map(name = "FLOWS_B")]
-static FLOWS_B: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(1, 0);
-
-#[map(name = "OVERFLOW_B")]
-static OVERFLOW_B: PerCpuHashMap<OverflowKey, OverflowValue> =
-    PerCpuHashMap::with_max_entries(1, 0);
-
-/// A flow map and the overflow map beside it.
-#[derive(Clone, Copy)]
-pub struct MapSet {
-    flows: &'static HashMap<FlowKey, FlowValue>,
-    /// Where packets go when the flow map is full (the benchmarks' per-CPU variant too).
-    pub overflow: &'static PerCpuHashMap<OverflowKey, OverflowValue>,
-}
-
-impl MapSet {
-    /// The set a packet counts in: the first, or offline the one its replay marks.
-    #[inline(always)]
-    fn pick(second: bool) -> Self {
-        if second {
-            Self {
-                flows: &FLOWS_B,
-                overflow: &OVERFLOW_B,
-            }
-        } else {
-            Self {
-                flows: &FLOWS,
-                overflow: &OVERFLOW,
-            }
-        }
-    }
-}
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
@@ -237,7 +200,7 @@ pub fn devourer_xdp(ctx: XdpContext) -> u32 {
 /// the benchmark object compares it with. Returns whether this hook counted the packet (the
 /// first to see its flow), which alone then sends its payload.
 pub trait FlowStore {
-    fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool;
+    fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool;
 }
 
 /// The shared flow map.
@@ -245,8 +208,8 @@ pub struct Shared;
 
 impl FlowStore for Shared {
     #[inline(always)]
-    fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
-        record(maps, p, ts, segs, hook, ctr)
+    fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
+        record(p, ts, segs, hook, ctr)
     }
 }
 
@@ -258,20 +221,16 @@ pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
     // sched_cls programs. Fields are read with volatile loads at their constant offsets, so
     // LLVM cannot turn two field reads into one load through a selected pointer (which the
     // verifier refuses on the context).
-    let (ts, ifindex, second, vlan_hint, segs) = unsafe {
+    let (ts, ifindex, vlan_hint, segs) = unsafe {
         // Both interface fields are read whatever the mode (LLVM would otherwise merge the two
         // 32-bit reads into one through a selected offset, which the verifier refuses); only
-        // offline replay reads tstamp, whose read carries extra checks, and the map set.
+        // offline replay reads tstamp, whose read carries extra checks.
         let cb0 = read_volatile(&(*skb).cb[CB_IFINDEX]);
         let dev = read_volatile(&(*skb).ifindex);
-        let (ts, ifindex, second) = if offline() {
-            (
-                read_volatile(&(*skb).tstamp),
-                cb0,
-                read_volatile(&(*skb).cb[CB_MAP]) != 0,
-            )
+        let (ts, ifindex) = if offline() {
+            (read_volatile(&(*skb).tstamp), cb0)
         } else {
-            (bpf_ktime_get_ns(), dev, false)
+            (bpf_ktime_get_ns(), dev)
         };
         let vlan_present = read_volatile(&(*skb).vlan_present);
         let vlan_tci = read_volatile(&(*skb).vlan_tci);
@@ -281,7 +240,7 @@ pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
         } else {
             None
         };
-        (ts, ifindex, second, vlan, segs)
+        (ts, ifindex, vlan, segs)
     };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -296,7 +255,7 @@ pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
         &pkt,
         &mut scratch.parsed,
         vlan_hint,
-        (ts, MapSet::pick(second)),
+        ts,
         hook(ifindex, egress),
         segs,
     );
@@ -306,7 +265,7 @@ pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
 fn xdp(ctx: &XdpContext) {
     // SAFETY: the context the kernel passed in; read at its constant offset (see `tc`).
     let dev = unsafe { read_volatile(&(*ctx.ctx).ingress_ifindex) };
-    let (ts, ifindex, second) = if offline() {
+    let (ts, ifindex) = if offline() {
         let meta = ctx.metadata();
         if meta + size_of::<XdpReplayMeta>() > ctx.data() {
             if let Some(ctr) = Ctr::get() {
@@ -317,34 +276,26 @@ fn xdp(ctx: &XdpContext) {
         }
         // SAFETY: the metadata area was bounds-checked against data just above.
         let m = unsafe { read_unaligned(meta as *const XdpReplayMeta) };
-        (m.ts_ns, m.ifindex, m.map != 0)
+        (m.ts_ns, m.ifindex)
     } else {
         // SAFETY: plain helper call.
-        (unsafe { bpf_ktime_get_ns() }, dev, false)
+        (unsafe { bpf_ktime_get_ns() }, dev)
     };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot; see `tc`.
     let parsed = unsafe { &mut (*scratch).parsed };
-    account::<_, Shared>(
-        &XdpPacket(ctx),
-        parsed,
-        None,
-        (ts, MapSet::pick(second)),
-        hook(ifindex, false),
-        1,
-    );
+    account::<_, Shared>(&XdpPacket(ctx), parsed, None, ts, hook(ifindex, false), 1);
 }
 
-/// Counts one packet seen at `hook` (interface and direction, see [`hook`]) at `ts` in
-/// `maps`.
+/// Counts one packet seen at `hook` (interface and direction, see [`hook`]).
 #[inline(always)]
 fn account<P: Packet + CopyOut, S: FlowStore>(
     p: &P,
     parsed: &mut Parsed,
     vlan_hint: Option<u16>,
-    (ts, maps): (u64, MapSet),
+    ts: u64,
     hook: u32,
     gso_segs: u32,
 ) {
@@ -372,7 +323,7 @@ fn account<P: Packet + CopyOut, S: FlowStore>(
                 parsed.bytes = 0;
                 segs = 0;
             }
-            if !S::record(maps, parsed, ts, segs, hook, &ctr) {
+            if !S::record(parsed, ts, segs, hook, &ctr) {
                 // Seen already where its flow is counted: so is its payload.
                 return;
             }
@@ -535,16 +486,16 @@ fn count_or_note(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64, hook: u32, c
 }
 
 #[inline(always)]
-fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
+fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
     let key = &p.key;
     let ifindex = hook >> 1;
-    if let Some(v) = maps.flows.get_ptr_mut(key) {
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
         return count_or_note(v, p, ts, segs, hook, ctr);
     }
     let mut fresh = FlowValue::default();
     add(&mut fresh, p, ts, segs);
     fresh.counted_on = hook;
-    match maps.flows.insert(key, &fresh, BPF_NOEXIST as u64) {
+    match FLOWS.insert(key, &fresh, BPF_NOEXIST as u64) {
         Ok(()) => true,
         Err(e) if e == -EEXIST => {
             // Another CPU created the entry between our lookup and insert.
@@ -553,13 +504,13 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
                 &(),
                 "insert race on ifindex {}: retried as an update", ifindex
             );
-            match maps.flows.get_ptr_mut(key) {
+            match FLOWS.get_ptr_mut(key) {
                 Some(v) => count_or_note(v, p, ts, segs, hook, ctr),
                 // Deleted again by the agent in between: account it as overflow, not lost.
-                None => overflow(maps.overflow, p, ts, ifindex, segs, ctr),
+                None => overflow(p, ts, ifindex, segs, ctr),
             }
         }
-        Err(_) => overflow(maps.overflow, p, ts, ifindex, segs, ctr),
+        Err(_) => overflow(p, ts, ifindex, segs, ctr),
     }
 }
 
@@ -697,17 +648,10 @@ fn repeat(p: &Parsed, ts: u64) -> bool {
     false
 }
 
-/// The flow map is full: aggregate by (ifindex, protocol) in `map` and ask the agent to evict
-/// early. Whether the packet was counted (not a repeat of one counted at another interface).
+/// The flow map is full: aggregate by (ifindex, protocol) and ask the agent to evict early.
+/// Whether the packet was counted (not a repeat of one counted at another interface).
 #[inline(always)]
-pub fn overflow(
-    map: &PerCpuHashMap<OverflowKey, OverflowValue>,
-    p: &Parsed,
-    ts: u64,
-    ifindex: u32,
-    segs: u64,
-    ctr: &Ctr,
-) -> bool {
+pub fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64, ctr: &Ctr) -> bool {
     if repeat(p, ts) {
         ctr.add(C_REPEATS, segs);
         return false;
@@ -718,7 +662,7 @@ pub fn overflow(
         proto: p.key.proto,
         _pad: [0; 3],
     };
-    let added = match map.get_ptr_mut(&key) {
+    let added = match OVERFLOW.get_ptr_mut(&key) {
         Some(v) => {
             // SAFETY: this CPU's slot.
             let v = unsafe { &mut *v };
@@ -731,9 +675,9 @@ pub fn overflow(
                 bytes: p.bytes as u64,
                 packets: segs,
             };
-            match map.insert(&key, &v, BPF_NOEXIST as u64) {
+            match OVERFLOW.insert(&key, &v, BPF_NOEXIST as u64) {
                 Ok(()) => true,
-                Err(e) if e == -EEXIST => match map.get_ptr_mut(&key) {
+                Err(e) if e == -EEXIST => match OVERFLOW.get_ptr_mut(&key) {
                     Some(slot) => {
                         // SAFETY: this CPU's slot.
                         let slot = unsafe { &mut *slot };

@@ -1,8 +1,7 @@
 //! The real kernel program and maps through the library (root only): packets counted on two
 //! CPUs meet in the shared flow map's one value, a deleted entry's counts do not come back
 //! when its key is reused, lookup-and-delete returns everything, and replay frames up to the
-//! cut length are accepted by BPF_PROG_TEST_RUN; replay frames marked for the second map
-//! set count only there.
+//! cut length are accepted by BPF_PROG_TEST_RUN.
 
 use devourer::{
     flow::FlowSource,
@@ -78,7 +77,7 @@ fn counts_from_every_cpu_meet_in_one_value_and_a_reused_key_starts_from_zero() {
     let frame = udp_frame(10, 0);
     let run = |cpu: usize, ts: u64| {
         pin_to_cpu(cpu);
-        bpf_sys::test_run(prog, &frame, &bpf_sys::skb_ctx(ts, 7, 0, 0)).expect("test run");
+        bpf_sys::test_run(prog, &frame, &bpf_sys::skb_ctx(ts, 7, 0)).expect("test run");
     };
     for i in 0..3 {
         run(0, 1_000 + i);
@@ -118,7 +117,7 @@ fn counts_from_every_cpu_meet_in_one_value_and_a_reused_key_starts_from_zero() {
     for port in 0..300u16 {
         let mut f = frame.clone();
         f[34..36].copy_from_slice(&(2000 + port).to_be_bytes());
-        bpf_sys::test_run(prog, &f, &bpf_sys::skb_ctx(3_000, 7, 0, 0)).unwrap();
+        bpf_sys::test_run(prog, &f, &bpf_sys::skb_ctx(3_000, 7, 0)).unwrap();
     }
     let mut drained = Vec::new();
     loaded
@@ -146,67 +145,19 @@ fn replay_frames_up_to_the_cut_length_are_accepted() {
     let xdp = loaded.prog_fd(PROG_XDP).unwrap();
     let big = udp_frame(MAX_REPLAY_FRAME - 42, MAX_REPLAY_FRAME);
     assert_eq!(big.len(), MAX_REPLAY_FRAME);
-    bpf_sys::test_run(tc, &big, &bpf_sys::skb_ctx(1, 1, 0, 0)).expect("TC accepts the cut length");
+    bpf_sys::test_run(tc, &big, &bpf_sys::skb_ctx(1, 1, 0)).expect("TC accepts the cut length");
     let meta = XdpReplayMeta {
         ts_ns: 1,
         ifindex: 1,
         wire_len: 0,
-        map: 0,
-        _pad: 0,
     };
     let mut input = meta.to_ne_bytes().to_vec();
     input.extend_from_slice(&big);
-    let ctx = bpf_sys::xdp_ctx(size_of::<XdpReplayMeta>() as u32, input.len() as u32);
+    let ctx = bpf_sys::xdp_ctx(16, input.len() as u32);
     bpf_sys::test_run(xdp, &input, &ctx).expect("XDP accepts the cut length");
     // A page-sized frame is what the cut avoids.
     let huge = udp_frame(4000, 0);
-    assert!(bpf_sys::test_run(tc, &huge, &bpf_sys::skb_ctx(1, 1, 0, 0)).is_err());
+    assert!(bpf_sys::test_run(tc, &huge, &bpf_sys::skb_ctx(1, 1, 0)).is_err());
     // Frames shorter than an Ethernet header are refused by the kernel (userspace skips them).
-    assert!(bpf_sys::test_run(tc, &[0u8; 10], &bpf_sys::skb_ctx(1, 1, 0, 0)).is_err());
-}
-
-#[test]
-fn replay_frames_marked_for_the_second_map_set_count_there_and_nowhere_else() {
-    if !is_root() {
-        eprintln!("SKIP: needs root to load BPF programs");
-        return;
-    }
-    let mut loaded = loader::load(&LoadOptions::new(true, 1024)).expect("loading");
-    assert_eq!(
-        loaded.flows_b.capacity(),
-        1024,
-        "offline: as large as the first"
-    );
-    let tc = loaded.prog_fd(PROG_TC_INGRESS).unwrap();
-    let xdp = loaded.prog_fd(PROG_XDP).unwrap();
-    let frame = udp_frame(10, 0);
-    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(1_000, 7, 0, 1)).unwrap();
-    let meta = XdpReplayMeta {
-        ts_ns: 2_000,
-        ifindex: 7,
-        wire_len: 0,
-        map: 1,
-        _pad: 0,
-    };
-    let mut input = meta.to_ne_bytes().to_vec();
-    input.extend_from_slice(&frame);
-    let ctx = bpf_sys::xdp_ctx(size_of::<XdpReplayMeta>() as u32, input.len() as u32);
-    bpf_sys::test_run(xdp, &input, &ctx).unwrap();
-    assert!(slots(&mut loaded).is_empty(), "nothing in the first set");
-    let mut second = Vec::new();
-    loaded
-        .flows_b
-        .take_all(&mut |k, v| second.push((k, v)))
-        .unwrap();
-    assert_eq!(second.len(), 1);
-    let v = second[0].1;
-    assert_eq!((v.packets, v.first_ns, v.last_ns), (2, 1_000, 2_000));
-    // And unmarked frames still go to the first set.
-    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(3_000, 7, 0, 0)).unwrap();
-    assert_eq!(slots(&mut loaded).len(), 1);
-    assert!(loaded.flows_b.take(&second[0].0).unwrap().is_none());
-
-    // The live agent never uses the second set: it takes one entry.
-    let live = loader::load(&LoadOptions::new(false, 1024)).expect("loading");
-    assert_eq!(live.flows_b.capacity(), 1);
+    assert!(bpf_sys::test_run(tc, &[0u8; 10], &bpf_sys::skb_ctx(1, 1, 0)).is_err());
 }

@@ -53,18 +53,11 @@ pub trait Kernel {
     fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>>;
     /// Forwards the program's own log lines, if it logs.
     fn forward_log(&mut self) {}
-    /// Which map set `flows` and `take_overflow` read from now on: the first, or offline
-    /// replay's second (see [`Assembly::read_second`]).
-    fn read_second(&mut self, _second: bool) {}
 }
 
 impl Kernel for Loaded {
     fn flows(&mut self) -> &mut dyn FlowSource {
-        if self.reading_b {
-            &mut self.flows_b
-        } else {
-            &mut self.flows
-        }
+        &mut self.flows
     }
 
     fn payloads(
@@ -97,15 +90,7 @@ impl Kernel for Loaded {
     }
 
     fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
-        take_overflow(if self.reading_b {
-            &mut self.overflow_b
-        } else {
-            &mut self.overflow
-        })
-    }
-
-    fn read_second(&mut self, second: bool) {
-        self.reading_b = second;
+        take_overflow(&mut self.overflow)
     }
 
     fn forward_log(&mut self) {
@@ -184,13 +169,6 @@ impl<K: Kernel> Assembly<K> {
     /// flow map filled up).
     pub fn woken(&mut self) -> bool {
         self.kernel.woken()
-    }
-
-    /// Offline replay: the scans and the final flush from now on read the second map set
-    /// (`second`) or the first. Replay drains the set it reads at every scan (see
-    /// [`crate::flow::TableConfig::drain`]), so a set holds one scan interval's packets.
-    pub fn read_second(&mut self, second: bool) {
-        self.kernel.read_second(second);
     }
 
     /// One scan of the flow map at `now` (program clock), then what the overflow map holds

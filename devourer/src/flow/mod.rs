@@ -91,9 +91,6 @@ pub struct TableConfig {
     pub max_flows: usize,
     /// Emit a [`Status::Start`] record when a flow is first seen.
     pub start_records: bool,
-    /// Every scan takes every entry out of the map it reads (offline replay, which alternates
-    /// between two maps: the one read must be empty before frames go to it again).
-    pub drain: bool,
 }
 
 /// Why a record was emitted (the record's `status`).

@@ -296,27 +296,17 @@ impl FlowTable {
         Ok(())
     }
 
-    /// Takes every entry out of the map into its flow; how many there were.
-    fn take_all(&mut self, src: &mut dyn FlowSource, stats: &mut ScanStats) -> io::Result<usize> {
-        let flows = &mut self.flows;
-        let mut taken = 0;
-        src.take_all(&mut |k, v| {
-            fold_deleted(flows, &k, &v);
-            taken += 1;
-        })?;
-        stats.evicted += taken;
-        Ok(taken)
-    }
-
-    /// Reads every entry of the live map into its flow and evicts the quiet ones (and, under
-    /// `pressure` or when the map is nearly full, the least recently active half).
-    fn read_and_evict(
+    /// One scan at time `now`: read the kernel map, evict quiet entries (and, under `pressure`
+    /// or when the map is nearly full, the least recently active half), and return the records
+    /// that are due, in a deterministic order.
+    pub fn scan(
         &mut self,
         src: &mut dyn FlowSource,
         now: u64,
         pressure: bool,
         stats: &mut ScanStats,
-    ) -> io::Result<()> {
+        names: &mut dyn Resolver,
+    ) -> io::Result<Vec<Emitted>> {
         let mut evict: Vec<(u64, FlowKey)> = Vec::new();
         let mut keep: Vec<(u64, FlowKey)> = Vec::new();
         let (flows, evict_after) = (&mut self.flows, self.cfg.evict_after);
@@ -346,33 +336,17 @@ impl FlowTable {
             // Most of the map is quiet (after a burst of short flows): one batched drain costs
             // far less than a delete per entry. The few active entries it takes too fold into
             // their flows like evicted ones, and their next packets start fresh entries.
-            self.take_all(src, stats)?;
+            let flows = &mut self.flows;
+            src.take_all(&mut |k, v| {
+                fold_deleted(flows, &k, &v);
+                stats.evicted += 1;
+            })?;
         } else {
             for (_, k) in &evict {
                 if self.take_into(src, k)? {
                     stats.evicted += 1;
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// One scan at time `now`: read the kernel map, evict quiet entries (and, under `pressure`
-    /// or when the map is nearly full, the least recently active half) or, with
-    /// [`TableConfig::drain`], take every entry, and return the records that are due, in a
-    /// deterministic order.
-    pub fn scan(
-        &mut self,
-        src: &mut dyn FlowSource,
-        now: u64,
-        pressure: bool,
-        stats: &mut ScanStats,
-        names: &mut dyn Resolver,
-    ) -> io::Result<Vec<Emitted>> {
-        if self.cfg.drain {
-            stats.kernel_entries = self.take_all(src, stats)?;
-        } else {
-            self.read_and_evict(src, now, pressure, stats)?;
         }
         self.translate();
         self.settle_traffic();

@@ -18,9 +18,8 @@ use devourer_common::{
         MAX_FILTER_RULES,
     },
     flow::{
-        COUNTERS_MAP, FLOWS_B_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE,
-        GLOBAL_WAKE_INTERVAL_NS, OVERFLOW_B_MAP, OVERFLOW_MAP, OVERFLOW_MAP_ENTRIES, OverflowKey,
-        OverflowValue, WAKEUP_RING,
+        COUNTERS_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE, GLOBAL_WAKE_INTERVAL_NS,
+        OVERFLOW_MAP, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, WAKEUP_RING,
     },
     payload::{
         BPF_RB_NO_WAKEUP, DEFAULT_DNS_RING_BYTES, DEFAULT_HTTP_CAP, DEFAULT_HTTP_RING_BYTES,
@@ -131,11 +130,6 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub flows: KernelFlows,
     pub overflow: HashReader<OverflowKey, OverflowValue>,
-    /// Offline replay's second map set (one entry each in the live agent).
-    pub flows_b: KernelFlows,
-    pub overflow_b: HashReader<OverflowKey, OverflowValue>,
-    /// Which set the agent reads: the first, or the second (offline replay alternates).
-    pub reading_b: bool,
     pub counters: Counters,
     /// What each `--filter` rule matched.
     pub filter_counts: Counters,
@@ -216,12 +210,6 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         *slot = *rule;
     }
     let filter_count = opts.filters.len().min(MAX_FILTER_RULES) as u32;
-    // Only offline replay counts in the second map set.
-    let second_entries = if opts.offline {
-        opts.flow_map_entries
-    } else {
-        1
-    };
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_FILTERS, &filters, true)
         .override_global(GLOBAL_FILTER_COUNT, &filter_count, true)
@@ -236,15 +224,6 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(GLOBAL_HTTP_CAP, &http_cap, true)
         .override_global(AYA_LOG_LEVEL, &log_level, true)
         .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
-        .map_max_entries(FLOWS_B_MAP, second_entries)
-        .map_max_entries(
-            OVERFLOW_B_MAP,
-            if opts.offline {
-                OVERFLOW_MAP_ENTRIES
-            } else {
-                1
-            },
-        )
         .map_max_entries(DNS_RING, opts.dns_ring_bytes)
         // Without HTTP ports the ring stays at its smallest (one page): nothing is sent to it.
         .map_max_entries(
@@ -288,18 +267,6 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         OVERFLOW_MAP_ENTRIES as usize,
     )
     .map_err(|e| LoadError::Map(OVERFLOW_MAP, e))?;
-    let flows_b = HashReader::new(
-        take(&mut ebpf, FLOWS_B_MAP)?,
-        ncpus,
-        second_entries as usize,
-    )
-    .map_err(|e| LoadError::Map(FLOWS_B_MAP, e))?;
-    let overflow_b = HashReader::new(
-        take(&mut ebpf, OVERFLOW_B_MAP)?,
-        ncpus,
-        OVERFLOW_MAP_ENTRIES as usize,
-    )
-    .map_err(|e| LoadError::Map(OVERFLOW_B_MAP, e))?;
     let counters = Counters::new(take(&mut ebpf, COUNTERS_MAP)?, ncpus)
         .map_err(|e| LoadError::Map(COUNTERS_MAP, e))?;
     let filter_counts = Counters::new(take(&mut ebpf, FILTER_COUNTS_MAP)?, ncpus)
@@ -316,9 +283,6 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         ebpf,
         flows: KernelFlows(flows),
         overflow,
-        flows_b: KernelFlows(flows_b),
-        overflow_b,
-        reading_b: false,
         counters,
         filter_counts,
         wakeup,

@@ -1,6 +1,5 @@
 //! The capture reader thread of `devourer read`: parses the file and converts frames to
-//! Ethernet on the second core, handing batches over in file order with how each frame may
-//! be spread over the lanes.
+//! Ethernet on the second core, handing batches over in file order with each frame's lane.
 
 use std::{
     sync::mpsc::{Receiver, SyncSender, sync_channel},
@@ -32,8 +31,8 @@ pub struct Framed {
     pub cut: bool,
     /// The Ethernet frame's length on the wire, before any cut (the capture's or ours).
     pub wire_len: u32,
-    /// Where it may be fed ([`Lanes::spread`]); `None` (lane 0) for frames that are skipped.
-    pub spread: Option<u32>,
+    /// The replay thread that feeds it ([`Lanes`]); 0 for frames that are skipped.
+    pub lane: u8,
     /// The frame: `bytes[start..end]` of the batch.
     start: usize,
     end: usize,
@@ -118,7 +117,7 @@ fn read_loop(
                         skip: None,
                         cut: false,
                         wire_len: 0,
-                        spread: None,
+                        lane: 0,
                         start,
                         end: start,
                     };
@@ -131,7 +130,7 @@ fn read_loop(
                                 frame.truncate(MAX_REPLAY_FRAME);
                                 framed.cut = true;
                             }
-                            framed.spread = lanes.spread(&frame);
+                            framed.lane = lanes.of(&frame);
                             b.bytes.extend_from_slice(&frame);
                         }
                         Err(e) => framed.skip = Some((e, linktype)),
