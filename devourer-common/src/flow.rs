@@ -5,6 +5,16 @@
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Per-CPU hash: coarse [`OverflowKey`] -> [`OverflowValue`] for packets the full flow map refused.
 pub const OVERFLOW_MAP: &str = "OVERFLOW";
+/// Offline replay's other flow and overflow maps: frames go to one of three sets, the next at
+/// each scan boundary ([`CB_MAP`], [`XdpReplayMeta::map`]), so the set of the interval before
+/// is read (and looked up for counting hooks) while this interval's frames go to another, and
+/// the third is cleared. One entry each in the live agent.
+pub const FLOWS_B_MAP: &str = "FLOWS_B";
+pub const OVERFLOW_B_MAP: &str = "OVERFLOW_B";
+pub const FLOWS_C_MAP: &str = "FLOWS_C";
+pub const OVERFLOW_C_MAP: &str = "OVERFLOW_C";
+/// Map sets offline replay rotates through.
+pub const REPLAY_SETS: u32 = 3;
 /// Per-CPU array with one [`CounterBlock`]: `u64` counters indexed by the `C_*` constants.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Ring buffer of rate-limited [`Wakeup`] events asking the agent to evict early.
@@ -187,20 +197,27 @@ pub struct XdpReplayMeta {
     /// The frame's length on the wire (it may be replayed cut): what an IP length of 0 (a
     /// BIG TCP or jumbo super-packet) is counted from.
     pub wire_len: u32,
+    /// Which map set counts the frame: 0 (`FLOWS`, `OVERFLOW`), 1 (`*_B`) or 2 (`*_C`); the
+    /// one before it in that order holds the previous interval's.
+    pub map: u32,
+    pub _pad: u32,
 }
 
-/// Offline TC replay: `__sk_buff.cb[CB_IFINDEX]` carries the replayed interface and
-/// `cb[CB_WIRE_LEN]` the frame's length on the wire (see [`XdpReplayMeta::wire_len`]).
+/// Offline TC replay: `__sk_buff.cb[CB_IFINDEX]` carries the replayed interface,
+/// `cb[CB_WIRE_LEN]` the frame's length on the wire (see [`XdpReplayMeta::wire_len`]) and
+/// `cb[CB_MAP]` the map set that counts it (see [`XdpReplayMeta::map`]).
 pub const CB_IFINDEX: usize = 0;
 pub const CB_WIRE_LEN: usize = 1;
+pub const CB_MAP: usize = 2;
 
 impl XdpReplayMeta {
     /// The bytes the program reads at `data_meta` (native byte order, as the kernel's).
-    pub fn to_ne_bytes(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
+    pub fn to_ne_bytes(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
         b[..8].copy_from_slice(&self.ts_ns.to_ne_bytes());
         b[8..12].copy_from_slice(&self.ifindex.to_ne_bytes());
-        b[12..].copy_from_slice(&self.wire_len.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.wire_len.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.map.to_ne_bytes());
         b
     }
 }
@@ -222,4 +239,4 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 64);
 const _: () = assert!(core::mem::offset_of!(FlowValue, tcp_flags) == 32);
 const _: () = assert!(core::mem::offset_of!(FlowValue, flags) == 36);
 const _: () = assert!(core::mem::size_of::<OverflowKey>() == 8);
-const _: () = assert!(core::mem::size_of::<XdpReplayMeta>() == 16);
+const _: () = assert!(core::mem::size_of::<XdpReplayMeta>() == 24);

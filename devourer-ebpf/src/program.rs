@@ -33,9 +33,10 @@ use devourer_common::{
         C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_FILTERED, C_HTTP_CUT, C_HTTP_EVENTS,
         C_HTTP_RING_FULL, C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
         C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_REPEATS, C_SAMPLED_OUT, C_SEEN_FULL, C_WAKEUP_FAILED,
-        C_WAKEUPS, CB_IFINDEX, CounterBlock, DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_WAKE_INTERVAL_NS,
-        FlowKey, FlowValue, KEY_F_IPV6, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue,
-        SEEN_SLOTS, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup, XdpReplayMeta, hook,
+        C_WAKEUPS, CB_IFINDEX, CB_MAP, CounterBlock, DEFAULT_FLOW_MAP_ENTRIES,
+        DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6, OVERFLOW_MAP_ENTRIES,
+        OverflowKey, OverflowValue, SEEN_SLOTS, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup,
+        XdpReplayMeta, hook,
     },
     payload::{
         DEFAULT_HTTP_CAP, PAYLOAD_CAP_MAX, PAYLOAD_F_IPV6, PAYLOAD_HEADER_LEN, PORT_SLOTS,
@@ -106,6 +107,70 @@ static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_FL
 #[map(name = "OVERFLOW")]
 static OVERFLOW: PerCpuHashMap<OverflowKey, OverflowValue> =
     PerCpuHashMap::with_max_entries(OVERFLOW_MAP_ENTRIES, 0);
+
+/// Offline replay's other map sets: replay counts each scan interval's frames in the next of
+/// three sets (`cb[CB_MAP]`, the XDP replay metadata), so the agent reads the interval before
+/// while frames go to this one, and clears the one before that. The loader sizes them to one
+/// entry in the live agent, which never uses them.
+#[map(name = "FLOWS_B")]
+static FLOWS_B: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(1, 0);
+
+#[map(name = "OVERFLOW_B")]
+static OVERFLOW_B: PerCpuHashMap<OverflowKey, OverflowValue> =
+    PerCpuHashMap::with_max_entries(1, 0);
+
+#[map(name = "FLOWS_C")]
+static FLOWS_C: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(1, 0);
+
+#[map(name = "OVERFLOW_C")]
+static OVERFLOW_C: PerCpuHashMap<OverflowKey, OverflowValue> =
+    PerCpuHashMap::with_max_entries(1, 0);
+
+/// A flow map and the overflow map beside it, and offline the previous interval's flow map.
+#[derive(Clone, Copy)]
+pub struct MapSet {
+    flows: &'static HashMap<FlowKey, FlowValue>,
+    /// Where packets go when the flow map is full (the benchmarks' per-CPU variant too).
+    pub overflow: &'static PerCpuHashMap<OverflowKey, OverflowValue>,
+    /// Offline replay: the set the interval before counted in. A direction new in `flows`
+    /// that it counted keeps its counting hook (a packet's copy on another interface just
+    /// after a scan boundary must not count again).
+    prev: Option<&'static HashMap<FlowKey, FlowValue>>,
+}
+
+impl MapSet {
+    /// The live agent's set.
+    #[inline(always)]
+    fn live() -> Self {
+        Self {
+            flows: &FLOWS,
+            overflow: &OVERFLOW,
+            prev: None,
+        }
+    }
+
+    /// The set offline replay marks a frame for (0, 1 or 2), after the one before it.
+    #[inline(always)]
+    fn replay(set: u32) -> Self {
+        match set {
+            1 => Self {
+                flows: &FLOWS_B,
+                overflow: &OVERFLOW_B,
+                prev: Some(&FLOWS),
+            },
+            2 => Self {
+                flows: &FLOWS_C,
+                overflow: &OVERFLOW_C,
+                prev: Some(&FLOWS_B),
+            },
+            _ => Self {
+                flows: &FLOWS,
+                overflow: &OVERFLOW,
+                prev: Some(&FLOWS_C),
+            },
+        }
+    }
+}
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
@@ -200,7 +265,7 @@ pub fn devourer_xdp(ctx: XdpContext) -> u32 {
 /// the benchmark object compares it with. Returns whether this hook counted the packet (the
 /// first to see its flow), which alone then sends its payload.
 pub trait FlowStore {
-    fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool;
+    fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool;
 }
 
 /// The shared flow map.
@@ -208,8 +273,8 @@ pub struct Shared;
 
 impl FlowStore for Shared {
     #[inline(always)]
-    fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
-        record(p, ts, segs, hook, ctr)
+    fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
+        record(maps, p, ts, segs, hook, ctr)
     }
 }
 
@@ -221,16 +286,20 @@ pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
     // sched_cls programs. Fields are read with volatile loads at their constant offsets, so
     // LLVM cannot turn two field reads into one load through a selected pointer (which the
     // verifier refuses on the context).
-    let (ts, ifindex, vlan_hint, segs) = unsafe {
+    let (ts, ifindex, maps, vlan_hint, segs) = unsafe {
         // Both interface fields are read whatever the mode (LLVM would otherwise merge the two
         // 32-bit reads into one through a selected offset, which the verifier refuses); only
-        // offline replay reads tstamp, whose read carries extra checks.
+        // offline replay reads tstamp, whose read carries extra checks, and the map set.
         let cb0 = read_volatile(&(*skb).cb[CB_IFINDEX]);
         let dev = read_volatile(&(*skb).ifindex);
-        let (ts, ifindex) = if offline() {
-            (read_volatile(&(*skb).tstamp), cb0)
+        let (ts, ifindex, maps) = if offline() {
+            (
+                read_volatile(&(*skb).tstamp),
+                cb0,
+                MapSet::replay(read_volatile(&(*skb).cb[CB_MAP])),
+            )
         } else {
-            (bpf_ktime_get_ns(), dev)
+            (bpf_ktime_get_ns(), dev, MapSet::live())
         };
         let vlan_present = read_volatile(&(*skb).vlan_present);
         let vlan_tci = read_volatile(&(*skb).vlan_tci);
@@ -240,7 +309,7 @@ pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
         } else {
             None
         };
-        (ts, ifindex, vlan, segs)
+        (ts, ifindex, maps, vlan, segs)
     };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -255,7 +324,7 @@ pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
         &pkt,
         &mut scratch.parsed,
         vlan_hint,
-        ts,
+        (ts, maps),
         hook(ifindex, egress),
         segs,
     );
@@ -265,7 +334,7 @@ pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
 fn xdp(ctx: &XdpContext) {
     // SAFETY: the context the kernel passed in; read at its constant offset (see `tc`).
     let dev = unsafe { read_volatile(&(*ctx.ctx).ingress_ifindex) };
-    let (ts, ifindex) = if offline() {
+    let (ts, ifindex, maps) = if offline() {
         let meta = ctx.metadata();
         if meta + size_of::<XdpReplayMeta>() > ctx.data() {
             if let Some(ctr) = Ctr::get() {
@@ -276,26 +345,34 @@ fn xdp(ctx: &XdpContext) {
         }
         // SAFETY: the metadata area was bounds-checked against data just above.
         let m = unsafe { read_unaligned(meta as *const XdpReplayMeta) };
-        (m.ts_ns, m.ifindex)
+        (m.ts_ns, m.ifindex, MapSet::replay(m.map))
     } else {
         // SAFETY: plain helper call.
-        (unsafe { bpf_ktime_get_ns() }, dev)
+        (unsafe { bpf_ktime_get_ns() }, dev, MapSet::live())
     };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot; see `tc`.
     let parsed = unsafe { &mut (*scratch).parsed };
-    account::<_, Shared>(&XdpPacket(ctx), parsed, None, ts, hook(ifindex, false), 1);
+    account::<_, Shared>(
+        &XdpPacket(ctx),
+        parsed,
+        None,
+        (ts, maps),
+        hook(ifindex, false),
+        1,
+    );
 }
 
-/// Counts one packet seen at `hook` (interface and direction, see [`hook`]).
+/// Counts one packet seen at `hook` (interface and direction, see [`hook`]) at `ts` in
+/// `maps`.
 #[inline(always)]
 fn account<P: Packet + CopyOut, S: FlowStore>(
     p: &P,
     parsed: &mut Parsed,
     vlan_hint: Option<u16>,
-    ts: u64,
+    (ts, maps): (u64, MapSet),
     hook: u32,
     gso_segs: u32,
 ) {
@@ -323,7 +400,7 @@ fn account<P: Packet + CopyOut, S: FlowStore>(
                 parsed.bytes = 0;
                 segs = 0;
             }
-            if !S::record(parsed, ts, segs, hook, &ctr) {
+            if !S::record(maps, parsed, ts, segs, hook, &ctr) {
                 // Seen already where its flow is counted: so is its payload.
                 return;
             }
@@ -466,6 +543,13 @@ pub fn add_shared(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
 fn count_or_note(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
     // SAFETY: a live map value; `counted_on` is set once, at insert.
     if unsafe { (*v).counted_on } == hook {
+        // Offline, an entry that inherited its counting hook (see `record`) starts without a
+        // first packet; the live agent never makes one (`offline` is a load-time constant).
+        // SAFETY: as above.
+        if offline() && unsafe { (*v).first_ns } == 0 {
+            // SAFETY: as above.
+            unsafe { (*v).first_ns = ts };
+        }
         add_shared(v, p, ts, segs);
         return true;
     }
@@ -486,17 +570,37 @@ fn count_or_note(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64, hook: u32, c
 }
 
 #[inline(always)]
-fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
+fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
     let key = &p.key;
     let ifindex = hook >> 1;
-    if let Some(v) = FLOWS.get_ptr_mut(key) {
+    if let Some(v) = maps.flows.get_ptr_mut(key) {
         return count_or_note(v, p, ts, segs, hook, ctr);
     }
-    let mut fresh = FlowValue::default();
-    add(&mut fresh, p, ts, segs);
-    fresh.counted_on = hook;
-    match FLOWS.insert(key, &fresh, BPF_NOEXIST as u64) {
-        Ok(()) => true,
+    let mut fresh = FlowValue {
+        counted_on: hook,
+        ..FlowValue::default()
+    };
+    // Offline, a direction the interval before counted keeps the hook that counted it: this
+    // packet at another hook is a copy (its original was counted before the scan boundary),
+    // so its entry starts with no packets, the counting hook, and this hook as seen.
+    // SAFETY: a live map value, only read (its set is not written during this interval).
+    let inherited = maps
+        .prev
+        .and_then(|prev| unsafe { prev.get(key) })
+        .map_or(0, |pv| if pv.packets != 0 { pv.counted_on } else { 0 });
+    let counted = inherited == 0 || inherited == hook;
+    if counted {
+        add(&mut fresh, p, ts, segs);
+    } else {
+        fresh.counted_on = inherited;
+        fresh.seen_on[0] = hook;
+    }
+    match maps.flows.insert(key, &fresh, BPF_NOEXIST as u64) {
+        Ok(()) if counted => true,
+        Ok(()) => {
+            ctr.add(C_REPEATS, segs);
+            false
+        }
         Err(e) if e == -EEXIST => {
             // Another CPU created the entry between our lookup and insert.
             ctr.add(C_INSERT_RACE, 1);
@@ -504,13 +608,18 @@ fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
                 &(),
                 "insert race on ifindex {}: retried as an update", ifindex
             );
-            match FLOWS.get_ptr_mut(key) {
+            match maps.flows.get_ptr_mut(key) {
                 Some(v) => count_or_note(v, p, ts, segs, hook, ctr),
                 // Deleted again by the agent in between: account it as overflow, not lost.
-                None => overflow(p, ts, ifindex, segs, ctr),
+                None => overflow(maps.overflow, p, ts, ifindex, segs, ctr),
             }
         }
-        Err(_) => overflow(p, ts, ifindex, segs, ctr),
+        Err(_) if counted => overflow(maps.overflow, p, ts, ifindex, segs, ctr),
+        // The map is full and the packet is a copy: nothing to count, only its hook is lost.
+        Err(_) => {
+            ctr.add(C_REPEATS, segs);
+            false
+        }
     }
 }
 
@@ -648,10 +757,17 @@ fn repeat(p: &Parsed, ts: u64) -> bool {
     false
 }
 
-/// The flow map is full: aggregate by (ifindex, protocol) and ask the agent to evict early.
-/// Whether the packet was counted (not a repeat of one counted at another interface).
+/// The flow map is full: aggregate by (ifindex, protocol) in `map` and ask the agent to evict
+/// early. Whether the packet was counted (not a repeat of one counted at another interface).
 #[inline(always)]
-pub fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64, ctr: &Ctr) -> bool {
+pub fn overflow(
+    map: &PerCpuHashMap<OverflowKey, OverflowValue>,
+    p: &Parsed,
+    ts: u64,
+    ifindex: u32,
+    segs: u64,
+    ctr: &Ctr,
+) -> bool {
     if repeat(p, ts) {
         ctr.add(C_REPEATS, segs);
         return false;
@@ -662,7 +778,7 @@ pub fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64, ctr: &Ctr) -> bool
         proto: p.key.proto,
         _pad: [0; 3],
     };
-    let added = match OVERFLOW.get_ptr_mut(&key) {
+    let added = match map.get_ptr_mut(&key) {
         Some(v) => {
             // SAFETY: this CPU's slot.
             let v = unsafe { &mut *v };
@@ -675,9 +791,9 @@ pub fn overflow(p: &Parsed, ts: u64, ifindex: u32, segs: u64, ctr: &Ctr) -> bool
                 bytes: p.bytes as u64,
                 packets: segs,
             };
-            match OVERFLOW.insert(&key, &v, BPF_NOEXIST as u64) {
+            match map.insert(&key, &v, BPF_NOEXIST as u64) {
                 Ok(()) => true,
-                Err(e) if e == -EEXIST => match OVERFLOW.get_ptr_mut(&key) {
+                Err(e) if e == -EEXIST => match map.get_ptr_mut(&key) {
                     Some(slot) => {
                         // SAFETY: this CPU's slot.
                         let slot = unsafe { &mut *slot };

@@ -385,7 +385,7 @@ fn replay_floor(loaded: &mut loader::Loaded, v4: &[u8]) {
     // The offline replay floor: one BPF_PROG_TEST_RUN call (repeat 1) of an empty TC program,
     // timed from userspace, syscall included.
     let empty = loaded.prog_fd(PROG_EMPTY_TC).expect("empty program");
-    let ctx = devourer::kernel::sys::skb_ctx(1, 1, 0);
+    let ctx = devourer::kernel::sys::skb_ctx(1, 1, 0, 0);
     let start = Instant::now();
     for _ in 0..CALLS {
         devourer::kernel::sys::test_run(empty, v4, &ctx).expect("test run");
@@ -406,7 +406,7 @@ fn replay_floor_file(loaded: &mut loader::Loaded, path: &std::path::Path) {
     while let Some(pkt) = cap.next_packet().expect("reading the capture") {
         let lt = cap.interfaces[pkt.iface].linktype;
         if to_ethernet(lt, &pkt.data, &mut frame).is_ok() {
-            let ctx = devourer::kernel::sys::skb_ctx(pkt.ts_ns, pkt.iface as u32 + 1, 0);
+            let ctx = devourer::kernel::sys::skb_ctx(pkt.ts_ns, pkt.iface as u32 + 1, 0, 0);
             devourer::kernel::sys::test_run(empty, &frame, &ctx).expect("test run");
             n += 1;
         }
@@ -432,6 +432,7 @@ fn scan(loaded: &mut loader::Loaded) {
         evict_after: forever,
         max_flows: usize::MAX,
         start_records: false,
+        drain: false,
     });
     let now = devourer::base::time::monotonic_ns();
     let mut st = ScanStats::default();

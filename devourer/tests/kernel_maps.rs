@@ -1,7 +1,8 @@
 //! The real kernel program and maps through the library (root only): packets counted on two
 //! CPUs meet in the shared flow map's one value, a deleted entry's counts do not come back
 //! when its key is reused, lookup-and-delete returns everything, and replay frames up to the
-//! cut length are accepted by BPF_PROG_TEST_RUN.
+//! cut length are accepted by BPF_PROG_TEST_RUN; replay frames marked for the second map
+//! set count only there.
 
 use devourer::{
     flow::FlowSource,
@@ -51,6 +52,21 @@ fn udp_frame(payload: usize, len: usize) -> Vec<u8> {
     f
 }
 
+/// Runs the XDP program over `frame` replayed at `ts_ns` on ifindex 7 into map set `map`.
+fn xdp_run(prog: i32, frame: &[u8], ts_ns: u64, map: u32) -> std::io::Result<u32> {
+    let meta = XdpReplayMeta {
+        ts_ns,
+        ifindex: 7,
+        wire_len: 0,
+        map,
+        _pad: 0,
+    };
+    let mut input = meta.to_ne_bytes().to_vec();
+    input.extend_from_slice(frame);
+    let ctx = bpf_sys::xdp_ctx(size_of::<XdpReplayMeta>() as u32, input.len() as u32);
+    bpf_sys::test_run(prog, &input, &ctx)
+}
+
 fn slots(loaded: &mut loader::Loaded) -> Vec<(FlowKey, Vec<FlowValue>)> {
     let mut out = Vec::new();
     loaded
@@ -77,7 +93,7 @@ fn counts_from_every_cpu_meet_in_one_value_and_a_reused_key_starts_from_zero() {
     let frame = udp_frame(10, 0);
     let run = |cpu: usize, ts: u64| {
         pin_to_cpu(cpu);
-        bpf_sys::test_run(prog, &frame, &bpf_sys::skb_ctx(ts, 7, 0)).expect("test run");
+        bpf_sys::test_run(prog, &frame, &bpf_sys::skb_ctx(ts, 7, 0, 0)).expect("test run");
     };
     for i in 0..3 {
         run(0, 1_000 + i);
@@ -117,7 +133,7 @@ fn counts_from_every_cpu_meet_in_one_value_and_a_reused_key_starts_from_zero() {
     for port in 0..300u16 {
         let mut f = frame.clone();
         f[34..36].copy_from_slice(&(2000 + port).to_be_bytes());
-        bpf_sys::test_run(prog, &f, &bpf_sys::skb_ctx(3_000, 7, 0)).unwrap();
+        bpf_sys::test_run(prog, &f, &bpf_sys::skb_ctx(3_000, 7, 0, 0)).unwrap();
     }
     let mut drained = Vec::new();
     loaded
@@ -145,19 +161,96 @@ fn replay_frames_up_to_the_cut_length_are_accepted() {
     let xdp = loaded.prog_fd(PROG_XDP).unwrap();
     let big = udp_frame(MAX_REPLAY_FRAME - 42, MAX_REPLAY_FRAME);
     assert_eq!(big.len(), MAX_REPLAY_FRAME);
-    bpf_sys::test_run(tc, &big, &bpf_sys::skb_ctx(1, 1, 0)).expect("TC accepts the cut length");
-    let meta = XdpReplayMeta {
-        ts_ns: 1,
-        ifindex: 1,
-        wire_len: 0,
-    };
-    let mut input = meta.to_ne_bytes().to_vec();
-    input.extend_from_slice(&big);
-    let ctx = bpf_sys::xdp_ctx(16, input.len() as u32);
-    bpf_sys::test_run(xdp, &input, &ctx).expect("XDP accepts the cut length");
+    bpf_sys::test_run(tc, &big, &bpf_sys::skb_ctx(1, 1, 0, 0)).expect("TC accepts the cut length");
+    xdp_run(xdp, &big, 1, 0).expect("XDP accepts the cut length");
     // A page-sized frame is what the cut avoids.
     let huge = udp_frame(4000, 0);
-    assert!(bpf_sys::test_run(tc, &huge, &bpf_sys::skb_ctx(1, 1, 0)).is_err());
+    assert!(bpf_sys::test_run(tc, &huge, &bpf_sys::skb_ctx(1, 1, 0, 0)).is_err());
     // Frames shorter than an Ethernet header are refused by the kernel (userspace skips them).
-    assert!(bpf_sys::test_run(tc, &[0u8; 10], &bpf_sys::skb_ctx(1, 1, 0)).is_err());
+    assert!(bpf_sys::test_run(tc, &[0u8; 10], &bpf_sys::skb_ctx(1, 1, 0, 0)).is_err());
+}
+
+#[test]
+fn replay_frames_marked_for_another_map_set_count_there_and_nowhere_else() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to load BPF programs");
+        return;
+    }
+    let mut loaded = loader::load(&LoadOptions::new(true, 1024)).expect("loading");
+    for (set, _) in &loaded.replay_sets {
+        assert_eq!(set.capacity(), 1024, "offline: as large as the first");
+    }
+    let tc = loaded.prog_fd(PROG_TC_INGRESS).unwrap();
+    let xdp = loaded.prog_fd(PROG_XDP).unwrap();
+    let frame = udp_frame(10, 0);
+    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(1_000, 7, 0, 1)).unwrap();
+    xdp_run(xdp, &frame, 2_000, 1).unwrap();
+    assert!(slots(&mut loaded).is_empty(), "nothing in the first set");
+    let second = take_set(&mut loaded, 1);
+    assert_eq!(second.len(), 1);
+    let v = second[0].1;
+    assert_eq!((v.packets, v.first_ns, v.last_ns), (2, 1_000, 2_000));
+    // Set 2 likewise, and unmarked frames still go to the first set.
+    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(2_500, 7, 0, 2)).unwrap();
+    assert_eq!(take_set(&mut loaded, 2).len(), 1);
+    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(3_000, 7, 0, 0)).unwrap();
+    assert_eq!(slots(&mut loaded).len(), 1);
+    assert!(take_set(&mut loaded, 1).is_empty());
+
+    // The live agent never uses the other sets: they take one entry each.
+    let live = loader::load(&LoadOptions::new(false, 1024)).expect("loading");
+    for (set, _) in &live.replay_sets {
+        assert_eq!(set.capacity(), 1);
+    }
+}
+
+#[test]
+fn a_copy_just_after_a_replay_scan_boundary_is_not_counted_again() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to load BPF programs");
+        return;
+    }
+    let mut loaded = loader::load(&LoadOptions::new(true, 1024)).expect("loading");
+    let tc = loaded.prog_fd(PROG_TC_INGRESS).unwrap();
+    let frame = udp_frame(10, 0);
+    // Counted on ifindex 7 (ingress) in set 0, the interval before the boundary.
+    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(1_000, 7, 0, 0)).unwrap();
+    // Its copy on ifindex 8 just after the boundary, in set 1: noted, not counted.
+    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(1_001, 8, 0, 1)).unwrap();
+    // The next packet on ifindex 7 counts, on 8 it is noted.
+    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(2_000, 7, 0, 1)).unwrap();
+    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(2_001, 8, 0, 1)).unwrap();
+    let next = take_set(&mut loaded, 1);
+    assert_eq!(next.len(), 1);
+    let v = next[0].1;
+    assert_eq!(
+        (v.packets, v.first_ns, v.last_ns, v.counted_on, v.seen_on[0]),
+        (1, 2_000, 2_000, 7 << 1, 8 << 1),
+        "counted on the first set's hook, from its first counted packet"
+    );
+    // A direction the interval before only noted keeps no hook: the first to see it counts.
+    assert_eq!(slots(&mut loaded).len(), 1);
+    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(3_000, 7, 0, 0)).unwrap();
+    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(3_001, 8, 0, 1)).unwrap();
+    bpf_sys::test_run(tc, &frame, &bpf_sys::skb_ctx(4_000, 8, 0, 2)).unwrap();
+    let noted = take_set(&mut loaded, 1);
+    let v = noted[0].1;
+    assert_eq!(
+        (v.packets, v.first_ns, v.counted_on),
+        (0, 0, 7 << 1),
+        "only noted"
+    );
+    let after = take_set(&mut loaded, 2);
+    let v = after[0].1;
+    assert_eq!((v.packets, v.first_ns, v.counted_on), (1, 4_000, 8 << 1));
+}
+
+/// Takes every entry out of offline replay's map set `set` (1 or 2).
+fn take_set(loaded: &mut loader::Loaded, set: usize) -> Vec<(FlowKey, FlowValue)> {
+    let mut out = Vec::new();
+    loaded.replay_sets[set - 1]
+        .0
+        .take_all(&mut |k, v| out.push((k, v)))
+        .unwrap();
+    out
 }

@@ -6,6 +6,13 @@ use std::path::Path;
 use pcap_file::{
     DataLink,
     pcap::{PcapHeader, PcapPacket, PcapWriter},
+    pcapng::{
+        PcapNgWriter,
+        blocks::{
+            enhanced_packet::EnhancedPacketBlock,
+            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
+        },
+    },
 };
 
 pub const A4: [u8; 4] = [192, 0, 2, 1];
@@ -125,6 +132,35 @@ pub fn write_pcap_timed(path: &Path, link: DataLink, frames: &[(u64, Vec<u8>)]) 
         let ts = std::time::Duration::from_micros(*us);
         w.write_packet(&PcapPacket::new(ts, f.len() as u32, f))
             .expect("write packet");
+    }
+}
+
+/// Writes Ethernet frames seen on the named interfaces as a pcapng with nanosecond
+/// timestamps: (index into `interfaces`, nanoseconds since the epoch, frame).
+pub fn write_pcapng(path: &Path, interfaces: &[&str], frames: &[(u32, u64, Vec<u8>)]) {
+    let file = std::fs::File::create(path).expect("create pcapng");
+    let mut w = PcapNgWriter::new(file).expect("pcapng section");
+    for name in interfaces {
+        w.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: DataLink::ETHERNET,
+            snaplen: 262_144,
+            options: vec![
+                InterfaceDescriptionOption::IfName((*name).into()),
+                // pcap-file writes the nanoseconds it is given: say so.
+                InterfaceDescriptionOption::IfTsResol(9),
+            ],
+        })
+        .expect("interface block");
+    }
+    for (iface, ns, f) in frames {
+        w.write_pcapng_block(EnhancedPacketBlock {
+            interface_id: *iface,
+            timestamp: std::time::Duration::from_nanos(*ns),
+            original_len: f.len() as u32,
+            data: f.as_slice().into(),
+            options: vec![],
+        })
+        .expect("packet block");
     }
 }
 

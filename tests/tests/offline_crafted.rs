@@ -605,3 +605,53 @@ fn dns_records_do_not_depend_on_how_many_threads_replay() {
     let elsewhere = assert_threads_agree(&file, &args, 4);
     assert!(elsewhere > 100, "the other threads fed {elsewhere} packets");
 }
+
+#[test]
+fn a_packets_copy_on_a_second_interface_just_after_a_scan_boundary_is_not_counted_again() {
+    if !require_root("a_packets_copy_on_a_second_interface_just_after_a_scan_boundary") {
+        return;
+    }
+    // A node's capture: each packet crosses a pod's veth, then the bridge 1 µs later. The
+    // requests straddle every scan boundary (veth 0.5 µs before it, bridge after), where the
+    // replay moves to another map set; the replies sit mid-interval.
+    const BASE: u64 = 1_700_000_000 * 1_000_000_000;
+    const SECOND: u64 = 1_000_000_000;
+    let request = eth4(&ipv4(A4, B4, 17, &udp(5000, 6000, &[1; 20]), 0, 0));
+    let reply = eth4(&ipv4(B4, A4, 17, &udp(6000, 5000, &[2; 40]), 0, 0));
+    let mut frames = vec![
+        (0, BASE, request.clone()),
+        (1, BASE + 1000, request.clone()),
+    ];
+    for i in 1..20u64 {
+        let at = BASE + i * SECOND;
+        frames.push((0, at - 500, request.clone()));
+        frames.push((1, at + 500, request.clone()));
+        frames.push((1, at + SECOND / 3, reply.clone()));
+        frames.push((0, at + SECOND / 3 + 1000, reply.clone()));
+    }
+    let tmp = TempDir::new("straddle");
+    let file = tmp.path("node.pcapng");
+    write_pcapng(&file, &["veth-pod", "br0"], &frames);
+    let (status, stdout, stderr) = devourer_read(&file, &["--scan-interval", "1s"]);
+    assert!(status.success(), "{stderr}");
+    let flows: Vec<serde_json::Value> = records(&stdout)
+        .into_iter()
+        .filter(|r| r["type"] == "flow")
+        .collect();
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    let f = &flows[0];
+    assert_eq!(
+        (f["src_packets"].as_u64(), f["dst_packets"].as_u64()),
+        (Some(20), Some(19)),
+        "each packet once, though 19 of its copies followed a scan boundary: {f:#}"
+    );
+    assert_eq!(f["src_bytes"], 20 * 48);
+    assert_eq!(f["interface"], "veth-pod", "{f:#}");
+    let ingress = |i: &str| serde_json::json!({"direction": "ingress", "interface": i});
+    assert_eq!(
+        f["interfaces"],
+        serde_json::json!([ingress("veth-pod"), ingress("br0")]),
+        "{f:#}"
+    );
+    assert_threads_agree(&file, &["--scan-interval", "1s"], 2);
+}

@@ -32,7 +32,7 @@ mod baselines {
     use devourer_common::flow::{FlowKey, FlowValue};
     use devourer_ebpf::Parsed;
 
-    use crate::program::{Ctr, FlowStore, TC_NEXT, add, overflow, tc};
+    use crate::program::{Ctr, FlowStore, MapSet, TC_NEXT, add, overflow, tc};
 
     /// Programs that do nothing: the baselines of the kernel-cost benchmark.
     #[classifier]
@@ -64,7 +64,7 @@ mod baselines {
 
     impl FlowStore for PerCpu {
         #[inline(always)]
-        fn record(p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
+        fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
             let key = &p.key;
             if let Some(v) = FLOWS_PERCPU.get_ptr_mut(key) {
                 // SAFETY: this CPU's slot of a live entry.
@@ -81,9 +81,9 @@ mod baselines {
                         add(unsafe { &mut *v }, p, ts, segs);
                         true
                     }
-                    None => overflow(p, ts, hook >> 1, segs, ctr),
+                    None => overflow(maps.overflow, p, ts, hook >> 1, segs, ctr),
                 },
-                Err(_) => overflow(p, ts, hook >> 1, segs, ctr),
+                Err(_) => overflow(maps.overflow, p, ts, hook >> 1, segs, ctr),
             }
         }
     }

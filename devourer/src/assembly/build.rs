@@ -34,7 +34,7 @@ pub fn load_options(p: &PipelineArgs, offline: bool) -> LoadOptions {
     p.load_options(offline)
 }
 
-fn table_config(p: &PipelineArgs) -> TableConfig {
+fn table_config(p: &PipelineArgs, driver: &Driver) -> TableConfig {
     let f = &p.flow;
     TableConfig {
         idle_timeout: nanos(f.idle_timeout),
@@ -43,12 +43,13 @@ fn table_config(p: &PipelineArgs) -> TableConfig {
         evict_after: nanos(f.evict_after()),
         max_flows: f.max_flows as usize,
         start_records: f.flow_start_records,
+        drain: *driver == Driver::Replay,
     }
 }
 
 /// The flow table; live, joined to conntrack unless `--no-conntrack` (or it cannot be asked).
 fn flow_table(p: &PipelineArgs, driver: &Driver) -> FlowTable {
-    let table = FlowTable::new(table_config(p));
+    let table = FlowTable::new(table_config(p, driver));
     if p.flow.no_conntrack || !matches!(driver, Driver::Live { .. }) {
         return table;
     }

@@ -14,7 +14,7 @@ use std::{io, sync::Arc, time::Instant};
 use anyhow::{Context, Result};
 use devourer_common::{
     filter::FilterCounts,
-    flow::{OverflowKey, OverflowValue},
+    flow::{OverflowKey, OverflowValue, REPLAY_SETS},
     payload::PayloadHeader,
 };
 
@@ -24,7 +24,7 @@ use crate::{
     flow::{FlowSource, Status},
     kernel::{
         events::{self, PayloadKind},
-        maps::{KernelCounters, take_overflow},
+        maps::{KernelCounters, KernelFlows, take_overflow},
         object::{self, Loaded},
     },
     ops::metrics::Metrics,
@@ -53,11 +53,27 @@ pub trait Kernel {
     fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>>;
     /// Forwards the program's own log lines, if it logs.
     fn forward_log(&mut self) {}
+    /// Which map set `flows` and `take_overflow` read from now on: 0, or offline replay's 1
+    /// or 2 (see [`Assembly::read_set`]).
+    fn read_set(&mut self, _set: u32) {}
+    /// Empties map set `set`'s flow map (offline replay, once its entries were read).
+    fn clear_set(&mut self, _set: u32) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Loaded {
+    fn set(&mut self, set: u32) -> &mut KernelFlows {
+        match set {
+            0 => &mut self.flows,
+            n => &mut self.replay_sets[n as usize - 1].0,
+        }
+    }
 }
 
 impl Kernel for Loaded {
     fn flows(&mut self) -> &mut dyn FlowSource {
-        &mut self.flows
+        self.set(self.reading)
     }
 
     fn payloads(
@@ -90,7 +106,18 @@ impl Kernel for Loaded {
     }
 
     fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
-        take_overflow(&mut self.overflow)
+        take_overflow(match self.reading {
+            0 => &mut self.overflow,
+            n => &mut self.replay_sets[n as usize - 1].1,
+        })
+    }
+
+    fn read_set(&mut self, set: u32) {
+        self.reading = set % REPLAY_SETS;
+    }
+
+    fn clear_set(&mut self, set: u32) -> io::Result<()> {
+        self.set(set % REPLAY_SETS).take_all(&mut |_, _| {})
     }
 
     fn forward_log(&mut self) {
@@ -169,6 +196,19 @@ impl<K: Kernel> Assembly<K> {
     /// flow map filled up).
     pub fn woken(&mut self) -> bool {
         self.kernel.woken()
+    }
+
+    /// Offline replay: the scans and the final flush from now on read map set `set` (0, 1 or
+    /// 2). Replay reads every entry of a set at its scan (see
+    /// [`crate::flow::TableConfig::drain`]) and clears it before frames go to it again, so a
+    /// set holds one scan interval's packets.
+    pub fn read_set(&mut self, set: u32) {
+        self.kernel.read_set(set);
+    }
+
+    /// Offline replay: empties map set `set`, whose entries a scan already read.
+    pub fn clear_set(&mut self, set: u32) -> io::Result<()> {
+        self.kernel.clear_set(set)
     }
 
     /// One scan of the flow map at `now` (program clock), then what the overflow map holds

@@ -16,7 +16,10 @@ use super::{
 };
 use crate::{
     base::{local::hostname, time::nanos},
-    kernel::{attach::Mode, object::LoadOptions},
+    kernel::{
+        attach::Mode,
+        object::{LoadOptions, PROG_TC_INGRESS, PROG_XDP},
+    },
 };
 
 /// The settings of the record pipeline, the same for live capture and replay.
@@ -55,6 +58,11 @@ impl PipelineArgs {
         o.per_interface = self.flow.count_per_interface;
         o.filters = self.flow.filters.iter().map(|r| r.rule).collect();
         o.sampling = self.flow.sampling;
+        // Replay runs the program of its mode alone.
+        o.only = offline.then_some(match self.flow.mode {
+            Mode::Tc => PROG_TC_INGRESS,
+            Mode::Xdp => PROG_XDP,
+        });
         o
     }
 }

@@ -20,7 +20,9 @@ const TCP_RST: u16 = 0x04;
 pub fn sum_per_cpu(slots: impl IntoIterator<Item = FlowValue>) -> Option<FlowValue> {
     let mut total: Option<FlowValue> = None;
     for s in slots {
-        if s.packets == 0 && s.first_ns == 0 {
+        // A CPU's slot that saw nothing (offline, an entry that only noted a copy at another
+        // hook has no packets either, but names its counting hook).
+        if s.packets == 0 && s.first_ns == 0 && s.counted_on == 0 {
             continue;
         }
         match &mut total {

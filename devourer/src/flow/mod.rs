@@ -91,6 +91,10 @@ pub struct TableConfig {
     pub max_flows: usize,
     /// Emit a [`Status::Start`] record when a flow is first seen.
     pub start_records: bool,
+    /// Every scan reads every entry of the map as gone (offline replay, which rotates through
+    /// three map sets and clears one after its scan read it); a scan under pressure takes
+    /// them out, to make room in the map being filled.
+    pub drain: bool,
 }
 
 /// Why a record was emitted (the record's `status`).

@@ -296,17 +296,44 @@ impl FlowTable {
         Ok(())
     }
 
-    /// One scan at time `now`: read the kernel map, evict quiet entries (and, under `pressure`
-    /// or when the map is nearly full, the least recently active half), and return the records
-    /// that are due, in a deterministic order.
-    pub fn scan(
+    /// Takes every entry out of the map into its flow; how many there were.
+    fn take_all(&mut self, src: &mut dyn FlowSource, stats: &mut ScanStats) -> io::Result<usize> {
+        let flows = &mut self.flows;
+        let mut taken = 0;
+        src.take_all(&mut |k, v| {
+            fold_deleted(flows, &k, &v);
+            taken += 1;
+        })?;
+        stats.evicted += taken;
+        Ok(taken)
+    }
+
+    /// Folds every entry into its flow as if taken out, leaving the map as it is (the replay
+    /// clears it later); how many there were.
+    fn read_as_gone(
+        &mut self,
+        src: &mut dyn FlowSource,
+        stats: &mut ScanStats,
+    ) -> io::Result<usize> {
+        let flows = &mut self.flows;
+        let mut read = 0;
+        src.read_all(&mut |k, v| {
+            fold_deleted(flows, &k, &v);
+            read += 1;
+        })?;
+        stats.evicted += read;
+        Ok(read)
+    }
+
+    /// Reads every entry of the live map into its flow and evicts the quiet ones (and, under
+    /// `pressure` or when the map is nearly full, the least recently active half).
+    fn read_and_evict(
         &mut self,
         src: &mut dyn FlowSource,
         now: u64,
         pressure: bool,
         stats: &mut ScanStats,
-        names: &mut dyn Resolver,
-    ) -> io::Result<Vec<Emitted>> {
+    ) -> io::Result<()> {
         let mut evict: Vec<(u64, FlowKey)> = Vec::new();
         let mut keep: Vec<(u64, FlowKey)> = Vec::new();
         let (flows, evict_after) = (&mut self.flows, self.cfg.evict_after);
@@ -336,17 +363,35 @@ impl FlowTable {
             // Most of the map is quiet (after a burst of short flows): one batched drain costs
             // far less than a delete per entry. The few active entries it takes too fold into
             // their flows like evicted ones, and their next packets start fresh entries.
-            let flows = &mut self.flows;
-            src.take_all(&mut |k, v| {
-                fold_deleted(flows, &k, &v);
-                stats.evicted += 1;
-            })?;
+            self.take_all(src, stats)?;
         } else {
             for (_, k) in &evict {
                 if self.take_into(src, k)? {
                     stats.evicted += 1;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// One scan at time `now`: read the kernel map, evict quiet entries (and, under `pressure`
+    /// or when the map is nearly full, the least recently active half) or, with
+    /// [`TableConfig::drain`], take every entry, and return the records that are due, in a
+    /// deterministic order.
+    pub fn scan(
+        &mut self,
+        src: &mut dyn FlowSource,
+        now: u64,
+        pressure: bool,
+        stats: &mut ScanStats,
+        names: &mut dyn Resolver,
+    ) -> io::Result<Vec<Emitted>> {
+        if self.cfg.drain && pressure {
+            stats.kernel_entries = self.take_all(src, stats)?;
+        } else if self.cfg.drain {
+            stats.kernel_entries = self.read_as_gone(src, stats)?;
+        } else {
+            self.read_and_evict(src, now, pressure, stats)?;
         }
         self.translate();
         self.settle_traffic();
@@ -486,6 +531,14 @@ impl FlowTable {
 /// Folds what deleting a kernel entry returned into its flow.
 fn fold_deleted(flows: &mut Flows, key: &FlowKey, v: &FlowValue) {
     let (ck, d) = canonical(key);
+    if v.packets == 0 && v.first_ns == 0 {
+        // Offline, an entry that only noted a copy at another hook: it adds hooks to a flow
+        // the agent still holds, and makes none.
+        if let Some(flow) = flows.get_mut(&ck) {
+            flow.observe(d, v, false);
+        }
+        return;
+    }
     flows.get_or_insert(ck).observe(d, v, false);
 }
 

@@ -17,6 +17,7 @@ fn cfg() -> TableConfig {
         evict_after: 3 * S,
         max_flows: usize::MAX,
         start_records: false,
+        drain: false,
     }
 }
 

@@ -18,8 +18,9 @@ use devourer_common::{
         MAX_FILTER_RULES,
     },
     flow::{
-        COUNTERS_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE, GLOBAL_WAKE_INTERVAL_NS,
-        OVERFLOW_MAP, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, WAKEUP_RING,
+        COUNTERS_MAP, FLOWS_B_MAP, FLOWS_C_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE,
+        GLOBAL_WAKE_INTERVAL_NS, OVERFLOW_B_MAP, OVERFLOW_C_MAP, OVERFLOW_MAP,
+        OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, WAKEUP_RING,
     },
     payload::{
         BPF_RB_NO_WAKEUP, DEFAULT_DNS_RING_BYTES, DEFAULT_HTTP_CAP, DEFAULT_HTTP_RING_BYTES,
@@ -102,6 +103,9 @@ pub struct LoadOptions {
     pub filters: Vec<FilterRule>,
     /// `--sampling N` (1: every packet).
     pub sampling: u32,
+    /// Load only this program (replay runs one; each program costs its verification);
+    /// `None`: every program.
+    pub only: Option<&'static str>,
 }
 
 impl LoadOptions {
@@ -121,6 +125,7 @@ impl LoadOptions {
             per_interface: false,
             filters: Vec::new(),
             sampling: 1,
+            only: None,
         }
     }
 }
@@ -130,6 +135,10 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub flows: KernelFlows,
     pub overflow: HashReader<OverflowKey, OverflowValue>,
+    /// Offline replay's other map sets, 1 and 2 (one entry each in the live agent).
+    pub replay_sets: [(KernelFlows, HashReader<OverflowKey, OverflowValue>); 2],
+    /// Which set the agent reads: 0 (`flows`, `overflow`) or offline replay's 1 or 2.
+    pub reading: u32,
     pub counters: Counters,
     /// What each `--filter` rule matched.
     pub filter_counts: Counters,
@@ -210,6 +219,12 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         *slot = *rule;
     }
     let filter_count = opts.filters.len().min(MAX_FILTER_RULES) as u32;
+    // Only offline replay counts in the other map sets.
+    let (second_entries, second_overflow) = if opts.offline {
+        (opts.flow_map_entries, OVERFLOW_MAP_ENTRIES)
+    } else {
+        (1, 1)
+    };
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_FILTERS, &filters, true)
         .override_global(GLOBAL_FILTER_COUNT, &filter_count, true)
@@ -224,6 +239,10 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(GLOBAL_HTTP_CAP, &http_cap, true)
         .override_global(AYA_LOG_LEVEL, &log_level, true)
         .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
+        .map_max_entries(FLOWS_B_MAP, second_entries)
+        .map_max_entries(OVERFLOW_B_MAP, second_overflow)
+        .map_max_entries(FLOWS_C_MAP, second_entries)
+        .map_max_entries(OVERFLOW_C_MAP, second_overflow)
         .map_max_entries(DNS_RING, opts.dns_ring_bytes)
         // Without HTTP ports the ring stays at its smallest (one page): nothing is sent to it.
         .map_max_entries(
@@ -237,7 +256,11 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_max_entries(PERCPU_FLOWS_MAP, opts.percpu_map_entries.max(1))
         .load(object)
         .map_err(classify)?;
-    for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+    let wanted = |name: &str| opts.only.is_none_or(|only| only == name);
+    for name in [PROG_TC_INGRESS, PROG_TC_EGRESS]
+        .into_iter()
+        .filter(|n| wanted(n))
+    {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or(LoadError::Missing(name))?
@@ -245,28 +268,30 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
             .map_err(classify)?;
         prog.load().map_err(classify)?;
     }
-    let xdp: &mut Xdp = ebpf
-        .program_mut(PROG_XDP)
-        .ok_or(LoadError::Missing(PROG_XDP))?
-        .try_into()
-        .map_err(classify)?;
-    xdp.load().map_err(classify)?;
+    if wanted(PROG_XDP) {
+        let xdp: &mut Xdp = ebpf
+            .program_mut(PROG_XDP)
+            .ok_or(LoadError::Missing(PROG_XDP))?
+            .try_into()
+            .map_err(classify)?;
+        xdp.load().map_err(classify)?;
+    }
 
     let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Map("possible cpus", e))?;
     let take =
         |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Missing(name));
-    let flows = HashReader::new(
-        take(&mut ebpf, FLOWS_MAP)?,
-        ncpus,
-        opts.flow_map_entries as usize,
-    )
-    .map_err(|e| LoadError::Map(FLOWS_MAP, e))?;
-    let overflow = HashReader::new(
-        take(&mut ebpf, OVERFLOW_MAP)?,
-        ncpus,
-        OVERFLOW_MAP_ENTRIES as usize,
-    )
-    .map_err(|e| LoadError::Map(OVERFLOW_MAP, e))?;
+    let flows = hash_reader(&mut ebpf, FLOWS_MAP, ncpus, opts.flow_map_entries)?;
+    let overflow = hash_reader(&mut ebpf, OVERFLOW_MAP, ncpus, OVERFLOW_MAP_ENTRIES)?;
+    let mut replay_set = |flows, overflow| -> Result<_, LoadError> {
+        Ok((
+            KernelFlows(hash_reader(&mut ebpf, flows, ncpus, second_entries)?),
+            hash_reader(&mut ebpf, overflow, ncpus, second_overflow)?,
+        ))
+    };
+    let replay_sets = [
+        replay_set(FLOWS_B_MAP, OVERFLOW_B_MAP)?,
+        replay_set(FLOWS_C_MAP, OVERFLOW_C_MAP)?,
+    ];
     let counters = Counters::new(take(&mut ebpf, COUNTERS_MAP)?, ncpus)
         .map_err(|e| LoadError::Map(COUNTERS_MAP, e))?;
     let filter_counts = Counters::new(take(&mut ebpf, FILTER_COUNTS_MAP)?, ncpus)
@@ -283,6 +308,8 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         ebpf,
         flows: KernelFlows(flows),
         overflow,
+        replay_sets,
+        reading: 0,
         counters,
         filter_counts,
         wakeup,
@@ -291,6 +318,17 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         log,
         ncpus,
     })
+}
+
+/// Takes hash map `name` out of `ebpf`, to be read as one of `entries` entries.
+fn hash_reader<K: Copy, V: Copy>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    ncpus: usize,
+    entries: u32,
+) -> Result<HashReader<K, V>, LoadError> {
+    let map = ebpf.take_map(name).ok_or(LoadError::Missing(name))?;
+    HashReader::new(map, ncpus, entries as usize).map_err(|e| LoadError::Map(name, e))
 }
 
 /// Bytes a preallocated BPF hash map element takes besides its key and value (the kernel's

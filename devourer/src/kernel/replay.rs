@@ -39,21 +39,27 @@ impl Replayer {
     }
 
     /// Runs the program once over `frame` (maybe cut: `wire_len` was its length on the wire),
-    /// seen at `ts_ns` on interface `ifindex`.
+    /// seen at `ts_ns` on interface `ifindex`, counted in map set `map` (0, 1 or 2).
     pub fn feed(
         &mut self,
         frame: &[u8],
         wire_len: u32,
-        ts_ns: u64,
-        ifindex: u32,
+        (ts_ns, ifindex): (u64, u32),
+        map: u32,
     ) -> io::Result<()> {
         match self.mode {
-            Mode::Tc => sys::test_run(self.prog, frame, &sys::skb_ctx(ts_ns, ifindex, wire_len)),
+            Mode::Tc => sys::test_run(
+                self.prog,
+                frame,
+                &sys::skb_ctx(ts_ns, ifindex, wire_len, map),
+            ),
             Mode::Xdp => {
                 let meta = XdpReplayMeta {
                     ts_ns,
                     ifindex,
                     wire_len,
+                    map,
+                    _pad: 0,
                 };
                 self.input.clear();
                 self.input.extend_from_slice(&meta.to_ne_bytes());

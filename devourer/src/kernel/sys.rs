@@ -3,7 +3,7 @@
 
 use std::{io, os::fd::RawFd};
 
-use devourer_common::flow::{CB_IFINDEX, CB_WIRE_LEN};
+use devourer_common::flow::{CB_IFINDEX, CB_MAP, CB_WIRE_LEN};
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
@@ -149,13 +149,14 @@ const SKB_CB: usize = 48;
 const SKB_TSTAMP: usize = 152;
 
 /// Builds the `__sk_buff` context a TC program sees in BPF_PROG_TEST_RUN: the packet's time as
-/// `tstamp`, the replayed interface and the frame's length on the wire in `cb[]` (the only
-/// fields test_run lets us set that the program reads).
-pub fn skb_ctx(tstamp_ns: u64, ifindex: u32, wire_len: u32) -> [u8; SKB_CTX_LEN] {
+/// `tstamp`, the replayed interface, the frame's length on the wire and the map set that counts
+/// it (0: the first) in `cb[]` (the only fields test_run lets us set that the program reads).
+pub fn skb_ctx(tstamp_ns: u64, ifindex: u32, wire_len: u32, map: u32) -> [u8; SKB_CTX_LEN] {
     let mut ctx = [0u8; SKB_CTX_LEN];
     let cb = |i: usize| SKB_CB + 4 * i;
     ctx[cb(CB_IFINDEX)..cb(CB_IFINDEX) + 4].copy_from_slice(&ifindex.to_ne_bytes());
     ctx[cb(CB_WIRE_LEN)..cb(CB_WIRE_LEN) + 4].copy_from_slice(&wire_len.to_ne_bytes());
+    ctx[cb(CB_MAP)..cb(CB_MAP) + 4].copy_from_slice(&map.to_ne_bytes());
     ctx[SKB_TSTAMP..SKB_TSTAMP + 8].copy_from_slice(&tstamp_ns.to_ne_bytes());
     ctx
 }

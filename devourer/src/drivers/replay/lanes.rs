@@ -1,10 +1,12 @@
 //! Which replay thread feeds a frame to the kernel program. Records must not depend on how many
-//! threads replay, so every packet of one flow key goes to the same thread, in file order
-//! (the program keeps per-key state that follows packet order: which interface counts a
-//! flow, its first ICMP type), and every packet the program may hand to a payload ring goes to
-//! the ordered lane 0, so DNS and HTTP events arrive in file order. Other flows spread over the
-//! lanes by a hash of their key (addresses, protocol and ports as the kernel keys them), both
-//! directions alike.
+//! threads replay, so within a segment (the threads meet after each) every packet of one flow
+//! key goes to the same thread, in file order (the program keeps per-key state that follows
+//! packet order: which interface counts a flow, its first ICMP type), and every packet the
+//! program may hand to a payload ring goes to the ordered lane 0, so DNS and HTTP events
+//! arrive in file order. Other flows spread over the lanes by a hash of their key (addresses,
+//! protocol and ports as the kernel keys them), both directions alike: lane 0 takes the share
+//! of them the driver gives it for a segment (its thread also scans and decodes payloads),
+//! the other lanes split the rest evenly.
 //!
 //! The header walk mirrors the kernel parser's (`devourer-ebpf`'s `parse`): the same VLAN tags,
 //! fragments and IPv6 extension headers, so a key's packets are classified alike.
@@ -40,27 +42,53 @@ impl Lanes {
         self.count
     }
 
-    /// The lane of an Ethernet frame: 0 (the ordered lane, on the thread that also reads the
-    /// rings and scans) for anything that is not plain IP or may carry a ring's payload.
-    pub fn of(&self, frame: &[u8]) -> u8 {
+    /// How an Ethernet frame may be spread: `None` for the ordered lane 0 (on the thread that
+    /// also reads the rings and scans): anything that is not plain IP or may carry a ring's
+    /// payload; else the hash of its flow key that [`Lanes::lane`] places.
+    pub fn spread(&self, frame: &[u8]) -> Option<u32> {
         if self.count == 1 {
-            return 0;
+            return None;
         }
-        let Some(ip) = headers(frame) else {
-            return 0;
-        };
+        let ip = headers(frame)?;
         let (sport, dport) = match ip.ports {
             Ports::Known(a, b) => {
                 if self.payload_ports.iter().any(|&p| p == a || p == b) {
-                    return 0;
+                    return None;
                 }
                 (a, b)
             }
-            Ports::Unreadable => return 0,
+            Ports::Unreadable => return None,
             Ports::None => (0, 0),
         };
-        let hash = symmetric_hash((ip.src, sport), (ip.dst, dport), ip.proto);
-        (hash % self.count as u64) as u8
+        Some(symmetric_hash((ip.src, sport), (ip.dst, dport), ip.proto) as u32)
+    }
+
+    /// The lane of a frame with spread hash `spread` when lane 0 takes `share` (of
+    /// [`WHOLE`]) of the spread frames.
+    pub fn lane(&self, spread: Option<u32>, share: u32) -> u8 {
+        let Some(h) = spread else {
+            return 0;
+        };
+        if self.count == 1 || h & 0xffff < share {
+            return 0;
+        }
+        1 + ((h >> 16) % (self.count as u32 - 1)) as u8
+    }
+
+    /// Lane 0's share when every lane takes as many spread frames.
+    pub fn even_share(&self) -> u32 {
+        WHOLE / self.count as u32
+    }
+}
+
+/// All of the spread frames, as a share for [`Lanes::lane`].
+pub const WHOLE: u32 = 1 << 16;
+
+impl Lanes {
+    /// The lane of a frame at an even share (tests).
+    #[cfg(test)]
+    fn of(&self, frame: &[u8]) -> u8 {
+        self.lane(self.spread(frame), self.even_share())
     }
 }
 
@@ -293,6 +321,13 @@ mod tests {
             lane_of(v4(a, b, 6, 0, &ports(5, 6))),
             lane_of(v4(b, a, 6, 0, &ports(6, 5)))
         );
+        // Lane 0's share moves spread flows, never ordered ones.
+        let spread = lanes.spread(&eth(0x0800, &[], &v4(a, other, 17, 0, &ports(1, 2))));
+        assert!(spread.is_some());
+        assert_eq!(lanes.lane(spread, WHOLE), 0);
+        assert_ne!(lanes.lane(spread, 0), 0);
+        let dns = lanes.spread(&eth(0x0800, &[], &v4(a, other, 17, 0, &ports(1000, 53))));
+        assert_eq!((dns, lanes.lane(dns, 0)), (None, 0));
         let single = Lanes::new(1, vec![]);
         assert_eq!(
             single.of(&eth(0x0800, &[], &v4(a, other, 17, 0, &ports(1, 2)))),

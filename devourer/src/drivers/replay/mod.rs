@@ -2,27 +2,26 @@
 //! kernel program with BPF_PROG_TEST_RUN, the file's timestamps as its clock, then through the
 //! same pipeline as live capture. Timeouts fire on the file's clock. A second thread reads and
 //! frames the file ([`reader`], [`pcapfile`]); the frames are fed by one thread per CPU
-//! ([`lanes`] says which), which meet at every scan boundary so that a scan sees exactly the
-//! packets before it, as a single-threaded replay would.
+//! ([`lanes`] says which), which meet after every segment and at every scan boundary. The
+//! program counts each scan interval's packets in the next of three map sets, so a scan sees
+//! exactly the packets before its boundary, as a single-threaded replay would, while the other
+//! threads already feed the next interval's. The set a scan reads stays as it is until the
+//! interval after (the program looks up counting hooks in it); the main thread clears the
+//! third meanwhile.
 
+mod feed;
 mod lanes;
 pub mod pcapfile;
 pub mod pcapng;
 mod reader;
 
-use std::{
-    io::IsTerminal,
-    process::ExitCode,
-    sync::{
-        Arc,
-        mpsc::{Receiver, SyncSender, sync_channel},
-    },
-    time::Instant,
-};
+use std::{io::IsTerminal, process::ExitCode, sync::Arc, time::Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use devourer_common::flow::REPLAY_SETS;
 
 use self::{
+    feed::{Feeder, Pace, Part},
     lanes::Lanes,
     pcapfile::{FrameSkip, PcapFile},
     reader::{Batch, Framed, Reader},
@@ -60,26 +59,18 @@ struct Replay {
     last_ts: Option<u64>,
     stats: ReplayStats,
     warned_link: bool,
-}
-
-/// A part of a batch (packets `from..to`) for one feeding thread: the packets of its lane.
-struct Job {
-    batch: Arc<Batch>,
-    from: usize,
-    to: usize,
-}
-
-/// What a feeding thread did with one job.
-#[derive(Default)]
-struct Fed {
-    fed: u64,
-    run_errors: u64,
-}
-
-/// The main thread's ends of one feeding thread.
-struct Feeder {
-    jobs: SyncSender<Job>,
-    done: Receiver<Fed>,
+    /// The map set packets go to now (0, 1 or 2). The next one takes over at every scan
+    /// boundary, so that one set is scanned while the next interval's packets fill another.
+    set: u32,
+    /// A scan boundary whose map set (the one before `set`) has not been scanned yet.
+    pending: Option<u64>,
+    lanes: Lanes,
+    /// The segment being gathered, and its packets.
+    open: Vec<Part>,
+    open_len: usize,
+    pace: Pace,
+    /// Batches every thread is done with, to hand back to the reader.
+    spent: Vec<Batch>,
 }
 
 pub fn run(args: ReplayArgs) -> Result<ExitCode> {
@@ -101,25 +92,20 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         last_ts: None,
         stats: ReplayStats::default(),
         warned_link: false,
+        set: 0,
+        pending: None,
+        lanes: lanes.clone(),
+        open: Vec::new(),
+        open_len: 0,
+        pace: Pace::new(lanes.clone()),
+        spent: Vec::new(),
     };
     let threads = lanes.count();
     let reader = Reader::start(file, lanes).context("starting the capture reader thread")?;
     let outcome = std::thread::scope(|scope| -> Result<_> {
         // Dropping `feeders` (on any return) closes the jobs; the threads then end.
-        let feeders = replayers
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let (jobs, job_rx) = sync_channel(1);
-                let (done_tx, done) = sync_channel(1);
-                let lane = u8::try_from(i + 1).expect("lanes fit in u8");
-                std::thread::Builder::new()
-                    .name(format!("replay-{lane}"))
-                    .spawn_scoped(scope, move || feed_lane(lane, r, &job_rx, &done_tx))?;
-                Ok(Feeder { jobs, done })
-            })
-            .collect::<std::io::Result<Vec<_>>>()
-            .context("starting the replay threads")?;
+        let feeders =
+            feed::start(scope, replayers, &replay.lanes).context("starting the replay threads")?;
         loop {
             let Ok(mut batch) = reader.batches.recv() else {
                 bail!("the capture reader thread stopped before the end of the file");
@@ -136,17 +122,19 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
                     .map(|(i, n)| (i as u32 + 1, n.clone().unwrap_or_else(|| "pcap".into()))),
             );
             let end = batch.end.take();
-            let batch = Arc::new(batch);
-            replay.batch(&mut agent, &mut replayer, &feeders, &batch)?;
+            let position = batch.position;
+            replay.batch(&mut agent, &mut replayer, &feeders, Arc::new(batch))?;
+            if end.is_some() {
+                replay.segment(&mut agent, &mut replayer, &feeders)?;
+            }
             if let Some(bar) = &bar {
-                bar.set_position(batch.position);
+                bar.set_position(position);
                 bar.set_message(format!("{} packets", replay.stats.packets));
             }
             if let Some(result) = end {
                 break Ok(result);
             }
-            // Every feeding thread has dropped its reference by now.
-            if let Ok(b) = Arc::try_unwrap(batch) {
+            for b in replay.spent.drain(..) {
                 reader.recycle(b);
             }
         }
@@ -155,10 +143,17 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    // Flows that timed out by the file's last timestamp, then everything still open.
+    // The last interval's scan, flows that timed out by the file's last timestamp, then
+    // everything still open (both reading the map set fed last, which the scan leaves
+    // in place: the flush reads what is in it).
+    replay.finish_pending(&mut agent)?;
+    agent.read_set(replay.set);
     let last_ts = replay.last_ts;
     if let Some(t) = last_ts {
         agent.scan(t, false)?;
+        agent
+            .clear_set(replay.set)
+            .context("clearing the last map set")?;
     }
     let deadline = Instant::now() + p.shutdown_timeout;
     let done = agent.shutdown(Status::EndOfInput, || last_ts.unwrap_or(0), deadline)?;
@@ -232,52 +227,73 @@ fn payload_ports(p: &PipelineArgs) -> Vec<u16> {
     ports
 }
 
-/// A feeding thread: runs the program over the packets of `lane` in each job, in order.
-fn feed_lane(lane: u8, mut replayer: Replayer, jobs: &Receiver<Job>, done: &SyncSender<Fed>) {
-    for job in jobs {
-        let mut fed = Fed::default();
-        for pkt in &job.batch.packets[job.from..job.to] {
-            if pkt.lane != lane || pkt.skip.is_some() {
-                continue;
-            }
-            let frame = job.batch.frame(pkt);
-            match replayer.feed(frame, pkt.wire_len, pkt.ts_ns, pkt.iface as u32 + 1) {
-                Ok(()) => fed.fed += 1,
-                Err(e) => {
-                    fed.run_errors += 1;
-                    tracing::debug!(len = frame.len(), "test run refused the frame: {e}");
-                }
-            }
-        }
-        drop(job);
-        if done.send(fed).is_err() {
-            return;
-        }
-    }
-}
-
 impl Replay {
-    /// One batch of packets, cut into segments at the scan boundaries they cross: each segment
-    /// is fed on every lane, then the scan runs once every lane is done with it.
+    /// One batch of packets, gathered into segments that end at the scan boundaries they
+    /// cross (and once long enough, see [`Pace::target`]): each segment is fed on every lane;
+    /// at a boundary, the packets after it go to the next map set, and the scan of the set
+    /// before it runs at the next segment's start.
     fn batch(
         &mut self,
         agent: &mut Assembly,
         replayer: &mut Replayer,
         feeders: &[Feeder],
-        batch: &Arc<Batch>,
+        batch: Arc<Batch>,
     ) -> Result<()> {
         let mut from = 0;
         for (i, pkt) in batch.packets.iter().enumerate() {
             let Some(boundary) = self.crossing(pkt.ts_ns) else {
                 continue;
             };
-            self.segment(agent, replayer, feeders, batch, from, i)?;
+            self.gather(&batch, from, i);
+            self.segment(agent, replayer, feeders)?;
             from = i;
+            // Every lane is done with the packets before the boundary.
+            self.finish_pending(agent)?;
+            self.pending = Some(boundary);
+            self.set = (self.set + 1) % REPLAY_SETS;
+        }
+        self.gather(&batch, from, batch.packets.len());
+        if self.open_len >= self.pace.target(self.pending.is_some()) {
+            self.segment(agent, replayer, feeders)?;
+        }
+        Ok(())
+    }
+
+    fn gather(&mut self, batch: &Arc<Batch>, from: usize, to: usize) {
+        if from < to {
+            self.open.push(Part {
+                batch: Arc::clone(batch),
+                from,
+                to,
+            });
+            self.open_len += to - from;
+        }
+    }
+
+    /// The scan of the map set the packets before the last boundary went to, if it has not
+    /// run yet, then the clearing of the set before that (the next to be fed; this interval's
+    /// frames look up counting hooks in the one just scanned, never in that one).
+    fn finish_pending(&mut self, agent: &mut Assembly) -> Result<()> {
+        if let Some(boundary) = self.pending.take() {
+            agent.read_set((self.set + REPLAY_SETS - 1) % REPLAY_SETS);
             if !agent.scan(boundary, false)? {
                 bail!("output closed");
             }
+            agent
+                .clear_set((self.set + 1) % REPLAY_SETS)
+                .context("clearing a map set")?;
         }
-        self.segment(agent, replayer, feeders, batch, from, batch.packets.len())
+        Ok(())
+    }
+
+    /// The program filled the map set being fed: evict early, as the live agent does on the
+    /// wake-up.
+    fn early_scan(&self, agent: &mut Assembly, now: u64) -> Result<()> {
+        agent.read_set(self.set);
+        if !agent.scan(now, true)? {
+            bail!("output closed");
+        }
+        Ok(())
     }
 
     /// The scan boundary a packet at `ts` crosses, if any (the next one is then due).
@@ -290,45 +306,58 @@ impl Replay {
         Some(boundary)
     }
 
-    /// Packets `from..to` of a batch, all before the next scan boundary: the other lanes' on
+    /// The gathered segment, all before the next scan boundary: the other lanes' packets on
     /// their threads, lane 0's here, each followed by the payloads and wake-ups it produced.
+    /// The scan of the previous interval's map set runs here while the other lanes feed this
+    /// one's (it reads nothing they write), before lane 0's packets, whose payloads must
+    /// meet the DNS and HTTP trackers after that scan's expiries.
     fn segment(
         &mut self,
         agent: &mut Assembly,
         replayer: &mut Replayer,
         feeders: &[Feeder],
-        batch: &Arc<Batch>,
-        from: usize,
-        to: usize,
     ) -> Result<()> {
-        if from == to {
+        if self.open.is_empty() {
             return Ok(());
         }
-        for f in feeders {
-            let job = Job {
-                batch: Arc::clone(batch),
-                from,
-                to,
-            };
-            f.jobs
-                .send(job)
-                .map_err(|_| anyhow!("a replay thread stopped"))?;
+        let parts = Arc::new(std::mem::take(&mut self.open));
+        let scan = self.pending.is_some() && !feeders.is_empty();
+        let share = self.pace.share(std::mem::take(&mut self.open_len), scan);
+        if !feed::send(feeders, &parts, self.set, share) {
+            bail!("a replay thread stopped");
         }
-        for pkt in &batch.packets[from..to] {
-            self.packet(agent, replayer, batch, pkt)?;
+        let started = Instant::now();
+        if self.pending.is_some() {
+            self.finish_pending(agent)?;
+            self.pace.scanned(started.elapsed());
+        }
+        for part in parts.iter() {
+            for pkt in &part.batch.packets[part.from..part.to] {
+                self.packet(agent, replayer, &part.batch, pkt, share)?;
+            }
         }
         for f in feeders {
-            let fed = f
-                .done
-                .recv()
-                .map_err(|_| anyhow!("a replay thread stopped"))?;
+            let fed = feed::finished(f).ok_or_else(|| anyhow!("a replay thread stopped"))?;
             self.stats.fed += fed.fed;
             self.stats.fed_elsewhere += fed.fed;
             self.stats.run_errors += fed.run_errors;
+            self.pace.fed(&fed);
         }
         // The other lanes may have filled the map: evict early, as below.
-        if !feeders.is_empty() && agent.woken() && !agent.scan(batch.packets[to - 1].ts_ns, true)? {
-            bail!("output closed");
+        let last = parts.last().map(|p| p.batch.packets[p.to - 1].ts_ns);
+        if let Some(now) = last
+            && !feeders.is_empty()
+            && agent.woken()
+        {
+            self.early_scan(agent, now)?;
+        }
+        // Every thread is done with these packets: batches no later segment holds go back.
+        if let Ok(parts) = Arc::try_unwrap(parts) {
+            self.spent.extend(
+                parts
+                    .into_iter()
+                    .filter_map(|p| Arc::try_unwrap(p.batch).ok()),
+            );
         }
         Ok(())
     }
@@ -341,6 +370,7 @@ impl Replay {
         replayer: &mut Replayer,
         batch: &Batch,
         pkt: &Framed,
+        share: u32,
     ) -> Result<()> {
         let st = &mut self.stats;
         st.packets += 1;
@@ -364,11 +394,12 @@ impl Replay {
             }
         }
         st.cut += u64::from(pkt.cut);
-        if pkt.lane != 0 {
+        if self.lanes.lane(pkt.spread, share) != 0 {
             return Ok(());
         }
         let frame = batch.frame(pkt);
-        if let Err(e) = replayer.feed(frame, pkt.wire_len, pkt.ts_ns, pkt.iface as u32 + 1) {
+        let seen = (pkt.ts_ns, pkt.iface as u32 + 1);
+        if let Err(e) = replayer.feed(frame, pkt.wire_len, seen, self.set) {
             st.run_errors += 1;
             tracing::debug!(
                 packet = st.packets,
@@ -384,9 +415,8 @@ impl Replay {
                 bail!("output closed");
             }
         }
-        // The map filled up: evict early, as the live agent does on the wake-up.
-        if agent.woken() && !agent.scan(pkt.ts_ns, true)? {
-            bail!("output closed");
+        if agent.woken() {
+            self.early_scan(agent, pkt.ts_ns)?;
         }
         Ok(())
     }

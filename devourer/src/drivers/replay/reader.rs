@@ -1,5 +1,6 @@
 //! The capture reader thread of `devourer read`: parses the file and converts frames to
-//! Ethernet on the second core, handing batches over in file order with each frame's lane.
+//! Ethernet on the second core, handing batches over in file order with how each frame may
+//! be spread over the lanes.
 
 use std::{
     sync::mpsc::{Receiver, SyncSender, sync_channel},
@@ -31,8 +32,8 @@ pub struct Framed {
     pub cut: bool,
     /// The Ethernet frame's length on the wire, before any cut (the capture's or ours).
     pub wire_len: u32,
-    /// The replay thread that feeds it ([`Lanes`]); 0 for frames that are skipped.
-    pub lane: u8,
+    /// Where it may be fed ([`Lanes::spread`]); `None` (lane 0) for frames that are skipped.
+    pub spread: Option<u32>,
     /// The frame: `bytes[start..end]` of the batch.
     start: usize,
     end: usize,
@@ -117,7 +118,7 @@ fn read_loop(
                         skip: None,
                         cut: false,
                         wire_len: 0,
-                        lane: 0,
+                        spread: None,
                         start,
                         end: start,
                     };
@@ -130,7 +131,7 @@ fn read_loop(
                                 frame.truncate(MAX_REPLAY_FRAME);
                                 framed.cut = true;
                             }
-                            framed.lane = lanes.of(&frame);
+                            framed.spread = lanes.spread(&frame);
                             b.bytes.extend_from_slice(&frame);
                         }
                         Err(e) => framed.skip = Some((e, linktype)),
