@@ -144,6 +144,12 @@ pub struct ReplayArgs {
     #[arg(long, env = "DEVOURER_REPLAY_THREADS", default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=64))]
     pub replay_threads: u8,
+    /// Frame bytes one replay segment holds at most: the packets every thread feeds between
+    /// two of their meetings. A scan runs while the other threads feed one segment, so a long
+    /// scan (many flows) wants long segments; this bounds the memory they hold.
+    #[arg(long, env = "DEVOURER_REPLAY_SEGMENT_BYTES", default_value = "32M",
+          value_parser = values::parse_bytes)]
+    pub replay_segment_bytes: u64,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }

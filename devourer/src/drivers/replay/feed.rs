@@ -20,9 +20,9 @@ use crate::kernel::replay::Replayer;
 
 /// Packets of a segment without a scan: the threads meet this often.
 const SEGMENT_MIN: usize = 4096;
-/// Most packets one segment holds (with a long scan): a bound on the frames kept in memory,
-/// at most this many of at most 3 KiB each.
-const SEGMENT_MAX: usize = 16_384;
+/// Most packets one segment gathers (with a long scan); `--replay-segment-bytes` bounds the
+/// bytes of their frames.
+const SEGMENT_MAX: usize = 262_144;
 /// How much work the other threads get beyond what covers the scan.
 const SCAN_MARGIN: f64 = 1.5;
 /// Weight of the newest figure in the running estimates.
@@ -220,7 +220,7 @@ mod tests {
         assert!((share - 0.375).abs() < 0.01, "{share}");
         // A scan longer than the whole segment: lane 0 feeds nothing spread.
         for _ in 0..50 {
-            pace.scanned(Duration::from_millis(100));
+            pace.scanned(Duration::from_secs(1));
         }
         assert_eq!(pace.share(SEGMENT_MIN, true), 0);
         assert_eq!(pace.target(true), SEGMENT_MAX, "bounded");

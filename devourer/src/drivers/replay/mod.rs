@@ -68,6 +68,9 @@ struct Replay {
     /// The segment being gathered, and its packets.
     open: Vec<Part>,
     open_len: usize,
+    /// Its frames' bytes, and how many a segment holds at most (`--replay-segment-bytes`).
+    open_bytes: usize,
+    segment_bytes: usize,
     pace: Pace,
     /// Batches every thread is done with, to hand back to the reader.
     spent: Vec<Batch>,
@@ -97,6 +100,8 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         lanes: lanes.clone(),
         open: Vec::new(),
         open_len: 0,
+        open_bytes: 0,
+        segment_bytes: usize::try_from(args.replay_segment_bytes).unwrap_or(usize::MAX),
         pace: Pace::new(lanes.clone()),
         spent: Vec::new(),
     };
@@ -253,7 +258,9 @@ impl Replay {
             self.set = (self.set + 1) % REPLAY_SETS;
         }
         self.gather(&batch, from, batch.packets.len());
-        if self.open_len >= self.pace.target(self.pending.is_some()) {
+        if self.open_len >= self.pace.target(self.pending.is_some())
+            || self.open_bytes >= self.segment_bytes
+        {
             self.segment(agent, replayer, feeders)?;
         }
         Ok(())
@@ -267,6 +274,7 @@ impl Replay {
                 to,
             });
             self.open_len += to - from;
+            self.open_bytes += batch.span(from, to);
         }
     }
 
@@ -323,6 +331,7 @@ impl Replay {
         let parts = Arc::new(std::mem::take(&mut self.open));
         let scan = self.pending.is_some() && !feeders.is_empty();
         let share = self.pace.share(std::mem::take(&mut self.open_len), scan);
+        self.open_bytes = 0;
         if !feed::send(feeders, &parts, self.set, share) {
             bail!("a replay thread stopped");
         }

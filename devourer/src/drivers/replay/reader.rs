@@ -55,6 +55,17 @@ impl Batch {
     pub fn frame(&self, p: &Framed) -> &[u8] {
         &self.bytes[p.start..p.end]
     }
+
+    /// Bytes the frames of packets `from..to` take (they are stored in order).
+    pub fn span(&self, from: usize, to: usize) -> usize {
+        match (
+            self.packets.get(from),
+            to.checked_sub(1).and_then(|l| self.packets.get(l)),
+        ) {
+            (Some(a), Some(b)) if from < to => b.end - a.start,
+            _ => 0,
+        }
+    }
 }
 
 /// The reading side: batches arrive on `batches`; spent ones go back on `spent` for reuse.
