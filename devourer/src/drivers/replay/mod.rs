@@ -71,6 +71,11 @@ struct Replay {
     /// Its frames' bytes, and how many a segment holds at most (`--replay-segment-bytes`).
     open_bytes: usize,
     segment_bytes: usize,
+    /// With several threads, packets a segment holds at most: half the flow map, so that the
+    /// map cannot fill between two meetings of the threads from empty, where the early scans
+    /// run (an early scan while other threads feed the map it takes from could lose their
+    /// updates).
+    segment_packets: usize,
     pace: Pace,
     /// Batches every thread is done with, to hand back to the reader.
     spent: Vec<Batch>,
@@ -102,6 +107,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         open_len: 0,
         open_bytes: 0,
         segment_bytes: usize::try_from(args.replay_segment_bytes).unwrap_or(usize::MAX),
+        segment_packets: (p.flow.flow_map_entries as usize / 2).max(1),
         pace: Pace::new(lanes.clone()),
         spent: Vec::new(),
     };
@@ -245,13 +251,22 @@ impl Replay {
         batch: Arc<Batch>,
     ) -> Result<()> {
         let mut from = 0;
+        let most = if feeders.is_empty() {
+            usize::MAX
+        } else {
+            self.segment_packets
+        };
         for (i, pkt) in batch.packets.iter().enumerate() {
-            let Some(boundary) = self.crossing(pkt.ts_ns) else {
+            let crossing = self.crossing(pkt.ts_ns);
+            if crossing.is_none() && self.open_len + (i - from) < most {
                 continue;
-            };
+            }
             self.gather(&batch, from, i);
             self.segment(agent, replayer, feeders)?;
             from = i;
+            let Some(boundary) = crossing else {
+                continue;
+            };
             // Every lane is done with the packets before the boundary.
             self.finish_pending(agent)?;
             self.pending = Some(boundary);
@@ -352,7 +367,7 @@ impl Replay {
             self.stats.run_errors += fed.run_errors;
             self.pace.fed(&fed);
         }
-        // The other lanes may have filled the map: evict early, as below.
+        // Any lane may have filled the map: evict early, now that none feeds it.
         let last = parts.last().map(|p| p.batch.packets[p.to - 1].ts_ns);
         if let Some(now) = last
             && !feeders.is_empty()
@@ -424,7 +439,9 @@ impl Replay {
                 bail!("output closed");
             }
         }
-        if agent.woken() {
+        // Alone, evict as soon as the program asks; beside other threads, at the segment's
+        // end, when none of them feeds.
+        if self.lanes.count() == 1 && agent.woken() {
             self.early_scan(agent, pkt.ts_ns)?;
         }
         Ok(())
