@@ -5,16 +5,17 @@
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Per-CPU hash: coarse [`OverflowKey`] -> [`OverflowValue`] for packets the full flow map refused.
 pub const OVERFLOW_MAP: &str = "OVERFLOW";
-/// Offline replay's other flow and overflow maps: frames go to one of three sets, the next at
-/// each scan boundary ([`CB_MAP`], [`XdpReplayMeta::map`]), so the set of the interval before
-/// is read (and looked up for counting hooks) while this interval's frames go to another, and
-/// the third is cleared. One entry each in the live agent.
+/// Offline replay's second flow map and overflow map: frames alternate between the two sets
+/// at each scan boundary ([`CB_MAP`], [`XdpReplayMeta::map`]), so the set of the interval
+/// before is read (and emptied) while this interval's frames go to the other. One entry each
+/// in the live agent.
 pub const FLOWS_B_MAP: &str = "FLOWS_B";
 pub const OVERFLOW_B_MAP: &str = "OVERFLOW_B";
-pub const FLOWS_C_MAP: &str = "FLOWS_C";
-pub const OVERFLOW_C_MAP: &str = "OVERFLOW_C";
-/// Map sets offline replay rotates through.
-pub const REPLAY_SETS: u32 = 3;
+/// Map sets offline replay alternates between.
+pub const REPLAY_SETS: u32 = 2;
+/// Offline replay's LRU hash: flow key -> the hook that counts it, across the map sets (one
+/// entry in the live agent).
+pub const HOOKS_MAP: &str = "HOOKS";
 /// Per-CPU array with one [`CounterBlock`]: `u64` counters indexed by the `C_*` constants.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Ring buffer of rate-limited [`Wakeup`] events asking the agent to evict early.
@@ -33,6 +34,12 @@ pub const GLOBAL_OFFLINE: &str = "DEVOURER_OFFLINE";
 /// Load-time global (u64): least nanoseconds between two wake-ups from one CPU.
 pub const GLOBAL_WAKE_INTERVAL_NS: &str = "DEVOURER_WAKE_INTERVAL_NS";
 pub const DEFAULT_WAKE_INTERVAL_NS: u64 = 100_000_000;
+/// Load-time global (u64), offline replay: how long after a flow direction's last counted
+/// packet its counting hook still holds in a later map set (the agent's `evict_after`, as long
+/// as one map would have kept its entry; between half this and this, as the memory of it is
+/// refreshed at half of it).
+pub const GLOBAL_HOOK_HORIZON_NS: &str = "DEVOURER_HOOK_HORIZON_NS";
+pub const DEFAULT_HOOK_HORIZON_NS: u64 = 10_000_000_000;
 /// Load-time global (u8): 1 to count a packet on every attached interface it crosses, each
 /// interface its own flow (`--count-per-interface`); 0 (the default) to count it once per node,
 /// on the first interface that saw its flow (the key then has no interface).
@@ -197,8 +204,7 @@ pub struct XdpReplayMeta {
     /// The frame's length on the wire (it may be replayed cut): what an IP length of 0 (a
     /// BIG TCP or jumbo super-packet) is counted from.
     pub wire_len: u32,
-    /// Which map set counts the frame: 0 (`FLOWS`, `OVERFLOW`), 1 (`*_B`) or 2 (`*_C`); the
-    /// one before it in that order holds the previous interval's.
+    /// Which map set counts the frame: 0 (`FLOWS`, `OVERFLOW`) or 1 (`*_B`).
     pub map: u32,
     pub _pad: u32,
 }

@@ -23,7 +23,7 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
@@ -34,9 +34,9 @@ use devourer_common::{
         C_HTTP_RING_FULL, C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
         C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_REPEATS, C_SAMPLED_OUT, C_SEEN_FULL, C_WAKEUP_FAILED,
         C_WAKEUPS, CB_IFINDEX, CB_MAP, CounterBlock, DEFAULT_FLOW_MAP_ENTRIES,
-        DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6, OVERFLOW_MAP_ENTRIES,
-        OverflowKey, OverflowValue, SEEN_SLOTS, VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup,
-        XdpReplayMeta, hook,
+        DEFAULT_HOOK_HORIZON_NS, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6,
+        OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, SEEN_SLOTS, VAL_F_ICMP,
+        WAKEUP_RING_BYTES, Wakeup, XdpReplayMeta, hook,
     },
     payload::{
         DEFAULT_HTTP_CAP, PAYLOAD_CAP_MAX, PAYLOAD_F_IPV6, PAYLOAD_HEADER_LEN, PORT_SLOTS,
@@ -56,6 +56,8 @@ const ANOMALY_LOG_INTERVAL_NS: u64 = 1_000_000_000;
 static DEVOURER_OFFLINE: u8 = 0;
 #[unsafe(no_mangle)]
 static DEVOURER_WAKE_INTERVAL_NS: u64 = DEFAULT_WAKE_INTERVAL_NS;
+#[unsafe(no_mangle)]
+static DEVOURER_HOOK_HORIZON_NS: u64 = DEFAULT_HOOK_HORIZON_NS;
 /// 1: every interface counts its own flows (the interface is in the key); 0: once per node.
 #[unsafe(no_mangle)]
 static DEVOURER_PER_INTERFACE: u8 = 0;
@@ -108,10 +110,10 @@ static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_FL
 static OVERFLOW: PerCpuHashMap<OverflowKey, OverflowValue> =
     PerCpuHashMap::with_max_entries(OVERFLOW_MAP_ENTRIES, 0);
 
-/// Offline replay's other map sets: replay counts each scan interval's frames in the next of
-/// three sets (`cb[CB_MAP]`, the XDP replay metadata), so the agent reads the interval before
-/// while frames go to this one, and clears the one before that. The loader sizes them to one
-/// entry in the live agent, which never uses them.
+/// Offline replay's second map set: replay counts each scan interval's frames in the other set
+/// than the interval before (`cb[CB_MAP]`, the XDP replay metadata), so the agent reads and
+/// empties that one while frames go to this one. The loader sizes them to one entry in the
+/// live agent, which never uses them.
 #[map(name = "FLOWS_B")]
 static FLOWS_B: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(1, 0);
 
@@ -119,23 +121,45 @@ static FLOWS_B: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(1, 0);
 static OVERFLOW_B: PerCpuHashMap<OverflowKey, OverflowValue> =
     PerCpuHashMap::with_max_entries(1, 0);
 
-#[map(name = "FLOWS_C")]
-static FLOWS_C: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(1, 0);
+/// Offline replay: the hook that counts each flow direction, and when it was last refreshed,
+/// kept across the map sets (a set holds one scan interval). Least recently used entries go
+/// first when it is full; the loader sizes it to one entry in the live agent.
+#[map(name = "HOOKS")]
+static HOOKS: LruHashMap<FlowKey, HookMemo> = LruHashMap::with_max_entries(1, 0);
 
-#[map(name = "OVERFLOW_C")]
-static OVERFLOW_C: PerCpuHashMap<OverflowKey, OverflowValue> =
-    PerCpuHashMap::with_max_entries(1, 0);
+/// A [`HOOKS`] value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HookMemo {
+    counted_on: u32,
+    _pad: u32,
+    /// A packet it counted: the first of a scan interval, no more than half the horizon
+    /// before the last one.
+    counted_ns: u64,
+}
 
-/// A flow map and the overflow map beside it, and offline the previous interval's flow map.
+/// Notes that `hook` counted `key` at `ts` (offline replay).
+#[inline(always)]
+fn remember(hooks: &LruHashMap<FlowKey, HookMemo>, key: &FlowKey, hook: u32, ts: u64) {
+    let m = HookMemo {
+        counted_on: hook,
+        _pad: 0,
+        counted_ns: ts,
+    };
+    // A full memory evicts its least recently used entry; a failure only forgets.
+    let _ = hooks.insert(key, &m, 0);
+}
+
+/// A flow map and the overflow map beside it, and offline the counting hooks' memory.
 #[derive(Clone, Copy)]
 pub struct MapSet {
     flows: &'static HashMap<FlowKey, FlowValue>,
     /// Where packets go when the flow map is full (the benchmarks' per-CPU variant too).
     pub overflow: &'static PerCpuHashMap<OverflowKey, OverflowValue>,
-    /// Offline replay: the set the interval before counted in. A direction new in `flows`
-    /// that it counted keeps its counting hook (a packet's copy on another interface just
-    /// after a scan boundary must not count again).
-    prev: Option<&'static HashMap<FlowKey, FlowValue>>,
+    /// Offline replay: a direction new in `flows` that another hook counted in an earlier
+    /// set keeps that hook (a packet's copy on another interface just after a scan boundary
+    /// must not count again).
+    hooks: Option<&'static LruHashMap<FlowKey, HookMemo>>,
 }
 
 impl MapSet {
@@ -145,29 +169,22 @@ impl MapSet {
         Self {
             flows: &FLOWS,
             overflow: &OVERFLOW,
-            prev: None,
+            hooks: None,
         }
     }
 
-    /// The set offline replay marks a frame for (0, 1 or 2), after the one before it.
+    /// The set offline replay marks a frame for (0 or 1).
     #[inline(always)]
     fn replay(set: u32) -> Self {
-        match set {
-            1 => Self {
-                flows: &FLOWS_B,
-                overflow: &OVERFLOW_B,
-                prev: Some(&FLOWS),
-            },
-            2 => Self {
-                flows: &FLOWS_C,
-                overflow: &OVERFLOW_C,
-                prev: Some(&FLOWS_B),
-            },
-            _ => Self {
-                flows: &FLOWS,
-                overflow: &OVERFLOW,
-                prev: Some(&FLOWS_C),
-            },
+        let (flows, overflow) = if set != 0 {
+            (&FLOWS_B, &OVERFLOW_B)
+        } else {
+            (&FLOWS, &OVERFLOW)
+        };
+        Self {
+            flows,
+            overflow,
+            hooks: Some(&HOOKS),
         }
     }
 }
@@ -544,11 +561,13 @@ fn count_or_note(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64, hook: u32, c
     // SAFETY: a live map value; `counted_on` is set once, at insert.
     if unsafe { (*v).counted_on } == hook {
         // Offline, an entry that inherited its counting hook (see `record`) starts without a
-        // first packet; the live agent never makes one (`offline` is a load-time constant).
+        // first packet: this is its first, and the hook's memory is refreshed by it. The live
+        // agent never makes one (`offline` is a load-time constant).
         // SAFETY: as above.
         if offline() && unsafe { (*v).first_ns } == 0 {
             // SAFETY: as above.
             unsafe { (*v).first_ns = ts };
+            remember(&HOOKS, &p.key, hook, ts);
         }
         add_shared(v, p, ts, segs);
         return true;
@@ -580,17 +599,28 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
         counted_on: hook,
         ..FlowValue::default()
     };
-    // Offline, a direction the interval before counted keeps the hook that counted it: this
-    // packet at another hook is a copy (its original was counted before the scan boundary),
-    // so its entry starts with no packets, the counting hook, and this hook as seen.
-    // SAFETY: a live map value, only read (its set is not written during this interval).
-    let inherited = maps
-        .prev
-        .and_then(|prev| unsafe { prev.get(key) })
-        .map_or(0, |pv| if pv.packets != 0 { pv.counted_on } else { 0 });
-    let counted = inherited == 0 || inherited == hook;
+    // Offline, a direction another hook counted in an earlier map set keeps that hook (as one
+    // map would have kept its entry, for the horizon after its last counted packet): a packet
+    // at another hook is a copy of one counted before, so its entry starts with no packets,
+    // the counting hook, and this hook as seen.
+    // SAFETY: a live map value, copied out at once.
+    let memo = maps
+        .hooks
+        .and_then(|hooks| unsafe { hooks.get(key) })
+        .copied();
+    let (inherited, counted_ns) = memo.map_or((0, 0), |m| (m.counted_on, m.counted_ns));
+    // SAFETY: a load-time constant.
+    let horizon = unsafe { read_volatile(&DEVOURER_HOOK_HORIZON_NS) };
+    let counted = inherited == 0 || inherited == hook || ts.saturating_sub(counted_ns) > horizon;
     if counted {
         add(&mut fresh, p, ts, segs);
+        // Refreshed when the hook changes or at half the horizon: one lookup per new entry
+        // and rarely a write.
+        if let Some(hooks) = maps.hooks
+            && (inherited != hook || ts.saturating_sub(counted_ns) > horizon / 2)
+        {
+            remember(hooks, key, hook, ts);
+        }
     } else {
         fresh.counted_on = inherited;
         fresh.seen_on[0] = hook;

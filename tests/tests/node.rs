@@ -221,6 +221,14 @@ fn a_pcapng_of_the_nodes_interfaces_counts_each_packet_once_offline() {
     // Each packet appears once per interface it crossed, in file order: which interface
     // counts a flow follows that order, on any number of replay threads.
     assert_threads_agree(&node_file, &[], 4);
+    // With a scan every millisecond of the file's time, boundaries fall between a packet's
+    // copies on its interfaces, where the replay moves to another map set: still once each.
+    let fine = ["--scan-interval", "1ms"];
+    let (status, out, log) = devourer_read(&node_file, &fine);
+    assert!(status.success(), "{log}");
+    let ours = devourer_sums(&records(&out), Some(&addrs));
+    assert_same_sums(&ours, &oracle, "the node's pcapng, a scan every ms");
+    assert_threads_agree(&node_file, &fine, 4);
 }
 
 #[test]

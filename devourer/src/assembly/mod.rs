@@ -54,12 +54,8 @@ pub trait Kernel {
     /// Forwards the program's own log lines, if it logs.
     fn forward_log(&mut self) {}
     /// Which map set `flows` and `take_overflow` read from now on: 0, or offline replay's 1
-    /// or 2 (see [`Assembly::read_set`]).
+    /// (see [`Assembly::read_set`]).
     fn read_set(&mut self, _set: u32) {}
-    /// Empties map set `set`'s flow map (offline replay, once its entries were read).
-    fn clear_set(&mut self, _set: u32) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 impl Loaded {
@@ -114,10 +110,6 @@ impl Kernel for Loaded {
 
     fn read_set(&mut self, set: u32) {
         self.reading = set % REPLAY_SETS;
-    }
-
-    fn clear_set(&mut self, set: u32) -> io::Result<()> {
-        self.set(set % REPLAY_SETS).take_all(&mut |_, _| {})
     }
 
     fn forward_log(&mut self) {
@@ -198,17 +190,11 @@ impl<K: Kernel> Assembly<K> {
         self.kernel.woken()
     }
 
-    /// Offline replay: the scans and the final flush from now on read map set `set` (0, 1 or
-    /// 2). Replay reads every entry of a set at its scan (see
-    /// [`crate::flow::TableConfig::drain`]) and clears it before frames go to it again, so a
-    /// set holds one scan interval's packets.
+    /// Offline replay: the scans and the final flush from now on read map set `set` (0 or 1).
+    /// Replay takes every entry out of a set at its scan (see
+    /// [`crate::flow::TableConfig::drain`]), so a set holds one scan interval's packets.
     pub fn read_set(&mut self, set: u32) {
         self.kernel.read_set(set);
-    }
-
-    /// Offline replay: empties map set `set`, whose entries a scan already read.
-    pub fn clear_set(&mut self, set: u32) -> io::Result<()> {
-        self.kernel.clear_set(set)
     }
 
     /// One scan of the flow map at `now` (program clock), then what the overflow map holds

@@ -84,18 +84,6 @@ impl Kernel for FakeKernel {
     fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
         Ok(std::mem::take(&mut self.overflow))
     }
-
-    fn clear_set(&mut self, _set: u32) -> io::Result<()> {
-        self.flows.clear();
-        Ok(())
-    }
-}
-
-/// One replay scan: it reads the map set, which the replay then clears (as its driver does).
-fn scan(agent: &mut Assembly<FakeKernel>, now: u64) -> bool {
-    let open = agent.scan(now, false).unwrap();
-    agent.clear_set(0).unwrap();
-    open
 }
 
 fn v4(a: [u8; 4]) -> [u8; 16] {
@@ -220,7 +208,7 @@ fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
     assert_eq!(agent.payloads(PayloadKind::Dns, 1), 1, "a bounded turn");
     assert_eq!(agent.payloads(PayloadKind::Dns, 10), 1);
     assert!(!agent.woken());
-    assert!(scan(&mut agent, T0 + 7 * S));
+    assert!(agent.scan(T0 + 7 * S, false).unwrap());
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     let done = agent
         .shutdown(Status::EndOfInput, || T0 + 8 * S, deadline)
@@ -292,7 +280,7 @@ fn a_spoofed_unsolicited_answer_does_not_rename_a_flow() {
     );
     let mut agent = Assembly::new(kernel, &p, Driver::Replay, None).unwrap();
     assert_eq!(agent.payloads(PayloadKind::Dns, 10), 1);
-    assert!(scan(&mut agent, T0 + 3 * S));
+    assert!(agent.scan(T0 + 3 * S, false).unwrap());
     let refused = agent.pipeline.dns().unwrap().stats.names_refused;
     assert_eq!(refused, 1, "the answer's address is counted as refused");
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
@@ -329,7 +317,10 @@ fn a_detached_interface_loses_its_series_once_its_flows_are_out_unless_it_comes_
     agent
         .pipeline
         .name_interfaces([(1, "veth-a".to_owned()), (2, "veth-b".to_owned())]);
-    assert!(scan(&mut agent, T0 + 100 * S), "both flows idle out");
+    assert!(
+        agent.scan(T0 + 100 * S, false).unwrap(),
+        "both flows idle out"
+    );
     let text = metrics.render();
     assert!(text.contains("veth-a") && text.contains("veth-b"), "{text}");
     agent
@@ -376,9 +367,9 @@ fn what_the_overflow_map_held_becomes_overflow_records_at_each_scan() {
     ));
     let mut agent = Assembly::new(kernel, &p, Driver::Replay, None).unwrap();
     agent.pipeline.name_interfaces([(1, "eth0".to_owned())]);
-    assert!(scan(&mut agent, T0 + S));
+    assert!(agent.scan(T0 + S, false).unwrap());
     // Nothing new by the next scan: no record.
-    assert!(scan(&mut agent, T0 + 2 * S));
+    assert!(agent.scan(T0 + 2 * S, false).unwrap());
     let done = agent
         .shutdown(
             Status::EndOfInput,

@@ -49,6 +49,7 @@ impl PipelineArgs {
     pub fn load_options(&self, offline: bool) -> LoadOptions {
         let mut o = LoadOptions::new(offline, self.flow.flow_map_entries);
         o.wake_interval_ns = nanos(self.flow.wake_interval);
+        o.hook_horizon_ns = nanos(self.flow.evict_after());
         o.dns_ports = self.dns.dns_ports.0.clone();
         o.dns_cap = self.dns.dns_cap;
         o.dns_ring_bytes = self.dns.dns_ring_size;

@@ -91,9 +91,8 @@ pub struct TableConfig {
     pub max_flows: usize,
     /// Emit a [`Status::Start`] record when a flow is first seen.
     pub start_records: bool,
-    /// Every scan reads every entry of the map as gone (offline replay, which rotates through
-    /// three map sets and clears one after its scan read it); a scan under pressure takes
-    /// them out, to make room in the map being filled.
+    /// Every scan takes every entry out of the map it reads (offline replay, which alternates
+    /// between two map sets: the one read must be empty before frames go to it again).
     pub drain: bool,
 }
 

@@ -296,27 +296,16 @@ impl FlowTable {
         Ok(())
     }
 
-    /// Folds every entry into its flow as taken out of the map: taken out indeed with `take`,
-    /// else left as it is (the replay clears the set later); how many there were.
-    fn fold_all(
-        &mut self,
-        src: &mut dyn FlowSource,
-        take: bool,
-        stats: &mut ScanStats,
-    ) -> io::Result<usize> {
+    /// Takes every entry out of the map into its flow; how many there were.
+    fn take_all(&mut self, src: &mut dyn FlowSource, stats: &mut ScanStats) -> io::Result<usize> {
         let flows = &mut self.flows;
-        let mut n = 0;
-        let mut fold = |k: FlowKey, v: FlowValue| {
+        let mut taken = 0;
+        src.take_all(&mut |k, v| {
             fold_deleted(flows, &k, &v);
-            n += 1;
-        };
-        if take {
-            src.take_all(&mut fold)?;
-        } else {
-            src.read_all(&mut fold)?;
-        }
-        stats.evicted += n;
-        Ok(n)
+            taken += 1;
+        })?;
+        stats.evicted += taken;
+        Ok(taken)
     }
 
     /// Reads every entry of the live map into its flow and evicts the quiet ones (and, under
@@ -357,7 +346,7 @@ impl FlowTable {
             // Most of the map is quiet (after a burst of short flows): one batched drain costs
             // far less than a delete per entry. The few active entries it takes too fold into
             // their flows like evicted ones, and their next packets start fresh entries.
-            self.fold_all(src, true, stats)?;
+            self.take_all(src, stats)?;
         } else {
             for (_, k) in &evict {
                 if self.take_into(src, k)? {
@@ -370,8 +359,8 @@ impl FlowTable {
 
     /// One scan at time `now`: read the kernel map, evict quiet entries (and, under `pressure`
     /// or when the map is nearly full, the least recently active half) or, with
-    /// [`TableConfig::drain`], fold every entry (taken out under `pressure`), and return the
-    /// records that are due, in a deterministic order.
+    /// [`TableConfig::drain`], take every entry, and return the records that are due, in a
+    /// deterministic order.
     pub fn scan(
         &mut self,
         src: &mut dyn FlowSource,
@@ -381,7 +370,7 @@ impl FlowTable {
         names: &mut dyn Resolver,
     ) -> io::Result<Vec<Emitted>> {
         if self.cfg.drain {
-            stats.kernel_entries = self.fold_all(src, pressure, stats)?;
+            stats.kernel_entries = self.take_all(src, stats)?;
         } else {
             self.read_and_evict(src, now, pressure, stats)?;
         }

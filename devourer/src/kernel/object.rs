@@ -18,8 +18,8 @@ use devourer_common::{
         MAX_FILTER_RULES,
     },
     flow::{
-        COUNTERS_MAP, FLOWS_B_MAP, FLOWS_C_MAP, FLOWS_MAP, GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE,
-        GLOBAL_WAKE_INTERVAL_NS, OVERFLOW_B_MAP, OVERFLOW_C_MAP, OVERFLOW_MAP,
+        COUNTERS_MAP, FLOWS_B_MAP, FLOWS_MAP, GLOBAL_HOOK_HORIZON_NS, GLOBAL_OFFLINE,
+        GLOBAL_PER_INTERFACE, GLOBAL_WAKE_INTERVAL_NS, HOOKS_MAP, OVERFLOW_B_MAP, OVERFLOW_MAP,
         OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, WAKEUP_RING,
     },
     payload::{
@@ -85,6 +85,9 @@ pub struct LoadOptions {
     pub offline: bool,
     pub flow_map_entries: u32,
     pub wake_interval_ns: u64,
+    /// Offline replay: how long a flow direction's counting hook carries over between map
+    /// sets after its last counted packet.
+    pub hook_horizon_ns: u64,
     /// Ports whose payloads go to the DNS ring (empty: none).
     pub dns_ports: Vec<u16>,
     /// Payload bytes copied per DNS packet.
@@ -115,6 +118,7 @@ impl LoadOptions {
             offline,
             flow_map_entries,
             wake_interval_ns: devourer_common::flow::DEFAULT_WAKE_INTERVAL_NS,
+            hook_horizon_ns: devourer_common::flow::DEFAULT_HOOK_HORIZON_NS,
             dns_ports: vec![53],
             dns_cap: PAYLOAD_CAP_MAX as u32,
             dns_ring_bytes: DEFAULT_DNS_RING_BYTES,
@@ -135,9 +139,9 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub flows: KernelFlows,
     pub overflow: HashReader<OverflowKey, OverflowValue>,
-    /// Offline replay's other map sets, 1 and 2 (one entry each in the live agent).
-    pub replay_sets: [(KernelFlows, HashReader<OverflowKey, OverflowValue>); 2],
-    /// Which set the agent reads: 0 (`flows`, `overflow`) or offline replay's 1 or 2.
+    /// Offline replay's second map set, 1 (one entry each in the live agent).
+    pub replay_sets: [(KernelFlows, HashReader<OverflowKey, OverflowValue>); 1],
+    /// Which set the agent reads: 0 (`flows`, `overflow`) or offline replay's 1.
     pub reading: u32,
     pub counters: Counters,
     /// What each `--filter` rule matched.
@@ -231,6 +235,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(GLOBAL_SAMPLING, &opts.sampling, true)
         .override_global(GLOBAL_OFFLINE, &offline, true)
         .override_global(GLOBAL_WAKE_INTERVAL_NS, &opts.wake_interval_ns, true)
+        .override_global(GLOBAL_HOOK_HORIZON_NS, &opts.hook_horizon_ns, true)
         .override_global(GLOBAL_PER_INTERFACE, &per_interface, true)
         .override_global(GLOBAL_DNS_PORTS, &slots(&opts.dns_ports), true)
         .override_global(GLOBAL_DNS_CAP, &dns_cap, true)
@@ -241,8 +246,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
         .map_max_entries(FLOWS_B_MAP, second_entries)
         .map_max_entries(OVERFLOW_B_MAP, second_overflow)
-        .map_max_entries(FLOWS_C_MAP, second_entries)
-        .map_max_entries(OVERFLOW_C_MAP, second_overflow)
+        .map_max_entries(HOOKS_MAP, second_entries)
         .map_max_entries(DNS_RING, opts.dns_ring_bytes)
         // Without HTTP ports the ring stays at its smallest (one page): nothing is sent to it.
         .map_max_entries(
@@ -288,10 +292,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
             hash_reader(&mut ebpf, overflow, ncpus, second_overflow)?,
         ))
     };
-    let replay_sets = [
-        replay_set(FLOWS_B_MAP, OVERFLOW_B_MAP)?,
-        replay_set(FLOWS_C_MAP, OVERFLOW_C_MAP)?,
-    ];
+    let replay_sets = [replay_set(FLOWS_B_MAP, OVERFLOW_B_MAP)?];
     let counters = Counters::new(take(&mut ebpf, COUNTERS_MAP)?, ncpus)
         .map_err(|e| LoadError::Map(COUNTERS_MAP, e))?;
     let filter_counts = Counters::new(take(&mut ebpf, FILTER_COUNTS_MAP)?, ncpus)

@@ -3,11 +3,10 @@
 //! same pipeline as live capture. Timeouts fire on the file's clock. A second thread reads and
 //! frames the file ([`reader`], [`pcapfile`]); the frames are fed by one thread per CPU
 //! ([`lanes`] says which), which meet after every segment and at every scan boundary. The
-//! program counts each scan interval's packets in the next of three map sets, so a scan sees
-//! exactly the packets before its boundary, as a single-threaded replay would, while the other
-//! threads already feed the next interval's. The set a scan reads stays as it is until the
-//! interval after (the program looks up counting hooks in it); the main thread clears the
-//! third meanwhile.
+//! program counts each scan interval's packets in one of two map sets, alternating, so a scan
+//! sees exactly the packets before its boundary, as a single-threaded replay would, while the
+//! other threads already feed the next interval's into the other set. The hook that counts
+//! each flow direction is remembered by the program across the sets (count once per node).
 
 mod feed;
 mod lanes;
@@ -59,10 +58,10 @@ struct Replay {
     last_ts: Option<u64>,
     stats: ReplayStats,
     warned_link: bool,
-    /// The map set packets go to now (0, 1 or 2). The next one takes over at every scan
-    /// boundary, so that one set is scanned while the next interval's packets fill another.
+    /// The map set packets go to now (0 or 1). The other takes over at every scan boundary,
+    /// so that one set is scanned while the next interval's packets fill the other.
     set: u32,
-    /// A scan boundary whose map set (the one before `set`) has not been scanned yet.
+    /// A scan boundary whose map set (the other one) has not been scanned yet.
     pending: Option<u64>,
     lanes: Lanes,
     /// The segment being gathered, and its packets.
@@ -155,16 +154,12 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         bar.finish_and_clear();
     }
     // The last interval's scan, flows that timed out by the file's last timestamp, then
-    // everything still open (both reading the map set fed last, which the scan leaves
-    // in place: the flush reads what is in it).
+    // everything still open (both reading the map set fed last).
     replay.finish_pending(&mut agent)?;
     agent.read_set(replay.set);
     let last_ts = replay.last_ts;
     if let Some(t) = last_ts {
         agent.scan(t, false)?;
-        agent
-            .clear_set(replay.set)
-            .context("clearing the last map set")?;
     }
     let deadline = Instant::now() + p.shutdown_timeout;
     let done = agent.shutdown(Status::EndOfInput, || last_ts.unwrap_or(0), deadline)?;
@@ -241,7 +236,7 @@ fn payload_ports(p: &PipelineArgs) -> Vec<u16> {
 impl Replay {
     /// One batch of packets, gathered into segments that end at the scan boundaries they
     /// cross (and once long enough, see [`Pace::target`]): each segment is fed on every lane;
-    /// at a boundary, the packets after it go to the next map set, and the scan of the set
+    /// at a boundary, the packets after it go to the other map set, and the scan of the set
     /// before it runs at the next segment's start.
     fn batch(
         &mut self,
@@ -294,17 +289,13 @@ impl Replay {
     }
 
     /// The scan of the map set the packets before the last boundary went to, if it has not
-    /// run yet, then the clearing of the set before that (the next to be fed; this interval's
-    /// frames look up counting hooks in the one just scanned, never in that one).
+    /// run yet. It empties that set, the next to be fed.
     fn finish_pending(&mut self, agent: &mut Assembly) -> Result<()> {
         if let Some(boundary) = self.pending.take() {
             agent.read_set((self.set + REPLAY_SETS - 1) % REPLAY_SETS);
             if !agent.scan(boundary, false)? {
                 bail!("output closed");
             }
-            agent
-                .clear_set((self.set + 1) % REPLAY_SETS)
-                .context("clearing a map set")?;
         }
         Ok(())
     }
