@@ -557,17 +557,26 @@ pub fn add_shared(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
 /// A packet at `hook` for an existing entry: counted if `hook` is where its flow is counted,
 /// else `hook` is listed among the others that saw it. Whether it was counted.
 #[inline(always)]
-fn count_or_note(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
+fn count_or_note(
+    v: *mut FlowValue,
+    p: &Parsed,
+    (ts, segs): (u64, u64),
+    hook: u32,
+    maps: MapSet,
+    ctr: &Ctr,
+) -> bool {
     // SAFETY: a live map value; `counted_on` is set once, at insert.
     if unsafe { (*v).counted_on } == hook {
         // Offline, an entry that inherited its counting hook (see `record`) starts without a
         // first packet: this is its first, and the hook's memory is refreshed by it. The live
-        // agent never makes one (`offline` is a load-time constant).
-        // SAFETY: as above.
-        if offline() && unsafe { (*v).first_ns } == 0 {
+        // agent has no hook memory and never makes one.
+        if let Some(hooks) = maps.hooks
+            // SAFETY: as above.
+            && unsafe { (*v).first_ns } == 0
+        {
             // SAFETY: as above.
             unsafe { (*v).first_ns = ts };
-            remember(&HOOKS, &p.key, hook, ts);
+            remember(hooks, &p.key, hook, ts);
         }
         add_shared(v, p, ts, segs);
         return true;
@@ -593,7 +602,7 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
     let key = &p.key;
     let ifindex = hook >> 1;
     if let Some(v) = maps.flows.get_ptr_mut(key) {
-        return count_or_note(v, p, ts, segs, hook, ctr);
+        return count_or_note(v, p, (ts, segs), hook, maps, ctr);
     }
     let mut fresh = FlowValue {
         counted_on: hook,
@@ -639,7 +648,7 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
                 "insert race on ifindex {}: retried as an update", ifindex
             );
             match maps.flows.get_ptr_mut(key) {
-                Some(v) => count_or_note(v, p, ts, segs, hook, ctr),
+                Some(v) => count_or_note(v, p, (ts, segs), hook, maps, ctr),
                 // Deleted again by the agent in between: account it as overflow, not lost.
                 None => overflow(maps.overflow, p, ts, ifindex, segs, ctr),
             }

@@ -178,7 +178,7 @@ fn replay_frames_marked_for_the_second_map_set_count_there_and_nowhere_else() {
     }
     let mut loaded = loader::load(&LoadOptions::new(true, 1024)).expect("loading");
     assert_eq!(
-        loaded.replay_sets[0].0.capacity(),
+        loaded.flows_b.capacity(),
         1024,
         "offline: as large as the first"
     );
@@ -199,7 +199,7 @@ fn replay_frames_marked_for_the_second_map_set_count_there_and_nowhere_else() {
 
     // The live agent never uses the second set: it takes one entry.
     let live = loader::load(&LoadOptions::new(false, 1024)).expect("loading");
-    assert_eq!(live.replay_sets[0].0.capacity(), 1);
+    assert_eq!(live.flows_b.capacity(), 1);
 }
 
 #[test]
@@ -249,8 +249,8 @@ fn a_copy_just_after_a_replay_scan_boundary_is_not_counted_again() {
 /// Takes every entry out of offline replay's second map set.
 fn take_set(loaded: &mut loader::Loaded) -> Vec<(FlowKey, FlowValue)> {
     let mut out = Vec::new();
-    loaded.replay_sets[0]
-        .0
+    loaded
+        .flows_b
         .take_all(&mut |k, v| out.push((k, v)))
         .unwrap();
     out

@@ -24,7 +24,7 @@ use crate::{
     flow::{FlowSource, Status},
     kernel::{
         events::{self, PayloadKind},
-        maps::{KernelCounters, KernelFlows, take_overflow},
+        maps::{KernelCounters, take_overflow},
         object::{self, Loaded},
     },
     ops::metrics::Metrics,
@@ -58,18 +58,13 @@ pub trait Kernel {
     fn read_set(&mut self, _set: u32) {}
 }
 
-impl Loaded {
-    fn set(&mut self, set: u32) -> &mut KernelFlows {
-        match set {
-            0 => &mut self.flows,
-            n => &mut self.replay_sets[n as usize - 1].0,
-        }
-    }
-}
-
 impl Kernel for Loaded {
     fn flows(&mut self) -> &mut dyn FlowSource {
-        self.set(self.reading)
+        if self.reading == 0 {
+            &mut self.flows
+        } else {
+            &mut self.flows_b
+        }
     }
 
     fn payloads(
@@ -102,9 +97,10 @@ impl Kernel for Loaded {
     }
 
     fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
-        take_overflow(match self.reading {
-            0 => &mut self.overflow,
-            n => &mut self.replay_sets[n as usize - 1].1,
+        take_overflow(if self.reading == 0 {
+            &mut self.overflow
+        } else {
+            &mut self.overflow_b
         })
     }
 

@@ -21,8 +21,8 @@ pub fn sum_per_cpu(slots: impl IntoIterator<Item = FlowValue>) -> Option<FlowVal
     let mut total: Option<FlowValue> = None;
     for s in slots {
         // A CPU's slot that saw nothing (offline, an entry that only noted a copy at another
-        // hook has no packets either, but names its counting hook).
-        if s.packets == 0 && s.first_ns == 0 && s.counted_on == 0 {
+        // hook counts nothing either, but names its counting hook).
+        if counts_nothing(&s) && s.counted_on == 0 {
             continue;
         }
         match &mut total {
@@ -31,6 +31,12 @@ pub fn sum_per_cpu(slots: impl IntoIterator<Item = FlowValue>) -> Option<FlowVal
         }
     }
     total
+}
+
+/// Whether a kernel value holds no counted packet: an empty per-CPU slot, or offline an entry
+/// that only noted a copy at another hook.
+pub(super) fn counts_nothing(v: &FlowValue) -> bool {
+    v.packets == 0 && v.first_ns == 0
 }
 
 /// Interfaces and hooks a flow lists in its records, at most.
@@ -80,7 +86,7 @@ impl Counts {
     /// Adds `packets` and `bytes` of `v` (what its entry gained since the last read) and the
     /// rest of `v` (first and last packet, flags, first ICMP type), as [`merge_value`] does.
     fn add(&mut self, v: &FlowValue, packets: u64, bytes: u64) {
-        if v.packets == 0 && v.first_ns == 0 {
+        if counts_nothing(v) {
             return;
         }
         let v_is_earlier = self.first_ns == 0 || (v.first_ns != 0 && v.first_ns < self.first_ns);

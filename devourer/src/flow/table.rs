@@ -7,7 +7,7 @@ use devourer_common::flow::{FlowKey, FlowValue};
 
 use super::{
     Emitted, FlowSource, Resolver, Status, TableConfig,
-    entry::{Flow, NatState, canonical, directional},
+    entry::{Flow, NatState, canonical, counts_nothing, directional},
     nat::{Answer, Endpoint, NatLookup, NatStats, interpret, may_be_tracked, tuple},
     store::Flows,
 };
@@ -512,7 +512,7 @@ impl FlowTable {
 /// Folds what deleting a kernel entry returned into its flow.
 fn fold_deleted(flows: &mut Flows, key: &FlowKey, v: &FlowValue) {
     let (ck, d) = canonical(key);
-    if v.packets == 0 && v.first_ns == 0 {
+    if counts_nothing(v) {
         // Offline, an entry that only noted a copy at another hook: it adds hooks to a flow
         // the agent still holds, and makes none.
         if let Some(flow) = flows.get_mut(&ck) {

@@ -140,7 +140,8 @@ pub struct Loaded {
     pub flows: KernelFlows,
     pub overflow: HashReader<OverflowKey, OverflowValue>,
     /// Offline replay's second map set, 1 (one entry each in the live agent).
-    pub replay_sets: [(KernelFlows, HashReader<OverflowKey, OverflowValue>); 1],
+    pub flows_b: KernelFlows,
+    pub overflow_b: HashReader<OverflowKey, OverflowValue>,
     /// Which set the agent reads: 0 (`flows`, `overflow`) or offline replay's 1.
     pub reading: u32,
     pub counters: Counters,
@@ -286,13 +287,8 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Missing(name));
     let flows = hash_reader(&mut ebpf, FLOWS_MAP, ncpus, opts.flow_map_entries)?;
     let overflow = hash_reader(&mut ebpf, OVERFLOW_MAP, ncpus, OVERFLOW_MAP_ENTRIES)?;
-    let mut replay_set = |flows, overflow| -> Result<_, LoadError> {
-        Ok((
-            KernelFlows(hash_reader(&mut ebpf, flows, ncpus, second_entries)?),
-            hash_reader(&mut ebpf, overflow, ncpus, second_overflow)?,
-        ))
-    };
-    let replay_sets = [replay_set(FLOWS_B_MAP, OVERFLOW_B_MAP)?];
+    let flows_b = hash_reader(&mut ebpf, FLOWS_B_MAP, ncpus, second_entries)?;
+    let overflow_b = hash_reader(&mut ebpf, OVERFLOW_B_MAP, ncpus, second_overflow)?;
     let counters = Counters::new(take(&mut ebpf, COUNTERS_MAP)?, ncpus)
         .map_err(|e| LoadError::Map(COUNTERS_MAP, e))?;
     let filter_counts = Counters::new(take(&mut ebpf, FILTER_COUNTS_MAP)?, ncpus)
@@ -309,7 +305,8 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         ebpf,
         flows: KernelFlows(flows),
         overflow,
-        replay_sets,
+        flows_b: KernelFlows(flows_b),
+        overflow_b,
         reading: 0,
         counters,
         filter_counts,

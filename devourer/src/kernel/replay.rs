@@ -39,7 +39,7 @@ impl Replayer {
     }
 
     /// Runs the program once over `frame` (maybe cut: `wire_len` was its length on the wire),
-    /// seen at `ts_ns` on interface `ifindex`, counted in map set `map` (0, 1 or 2).
+    /// seen at `ts_ns` on interface `ifindex`, counted in map set `map` (0 or 1).
     pub fn feed(
         &mut self,
         frame: &[u8],
