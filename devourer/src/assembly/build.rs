@@ -43,7 +43,7 @@ fn table_config(p: &PipelineArgs, driver: &Driver) -> TableConfig {
         evict_after: nanos(f.evict_after()),
         max_flows: f.max_flows as usize,
         start_records: f.flow_start_records,
-        drain: *driver == Driver::Replay,
+        drain: matches!(driver, Driver::Replay { .. }),
     }
 }
 
@@ -182,14 +182,15 @@ fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> R
                 bytes: output_queue_bytes,
                 lossless: false,
             },
-            Driver::Replay => QueueLimits {
+            Driver::Replay { .. } => QueueLimits {
                 records: 16_384,
                 bytes: 32 << 20,
                 lossless: true,
             },
         };
         let jsonl = JsonLinesSink::start(&t, limits, std::time::Duration::from_secs(1))
-            .with_context(|| format!("opening output {t:?}"))?;
+            .with_context(|| format!("opening output {t:?}"))?
+            .serialise_on(record_threads(driver));
         sinks.push(Box::new(jsonl));
     }
     if let Some((project, dataset)) = p.bq.destination()? {
@@ -213,12 +214,23 @@ fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> R
     Ok(sinks)
 }
 
+/// Threads that build and serialise a large batch of flow records: as many as a replay feeds
+/// on (idle by its last flush, which emits every flow); one live, where the agent shares the
+/// node with its workloads.
+fn record_threads(driver: &Driver) -> usize {
+    match *driver {
+        Driver::Live { .. } => 1,
+        Driver::Replay { threads } => threads,
+    }
+}
+
 /// The pipeline's parts for `driver`.
 pub fn parts(p: &PipelineArgs, driver: &Driver, metrics: Option<Arc<Metrics>>) -> Result<Parts> {
     crate::base::files::set_group(p.file_group);
     let local = local_addrs(&p.dns, driver)?;
     Ok(Parts {
         table: flow_table(p, driver),
+        record_threads: record_threads(driver),
         sinks: sinks(p, driver, metrics.as_ref())?,
         http: http_tracker(&p.http, local.clone()),
         dns: dns_tracker(&p.dns, local),
@@ -232,7 +244,7 @@ pub fn parts(p: &PipelineArgs, driver: &Driver, metrics: Option<Arc<Metrics>>) -
         interface_linger: p.flow.idle_timeout + p.flow.evict_after() + p.flow.scan_interval * 2,
         default_interface: match driver {
             Driver::Live { .. } => "unknown",
-            Driver::Replay => "pcap",
+            Driver::Replay { .. } => "pcap",
         },
     })
 }

@@ -126,14 +126,16 @@ pub enum Driver {
         output_queue_bytes: u64,
     },
     /// Replay of a capture file: the file's clock, an output that waits rather than drops,
-    /// only `--local-net` for this host's addresses.
-    Replay,
+    /// only `--local-net` for this host's addresses; thousands of flow records due at once
+    /// (the last flush above all, when the feeding threads are idle) are built and
+    /// serialised on `threads` threads.
+    Replay { threads: usize },
 }
 
 /// Loads the kernel program with the settings `p` asks for (replay: the offline variant).
 pub fn load_kernel(p: &PipelineArgs, driver: Driver) -> Result<Loaded> {
     crate::config::filter::check_count(&p.flow.filters).map_err(|e| anyhow::anyhow!(e.0))?;
-    let opts = build::load_options(p, driver == Driver::Replay);
+    let opts = build::load_options(p, matches!(driver, Driver::Replay { .. }));
     object::load(&opts).context("loading the kernel program")
 }
 

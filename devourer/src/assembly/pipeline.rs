@@ -19,7 +19,7 @@ use devourer_common::{
 use lru::LruCache;
 
 use crate::{
-    base::time::Clock,
+    base::{par, time::Clock},
     decode::{
         LogLine,
         dns::{DnsOutput, DnsTracker, names::NameCache},
@@ -33,9 +33,22 @@ use crate::{
     sink::Sinks,
 };
 
+/// Flow records built and handed to the sinks at once at most.
+const EMIT_PIECE: usize = 16_384;
+
+/// The name records give interface `ifindex`.
+fn interface_name(names: &LruCache<u32, String>, default: &str, ifindex: u32) -> String {
+    names
+        .peek(&ifindex)
+        .cloned()
+        .unwrap_or_else(|| default.to_owned())
+}
+
 /// What a pipeline is built from (see `assembly::build`).
 pub struct Parts {
     pub table: FlowTable,
+    /// Threads a large batch of flow records is built on.
+    pub record_threads: usize,
     pub sinks: Sinks,
     pub dns: Option<DnsTracker>,
     pub http: Option<HttpTracker>,
@@ -57,6 +70,7 @@ pub struct Parts {
 
 pub struct Pipeline {
     table: FlowTable,
+    record_threads: usize,
     sinks: Sinks,
     dns: Option<DnsTracker>,
     http: Option<HttpTracker>,
@@ -105,6 +119,7 @@ impl Pipeline {
     pub fn new(p: Parts) -> Self {
         Self {
             table: p.table,
+            record_threads: p.record_threads.max(1),
             sinks: p.sinks,
             dns: p.dns,
             http: p.http,
@@ -184,10 +199,7 @@ impl Pipeline {
     }
 
     pub fn interface_name(&self, ifindex: u32) -> String {
-        self.names
-            .peek(&ifindex)
-            .cloned()
-            .unwrap_or_else(|| self.default_interface.to_owned())
+        interface_name(&self.names, self.default_interface, ifindex)
     }
 
     pub fn dns(&self) -> Option<&DnsTracker> {
@@ -236,9 +248,11 @@ impl Pipeline {
     }
 
     /// Builds records with this pipeline's agent, clock and interface names.
-    fn build<T>(&self, f: impl FnOnce(&RecordContext<'_>) -> Vec<T>) -> Vec<T> {
-        let name = |idx: u32| self.interface_name(idx);
-        let workload = |a: IpAddr| self.cluster.as_ref()?.lookup(a);
+    fn build<T>(&self, f: impl FnOnce(&RecordContext<'_>) -> T) -> T {
+        let (names, default) = (&self.names, self.default_interface);
+        let name = |idx: u32| interface_name(names, default, idx);
+        let cluster = self.cluster.as_deref();
+        let workload = |a: IpAddr| cluster?.lookup(a);
         f(&RecordContext {
             agent: &self.agent,
             clock: self.clock,
@@ -276,24 +290,47 @@ impl Pipeline {
                 let out = std::mem::take(&mut self.dns_out);
                 let lines = self.lines(out.lines);
                 self.send(Batch::DnsLog(&lines));
-                let records =
-                    self.build(|cx| out.txs.iter().map(|t| DnsRecord::new(t, cx)).collect());
+                let records = self.build(|cx| {
+                    out.txs
+                        .iter()
+                        .map(|t| DnsRecord::new(t, cx))
+                        .collect::<Vec<_>>()
+                });
                 self.send(Batch::Dns(&records))
             }
             PayloadKind::Http => {
                 let out = std::mem::take(&mut self.http_out);
                 let lines = self.lines(out.lines);
                 self.send(Batch::HttpLog(&lines));
-                let records =
-                    self.build(|cx| out.msgs.iter().map(|m| HttpRecord::new(m, cx)).collect());
+                let records = self.build(|cx| {
+                    out.msgs
+                        .iter()
+                        .map(|m| HttpRecord::new(m, cx))
+                        .collect::<Vec<_>>()
+                });
                 self.send(Batch::Http(&records))
             }
         }
     }
 
+    /// Flow records in pieces of at most [`EMIT_PIECE`], each built on up to
+    /// `record_threads` threads, so that a flush of every flow never holds all its records
+    /// at once.
     fn emit_flows(&mut self, emitted: &[Emitted]) -> bool {
-        let records = self.build(|cx| emitted.iter().map(|e| FlowRecord::new(e, cx)).collect());
-        self.send(Batch::Flow(&records))
+        let mut open = true;
+        for piece in emitted.chunks(EMIT_PIECE) {
+            let parts = self.build(|cx| {
+                par::map_parts(piece, self.record_threads, EMIT_PIECE / 8, |part| {
+                    part.iter()
+                        .map(|e| FlowRecord::new(e, cx))
+                        .collect::<Vec<_>>()
+                })
+            });
+            for records in parts {
+                open &= self.send(Batch::Flow(&records));
+            }
+        }
+        open
     }
 
     /// Overflow records for what the overflow map aggregated until `now` (program clock);
@@ -307,7 +344,7 @@ impl Pipeline {
             entries
                 .iter()
                 .map(|(k, v)| OverflowRecord::new(k, v, now, cx))
-                .collect()
+                .collect::<Vec<_>>()
         });
         self.send(Batch::Overflow(&records))
     }

@@ -203,7 +203,7 @@ fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
     );
     kernel.counters[C_MAP_FULL as usize] = 0;
 
-    let mut agent = Assembly::new(kernel, &p, Driver::Replay, None).unwrap();
+    let mut agent = Assembly::new(kernel, &p, Driver::Replay { threads: 1 }, None).unwrap();
     agent.pipeline.name_interfaces([(1, "eth0".to_owned())]);
     assert_eq!(agent.payloads(PayloadKind::Dns, 1), 1, "a bounded turn");
     assert_eq!(agent.payloads(PayloadKind::Dns, 10), 1);
@@ -278,7 +278,7 @@ fn a_spoofed_unsolicited_answer_does_not_rename_a_flow() {
         direction(c, s, 6),
         counted(T0 + S, T0 + 2 * S, 600, 6, VAL_F_SYN),
     );
-    let mut agent = Assembly::new(kernel, &p, Driver::Replay, None).unwrap();
+    let mut agent = Assembly::new(kernel, &p, Driver::Replay { threads: 1 }, None).unwrap();
     assert_eq!(agent.payloads(PayloadKind::Dns, 10), 1);
     assert!(agent.scan(T0 + 3 * S, false).unwrap());
     let refused = agent.pipeline.dns().unwrap().stats.names_refused;
@@ -313,7 +313,13 @@ fn a_detached_interface_loses_its_series_once_its_flows_are_out_unless_it_comes_
             .insert(k, counted(T0, T0 + S, 600, 6, VAL_F_SYN));
     }
     let metrics = crate::ops::metrics::Metrics::new();
-    let mut agent = Assembly::new(kernel, &p, Driver::Replay, Some(metrics.clone())).unwrap();
+    let mut agent = Assembly::new(
+        kernel,
+        &p,
+        Driver::Replay { threads: 1 },
+        Some(metrics.clone()),
+    )
+    .unwrap();
     agent
         .pipeline
         .name_interfaces([(1, "veth-a".to_owned()), (2, "veth-b".to_owned())]);
@@ -365,7 +371,7 @@ fn what_the_overflow_map_held_becomes_overflow_records_at_each_scan() {
             packets: 7,
         },
     ));
-    let mut agent = Assembly::new(kernel, &p, Driver::Replay, None).unwrap();
+    let mut agent = Assembly::new(kernel, &p, Driver::Replay { threads: 1 }, None).unwrap();
     agent.pipeline.name_interfaces([(1, "eth0".to_owned())]);
     assert!(agent.scan(T0 + S, false).unwrap());
     // Nothing new by the next scan: no record.

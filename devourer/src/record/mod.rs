@@ -26,12 +26,12 @@ use crate::{
 pub struct RecordContext<'a> {
     pub agent: &'a str,
     pub clock: Clock,
-    pub interface_name: &'a dyn Fn(u32) -> String,
+    pub interface_name: &'a (dyn Fn(u32) -> String + Sync),
     pub community_seed: u16,
     /// `--sampling`: one packet in this many was counted.
     pub sampling: u32,
     /// The Kubernetes object holding an address now (DNS and HTTP records' `*_k8s_*`).
-    pub workload: &'a dyn Fn(IpAddr) -> Option<Arc<Workload>>,
+    pub workload: &'a (dyn Fn(IpAddr) -> Option<Arc<Workload>> + Sync),
 }
 
 /// The fields DNS and HTTP records open with: which exchange, seen where and when.

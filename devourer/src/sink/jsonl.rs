@@ -17,7 +17,7 @@ use std::{
 
 use super::{Sink, SinkReport};
 use crate::{
-    base::files,
+    base::{files, par},
     record::{Batch, Kind},
 };
 
@@ -97,6 +97,8 @@ pub struct JsonLinesSink {
     thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     limits: QueueLimits,
+    /// Threads a large batch is serialised on (see [`JsonLinesSink::serialise_on`]).
+    threads: usize,
 }
 
 impl JsonLinesSink {
@@ -119,7 +121,15 @@ impl JsonLinesSink {
             thread: Some(thread),
             shared,
             limits,
+            threads: 1,
         })
+    }
+
+    /// Serialises batches of more than one piece on up to `threads` threads (a replay's
+    /// large batches; see `assembly::Driver`); a live agent keeps one.
+    pub fn serialise_on(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     pub fn stats(&self) -> &SinkStats {
@@ -163,18 +173,20 @@ impl JsonLinesSink {
         if batch.is_empty() {
             return !stats.closed.load(Ordering::Relaxed);
         }
-        // Every piece is sent (or counted dropped), even after the output closed.
+        // Every piece is sent (or counted dropped), even after the output closed; a few
+        // pieces at a time are serialised side by side, then queued in order.
+        let pieces: Vec<Batch<'_>> = batch.chunks(CHUNK).collect();
         let mut open = true;
-        for c in batch.chunks(CHUNK) {
-            open &= self.send_chunk(c);
+        for group in pieces.chunks(self.threads) {
+            for (bytes, n) in par::map_parts(group, self.threads, 1, |g| serialise(g[0])) {
+                open &= self.queue(bytes, n);
+            }
         }
         open
     }
 
-    fn send_chunk(&self, batch: Batch<'_>) -> bool {
+    fn queue(&self, bytes: Vec<u8>, n: u64) -> bool {
         let stats = &self.shared.stats;
-        let mut bytes = Vec::with_capacity(batch.len() * 1024);
-        let n = batch.write_json(&mut bytes) as u64;
         if !self.room(n, bytes.len() as u64) {
             self.drop_counted(n);
             return !stats.closed.load(Ordering::Relaxed);
@@ -189,6 +201,13 @@ impl JsonLinesSink {
         }
         !stats.closed.load(Ordering::Relaxed)
     }
+}
+
+/// One piece as JSON lines, with how many records it holds.
+fn serialise(batch: Batch<'_>) -> (Vec<u8>, u64) {
+    let mut bytes = Vec::with_capacity(batch.len() * 1024);
+    let n = batch.write_json(&mut bytes) as u64;
+    (bytes, n)
 }
 
 impl Sink for JsonLinesSink {

@@ -85,13 +85,15 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     let file_len = file.file_len;
     caps::check(false).context("checking capabilities")?;
     let p = &args.pipeline;
-    let kernel = assembly::load_kernel(p, Driver::Replay)?;
-    let lanes = Lanes::new(replay_threads(args.replay_threads), payload_ports(p));
+    let threads = replay_threads(args.replay_threads);
+    let driver = Driver::Replay { threads };
+    let kernel = assembly::load_kernel(p, driver)?;
+    let lanes = Lanes::new(threads, payload_ports(p));
     let mut replayers = (0..lanes.count())
         .map(|_| Replayer::new(&kernel, p.flow.mode))
         .collect::<Result<Vec<_>, _>>()?;
     let mut replayer = replayers.remove(0);
-    let mut agent = Assembly::new(kernel, p, Driver::Replay, None)?;
+    let mut agent = Assembly::new(kernel, p, driver, None)?;
     let bar = progress_bar(&args, file_len);
     let mut replay = Replay {
         interval: nanos(p.flow.scan_interval),
