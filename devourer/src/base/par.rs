@@ -19,11 +19,21 @@ pub fn map_parts<T: Sync, R: Send>(
     let first = pieces.next().unwrap_or_default();
     std::thread::scope(|s| {
         let f = &f;
-        let rest: Vec<_> = pieces.map(|p| s.spawn(move || f(p))).collect();
+        // A part whose thread cannot start (a thread limit) runs on the caller's thread.
+        let rest: Vec<_> = pieces
+            .map(|p| {
+                std::thread::Builder::new()
+                    .spawn_scoped(s, move || f(p))
+                    .map_err(|_| p)
+            })
+            .collect();
         let mut out = Vec::with_capacity(parts);
         out.push(f(first));
         for h in rest {
-            out.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            out.push(match h {
+                Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                Err(p) => f(p),
+            });
         }
         out
     })
