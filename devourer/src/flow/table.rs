@@ -308,6 +308,22 @@ impl FlowTable {
         Ok(taken)
     }
 
+    /// Whether the kernel entries known from the last read are, by what they held then,
+    /// mostly quiet now (the proportion at which a scan drains the whole map).
+    fn quiet_at_last_read(&self, now: u64) -> bool {
+        let (mut live, mut quiet) = (0usize, 0usize);
+        for d in self
+            .flows
+            .iter()
+            .flat_map(|f| &f.dirs)
+            .filter(|d| d.is_live())
+        {
+            live += 1;
+            quiet += usize::from(now.saturating_sub(d.last_ns()) >= self.cfg.evict_after);
+        }
+        quiet >= DRAIN_MIN && quiet * 4 >= live * 3
+    }
+
     /// Reads every entry of the live map into its flow and evicts the quiet ones (and, under
     /// `pressure` or when the map is nearly full, the least recently active half).
     fn read_and_evict(
@@ -317,6 +333,13 @@ impl FlowTable {
         pressure: bool,
         stats: &mut ScanStats,
     ) -> io::Result<()> {
+        if self.quiet_at_last_read(now) {
+            // The entries read last time have been quiet since: a read now would only be
+            // followed by the drain below. Entries created since go with the batch, like the
+            // few active ones the drain takes anyway.
+            stats.kernel_entries = self.take_all(src, stats)?;
+            return Ok(());
+        }
         let mut evict: Vec<(u64, FlowKey)> = Vec::new();
         let mut keep: Vec<(u64, FlowKey)> = Vec::new();
         let (flows, evict_after) = (&mut self.flows, self.cfg.evict_after);

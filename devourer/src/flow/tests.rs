@@ -31,6 +31,8 @@ struct FakeMap {
     takes: usize,
     /// Batched drains of the whole map.
     drains: usize,
+    /// Reads of the whole map.
+    reads: usize,
 }
 
 impl FakeMap {
@@ -56,6 +58,7 @@ impl FakeMap {
 
 impl FlowSource for FakeMap {
     fn read_all(&mut self, f: &mut dyn FnMut(FlowKey, FlowValue)) -> io::Result<()> {
+        self.reads += 1;
         for (k, slots) in &self.entries {
             if let Some(v) = sum_per_cpu(slots.iter().copied()) {
                 f(*k, v);
@@ -321,6 +324,39 @@ fn a_mostly_quiet_map_is_drained_in_one_batch_and_active_flows_keep_every_packet
     assert_eq!((r.src.packets, r.src.bytes), (3, 300));
     assert_eq!((r.first_ns, r.last_ns), (S, 6 * S));
     assert!(out.iter().all(|r| r.src.packets >= 1 && r.src.bytes >= 80));
+}
+
+#[test]
+fn entries_quiet_since_their_last_read_are_drained_without_reading_them_again() {
+    let mut m = FakeMap::new();
+    m.capacity = 4096;
+    let mut t = FlowTable::new(cfg());
+    let first = key(1, 1000, 2, 53, 17);
+    for i in 0..1000u16 {
+        m.packet(0, key(1, 1000 + i, 2, 53, 17), S, 80, 0, 0);
+    }
+    // At 2 s every entry is active (evict_after 3 s): read and kept.
+    assert!(scan(&mut t, &mut m, 2 * S).is_empty());
+    assert_eq!((m.reads, m.drains, m.entries.len()), (1, 0, 1000));
+    // Before the next scan, a packet on a known flow and a new flow.
+    let new = key(7, 7000, 2, 80, 6);
+    m.packet(1, first, 4 * S, 80, 0, 0);
+    m.packet(1, new, 4 * S, 100, 0, 0);
+    // At 5 s the 1000 entries read at 2 s have been quiet for 4 s by what they held then.
+    assert!(scan(&mut t, &mut m, 5 * S).is_empty());
+    assert_eq!((m.reads, m.drains), (1, 1), "drained without a read first");
+    assert!(m.entries.is_empty());
+    // Every packet is in a record, the late ones included.
+    let out = scan(&mut t, &mut m, 20 * S);
+    assert_eq!(out.len(), 1001);
+    let packets = |k: FlowKey| {
+        out.iter()
+            .find(|r| r.key == k)
+            .map(|r| (r.src.packets, r.last_ns))
+    };
+    assert_eq!(packets(first), Some((2, 4 * S)));
+    assert_eq!(packets(new), Some((1, 4 * S)));
+    assert_eq!(out.iter().map(|r| r.src.packets).sum::<u64>(), 1002);
 }
 
 #[test]
