@@ -180,7 +180,11 @@ fn main() {
         for m in chunk {
             tracker.on_event(&m.h, &m.payload, &mut out);
         }
-        let recs: Vec<DnsRecord> = out.txs.iter().map(|t| DnsRecord::new(t, &cx)).collect();
+        let recs: Vec<DnsRecord> = out
+            .txs
+            .into_iter()
+            .map(|t| DnsRecord::new(t, &cx))
+            .collect();
         records += recs.len();
         buf.clear();
         Batch::Dns(&recs).write_json(&mut buf);

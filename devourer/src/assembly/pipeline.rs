@@ -292,7 +292,7 @@ impl Pipeline {
                 self.send(Batch::DnsLog(&lines));
                 let records = self.build(|cx| {
                     out.txs
-                        .iter()
+                        .into_iter()
                         .map(|t| DnsRecord::new(t, cx))
                         .collect::<Vec<_>>()
                 });

@@ -31,24 +31,29 @@ pub struct DnsRecord {
 }
 
 impl DnsRecord {
-    pub fn new(tx: &DnsTx, cx: &RecordContext<'_>) -> Self {
-        let q = tx.question.as_ref();
+    /// The record of `tx`, whose strings it takes over.
+    pub fn new(tx: DnsTx, cx: &RecordContext<'_>) -> Self {
+        let head = ExchangeHead::new(
+            ("dns", if tx.tcp { IPPROTO_TCP } else { IPPROTO_UDP }),
+            |addrs| dns_id(&tx, addrs, cx.agent),
+            cx,
+            (tx.ifindex, tx.time_ns),
+            (tx.client, tx.client_port),
+            (tx.server, tx.server_port),
+        );
+        let (q_type, q_class) = match &tx.question {
+            Some(q) => (Some(type_name(q.qtype)), Some(class_name(q.qclass))),
+            None => (None, None),
+        };
         Self {
-            head: ExchangeHead::new(
-                ("dns", if tx.tcp { IPPROTO_TCP } else { IPPROTO_UDP }),
-                |addrs| dns_id(tx, addrs, cx.agent),
-                cx,
-                (tx.ifindex, tx.time_ns),
-                (tx.client, tx.client_port),
-                (tx.server, tx.server_port),
-            ),
+            head,
             transport: if tx.tcp { "tcp" } else { "udp" },
             msg_id: tx.msg_id,
-            q_name: q.map(|q| q.name.clone()),
-            q_type: q.map(|q| type_name(q.qtype)),
-            q_class: q.map(|q| class_name(q.qclass)),
+            q_name: tx.question.map(|q| q.name),
+            q_type,
+            q_class,
             rcode: tx.rcode.map(rcode_name),
-            answers: tx.answers.clone(),
+            answers: tx.answers,
             latency: tx.latency_ns.map(|ns| ns as f64 / 1e9),
             status: tx.status.as_str(),
             role: tx.role.as_str(),
