@@ -148,11 +148,6 @@ impl Dir {
         self.live.is_some()
     }
 
-    /// The last packet this direction is known to have had (program clock; 0: none counted).
-    pub(super) fn last_ns(&self) -> u64 {
-        self.counts.last_ns
-    }
-
     /// Records a read of this direction's kernel entry: `live` while it stays in the map, or
     /// the value its deletion returned.
     fn observe(&mut self, v: &FlowValue, live: bool) {

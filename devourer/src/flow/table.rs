@@ -309,17 +309,16 @@ impl FlowTable {
     }
 
     /// Whether the kernel entries known from the last read are, by what they held then,
-    /// mostly quiet now (the proportion at which a scan drains the whole map).
+    /// mostly quiet now (the proportion at which a scan drains the whole map). An entry
+    /// counts as quiet when its whole flow is (`last_seen` survives record cuts).
     fn quiet_at_last_read(&self, now: u64) -> bool {
         let (mut live, mut quiet) = (0usize, 0usize);
-        for d in self
-            .flows
-            .iter()
-            .flat_map(|f| &f.dirs)
-            .filter(|d| d.is_live())
-        {
-            live += 1;
-            quiet += usize::from(now.saturating_sub(d.last_ns()) >= self.cfg.evict_after);
+        for f in self.flows.iter() {
+            let n = f.dirs.iter().filter(|d| d.is_live()).count();
+            live += n;
+            if now.saturating_sub(f.last_seen) >= self.cfg.evict_after {
+                quiet += n;
+            }
         }
         quiet >= DRAIN_MIN && quiet * 4 >= live * 3
     }

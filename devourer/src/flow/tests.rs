@@ -360,6 +360,27 @@ fn entries_quiet_since_their_last_read_are_drained_without_reading_them_again() 
 }
 
 #[test]
+fn active_flows_whose_records_were_just_cut_are_read_not_drained() {
+    let mut m = FakeMap::new();
+    m.capacity = 4096;
+    let mut t = FlowTable::new(TableConfig {
+        active_timeout: 4 * S,
+        ..cfg()
+    });
+    let flows: Vec<FlowKey> = (0..1000u16).map(|i| key(1, 1000 + i, 2, 443, 17)).collect();
+    for s in 1..=6 {
+        for k in &flows {
+            m.packet(0, *k, s * S, 100, 0, 0);
+        }
+        let out = scan(&mut t, &mut m, s * S + 1);
+        // At 5 s every record is cut at its active timeout; the entries stay busy.
+        assert_eq!(out.len(), if s == 5 { 1000 } else { 0 }, "at {s} s");
+    }
+    assert_eq!(m.drains, 0, "busy entries are read, never drained");
+    assert_eq!(m.entries.len(), 1000);
+}
+
+#[test]
 fn pressure_evicts_the_least_recently_active_half_without_losing_counts() {
     let mut m = FakeMap::new();
     m.capacity = 8;
