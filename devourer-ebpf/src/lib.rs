@@ -36,6 +36,25 @@ pub trait Packet {
     fn frame_len(&self) -> usize;
 }
 
+/// Zeroes `*v` a word at a time, with volatile stores: LLVM turns adjacent zero stores of a
+/// struct into a call to `memset`, which compiler-builtins implements for BPF as a loop over
+/// single bytes (a 64-byte value: 64 rounds of it). `T` must be a plain-integer `repr(C)`
+/// struct whose size is a multiple of 8 and whose alignment is at least 8.
+///
+/// # Safety
+/// `v` must be valid for writes of `T`, and all-zero bytes a valid `T`.
+#[inline(always)]
+pub unsafe fn zero_words<T>(v: *mut T) {
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
+    let w = v.cast::<u64>();
+    let mut i = 0;
+    while i < size_of::<T>() / 8 {
+        // SAFETY: within `*v`, which the caller says is writable and 8-aligned.
+        unsafe { core::ptr::write_volatile(w.add(i), 0) };
+        i += 1;
+    }
+}
+
 /// A word of the frame as its bytes in wire order (one load in the kernel).
 #[inline(always)]
 fn bytes4<P: Packet>(p: &P, off: usize) -> Option<[u8; 4]> {
@@ -176,9 +195,13 @@ pub fn parse<P: Packet>(p: &P, vlan_hint: Option<u16>, out: &mut Parsed) -> Resu
     out.key.flags = flags;
     out.key.src_port = 0;
     out.key.dst_port = 0;
-    out.seg_hdr = 0;
-    out.tcp_flags = 0;
-    out.icmp_type = 0;
+    // Two of these five adjacent zero stores volatile: LLVM would merge them into a call to
+    // `memset`, which compiler-builtins implements for BPF as a loop over single bytes.
+    // SAFETY: plain stores to fields of `out`.
+    unsafe {
+        core::ptr::write_volatile(&mut out.seg_hdr, 0);
+        core::ptr::write_volatile(&mut out.tcp_flags, 0);
+    }
     out.icmp_code = 0;
     out.val_flags = 0;
     out.payload_off = 0;

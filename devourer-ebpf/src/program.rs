@@ -43,7 +43,7 @@ use devourer_common::{
         PayloadScratch,
     },
 };
-use devourer_ebpf::{Packet, Parsed, Skip, is_dns, is_http, parse, starts_http};
+use devourer_ebpf::{Packet, Parsed, Skip, is_dns, is_http, parse, starts_http, zero_words};
 
 use crate::access::{CopyOut, TcPacket, XdpPacket};
 
@@ -153,7 +153,8 @@ fn remember(hooks: &LruHashMap<FlowKey, HookMemo>, key: &FlowKey, hook: u32, ts:
 /// A flow map and the overflow map beside it, and offline the counting hooks' memory.
 #[derive(Clone, Copy)]
 pub struct MapSet {
-    flows: &'static HashMap<FlowKey, FlowValue>,
+    /// The flow map (the benchmarks' breakdown looks it up alone).
+    pub flows: &'static HashMap<FlowKey, FlowValue>,
     /// Where packets go when the flow map is full (the benchmarks' per-CPU variant too).
     pub overflow: &'static PerCpuHashMap<OverflowKey, OverflowValue>,
     /// Offline replay: a direction new in `flows` that another hook counted in an earlier
@@ -448,14 +449,20 @@ fn account<P: Packet + CopyOut, S: FlowStore>(
 }
 
 /// Runs the `--filter` rules over a parsed packet: counts what the first matching rule matched
-/// and returns true when that rule drops the packet.
+/// and returns true when that rule drops the packet. Nothing to do without rules.
 #[inline(always)]
 fn filtered_out(parsed: &Parsed, segs: u64, ctr: &Ctr) -> bool {
     // SAFETY: a load-time constant.
     let count = unsafe { read_volatile(&DEVOURER_FILTER_COUNT) } as usize;
-    if count == 0 {
-        return false;
-    }
+    count != 0 && match_rules(parsed, segs, ctr, count)
+}
+
+/// [`filtered_out`]'s rules. A function of its own (a BPF-to-BPF call): inlined, each rule's
+/// way out of the loop would reach the rest of the program with a state of its own, and the
+/// verifier would walk the rest once per rule (over its limit at 16 rules offline); a call
+/// returns one of two values, and the walks after it are pruned.
+#[inline(never)]
+fn match_rules(parsed: &Parsed, segs: u64, ctr: &Ctr, count: usize) -> bool {
     let mut i = 0;
     while i < MAX_FILTER_RULES && i < count {
         // SAFETY: a load-time constant array, index in bounds.
@@ -544,12 +551,14 @@ pub fn add_shared(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
                 (*v).icmp_code = p.icmp_code;
             }
             // One 64-bit OR on the word at offset 32 (the bpf target has no 32-bit atomics
-            // without alu32): tcp_flags is its bits 0..16, flags its bits 32..40.
+            // without alu32): tcp_flags is its bits 0..16, flags its bits 32..40. Skipped
+            // when the word has every bit already (most packets of a connection: ACK), since
+            // bits are only ever added; a plain read that races only takes the atomic path.
+            let word = (&raw mut (*v).tcp_flags).cast::<u64>();
             let bits = p.tcp_flags as u64 | (p.val_flags as u64) << 32;
-            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(
-                (&raw mut (*v).tcp_flags).cast::<u64>(),
-                bits,
-            );
+            if read_volatile(word) & bits != bits {
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, bits);
+            }
         }
     }
 }
@@ -604,10 +613,13 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
     if let Some(v) = maps.flows.get_ptr_mut(key) {
         return count_or_note(v, p, (ts, segs), hook, maps, ctr);
     }
-    let mut fresh = FlowValue {
-        counted_on: hook,
-        ..FlowValue::default()
+    let mut fresh = core::mem::MaybeUninit::<FlowValue>::uninit();
+    // SAFETY: a stack slot of the value's size and alignment; all-zero is a valid FlowValue.
+    let fresh = unsafe {
+        zero_words(fresh.as_mut_ptr());
+        fresh.assume_init_mut()
     };
+    fresh.counted_on = hook;
     // Offline, a direction another hook counted in an earlier map set keeps that hook (as one
     // map would have kept its entry, for the horizon after its last counted packet): a packet
     // at another hook is a copy of one counted before, so its entry starts with no packets,
@@ -622,7 +634,7 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
     let horizon = unsafe { read_volatile(&DEVOURER_HOOK_HORIZON_NS) };
     let counted = inherited == 0 || inherited == hook || ts.saturating_sub(counted_ns) > horizon;
     if counted {
-        add(&mut fresh, p, ts, segs);
+        add(fresh, p, ts, segs);
         // Refreshed when the hook changes or at half the horizon: one lookup per new entry
         // and rarely a write.
         if let Some(hooks) = maps.hooks
@@ -634,7 +646,7 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
         fresh.counted_on = inherited;
         fresh.seen_on[0] = hook;
     }
-    match maps.flows.insert(key, &fresh, BPF_NOEXIST as u64) {
+    match maps.flows.insert(key, fresh, BPF_NOEXIST as u64) {
         Ok(()) if counted => true,
         Ok(()) => {
             ctr.add(C_REPEATS, segs);
