@@ -26,8 +26,8 @@ use devourer::{
     flow::{FlowSource, FlowTable, NoNames, ScanStats, Status, TableConfig},
     kernel::{
         object::{
-            self as loader, LoadOptions, PROG_EMPTY_TC, PROG_EMPTY_XDP, PROG_TC_INGRESS,
-            PROG_TC_PERCPU, PROG_XDP,
+            self as loader, LoadOptions, PROG_CLOCK_TC, PROG_EMPTY_TC, PROG_EMPTY_XDP,
+            PROG_TC_INGRESS, PROG_TC_LOOKUP, PROG_TC_PARSE, PROG_TC_PERCPU, PROG_XDP,
         },
         sys::test_run_repeat,
     },
@@ -162,6 +162,7 @@ fn main() {
             .expect("emptying the flow map");
     }
     if want("--per-packet") {
+        breakdown(&mut loaded, &v4);
         candidates(&mut loaded, &v4);
         filters(&v4);
     }
@@ -227,6 +228,42 @@ fn one_run_each(empty: &dyn Fn(&[u8]) -> f64, prog: &dyn Fn(&[u8]) -> f64) -> (f
     }
     let k = f64::from(NEW_FLOWS);
     (e / k, n / k, a / k)
+}
+
+/// What each step of the existing-flow path costs: programs that stop a step further each
+/// (empty; reading the clock; parsing; looking the flow up; the agent's full program), on the
+/// same frame and zeroed context, interleaved over three rounds (medians reported). The full
+/// program runs once first so that the lookup finds its entry.
+fn breakdown(loaded: &mut loader::Loaded, v4: &[u8]) {
+    let mut steps = Vec::new();
+    for (name, prog) in [
+        ("empty", PROG_EMPTY_TC),
+        ("clock", PROG_CLOCK_TC),
+        ("parse", PROG_TC_PARSE),
+        ("lookup", PROG_TC_LOOKUP),
+        ("full", PROG_TC_INGRESS),
+    ] {
+        let fd = match loaded.prog_fd(prog) {
+            Ok(fd) => fd,
+            Err(_) => loaded.load_bench_program(prog).expect("breakdown program"),
+        };
+        steps.push((name, fd, Vec::new()));
+    }
+    let full = steps.last().map(|s| s.1).expect("full program");
+    ns_per_run(full, v4, 1);
+    for _ in 0..3 {
+        for (_, fd, runs) in &mut steps {
+            runs.push(ns_per_run(*fd, v4, REPEAT));
+        }
+    }
+    for (name, _, mut runs) in steps {
+        runs.sort_by(f64::total_cmp);
+        report(&format!("breakdown {name}: existing flow"), runs[1]);
+    }
+    loaded
+        .flows
+        .take_all(&mut |_, _| {})
+        .expect("emptying the flow map");
 }
 
 /// The closest peer's object, kept beside the repository (see its README).

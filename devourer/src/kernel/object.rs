@@ -49,6 +49,12 @@ pub const PROG_EMPTY_TC: &str = "devourer_empty_tc";
 pub const PROG_EMPTY_XDP: &str = "devourer_empty_xdp";
 /// TC ingress counting into a per-CPU flow map, every hook counting (bench object only).
 pub const PROG_TC_PERCPU: &str = "devourer_tc_percpu";
+/// The existing-flow path's breakdown, a step at a time (bench object only): an empty program
+/// that reads the clock; the agent's program up to a parsed packet; and up to the flow map
+/// lookup.
+pub const PROG_CLOCK_TC: &str = "devourer_clock_tc";
+pub const PROG_TC_PARSE: &str = "devourer_tc_parse";
+pub const PROG_TC_LOOKUP: &str = "devourer_tc_lookup";
 /// The per-CPU flow map of [`PROG_TC_PERCPU`].
 pub const PERCPU_FLOWS_MAP: &str = "FLOWS_PERCPU";
 
