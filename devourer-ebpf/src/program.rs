@@ -674,6 +674,18 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
     }
 }
 
+/// The overflow map's key, built as one word: its three zero pad bytes would otherwise become a
+/// `memset` call, a loop over single bytes in BPF, on the path every packet takes while the
+/// flow map is full.
+#[inline(always)]
+fn overflow_key(ifindex: u32, proto: u8) -> OverflowKey {
+    const { assert!(size_of::<OverflowKey>() == 8 && cfg!(target_endian = "little")) };
+    let word = ifindex as u64 | (proto as u64) << 32;
+    // SAFETY: OverflowKey is repr(C) { ifindex: u32, proto: u8, _pad: [u8; 3] }: 8 bytes of
+    // plain integers, which this little-endian word lays out as ifindex, proto and zeroes.
+    unsafe { core::mem::transmute::<u64, OverflowKey>(word) }
+}
+
 /// `payload_event`'s kind, in bit 32 of its `if_kind` argument (the interface in bits 0..32).
 const KIND_DNS: u64 = 0;
 const KIND_HTTP: u64 = 1 << 32;
@@ -824,11 +836,7 @@ pub fn overflow(
         return false;
     }
     ctr.add(C_MAP_FULL, segs);
-    let key = OverflowKey {
-        ifindex,
-        proto: p.key.proto,
-        _pad: [0; 3],
-    };
+    let key = overflow_key(ifindex, p.key.proto);
     let added = match map.get_ptr_mut(&key) {
         Some(v) => {
             // SAFETY: this CPU's slot.
