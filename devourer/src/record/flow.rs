@@ -10,6 +10,7 @@ use super::{
     RecordContext,
     community::{Ports, community_id},
     id::record_id,
+    json::Object,
     k8s::K8sFields,
 };
 use crate::{
@@ -86,6 +87,49 @@ impl Observed {
 }
 
 impl FlowRecord {
+    /// Appends the record as JSON, byte for byte what `serde_json::to_writer` writes (fields in
+    /// declaration order; tested), several times faster on this hot path.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut o = Object::open(out);
+        o.str("type", self.kind);
+        o.str("id", &self.id);
+        o.uint("seq", self.seq);
+        o.str("agent", &self.agent);
+        o.str("interface", &self.interface);
+        o.str("protocol", &self.protocol);
+        o.str("src_addr", &self.src_addr);
+        o.str("dst_addr", &self.dst_addr);
+        o.uint("src_port", self.src_port);
+        o.uint("dst_port", self.dst_port);
+        o.opt_uint("icmp_type", self.icmp_type);
+        o.opt_uint("icmp_code", self.icmp_code);
+        o.opt_uint("vlan", self.vlan);
+        o.str("first_seen_at", &self.first_seen_at);
+        o.str("last_seen_at", &self.last_seen_at);
+        o.uint("src_bytes", self.src_bytes);
+        o.uint("dst_bytes", self.dst_bytes);
+        o.uint("src_packets", self.src_packets);
+        o.uint("dst_packets", self.dst_packets);
+        o.str("status", self.status);
+        o.opt_str("src_name", self.src_name.as_deref());
+        o.opt_str("dst_name", self.dst_name.as_deref());
+        o.uint("tcp_flags", self.tcp_flags);
+        o.objects("interfaces", &self.interfaces, |o, i| {
+            o.str("interface", &i.interface);
+            o.str("direction", i.direction);
+        });
+        o.str("community_id", &self.community_id);
+        o.uint("sampling", self.sampling);
+        o.opt_str("xlat_src_addr", self.xlat_src_addr.as_deref());
+        o.opt_uint("xlat_src_port", self.xlat_src_port);
+        o.opt_str("xlat_dst_addr", self.xlat_dst_addr.as_deref());
+        o.opt_uint("xlat_dst_port", self.xlat_dst_port);
+        for (k, v) in self.k8s.entries() {
+            o.opt_str(k, v);
+        }
+        o.close();
+    }
+
     pub fn new(e: &Emitted, cx: &RecordContext<'_>) -> Self {
         let k = &e.key;
         let icmp = e.icmp();
@@ -142,6 +186,100 @@ impl FlowRecord {
                 .xlat_dst
                 .and_then(|(_, p)| has_ports(k.proto).then_some(p)),
             k8s: K8sFields::flow(e.src_k8s.clone(), e.dst_k8s.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::flow::Workload;
+
+    /// Strings that exercise the escaping: plain, quotes, backslashes, control characters,
+    /// non-ASCII.
+    const STRINGS: [&str; 6] = [
+        "eth0",
+        "a\"quoted\" name",
+        "back\\slash",
+        "line\nbreak\t\u{1}",
+        "ünïcødé.example ✓",
+        "",
+    ];
+
+    fn record(i: usize) -> FlowRecord {
+        let s = |k: usize| STRINGS[(i + k) % STRINGS.len()].to_owned();
+        let some = |k: usize| (i >> k) & 1 == 1;
+        let pod = Workload {
+            namespace: some(1).then(|| s(1).into()),
+            pod: Some(s(2).into()),
+            owner_kind: some(2).then(|| "Deployment".into()),
+            owner: some(3).then(|| s(3).into()),
+            node: Some("node-1".into()),
+            service: some(4).then(|| s(4).into()),
+        };
+        let (src_k8s, dst_k8s) = match i % 3 {
+            0 => (None, None),
+            1 => (Some(Arc::new(pod)), None),
+            _ => (None, Some(Arc::new(pod))),
+        };
+        FlowRecord {
+            kind: "flow",
+            id: format!("{i:032x}"),
+            seq: i as u32 * 7919,
+            agent: s(0),
+            interface: s(1),
+            protocol: if some(0) {
+                "tcp".into()
+            } else {
+                Cow::Owned(format!("proto-{i}"))
+            },
+            src_addr: "10.0.0.1".into(),
+            dst_addr: "fd00::2".into(),
+            src_port: (i * 131) as u16,
+            dst_port: u16::MAX,
+            icmp_type: some(1).then_some(8),
+            icmp_code: some(2).then_some(0),
+            vlan: some(3).then_some(4095),
+            first_seen_at: "2026-12-05T23:59:59.123456Z".into(),
+            last_seen_at: "2026-12-06T00:00:00Z".into(),
+            src_bytes: u64::MAX - i as u64,
+            dst_bytes: 0,
+            src_packets: i as u64,
+            dst_packets: 1 << 40,
+            status: if some(4) { "end" } else { "active_timeout" },
+            src_name: some(0).then(|| s(2)),
+            dst_name: some(5).then(|| s(3)),
+            tcp_flags: 0x1ff,
+            interfaces: (0..i % 4)
+                .map(|n| Observed {
+                    interface: s(n),
+                    direction: if n % 2 == 0 { "ingress" } else { "egress" },
+                })
+                .collect(),
+            community_id: "1:LQU9qZlK+B5F3KDmev6m5PMibrg=".into(),
+            sampling: 1 + i as u32,
+            xlat_src_addr: some(2).then(|| "192.0.2.1".into()),
+            xlat_src_port: some(3).then_some(1024),
+            xlat_dst_addr: some(4).then(|| "198.51.100.7".into()),
+            xlat_dst_port: some(5).then_some(0),
+            k8s: K8sFields::flow(src_k8s, dst_k8s),
+        }
+    }
+
+    #[test]
+    fn hand_written_json_is_byte_for_byte_what_serde_json_writes() {
+        for i in 0..256 {
+            let r = record(i);
+            let mut ours = Vec::new();
+            r.write_json(&mut ours);
+            let theirs = serde_json::to_vec(&r).unwrap();
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(theirs).unwrap(),
+                "record {i}"
+            );
         }
     }
 }

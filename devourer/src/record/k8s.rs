@@ -74,10 +74,10 @@ impl K8sFields {
     }
 }
 
-impl Serialize for K8sFields {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(12))?;
-        for (keys, side) in self.keys.iter().zip(&self.sides) {
+impl K8sFields {
+    /// The twelve fields in column order, each with its value (`None`: unknown).
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, Option<&str>)> {
+        self.keys.iter().zip(&self.sides).flat_map(|(keys, side)| {
             let w = side.as_deref();
             let values = [
                 w.and_then(|w| w.namespace.as_deref()),
@@ -87,9 +87,16 @@ impl Serialize for K8sFields {
                 w.and_then(|w| w.node.as_deref()),
                 w.and_then(|w| w.service.as_deref()),
             ];
-            for (k, v) in keys.iter().zip(values) {
-                map.serialize_entry(k, &v)?;
-            }
+            keys.iter().copied().zip(values)
+        })
+    }
+}
+
+impl Serialize for K8sFields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(12))?;
+        for (k, v) in self.entries() {
+            map.serialize_entry(k, &v)?;
         }
         map.end()
     }

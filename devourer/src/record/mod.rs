@@ -7,6 +7,7 @@ pub mod dns;
 pub mod flow;
 pub mod http;
 pub mod id;
+pub mod json;
 pub mod k8s;
 pub mod overflow;
 
@@ -206,7 +207,13 @@ impl<'a> Batch<'a> {
             records.len()
         }
         match self {
-            Self::Flow(r) => lines(r, out),
+            Self::Flow(r) => {
+                for rec in r.iter() {
+                    rec.write_json(out);
+                    out.push(b'\n');
+                }
+                r.len()
+            }
             Self::Overflow(r) => lines(r, out),
             Self::Dns(r) => lines(r, out),
             Self::Http(r) => lines(r, out),
