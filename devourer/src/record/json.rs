@@ -1,4 +1,4 @@
-//! Hand-written JSON for the records written most (flows): byte for byte what serde_json
+//! Hand-written JSON for the records written most (flows and DNS transactions): byte for byte what serde_json
 //! writes for them (tested against it), without its per-byte escaping of every key and the
 //! map machinery `#[serde(flatten)]` brings. Keys are static and need no escaping; string
 //! values take a fast path when they need none and serde_json's escaping otherwise.
@@ -53,6 +53,32 @@ impl<'a> Object<'a> {
                 self.out.extend_from_slice(b"null");
             }
         }
+    }
+
+    pub fn bool(&mut self, key: &'static str, value: bool) {
+        self.key(key);
+        self.out
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    /// A number other than an integer: written by serde_json (its float formatting, `null`
+    /// for what JSON cannot hold).
+    pub fn number<T: serde::Serialize>(&mut self, key: &'static str, value: &T) {
+        self.key(key);
+        serde_json::to_writer(&mut *self.out, value).expect("a number serialises");
+    }
+
+    /// An array of strings.
+    pub fn strs(&mut self, key: &'static str, items: &[String]) {
+        self.key(key);
+        self.out.push(b'[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            string(self.out, item);
+        }
+        self.out.push(b']');
     }
 
     /// An array of objects, each written by `each`.

@@ -92,6 +92,25 @@ impl ExchangeHead {
     }
 }
 
+impl ExchangeHead {
+    /// Writes the head's fields into a record's JSON object, as serde's flatten does.
+    pub fn write_json(&self, o: &mut json::Object<'_>) {
+        o.str("type", self.kind);
+        o.str("id", &self.id);
+        o.str("agent", &self.agent);
+        o.str("interface", &self.interface);
+        o.str("time", &self.time);
+        o.str("client", &self.client);
+        o.uint("client_port", self.client_port);
+        o.str("server", &self.server);
+        o.uint("server_port", self.server_port);
+        o.str("community_id", &self.community_id);
+        for (k, v) in self.k8s.entries() {
+            o.opt_str(k, v);
+        }
+    }
+}
+
 /// The kinds of record a sink may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -215,7 +234,13 @@ impl<'a> Batch<'a> {
                 r.len()
             }
             Self::Overflow(r) => lines(r, out),
-            Self::Dns(r) => lines(r, out),
+            Self::Dns(r) => {
+                for rec in r.iter() {
+                    rec.write_json(out);
+                    out.push(b'\n');
+                }
+                r.len()
+            }
             Self::Http(r) => lines(r, out),
             Self::DnsLog(_) | Self::HttpLog(_) => 0,
         }
