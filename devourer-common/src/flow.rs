@@ -39,6 +39,10 @@ pub const DEFAULT_WAKE_INTERVAL_NS: u64 = 100_000_000;
 /// as one map would have kept its entry; between half this and this, as the memory of it is
 /// refreshed at half of it).
 pub const GLOBAL_HOOK_HORIZON_NS: &str = "DEVOURER_HOOK_HORIZON_NS";
+/// Offline replay: 1 when the capture may show one packet on several interfaces (pcapng), so
+/// that each flow direction's counting hook is remembered across map sets; 0 for a capture
+/// of one interface (classic pcap), where every packet meets the same hook.
+pub const GLOBAL_HOOK_MEMORY: &str = "DEVOURER_HOOK_MEMORY";
 pub const DEFAULT_HOOK_HORIZON_NS: u64 = 10_000_000_000;
 /// Load-time global (u8): 1 to count a packet on every attached interface it crosses, each
 /// interface its own flow (`--count-per-interface`); 0 (the default) to count it once per node,

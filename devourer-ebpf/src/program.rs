@@ -58,6 +58,9 @@ static DEVOURER_OFFLINE: u8 = 0;
 static DEVOURER_WAKE_INTERVAL_NS: u64 = DEFAULT_WAKE_INTERVAL_NS;
 #[unsafe(no_mangle)]
 static DEVOURER_HOOK_HORIZON_NS: u64 = DEFAULT_HOOK_HORIZON_NS;
+/// Offline replay: 1 to remember counting hooks across map sets (see devourer-common).
+#[unsafe(no_mangle)]
+static DEVOURER_HOOK_MEMORY: u8 = 1;
 /// 1: every interface counts its own flows (the interface is in the key); 0: once per node.
 #[unsafe(no_mangle)]
 static DEVOURER_PER_INTERFACE: u8 = 0;
@@ -182,10 +185,12 @@ impl MapSet {
         } else {
             (&FLOWS, &OVERFLOW)
         };
+        // SAFETY: a load-time constant.
+        let memory = unsafe { read_volatile(&DEVOURER_HOOK_MEMORY) } != 0;
         Self {
             flows,
             overflow,
-            hooks: Some(&HOOKS),
+            hooks: if memory { Some(&HOOKS) } else { None },
         }
     }
 }

@@ -220,7 +220,7 @@ fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> R
 fn record_threads(driver: &Driver) -> usize {
     match *driver {
         Driver::Live { .. } => 1,
-        Driver::Replay { threads } => threads,
+        Driver::Replay { threads, .. } => threads,
     }
 }
 

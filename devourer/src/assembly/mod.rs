@@ -128,14 +128,23 @@ pub enum Driver {
     /// Replay of a capture file: the file's clock, an output that waits rather than drops,
     /// only `--local-net` for this host's addresses; thousands of flow records due at once
     /// (the last flush above all, when the feeding threads are idle) are built and
-    /// serialised on `threads` threads.
-    Replay { threads: usize },
+    /// serialised on `threads` threads. `one_interface`: the capture has one interface (a
+    /// classic pcap), so the kernel need not remember counting hooks across map sets.
+    Replay { threads: usize, one_interface: bool },
 }
 
 /// Loads the kernel program with the settings `p` asks for (replay: the offline variant).
 pub fn load_kernel(p: &PipelineArgs, driver: Driver) -> Result<Loaded> {
     crate::config::filter::check_count(&p.flow.filters).map_err(|e| anyhow::anyhow!(e.0))?;
-    let opts = build::load_options(p, matches!(driver, Driver::Replay { .. }));
+    let mut opts = build::load_options(p, matches!(driver, Driver::Replay { .. }));
+    // A capture of one interface shows each packet once: no counting hook to carry over.
+    opts.hook_memory = !matches!(
+        driver,
+        Driver::Replay {
+            one_interface: true,
+            ..
+        }
+    );
     object::load(&opts).context("loading the kernel program")
 }
 

@@ -203,7 +203,16 @@ fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
     );
     kernel.counters[C_MAP_FULL as usize] = 0;
 
-    let mut agent = Assembly::new(kernel, &p, Driver::Replay { threads: 1 }, None).unwrap();
+    let mut agent = Assembly::new(
+        kernel,
+        &p,
+        Driver::Replay {
+            threads: 1,
+            one_interface: false,
+        },
+        None,
+    )
+    .unwrap();
     agent.pipeline.name_interfaces([(1, "eth0".to_owned())]);
     assert_eq!(agent.payloads(PayloadKind::Dns, 1), 1, "a bounded turn");
     assert_eq!(agent.payloads(PayloadKind::Dns, 10), 1);
@@ -278,7 +287,16 @@ fn a_spoofed_unsolicited_answer_does_not_rename_a_flow() {
         direction(c, s, 6),
         counted(T0 + S, T0 + 2 * S, 600, 6, VAL_F_SYN),
     );
-    let mut agent = Assembly::new(kernel, &p, Driver::Replay { threads: 1 }, None).unwrap();
+    let mut agent = Assembly::new(
+        kernel,
+        &p,
+        Driver::Replay {
+            threads: 1,
+            one_interface: false,
+        },
+        None,
+    )
+    .unwrap();
     assert_eq!(agent.payloads(PayloadKind::Dns, 10), 1);
     assert!(agent.scan(T0 + 3 * S, false).unwrap());
     let refused = agent.pipeline.dns().unwrap().stats.names_refused;
@@ -316,7 +334,10 @@ fn a_detached_interface_loses_its_series_once_its_flows_are_out_unless_it_comes_
     let mut agent = Assembly::new(
         kernel,
         &p,
-        Driver::Replay { threads: 1 },
+        Driver::Replay {
+            threads: 1,
+            one_interface: false,
+        },
         Some(metrics.clone()),
     )
     .unwrap();
@@ -371,7 +392,16 @@ fn what_the_overflow_map_held_becomes_overflow_records_at_each_scan() {
             packets: 7,
         },
     ));
-    let mut agent = Assembly::new(kernel, &p, Driver::Replay { threads: 1 }, None).unwrap();
+    let mut agent = Assembly::new(
+        kernel,
+        &p,
+        Driver::Replay {
+            threads: 1,
+            one_interface: false,
+        },
+        None,
+    )
+    .unwrap();
     agent.pipeline.name_interfaces([(1, "eth0".to_owned())]);
     assert!(agent.scan(T0 + S, false).unwrap());
     // Nothing new by the next scan: no record.

@@ -18,9 +18,9 @@ use devourer_common::{
         MAX_FILTER_RULES,
     },
     flow::{
-        COUNTERS_MAP, FLOWS_B_MAP, FLOWS_MAP, GLOBAL_HOOK_HORIZON_NS, GLOBAL_OFFLINE,
-        GLOBAL_PER_INTERFACE, GLOBAL_WAKE_INTERVAL_NS, HOOKS_MAP, OVERFLOW_B_MAP, OVERFLOW_MAP,
-        OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, WAKEUP_RING,
+        COUNTERS_MAP, FLOWS_B_MAP, FLOWS_MAP, GLOBAL_HOOK_HORIZON_NS, GLOBAL_HOOK_MEMORY,
+        GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE, GLOBAL_WAKE_INTERVAL_NS, HOOKS_MAP, OVERFLOW_B_MAP,
+        OVERFLOW_MAP, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, WAKEUP_RING,
     },
     payload::{
         BPF_RB_NO_WAKEUP, DEFAULT_DNS_RING_BYTES, DEFAULT_HTTP_CAP, DEFAULT_HTTP_RING_BYTES,
@@ -94,6 +94,9 @@ pub struct LoadOptions {
     /// Offline replay: how long a flow direction's counting hook carries over between map
     /// sets after its last counted packet.
     pub hook_horizon_ns: u64,
+    /// Offline replay: remember counting hooks across map sets (a capture of several
+    /// interfaces); off for a capture of one, where it would only cost a lookup per new entry.
+    pub hook_memory: bool,
     /// Ports whose payloads go to the DNS ring (empty: none).
     pub dns_ports: Vec<u16>,
     /// Payload bytes copied per DNS packet.
@@ -125,6 +128,7 @@ impl LoadOptions {
             flow_map_entries,
             wake_interval_ns: devourer_common::flow::DEFAULT_WAKE_INTERVAL_NS,
             hook_horizon_ns: devourer_common::flow::DEFAULT_HOOK_HORIZON_NS,
+            hook_memory: true,
             dns_ports: vec![53],
             dns_cap: PAYLOAD_CAP_MAX as u32,
             dns_ring_bytes: DEFAULT_DNS_RING_BYTES,
@@ -225,6 +229,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let rb_flags: u64 = if opts.offline { BPF_RB_NO_WAKEUP } else { 0 };
     let log_level: u8 = if KernelLog::wanted() { 4 } else { 0 };
     let per_interface: u8 = opts.per_interface.into();
+    let hook_memory: u8 = (opts.offline && opts.hook_memory).into();
     let mut filters = [FilterRule::default(); MAX_FILTER_RULES];
     for (slot, rule) in filters.iter_mut().zip(&opts.filters) {
         *slot = *rule;
@@ -243,6 +248,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(GLOBAL_OFFLINE, &offline, true)
         .override_global(GLOBAL_WAKE_INTERVAL_NS, &opts.wake_interval_ns, true)
         .override_global(GLOBAL_HOOK_HORIZON_NS, &opts.hook_horizon_ns, true)
+        .override_global(GLOBAL_HOOK_MEMORY, &hook_memory, true)
         .override_global(GLOBAL_PER_INTERFACE, &per_interface, true)
         .override_global(GLOBAL_DNS_PORTS, &slots(&opts.dns_ports), true)
         .override_global(GLOBAL_DNS_CAP, &dns_cap, true)
@@ -253,7 +259,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
         .map_max_entries(FLOWS_B_MAP, second_entries)
         .map_max_entries(OVERFLOW_B_MAP, second_overflow)
-        .map_max_entries(HOOKS_MAP, second_entries)
+        .map_max_entries(HOOKS_MAP, if hook_memory != 0 { second_entries } else { 1 })
         .map_max_entries(DNS_RING, opts.dns_ring_bytes)
         // Without HTTP ports the ring stays at its smallest (one page): nothing is sent to it.
         .map_max_entries(

@@ -86,7 +86,10 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     caps::check(false).context("checking capabilities")?;
     let p = &args.pipeline;
     let threads = replay_threads(args.replay_threads);
-    let driver = Driver::Replay { threads };
+    let driver = Driver::Replay {
+        threads,
+        one_interface: file.one_interface(),
+    };
     let kernel = assembly::load_kernel(p, driver)?;
     let lanes = Lanes::new(threads, payload_ports(p));
     let mut replayers = (0..lanes.count())

@@ -132,6 +132,12 @@ impl<R: Read> Read for Counting<R> {
 }
 
 impl PcapFile {
+    /// A classic pcap: one interface for the whole file (a pcapng may add interfaces as it
+    /// goes, so it never is).
+    pub fn one_interface(&self) -> bool {
+        matches!(self.inner, Inner::Pcap(_))
+    }
+
     pub fn open(path: &Path) -> Result<Self, PcapFileError> {
         let open_err = |source| PcapFileError::Open {
             path: path.display().to_string(),
