@@ -18,6 +18,30 @@ pub fn ip(addr: &[u8; 16], v6: bool) -> IpAddr {
     }
 }
 
+/// An address as records print it: what `to_string` gives, IPv4 without the formatting
+/// machinery (every record prints two or more; IPv6 keeps std's canonical form).
+pub fn addr_text(a: IpAddr) -> String {
+    match a {
+        IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if octet >= 100 {
+                    s.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    s.push(char::from(b'0' + octet / 10 % 10));
+                }
+                s.push(char::from(b'0' + octet % 10));
+            }
+            s
+        }
+        IpAddr::V6(_) => a.to_string(),
+    }
+}
+
 /// One of a flow key's addresses.
 pub fn key_addr(key: &FlowKey, a: [u8; 16]) -> IpAddr {
     ip(&a, key.flags & KEY_F_IPV6 != 0)
@@ -37,6 +61,29 @@ pub fn protocol_name(proto: u8) -> std::borrow::Cow<'static, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_print_as_std_prints_them() {
+        let mut v4 = 0x0102_0304u32;
+        for _ in 0..10_000 {
+            let a = IpAddr::from(v4.to_be_bytes());
+            assert_eq!(addr_text(a), a.to_string());
+            v4 = v4.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+        }
+        for a in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.0.1",
+            "100.64.9.99",
+            "::",
+            "fd00::53",
+            "::ffff:1.2.3.4",
+            "2001:db8::1:0:0:1",
+        ] {
+            let a: IpAddr = a.parse().unwrap();
+            assert_eq!(addr_text(a), a.to_string());
+        }
+    }
 
     #[test]
     fn ipv4_keys_print_as_ipv4_and_ipv6_keys_as_ipv6() {

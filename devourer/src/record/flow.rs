@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     base::{
-        net::{key_addr, protocol_name},
+        net::{addr_text, key_addr, protocol_name},
         time::rfc3339,
     },
     flow::{Emitted, Status},
@@ -151,8 +151,8 @@ impl FlowRecord {
             agent: cx.agent.to_owned(),
             interface: (cx.interface_name)(e.interface),
             protocol: protocol_name(k.proto),
-            src_addr: key_addr(k, k.src_addr).to_string(),
-            dst_addr: key_addr(k, k.dst_addr).to_string(),
+            src_addr: addr_text(key_addr(k, k.src_addr)),
+            dst_addr: addr_text(key_addr(k, k.dst_addr)),
             src_port: k.src_port,
             dst_port: k.dst_port,
             icmp_type: icmp.map(|(t, _)| t),
@@ -177,11 +177,11 @@ impl FlowRecord {
                 k.proto,
                 Ports::of(k.proto, (k.src_port, k.dst_port), icmp),
             ),
-            xlat_src_addr: e.xlat_src.map(|(a, _)| key_addr(k, a).to_string()),
+            xlat_src_addr: e.xlat_src.map(|(a, _)| addr_text(key_addr(k, a))),
             xlat_src_port: e
                 .xlat_src
                 .and_then(|(_, p)| has_ports(k.proto).then_some(p)),
-            xlat_dst_addr: e.xlat_dst.map(|(a, _)| key_addr(k, a).to_string()),
+            xlat_dst_addr: e.xlat_dst.map(|(a, _)| addr_text(key_addr(k, a))),
             xlat_dst_port: e
                 .xlat_dst
                 .and_then(|(_, p)| has_ports(k.proto).then_some(p)),

@@ -109,13 +109,36 @@ impl<'a> Object<'a> {
 /// A JSON string: copied between quotes when nothing in it needs escaping (serde_json escapes
 /// control characters, `"` and `\`, nothing else), else written by serde_json.
 fn string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     } else {
         serde_json::to_writer(&mut *out, s).expect("a string serialises");
     }
+}
+
+/// Whether any byte is a control character, `"` or `\\`: eight bytes at a time (a byte below
+/// 0x20, or equal to one of the two, in a word is found with the carry tricks of "Bit
+/// Twiddling Hacks", which never miss one), then the tail.
+fn needs_escape(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
+    let mut words = b.chunks_exact(8);
+    for c in &mut words {
+        let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        if w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0
+            || has_zero(w ^ (ONES * u64::from(b'"')))
+            || has_zero(w ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
 }
 
 #[cfg(test)]
@@ -139,6 +162,25 @@ mod tests {
             let mut out = Vec::new();
             string(&mut out, s);
             assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn every_byte_that_needs_escaping_is_found_at_every_position() {
+        let plain = "abcdefghijklmnopqrstuvwxyzäö€ -~\u{7f}";
+        assert!(!needs_escape(plain.as_bytes()));
+        for bad in (0u8..0x20).chain([b'"', b'\\']) {
+            for len in 1..24 {
+                for pos in 0..len {
+                    let mut v = vec![b'a'; len];
+                    v[pos] = bad;
+                    assert!(needs_escape(&v), "{bad:#x} at {pos} of {len}");
+                }
+            }
+        }
+        // Bytes next to the ones searched for, and every UTF-8 byte, need none.
+        for ok in [0x20u8, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xa2, 0xff] {
+            assert!(!needs_escape(&[ok; 17]), "{ok:#x}");
         }
     }
 }

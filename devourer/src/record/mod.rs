@@ -17,7 +17,10 @@ use serde::Serialize;
 
 pub use self::{dns::DnsRecord, flow::FlowRecord, http::HttpRecord, overflow::OverflowRecord};
 use crate::{
-    base::time::{Clock, rfc3339},
+    base::{
+        net::addr_text,
+        time::{Clock, rfc3339},
+    },
     decode::LogLine,
     flow::Workload,
 };
@@ -75,7 +78,7 @@ impl ExchangeHead {
             community::Ports::Ports(client_port, server_port),
         );
         // Formatted once: the record shows them and its id hashes them.
-        let (client_text, server_text) = (client.to_string(), server.to_string());
+        let (client_text, server_text) = (addr_text(client), addr_text(server));
         Self {
             kind,
             id: id((&client_text, &server_text)),

@@ -9,6 +9,8 @@ use hickory_proto::{
     serialize::binary::{BinDecodable, BinDecoder},
 };
 
+use crate::base::net::addr_text;
+
 /// Why a payload could not be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ParseError {
@@ -242,7 +244,7 @@ fn answer(r: &Record) -> Option<Answer> {
     let rtype = u16::from(r.record_type());
     let (data, data_log) = match &r.data {
         RData::A(a) => {
-            let text = a.0.to_string();
+            let text = addr_text(IpAddr::V4(a.0));
             (text.clone(), text)
         }
         RData::AAAA(a) => {
