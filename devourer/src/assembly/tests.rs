@@ -21,6 +21,11 @@ use crate::{
 const S: u64 = 1_000_000_000;
 /// The file's clock: 2023-11-14T22:13:20Z.
 const T0: u64 = 1_700_000_000 * S;
+/// A one-thread replay of a capture that may have several interfaces.
+const REPLAY: Driver = Driver::Replay {
+    threads: 1,
+    one_interface: false,
+};
 
 /// A kernel side that holds what the program would have written.
 #[derive(Default)]
@@ -203,16 +208,7 @@ fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
     );
     kernel.counters[C_MAP_FULL as usize] = 0;
 
-    let mut agent = Assembly::new(
-        kernel,
-        &p,
-        Driver::Replay {
-            threads: 1,
-            one_interface: false,
-        },
-        None,
-    )
-    .unwrap();
+    let mut agent = Assembly::new(kernel, &p, REPLAY, None).unwrap();
     agent.pipeline.name_interfaces([(1, "eth0".to_owned())]);
     assert_eq!(agent.payloads(PayloadKind::Dns, 1), 1, "a bounded turn");
     assert_eq!(agent.payloads(PayloadKind::Dns, 10), 1);
@@ -287,16 +283,7 @@ fn a_spoofed_unsolicited_answer_does_not_rename_a_flow() {
         direction(c, s, 6),
         counted(T0 + S, T0 + 2 * S, 600, 6, VAL_F_SYN),
     );
-    let mut agent = Assembly::new(
-        kernel,
-        &p,
-        Driver::Replay {
-            threads: 1,
-            one_interface: false,
-        },
-        None,
-    )
-    .unwrap();
+    let mut agent = Assembly::new(kernel, &p, REPLAY, None).unwrap();
     assert_eq!(agent.payloads(PayloadKind::Dns, 10), 1);
     assert!(agent.scan(T0 + 3 * S, false).unwrap());
     let refused = agent.pipeline.dns().unwrap().stats.names_refused;
@@ -331,16 +318,7 @@ fn a_detached_interface_loses_its_series_once_its_flows_are_out_unless_it_comes_
             .insert(k, counted(T0, T0 + S, 600, 6, VAL_F_SYN));
     }
     let metrics = crate::ops::metrics::Metrics::new();
-    let mut agent = Assembly::new(
-        kernel,
-        &p,
-        Driver::Replay {
-            threads: 1,
-            one_interface: false,
-        },
-        Some(metrics.clone()),
-    )
-    .unwrap();
+    let mut agent = Assembly::new(kernel, &p, REPLAY, Some(metrics.clone())).unwrap();
     agent
         .pipeline
         .name_interfaces([(1, "veth-a".to_owned()), (2, "veth-b".to_owned())]);
@@ -392,16 +370,7 @@ fn what_the_overflow_map_held_becomes_overflow_records_at_each_scan() {
             packets: 7,
         },
     ));
-    let mut agent = Assembly::new(
-        kernel,
-        &p,
-        Driver::Replay {
-            threads: 1,
-            one_interface: false,
-        },
-        None,
-    )
-    .unwrap();
+    let mut agent = Assembly::new(kernel, &p, REPLAY, None).unwrap();
     agent.pipeline.name_interfaces([(1, "eth0".to_owned())]);
     assert!(agent.scan(T0 + S, false).unwrap());
     // Nothing new by the next scan: no record.

@@ -141,6 +141,18 @@ fn needs_escape(b: &[u8]) -> bool {
         .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
 }
 
+/// Test helper: `write` gives exactly serde_json's bytes for `record`.
+#[cfg(test)]
+pub fn assert_same_as_serde<T: serde::Serialize>(record: &T, write: impl Fn(&T, &mut Vec<u8>)) {
+    let mut ours = Vec::new();
+    write(record, &mut ours);
+    let theirs = serde_json::to_vec(record).expect("serialises");
+    assert_eq!(
+        String::from_utf8(ours).expect("UTF-8"),
+        String::from_utf8(theirs).expect("UTF-8")
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
