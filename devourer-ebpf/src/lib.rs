@@ -36,23 +36,26 @@ pub trait Packet {
     fn frame_len(&self) -> usize;
 }
 
-/// Zeroes `*v` a word at a time, with volatile stores: LLVM turns adjacent zero stores of a
-/// struct into a call to `memset`, which compiler-builtins implements for BPF as a loop over
-/// single bytes (a 64-byte value: 64 rounds of it). `T` must be a plain-integer `repr(C)`
-/// struct whose size is a multiple of 8 and whose alignment is at least 8.
+/// Zeroes `slot` a word at a time, with volatile stores, and returns it initialised: LLVM
+/// turns adjacent zero stores of a struct into a call to `memset`, which compiler-builtins
+/// implements for BPF as a loop over single bytes (a 64-byte value: 64 rounds of it). `T` must
+/// be a plain-integer `repr(C)` struct whose size is a multiple of 8 and whose alignment is at
+/// least 8.
 ///
 /// # Safety
-/// `v` must be valid for writes of `T`, and all-zero bytes a valid `T`.
+/// All-zero bytes must be a valid `T`.
 #[inline(always)]
-pub unsafe fn zero_words<T>(v: *mut T) {
+pub unsafe fn zeroed<T>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
     const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
-    let w = v.cast::<u64>();
+    let w = slot.as_mut_ptr().cast::<u64>();
     let mut i = 0;
     while i < size_of::<T>() / 8 {
-        // SAFETY: within `*v`, which the caller says is writable and 8-aligned.
+        // SAFETY: within the slot, which is writable and 8-aligned (asserted above).
         unsafe { core::ptr::write_volatile(w.add(i), 0) };
         i += 1;
     }
+    // SAFETY: every byte is written, and the caller says all-zero is a valid T.
+    unsafe { slot.assume_init_mut() }
 }
 
 /// A word of the frame as its bytes in wire order (one load in the kernel).

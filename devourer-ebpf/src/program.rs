@@ -43,7 +43,7 @@ use devourer_common::{
         PayloadScratch,
     },
 };
-use devourer_ebpf::{Packet, Parsed, Skip, is_dns, is_http, parse, starts_http, zero_words};
+use devourer_ebpf::{Packet, Parsed, Skip, is_dns, is_http, parse, starts_http, zeroed};
 
 use crate::access::{CopyOut, TcPacket, XdpPacket};
 
@@ -618,12 +618,9 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
     if let Some(v) = maps.flows.get_ptr_mut(key) {
         return count_or_note(v, p, (ts, segs), hook, maps, ctr);
     }
-    let mut fresh = core::mem::MaybeUninit::<FlowValue>::uninit();
-    // SAFETY: a stack slot of the value's size and alignment; all-zero is a valid FlowValue.
-    let fresh = unsafe {
-        zero_words(fresh.as_mut_ptr());
-        fresh.assume_init_mut()
-    };
+    let mut slot = core::mem::MaybeUninit::<FlowValue>::uninit();
+    // SAFETY: all-zero is a valid FlowValue (plain integers).
+    let fresh = unsafe { zeroed(&mut slot) };
     fresh.counted_on = hook;
     // Offline, a direction another hook counted in an earlier map set keeps that hook (as one
     // map would have kept its entry, for the horizon after its last counted packet): a packet

@@ -33,7 +33,7 @@ mod baselines {
         programs::{TcContext, XdpContext},
     };
     use devourer_common::flow::{FlowKey, FlowValue};
-    use devourer_ebpf::{Parsed, zero_words};
+    use devourer_ebpf::{Parsed, zeroed};
 
     use crate::program::{Ctr, FlowStore, MapSet, TC_NEXT, add, overflow, tc};
 
@@ -121,12 +121,9 @@ mod baselines {
                 add(unsafe { &mut *v }, p, ts, segs);
                 return true;
             }
-            let mut fresh = core::mem::MaybeUninit::<FlowValue>::uninit();
-            // SAFETY: as in the agent's `record`.
-            let fresh = unsafe {
-                zero_words(fresh.as_mut_ptr());
-                fresh.assume_init_mut()
-            };
+            let mut slot = core::mem::MaybeUninit::<FlowValue>::uninit();
+            // SAFETY: all-zero is a valid FlowValue (plain integers).
+            let fresh = unsafe { zeroed(&mut slot) };
             add(fresh, p, ts, segs);
             match FLOWS_PERCPU.insert(key, fresh, BPF_NOEXIST as u64) {
                 Ok(()) => true,

@@ -93,9 +93,7 @@ impl ExchangeHead {
             k8s: k8s::K8sFields::exchange((cx.workload)(client), (cx.workload)(server)),
         }
     }
-}
 
-impl ExchangeHead {
     /// Writes the head's fields into a record's JSON object, as serde's flatten does.
     pub fn write_json(&self, o: &mut json::Object<'_>) {
         o.str("type", self.kind);
@@ -221,30 +219,22 @@ impl<'a> Batch<'a> {
     /// Appends the records as JSON lines (text lines have no JSON form and add nothing);
     /// returns how many were written.
     pub fn write_json(&self, out: &mut Vec<u8>) -> usize {
-        fn lines<T: serde::Serialize>(records: &[T], out: &mut Vec<u8>) -> usize {
+        /// One line per record, each written by `write` (flows and DNS by hand, see [`json`]).
+        fn lines<T>(records: &[T], out: &mut Vec<u8>, write: fn(&T, &mut Vec<u8>)) -> usize {
             for r in records {
-                serde_json::to_writer(&mut *out, r).expect("records serialise");
+                write(r, out);
                 out.push(b'\n');
             }
             records.len()
         }
+        fn serde_lines<T: serde::Serialize>(r: &T, out: &mut Vec<u8>) {
+            serde_json::to_writer(out, r).expect("records serialise");
+        }
         match self {
-            Self::Flow(r) => {
-                for rec in r.iter() {
-                    rec.write_json(out);
-                    out.push(b'\n');
-                }
-                r.len()
-            }
-            Self::Overflow(r) => lines(r, out),
-            Self::Dns(r) => {
-                for rec in r.iter() {
-                    rec.write_json(out);
-                    out.push(b'\n');
-                }
-                r.len()
-            }
-            Self::Http(r) => lines(r, out),
+            Self::Flow(r) => lines(r, out, FlowRecord::write_json),
+            Self::Overflow(r) => lines(r, out, serde_lines),
+            Self::Dns(r) => lines(r, out, DnsRecord::write_json),
+            Self::Http(r) => lines(r, out, serde_lines),
             Self::DnsLog(_) | Self::HttpLog(_) => 0,
         }
     }
