@@ -162,10 +162,10 @@ fn main() {
         },
         LocalAddrs::new(vec!["10.0.0.0/24".parse().expect("net")]),
     );
-    let name = |_: u32| "eth0".to_owned();
+    let name = |_: u32| std::sync::Arc::<str>::from("eth0");
     let workload = |_| None;
     let cx = RecordContext {
-        agent: "bench",
+        agent: &"bench".into(),
         clock: Clock::default(),
         interface_name: &name,
         community_seed: 0,

@@ -37,11 +37,8 @@ use crate::{
 const EMIT_PIECE: usize = 16_384;
 
 /// The name records give interface `ifindex`.
-fn interface_name(names: &LruCache<u32, String>, default: &str, ifindex: u32) -> String {
-    names
-        .peek(&ifindex)
-        .cloned()
-        .unwrap_or_else(|| default.to_owned())
+fn interface_name(names: &LruCache<u32, Arc<str>>, default: &Arc<str>, ifindex: u32) -> Arc<str> {
+    names.peek(&ifindex).unwrap_or(default).clone()
 }
 
 /// What a pipeline is built from (see `assembly::build`).
@@ -75,13 +72,14 @@ pub struct Pipeline {
     dns: Option<DnsTracker>,
     http: Option<HttpTracker>,
     metrics: Option<Arc<Metrics>>,
-    agent: String,
+    /// Shared by every record (one reference count, no copy each).
+    agent: Arc<str>,
     community_seed: u16,
     sampling: u32,
     filter_actions: Vec<&'static str>,
-    default_interface: &'static str,
+    default_interface: Arc<str>,
     /// ifindex -> interface name for records; the least recently named go first.
-    names: LruCache<u32, String>,
+    names: LruCache<u32, Arc<str>>,
     max_interface_names: usize,
     /// Detached interfaces whose metric series go once their last flows are out, oldest
     /// first (at most `max_interface_names`).
@@ -124,11 +122,11 @@ impl Pipeline {
             dns: p.dns,
             http: p.http,
             metrics: p.metrics,
-            agent: p.agent,
+            agent: p.agent.into(),
             community_seed: p.community_seed,
             sampling: p.sampling,
             filter_actions: p.filter_actions,
-            default_interface: p.default_interface,
+            default_interface: p.default_interface.into(),
             names: LruCache::new(
                 NonZeroUsize::new(p.max_interface_names.max(1)).expect("non-zero"),
             ),
@@ -163,7 +161,7 @@ impl Pipeline {
                 // Its traffic series exist from the start, at 0.
                 m.traffic(&name, 0, 0);
             }
-            self.names.put(ifindex, name);
+            self.names.put(ifindex, name.into());
         }
     }
 
@@ -198,8 +196,8 @@ impl Pipeline {
         self.names.len()
     }
 
-    pub fn interface_name(&self, ifindex: u32) -> String {
-        interface_name(&self.names, self.default_interface, ifindex)
+    pub fn interface_name(&self, ifindex: u32) -> Arc<str> {
+        interface_name(&self.names, &self.default_interface, ifindex)
     }
 
     pub fn dns(&self) -> Option<&DnsTracker> {
@@ -249,7 +247,7 @@ impl Pipeline {
 
     /// Builds records with this pipeline's agent, clock and interface names.
     fn build<T>(&self, f: impl FnOnce(&RecordContext<'_>) -> T) -> T {
-        let (names, default) = (&self.names, self.default_interface);
+        let (names, default) = (&self.names, &self.default_interface);
         let name = |idx: u32| interface_name(names, default, idx);
         let cluster = self.cluster.as_deref();
         let workload = |a: IpAddr| cluster?.lookup(a);

@@ -109,8 +109,8 @@ mod tests {
             head: ExchangeHead {
                 kind: "dns",
                 id: format!("{i:032x}"),
-                agent: s(0),
-                interface: s(1),
+                agent: s(0).into(),
+                interface: s(1).into(),
                 time: "2026-12-05T23:59:59.000001Z".into(),
                 client: "10.0.0.1".into(),
                 client_port: (i * 97) as u16,

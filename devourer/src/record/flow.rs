@@ -1,7 +1,7 @@
 //! Flow records (`type: "flow"`): one per finished flow or active-timeout continuation,
 //! oriented so that `src_*` is the initiator.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use devourer_common::flow::{HOOK_EGRESS, KEY_F_VLAN};
 use serde::Serialize;
@@ -28,8 +28,8 @@ pub struct FlowRecord {
     pub kind: &'static str,
     pub id: String,
     pub seq: u32,
-    pub agent: String,
-    pub interface: String,
+    pub agent: Arc<str>,
+    pub interface: Arc<str>,
     pub protocol: Cow<'static, str>,
     pub src_addr: String,
     pub dst_addr: String,
@@ -45,8 +45,8 @@ pub struct FlowRecord {
     pub src_packets: u64,
     pub dst_packets: u64,
     pub status: &'static str,
-    pub src_name: Option<String>,
-    pub dst_name: Option<String>,
+    pub src_name: Option<Arc<str>>,
+    pub dst_name: Option<Arc<str>>,
     pub tcp_flags: u16,
     /// Every interface that saw the flow and in which direction (packets entering it:
     /// `ingress`, leaving it: `egress`); the ones that counted it first.
@@ -69,7 +69,7 @@ pub struct FlowRecord {
 /// One interface a flow crossed, and which way.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Observed {
-    pub interface: String,
+    pub interface: Arc<str>,
     pub direction: &'static str,
 }
 
@@ -148,7 +148,7 @@ impl FlowRecord {
                 },
             ),
             seq: e.seq,
-            agent: cx.agent.to_owned(),
+            agent: cx.agent.clone(),
             interface: (cx.interface_name)(e.interface),
             protocol: protocol_name(k.proto),
             src_addr: addr_text(key_addr(k, k.src_addr)),
@@ -165,8 +165,8 @@ impl FlowRecord {
             src_packets: e.src.packets,
             dst_packets: e.dst.packets,
             status: e.status.as_str(),
-            src_name: e.src_name.as_deref().map(str::to_owned),
-            dst_name: e.dst_name.as_deref().map(str::to_owned),
+            src_name: e.src_name.clone(),
+            dst_name: e.dst_name.clone(),
             tcp_flags: e.tcp_flags(),
             interfaces: e.hooks.iter().map(|h| Observed::new(*h, cx)).collect(),
             sampling: cx.sampling,
@@ -228,8 +228,8 @@ mod tests {
             kind: "flow",
             id: format!("{i:032x}"),
             seq: i as u32 * 7919,
-            agent: s(0),
-            interface: s(1),
+            agent: s(0).into(),
+            interface: s(1).into(),
             protocol: if some(0) {
                 "tcp".into()
             } else {
@@ -249,12 +249,12 @@ mod tests {
             src_packets: i as u64,
             dst_packets: 1 << 40,
             status: if some(4) { "end" } else { "active_timeout" },
-            src_name: some(0).then(|| s(2)),
-            dst_name: some(5).then(|| s(3)),
+            src_name: some(0).then(|| s(2).into()),
+            dst_name: some(5).then(|| s(3).into()),
             tcp_flags: 0x1ff,
             interfaces: (0..i % 4)
                 .map(|n| Observed {
-                    interface: s(n),
+                    interface: s(n).into(),
                     direction: if n % 2 == 0 { "ingress" } else { "egress" },
                 })
                 .collect(),

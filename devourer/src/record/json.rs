@@ -15,22 +15,29 @@ impl<'a> Object<'a> {
         Self { out, first: true }
     }
 
+    // Inlined into every call site, where the key is a literal: its copy is then a few moves
+    // of known length rather than a call to `memcpy` (calls are dear on this path).
+    #[inline(always)]
     fn key(&mut self, key: &'static str) {
         debug_assert!(key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
+        let out = &mut *self.out;
+        out.reserve(key.len() + 4);
         if !self.first {
-            self.out.push(b',');
+            out.push(b',');
         }
         self.first = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
     }
 
+    #[inline(always)]
     pub fn str(&mut self, key: &'static str, value: &str) {
         self.key(key);
         string(self.out, value);
     }
 
+    #[inline(always)]
     pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) {
         self.key(key);
         match value {
@@ -39,12 +46,14 @@ impl<'a> Object<'a> {
         }
     }
 
+    #[inline(always)]
     pub fn uint<I: itoa::Integer>(&mut self, key: &'static str, value: I) {
         self.key(key);
         self.out
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
+    #[inline(always)]
     pub fn opt_uint<I: itoa::Integer>(&mut self, key: &'static str, value: Option<I>) {
         match value {
             Some(v) => self.uint(key, v),
@@ -55,6 +64,7 @@ impl<'a> Object<'a> {
         }
     }
 
+    #[inline(always)]
     pub fn bool(&mut self, key: &'static str, value: bool) {
         self.key(key);
         self.out

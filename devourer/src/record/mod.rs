@@ -28,9 +28,9 @@ use crate::{
 /// What records are built with: the agent's name, the clock that turns program time into wall
 /// time, interface names and the Community ID seed.
 pub struct RecordContext<'a> {
-    pub agent: &'a str,
+    pub agent: &'a Arc<str>,
     pub clock: Clock,
-    pub interface_name: &'a (dyn Fn(u32) -> String + Sync),
+    pub interface_name: &'a (dyn Fn(u32) -> Arc<str> + Sync),
     pub community_seed: u16,
     /// `--sampling`: one packet in this many was counted.
     pub sampling: u32,
@@ -44,8 +44,8 @@ pub struct ExchangeHead {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub id: String,
-    pub agent: String,
-    pub interface: String,
+    pub agent: Arc<str>,
+    pub interface: Arc<str>,
     pub time: String,
     pub client: String,
     pub client_port: u16,
@@ -82,7 +82,7 @@ impl ExchangeHead {
         Self {
             kind,
             id: id((&client_text, &server_text)),
-            agent: cx.agent.to_owned(),
+            agent: cx.agent.clone(),
             interface: (cx.interface_name)(ifindex),
             time: rfc3339(cx.clock.wall(time_ns)),
             client: client_text,

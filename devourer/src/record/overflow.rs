@@ -2,6 +2,8 @@
 //! per interface and protocol, for one scan. With the flow records they account for every
 //! packet the program saw.
 
+use std::sync::Arc;
+
 use devourer_common::flow::{OverflowKey, OverflowValue};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -14,8 +16,8 @@ pub struct OverflowRecord {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub id: String,
-    pub agent: String,
-    pub interface: String,
+    pub agent: Arc<str>,
+    pub interface: Arc<str>,
     pub protocol: std::borrow::Cow<'static, str>,
     /// When the scan that read them ran (program clock mapped to wall time).
     pub time: String,
@@ -36,7 +38,7 @@ impl OverflowRecord {
         Self {
             kind: "overflow",
             id: hex16(&h.finalize()),
-            agent: cx.agent.to_owned(),
+            agent: cx.agent.clone(),
             interface: (cx.interface_name)(k.ifindex),
             protocol: protocol_name(k.proto),
             time: rfc3339(cx.clock.wall(now_ns)),

@@ -391,7 +391,7 @@ mod tests {
             .map(|i| crate::record::OverflowRecord {
                 kind: "overflow",
                 id: format!("{i:032}"),
-                agent: "a".repeat(40),
+                agent: "a".repeat(40).into(),
                 interface: "eth0".into(),
                 protocol: "udp".into(),
                 time: "2023-11-14T22:13:20.000000Z".into(),
