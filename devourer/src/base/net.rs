@@ -1,8 +1,13 @@
 //! Addresses and protocols as the kernel program stores them and as records print them.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv6Addr},
+};
 
 use devourer_common::flow::{FlowKey, KEY_F_IPV6};
+
+use super::inline::AddrText;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -20,26 +25,36 @@ pub fn ip(addr: &[u8; 16], v6: bool) -> IpAddr {
 
 /// An address as records print it: what `to_string` gives, IPv4 without the formatting
 /// machinery (every record prints two or more; IPv6 keeps std's canonical form).
-pub fn addr_text(a: IpAddr) -> String {
+pub fn addr_text(a: IpAddr) -> AddrText {
+    let mut s = AddrText::empty();
     match a {
         IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
+            let mut b = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    s.push('.');
+                    b[n] = b'.';
+                    n += 1;
                 }
                 if octet >= 100 {
-                    s.push(char::from(b'0' + octet / 100));
+                    b[n] = b'0' + octet / 100;
+                    n += 1;
                 }
                 if octet >= 10 {
-                    s.push(char::from(b'0' + octet / 10 % 10));
+                    b[n] = b'0' + octet / 10 % 10;
+                    n += 1;
                 }
-                s.push(char::from(b'0' + octet % 10));
+                b[n] = b'0' + octet % 10;
+                n += 1;
             }
-            s
+            let text = std::str::from_utf8(&b[..n]).expect("ASCII digits and dots");
+            s.push_str(text).expect("15 bytes at most");
         }
-        IpAddr::V6(_) => a.to_string(),
+        IpAddr::V6(v6) => {
+            write!(s, "{v6}").expect("IPv6 text is at most 45 bytes");
+        }
     }
+    s
 }
 
 /// One of a flow key's addresses.

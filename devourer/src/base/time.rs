@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+use super::inline::Inline;
+
+/// An RFC 3339 timestamp as records print it (always 27 bytes).
+pub type Timestamp = Inline<27>;
+
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -44,7 +49,7 @@ impl Clock {
 /// RFC 3339, UTC, microseconds: `2024-05-01T12:00:00.123456Z`.
 /// Written digit by digit (every record carries two; formatting through `fmt` cost a few
 /// percent of the agent's CPU per flow); tested against humantime's formatting.
-pub fn rfc3339(ns_since_epoch: u64) -> String {
+pub fn rfc3339(ns_since_epoch: u64) -> Timestamp {
     let secs = ns_since_epoch / 1_000_000_000;
     let micros = (ns_since_epoch % 1_000_000_000 / 1000) as u32;
     let (year, month, day) = civil_from_days(secs / 86_400);
@@ -64,7 +69,7 @@ pub fn rfc3339(ns_since_epoch: u64) -> String {
     digits(14, 2, s / 60 % 60);
     digits(17, 2, s % 60);
     digits(20, 6, micros);
-    String::from_utf8(b.to_vec()).expect("ASCII digits and separators")
+    Timestamp::from_ascii(&b)
 }
 
 /// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`,

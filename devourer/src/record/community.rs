@@ -7,7 +7,13 @@ use std::net::IpAddr;
 use base64::{Engine, engine::general_purpose::STANDARD};
 use sha1::{Digest, Sha1};
 
-use crate::base::net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
+use crate::base::{
+    inline::Inline,
+    net::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+};
+
+/// `1:` and the base64 of a SHA-1: 30 bytes.
+pub type CommunityId = Inline<30>;
 
 const IPPROTO_SCTP: u8 = 132;
 
@@ -60,16 +66,22 @@ fn icmp_counterpart(proto: u8, t: u8) -> Option<u8> {
     })
 }
 
-fn octets(a: IpAddr) -> Vec<u8> {
+/// An address's bytes in network order (4 or 16 of them), without an allocation.
+fn octets(a: IpAddr) -> ([u8; 16], usize) {
+    let mut b = [0; 16];
     match a {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+        IpAddr::V4(v4) => {
+            b[..4].copy_from_slice(&v4.octets());
+            (b, 4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), 16),
     }
 }
 
 /// The Community ID (`1:` and the base64 SHA-1) of a conversation from `src` to `dst`.
-pub fn community_id(seed: u16, src: IpAddr, dst: IpAddr, proto: u8, ports: Ports) -> String {
-    let (mut sa, mut da) = (octets(src), octets(dst));
+pub fn community_id(seed: u16, src: IpAddr, dst: IpAddr, proto: u8, ports: Ports) -> CommunityId {
+    let ((sb, sn), (db, dn)) = (octets(src), octets(dst));
+    let (mut sa, mut da) = (&sb[..sn], &db[..dn]);
     let (mut sp, mut dp, one_way, with_ports) = match ports {
         Ports::Ports(s, d) => (s, d, false, true),
         Ports::Icmp(t, c) => match icmp_counterpart(proto, t) {
@@ -85,14 +97,22 @@ pub fn community_id(seed: u16, src: IpAddr, dst: IpAddr, proto: u8, ports: Ports
     }
     let mut h = Sha1::new();
     h.update(seed.to_be_bytes());
-    h.update(&sa);
-    h.update(&da);
+    h.update(sa);
+    h.update(da);
     h.update([proto, 0]);
     if with_ports {
         h.update(sp.to_be_bytes());
         h.update(dp.to_be_bytes());
     }
-    format!("1:{}", STANDARD.encode(h.finalize()))
+    let mut b64 = [0u8; 28];
+    let n = STANDARD
+        .encode_slice(h.finalize(), &mut b64)
+        .expect("a SHA-1 is 28 base64 bytes");
+    let mut out = CommunityId::empty();
+    out.push_str("1:").expect("fits");
+    out.push_str(std::str::from_utf8(&b64[..n]).expect("base64 is ASCII"))
+        .expect("fits");
+    out
 }
 
 #[cfg(test)]

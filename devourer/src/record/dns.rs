@@ -108,7 +108,7 @@ mod tests {
         DnsRecord {
             head: ExchangeHead {
                 kind: "dns",
-                id: format!("{i:032x}"),
+                id: format!("{i:032x}").into(),
                 agent: s(0).into(),
                 interface: s(1).into(),
                 time: "2026-12-05T23:59:59.000001Z".into(),

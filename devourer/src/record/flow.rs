@@ -8,15 +8,16 @@ use serde::Serialize;
 
 use super::{
     RecordContext,
-    community::{Ports, community_id},
-    id::record_id,
+    community::{CommunityId, Ports, community_id},
+    id::{RecordId, record_id},
     json::Object,
     k8s::K8sFields,
 };
 use crate::{
     base::{
+        inline::AddrText,
         net::{addr_text, key_addr, protocol_name},
-        time::rfc3339,
+        time::{Timestamp, rfc3339},
     },
     flow::{Emitted, Status},
     kernel::conntrack::has_ports,
@@ -26,20 +27,20 @@ use crate::{
 pub struct FlowRecord {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub id: String,
+    pub id: RecordId,
     pub seq: u32,
     pub agent: Arc<str>,
     pub interface: Arc<str>,
     pub protocol: Cow<'static, str>,
-    pub src_addr: String,
-    pub dst_addr: String,
+    pub src_addr: AddrText,
+    pub dst_addr: AddrText,
     pub src_port: u16,
     pub dst_port: u16,
     pub icmp_type: Option<u8>,
     pub icmp_code: Option<u8>,
     pub vlan: Option<u16>,
-    pub first_seen_at: String,
-    pub last_seen_at: String,
+    pub first_seen_at: Timestamp,
+    pub last_seen_at: Timestamp,
     pub src_bytes: u64,
     pub dst_bytes: u64,
     pub src_packets: u64,
@@ -52,14 +53,14 @@ pub struct FlowRecord {
     /// `ingress`, leaving it: `egress`); the ones that counted it first.
     pub interfaces: Vec<Observed>,
     /// Community ID v1 of the conversation (its endpoints before any NAT).
-    pub community_id: String,
+    pub community_id: CommunityId,
     /// One packet in this many was counted (`--sampling`; 1: all): scale counts by it.
     pub sampling: u32,
     /// A NAT'd connection's translated source and destination (null where not translated;
     /// ports null for protocols without ports): `src_*`/`dst_*` are before translation.
-    pub xlat_src_addr: Option<String>,
+    pub xlat_src_addr: Option<AddrText>,
     pub xlat_src_port: Option<u16>,
-    pub xlat_dst_addr: Option<String>,
+    pub xlat_dst_addr: Option<AddrText>,
     pub xlat_dst_port: Option<u16>,
     /// `src_k8s_*`/`dst_k8s_*`: the Kubernetes objects of both ends.
     #[serde(flatten)]
@@ -226,7 +227,7 @@ mod tests {
         };
         FlowRecord {
             kind: "flow",
-            id: format!("{i:032x}"),
+            id: format!("{i:032x}").into(),
             seq: i as u32 * 7919,
             agent: s(0).into(),
             interface: s(1).into(),

@@ -4,14 +4,20 @@
 use devourer_common::flow::FlowKey;
 use sha2::{Digest, Sha256};
 
-use crate::decode::{
-    dns::DnsTx,
-    http::{HttpMsg, message::Message},
+use crate::{
+    base::inline::Inline,
+    decode::{
+        dns::DnsTx,
+        http::{HttpMsg, message::Message},
+    },
 };
+
+/// A record id: 16 bytes of SHA-256 in hex.
+pub type RecordId = Inline<32>;
 
 /// Flow record id: hash of the 5-tuple, interface, VLAN, flow start, agent and seq. The same flow
 /// record always gets the same id (BigQuery insertId; replays are reproducible).
-pub fn record_id(key: &FlowKey, flow_start_ns: u64, agent: &str, seq: u32) -> String {
+pub fn record_id(key: &FlowKey, flow_start_ns: u64, agent: &str, seq: u32) -> RecordId {
     let mut h = Sha256::new();
     h.update(key.src_addr);
     h.update(key.dst_addr);
@@ -46,7 +52,7 @@ fn hash_endpoints(
 
 /// DNS record id: hash of the endpoints (`addrs`: the client's and server's addresses as the
 /// record shows them), transport, message id, query time and agent.
-pub fn dns_id(tx: &DnsTx, (client, server): (&str, &str), agent: &str) -> String {
+pub fn dns_id(tx: &DnsTx, (client, server): (&str, &str), agent: &str) -> RecordId {
     let mut h = Sha256::new();
     hash_endpoints(&mut h, (client, tx.client_port), (server, tx.server_port));
     h.update([u8::from(tx.tcp)]);
@@ -56,18 +62,18 @@ pub fn dns_id(tx: &DnsTx, (client, server): (&str, &str), agent: &str) -> String
     hex16(&h.finalize())
 }
 
-pub(super) fn hex16(digest: &[u8]) -> String {
+pub(super) fn hex16(digest: &[u8]) -> RecordId {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
-    for b in &digest[..16] {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
+    let mut out = [0u8; 32];
+    for (i, b) in digest[..16].iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 15)];
     }
-    out
+    RecordId::from_ascii(&out)
 }
 
 /// HTTP record id: hash of the endpoints (as for [`dns_id`]), time, kind and agent.
-pub fn http_id(m: &HttpMsg, (client, server): (&str, &str), agent: &str) -> String {
+pub fn http_id(m: &HttpMsg, (client, server): (&str, &str), agent: &str) -> RecordId {
     let mut h = Sha256::new();
     hash_endpoints(&mut h, (client, m.client_port), (server, m.server_port));
     h.update(m.time_ns.to_be_bytes());

@@ -15,11 +15,13 @@ use std::{net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
+use self::id::RecordId;
 pub use self::{dns::DnsRecord, flow::FlowRecord, http::HttpRecord, overflow::OverflowRecord};
 use crate::{
     base::{
+        inline::AddrText,
         net::addr_text,
-        time::{Clock, rfc3339},
+        time::{Clock, Timestamp, rfc3339},
     },
     decode::LogLine,
     flow::Workload,
@@ -43,16 +45,16 @@ pub struct RecordContext<'a> {
 pub struct ExchangeHead {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub id: String,
+    pub id: RecordId,
     pub agent: Arc<str>,
     pub interface: Arc<str>,
-    pub time: String,
-    pub client: String,
+    pub time: Timestamp,
+    pub client: AddrText,
     pub client_port: u16,
-    pub server: String,
+    pub server: AddrText,
     pub server_port: u16,
     /// Community ID v1 of the connection ([`community`]).
-    pub community_id: String,
+    pub community_id: community::CommunityId,
     /// `client_k8s_*`/`server_k8s_*`: the Kubernetes objects of both ends.
     #[serde(flatten)]
     pub k8s: k8s::K8sFields,
@@ -64,7 +66,7 @@ impl ExchangeHead {
     /// server's addresses as the record shows them.
     pub fn new(
         (kind, proto): (&'static str, u8),
-        id: impl FnOnce((&str, &str)) -> String,
+        id: impl FnOnce((&str, &str)) -> RecordId,
         cx: &RecordContext<'_>,
         (ifindex, time_ns): (u32, u64),
         (client, client_port): (IpAddr, u16),

@@ -9,18 +9,21 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{RecordContext, id::hex16};
-use crate::base::{net::protocol_name, time::rfc3339};
+use crate::base::{
+    net::protocol_name,
+    time::{Timestamp, rfc3339},
+};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct OverflowRecord {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub id: String,
+    pub id: super::id::RecordId,
     pub agent: Arc<str>,
     pub interface: Arc<str>,
     pub protocol: std::borrow::Cow<'static, str>,
     /// When the scan that read them ran (program clock mapped to wall time).
-    pub time: String,
+    pub time: Timestamp,
     pub packets: u64,
     pub bytes: u64,
 }

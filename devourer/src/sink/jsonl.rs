@@ -343,11 +343,11 @@ mod tests {
         let recs: Vec<crate::record::OverflowRecord> = (0..2 * CHUNK + 5)
             .map(|i| crate::record::OverflowRecord {
                 kind: "overflow",
-                id: format!("{i}"),
+                id: format!("{i}").into(),
                 agent: "a".into(),
                 interface: "eth0".into(),
                 protocol: "udp".into(),
-                time: String::new(),
+                time: Default::default(),
                 packets: 1,
                 bytes: 1,
             })
@@ -390,7 +390,7 @@ mod tests {
         let recs: Vec<crate::record::OverflowRecord> = (0..50)
             .map(|i| crate::record::OverflowRecord {
                 kind: "overflow",
-                id: format!("{i:032}"),
+                id: format!("{i:032}").into(),
                 agent: "a".repeat(40).into(),
                 interface: "eth0".into(),
                 protocol: "udp".into(),

@@ -244,7 +244,7 @@ fn answer(r: &Record) -> Option<Answer> {
     let rtype = u16::from(r.record_type());
     let (data, data_log) = match &r.data {
         RData::A(a) => {
-            let text = addr_text(IpAddr::V4(a.0));
+            let text = addr_text(IpAddr::V4(a.0)).to_string();
             (text.clone(), text)
         }
         RData::AAAA(a) => {
