@@ -49,6 +49,7 @@ impl Flows {
         self.position(key).is_some()
     }
 
+    #[cfg(test)]
     pub(super) fn get(&self, key: &FlowKey) -> Option<&Flow> {
         self.position(key).map(|i| &self.flows[i])
     }
