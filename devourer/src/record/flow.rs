@@ -125,9 +125,7 @@ impl FlowRecord {
         o.opt_uint("xlat_src_port", self.xlat_src_port);
         o.opt_str("xlat_dst_addr", self.xlat_dst_addr.as_deref());
         o.opt_uint("xlat_dst_port", self.xlat_dst_port);
-        for (k, v) in self.k8s.entries() {
-            o.opt_str(k, v);
-        }
+        self.k8s.write_json(&mut o);
         o.close();
     }
 

@@ -31,6 +31,15 @@ impl<'a> Object<'a> {
         out.extend_from_slice(b"\":");
     }
 
+    /// Fields written out already (`"a":1,"b":null`), appended as they are.
+    pub fn fields(&mut self, json: &'static str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.extend_from_slice(json.as_bytes());
+    }
+
     #[inline(always)]
     pub fn str(&mut self, key: &'static str, value: &str) {
         self.key(key);

@@ -6,69 +6,74 @@ use std::sync::Arc;
 
 use serde::{Serialize, ser::SerializeMap};
 
+use super::json::Object;
 use crate::flow::Workload;
 
 /// One side's field names, in column order.
 type Keys = [&'static str; 6];
 
-/// The field names of flow records.
-pub const FLOW_KEYS: [Keys; 2] = [
-    [
-        "src_k8s_namespace",
-        "src_k8s_pod",
-        "src_k8s_owner_kind",
-        "src_k8s_owner",
-        "src_k8s_node",
-        "src_k8s_service",
-    ],
-    [
-        "dst_k8s_namespace",
-        "dst_k8s_pod",
-        "dst_k8s_owner_kind",
-        "dst_k8s_owner",
-        "dst_k8s_node",
-        "dst_k8s_service",
-    ],
-];
+/// One side's field names and, for a side with nothing known (every record off Kubernetes),
+/// all six written as JSON at once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Side {
+    pub keys: Keys,
+    nulls: &'static str,
+}
 
-/// The field names of DNS and HTTP records.
-pub const EXCHANGE_KEYS: [Keys; 2] = [
-    [
-        "client_k8s_namespace",
-        "client_k8s_pod",
-        "client_k8s_owner_kind",
-        "client_k8s_owner",
-        "client_k8s_node",
-        "client_k8s_service",
-    ],
-    [
-        "server_k8s_namespace",
-        "server_k8s_pod",
-        "server_k8s_owner_kind",
-        "server_k8s_owner",
-        "server_k8s_node",
-        "server_k8s_service",
-    ],
-];
+macro_rules! side {
+    ($p:literal) => {
+        Side {
+            keys: [
+                concat!($p, "_k8s_namespace"),
+                concat!($p, "_k8s_pod"),
+                concat!($p, "_k8s_owner_kind"),
+                concat!($p, "_k8s_owner"),
+                concat!($p, "_k8s_node"),
+                concat!($p, "_k8s_service"),
+            ],
+            nulls: concat!(
+                "\"",
+                $p,
+                "_k8s_namespace\":null,\"",
+                $p,
+                "_k8s_pod\":null,\"",
+                $p,
+                "_k8s_owner_kind\":null,\"",
+                $p,
+                "_k8s_owner\":null,\"",
+                $p,
+                "_k8s_node\":null,\"",
+                $p,
+                "_k8s_service\":null"
+            ),
+        }
+    };
+}
+
+/// The fields of flow records.
+pub const FLOW_SIDES: [Side; 2] = [side!("src"), side!("dst")];
+
+/// The fields of DNS and HTTP records.
+pub const EXCHANGE_SIDES: [Side; 2] = [side!("client"), side!("server")];
 
 /// Both sides' Kubernetes objects, written flat into the record (`#[serde(flatten)]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct K8sFields {
-    keys: &'static [Keys; 2],
+    keys: &'static [Side; 2],
     sides: [Option<Arc<Workload>>; 2],
 }
 
 impl K8sFields {
     pub fn flow(src: Option<Arc<Workload>>, dst: Option<Arc<Workload>>) -> Self {
         Self {
-            keys: &FLOW_KEYS,
+            keys: &FLOW_SIDES,
             sides: [src, dst],
         }
     }
 
     pub fn exchange(client: Option<Arc<Workload>>, server: Option<Arc<Workload>>) -> Self {
         Self {
-            keys: &EXCHANGE_KEYS,
+            keys: &EXCHANGE_SIDES,
             sides: [client, server],
         }
     }
@@ -77,7 +82,7 @@ impl K8sFields {
 impl K8sFields {
     /// The twelve fields in column order, each with its value (`None`: unknown).
     pub fn entries(&self) -> impl Iterator<Item = (&'static str, Option<&str>)> {
-        self.keys.iter().zip(&self.sides).flat_map(|(keys, side)| {
+        self.keys.iter().zip(&self.sides).flat_map(|(names, side)| {
             let w = side.as_deref();
             let values = [
                 w.and_then(|w| w.namespace.as_deref()),
@@ -87,8 +92,30 @@ impl K8sFields {
                 w.and_then(|w| w.node.as_deref()),
                 w.and_then(|w| w.service.as_deref()),
             ];
-            keys.iter().copied().zip(values)
+            names.keys.iter().copied().zip(values)
         })
+    }
+
+    /// Writes the twelve fields into a record's JSON object, as serde's flatten does.
+    pub fn write_json(&self, o: &mut Object<'_>) {
+        for (names, side) in self.keys.iter().zip(&self.sides) {
+            match side.as_deref() {
+                None => o.fields(names.nulls),
+                Some(w) => {
+                    let values = [
+                        &w.namespace,
+                        &w.pod,
+                        &w.owner_kind,
+                        &w.owner,
+                        &w.node,
+                        &w.service,
+                    ];
+                    for (k, v) in names.keys.iter().zip(values) {
+                        o.opt_str(k, v.as_deref());
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -124,5 +151,34 @@ mod tests {
         assert_eq!(v.as_object().unwrap().len(), 12);
         let v = serde_json::to_value(K8sFields::exchange(None, None)).unwrap();
         assert!(v["client_k8s_node"].is_null() && v["server_k8s_owner"].is_null());
+    }
+
+    #[test]
+    fn the_written_fields_are_serdes_bytes_known_or_not() {
+        let pod = || {
+            Arc::new(Workload {
+                namespace: Some("a\"b".into()),
+                pod: None,
+                owner_kind: Some("Deployment".into()),
+                owner: None,
+                node: Some("node-1".into()),
+                service: None,
+            })
+        };
+        for (a, b) in [(None, None), (Some(pod()), None), (None, Some(pod()))] {
+            for f in [
+                K8sFields::flow(a.clone(), b.clone()),
+                K8sFields::exchange(a.clone(), b.clone()),
+            ] {
+                let mut out = Vec::new();
+                let mut o = Object::open(&mut out);
+                f.write_json(&mut o);
+                o.close();
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    serde_json::to_string(&f).unwrap()
+                );
+            }
+        }
     }
 }

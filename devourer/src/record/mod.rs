@@ -108,9 +108,7 @@ impl ExchangeHead {
         o.str("server", &self.server);
         o.uint("server_port", self.server_port);
         o.str("community_id", &self.community_id);
-        for (k, v) in self.k8s.entries() {
-            o.opt_str(k, v);
-        }
+        self.k8s.write_json(o);
     }
 }
 

@@ -261,7 +261,7 @@ mod tests {
     use super::*;
     use crate::record::{
         DnsRecord, ExchangeHead, FlowRecord,
-        k8s::{FLOW_KEYS, K8sFields},
+        k8s::{FLOW_SIDES, K8sFields},
     };
 
     fn keys<T: Serialize>(r: &T) -> Vec<String> {
@@ -397,7 +397,7 @@ mod tests {
                 "xlat_dst_port",
             ]
             .into_iter()
-            .chain(FLOW_KEYS.into_iter().flatten())
+            .chain(FLOW_SIDES.iter().flat_map(|s| s.keys))
             .collect::<Vec<_>>()
         );
         let patched = with_columns(t, TableKind::Flow, &missing);
