@@ -1,7 +1,7 @@
 //! Hand-written JSON for the records written most (flows and DNS transactions): byte for byte
-//! what serde_json writes for them (tested against it), without its per-byte escaping of
-//! every key and the map machinery `#[serde(flatten)]` brings. Keys are static and need no escaping; string
-//! values take a fast path when they need none and serde_json's escaping otherwise.
+//! what serde_json writes for them (tested against it), without its per-byte escaping of every
+//! key and the map machinery `#[serde(flatten)]` brings. Keys are static and need no escaping;
+//! string values take a fast path when they need none and serde_json's escaping otherwise.
 
 /// A JSON object being written to `out`.
 pub struct Object<'a> {

@@ -79,21 +79,25 @@ impl K8sFields {
     }
 }
 
+/// One side's six values in column order (`None`: unknown, or no object at all).
+fn values(w: Option<&Workload>) -> [Option<&str>; 6] {
+    [
+        w.and_then(|w| w.namespace.as_deref()),
+        w.and_then(|w| w.pod.as_deref()),
+        w.and_then(|w| w.owner_kind.as_deref()),
+        w.and_then(|w| w.owner.as_deref()),
+        w.and_then(|w| w.node.as_deref()),
+        w.and_then(|w| w.service.as_deref()),
+    ]
+}
+
 impl K8sFields {
     /// The twelve fields in column order, each with its value (`None`: unknown).
-    pub fn entries(&self) -> impl Iterator<Item = (&'static str, Option<&str>)> {
-        self.keys.iter().zip(&self.sides).flat_map(|(names, side)| {
-            let w = side.as_deref();
-            let values = [
-                w.and_then(|w| w.namespace.as_deref()),
-                w.and_then(|w| w.pod.as_deref()),
-                w.and_then(|w| w.owner_kind.as_deref()),
-                w.and_then(|w| w.owner.as_deref()),
-                w.and_then(|w| w.node.as_deref()),
-                w.and_then(|w| w.service.as_deref()),
-            ];
-            names.keys.iter().copied().zip(values)
-        })
+    fn entries(&self) -> impl Iterator<Item = (&'static str, Option<&str>)> {
+        self.keys
+            .iter()
+            .zip(&self.sides)
+            .flat_map(|(names, side)| names.keys.iter().copied().zip(values(side.as_deref())))
     }
 
     /// Writes the twelve fields into a record's JSON object, as serde's flatten does.
@@ -101,17 +105,9 @@ impl K8sFields {
         for (names, side) in self.keys.iter().zip(&self.sides) {
             match side.as_deref() {
                 None => o.fields(names.nulls),
-                Some(w) => {
-                    let values = [
-                        &w.namespace,
-                        &w.pod,
-                        &w.owner_kind,
-                        &w.owner,
-                        &w.node,
-                        &w.service,
-                    ];
-                    for (k, v) in names.keys.iter().zip(values) {
-                        o.opt_str(k, v.as_deref());
+                w => {
+                    for (k, v) in names.keys.iter().zip(values(w)) {
+                        o.opt_str(k, v);
                     }
                 }
             }
