@@ -30,8 +30,17 @@ use crate::{
 };
 
 /// The kernel program's settings.
-pub fn load_options(p: &PipelineArgs, offline: bool) -> LoadOptions {
-    p.load_options(offline)
+pub fn load_options(p: &PipelineArgs, driver: &Driver) -> LoadOptions {
+    let mut opts = p.load_options(matches!(driver, Driver::Replay { .. }));
+    // A capture of one interface shows each packet once: no counting hook to carry over.
+    opts.hook_memory = !matches!(
+        driver,
+        Driver::Replay {
+            one_interface: true,
+            ..
+        }
+    );
+    opts
 }
 
 fn table_config(p: &PipelineArgs, driver: &Driver) -> TableConfig {

@@ -136,15 +136,7 @@ pub enum Driver {
 /// Loads the kernel program with the settings `p` asks for (replay: the offline variant).
 pub fn load_kernel(p: &PipelineArgs, driver: Driver) -> Result<Loaded> {
     crate::config::filter::check_count(&p.flow.filters).map_err(|e| anyhow::anyhow!(e.0))?;
-    let mut opts = build::load_options(p, matches!(driver, Driver::Replay { .. }));
-    // A capture of one interface shows each packet once: no counting hook to carry over.
-    opts.hook_memory = !matches!(
-        driver,
-        Driver::Replay {
-            one_interface: true,
-            ..
-        }
-    );
+    let opts = build::load_options(p, &driver);
     object::load(&opts).context("loading the kernel program")
 }
 
