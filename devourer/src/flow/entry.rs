@@ -194,6 +194,8 @@ pub(super) struct Flow {
     pub(super) duplicate: bool,
     /// Its start record was emitted (or is not wanted).
     pub(super) started: bool,
+    /// Its last record is cut: the scan's closing sweep removes it.
+    pub(super) ended: bool,
 }
 
 /// A flow's translation, as far as it is known.
@@ -265,6 +267,7 @@ impl Flow {
             nat: NatState::Unknown,
             duplicate: false,
             started: false,
+            ended: false,
         }
     }
 
