@@ -32,6 +32,17 @@ pub trait Conntracker: Send {
     /// cheap; a filtered walk of the kernel's whole table costs one of `walks`.
     fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, Error>;
 
+    /// The entries of many flows whose protocol has ports (hash probes only, no walks), in
+    /// their order: `None` where conntrack has no connection.
+    fn entries(&mut self, ts: &[Tuple]) -> Result<Vec<Option<Entry>>, Error> {
+        ts.iter()
+            .map(|t| match self.entry(t, &mut 0)? {
+                Answer::Entry(e) => Ok(Some(e)),
+                Answer::None | Answer::Later => Ok(None),
+            })
+            .collect()
+    }
+
     /// A new scan begins: what an earlier scan read of the kernel's table is out of date.
     fn new_scan(&mut self) {}
 }
@@ -111,6 +122,17 @@ impl KernelConntrack {
 impl Conntracker for KernelConntrack {
     fn new_scan(&mut self) {
         self.icmp.clear();
+    }
+
+    fn entries(&mut self, ts: &[Tuple]) -> Result<Vec<Option<Entry>>, Error> {
+        // Each tuple as it is, then the misses the other way round (see `entry`).
+        let mut found = self.ct.get_many(ts)?;
+        let misses: Vec<usize> = (0..ts.len()).filter(|&i| found[i].is_none()).collect();
+        let reversed: Vec<Tuple> = misses.iter().map(|&i| ts[i].reversed()).collect();
+        for (i, e) in misses.into_iter().zip(self.ct.get_many(&reversed)?) {
+            found[i] = e;
+        }
+        Ok(found)
     }
 
     fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, Error> {

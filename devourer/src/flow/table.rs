@@ -11,7 +11,7 @@ use super::{
     nat::{Answer, Endpoint, NatLookup, NatStats, interpret, may_be_tracked, tuple},
     store::Flows,
 };
-use crate::kernel::conntrack::{Entry, has_ports};
+use crate::kernel::conntrack::{Entry, Error, Tuple, has_ports};
 
 /// Seeded per process: keys come off the network, so no fixed hash an attacker could collide.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -51,6 +51,16 @@ struct Tally {
 }
 
 impl Tally {
+    /// Counts a failed conntrack lookup (warning at the first); the error back when it is
+    /// one that will not go away.
+    fn lookup_failed(&mut self, e: Error) -> Option<Error> {
+        self.nat.errors += 1;
+        if self.nat.errors == 1 {
+            tracing::warn!("conntrack lookup failed (counted from now on): {e}");
+        }
+        is_fatal(&e).then_some(e)
+    }
+
     /// Moves a flow's new traffic into the per-interface sums (a NAT duplicate's is dropped:
     /// its packets are its twin's).
     fn take_traffic(&mut self, flow: &mut Flow) {
@@ -108,7 +118,8 @@ impl FlowTable {
     }
 
     /// Looks up flows not asked about yet (at most `per_scan`), and marks the translated copy
-    /// of a flow also in the table as its duplicate (its hooks join the twin's list).
+    /// of a flow also in the table as its duplicate (its hooks join the twin's list). Flows
+    /// with ports are asked about together, in batches; ICMP flows one by one after them.
     fn translate(&mut self) {
         let Some(nat) = &mut self.nat else {
             return;
@@ -116,47 +127,63 @@ impl FlowTable {
         nat.source.new_scan();
         let mut budget = nat.per_scan;
         let mut walks = nat.walks_per_scan;
-        let mut twins = Vec::new();
         let mut fatal = None;
-        for f in self.flows.iter_mut() {
-            let ck = &f.key;
-            if f.nat == NatState::Unknown && !may_be_tracked(ck.proto, f.icmp_type()) {
+        let (mut batch, mut tuples): (Vec<u32>, Vec<Tuple>) = (Vec::new(), Vec::new());
+        for (i, f) in self.flows.iter_mut().enumerate() {
+            if f.nat == NatState::Unknown && !may_be_tracked(f.key.proto, f.icmp_type()) {
                 // No connection of its own to find, and finding that out costs table walks.
                 f.nat = NatState::Plain;
             }
-            if f.nat == NatState::Unknown && budget > 0 {
+            if f.nat == NatState::Unknown && has_ports(f.key.proto) && budget > 0 {
                 budget -= 1;
-                f.nat = match nat.source.entry(&tuple(ck), &mut walks) {
+                batch.push(i as u32);
+                tuples.push(tuple(&f.key));
+            }
+        }
+        let asked = if tuples.is_empty() {
+            Ok(Vec::new())
+        } else {
+            nat.source.entries(&tuples)
+        };
+        let answers = match asked {
+            Ok(found) => Some(found),
+            Err(e) => {
+                fatal = self.tally.lookup_failed(e);
+                // No more lookups this scan: one stall (a timeout) at most per scan.
+                budget = 0;
+                None
+            }
+        };
+        for (k, &i) in batch.iter().enumerate() {
+            let f = self.flows.at_mut(i as usize);
+            f.nat = match &answers {
+                Some(found) => settle(
+                    &mut self.tally,
+                    f,
+                    found[k].map_or(Answer::None, Answer::Entry),
+                ),
+                // Flows of a failed batch are taken as plain, like a failed lookup.
+                None => NatState::Plain,
+            };
+            self.tally.nat.lookups += 1;
+        }
+        let mut twins = Vec::new();
+        for f in self.flows.iter_mut() {
+            if f.nat == NatState::Unknown && budget > 0 && fatal.is_none() {
+                budget -= 1;
+                match nat.source.entry(&tuple(&f.key), &mut walks) {
                     // Asked again next scan, when there are walks to spend.
-                    Ok(Answer::Later) => NatState::Unknown,
-                    Ok(Answer::Entry(e)) => match interpret(ck, &e) {
-                        Some(n) => {
-                            self.tally.nat.translated += 1;
-                            // Names belong to the endpoints records show (before NAT).
-                            f.names = [None, None];
-                            f.workloads = [None, None];
-                            f.named = false;
-                            NatState::Translated(Box::new(n))
-                        }
-                        None => NatState::Plain,
-                    },
-                    Ok(Answer::None) if has_ports(ck.proto) => NatState::Orphan,
-                    Ok(Answer::None) => NatState::Plain,
-                    Err(e) => {
-                        self.tally.nat.errors += 1;
-                        if self.tally.nat.errors == 1 {
-                            tracing::warn!("conntrack lookup failed (counted from now on): {e}");
-                        }
-                        if is_fatal(&e) {
-                            fatal = Some(e);
-                        }
-                        // No more lookups this scan: one stall (a timeout) at most per scan.
-                        budget = 0;
-                        NatState::Plain
+                    Ok(Answer::Later) => {}
+                    Ok(a) => {
+                        f.nat = settle(&mut self.tally, f, a);
+                        self.tally.nat.lookups += 1;
                     }
-                };
-                if f.nat != NatState::Unknown {
-                    self.tally.nat.lookups += 1;
+                    Err(e) => {
+                        fatal = self.tally.lookup_failed(e);
+                        budget = 0;
+                        f.nat = NatState::Plain;
+                        self.tally.nat.lookups += 1;
+                    }
                 }
             }
             if let NatState::Translated(n) = &f.nat
@@ -534,6 +561,25 @@ impl FlowTable {
         }
         sort_records(&mut out);
         Ok(out)
+    }
+}
+
+/// A flow's translation from what conntrack answered (never `Later`).
+fn settle(tally: &mut Tally, f: &mut Flow, a: Answer) -> NatState {
+    match a {
+        Answer::Entry(e) => match interpret(&f.key, &e) {
+            Some(n) => {
+                tally.nat.translated += 1;
+                // Names belong to the endpoints records show (before NAT).
+                f.names = [None, None];
+                f.workloads = [None, None];
+                f.named = false;
+                NatState::Translated(Box::new(n))
+            }
+            None => NatState::Plain,
+        },
+        Answer::None if has_ports(f.key.proto) => NatState::Orphan,
+        Answer::None | Answer::Later => NatState::Plain,
     }
 }
 
