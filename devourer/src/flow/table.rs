@@ -8,7 +8,7 @@ use devourer_common::flow::{FlowKey, FlowValue};
 use super::{
     Emitted, FlowSource, Resolver, Status, TableConfig,
     entry::{Flow, NatState, canonical, counts_nothing, directional},
-    nat::{Answer, Endpoint, NatLookup, NatStats, interpret, may_be_tracked, tuple},
+    nat::{Answer, Endpoint, Nat, NatLookup, NatStats, interpret, may_be_tracked, tuple},
     store::Flows,
 };
 use crate::kernel::conntrack::{Entry, Error, Tuple, has_ports};
@@ -108,15 +108,6 @@ impl FlowTable {
             .collect()
     }
 
-    /// Moves every flow's new traffic into the sums (after [`Self::translate`], so a NAT
-    /// duplicate found this scan adds nothing; one whose lookup waits adds its packets
-    /// meanwhile: counters that follow the traffic over exact ones for a scan or two).
-    fn settle_traffic(&mut self) {
-        for f in self.flows.iter_mut() {
-            self.tally.take_traffic(f);
-        }
-    }
-
     /// Looks up flows not asked about yet (at most `per_scan`), and marks the translated copy
     /// of a flow also in the table as its duplicate (its hooks join the twin's list). Flows
     /// with ports are asked about together, in batches; ICMP flows one by one after them.
@@ -167,7 +158,7 @@ impl FlowTable {
             };
             self.tally.nat.lookups += 1;
         }
-        let mut twins = Vec::new();
+        let (mut twins, mut orphans, mut originals) = (Vec::new(), Vec::new(), Vec::new());
         for f in self.flows.iter_mut() {
             if f.nat == NatState::Unknown && budget > 0 && fatal.is_none() {
                 budget -= 1;
@@ -186,15 +177,15 @@ impl FlowTable {
                     }
                 }
             }
-            if let NatState::Translated(n) = &f.nat
-                && n.translated_view
-                && !f.duplicate
-            {
-                twins.push((f.key, n.twin(&f.key)));
+            match &f.nat {
+                NatState::Translated(n) if !n.translated_view => originals.push((f.key.proto, **n)),
+                NatState::Translated(n) if !f.duplicate => twins.push((f.key, n.twin(&f.key))),
+                NatState::Orphan => orphans.push(f.key),
+                _ => {}
             }
         }
         self.tally.nat.walks += nat.walks_per_scan.saturating_sub(walks) as u64;
-        twins.extend(self.adopt_orphans());
+        twins.extend(self.adopt_orphans(orphans, originals));
         if let Some(e) = fatal {
             tracing::warn!("NAT'd connections are no longer joined: {e}");
             self.nat = None;
@@ -218,25 +209,20 @@ impl FlowTable {
     /// between DNAT and SNAT (a bridge with br_netfilter sees the pod's source and the
     /// service's backend): matched against the translated flows of the table by endpoint,
     /// without asking the kernel. Returns (copy, twin) pairs.
-    fn adopt_orphans(&mut self) -> Vec<(FlowKey, FlowKey)> {
-        let orphans: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter(|f| f.nat == NatState::Orphan)
-            .map(|f| f.key)
-            .collect();
-        if orphans.is_empty() {
+    /// `originals` are the table's translated original flows: (protocol, their NAT).
+    fn adopt_orphans(
+        &mut self,
+        orphans: Vec<FlowKey>,
+        originals: Vec<(u8, Nat)>,
+    ) -> Vec<(FlowKey, FlowKey)> {
+        if orphans.is_empty() || originals.is_empty() {
             return Vec::new();
         }
         // Translated original flows by (protocol, either endpoint).
         let mut by_end: FastMap<(u8, Endpoint), Vec<Entry>> = FastMap::default();
-        for f in self.flows.iter() {
-            if let NatState::Translated(n) = &f.nat
-                && !n.translated_view
-            {
-                for end in n.pre {
-                    by_end.entry((f.key.proto, end)).or_default().push(n.entry);
-                }
+        for (proto, n) in originals {
+            for end in n.pre {
+                by_end.entry((proto, end)).or_default().push(n.entry);
             }
         }
         let mut twins = Vec::new();
@@ -419,27 +405,28 @@ impl FlowTable {
             self.read_and_evict(src, now, pressure, stats)?;
         }
         self.translate();
-        self.settle_traffic();
-        for flow in self.flows.iter_mut().filter(|f| !f.named) {
-            flow.resolve(names, now);
-        }
+        // One walk for what each flow needs every scan (the flows are megabytes: every walk
+        // over them costs): its new traffic into the sums (after `translate`, so a NAT
+        // duplicate found this scan adds nothing; one whose lookup waits adds its packets
+        // meanwhile: counters that follow the traffic over exact ones for a scan or two), its
+        // names, its start record, and whether a record is due.
+        let (cfg, nat_on) = (self.cfg, self.nat.is_some());
         let mut out = Vec::new();
-        if self.cfg.start_records {
-            let nat_on = self.nat.is_some();
-            for flow in self.flows.iter_mut() {
-                // Once its translation is known: a NAT duplicate has no records at all.
-                let settled = !(nat_on && flow.nat == NatState::Unknown);
-                if !flow.started && settled && !flow.duplicate {
-                    out.push(flow.start(names, now));
-                }
+        let mut due: Vec<(u64, FlowKey, Status, u32)> = Vec::new();
+        for (i, flow) in self.flows.iter_mut().enumerate() {
+            self.tally.take_traffic(flow);
+            if !flow.named {
+                flow.resolve(names, now);
+            }
+            // Once its translation is known: a NAT duplicate has no records at all.
+            let settled = !(nat_on && flow.nat == NatState::Unknown);
+            if cfg.start_records && !flow.started && settled && !flow.duplicate {
+                out.push(flow.start(names, now));
+            }
+            if let Some(status) = cfg.due(flow, now) {
+                due.push((flow.record_first_ns(), flow.key, status, i as u32));
             }
         }
-        let mut due: Vec<(u64, FlowKey, Status, u32)> = self
-            .flows
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| Some((f.record_first_ns(), f.key, self.due(f, now)?, i as u32)))
-            .collect();
         // Cut in about the order records are sorted in, so that sorting them (a few hundred
         // bytes each) usually finds them in order already.
         due.sort_unstable_by_key(|&(first, ck, ..)| (first, ck));
@@ -516,23 +503,6 @@ impl FlowTable {
         Ok(())
     }
 
-    fn due(&self, f: &Flow, now: u64) -> Option<Status> {
-        let first = f.record_first_ns();
-        if first == 0 {
-            return None;
-        }
-        let idle = now.saturating_sub(f.last_seen);
-        if idle >= self.cfg.idle_timeout {
-            Some(Status::IdleTimeout)
-        } else if f.tcp_closed() && idle >= self.cfg.tcp_linger {
-            Some(Status::TcpClosed)
-        } else if now.saturating_sub(first) >= self.cfg.active_timeout {
-            Some(Status::ActiveTimeout)
-        } else {
-            None
-        }
-    }
-
     /// Empties the kernel map and the table: every open flow is emitted with `status`.
     pub fn flush(
         &mut self,
@@ -580,6 +550,26 @@ fn settle(tally: &mut Tally, f: &mut Flow, a: Answer) -> NatState {
         },
         Answer::None if has_ports(f.key.proto) => NatState::Orphan,
         Answer::None | Answer::Later => NatState::Plain,
+    }
+}
+
+impl TableConfig {
+    /// Which record of `f` is due at `now`, if any.
+    fn due(&self, f: &Flow, now: u64) -> Option<Status> {
+        let first = f.record_first_ns();
+        if first == 0 {
+            return None;
+        }
+        let idle = now.saturating_sub(f.last_seen);
+        if idle >= self.idle_timeout {
+            Some(Status::IdleTimeout)
+        } else if f.tcp_closed() && idle >= self.tcp_linger {
+            Some(Status::TcpClosed)
+        } else if now.saturating_sub(first) >= self.active_timeout {
+            Some(Status::ActiveTimeout)
+        } else {
+            None
+        }
     }
 }
 
