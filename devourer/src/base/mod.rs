@@ -3,6 +3,7 @@
 //! created, and large batches split over threads. Imports nothing from the other stages.
 
 pub mod files;
+pub mod hash;
 pub mod inline;
 pub mod local;
 pub mod net;

@@ -1,7 +1,7 @@
 //! The flow table: every flow the agent follows, read from and evicted out of the kernel map
 //! each scan; decides which records are due and returns them in a deterministic order.
 
-use std::{collections::HashMap, io};
+use std::io;
 
 use devourer_common::flow::{FlowKey, FlowValue};
 
@@ -11,10 +11,10 @@ use super::{
     nat::{Answer, Endpoint, Nat, NatLookup, NatStats, interpret, may_be_tracked, tuple},
     store::Flows,
 };
-use crate::kernel::conntrack::{Entry, Error, Tuple, has_ports};
-
-/// Seeded per process: keys come off the network, so no fixed hash an attacker could collide.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use crate::{
+    base::hash::FastMap,
+    kernel::conntrack::{Entry, Error, Tuple, has_ports},
+};
 
 /// Quiet entries from which a scan drains the whole kernel map in one batch (when they are
 /// most of it) instead of deleting them one by one.

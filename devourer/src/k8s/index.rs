@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::flow::Workload;
+use crate::{base::hash::FastMap, flow::Workload};
 
 /// The kinds of object watched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,7 +84,6 @@ pub struct ReplicaSetInfo {
 
 /// An interned or shared string.
 type Str = Arc<str>;
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Bytes a heap allocation of `n` bytes takes (malloc's header and rounding).
 fn heap(n: usize) -> usize {

@@ -2,14 +2,10 @@
 //! question; retransmitted queries keep the first query's time; unanswered queries expire as
 //! lost; the table is bounded (the oldest expire first when it is full).
 
-use std::{
-    collections::{HashMap, VecDeque},
-    num::NonZeroUsize,
-};
-
-use lru::LruCache;
+use std::collections::VecDeque;
 
 use super::message::Question;
+use crate::base::hash::{FastLru, FastMap, lru};
 
 /// (client, server, transport, id): who asked whom, over what, under which id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,11 +49,11 @@ pub struct MatcherStats {
 pub struct Matcher {
     timeout_ns: u64,
     max_pending: usize,
-    pending: HashMap<TxKey, Pending>,
+    pending: FastMap<TxKey, Pending>,
     /// (first_ns, seq, key) in arrival order, for expiry; stale items are skipped.
     order: VecDeque<(u64, u64, TxKey)>,
     /// Recently matched transactions, to tell duplicate responses from unmatched ones.
-    answered: LruCache<TxKey, ()>,
+    answered: FastLru<TxKey, ()>,
     next_seq: u64,
     pub stats: MatcherStats,
 }
@@ -68,9 +64,9 @@ impl Matcher {
         Self {
             timeout_ns,
             max_pending,
-            pending: HashMap::new(),
+            pending: FastMap::default(),
             order: VecDeque::new(),
-            answered: LruCache::new(NonZeroUsize::new(max_pending).expect("non-zero")),
+            answered: lru(max_pending),
             next_seq: 0,
             stats: MatcherStats::default(),
         }

@@ -10,9 +10,7 @@
 //! message is decoded whole. Only a hole that swallows a length prefix loses the framing; the
 //! next segment is then taken to start a message.
 
-use std::num::NonZeroUsize;
-
-use lru::LruCache;
+use crate::base::hash::{FastLru, lru};
 
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
@@ -157,7 +155,7 @@ pub struct TcpStats {
 }
 
 pub struct TcpStreams {
-    streams: LruCache<StreamKey, Stream>,
+    streams: FastLru<StreamKey, Stream>,
     limits: TcpLimits,
     /// Bytes held in all streams' messages.
     held: usize,
@@ -167,7 +165,7 @@ pub struct TcpStreams {
 impl TcpStreams {
     pub fn new(limits: TcpLimits) -> Self {
         Self {
-            streams: LruCache::new(NonZeroUsize::new(limits.max_streams.max(1)).expect("non-zero")),
+            streams: lru(limits.max_streams),
             limits,
             held: 0,
             stats: TcpStats::default(),

@@ -15,6 +15,7 @@ use devourer_common::payload::{PAYLOAD_F_IPV6, PayloadHeader};
 use self::message::{Message, Request, parse_segment};
 use super::LogLine;
 use crate::base::{
+    hash::FastMap,
     local::{LocalAddrs, Role},
     net::ip,
 };
@@ -97,7 +98,7 @@ struct Conn {
 
 pub struct HttpTracker {
     cfg: HttpConfig,
-    conns: HashMap<ConnKey, Conn>,
+    conns: FastMap<ConnKey, Conn>,
     /// Bytes of every waiting request.
     pending_bytes: usize,
     pub local: LocalAddrs,
@@ -108,7 +109,7 @@ impl HttpTracker {
     pub fn new(cfg: HttpConfig, local: LocalAddrs) -> Self {
         Self {
             cfg,
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             pending_bytes: 0,
             local,
             stats: HttpStats::default(),
