@@ -1,5 +1,7 @@
 //! DNS transaction records (`type: "dns"`, fields as in design.md).
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use super::{ExchangeHead, RecordContext, id::dns_id, json::Object};
@@ -19,9 +21,9 @@ pub struct DnsRecord {
     pub transport: &'static str,
     pub msg_id: u16,
     pub q_name: Option<String>,
-    pub q_type: Option<String>,
-    pub q_class: Option<String>,
-    pub rcode: Option<String>,
+    pub q_type: Option<Cow<'static, str>>,
+    pub q_class: Option<Cow<'static, str>>,
+    pub rcode: Option<Cow<'static, str>>,
     pub answers: Vec<String>,
     pub latency: Option<f64>,
     pub status: &'static str,
@@ -128,7 +130,7 @@ mod tests {
             q_name: some(2).then(|| s(2)),
             q_type: some(3).then(|| "AAAA".into()),
             q_class: some(3).then(|| "IN".into()),
-            rcode: some(4).then(|| s(3)),
+            rcode: some(4).then(|| s(3).into()),
             answers: (0..i % 4).map(s).collect(),
             latency: match i % 5 {
                 0 => None,

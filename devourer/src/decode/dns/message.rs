@@ -1,7 +1,7 @@
 //! DNS messages from the wire: decoded with hickory-proto, rendered the way dig prints them,
 //! with every byte from the wire escaped (no packet can forge a log line or a JSON field).
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{borrow::Cow, fmt::Write as _, net::IpAddr};
 
 use hickory_proto::{
     op::{Message, Query},
@@ -188,7 +188,8 @@ fn escape(out: &mut String, b: u8, special: [u8; 2], lowest: u8) {
 /// A name in presentation form: printable ASCII as is, `.` and `\` inside labels escaped with
 /// a backslash, every other byte as `\DDD`.
 pub fn name_text(name: &Name, trailing_dot: bool) -> String {
-    let mut s = String::new();
+    // Sized for the usual case (no escapes): one allocation, not a growth per doubling.
+    let mut s = String::with_capacity(name.len() + 1);
     for label in name.iter() {
         if !s.is_empty() {
             s.push('.');
@@ -332,27 +333,27 @@ fn answer(r: &Record) -> Option<Answer> {
 }
 
 /// Mnemonic for a record type, `TYPE123` for unknown ones (as dig prints them).
-pub fn type_name(t: u16) -> String {
+pub fn type_name(t: u16) -> Cow<'static, str> {
     match RecordType::from(t) {
-        RecordType::Unknown(_) => format!("TYPE{t}"),
-        rt => rt.to_string(),
+        RecordType::Unknown(_) => format!("TYPE{t}").into(),
+        rt => <&'static str>::from(rt).into(),
     }
 }
 
 /// Mnemonic for a class, `CLASS123` for unknown ones.
-pub fn class_name(c: u16) -> String {
+pub fn class_name(c: u16) -> Cow<'static, str> {
     match DNSClass::from(c) {
         DNSClass::IN => "IN".into(),
         DNSClass::CH => "CH".into(),
         DNSClass::HS => "HS".into(),
         DNSClass::NONE => "NONE".into(),
         DNSClass::ANY => "ANY".into(),
-        _ => format!("CLASS{c}"),
+        _ => format!("CLASS{c}").into(),
     }
 }
 
 /// Mnemonic for a response code (RFC 6895 names, as dig prints them).
-pub fn rcode_name(rc: u16) -> String {
+pub fn rcode_name(rc: u16) -> Cow<'static, str> {
     let known = match rc {
         0 => "NOERROR",
         1 => "FORMERR",
@@ -374,7 +375,7 @@ pub fn rcode_name(rc: u16) -> String {
         21 => "BADALG",
         22 => "BADTRUNC",
         23 => "BADCOOKIE",
-        _ => return format!("RCODE{rc}"),
+        _ => return format!("RCODE{rc}").into(),
     };
     known.into()
 }

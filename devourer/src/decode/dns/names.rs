@@ -1,23 +1,24 @@
 //! The name cache: addresses seen in A/AAAA answers mapped to the name the client asked for,
 //! kept for the record's TTL (at least a minute, at most a day), least recently used out.
 
-use std::{net::IpAddr, num::NonZeroUsize, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
-use lru::LruCache;
-
-use crate::flow::Resolver;
+use crate::{
+    base::hash::{FastLru, lru},
+    flow::Resolver,
+};
 
 const MIN_TTL_NS: u64 = 60 * 1_000_000_000;
 const MAX_TTL_NS: u64 = 24 * 3600 * 1_000_000_000;
 
 pub struct NameCache {
-    entries: LruCache<IpAddr, (Arc<str>, u64)>,
+    entries: FastLru<IpAddr, (Arc<str>, u64)>,
 }
 
 impl NameCache {
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("non-zero")),
+            entries: lru(capacity),
         }
     }
 
@@ -27,11 +28,16 @@ impl NameCache {
             return;
         }
         let ttl = (u64::from(ttl_s) * 1_000_000_000).clamp(MIN_TTL_NS, MAX_TTL_NS);
-        let name: Arc<str> = match self.entries.peek(&addr) {
-            Some((n, _)) if **n == *name => n.clone(),
-            _ => name.into(),
-        };
-        self.entries.put(addr, (name, now.saturating_add(ttl)));
+        let expires = now.saturating_add(ttl);
+        // One lookup for an address already known (the usual case: answers repeat).
+        if let Some((n, e)) = self.entries.get_mut(&addr) {
+            if **n != *name {
+                *n = name.into();
+            }
+            *e = expires;
+            return;
+        }
+        self.entries.put(addr, (name.into(), expires));
     }
 
     /// The name for `addr` if it has not expired at `now`.
