@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{
     Row, bench_dir,
-    net::{Pair, Proc, agent, machine_busy, median, spawn},
+    net::{Pair, Proc, agent, machine_busy, median, spawn, spread},
     row,
 };
 use crate::workspace_root;
@@ -261,13 +261,6 @@ pub fn run() -> Result<Vec<Row>> {
         "the TC hooks alone",
     ));
     Ok(rows)
-}
-
-/// The range of one setup's figures over the rounds.
-fn spread(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(0.0, f64::max);
-    format!("rounds {lo:.2}–{hi:.2}")
 }
 
 /// Round-by-round ratios of `a` to `b` (measured back to back in each round): their range, and

@@ -288,6 +288,13 @@ pub fn tcpreplay(pair: &Pair, pcap: &Path, pps: Option<u64>) -> Result<(u64, f64
     Ok((sent, field("Rated:", "pps").unwrap_or(0.0)))
 }
 
+/// The range of one setup's figures over the rounds.
+pub fn spread(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(0.0, f64::max);
+    format!("rounds {lo:.2}–{hi:.2}")
+}
+
 /// The median of three or more samples.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
