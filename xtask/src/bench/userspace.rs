@@ -29,21 +29,7 @@ pub fn run() -> Result<Vec<Row>> {
     let pair = Pair::new()?;
     let a = agent(
         &pair.b,
-        &[
-            "-i",
-            "vb",
-            "--idle-timeout",
-            "1h",
-            "--active-timeout",
-            "2h",
-            "--evict-after",
-            "1s",
-            "--flow-map-entries",
-            "524288",
-            // Hold every flow (the default cap would emit them early as table_full).
-            "--max-flows",
-            "2000000",
-        ],
+        &many_flows(&["--idle-timeout", "1h", "--active-timeout", "2h"]),
         &dir.join("userspace-rss.log"),
     )?;
     std::thread::sleep(Duration::from_secs(3));
@@ -154,6 +140,24 @@ pub fn run() -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The agent's flags for many flows on `vb`, with `timeouts`: entries quiet for 1 s move into
+/// its table, and the map and the table hold every flow (the default cap would emit them early
+/// as `table_full`).
+fn many_flows<'a>(timeouts: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "-i",
+        "vb",
+        "--evict-after",
+        "1s",
+        "--flow-map-entries",
+        "524288",
+        "--max-flows",
+        "2000000",
+    ];
+    args.extend_from_slice(timeouts);
+    args
+}
+
 /// Rounds of the evicted-flow measurement.
 const EVICT_ROUNDS: usize = 3;
 
@@ -163,18 +167,7 @@ fn evicted_flow_cpu(pcap: &Path, flows: u32) -> Result<f64> {
     let pair = Pair::new()?;
     let a = agent(
         &pair.b,
-        &[
-            "-i",
-            "vb",
-            "--idle-timeout",
-            "1s",
-            "--evict-after",
-            "1s",
-            "--flow-map-entries",
-            "524288",
-            "--max-flows",
-            "2000000",
-        ],
+        &many_flows(&["--idle-timeout", "1s"]),
         &bench_dir().join("userspace-evict.log"),
     )?;
     let c0 = proc_cpu_seconds(a.pid());
