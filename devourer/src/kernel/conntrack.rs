@@ -245,7 +245,8 @@ impl Conntrack {
                     self.fd.as_raw_fd(),
                     hdrs.as_mut_ptr(),
                     hdrs.len() as libc::c_uint,
-                    libc::MSG_WAITFORONE,
+                    // glibc types the flags `int`, musl `unsigned int`.
+                    libc::MSG_WAITFORONE as _,
                     std::ptr::null_mut(),
                 )
             };
