@@ -125,7 +125,9 @@ impl Conntracker for KernelConntrack {
     }
 
     fn entries(&mut self, ts: &[Tuple]) -> Result<Vec<Option<Entry>>, Error> {
-        // Each tuple as it is, then the misses the other way round (see `entry`).
+        // One hash probe finds either tuple of an entry; a flow may be oriented either way, so
+        // each tuple as it is, then the misses the other way round. (A copy seen between DNAT
+        // and SNAT matches neither: the table finds its twin.)
         let mut found = self.ct.get_many(ts)?;
         let misses: Vec<usize> = (0..ts.len()).filter(|&i| found[i].is_none()).collect();
         let reversed: Vec<Tuple> = misses.iter().map(|&i| ts[i].reversed()).collect();
@@ -137,14 +139,8 @@ impl Conntracker for KernelConntrack {
 
     fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, Error> {
         if has_ports(t.proto) {
-            // One hash probe finds either tuple of an entry; the flow may be oriented either way.
-            // (A copy seen between DNAT and SNAT matches neither: the table finds its twin.)
-            for probe in [*t, t.reversed()] {
-                if let Some(e) = self.ct.get(&probe)? {
-                    return Ok(Answer::Entry(e));
-                }
-            }
-            return Ok(Answer::None);
+            let found = self.entries(std::slice::from_ref(t))?.pop().flatten();
+            return Ok(found.map_or(Answer::None, Answer::Entry));
         }
         if !matches!(t.proto, IPPROTO_ICMP | IPPROTO_ICMPV6) {
             return Ok(Answer::None);

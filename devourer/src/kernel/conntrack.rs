@@ -15,8 +15,9 @@ const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
+/// The type of a message carrying an entry (the answer to a GET or one of a dump's).
+const CT_ENTRY: u16 = NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW;
 const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -207,7 +208,7 @@ impl Conntrack {
                                 c if c == -libc::ENOENT => {}
                                 c => return Err(io::Error::from_raw_os_error(-c).into()),
                             },
-                            k2 if k2 == (NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW) => {
+                            CT_ENTRY => {
                                 answers[k] = parse_entry(body)?;
                             }
                             _ => continue,
@@ -289,21 +290,6 @@ impl Conntrack {
         Ok(())
     }
 
-    /// The entry one of whose tuples is `t` exactly (`None`: conntrack has no such connection).
-    pub fn get(&mut self, t: &Tuple) -> Result<Option<Entry>, Error> {
-        let mut msg = Request::new(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_ACK, t.src);
-        msg.tuple(CTA_TUPLE_ORIG, t, true);
-        let mut found = None;
-        match self.exchange(msg, false, &mut |e| {
-            found.get_or_insert(e);
-            true
-        }) {
-            Ok(()) => Ok(found),
-            Err(Error::Io(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Entries whose original tuple (or, with `reply_side`, reply tuple) matches `t` in the
     /// fields `flags` names (`FILTER_*`) and that `keep` keeps: at most `max` of them, and
     /// whether that was all. The kernel filters (Linux 5.8+) but still walks its whole table,
@@ -326,7 +312,7 @@ impl Conntrack {
         msg.attr(flag_attr, &flags.to_ne_bytes());
         msg.end(filter);
         let (mut out, mut all) = (Vec::new(), true);
-        self.exchange(msg, true, &mut |e| {
+        self.dump(msg, &mut |e| {
             if keep(&e) {
                 if out.len() < max {
                     out.push(e);
@@ -339,15 +325,9 @@ impl Conntrack {
         Ok((out, all))
     }
 
-    /// Sends one request and reads its answers to the end (the final acknowledgement, or the
-    /// end of a dump), passing each entry to `each`. Answers to earlier requests that timed
-    /// out are skipped by sequence number.
-    fn exchange(
-        &mut self,
-        mut msg: Request,
-        dump: bool,
-        each: &mut dyn FnMut(Entry) -> bool,
-    ) -> Result<(), Error> {
+    /// Sends one dump request and reads its answers to the end of the dump, passing each entry
+    /// to `each`. Answers to earlier requests that timed out are skipped by sequence number.
+    fn dump(&mut self, mut msg: Request, each: &mut dyn FnMut(Entry) -> bool) -> Result<(), Error> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         self.send(msg.finish(seq))?;
@@ -375,12 +355,11 @@ impl Conntrack {
                 }
                 match kind {
                     NLMSG_ERROR => match error_code(body)? {
-                        0 if dump => continue,
-                        0 => return Ok(()),
+                        0 => continue,
                         code => return Err(io::Error::from_raw_os_error(-code).into()),
                     },
                     NLMSG_DONE => return Ok(()),
-                    k if k == (NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW) => {
+                    CT_ENTRY => {
                         if let Some(e) = parse_entry(body)? {
                             each(e);
                         }
@@ -665,8 +644,18 @@ mod tests {
         let found = ct.get_many(&probes).expect("batched lookup");
         assert_eq!(found.len(), probes.len());
         assert!(found.iter().all(Option::is_none));
-        // The socket stays in step: a single lookup after the batch gets its own answer.
-        assert_eq!(ct.get(&probes[0]).expect("lookup"), None);
+        // The socket stays in step: a lookup and a filtered walk after the batch get their own
+        // answers.
+        assert_eq!(ct.get_many(&probes[..1]).expect("lookup"), vec![None]);
+        let (found, all) = ct
+            .find(
+                &probes[0],
+                (false, FILTER_IP_SRC | FILTER_IP_DST),
+                8,
+                &|_| true,
+            )
+            .expect("walk");
+        assert!(found.is_empty() && all);
         assert_eq!(ct.get_many(&[]).expect("nothing asked"), Vec::new());
     }
 
