@@ -7,16 +7,14 @@ use devourer_common::flow::FlowKey;
 use hashbrown::{HashTable, hash_table::Entry};
 
 use super::entry::Flow;
-
-/// Seeded per process: keys come off the network, so no fixed hash an attacker could collide.
-type Hasher = foldhash::fast::RandomState;
+use crate::base::hash::Seeded;
 
 #[derive(Default)]
 pub(super) struct Flows {
     flows: Vec<Flow>,
     /// Each flow's place in `flows`, hashed by its canonical key.
     index: HashTable<Slot>,
-    hasher: Hasher,
+    hasher: Seeded,
 }
 
 /// An index entry: where the flow is and 32 bits of its key's hash, so that growing the index
@@ -28,7 +26,7 @@ struct Slot {
 }
 
 /// A key's 32-bit hash: its fields as four words (the derived `Hash` writes ten pieces).
-fn hash(hasher: &Hasher, k: &FlowKey) -> u32 {
+fn hash(hasher: &Seeded, k: &FlowKey) -> u32 {
     let mut h = hasher.build_hasher();
     h.write_u128(u128::from_ne_bytes(k.src_addr));
     h.write_u128(u128::from_ne_bytes(k.dst_addr));

@@ -234,12 +234,8 @@ impl FlowTable {
                 .flatten()
                 .find_map(|e| interpret(&ck, e).filter(|n| n.translated_view));
             if let (Some(n), Some(f)) = (found, self.flows.get_mut(&ck)) {
-                self.tally.nat.translated += 1;
-                f.names = [None, None];
-                f.workloads = [None, None];
-                f.named = false;
                 twins.push((ck, n.twin(&ck)));
-                f.nat = NatState::Translated(Box::new(n));
+                f.nat = translated(&mut self.tally, f, n);
             }
         }
         twins
@@ -538,14 +534,7 @@ impl FlowTable {
 fn settle(tally: &mut Tally, f: &mut Flow, a: Answer) -> NatState {
     match a {
         Answer::Entry(e) => match interpret(&f.key, &e) {
-            Some(n) => {
-                tally.nat.translated += 1;
-                // Names belong to the endpoints records show (before NAT).
-                f.names = [None, None];
-                f.workloads = [None, None];
-                f.named = false;
-                NatState::Translated(Box::new(n))
-            }
+            Some(n) => translated(tally, f, n),
             None => NatState::Plain,
         },
         Answer::None if has_ports(f.key.proto) => NatState::Orphan,
@@ -571,6 +560,16 @@ impl TableConfig {
             None
         }
     }
+}
+
+/// `f` is a view of the translated connection `n`: counted, and named afresh.
+fn translated(tally: &mut Tally, f: &mut Flow, n: Nat) -> NatState {
+    tally.nat.translated += 1;
+    // Names belong to the endpoints records show (before NAT).
+    f.names = [None, None];
+    f.workloads = [None, None];
+    f.named = false;
+    NatState::Translated(Box::new(n))
 }
 
 /// Deletes the live kernel entries of `flow` and folds what they held into it.
