@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(m.answers.len() <= usize::from(m.counts[1]));
     for a in &m.answers {
-        assert!(printable(&a.dig()), "{:?}", a.dig());
+        assert!(printable(a.dig()), "{:?}", a.dig());
     }
     if let Some(q) = &m.question {
         assert!(printable(&q.name));

@@ -225,7 +225,8 @@ pub struct DnsArgs {
     /// A query without a response for this long is `lost`.
     #[arg(long, env = "DEVOURER_DNS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub dns_timeout: Duration,
-    /// Queries waiting for a response at most; past it the oldest end as lost (counted).
+    /// Queries waiting for a response at most; past it the oldest end as lost (counted). Also
+    /// sizes the table of recent answers that tells duplicate responses (16 bytes per query).
     #[arg(long, env = "DEVOURER_DNS_MAX_PENDING", default_value_t = 65_536,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub dns_max_pending: u64,

@@ -27,7 +27,7 @@ pub fn line(ts_ns: u64, src: &str, dst: &str, role: Role, m: &DnsMessage) -> Log
                 " {qname} {qclass} {} {} {}",
                 type_name(first.rtype),
                 first.ttl,
-                first.data_log
+                first.data_log()
             );
             // An alias: show where the chain leads, as packetlog did.
             if first.rtype == 5 && m.answers.len() > 1 {
@@ -36,11 +36,11 @@ pub fn line(ts_ns: u64, src: &str, dst: &str, role: Role, m: &DnsMessage) -> Log
                     .map(|a| {
                         format!(
                             "{} {} {} {} {}",
-                            a.name.trim_end_matches('.'),
+                            a.name().trim_end_matches('.'),
                             a.ttl,
                             class_name(a.class),
                             type_name(a.rtype),
-                            a.data_log
+                            a.data_log()
                         )
                     })
                     .collect();

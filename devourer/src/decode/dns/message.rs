@@ -51,29 +51,71 @@ impl Question {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
-    /// Owner name, presentation form with the trailing dot (as dig prints it).
-    pub name: String,
+    /// The answer as dig prints it: `name ttl class type data` (built once: a record takes it
+    /// as it is).
+    line: String,
+    /// Where the owner name ends and the RDATA starts in `line`.
+    name_end: usize,
+    data_start: usize,
     pub ttl: u32,
     pub class: u16,
     pub rtype: u16,
-    /// RDATA as dig prints it.
-    pub data: String,
-    /// RDATA as packetlog's dnslog printed it (names without the trailing dot, SOA timers in
-    /// parentheses).
-    pub data_log: String,
+    /// RDATA as packetlog's dnslog printed it where that differs from dig's (names without
+    /// the trailing dot, SOA timers in parentheses).
+    log_data: Option<String>,
 }
 
 impl Answer {
+    fn new(name: &Name, r: &Record, data: &str, log_data: Option<String>) -> Self {
+        let (class, rtype) = (u16::from(r.dns_class), u16::from(r.record_type()));
+        let mut ttl = itoa::Buffer::new();
+        let mid = [ttl.format(r.ttl), &class_name(class), &type_name(rtype)];
+        let mut line = String::with_capacity(
+            name.len() + 2 + mid.iter().map(|m| m.len() + 1).sum::<usize>() + data.len(),
+        );
+        name_into(&mut line, name, true);
+        let name_end = line.len();
+        for m in mid {
+            line.push(' ');
+            line.push_str(m);
+        }
+        line.push(' ');
+        let data_start = line.len();
+        line.push_str(data);
+        Self {
+            line,
+            name_end,
+            data_start,
+            ttl: r.ttl,
+            class,
+            rtype,
+            log_data,
+        }
+    }
+
+    /// Owner name, presentation form with the trailing dot (as dig prints it).
+    pub fn name(&self) -> &str {
+        &self.line[..self.name_end]
+    }
+
+    /// RDATA as dig prints it.
+    pub fn data(&self) -> &str {
+        &self.line[self.data_start..]
+    }
+
+    /// RDATA as packetlog's dnslog printed it.
+    pub fn data_log(&self) -> &str {
+        self.log_data.as_deref().unwrap_or(self.data())
+    }
+
     /// `name ttl class type data`, as in dig's answer section.
-    pub fn dig(&self) -> String {
-        format!(
-            "{} {} {} {} {}",
-            self.name,
-            self.ttl,
-            class_name(self.class),
-            type_name(self.rtype),
-            self.data
-        )
+    pub fn dig(&self) -> &str {
+        &self.line
+    }
+
+    /// The same, taken over.
+    pub fn into_dig(self) -> String {
+        self.line
     }
 }
 
@@ -190,18 +232,24 @@ fn escape(out: &mut String, b: u8, special: [u8; 2], lowest: u8) {
 pub fn name_text(name: &Name, trailing_dot: bool) -> String {
     // Sized for the usual case (no escapes): one allocation, not a growth per doubling.
     let mut s = String::with_capacity(name.len() + 1);
+    name_into(&mut s, name, trailing_dot);
+    s
+}
+
+/// Appends [`name_text`]'s text to `s`.
+fn name_into(s: &mut String, name: &Name, trailing_dot: bool) {
+    let start = s.len();
     for label in name.iter() {
-        if !s.is_empty() {
+        if s.len() > start {
             s.push('.');
         }
         for &b in label {
-            escape(&mut s, b, [b'.', b'\\'], 0x21);
+            escape(s, b, [b'.', b'\\'], 0x21);
         }
     }
     if trailing_dot {
         s.push('.');
     }
-    s
 }
 
 /// A character string (TXT and friends) as dig prints it: in quotes, `"` and `\` escaped,
@@ -242,22 +290,20 @@ fn hex_rdata(bytes: &[u8]) -> String {
 }
 
 fn answer(r: &Record) -> Option<Answer> {
-    let rtype = u16::from(r.record_type());
-    let (data, data_log) = match &r.data {
-        RData::A(a) => {
-            let text = addr_text(IpAddr::V4(a.0)).to_string();
-            (text.clone(), text)
-        }
-        RData::AAAA(a) => {
-            let text = a.0.to_string();
-            (text.clone(), text)
-        }
-        RData::CNAME(n) => (name_text(&n.0, true), name_text(&n.0, false)),
-        RData::NS(n) => (name_text(&n.0, true), name_text(&n.0, false)),
-        RData::PTR(n) => (name_text(&n.0, true), name_text(&n.0, false)),
+    let named = |n: &Name| (name_text(n, true), Some(name_text(n, false)));
+    let (data, log_data) = match &r.data {
+        RData::A(a) => (addr_text(IpAddr::V4(a.0)).to_string(), None),
+        RData::AAAA(a) => (a.0.to_string(), None),
+        RData::CNAME(n) => named(&n.0),
+        RData::NS(n) => named(&n.0),
+        RData::PTR(n) => named(&n.0),
         RData::MX(mx) => (
             format!("{} {}", mx.preference, name_text(&mx.exchange, true)),
-            format!("{} {}", mx.preference, name_text(&mx.exchange, false)),
+            Some(format!(
+                "{} {}",
+                mx.preference,
+                name_text(&mx.exchange, false)
+            )),
         ),
         RData::SOA(soa) => {
             let timers = format!(
@@ -270,11 +316,11 @@ fn answer(r: &Record) -> Option<Answer> {
                     name_text(&soa.mname, true),
                     name_text(&soa.rname, true)
                 ),
-                format!(
+                Some(format!(
                     "{} {} ({timers})",
                     name_text(&soa.mname, false),
                     name_text(&soa.rname, false)
-                ),
+                )),
             )
         }
         RData::SRV(srv) => (
@@ -285,13 +331,13 @@ fn answer(r: &Record) -> Option<Answer> {
                 srv.port,
                 name_text(&srv.target, true)
             ),
-            format!(
+            Some(format!(
                 "{} {} {} {}",
                 srv.priority,
                 srv.weight,
                 srv.port,
                 name_text(&srv.target, false)
-            ),
+            )),
         ),
         RData::TXT(txt) => {
             let mut s = String::new();
@@ -301,16 +347,10 @@ fn answer(r: &Record) -> Option<Answer> {
                 }
                 quoted(part, &mut s);
             }
-            (s.clone(), s)
+            (s, None)
         }
-        RData::NULL(null) => {
-            let s = hex_rdata(&null.anything);
-            (s.clone(), s)
-        }
-        RData::Unknown { rdata, .. } => {
-            let s = hex_rdata(&rdata.anything);
-            (s.clone(), s)
-        }
+        RData::NULL(null) => (hex_rdata(&null.anything), None),
+        RData::Unknown { rdata, .. } => (hex_rdata(&rdata.anything), None),
         // OPT has no presentation form (and lives in the EDNS field, not among answers).
         RData::OPT(_) => return None,
         other => {
@@ -318,18 +358,10 @@ fn answer(r: &Record) -> Option<Answer> {
             if write!(s, "{other}").is_err() {
                 s.clear();
             }
-            let s = sanitize(&s);
-            (s.clone(), s)
+            (sanitize(&s), None)
         }
     };
-    Some(Answer {
-        name: name_text(&r.name, true),
-        ttl: r.ttl,
-        class: u16::from(r.dns_class),
-        rtype,
-        data,
-        data_log,
-    })
+    Some(Answer::new(&r.name, r, &data, log_data))
 }
 
 /// Mnemonic for a record type, `TYPE123` for unknown ones (as dig prints them).

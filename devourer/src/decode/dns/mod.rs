@@ -19,7 +19,7 @@ use devourer_common::payload::{PAYLOAD_F_IPV6, PayloadHeader};
 use self::{
     logline::line,
     matcher::{Matcher, Pending, ResponseMatch, TxKey},
-    message::{DnsMessage, Question, parse},
+    message::{Answer, DnsMessage, Question, parse},
     names::NameCache,
     tcp::{StreamKey, TcpLimits, TcpStreams},
 };
@@ -213,7 +213,7 @@ impl DnsTracker {
             id: m.id,
         };
         if !m.response {
-            let q = m.question.clone().unwrap_or(Question {
+            let q = m.question.unwrap_or(Question {
                 name: String::new(),
                 qtype: 0,
                 qclass: 0,
@@ -232,13 +232,13 @@ impl DnsTracker {
                         self.names.learn(*addr, &q.name, *ttl, h.ts_ns);
                     }
                 }
-                let mut tx = self.answered(h, &m, client, server, cport, sport, role, Some(&p));
+                let mut tx = self.answered(h, m, client, server, cport, sport, role, Some(p));
                 tx.cut = cut;
                 self.push(tx, out);
             }
             ResponseMatch::Unmatched => {
                 self.stats.names_refused += m.addresses.len() as u64;
-                let mut tx = self.answered(h, &m, client, server, cport, sport, role, None);
+                let mut tx = self.answered(h, m, client, server, cport, sport, role, None);
                 tx.cut = cut;
                 self.push(tx, out);
             }
@@ -250,36 +250,34 @@ impl DnsTracker {
     fn answered(
         &self,
         h: &PayloadHeader,
-        m: &DnsMessage,
+        m: DnsMessage,
         client: IpAddr,
         server: IpAddr,
         cport: u16,
         sport: u16,
         role: Role,
-        query: Option<&Pending>,
+        query: Option<Pending>,
     ) -> DnsTx {
+        let query = query.map(|p| (p.first_ns, p.ifindex, p.question));
         DnsTx {
             status: if query.is_some() {
                 TxStatus::Success
             } else {
                 TxStatus::NoQuery
             },
-            time_ns: query.map_or(h.ts_ns, |p| p.first_ns),
+            time_ns: query.as_ref().map_or(h.ts_ns, |q| q.0),
             client,
             client_port: cport,
             server,
             server_port: sport,
             tcp: h.proto == IPPROTO_TCP,
             msg_id: m.id,
-            question: m
-                .question
-                .clone()
-                .or_else(|| query.map(|p| p.question.clone())),
+            latency_ns: query.as_ref().map(|q| h.ts_ns.saturating_sub(q.0)),
+            ifindex: query.as_ref().map_or(h.ifindex, |q| q.1),
+            question: m.question.or(query.map(|q| q.2)),
             rcode: Some(m.rcode),
-            answers: m.answers.iter().map(|a| a.dig()).collect(),
-            latency_ns: query.map(|p| h.ts_ns.saturating_sub(p.first_ns)),
+            answers: m.answers.into_iter().map(Answer::into_dig).collect(),
             role,
-            ifindex: query.map_or(h.ifindex, |p| p.ifindex),
             cut: false,
         }
     }

@@ -27,7 +27,7 @@ fn queries_and_responses_decode_with_dig_style_answers() {
     .unwrap();
     assert!(r.response);
     assert_eq!(r.counts, [1, 2, 0, 0]);
-    let dig: Vec<String> = r.answers.iter().map(Answer::dig).collect();
+    let dig: Vec<String> = r.answers.iter().map(|a| a.dig().to_owned()).collect();
     assert_eq!(
         dig,
         [
@@ -35,7 +35,7 @@ fn queries_and_responses_decode_with_dig_style_answers() {
             "web.example.net. 60 IN A 192.0.2.7"
         ]
     );
-    assert_eq!(r.answers[0].data_log, "web.example.net");
+    assert_eq!(r.answers[0].data_log(), "web.example.net");
     assert_eq!(r.addresses, [("192.0.2.7".parse().unwrap(), 60)]);
 }
 
@@ -52,7 +52,7 @@ fn hostile_bytes_are_escaped_in_names_and_txt() {
     .unwrap();
     let q = m.question.unwrap();
     assert_eq!(q.name, "a\\032b\\010c.x\\.y.\\255\\\\");
-    assert_eq!(m.answers[0].data, "\"say \\\"hi\\\"\\010\" \"\\000ok\"");
+    assert_eq!(m.answers[0].data(), "\"say \\\"hi\\\"\\010\" \"\\000ok\"");
     for a in &m.answers {
         assert!(!a.dig().contains('\n'));
     }
@@ -91,7 +91,7 @@ fn a_message_cut_inside_its_answers_keeps_the_ones_that_fit() {
     // The third A record loses its last two address bytes.
     let m = parse(&full[..full.len() - 2]).unwrap();
     assert!(m.partial);
-    let data: Vec<&str> = m.answers.iter().map(|a| a.data.as_str()).collect();
+    let data: Vec<&str> = m.answers.iter().map(|a| a.data()).collect();
     assert_eq!(data, ["192.0.2.1", "192.0.2.2"]);
     assert_eq!(m.addresses.len(), 2, "the names of what fit are learnt");
 }
