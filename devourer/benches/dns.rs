@@ -174,17 +174,17 @@ fn main() {
     };
     let mut buf = Vec::with_capacity(1 << 20);
     let mut records = 0usize;
+    // As the agent's pipeline does: the output and record vectors keep their room between
+    // batches.
+    let mut out = DnsOutput::default();
+    let mut recs: Vec<DnsRecord> = Vec::new();
     let start = Instant::now();
     for chunk in msgs.chunks(1024) {
-        let mut out = DnsOutput::default();
         for m in chunk {
             tracker.on_event(&m.h, &m.payload, &mut out);
         }
-        let recs: Vec<DnsRecord> = out
-            .txs
-            .into_iter()
-            .map(|t| DnsRecord::new(t, &cx))
-            .collect();
+        recs.clear();
+        recs.extend(out.txs.drain(..).map(|t| DnsRecord::new(t, &cx)));
         records += recs.len();
         buf.clear();
         Batch::Dns(&recs).write_json(&mut buf);

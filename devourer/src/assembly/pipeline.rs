@@ -90,11 +90,24 @@ pub struct Pipeline {
     scan_stats: ScanStats,
     records: u64,
     dns_out: DnsOutput,
+    /// The DNS records of one emit (empty between them, kept for their room).
+    dns_records: Vec<DnsRecord>,
     http_out: HttpOutput,
     /// Packets and bytes emitted in overflow records, for the summary.
     overflow: OverflowValue,
     /// Kubernetes metadata (`--k8s-metadata`).
     cluster: Option<Arc<Cluster>>,
+}
+
+/// Items whose room an emptied vector keeps for the next batch (a few MiB of records at most);
+/// a larger batch (a busy turn, a flush of lost queries) gives the rest back.
+const KEEP_ROOM: usize = 4096;
+
+/// `v`, emptied, with at most [`KEEP_ROOM`] items' room.
+fn keep_room<T>(mut v: Vec<T>) -> Vec<T> {
+    v.clear();
+    v.shrink_to(KEEP_ROOM);
+    v
 }
 
 /// Where flows get their names: the DNS name cache and the Kubernetes objects, each if on.
@@ -137,6 +150,7 @@ impl Pipeline {
             scan_stats: ScanStats::default(),
             records: 0,
             dns_out: DnsOutput::default(),
+            dns_records: Vec::new(),
             http_out: HttpOutput::default(),
             overflow: OverflowValue::default(),
             cluster: None,
@@ -285,16 +299,16 @@ impl Pipeline {
     pub fn emit(&mut self, kind: PayloadKind) -> bool {
         match kind {
             PayloadKind::Dns => {
-                let out = std::mem::take(&mut self.dns_out);
-                let lines = self.lines(out.lines);
+                let mut out = std::mem::take(&mut self.dns_out);
+                let lines = self.lines(std::mem::take(&mut out.lines));
                 self.send(Batch::DnsLog(&lines));
-                let records = self.build(|cx| {
-                    out.txs
-                        .into_iter()
-                        .map(|t| DnsRecord::new(t, cx))
-                        .collect::<Vec<_>>()
-                });
-                self.send(Batch::Dns(&records))
+                // Both vectors go back with their room: the next batch allocates none.
+                let mut records = std::mem::take(&mut self.dns_records);
+                self.build(|cx| records.extend(out.txs.drain(..).map(|t| DnsRecord::new(t, cx))));
+                let open = self.send(Batch::Dns(&records));
+                self.dns_records = keep_room(records);
+                self.dns_out.txs = keep_room(out.txs);
+                open
             }
             PayloadKind::Http => {
                 let out = std::mem::take(&mut self.http_out);
