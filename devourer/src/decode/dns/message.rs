@@ -132,13 +132,14 @@ pub struct DnsMessage {
     pub answers: Vec<Answer>,
     /// Addresses from A/AAAA answers, with their TTL.
     pub addresses: Vec<(IpAddr, u32)>,
-    /// Not every record decoded (cut at the capture cap, or broken records after the
-    /// question): the answers are those before the first that did not.
+    /// A response whose records did not all decode (cut at the capture cap, or broken records
+    /// after the question): the answers are those before the first that did not.
     pub partial: bool,
 }
 
-/// Decodes a message. Everything after the question is optional: a message whose records are
-/// cut or broken still yields its id, flags and question (`partial`).
+/// Decodes a message: a query's header and question, a response whole. Everything after the
+/// question is optional: a response whose records are cut or broken still yields its id, flags
+/// and question (`partial`).
 pub fn parse(bytes: &[u8]) -> Result<DnsMessage, ParseError> {
     if bytes.len() < 12 {
         return Err(ParseError::TooShort);
@@ -157,6 +158,18 @@ pub fn parse(bytes: &[u8]) -> Result<DnsMessage, ParseError> {
         addresses: Vec::new(),
         partial: false,
     };
+    if !msg.response {
+        // A query: only its question is used (answers, names and the rcode's EDNS bits come
+        // from responses), so the records after it (a query's EDNS OPT record, usually) are
+        // not decoded, nor checked: `partial` is about responses.
+        let mut d = BinDecoder::new(bytes);
+        d.read_slice(12).map_err(|_| ParseError::TooShort)?;
+        if counts[0] > 0 {
+            let q = Query::read(&mut d).map_err(|_| ParseError::BadQuestion)?;
+            msg.question = Some(question(&q));
+        }
+        return Ok(msg);
+    }
     match Message::from_vec(bytes) {
         Ok(m) => {
             msg.question = m.queries.first().map(question);

@@ -88,7 +88,7 @@ pub struct DnsTx {
 pub struct DnsStats {
     pub events: u64,
     pub messages: u64,
-    /// Messages whose records after the question were cut or broken (still matched).
+    /// Responses whose records after the question were cut or broken (still matched).
     pub partial: u64,
     pub parse_errors: BTreeMap<&'static str, u64>,
     /// Answer addresses not learned as names: their response matched no query we saw.

@@ -97,6 +97,22 @@ fn a_message_cut_inside_its_answers_keeps_the_ones_that_fit() {
 }
 
 #[test]
+fn a_query_needs_only_its_question_and_a_broken_one_is_refused() {
+    // A query whose records after the question are broken (a cut OPT record): its question
+    // is what a transaction needs.
+    let mut q = query(0x4242, "www.example.com", 28);
+    q[11] = 1; // ARCOUNT 1, with no record there
+    q.extend_from_slice(&[0, 0, 41]);
+    let m = parse(&q).unwrap();
+    assert_eq!((m.id, m.response, m.partial), (0x4242, false, false));
+    let qq = m.question.unwrap();
+    assert_eq!((qq.name.as_str(), qq.qtype), ("www.example.com", 28));
+    // Its question cut short: refused as a bad question.
+    let q = query(0x4243, "www.example.com", 1);
+    assert_eq!(parse(&q[..q.len() - 3]), Err(ParseError::BadQuestion));
+}
+
+#[test]
 fn garbage_is_refused_with_a_reason() {
     assert_eq!(parse(&[0; 11]), Err(ParseError::TooShort));
     let mut bad = query(1, "x.example", 1);
