@@ -66,14 +66,14 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn new(name: &Name, r: &Record, data: &str, log_data: Option<String>) -> Self {
+    fn new(r: &Record, data: &str, log_data: Option<String>) -> Self {
         let (class, rtype) = (u16::from(r.dns_class), u16::from(r.record_type()));
         let mut ttl = itoa::Buffer::new();
         let mid = [ttl.format(r.ttl), &class_name(class), &type_name(rtype)];
         let mut line = String::with_capacity(
-            name.len() + 2 + mid.iter().map(|m| m.len() + 1).sum::<usize>() + data.len(),
+            r.name.len() + 2 + mid.iter().map(|m| m.len() + 1).sum::<usize>() + data.len(),
         );
-        name_into(&mut line, name, true);
+        name_into(&mut line, &r.name, true);
         let name_end = line.len();
         for m in mid {
             line.push(' ');
@@ -162,12 +162,7 @@ pub fn parse(bytes: &[u8]) -> Result<DnsMessage, ParseError> {
         // A query: only its question is used (answers, names and the rcode's EDNS bits come
         // from responses), so the records after it (a query's EDNS OPT record, usually) are
         // not decoded, nor checked: `partial` is about responses.
-        let mut d = BinDecoder::new(bytes);
-        d.read_slice(12).map_err(|_| ParseError::TooShort)?;
-        if counts[0] > 0 {
-            let q = Query::read(&mut d).map_err(|_| ParseError::BadQuestion)?;
-            msg.question = Some(question(&q));
-        }
+        msg.question = first_question(bytes, counts[0])?.1;
         return Ok(msg);
     }
     match Message::from_vec(bytes) {
@@ -184,15 +179,11 @@ pub fn parse(bytes: &[u8]) -> Result<DnsMessage, ParseError> {
             // Cut at the capture cap, or broken after some point: the question, then every
             // answer that decodes whole, in order.
             msg.partial = true;
-            let mut d = BinDecoder::new(bytes);
-            d.read_slice(12).map_err(|_| ParseError::TooShort)?;
-            if counts[0] > 0 {
-                let q = Query::read(&mut d).map_err(|_| ParseError::BadQuestion)?;
-                msg.question = Some(question(&q));
-                for _ in 1..counts[0] {
-                    if Query::read(&mut d).is_err() {
-                        return Ok(msg);
-                    }
+            let (mut d, q) = first_question(bytes, counts[0])?;
+            msg.question = q;
+            for _ in 1..counts[0] {
+                if Query::read(&mut d).is_err() {
+                    return Ok(msg);
                 }
             }
             for _ in 0..counts[1] {
@@ -204,6 +195,20 @@ pub fn parse(bytes: &[u8]) -> Result<DnsMessage, ParseError> {
         }
     }
     Ok(msg)
+}
+
+/// The first of `qdcount` questions after the 12-byte header, and the decoder past it.
+fn first_question(
+    bytes: &[u8],
+    qdcount: u16,
+) -> Result<(BinDecoder<'_>, Option<Question>), ParseError> {
+    let mut d = BinDecoder::new(bytes);
+    d.read_slice(12).map_err(|_| ParseError::TooShort)?;
+    if qdcount == 0 {
+        return Ok((d, None));
+    }
+    let q = Query::read(&mut d).map_err(|_| ParseError::BadQuestion)?;
+    Ok((d, Some(question(&q))))
 }
 
 impl DnsMessage {
@@ -374,7 +379,7 @@ fn answer(r: &Record) -> Option<Answer> {
             (sanitize(&s), None)
         }
     };
-    Some(Answer::new(&r.name, r, &data, log_data))
+    Some(Answer::new(r, &data, log_data))
 }
 
 /// Mnemonic for a record type, `TYPE123` for unknown ones (as dig prints them).
