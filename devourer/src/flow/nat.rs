@@ -2,7 +2,12 @@
 //! a ClusterIP DNAT), read from conntrack, so a record carries the pre-translation endpoints,
 //! the translated ones in `xlat_*`, and the connection is counted once.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::fs::FileExt,
+    path::Path,
+};
 
 use devourer_common::flow::FlowKey;
 
@@ -73,13 +78,28 @@ pub struct KernelConntrack {
     ct: Conntrack,
     /// This scan's walk of each ICMP protocol: (protocol, its translated connections, all of them).
     icmp: Vec<(u8, Vec<Entry>, bool)>,
+    /// This namespace's count of tracked connections (`None`: not readable, always ask).
+    count: Option<File>,
+    /// Conntrack tracked no connection at this scan's start: every answer is "none".
+    empty: bool,
 }
 
+/// Connections conntrack tracks in the opener's network namespace.
+const COUNT_FILE: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
+
 impl KernelConntrack {
+    /// Conntrack through `ct`; its connection count is read from this namespace's sysctl.
     pub fn new(ct: Conntrack) -> Self {
+        Self::with_count_file(ct, Path::new(COUNT_FILE))
+    }
+
+    /// As [`Self::new`], the count read from `count` (a file that cannot be opened: always ask).
+    pub fn with_count_file(ct: Conntrack, count: &Path) -> Self {
         Self {
             ct,
             icmp: Vec::new(),
+            count: File::open(count).ok(),
+            empty: false,
         }
     }
 
@@ -122,9 +142,16 @@ impl KernelConntrack {
 impl Conntracker for KernelConntrack {
     fn new_scan(&mut self) {
         self.icmp.clear();
+        // A flow's connection is tracked from its first packet on, before the scan read that
+        // packet's counts: with none tracked now, every lookup of this scan would miss, and a
+        // host that tracks nothing (no firewall, no NAT) pays no lookups at all.
+        self.empty = self.count.as_ref().is_some_and(tracks_nothing);
     }
 
     fn entries(&mut self, ts: &[Tuple]) -> Result<Vec<Option<Entry>>, Error> {
+        if self.empty {
+            return Ok(vec![None; ts.len()]);
+        }
         // One hash probe finds either tuple of an entry; a flow may be oriented either way, so
         // each tuple as it is, then the misses the other way round. (A copy seen between DNAT
         // and SNAT matches neither: the table finds its twin.)
@@ -138,6 +165,9 @@ impl Conntracker for KernelConntrack {
     }
 
     fn entry(&mut self, t: &Tuple, walks: &mut usize) -> Result<Answer, Error> {
+        if self.empty {
+            return Ok(Answer::None);
+        }
         if has_ports(t.proto) {
             let found = self.entries(std::slice::from_ref(t))?.pop().flatten();
             return Ok(found.map_or(Answer::None, Answer::Entry));
@@ -167,6 +197,21 @@ impl Conntracker for KernelConntrack {
             }
         }
         Ok(Answer::None)
+    }
+}
+
+/// Whether the connection count in `count` (read from its start) is zero; `false` when it
+/// cannot be read, so that lookups go on.
+fn tracks_nothing(count: &File) -> bool {
+    let mut buf = [0u8; 24];
+    match count.read_at(&mut buf, 0) {
+        Ok(n) => {
+            std::str::from_utf8(&buf[..n])
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                == Some(0)
+        }
+        Err(_) => false,
     }
 }
 
@@ -385,5 +430,57 @@ mod tests {
             interpret(&key("10.9.9.9", 1, "10.0.0.2", 2), &masquerade()),
             None
         );
+    }
+
+    /// A fresh directory of this test process.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("devourer-ct-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_zero_connection_count_is_read_as_nothing_tracked_and_anything_else_as_ask() {
+        let dir = scratch("count-parse");
+        let file = |text: &str| {
+            let p = dir.join("count");
+            std::fs::write(&p, text).unwrap();
+            File::open(&p).unwrap()
+        };
+        assert!(tracks_nothing(&file("0\n")));
+        assert!(!tracks_nothing(&file("17\n")));
+        assert!(!tracks_nothing(&file("")));
+        assert!(!tracks_nothing(&file("not a number\n")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn with_nothing_tracked_lookups_answer_none_without_asking_or_walking() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: ctnetlink answers only CAP_NET_ADMIN (run as root)");
+            return;
+        }
+        let dir = scratch("count-empty");
+        let count = dir.join("count");
+        std::fs::write(&count, "0\n").unwrap();
+        let ct = Conntrack::open(std::time::Duration::from_secs(2)).expect("ctnetlink socket");
+        let mut k = KernelConntrack::with_count_file(ct, &count);
+        k.new_scan();
+        let ping = Tuple {
+            proto: IPPROTO_ICMP,
+            ..t("203.0.113.1", 0, "203.0.113.2", 0)
+        };
+        let mut walks = 4;
+        assert_eq!(k.entry(&ping, &mut walks).unwrap(), Answer::None);
+        assert_eq!(walks, 4, "no walk of the kernel's table was spent");
+        let probes = [t("203.0.113.1", 1000, "203.0.113.2", 80)];
+        assert_eq!(k.entries(&probes).unwrap(), vec![None]);
+        // Once connections are tracked, the next scan asks again (and walks for ICMP).
+        std::fs::write(&count, "3\n").unwrap();
+        k.new_scan();
+        assert_eq!(k.entry(&ping, &mut walks).unwrap(), Answer::None);
+        assert_eq!(walks, 3, "a walk was spent once the count was not zero");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
