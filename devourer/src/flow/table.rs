@@ -426,6 +426,9 @@ impl FlowTable {
         // Cut in about the order records are sorted in, so that sorting them (a few hundred
         // bytes each) usually finds them in order already.
         due.sort_unstable_by_key(|&(first, ck, ..)| (first, ck));
+        // Room for every due record at once: grown by doubling, a burst's records (hundreds
+        // of bytes each) would be copied and their fresh pages touched again at every step.
+        out.reserve(due.len());
         // Positions hold: ended flows leave in the sweep below, not one by one.
         for k in 0..due.len() {
             if let Some(&(.., ahead)) = due.get(k + PREFETCH_AHEAD) {
