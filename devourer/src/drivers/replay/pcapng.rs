@@ -181,7 +181,9 @@ impl<R: Read> Reader<R> {
     }
 
     /// Reads the rest of a block of total length `len` (`read` bytes of it already read)
-    /// into `buf`, without its trailing length.
+    /// into `buf`, without its trailing length. The buffer grows with the bytes that arrive,
+    /// not with the length the block claims: a cut file that claims a long block costs what
+    /// it holds.
     fn body(&mut self, kind: u32, len: usize, read: usize) -> Result<(), NgError> {
         if len < 12 || !len.is_multiple_of(4) || len > MAX_BLOCK || len < read + 4 {
             return Err(NgError::BadLength {
@@ -189,12 +191,14 @@ impl<R: Read> Reader<R> {
                 len: len as u64,
             });
         }
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(len - read, 0);
-        let res = self.fill(&mut buf, false);
-        buf.truncate(len - read - 4);
-        self.buf = buf;
-        res.map(|_| ())
+        let want = len - read;
+        self.buf.clear();
+        let got = (&mut self.r).take(want as u64).read_to_end(&mut self.buf)?;
+        if got < want {
+            return Err(NgError::Truncated);
+        }
+        self.buf.truncate(want - 4);
+        Ok(())
     }
 
     /// An interface description from `buf`; malformed options are ignored.

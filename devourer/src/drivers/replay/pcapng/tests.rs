@@ -162,6 +162,19 @@ fn hostile_and_cut_blocks_are_errors_not_allocations() {
         Reader::new(&huge[..]).next_blocks(),
         Err(NgError::BadLength { .. })
     ));
+    // A block that claims nearly the most a block may take, in a file cut after a few bytes
+    // of it: an error, and the reader holds about what arrived, not what was claimed.
+    let mut claims = w.out.clone();
+    claims.extend(w.u32(EPB));
+    claims.extend(w.u32((MAX_BLOCK - 4) as u32));
+    claims.extend([0u8; 100]);
+    let mut r = Reader::new(&claims[..]);
+    assert!(matches!(r.next_blocks(), Err(NgError::Truncated)));
+    assert!(
+        r.buf.capacity() < 64 << 10,
+        "{} bytes held",
+        r.buf.capacity()
+    );
     let whole = file(false);
     let cut = &whole[..whole.len() - 3];
     assert!(matches!(
