@@ -427,7 +427,12 @@ mod tests {
 
     #[test]
     fn nodere_is_bounded_in_length_and_compiled_size() {
-        let req = |re: &str| format!(r#"{{"nodere":{},"interface":["lo"]}}"#, serde_json::json!(re));
+        let req = |re: &str| {
+            format!(
+                r#"{{"nodere":{},"interface":["lo"]}}"#,
+                serde_json::json!(re)
+            )
+        };
         // A hundred node names in one alternation: a real pattern, accepted.
         let names: Vec<String> = (0..100).map(|i| format!("node-{i}")).collect();
         let many = format!("^({})$", names.join("|"));
