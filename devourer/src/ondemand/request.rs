@@ -176,7 +176,7 @@ const NODERE_COMPILED_BYTES: usize = 1 << 20;
 fn node_regex(re: &str) -> Result<regex::Regex, Reject> {
     if re.len() > NODERE_MAX_BYTES {
         return Err(Reject::Regex(format!(
-            "{} bytes, more than {NODERE_MAX_BYTES}",
+            "too long ({} bytes, more than {NODERE_MAX_BYTES})",
             re.len()
         )));
     }
