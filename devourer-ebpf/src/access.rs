@@ -62,8 +62,8 @@ impl Packet for TcPacket<'_> {
         unsafe { core::ptr::read(p) }
     }
 
-    /// Read only for an IP length of 0 (BIG TCP, jumbograms). Replayed frames may be cut:
-    /// their length on the wire travels in `cb[CB_WIRE_LEN]`.
+    /// `skb->len`: the frame with its GSO segments. Replayed frames may be cut: their length
+    /// on the wire travels in `cb[CB_WIRE_LEN]`.
     #[inline(always)]
     fn frame_len(&self) -> usize {
         if offline() {

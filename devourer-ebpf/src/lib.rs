@@ -32,7 +32,9 @@ pub trait Packet {
         unsafe { core::ptr::read_unaligned(p) }
     }
 
-    /// The frame's length in bytes.
+    /// The packet's length on the wire from its link header on: what its IP length may claim
+    /// at most (live TC: `skb->len`, which covers a GSO packet's segments; XDP: the frame;
+    /// offline: the record's original length).
     fn frame_len(&self) -> usize;
 }
 
@@ -233,10 +235,14 @@ fn parse_ipv4<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
         return Err(Skip::Malformed);
     }
     let tot_len = be16([w0[2], w0[3]]) as usize;
+    // What the packet carried past the link header: an IP length may not claim more (the
+    // kernel's IP layer drops such packets; counting them would let a sender write any byte
+    // count into a record).
+    let room = p.frame_len().saturating_sub(off);
     out.bytes = if tot_len == 0 {
         // TSO/BIG TCP super-packets may carry 0: the frame is the only length there is.
-        p.frame_len().saturating_sub(off) as u32
-    } else if tot_len < ihl {
+        room as u32
+    } else if tot_len < ihl || tot_len > room {
         return Err(Skip::Malformed);
     } else {
         tot_len as u32
@@ -268,9 +274,13 @@ fn parse_ipv6<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
         return Err(Skip::Malformed);
     }
     let payload = be16([w1[0], w1[1]]) as usize;
+    // As for IPv4: no more than the packet carried.
+    let room = p.frame_len().saturating_sub(off);
     out.bytes = if payload == 0 {
         // Jumbogram / BIG TCP: the payload length lives elsewhere; use the frame.
-        p.frame_len().saturating_sub(off) as u32
+        room as u32
+    } else if payload + 40 > room {
+        return Err(Skip::Malformed);
     } else {
         (payload + 40) as u32
     };

@@ -276,3 +276,31 @@ fn http_payloads_are_picked_by_port_and_first_bytes() {
         assert!(!starts_http(*other), "{other:?}");
     }
 }
+
+#[test]
+fn an_ip_length_past_what_the_frame_carried_is_malformed() {
+    // 74-byte frames whose IP headers claim 65,535 bytes: Linux drops them; so do we.
+    let b = PacketBuilder::ethernet2(MAC, MAC)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(5353, 53);
+    let mut f = Vec::new();
+    b.write(&mut f, &[0u8; 32]).unwrap();
+    assert_eq!(f.len(), 74);
+    assert_eq!(run(&f).unwrap().bytes, 60);
+    f[16..18].copy_from_slice(&65535u16.to_be_bytes());
+    assert_eq!(run(&f).err(), Some(Skip::Malformed));
+    // One byte past the frame is too much; padding after the IP length is fine.
+    f[16..18].copy_from_slice(&61u16.to_be_bytes());
+    assert_eq!(run(&f).err(), Some(Skip::Malformed));
+    f[16..18].copy_from_slice(&50u16.to_be_bytes());
+    assert_eq!(run(&f).unwrap().bytes, 50);
+
+    let b = PacketBuilder::ethernet2(MAC, MAC)
+        .ipv6([1; 16], [2; 16], 64)
+        .udp(5353, 53);
+    let mut f = Vec::new();
+    b.write(&mut f, &[0u8; 10]).unwrap();
+    assert_eq!(run(&f).unwrap().bytes, 40 + 8 + 10);
+    f[18..20].copy_from_slice(&65000u16.to_be_bytes());
+    assert_eq!(run(&f).err(), Some(Skip::Malformed));
+}
