@@ -87,6 +87,7 @@ fn dns_tracker(d: &DnsArgs, local: LocalAddrs) -> Option<DnsTracker> {
                 idle_ns: nanos(d.dns_tcp_idle_timeout),
             },
             name_cache_entries: d.name_cache_entries as usize,
+            shared_names: d.dns_names == crate::config::args::DnsNames::Shared,
             text_log: d.dns_log_dir.is_some(),
         };
         DnsTracker::new(cfg, local)

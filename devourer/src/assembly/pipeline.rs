@@ -22,7 +22,7 @@ use crate::{
     base::{par, time::Clock},
     decode::{
         LogLine,
-        dns::{DnsOutput, DnsTracker, names::NameCache},
+        dns::{DnsOutput, DnsTracker},
         http::{HttpOutput, HttpTracker},
     },
     flow::{Emitted, FlowSource, FlowTable, Resolver, ScanStats, Status, Workload},
@@ -112,13 +112,13 @@ fn keep_room<T>(mut v: Vec<T>) -> Vec<T> {
 
 /// Where flows get their names: the DNS name cache and the Kubernetes objects, each if on.
 struct Names<'a> {
-    dns: Option<&'a mut NameCache>,
+    dns: Option<&'a mut DnsTracker>,
     cluster: Option<&'a Cluster>,
 }
 
 impl Resolver for Names<'_> {
-    fn name(&mut self, addr: IpAddr, now: u64) -> Option<Arc<str>> {
-        self.dns.as_mut()?.lookup(&addr, now)
+    fn name(&mut self, client: IpAddr, addr: IpAddr, now: u64) -> Option<Arc<str>> {
+        self.dns.as_mut()?.name(client, addr, now)
     }
 
     fn workload(&mut self, addr: IpAddr) -> Option<Arc<Workload>> {
@@ -381,7 +381,7 @@ impl Pipeline {
         }
         let mut stats = self.scan_stats;
         let mut resolver = Names {
-            dns: self.dns.as_mut().map(|d| &mut d.names),
+            dns: self.dns.as_mut(),
             cluster: self.cluster.as_deref(),
         };
         let out = self
@@ -409,7 +409,7 @@ impl Pipeline {
         }
         let open = self.emit(PayloadKind::Dns) & self.emit(PayloadKind::Http);
         let mut resolver = Names {
-            dns: self.dns.as_mut().map(|d| &mut d.names),
+            dns: self.dns.as_mut(),
             cluster: self.cluster.as_deref(),
         };
         let out = self.table.flush(src, status, &mut resolver, now)?;

@@ -180,6 +180,15 @@ impl FlowArgs {
     }
 }
 
+/// `--dns-names`: whose answers name a flow's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DnsNames {
+    /// The client's own resolutions (the other end of the flow; this host counts as one).
+    PerClient,
+    /// Any client's.
+    Shared,
+}
+
 /// `--k8s-metadata`: which Kubernetes objects name records' addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum K8sMetadata {
@@ -250,6 +259,11 @@ pub struct DnsArgs {
     #[arg(long, env = "DEVOURER_NAME_CACHE_ENTRIES", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub name_cache_entries: u64,
+    /// Whose DNS answers name a flow's address: `per-client` (the flow's other end resolved
+    /// it; this host's addresses count as one client, so a local caching resolver still
+    /// names its processes' flows) or `shared` (any client's answer names every flow).
+    #[arg(long, env = "DEVOURER_DNS_NAMES", value_enum, default_value_t = DnsNames::PerClient)]
+    pub dns_names: DnsNames,
     /// Networks that count as this host's (besides its interfaces' addresses; offline, only
     /// these): decides the role of a DNS transaction or an HTTP message. Repeatable.
     #[arg(long = "local-net", env = "DEVOURER_LOCAL_NET", value_delimiter = ',')]

@@ -339,9 +339,12 @@ impl Flow {
     /// Fills in the names still unknown from `names` at `now`.
     pub(super) fn resolve(&mut self, names: &mut dyn Resolver, now: u64) {
         let addrs = self.record_addrs();
-        for ((slot, k8s), a) in self.names.iter_mut().zip(&mut self.workloads).zip(addrs) {
+        // Each end is named from what the other end resolved.
+        let clients = [addrs[1], addrs[0]];
+        let ends = self.names.iter_mut().zip(&mut self.workloads).zip(addrs);
+        for (((slot, k8s), a), client) in ends.zip(clients) {
             if slot.is_none() {
-                *slot = names.name(a, now);
+                *slot = names.name(client, a, now);
             }
             if k8s.is_none() {
                 *k8s = names.workload(a);

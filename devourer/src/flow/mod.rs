@@ -48,7 +48,8 @@ pub trait FlowSource {
 /// Where flows get the names of their addresses (the DNS name cache, the Kubernetes objects
 /// that hold them, or nothing).
 pub trait Resolver {
-    fn name(&mut self, addr: IpAddr, now: u64) -> Option<Arc<str>>;
+    /// The name `addr` was resolved from by `client` (the flow's other end), valid at `now`.
+    fn name(&mut self, client: IpAddr, addr: IpAddr, now: u64) -> Option<Arc<str>>;
     /// The Kubernetes object holding `addr` now.
     fn workload(&mut self, _addr: IpAddr) -> Option<Arc<Workload>> {
         None
@@ -73,7 +74,7 @@ pub struct Workload {
 pub struct NoNames;
 
 impl Resolver for NoNames {
-    fn name(&mut self, _: IpAddr, _: u64) -> Option<Arc<str>> {
+    fn name(&mut self, _: IpAddr, _: IpAddr, _: u64) -> Option<Arc<str>> {
         None
     }
 }

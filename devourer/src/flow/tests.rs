@@ -462,7 +462,7 @@ fn icmp_records_carry_the_first_packets_type() {
 fn a_flow_takes_names_when_it_starts_and_fills_unknown_ones_at_emit() {
     struct Book(Vec<(IpAddr, &'static str, u64)>);
     impl Resolver for Book {
-        fn name(&mut self, addr: IpAddr, now: u64) -> Option<Arc<str>> {
+        fn name(&mut self, _client: IpAddr, addr: IpAddr, now: u64) -> Option<Arc<str>> {
             self.0
                 .iter()
                 .find(|(a, _, from)| *a == addr && now >= *from)

@@ -43,6 +43,7 @@ fn tracker() -> DnsTracker {
                 idle_ns: 30_000_000_000,
             },
             name_cache_entries: 64,
+            shared_names: false,
             text_log: true,
         },
         LocalAddrs::new(vec!["10.0.0.0/8".parse().unwrap()]),

@@ -130,7 +130,8 @@ pub struct DnsMessage {
     pub counts: [u16; 4],
     pub question: Option<Question>,
     pub answers: Vec<Answer>,
-    /// Addresses from A/AAAA answers, with their TTL.
+    /// Addresses from A/AAAA answers for the question's name or a name its CNAME chain leads
+    /// to, with their TTL: what names flows (other answers name nothing).
     pub addresses: Vec<(IpAddr, u32)>,
     /// A response whose records did not all decode (cut at the capture cap, or broken records
     /// after the question): the answers are those before the first that did not.
@@ -162,7 +163,7 @@ pub fn parse(bytes: &[u8]) -> Result<DnsMessage, ParseError> {
         // A query: only its question is used (answers, names and the rcode's EDNS bits come
         // from responses), so the records after it (a query's EDNS OPT record, usually) are
         // not decoded, nor checked: `partial` is about responses.
-        msg.question = first_question(bytes, counts[0])?.1;
+        msg.question = first_question(bytes, counts[0])?.1.map(|q| question(&q));
         return Ok(msg);
     }
     match Message::from_vec(bytes) {
@@ -171,55 +172,83 @@ pub fn parse(bytes: &[u8]) -> Result<DnsMessage, ParseError> {
             if let Some(edns) = &m.edns {
                 msg.rcode |= u16::from(edns.rcode_high()) << 4;
             }
-            for r in &m.answers {
-                msg.add_answer(r);
-            }
+            msg.add_answers(m.queries.first().map(Query::name), &m.answers);
         }
         Err(_) => {
             // Cut at the capture cap, or broken after some point: the question, then every
             // answer that decodes whole, in order.
             msg.partial = true;
             let (mut d, q) = first_question(bytes, counts[0])?;
-            msg.question = q;
+            msg.question = q.as_ref().map(question);
+            let mut records = Vec::new();
+            let mut more = true;
             for _ in 1..counts[0] {
                 if Query::read(&mut d).is_err() {
-                    return Ok(msg);
+                    more = false;
+                    break;
                 }
             }
-            for _ in 0..counts[1] {
+            for _ in 0..if more { counts[1] } else { 0 } {
                 match Record::read(&mut d) {
-                    Ok(r) => msg.add_answer(&r),
+                    Ok(r) => records.push(r),
                     Err(_) => break,
                 }
             }
+            msg.add_answers(q.as_ref().map(Query::name), &records);
         }
     }
     Ok(msg)
 }
 
+/// CNAMEs followed from the question's name at most (a longer chain names nothing further).
+const MAX_CNAME_CHAIN: usize = 16;
+
 /// The first of `qdcount` questions after the 12-byte header, and the decoder past it.
 fn first_question(
     bytes: &[u8],
     qdcount: u16,
-) -> Result<(BinDecoder<'_>, Option<Question>), ParseError> {
+) -> Result<(BinDecoder<'_>, Option<Query>), ParseError> {
     let mut d = BinDecoder::new(bytes);
     d.read_slice(12).map_err(|_| ParseError::TooShort)?;
     if qdcount == 0 {
         return Ok((d, None));
     }
     let q = Query::read(&mut d).map_err(|_| ParseError::BadQuestion)?;
-    Ok((d, Some(question(&q))))
+    Ok((d, Some(q)))
 }
 
 impl DnsMessage {
-    fn add_answer(&mut self, r: &Record) {
-        if let Some(a) = answer(r) {
-            self.answers.push(a);
+    /// Every answer as dig prints it; the addresses only of `qname` and the names its CNAME
+    /// chain leads to (in any order of the records): a response cannot name an address it
+    /// was not asked about.
+    fn add_answers(&mut self, qname: Option<&Name>, records: &[Record]) {
+        self.answers.extend(records.iter().filter_map(answer));
+        let Some(qname) = qname else {
+            return;
+        };
+        let mut chain: Vec<&Name> = vec![qname];
+        let mut i = 0;
+        while i < chain.len() && chain.len() <= MAX_CNAME_CHAIN {
+            let owner = chain[i];
+            for r in records {
+                if let RData::CNAME(t) = &r.data
+                    && r.name == *owner
+                    && !chain.contains(&&t.0)
+                {
+                    chain.push(&t.0);
+                }
+            }
+            i += 1;
         }
-        match &r.data {
-            RData::A(a) => self.addresses.push((IpAddr::V4(a.0), r.ttl)),
-            RData::AAAA(a) => self.addresses.push((IpAddr::V6(a.0), r.ttl)),
-            _ => {}
+        for r in records {
+            let addr = match &r.data {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(a) => IpAddr::V6(a.0),
+                _ => continue,
+            };
+            if chain.contains(&&r.name) {
+                self.addresses.push((addr, r.ttl));
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ mod fuzz;
 #[cfg(test)]
 pub mod testwire;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use devourer_common::payload::{PAYLOAD_F_IPV6, PayloadHeader};
 
@@ -20,7 +20,7 @@ use self::{
     logline::line,
     matcher::{Matcher, Pending, ResponseMatch, TxKey},
     message::{Answer, DnsMessage, Question, parse},
-    names::NameCache,
+    names::{Asker, NameCache},
     tcp::{StreamKey, TcpLimits, TcpStreams},
 };
 use super::LogLine;
@@ -37,6 +37,8 @@ pub struct DnsConfig {
     /// Bounds on DNS-over-TCP reassembly.
     pub tcp: TcpLimits,
     pub name_cache_entries: usize,
+    /// Any client's answers name every flow (`--dns-names shared`), not only the client's own.
+    pub shared_names: bool,
     /// Produce packetlog text lines.
     pub text_log: bool,
 }
@@ -130,6 +132,24 @@ impl DnsTracker {
 
     pub fn pending(&self) -> usize {
         self.matcher.len()
+    }
+
+    /// Whose resolutions `client`'s are: this host's (any of its addresses, loopback
+    /// included), its own, or anyone's with `--dns-names shared`.
+    fn asker(&self, client: IpAddr) -> Asker {
+        if self.cfg.shared_names {
+            Asker::Anyone
+        } else if client.is_loopback() || self.local.contains(&client) {
+            Asker::Host
+        } else {
+            Asker::Client(client)
+        }
+    }
+
+    /// The name `client` resolved `addr` from, valid at `now`.
+    pub fn name(&mut self, client: IpAddr, addr: IpAddr, now: u64) -> Option<Arc<str>> {
+        let asker = self.asker(client);
+        self.names.lookup(asker, &addr, now)
     }
 
     pub fn matcher_stats(&self) -> matcher::MatcherStats {
@@ -228,8 +248,9 @@ impl DnsTracker {
                 // Names only from answers to queries we saw: an unsolicited (spoofed)
                 // response must not rename a flow's peer.
                 if let Some(q) = &m.question {
+                    let asker = self.asker(client);
                     for (addr, ttl) in &m.addresses {
-                        self.names.learn(*addr, &q.name, *ttl, h.ts_ns);
+                        self.names.learn(asker, *addr, &q.name, *ttl, h.ts_ns);
                     }
                 }
                 let mut tx = self.answered(h, m, client, server, cport, sport, role, Some(p));

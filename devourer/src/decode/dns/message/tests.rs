@@ -135,3 +135,49 @@ fn root_name_is_empty_without_dot() {
     let m = parse(&msg(1, 0, &[0], 2, &[])).unwrap();
     assert_eq!(m.question.unwrap().name, "");
 }
+
+#[test]
+fn only_addresses_on_the_questions_cname_chain_name_flows() {
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let r = parse(&response(
+        9,
+        0,
+        "WWW.Example.com",
+        1,
+        &[
+            // Out of order, mixed case: still the chain www -> web -> edge.
+            a("edge.example.org", 20, [192, 0, 2, 9]),
+            cname("web.example.net", 300, "edge.example.org"),
+            cname("www.example.com", 300, "web.example.net"),
+            // Not on the chain: a record for a name nobody asked about.
+            a("bank.example", 86400, [198, 51, 100, 1]),
+            cname("other.example", 60, "bank.example"),
+            aaaa(
+                "www.example.COM",
+                30,
+                [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            ),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(r.answers.len(), 6, "every answer is still in the record");
+    assert_eq!(
+        r.addresses,
+        [(ip("192.0.2.9"), 20), (ip("2001:db8::1"), 30)],
+        "the unrelated bank.example is not learnt"
+    );
+    // A loop of CNAMEs ends.
+    let r = parse(&response(
+        10,
+        0,
+        "a.example",
+        1,
+        &[
+            cname("a.example", 60, "b.example"),
+            cname("b.example", 60, "a.example"),
+            a("b.example", 60, [192, 0, 2, 10]),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(r.addresses, [(ip("192.0.2.10"), 60)]);
+}
