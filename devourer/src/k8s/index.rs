@@ -3,7 +3,7 @@
 //! watches ([`super::watch`]) feed it.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::IpAddr,
     sync::Arc,
 };
@@ -174,6 +174,9 @@ pub struct Index {
     refused: [u64; 4],
     /// A relist in progress, by kind: the objects it listed so far.
     relisting: [Option<HashSet<ObjKey>>; 4],
+    /// Pods whose names a Service or ReplicaSet change touched, renamed a few at a time
+    /// ([`Index::rename_pending`]) so that no change holds the index for long.
+    pending: VecDeque<Key>,
 }
 
 /// Counts for the metrics.
@@ -210,6 +213,7 @@ impl Index {
             cap,
             refused: [0; 4],
             relisting: [None, None, None, None],
+            pending: VecDeque::new(),
         }
     }
 
@@ -242,14 +246,19 @@ impl Index {
         self.nodes.get(node).map(|n| n.workload.clone())
     }
 
-    /// Whether a new object of `kind` fits under the cap; counts the refusal when it does
-    /// not. Known objects always change (an update frees about what it takes).
-    fn admit(&mut self, kind: Kind, known: bool) -> bool {
-        if !known && self.total() >= self.cap {
+    /// Whether an object of `kind` taking `new` bytes fits under the cap, `old` being what its
+    /// known version takes; counts the refusal when it does not. A new object is kept while
+    /// the index is under its cap; an update that does not grow always fits, one that grows
+    /// fits if the index stays under its cap with it.
+    fn admit(&mut self, kind: Kind, old: Option<usize>, new: usize) -> bool {
+        let fits = match old {
+            None => self.total() < self.cap,
+            Some(old) => new <= old || self.total() - old.min(self.total()) + new <= self.cap,
+        };
+        if !fits {
             self.refused[kind.slot()] += 1;
-            return false;
         }
-        true
+        fits
     }
 
     fn account(&mut self, kind: Kind, old: usize, new: usize) {
@@ -315,7 +324,7 @@ impl Index {
                 if let Some(s) = self.services.remove(&key) {
                     unindex(&mut self.service_ips, &key, &s.cluster_ips);
                     self.account(kind, s.bytes, 0);
-                    self.rename_pods(namespace, |_| true);
+                    self.rename_pods(namespace, |p| selects(&s.selector, &p.labels));
                 }
             }
             Kind::Node => {
@@ -350,12 +359,6 @@ impl Index {
         self.listed(Kind::Pod, &info.namespace, &info.name);
         let key = self.key(&info.namespace, &info.name);
         let old = self.pods.get(&key).map(|p| p.bytes);
-        if !self.admit(Kind::Pod, old.is_some()) {
-            return;
-        }
-        if let Some(prev) = self.pods.remove(&key) {
-            unindex_pod(&mut self.pod_ips, &key, &prev.ips);
-        }
         let indexed = info.running && !info.host_network;
         let bytes = POD_FIXED
             + heap(info.name.len() + 16)
@@ -363,6 +366,16 @@ impl Index {
             + info.ips.len() * if indexed { ADDR } else { 0 }
             + heap(info.labels.len() * 2 * ARC_STR)
             + WORKLOAD;
+        if !self.admit(Kind::Pod, old, bytes) {
+            // An update past the cap: the old version goes too (never kept stale).
+            if old.is_some() {
+                self.remove(Kind::Pod, &info.namespace, &info.name);
+            }
+            return;
+        }
+        if let Some(prev) = self.pods.remove(&key) {
+            unindex_pod(&mut self.pod_ips, &key, &prev.ips);
+        }
         let pod = Pod {
             node: info.node.as_deref().map(|n| self.strings.get(n)),
             ips: info.ips.into(),
@@ -385,10 +398,19 @@ impl Index {
     pub fn apply_service(&mut self, info: ServiceInfo) {
         self.listed(Kind::Service, &info.namespace, &info.name);
         let key = self.key(&info.namespace, &info.name);
-        let old = self.services.remove(&key);
-        if !self.admit(Kind::Service, old.is_some()) {
+        let bytes = SERVICE_FIXED
+            + heap(info.name.len() + 16)
+            + heap(info.selector.len() * 2 * ARC_STR)
+            + info.cluster_ips.len() * ADDR
+            + WORKLOAD;
+        let old_bytes = self.services.get(&key).map(|s| s.bytes);
+        if !self.admit(Kind::Service, old_bytes, bytes) {
+            if old_bytes.is_some() {
+                self.remove(Kind::Service, &info.namespace, &info.name);
+            }
             return;
         }
+        let old = self.services.remove(&key);
         if let Some(prev) = &old {
             unindex(&mut self.service_ips, &key, &prev.cluster_ips);
         }
@@ -396,19 +418,21 @@ impl Index {
             self.service_ips.insert(*ip, key.clone());
         }
         let selector = self.pairs(info.selector);
-        let bytes = SERVICE_FIXED
-            + heap(info.name.len() + 16)
-            + heap(selector.len() * 2 * ARC_STR)
-            + info.cluster_ips.len() * ADDR
-            + WORKLOAD;
         let workload = Arc::new(Workload {
             namespace: Some(key.0.clone()),
             service: Some(key.1.clone()),
             ..Workload::default()
         });
-        let selector_changed = old.as_ref().is_none_or(|o| o.selector != selector);
+        let old_selector = old.as_ref().map(|o| o.selector.clone());
         self.account(Kind::Service, old.map_or(0, |o| o.bytes), bytes);
         let ns = key.0.clone();
+        if old_selector.as_ref() != Some(&selector) {
+            // Only the pods it selected or selects now can change Service.
+            let before = old_selector.unwrap_or_default();
+            self.rename_pods(&ns, |p| {
+                selects(&before, &p.labels) || selects(&selector, &p.labels)
+            });
+        }
         self.services.insert(
             key,
             Service {
@@ -418,25 +442,26 @@ impl Index {
                 bytes,
             },
         );
-        if selector_changed {
-            self.rename_pods(&ns, |_| true);
-        }
     }
 
     pub fn apply_node(&mut self, info: NodeInfo) {
         self.listed(Kind::Node, "", &info.name);
         let name = self.strings.get(&info.name);
-        let old = self.nodes.remove(&name);
-        if !self.admit(Kind::Node, old.is_some()) {
+        let bytes = NODE_FIXED + info.addrs.len() * ADDR + WORKLOAD;
+        let old_bytes = self.nodes.get(&name).map(|n| n.bytes);
+        if !self.admit(Kind::Node, old_bytes, bytes) {
+            if old_bytes.is_some() {
+                self.remove(Kind::Node, "", &info.name);
+            }
             return;
         }
+        let old = self.nodes.remove(&name);
         if let Some(prev) = &old {
             unindex(&mut self.node_ips, &name, &prev.addrs);
         }
         for a in &info.addrs {
             self.node_ips.insert(*a, name.clone());
         }
-        let bytes = NODE_FIXED + info.addrs.len() * ADDR + WORKLOAD;
         self.account(Kind::Node, old.map_or(0, |o| o.bytes), bytes);
         let workload = Arc::new(Workload {
             node: Some(name.clone()),
@@ -456,7 +481,7 @@ impl Index {
         self.listed(Kind::ReplicaSet, &info.namespace, &info.name);
         let key = self.key(&info.namespace, &info.name);
         let old = self.replicasets.get(&key).cloned();
-        if !self.admit(Kind::ReplicaSet, old.is_some()) {
+        if !self.admit(Kind::ReplicaSet, old.as_ref().map(|_| RS_FIXED), RS_FIXED) {
             return;
         }
         let owner = self.owner(info.owner);
@@ -469,19 +494,29 @@ impl Index {
         }
     }
 
-    /// Rebuilds the workloads of the pods of `namespace` that `which` picks (a Service or a
-    /// ReplicaSet changed).
+    /// Queues the pods of `namespace` that `which` picks for renaming (a Service or a
+    /// ReplicaSet changed): [`Index::rename_pending`] rebuilds their workloads.
     fn rename_pods(&mut self, namespace: &str, which: impl Fn(&Pod) -> bool) {
         let ns: Str = namespace.into();
-        let keys: Vec<Key> = self
+        let keys = self
             .pods
             .range((ns.clone(), Str::from(""))..)
             .take_while(|((n, _), _)| *n == ns)
             .filter(|(_, p)| which(p))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
-            let w = Arc::new(self.pod_workload(&k, &self.pods[&k]));
+            .map(|(k, _)| k.clone());
+        self.pending.extend(keys);
+    }
+
+    /// Rebuilds the workloads of up to `max` queued pods; whether more wait.
+    pub fn rename_pending(&mut self, max: usize) -> bool {
+        for _ in 0..max {
+            let Some(k) = self.pending.pop_front() else {
+                break;
+            };
+            let Some(p) = self.pods.get(&k) else {
+                continue;
+            };
+            let w = Arc::new(self.pod_workload(&k, p));
             let Some(p) = self.pods.get_mut(&k) else {
                 continue;
             };
@@ -496,6 +531,7 @@ impl Index {
                 }
             }
         }
+        !self.pending.is_empty()
     }
 
     fn pod_workload(&self, (ns, name): &Key, p: &Pod) -> Workload {

@@ -19,6 +19,9 @@ use prometheus::IntCounter;
 use self::index::{Index, Kind};
 use crate::flow::Workload;
 
+/// Pods renamed under one hold of the index's lock at most.
+const RENAME_CHUNK: usize = 256;
+
 /// Which pods are watched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -58,10 +61,20 @@ impl Cluster {
         found
     }
 
-    /// Changes the index (the watches).
+    /// Changes the index (the watches). Pods a change renames are renamed a few at a time,
+    /// each under a lock of its own, so that lookups (the counting thread) never wait long.
     pub fn update<T>(&self, f: impl FnOnce(&mut Index) -> T) -> T {
-        let mut guard = self.index.write().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard)
+        let write = || self.index.write().unwrap_or_else(|e| e.into_inner());
+        let (out, mut more) = {
+            let mut guard = write();
+            let out = f(&mut guard);
+            (out, guard.rename_pending(RENAME_CHUNK))
+        };
+        while more {
+            std::thread::yield_now();
+            more = write().rename_pending(RENAME_CHUNK);
+        }
+        out
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {

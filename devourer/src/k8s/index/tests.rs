@@ -46,6 +46,7 @@ fn a_pod_is_named_with_its_deployment_and_service() {
         selector: vec![("app".into(), "web".into())],
         cluster_ips: vec![],
     });
+    assert!(!x.rename_pending(usize::MAX));
     let w = x.lookup(ip("10.1.0.5")).unwrap();
     assert_eq!(
         *w,
@@ -62,6 +63,7 @@ fn a_pod_is_named_with_its_deployment_and_service() {
     assert_eq!(svc.service.as_deref(), Some("web-svc"));
     assert_eq!(svc.pod, None);
     x.remove(Kind::Service, "shop", "web-svc");
+    x.rename_pending(usize::MAX);
     assert_eq!(x.lookup(ip("10.1.0.5")).unwrap().service, None);
     assert!(x.lookup(ip("198.19.200.10")).is_none());
 }
@@ -132,4 +134,82 @@ fn the_byte_cap_refuses_new_objects_and_counts_them() {
     x.remove(Kind::Pod, "a", "p0");
     x.apply_pod(pod("a", "p4", "10.1.0.5"));
     assert!(x.lookup(ip("10.1.0.5")).is_some());
+}
+
+fn service(ns: &str, name: &str, app: &str) -> ServiceInfo {
+    ServiceInfo {
+        namespace: ns.into(),
+        name: name.into(),
+        selector: vec![("app".into(), app.into())],
+        cluster_ips: vec![],
+    }
+}
+
+#[test]
+fn a_service_change_renames_only_the_pods_it_selected_or_selects_a_few_at_a_time() {
+    let mut x = Index::new(usize::MAX);
+    // 5,000 pods, five per app, and a Service per app added once they run.
+    for i in 0..5000u32 {
+        let mut p = pod(
+            "big",
+            &format!("p{i}"),
+            &IpAddr::from((0x0a00_0000 + i).to_be_bytes()).to_string(),
+        );
+        p.labels = vec![("app".into(), format!("a{}", i / 5))];
+        x.apply_pod(p);
+    }
+    for s in 0..1000u32 {
+        x.apply_service(service("big", &format!("s{s}"), &format!("a{s}")));
+        assert_eq!(x.pending.len(), 5, "only the pods Service s{s} selects");
+        assert!(x.rename_pending(3), "renamed in steps");
+        assert!(!x.rename_pending(3));
+    }
+    let w = x
+        .lookup(IpAddr::from((0x0a00_0000u32 + 4999).to_be_bytes()))
+        .unwrap();
+    assert_eq!(w.service.as_deref(), Some("s999"));
+    // A selector change touches the pods of the old and of the new selection.
+    x.apply_service(service("big", "s0", "a1"));
+    assert_eq!(x.pending.len(), 10);
+    x.rename_pending(usize::MAX);
+    let first = x
+        .lookup(IpAddr::from(0x0a00_0000u32.to_be_bytes()))
+        .unwrap();
+    assert_eq!(first.service, None, "a0's pods lost their Service");
+    let moved = x
+        .lookup(IpAddr::from((0x0a00_0000u32 + 5).to_be_bytes()))
+        .unwrap();
+    assert_eq!(
+        moved.service.as_deref(),
+        Some("s0"),
+        "the first Service by name wins"
+    );
+    // An update that does not change the selector renames nothing.
+    x.apply_service(service("big", "s0", "a1"));
+    assert!(x.pending.is_empty());
+}
+
+#[test]
+fn the_byte_cap_holds_through_updates_of_known_objects() {
+    let mut x = Index::new(usize::MAX);
+    x.apply_pod(pod("a", "p0", "10.1.0.1"));
+    let cap = x.stats().bytes + 64;
+    let mut x = Index::new(cap);
+    x.apply_pod(pod("a", "p0", "10.1.0.1"));
+    // Updates that keep its size are kept.
+    let mut same = pod("a", "p0", "10.1.0.1");
+    same.labels = vec![("app".into(), "api".into())];
+    x.apply_pod(same);
+    assert_eq!(x.lookup(ip("10.1.0.1")).unwrap().pod.as_deref(), Some("p0"));
+    // One that grows it past the cap is refused, and the old version goes with it.
+    let mut grown = pod("a", "p0", "10.1.0.1");
+    grown.labels = (0..100)
+        .map(|i| (format!("label-{i}"), "x".repeat(50)))
+        .collect();
+    x.apply_pod(grown);
+    let s = x.stats();
+    assert!(s.bytes <= cap, "{} > {cap}", s.bytes);
+    assert_eq!(s.refused[0], 1);
+    assert!(x.lookup(ip("10.1.0.1")).is_none());
+    assert_eq!(s.objects[0], 0);
 }
