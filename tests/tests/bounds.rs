@@ -268,7 +268,7 @@ for p in range(1, 4001):
         "stopped {took:?} after SIGTERM (one deadline of 3s):\n{text}"
     );
     assert!(
-        text.contains("output did not drain by the shutdown deadline"),
+        text.contains("sink did not drain by the shutdown deadline"),
         "{text}"
     );
 }

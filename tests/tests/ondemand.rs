@@ -14,7 +14,7 @@ use std::{
 use devourer_tests::*;
 use serde_json::Value;
 
-const TOKEN: &str = "s3cret-token";
+const TOKEN: &str = "s3cret-token-of-32-bytes-or-more";
 const NODE: &str = "test-node";
 const REDIS_PASSWORD: &str = "redis-pw-7731";
 

@@ -313,7 +313,7 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_
 
     // Capture on request opens a packet socket: CAP_NET_RAW, and only then.
     let cfg = tmp.path("requests.toml");
-    std::fs::write(tmp.path("token"), "t0ken\n").unwrap();
+    std::fs::write(tmp.path("token"), "t0ken-of-sixteen-bytes-at-least\n").unwrap();
     std::fs::write(
         &cfg,
         format!(
@@ -345,7 +345,7 @@ fn exactly_bpf_net_admin_and_perfmon_are_enough_and_net_raw_only_for_capture_on_
         link.if_a
     );
     link.a.sh(&format!(
-        "curl -sf -H 'Authorization: Bearer t0ken' --data-binary '{req}' http://127.0.0.1:9403/captures >/dev/null"
+        "curl -sf -H 'Authorization: Bearer t0ken-of-sixteen-bytes-at-least' --data-binary '{req}' http://127.0.0.1:9403/captures >/dev/null"
     ));
     link.a
         .sh(&format!("ping -c 3 -i 0.1 {} >/dev/null", link.ip4_b));

@@ -23,8 +23,8 @@ use crate::{
     kernel::{conntrack::Conntrack, object::LoadOptions},
     ops::metrics::Metrics,
     sink::{
-        Sinks,
-        jsonl::{JsonLinesSink, QueueLimits, Target},
+        QueueLimits, Sink, Sinks,
+        jsonl::{JsonLinesSink, Target},
         textlog::TextLog,
     },
 };
@@ -172,39 +172,36 @@ fn bigquery(
     )
 }
 
-/// Every sink the configuration asks for: JSON lines, BigQuery, the DNS and HTTP text logs.
+/// How much may wait for each sink: live, a bounded queue that drops (and counts) when the
+/// sink stalls; a replay waits for its sinks instead, so that no record of a file is lost.
+fn queue_limits(driver: &Driver) -> QueueLimits {
+    match *driver {
+        Driver::Live { sink_queue } => sink_queue,
+        Driver::Replay { .. } => QueueLimits {
+            records: 16_384,
+            bytes: 32 << 20,
+            lossless: true,
+        },
+    }
+}
+
+/// Every sink the configuration asks for: JSON lines, BigQuery, the DNS and HTTP text logs,
+/// each started on its own thread.
 fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> Result<Sinks> {
-    let mut sinks = Sinks::default();
+    let mut wanted: Vec<Box<dyn Sink>> = Vec::new();
     let target = match p.flow.output() {
         Output::Stdout => Some(Target::Stdout),
         Output::File(path) => Some(Target::File(path)),
         Output::None => None,
     };
     if let Some(t) = target {
-        // Live: a bounded queue that drops (and counts) when the output stalls; a replay
-        // waits for its output instead, so that no record of a file is lost.
-        let limits = match *driver {
-            Driver::Live {
-                output_queue,
-                output_queue_bytes,
-            } => QueueLimits {
-                records: output_queue as u64,
-                bytes: output_queue_bytes,
-                lossless: false,
-            },
-            Driver::Replay { .. } => QueueLimits {
-                records: 16_384,
-                bytes: 32 << 20,
-                lossless: true,
-            },
-        };
-        let jsonl = JsonLinesSink::start(&t, limits, std::time::Duration::from_secs(1))
+        let jsonl = JsonLinesSink::start(&t, std::time::Duration::from_secs(1))
             .with_context(|| format!("opening output {t:?}"))?
             .serialise_on(record_threads(driver));
-        sinks.push(Box::new(jsonl));
+        wanted.push(Box::new(jsonl));
     }
     if let Some((project, dataset)) = p.bq.destination()? {
-        sinks.push(bigquery(&p.bq, project, dataset, metrics)?);
+        wanted.push(bigquery(&p.bq, project, dataset, metrics)?);
     }
     let local_tz = p.dns.log_tz == LogTz::Local;
     if !p.http.ports().is_empty()
@@ -212,14 +209,21 @@ fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> R
     {
         let log = TextLog::http(dir.clone(), p.http.http_log_split, local_tz)
             .context("opening the HTTP log directory")?;
-        sinks.push(Box::new(log));
+        wanted.push(Box::new(log));
     }
     if p.dns.enabled()
         && let Some(dir) = &p.dns.dns_log_dir
     {
         let log = TextLog::dns(dir.clone(), p.dns.dns_log_split, local_tz)
             .context("opening the DNS log directory")?;
-        sinks.push(Box::new(log));
+        wanted.push(Box::new(log));
+    }
+    let mut sinks = Sinks::default();
+    for sink in wanted {
+        let name = sink.name();
+        sinks
+            .push(sink, queue_limits(driver))
+            .with_context(|| format!("starting the {name} sink's thread"))?;
     }
     Ok(sinks)
 }

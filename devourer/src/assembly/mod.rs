@@ -118,12 +118,10 @@ impl Kernel for Loaded {
 /// Which driver runs the assembly; the parts that differ between them follow from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Driver {
-    /// Live capture: the program's clock is the kernel's, JSON lines are dropped (and
-    /// counted) past `output_queue` records waiting, this host's addresses come from its
-    /// interfaces too.
+    /// Live capture: the program's clock is the kernel's, each sink drops (and counts)
+    /// records past its queue's bounds, this host's addresses come from its interfaces too.
     Live {
-        output_queue: usize,
-        output_queue_bytes: u64,
+        sink_queue: crate::sink::QueueLimits,
     },
     /// Replay of a capture file: the file's clock, an output that waits rather than drops,
     /// only `--local-net` for this host's addresses; thousands of flow records due at once

@@ -29,7 +29,9 @@ use crate::{
     k8s::Cluster,
     kernel::{events::PayloadKind, maps::KernelCounters},
     ops::metrics::Metrics,
-    record::{Batch, DnsRecord, FlowRecord, HttpRecord, LogRecord, OverflowRecord, RecordContext},
+    record::{
+        DnsRecord, FlowRecord, HttpRecord, LogRecord, OverflowRecord, RecordContext, Records,
+    },
     sink::Sinks,
 };
 
@@ -90,8 +92,6 @@ pub struct Pipeline {
     scan_stats: ScanStats,
     records: u64,
     dns_out: DnsOutput,
-    /// The DNS records of one emit (empty between them, kept for their room).
-    dns_records: Vec<DnsRecord>,
     http_out: HttpOutput,
     /// Packets and bytes emitted in overflow records, for the summary.
     overflow: OverflowValue,
@@ -150,7 +150,6 @@ impl Pipeline {
             scan_stats: ScanStats::default(),
             records: 0,
             dns_out: DnsOutput::default(),
-            dns_records: Vec::new(),
             http_out: HttpOutput::default(),
             overflow: OverflowValue::default(),
             cluster: None,
@@ -275,23 +274,25 @@ impl Pipeline {
         })
     }
 
-    /// Counts a batch in the metrics and hands it to every sink that takes it; `false` once
-    /// a sink closed for good.
-    fn send(&mut self, batch: Batch<'_>) -> bool {
+    /// Counts records in the metrics and hands them to every sink that takes them; `false`
+    /// once a sink closed for good.
+    fn send(&mut self, records: Records) -> bool {
         if let Some(m) = &self.metrics {
-            m.records(batch);
+            m.records(records.all());
         }
-        if !matches!(batch, Batch::DnsLog(_) | Batch::HttpLog(_)) {
-            self.records += batch.len() as u64;
+        if !matches!(records, Records::DnsLog(_) | Records::HttpLog(_)) {
+            self.records += records.len() as u64;
         }
-        self.sinks.write(batch)
+        self.sinks.write(&records)
     }
 
-    fn lines(&self, lines: Vec<LogLine>) -> Vec<LogRecord> {
-        lines
-            .into_iter()
-            .map(|l| LogRecord::new(l, self.clock))
-            .collect()
+    fn lines(&self, lines: Vec<LogLine>) -> Arc<Vec<LogRecord>> {
+        Arc::new(
+            lines
+                .into_iter()
+                .map(|l| LogRecord::new(l, self.clock))
+                .collect(),
+        )
     }
 
     /// Writes the records and text lines of `kind` produced so far; `false` when an output
@@ -301,26 +302,24 @@ impl Pipeline {
             PayloadKind::Dns => {
                 let mut out = std::mem::take(&mut self.dns_out);
                 let lines = self.lines(std::mem::take(&mut out.lines));
-                self.send(Batch::DnsLog(&lines));
-                // Both vectors go back with their room: the next batch allocates none.
-                let mut records = std::mem::take(&mut self.dns_records);
+                self.send(Records::DnsLog(lines));
+                let mut records = Vec::with_capacity(out.txs.len());
                 self.build(|cx| records.extend(out.txs.drain(..).map(|t| DnsRecord::new(t, cx))));
-                let open = self.send(Batch::Dns(&records));
-                self.dns_records = keep_room(records);
+                // The transactions' vector goes back with its room.
                 self.dns_out.txs = keep_room(out.txs);
-                open
+                self.send(Records::Dns(Arc::new(records)))
             }
             PayloadKind::Http => {
                 let out = std::mem::take(&mut self.http_out);
                 let lines = self.lines(out.lines);
-                self.send(Batch::HttpLog(&lines));
+                self.send(Records::HttpLog(lines));
                 let records = self.build(|cx| {
                     out.msgs
                         .iter()
                         .map(|m| HttpRecord::new(m, cx))
                         .collect::<Vec<_>>()
                 });
-                self.send(Batch::Http(&records))
+                self.send(Records::Http(Arc::new(records)))
             }
         }
     }
@@ -339,7 +338,7 @@ impl Pipeline {
                 })
             });
             for records in parts {
-                open &= self.send(Batch::Flow(&records));
+                open &= self.send(Records::Flow(Arc::new(records)));
             }
         }
         open
@@ -358,7 +357,7 @@ impl Pipeline {
                 .map(|(k, v)| OverflowRecord::new(k, v, now, cx))
                 .collect::<Vec<_>>()
         });
-        self.send(Batch::Overflow(&records))
+        self.send(Records::Overflow(Arc::new(records)))
     }
 
     /// Packets and bytes emitted in overflow records so far.

@@ -98,16 +98,27 @@ pub struct LiveArgs {
     /// connection.
     #[arg(long, env = "DEVOURER_ENDPOINT_TIMEOUT", default_value = "10s", value_parser = values::parse_duration)]
     pub endpoint_timeout: std::time::Duration,
-    /// Serve /metrics, /healthz and /readyz here (`off` to disable).
+    /// Connections one peer address may hold at once on the metrics endpoint and the capture
+    /// API (besides --endpoint-max-connections in all); past it new ones are closed (counted).
+    #[arg(long, env = "DEVOURER_MAX_CONNECTIONS_PER_PEER", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_connections_per_peer: u64,
+    /// Serve the probes /healthz and /readyz here, on a listener of their own (`off` to
+    /// disable): loopback by default, where nothing outside the node reaches them.
+    #[arg(long, env = "DEVOURER_PROBE_ADDR", default_value = "127.0.0.1:9404", value_parser = parse_metrics_addr)]
+    pub probe_addr: MetricsAddr,
+    /// Serve /metrics (and the probes) here (`off` to disable).
     #[arg(long, env = "DEVOURER_METRICS_ADDR", default_value = "0.0.0.0:9402", value_parser = parse_metrics_addr)]
     pub metrics_addr: MetricsAddr,
-    /// Records waiting for a slow output before new ones are dropped (and counted).
-    #[arg(long, env = "DEVOURER_OUTPUT_QUEUE", default_value_t = 100_000,
+    /// Records that may wait for each sink (each runs on a thread of its own) before new
+    /// ones are dropped for that sink and counted (`devourer_sink_dropped_total{sink}`).
+    #[arg(long, env = "DEVOURER_SINK_QUEUE_RECORDS", alias = "output-queue", default_value_t = 65_536,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-    pub output_queue: u64,
-    /// Bytes of records waiting for a slow output, at most (with --output-queue).
-    #[arg(long, env = "DEVOURER_OUTPUT_QUEUE_BYTES", default_value = "32M", value_parser = values::parse_bytes)]
-    pub output_queue_bytes: u64,
+    pub sink_queue_records: u64,
+    /// Memory the records waiting for each sink may hold, at most (with --sink-queue-records).
+    #[arg(long, env = "DEVOURER_SINK_QUEUE_BYTES", alias = "output-queue-bytes", default_value = "64M",
+          value_parser = values::parse_bytes)]
+    pub sink_queue_bytes: u64,
     /// Take packet captures on request from this Redis pub/sub server
     /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`); also `[capture.redis] url` in the file.
     #[arg(long, env = "DEVOURER_CAPTURE_REDIS")]

@@ -223,6 +223,12 @@ mod defaults {
     pub fn chunk_size() -> i32 {
         10
     }
+    pub fn auth_failure_delay() -> Duration {
+        Duration::from_millis(250)
+    }
+    pub fn auth_failure_delay_max() -> Duration {
+        d(10)
+    }
 }
 
 impl Default for CaptureSection {
@@ -332,9 +338,21 @@ impl S3Section {
 pub struct ApiSection {
     #[serde(default = "default_api_addr")]
     pub addr: SocketAddr,
-    /// File holding the bearer token (one line). Required: loopback is shared by every
-    /// host-network pod of a node.
+    /// File holding the bearer token (one line, at least 16 bytes). Required: loopback is
+    /// shared by every host-network pod of a node.
     pub token_file: Option<PathBuf>,
+    /// A wrong token is answered after this, doubled for each failure of the same peer before
+    /// it, up to `auth_failure_delay_max`.
+    #[serde(
+        default = "defaults::auth_failure_delay",
+        deserialize_with = "duration"
+    )]
+    pub auth_failure_delay: Duration,
+    #[serde(
+        default = "defaults::auth_failure_delay_max",
+        deserialize_with = "duration"
+    )]
+    pub auth_failure_delay_max: Duration,
 }
 
 fn default_api_addr() -> SocketAddr {

@@ -28,13 +28,14 @@ fn mode(args: &K8sArgs) -> K8sMetadata {
 
 /// Starts the watches and returns what they fill, or `None` when metadata is off.
 pub async fn start(
-    args: &K8sArgs,
-    agent: &str,
-    metrics: &Arc<Metrics>,
+    args: K8sArgs,
+    agent: String,
+    metrics: Arc<Metrics>,
 ) -> Result<Option<Arc<Cluster>>> {
+    let args = &args;
     let scope = match mode(args) {
         K8sMetadata::Off => return Ok(None),
-        K8sMetadata::Node => Scope::Node(agent.to_owned()),
+        K8sMetadata::Node => Scope::Node(agent),
         K8sMetadata::Cluster => Scope::Cluster,
     };
     #[cfg(feature = "k8s")]

@@ -17,7 +17,7 @@ use tokio::{
     time::Interval,
 };
 
-use super::requests;
+use super::{requests, services::Runtime};
 use crate::{
     assembly::{self, Assembly, Driver},
     base::time::{Clock, monotonic_ns},
@@ -35,6 +35,7 @@ use crate::{
         health::{self, Health},
         metrics::Metrics,
     },
+    sink::QueueLimits,
 };
 
 /// How often this host's addresses are re-read (they decide DNS roles).
@@ -49,7 +50,6 @@ pub fn run(args: LiveArgs) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     let res = rt.block_on(run_async(args));
-    // Blocking threads (a capture's libpcap reads) must not hold the exit up.
     rt.shutdown_timeout(Duration::from_secs(1));
     res
 }
@@ -67,8 +67,11 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     caps::check(requests_cfg.is_some()).context("checking capabilities")?;
     let p = &args.pipeline;
     let driver = Driver::Live {
-        output_queue: args.output_queue as usize,
-        output_queue_bytes: args.output_queue_bytes,
+        sink_queue: QueueLimits {
+            records: args.sink_queue_records,
+            bytes: args.sink_queue_bytes,
+            lossless: false,
+        },
     };
     let mut kernel = assembly::load_kernel(p, driver)?;
     let agent_ncpus = kernel.ncpus;
@@ -97,11 +100,24 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     agent.pipeline.name_interfaces(attached.names());
     let limits = EndpointLimits {
         max_connections: args.endpoint_max_connections as usize,
+        max_per_peer: args.max_connections_per_peer as usize,
         timeout: args.endpoint_timeout,
     };
-    let health = serve_health(args.metrics_addr, &metrics, limits).await?;
-    let requests = requests::start(requests_cfg, p.flow.agent(), &metrics, limits).await?;
-    if let Some(cluster) = super::k8s::start(&args.k8s, &p.flow.agent(), &metrics).await? {
+    // This thread counts; everything else runs beside it.
+    let health = Arc::new(Health::new(stall_limit(p.flow.scan_interval)));
+    let probes = serve_probes(args.probe_addr, &metrics, &health, limits)?;
+    let services = Runtime::start("services", 2)?;
+    serve_metrics(&services, args.metrics_addr, &metrics, &health, limits).await?;
+    let requests = services
+        .run(requests::start(
+            requests_cfg,
+            p.flow.agent(),
+            metrics.clone(),
+            limits,
+        ))
+        .await??;
+    let k8s = super::k8s::start(args.k8s.clone(), p.flow.agent(), metrics.clone());
+    if let Some(cluster) = services.run(k8s).await?? {
         agent.pipeline.set_cluster(cluster);
         health.k8s_metadata.store(true, Ordering::Relaxed);
     }
@@ -115,6 +131,7 @@ async fn run_async(args: LiveArgs) -> Result<()> {
         "capturing"
     );
     let mut last_local_refresh = Instant::now();
+    let mut last_scan: Option<Instant> = None;
     let reason = loop {
         match events.next().await? {
             Event::Payload(kind) => {
@@ -131,6 +148,11 @@ async fn run_async(args: LiveArgs) -> Result<()> {
                 agent.pipeline.reopen();
             }
             Event::Scan { pressure } => {
+                let started = Instant::now();
+                if let Some(last) = last_scan.replace(started) {
+                    metrics.scan_gap.observe((started - last).as_secs_f64());
+                }
+                health.scanned();
                 if pressure {
                     agent.woken();
                 }
@@ -159,13 +181,26 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     tracing::info!("stopping ({reason}): detaching and flushing open flows");
     let deadline = Instant::now() + p.shutdown_timeout;
     // Running captures stop and store what they hold.
-    requests::stop(requests, deadline).await;
+    if let Err(e) = services.run(requests::stop(requests, deadline)).await {
+        tracing::warn!("stopping capture on request: {e}");
+    }
     drop(events);
     attached.detach_all(&mut agent.kernel.ebpf);
     agent.pipeline.set_clock(Clock::live());
     let done = agent.shutdown(Status::Shutdown, monotonic_ns, deadline)?;
     tracing::info!(records = done.records, dropped = done.dropped, "stopped");
+    let grace = Instant::now() + Duration::from_secs(2);
+    services.stop(grace);
+    if let Some(p) = probes {
+        p.stop(grace);
+    }
     Ok(())
+}
+
+/// How long the counting thread may go without a scan before `/healthz` says it is stuck:
+/// ten scan intervals, and never less than 30 s (a scan that emits a large table takes a while).
+fn stall_limit(scan_interval: Duration) -> Duration {
+    (scan_interval * 10).max(Duration::from_secs(30))
 }
 
 /// Loaded and attached: keeps only the capabilities the running agent needs (see
@@ -184,6 +219,7 @@ fn drop_capabilities(
         raw_sockets: requests.is_some(),
         chown: args.pipeline.file_group.is_some(),
         low_port: low(args.metrics_addr.0)
+            || low(args.probe_addr.0)
             || low(requests.and_then(|r| r.api.as_ref()).map(|a| a.addr)),
     };
     let kept = caps::drop_all_but(&keep).context("dropping capabilities after start-up")?;
@@ -245,25 +281,60 @@ fn follow(agent: &mut Assembly, attached: &mut Attached, selection: &Selection, 
     metrics.interfaces.set(attached.len() as i64);
 }
 
-/// Serves /metrics, /healthz and /readyz unless `--metrics-addr off`.
-async fn serve_health(
+/// Serves /metrics (and the probes) on the services runtime unless `--metrics-addr off`.
+async fn serve_metrics(
+    services: &Runtime,
     addr: MetricsAddr,
     metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
     limits: EndpointLimits,
-) -> Result<Arc<Health>> {
-    let health = Arc::new(Health::default());
-    if let Some(addr) = addr.0 {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the metrics endpoint {addr} (--metrics-addr)"))?;
-        let (m, h) = (metrics.clone(), health.clone());
-        tokio::spawn(async move {
-            if let Err(e) = health::serve(listener, m, h, limits).await {
-                tracing::error!("metrics endpoint stopped: {e}");
-            }
-        });
-    }
-    Ok(health)
+) -> Result<()> {
+    let Some(addr) = addr.0 else {
+        return Ok(());
+    };
+    let listener = services
+        .run(tokio::net::TcpListener::bind(addr))
+        .await?
+        .with_context(|| format!("binding the metrics endpoint {addr} (--metrics-addr)"))?;
+    let (m, h) = (metrics.clone(), health.clone());
+    services.handle().spawn(async move {
+        if let Err(e) = health::serve_metrics(listener, m, h, limits).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// Serves /healthz and /readyz on a thread of their own unless `--probe-addr off`.
+fn serve_probes(
+    addr: MetricsAddr,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    limits: EndpointLimits,
+) -> Result<Option<Runtime>> {
+    let Some(addr) = addr.0 else {
+        return Ok(None);
+    };
+    let rt = Runtime::start("probes", 1)?;
+    let listener = {
+        let _guard = rt.handle().enter();
+        let std = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the probe endpoint {addr} (--probe-addr)"))?;
+        std.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(std)?
+    };
+    // Probes are short: a client that is slow to send its head is cut off soon.
+    let limits = EndpointLimits {
+        timeout: limits.timeout.min(Duration::from_secs(2)),
+        ..limits
+    };
+    let (m, h) = (metrics.clone(), health.clone());
+    rt.handle().spawn(async move {
+        if let Err(e) = health::serve_probes(listener, m, h, limits).await {
+            tracing::error!("probe endpoint stopped: {e}");
+        }
+    });
+    Ok(Some(rt))
 }
 
 /// What the loop reacts to.

@@ -6,3 +6,4 @@ mod k8s;
 pub mod live;
 pub mod replay;
 mod requests;
+mod services;

@@ -21,12 +21,15 @@ pub type Requests = ();
 pub async fn start(
     cfg: Option<RequestsConfig>,
     node: String,
-    metrics: &Arc<Metrics>,
+    metrics: Arc<Metrics>,
     limits: EndpointLimits,
 ) -> Result<Option<Requests>> {
     use anyhow::Context;
 
-    use crate::ondemand::{Service, api, redis, sqs};
+    use crate::{
+        ondemand::{Service, api, redis, sqs},
+        ops::endpoint::Refusals,
+    };
     let Some(cfg) = cfg else {
         return Ok(None);
     };
@@ -72,15 +75,31 @@ pub async fn start(
             .with_context(|| format!("reading the API token file {}", f.display()))?
             .trim()
             .to_owned();
-        if token.is_empty() {
-            bail!("the API token file {} is empty", f.display());
+        if token.len() < api::MIN_TOKEN_BYTES {
+            bail!(
+                "the API token in {} is {} bytes: at least {} are required (for example `head -c 32 /dev/urandom | base64`)",
+                f.display(),
+                token.len(),
+                api::MIN_TOKEN_BYTES
+            );
         }
         let listener = api::bind(a.addr)
             .await
             .with_context(|| format!("binding the capture API on {} ([api] addr)", a.addr))?;
         tracing::info!(addr = %a.addr, "capture API listening (bearer token required)");
-        let refused = metrics.limit_counter("endpoint_max_connections");
-        tokio::spawn(api::serve(listener, svc.clone(), token, limits, refused));
+        let refused = Refusals {
+            total: Some(metrics.limit_counter("endpoint_max_connections")),
+            per_peer: Some(metrics.limit_counter("max_connections_per_peer")),
+        };
+        let failures = api::Failures::new(a.auth_failure_delay, a.auth_failure_delay_max);
+        tokio::spawn(api::serve(
+            listener,
+            svc.clone(),
+            token,
+            limits,
+            refused,
+            failures,
+        ));
     }
     tracing::info!(
         dir = %cfg.local_dir.display(),
@@ -94,7 +113,7 @@ pub async fn start(
 pub async fn start(
     cfg: Option<RequestsConfig>,
     _node: String,
-    _metrics: &Arc<Metrics>,
+    _metrics: Arc<Metrics>,
     _limits: EndpointLimits,
 ) -> Result<Option<Requests>> {
     if cfg.is_some() {

@@ -1,22 +1,78 @@
 //! The HTTP trigger: `POST /captures` (a pcapdaemon request as the body) returns the capture's
 //! id, `GET /captures/ID` its status. On its own listener, behind a bearer token that every
 //! request needs (loopback too: host-network pods share it), checked before the body is read;
-//! bodies over `max_request_bytes` are refused and counted.
+//! bodies over `max_request_bytes` are refused and counted. A connection takes one of the
+//! listener's slots only once a request authenticated; a wrong token is answered after a delay
+//! that doubles with each failure of that peer ([`Failures`]) and closes the connection.
 
-use std::net::SocketAddr;
+use std::{
+    net::{IpAddr, SocketAddr},
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{DefaultBodyLimit, Path, Request, State, rejection::StringRejection},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use lru::LruCache;
 use serde_json::json;
 
 use super::{Refused, Service};
-use crate::ops::endpoint::{self, EndpointLimits};
+use crate::ops::endpoint::{self, EndpointLimits, Peer, Refusals, Slot, SlotPolicy};
+
+/// The shortest token the API accepts (start-up refuses a shorter one).
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// Peers whose failed attempts are remembered at most; the least recent go first.
+const FAILURE_PEERS: usize = 4096;
+
+/// Failed token attempts by peer: each failure is answered after `base` doubled per failure
+/// before it (at most `max`); a success, or `max` × 8 without a failure, forgives the peer.
+pub struct Failures {
+    peers: Mutex<LruCache<IpAddr, (u32, Instant)>>,
+    base: Duration,
+    max: Duration,
+}
+
+impl Failures {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            peers: Mutex::new(LruCache::new(
+                NonZeroUsize::new(FAILURE_PEERS).expect("non-zero"),
+            )),
+            base,
+            max: max.max(base),
+        }
+    }
+
+    /// Records a failure of `peer`; returns how long to wait before answering it.
+    pub fn failed(&self, peer: IpAddr) -> Duration {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let forgiven = |last: Instant| now.duration_since(last) > self.max.saturating_mul(8);
+        let n = match peers.get(&peer) {
+            Some(&(n, last)) if !forgiven(last) => n + 1,
+            _ => 1,
+        };
+        peers.put(peer, (n, now));
+        self.base
+            .saturating_mul(1u32 << (n - 1).min(20))
+            .min(self.max)
+    }
+
+    pub fn succeeded(&self, peer: IpAddr) {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop(&peer);
+    }
+}
 
 /// How long `POST /captures` waits for the capture sockets to open before answering.
 const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -25,6 +81,7 @@ const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 struct Api {
     svc: Service,
     token: String,
+    failures: Arc<Failures>,
 }
 
 /// Binds `addr` (failing start-up when it cannot) and serves until the task is dropped.
@@ -37,10 +94,15 @@ pub async fn serve(
     svc: Service,
     token: String,
     limits: EndpointLimits,
-    refused: prometheus::IntCounter,
+    refused: Refusals,
+    failures: Failures,
 ) {
     let max_body = svc.config().capture.limits().max_request_bytes;
-    let api = Api { svc, token };
+    let api = Api {
+        svc,
+        token,
+        failures: Arc::new(failures),
+    };
     let app = Router::new()
         .route("/captures", post(create))
         .route("/captures/{id}", get(status))
@@ -48,13 +110,33 @@ pub async fn serve(
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(api);
-    endpoint::serve(listener, app, limits, Some(refused)).await;
+    endpoint::serve(listener, app, limits, refused, SlotPolicy::AfterAuth).await;
 }
 
-async fn authenticate(State(api): State<Api>, req: Request, next: Next) -> Response {
+/// Lets a request with the token through, once its connection holds a slot; a request without
+/// it waits out its peer's delay, is counted and closes the connection.
+async fn authenticate(
+    State(api): State<Api>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Extension(slot): Extension<Slot>,
+    req: Request,
+    next: Next,
+) -> Response {
     if authorized(&api.token, req.headers()) {
+        api.failures.succeeded(peer);
+        if !slot.take() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CONNECTION, "close")],
+                Json(json!({"error": "too many connections (--endpoint-max-connections)"})),
+            )
+                .into_response();
+        }
         next.run(req).await
     } else {
+        let wait = api.failures.failed(peer);
+        api.svc.unauthorized();
+        tokio::time::sleep(wait).await;
         unauthorized()
     }
 }
@@ -77,7 +159,10 @@ fn authorized(token: &str, headers: &HeaderMap) -> bool {
 fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer")],
+        [
+            (header::WWW_AUTHENTICATE, "Bearer"),
+            (header::CONNECTION, "close"),
+        ],
         Json(json!({"error": "missing or wrong bearer token"})),
     )
         .into_response()
@@ -139,5 +224,25 @@ async fn status(State(api): State<Api>, Path(id): Path<String>) -> Response {
             Json(json!({"error": "no such capture"})),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_of_a_peer_doubles_its_delay_up_to_the_cap_and_a_success_forgives() {
+        let f = Failures::new(Duration::from_millis(100), Duration::from_millis(700));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(
+            (0..5).map(|_| ms(f.failed(a))).collect::<Vec<_>>(),
+            [100, 200, 400, 700, 700]
+        );
+        assert_eq!(ms(f.failed(b)), 100, "peers are apart");
+        f.succeeded(a);
+        assert_eq!(ms(f.failed(a)), 100);
     }
 }

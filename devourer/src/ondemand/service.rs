@@ -167,6 +167,11 @@ impl Service {
         res
     }
 
+    /// A request without the API's token: counted (the API delays and closes).
+    pub fn unauthorized(&self) {
+        self.count("unauthorized");
+    }
+
     /// A message refused before it could be read (too large, not text): counted and logged.
     pub fn refused_unread(&self, reason: &'static str, source: &'static str, why: &str) {
         self.count(reason);

@@ -30,6 +30,8 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+/// Buckets of the time between two scan starts (seconds), as the issue on stalls asks.
+const SCAN_GAP_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
 /// Scan duration buckets (seconds): 10 µs to 5 s.
 const SCAN_BUCKETS: &[f64] = &[
     0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -43,6 +45,7 @@ pub struct Metrics {
     pub map_capacity: IntGauge,
     pub map_bytes: IntGauge,
     pub scan_seconds: Histogram,
+    pub scan_gap: Histogram,
     kernel: IntCounterVec,
     dns_parse_errors: IntCounterVec,
     dns_names_refused: IntCounter,
@@ -50,6 +53,8 @@ pub struct Metrics {
     pub capture: CaptureMetrics,
     pub k8s: K8sMetrics,
     sink_rows: IntCounterVec,
+    sink_dropped: IntCounterVec,
+    sink_queue: IntGaugeVec,
     spool_bytes: IntGauge,
     bq_last_success: IntGauge,
     sink_request_seconds: HistogramVec,
@@ -305,6 +310,11 @@ impl Metrics {
                 "Time one scan of the kernel flow map takes.",
                 SCAN_BUCKETS,
             ),
+            scan_gap: r.histogram(
+                "devourer_scan_gap_seconds",
+                "Time between the starts of two scans of the kernel flow map (the scan interval when nothing holds the counting thread up).",
+                SCAN_GAP_BUCKETS,
+            ),
             kernel: r.counters("devourer_kernel_events_total", &kernel_help, &["event"]),
             dns_parse_errors: r.counters(
                 "devourer_dns_parse_errors_total",
@@ -322,6 +332,21 @@ impl Metrics {
                 "devourer_sink_rows_total",
                 "Records by sink and outcome (written, sent, retried, dead_lettered, dropped).",
                 &["sink", "outcome"],
+            ),
+            sink_dropped: r.counters(
+                "devourer_sink_dropped_total",
+                "Records a sink lost, by sink: its queue was full (--sink-queue-records, --sink-queue-bytes), its spool was full, it could not write them, or they were still queued at the shutdown deadline.",
+                &["sink"],
+            ),
+            sink_queue: r.add(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "devourer_sink_queue_records",
+                        "Records waiting in a sink's queue for its thread.",
+                    ),
+                    &["sink"],
+                )
+                .expect("metric"),
             ),
             spool_bytes: r.gauge(
                 "devourer_spool_bytes",
@@ -453,6 +478,14 @@ impl Metrics {
 
     /// A sink's absolute counts and backlog (from its own statistics).
     pub fn sink(&self, sink: &str, report: &SinkReport) {
+        self.sync(
+            &format!("sink_dropped/{sink}"),
+            &self.sink_dropped.with_label_values(&[sink]),
+            report.dropped(),
+        );
+        self.sink_queue
+            .with_label_values(&[sink])
+            .set(report.queued as i64);
         for (outcome, total) in &report.outcomes {
             self.sync(
                 &format!("sink/{sink}/{outcome}"),

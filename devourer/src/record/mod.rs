@@ -146,6 +146,124 @@ impl LogRecord {
     }
 }
 
+/// Records of one kind, built once and shared by every sink that takes them (each on its own
+/// thread): the pipeline hands them over and goes on.
+#[derive(Clone, Debug)]
+pub enum Records {
+    Flow(Arc<Vec<FlowRecord>>),
+    Overflow(Arc<Vec<OverflowRecord>>),
+    Dns(Arc<Vec<DnsRecord>>),
+    Http(Arc<Vec<HttpRecord>>),
+    DnsLog(Arc<Vec<LogRecord>>),
+    HttpLog(Arc<Vec<LogRecord>>),
+}
+
+impl Records {
+    /// The records of `range`, borrowed.
+    pub fn batch(&self, range: std::ops::Range<usize>) -> Batch<'_> {
+        match self {
+            Self::Flow(x) => Batch::Flow(&x[range]),
+            Self::Overflow(x) => Batch::Overflow(&x[range]),
+            Self::Dns(x) => Batch::Dns(&x[range]),
+            Self::Http(x) => Batch::Http(&x[range]),
+            Self::DnsLog(x) => Batch::DnsLog(&x[range]),
+            Self::HttpLog(x) => Batch::HttpLog(&x[range]),
+        }
+    }
+
+    pub fn all(&self) -> Batch<'_> {
+        self.batch(0..self.len())
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Flow(x) => x.len(),
+            Self::Overflow(x) => x.len(),
+            Self::Dns(x) => x.len(),
+            Self::Http(x) => x.len(),
+            Self::DnsLog(x) | Self::HttpLog(x) => x.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// About how many bytes of memory a record holds (itself and what it alone points to; strings
+/// shared with other records, such as names and the agent, are not counted): what the sinks'
+/// queues are bounded by.
+pub trait Footprint {
+    fn footprint(&self) -> usize;
+}
+
+fn string_bytes(s: &Option<String>) -> usize {
+    s.as_ref().map_or(0, String::capacity)
+}
+
+impl Footprint for FlowRecord {
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.interfaces.capacity() * std::mem::size_of::<flow::Observed>()
+    }
+}
+
+impl Footprint for OverflowRecord {
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>()
+    }
+}
+
+impl Footprint for DnsRecord {
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + string_bytes(&self.q_name)
+            + self.answers.capacity() * std::mem::size_of::<String>()
+            + self.answers.iter().map(String::capacity).sum::<usize>()
+    }
+}
+
+impl Footprint for HttpRecord {
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + [
+                &self.method,
+                &self.target,
+                &self.version,
+                &self.host,
+                &self.user_agent,
+                &self.reason,
+                &self.content_type,
+            ]
+            .into_iter()
+            .map(string_bytes)
+            .sum::<usize>()
+            + self.truncated.capacity() * std::mem::size_of::<&str>()
+    }
+}
+
+impl Footprint for LogRecord {
+    fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>() + self.body.capacity()
+    }
+}
+
+impl Batch<'_> {
+    /// About how many bytes of memory the records hold ([`Footprint`]).
+    pub fn footprint(&self) -> usize {
+        fn sum<T: Footprint>(r: &[T]) -> usize {
+            r.iter().map(Footprint::footprint).sum()
+        }
+        match self {
+            Self::Flow(r) => sum(r),
+            Self::Overflow(r) => sum(r),
+            Self::Dns(r) => sum(r),
+            Self::Http(r) => sum(r),
+            Self::DnsLog(r) | Self::HttpLog(r) => sum(r),
+        }
+    }
+}
+
 /// Records of one kind, on their way to the sinks that take that kind.
 #[derive(Clone, Copy, Debug)]
 pub enum Batch<'a> {

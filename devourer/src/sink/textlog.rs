@@ -7,10 +7,14 @@ use std::{
     fs::File,
     io::{self, BufWriter, Write},
     path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
-use super::Sink;
+use super::{Sink, SinkReport, Status};
 use crate::{
     base::{
         files,
@@ -56,9 +60,27 @@ pub struct TextLog {
     split: bool,
     local: bool,
     open: HashMap<String, BufWriter<File>>,
-    pub lines: u64,
-    pub failed: u64,
+    counts: Arc<LogCounts>,
     failing: bool,
+}
+
+/// Lines written and lines lost.
+#[derive(Debug, Default)]
+pub struct LogCounts {
+    pub lines: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Status for LogCounts {
+    fn report(&self) -> SinkReport {
+        SinkReport {
+            outcomes: vec![
+                ("written", self.lines.load(Ordering::Relaxed)),
+                ("dropped", self.failed.load(Ordering::Relaxed)),
+            ],
+            ..SinkReport::default()
+        }
+    }
 }
 
 impl TextLog {
@@ -80,8 +102,7 @@ impl TextLog {
             split,
             local,
             open: HashMap::new(),
-            lines: 0,
-            failed: 0,
+            counts: Arc::default(),
             failing: false,
         })
     }
@@ -113,11 +134,11 @@ impl TextLog {
         let res = self.file(&name).and_then(|f| f.write_all(text.as_bytes()));
         match res {
             Ok(()) => {
-                self.lines += 1;
+                self.counts.lines.fetch_add(1, Ordering::Relaxed);
                 self.failing = false;
             }
             Err(e) => {
-                self.failed += 1;
+                self.counts.failed.fetch_add(1, Ordering::Relaxed);
                 if !self.failing {
                     tracing::error!(dir = %self.dir.display(), log = self.spec.name, "writing the text log failed: {e}; lines are dropped and counted");
                     self.failing = true;
@@ -142,7 +163,7 @@ impl TextLog {
     pub fn flush(&mut self) {
         for (name, f) in &mut self.open {
             if let Err(e) = f.flush() {
-                self.failed += 1;
+                self.counts.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(file = %name, "flushing the text log failed: {e}");
             }
         }
@@ -177,15 +198,20 @@ impl Sink for TextLog {
         self.open.clear();
     }
 
+    fn status(&self) -> Arc<dyn Status> {
+        self.counts.clone()
+    }
+
     fn finish(mut self: Box<Self>, _deadline: Instant) -> u64 {
         self.flush();
+        let failed = self.counts.failed.load(Ordering::Relaxed);
         tracing::info!(
             log = self.spec.name,
-            lines = self.lines,
-            failed = self.failed,
+            lines = self.counts.lines.load(Ordering::Relaxed),
+            failed,
             "text log"
         );
-        self.failed
+        failed
     }
 }
 

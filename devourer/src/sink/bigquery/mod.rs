@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 pub use self::schema::TableKind;
 pub use super::RequestObserver;
 use super::{
-    Sink, SinkReport,
+    Sink, SinkReport, Status,
     spool::{Limits, Spool, rejects::Rejects},
 };
 use crate::record::{Batch, Kind};
@@ -104,6 +104,40 @@ pub struct BqSink {
     deadline: Arc<Mutex<Option<Instant>>>,
     thread: Option<JoinHandle<()>>,
     warned_full: AtomicBool,
+    /// The sender thread ended (a fatal set-up error, or shutdown).
+    sender_done: Arc<AtomicBool>,
+}
+
+/// What the BigQuery sink reports, from its counters and the spool's size.
+struct BqStatus {
+    stats: Arc<BqStats>,
+    spool: Arc<Spool>,
+    sender_done: Arc<AtomicBool>,
+}
+
+impl Status for BqStatus {
+    fn report(&self) -> SinkReport {
+        let s = &self.stats;
+        SinkReport {
+            outcomes: vec![
+                ("spooled", BqStats::get(&s.rows_spooled)),
+                ("sent", BqStats::get(&s.rows_sent)),
+                ("retried", BqStats::get(&s.rows_retried)),
+                ("dead_lettered", BqStats::get(&s.rows_dead_lettered)),
+                ("quarantined", BqStats::get(&s.rows_quarantined)),
+                ("dropped", BqStats::get(&s.rows_dropped)),
+            ],
+            spool_bytes: Some(self.spool.bytes()),
+            last_success: Some(BqStats::get(&s.last_success)),
+            ..SinkReport::default()
+        }
+    }
+
+    /// Whether the sender thread is still running (it stops only on a fatal set-up error or at
+    /// shutdown).
+    fn alive(&self) -> bool {
+        !self.sender_done.load(Ordering::Relaxed)
+    }
 }
 
 impl BqSink {
@@ -148,9 +182,14 @@ impl BqSink {
             rejects,
             cfg,
         };
+        let sender_done = Arc::new(AtomicBool::new(false));
+        let done = sender_done.clone();
         let thread = std::thread::Builder::new()
-            .name("sink-bigquery".into())
-            .spawn(move || s.run(setup_tx))
+            .name("bigquery-sender".into())
+            .spawn(move || {
+                s.run(setup_tx);
+                done.store(true, Ordering::Relaxed);
+            })
             .context("starting the BigQuery sender")?;
         match setup_rx.recv_timeout(wait) {
             Ok(Err(fatal)) => {
@@ -169,6 +208,7 @@ impl BqSink {
             deadline,
             thread: Some(thread),
             warned_full: AtomicBool::new(false),
+            sender_done,
         })
     }
 
@@ -229,26 +269,12 @@ impl Sink for BqSink {
         true
     }
 
-    /// Whether the sender thread is still running (it stops only on a fatal set-up error or at
-    /// shutdown).
-    fn alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-
-    fn report(&self) -> SinkReport {
-        let s = &self.stats;
-        SinkReport {
-            outcomes: vec![
-                ("spooled", BqStats::get(&s.rows_spooled)),
-                ("sent", BqStats::get(&s.rows_sent)),
-                ("retried", BqStats::get(&s.rows_retried)),
-                ("dead_lettered", BqStats::get(&s.rows_dead_lettered)),
-                ("quarantined", BqStats::get(&s.rows_quarantined)),
-                ("dropped", BqStats::get(&s.rows_dropped)),
-            ],
-            spool_bytes: Some(self.spool.bytes()),
-            last_success: Some(BqStats::get(&s.last_success)),
-        }
+    fn status(&self) -> Arc<dyn Status> {
+        Arc::new(BqStatus {
+            stats: self.stats.clone(),
+            spool: self.spool.clone(),
+            sender_done: self.sender_done.clone(),
+        })
     }
 
     /// Seals what is open and sends until `deadline`; what is left stays in the spool for the

@@ -13,7 +13,10 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -78,8 +81,36 @@ pub struct Spool {
     max_bytes: u64,
     limits: Limits,
     inner: Mutex<Inner>,
+    /// `inner.bytes` as of the last change, readable without the lock (an append may hold it
+    /// through a slow fsync).
+    held: AtomicU64,
     /// Torn lines found at start, for the sender to quarantine.
     torn: Mutex<Vec<TornTail>>,
+}
+
+/// The spool's state while locked: publishes its size on unlock.
+struct Locked<'a> {
+    guard: MutexGuard<'a, Inner>,
+    held: &'a AtomicU64,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.held.store(self.guard.bytes, Ordering::Relaxed);
+    }
 }
 
 /// A batch ready to send.
@@ -159,6 +190,7 @@ impl Spool {
             dir: dir.to_path_buf(),
             max_bytes,
             limits,
+            held: AtomicU64::new(inner.bytes),
             inner: Mutex::new(inner),
             torn: Mutex::new(torn),
         })
@@ -173,9 +205,17 @@ impl Spool {
         &self.dir
     }
 
-    /// Bytes held on disk.
+    /// Bytes held on disk (never waits for the spool's lock).
     pub fn bytes(&self) -> u64 {
-        self.inner.lock().expect("spool lock").bytes
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// The state, locked; its size is published when the guard goes.
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: self.inner.lock().expect("spool lock"),
+            held: &self.held,
+        }
     }
 
     /// Appends rows (JSON lines) to `table`, durably: when this returns `Ok(true)` every row
@@ -184,7 +224,7 @@ impl Spool {
     /// when the spool would grow past its cap (the caller counts them as dropped). On a write
     /// error the segment is cut back to its last whole row, so no torn line remains.
     pub fn append(&self, table: &str, lines: &[u8]) -> io::Result<bool> {
-        let mut g = self.inner.lock().expect("spool lock");
+        let mut g = self.lock();
         let inner = &mut *g;
         if inner.bytes + lines.len() as u64 > self.max_bytes {
             return Ok(false);
@@ -276,7 +316,7 @@ impl Spool {
 
     /// Seals open segments older than the batch age (or all of them with `all`).
     pub fn seal_due(&self, all: bool) -> io::Result<()> {
-        let mut g = self.inner.lock().expect("spool lock");
+        let mut g = self.lock();
         for t in g.tables.values_mut() {
             let due = t
                 .open
@@ -291,7 +331,7 @@ impl Spool {
 
     /// The oldest sealed segment of any table.
     pub fn next(&self) -> Option<Segment> {
-        let g = self.inner.lock().expect("spool lock");
+        let g = self.lock();
         g.tables
             .iter()
             .filter_map(|(name, t)| t.sealed.front().map(|(seq, p)| (*seq, name, p)))
@@ -305,7 +345,7 @@ impl Spool {
     /// The oldest sealed segment of `table` (tables are sent independently: one that fails
     /// does not hold the others up).
     pub fn next_of(&self, table: &str) -> Option<Segment> {
-        let g = self.inner.lock().expect("spool lock");
+        let g = self.lock();
         let t = g.tables.get(table)?;
         t.sealed.front().map(|(_, p)| Segment {
             table: table.to_owned(),
@@ -315,13 +355,13 @@ impl Spool {
 
     /// The tables this spool holds.
     pub fn tables(&self) -> Vec<String> {
-        let g = self.inner.lock().expect("spool lock");
+        let g = self.lock();
         g.tables.keys().cloned().collect()
     }
 
     /// Whether anything (sealed or open) waits to be sent.
     pub fn is_empty(&self) -> bool {
-        let g = self.inner.lock().expect("spool lock");
+        let g = self.lock();
         g.tables
             .values()
             .all(|t| t.sealed.is_empty() && t.open.is_none())
@@ -329,7 +369,7 @@ impl Spool {
 
     /// Deletes a segment BigQuery acknowledged.
     pub fn done(&self, seg: &Segment) -> io::Result<()> {
-        let mut g = self.inner.lock().expect("spool lock");
+        let mut g = self.lock();
         let len = fs::metadata(&seg.path).map(|m| m.len()).unwrap_or(0);
         fs::remove_file(&seg.path)?;
         if let Some(parent) = seg.path.parent() {
@@ -347,7 +387,7 @@ impl Spool {
         if lines.is_empty() {
             return self.done(seg);
         }
-        let mut g = self.inner.lock().expect("spool lock");
+        let mut g = self.lock();
         let old = fs::metadata(&seg.path).map(|m| m.len()).unwrap_or(0);
         let tmp = seg.path.with_extension("tmp");
         {
