@@ -131,6 +131,39 @@ impl Kube {
         serde_json::to_value(made).expect("json")
     }
 
+    /// Creates every object, `parallel` requests at a time, each followed by its status
+    /// patch when one is given (what a kubelet would report).
+    pub fn create_all(&self, objs: Vec<(Value, Option<Value>)>, parallel: usize) {
+        self.rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (obj, status) in objs {
+                while set.len() >= parallel.max(1) {
+                    set.join_next().await.expect("a task").expect("created");
+                }
+                let av = obj["apiVersion"].as_str().expect("apiVersion").to_owned();
+                let kind = obj["kind"].as_str().expect("kind").to_owned();
+                let ns = obj["metadata"]["namespace"].as_str().map(str::to_owned);
+                let name = obj["metadata"]["name"].as_str().expect("name").to_owned();
+                let api = self.api(&av, &kind, ns.as_deref());
+                let o: DynamicObject = serde_json::from_value(obj).expect("object");
+                set.spawn(async move {
+                    api.create(&PostParams::default(), &o)
+                        .await
+                        .unwrap_or_else(|e| panic!("creating {kind} {name}: {e}"));
+                    if let Some(st) = status {
+                        let patch = serde_json::json!({ "status": st });
+                        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await
+                            .unwrap_or_else(|e| panic!("patching {kind} {name}'s status: {e}"));
+                    }
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                r.expect("created");
+            }
+        });
+    }
+
     /// Merges `status` into an object's status (what a kubelet would report).
     pub fn patch_status(
         &self,

@@ -368,6 +368,98 @@ pub fn start_capture_env(
     bg
 }
 
+/// The value of the series of `/metrics` text named exactly `series` (labels included).
+pub fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A GET in `ns` with a 1 s limit (a kubelet probe's): the status code (0: no answer) and body.
+pub fn http_get(ns: &Netns, url: &str) -> (u16, String) {
+    http_get_in(&ns.name, url)
+}
+
+fn http_get_in(ns: &str, url: &str) -> (u16, String) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-s",
+            "-m",
+            "1",
+            "-w",
+            "\n%{http_code}",
+            url,
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Probes a URL as kubelet does (every 0.5 s, 1 s to answer) on a thread, until stopped.
+pub struct Prober {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, u32)>,
+}
+
+impl Prober {
+    pub fn start(ns: &Netns, url: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, ns, url) = (stop.clone(), ns.name.clone(), url.to_owned());
+        let thread = std::thread::spawn(move || {
+            let (mut probes, mut answered) = (0, 0);
+            while !flag.load(Ordering::Relaxed) {
+                probes += 1;
+                if http_get_in(&ns, &url).0 == 200 {
+                    answered += 1;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            (probes, answered)
+        });
+        Self { stop, thread }
+    }
+
+    /// Probes sent and probes answered with 200.
+    pub fn stop(self) -> (u32, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("prober")
+    }
+}
+
+/// About 500 new UDP flows and 500 DNS queries (unanswered: `lost` records) a second from
+/// `ns` to `server`, for `secs` seconds.
+pub fn udp_and_dns_load(ns: &Netns, server: &str, secs: u32) -> Bg {
+    let script = format!(
+        r#"
+import socket, struct, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.time() + {secs}
+n = 0
+while time.time() < end:
+    for _ in range(5):
+        u.sendto(b'x', ('{server}', 10000 + n % 50000))
+        q = struct.pack('>HHHHHH', n % 65536, 0x0100, 1, 0, 0, 0)
+        for label in (b'q%d' % n, b'stall', b'test'):
+            q += bytes([len(label)]) + label
+        q += b'\x00\x00\x01\x00\x01'
+        d.sendto(q, ('{server}', 53))
+        n += 1
+    time.sleep(0.01)
+"#
+    );
+    let mut cmd = ns.cmd("python3");
+    cmd.args(["-c", &script]);
+    Bg::spawn(cmd, "traffic")
+}
+
 /// Waits until `f` is true or `timeout` passes.
 pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

@@ -424,3 +424,116 @@ fn cluster_mode_names_pods_of_other_nodes_and_node_mode_does_not() {
         }
     }
 }
+
+#[test]
+fn five_thousand_pods_and_a_thousand_services_in_cluster_mode_stall_no_scan() {
+    if !require_root("five_thousand_pods_and_a_thousand_services_in_cluster_mode_stall_no_scan") {
+        return;
+    }
+    let s = setup("k8s-big");
+    let n = &s.n;
+    s.admin
+        .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "big"}}));
+    let out = s.tmp.path("records.jsonl");
+    let log = s.tmp.path("agent.log");
+    let mut args = vec![
+        "--all-interfaces",
+        "--agent-name",
+        AGENT,
+        "--k8s-metadata",
+        "cluster",
+        "--kubeconfig",
+        s.agent_kc.to_str().unwrap(),
+        "--metrics-addr",
+        "127.0.0.1:9402",
+        "--probe-addr",
+        "127.0.0.1:9404",
+        "--idle-timeout",
+        "1s",
+        "--evict-after",
+        "300ms",
+        "--scan-interval",
+        "333ms",
+        "--dns-timeout",
+        "1s",
+    ];
+    args.push("--k8s-backoff-max");
+    args.push("1s");
+    let agent = start_capture(&n.node, &args, Some(&out), &log);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(stale_is(n, 0.0), "watches never followed: {}", logs());
+    let load = udp_and_dns_load(&n.pods[0], POD_IPS[1], 600);
+    let prober = Prober::start(&n.node, "http://127.0.0.1:9404/healthz");
+    // Five pods per app, each app behind a (headless) Service: every Service added renames
+    // the pods it selects while the agent counts.
+    let pods = (0..5000u32)
+        .map(|i| {
+            let ip = format!("10.250.{}.{}", i / 250, i % 250 + 1);
+            let pod = json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": format!("p{i}"), "namespace": "big",
+                              "labels": { "app": format!("a{}", i / 5) } },
+                "spec": { "nodeName": format!("node-{}", i % 50),
+                          "containers": [{ "name": "c", "image": "registry.invalid/c" }] }
+            });
+            let status = json!({ "phase": "Running", "podIP": ip, "podIPs": [{ "ip": ip }] });
+            (pod, Some(status))
+        })
+        .collect();
+    s.admin.create_all(pods, 16);
+    let services = (0..1000u32)
+        .map(|i| {
+            let svc = json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": format!("s{i}"), "namespace": "big" },
+                "spec": { "clusterIP": "None", "selector": { "app": format!("a{i}") },
+                          "ports": [{ "port": 80 }] }
+            });
+            (svc, None)
+        })
+        .collect();
+    s.admin.create_all(services, 16);
+    let indexed = wait_for(Duration::from_secs(120), || {
+        metric(n, "devourer_k8s_objects{kind=\"pods\"}") >= Some(5000.0)
+            && metric(n, "devourer_k8s_objects{kind=\"services\"}") >= Some(1000.0)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (probes, answered) = prober.stop();
+    drop(load);
+    let (_, metrics) = http_get(&n.node, "http://127.0.0.1:9402/metrics");
+    let stopped = agent.stop(libc::SIGTERM, Duration::from_secs(30));
+    assert!(stopped.status.success(), "{}", logs());
+    assert!(indexed, "the agent indexed every object:\n{metrics}");
+    assert_eq!(
+        answered,
+        probes,
+        "/healthz answered every probe:\n{}",
+        logs()
+    );
+    for event in [
+        "dns_ring_drops",
+        "map_full",
+        "overflow_full",
+        "wakeup_failed",
+    ] {
+        let v = series(
+            &metrics,
+            &format!("devourer_kernel_events_total{{event=\"{event}\"}}"),
+        );
+        assert_eq!(v, Some(0.0), "{event}:\n{metrics}");
+    }
+    let v = series(&metrics, "devourer_sink_dropped_total{sink=\"jsonl\"}");
+    assert_eq!(v, Some(0.0), "records dropped");
+    let count = series(&metrics, "devourer_scan_gap_seconds_count").unwrap();
+    let within = series(&metrics, "devourer_scan_gap_seconds_bucket{le=\"1\"}").unwrap();
+    assert!(count > 30.0, "scans went on: {count}");
+    assert_eq!(
+        within, count,
+        "a scan gap of over three intervals:\n{metrics}"
+    );
+    let recs = out_records(&out);
+    assert!(
+        recs.iter().filter(|r| r["type"] == "dns").count() > 5000,
+        "records flowed throughout"
+    );
+}
