@@ -18,11 +18,10 @@ CORE = {
     "Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service", "Secret",
     "ClusterRole", "ClusterRoleBinding",
 }
-# What the agent may do with the API: read pods, Services, EndpointSlices, nodes, ReplicaSets.
-READ = ["get", "list", "watch"]
+# What the agent does with the API: list and watch pods, Services, nodes, ReplicaSets.
+READ = ["list", "watch"]
 ALLOWED = {
-    ("", "pods"), ("", "services"), ("", "nodes"),
-    ("discovery.k8s.io", "endpointslices"), ("apps", "replicasets"),
+    ("", "pods"), ("", "services"), ("", "nodes"), ("apps", "replicasets"),
 }
 
 
@@ -30,13 +29,14 @@ def main():
     deploy, devourer = sys.argv[1], sys.argv[2]
     kdir = os.path.join(deploy, "kubernetes")
     docs = []
-    for name in sorted(os.listdir(kdir)):
-        if not name.endswith(".yaml") or name == "kustomization.yaml":
-            continue
-        with open(os.path.join(kdir, name)) as f:
-            for doc in yaml.safe_load_all(f):
-                if doc:
-                    docs.append((name, doc))
+    for sub in ["", "monitoring"]:
+        for name in sorted(os.listdir(os.path.join(kdir, sub))):
+            if not name.endswith(".yaml") or name == "kustomization.yaml":
+                continue
+            with open(os.path.join(kdir, sub, name)) as f:
+                for doc in yaml.safe_load_all(f):
+                    if doc:
+                        docs.append((os.path.join(sub, name), doc))
     kinds = {d["kind"] for _, d in docs}
     missing = {
         "Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service", "ServiceMonitor",
@@ -78,10 +78,11 @@ def main():
     }], binding["subjects"]
     print(f"ok rbac: read-only on {sorted(granted)}, bound to {sa['metadata']['name']}")
 
-    with open(os.path.join(kdir, "kustomization.yaml")) as f:
-        kust = yaml.safe_load(f)
-    for r in kust["resources"]:
-        assert os.path.exists(os.path.join(kdir, r)), f"kustomization lists missing {r}"
+    for sub in ["", "monitoring"]:
+        with open(os.path.join(kdir, sub, "kustomization.yaml")) as f:
+            kust = yaml.safe_load(f)
+        for r in kust["resources"]:
+            assert os.path.exists(os.path.join(kdir, sub, r)), f"kustomization lists missing {r}"
 
     # The DaemonSet's container, its args and env, with the ConfigMap's configuration.
     ds = next(d for _, d in docs if d["kind"] == "DaemonSet")
@@ -95,8 +96,10 @@ def main():
     assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, "seccomp"
     assert pod["hostNetwork"] is True
     assert {"operator": "Exists"} in pod["tolerations"]
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # The probes on their own listener on the node's loopback (--probe-addr's default).
+    for probe, path in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
+        get = c[probe]["httpGet"]
+        assert (get["host"], get["port"], get["path"]) == ("127.0.0.1", 9404, path), get
     assert any(
         v.get("hostPath", {}).get("path") == "/var/lib/devourer" for v in pod["volumes"]
     ), "spool on a hostPath"

@@ -9,7 +9,11 @@ use std::{
     time::Duration,
 };
 
-use devourer_tests::*;
+use devourer_tests::{
+    k8s::{ApiServer, manifest},
+    *,
+};
+use serde_json::Value;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -200,4 +204,185 @@ fn the_static_binary_runs_in_an_empty_root() {
         dockerfile.contains("cargo xtask build-static"),
         "the image ships the binary this test ran"
     );
+}
+
+/// Where `want` (a manifest) is not in `live` (what the API server holds): every field it
+/// gives is there with the same value (the server adds defaults; lists match item by item).
+fn missing(want: &Value, live: &Value, path: &str) -> Vec<String> {
+    match (want, live) {
+        (Value::Object(w), Value::Object(l)) => w
+            .iter()
+            .flat_map(|(k, v)| match l.get(k) {
+                Some(lv) => missing(v, lv, &format!("{path}.{k}")),
+                None => vec![format!("{path}.{k}: absent")],
+            })
+            .collect(),
+        (Value::Array(w), Value::Array(l)) if w.len() == l.len() => w
+            .iter()
+            .zip(l)
+            .enumerate()
+            .flat_map(|(i, (a, b))| missing(a, b, &format!("{path}[{i}]")))
+            .collect(),
+        (w, l) if w == l => Vec::new(),
+        (w, l) => vec![format!("{path}: {w} in the manifest, {l} on the server")],
+    }
+}
+
+/// `kubectl` against the API server in `ns` as its admin.
+fn kubectl(ns: &Netns, api: &ApiServer, args: &[&str]) -> std::process::Output {
+    ns.cmd("kubectl")
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl (on these machines)")
+}
+
+/// Applies kustomization `dir` server-side, as README says, and checks that every object it
+/// renders is on the server as written.
+fn apply_and_check(ns: &Netns, api: &ApiServer, tmp: &TempDir, dir: &Path) -> Vec<Value> {
+    let d = dir.to_str().unwrap();
+    let out = kubectl(ns, api, &["apply", "--server-side", "-k", d]);
+    assert!(
+        out.status.success(),
+        "kubectl apply -k {d}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = kubectl(ns, api, &["kustomize", d]);
+    assert!(rendered.status.success());
+    let file = tmp.path("rendered.yaml");
+    std::fs::write(&file, &rendered.stdout).unwrap();
+    let docs = manifest(&file);
+    for doc in &docs {
+        let (kind, name) = (
+            doc["kind"].as_str().unwrap(),
+            doc["metadata"]["name"].as_str().unwrap(),
+        );
+        let mut args = vec!["get", kind, name, "-o", "json"];
+        if let Some(n) = doc["metadata"]["namespace"].as_str() {
+            args.extend(["-n", n]);
+        }
+        let got = kubectl(ns, api, &args);
+        assert!(got.status.success(), "{kind} {name} is not on the server");
+        let live: Value = serde_json::from_slice(&got.stdout).unwrap();
+        let diff = missing(doc, &live, kind);
+        assert!(
+            diff.is_empty(),
+            "{kind} {name} differs from its manifest: {diff:#?}"
+        );
+    }
+    docs
+}
+
+#[test]
+fn every_kustomization_applies_to_a_real_api_server_and_grants_exactly_what_the_agent_needs() {
+    if !require_root(
+        "every_kustomization_applies_to_a_real_api_server_and_grants_exactly_what_the_agent_needs",
+    ) {
+        return;
+    }
+    let tmp = TempDir::new("apply");
+    let ns = Netns::new("dvkapi");
+    let api = ApiServer::start(&ns, &tmp.path("apiserver"));
+    // A plain cluster: no Prometheus Operator.
+    let base = apply_and_check(&ns, &api, &tmp, &repo().join("deploy/kubernetes"));
+    let kinds: BTreeSet<&str> = base.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for k in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Service",
+        "DaemonSet",
+    ] {
+        assert!(kinds.contains(k), "the base applies no {k}: {kinds:?}");
+    }
+    assert!(!kinds.contains("ServiceMonitor"), "the base needs no CRD");
+    // With the operator's CRD installed, the monitoring kustomization applies too.
+    let crd = repo().join("tests/fixtures/servicemonitor-crd.yaml");
+    let out = kubectl(
+        &ns,
+        &api,
+        &["apply", "--server-side", "-f", crd.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(
+        &ns,
+        &api,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/servicemonitors.monitoring.coreos.com",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mon = apply_and_check(
+        &ns,
+        &api,
+        &tmp,
+        &repo().join("deploy/kubernetes/monitoring"),
+    );
+    assert_eq!(mon.len(), 1);
+    assert_eq!(mon[0]["kind"], "ServiceMonitor");
+
+    // The DaemonSet's ServiceAccount may list and watch what the agent watches, and nothing
+    // else: no get, no writes, no secrets, no EndpointSlices.
+    let can_sub = |verb: &str, resource: &str, sub: &str| {
+        let mut args = vec![
+            "auth",
+            "can-i",
+            "--as=system:serviceaccount:devourer:devourer",
+            verb,
+            resource,
+        ];
+        let sub = format!("--subresource={sub}");
+        if sub.len() > "--subresource=".len() {
+            args.push(&sub);
+        }
+        let out = kubectl(&ns, &api, &args);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let can = |verb: &str, resource: &str| can_sub(verb, resource, "");
+    for resource in ["pods", "services", "nodes", "replicasets.apps"] {
+        for verb in ["list", "watch"] {
+            assert!(can(verb, resource), "{verb} {resource} is refused");
+        }
+        for verb in ["get", "create", "update", "patch", "delete"] {
+            assert!(!can(verb, resource), "{verb} {resource} is granted");
+        }
+    }
+    for resource in [
+        "secrets",
+        "configmaps",
+        "endpointslices.discovery.k8s.io",
+        "endpoints",
+        "deployments.apps",
+    ] {
+        for verb in ["get", "list", "watch", "create"] {
+            assert!(!can(verb, resource), "{verb} {resource} is granted");
+        }
+    }
+    for (resource, sub) in [
+        ("pods", "exec"),
+        ("pods", "log"),
+        ("serviceaccounts", "token"),
+    ] {
+        for verb in ["get", "create"] {
+            assert!(
+                !can_sub(verb, resource, sub),
+                "{verb} {resource}/{sub} is granted"
+            );
+        }
+    }
 }
