@@ -158,6 +158,7 @@ fn main() {
                 idle_ns: 30_000_000_000,
             },
             name_cache_entries: 100_000,
+            shared_names: false,
             text_log: false,
         },
         LocalAddrs::new(vec!["10.0.0.0/24".parse().expect("net")]),

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Capture(args) => devourer::drivers::live::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Read(args) => devourer::drivers::replay::run(*args),
+        Command::CompileFilter => Ok(compile_filter()),
         Command::Config(ConfigCommand::Check {
             file,
             for_command,
@@ -45,4 +46,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `devourer compile-filter`: the filter on stdin compiles (exit 0), or why not (on stdout).
+#[cfg(feature = "capture-requests")]
+fn compile_filter() -> ExitCode {
+    use std::io::Read;
+    let mut text = String::new();
+    let limit = devourer::ondemand::sniff::COMPILE_INPUT_MAX as u64;
+    if let Err(e) = std::io::stdin().take(limit).read_to_string(&mut text) {
+        println!("reading the filter: {e}");
+        return ExitCode::FAILURE;
+    }
+    match devourer::ondemand::sniff::check_filter(&text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(feature = "capture-requests"))]
+fn compile_filter() -> ExitCode {
+    println!("this build has no libpcap (built without the capture-requests feature)");
+    ExitCode::FAILURE
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use devourer::{
     config::requests::{CaptureLimits, S3Target},
-    ondemand::request::{BadFilter, Context, Decision, parse, plan},
+    ondemand::request::{Context, Decision, NodePatterns, parse, plan},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         max_interfaces: 4,
         max_memory: 1 << 30,
         max_request_bytes: 4096,
+        max_filter_bytes: 64,
     };
     let destinations = [
         S3Target {
@@ -46,19 +47,13 @@ fuzz_target!(|data: &[u8]| {
     ];
     let aliases = |a: &str| (a == "public").then(|| vec!["eth0".to_owned()]);
     let exists = |i: &str| i.starts_with("eth");
-    let filter = |f: &str| {
-        if f.len() > 64 {
-            Err(BadFilter("too long".into()))
-        } else {
-            Ok(())
-        }
-    };
+    let nodes = NodePatterns::default();
     let cx = Context {
         node: "node-1",
         limits: &limits,
         aliases: &aliases,
         interface_exists: &exists,
-        check_filter: &filter,
+        nodes: &nodes,
         destinations: &destinations,
         has_default: true,
     };
@@ -71,7 +66,19 @@ fuzz_target!(|data: &[u8]| {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), p.interfaces.len(), "each interface once");
+        assert!(
+            p.filter
+                .as_ref()
+                .is_none_or(|f| f.len() <= limits.max_filter_bytes)
+        );
         let s3 = p.s3.expect("the default destination at least");
+        // A folder only adds below the destination's (here: none), never climbs out of it.
+        assert!(
+            s3.folder
+                .as_deref()
+                .is_none_or(|f| f.split('/').all(|seg| seg != ".." && seg != ".")),
+            "{s3:?}"
+        );
         assert!(
             destinations
                 .iter()

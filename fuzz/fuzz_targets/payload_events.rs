@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
                 idle_ns: 1_000,
             },
             name_cache_entries: 8,
+            shared_names: false,
             text_log: true,
         },
         LocalAddrs::new(vec![]),

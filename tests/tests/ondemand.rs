@@ -441,12 +441,26 @@ fn s3_uploads_reach_the_bucket_and_a_dead_endpoint_falls_back_to_local() {
         key.starts_with(&format!("alerts/{NODE}_{iface}_11_")),
         "{key}"
     );
+    // NODE_IFACE_ALERTID_TIME_ID.pcap: the capture's id keeps a replayed alertid from
+    // overwriting an object, in the same second too.
+    let id = s["id"].as_str().unwrap();
+    assert!(key.ends_with(&format!("Z_{id}.pcap")), "{key}");
+    let again = od.capture(
+        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":1,"alertid":11,"folder":"alerts"}}"#),
+        || od.ping(2, 0.05, 56),
+    );
+    let key2 = again["files"][0]["s3_url"].as_str().unwrap();
+    assert_ne!(
+        key2.strip_prefix("s3://pcaps/").unwrap(),
+        key,
+        "a second object"
+    );
     // local_dir is configured, so a local copy is kept as well.
     assert!(
         s["files"][0]["local_path"].is_string(),
         "local copy too: {s}"
     );
-    assert_eq!(od.metric("devourer_captures_total", "\"uploaded\""), 1);
+    assert_eq!(od.metric("devourer_captures_total", "\"uploaded\""), 2);
     let (code, _) = od.http(&[
         "--aws-sigv4",
         "aws:amz:us-east-1:s3",
@@ -1029,4 +1043,246 @@ fn sqs_requests_from_this_nodes_queue_are_captured_and_deleted() {
             "{name} is 0: {attrs}"
         );
     }
+}
+
+/// A filter of `n` host terms (about 18 bytes each).
+fn hosts_filter(n: u32) -> String {
+    (0..n)
+        .map(|i| format!("host 10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+#[test]
+fn a_costly_filter_is_refused_in_time_and_the_probes_answer_throughout() {
+    if !require_root("a_costly_filter_is_refused_in_time_and_the_probes_answer_throughout") {
+        return;
+    }
+    // libpcap compiles 170 host terms (3 KB) in about 0.3 s here: past a 100 ms limit.
+    let od = Od::new("filter_compile_timeout = \"100ms\"", &[]);
+    let iface = od.link.if_b.clone();
+    let prober = Prober::start(&od.link.b, "http://127.0.0.1:9404/healthz");
+    let req = |filter: &str| {
+        format!(
+            r#"{{"node":"any","interface":["{iface}"],"bpf":{},"packets":1}}"#,
+            serde_json::json!(filter)
+        )
+    };
+    // The issue's 17 KB filter: refused unread by its length.
+    let (code, body) = od.post(&req(&hosts_filter(700)), TOKEN);
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (400, Some("bad_filter")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("max_filter_bytes"),
+        "{body}"
+    );
+    // Under the cap, but slow to compile: the child is killed at the limit.
+    for _ in 0..3 {
+        let (code, body) = od.post(&req(&hosts_filter(170)), TOKEN);
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (400, Some("bad_filter")),
+            "{body}"
+        );
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("filter_compile_timeout"),
+            "{body}"
+        );
+    }
+    // A filter libpcap refuses says why; an ordinary one runs.
+    let (code, body) = od.post(&req("tcp prot 80"), TOKEN);
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("syntax"), "{body}");
+    let s = od.capture(&req("icmp"), || od.ping(3, 0.05, 56));
+    assert_eq!(s["state"], "done", "{s}");
+    let (probes, answered) = prober.stop();
+    assert_eq!(answered, probes, "/healthz answered while filters compiled");
+    assert_eq!(
+        od.metric("devourer_capture_requests_total", "bad_filter"),
+        5
+    );
+    // No compiler is left running.
+    let left = Command::new("pgrep")
+        .args(["-f", "compile-filter"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
+#[test]
+fn requests_past_the_rate_or_the_queue_are_refused_unread_and_counted() {
+    if !require_root("requests_past_the_rate_or_the_queue_are_refused_unread_and_counted") {
+        return;
+    }
+    let od = Od::new("max_requests_per_second = 3", &[]);
+    // Twenty messages in a burst, all for other nodes: at most a few tokens' worth are read.
+    let msgs: String = (0..20)
+        .map(|i| format!("PUBLISH capture '{{\"node\":\"other-{i}\",\"interface\":[\"lo\"]}}'\n"))
+        .collect();
+    run(od
+        .link
+        .b
+        .cmd("bash")
+        .arg("-c")
+        .arg(format!(
+            "printf %s \"$0\" | redis-cli -p 6379 --no-auth-warning -a {REDIS_PASSWORD} >/dev/null"
+        ))
+        .arg(&msgs));
+    let counted = wait_for(Duration::from_secs(10), || {
+        od.metric("devourer_capture_requests_total", "rate_limited")
+            + od.metric("devourer_capture_requests_total", "other_node")
+            == 20
+    });
+    let limited = od.metric("devourer_capture_requests_total", "rate_limited");
+    assert!(
+        counted && limited >= 10,
+        "{limited} rate limited:\n{}",
+        od.log_text()
+    );
+    drop(od);
+
+    // One request may wait while the worker compiles a slow filter; the rest are refused.
+    let od = Od::new(
+        "max_requests_per_second = 1000\nmax_queued_requests = 1\nfilter_compile_timeout = \"300ms\"",
+        &[],
+    );
+    let slow = format!(
+        r#"{{"node":"any","interface":["lo"],"bpf":{}}}"#,
+        serde_json::json!(hosts_filter(170))
+    );
+    let msgs: String = (0..10)
+        .map(|_| format!("PUBLISH capture {}\n", serde_json::json!(slow)))
+        .collect();
+    run(od
+        .link
+        .b
+        .cmd("bash")
+        .arg("-c")
+        .arg(format!(
+            "printf %s \"$0\" | redis-cli -p 6379 --no-auth-warning -a {REDIS_PASSWORD} >/dev/null"
+        ))
+        .arg(&msgs));
+    let counted = wait_for(Duration::from_secs(20), || {
+        od.metric("devourer_capture_requests_total", "queue_full")
+            + od.metric("devourer_capture_requests_total", "bad_filter")
+            == 10
+    });
+    let full = od.metric("devourer_capture_requests_total", "queue_full");
+    assert!(
+        counted && full >= 5,
+        "{full} refused by the queue:\n{}",
+        od.log_text()
+    );
+}
+
+#[test]
+fn the_api_token_has_a_floor_and_wrong_guesses_wait_longer_each_time() {
+    if !require_root("the_api_token_has_a_floor_and_wrong_guesses_wait_longer_each_time") {
+        return;
+    }
+    let tmp = TempDir::new("token");
+    std::fs::write(tmp.path("token"), "short\n").unwrap();
+    std::fs::write(
+        tmp.path("devourer.toml"),
+        format!(
+            "[capture]\nlocal_dir = \"{}\"\n[api]\ntoken_file = \"{}\"\n",
+            tmp.path("caps").display(),
+            tmp.path("token").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(devourer_bin())
+        .arg("--config")
+        .arg(tmp.path("devourer.toml"))
+        .args([
+            "capture",
+            "-i",
+            "lo",
+            "--metrics-addr",
+            "off",
+            "--probe-addr",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is 5 bytes: at least 16 are required"),
+        "{err}"
+    );
+
+    let od = Od::new("", &[]);
+    // Wrong tokens: answered after 250 ms, then 500 ms, 1 s, 2 s (the default delays), and
+    // each closes its connection.
+    let t0 = Instant::now();
+    for guess in ["a", "b", "c", "d"] {
+        let (code, _) = od.post(r#"{"node":"any","interface":["lo"]}"#, guess);
+        assert_eq!(code, 401);
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(3750),
+        "four failures answered in {took:?}"
+    );
+    assert_eq!(
+        od.metric("devourer_capture_requests_total", "unauthorized"),
+        4
+    );
+    // The right token is not slowed down.
+    let (code, body) = od.post(r#"{"node":"other","interface":["lo"]}"#, TOKEN);
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn the_capture_directory_is_capped() {
+    if !require_root("the_capture_directory_is_capped") {
+        return;
+    }
+    let od = Od::new("max_local_bytes = 3000", &[]);
+    let iface = od.link.if_b.clone();
+    // About 1 KB: written.
+    let s = od.capture(
+        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":6}}"#),
+        || od.ping(4, 0.05, 56),
+    );
+    assert_eq!(s["state"], "done", "{s}");
+    // Large packets: the file would pass the cap, so it is not written (counted).
+    let s = od.capture(
+        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":4}}"#),
+        || od.ping(4, 0.05, 1400),
+    );
+    assert_eq!(s["state"], "failed", "{s}");
+    assert!(
+        s["files"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_local_bytes"),
+        "{s}"
+    );
+    assert_eq!(
+        od.metric("devourer_limit_hits_total", "capture_max_local_bytes"),
+        1
+    );
+    // Once the directory holds its cap, requests that would write there are refused.
+    std::fs::write(od.caps().join("operator-file.pcap"), vec![0u8; 3000]).unwrap();
+    let (code, body) = od.post(
+        &format!(r#"{{"node":"any","interface":["{iface}"],"packets":1}}"#),
+        TOKEN,
+    );
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (503, Some("local_full")),
+        "{body}"
+    );
 }

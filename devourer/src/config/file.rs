@@ -221,7 +221,7 @@ pub fn check(file: &Path, sub: &str, args: &[String]) -> Result<String, ConfigEr
     let pipeline = match &cli.command {
         super::Command::Capture(a) => Some(&a.pipeline),
         super::Command::Read(r) => Some(&r.pipeline),
-        super::Command::Config(_) => None,
+        super::Command::Config(_) | super::Command::CompileFilter => None,
     };
     if let Some(p) = pipeline {
         let ncpus = aya::util::nr_cpus().map_or(1, |n| n as u64);

@@ -39,6 +39,11 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Compiles a capture filter read from stdin, as libpcap would for an Ethernet capture
+    /// (capture on request runs this as a child process, which it kills past
+    /// `filter_compile_timeout`: libpcap's compiler cannot be cancelled).
+    #[command(hide = true)]
+    CompileFilter,
 }
 
 #[derive(Debug, Subcommand)]

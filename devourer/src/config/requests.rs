@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
-use super::values::{BadValue, parse_bytes, parse_duration};
+use super::values::{BadValue, MAX_DURATION, parse_bytes, parse_duration};
 
 /// Where captures go when nothing else is configured (and where failed uploads land).
 pub const DEFAULT_LOCAL_DIR: &str = "/var/lib/devourer/captures";
@@ -77,6 +77,8 @@ pub struct CaptureLimits {
     pub max_memory: u64,
     /// Bytes of one request message (Redis or API body); longer ones are refused unread.
     pub max_request_bytes: usize,
+    /// Bytes of a request's filter.
+    pub max_filter_bytes: usize,
 }
 
 /// Bytes of memory one capture socket's ring buffer takes (counted against `max_memory`).
@@ -97,7 +99,7 @@ fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
-/// `5s`, `2m` or a number of seconds (pcapdaemon wrote seconds).
+/// `5s`, `2m` or a number of seconds (pcapdaemon wrote seconds); at most 30 days either way.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -107,10 +109,16 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
     match V::deserialize(d)? {
         V::Secs(0) => Err(serde::de::Error::custom("must be greater than zero")),
+        V::Secs(s) if s > MAX_DURATION.as_secs() => Err(serde::de::Error::custom(format!(
+            "{s} seconds: at most 30 days"
+        ))),
         V::Secs(s) => Ok(Duration::from_secs(s)),
         V::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
     }
 }
+
+/// The longest wait between two attempts (`retry_max`), and so the first (`retry_base`).
+pub const MAX_RETRY: Duration = Duration::from_secs(3600);
 
 fn d(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -149,6 +157,27 @@ pub struct CaptureSection {
     pub retry_base: Duration,
     #[serde(default = "defaults::retry_max", deserialize_with = "duration")]
     pub retry_max: Duration,
+    /// Requests taken per second at most, all sources together (Redis, SQS, the API); the
+    /// rest are refused unread (`rate_limited`).
+    #[serde(default = "defaults::max_requests_per_second")]
+    pub max_requests_per_second: u32,
+    /// Requests waiting to be checked at most; past it they are refused (`queue_full`).
+    #[serde(default = "defaults::max_queued_requests")]
+    pub max_queued_requests: usize,
+    /// Bytes of a request's `bpf` filter at most (longer ones: `bad_filter`).
+    #[serde(default = "defaults::max_filter_bytes", deserialize_with = "bytes")]
+    pub max_filter_bytes: u64,
+    /// How long libpcap may take to compile a filter (in a child process, one at a time);
+    /// past it the request is refused (`bad_filter`).
+    #[serde(
+        default = "defaults::filter_compile_timeout",
+        deserialize_with = "duration"
+    )]
+    pub filter_compile_timeout: Duration,
+    /// Bytes the capture files in `local_dir` may take in all; a capture that would pass it is
+    /// refused (`local_full`) or not written (counted).
+    #[serde(default = "defaults::max_local_bytes", deserialize_with = "bytes")]
+    pub max_local_bytes: u64,
     /// Upload attempts before a capture falls back to the local directory.
     #[serde(default = "defaults::upload_attempts")]
     pub upload_attempts: u32,
@@ -222,6 +251,21 @@ mod defaults {
     }
     pub fn chunk_size() -> i32 {
         10
+    }
+    pub fn max_requests_per_second() -> u32 {
+        10
+    }
+    pub fn max_queued_requests() -> usize {
+        64
+    }
+    pub fn max_filter_bytes() -> u64 {
+        4096
+    }
+    pub fn filter_compile_timeout() -> Duration {
+        d(2)
+    }
+    pub fn max_local_bytes() -> u64 {
+        1 << 30
     }
     pub fn auth_failure_delay() -> Duration {
         Duration::from_millis(250)
@@ -393,6 +437,7 @@ impl CaptureSection {
             max_interfaces: self.max_interfaces.max(1),
             max_memory: self.max_memory.max(CAPTURE_RING_BYTES),
             max_request_bytes: self.max_request_bytes.clamp(256, 16 << 20) as usize,
+            max_filter_bytes: self.max_filter_bytes.clamp(16, 1 << 20) as usize,
         }
     }
 
@@ -517,6 +562,18 @@ pub fn resolve(
             "[capture] durations must be greater than zero".into(),
         ));
     }
+    if capture.retry_max > MAX_RETRY || capture.retry_base > capture.retry_max {
+        return Err(BadValue(format!(
+            "[capture] retry_base ({:?}) must be at most retry_max ({:?}), and retry_max at most 1h",
+            capture.retry_base, capture.retry_max
+        )));
+    }
+    if capture.max_requests_per_second == 0 || capture.max_queued_requests == 0 {
+        return Err(BadValue(
+            "[capture] max_requests_per_second and max_queued_requests must be greater than zero"
+                .into(),
+        ));
+    }
     let local_dir = dir_flag
         .cloned()
         .or_else(|| capture.local_dir.clone())
@@ -624,6 +681,54 @@ token_file = "/etc/devourer/token"
             let e = resolve(&open, None, None, None).unwrap_err().0;
             assert!(e.contains("token_file"), "{e}");
         }
+    }
+
+    #[test]
+    fn every_duration_is_at_most_30_days_and_retries_stay_in_order() {
+        let cfg = |capture: &str| {
+            let s = read_sections(&format!(
+                "[capture]\n{capture}\n[api]\ntoken_file = \"/t\"\n"
+            ))
+            .map_err(|e| e.0)?;
+            resolve(&s, None, None, None).map_err(|e| e.0)
+        };
+        // Seconds as pcapdaemon wrote them are bounded like the text form.
+        for key in [
+            "max_duration",
+            "retry_max",
+            "upload_timeout",
+            "filter_compile_timeout",
+        ] {
+            let e = cfg(&format!("{key} = 9223372036854775807")).unwrap_err();
+            assert!(
+                e.contains("at most 30 days") && e.contains(key),
+                "{key}: {e}"
+            );
+            let e = cfg(&format!("{key} = \"31d\"")).unwrap_err();
+            assert!(e.contains("at most 30 days"), "{key}: {e}");
+        }
+        assert!(cfg("max_duration = 2592000").is_ok(), "30 days exactly");
+        for (text, ok) in [
+            ("retry_base = \"2s\"\nretry_max = \"1s\"", false),
+            ("retry_base = \"1s\"\nretry_max = \"2h\"", false),
+            ("retry_base = 3600\nretry_max = 3600", true),
+            ("max_requests_per_second = 0", false),
+        ] {
+            assert_eq!(cfg(text).is_ok(), ok, "{text}");
+        }
+        let c = cfg("").unwrap().unwrap().capture;
+        assert_eq!(
+            (
+                c.max_requests_per_second,
+                c.max_queued_requests,
+                c.max_filter_bytes
+            ),
+            (10, 64, 4096)
+        );
+        assert_eq!(
+            (c.filter_compile_timeout, c.max_local_bytes),
+            (d(2), 1 << 30)
+        );
     }
 
     fn destinations(text: &str) -> Result<Vec<S3Target>, String> {

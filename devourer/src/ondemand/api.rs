@@ -185,7 +185,11 @@ async fn create(State(api): State<Api>, body: Result<String, StringRejection>) -
                 .into_response();
         }
     };
-    match api.svc.submit(&body, "api") {
+    let outcome = match api.svc.offer(body, "api") {
+        Ok(rx) => rx.await.unwrap_or(Err(Refused::Stopping)),
+        Err(e) => Err(e),
+    };
+    match outcome {
         Ok(Some(id)) => {
             // Answer once the capture listens, so the caller can send traffic right away.
             let listening = api.svc.wait_listening(&id, LISTEN_WAIT).await;
@@ -203,9 +207,10 @@ async fn create(State(api): State<Api>, body: Result<String, StringRejection>) -
         )
             .into_response(),
         Err(e) => {
-            let code = match e {
-                Refused::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            let code = match &e {
                 Refused::Invalid(_) => StatusCode::BAD_REQUEST,
+                Refused::LocalFull(..) | Refused::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::TOO_MANY_REQUESTS,
             };
             (
                 code,

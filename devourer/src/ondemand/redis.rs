@@ -82,9 +82,10 @@ async fn subscribe(
             msg = messages.next() => {
                 let Some(msg) = msg else { return Ok(()) };
                 // Redis hands over whole messages; the service refuses long ones unparsed.
+                // Taken or refused at once: nothing waits here, so Redis's own buffer stays small.
                 match std::str::from_utf8(msg.get_payload_bytes()) {
                     Ok(text) => {
-                        let _ = svc.submit(text, "redis");
+                        let _ = svc.offer(text.to_owned(), "redis");
                     }
                     Err(_) => svc.refused_unread("bad_json", "redis", "the message is not UTF-8 text"),
                 }

@@ -1,10 +1,13 @@
 //! Capture requests: pcapdaemon's JSON message, checked and clamped to the admin limits. A
 //! request that cannot be honoured is rejected with a reason, never half-run. A request never
 //! chooses where its capture goes: it picks one of the administrator's destinations, by name
-//! or by pcapdaemon's `bucket`/`endpoint`/`region`, which must then equal one.
+//! or by pcapdaemon's `bucket`/`endpoint`/`region`, which must then equal one, and its
+//! `folder` only adds below the destination's own. Its filter is only bounded here: compiling
+//! it is the service's (in a child process, under a time limit).
 
-use std::time::Duration;
+use std::{num::NonZeroUsize, sync::Mutex, time::Duration};
 
+use lru::LruCache;
 use serde::Deserialize;
 
 use crate::{
@@ -79,7 +82,7 @@ pub enum Decision {
 }
 
 /// Why a message was rejected; `reason()` is the metric label.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Reject {
     #[error("not a JSON object with pcapdaemon's fields: {0}")]
     Json(String),
@@ -132,8 +135,8 @@ pub struct Context<'a> {
     /// alias -> interface names.
     pub aliases: &'a dyn Fn(&str) -> Option<Vec<String>>,
     pub interface_exists: &'a dyn Fn(&str) -> bool,
-    /// Compiles a filter; the error says why it does not.
-    pub check_filter: &'a dyn Fn(&str) -> Result<(), BadFilter>,
+    /// `nodere` patterns compiled before.
+    pub nodes: &'a NodePatterns,
     /// The configured destinations, the default (`[capture.s3]`) first if there is one.
     pub destinations: &'a [S3Target],
     /// Whether the first destination is the default.
@@ -172,6 +175,41 @@ fn distinct(names: impl IntoIterator<Item = String>) -> Vec<String> {
 pub const NODERE_MAX_BYTES: usize = 4096;
 const NODERE_COMPILED_BYTES: usize = 1 << 20;
 
+/// `nodere` patterns kept compiled (the same pattern usually goes to every node, again and
+/// again), least recently used out; refusals are kept too.
+pub struct NodePatterns(Mutex<LruCache<String, Result<regex::Regex, Reject>>>);
+
+/// Patterns kept compiled at most (a few MiB at worst: each is bounded in compiled size).
+const NODE_PATTERNS: usize = 64;
+
+impl Default for NodePatterns {
+    fn default() -> Self {
+        Self(Mutex::new(LruCache::new(
+            NonZeroUsize::new(NODE_PATTERNS).expect("non-zero"),
+        )))
+    }
+}
+
+impl NodePatterns {
+    /// Whether pattern `re` matches `node` (compiled once).
+    fn is_match(&self, re: &str, node: &str) -> Result<bool, Reject> {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = cache.get(re) {
+            return r.as_ref().map(|r| r.is_match(node)).map_err(Clone::clone);
+        }
+        // Too long to keep as a key: refused before it is compiled, and not kept.
+        let compiled = node_regex(re);
+        let out = compiled
+            .as_ref()
+            .map(|r| r.is_match(node))
+            .map_err(Clone::clone);
+        if re.len() <= NODERE_MAX_BYTES {
+            cache.put(re.to_owned(), compiled);
+        }
+        out
+    }
+}
+
 /// A request's `nodere`, compiled within [`NODERE_MAX_BYTES`] and the compiled-size bound.
 fn node_regex(re: &str) -> Result<regex::Regex, Reject> {
     if re.len() > NODERE_MAX_BYTES {
@@ -191,7 +229,7 @@ fn node_regex(re: &str) -> Result<regex::Regex, Reject> {
 pub fn plan(r: &RawRequest, cx: &Context<'_>) -> Result<Decision, Reject> {
     let ours = match (&r.node, &r.nodere) {
         (Some(n), None) => n == "any" || n == cx.node,
-        (None, Some(re)) => node_regex(re)?.is_match(cx.node),
+        (None, Some(re)) => cx.nodes.is_match(re, cx.node)?,
         _ => return Err(Reject::Node),
     };
     if !ours {
@@ -220,8 +258,14 @@ pub fn plan(r: &RawRequest, cx: &Context<'_>) -> Result<Decision, Reject> {
         return Err(Reject::NoInterface(shown(missing)));
     }
     let filter = r.bpf.as_ref().map(|f| f.trim()).filter(|f| !f.is_empty());
-    if let Some(f) = filter {
-        (cx.check_filter)(f).map_err(|e| Reject::Filter(shown(&e.0)))?;
+    if let Some(f) = filter
+        && f.len() > cx.limits.max_filter_bytes
+    {
+        return Err(Reject::Filter(format!(
+            "{} bytes, more than max_filter_bytes ({})",
+            f.len(),
+            cx.limits.max_filter_bytes
+        )));
     }
     let l = cx.limits;
     let mut clamped = Vec::new();
@@ -250,12 +294,16 @@ pub fn plan(r: &RawRequest, cx: &Context<'_>) -> Result<Decision, Reject> {
         };
     let duration = secs("duration", r.duration, l.max_duration, l.max_duration)?;
     let timeout = secs("timeout", r.timeout, l.default_timeout, l.max_timeout)?;
+    let below = r.folder.as_deref().map(folder).transpose()?;
     let s3 = destination(r, cx)?.map(|d| {
         let mut t = d.clone();
-        // A folder is a prefix inside the administrator's bucket; encryption may be asked
+        // A folder only adds below the administrator's prefix; encryption may be asked
         // for, never turned off; the ACL is the administrator's alone.
-        if let Some(f) = &r.folder {
-            t.folder = Some(f.clone());
+        if let Some(f) = below.filter(|f| !f.is_empty()) {
+            t.folder = Some(match t.folder.as_deref().map(|p| p.trim_matches('/')) {
+                Some(p) if !p.is_empty() => format!("{p}/{f}"),
+                _ => f,
+            });
         }
         t.encryption |= r.encryption == Some(true);
         if r.acl.is_some() && r.acl != t.acl {
@@ -278,6 +326,32 @@ pub fn plan(r: &RawRequest, cx: &Context<'_>) -> Result<Decision, Reject> {
         packetdebug: r.packetdebug,
         clamped,
     })))
+}
+
+/// The longest `folder` a request may give.
+const FOLDER_MAX_BYTES: usize = 256;
+
+/// A request's `folder` as the path it adds below the destination's prefix: segments of
+/// `[A-Za-z0-9._-]`, none `.` or `..`, joined by single slashes.
+fn folder(f: &str) -> Result<String, Reject> {
+    let bad = |why: &str| Reject::Destination(format!("folder \"{}\": {why}", shown(f)));
+    if f.len() > FOLDER_MAX_BYTES {
+        return Err(bad("longer than 256 bytes"));
+    }
+    let mut parts = Vec::new();
+    for seg in f.split('/').filter(|s| !s.is_empty()) {
+        if seg == "." || seg == ".." {
+            return Err(bad("may only add below the destination's folder"));
+        }
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(bad("only letters, digits, '.', '_', '-' and '/'"));
+        }
+        parts.push(seg);
+    }
+    Ok(parts.join("/"))
 }
 
 /// The configured destination a request picks: by `destination`, by pcapdaemon's fields
@@ -345,6 +419,7 @@ mod tests {
             max_interfaces: 3,
             max_memory: 1 << 30,
             max_request_bytes: 4096,
+            max_filter_bytes: 64,
         }
     }
 
@@ -360,19 +435,13 @@ mod tests {
         let l = limits();
         let aliases = |a: &str| (a == "public").then(|| vec!["eth0".to_owned(), "eth1".to_owned()]);
         let exists = |i: &str| i.starts_with("eth") || i == "lo";
-        let filter = |f: &str| {
-            if f.contains("bogus") {
-                Err(BadFilter("syntax error".to_owned()))
-            } else {
-                Ok(())
-            }
-        };
+        let nodes = NodePatterns::default();
         let cx = Context {
             node: "node-7",
             limits: &l,
             aliases: &aliases,
             interface_exists: &exists,
-            check_filter: &filter,
+            nodes: &nodes,
             destinations,
             has_default,
         };
@@ -423,6 +492,26 @@ mod tests {
             decide(r#"{"nodere":"(","interface":["lo"]}"#),
             Err(Reject::Regex(_))
         ));
+    }
+
+    #[test]
+    fn node_patterns_are_compiled_once_and_kept_bounded() {
+        let n = NodePatterns::default();
+        assert_eq!(n.is_match("^node-[0-9]+$", "node-7"), Ok(true));
+        assert_eq!(n.is_match("^node-[0-9]+$", "web"), Ok(false));
+        assert!(n.is_match("(", "node-7").is_err());
+        assert!(n.is_match("(", "node-7").is_err(), "a refusal is kept too");
+        assert_eq!(n.0.lock().unwrap().len(), 2);
+        for i in 0..(NODE_PATTERNS + 10) {
+            n.is_match(&format!("^n{i}$"), "x").unwrap();
+        }
+        assert_eq!(n.0.lock().unwrap().len(), NODE_PATTERNS);
+        let long = "x".repeat(NODERE_MAX_BYTES + 1);
+        assert!(n.is_match(&long, "x").is_err());
+        assert!(
+            !n.0.lock().unwrap().contains(&long),
+            "an over-long pattern is not kept"
+        );
     }
 
     #[test]
@@ -509,7 +598,7 @@ mod tests {
                 "bad_json",
             ),
             (
-                r#"{"node":"any","interface":["lo"],"bpf":"bogus expr"}"#,
+                r#"{"node":"any","interface":["lo"],"bpf":"host 10.0.0.1 or host 10.0.0.2 or host 10.0.0.3 or host 10.0.0.4 or host 10.0.0.5"}"#,
                 "bad_filter",
             ),
             (
@@ -565,6 +654,30 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!((name.as_str(), folder.as_deref()), ("lab", Some("f")));
+        // Below the administrator's prefix, never instead of it or above it.
+        let mut prefixed = ds.clone();
+        prefixed[0].folder = Some("/node-7/".into());
+        let folder_of = |json: &str| match decide_in(json, &prefixed, true) {
+            Ok(Decision::Run(p)) => Ok(p.s3.and_then(|t| t.folder)),
+            Ok(Decision::NotForUs) => panic!("{json}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            folder_of(&format!(r#"{{{base},"folder":"/alerts//42/"}}"#))
+                .unwrap()
+                .as_deref(),
+            Some("node-7/alerts/42")
+        );
+        assert_eq!(
+            folder_of(&format!("{{{base}}}")).unwrap().as_deref(),
+            Some("/node-7/"),
+            "no folder: the destination's own"
+        );
+        for f in ["../other-node", "a/../../b", "x y", "./a"] {
+            let e =
+                folder_of(&format!(r#"{{{base},"folder":{}}}"#, serde_json::json!(f))).unwrap_err();
+            assert_eq!(e.reason(), "bad_destination", "{f}: {e}");
+        }
         assert_eq!((acl.as_deref(), clamped), (Some("private"), vec!["acl"]));
         assert_eq!(
             s3(&format!(r#"{{{base},"destination":"lab"}}"#), true)

@@ -1,5 +1,9 @@
 //! The capture-on-request service: takes a message, checks and clamps it, runs one capture
 //! per interface on blocking threads, stores the files, and keeps each capture's status.
+//! A message is cheap to refuse: the rate (`max_requests_per_second`, all sources together),
+//! `max_concurrent` and the size are checked before anything is parsed, and accepted messages
+//! wait in a bounded queue (`max_queued_requests`) for one worker, which compiles filters in
+//! a child process it kills past `filter_compile_timeout`.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -11,9 +15,10 @@ use std::{
 };
 
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    request::{self, Context, Decision, Plan, Reject},
+    request::{self, Context, Decision, NodePatterns, Plan, Reject},
     sniff,
     store::{self, Retry},
 };
@@ -84,6 +89,14 @@ pub enum Refused {
     Invalid(#[from] Reject),
     #[error("{0} captures are running already (max_concurrent)")]
     Busy(usize),
+    #[error("more than max_requests_per_second ({0}) requests a second")]
+    RateLimited(u32),
+    #[error("{0} requests are waiting already (max_queued_requests)")]
+    QueueFull(usize),
+    #[error("the capture directory holds {0} bytes, at or past max_local_bytes ({1})")]
+    LocalFull(u64, u64),
+    #[error("capture on request is stopping")]
+    Stopping,
 }
 
 impl Refused {
@@ -91,6 +104,55 @@ impl Refused {
         match self {
             Self::Invalid(r) => r.reason(),
             Self::Busy(_) => "busy",
+            Self::RateLimited(_) => "rate_limited",
+            Self::QueueFull(_) => "queue_full",
+            Self::LocalFull(..) => "local_full",
+            Self::Stopping => "stopping",
+        }
+    }
+
+    /// Whether trying again later may succeed (HTTP 429/503 rather than 400).
+    pub fn transient(&self) -> bool {
+        !matches!(self, Self::Invalid(_))
+    }
+}
+
+/// What a message became: a capture's id, nothing (it was for other nodes), or a refusal.
+pub type Outcome = Result<Option<String>, Refused>;
+
+/// A message waiting for the worker, and who wants to know how it went.
+struct Job {
+    text: String,
+    source: &'static str,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// A token bucket: `per_sec` tokens a second, at most `per_sec` saved up.
+struct Rate {
+    per_sec: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Rate {
+    fn new(per_sec: u32) -> Self {
+        let per_sec = f64::from(per_sec.max(1));
+        Self {
+            per_sec,
+            tokens: per_sec,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let gained = now.saturating_duration_since(self.last).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + gained).min(self.per_sec);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -105,6 +167,9 @@ struct Inner {
     seq: AtomicU64,
     /// Memory held by every capture in flight (`max_memory`).
     memory: Arc<sniff::Memory>,
+    rate: Mutex<Rate>,
+    queue: mpsc::Sender<Job>,
+    nodes: NodePatterns,
 }
 
 /// The capture-on-request service; cheap to clone.
@@ -112,10 +177,15 @@ struct Inner {
 pub struct Service(Arc<Inner>);
 
 impl Service {
+    /// The service, with its worker started on the current tokio runtime.
     pub fn new(cfg: RequestsConfig, node: String, metrics: Option<Arc<Metrics>>) -> Self {
         let memory = Arc::new(sniff::Memory::new(cfg.capture.limits().max_memory));
-        Self(Arc::new(Inner {
+        let (queue, jobs) = mpsc::channel(cfg.capture.max_queued_requests.max(1));
+        let svc = Self(Arc::new(Inner {
             memory,
+            rate: Mutex::new(Rate::new(cfg.capture.max_requests_per_second)),
+            queue,
+            nodes: NodePatterns::default(),
             cfg,
             node,
             metrics,
@@ -123,7 +193,69 @@ impl Service {
             running: Mutex::new(0),
             statuses: Mutex::new((BTreeMap::new(), VecDeque::new())),
             seq: AtomicU64::new(0),
-        }))
+        }));
+        tokio::spawn(svc.clone().work(jobs));
+        svc
+    }
+
+    /// Takes a message if the rate, `max_concurrent`, its size and the queue allow, before
+    /// anything of it is parsed; the receiver tells how it went. Never waits.
+    pub fn offer(
+        &self,
+        text: String,
+        source: &'static str,
+    ) -> Result<oneshot::Receiver<Outcome>, Refused> {
+        let res = self.admit(text, source);
+        if let Err(e) = &res {
+            self.refused(e, source);
+        }
+        res
+    }
+
+    fn admit(
+        &self,
+        text: String,
+        source: &'static str,
+    ) -> Result<oneshot::Receiver<Outcome>, Refused> {
+        let c = &self.0.cfg.capture;
+        if self.0.cancel.load(Ordering::Relaxed) {
+            return Err(Refused::Stopping);
+        }
+        if !self.0.rate.lock().expect("lock").take(Instant::now()) {
+            return Err(Refused::RateLimited(c.max_requests_per_second));
+        }
+        self.check_busy()?;
+        let max = c.limits().max_request_bytes;
+        if text.len() > max {
+            return Err(Reject::TooLarge(text.len(), max).into());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.0
+            .queue
+            .try_send(Job {
+                text,
+                source,
+                reply,
+            })
+            .map_err(|_| Refused::QueueFull(c.max_queued_requests))?;
+        Ok(rx)
+    }
+
+    /// `Busy` while `max_concurrent` captures run.
+    fn check_busy(&self) -> Result<(), Refused> {
+        let running = *self.0.running.lock().expect("lock");
+        if running >= self.0.cfg.capture.limits().max_concurrent {
+            return Err(Refused::Busy(running));
+        }
+        Ok(())
+    }
+
+    /// The worker: one message at a time, in order.
+    async fn work(self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            let out = self.submit(&job.text, job.source).await;
+            let _ = job.reply.send(out);
+        }
     }
 
     pub fn config(&self) -> &RequestsConfig {
@@ -147,9 +279,9 @@ impl Service {
     }
 
     /// Handles one message. `Ok(Some(id))`: a capture started; `Ok(None)`: it was for other
-    /// nodes. Must be called inside the tokio runtime.
-    pub fn submit(&self, text: &str, source: &'static str) -> Result<Option<String>, Refused> {
-        let res = self.try_submit(text, source);
+    /// nodes.
+    async fn submit(&self, text: &str, source: &'static str) -> Outcome {
+        let res = self.try_submit(text, source).await;
         match &res {
             Ok(Some(id)) => {
                 self.count("accepted");
@@ -159,12 +291,14 @@ impl Service {
                 self.count("other_node");
                 tracing::debug!(source, "capture request for other nodes");
             }
-            Err(e) => {
-                self.count(e.reason());
-                tracing::warn!(source, reason = e.reason(), "capture request rejected: {e}");
-            }
+            Err(e) => self.refused(e, source),
         }
         res
+    }
+
+    fn refused(&self, e: &Refused, source: &'static str) {
+        self.count(e.reason());
+        tracing::warn!(source, reason = e.reason(), "capture request rejected: {e}");
     }
 
     /// A request without the API's token: counted (the API delays and closes).
@@ -183,9 +317,11 @@ impl Service {
         );
     }
 
-    fn try_submit(&self, text: &str, source: &'static str) -> Result<Option<String>, Refused> {
+    async fn try_submit(&self, text: &str, source: &'static str) -> Outcome {
         let cfg = &self.0.cfg;
         let limits = cfg.capture.limits();
+        // Captures may have started while it waited.
+        self.check_busy()?;
         let raw = request::parse(text, limits.max_request_bytes)?;
         if raw.logrequest {
             tracing::info!(source, request = %escape(text.as_bytes()), "capture request");
@@ -194,22 +330,36 @@ impl Service {
             let keys: Vec<String> = raw.unknown.keys().map(|k| escape_str(k, 64)).collect();
             tracing::warn!(source, ?keys, "capture request: unknown fields ignored");
         }
-        let destinations = cfg.capture.destinations();
-        let aliases = |a: &str| cfg.capture.aliases(a);
-        let exists = |i: &str| crate::kernel::attach::ifindex(i).is_ok();
-        let cx = Context {
-            node: &self.0.node,
-            limits: &limits,
-            aliases: &aliases,
-            interface_exists: &exists,
-            check_filter: &sniff::check_filter,
-            destinations: &destinations,
-            has_default: cfg.capture.s3.is_some(),
+        let decision = {
+            let destinations = cfg.capture.destinations();
+            let aliases = |a: &str| cfg.capture.aliases(a);
+            let exists = |i: &str| crate::kernel::attach::ifindex(i).is_ok();
+            let cx = Context {
+                node: &self.0.node,
+                limits: &limits,
+                aliases: &aliases,
+                interface_exists: &exists,
+                nodes: &self.0.nodes,
+                destinations: &destinations,
+                has_default: cfg.capture.s3.is_some(),
+            };
+            request::plan(&raw, &cx)?
         };
-        let plan = match request::plan(&raw, &cx)? {
+        let plan = match decision {
             Decision::Run(p) => *p,
             Decision::NotForUs => return Ok(None),
         };
+        if let Some(f) = &plan.filter {
+            sniff::compile_in_child(f, cfg.capture.filter_compile_timeout)
+                .await
+                .map_err(|e| Reject::Filter(escape_str(&e.0, 256)))?;
+        }
+        if plan.s3.is_none() || cfg.local_copy {
+            let held = store::dir_bytes(&cfg.local_dir);
+            if held >= cfg.capture.max_local_bytes {
+                return Err(Refused::LocalFull(held, cfg.capture.max_local_bytes));
+            }
+        }
         {
             let mut running = self.0.running.lock().expect("lock");
             if *running >= limits.max_concurrent {
@@ -360,8 +510,11 @@ impl Service {
                     f.bytes = c.bytes;
                     f.stopped_by = Some(c.stop.as_str());
                     f.kernel_dropped = c.dropped;
-                    self.store(id, &plan, &c, started, &mut f).await;
-                    self.0.memory.give(c.held);
+                    // The packets' memory stays taken until the file image (built from
+                    // them, in their place) is stored.
+                    let held = c.held;
+                    self.store(id, &plan, c, started, &mut f).await;
+                    self.0.memory.give(held);
                 }
                 Err(e) => {
                     tracing::error!(id, iface, "capture failed: {e}");
@@ -378,13 +531,13 @@ impl Service {
         &self,
         id: &str,
         plan: &Plan,
-        c: &sniff::Captured,
+        mut c: sniff::Captured,
         started: SystemTime,
         f: &mut FileStatus,
     ) {
         let cfg = &self.0.cfg;
         let name = store::file_name(&self.0.node, &c.iface, plan.alertid, started);
-        let bytes = match sniff::pcap_bytes(c) {
+        let bytes = match sniff::into_pcap(&mut c) {
             Ok(b) => b,
             Err(e) => {
                 f.error = Some(e.to_string());
@@ -393,7 +546,8 @@ impl Service {
         };
         let mut keep_local = plan.s3.is_none() || cfg.local_copy;
         if let Some(t) = &plan.s3 {
-            let key = store::object_key(t, &name);
+            // The capture's id makes the key unique: an object is never overwritten.
+            let key = store::object_key(t, &store::object_name(&name, id));
             let retry = Retry {
                 attempts: cfg.capture.upload_attempts.max(1),
                 base: cfg.capture.retry_base,
@@ -430,12 +584,17 @@ impl Service {
             }
         }
         if keep_local {
-            match store::write_local(&cfg.local_dir, &name, &bytes) {
+            match store::write_local(&cfg.local_dir, &name, &bytes, cfg.capture.max_local_bytes) {
                 Ok(p) => {
                     tracing::info!(id, path = %p.display(), packets = f.packets, stopped_by = f.stopped_by, "capture written");
                     f.local_path = Some(p.display().to_string());
                 }
                 Err(e) => {
+                    if e.kind() == std::io::ErrorKind::StorageFull
+                        && let Some(m) = &self.0.metrics
+                    {
+                        m.limit_counter("capture_max_local_bytes").inc();
+                    }
                     tracing::error!(id, dir = %cfg.local_dir.display(), "writing the capture failed: {e}; it is lost");
                     let prev = f.error.take();
                     f.error = Some(match prev {

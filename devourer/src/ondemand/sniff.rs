@@ -199,6 +199,9 @@ pub enum SniffError {
 const FILE_HEADER: u64 = 24;
 const RECORD_HEADER: u64 = 16;
 
+/// The most a `compile-filter` child reads of its input (`max_filter_bytes` is below it).
+pub const COMPILE_INPUT_MAX: usize = 1 << 20;
+
 /// Whether libpcap compiles `expr` (for an Ethernet capture).
 pub fn check_filter(expr: &str) -> Result<(), BadFilter> {
     let dead =
@@ -328,22 +331,67 @@ fn wait_readable(fd: i32, ms: i32) {
     unsafe { libc::poll(&mut p, 1, ms) };
 }
 
-/// The capture as a pcap file (microsecond timestamps).
-pub fn pcap_bytes(c: &Captured) -> Result<Vec<u8>, SniffError> {
+/// The capture as a pcap file (microsecond timestamps), built in the packets' place: each is
+/// freed once written, so the image and the packets never take twice the memory the budget
+/// counted for them.
+pub fn into_pcap(c: &mut Captured) -> Result<bytes::Bytes, SniffError> {
     let header = PcapHeader {
         snaplen: c.snap,
         datalink: DataLink::from(c.linktype as u32),
         ..PcapHeader::default()
     };
     let mut w = PcapWriter::with_header(Vec::with_capacity(c.bytes as usize), header)?;
-    for p in &c.packets {
+    for p in std::mem::take(&mut c.packets) {
         w.write_packet(&PcapPacket {
             timestamp: p.ts,
             orig_len: p.orig_len,
-            data: Cow::Borrowed(&p.data),
+            data: Cow::Owned(p.data),
         })?;
     }
-    Ok(w.into_writer())
+    Ok(w.into_writer().into())
+}
+
+/// Why a filter was refused.
+pub use super::request::BadFilter as FilterError;
+
+/// Compiles `filter` in a child process (`devourer compile-filter`), killed after `limit`:
+/// libpcap's optimizer may take seconds on a long filter and cannot be cancelled, and the
+/// agent's threads must not wait on it. The service runs one at a time.
+pub async fn compile_in_child(filter: &str, limit: Duration) -> Result<(), FilterError> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("/proc/self/exe")
+        .args(["--config", "/dev/null", "compile-filter"])
+        .env_remove("DEVOURER_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| FilterError(format!("starting the filter compiler: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = filter.as_bytes().to_vec();
+    let run = async move {
+        // The child reads all of it before compiling; a write error shows in its answer.
+        let _ = stdin.write_all(&input).await;
+        drop(stdin);
+        child.wait_with_output().await
+    };
+    match tokio::time::timeout(limit, run).await {
+        Err(_) => Err(FilterError(format!(
+            "libpcap took longer than filter_compile_timeout ({limit:?}) to compile it"
+        ))),
+        Ok(Err(e)) => Err(FilterError(format!("running the filter compiler: {e}"))),
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let why = String::from_utf8_lossy(&out.stdout);
+            let why = why.trim();
+            Err(FilterError(if why.is_empty() {
+                format!("the filter compiler failed ({})", out.status)
+            } else {
+                why.to_owned()
+            }))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -436,8 +484,13 @@ mod tests {
             dropped: 0,
             held: 0,
         };
-        let bytes = pcap_bytes(&c).unwrap();
-        assert_eq!(bytes.len() as u64, c.bytes);
+        let mut c = c;
+        let bytes = into_pcap(&mut c).unwrap();
+        assert!(
+            c.packets.is_empty(),
+            "the packets are freed as they are written"
+        );
+        assert_eq!(bytes.len() as u64, FILE_HEADER + RECORD_HEADER + 14);
         let mut r = pcap_file::pcap::PcapReader::new(&bytes[..]).unwrap();
         assert_eq!(r.header().snaplen, 96);
         let p = r.next_packet().unwrap().unwrap();

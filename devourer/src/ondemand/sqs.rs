@@ -1,6 +1,8 @@
-//! The SQS trigger (pcapdaemon's): long-polls this node's queue and hands each message to the
-//! service, deleting it once the service accepted or refused it (a message is one request,
-//! never retried); backs off (jittered, doubling to a cap) while the queue is unreachable.
+//! The SQS trigger (pcapdaemon's): long-polls this node's queue, deletes each message on
+//! receipt and only then hands it to the service: at most once, since a capture request is
+//! about the moment it was sent, and one redelivered after a restart (the liveness probe
+//! killed the agent, say) would capture the wrong moment and could loop. Backs off (jittered,
+//! doubling to a cap) while the queue is unreachable.
 
 use std::time::Duration;
 
@@ -52,7 +54,7 @@ async fn client(cfg: &SqsSection) -> Client {
     Client::from_conf(b.build())
 }
 
-/// One long poll: every message received goes to the service, then is deleted.
+/// One long poll: every message received is deleted, then goes to the service.
 async fn receive(
     svc: &Service,
     client: &Client,
@@ -68,20 +70,22 @@ async fn receive(
         .await
         .map_err(|e| DisplayErrorContext(e).to_string())?;
     for m in out.messages() {
+        // A message not deleted may come again: it is not run (at most once).
+        let Some(handle) = m.receipt_handle() else {
+            continue;
+        };
+        client
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(handle)
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(e).to_string())?;
         match m.body() {
             Some(text) => {
-                let _ = svc.submit(text, "sqs");
+                let _ = svc.offer(text.to_owned(), "sqs");
             }
             None => svc.refused_unread("bad_json", "sqs", "the message has no body"),
-        }
-        if let Some(handle) = m.receipt_handle() {
-            client
-                .delete_message()
-                .queue_url(url)
-                .receipt_handle(handle)
-                .send()
-                .await
-                .map_err(|e| DisplayErrorContext(e).to_string())?;
         }
     }
     Ok(())

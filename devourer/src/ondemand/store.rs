@@ -1,6 +1,7 @@
-//! Where finished captures go: a local directory (written atomically) and/or an S3-compatible
-//! bucket (object_store), uploads retried with backoff; a capture whose upload keeps failing is
-//! written locally instead, never dropped silently.
+//! Where finished captures go: a local directory (written atomically, within
+//! `max_local_bytes`) and/or an S3-compatible bucket (object_store), uploads retried with
+//! backoff and never overwriting an object; a capture whose upload keeps failing is written
+//! locally instead, never dropped silently.
 
 use std::{
     io::{self, Write},
@@ -11,7 +12,7 @@ use std::{
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use object_store::{
-    ClientOptions, ObjectStoreExt, PutPayload, RetryConfig,
+    ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig,
     aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey},
     path::Path as ObjectPath,
 };
@@ -51,10 +52,41 @@ pub fn file_name(node: &str, iface: &str, alertid: u64, at: SystemTime) -> Strin
     )
 }
 
+/// The object name of a capture: its file name with the capture's id before `.pcap`
+/// (`NODE_IFACE_ALERTID_YYYYMMDDTHHMMSSZ_ID.pcap`), so that a replayed `alertid` in the
+/// same second never names an existing object.
+pub fn object_name(file_name: &str, id: &str) -> String {
+    format!("{}_{}.pcap", file_name.trim_end_matches(".pcap"), safe(id))
+}
+
+/// Bytes the files directly in `dir` take (0 if it cannot be read).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Writes `bytes` as `dir/name` atomically (a temporary file, fsync, rename): a reader never
-/// sees half a capture. An existing file of that name gets a numbered sibling instead.
-pub fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+/// sees half a capture. An existing file of that name gets a numbered sibling instead. A file
+/// that would take the directory past `max_bytes` is not written (`StorageFull`).
+pub fn write_local(dir: &Path, name: &str, bytes: &[u8], max_bytes: u64) -> io::Result<PathBuf> {
     files::create_dir_all(dir)?;
+    let held = dir_bytes(dir);
+    if held + bytes.len() as u64 > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "{} more bytes would take the capture directory past max_local_bytes ({max_bytes}; it holds {held})",
+                bytes.len()
+            ),
+        ));
+    }
     let mut path = dir.join(name);
     let mut n = 1;
     while path.exists() {
@@ -102,6 +134,8 @@ pub enum UploadError {
     Acl(String),
     #[error("{0} (no more retries: shutting down)")]
     ShuttingDown(#[source] object_store::Error),
+    #[error("the object exists already; it is not overwritten")]
+    Exists,
 }
 
 /// Credentials and settings from the environment (`AWS_ACCESS_KEY_ID`,
@@ -147,13 +181,14 @@ fn configure(b: AmazonS3Builder, t: &S3Target, retry: Retry) -> Result<AmazonS3,
 }
 
 /// Uploads `bytes` to the target with the credentials and settings of `b` (see
-/// [`from_env`]). Retries stop early once `stop` is set (shutdown), so the caller can keep the
-/// file locally.
+/// [`from_env`]), only where no object of that key exists (`If-None-Match: *`; a store that
+/// does not implement conditional writes gets a plain put, the key being unique anyway).
+/// Retries stop early once `stop` is set (shutdown), so the caller can keep the file locally.
 pub async fn upload(
     b: AmazonS3Builder,
     t: &S3Target,
     key: &str,
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
     retry: Retry,
     stop: &AtomicBool,
 ) -> Result<(), UploadError> {
@@ -163,10 +198,22 @@ pub async fn upload(
     let mut wait = retry.base;
     let attempts = retry.attempts.max(1);
     let mut attempt = 0;
+    let mut mode = PutMode::Create;
     loop {
         attempt += 1;
-        let last = match store.put(&path, payload.clone()).await {
+        let opts = PutOptions {
+            mode: mode.clone(),
+            ..PutOptions::default()
+        };
+        let last = match store.put_opts(&path, payload.clone(), opts).await {
             Ok(_) => return Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => return Err(UploadError::Exists),
+            Err(e @ object_store::Error::NotImplemented { .. }) if mode == PutMode::Create => {
+                tracing::warn!(bucket = %t.bucket, "the store does not take conditional writes ({e}); uploading without If-None-Match");
+                mode = PutMode::Overwrite;
+                attempt -= 1;
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(bucket = %t.bucket, key, attempt, "upload failed: {e}");
                 e
@@ -210,6 +257,10 @@ mod tests {
             ..S3Target::default()
         };
         assert_eq!(object_key(&t, "f.pcap"), "pcaps/f.pcap");
+        assert_eq!(
+            object_name("node-1_eth0_655443_20260523T124000Z.pcap", "19b2c3d4e5-7"),
+            "node-1_eth0_655443_20260523T124000Z_19b2c3d4e5-7.pcap"
+        );
     }
 
     #[test]
@@ -238,7 +289,7 @@ mod tests {
             let stop = AtomicBool::new(stopping);
             let t0 = std::time::Instant::now();
             let e = rt
-                .block_on(upload(creds, &t, "k.pcap", vec![1], r, &stop))
+                .block_on(upload(creds, &t, "k.pcap", vec![1].into(), r, &stop))
                 .unwrap_err()
                 .to_string();
             (e, t0.elapsed() < Duration::from_secs(5))
@@ -253,8 +304,10 @@ mod tests {
     #[test]
     fn local_files_appear_whole_and_never_overwrite() {
         let dir = std::env::temp_dir().join(format!("devourer-store-{}", std::process::id()));
-        let a = write_local(&dir, "x.pcap", b"one").unwrap();
-        let b = write_local(&dir, "x.pcap", b"two").unwrap();
+        let a = write_local(&dir, "x.pcap", b"one", 6).unwrap();
+        let b = write_local(&dir, "x.pcap", b"two", 6).unwrap();
+        let full = write_local(&dir, "x.pcap", b"3", 6).unwrap_err();
+        assert_eq!(full.kind(), io::ErrorKind::StorageFull, "{full}");
         assert_ne!(a, b);
         assert_eq!(std::fs::read(&a).unwrap(), b"one");
         assert_eq!(std::fs::read(&b).unwrap(), b"two");
