@@ -200,6 +200,45 @@ pub fn dns(id: u16, name: &str, answer: Option<[u8; 4]>) -> Vec<u8> {
     m
 }
 
+/// A name in DNS wire form (no compression).
+fn dns_name(name: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    for label in name.split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.push(0);
+    m
+}
+
+/// An answer record of [`dns_response`].
+pub enum Rr<'a> {
+    A(&'a str, [u8; 4]),
+    Cname(&'a str, &'a str),
+}
+
+/// A response to an A question for `qname` with `answers` in order (TTL 300).
+pub fn dns_response(id: u16, qname: &str, answers: &[Rr<'_>]) -> Vec<u8> {
+    let mut m = id.to_be_bytes().to_vec();
+    m.extend_from_slice(&[0x81, 0x80, 0, 1]);
+    m.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+    m.extend_from_slice(&[0, 0, 0, 0]);
+    m.extend(dns_name(qname));
+    m.extend_from_slice(&[0, 1, 0, 1]);
+    for rr in answers {
+        let (owner, rtype, data) = match rr {
+            Rr::A(owner, ip) => (owner, 1u16, ip.to_vec()),
+            Rr::Cname(owner, target) => (owner, 5, dns_name(target)),
+        };
+        m.extend(dns_name(owner));
+        m.extend_from_slice(&rtype.to_be_bytes());
+        m.extend_from_slice(&[0, 1, 0, 0, 1, 0x2c]);
+        m.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        m.extend(data);
+    }
+    m
+}
+
 /// `flows` UDP flows and `lookups` DNS query/response pairs from A to B, 1 ms apart; the
 /// names are `host<i>.example`, or `poison` for the index given.
 pub fn flows_and_lookups(flows: u16, lookups: u16, poison: Option<u16>) -> Vec<Vec<u8>> {
