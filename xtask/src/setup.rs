@@ -35,7 +35,8 @@ const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bind9-dnsutils", "dig"),
     ("bpftool", "attachment checks"),
     ("libcap2-bin", "capsh: privilege checks"),
-    ("util-linux", "setpriv: privilege checks"),
+    ("util-linux", "setpriv: privilege checks; fsfreeze and a loop mount: a frozen spool"),
+    ("e2fsprogs", "mkfs.ext4: the frozen spool's file system"),
     ("musl-tools", "the static binary of the container image"),
     ("systemd", "systemd-analyze verify of the unit"),
     ("libpcap-dev", "capture on request (linked)"),
@@ -248,7 +249,13 @@ pub fn setup_tests() -> Result<()> {
                 .args(&missing),
         )?;
     }
-    let names: Vec<&str> = TEST_DEBIAN_PACKAGES.iter().map(|(p, _)| *p).collect();
+    let mut names: Vec<&str> = TEST_DEBIAN_PACKAGES.iter().map(|(p, _)| *p).collect();
+    // kubectl (applying the manifests to the test API server): these machines have one; a
+    // bare Debian gets Debian's.
+    if !quiet_ok(Command::new("kubectl").args(["version", "--client"])) {
+        eprintln!("xtask: installing kubernetes-client: kubectl apply of the manifests");
+        names.push("kubernetes-client");
+    }
     let missing = missing_debian(&names);
     if !missing.is_empty() {
         for (p, why) in TEST_DEBIAN_PACKAGES {
