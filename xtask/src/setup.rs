@@ -35,7 +35,10 @@ const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bind9-dnsutils", "dig"),
     ("bpftool", "attachment checks"),
     ("libcap2-bin", "capsh: privilege checks"),
-    ("util-linux", "setpriv: privilege checks; fsfreeze and a loop mount: a frozen spool"),
+    (
+        "util-linux",
+        "setpriv: privilege checks; fsfreeze and a loop mount: a frozen spool",
+    ),
     ("e2fsprogs", "mkfs.ext4: the frozen spool's file system"),
     ("musl-tools", "the static binary of the container image"),
     ("systemd", "systemd-analyze verify of the unit"),

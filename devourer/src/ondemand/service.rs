@@ -120,6 +120,15 @@ impl Refused {
 /// What a message became: a capture's id, nothing (it was for other nodes), or a refusal.
 pub type Outcome = Result<Option<String>, Refused>;
 
+/// One of the `max_concurrent` capture slots, given back when dropped.
+struct RunningSlot(Service);
+
+impl Drop for RunningSlot {
+    fn drop(&mut self) {
+        *self.0.0.running.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+    }
+}
+
 /// A message waiting for the worker, and who wants to know how it went.
 struct Job {
     text: String,
@@ -360,13 +369,14 @@ impl Service {
                 return Err(Refused::LocalFull(held, cfg.capture.max_local_bytes));
             }
         }
-        {
+        let slot = {
             let mut running = self.0.running.lock().expect("lock");
             if *running >= limits.max_concurrent {
                 return Err(Refused::Busy(*running));
             }
             *running += 1;
-        }
+            RunningSlot(self.clone())
+        };
         let n = self.0.seq.fetch_add(1, Ordering::Relaxed);
         let started = SystemTime::now();
         let id = format!(
@@ -399,6 +409,8 @@ impl Service {
         let svc = self.clone();
         let task_id = id.clone();
         tokio::spawn(async move {
+            // The slot goes back however the task ends (a panic included).
+            let _slot = slot;
             let files = svc.run_capture(&task_id, plan, started).await;
             svc.finish(&task_id, files);
         });
@@ -472,7 +484,6 @@ impl Service {
             s.state = if failed { "failed" } else { "done" };
             s.files = files;
         }
-        *self.0.running.lock().expect("lock") -= 1;
     }
 
     async fn run_capture(&self, id: &str, plan: Plan, started: SystemTime) -> Vec<FileStatus> {
@@ -584,7 +595,21 @@ impl Service {
             }
         }
         if keep_local {
-            match store::write_local(&cfg.local_dir, &name, &bytes, cfg.capture.max_local_bytes) {
+            // A slow disk (an fsync on a throttled volume) holds a blocking thread, not the
+            // runtime the endpoints and triggers run on.
+            let (dir, max, file) = (
+                cfg.local_dir.clone(),
+                cfg.capture.max_local_bytes,
+                name.clone(),
+            );
+            let image = bytes.clone();
+            let written =
+                tokio::task::spawn_blocking(move || store::write_local(&dir, &file, &image, max))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(std::io::Error::other(format!("the writing thread: {e}")))
+                    });
+            match written {
                 Ok(p) => {
                     tracing::info!(id, path = %p.display(), packets = f.packets, stopped_by = f.stopped_by, "capture written");
                     f.local_path = Some(p.display().to_string());
