@@ -163,18 +163,89 @@ pub struct FlowValue {
     pub bytes: u64,
     /// Packets (a GSO super-packet counts its segments).
     pub packets: u64,
-    /// OR of the TCP flags seen (FIN=0x01 ... CWR=0x80). The program ORs the 64-bit word at
-    /// offset 32 atomically: this field is its bits 0..16, `flags` its bits 32..40.
-    pub tcp_flags: u16,
-    pub icmp_type: u8,
-    pub icmp_code: u8,
-    /// `VAL_F_*`.
-    pub flags: u8,
-    pub _pad: [u8; 3],
+    /// The TCP flags (FIN=0x01 ... CWR=0x80, NS=0x100) and `VAL_F_*` seen, four bits each (a
+    /// flag is set when its nibble is not zero; see [`marks`]), and the first ICMP type and
+    /// code in bytes 6 and 7. CPUs set a flag by atomically adding 1 to its nibble when it
+    /// reads zero: an atomic add works on every kernel and JIT (an atomic OR needs 5.12, and
+    /// 5.18 on arm64), and two CPUs adding at once only make the nibble 2.
+    pub marks: u64,
     /// The interface and hook ([`hook`]) that counts this direction: the first that saw it.
     pub counted_on: u32,
     /// The other interfaces and hooks that saw it, not counted there (0: a free slot).
     pub seen_on: [u32; SEEN_SLOTS],
+}
+
+/// [`FlowValue::marks`]: eleven flags, each in a nibble of its own.
+pub mod marks {
+    /// TCP flags take nibbles 0..9, `VAL_F_*` the two after.
+    pub const VAL_SHIFT: u32 = 9;
+    /// The lowest bit of every flag's nibble.
+    pub const LOW_BITS: u64 = 0x111_1111_1111;
+    /// Where the first ICMP type and code live.
+    pub const ICMP_TYPE_SHIFT: u32 = 48;
+    pub const ICMP_CODE_SHIFT: u32 = 56;
+
+    /// The flags in `bits` (TCP flags, then `VAL_F_*` from bit 9), one to a nibble: the word
+    /// to add for them.
+    #[inline(always)]
+    pub const fn spread(bits: u16) -> u64 {
+        let mut x = bits as u64 & 0x7ff;
+        x = (x | x << 24) & 0x0000_00ff_0000_00ff;
+        x = (x | x << 12) & 0x000f_000f_000f_000f;
+        x = (x | x << 6) & 0x0303_0303_0303_0303;
+        x = (x | x << 3) & 0x1111_1111_1111_1111;
+        x
+    }
+
+    /// The lowest bit of every nibble of `word` that is not zero (which flags are set).
+    #[inline(always)]
+    pub const fn present(word: u64) -> u64 {
+        (word | word >> 1 | word >> 2 | word >> 3) & LOW_BITS
+    }
+
+    /// The flags set in `word`, as bits (the reverse of [`spread`]).
+    #[inline(always)]
+    pub const fn gather(word: u64) -> u16 {
+        let mut x = present(word);
+        x = (x | x >> 3) & 0x0303_0303_0303_0303;
+        x = (x | x >> 6) & 0x000f_000f_000f_000f;
+        x = (x | x >> 12) & 0x0000_00ff_0000_00ff;
+        x = (x | x >> 24) & 0xffff;
+        x as u16 & 0x7ff
+    }
+}
+
+impl FlowValue {
+    /// The TCP flags seen.
+    pub const fn tcp_flags(&self) -> u16 {
+        marks::gather(self.marks) & 0x1ff
+    }
+
+    /// The `VAL_F_*` flags seen.
+    pub const fn val_flags(&self) -> u8 {
+        (marks::gather(self.marks) >> marks::VAL_SHIFT) as u8
+    }
+
+    pub const fn icmp_type(&self) -> u8 {
+        (self.marks >> marks::ICMP_TYPE_SHIFT) as u8
+    }
+
+    pub const fn icmp_code(&self) -> u8 {
+        (self.marks >> marks::ICMP_CODE_SHIFT) as u8
+    }
+
+    /// Sets flags (not atomically: for a value no one else writes).
+    pub fn add_flags(&mut self, tcp_flags: u16, val_flags: u8) {
+        let bits = tcp_flags | (val_flags as u16) << marks::VAL_SHIFT;
+        self.marks |= marks::spread(bits) & !marks::present(self.marks);
+    }
+
+    /// Sets the first ICMP type and code.
+    pub fn set_icmp(&mut self, icmp_type: u8, icmp_code: u8) {
+        self.marks = (self.marks & !(0xffff << marks::ICMP_TYPE_SHIFT))
+            | (icmp_type as u64) << marks::ICMP_TYPE_SHIFT
+            | (icmp_code as u64) << marks::ICMP_CODE_SHIFT;
+    }
 }
 
 #[repr(C)]
@@ -246,7 +317,33 @@ mod user {
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 64);
-const _: () = assert!(core::mem::offset_of!(FlowValue, tcp_flags) == 32);
-const _: () = assert!(core::mem::offset_of!(FlowValue, flags) == 36);
+const _: () = assert!(core::mem::offset_of!(FlowValue, marks) == 32);
 const _: () = assert!(core::mem::size_of::<OverflowKey>() == 8);
 const _: () = assert!(core::mem::size_of::<XdpReplayMeta>() == 24);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_spread_to_nibbles_and_back() {
+        for bits in 0..0x800u16 {
+            assert_eq!(marks::gather(marks::spread(bits)), bits, "{bits:#x}");
+        }
+        let mut v = FlowValue::default();
+        v.add_flags(0x12, VAL_F_SYN);
+        v.set_icmp(8, 3);
+        assert_eq!((v.tcp_flags(), v.val_flags()), (0x12, VAL_F_SYN));
+        assert_eq!((v.icmp_type(), v.icmp_code()), (8, 3));
+        // Two CPUs that both saw a flag unset and added it: still that flag, nothing else.
+        let both = v.marks + marks::spread(0x100);
+        v.marks = both + marks::spread(0x100);
+        assert_eq!((v.tcp_flags(), v.val_flags()), (0x112, VAL_F_SYN));
+        assert_eq!((v.icmp_type(), v.icmp_code()), (8, 3));
+        v.add_flags(0x01, VAL_F_ICMP);
+        assert_eq!(
+            (v.tcp_flags(), v.val_flags()),
+            (0x113, VAL_F_SYN | VAL_F_ICMP)
+        );
+    }
+}

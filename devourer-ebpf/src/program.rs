@@ -15,8 +15,8 @@
 )]
 
 use core::{
-    intrinsics::{AtomicOrdering, atomic_or, atomic_xadd},
-    ptr::{read_unaligned, read_volatile},
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr::{read_unaligned, read_volatile, write_volatile},
 };
 
 use aya_ebpf::{
@@ -36,7 +36,7 @@ use devourer_common::{
         C_WAKEUPS, CB_IFINDEX, CB_MAP, CounterBlock, DEFAULT_FLOW_MAP_ENTRIES,
         DEFAULT_HOOK_HORIZON_NS, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6,
         OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, SEEN_SLOTS, VAL_F_ICMP,
-        WAKEUP_RING_BYTES, Wakeup, XdpReplayMeta, hook,
+        WAKEUP_RING_BYTES, Wakeup, XdpReplayMeta, hook, marks,
     },
     payload::{
         DEFAULT_HTTP_CAP, PAYLOAD_CAP_MAX, PAYLOAD_F_IPV6, PAYLOAD_HEADER_LEN, PORT_SLOTS,
@@ -519,6 +519,15 @@ fn log_malformed(ts: u64, ifindex: u32) {
     );
 }
 
+/// The nibble of [`VAL_F_ICMP`] in [`FlowValue::marks`] (its lowest bit).
+const ICMP_MARK: u64 = marks::spread((VAL_F_ICMP as u16) << marks::VAL_SHIFT);
+
+/// A packet's flags as [`FlowValue::marks`] spells them: TCP flags, then `VAL_F_*`.
+#[inline(always)]
+fn mark_bits(p: &Parsed) -> u16 {
+    p.tcp_flags | (p.val_flags as u16) << marks::VAL_SHIFT
+}
+
 #[inline(always)]
 pub fn add(v: &mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
     if v.first_ns == 0 || ts < v.first_ns {
@@ -529,40 +538,43 @@ pub fn add(v: &mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
     }
     v.bytes += p.bytes as u64;
     v.packets += segs;
-    v.tcp_flags |= p.tcp_flags;
-    if p.val_flags & VAL_F_ICMP != 0 && v.flags & VAL_F_ICMP == 0 {
-        v.icmp_type = p.icmp_type;
-        v.icmp_code = p.icmp_code;
+    let bits = mark_bits(p);
+    if bits != 0 {
+        let present = marks::present(v.marks);
+        if p.val_flags & VAL_F_ICMP != 0 && present & ICMP_MARK == 0 {
+            v.set_icmp(p.icmp_type, p.icmp_code);
+        }
+        v.marks |= marks::spread(bits) & !present;
     }
-    v.flags |= p.val_flags;
 }
 
-/// Adds a packet to an entry other CPUs may be updating: counts and flag bits atomically (the
-/// last-seen time and the first ICMP type are plain stores, where a race only picks one of two
-/// close values).
+/// Adds a packet to an entry other CPUs may be updating: counts and flags atomically, with
+/// atomic adds alone (BPF_XADD, on every kernel and JIT); the last-seen time and the first
+/// ICMP type are plain stores, where a race only picks one of two close values.
 #[inline(always)]
 pub fn add_shared(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
-    // SAFETY: a live map value; the counters are 8-byte aligned u64 fields, and so is the word
-    // at offset 32 that holds the flag fields (repr(C), asserted in devourer-common).
+    // SAFETY: a live map value; the counters and `marks` are 8-byte aligned u64 fields
+    // (repr(C), asserted in devourer-common).
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).bytes, p.bytes as u64);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).packets, segs);
         if ts > (*v).last_ns {
             (*v).last_ns = ts;
         }
-        if p.tcp_flags != 0 || p.val_flags != 0 {
-            if p.val_flags & VAL_F_ICMP != 0 && (*v).flags & VAL_F_ICMP == 0 {
-                (*v).icmp_type = p.icmp_type;
-                (*v).icmp_code = p.icmp_code;
-            }
-            // One 64-bit OR on the word at offset 32 (the bpf target has no 32-bit atomics
-            // without alu32): tcp_flags is its bits 0..16, flags its bits 32..40. Skipped
-            // when the word has every bit already (most packets of a connection: ACK), since
-            // bits are only ever added; a plain read that races only takes the atomic path.
-            let word = (&raw mut (*v).tcp_flags).cast::<u64>();
-            let bits = p.tcp_flags as u64 | (p.val_flags as u64) << 32;
-            if read_volatile(word) & bits != bits {
-                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, bits);
+        let bits = mark_bits(p);
+        if bits != 0 {
+            // A flag is added once, when its nibble reads zero (most packets of a connection
+            // carry flags it has: ACK). Two CPUs adding at once make it 2: still set.
+            let word = &raw mut (*v).marks;
+            let present = marks::present(read_volatile(word));
+            let missing = marks::spread(bits) & !present;
+            if missing != 0 {
+                if p.val_flags & VAL_F_ICMP != 0 && present & ICMP_MARK == 0 {
+                    let b = word.cast::<u8>();
+                    write_volatile(b.add(6), p.icmp_type);
+                    write_volatile(b.add(7), p.icmp_code);
+                }
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(word, missing);
             }
         }
     }

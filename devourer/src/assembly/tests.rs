@@ -137,14 +137,15 @@ fn direction(src: ([u8; 4], u16), dst: ([u8; 4], u16), proto: u8) -> FlowKey {
 }
 
 fn counted(first: u64, last: u64, bytes: u64, packets: u64, flags: u8) -> FlowValue {
-    FlowValue {
+    let mut v = FlowValue {
         first_ns: first,
         last_ns: last,
         bytes,
         packets,
-        flags,
         ..FlowValue::default()
-    }
+    };
+    v.add_flags(0, flags);
+    v
 }
 
 fn replay_args(out: &std::path::Path, log_dir: &std::path::Path) -> PipelineArgs {

@@ -76,10 +76,10 @@ impl Counts {
             last_ns: v.last_ns,
             bytes: v.bytes,
             packets: v.packets,
-            tcp_flags: v.tcp_flags,
-            icmp_type: v.icmp_type,
-            icmp_code: v.icmp_code,
-            flags: v.flags,
+            tcp_flags: v.tcp_flags(),
+            icmp_type: v.icmp_type(),
+            icmp_code: v.icmp_code(),
+            flags: v.val_flags(),
         }
     }
 
@@ -90,9 +90,9 @@ impl Counts {
             return;
         }
         let v_is_earlier = self.first_ns == 0 || (v.first_ns != 0 && v.first_ns < self.first_ns);
-        if v.flags & VAL_F_ICMP != 0 && (self.flags & VAL_F_ICMP == 0 || v_is_earlier) {
-            self.icmp_type = v.icmp_type;
-            self.icmp_code = v.icmp_code;
+        if v.val_flags() & VAL_F_ICMP != 0 && (self.flags & VAL_F_ICMP == 0 || v_is_earlier) {
+            self.icmp_type = v.icmp_type();
+            self.icmp_code = v.icmp_code();
         }
         if v_is_earlier {
             self.first_ns = v.first_ns;
@@ -100,24 +100,23 @@ impl Counts {
         self.last_ns = self.last_ns.max(v.last_ns);
         self.bytes += bytes;
         self.packets += packets;
-        self.tcp_flags |= v.tcp_flags;
-        self.flags |= v.flags;
+        self.tcp_flags |= v.tcp_flags();
+        self.flags |= v.val_flags();
     }
 
     /// As a kernel value counted on `counted_on` (records read counts from kernel values).
     fn value(&self, counted_on: u32) -> FlowValue {
-        FlowValue {
+        let mut v = FlowValue {
             first_ns: self.first_ns,
             last_ns: self.last_ns,
             bytes: self.bytes,
             packets: self.packets,
-            tcp_flags: self.tcp_flags,
-            icmp_type: self.icmp_type,
-            icmp_code: self.icmp_code,
-            flags: self.flags,
             counted_on,
             ..FlowValue::default()
-        }
+        };
+        v.add_flags(self.tcp_flags, self.flags);
+        v.set_icmp(self.icmp_type, self.icmp_code);
+        v
     }
 }
 
@@ -157,8 +156,8 @@ impl Dir {
         self.unreported.0 += p;
         self.unreported.1 += b;
         self.live = live.then_some((v.packets, v.bytes));
-        self.ever_tcp |= v.tcp_flags;
-        self.ever_flags |= v.flags;
+        self.ever_tcp |= v.tcp_flags();
+        self.ever_flags |= v.val_flags();
         if self.counted_on == 0 {
             self.counted_on = v.counted_on;
         }
@@ -418,9 +417,9 @@ impl Flow {
         rec.last_ns = first;
         // The first ICMP type and code, without counting anything.
         for (side, d) in [(&mut rec.src, src), (&mut rec.dst, 1 - src)] {
-            side.flags = cur[d].flags;
-            side.icmp_type = cur[d].icmp_type;
-            side.icmp_code = cur[d].icmp_code;
+            side.marks = 0;
+            side.add_flags(0, cur[d].val_flags());
+            side.set_icmp(cur[d].icmp_type(), cur[d].icmp_code());
         }
         rec
     }

@@ -166,19 +166,20 @@ pub struct Emitted {
 
 impl Emitted {
     pub fn tcp_flags(&self) -> u16 {
-        self.src.tcp_flags | self.dst.tcp_flags
+        self.src.tcp_flags() | self.dst.tcp_flags()
     }
 
     /// Type and code of the record's first ICMP packet.
     pub fn icmp(&self) -> Option<(u8, u8)> {
         let (s, d) = (&self.src, &self.dst);
-        let pick = match (s.flags & VAL_F_ICMP != 0, d.flags & VAL_F_ICMP != 0) {
+        let icmp = |v: &FlowValue| v.val_flags() & VAL_F_ICMP != 0;
+        let pick = match (icmp(s), icmp(d)) {
             (true, true) if d.first_ns < s.first_ns => d,
             (true, _) => s,
             (false, true) => d,
             (false, false) => return None,
         };
-        Some((pick.icmp_type, pick.icmp_code))
+        Some((pick.icmp_type(), pick.icmp_code()))
     }
 }
 

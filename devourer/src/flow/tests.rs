@@ -51,8 +51,7 @@ impl FakeMap {
         slot.last_ns = slot.last_ns.max(ts);
         slot.bytes += bytes;
         slot.packets += 1;
-        slot.tcp_flags |= tcp;
-        slot.flags |= flags;
+        slot.add_flags(tcp, flags);
     }
 }
 
@@ -112,32 +111,33 @@ fn scan(t: &mut FlowTable, m: &mut FakeMap, now: u64) -> Vec<Emitted> {
         .unwrap()
 }
 
+/// A kernel value of `packets` ICMP packets of type `ty` (`None`: not ICMP) from `first` to
+/// `last`.
+fn icmp_value(first: u64, last: u64, bytes: u64, packets: u64, ty: Option<u8>) -> FlowValue {
+    let mut v = FlowValue {
+        first_ns: first,
+        last_ns: last,
+        bytes,
+        packets,
+        ..Default::default()
+    };
+    if let Some(ty) = ty {
+        v.add_flags(0, VAL_F_ICMP);
+        v.set_icmp(ty, 0);
+    }
+    v
+}
+
 #[test]
 fn per_cpu_slots_sum_with_earliest_first_packet_and_its_icmp_type() {
-    let a = FlowValue {
-        first_ns: 20,
-        last_ns: 50,
-        bytes: 100,
-        packets: 2,
-        icmp_type: 0,
-        flags: VAL_F_ICMP,
-        ..Default::default()
-    };
-    let b = FlowValue {
-        first_ns: 10,
-        last_ns: 30,
-        bytes: 60,
-        packets: 1,
-        icmp_type: 8,
-        flags: VAL_F_ICMP,
-        ..Default::default()
-    };
+    let a = icmp_value(20, 50, 100, 2, Some(0));
+    let b = icmp_value(10, 30, 60, 1, Some(8));
     let v = sum_per_cpu([FlowValue::default(), a, FlowValue::default(), b]).unwrap();
     assert_eq!(
         (v.first_ns, v.last_ns, v.bytes, v.packets),
         (10, 50, 160, 3)
     );
-    assert_eq!(v.icmp_type, 8);
+    assert_eq!(v.icmp_type(), 8);
     assert!(sum_per_cpu([FlowValue::default(); 3]).is_none());
 }
 
@@ -441,15 +441,7 @@ fn icmp_records_carry_the_first_packets_type() {
     let k = key(1, 0, 2, 0, 1);
     let mut echo = |cpu, k, ts, ty: u8| {
         let slot = &mut m.entries.entry(k).or_default()[cpu];
-        *slot = FlowValue {
-            first_ns: ts,
-            last_ns: ts,
-            bytes: 84,
-            packets: 1,
-            icmp_type: ty,
-            flags: VAL_F_ICMP,
-            ..Default::default()
-        };
+        *slot = icmp_value(ts, ts, 84, 1, Some(ty));
     };
     echo(0, rev(k), 2 * S, 0);
     echo(1, k, S, 8);
@@ -698,15 +690,7 @@ fn icmp_flows_conntrack_cannot_track_are_not_looked_up() {
         (5, 1, None),
     ];
     for (peer, proto, ty) in flows {
-        m.entries.entry(key(peer, 0, 100, 0, proto)).or_default()[0] = FlowValue {
-            first_ns: S,
-            last_ns: S,
-            bytes: 84,
-            packets: 1,
-            icmp_type: ty.unwrap_or(0),
-            flags: if ty.is_some() { VAL_F_ICMP } else { 0 },
-            ..Default::default()
-        };
+        m.entries.entry(key(peer, 0, 100, 0, proto)).or_default()[0] = icmp_value(S, S, 84, 1, ty);
     }
     let out = scan(&mut t, &mut m, 2 * S);
     assert!(out.is_empty());
