@@ -14,8 +14,18 @@ pub const OVERFLOW_B_MAP: &str = "OVERFLOW_B";
 /// Map sets offline replay alternates between.
 pub const REPLAY_SETS: u32 = 2;
 /// Offline replay's LRU hash: flow key -> the hook that counts it, across the map sets (one
-/// entry in the live agent).
+/// entry in the live agent, but where it alternates sets too: see [`GLOBAL_ALTERNATE`]).
 pub const HOOKS_MAP: &str = "HOOKS";
+/// Array of one `u32`: the map set live counting writes to, where it alternates sets.
+pub const SET_MAP: &str = "SET";
+/// Load-time global (u8): 1 when live counting alternates between the two map sets as offline
+/// replay does, the agent flipping [`SET_MAP`] at each scan and draining the idle set after an
+/// RCU grace period: on kernels without an atomic lookup-and-delete of hash entries (before
+/// 5.14), where an entry cannot be taken out of a map a packet may be updating.
+pub const GLOBAL_ALTERNATE: &str = "DEVOURER_ALTERNATE";
+/// Load-time global (u8): 1 when the kernel has `bpf_xdp_load_bytes` (5.18); else XDP copies
+/// payloads from the frame's linear part.
+pub const GLOBAL_XDP_LOAD_BYTES: &str = "DEVOURER_XDP_LOAD_BYTES";
 /// Per-CPU array with one [`CounterBlock`]: `u64` counters indexed by the `C_*` constants.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Ring buffer of rate-limited [`Wakeup`] events asking the agent to evict early.

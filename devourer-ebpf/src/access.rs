@@ -8,10 +8,13 @@ use aya_ebpf::{
     helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
-use devourer_common::flow::{CB_WIRE_LEN, XdpReplayMeta};
+use devourer_common::{
+    flow::{CB_WIRE_LEN, XdpReplayMeta},
+    payload::PAYLOAD_CAP_MAX,
+};
 use devourer_ebpf::Packet;
 
-use crate::program::offline;
+use crate::program::{offline, xdp_load_bytes};
 
 /// Copies `len` (1..=PAYLOAD_CAP_MAX) bytes at `off` of the packet into `dst`.
 pub trait CopyOut {
@@ -83,9 +86,49 @@ pub struct XdpPacket<'a>(pub &'a XdpContext);
 impl CopyOut for XdpPacket<'_> {
     #[inline(always)]
     fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: as for TC; bpf_xdp_load_bytes also reads past the first buffer.
-        unsafe { bpf_xdp_load_bytes(self.0.ctx, off, dst.cast(), len) == 0 }
+        if xdp_load_bytes() {
+            // SAFETY: as for TC; bpf_xdp_load_bytes also reads past the first buffer.
+            unsafe { bpf_xdp_load_bytes(self.0.ctx, off, dst.cast(), len) == 0 }
+        } else {
+            copy_linear(self.0, off, dst, len)
+        }
     }
+}
+
+/// The highest payload offset [`copy_linear`] copies from (the verifier needs a bound on a
+/// packet pointer's variable offset).
+const LINEAR_OFF_MAX: u32 = 0xe000;
+
+/// Copies `len` (1..=PAYLOAD_CAP_MAX) bytes at `off` of the frame's linear part into `dst`, a
+/// byte at a time, each checked against the frame's end: what XDP does where the kernel has no
+/// `bpf_xdp_load_bytes` (before 5.18). A function of its own, so the verifier walks its loop
+/// once per call site.
+#[inline(never)]
+fn copy_linear(ctx: &XdpContext, off: u32, dst: *mut u8, len: u32) -> bool {
+    if off > LINEAR_OFF_MAX {
+        return false;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let mut i: u32 = 0;
+    while i < PAYLOAD_CAP_MAX as u32 {
+        if i >= len {
+            return true;
+        }
+        let p = start + off as usize + i as usize;
+        // Compared as `p + 1 > end` (which gives the verifier one readable byte at `p`): read
+        // back through a volatile, so LLVM cannot rewrite it as `p >= end`, which 5.10's
+        // verifier learns no range from.
+        let past = p + 1;
+        // SAFETY: a read of a local.
+        if unsafe { read_volatile(&past) } > end {
+            return false;
+        }
+        // SAFETY: `p` is within the frame (checked just above); `dst` has PAYLOAD_CAP_MAX
+        // writable bytes and `i` is below that.
+        unsafe { *dst.add(i as usize) = *(p as *const u8) };
+        i += 1;
+    }
+    true
 }
 
 impl Packet for XdpPacket<'_> {

@@ -23,7 +23,7 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
@@ -64,6 +64,12 @@ static DEVOURER_HOOK_MEMORY: u8 = 1;
 /// 1: every interface counts its own flows (the interface is in the key); 0: once per node.
 #[unsafe(no_mangle)]
 static DEVOURER_PER_INTERFACE: u8 = 0;
+/// 1: live counting alternates map sets, by [`SET`] (kernels before 5.14; see devourer-common).
+#[unsafe(no_mangle)]
+static DEVOURER_ALTERNATE: u8 = 0;
+/// 1: the kernel has `bpf_xdp_load_bytes` (5.18); 0: XDP copies from the linear frame.
+#[unsafe(no_mangle)]
+static DEVOURER_XDP_LOAD_BYTES: u8 = 1;
 
 /// Ports whose payloads go to the DNS ring (0 = unused slot).
 #[unsafe(no_mangle)]
@@ -124,6 +130,11 @@ static FLOWS_B: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(1, 0);
 static OVERFLOW_B: PerCpuHashMap<OverflowKey, OverflowValue> =
     PerCpuHashMap::with_max_entries(1, 0);
 
+/// The set live counting writes to where it alternates sets (`DEVOURER_ALTERNATE`): the agent
+/// flips it at each scan, then drains the other once no program can still be writing there.
+#[map(name = "SET")]
+static SET: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Offline replay: the hook that counts each flow direction, and when it was last refreshed,
 /// kept across the map sets (a set holds one scan interval). Least recently used entries go
 /// first when it is full; the loader sizes it to one entry in the live agent.
@@ -167,9 +178,14 @@ pub struct MapSet {
 }
 
 impl MapSet {
-    /// The live agent's set.
+    /// The live agent's set: the one map set, or where sets alternate (kernels before 5.14)
+    /// the one [`SET`] names.
     #[inline(always)]
     fn live() -> Self {
+        // SAFETY: a load-time constant.
+        if unsafe { read_volatile(&DEVOURER_ALTERNATE) } != 0 {
+            return Self::numbered(SET.get(0).copied().unwrap_or(0));
+        }
         Self {
             flows: &FLOWS,
             overflow: &OVERFLOW,
@@ -177,9 +193,10 @@ impl MapSet {
         }
     }
 
-    /// The set offline replay marks a frame for (0 or 1).
+    /// Set 0 or 1 (offline replay marks each frame with one; alternating live counting reads
+    /// it from [`SET`]), with the counting hooks' memory where it is on.
     #[inline(always)]
-    fn replay(set: u32) -> Self {
+    fn numbered(set: u32) -> Self {
         let (flows, overflow) = if set != 0 {
             (&FLOWS_B, &OVERFLOW_B)
         } else {
@@ -222,6 +239,13 @@ static LOG_STATE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub fn offline() -> bool {
     // SAFETY: a load-time constant; volatile so the compiler does not fold the default.
     unsafe { read_volatile(&DEVOURER_OFFLINE) != 0 }
+}
+
+/// Whether the kernel has `bpf_xdp_load_bytes` (a load-time constant).
+#[inline(always)]
+pub fn xdp_load_bytes() -> bool {
+    // SAFETY: as `offline`.
+    unsafe { read_volatile(&DEVOURER_XDP_LOAD_BYTES) != 0 }
 }
 
 #[inline(always)]
@@ -319,7 +343,7 @@ pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
             (
                 read_volatile(&(*skb).tstamp),
                 cb0,
-                MapSet::replay(read_volatile(&(*skb).cb[CB_MAP])),
+                MapSet::numbered(read_volatile(&(*skb).cb[CB_MAP])),
             )
         } else {
             (bpf_ktime_get_ns(), dev, MapSet::live())
@@ -368,7 +392,7 @@ fn xdp(ctx: &XdpContext) {
         }
         // SAFETY: the metadata area was bounds-checked against data just above.
         let m = unsafe { read_unaligned(meta as *const XdpReplayMeta) };
-        (m.ts_ns, m.ifindex, MapSet::replay(m.map))
+        (m.ts_ns, m.ifindex, MapSet::numbered(m.map))
     } else {
         // SAFETY: plain helper call.
         (unsafe { bpf_ktime_get_ns() }, dev, MapSet::live())
@@ -700,6 +724,17 @@ fn overflow_key(ifindex: u32, proto: u8) -> OverflowKey {
     unsafe { core::mem::transmute::<u64, OverflowKey>(word) }
 }
 
+/// `len` (1..=PAYLOAD_CAP_MAX already) in a form every verifier bounds to 1..=PAYLOAD_CAP_MAX:
+/// 6.1's does not learn `len >= 1` from a `len != 0` test, and refuses a copy whose length
+/// may be 0. The volatile read keeps LLVM from folding the mask away.
+#[inline(always)]
+fn one_to_cap(len: u32) -> u32 {
+    const { assert!(PAYLOAD_CAP_MAX.is_power_of_two()) };
+    // SAFETY: a read of a local.
+    let len = unsafe { read_volatile(&len) };
+    (len.wrapping_sub(1) & (PAYLOAD_CAP_MAX as u32 - 1)) + 1
+}
+
 /// `payload_event`'s kind, in bit 32 of its `if_kind` argument (the interface in bits 0..32).
 const KIND_DNS: u64 = 0;
 const KIND_HTTP: u64 = 1 << 32;
@@ -729,6 +764,7 @@ fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_kind: u64, ctr:
     if len == 0 || len > PAYLOAD_CAP_MAX as u32 {
         return;
     }
+    let len = one_to_cap(len);
     if !p.copy_out(parsed.payload_off, scratch.payload.as_mut_ptr(), len) {
         return;
     }

@@ -43,7 +43,8 @@ pub fn load_options(p: &PipelineArgs, driver: &Driver) -> LoadOptions {
     opts
 }
 
-fn table_config(p: &PipelineArgs, driver: &Driver) -> TableConfig {
+/// `alternate`: live counting alternates map sets (each scan drains a whole set, as replay's).
+fn table_config(p: &PipelineArgs, driver: &Driver, alternate: bool) -> TableConfig {
     let f = &p.flow;
     TableConfig {
         idle_timeout: nanos(f.idle_timeout),
@@ -52,13 +53,13 @@ fn table_config(p: &PipelineArgs, driver: &Driver) -> TableConfig {
         evict_after: nanos(f.evict_after()),
         max_flows: f.max_flows as usize,
         start_records: f.flow_start_records,
-        drain: matches!(driver, Driver::Replay { .. }),
+        drain: alternate || matches!(driver, Driver::Replay { .. }),
     }
 }
 
 /// The flow table; live, joined to conntrack unless `--no-conntrack` (or it cannot be asked).
-fn flow_table(p: &PipelineArgs, driver: &Driver) -> FlowTable {
-    let table = FlowTable::new(table_config(p, driver));
+fn flow_table(p: &PipelineArgs, driver: &Driver, alternate: bool) -> FlowTable {
+    let table = FlowTable::new(table_config(p, driver, alternate));
     if p.flow.no_conntrack || !matches!(driver, Driver::Live { .. }) {
         return table;
     }
@@ -238,12 +239,17 @@ fn record_threads(driver: &Driver) -> usize {
     }
 }
 
-/// The pipeline's parts for `driver`.
-pub fn parts(p: &PipelineArgs, driver: &Driver, metrics: Option<Arc<Metrics>>) -> Result<Parts> {
+/// The pipeline's parts for `driver`; `alternate`: the kernel side alternates map sets.
+pub fn parts(
+    p: &PipelineArgs,
+    driver: &Driver,
+    metrics: Option<Arc<Metrics>>,
+    alternate: bool,
+) -> Result<Parts> {
     crate::base::files::set_group(p.file_group);
     let local = local_addrs(&p.dns, driver)?;
     Ok(Parts {
-        table: flow_table(p, driver),
+        table: flow_table(p, driver, alternate),
         record_threads: record_threads(driver),
         sinks: sinks(p, driver, metrics.as_ref())?,
         http: http_tracker(&p.http, local.clone()),

@@ -56,6 +56,16 @@ pub trait Kernel {
     /// Which map set `flows` and `take_overflow` read from now on: 0, or offline replay's 1
     /// (see [`Assembly::read_set`]).
     fn read_set(&mut self, _set: u32) {}
+    /// Live counting that alternates map sets (kernels before 5.14): points the program at
+    /// the other set and reads the idle one from now on; `Ok(false)` where counting does not
+    /// alternate.
+    fn flip(&mut self) -> io::Result<bool> {
+        Ok(false)
+    }
+    /// Whether live counting alternates map sets (each scan then drains a whole set).
+    fn alternates(&self) -> bool {
+        false
+    }
 }
 
 impl Kernel for Loaded {
@@ -106,6 +116,18 @@ impl Kernel for Loaded {
 
     fn read_set(&mut self, set: u32) {
         self.reading = set % REPLAY_SETS;
+    }
+
+    fn flip(&mut self) -> io::Result<bool> {
+        let Some(a) = &mut self.alternation else {
+            return Ok(false);
+        };
+        self.reading = a.flip()?;
+        Ok(true)
+    }
+
+    fn alternates(&self) -> bool {
+        self.alternation.is_some()
     }
 
     fn forward_log(&mut self) {
@@ -163,7 +185,7 @@ impl<K: Kernel> Assembly<K> {
         driver: Driver,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self> {
-        let parts = build::parts(p, &driver, metrics)?;
+        let parts = build::parts(p, &driver, metrics, kernel.alternates())?;
         Ok(Self {
             kernel,
             pipeline: Pipeline::new(parts),
@@ -198,6 +220,8 @@ impl<K: Kernel> Assembly<K> {
     /// as overflow records; `Ok(false)` when an output closed.
     pub fn scan(&mut self, now: u64, pressure: bool) -> io::Result<bool> {
         self.kernel.forward_log();
+        // Where counting alternates map sets, the scan reads the set it just left, whole.
+        self.kernel.flip()?;
         let open = self.pipeline.scan(self.kernel.flows(), now, pressure)?;
         let overflow = self.kernel.take_overflow()?;
         Ok(self.pipeline.emit_overflow(&overflow, now) && open)
@@ -244,6 +268,12 @@ impl<K: Kernel> Assembly<K> {
             ..
         } = self;
         let now = now();
+        if kernel.flip().context("switching map sets")? {
+            // The set counted in since the last scan, then every open flow.
+            pipeline
+                .scan(kernel.flows(), now, false)
+                .context("reading the last map set")?;
+        }
         pipeline
             .flush(kernel.flows(), status, now)
             .context("flushing the flow map")?;

@@ -18,7 +18,7 @@ use crate::{
     base::{local::hostname, time::nanos},
     kernel::{
         attach::Mode,
-        object::{LoadOptions, PROG_TC_INGRESS, PROG_XDP},
+        object::{LoadOptions, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP},
     },
 };
 
@@ -59,11 +59,14 @@ impl PipelineArgs {
         o.per_interface = self.flow.count_per_interface;
         o.filters = self.flow.filters.iter().map(|r| r.rule).collect();
         o.sampling = self.flow.sampling;
-        // Replay runs the program of its mode alone.
-        o.only = offline.then_some(match self.flow.mode {
-            Mode::Tc => PROG_TC_INGRESS,
-            Mode::Xdp => PROG_XDP,
-        });
+        // Replay runs the program of its mode alone; live, XDP mode also runs TC (egress, and
+        // ingress on bridges), TC mode never XDP.
+        o.programs = match (offline, self.flow.mode) {
+            (true, Mode::Tc) => vec![PROG_TC_INGRESS],
+            (true, Mode::Xdp) => vec![PROG_XDP],
+            (false, Mode::Tc) => vec![PROG_TC_INGRESS, PROG_TC_EGRESS],
+            (false, Mode::Xdp) => vec![PROG_XDP, PROG_TC_INGRESS, PROG_TC_EGRESS],
+        };
         o
     }
 }

@@ -95,6 +95,12 @@ async fn run_async(args: LiveArgs) -> Result<()> {
         .map_bytes
         .set(map_bytes(&p.load_options(false), ncpus) as i64);
     metrics.interfaces.set(attached.len() as i64);
+    for (feature, on) in kernel.features.list() {
+        metrics
+            .kernel_feature
+            .with_label_values(&[feature])
+            .set(i64::from(on));
+    }
     let mut agent = Assembly::new(kernel, p, driver, Some(metrics.clone()))?;
     agent.pipeline.set_clock(Clock::live());
     agent.pipeline.name_interfaces(attached.names());

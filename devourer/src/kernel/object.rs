@@ -18,9 +18,10 @@ use devourer_common::{
         MAX_FILTER_RULES,
     },
     flow::{
-        COUNTERS_MAP, FLOWS_B_MAP, FLOWS_MAP, GLOBAL_HOOK_HORIZON_NS, GLOBAL_HOOK_MEMORY,
-        GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE, GLOBAL_WAKE_INTERVAL_NS, HOOKS_MAP, OVERFLOW_B_MAP,
-        OVERFLOW_MAP, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, WAKEUP_RING,
+        COUNTERS_MAP, FLOWS_B_MAP, FLOWS_MAP, GLOBAL_ALTERNATE, GLOBAL_HOOK_HORIZON_NS,
+        GLOBAL_HOOK_MEMORY, GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE, GLOBAL_WAKE_INTERVAL_NS,
+        GLOBAL_XDP_LOAD_BYTES, HOOKS_MAP, OVERFLOW_B_MAP, OVERFLOW_MAP, OVERFLOW_MAP_ENTRIES,
+        OverflowKey, OverflowValue, SET_MAP, WAKEUP_RING,
     },
     payload::{
         BPF_RB_NO_WAKEUP, DEFAULT_DNS_RING_BYTES, DEFAULT_HTTP_CAP, DEFAULT_HTTP_RING_BYTES,
@@ -30,8 +31,10 @@ use devourer_common::{
 };
 
 use super::{
+    features::{Features, MIN_KERNEL},
     log::KernelLog,
     maps::{Counters, HashReader, KernelFlows},
+    sets::Alternation,
 };
 
 /// The agent's kernel program, built by build.rs for bpfel-unknown-none.
@@ -61,14 +64,10 @@ pub const PERCPU_FLOWS_MAP: &str = "FLOWS_PERCPU";
 /// aya-log's load-time level global in the program (0: off; 4: debug).
 const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
-/// Oldest kernel devourer runs on: atomic lookup-and-delete on hash maps arrived in 5.14
-/// (ring buffers 5.8, batched lookups 5.6, test_run with an `__sk_buff` context 5.x).
-pub const MIN_KERNEL: (u8, u8) = (5, 14);
-
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "kernel {found} is too old: devourer needs {}.{} or newer (atomic lookup-and-delete on hash maps)",
+        "kernel {found} is too old: devourer needs {}.{} or newer (BPF ring buffers, 5.8; bounded loops and batched map reads)",
         MIN_KERNEL.0, MIN_KERNEL.1
     )]
     KernelTooOld { found: String },
@@ -115,9 +114,9 @@ pub struct LoadOptions {
     pub filters: Vec<FilterRule>,
     /// `--sampling N` (1: every packet).
     pub sampling: u32,
-    /// Load only this program (replay runs one; each program costs its verification);
-    /// `None`: every program.
-    pub only: Option<&'static str>,
+    /// The programs to load: only those the run uses (each costs its verification, and one
+    /// a run does not use may need what an older kernel lacks).
+    pub programs: Vec<&'static str>,
 }
 
 impl LoadOptions {
@@ -139,7 +138,7 @@ impl LoadOptions {
             per_interface: false,
             filters: Vec::new(),
             sampling: 1,
-            only: None,
+            programs: vec![PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP],
         }
     }
 }
@@ -163,6 +162,10 @@ pub struct Loaded {
     /// The program's own log lines, when the agent logs `devourer::kernel` at debug.
     pub log: Option<KernelLog>,
     pub ncpus: usize,
+    /// What the kernel can do (and what the program was loaded to do without).
+    pub features: Features,
+    /// Live counting alternates the map sets (kernels without atomic lookup-and-delete).
+    pub alternation: Option<Alternation>,
 }
 
 fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -222,6 +225,21 @@ pub fn load_bench(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     check_kernel()?;
     raise_memlock();
+    let features = Features::probe();
+    features.log();
+    // Live counting cannot take entries out of a map packets update without an atomic
+    // lookup-and-delete: it alternates the two map sets as offline replay does.
+    let alternate = !opts.offline && !features.lookup_and_delete;
+    let mut programs = opts.programs.clone();
+    if opts.offline && !features.xdp_test_run_ctx && programs.contains(&PROG_XDP) {
+        tracing::info!(
+            "this kernel's BPF_PROG_TEST_RUN takes no XDP context (5.15): replaying with the TC program"
+        );
+        programs.retain(|p| *p != PROG_XDP);
+        if !programs.contains(&PROG_TC_INGRESS) {
+            programs.push(PROG_TC_INGRESS);
+        }
+    }
     let offline: u8 = opts.offline.into();
     let dns_cap = opts.dns_cap.min(PAYLOAD_CAP_MAX as u32);
     let http_cap = opts.http_cap.min(PAYLOAD_CAP_MAX as u32);
@@ -229,14 +247,16 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let rb_flags: u64 = if opts.offline { BPF_RB_NO_WAKEUP } else { 0 };
     let log_level: u8 = if KernelLog::wanted() { 4 } else { 0 };
     let per_interface: u8 = opts.per_interface.into();
-    let hook_memory: u8 = (opts.offline && opts.hook_memory).into();
+    let hook_memory: u8 = ((opts.offline || alternate) && opts.hook_memory).into();
+    let alternate_flag: u8 = alternate.into();
+    let xdp_load_bytes: u8 = features.xdp_load_bytes.into();
     let mut filters = [FilterRule::default(); MAX_FILTER_RULES];
     for (slot, rule) in filters.iter_mut().zip(&opts.filters) {
         *slot = *rule;
     }
     let filter_count = opts.filters.len().min(MAX_FILTER_RULES) as u32;
-    // Only offline replay counts in the other map sets.
-    let (second_entries, second_overflow) = if opts.offline {
+    // Only offline replay, and live counting that alternates, count in the other map sets.
+    let (second_entries, second_overflow) = if opts.offline || alternate {
         (opts.flow_map_entries, OVERFLOW_MAP_ENTRIES)
     } else {
         (1, 1)
@@ -250,6 +270,8 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(GLOBAL_HOOK_HORIZON_NS, &opts.hook_horizon_ns, true)
         .override_global(GLOBAL_HOOK_MEMORY, &hook_memory, true)
         .override_global(GLOBAL_PER_INTERFACE, &per_interface, true)
+        .override_global(GLOBAL_ALTERNATE, &alternate_flag, true)
+        .override_global(GLOBAL_XDP_LOAD_BYTES, &xdp_load_bytes, true)
         .override_global(GLOBAL_DNS_PORTS, &slots(&opts.dns_ports), true)
         .override_global(GLOBAL_DNS_CAP, &dns_cap, true)
         .override_global(GLOBAL_RB_FLAGS, &rb_flags, true)
@@ -273,7 +295,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_max_entries(PERCPU_FLOWS_MAP, opts.percpu_map_entries.max(1))
         .load(object)
         .map_err(classify)?;
-    let wanted = |name: &str| opts.only.is_none_or(|only| only == name);
+    let wanted = |name: &str| programs.contains(&name);
     for name in [PROG_TC_INGRESS, PROG_TC_EGRESS]
         .into_iter()
         .filter(|n| wanted(n))
@@ -313,6 +335,12 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     } else {
         None
     };
+    let set = take(&mut ebpf, SET_MAP)?;
+    let alternation = if alternate {
+        Some(Alternation::new(set).map_err(|e| LoadError::Map(SET_MAP, e))?)
+    } else {
+        None
+    };
     Ok(Loaded {
         ebpf,
         flows: KernelFlows(flows),
@@ -327,6 +355,8 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         http,
         log,
         ncpus,
+        features,
+        alternation,
     })
 }
 

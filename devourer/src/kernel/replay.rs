@@ -25,8 +25,13 @@ pub struct Replayer {
 }
 
 impl Replayer {
-    /// The program `mode` replays with: TC ingress, or XDP.
+    /// The program `mode` replays with: TC ingress, or XDP (TC where the kernel's test run
+    /// takes no XDP context, before 5.15: the loader said so).
     pub fn new(loaded: &Loaded, mode: Mode) -> Result<Self, LoadError> {
+        let mode = match mode {
+            Mode::Xdp if !loaded.features.xdp_test_run_ctx => Mode::Tc,
+            m => m,
+        };
         let prog = loaded.prog_fd(match mode {
             Mode::Tc => PROG_TC_INGRESS,
             Mode::Xdp => PROG_XDP,

@@ -1,11 +1,18 @@
 //! Raw `bpf(2)` commands aya 0.14 does not wrap: batched map lookup, atomic lookup-and-delete,
-//! and BPF_PROG_TEST_RUN.
+//! BPF_PROG_TEST_RUN, and the few map and program creations the kernel feature probes and the
+//! RCU barrier need.
 
-use std::{io, os::fd::RawFd};
+use std::{
+    io,
+    os::fd::{FromRawFd, OwnedFd, RawFd},
+};
 
 use devourer_common::flow::{CB_IFINDEX, CB_MAP, CB_WIRE_LEN};
 
+const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
@@ -36,6 +43,17 @@ impl Attr {
 }
 
 fn sys_bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
+    sys_bpf_ret(cmd, attr).map(|_| ())
+}
+
+/// A `bpf(2)` command whose return value is a new file descriptor.
+fn sys_bpf_fd(cmd: libc::c_long, attr: &mut Attr) -> io::Result<OwnedFd> {
+    let fd = sys_bpf_ret(cmd, attr)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn sys_bpf_ret(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: attr is a valid, writable, zero-initialised bpf_attr of the size passed.
     let ret = unsafe {
         libc::syscall(
@@ -48,8 +66,54 @@ fn sys_bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(ret)
     }
+}
+
+pub const BPF_MAP_TYPE_HASH: u32 = 1;
+pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
+pub const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+pub const BPF_PROG_TYPE_XDP: u32 = 6;
+
+/// Creates a map; `inner` is the inner map's fd of a map-in-map.
+pub fn map_create(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    inner: Option<RawFd>,
+) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    // struct { u32 map_type, key_size, value_size, max_entries, map_flags, inner_map_fd; ... }
+    attr.put_u32(0, map_type);
+    attr.put_u32(4, key_size);
+    attr.put_u32(8, value_size);
+    attr.put_u32(12, max_entries);
+    attr.put_u32(20, inner.map_or(0, |fd| fd as u32));
+    sys_bpf_fd(BPF_MAP_CREATE, &mut attr)
+}
+
+/// Writes one element (BPF_ANY).
+pub fn update(map_fd: RawFd, key: &[u8], value: &[u8]) -> io::Result<()> {
+    map_elem_cmd(
+        BPF_MAP_UPDATE_ELEM,
+        map_fd,
+        key.as_ptr() as u64,
+        value.as_ptr() as u64,
+    )
+    .map(|_| ())
+}
+
+/// Loads a program of `prog_type` from raw instructions (GPL: some helpers need it).
+pub fn prog_load(prog_type: u32, insns: &[u64]) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut attr = Attr::new();
+    // struct { u32 prog_type, insn_cnt; u64 insns, license; u32 log_level, log_size; ... }
+    attr.put_u32(0, prog_type);
+    attr.put_u32(4, insns.len() as u32);
+    attr.put_u64(8, insns.as_ptr() as u64);
+    attr.put_u64(16, license.as_ptr() as u64);
+    sys_bpf_fd(BPF_PROG_LOAD, &mut attr)
 }
 
 /// Runs a map element command (`{u32 map_fd; u64 key; u64 value_or_next_key; u64 flags}`);

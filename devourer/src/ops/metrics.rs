@@ -65,6 +65,9 @@ pub struct Metrics {
     nat_duplicates: IntCounter,
     conntrack_walks: IntCounter,
     pub interfaces: IntGauge,
+    /// 1 for each feature newer than the floor the running kernel has, 0 where devourer falls
+    /// back (`kernel::features`).
+    pub kernel_feature: IntGaugeVec,
     /// Last absolute values of counters kept elsewhere, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
 }
@@ -397,6 +400,16 @@ impl Metrics {
             interfaces: r.gauge(
                 "devourer_interfaces_attached",
                 "Interfaces being monitored.",
+            ),
+            kernel_feature: r.add(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "devourer_kernel_feature",
+                        "Kernel features newer than 5.10 that devourer uses: 1 present, 0 absent (a fallback is used; see README's support table).",
+                    ),
+                    &["feature"],
+                )
+                .expect("metric"),
             ),
             seen: Mutex::new(HashMap::new()),
             registry: r.0,
