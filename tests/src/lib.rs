@@ -17,6 +17,7 @@ pub mod bigquery;
 pub mod frames;
 pub mod k8s;
 pub mod node;
+pub mod vm;
 
 /// True when running as root; otherwise prints why the calling test skips.
 pub fn require_root(test: &str) -> bool {

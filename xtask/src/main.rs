@@ -6,6 +6,7 @@ mod compare;
 mod demo;
 mod fuzz;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -67,6 +68,9 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         seconds: u32,
     },
+    /// Downloads and prepares the kernel matrix's kernels (Debian's, under target/vm) and
+    /// prints the directory the matrix tests read (`DEVOURER_VM_DIR`).
+    Kernels,
     /// Everything CI runs: setup, fmt, clippy, unit tests, kernel parser tests, end-to-end tests.
     Test {
         /// Skip fmt and clippy.
@@ -155,6 +159,12 @@ fn main() -> Result<()> {
         Cmd::Bench { name } => bench::bench(name),
         Cmd::BuildStatic => build_static().map(|p| println!("{}", p.display())),
         Cmd::CompareRecords { baseline, dir } => compare::compare(&baseline, &dir),
+        Cmd::Kernels => {
+            let dir = vm_dir();
+            vm::prepare(&dir)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
         Cmd::Fuzz { target, seconds } => {
             setup::setup_tests()?;
             fuzz::fuzz(target, seconds)
@@ -200,6 +210,11 @@ fn run(no_demo: bool, release: bool, args: Vec<String>) -> Result<()> {
     };
     cmd.args(&args);
     run_cmd(&mut cmd)
+}
+
+/// Where the kernel matrix's kernels are kept between runs.
+fn vm_dir() -> PathBuf {
+    workspace_root().join("target/vm")
 }
 
 const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
@@ -312,10 +327,14 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
     }
     let bin = workspace_root().join("target/debug/devourer");
     let static_bin = build_static()?;
+    // The kernel matrix: Debian's kernels the VM tests boot.
+    let kernels = vm_dir();
+    vm::prepare(&kernels).context("preparing the kernel matrix")?;
     run_cmd(
         cargo()
             .env("DEVOURER_BIN", &bin)
             .env("DEVOURER_STATIC_BIN", &static_bin)
+            .env("DEVOURER_VM_DIR", &kernels)
             .args(["test", "-p", "devourer-tests", "--", "--test-threads=1"])
             .args(&filter),
     )

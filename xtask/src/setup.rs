@@ -50,7 +50,20 @@ const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "a private CA for rediss://, the test API server's keys",
     ),
     ("etcd-server", "the store of the test Kubernetes API server"),
-    ("xz-utils", "unpacking the test Kubernetes API server"),
+    (
+        "xz-utils",
+        "unpacking the test Kubernetes API server and the matrix's kernels",
+    ),
+    ("zstd", "unpacking the matrix's kernels"),
+    ("kmod", "depmod of the matrix's kernels' modules"),
+    (
+        "qemu-system-x86",
+        "the kernel matrix: Debian's x86_64 kernels under software emulation",
+    ),
+    (
+        "qemu-system-arm",
+        "the kernel matrix: Debian's arm64 kernel",
+    ),
 ];
 
 /// Python modules the tests import, and the PyPI packages that provide them.
