@@ -1,24 +1,31 @@
 # devourer: a statically linked agent (musl) with its eBPF program embedded, in an image that
-# holds nothing else (no shell). Build from the repository root:
-#   docker build -t devourer .
+# holds nothing else (no shell), for x86_64 and arm64. Build from the repository root, one
+# multi-arch image (a manifest list; the build stage runs on the build machine and cross-builds
+# arm64 with zig, as `cargo xtask build-static --target aarch64` does):
+#   docker buildx build --platform linux/amd64,linux/arm64 -t devourer .
+# or one architecture: docker build -t devourer .
 # Run on a host (or as the DaemonSet in deploy/kubernetes):
 #   docker run --rm --network host --cap-drop ALL --cap-add BPF --cap-add NET_ADMIN \
 #     --cap-add PERFMON devourer capture -i eth0
 # The static binary is built without capture on request (libpcap has no static musl build
 # on Debian): see README, "Capture on request".
 
-FROM rust:1.95-bookworm AS build
+FROM --platform=$BUILDPLATFORM rust:1.95-bookworm AS build
+ARG TARGETARCH
 RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools ca-certificates \
+ && apt-get install -y --no-install-recommends musl-tools ca-certificates python3-pip \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # The pinned nightly, rust-src and bpf-linker for the kernel program, then the static agent
-# (the same command CI runs before checking that the binary runs in an empty root).
-RUN cargo xtask setup && cargo xtask build-static
+# for the image's architecture (the commands CI runs: the x86_64 binary runs in an empty root,
+# the aarch64 one in an arm64 VM).
+RUN cargo xtask setup \
+ && arch=$(if [ "$TARGETARCH" = arm64 ]; then echo aarch64; else echo x86_64; fi) \
+ && cp "$(cargo xtask build-static --target "$arch" | tail -n 1)" /devourer
 
 FROM scratch
-COPY --from=build /src/target/x86_64-unknown-linux-musl/release/devourer /devourer
+COPY --from=build /devourer /devourer
 # BigQuery's token endpoint is reached over TLS with the system roots.
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 EXPOSE 9402

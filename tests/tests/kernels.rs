@@ -222,3 +222,120 @@ fn kernel_6_1_counts_names_and_replays_as_this_host() {
 fn kernel_6_12_counts_names_and_replays_as_this_host() {
     matrix("6.12");
 }
+
+/// The static aarch64 agent `cargo xtask test` cross-built (`None`: not built, skipped).
+fn aarch64_agent() -> Option<PathBuf> {
+    std::env::var_os("DEVOURER_STATIC_AARCH64_BIN").map(PathBuf::from)
+}
+
+#[test]
+fn kernel_arm64_6_1_counts_and_replays_as_this_host() {
+    let test = "kernel arm64-6.1";
+    if !require_root(test) {
+        return;
+    }
+    let (Some(vm), Some(agent)) = (Vm::named("arm64-6.1"), aarch64_agent()) else {
+        eprintln!(
+            "SKIP {test}: the kernel matrix or the aarch64 agent is not prepared (cargo xtask test builds both)"
+        );
+        return;
+    };
+    let caps = captures();
+    // busybox's shell and tools, the static agent from the host's root (under /host).
+    let a = format!("/host{}", agent.display());
+    let mut script = String::new();
+    for file in &caps.files {
+        let stem = file.file_stem().unwrap().to_string_lossy();
+        for mode in ["tc", "xdp"] {
+            script.push_str(&format!(
+                "{a} read --mode {mode} /host{} > /vmout/{stem}-{mode}.jsonl 2> /vmout/{stem}-{mode}.log; echo $? > /vmout/{stem}-{mode}.rc\n",
+                file.display()
+            ));
+        }
+    }
+    // A veth pair, one end in a namespace of its own; ping across it in each mode.
+    script.push_str(&format!(
+        r#"modprobe veth
+ip link add va type veth peer name vb
+unshare -n sleep 900 & P=$!
+sleep 1
+peer=$(ls /sys/class/net | grep -v -e '^lo$' -e '^va$')
+ip link set "$peer" netns $P
+ip addr add 10.9.0.2/24 dev va; ip link set va up
+nsenter -t $P -n ip addr add 10.9.0.1/24 dev "$peer"
+nsenter -t $P -n ip link set "$peer" up
+for mode in tc xdp; do
+  DEVOURER_LOG=info {a} capture -i va --mode $mode --metrics-addr off --probe-addr off --scan-interval 200ms > /vmout/veth-$mode.jsonl 2> /vmout/veth-$mode.log &
+  C=$!
+  for i in $(seq 1 240); do grep -q capturing /vmout/veth-$mode.log && break; sleep 0.5; done
+  nsenter -t $P -n ping -c 5 -i 0.2 10.9.0.2 > /vmout/ping-$mode.txt
+  sleep 1; kill $C; wait $C; echo $? > /vmout/veth-$mode.rc
+done
+"#
+    ));
+    let run = vm.run(&script, Duration::from_secs(900));
+    assert!(
+        run.ok(),
+        "{test}: the guest did not finish:\n{}",
+        &run.console[run.console.len().saturating_sub(4000)..]
+    );
+    let mut replayed = 0;
+    for file in &caps.files {
+        let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        for mode in ["tc", "xdp"] {
+            let (status, host_out, stderr) = devourer_read(file, &["--mode", mode]);
+            assert!(status.success(), "{stderr}");
+            let name = format!("{stem}-{mode}");
+            assert_eq!(
+                run.file(&format!("{name}.rc")).trim(),
+                "0",
+                "{test}: {}",
+                run.file(&format!("{name}.log"))
+            );
+            let guest = std::fs::read(run.out.path(&format!("{name}.jsonl"))).unwrap_or_default();
+            let (want, got) = (comparable(&host_out), comparable(&guest));
+            assert_eq!(
+                got, want,
+                "{test}: {name} replays differently from this host"
+            );
+            replayed += want.len();
+        }
+    }
+    for mode in ["tc", "xdp"] {
+        let log = run.file(&format!("veth-{mode}.log"));
+        assert_eq!(
+            run.file(&format!("veth-{mode}.rc")).trim(),
+            "0",
+            "{test} {mode}: {log}"
+        );
+        // ping's own count is the oracle: 5 requests, 5 replies of 84 IP bytes each.
+        let ping = run.file(&format!("ping-{mode}.txt"));
+        assert!(
+            ping.contains("5 packets transmitted, 5 packets received"),
+            "{ping}"
+        );
+        let recs = records(
+            &std::fs::read(run.out.path(&format!("veth-{mode}.jsonl"))).unwrap_or_default(),
+        );
+        let icmp: Vec<_> = recs.iter().filter(|r| r["protocol"] == "icmp").collect();
+        assert_eq!(icmp.len(), 1, "{test} {mode}: {recs:?}\n{log}");
+        let r = icmp[0];
+        assert_eq!(
+            (
+                r["src_addr"].as_str(),
+                r["src_packets"].as_u64(),
+                r["dst_packets"].as_u64()
+            ),
+            (Some("10.9.0.1"), Some(5), Some(5)),
+            "{test} {mode}: {r}"
+        );
+        assert_eq!(
+            (r["src_bytes"].as_u64(), r["dst_bytes"].as_u64()),
+            (Some(420), Some(420))
+        );
+    }
+    println!(
+        "{test} ({}, {}): the static aarch64 agent counts a veth's traffic in TC and XDP mode as ping does, {replayed} replayed records identical to this host's",
+        vm.release, vm.arch
+    );
+}

@@ -49,8 +49,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The statically linked agent the container image ships (musl, release).
-    BuildStatic,
+    /// The statically linked agent the container image ships (musl, release), for x86_64 or
+    /// (cross-built with zig, cargo-zigbuild) aarch64.
+    BuildStatic {
+        #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+        target: Arch,
+    },
     /// Benchmarks (as root): a table, bench/results/latest.json and docs/benchmarks.md.
     Bench {
         /// One benchmark (kernel, datapath, userspace, replay, dns, pressure), all when omitted;
@@ -157,7 +161,7 @@ fn main() -> Result<()> {
         } => run(no_demo, release, args),
         Cmd::Test { no_lint, filter } => test(no_lint, filter),
         Cmd::Bench { name } => bench::bench(name),
-        Cmd::BuildStatic => build_static().map(|p| println!("{}", p.display())),
+        Cmd::BuildStatic { target } => build_static(target).map(|p| println!("{}", p.display())),
         Cmd::CompareRecords { baseline, dir } => compare::compare(&baseline, &dir),
         Cmd::Kernels => {
             let dir = vm_dir();
@@ -217,29 +221,56 @@ fn vm_dir() -> PathBuf {
     workspace_root().join("target/vm")
 }
 
-const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The architectures the static agent is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Arch {
+    #[value(name = "x86_64")]
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    fn triple(self) -> &'static str {
+        match self {
+            Self::X86_64 => "x86_64-unknown-linux-musl",
+            Self::Aarch64 => "aarch64-unknown-linux-musl",
+        }
+    }
+}
 
 /// Builds the static agent (what the Dockerfile copies) and returns its path. It lacks
-/// capture on request, which needs libpcap.
-fn build_static() -> Result<PathBuf> {
-    run_cmd(Command::new("rustup").args(["target", "add", STATIC_TARGET]))?;
-    run_cmd(
-        cargo()
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "devourer",
-                "--target",
-                STATIC_TARGET,
-                // libpcap (capture on request) has no static musl build on Debian.
-                "--no-default-features",
-                "--features",
-                "bigquery,k8s",
-            ])
-            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
-    )?;
-    Ok(workspace_root().join(format!("target/{STATIC_TARGET}/release/devourer")))
+/// capture on request, which needs libpcap. aarch64 is cross-built from x86_64 with zig as its
+/// C compiler and linker (cargo-zigbuild; zig from PyPI): Debian has no aarch64 musl cross
+/// toolchain, and a static glibc breaks NSS. The eBPF object is the same for both.
+fn build_static(arch: Arch) -> Result<PathBuf> {
+    let triple = arch.triple();
+    run_cmd(Command::new("rustup").args(["target", "add", triple]))?;
+    let features = [
+        "build",
+        "--release",
+        "-p",
+        "devourer",
+        "--target",
+        triple,
+        // libpcap (capture on request) has no static musl build on Debian.
+        "--no-default-features",
+        "--features",
+        "bigquery,k8s",
+    ];
+    match arch {
+        Arch::X86_64 => run_cmd(
+            cargo()
+                .args(features)
+                .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
+        )?,
+        Arch::Aarch64 => {
+            setup::zig()?;
+            let mut zig = cargo();
+            zig.arg("zigbuild").args(&features[1..]);
+            run_cmd(&mut zig)?;
+        }
+    }
+    Ok(workspace_root().join(format!("target/{triple}/release/devourer")))
 }
 
 fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
@@ -326,7 +357,8 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
         );
     }
     let bin = workspace_root().join("target/debug/devourer");
-    let static_bin = build_static()?;
+    let static_bin = build_static(Arch::X86_64)?;
+    let static_aarch64 = build_static(Arch::Aarch64)?;
     // The kernel matrix: Debian's kernels the VM tests boot.
     let kernels = vm_dir();
     vm::prepare(&kernels).context("preparing the kernel matrix")?;
@@ -334,6 +366,7 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
         cargo()
             .env("DEVOURER_BIN", &bin)
             .env("DEVOURER_STATIC_BIN", &static_bin)
+            .env("DEVOURER_STATIC_AARCH64_BIN", &static_aarch64)
             .env("DEVOURER_VM_DIR", &kernels)
             .args(["test", "-p", "devourer-tests", "--", "--test-threads=1"])
             .args(&filter),

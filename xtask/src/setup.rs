@@ -285,6 +285,18 @@ pub fn setup_tests() -> Result<()> {
     cargo_fuzz()
 }
 
+/// zig (PyPI `ziglang`) and cargo-zigbuild: the aarch64 static agent is cross-built with zig
+/// as its C compiler and linker.
+pub fn zig() -> Result<()> {
+    if !quiet_ok(Command::new("python3").args(["-m", "ziglang", "version"])) {
+        pip_install(&["ziglang"]).context("installing zig (PyPI ziglang)")?;
+    }
+    if quiet_ok(Command::new("cargo").args(["zigbuild", "--help"])) {
+        return Ok(());
+    }
+    run_cmd(Command::new("cargo").args(["install", "--locked", "cargo-zigbuild"]))
+}
+
 /// cargo-fuzz, for the fuzz targets (`cargo xtask fuzz`, part of `cargo xtask test`).
 fn cargo_fuzz() -> Result<()> {
     if quiet_ok(Command::new("cargo").args(["fuzz", "--version"])) {
@@ -312,6 +324,11 @@ fn python_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    pip_install(&missing).context("installing the tests' Python packages")
+}
+
+/// Installs PyPI packages for python3 (system-wide where Debian allows it only when told).
+fn pip_install(packages: &[&str]) -> Result<()> {
     if !quiet_ok(Command::new("python3").args(["-m", "pip", "--version"])) {
         apt_install(&["python3-pip".to_owned()]).context("python3 has no pip")?;
     }
@@ -334,6 +351,6 @@ fn python_packages() -> Result<()> {
     if externally_managed {
         cmd.arg("--break-system-packages");
     }
-    cmd.args(&missing);
-    run_cmd(&mut cmd).context("installing the tests' Python packages")
+    cmd.args(packages);
+    run_cmd(&mut cmd)
 }

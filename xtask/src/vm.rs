@@ -346,6 +346,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mkdir -p /lib/modules
+# The kernel loads modules on demand (a qdisc, a device type) through this.
+echo /bin/modprobe > /proc/sys/kernel/modprobe
 ulimit -l unlimited
 echo "DEVOURER-VM: booted $(uname -r) $(uname -m)"
 sh /vmout/run.sh
