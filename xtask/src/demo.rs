@@ -1,60 +1,76 @@
-//! Demo traffic for `cargo xtask run`: a name resolved through a local dnsmasq (when it is
-//! installed), a TCP request to the resolved address, and a UDP datagram, every two seconds.
+//! Demo traffic for `cargo xtask run`: a name resolved through the demo's own DNS responder on
+//! loopback (answering `demo.devourer.test` with 127.0.0.1, NXDOMAIN for anything else), a TCP
+//! request to the resolved address, and a UDP datagram, every two seconds; the agent shows a
+//! `dns` record with its latency and a `flow` record named from it within seconds.
 
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    process::{Child, Command, Stdio},
     time::Duration,
+};
+
+use hickory_proto::{
+    op::{Message, Metadata, ResponseCode},
+    rr::{RData, Record, RecordType, rdata::A},
 };
 
 pub const DEMO_NAME: &str = "demo.devourer.test";
 
-/// The dnsmasq the demo started; stopped on drop.
-pub struct Resolver(Child);
-
-impl Drop for Resolver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Where the responder listens: DNS's own port, or one of ours where 53 is taken (or not ours
+/// to bind); the agent is then told to decode it too (`--dns-ports`).
+pub struct Demo {
+    pub dns_port: u16,
 }
 
-/// Starts the demo traffic (and dnsmasq on 127.0.0.1:53 when it is installed and the port is
-/// free); the traffic runs on a thread until the process ends.
-pub fn start() -> Option<Resolver> {
-    let resolver = start_dnsmasq();
-    match &resolver {
-        Some(_) => eprintln!(
-            "xtask: dnsmasq answers {DEMO_NAME} on 127.0.0.1:53; demo traffic resolves it, then connects (--no-demo to stop)"
-        ),
-        None => eprintln!(
-            "xtask: generating TCP and UDP traffic on lo (install dnsmasq to see DNS records too; --no-demo to stop)"
-        ),
-    }
-    std::thread::spawn(traffic);
-    resolver
+/// Starts the responder and the demo traffic on threads that run until the process ends.
+pub fn start() -> Demo {
+    let (socket, port) = match UdpSocket::bind("127.0.0.1:53") {
+        Ok(s) => (s, 53),
+        Err(_) => {
+            let s = UdpSocket::bind("127.0.0.1:0").expect("a UDP port on loopback");
+            let port = s.local_addr().map_or(0, |a| a.port());
+            (s, port)
+        }
+    };
+    eprintln!(
+        "xtask: the demo answers {DEMO_NAME} on 127.0.0.1:{port}; demo traffic resolves it, then connects (--no-demo to stop)"
+    );
+    std::thread::spawn(move || respond(&socket));
+    std::thread::spawn(move || traffic(port));
+    Demo { dns_port: port }
 }
 
-fn start_dnsmasq() -> Option<Resolver> {
-    // The port must be free: do not stand in for a resolver the host already runs.
-    drop(UdpSocket::bind("127.0.0.1:53").ok()?);
-    let child = Command::new("dnsmasq")
-        .args([
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-        ])
-        .args(["--listen-address=127.0.0.1", "--port=53", "--local-ttl=60"])
-        .arg(format!("--address=/{DEMO_NAME}/127.0.0.1"))
-        .arg("--log-facility=/dev/null")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    std::thread::sleep(Duration::from_millis(300));
-    Some(Resolver(child))
+/// Answers A queries for [`DEMO_NAME`] with 127.0.0.1 (TTL 60), anything else with NXDOMAIN.
+fn respond(socket: &UdpSocket) {
+    let mut buf = [0u8; 512];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let Ok(query) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
+        answer.metadata = Metadata::response_from_request(&query.metadata);
+        answer.metadata.authoritative = true;
+        answer.add_queries(query.queries.iter().cloned());
+        match query.queries.first() {
+            Some(q)
+                if q.query_type() == RecordType::A
+                    && q.name().to_ascii().trim_end_matches('.') == DEMO_NAME =>
+            {
+                answer.add_answer(Record::from_rdata(
+                    q.name().clone(),
+                    60,
+                    RData::A(A(Ipv4Addr::LOCALHOST)),
+                ));
+            }
+            _ => answer.metadata.response_code = ResponseCode::NXDomain,
+        }
+        if let Ok(bytes) = answer.to_vec() {
+            let _ = socket.send_to(&bytes, peer);
+        }
+    }
 }
 
 /// A minimal A query for `name`.
@@ -80,17 +96,17 @@ fn first_a(query: &[u8], resp: &[u8]) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3]))
 }
 
-fn resolve(id: u16) -> Option<Ipv4Addr> {
+fn resolve(id: u16, port: u16) -> Option<Ipv4Addr> {
     let s = UdpSocket::bind("127.0.0.1:0").ok()?;
     s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     let q = query(id, DEMO_NAME);
-    s.send_to(&q, "127.0.0.1:53").ok()?;
+    s.send_to(&q, (Ipv4Addr::LOCALHOST, port)).ok()?;
     let mut buf = [0u8; 512];
     let n = s.recv(&mut buf).ok()?;
     first_a(&q, &buf[..n])
 }
 
-fn traffic() {
+fn traffic(dns_port: u16) {
     let (Ok(listener), Ok(udp)) = (
         TcpListener::bind("127.0.0.1:0"),
         UdpSocket::bind("127.0.0.1:0"),
@@ -110,7 +126,7 @@ fn traffic() {
     });
     std::thread::sleep(Duration::from_secs(1));
     for id in 1u16.. {
-        let ip = resolve(id).unwrap_or(Ipv4Addr::LOCALHOST);
+        let ip = resolve(id, dns_port).unwrap_or(Ipv4Addr::LOCALHOST);
         if let Ok(mut c) = TcpStream::connect(SocketAddr::from((ip, tcp_addr.port()))) {
             let _ = c.write_all(b"hello devourer\n");
             let mut buf = [0u8; 64];

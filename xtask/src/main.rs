@@ -92,7 +92,15 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs a tool to its end with its output on our stderr: stdout is for what a command prints
+/// (records from `cargo xtask run`, a path from `build-static`), never installers' chatter.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    cmd.stdout(std::process::Stdio::from(std::io::stderr()));
+    run_foreground(cmd)
+}
+
+/// Runs a command with the terminal's stdout (the agent of `cargo xtask run`).
+fn run_foreground(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {cmd:?}");
     let status = cmd
         .status()
@@ -189,7 +197,7 @@ fn run(no_demo: bool, release: bool, args: Vec<String>) -> Result<()> {
         .join(if release { "release" } else { "debug" })
         .join("devourer");
     let demo = args.is_empty() && !no_demo;
-    let args = if args.is_empty() {
+    let mut args = if args.is_empty() {
         [
             "capture",
             "-i",
@@ -204,7 +212,12 @@ fn run(no_demo: bool, release: bool, args: Vec<String>) -> Result<()> {
     } else {
         args
     };
-    let _resolver = if demo { demo::start() } else { None };
+    if demo {
+        let d = demo::start();
+        if d.dns_port != 53 {
+            args.extend(["--dns-ports".into(), format!("53,{}", d.dns_port)]);
+        }
+    }
     let mut cmd = if is_root() {
         Command::new(&bin)
     } else {
@@ -213,7 +226,7 @@ fn run(no_demo: bool, release: bool, args: Vec<String>) -> Result<()> {
         c
     };
     cmd.args(&args);
-    run_cmd(&mut cmd)
+    run_foreground(&mut cmd)
 }
 
 /// Where the kernel matrix's kernels are kept between runs.
