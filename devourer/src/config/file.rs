@@ -225,7 +225,9 @@ pub fn check(file: &Path, sub: &str, args: &[String]) -> Result<String, ConfigEr
     };
     if let Some(p) = pipeline {
         let ncpus = aya::util::nr_cpus().map_or(1, |n| n as u64);
-        let bytes = map_bytes(&p.load_options(sub == "read"), ncpus);
+        // Replay, and live counting on kernels before 5.14, use two map sets.
+        let sets = if sub == "read" { 2 } else { 1 };
+        let bytes = map_bytes(&p.load_options(sub == "read"), ncpus, sets);
         out.push_str(&format!(
             "# kernel maps: about {:.1} MiB on this machine's {ncpus} CPUs (flow map {} entries; see --flow-map-entries)\n",
             bytes as f64 / (1 << 20) as f64,

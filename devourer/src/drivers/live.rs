@@ -75,6 +75,8 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     };
     let mut kernel = assembly::load_kernel(p, driver)?;
     let agent_ncpus = kernel.ncpus;
+    // Where the kernel lacks atomic lookup-and-delete, counting alternates two map sets.
+    let sets = if kernel.alternation.is_some() { 2 } else { 1 };
     let link = if args.tc_netlink {
         TcLink::Netlink
     } else {
@@ -93,7 +95,7 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     let ncpus = agent_ncpus as u64;
     metrics
         .map_bytes
-        .set(map_bytes(&p.load_options(false), ncpus) as i64);
+        .set(map_bytes(&p.load_options(false), ncpus, sets) as i64);
     metrics.interfaces.set(attached.len() as i64);
     for (feature, on) in kernel.features.list() {
         metrics

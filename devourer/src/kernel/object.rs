@@ -385,8 +385,10 @@ fn hash_map_bytes(entries: u64, ncpus: u64, key: u64, value: u64) -> u64 {
 
 /// Estimated kernel memory of the maps `opts` loads with on `ncpus` CPUs: the shared flow map
 /// (flat in the CPU count), the rings, and what is per CPU (the small overflow map's values,
-/// counters and scratch space). `devourer_kernel_map_bytes`, and `config check`.
-pub fn map_bytes(opts: &LoadOptions, ncpus: u64) -> u64 {
+/// counters and scratch space); `sets` flow and overflow maps of that size (2 where counting
+/// alternates them, with the counting hooks' memory). `devourer_kernel_map_bytes`, and
+/// `config check`.
+pub fn map_bytes(opts: &LoadOptions, ncpus: u64, sets: u64) -> u64 {
     use devourer_common::{
         flow::{CounterBlock, FlowKey, FlowValue},
         payload::PayloadScratch,
@@ -408,7 +410,18 @@ pub fn map_bytes(opts: &LoadOptions, ncpus: u64) -> u64 {
     };
     let rings = u64::from(opts.dns_ring_bytes) + u64::from(http_ring) + 4096;
     let per_cpu = size(size_of::<CounterBlock>() + size_of::<PayloadScratch>()) + 512;
-    flows + overflow + rings + per_cpu * ncpus
+    // The counting hooks' memory: a key and 16 bytes per flow map entry, in an LRU hash.
+    let hooks = if sets > 1 {
+        hash_map_bytes(
+            u64::from(opts.flow_map_entries),
+            ncpus,
+            size(size_of::<FlowKey>()),
+            16,
+        )
+    } else {
+        0
+    };
+    (flows + overflow) * sets.max(1) + hooks + rings + per_cpu * ncpus
 }
 
 fn page_size() -> u32 {
