@@ -54,6 +54,11 @@ pub struct PodInfo {
     pub host_network: bool,
     /// Not Succeeded or Failed: it holds its addresses.
     pub running: bool,
+    /// Being deleted (`deletionTimestamp` set): a pod that is not keeps the address.
+    pub terminating: bool,
+    /// `creationTimestamp`, milliseconds since the epoch: among pods claiming one address, the
+    /// newest holds it.
+    pub created_ms: i64,
     pub labels: Vec<(String, String)>,
     pub owner: Option<Owner>,
 }
@@ -134,6 +139,8 @@ struct Pod {
     node: Option<Str>,
     ips: Box<[IpAddr]>,
     indexed: bool,
+    /// Which pod holds an address several claim: one not terminating, then the newest.
+    rank: (bool, i64),
     labels: Box<[(Str, Str)]>,
     owner: Option<(Str, Str)>,
     workload: Arc<Workload>,
@@ -162,6 +169,9 @@ pub struct Index {
     pods: BTreeMap<Key, Pod>,
     /// A running pod's address, its key and names (one lookup per record end).
     pod_ips: FastMap<IpAddr, (Key, Arc<Workload>)>,
+    /// Every running pod that claims an address (usually one; two while a pod is replaced
+    /// by another with its address), to pick the holder whatever the order of events.
+    claims: FastMap<IpAddr, Vec<Key>>,
     services: BTreeMap<Key, Service>,
     service_ips: FastMap<IpAddr, Key>,
     nodes: BTreeMap<Str, Node>,
@@ -194,8 +204,8 @@ const NODE_FIXED: usize = ENTRY + ARC_STR + std::mem::size_of::<Node>();
 const RS_FIXED: usize = ENTRY + 4 * ARC_STR + 8;
 /// A workload's allocation.
 const WORKLOAD: usize = 16 + std::mem::size_of::<Workload>();
-/// An address in an object and in the address map.
-const ADDR: usize = std::mem::size_of::<IpAddr>() + ENTRY + 2 * ARC_STR + 8;
+/// An address in an object and in the address maps.
+const ADDR: usize = 2 * (std::mem::size_of::<IpAddr>() + ENTRY) + 4 * ARC_STR + 8;
 
 impl Index {
     /// An empty index holding at most about `cap` bytes.
@@ -204,6 +214,7 @@ impl Index {
             strings: Interner::default(),
             pods: BTreeMap::new(),
             pod_ips: FastMap::default(),
+            claims: FastMap::default(),
             services: BTreeMap::new(),
             service_ips: FastMap::default(),
             nodes: BTreeMap::new(),
@@ -316,7 +327,7 @@ impl Index {
         match kind {
             Kind::Pod => {
                 if let Some(p) = self.pods.remove(&key) {
-                    unindex_pod(&mut self.pod_ips, &key, &p.ips);
+                    self.unclaim(&key, &p);
                     self.account(kind, p.bytes, 0);
                 }
             }
@@ -352,9 +363,9 @@ impl Index {
             .collect()
     }
 
-    /// A pod added or changed. A running pod takes its addresses (from whichever pod held
-    /// them before: an address is reused only after its last holder ended); one that ended
-    /// lets them go.
+    /// A pod added or changed. A running pod claims its addresses, one that ended lets them go;
+    /// an address several pods claim is held by one that is not terminating, and among those
+    /// the newest by creation, whatever the order its pods' updates and deletes arrive in.
     pub fn apply_pod(&mut self, info: PodInfo) {
         self.listed(Kind::Pod, &info.namespace, &info.name);
         let key = self.key(&info.namespace, &info.name);
@@ -374,25 +385,64 @@ impl Index {
             return;
         }
         if let Some(prev) = self.pods.remove(&key) {
-            unindex_pod(&mut self.pod_ips, &key, &prev.ips);
+            self.unclaim(&key, &prev);
         }
         let pod = Pod {
             node: info.node.as_deref().map(|n| self.strings.get(n)),
             ips: info.ips.into(),
             indexed,
+            rank: (!info.terminating, info.created_ms),
             labels: self.pairs(info.labels),
             owner: self.owner(info.owner),
             workload: Arc::default(),
             bytes,
         };
         let workload = Arc::new(self.pod_workload(&key, &pod));
+        let ips = pod.ips.clone();
+        self.account(Kind::Pod, old.unwrap_or(0), bytes);
+        self.pods.insert(key.clone(), Pod { workload, ..pod });
         if indexed {
-            for ip in &pod.ips {
-                self.pod_ips.insert(*ip, (key.clone(), workload.clone()));
+            for ip in ips.iter() {
+                let claims = self.claims.entry(*ip).or_default();
+                if !claims.contains(&key) {
+                    claims.push(key.clone());
+                }
+                self.elect(*ip);
             }
         }
-        self.account(Kind::Pod, old.unwrap_or(0), bytes);
-        self.pods.insert(key, Pod { workload, ..pod });
+    }
+
+    /// Drops `key`'s claims on its addresses (`p` as it was) and elects their new holders.
+    fn unclaim(&mut self, key: &Key, p: &Pod) {
+        for ip in p.ips.iter() {
+            if let Some(c) = self.claims.get_mut(ip) {
+                c.retain(|k| k != key);
+                if c.is_empty() {
+                    self.claims.remove(ip);
+                }
+            }
+            self.elect(*ip);
+        }
+    }
+
+    /// Gives `ip` to the best of the pods claiming it: not terminating, then the newest (and
+    /// the holder it has when they tie).
+    fn elect(&mut self, ip: IpAddr) {
+        let holder = self.pod_ips.get(&ip).map(|(k, _)| k.clone());
+        let best = self.claims.get(&ip).and_then(|c| {
+            c.iter()
+                .filter_map(|k| self.pods.get(k).map(|p| (k, p)))
+                .max_by_key(|(k, p)| (p.rank, holder.as_ref() == Some(*k)))
+                .map(|(k, p)| (k.clone(), p.workload.clone()))
+        });
+        match best {
+            Some(b) => {
+                self.pod_ips.insert(ip, b);
+            }
+            None => {
+                self.pod_ips.remove(&ip);
+            }
+        }
     }
 
     pub fn apply_service(&mut self, info: ServiceInfo) {
@@ -563,14 +613,6 @@ impl Index {
             owner,
             node: p.node.clone(),
             service,
-        }
-    }
-}
-
-fn unindex_pod(index: &mut FastMap<IpAddr, (Key, Arc<Workload>)>, key: &Key, ips: &[IpAddr]) {
-    for a in ips {
-        if index.get(a).is_some_and(|(k, _)| k == key) {
-            index.remove(a);
         }
     }
 }

@@ -239,6 +239,12 @@ fn pod_info(x: &mut Index, p: Pod) {
         ips: addrs(ips),
         host_network: spec.host_network == Some(true),
         running: !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")),
+        terminating: p.metadata.deletion_timestamp.is_some(),
+        created_ms: p
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_millisecond()),
         labels,
         owner: controller(p.metadata.owner_references.as_ref()),
     });

@@ -8,6 +8,8 @@ fn pod(ns: &str, name: &str, ip: &str) -> PodInfo {
         ips: vec![ip.parse().unwrap()],
         host_network: false,
         running: true,
+        terminating: false,
+        created_ms: 0,
         labels: vec![("app".into(), "web".into())],
         owner: Some(("ReplicaSet".into(), "web-6d4f".into())),
     }
@@ -212,4 +214,51 @@ fn the_byte_cap_holds_through_updates_of_known_objects() {
     assert_eq!(s.refused[0], 1);
     assert!(x.lookup(ip("10.1.0.1")).is_none());
     assert_eq!(s.objects[0], 0);
+}
+
+#[test]
+fn an_address_stays_with_the_pod_not_terminating_and_the_newest_whatever_the_order() {
+    let at = |name: &str, created_ms: i64, terminating: bool| {
+        let mut p = pod("a", name, "10.1.0.9");
+        p.created_ms = created_ms;
+        p.terminating = terminating;
+        p
+    };
+    let holder = |x: &Index| {
+        x.lookup(ip("10.1.0.9"))
+            .and_then(|w| w.pod.as_deref().map(str::to_owned))
+    };
+    // A Deployment's rollout: the new pod starts while the old one still runs, the old one is
+    // updated (terminating) and deleted, in every order the watch may deliver them.
+    let events: [&dyn Fn(&mut Index); 4] = [
+        &|x| x.apply_pod(at("old", 1000, false)),
+        &|x| x.apply_pod(at("new", 2000, false)),
+        &|x| x.apply_pod(at("old", 1000, true)),
+        &|x| x.remove(Kind::Pod, "a", "old"),
+    ];
+    let orders: [[usize; 4]; 6] = [
+        [0, 1, 2, 3],
+        [1, 0, 2, 3],
+        [0, 2, 1, 3],
+        [1, 2, 0, 3],
+        [0, 1, 3, 2],
+        [1, 3, 0, 2],
+    ];
+    for order in orders {
+        let mut x = Index::new(1 << 20);
+        for i in order {
+            events[i](&mut x);
+        }
+        assert_eq!(holder(&x).as_deref(), Some("new"), "{order:?}");
+    }
+    // An older pod that is not terminating beats a newer one that is.
+    let mut x = Index::new(1 << 20);
+    x.apply_pod(at("new", 2000, true));
+    x.apply_pod(at("old", 1000, false));
+    assert_eq!(holder(&x).as_deref(), Some("old"));
+    // The holder's delete hands the address to the one left; the last one's frees it.
+    x.remove(Kind::Pod, "a", "old");
+    assert_eq!(holder(&x).as_deref(), Some("new"));
+    x.remove(Kind::Pod, "a", "new");
+    assert_eq!(holder(&x), None);
 }
