@@ -62,6 +62,10 @@ pub struct FlowRecord {
     pub xlat_src_port: Option<u16>,
     pub xlat_dst_addr: Option<AddrText>,
     pub xlat_dst_port: Option<u16>,
+    /// The encapsulation this flow carries (`wireguard`, `ipip`, `gre`, `vxlan`, `geneve`),
+    /// null for other traffic: its packets are also the inner flows on the tunnel's own
+    /// device, so a sum that counts each byte once skips records with `tunnel` set.
+    pub tunnel: Option<&'static str>,
     /// `src_k8s_*`/`dst_k8s_*`: the Kubernetes objects of both ends.
     #[serde(flatten)]
     pub k8s: K8sFields,
@@ -125,6 +129,7 @@ impl FlowRecord {
         o.opt_uint("xlat_src_port", self.xlat_src_port);
         o.opt_str("xlat_dst_addr", self.xlat_dst_addr.as_deref());
         o.opt_uint("xlat_dst_port", self.xlat_dst_port);
+        o.opt_str("tunnel", self.tunnel);
         self.k8s.write_json(&mut o);
         o.close();
     }
@@ -184,8 +189,24 @@ impl FlowRecord {
             xlat_dst_port: e
                 .xlat_dst
                 .and_then(|(_, p)| has_ports(k.proto).then_some(p)),
+            tunnel: tunnel(k.proto, k.src_port, k.dst_port),
             k8s: K8sFields::flow(e.src_k8s.clone(), e.dst_k8s.clone()),
         }
+    }
+}
+
+/// The tunnels a flow may carry, by its protocol (IP in IP, IPv6 in IPv4, GRE) or well-known
+/// UDP port (either end): what the tunnel's own device shows again as inner flows.
+pub fn tunnel(proto: u8, src_port: u16, dst_port: u16) -> Option<&'static str> {
+    const UDP: u8 = 17;
+    let port = |p: u16| src_port == p || dst_port == p;
+    match proto {
+        4 | 41 => Some("ipip"),
+        47 => Some("gre"),
+        UDP if port(51820) => Some("wireguard"),
+        UDP if port(4789) => Some("vxlan"),
+        UDP if port(6081) => Some("geneve"),
+        _ => None,
     }
 }
 
@@ -263,8 +284,22 @@ mod tests {
             xlat_src_port: some(3).then_some(1024),
             xlat_dst_addr: some(4).then(|| "198.51.100.7".into()),
             xlat_dst_port: some(5).then_some(0),
+            tunnel: some(6).then_some("wireguard"),
             k8s: K8sFields::flow(src_k8s, dst_k8s),
         }
+    }
+
+    #[test]
+    fn tunnels_are_told_by_protocol_and_well_known_port() {
+        assert_eq!(tunnel(4, 0, 0), Some("ipip"));
+        assert_eq!(tunnel(41, 0, 0), Some("ipip"));
+        assert_eq!(tunnel(47, 0, 0), Some("gre"));
+        assert_eq!(tunnel(17, 40000, 51820), Some("wireguard"));
+        assert_eq!(tunnel(17, 51820, 51820), Some("wireguard"));
+        assert_eq!(tunnel(17, 4789, 33000), Some("vxlan"));
+        assert_eq!(tunnel(17, 50000, 6081), Some("geneve"));
+        assert_eq!(tunnel(6, 40000, 51820), None, "TCP to the port is not WireGuard");
+        assert_eq!(tunnel(17, 40000, 53), None);
     }
 
     #[test]

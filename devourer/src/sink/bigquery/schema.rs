@@ -66,6 +66,7 @@ pub fn columns(kind: TableKind) -> &'static [(&'static str, &'static str, bool)]
             ("xlat_src_port", "INTEGER", false),
             ("xlat_dst_addr", "STRING", false),
             ("xlat_dst_port", "INTEGER", false),
+            ("tunnel", "STRING", false),
             ("src_k8s_namespace", "STRING", false),
             ("src_k8s_pod", "STRING", false),
             ("src_k8s_owner_kind", "STRING", false),
@@ -307,6 +308,7 @@ mod tests {
             xlat_src_port: None,
             xlat_dst_addr: None,
             xlat_dst_port: None,
+            tunnel: None,
             k8s: K8sFields::flow(None, None),
         };
         let mut a = keys(&flow);
@@ -395,6 +397,7 @@ mod tests {
                 "xlat_src_port",
                 "xlat_dst_addr",
                 "xlat_dst_port",
+                "tunnel",
             ]
             .into_iter()
             .chain(FLOW_SIDES.iter().flat_map(|s| s.keys))
