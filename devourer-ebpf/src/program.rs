@@ -43,7 +43,7 @@ use devourer_common::{
         PayloadScratch,
     },
 };
-use devourer_ebpf::{Packet, Parsed, Skip, is_dns, is_http, parse, starts_http, zeroed};
+use devourer_ebpf::{Packet, Parsed, Skip, is_dns, is_http, parse, parse_l3, starts_http, zeroed};
 
 use crate::access::{CopyOut, TcPacket, XdpPacket};
 
@@ -302,6 +302,21 @@ pub fn devourer_tc_egress(ctx: TcContext) -> i32 {
     TC_NEXT
 }
 
+/// [`devourer_tc_ingress`] for an L3 device (tun, WireGuard, IPIP, SIT, GRE, PPP): its
+/// packets start at the IP header.
+#[classifier]
+pub fn devourer_tc_ingress_l3(ctx: TcContext) -> i32 {
+    tc_l3(&ctx, false);
+    TC_NEXT
+}
+
+/// [`devourer_tc_egress`] for an L3 device.
+#[classifier]
+pub fn devourer_tc_egress_l3(ctx: TcContext) -> i32 {
+    tc_l3(&ctx, true);
+    TC_NEXT
+}
+
 #[xdp]
 pub fn devourer_xdp(ctx: XdpContext) -> u32 {
     xdp(&ctx);
@@ -328,6 +343,18 @@ impl FlowStore for Shared {
 /// Counts one packet seen at TC (`egress`: the egress hook) into `S`.
 #[inline(always)]
 pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
+    tc_at::<S, false>(ctx, egress)
+}
+
+/// [`tc`] on an L3 device, into the shared map.
+#[inline(always)]
+fn tc_l3(ctx: &TcContext, egress: bool) {
+    tc_at::<Shared, true>(ctx, egress)
+}
+
+/// [`tc`], parsing from the Ethernet header or (`L3`) from the IP header.
+#[inline(always)]
+fn tc_at<S: FlowStore, const L3: bool>(ctx: &TcContext, egress: bool) {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer the kernel passed in; these __sk_buff fields are readable by
     // sched_cls programs. Fields are read with volatile loads at their constant offsets, so
@@ -367,7 +394,7 @@ pub fn tc<S: FlowStore>(ctx: &TcContext, egress: bool) {
         ctx,
         scratch: &mut scratch.hdr,
     };
-    account::<_, S>(
+    account::<_, S, L3>(
         &pkt,
         &mut scratch.parsed,
         vlan_hint,
@@ -402,7 +429,7 @@ fn xdp(ctx: &XdpContext) {
     };
     // SAFETY: this CPU's slot; see `tc`.
     let parsed = unsafe { &mut (*scratch).parsed };
-    account::<_, Shared>(
+    account::<_, Shared, false>(
         &XdpPacket(ctx),
         parsed,
         None,
@@ -413,9 +440,9 @@ fn xdp(ctx: &XdpContext) {
 }
 
 /// Counts one packet seen at `hook` (interface and direction, see [`hook`]) at `ts` in
-/// `maps`.
+/// `maps`; `L3`: the packet starts at its IP header.
 #[inline(always)]
-fn account<P: Packet + CopyOut, S: FlowStore>(
+fn account<P: Packet + CopyOut, S: FlowStore, const L3: bool>(
     p: &P,
     parsed: &mut Parsed,
     vlan_hint: Option<u16>,
@@ -428,7 +455,12 @@ fn account<P: Packet + CopyOut, S: FlowStore>(
     };
     ctr.add(C_PACKETS, 1);
     let ifindex = hook >> 1;
-    match parse(p, vlan_hint, parsed) {
+    let res = if L3 {
+        parse_l3(p, parsed)
+    } else {
+        parse(p, vlan_hint, parsed)
+    };
+    match res {
         Ok(()) => {
             let segs = if gso_segs <= 1 { 1 } else { gso_segs as u64 };
             // A GSO/GRO super-packet stands for `segs` packets on the wire, each with its own

@@ -304,3 +304,21 @@ fn an_ip_length_past_what_the_frame_carried_is_malformed() {
     f[18..20].copy_from_slice(&65000u16.to_be_bytes());
     assert_eq!(run(&f).err(), Some(Skip::Malformed));
 }
+
+#[test]
+fn an_l3_devices_packets_parse_from_their_ip_header() {
+    let mut out = Parsed::EMPTY;
+    let b4 = PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1000, 2000);
+    let mut f = Vec::new();
+    b4.write(&mut f, &[0u8; 12]).unwrap();
+    parse_l3(&Bytes(&f), &mut out).unwrap();
+    assert_eq!((out.key.src_port, out.key.dst_port, out.bytes), (1000, 2000, 40));
+    assert_eq!(out.key.src_addr, v4([10, 0, 0, 1]));
+    let b6 = PacketBuilder::ipv6([1; 16], [2; 16], 64).icmpv6_echo_request(1, 1);
+    let mut f = Vec::new();
+    b6.write(&mut f, &[0u8; 8]).unwrap();
+    parse_l3(&Bytes(&f), &mut out).unwrap();
+    assert_eq!((out.key.proto, out.icmp_type), (58, 128));
+    assert_eq!(parse_l3(&Bytes(&[0x20; 20]), &mut out).err(), Some(Skip::NonIp));
+    assert_eq!(parse_l3(&Bytes(&[0x45; 19]), &mut out).err(), Some(Skip::Malformed));
+}

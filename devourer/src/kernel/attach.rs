@@ -13,7 +13,9 @@ use aya::{
     util::KernelVersion,
 };
 
-use super::object::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
+use super::object::{
+    PROG_TC_EGRESS, PROG_TC_EGRESS_L3, PROG_TC_INGRESS, PROG_TC_INGRESS_L3, PROG_XDP,
+};
 
 /// Which hooks count packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -123,9 +125,13 @@ fn attach_tc(
     };
     let prog: &mut SchedClassifier = ebpf
         .program_mut(name)
-        .expect("loaded program")
+        .expect("program in the object")
         .try_into()
         .map_err(|e| err(Box::new(e)))?;
+    // The L3 programs are loaded (verified) only once a device needs them.
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| err(Box::new(e)))?;
+    }
     let options = match link {
         // At the head of the chain: a program already there (a CNI's) cannot hide packets
         // from us; ours hands every packet on (TCX_NEXT).
@@ -193,6 +199,12 @@ pub fn attach(
 ) -> Result<Attachment, AttachError> {
     let idx = ifindex(iface)?;
     let lo = is_loopback(iface);
+    let l3 = is_l3(iface);
+    let (ingress, egress) = if l3 {
+        (PROG_TC_INGRESS_L3, PROG_TC_EGRESS_L3)
+    } else {
+        (PROG_TC_INGRESS, PROG_TC_EGRESS)
+    };
     let mut a = Attachment {
         iface: iface.to_owned(),
         ifindex: idx,
@@ -201,11 +213,17 @@ pub fn attach(
         xdp: None,
     };
     let tc_ingress =
-        |ebpf: &mut Ebpf| attach_tc(ebpf, PROG_TC_INGRESS, iface, TcAttachType::Ingress, link);
+        |ebpf: &mut Ebpf| attach_tc(ebpf, ingress, iface, TcAttachType::Ingress, link);
     match mode {
         Mode::Tc => {
             a.tc.push(tc_ingress(ebpf)?);
-            a.hooks.push("tc ingress");
+            a.hooks.push(if l3 { "tc ingress (L3)" } else { "tc ingress" });
+        }
+        // XDP on a device without a link header (generic only) would hand the program an IP
+        // header where it expects Ethernet.
+        Mode::Xdp if l3 => {
+            a.tc.push(tc_ingress(ebpf)?);
+            a.hooks.push("tc ingress (L3: no XDP)");
         }
         // A device with devices under it (a bridge, a bond) and the devices under one cannot
         // both run XDP: the master takes TC ingress (it has no native XDP anyway), and so does
@@ -233,12 +251,12 @@ pub fn attach(
     if !lo {
         a.tc.push(attach_tc(
             ebpf,
-            PROG_TC_EGRESS,
+            egress,
             iface,
             TcAttachType::Egress,
             link,
         )?);
-        a.hooks.push("tc egress");
+        a.hooks.push(if l3 { "tc egress (L3)" } else { "tc egress" });
     }
     Ok(a)
 }
@@ -282,6 +300,18 @@ fn has_lower_devices(iface: &str) -> bool {
                 .any(|e| e.file_name().to_string_lossy().starts_with("lower_"))
         })
         .unwrap_or(false)
+}
+
+/// Link types whose packets start at the IP header (`ARPHRD_*` in `if_arp.h`): PPP, raw IP,
+/// IPIP, ip6tnl, SIT, GRE, ip6gre, and none (tun and WireGuard).
+const L3_LINK_TYPES: [u32; 8] = [512, 519, 768, 769, 776, 778, 823, 65534];
+
+/// Whether `iface` is an L3 device (by its link type in sysfs).
+pub fn is_l3(iface: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/type"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_some_and(|t| L3_LINK_TYPES.contains(&t))
 }
 
 /// Loopback devices carry IFF_LOOPBACK in their flags.

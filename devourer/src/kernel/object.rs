@@ -47,6 +47,10 @@ static BENCH_OBJECT: &[u8] =
 pub const PROG_TC_INGRESS: &str = "devourer_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "devourer_tc_egress";
 pub const PROG_XDP: &str = "devourer_xdp";
+/// The TC programs for L3 devices (packets start at the IP header), loaded when the first such
+/// device is attached.
+pub const PROG_TC_INGRESS_L3: &str = "devourer_tc_ingress_l3";
+pub const PROG_TC_EGRESS_L3: &str = "devourer_tc_egress_l3";
 /// Do-nothing programs of the same types: benchmark baselines (bench object only).
 pub const PROG_EMPTY_TC: &str = "devourer_empty_tc";
 pub const PROG_EMPTY_XDP: &str = "devourer_empty_xdp";
@@ -335,8 +339,10 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     } else {
         None
     };
-    let set = take(&mut ebpf, SET_MAP)?;
+    // Without alternation the set map stays in `ebpf`: programs loaded later (the L3 ones)
+    // are relocated against its fd, which must stay open.
     let alternation = if alternate {
+        let set = take(&mut ebpf, SET_MAP)?;
         Some(Alternation::new(set).map_err(|e| LoadError::Map(SET_MAP, e))?)
     } else {
         None
