@@ -68,6 +68,7 @@ fn flow_table(p: &PipelineArgs, driver: &Driver, alternate: bool) -> FlowTable {
             source: Box::new(KernelConntrack::new(ct)),
             per_scan: p.flow.conntrack_lookups_per_scan as usize,
             walks_per_scan: p.flow.conntrack_walks_per_scan as usize,
+            retries: p.flow.conntrack_retries,
         }),
         Err(e) => {
             tracing::warn!("conntrack unavailable, NAT'd connections are not joined: {e}");

@@ -131,6 +131,12 @@ pub struct FlowArgs {
     /// How long one conntrack answer may take before the lookup counts as failed.
     #[arg(long, env = "DEVOURER_CONNTRACK_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub conntrack_timeout: Duration,
+    /// How many times a failed conntrack lookup is asked again, a scan apart, before its flow
+    /// is emitted unjoined (`devourer_conntrack_lookups_total{outcome="gave_up"}`); its records
+    /// wait for the answer meanwhile.
+    #[arg(long, env = "DEVOURER_CONNTRACK_RETRIES", default_value_t = 3,
+          value_parser = clap::value_parser!(u8).range(0..=20))]
+    pub conntrack_retries: u8,
     /// A rule deciding which packets are recorded (repeatable, in order; the first that
     /// matches decides, no match keeps): `keep` or `drop`, then any of `proto P` (tcp, udp,
     /// icmp, icmpv6), `net CIDR` (either address), `port N` or `port N-M` (either port); at

@@ -187,8 +187,12 @@ pub(super) struct Flow {
     pub(super) named: bool,
     /// Every interface and hook that saw the flow, either way (at most [`MAX_HOOKS`]).
     pub(super) hooks: SmallVec<[u32; 4]>,
+    /// The last VLAN tag a hook saw on it, as the kernel notes it (`VLAN_SEEN | id`; 0: none).
+    pub(super) vlan: u16,
     /// What conntrack said about the flow's connection.
     pub(super) nat: NatState,
+    /// Failed lookups of it so far (it is asked again while they are within the retries).
+    pub(super) nat_failures: u8,
     /// The translated copy of a flow also in the table: its records are not emitted.
     pub(super) duplicate: bool,
     /// Its start record was emitted (or is not wanted).
@@ -263,7 +267,9 @@ impl Flow {
             workloads: [None, None],
             named: false,
             hooks: SmallVec::new(),
+            vlan: 0,
             nat: NatState::Unknown,
+            nat_failures: 0,
             duplicate: false,
             started: false,
             ended: false,

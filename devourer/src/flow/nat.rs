@@ -332,6 +332,8 @@ pub struct NatStats {
     pub skipped: u64,
     /// Lookups that failed (timeout, refused).
     pub errors: u64,
+    /// Flows emitted unjoined because every retry of their lookup failed.
+    pub gave_up: u64,
 }
 
 /// A table's conntrack: the source, how many flows one scan may look up, and how many
@@ -340,6 +342,9 @@ pub struct NatLookup {
     pub source: Box<dyn Conntracker>,
     pub per_scan: usize,
     pub walks_per_scan: usize,
+    /// How many times a failed lookup is asked again (a scan apart) before its flow is
+    /// emitted unjoined; its records wait meanwhile.
+    pub retries: u8,
 }
 
 #[cfg(test)]

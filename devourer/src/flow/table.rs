@@ -51,14 +51,26 @@ struct Tally {
 }
 
 impl Tally {
-    /// Counts a failed conntrack lookup (warning at the first); the error back when it is
-    /// one that will not go away.
-    fn lookup_failed(&mut self, e: Error) -> Option<Error> {
-        self.nat.errors += 1;
-        if self.nat.errors == 1 {
-            tracing::warn!("conntrack lookup failed (counted from now on): {e}");
+    /// Counts a failed conntrack call for `flows` flows (warning at the first); the error
+    /// back when it is one that will not go away.
+    fn lookup_failed(&mut self, e: Error, flows: usize) -> Option<Error> {
+        if self.nat.errors == 0 {
+            tracing::warn!("conntrack lookup failed (counted from now on, retried): {e}");
         }
+        self.nat.errors += flows as u64;
         is_fatal(&e).then_some(e)
+    }
+
+    /// A flow's lookup failed: asked again at the next scan while within `retries`, else
+    /// plain from now on (its records unjoined), which counts as given up.
+    fn retry_or_give_up(&mut self, f: &mut Flow, retries: u8) -> NatState {
+        f.nat_failures = f.nat_failures.saturating_add(1);
+        if f.nat_failures > retries {
+            self.nat.gave_up += 1;
+            NatState::Plain
+        } else {
+            NatState::Unknown
+        }
     }
 
     /// Moves a flow's new traffic into the per-interface sums (a NAT duplicate's is dropped:
@@ -108,9 +120,10 @@ impl FlowTable {
             .collect()
     }
 
-    /// Looks up flows not asked about yet (at most `per_scan`), and marks the translated copy
-    /// of a flow also in the table as its duplicate (its hooks join the twin's list). Flows
-    /// with ports are asked about together, in batches; ICMP flows one by one after them.
+    /// Looks up flows not asked about yet (at most `per_scan` new ones, and every retry of a
+    /// failed one: at most `per_scan` times `retries` more), and marks the translated copy of
+    /// a flow also in the table as its duplicate (its hooks join the twin's list). Flows with
+    /// ports are asked about together, in batches; ICMP flows one by one after them.
     fn translate(&mut self) {
         let Some(nat) = &mut self.nat else {
             return;
@@ -118,6 +131,8 @@ impl FlowTable {
         nat.source.new_scan();
         let mut budget = nat.per_scan;
         let mut walks = nat.walks_per_scan;
+        let retries = nat.retries;
+        let mut stalled = false;
         let mut fatal = None;
         let (mut batch, mut tuples): (Vec<u32>, Vec<Tuple>) = (Vec::new(), Vec::new());
         for (i, f) in self.flows.iter_mut().enumerate() {
@@ -125,8 +140,11 @@ impl FlowTable {
                 // No connection of its own to find, and finding that out costs table walks.
                 f.nat = NatState::Plain;
             }
-            if f.nat == NatState::Unknown && has_ports(f.key.proto) && budget > 0 {
-                budget -= 1;
+            let retry = f.nat_failures > 0;
+            if f.nat == NatState::Unknown && has_ports(f.key.proto) && (budget > 0 || retry) {
+                if !retry {
+                    budget -= 1;
+                }
                 batch.push(i as u32);
                 tuples.push(tuple(&f.key));
             }
@@ -139,9 +157,10 @@ impl FlowTable {
         let answers = match asked {
             Ok(found) => Some(found),
             Err(e) => {
-                fatal = self.tally.lookup_failed(e);
-                // No more lookups this scan: one stall (a timeout) at most per scan.
-                budget = 0;
+                fatal = self.tally.lookup_failed(e, batch.len());
+                // No more lookups this scan, retries included: one stall (a timeout) at most
+                // per scan.
+                stalled = true;
                 None
             }
         };
@@ -153,15 +172,18 @@ impl FlowTable {
                     f,
                     found[k].map_or(Answer::None, Answer::Entry),
                 ),
-                // Flows of a failed batch are taken as plain, like a failed lookup.
-                None => NatState::Plain,
+                // Flows of a failed batch are asked again next scan, up to the retries.
+                None => self.tally.retry_or_give_up(f, retries),
             };
             self.tally.nat.lookups += 1;
         }
         let (mut twins, mut orphans, mut originals) = (Vec::new(), Vec::new(), Vec::new());
         for f in self.flows.iter_mut() {
-            if f.nat == NatState::Unknown && budget > 0 && fatal.is_none() {
-                budget -= 1;
+            let retry = f.nat_failures > 0;
+            if f.nat == NatState::Unknown && (budget > 0 || retry) && !stalled && fatal.is_none() {
+                if !retry {
+                    budget = budget.saturating_sub(1);
+                }
                 match nat.source.entry(&tuple(&f.key), &mut walks) {
                     // Asked again next scan, when there are walks to spend.
                     Ok(Answer::Later) => {}
@@ -170,9 +192,9 @@ impl FlowTable {
                         self.tally.nat.lookups += 1;
                     }
                     Err(e) => {
-                        fatal = self.tally.lookup_failed(e);
-                        budget = 0;
-                        f.nat = NatState::Plain;
+                        fatal = self.tally.lookup_failed(e, 1);
+                        stalled = true;
+                        f.nat = self.tally.retry_or_give_up(f, retries);
                         self.tally.nat.lookups += 1;
                     }
                 }
@@ -416,6 +438,11 @@ impl FlowTable {
             }
             // Once its translation is known: a NAT duplicate has no records at all.
             let settled = !(nat_on && flow.nat == NatState::Unknown);
+            // A flow whose lookup failed waits for its retries (a scan each), to be emitted
+            // joined when the answer comes.
+            if nat_on && flow.nat == NatState::Unknown && flow.nat_failures > 0 {
+                continue;
+            }
             if cfg.start_records && !flow.started && settled && !flow.duplicate {
                 out.push(flow.start(names, now));
             }

@@ -551,6 +551,7 @@ fn nat_table() -> FlowTable {
         source: Box::new(FakeConntrack(vec![entry])),
         per_scan: 100,
         walks_per_scan: 8,
+        retries: 3,
     })
 }
 
@@ -678,6 +679,7 @@ fn icmp_flows_conntrack_cannot_track_are_not_looked_up() {
         source: Box::new(Asked(Arc::clone(&asked))),
         per_scan: 100,
         walks_per_scan: 100,
+        retries: 3,
     });
     let mut m = FakeMap::new();
     // (peer, protocol, first ICMP type or None): neighbour solicitation, ICMPv6 echo,
@@ -713,4 +715,94 @@ fn icmp_flows_conntrack_cannot_track_are_not_looked_up() {
     assert_eq!(out.len(), 5, "every flow is still recorded");
     assert_eq!(asked.lock().unwrap().len(), 3, "none is asked again");
     assert_eq!(t.nat_stats().walks, 3, "the walks they took are counted");
+}
+
+/// [`FakeConntrack`] that fails its first `failures` calls (a timeout).
+struct Flaky {
+    inner: FakeConntrack,
+    failures: usize,
+}
+
+impl nat::Conntracker for Flaky {
+    fn entry(
+        &mut self,
+        t: &crate::kernel::conntrack::Tuple,
+        walks: &mut usize,
+    ) -> Result<nat::Answer, crate::kernel::conntrack::Error> {
+        if self.failures > 0 {
+            self.failures -= 1;
+            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+        }
+        self.inner.entry(t, walks)
+    }
+
+    fn entries(
+        &mut self,
+        ts: &[crate::kernel::conntrack::Tuple],
+    ) -> Result<Vec<Option<crate::kernel::conntrack::Entry>>, crate::kernel::conntrack::Error>
+    {
+        if self.failures > 0 {
+            self.failures -= 1;
+            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+        }
+        ts.iter()
+            .map(|t| match self.inner.entry(t, &mut 0)? {
+                nat::Answer::Entry(e) => Ok(Some(e)),
+                _ => Ok(None),
+            })
+            .collect()
+    }
+}
+
+/// [`nat_table`] whose conntrack fails `failures` times first, retrying 3 times.
+fn flaky_nat_table(failures: usize) -> FlowTable {
+    use crate::kernel::conntrack::{Entry, tcp as t};
+    let entry = Entry {
+        orig: t("::1", 1000, "::3", 80),
+        reply: t("::9", 8000, "::7", 1000),
+    };
+    FlowTable::new(cfg()).with_nat(nat::NatLookup {
+        source: Box::new(Flaky {
+            inner: FakeConntrack(vec![entry]),
+            failures,
+        }),
+        per_scan: 100,
+        walks_per_scan: 8,
+        retries: 3,
+    })
+}
+
+#[test]
+fn a_failed_conntrack_lookup_is_retried_and_the_flow_waits_to_be_emitted_joined() {
+    let mut t = flaky_nat_table(2);
+    let mut m = FakeMap::new();
+    let pre = key(1, 1000, 3, 80, 6);
+    let post = key(7, 1000, 9, 8000, 6);
+    for (i, k) in [pre, post].into_iter().enumerate() {
+        m.packet(0, k, S + i as u64, 60, 0x02, VAL_F_SYN);
+        m.packet(0, rev(k), S + 10 + i as u64, 60, 0x12, 0);
+    }
+    // Two failed scans, both flows idle long since: nothing is emitted unjoined meanwhile.
+    assert!(scan(&mut t, &mut m, 200 * S).is_empty());
+    assert!(scan(&mut t, &mut m, 201 * S).is_empty());
+    let out = scan(&mut t, &mut m, 202 * S);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_is_the_service_connection(&out[0]);
+    let s = t.nat_stats();
+    assert_eq!((s.errors, s.gave_up, s.merged), (4, 0, 1));
+}
+
+#[test]
+fn a_lookup_failing_past_its_retries_is_emitted_unjoined_and_counted_as_given_up() {
+    let mut t = flaky_nat_table(100);
+    let mut m = FakeMap::new();
+    let post = key(7, 1000, 9, 8000, 6);
+    m.packet(0, post, S, 60, 0x02, VAL_F_SYN);
+    for i in 0..3 {
+        assert!(scan(&mut t, &mut m, (200 + i) * S).is_empty(), "retry {i}");
+    }
+    let out = scan(&mut t, &mut m, 203 * S);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].xlat_dst, None, "unjoined");
+    assert_eq!(t.nat_stats().gave_up, 1);
 }

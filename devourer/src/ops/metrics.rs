@@ -376,7 +376,7 @@ impl Metrics {
             ),
             conntrack_lookups: r.counters(
                 "devourer_conntrack_lookups_total",
-                "Flows looked up in conntrack to join NAT'd connections, by outcome (translated, not_translated, error; skipped: emitted before their turn, --conntrack-lookups-per-scan).",
+                "Flows looked up in conntrack to join NAT'd connections, by outcome (translated, not_translated, error: a failed attempt, asked again up to --conntrack-retries; skipped: emitted before their turn, --conntrack-lookups-per-scan; gave_up: emitted unjoined once every retry failed).",
                 &["outcome"],
             ),
             filter_packets: r.counters(
@@ -447,7 +447,7 @@ impl Metrics {
                 self.records.http_messages.with_label_values(&[kind, role]);
             }
         }
-        for outcome in ["translated", "not_translated", "error", "skipped"] {
+        for outcome in ["translated", "not_translated", "error", "skipped", "gave_up"] {
             self.conntrack_lookups.with_label_values(&[outcome]);
         }
     }
@@ -567,6 +567,7 @@ impl Metrics {
             ("not_translated", not_translated),
             ("error", s.errors),
             ("skipped", s.skipped),
+            ("gave_up", s.gave_up),
         ] {
             self.sync(
                 &format!("conntrack/{outcome}"),
