@@ -13,6 +13,12 @@ pub const GLOBAL_FILTERS: &str = "DEVOURER_FILTERS";
 pub const GLOBAL_FILTER_COUNT: &str = "DEVOURER_FILTER_COUNT";
 /// Load-time global (u32): count one packet in N (0 and 1: every packet).
 pub const GLOBAL_SAMPLING: &str = "DEVOURER_SAMPLING";
+/// Load-time global (u64): the key of the hash that decides which packets sampling counts (a
+/// secret per agent, so that no sender can craft packets it never counts; fixed offline, so
+/// that replays repeat).
+pub const GLOBAL_SAMPLING_SEED: &str = "DEVOURER_SAMPLING_SEED";
+/// The offline replay's [`GLOBAL_SAMPLING_SEED`].
+pub const OFFLINE_SAMPLING_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Per-CPU array with one [`FilterCounts`]: what each rule matched.
 pub const FILTER_COUNTS_MAP: &str = "FILTER_COUNTS";
 

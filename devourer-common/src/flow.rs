@@ -13,8 +13,8 @@ pub const FLOWS_B_MAP: &str = "FLOWS_B";
 pub const OVERFLOW_B_MAP: &str = "OVERFLOW_B";
 /// Map sets offline replay alternates between.
 pub const REPLAY_SETS: u32 = 2;
-/// Offline replay's LRU hash: flow key -> the hook that counts it, across the map sets (one
-/// entry in the live agent, but where it alternates sets too: see [`GLOBAL_ALTERNATE`]).
+/// LRU hash: flow key -> the hook that counts it and when it last did, across the entries of
+/// the key (a flow map's size; one entry when unused: see [`GLOBAL_HOOK_MEMORY`]).
 pub const HOOKS_MAP: &str = "HOOKS";
 /// Array of one `u32`: the map set live counting writes to, where it alternates sets.
 pub const SET_MAP: &str = "SET";
@@ -44,14 +44,17 @@ pub const GLOBAL_OFFLINE: &str = "DEVOURER_OFFLINE";
 /// Load-time global (u64): least nanoseconds between two wake-ups from one CPU.
 pub const GLOBAL_WAKE_INTERVAL_NS: &str = "DEVOURER_WAKE_INTERVAL_NS";
 pub const DEFAULT_WAKE_INTERVAL_NS: u64 = 100_000_000;
-/// Load-time global (u64), offline replay: how long after a flow direction's last counted
-/// packet its counting hook still holds in a later map set (the agent's `evict_after`, as long
-/// as one map would have kept its entry; between half this and this, as the memory of it is
-/// refreshed at half of it).
+/// Load-time global (u64): how long after a flow direction's last counted packet its counting
+/// hook still holds for a new entry of it (one the agent took out, or offline and before 5.14
+/// one in the other map set): offline the agent's `evict_after` (as long as one map would have
+/// kept its entry), live a couple of seconds (a packet between two hooks when its entry went).
 pub const GLOBAL_HOOK_HORIZON_NS: &str = "DEVOURER_HOOK_HORIZON_NS";
-/// Offline replay: 1 when the capture may show one packet on several interfaces (pcapng), so
-/// that each flow direction's counting hook is remembered across map sets; 0 for a capture
-/// of one interface (classic pcap), where every packet meets the same hook.
+/// Load-time global (u32): the counting hook refreshes its memory of a flow direction at its
+/// first packet past each multiple of `1 << shift` ns (at most half the horizon apart).
+pub const GLOBAL_HOOK_REFRESH_SHIFT: &str = "DEVOURER_HOOK_REFRESH_SHIFT";
+/// Load-time global (u8): 1 to remember each flow direction's counting hook in [`HOOKS_MAP`]
+/// across its entries' lives; 0 counting per interface, and offline for a capture of one
+/// interface (classic pcap), where every packet meets the same hook.
 pub const GLOBAL_HOOK_MEMORY: &str = "DEVOURER_HOOK_MEMORY";
 pub const DEFAULT_HOOK_HORIZON_NS: u64 = 10_000_000_000;
 /// Load-time global (u8): 1 to count a packet on every attached interface it crosses, each
@@ -69,7 +72,7 @@ pub const fn hook(ifindex: u32, egress: bool) -> u32 {
 }
 
 /// Other interfaces a flow direction was seen on, at most ([`FlowValue::seen_on`]).
-pub const SEEN_SLOTS: usize = 5;
+pub const SEEN_SLOTS: usize = 4;
 
 /// The kernel counters, one table for the program (which increments them by index), the
 /// metrics (`devourer_kernel_events_total{event=METRIC}`) and the shutdown summary (NAME=count).
@@ -137,8 +140,9 @@ pub struct CounterBlock {
     pub c: [u64; COUNTERS_LEN as usize],
 }
 
-/// `FlowKey::flags`: the frame carried a VLAN tag (`vlan` is its id; 0 is a priority tag).
-pub const KEY_F_VLAN: u8 = 1;
+/// `FlowValue::vlan`: a tagged packet was seen (the low 12 bits are its id; 0 is a priority
+/// tag).
+pub const VLAN_SEEN: u16 = 0x8000;
 /// `FlowKey::flags`: an IPv6 packet (IPv4 addresses are stored v4-mapped; this tells them apart).
 pub const KEY_F_IPV6: u8 = 2;
 
@@ -157,7 +161,10 @@ pub struct FlowKey {
     pub src_port: u16,
     pub dst_port: u16,
     pub ifindex: u32,
-    pub vlan: u16,
+    /// Zero. No VLAN in the key: a packet seen on a VLAN device and on its tagged parent is
+    /// one flow (the tag goes to [`FlowValue::vlan`]), and XDP cannot see a tag the NIC took
+    /// off.
+    pub _pad: u16,
     pub proto: u8,
     pub flags: u8,
 }
@@ -183,6 +190,9 @@ pub struct FlowValue {
     pub counted_on: u32,
     /// The other interfaces and hooks that saw it, not counted there (0: a free slot).
     pub seen_on: [u32; SEEN_SLOTS],
+    /// The VLAN tag a hook saw last on this direction, or'd with [`VLAN_SEEN`] (0: none).
+    pub vlan: u16,
+    pub _pad: u16,
 }
 
 /// [`FlowValue::marks`]: eleven flags, each in a nibble of its own.

@@ -4,6 +4,7 @@
 pub mod filter;
 pub mod flow;
 pub mod payload;
+pub mod tunnel;
 
 #[cfg(feature = "user")]
 extern crate std;

@@ -4,7 +4,10 @@
 //! accessors in `main.rs`) and in host unit tests over byte slices.
 #![no_std]
 
-use devourer_common::flow::{FlowKey, KEY_F_IPV6, KEY_F_VLAN, VAL_F_ICMP, VAL_F_SYN};
+use devourer_common::{
+    flow::{FlowKey, KEY_F_IPV6, VAL_F_ICMP, VAL_F_SYN, VLAN_SEEN},
+    tunnel::{IPPROTO_GRE, IPPROTO_IPIP, IPPROTO_IPV6, Tunnel},
+};
 
 /// Bounded access to a frame's bytes.
 pub trait Packet {
@@ -82,12 +85,17 @@ pub struct Parsed {
     pub icmp_code: u8,
     /// `VAL_F_*` bits for the flow value.
     pub val_flags: u8,
+    /// The outer VLAN tag, or'd with `VLAN_SEEN` (0: untagged).
+    pub vlan: u16,
     /// Where the TCP/UDP payload starts in the frame, and how long the IP lengths say it is
     /// (0 when there is no transport header).
     pub payload_off: u32,
     pub payload_len: u32,
     /// TCP sequence number (0 for other protocols).
     pub tcp_seq: u32,
+    /// What tells packets of a flow apart besides `tcp_seq` and length, the same at every hook
+    /// (NAT leaves it): the IPv4 identification, the IPv6 flow label.
+    pub ident: u32,
 }
 
 /// Why a frame is not part of any flow.
@@ -153,7 +161,7 @@ impl Parsed {
             src_port: 0,
             dst_port: 0,
             ifindex: 0,
-            vlan: 0,
+            _pad: 0,
             proto: 0,
             flags: 0,
         },
@@ -163,9 +171,11 @@ impl Parsed {
         icmp_type: 0,
         icmp_code: 0,
         val_flags: 0,
+        vlan: 0,
         payload_off: 0,
         payload_len: 0,
         tcp_seq: 0,
+        ident: 0,
     };
 }
 
@@ -178,8 +188,8 @@ impl Parsed {
 /// this size as one register per byte and spills them past the 512-byte stack.
 #[inline(always)]
 pub fn parse<P: Packet>(p: &P, vlan_hint: Option<u16>, out: &mut Parsed) -> Result<(), Skip> {
-    let (mut vlan, mut flags) = match vlan_hint {
-        Some(tci) => (tci & 0x0fff, KEY_F_VLAN),
+    let (mut vlan, mut tagged) = match vlan_hint {
+        Some(tci) => (tci & 0x0fff, 1u16),
         None => (0, 0),
     };
     let mut ethertype = be16(p.load::<[u8; 2]>(12).ok_or(Skip::Malformed)?);
@@ -188,15 +198,18 @@ pub fn parse<P: Packet>(p: &P, vlan_hint: Option<u16>, out: &mut Parsed) -> Resu
     for _ in 0..2 {
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
             let tag = bytes4(p, off).ok_or(Skip::Malformed)?;
-            if flags & KEY_F_VLAN == 0 {
+            if tagged == 0 {
                 vlan = be16([tag[0], tag[1]]) & 0x0fff;
-                flags |= KEY_F_VLAN;
+                tagged = 1;
             }
             ethertype = be16([tag[2], tag[3]]);
             off += 4;
         }
     }
-    reset(out, vlan, flags);
+    // Without a branch (each would double the verifier's walk of the rest): bit 15 is
+    // `VLAN_SEEN`.
+    const _: () = assert!(VLAN_SEEN == 1 << 15);
+    reset(out, vlan | tagged << 15);
     match ethertype {
         ETH_P_IP => parse_ipv4(p, off, out),
         ETH_P_IPV6 => parse_ipv6(p, off, out),
@@ -211,7 +224,7 @@ pub fn parse_l3<P: Packet>(p: &P, out: &mut Parsed) -> Result<(), Skip> {
     // The smallest IP header, not one byte: the verifier learns nothing from a bounds check
     // at offset 0 (LLVM makes `data + 1 <= end` into `data < end`).
     let version = p.load::<[u8; 20]>(0).ok_or(Skip::Malformed)?[0] >> 4;
-    reset(out, 0, 0);
+    reset(out, 0);
     match version {
         4 => parse_ipv4(p, 0, out),
         6 => parse_ipv6(p, 0, out),
@@ -219,11 +232,12 @@ pub fn parse_l3<P: Packet>(p: &P, out: &mut Parsed) -> Result<(), Skip> {
     }
 }
 
-/// Clears what a parse fills in only for some packets, and sets the key's VLAN.
+/// Clears what a parse fills in only for some packets, and sets the packet's VLAN.
 #[inline(always)]
-fn reset(out: &mut Parsed, vlan: u16, flags: u8) {
-    out.key.vlan = vlan;
-    out.key.flags = flags;
+fn reset(out: &mut Parsed, vlan: u16) {
+    out.vlan = vlan;
+    out.key._pad = 0;
+    out.key.flags = 0;
     out.key.src_port = 0;
     out.key.dst_port = 0;
     // Two of these five adjacent zero stores volatile: LLVM would merge them into a call to
@@ -238,6 +252,34 @@ fn reset(out: &mut Parsed, vlan: u16, flags: u8) {
     out.payload_off = 0;
     out.payload_len = 0;
     out.tcp_seq = 0;
+}
+
+/// The hash `--sampling` decides by (the program keeps one in N by it): each 64-bit word of the packet's identity mixed in with the
+/// finalizer of MurmurHash3 (every input bit moves every output bit), keyed by the seed.
+#[inline(always)]
+pub fn sample_hash(p: &Parsed, seed: u64) -> u64 {
+    let k = &p.key;
+    // The low words: all of an IPv4 address (v4-mapped), an IPv6 address's interface part.
+    let low = |a: &[u8; 16]| {
+        u64::from(u32::from_ne_bytes([a[12], a[13], a[14], a[15]]))
+            ^ u64::from(u32::from_ne_bytes([a[4], a[5], a[6], a[7]])) << 32
+    };
+    let words = [
+        low(&k.src_addr) ^ low(&k.dst_addr).rotate_left(29),
+        ((k.src_port as u64) << 48 | (k.dst_port as u64) << 32 | (k.proto as u64) << 24)
+            ^ p.bytes as u64,
+        (p.ident as u64) << 32 | p.tcp_seq as u64,
+    ];
+    let mut h = seed;
+    for w in words {
+        h ^= w;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+    }
+    h
 }
 
 #[inline(always)]
@@ -271,6 +313,7 @@ fn parse_ipv4<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
     set_addr(&mut out.key.src_addr, v4_mapped(src));
     set_addr(&mut out.key.dst_addr, v4_mapped(dst));
     out.key.proto = w2[1];
+    out.ident = be16([w1[0], w1[1]]) as u32;
     out.seg_hdr = ihl as u32;
     if be16([w1[2], w1[3]]) & 0x1fff != 0 {
         // Non-first fragment: no transport header; counted with ports 0.
@@ -308,6 +351,7 @@ fn parse_ipv6<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip
     set_addr(&mut out.key.src_addr, src);
     set_addr(&mut out.key.dst_addr, dst);
     out.key.flags |= KEY_F_IPV6;
+    out.ident = u32::from_be_bytes(w0) & 0x000f_ffff;
     let mut next = w1[2];
     let mut l4 = off + 40;
     let mut walked_all = true;
@@ -392,9 +436,95 @@ fn parse_l4<P: Packet>(
         }
         IPPROTO_ICMP if !v6 => icmp(p, off, out)?,
         IPPROTO_ICMPV6 if v6 => icmp(p, off, out)?,
+        // Tunnels: where the inner headers start, for GSO (see `gso_segments`).
+        IPPROTO_IPIP | IPPROTO_IPV6 | IPPROTO_GRE => payload(off, ip_end, out),
         _ => {}
     }
     Ok(())
+}
+
+/// The packets on the wire a parsed (GSO or GRO super-)packet stands for, given the kernel's
+/// `gso_segs` and `gso_size`; adds to `out.bytes` the headers each segment past the first
+/// carries on the wire. A packet from a virtio NIC or a tun device (`SKB_GSO_DODGY`) comes
+/// with `gso_segs` 0: its segments are its payload past every header over `gso_size`.
+#[inline(always)]
+pub fn gso_segments<P: Packet>(p: &P, out: &mut Parsed, gso_segs: u32, gso_size: u32) -> u32 {
+    if gso_segs <= 1 && gso_size == 0 {
+        return 1;
+    }
+    let hdr = out.seg_hdr + tunnel_headers(p, out);
+    let segs = if gso_segs > 1 {
+        gso_segs
+    } else if gso_segs == 0 {
+        out.bytes.saturating_sub(hdr).div_ceil(gso_size).max(1)
+    } else {
+        1
+    };
+    out.bytes = out.bytes.saturating_add((segs - 1).saturating_mul(hdr));
+    segs
+}
+
+/// Past this, an outer payload offset is not looked into (it bounds the verifier's offsets).
+const MAX_OUTER_HEADERS: u32 = 1023;
+/// GRE and Geneve's protocol type of an inner Ethernet frame (transparent bridging).
+const ETH_P_TEB: u16 = 0x6558;
+
+/// The header bytes a tunnel's outer payload repeats in each GSO segment (its own header, an
+/// inner Ethernet header, the inner IP and transport headers): 0 for no tunnel, WireGuard
+/// (encrypted: GSO ends at its device) and what cannot be read.
+#[inline(always)]
+pub fn tunnel_headers<P: Packet>(p: &P, out: &Parsed) -> u32 {
+    let k = &out.key;
+    let Some(t) = Tunnel::of(k.proto, k.src_port, k.dst_port) else {
+        return 0;
+    };
+    if out.payload_off > MAX_OUTER_HEADERS {
+        return 0;
+    }
+    let off = (out.payload_off & MAX_OUTER_HEADERS) as usize;
+    inner_headers(p, t, k.proto, off).map_or(0, |end| (end - off) as u32)
+}
+
+/// Where the inner transport payload of tunnel `t` starts, its outer payload at `off`.
+#[inline(always)]
+fn inner_headers<P: Packet>(p: &P, t: Tunnel, proto: u8, off: usize) -> Option<usize> {
+    let (mut at, mut inner) = match t {
+        Tunnel::Ipip if proto == IPPROTO_IPIP => (off, ETH_P_IP),
+        Tunnel::Ipip => (off, ETH_P_IPV6),
+        Tunnel::Gre => {
+            let h = bytes4(p, off)?;
+            // Checksum, key and sequence number: four bytes each when flagged.
+            let opts = (h[0] >> 7 & 1) + (h[0] >> 5 & 1) + (h[0] >> 4 & 1);
+            (off + 4 + 4 * opts as usize, be16([h[2], h[3]]))
+        }
+        Tunnel::Vxlan => (off + 8, ETH_P_TEB),
+        Tunnel::Geneve => {
+            let h = bytes4(p, off)?;
+            (off + 8 + 4 * (h[0] & 0x3f) as usize, be16([h[2], h[3]]))
+        }
+        Tunnel::Wireguard => return None,
+    };
+    if inner == ETH_P_TEB {
+        inner = be16(p.load::<[u8; 2]>(at + 12)?);
+        at += ETH_HLEN;
+    }
+    let (l4, proto) = match inner {
+        ETH_P_IP => {
+            let h = bytes4(p, at)?;
+            let w2 = bytes4(p, at + 8)?;
+            (at + 4 * (h[0] & 0x0f) as usize, w2[1])
+        }
+        ETH_P_IPV6 => {
+            let w1 = bytes4(p, at + 4)?;
+            (at + 40, w1[2])
+        }
+        _ => return None,
+    };
+    Some(match proto {
+        IPPROTO_TCP => l4 + 4 * (bytes4(p, l4 + 12)?[0] >> 4) as usize,
+        IPPROTO_UDP => l4 + 8,
+        _ => l4,
+    })
 }
 
 #[inline(always)]

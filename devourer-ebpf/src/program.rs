@@ -21,7 +21,7 @@ use core::{
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action::XDP_PASS},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{TcContext, XdpContext},
@@ -43,7 +43,10 @@ use devourer_common::{
         PayloadScratch,
     },
 };
-use devourer_ebpf::{Packet, Parsed, Skip, is_dns, is_http, parse, parse_l3, starts_http, zeroed};
+use devourer_ebpf::{
+    Packet, Parsed, Skip, gso_segments, is_dns, is_http, parse, parse_l3, sample_hash,
+    starts_http, zeroed,
+};
 
 use crate::access::{CopyOut, TcPacket, XdpPacket};
 
@@ -58,7 +61,11 @@ static DEVOURER_OFFLINE: u8 = 0;
 static DEVOURER_WAKE_INTERVAL_NS: u64 = DEFAULT_WAKE_INTERVAL_NS;
 #[unsafe(no_mangle)]
 static DEVOURER_HOOK_HORIZON_NS: u64 = DEFAULT_HOOK_HORIZON_NS;
-/// Offline replay: 1 to remember counting hooks across map sets (see devourer-common).
+/// The counting hook refreshes its memory of a flow direction at its first packet past each
+/// boundary of `1 << DEVOURER_HOOK_REFRESH_SHIFT` ns (at most half the horizon).
+#[unsafe(no_mangle)]
+static DEVOURER_HOOK_REFRESH_SHIFT: u32 = 32;
+/// 1 to remember counting hooks across entries' lives (see devourer-common).
 #[unsafe(no_mangle)]
 static DEVOURER_HOOK_MEMORY: u8 = 1;
 /// 1: every interface counts its own flows (the interface is in the key); 0: once per node.
@@ -105,6 +112,9 @@ static DEVOURER_FILTER_COUNT: u32 = 0;
 /// `--sampling N`: count one packet in N (0 and 1: all).
 #[unsafe(no_mangle)]
 static DEVOURER_SAMPLING: u32 = 0;
+/// The key of [`sampled_out`]'s hash.
+#[unsafe(no_mangle)]
+static DEVOURER_SAMPLING_SEED: u64 = 0;
 
 /// What each filter rule matched.
 #[map(name = "FILTER_COUNTS")]
@@ -152,7 +162,7 @@ pub struct HookMemo {
     counted_ns: u64,
 }
 
-/// Notes that `hook` counted `key` at `ts` (offline replay).
+/// Notes that `hook` counted `key` at `ts`.
 #[inline(always)]
 fn remember(hooks: &LruHashMap<FlowKey, HookMemo>, key: &FlowKey, hook: u32, ts: u64) {
     let m = HookMemo {
@@ -164,16 +174,18 @@ fn remember(hooks: &LruHashMap<FlowKey, HookMemo>, key: &FlowKey, hook: u32, ts:
     let _ = hooks.insert(key, &m, 0);
 }
 
-/// A flow map and the overflow map beside it, and offline the counting hooks' memory.
+/// A flow map and the overflow map beside it, and the counting hooks' memory.
 #[derive(Clone, Copy)]
 pub struct MapSet {
     /// The flow map (the benchmarks' breakdown looks it up alone).
     pub flows: &'static HashMap<FlowKey, FlowValue>,
     /// Where packets go when the flow map is full (the benchmarks' per-CPU variant too).
     pub overflow: &'static PerCpuHashMap<OverflowKey, OverflowValue>,
-    /// Offline replay: a direction new in `flows` that another hook counted in an earlier
-    /// set keeps that hook (a packet's copy on another interface just after a scan boundary
-    /// must not count again).
+    /// A direction new in `flows` (the agent took its entry out, or offline replay and
+    /// kernels before 5.14 moved on to the other set) that another hook counted within the
+    /// horizon keeps that hook: the copy of a packet counted there, between two hooks when its
+    /// entry went, must not count again. None when counting per interface, and offline for a
+    /// capture of one interface.
     hooks: Option<&'static LruHashMap<FlowKey, HookMemo>>,
 }
 
@@ -189,7 +201,7 @@ impl MapSet {
         Self {
             flows: &FLOWS,
             overflow: &OVERFLOW,
-            hooks: None,
+            hooks: memory(),
         }
     }
 
@@ -202,14 +214,43 @@ impl MapSet {
         } else {
             (&FLOWS, &OVERFLOW)
         };
-        // SAFETY: a load-time constant.
-        let memory = unsafe { read_volatile(&DEVOURER_HOOK_MEMORY) } != 0;
         Self {
             flows,
             overflow,
-            hooks: if memory { Some(&HOOKS) } else { None },
+            hooks: memory(),
         }
     }
+}
+
+/// The counting hooks' memory, where it is on.
+#[inline(always)]
+fn memory() -> Option<&'static LruHashMap<FlowKey, HookMemo>> {
+    // SAFETY: a load-time constant.
+    (unsafe { read_volatile(&DEVOURER_HOOK_MEMORY) } != 0).then_some(&HOOKS)
+}
+
+/// The first-hook rule across entries' lives: the hook that counts a packet of `key` seen at
+/// `hook` at `ts`. Another hook that counted the key within the horizon (the packet is a copy
+/// of one counted there), else `hook`, whose memory of it is then refreshed (when the hook
+/// changes or at half the horizon: one lookup per new entry and rarely a write).
+#[inline(always)]
+fn counting_hook(maps: MapSet, key: &FlowKey, hook: u32, ts: u64) -> u32 {
+    let Some(hooks) = maps.hooks else {
+        return hook;
+    };
+    // SAFETY: a live map value, copied out at once.
+    let memo = unsafe { hooks.get(key) }.copied();
+    let (inherited, counted_ns) = memo.map_or((0, 0), |m| (m.counted_on, m.counted_ns));
+    // SAFETY: a load-time constant.
+    let horizon = unsafe { read_volatile(&DEVOURER_HOOK_HORIZON_NS) };
+    let age = ts.saturating_sub(counted_ns);
+    if inherited != 0 && inherited != hook && age <= horizon {
+        return inherited;
+    }
+    if inherited != hook || age > horizon / 2 {
+        remember(hooks, key, hook, ts);
+    }
+    hook
 }
 
 #[map(name = "COUNTERS")]
@@ -377,7 +418,7 @@ fn tc_at<S: FlowStore, const L3: bool>(ctx: &TcContext, egress: bool) {
         };
         let vlan_present = read_volatile(&(*skb).vlan_present);
         let vlan_tci = read_volatile(&(*skb).vlan_tci);
-        let segs = read_volatile(&(*skb).gso_segs);
+        let segs = (read_volatile(&(*skb).gso_segs), read_volatile(&(*skb).gso_size));
         let vlan = if vlan_present != 0 {
             Some(vlan_tci as u16)
         } else {
@@ -400,7 +441,7 @@ fn tc_at<S: FlowStore, const L3: bool>(ctx: &TcContext, egress: bool) {
         vlan_hint,
         (ts, maps),
         hook(ifindex, egress),
-        segs,
+        Some(segs),
     );
 }
 
@@ -435,12 +476,13 @@ fn xdp(ctx: &XdpContext) {
         None,
         (ts, maps),
         hook(ifindex, false),
-        1,
+        None,
     );
 }
 
 /// Counts one packet seen at `hook` (interface and direction, see [`hook`]) at `ts` in
-/// `maps`; `L3`: the packet starts at its IP header.
+/// `maps`; `L3`: the packet starts at its IP header. `gso`: TC's `gso_segs` and `gso_size`
+/// (XDP frames are single packets).
 #[inline(always)]
 fn account<P: Packet + CopyOut, S: FlowStore, const L3: bool>(
     p: &P,
@@ -448,7 +490,7 @@ fn account<P: Packet + CopyOut, S: FlowStore, const L3: bool>(
     vlan_hint: Option<u16>,
     (ts, maps): (u64, MapSet),
     hook: u32,
-    gso_segs: u32,
+    gso: Option<(u32, u32)>,
 ) {
     let Some(ctr) = Ctr::get() else {
         return;
@@ -462,17 +504,18 @@ fn account<P: Packet + CopyOut, S: FlowStore, const L3: bool>(
     };
     match res {
         Ok(()) => {
-            let segs = if gso_segs <= 1 { 1 } else { gso_segs as u64 };
             // A GSO/GRO super-packet stands for `segs` packets on the wire, each with its own
             // headers: count the bytes those packets' IP length fields add up to.
-            let (bytes, seg_hdr) = (parsed.bytes, parsed.seg_hdr);
-            parsed.bytes = bytes.saturating_add(((segs - 1) as u32).saturating_mul(seg_hdr));
+            let segs = match gso {
+                Some((segs, size)) => segments(p, parsed, segs, size),
+                None => 1,
+            };
             parsed.key.ifindex = if per_interface() { ifindex } else { 0 };
             if filtered_out(parsed, segs, &ctr) {
                 return;
             }
             let mut segs = segs;
-            if sampled_out() {
+            if sampled_out(parsed) {
                 // Not counted, but still noted (times, flags, interfaces) and its payload
                 // still decoded: DNS and HTTP are not sampled.
                 ctr.add(C_SAMPLED_OUT, segs);
@@ -507,6 +550,13 @@ fn account<P: Packet + CopyOut, S: FlowStore, const L3: bool>(
             log_malformed(ts, ifindex);
         }
     }
+}
+
+/// [`gso_segments`], a function of its own (a BPF-to-BPF call, on every TC packet): inlined,
+/// the super-packet's branches would each walk the rest of the program in the verifier.
+#[inline(never)]
+fn segments<P: Packet>(p: &P, parsed: &mut Parsed, gso_segs: u32, gso_size: u32) -> u64 {
+    gso_segments(p, parsed, gso_segs, gso_size) as u64
 }
 
 /// Runs the `--filter` rules over a parsed packet: counts what the first matching rule matched
@@ -547,14 +597,18 @@ fn match_rules(parsed: &Parsed, segs: u64, ctr: &Ctr, count: usize) -> bool {
     false
 }
 
-/// True for the packets `--sampling N` leaves uncounted (all but one in N, at random).
+/// True for the packets `--sampling N` leaves uncounted: all but one in N, decided by a keyed
+/// hash of what the packet is (addresses, ports, length, IPv4 id or IPv6 flow label, TCP
+/// sequence), so that every hook a packet crosses decides alike and a sampled packet is counted
+/// once or not at all.
 #[inline(always)]
-fn sampled_out() -> bool {
+fn sampled_out(p: &Parsed) -> bool {
     // SAFETY: a load-time constant.
     let n = unsafe { read_volatile(&DEVOURER_SAMPLING) };
-    // SAFETY: a helper without arguments.
-    n > 1 && unsafe { bpf_get_prandom_u32() } % n != 0
+    // SAFETY: a load-time constant.
+    n > 1 && sample_hash(p, unsafe { read_volatile(&DEVOURER_SAMPLING_SEED) }) % n as u64 != 0
 }
+
 
 /// A debug line about a malformed packet, at most once per CPU per second (a flood of bad
 /// packets must not become a flood of log records); nothing unless the agent logs at debug.
@@ -636,6 +690,16 @@ pub fn add_shared(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
     }
 }
 
+/// Notes a tagged packet's VLAN in an entry other CPUs may be updating (a plain store: a race
+/// picks one of two tags).
+#[inline(always)]
+fn note_vlan(v: *mut FlowValue, p: &Parsed) {
+    if p.vlan != 0 {
+        // SAFETY: a live map value.
+        unsafe { write_volatile(&raw mut (*v).vlan, p.vlan) };
+    }
+}
+
 /// A packet at `hook` for an existing entry: counted if `hook` is where its flow is counted,
 /// else `hook` is listed among the others that saw it. Whether it was counted.
 #[inline(always)]
@@ -649,21 +713,29 @@ fn count_or_note(
 ) -> bool {
     // SAFETY: a live map value; `counted_on` is set once, at insert.
     if unsafe { (*v).counted_on } == hook {
-        // Offline, an entry that inherited its counting hook (see `record`) starts without a
-        // first packet: this is its first, and the hook's memory is refreshed by it. The live
-        // agent has no hook memory and never makes one.
-        if let Some(hooks) = maps.hooks
+        if let Some(hooks) = maps.hooks {
             // SAFETY: as above.
-            && unsafe { (*v).first_ns } == 0
-        {
-            // SAFETY: as above.
-            unsafe { (*v).first_ns = ts };
-            remember(hooks, &p.key, hook, ts);
+            let (first, last) = unsafe { ((*v).first_ns, (*v).last_ns) };
+            // SAFETY: a load-time constant.
+            let shift = unsafe { read_volatile(&DEVOURER_HOOK_REFRESH_SHIFT) };
+            // An entry that inherited its counting hook (see `record`) starts without a first
+            // packet: this is its first. A long-lived entry refreshes the memory at its first
+            // packet past each boundary, so that the memory outlives the entry by the horizon
+            // whenever the agent takes it out.
+            if first == 0 || ts >> shift != last >> shift {
+                if first == 0 {
+                    // SAFETY: as above.
+                    unsafe { (*v).first_ns = ts };
+                }
+                remember(hooks, &p.key, hook, ts);
+            }
         }
         add_shared(v, p, ts, segs);
         return true;
     }
     ctr.add(C_REPEATS, segs);
+    // The tag a VLAN device's parent sees (the device itself sees the packet untagged).
+    note_vlan(v, p);
     // SAFETY: as above; a racing CPU may take the same free slot, which only repeats a hook.
     let seen = unsafe { &mut (*v).seen_on };
     for slot in seen.iter_mut().take(SEEN_SLOTS) {
@@ -690,30 +762,16 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
     // SAFETY: all-zero is a valid FlowValue (plain integers).
     let fresh = unsafe { zeroed(&mut slot) };
     fresh.counted_on = hook;
-    // Offline, a direction another hook counted in an earlier map set keeps that hook (as one
-    // map would have kept its entry, for the horizon after its last counted packet): a packet
-    // at another hook is a copy of one counted before, so its entry starts with no packets,
-    // the counting hook, and this hook as seen.
-    // SAFETY: a live map value, copied out at once.
-    let memo = maps
-        .hooks
-        .and_then(|hooks| unsafe { hooks.get(key) })
-        .copied();
-    let (inherited, counted_ns) = memo.map_or((0, 0), |m| (m.counted_on, m.counted_ns));
-    // SAFETY: a load-time constant.
-    let horizon = unsafe { read_volatile(&DEVOURER_HOOK_HORIZON_NS) };
-    let counted = inherited == 0 || inherited == hook || ts.saturating_sub(counted_ns) > horizon;
+    fresh.vlan = p.vlan;
+    // A direction another hook counted within the horizon keeps that hook (as an entry kept
+    // in the map would have): a packet at this hook is a copy of one counted there, so its
+    // entry starts with no packets, the counting hook, and this hook as seen.
+    let counter = counting_hook(maps, key, hook, ts);
+    let counted = counter == hook;
     if counted {
         add(fresh, p, ts, segs);
-        // Refreshed when the hook changes or at half the horizon: one lookup per new entry
-        // and rarely a write.
-        if let Some(hooks) = maps.hooks
-            && (inherited != hook || ts.saturating_sub(counted_ns) > horizon / 2)
-        {
-            remember(hooks, key, hook, ts);
-        }
     } else {
-        fresh.counted_on = inherited;
+        fresh.counted_on = counter;
         fresh.seen_on[0] = hook;
     }
     match maps.flows.insert(key, fresh, BPF_NOEXIST as u64) {
@@ -732,10 +790,10 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
             match maps.flows.get_ptr_mut(key) {
                 Some(v) => count_or_note(v, p, (ts, segs), hook, maps, ctr),
                 // Deleted again by the agent in between: account it as overflow, not lost.
-                None => overflow(maps.overflow, p, ts, ifindex, segs, ctr),
+                None => overflow(maps, p, ts, hook, segs, ctr),
             }
         }
-        Err(_) if counted => overflow(maps.overflow, p, ts, ifindex, segs, ctr),
+        Err(_) if counted => overflow(maps, p, ts, hook, segs, ctr),
         // The map is full and the packet is a copy: nothing to count, only its hook is lost.
         Err(_) => {
             ctr.add(C_REPEATS, segs);
@@ -841,84 +899,18 @@ fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_kind: u64, ctr:
     }
 }
 
-/// Packets the overflow path saw last on this CPU, to count a packet once there too.
-#[repr(C)]
-struct Recent {
-    sig: [u64; RECENT_SLOTS],
-    ts: [u64; RECENT_SLOTS],
-    next: u64,
-}
-
-const RECENT_SLOTS: usize = 8;
-/// A packet crosses a node's interfaces within microseconds, on one CPU.
-const REPEAT_WINDOW_NS: u64 = 200_000;
-
-#[map(name = "RECENT")]
-static RECENT: PerCpuArray<Recent> = PerCpuArray::with_max_entries(1, 0);
-
-/// A packet's signature on the overflow path: its flow key, TCP sequence and IP length.
+/// The flow map is full: aggregate by (ifindex, protocol) in the overflow map and ask the
+/// agent to evict early. Whether the packet was counted: by the flow map's first-hook rule,
+/// only at the hook that counts its flow direction (a copy at another interface is a repeat).
 #[inline(always)]
-fn signature(p: &Parsed) -> u64 {
-    let k = &p.key;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut mix = |x: u64| h = (h ^ x).wrapping_mul(0x0000_0100_0000_01b3);
-    for a in [&k.src_addr, &k.dst_addr] {
-        mix(u64::from_ne_bytes([
-            a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
-        ]));
-        mix(u64::from_ne_bytes([
-            a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15],
-        ]));
-    }
-    mix((k.src_port as u64) << 48 | (k.dst_port as u64) << 32 | (k.proto as u64) << 24);
-    mix((p.tcp_seq as u64) << 32 | p.bytes as u64);
-    h
-}
-
-/// Whether this CPU put the same packet through the overflow path a moment ago (at another
-/// interface of the node): best effort, as the flow map's first-interface rule cannot apply.
-#[inline(always)]
-fn repeat(p: &Parsed, ts: u64) -> bool {
-    if per_interface() {
-        return false;
-    }
-    let Some(r) = RECENT.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's slot.
-    let r = unsafe { &mut *r };
-    let sig = signature(p);
-    for i in 0..RECENT_SLOTS {
-        if r.sig[i] == sig && ts.wrapping_sub(r.ts[i]) < REPEAT_WINDOW_NS {
-            return true;
-        }
-    }
-    let i = (r.next % RECENT_SLOTS as u64) as usize;
-    if i < RECENT_SLOTS {
-        r.sig[i] = sig;
-        r.ts[i] = ts;
-    }
-    r.next = r.next.wrapping_add(1);
-    false
-}
-
-/// The flow map is full: aggregate by (ifindex, protocol) in `map` and ask the agent to evict
-/// early. Whether the packet was counted (not a repeat of one counted at another interface).
-#[inline(always)]
-pub fn overflow(
-    map: &PerCpuHashMap<OverflowKey, OverflowValue>,
-    p: &Parsed,
-    ts: u64,
-    ifindex: u32,
-    segs: u64,
-    ctr: &Ctr,
-) -> bool {
-    if repeat(p, ts) {
+pub fn overflow(maps: MapSet, p: &Parsed, ts: u64, hook: u32, segs: u64, ctr: &Ctr) -> bool {
+    if counting_hook(maps, &p.key, hook, ts) != hook {
         ctr.add(C_REPEATS, segs);
         return false;
     }
     ctr.add(C_MAP_FULL, segs);
-    let key = overflow_key(ifindex, p.key.proto);
+    let map = maps.overflow;
+    let key = overflow_key(hook >> 1, p.key.proto);
     let added = match map.get_ptr_mut(&key) {
         Some(v) => {
             // SAFETY: this CPU's slot.

@@ -52,7 +52,7 @@ fn udp_over_ipv4() {
         (5353, 53, 17)
     );
     assert_eq!(p.bytes, 20 + 8 + 30);
-    assert_eq!(p.key.flags & (KEY_F_VLAN | KEY_F_IPV6), 0);
+    assert_eq!((p.key.flags & KEY_F_IPV6, p.vlan), (0, 0));
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn tcp_flags_and_bare_syn() {
 }
 
 #[test]
-fn vlan_and_qinq_take_the_outer_id() {
+fn vlan_and_qinq_take_the_outer_id_outside_the_key() {
     let b = PacketBuilder::ethernet2(MAC, MAC)
         .single_vlan(VlanId::try_new(100).unwrap())
         .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 64)
@@ -90,7 +90,17 @@ fn vlan_and_qinq_take_the_outer_id() {
     let mut f = Vec::new();
     b.write(&mut f, &[]).unwrap();
     let p = run(&f).unwrap();
-    assert_eq!((p.key.vlan, p.key.flags & KEY_F_VLAN), (100, KEY_F_VLAN));
+    assert_eq!(p.vlan, 100 | VLAN_SEEN);
+    let untagged = PacketBuilder::ethernet2(MAC, MAC)
+        .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 64)
+        .udp(1, 2);
+    let mut g = Vec::new();
+    untagged.write(&mut g, &[]).unwrap();
+    assert_eq!(
+        run(&g).unwrap().key,
+        p.key,
+        "the tag is not part of the flow"
+    );
     assert_eq!(p.key.src_port, 1);
 
     let b = PacketBuilder::ethernet2(MAC, MAC)
@@ -100,12 +110,12 @@ fn vlan_and_qinq_take_the_outer_id() {
     let mut f = Vec::new();
     b.write(&mut f, &[]).unwrap();
     let p = run(&f).unwrap();
-    assert_eq!(p.key.vlan, 200);
+    assert_eq!(p.vlan, 200 | VLAN_SEEN);
     assert_eq!(p.key.dst_port, 2);
 
     // The kernel already moved the outer tag to skb->vlan_tci: the hint wins.
     let p = run_hint(&f, Some(0x2000 | 7)).unwrap();
-    assert_eq!(p.key.vlan, 7);
+    assert_eq!(p.vlan, 7 | VLAN_SEEN);
 }
 
 /// An IPv4 header with `opts` option bytes (a multiple of 4) and the given fragment field.
@@ -312,13 +322,129 @@ fn an_l3_devices_packets_parse_from_their_ip_header() {
     let mut f = Vec::new();
     b4.write(&mut f, &[0u8; 12]).unwrap();
     parse_l3(&Bytes(&f), &mut out).unwrap();
-    assert_eq!((out.key.src_port, out.key.dst_port, out.bytes), (1000, 2000, 40));
+    assert_eq!(
+        (out.key.src_port, out.key.dst_port, out.bytes),
+        (1000, 2000, 40)
+    );
     assert_eq!(out.key.src_addr, v4([10, 0, 0, 1]));
     let b6 = PacketBuilder::ipv6([1; 16], [2; 16], 64).icmpv6_echo_request(1, 1);
     let mut f = Vec::new();
     b6.write(&mut f, &[0u8; 8]).unwrap();
     parse_l3(&Bytes(&f), &mut out).unwrap();
     assert_eq!((out.key.proto, out.icmp_type), (58, 128));
-    assert_eq!(parse_l3(&Bytes(&[0x20; 20]), &mut out).err(), Some(Skip::NonIp));
-    assert_eq!(parse_l3(&Bytes(&[0x45; 19]), &mut out).err(), Some(Skip::Malformed));
+    assert_eq!(
+        parse_l3(&Bytes(&[0x20; 20]), &mut out).err(),
+        Some(Skip::NonIp)
+    );
+    assert_eq!(
+        parse_l3(&Bytes(&[0x45; 19]), &mut out).err(),
+        Some(Skip::Malformed)
+    );
+}
+
+#[test]
+fn sampling_decides_alike_for_one_packet_and_keeps_about_one_in_n() {
+    let seed = 0x1234_5678_9abc_def0;
+    let packet = |id: u16, seq: u32, len: usize| {
+        let b = PacketBuilder::ethernet2(MAC, MAC)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 443, seq, 1000);
+        let mut f = Vec::new();
+        b.write(&mut f, &vec![0u8; len]).unwrap();
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        run(&f).unwrap()
+    };
+    // The same packet (as another hook sees it) gets the same hash; any field moves it.
+    let p = packet(7, 1000, 100);
+    assert_eq!(sample_hash(&p, seed), sample_hash(&packet(7, 1000, 100), seed));
+    for other in [packet(8, 1000, 100), packet(7, 1001, 100), packet(7, 1000, 101)] {
+        assert_ne!(sample_hash(&p, seed), sample_hash(&other, seed));
+    }
+    assert_ne!(sample_hash(&p, seed), sample_hash(&p, seed + 1));
+    // A connection's packets (ids and sequence numbers advancing, one size): one in 10 kept.
+    let kept = (0..20_000u32)
+        .filter(|i| sample_hash(&packet(*i as u16, i * 1448, 1448), seed) % 10 == 0)
+        .count();
+    assert!((1_800..2_200).contains(&kept), "{kept} of 20000 kept at 1 in 10");
+}
+
+/// A TCP/IPv4 packet (no link header) with `len` bytes of payload.
+fn inner_tcp(len: usize) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ipv4([10, 1, 0, 1], [10, 1, 0, 2], 64)
+        .tcp(40000, 5201, 1, 1000)
+        .write(&mut f, &vec![0u8; len])
+        .unwrap();
+    f
+}
+
+#[test]
+fn gro_and_dodgy_gso_packets_count_their_segments_headers_and_all() {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC, MAC)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(40000, 443, 1, 1000)
+        .write(&mut f, &vec![0u8; 10_000])
+        .unwrap();
+    let seg = |segs, size| {
+        let mut p = run(&f).unwrap();
+        let n = gso_segments(&Bytes(&f), &mut p, segs, size);
+        (n, p.bytes)
+    };
+    // A single packet, a GRO packet of three, a DODGY one (virtio, tun) of ten by its size.
+    assert_eq!(seg(1, 0), (1, 10_040));
+    assert_eq!(seg(3, 3334), (3, 10_040 + 2 * 40));
+    assert_eq!(seg(0, 1000), (10, 10_040 + 9 * 40));
+    assert_eq!(seg(0, 1448), (7, 10_040 + 6 * 40));
+}
+
+#[test]
+fn tunnel_gso_segments_repeat_the_inner_headers_too() {
+    // VXLAN: outer IPv4 + UDP, then VXLAN, an inner Ethernet frame, IPv4 and TCP.
+    let mut inner = vec![0x08, 0, 0, 0, 0, 0, 0x64, 0];
+    inner.extend_from_slice(&MAC);
+    inner.extend_from_slice(&MAC);
+    inner.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    inner.extend_from_slice(&inner_tcp(3000));
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC, MAC)
+        .ipv4([192, 168, 0, 1], [192, 168, 0, 2], 64)
+        .udp(50000, 4789)
+        .write(&mut f, &inner)
+        .unwrap();
+    let mut p = run(&f).unwrap();
+    let outer = p.bytes;
+    assert_eq!(tunnel_headers(&Bytes(&f), &p), 8 + 14 + 20 + 20);
+    assert_eq!(gso_segments(&Bytes(&f), &mut p, 3, 1000), 3);
+    assert_eq!(p.bytes, outer + 2 * (20 + 8 + 8 + 14 + 20 + 20));
+
+    // IP in IP from a tun-like sender: DODGY, segments from the inner payload.
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC, MAC)
+        .ipv4([192, 168, 0, 1], [192, 168, 0, 2], 64)
+        .write(&mut f, etherparse::IpNumber(4), &inner_tcp(2000))
+        .unwrap();
+    let mut p = run(&f).unwrap();
+    assert_eq!((p.key.proto, p.bytes), (4, 20 + 20 + 20 + 2000));
+    assert_eq!(gso_segments(&Bytes(&f), &mut p, 0, 1000), 2);
+    assert_eq!(p.bytes, 2060 + 60);
+
+    // GRE with a key, carrying IPv4.
+    let mut gre = vec![0x20, 0, 0x08, 0x00, 0, 0, 0, 7];
+    gre.extend_from_slice(&inner_tcp(100));
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC, MAC)
+        .ipv4([192, 168, 0, 1], [192, 168, 0, 2], 64)
+        .write(&mut f, etherparse::IpNumber(47), &gre)
+        .unwrap();
+    let p = run(&f).unwrap();
+    assert_eq!(tunnel_headers(&Bytes(&f), &p), 8 + 20 + 20);
+    // Not a tunnel, and WireGuard (encrypted): nothing inside counts.
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC, MAC)
+        .ipv4([192, 168, 0, 1], [192, 168, 0, 2], 64)
+        .udp(51820, 51820)
+        .write(&mut f, &[0u8; 200])
+        .unwrap();
+    assert_eq!(tunnel_headers(&Bytes(&f), &run(&f).unwrap()), 0);
 }

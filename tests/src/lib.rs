@@ -480,7 +480,6 @@ pub struct DirKey {
     pub dst: String,
     pub sport: u16,
     pub dport: u16,
-    pub vlan: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -564,8 +563,6 @@ pub fn tshark_sums(pcap: &Path, addrs: Option<&[String]>) -> (Sums, BTreeMap<Dir
             dst: dst.into(),
             sport,
             dport,
-            // An 802.1ad outer tag is dissected as ieee8021ad, the 802.1Q tags as vlan.
-            vlan: get(13).parse().ok().or_else(|| get(1).parse().ok()),
         };
         let e = sums.entry(key.clone()).or_default();
         e.bytes += bytes;
@@ -605,7 +602,6 @@ pub fn devourer_sums(recs: &[Value], addrs: Option<&[String]>) -> Sums {
         {
             continue;
         }
-        let vlan = r["vlan"].as_u64().map(|v| v as u16);
         let (sp, dp) = (n("src_port") as u16, n("dst_port") as u16);
         for (k, b, p) in [
             (
@@ -614,7 +610,6 @@ pub fn devourer_sums(recs: &[Value], addrs: Option<&[String]>) -> Sums {
                     dst: dst.clone(),
                     sport: sp,
                     dport: dp,
-                    vlan,
                 },
                 n("src_bytes"),
                 n("src_packets"),
@@ -625,7 +620,6 @@ pub fn devourer_sums(recs: &[Value], addrs: Option<&[String]>) -> Sums {
                     dst: src.clone(),
                     sport: dp,
                     dport: sp,
-                    vlan,
                 },
                 n("dst_bytes"),
                 n("dst_packets"),

@@ -141,7 +141,6 @@ fn counting_per_interface_counts_every_crossing_on_request() {
         dst: OUTSIDE_IP.into(),
         sport: 0,
         dport: 0,
-        vlan: None,
     };
     let want = oracle[&to_outside].packets;
     // The pod's echo requests cross its veth, the bridge and the uplink: a record on each.

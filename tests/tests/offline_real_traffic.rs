@@ -96,7 +96,6 @@ fn check_modes(pcap: &std::path::Path, link: &Link, expect_iface: &str) {
                 dst: r["dst_addr"].as_str().unwrap().into(),
                 sport: r["src_port"].as_u64().unwrap() as u16,
                 dport: r["dst_port"].as_u64().unwrap() as u16,
-                vlan: None,
             };
             if let Some(p) = protos.get(&key).filter(|p| !p.is_empty()) {
                 assert_eq!(r["protocol"], p.as_str(), "{r}");

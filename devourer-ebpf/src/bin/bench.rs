@@ -133,9 +133,9 @@ mod baselines {
                         add(unsafe { &mut *v }, p, ts, segs);
                         true
                     }
-                    None => overflow(maps.overflow, p, ts, hook >> 1, segs, ctr),
+                    None => overflow(maps, p, ts, hook, segs, ctr),
                 },
-                Err(_) => overflow(maps.overflow, p, ts, hook >> 1, segs, ctr),
+                Err(_) => overflow(maps, p, ts, hook, segs, ctr),
             }
         }
     }

@@ -18,7 +18,7 @@ use crate::{
     base::{local::hostname, time::nanos},
     kernel::{
         attach::Mode,
-        object::{LoadOptions, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP},
+        object::{LIVE_HOOK_HORIZON_NS, LoadOptions, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP},
     },
 };
 
@@ -49,7 +49,11 @@ impl PipelineArgs {
     pub fn load_options(&self, offline: bool) -> LoadOptions {
         let mut o = LoadOptions::new(offline, self.flow.flow_map_entries);
         o.wake_interval_ns = nanos(self.flow.wake_interval);
-        o.hook_horizon_ns = nanos(self.flow.evict_after());
+        o.hook_horizon_ns = if offline {
+            nanos(self.flow.evict_after())
+        } else {
+            LIVE_HOOK_HORIZON_NS
+        };
         o.dns_ports = self.dns.dns_ports.0.clone();
         o.dns_cap = self.dns.dns_cap;
         o.dns_ring_bytes = self.dns.dns_ring_size;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN};
+use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN, VLAN_SEEN};
 use smallvec::SmallVec;
 
 use super::{
@@ -51,6 +51,7 @@ fn merge_value(a: &mut FlowValue, b: &FlowValue) {
     sum.add(b, b.packets, b.bytes);
     *a = FlowValue {
         seen_on: a.seen_on,
+        vlan: if a.vlan != 0 { a.vlan } else { b.vlan },
         ..sum.value(a.counted_on)
     };
 }
@@ -287,8 +288,11 @@ impl Flow {
         })
     }
 
-    /// Merges hooks seen by the flow's translated copy into this flow's list.
-    pub(super) fn add_hooks(&mut self, hooks: &[u32]) {
+    /// Merges hooks (and a VLAN tag) seen by the flow's translated copy into this flow's.
+    pub(super) fn add_hooks(&mut self, hooks: &[u32], vlan: u16) {
+        if self.vlan == 0 {
+            self.vlan = vlan;
+        }
         for h in hooks {
             if !self.hooks.contains(h) && self.hooks.len() < MAX_HOOKS {
                 self.hooks.push(*h);
@@ -362,6 +366,9 @@ impl Flow {
     pub(super) fn observe(&mut self, d: usize, v: &FlowValue, live: bool) {
         self.last_seen = self.last_seen.max(v.last_ns);
         self.note_hooks(v);
+        if v.vlan != 0 {
+            self.vlan = v.vlan;
+        }
         self.dirs[d].observe(v, live);
     }
 
@@ -442,6 +449,7 @@ impl Flow {
                 counted_on
             },
             hooks,
+            vlan: (self.vlan & VLAN_SEEN != 0).then_some(self.vlan & 0x0fff),
             key: directional(&self.key, src),
             seq: self.seq,
             flow_start_ns: start,

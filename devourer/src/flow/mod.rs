@@ -145,6 +145,8 @@ pub struct Emitted {
     /// Every interface and hook that saw the flow (`ifindex << 1 | egress`), the counting
     /// ones first.
     pub hooks: Vec<u32>,
+    /// The VLAN id a hook saw the flow tagged with (the last seen).
+    pub vlan: Option<u16>,
     pub seq: u32,
     /// First packet of the flow (its seq 0 record): part of the record id.
     pub flow_start_ns: u64,

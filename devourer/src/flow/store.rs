@@ -31,7 +31,7 @@ fn hash(hasher: &Seeded, k: &FlowKey) -> u32 {
     h.write_u128(u128::from_ne_bytes(k.src_addr));
     h.write_u128(u128::from_ne_bytes(k.dst_addr));
     h.write_u64(u64::from(k.src_port) | u64::from(k.dst_port) << 16 | u64::from(k.ifindex) << 32);
-    h.write_u32(u32::from(k.vlan) | u32::from(k.proto) << 16 | u32::from(k.flags) << 24);
+    h.write_u32(u32::from(k.proto) << 16 | u32::from(k.flags) << 24);
     let h = h.finish();
     (h ^ h >> 32) as u32
 }

@@ -220,9 +220,9 @@ impl FlowTable {
                 continue;
             };
             copy.duplicate = true;
-            let hooks = copy.hooks.clone();
+            let (hooks, vlan) = (copy.hooks.clone(), copy.vlan);
             if let Some(t) = self.flows.get_mut(&twin) {
-                t.add_hooks(&hooks);
+                t.add_hooks(&hooks, vlan);
             }
         }
     }

@@ -212,12 +212,12 @@ pub fn attach(
         tc: Vec::new(),
         xdp: None,
     };
-    let tc_ingress =
-        |ebpf: &mut Ebpf| attach_tc(ebpf, ingress, iface, TcAttachType::Ingress, link);
+    let tc_ingress = |ebpf: &mut Ebpf| attach_tc(ebpf, ingress, iface, TcAttachType::Ingress, link);
     match mode {
         Mode::Tc => {
             a.tc.push(tc_ingress(ebpf)?);
-            a.hooks.push(if l3 { "tc ingress (L3)" } else { "tc ingress" });
+            a.hooks
+                .push(if l3 { "tc ingress (L3)" } else { "tc ingress" });
         }
         // XDP on a device without a link header (generic only) would hand the program an IP
         // header where it expects Ethernet.
@@ -249,14 +249,9 @@ pub fn attach(
         },
     }
     if !lo {
-        a.tc.push(attach_tc(
-            ebpf,
-            egress,
-            iface,
-            TcAttachType::Egress,
-            link,
-        )?);
-        a.hooks.push(if l3 { "tc egress (L3)" } else { "tc egress" });
+        a.tc.push(attach_tc(ebpf, egress, iface, TcAttachType::Egress, link)?);
+        a.hooks
+            .push(if l3 { "tc egress (L3)" } else { "tc egress" });
     }
     Ok(a)
 }

@@ -15,10 +15,12 @@ use aya::{
 use devourer_common::{
     filter::{
         FILTER_COUNTS_MAP, FilterRule, GLOBAL_FILTER_COUNT, GLOBAL_FILTERS, GLOBAL_SAMPLING,
+        GLOBAL_SAMPLING_SEED, OFFLINE_SAMPLING_SEED,
         MAX_FILTER_RULES,
     },
     flow::{
         COUNTERS_MAP, FLOWS_B_MAP, FLOWS_MAP, GLOBAL_ALTERNATE, GLOBAL_HOOK_HORIZON_NS,
+        GLOBAL_HOOK_REFRESH_SHIFT,
         GLOBAL_HOOK_MEMORY, GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE, GLOBAL_WAKE_INTERVAL_NS,
         GLOBAL_XDP_LOAD_BYTES, HOOKS_MAP, OVERFLOW_B_MAP, OVERFLOW_MAP, OVERFLOW_MAP_ENTRIES,
         OverflowKey, OverflowValue, SET_MAP, WAKEUP_RING,
@@ -43,6 +45,11 @@ static AGENT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 #[cfg(feature = "bench-programs")]
 static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/devourer-bench"));
+
+/// The live agent's hook horizon: a packet crosses a node's interfaces within microseconds
+/// (milliseconds behind a busy backlog), so a short horizon covers it, and keeps short the time
+/// a direction whose first interface changed (a re-created veth) is taken for copies.
+pub const LIVE_HOOK_HORIZON_NS: u64 = 1 << 31;
 
 pub const PROG_TC_INGRESS: &str = "devourer_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "devourer_tc_egress";
@@ -94,11 +101,12 @@ pub struct LoadOptions {
     pub offline: bool,
     pub flow_map_entries: u32,
     pub wake_interval_ns: u64,
-    /// Offline replay: how long a flow direction's counting hook carries over between map
-    /// sets after its last counted packet.
+    /// How long a flow direction's counting hook carries over to a new entry after its last
+    /// counted packet (offline: between map sets, the agent's eviction delay; live: across an
+    /// entry the agent took out, [`LIVE_HOOK_HORIZON_NS`]).
     pub hook_horizon_ns: u64,
-    /// Offline replay: remember counting hooks across map sets (a capture of several
-    /// interfaces); off for a capture of one, where it would only cost a lookup per new entry.
+    /// Remember counting hooks across entries' lives (off for a capture of one interface,
+    /// where it would only cost a lookup per new entry; unused counting per interface).
     pub hook_memory: bool,
     /// Ports whose payloads go to the DNS ring (empty: none).
     pub dns_ports: Vec<u16>,
@@ -118,6 +126,9 @@ pub struct LoadOptions {
     pub filters: Vec<FilterRule>,
     /// `--sampling N` (1: every packet).
     pub sampling: u32,
+    /// The key of the hash that picks the packets sampling counts: random per agent, fixed
+    /// offline.
+    pub sampling_seed: u64,
     /// The programs to load: only those the run uses (each costs its verification, and one
     /// a run does not use may need what an older kernel lacks).
     pub programs: Vec<&'static str>,
@@ -142,6 +153,11 @@ impl LoadOptions {
             per_interface: false,
             filters: Vec::new(),
             sampling: 1,
+            sampling_seed: if offline {
+                OFFLINE_SAMPLING_SEED
+            } else {
+                fastrand::u64(..)
+            },
             programs: vec![PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP],
         }
     }
@@ -251,7 +267,9 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let rb_flags: u64 = if opts.offline { BPF_RB_NO_WAKEUP } else { 0 };
     let log_level: u8 = if KernelLog::wanted() { 4 } else { 0 };
     let per_interface: u8 = opts.per_interface.into();
-    let hook_memory: u8 = ((opts.offline || alternate) && opts.hook_memory).into();
+    let hook_memory: u8 = (opts.hook_memory && !opts.per_interface).into();
+    // The memory is refreshed at least twice per horizon.
+    let refresh_shift: u32 = 63 - (opts.hook_horizon_ns / 2).max(2).leading_zeros();
     let alternate_flag: u8 = alternate.into();
     let xdp_load_bytes: u8 = features.xdp_load_bytes.into();
     let mut filters = [FilterRule::default(); MAX_FILTER_RULES];
@@ -269,9 +287,11 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(GLOBAL_FILTERS, &filters, true)
         .override_global(GLOBAL_FILTER_COUNT, &filter_count, true)
         .override_global(GLOBAL_SAMPLING, &opts.sampling, true)
+        .override_global(GLOBAL_SAMPLING_SEED, &opts.sampling_seed, true)
         .override_global(GLOBAL_OFFLINE, &offline, true)
         .override_global(GLOBAL_WAKE_INTERVAL_NS, &opts.wake_interval_ns, true)
         .override_global(GLOBAL_HOOK_HORIZON_NS, &opts.hook_horizon_ns, true)
+        .override_global(GLOBAL_HOOK_REFRESH_SHIFT, &refresh_shift, true)
         .override_global(GLOBAL_HOOK_MEMORY, &hook_memory, true)
         .override_global(GLOBAL_PER_INTERFACE, &per_interface, true)
         .override_global(GLOBAL_ALTERNATE, &alternate_flag, true)
@@ -285,7 +305,14 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
         .map_max_entries(FLOWS_B_MAP, second_entries)
         .map_max_entries(OVERFLOW_B_MAP, second_overflow)
-        .map_max_entries(HOOKS_MAP, if hook_memory != 0 { second_entries } else { 1 })
+        .map_max_entries(
+            HOOKS_MAP,
+            if hook_memory != 0 {
+                opts.flow_map_entries
+            } else {
+                1
+            },
+        )
         .map_max_entries(DNS_RING, opts.dns_ring_bytes)
         // Without HTTP ports the ring stays at its smallest (one page): nothing is sent to it.
         .map_max_entries(
@@ -392,7 +419,7 @@ fn hash_map_bytes(entries: u64, ncpus: u64, key: u64, value: u64) -> u64 {
 /// Estimated kernel memory of the maps `opts` loads with on `ncpus` CPUs: the shared flow map
 /// (flat in the CPU count), the rings, and what is per CPU (the small overflow map's values,
 /// counters and scratch space); `sets` flow and overflow maps of that size (2 where counting
-/// alternates them, with the counting hooks' memory). `devourer_kernel_map_bytes`, and
+/// alternates them); the counting hooks' memory. `devourer_kernel_map_bytes`, and
 /// `config check`.
 pub fn map_bytes(opts: &LoadOptions, ncpus: u64, sets: u64) -> u64 {
     use devourer_common::{
@@ -417,7 +444,7 @@ pub fn map_bytes(opts: &LoadOptions, ncpus: u64, sets: u64) -> u64 {
     let rings = u64::from(opts.dns_ring_bytes) + u64::from(http_ring) + 4096;
     let per_cpu = size(size_of::<CounterBlock>() + size_of::<PayloadScratch>()) + 512;
     // The counting hooks' memory: a key and 16 bytes per flow map entry, in an LRU hash.
-    let hooks = if sets > 1 {
+    let hooks = if opts.hook_memory && !opts.per_interface {
         hash_map_bytes(
             u64::from(opts.flow_map_entries),
             ncpus,

@@ -3,7 +3,7 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use devourer_common::flow::{HOOK_EGRESS, KEY_F_VLAN};
+use devourer_common::flow::HOOK_EGRESS;
 use serde::Serialize;
 
 use super::{
@@ -161,7 +161,7 @@ impl FlowRecord {
             dst_port: k.dst_port,
             icmp_type: icmp.map(|(t, _)| t),
             icmp_code: icmp.map(|(_, c)| c),
-            vlan: (k.flags & KEY_F_VLAN != 0).then_some(k.vlan),
+            vlan: e.vlan,
             first_seen_at: rfc3339(cx.clock.wall(e.first_ns)),
             last_seen_at: rfc3339(cx.clock.wall(e.last_ns)),
             src_bytes: e.src.bytes,
@@ -195,19 +195,9 @@ impl FlowRecord {
     }
 }
 
-/// The tunnels a flow may carry, by its protocol (IP in IP, IPv6 in IPv4, GRE) or well-known
-/// UDP port (either end): what the tunnel's own device shows again as inner flows.
+/// The `tunnel` a flow of `proto` between these ports carries, by name.
 pub fn tunnel(proto: u8, src_port: u16, dst_port: u16) -> Option<&'static str> {
-    const UDP: u8 = 17;
-    let port = |p: u16| src_port == p || dst_port == p;
-    match proto {
-        4 | 41 => Some("ipip"),
-        47 => Some("gre"),
-        UDP if port(51820) => Some("wireguard"),
-        UDP if port(4789) => Some("vxlan"),
-        UDP if port(6081) => Some("geneve"),
-        _ => None,
-    }
+    devourer_common::tunnel::Tunnel::of(proto, src_port, dst_port).map(|t| t.name())
 }
 
 #[cfg(test)]
@@ -298,7 +288,11 @@ mod tests {
         assert_eq!(tunnel(17, 51820, 51820), Some("wireguard"));
         assert_eq!(tunnel(17, 4789, 33000), Some("vxlan"));
         assert_eq!(tunnel(17, 50000, 6081), Some("geneve"));
-        assert_eq!(tunnel(6, 40000, 51820), None, "TCP to the port is not WireGuard");
+        assert_eq!(
+            tunnel(6, 40000, 51820),
+            None,
+            "TCP to the port is not WireGuard"
+        );
         assert_eq!(tunnel(17, 40000, 53), None);
     }
 

@@ -15,7 +15,7 @@ use crate::{
 /// A record id: 16 bytes of SHA-256 in hex.
 pub type RecordId = Inline<32>;
 
-/// Flow record id: hash of the 5-tuple, interface, VLAN, flow start, agent and seq. The same flow
+/// Flow record id: hash of the 5-tuple, interface, flow start, agent and seq. The same flow
 /// record always gets the same id (BigQuery insertId; replays are reproducible).
 pub fn record_id(key: &FlowKey, flow_start_ns: u64, agent: &str, seq: u32) -> RecordId {
     let mut h = Sha256::new();
@@ -25,7 +25,8 @@ pub fn record_id(key: &FlowKey, flow_start_ns: u64, agent: &str, seq: u32) -> Re
     h.update(key.dst_port.to_be_bytes());
     h.update([key.proto, key.flags]);
     h.update(key.ifindex.to_be_bytes());
-    h.update(key.vlan.to_be_bytes());
+    // Where the key had its VLAN: ids of untagged flows are what they were.
+    h.update([0u8; 2]);
     h.update(flow_start_ns.to_be_bytes());
     hash_agent(&mut h, agent);
     h.update(seq.to_be_bytes());
