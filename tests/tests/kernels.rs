@@ -119,7 +119,7 @@ fn test_binary(name: &str) -> PathBuf {
 fn guest_script(caps: &Captures) -> String {
     let bin = devourer_bin();
     let mut s = format!(
-        "export DEVOURER_BIN={bin} PATH=/usr/sbin:/usr/bin:/sbin:/bin RUST_BACKTRACE=1 DEVOURER_LATENCY_TOLERANCE_MS=25\n",
+        "export DEVOURER_BIN={bin} PATH=/usr/sbin:/usr/bin:/sbin:/bin RUST_BACKTRACE=1 DEVOURER_LATENCY_TOLERANCE_MS=25 DEVOURER_REQUIRE_DEVICES=1\n",
         bin = bin.display()
     );
     for (binary, tests) in [
@@ -128,6 +128,10 @@ fn guest_script(caps: &Captures) -> String {
             "live_tc_counts_match_tcpdump_and_sigterm_flushes live_xdp_counts_match_tcpdump_and_sigterm_flushes",
         ),
         ("dns", "dns_transactions_match_tshark_in_tc_mode"),
+        (
+            "count_once",
+            "a_packet_on_a_vlan_device_and_its_tagged_parent_counts_once_with_its_tag ipip_inner_traffic_counts_once_and_the_outer_copy_is_marked_ipip gre_inner_traffic_counts_once_and_the_outer_copy_is_marked_gre wireguard_inner_traffic_counts_once_and_the_outer_copy_is_marked_wireguard",
+        ),
     ] {
         s.push_str(&format!(
             "{} --exact --test-threads=1 {tests} > /vmout/test-{binary}.log 2>&1; echo $? > /vmout/test-{binary}.rc\n",
@@ -170,7 +174,7 @@ fn matrix(kernel: &str) {
         "{test}: the guest did not finish:\n{}",
         &run.console[run.console.len().saturating_sub(4000)..]
     );
-    for binary in ["live", "dns"] {
+    for binary in ["live", "dns", "count_once"] {
         assert_eq!(
             run.file(&format!("test-{binary}.rc")).trim(),
             "0",

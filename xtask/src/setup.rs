@@ -40,6 +40,10 @@ const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "setpriv: privilege checks; fsfreeze and a loop mount: a frozen spool",
     ),
     ("e2fsprogs", "mkfs.ext4: the frozen spool's file system"),
+    (
+        "wireguard-tools",
+        "wg: WireGuard devices in the matrix's count-once tests",
+    ),
     ("musl-tools", "the static binary of the container image"),
     ("systemd", "systemd-analyze verify of the unit"),
     ("libpcap-dev", "capture on request (linked)"),

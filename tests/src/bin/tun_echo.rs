@@ -58,7 +58,11 @@ fn echo_request(seq: u16) -> Vec<u8> {
 fn main() {
     let mut args = std::env::args().skip(1);
     let name = args.next().expect("NAME");
-    let count: u16 = args.next().expect("COUNT").parse().expect("COUNT: a number");
+    let count: u16 = args
+        .next()
+        .expect("COUNT")
+        .parse()
+        .expect("COUNT: a number");
     let mut tun = open_tun(&name);
     let ok = Command::new("sh")
         .arg("-ec")
@@ -103,5 +107,7 @@ fn main() {
             Err(e) => panic!("read from tun: {e}"),
         }
     }
-    println!("sent={sent} sent_bytes={sent_bytes} received={received} received_bytes={received_bytes}");
+    println!(
+        "sent={sent} sent_bytes={sent_bytes} received={received} received_bytes={received_bytes}"
+    );
 }
