@@ -44,8 +44,8 @@ use devourer_common::{
     },
 };
 use devourer_ebpf::{
-    Packet, Parsed, Skip, gso_segments, is_dns, is_http, parse, parse_l3, sample_hash,
-    starts_http, zeroed,
+    Packet, Parsed, Skip, gso_segments, is_dns, is_http, parse, parse_l3, sample_hash, starts_http,
+    zeroed,
 };
 
 use crate::access::{CopyOut, TcPacket, XdpPacket};
@@ -418,7 +418,10 @@ fn tc_at<S: FlowStore, const L3: bool>(ctx: &TcContext, egress: bool) {
         };
         let vlan_present = read_volatile(&(*skb).vlan_present);
         let vlan_tci = read_volatile(&(*skb).vlan_tci);
-        let segs = (read_volatile(&(*skb).gso_segs), read_volatile(&(*skb).gso_size));
+        let segs = (
+            read_volatile(&(*skb).gso_segs),
+            read_volatile(&(*skb).gso_size),
+        );
         let vlan = if vlan_present != 0 {
             Some(vlan_tci as u16)
         } else {
@@ -608,7 +611,6 @@ fn sampled_out(p: &Parsed) -> bool {
     // SAFETY: a load-time constant.
     n > 1 && sample_hash(p, unsafe { read_volatile(&DEVOURER_SAMPLING_SEED) }) % n as u64 != 0
 }
-
 
 /// A debug line about a malformed packet, at most once per CPU per second (a flood of bad
 /// packets must not become a flood of log records); nothing unless the agent logs at debug.

@@ -356,8 +356,15 @@ fn sampling_decides_alike_for_one_packet_and_keeps_about_one_in_n() {
     };
     // The same packet (as another hook sees it) gets the same hash; any field moves it.
     let p = packet(7, 1000, 100);
-    assert_eq!(sample_hash(&p, seed), sample_hash(&packet(7, 1000, 100), seed));
-    for other in [packet(8, 1000, 100), packet(7, 1001, 100), packet(7, 1000, 101)] {
+    assert_eq!(
+        sample_hash(&p, seed),
+        sample_hash(&packet(7, 1000, 100), seed)
+    );
+    for other in [
+        packet(8, 1000, 100),
+        packet(7, 1001, 100),
+        packet(7, 1000, 101),
+    ] {
         assert_ne!(sample_hash(&p, seed), sample_hash(&other, seed));
     }
     assert_ne!(sample_hash(&p, seed), sample_hash(&p, seed + 1));
@@ -365,7 +372,10 @@ fn sampling_decides_alike_for_one_packet_and_keeps_about_one_in_n() {
     let kept = (0..20_000u32)
         .filter(|i| sample_hash(&packet(*i as u16, i * 1448, 1448), seed) % 10 == 0)
         .count();
-    assert!((1_800..2_200).contains(&kept), "{kept} of 20000 kept at 1 in 10");
+    assert!(
+        (1_800..2_200).contains(&kept),
+        "{kept} of 20000 kept at 1 in 10"
+    );
 }
 
 /// A TCP/IPv4 packet (no link header) with `len` bytes of payload.

@@ -339,3 +339,50 @@ fn wireguard_inner_traffic_counts_once_and_the_outer_copy_is_marked_wireguard() 
         "wireguard_inner_traffic_counts_once_and_the_outer_copy_is_marked_wireguard",
     );
 }
+
+/// A TCP super-packet written into a tun device with a virtio-net header (as a virtio NIC or
+/// a VM's tap hands them over: `SKB_GSO_DODGY`, `gso_segs` 0) counts as its segments on the
+/// wire, headers and all, in TC and XDP mode.
+#[test]
+fn a_dodgy_gso_packet_counts_its_segments_from_its_size() {
+    if !require_root("a_dodgy_gso_packet_counts_its_segments_from_its_size") {
+        return;
+    }
+    for mode in ["tc", "xdp"] {
+        let tmp = TempDir::new(&format!("dodgy-{mode}"));
+        let ns = Netns::new("dvgso");
+        let mut peer = ns.cmd(env!("CARGO_BIN_EXE_tun_echo"));
+        peer.args(["--gso", "tun0", "10"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut peer = peer.spawn().expect("start tun_echo");
+        let mut out = BufReader::new(peer.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "tun_echo did not start");
+        let (recs_file, log) = (tmp.path("out.jsonl"), tmp.path("agent.log"));
+        let agent = start_capture(
+            &ns,
+            &["-i", "tun0", "--mode", mode, "--metrics-addr", "off"],
+            Some(&recs_file),
+            &log,
+        );
+        peer.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert!(peer.wait().unwrap().success());
+        assert_eq!(line.trim(), "sent=10 sent_bytes=10400");
+        std::thread::sleep(Duration::from_millis(300));
+        agent.stop(libc::SIGTERM, Duration::from_secs(20));
+        let recs = records(&std::fs::read(&recs_file).unwrap());
+        let f = recs
+            .iter()
+            .find(|r| r["type"] == "flow" && r["src_port"] == 40000)
+            .unwrap_or_else(|| panic!("{mode}: no flow from the super-packet's sender: {recs:?}"));
+        assert_eq!(
+            (f["src_packets"].as_u64(), f["src_bytes"].as_u64()),
+            (Some(10), Some(10_400)),
+            "{mode}: {f}"
+        );
+    }
+}

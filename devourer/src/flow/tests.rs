@@ -739,8 +739,7 @@ impl nat::Conntracker for Flaky {
     fn entries(
         &mut self,
         ts: &[crate::kernel::conntrack::Tuple],
-    ) -> Result<Vec<Option<crate::kernel::conntrack::Entry>>, crate::kernel::conntrack::Error>
-    {
+    ) -> Result<Vec<Option<crate::kernel::conntrack::Entry>>, crate::kernel::conntrack::Error> {
         if self.failures > 0 {
             self.failures -= 1;
             return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());

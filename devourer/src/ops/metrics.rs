@@ -447,7 +447,13 @@ impl Metrics {
                 self.records.http_messages.with_label_values(&[kind, role]);
             }
         }
-        for outcome in ["translated", "not_translated", "error", "skipped", "gave_up"] {
+        for outcome in [
+            "translated",
+            "not_translated",
+            "error",
+            "skipped",
+            "gave_up",
+        ] {
             self.conntrack_lookups.with_label_values(&[outcome]);
         }
     }

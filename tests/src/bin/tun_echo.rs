@@ -4,7 +4,11 @@
 //! of the device, and reads the replies (one second at most). Prints
 //! `sent=N sent_bytes=B received=N received_bytes=B`: what crossed the device, as the oracle.
 //!
-//! Usage: `tun_echo NAME COUNT` (run inside the network namespace under test).
+//! With `--gso`, the device takes a virtio-net header and one TCP super-packet of COUNT
+//! segments of 1000 bytes is written instead (as a virtio NIC or a VM's tap hands them over:
+//! GSO, `SKB_GSO_DODGY`, no segment count); it prints what those segments are on the wire.
+//!
+//! Usage: `tun_echo [--gso] NAME COUNT` (run inside the network namespace under test).
 
 use std::{
     fs::{File, OpenOptions},
@@ -17,6 +21,9 @@ use std::{
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// The segments' payload in `--gso` mode.
+const MSS: usize = 1000;
 const LOCAL: [u8; 4] = [10, 9, 0, 1];
 const PEER: [u8; 4] = [10, 9, 0, 2];
 
@@ -27,7 +34,7 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-fn open_tun(name: &str) -> File {
+fn open_tun(name: &str, vnet: bool) -> File {
     let tun = OpenOptions::new()
         .read(true)
         .write(true)
@@ -35,7 +42,7 @@ fn open_tun(name: &str) -> File {
         .expect("open /dev/net/tun");
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TUN | IFF_NO_PI,
+        flags: IFF_TUN | IFF_NO_PI | if vnet { IFF_VNET_HDR } else { 0 },
         _pad: [0; 22],
     };
     assert!(name.len() < libc::IFNAMSIZ, "interface name too long");
@@ -55,15 +62,40 @@ fn echo_request(seq: u16) -> Vec<u8> {
     buf
 }
 
+/// A virtio-net header (little-endian) and a TCP/IPv4 super-packet of `segs` segments of
+/// [`MSS`] bytes, checksum left to the kernel.
+fn gso_packet(segs: usize) -> Vec<u8> {
+    let mut ip = Vec::new();
+    etherparse::PacketBuilder::ipv4(PEER, LOCAL, 64)
+        .tcp(40000, 9, 1, 65535)
+        .ack(1)
+        .write(&mut ip, &vec![0x5a; segs * MSS])
+        .expect("build super-packet");
+    let mut p = vec![
+        1, // VIRTIO_NET_HDR_F_NEEDS_CSUM
+        1, // VIRTIO_NET_HDR_GSO_TCPV4
+    ];
+    // hdr_len, gso_size, csum_start, csum_offset
+    for v in [40u16, MSS as u16, 20, 16] {
+        p.extend_from_slice(&v.to_le_bytes());
+    }
+    p.extend_from_slice(&ip);
+    p
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let name = args.next().expect("NAME");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let gso = args.first().is_some_and(|a| a == "--gso");
+    if gso {
+        args.remove(0);
+    }
+    let name = args.first().expect("NAME").clone();
     let count: u16 = args
-        .next()
+        .get(1)
         .expect("COUNT")
         .parse()
         .expect("COUNT: a number");
-    let mut tun = open_tun(&name);
+    let mut tun = open_tun(&name, gso);
     let ok = Command::new("sh")
         .arg("-ec")
         .arg(format!(
@@ -77,6 +109,15 @@ fn main() {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).unwrap();
 
+    if gso {
+        tun.write_all(&gso_packet(count.into()))
+            .expect("write to tun");
+        println!(
+            "sent={count} sent_bytes={}",
+            usize::from(count) * (40 + MSS)
+        );
+        return;
+    }
     let (mut sent, mut sent_bytes) = (0u32, 0usize);
     for seq in 1..=count {
         let p = echo_request(seq);
