@@ -98,10 +98,15 @@ impl Node {
 
     /// [`Node::service`] on another address.
     pub fn service_at(&self, addr: &str, port: u16, target: u16) {
+        self.service_proto(addr, "tcp", port, target);
+    }
+
+    /// [`Node::service_at`] for `proto` (`tcp` or `udp`).
+    pub fn service_proto(&self, addr: &str, proto: &str, port: u16, target: u16) {
         self.node.sh(&format!(
             "nft add table ip dvsvc
              nft 'add chain ip dvsvc pre {{ type nat hook prerouting priority -100; }}'
-             nft add rule ip dvsvc pre ip daddr {addr} tcp dport {port} dnat to {OUTSIDE_IP}:{target}"
+             nft add rule ip dvsvc pre ip daddr {addr} {proto} dport {port} dnat to {OUTSIDE_IP}:{target}"
         ));
     }
 }

@@ -2,7 +2,7 @@
 //! node namespace sees each pod packet on the pod's veth, the bridge and the uplink, and must
 //! count it once. Oracle: tcpdump inside the pod, where each packet is seen once.
 
-use std::time::Duration;
+use std::{process::Stdio, time::Duration};
 
 use devourer_tests::{node::*, *};
 use serde_json::Value;
@@ -320,4 +320,101 @@ fn masqueraded_and_service_dnat_connections_are_one_record_with_the_translated_e
             && svc["xlat_src_port"] == r["src_port"]),
         "the service connection's backend side is not a record of its own"
     );
+}
+
+/// Five lookups and an HTTP request from a pod through a Service address DNAT'd to a backend
+/// outside: each packet crosses the pod's veth before translation and the uplink after it,
+/// and each transaction is one record, to the Service address the pod asked, naming the
+/// backend in `xlat_server*`. Oracle: dig and curl in the pod.
+#[test]
+fn dns_and_http_through_a_service_are_one_record_each_naming_the_backend() {
+    if !require_root("dns_and_http_through_a_service_are_one_record_each_naming_the_backend") {
+        return;
+    }
+    let tmp = TempDir::new("node-svc-dns");
+    let n = Node::new(false);
+    n.service_proto(SERVICE_IP, "udp", 53, 53);
+    n.service(80, 8000);
+    let _web = start_servers(&n.outside);
+    let mut dnsmasq = n.outside.cmd("dnsmasq");
+    dnsmasq
+        .args([
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+        ])
+        .arg(format!("--listen-address={OUTSIDE_IP}"))
+        .args(["--address=/svc.test/192.0.2.80", "--log-facility=-"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _dnsmasq = Bg::spawn(dnsmasq, "dnsmasq");
+    assert!(wait_for(Duration::from_secs(10), || {
+        n.outside
+            .cmd("bash")
+            .args(["-c", "ss -lun | grep -q ':53 '"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }));
+    let (out, log) = (tmp.path("svc.jsonl"), tmp.path("svc.log"));
+    let agent = start_capture(
+        &n.node,
+        &[
+            "--all-interfaces",
+            "--http-ports",
+            "80,8000",
+            "--metrics-addr",
+            "off",
+        ],
+        Some(&out),
+        &log,
+    );
+    let answers = n.pods[0].sh(&format!(
+        "for i in 1 2 3 4 5; do dig +short +tries=1 +time=2 @{SERVICE_IP} svc.test; done
+         curl -sf -o /dev/null http://{SERVICE_IP}:80/"
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&answers.stdout).lines().count(),
+        5,
+        "dig answered every lookup"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    let log = std::fs::read_to_string(&log).unwrap();
+    let recs = records(&std::fs::read(&out).unwrap());
+    let dns: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "dns" && r["q_name"] == "svc.test")
+        .collect();
+    assert_eq!(dns.len(), 5, "one record per lookup: {dns:#?}\n{log}");
+    for r in &dns {
+        assert_eq!(
+            (&r["client"], &r["server"], &r["server_port"], &r["status"]),
+            (
+                &Value::from(POD_IPS[0]),
+                &Value::from(SERVICE_IP),
+                &Value::from(53),
+                &Value::from("success")
+            ),
+            "{r}"
+        );
+        assert_eq!(
+            (&r["xlat_server"], &r["xlat_server_port"]),
+            (&Value::from(OUTSIDE_IP), &Value::from(53)),
+            "{r}"
+        );
+    }
+    let http: Vec<&Value> = recs.iter().filter(|r| r["type"] == "http").collect();
+    assert_eq!(http.len(), 2, "the request and its response: {http:#?}");
+    for r in &http {
+        assert_eq!(
+            (&r["server"], &r["server_port"]),
+            (&Value::from(SERVICE_IP), &Value::from(80))
+        );
+        assert_eq!(
+            (&r["xlat_server"], &r["xlat_server_port"]),
+            (&Value::from(OUTSIDE_IP), &Value::from(8000)),
+            "{r}"
+        );
+    }
 }

@@ -373,7 +373,7 @@ impl Pipeline {
             dns.expire(now, &mut self.dns_out);
         }
         if let Some(http) = &mut self.http {
-            http.expire(now);
+            http.expire(now, &mut self.http_out);
         }
         if !self.emit(PayloadKind::Dns) || !self.emit(PayloadKind::Http) {
             return Ok(false);
@@ -405,6 +405,9 @@ impl Pipeline {
     ) -> io::Result<bool> {
         if let Some(dns) = &mut self.dns {
             dns.flush(&mut self.dns_out);
+        }
+        if let Some(http) = &mut self.http {
+            http.flush(&mut self.http_out);
         }
         let open = self.emit(PayloadKind::Dns) & self.emit(PayloadKind::Http);
         let mut resolver = Names {

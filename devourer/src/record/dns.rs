@@ -60,6 +60,7 @@ impl DnsRecord {
             (tx.ifindex, tx.time_ns),
             (tx.client, tx.client_port),
             (tx.server, tx.server_port),
+            tx.xlat,
         );
         let (q_type, q_class) = match &tx.question {
             Some(q) => (Some(type_name(q.qtype)), Some(class_name(q.qclass))),
@@ -120,10 +121,13 @@ mod tests {
                 server_port: 53,
                 community_id: "1:abc+/=".into(),
                 k8s: if some(0) {
-                    K8sFields::exchange(side, None)
+                    K8sFields::exchange(side.clone(), None)
                 } else {
-                    K8sFields::exchange(None, side)
+                    K8sFields::exchange(None, side.clone())
                 },
+                xlat_server: some(8).then(|| "10.244.1.9".into()),
+                xlat_server_port: some(8).then_some(5353),
+                xlat_k8s: crate::record::k8s::XlatK8s(side.filter(|_| some(8))),
             },
             transport: if some(1) { "tcp" } else { "udp" },
             msg_id: (i * 7919) as u16,
@@ -147,7 +151,7 @@ mod tests {
 
     #[test]
     fn hand_written_json_is_byte_for_byte_what_serde_json_writes() {
-        for i in 0..256 {
+        for i in 0..512 {
             crate::record::json::assert_same_as_serde(&record(i), DnsRecord::write_json);
         }
     }

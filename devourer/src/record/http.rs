@@ -43,6 +43,7 @@ impl HttpRecord {
                 (m.ifindex, m.time_ns),
                 (m.client, m.client_port),
                 (m.server, m.server_port),
+                m.xlat,
             ),
             role: m.role.as_str(),
             message: "request",

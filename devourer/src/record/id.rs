@@ -136,6 +136,7 @@ mod tests {
             role: crate::base::local::Role::Client,
             ifindex: 2,
             cut: false,
+            xlat: None,
         };
         assert_eq!(
             dns_id(&tx, ("10.0.0.1", "2001:db8::53"), "node-a"),

@@ -79,6 +79,43 @@ impl K8sFields {
     }
 }
 
+/// The Kubernetes fields of the server a DNAT reached (DNS and HTTP records).
+pub const XLAT_KEYS: [&str; 5] = [
+    "xlat_server_k8s_namespace",
+    "xlat_server_k8s_pod",
+    "xlat_server_k8s_owner_kind",
+    "xlat_server_k8s_owner",
+    "xlat_server_k8s_node",
+];
+
+/// The translated server's object (a Service's backend pod), written flat into the record:
+/// namespace, pod, owner kind and name, node (no service: the Service is what was asked).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct XlatK8s(pub Option<Arc<Workload>>);
+
+impl XlatK8s {
+    fn entries(&self) -> impl Iterator<Item = (&'static str, Option<&str>)> {
+        XLAT_KEYS.into_iter().zip(values(self.0.as_deref()))
+    }
+
+    /// Writes the five fields into a record's JSON object, as serde's flatten does.
+    pub fn write_json(&self, o: &mut Object<'_>) {
+        for (k, v) in self.entries() {
+            o.opt_str(k, v);
+        }
+    }
+}
+
+impl Serialize for XlatK8s {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(XLAT_KEYS.len()))?;
+        for (k, v) in self.entries() {
+            map.serialize_entry(k, &v)?;
+        }
+        map.end()
+    }
+}
+
 /// One side's six values in column order (`None`: unknown, or no object at all).
 fn values(w: Option<&Workload>) -> [Option<&str>; 6] {
     [

@@ -58,6 +58,12 @@ pub struct ExchangeHead {
     /// `client_k8s_*`/`server_k8s_*`: the Kubernetes objects of both ends.
     #[serde(flatten)]
     pub k8s: k8s::K8sFields,
+    /// Where a DNAT sent the exchange (a Service's backend; `server` is what the client
+    /// asked for), else null; `xlat_server_k8s_*`: its Kubernetes object.
+    pub xlat_server: Option<AddrText>,
+    pub xlat_server_port: Option<u16>,
+    #[serde(flatten)]
+    pub xlat_k8s: k8s::XlatK8s,
 }
 
 impl ExchangeHead {
@@ -71,6 +77,7 @@ impl ExchangeHead {
         (ifindex, time_ns): (u32, u64),
         (client, client_port): (IpAddr, u16),
         (server, server_port): (IpAddr, u16),
+        xlat: Option<(IpAddr, u16)>,
     ) -> Self {
         let community_id = community::community_id(
             cx.community_seed,
@@ -93,6 +100,9 @@ impl ExchangeHead {
             server_port,
             community_id,
             k8s: k8s::K8sFields::exchange((cx.workload)(client), (cx.workload)(server)),
+            xlat_server: xlat.map(|(a, _)| addr_text(a)),
+            xlat_server_port: xlat.map(|(_, p)| p),
+            xlat_k8s: k8s::XlatK8s(xlat.and_then(|(a, _)| (cx.workload)(a))),
         }
     }
 
@@ -109,6 +119,9 @@ impl ExchangeHead {
         o.uint("server_port", self.server_port);
         o.str("community_id", &self.community_id);
         self.k8s.write_json(o);
+        o.opt_str("xlat_server", self.xlat_server.as_deref());
+        o.opt_uint("xlat_server_port", self.xlat_server_port);
+        self.xlat_k8s.write_json(o);
     }
 }
 

@@ -1,6 +1,9 @@
 //! The transaction table: matches each response to its query by endpoints, transport, id and
 //! question; retransmitted queries keep the first query's time; unanswered queries expire as
-//! lost; the table is bounded (the oldest expire first when it is full).
+//! lost; the table is bounded (the oldest expire first when it is full). A query seen again
+//! moments later from the same client port, with the same id and question, to another server
+//! is the copy a DNAT made (a Service address translated to a backend): it joins the first as
+//! its translated server, and whichever copy's response comes first answers the transaction.
 
 use std::{
     collections::{VecDeque, hash_map::Entry},
@@ -21,6 +24,17 @@ pub struct TxKey {
     pub id: u16,
 }
 
+/// A query's client side: what a DNAT of its server leaves as it was.
+type ClientKey = ([u8; 16], u16, u8, u16);
+
+fn client_key(k: &TxKey) -> ClientKey {
+    (k.client, k.client_port, k.proto, k.id)
+}
+
+/// How long after a query its translated copy may come: a packet crosses a node's interfaces
+/// within microseconds.
+const XLAT_JOIN_NS: u64 = 1_000_000_000;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
     /// The first query's time (program clock): retransmissions do not restart the clock.
@@ -28,12 +42,15 @@ pub struct Pending {
     pub question: Question,
     pub ifindex: u32,
     pub v6: bool,
+    /// Its translated copy's key (the backend as its server), when a DNAT made one.
+    pub xlat: Option<TxKey>,
     seq: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResponseMatch {
-    Matched(Pending),
+    /// The query it answers, under the key the client sent it with.
+    Matched(TxKey, Pending),
     /// A second copy of a response already matched (seen twice, or on two interfaces).
     Duplicate,
     /// No query was seen for it.
@@ -47,12 +64,18 @@ pub struct MatcherStats {
     /// Queries expired early (as lost) because the table was full.
     pub overflow: u64,
     pub duplicates: u64,
+    /// Queries that were a translated copy of one seen just before (a Service's DNAT).
+    pub xlat_joined: u64,
 }
 
 pub struct Matcher {
     timeout_ns: u64,
     max_pending: usize,
     pending: FastMap<TxKey, Pending>,
+    /// The pending query under each client side (at most one entry per pending query).
+    by_client: FastMap<ClientKey, TxKey>,
+    /// A translated copy's key -> its query's (at most one per pending query).
+    copies: FastMap<TxKey, TxKey>,
     /// (first_ns, seq, key) in arrival order, for expiry; stale items are skipped.
     order: VecDeque<(u64, u64, TxKey)>,
     /// Recently matched transactions, to tell duplicate responses from unmatched ones.
@@ -68,6 +91,8 @@ impl Matcher {
             timeout_ns,
             max_pending,
             pending: FastMap::default(),
+            by_client: FastMap::default(),
+            copies: FastMap::default(),
             order: VecDeque::new(),
             answered: Recent::new(max_pending),
             next_seq: 0,
@@ -94,13 +119,37 @@ impl Matcher {
         v6: bool,
     ) -> Vec<(TxKey, Pending)> {
         let mut lost = Vec::new();
+        if let Some(&orig) = self.copies.get(&key)
+            && self
+                .pending
+                .get(&orig)
+                .is_some_and(|p| p.question.same(&question))
+        {
+            // The copy of a retransmission.
+            self.stats.retransmits += 1;
+            return lost;
+        }
+        if let Some(&orig) = self.by_client.get(&client_key(&key))
+            && orig != key
+            && let Some(p) = self.pending.get_mut(&orig)
+            && p.xlat.is_none()
+            && p.question.same(&question)
+            && ts.saturating_sub(p.first_ns) <= XLAT_JOIN_NS
+        {
+            p.xlat = Some(key);
+            self.copies.insert(key, orig);
+            self.stats.xlat_joined += 1;
+            return lost;
+        }
         if let Entry::Occupied(e) = self.pending.entry(key) {
             if e.get().question.same(&question) {
                 self.stats.retransmits += 1;
                 return lost;
             }
             self.stats.id_reuse += 1;
-            lost.push((key, e.remove()));
+            let p = e.remove();
+            self.unlink(&key, &p);
+            lost.push((key, p));
         }
         while self.pending.len() >= self.max_pending {
             match self.pop_oldest() {
@@ -121,9 +170,11 @@ impl Matcher {
                 question,
                 ifindex,
                 v6,
+                xlat: None,
                 seq,
             },
         );
+        self.by_client.insert(client_key(&key), key);
         self.order.push_back((ts, seq, key));
         if self.order.len() > 4 * self.max_pending + 1024 {
             let pending = &self.pending;
@@ -133,14 +184,21 @@ impl Matcher {
         lost
     }
 
-    /// A response; `question` is its question, if it has one.
+    /// A response; `question` is its question, if it has one. A translated copy's response
+    /// answers its query (the other copy's is then a duplicate).
     pub fn response(&mut self, key: TxKey, question: Option<&Question>) -> ResponseMatch {
         let hash = self.pending.hasher().hash_one(key);
-        if let Entry::Occupied(e) = self.pending.entry(key)
+        let orig = self.copies.get(&key).copied().unwrap_or(key);
+        if let Entry::Occupied(e) = self.pending.entry(orig)
             && question.is_none_or(|q| e.get().question.same(q))
         {
-            self.answered.remember(hash);
-            return ResponseMatch::Matched(e.remove());
+            let p = e.remove();
+            self.unlink(&orig, &p);
+            self.answered.remember(self.pending.hasher().hash_one(orig));
+            if let Some(copy) = p.xlat {
+                self.answered.remember(self.pending.hasher().hash_one(copy));
+            }
+            return ResponseMatch::Matched(orig, p);
         }
         if self.answered.contains(hash) {
             self.stats.duplicates += 1;
@@ -152,10 +210,28 @@ impl Matcher {
     fn pop_oldest(&mut self) -> Option<(TxKey, Pending)> {
         while let Some((_, seq, key)) = self.order.pop_front() {
             if self.pending.get(&key).is_some_and(|p| p.seq == seq) {
-                return self.pending.remove(&key).map(|p| (key, p));
+                return self.take(&key);
             }
         }
         None
+    }
+
+    /// Takes a pending query out, with its links.
+    fn take(&mut self, key: &TxKey) -> Option<(TxKey, Pending)> {
+        let p = self.pending.remove(key)?;
+        self.unlink(key, &p);
+        Some((*key, p))
+    }
+
+    /// Forgets the client-side and copy links of a query taken out.
+    fn unlink(&mut self, key: &TxKey, p: &Pending) {
+        let ck = client_key(key);
+        if self.by_client.get(&ck) == Some(key) {
+            self.by_client.remove(&ck);
+        }
+        if let Some(copy) = p.xlat {
+            self.copies.remove(&copy);
+        }
     }
 
     /// Queries unanswered for the timeout at `now`.
@@ -167,9 +243,9 @@ impl Matcher {
             }
             self.order.pop_front();
             if self.pending.get(&key).is_some_and(|p| p.seq == seq)
-                && let Some(p) = self.pending.remove(&key)
+                && let Some(taken) = self.take(&key)
             {
-                lost.push((key, p));
+                lost.push(taken);
             }
         }
         lost
@@ -262,7 +338,7 @@ mod tests {
         );
         assert_eq!(m.stats.retransmits, 1);
         match m.response(key(1), Some(&q("A.EXAMPLE", 1))) {
-            ResponseMatch::Matched(p) => assert_eq!(p.first_ns, S),
+            ResponseMatch::Matched(_, p) => assert_eq!(p.first_ns, S),
             other => panic!("{other:?}"),
         }
         assert_eq!(
@@ -284,13 +360,13 @@ mod tests {
         m.query(key(1), q("a.example", 1), S, 1, false);
         assert!(matches!(
             m.response(key(1), None),
-            ResponseMatch::Matched(_)
+            ResponseMatch::Matched(..)
         ));
         for id in 2..5 {
             m.query(key(id), q("a.example", 1), S, 1, false);
             assert!(matches!(
                 m.response(key(id), None),
-                ResponseMatch::Matched(_)
+                ResponseMatch::Matched(..)
             ));
         }
         assert_eq!(m.response(key(1), None), ResponseMatch::Duplicate);
@@ -298,7 +374,7 @@ mod tests {
         m.query(key(1), q("b.example", 1), 2 * S, 1, false);
         assert!(matches!(
             m.response(key(1), None),
-            ResponseMatch::Matched(_)
+            ResponseMatch::Matched(..)
         ));
         assert_eq!(m.response(key(1), None), ResponseMatch::Duplicate);
         assert_eq!(m.stats.duplicates, 2);
@@ -354,12 +430,50 @@ mod tests {
         // Answered ones leave room without being lost.
         assert!(matches!(
             m.response(key(1), None),
-            ResponseMatch::Matched(_)
+            ResponseMatch::Matched(..)
         ));
         assert!(
             m.query(key(10), q("x.example", 1), 2 * S, 1, false)
                 .is_empty()
         );
         assert_eq!(m.drain().len(), 3);
+    }
+
+    /// `key(id)` as its DNAT'd copy: the same client port, another server.
+    fn copy(id: u16) -> TxKey {
+        TxKey {
+            server: [9; 16],
+            server_port: 5353,
+            ..key(id)
+        }
+    }
+
+    #[test]
+    fn a_dnat_copy_of_a_query_joins_it_and_either_response_answers_it_once() {
+        let mut m = Matcher::new(5 * S, 100);
+        m.query(key(1), q("a.example", 1), S, 1, false);
+        m.query(copy(1), q("a.example", 1), S + 5_000, 2, false);
+        assert_eq!((m.len(), m.stats.xlat_joined), (1, 1));
+        // The backend's response (the copy's) comes first: it answers the client's query.
+        match m.response(copy(1), Some(&q("a.example", 1))) {
+            ResponseMatch::Matched(k, p) => {
+                assert_eq!((k, p.xlat, p.first_ns), (key(1), Some(copy(1)), S));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.response(key(1), None), ResponseMatch::Duplicate);
+        // Unanswered, the pair is one lost query.
+        m.query(key(2), q("b.example", 1), 2 * S, 1, false);
+        m.query(copy(2), q("b.example", 1), 2 * S + 1, 2, false);
+        let lost = m.expire(8 * S);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].1.xlat, Some(copy(2)));
+        // Another question, or too late after it, is no copy.
+        m.query(key(3), q("c.example", 1), 10 * S, 1, false);
+        m.query(copy(3), q("d.example", 1), 10 * S, 1, false);
+        m.query(key(4), q("e.example", 1), 10 * S, 1, false);
+        m.query(copy(4), q("e.example", 1), 12 * S, 1, false);
+        assert_eq!((m.len(), m.stats.xlat_joined), (4, 2));
+        assert!(m.by_client.len() <= m.len() && m.copies.is_empty());
     }
 }

@@ -83,6 +83,9 @@ pub struct DnsTx {
     /// The response was longer than what was captured (`--dns-cap`, a cut TCP segment, a
     /// lost one): the answers are those that fit.
     pub cut: bool,
+    /// The server a DNAT sent the query to (a Service's backend; `server` is the address the
+    /// client asked).
+    pub xlat: Option<(IpAddr, u16)>,
 }
 
 /// What the tracker counted (for the closing summary and metrics).
@@ -112,6 +115,11 @@ pub struct DnsTracker {
     pub names: NameCache,
     pub local: LocalAddrs,
     pub stats: DnsStats,
+}
+
+/// Whether an event's addresses are IPv6.
+fn event_v6(h: &PayloadHeader) -> bool {
+    h.flags & PAYLOAD_F_IPV6 != 0
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {
@@ -244,7 +252,11 @@ impl DnsTracker {
             return;
         }
         match self.matcher.response(key, m.question.as_ref()) {
-            ResponseMatch::Matched(p) => {
+            ResponseMatch::Matched(asked, p) => {
+                // Under the endpoints the client sent it to (a translated copy's response
+                // answers the client's query).
+                let (server, sport) = (ip(&asked.server, v6), asked.server_port);
+                let role = self.local.role(&client, &server);
                 // Names only from answers to queries we saw: an unsolicited (spoofed)
                 // response must not rename a flow's peer.
                 if let Some(q) = &m.question {
@@ -279,6 +291,10 @@ impl DnsTracker {
         role: Role,
         query: Option<Pending>,
     ) -> DnsTx {
+        let xlat = query
+            .as_ref()
+            .and_then(|p| p.xlat)
+            .map(|k| (ip(&k.server, event_v6(h)), k.server_port));
         let query = query.map(|p| (p.first_ns, p.ifindex, p.question));
         DnsTx {
             status: if query.is_some() {
@@ -300,6 +316,7 @@ impl DnsTracker {
             answers: m.answers.into_iter().map(Answer::into_dig).collect(),
             role,
             cut: false,
+            xlat,
         }
     }
 
@@ -323,6 +340,7 @@ impl DnsTracker {
             role,
             ifindex: p.ifindex,
             cut: false,
+            xlat: p.xlat.map(|x| (ip(&x.server, p.v6), x.server_port)),
         };
         self.push(tx, out);
     }

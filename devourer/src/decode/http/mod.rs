@@ -1,7 +1,10 @@
 //! HTTP: turns the kernel's HTTP payload events (the first bytes of segments that start a
 //! request or response, no reassembly, as packetlog's httplog did) into request and response
 //! records, matches responses to requests per connection in order (pipelining), and produces
-//! packetlog-style log lines.
+//! packetlog-style log lines. A request is held for a moment ([`XLAT_JOIN_NS`]) before it is
+//! emitted: the same request seen again from the same client port to another server is the
+//! copy a DNAT made (a Service address translated to a backend), so the first names the
+//! backend as its translated server and the copy's connection emits nothing.
 
 pub mod message;
 
@@ -36,6 +39,14 @@ pub struct HttpConfig {
 /// Requests waiting on one connection at most (pipelining depth); older ones are forgotten.
 const MAX_QUEUE: usize = 64;
 
+/// How long a request is held for its translated copy: a packet crosses a node's interfaces
+/// within microseconds.
+pub const XLAT_JOIN_NS: u64 = 10_000_000;
+
+/// Requests held for their copy at most (each costs a record's worth of memory); past it the
+/// oldest is emitted at once.
+const MAX_HELD: usize = 4096;
+
 /// One request or response as records and log lines show it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpMsg {
@@ -51,6 +62,9 @@ pub struct HttpMsg {
     /// Responses: the request they answer (method, target), and the time since it.
     pub request: Option<(String, Option<String>)>,
     pub latency_ns: Option<u64>,
+    /// The server a DNAT sent the exchange to (a Service's backend; `server` is the address
+    /// the client asked).
+    pub xlat: Option<(IpAddr, u16)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -66,6 +80,8 @@ pub struct HttpStats {
     pub evicted: u64,
     /// Segments that did not start an HTTP message, by reason.
     pub not_http: HashMap<&'static str, u64>,
+    /// Messages of a connection a DNAT copied: in their original's record.
+    pub xlat_copies: u64,
 }
 
 #[derive(Debug, Default)]
@@ -94,11 +110,17 @@ impl Waiting {
 struct Conn {
     queue: VecDeque<Waiting>,
     last_ns: u64,
+    /// The client's connection this one is the DNAT'd copy of: its messages are not emitted.
+    copy_of: Option<ConnKey>,
+    /// Where a DNAT sent this connection (its copy's server).
+    xlat: Option<(IpAddr, u16)>,
 }
 
 pub struct HttpTracker {
     cfg: HttpConfig,
     conns: FastMap<ConnKey, Conn>,
+    /// Requests held for their copy, oldest first, with their connection.
+    held: VecDeque<(ConnKey, HttpMsg)>,
     /// Bytes of every waiting request.
     pending_bytes: usize,
     pub local: LocalAddrs,
@@ -110,6 +132,7 @@ impl HttpTracker {
         Self {
             cfg,
             conns: FastMap::default(),
+            held: VecDeque::new(),
             pending_bytes: 0,
             local,
             stats: HttpStats::default(),
@@ -137,6 +160,7 @@ impl HttpTracker {
             }
         };
         let v6 = h.flags & PAYLOAD_F_IPV6 != 0;
+        self.release(h.ts_ns.saturating_sub(XLAT_JOIN_NS), out);
         for m in messages {
             let response = matches!(m, Message::Response(_));
             // A request goes from client to server, a response back.
@@ -157,20 +181,27 @@ impl HttpTracker {
                 message: m,
                 request: None,
                 latency_ns: None,
+                xlat: None,
             };
             let key = (c, cp, s, sp);
             match &msg.message {
                 Message::Request(r) => {
                     self.stats.requests += 1;
                     self.wait(key, h.ts_ns, r);
+                    self.request(key, msg, out);
                 }
                 Message::Response(r) => {
                     self.stats.responses += 1;
+                    // What was held goes first: a record never follows its response.
+                    self.release(u64::MAX, out);
                     // An interim response (100 Continue, 103 Early Hints) does not end the
                     // exchange: it reports the request without taking it off the queue.
                     let interim = (100..200).contains(&r.status_code) && r.status_code != 101;
+                    let mut copy = false;
                     if let Some(conn) = self.conns.get_mut(&key) {
                         conn.last_ns = conn.last_ns.max(h.ts_ns);
+                        copy = conn.copy_of.is_some();
+                        msg.xlat = conn.xlat;
                         let w = if interim {
                             conn.queue
                                 .front()
@@ -190,13 +221,74 @@ impl HttpTracker {
                             self.conns.remove(&key);
                         }
                     }
+                    if copy {
+                        self.stats.xlat_copies += 1;
+                    } else {
+                        self.push(msg, out);
+                    }
                 }
             }
-            if self.cfg.text_log {
-                out.lines.push(line(&msg));
-            }
-            out.msgs.push(msg);
         }
+    }
+
+    /// A request (queued on its connection already): a DNAT'd copy of a held request names
+    /// its backend and is not emitted; a request of a connection known to be a copy neither;
+    /// one of a connection whose translation is known goes out with it; any other is held.
+    fn request(&mut self, key: ConnKey, mut msg: HttpMsg, out: &mut HttpOutput) {
+        let (c, cp, s, sp) = key;
+        let conn = self.conns.get(&key);
+        if conn.is_some_and(|c| c.copy_of.is_some()) {
+            self.stats.xlat_copies += 1;
+            return;
+        }
+        if let Some(x) = conn.and_then(|c| c.xlat) {
+            msg.xlat = Some(x);
+            self.push(msg, out);
+            return;
+        }
+        let original = self.held.iter().position(|(k, m)| {
+            k.0 == c && k.1 == cp && (k.2, k.3) != (s, sp) && m.message == msg.message
+        });
+        if let Some(i) = original {
+            let orig = self.held[i].0;
+            let backend = (msg.server, msg.server_port);
+            self.held[i].1.xlat = Some(backend);
+            if let Some(conn) = self.conns.get_mut(&orig) {
+                conn.xlat = Some(backend);
+            }
+            if let Some(conn) = self.conns.get_mut(&key) {
+                conn.copy_of = Some(orig);
+            }
+            self.stats.xlat_copies += 1;
+            // Joined: it need not wait any longer.
+            self.release_at(i, out);
+            return;
+        }
+        if self.held.len() >= MAX_HELD {
+            self.release_at(0, out);
+        }
+        self.held.push_back((key, msg));
+    }
+
+    /// Emits the held requests that came at or before `until` (all: `u64::MAX`), in order.
+    fn release(&mut self, until: u64, out: &mut HttpOutput) {
+        while self.held.front().is_some_and(|(_, m)| m.time_ns <= until) {
+            self.release_at(0, out);
+        }
+    }
+
+    /// Emits held request `i`, and the ones held before it (records keep their order).
+    fn release_at(&mut self, i: usize, out: &mut HttpOutput) {
+        for (_, msg) in self.held.drain(..=i).collect::<Vec<_>>() {
+            self.push(msg, out);
+        }
+    }
+
+    fn push(&mut self, msg: HttpMsg, out: &mut HttpOutput) {
+        if self.cfg.text_log {
+            out.lines.push(line(&msg));
+        }
+        out.msgs.push(msg);
     }
 
     fn wait(&mut self, key: ConnKey, time_ns: u64, r: &Request) {
@@ -243,8 +335,15 @@ impl HttpTracker {
         }
     }
 
-    /// Requests unanswered for the timeout at `now` are forgotten (and counted).
-    pub fn expire(&mut self, now: u64) {
+    /// Shutdown or end of input: every held request goes out.
+    pub fn flush(&mut self, out: &mut HttpOutput) {
+        self.release(u64::MAX, out);
+    }
+
+    /// Requests held past the join window at `now` go out; requests unanswered for the
+    /// timeout are forgotten (and counted).
+    pub fn expire(&mut self, now: u64, out: &mut HttpOutput) {
+        self.release(now.saturating_sub(XLAT_JOIN_NS), out);
         let timeout = self.cfg.timeout_ns;
         let (mut gone, mut bytes) = (0, 0);
         self.conns.retain(|_, c| {

@@ -169,9 +169,9 @@ fn a_response_without_a_request_and_unanswered_requests_are_counted() {
     assert_eq!(out.msgs[0].request, None);
     assert_eq!(out.msgs[0].latency_ns, None);
     request(&mut t, 10, 7001, b"GET /slow HTTP/1.1\r\n\r\n", &mut out);
-    t.expire(10 + 29_000_000_000);
+    t.expire(10 + 29_000_000_000, &mut out);
     assert_eq!(t.pending(), 1);
-    t.expire(10 + 30_000_000_000);
+    t.expire(10 + 30_000_000_000, &mut out);
     assert_eq!((t.pending(), t.stats.unanswered), (0, 1));
 }
 
@@ -206,6 +206,7 @@ mod fuzz {
             seg(1, (CLIENT, 9000), (SERVER, 80))
         };
         t.on_event(&h, payload, &mut out);
+        t.flush(&mut out);
         for l in &out.lines {
             assert!(
                 l.body.bytes().all(|b| (0x20..0x7f).contains(&b)),
@@ -268,12 +269,14 @@ fn waiting_requests_stay_within_their_byte_budget_and_long_methods_are_cut() {
     }
     assert!(t.stats.evicted > 0 && t.stats.evicted == t.stats.unanswered);
     let long = format!("{} / HTTP/1.1\r\n\r\n", "X".repeat(100));
+    t.flush(&mut out);
     out = HttpOutput::default();
     t.on_event(
         &seg(1, ([10, 0, 0, 9], 1), ([10, 0, 0, 2], 80)),
         long.as_bytes(),
         &mut out,
     );
+    t.flush(&mut out);
     let Message::Request(r) = &out.msgs[0].message else {
         panic!("a request")
     };
@@ -283,4 +286,52 @@ fn waiting_requests_stay_within_their_byte_budget_and_long_methods_are_cut() {
         r.method
     );
     assert_eq!(r.truncated, ["method"]);
+}
+
+/// The client's request to a Service address and its DNAT'd copy to the backend (the same
+/// client port, another server), as a node sees both, then the backend's response and its
+/// un-DNAT'd copy: one request record and one response record, naming the backend.
+#[test]
+fn a_request_through_a_dnat_is_one_record_naming_its_backend() {
+    const SERVICE: ([u8; 4], u16) = ([10, 96, 0, 10], 80);
+    const BACKEND: ([u8; 4], u16) = ([10, 244, 1, 9], 8080);
+    let mut t = tracker(&[]);
+    let mut out = HttpOutput::default();
+    for round in 0..2u64 {
+        let at = round * 1_000_000_000;
+        let get = format!("GET /{round} HTTP/1.1\r\nHost: web\r\n\r\n");
+        t.on_event(
+            &seg(at + 1_000, (CLIENT, 5000), SERVICE),
+            get.as_bytes(),
+            &mut out,
+        );
+        t.on_event(
+            &seg(at + 1_010, (CLIENT, 5000), BACKEND),
+            get.as_bytes(),
+            &mut out,
+        );
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        t.on_event(&seg(at + 5_000, BACKEND, (CLIENT, 5000)), ok, &mut out);
+        t.on_event(&seg(at + 5_010, SERVICE, (CLIENT, 5000)), ok, &mut out);
+    }
+    t.flush(&mut out);
+    assert_eq!(out.msgs.len(), 4, "{:#?}", out.msgs);
+    for m in &out.msgs {
+        assert_eq!(
+            (m.server, m.server_port),
+            (ip(&mapped(SERVICE.0), false), 80)
+        );
+        assert_eq!(m.xlat, Some((ip(&mapped(BACKEND.0), false), 8080)), "{m:?}");
+    }
+    assert_eq!(out.msgs[1].latency_ns, Some(4_010), "as the client saw it");
+    assert_eq!(t.stats.xlat_copies, 4);
+    // A request no copy follows goes out after the join window, without a backend.
+    t.on_event(
+        &seg(5_000_000_000, (CLIENT, 6000), SERVICE),
+        b"GET / HTTP/1.1\r\n\r\n",
+        &mut out,
+    );
+    assert_eq!(out.msgs.len(), 4, "held");
+    t.expire(5_000_000_000 + XLAT_JOIN_NS, &mut out);
+    assert_eq!((out.msgs.len(), out.msgs[4].xlat), (5, None));
 }
