@@ -197,6 +197,14 @@ fn the_verifier_accepts_the_most_filter_rules_each_with_every_condition_live_and
         let loaded = loader::load(&opts).unwrap_or_else(|e| {
             panic!("loading with {MAX_FILTER_RULES} rules, offline {offline}: {e:?}")
         });
+        for (name, prog) in loaded.ebpf.programs() {
+            if let Ok(info) = prog.info() {
+                eprintln!(
+                    "{name} offline {offline}: {:?} instructions verified",
+                    info.verified_instruction_count()
+                );
+            }
+        }
         // And runs.
         let tc = loaded.prog_fd(PROG_TC_INGRESS).unwrap();
         bpf_sys::test_run(tc, &udp_frame(20, 0), &bpf_sys::skb_ctx(1, 1, 0, 0)).expect("test run");
