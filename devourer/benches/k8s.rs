@@ -63,6 +63,8 @@ fn main() {
             ips: vec![addr(i)],
             host_network: false,
             running: true,
+            terminating: false,
+            created_ms: i64::from(i),
             labels: vec![
                 ("app".into(), app),
                 ("pod-template-hash".into(), format!("7c9d{:04x}", i / 10)),
