@@ -50,10 +50,11 @@ fuzz_target!(|data: &[u8]| {
             http.on_event(&header, payload, &mut h);
         }
         dns.expire(header.ts_ns, &mut d);
-        http.expire(header.ts_ns);
+        http.expire(header.ts_ns, &mut h);
         assert!(dns.pending() <= 8 && dns.tcp_held_bytes() <= 4096);
         assert!(http.pending_bytes() <= 4096);
         rest = &rest[used.min(rest.len())..];
     }
     dns.flush(&mut d);
+    http.flush(&mut h);
 });
