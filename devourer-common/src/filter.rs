@@ -1,16 +1,13 @@
-//! Record filter rules (`--filter`) and sampling (`--sampling`), as the kernel program evaluates
-//! them before the flow map: the first rule that matches a packet keeps or drops it, no match
-//! keeps it. Dropped packets are still counted, per rule: a filter decides what is recorded,
-//! never what the host receives.
+//! Record filter rules (`--filter`) and sampling (`--sampling`). The kernel program samples
+//! packets before the flow map; the agent evaluates the rules on each record, once per
+//! conversation on the tuple its client sent (after the NAT join): the first rule that matches
+//! keeps or drops it, no match keeps it. What each rule matched is counted: a filter decides
+//! what is recorded, never what the host receives.
 
 use crate::flow::{FlowKey, KEY_F_IPV6};
 
 /// Rules at most.
 pub const MAX_FILTER_RULES: usize = 16;
-/// Load-time global: `[FilterRule; MAX_FILTER_RULES]`.
-pub const GLOBAL_FILTERS: &str = "DEVOURER_FILTERS";
-/// Load-time global (u32): how many of [`GLOBAL_FILTERS`] are in use.
-pub const GLOBAL_FILTER_COUNT: &str = "DEVOURER_FILTER_COUNT";
 /// Load-time global (u32): count one packet in N (0 and 1: every packet).
 pub const GLOBAL_SAMPLING: &str = "DEVOURER_SAMPLING";
 /// Load-time global (u64): the key of the hash that decides which packets sampling counts (a
@@ -19,8 +16,6 @@ pub const GLOBAL_SAMPLING: &str = "DEVOURER_SAMPLING";
 pub const GLOBAL_SAMPLING_SEED: &str = "DEVOURER_SAMPLING_SEED";
 /// The offline replay's [`GLOBAL_SAMPLING_SEED`].
 pub const OFFLINE_SAMPLING_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
-/// Per-CPU array with one [`FilterCounts`]: what each rule matched.
-pub const FILTER_COUNTS_MAP: &str = "FILTER_COUNTS";
 
 /// [`FilterRule::action`]: record the packet.
 pub const RULE_KEEP: u8 = 1;
@@ -109,15 +104,3 @@ impl FilterRule {
         true
     }
 }
-
-#[cfg(feature = "user")]
-mod user {
-    use super::*;
-
-    // SAFETY: repr(C), Copy, made of integers, no implicit padding (sizes asserted below).
-    unsafe impl aya::Pod for FilterRule {}
-    unsafe impl aya::Pod for FilterCounts {}
-}
-
-const _: () = assert!(core::mem::size_of::<FilterRule>() == 40);
-const _: () = assert!(core::mem::size_of::<FilterCounts>() == 256);

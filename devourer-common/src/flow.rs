@@ -117,7 +117,7 @@ counters! {
     C_HTTP_CUT = 14, "http_cut", "http_cut", "HTTP payload events cut at the HTTP cap.";
     C_REPEATS = 15, "repeats", "repeats", "Packets seen again on another attached interface: counted once, where their flow was first seen.";
     C_SEEN_FULL = 16, "seen_full", "seen_full", "Sightings on another interface not listed: the flow's interface list was full.";
-    C_FILTERED = 17, "filtered", "filtered", "Packets a --filter rule dropped: in no flow, DNS or HTTP record.";
+    C_FILTERED = 17, "filtered", "filtered", "Packets of the conversations a --filter rule dropped (the agent decides, on the client's tuple before NAT, and fills this in): in no flow, DNS or HTTP record.";
     C_SAMPLED_OUT = 18, "sampled_out", "sampled_out", "Packets --sampling left uncounted (their flows' times and flags still noted).";
 }
 pub const COUNTERS_LEN: u32 = 19;

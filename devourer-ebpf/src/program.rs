@@ -28,10 +28,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use devourer_common::{
-    filter::{FilterCounts, FilterRule, MAX_FILTER_RULES, RULE_DROP},
     flow::{
-        C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_FILTERED, C_HTTP_CUT, C_HTTP_EVENTS,
-        C_HTTP_RING_FULL, C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
+        C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_HTTP_CUT, C_HTTP_EVENTS, C_HTTP_RING_FULL,
+        C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
         C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_REPEATS, C_SAMPLED_OUT, C_SEEN_FULL, C_WAKEUP_FAILED,
         C_WAKEUPS, CB_IFINDEX, CB_MAP, CounterBlock, DEFAULT_FLOW_MAP_ENTRIES,
         DEFAULT_HOOK_HORIZON_NS, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6,
@@ -95,30 +94,12 @@ static DEVOURER_HTTP_PORTS: [u16; PORT_SLOTS] = [0; PORT_SLOTS];
 #[unsafe(no_mangle)]
 static DEVOURER_HTTP_CAP: u32 = DEFAULT_HTTP_CAP;
 
-/// `--filter` rules, the first `DEVOURER_FILTER_COUNT` in use.
-#[unsafe(no_mangle)]
-static DEVOURER_FILTERS: [FilterRule; MAX_FILTER_RULES] = [FilterRule {
-    net: [0; 4],
-    mask: [0; 4],
-    port_lo: 0,
-    port_hi: 0,
-    action: 0,
-    proto: 0,
-    family: 0,
-    has_port: 0,
-}; MAX_FILTER_RULES];
-#[unsafe(no_mangle)]
-static DEVOURER_FILTER_COUNT: u32 = 0;
 /// `--sampling N`: count one packet in N (0 and 1: all).
 #[unsafe(no_mangle)]
 static DEVOURER_SAMPLING: u32 = 0;
 /// The key of [`sampled_out`]'s hash.
 #[unsafe(no_mangle)]
 static DEVOURER_SAMPLING_SEED: u64 = 0;
-
-/// What each filter rule matched.
-#[map(name = "FILTER_COUNTS")]
-static FILTER_COUNTS: PerCpuArray<FilterCounts> = PerCpuArray::with_max_entries(1, 0);
 
 /// One value per flow direction for all CPUs: memory flat in the CPU count, one first
 /// interface per flow (what counting once needs); counts are added atomically.
@@ -514,9 +495,6 @@ fn account<P: Packet + CopyOut, S: FlowStore, const L3: bool>(
                 None => 1,
             };
             parsed.key.ifindex = if per_interface() { ifindex } else { 0 };
-            if filtered_out(parsed, segs, &ctr) {
-                return;
-            }
             let mut segs = segs;
             if sampled_out(parsed) {
                 // Not counted, but still noted (times, flags, interfaces) and its payload
@@ -562,44 +540,6 @@ fn segments<P: Packet>(p: &P, parsed: &mut Parsed, gso_segs: u32, gso_size: u32)
     gso_segments(p, parsed, gso_segs, gso_size) as u64
 }
 
-/// Runs the `--filter` rules over a parsed packet: counts what the first matching rule matched
-/// and returns true when that rule drops the packet. Nothing to do without rules.
-#[inline(always)]
-fn filtered_out(parsed: &Parsed, segs: u64, ctr: &Ctr) -> bool {
-    // SAFETY: a load-time constant.
-    let count = unsafe { read_volatile(&DEVOURER_FILTER_COUNT) } as usize;
-    count != 0 && match_rules(parsed, segs, ctr, count)
-}
-
-/// [`filtered_out`]'s rules. A function of its own (a BPF-to-BPF call): inlined, each rule's
-/// way out of the loop would reach the rest of the program with a state of its own, and the
-/// verifier would walk the rest once per rule (over its limit at 16 rules offline); a call
-/// returns one of two values, and the walks after it are pruned.
-#[inline(never)]
-fn match_rules(parsed: &Parsed, segs: u64, ctr: &Ctr, count: usize) -> bool {
-    let mut i = 0;
-    while i < MAX_FILTER_RULES && i < count {
-        // SAFETY: a load-time constant array, index in bounds.
-        let rule = unsafe { read_volatile(&DEVOURER_FILTERS[i]) };
-        if rule.matches(&parsed.key) {
-            if let Some(c) = FILTER_COUNTS.get_ptr_mut(0) {
-                // SAFETY: this CPU's slot; `i` is below MAX_FILTER_RULES.
-                unsafe {
-                    (*c).packets[i] += segs;
-                    (*c).bytes[i] += parsed.bytes as u64;
-                }
-            }
-            if rule.action == RULE_DROP {
-                ctr.add(C_FILTERED, segs);
-                return true;
-            }
-            return false;
-        }
-        i += 1;
-    }
-    false
-}
-
 /// True for the packets `--sampling N` leaves uncounted: all but one in N, decided by a keyed
 /// hash of what the packet is (addresses, ports, length, IPv4 id or IPv6 flow label, TCP
 /// sequence), so that every hook a packet crosses decides alike and a sampled packet is counted
@@ -609,7 +549,9 @@ fn sampled_out(p: &Parsed) -> bool {
     // SAFETY: a load-time constant.
     let n = unsafe { read_volatile(&DEVOURER_SAMPLING) };
     // SAFETY: a load-time constant.
-    n > 1 && sample_hash(p, unsafe { read_volatile(&DEVOURER_SAMPLING_SEED) }) % n as u64 != 0
+    n > 1
+        && !sample_hash(p, unsafe { read_volatile(&DEVOURER_SAMPLING_SEED) })
+            .is_multiple_of(n as u64)
 }
 
 /// A debug line about a malformed packet, at most once per CPU per second (a flood of bad

@@ -22,7 +22,6 @@
 use std::time::Instant;
 
 use devourer::{
-    config::filter::parse_rule,
     flow::{FlowSource, FlowTable, NoNames, ScanStats, Status, TableConfig},
     kernel::{
         object::{
@@ -164,7 +163,6 @@ fn main() {
     if want("--per-packet") {
         breakdown(&mut loaded, &v4);
         candidates(&mut loaded, &v4);
-        filters(&v4);
     }
 
     if want("--replay-floor") {
@@ -180,36 +178,6 @@ fn main() {
     if want("--scan") {
         scan(&mut loaded);
     }
-}
-
-/// `--filter` at its worst: 16 rules, each with a network and a port condition, none matching
-/// (every rule compares both addresses), beside the same program without rules; interleaved.
-fn filters(v4: &[u8]) {
-    let mut with = LoadOptions::new(false, 1024);
-    with.filters = (0..16)
-        .map(|i| {
-            parse_rule(&format!("drop net 10.{i}.0.0/16 port {}", 1000 + i))
-                .expect("rule")
-                .rule
-        })
-        .collect();
-    let without = LoadOptions::new(false, 1024);
-    let a = loader::load(&with).expect("loading with filters");
-    let b = loader::load(&without).expect("loading without filters");
-    let (fa, fb) = (
-        a.prog_fd(PROG_TC_INGRESS).unwrap(),
-        b.prog_fd(PROG_TC_INGRESS).unwrap(),
-    );
-    let run = |fd: i32| test_run_repeat(fd, v4, &[], REPEAT).expect("test run").1 as f64;
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        x.push(run(fa));
-        y.push(run(fb));
-    }
-    x.sort_by(f64::total_cmp);
-    y.sort_by(f64::total_cmp);
-    report("filters: tc existing flow, no rules", y[1]);
-    report("filters: tc existing flow, 16 rules none matching", x[1]);
 }
 
 /// Runs `NEW_FLOWS` distinct packets once each through `empty` and `prog`, then again through

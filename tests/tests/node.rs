@@ -418,3 +418,90 @@ fn dns_and_http_through_a_service_are_one_record_each_naming_the_backend() {
         );
     }
 }
+
+/// `--filter 'drop port 80'` and a pod's requests to a Service on port 80, DNAT'd to port 8000
+/// outside: the rule decides on the tuple the pod sent, so the conversation leaves no flow or
+/// HTTP record on any interface (the uplink's translated copy, to port 8000, included), and
+/// `filtered` counts each of its packets once. A ping beside it is recorded as usual. Oracle:
+/// tcpdump inside the pod.
+#[test]
+fn a_drop_rule_decides_on_the_tuple_the_client_sent_once_for_every_interface_in_tc_and_xdp_modes() {
+    if !require_root(
+        "a_drop_rule_decides_on_the_tuple_the_client_sent_once_for_every_interface_in_tc_and_xdp_modes",
+    ) {
+        return;
+    }
+    for mode in ["tc", "xdp"] {
+        let tmp = TempDir::new(&format!("node-filter-{mode}"));
+        let n = Node::new(false);
+        n.service(80, 8000);
+        let _outside = start_servers(&n.outside);
+        let (out, log) = (tmp.path("filter.jsonl"), tmp.path("filter.log"));
+        let pcap = tmp.path("filter-pod.pcap");
+        let agent = start_capture(
+            &n.node,
+            &[
+                "--all-interfaces",
+                "--mode",
+                mode,
+                "--filter",
+                "drop port 80",
+                "--http-ports",
+                "80,8000",
+                "--metrics-addr",
+                "off",
+            ],
+            Some(&out),
+            &log,
+        );
+        let dump = tcpdump(&n.pods[0], "eth0", &pcap);
+        n.pods[0].sh(&format!(
+            "ping -q -c 3 -i 0.2 -W 1 {OUTSIDE_IP} >/dev/null
+             curl -sf -o /dev/null http://{SERVICE_IP}:80/
+             curl -sf -o /dev/null http://{SERVICE_IP}:80/"
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+        dump.stop(libc::SIGINT, Duration::from_secs(10));
+        agent.stop(libc::SIGTERM, Duration::from_secs(20));
+        let log = std::fs::read_to_string(&log).unwrap();
+        let recs = records(&std::fs::read(&out).unwrap());
+        let addrs = vec![POD_IPS[0].to_owned(), SERVICE_IP.to_owned()];
+        let (oracle, _) = tshark_sums(&pcap, Some(&addrs));
+        let dropped: u64 = oracle
+            .iter()
+            .filter(|(k, _)| k.sport == 80 || k.dport == 80)
+            .map(|(_, c)| c.packets)
+            .sum();
+        assert!(
+            dropped >= 10,
+            "{mode}: the pod sent two requests: {oracle:?}"
+        );
+        let web = |r: &&Value| {
+            [
+                "src_port",
+                "dst_port",
+                "server_port",
+                "client_port",
+                "xlat_dst_port",
+            ]
+            .iter()
+            .any(|f| r[*f] == 80 || r[*f] == 8000)
+        };
+        let leaked: Vec<&Value> = recs.iter().filter(web).collect();
+        assert!(
+            leaked.is_empty(),
+            "{mode}: the dropped conversation left records: {leaked:#?}\n{log}"
+        );
+        assert_eq!(
+            log_number(&log, "filtered"),
+            Some(dropped),
+            "{mode}: each dropped packet counted once\n{log}"
+        );
+        assert!(
+            recs.iter().any(|r| r["protocol"] == "icmp"
+                && r["src_addr"] == POD_IPS[0]
+                && r["dst_addr"] == OUTSIDE_IP),
+            "{mode}: the ping is recorded\n{log}"
+        );
+    }
+}

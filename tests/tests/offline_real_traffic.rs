@@ -258,8 +258,8 @@ fn flow_start_records_come_once_per_flow_before_its_records_with_zero_counters()
 }
 
 #[test]
-fn kernel_filters_record_exactly_what_their_rules_keep_and_sampling_scales() {
-    if !require_root("kernel_filters_record_exactly_what_their_rules_keep_and_sampling_scales") {
+fn filters_record_exactly_what_their_rules_keep_and_sampling_scales() {
+    if !require_root("filters_record_exactly_what_their_rules_keep_and_sampling_scales") {
         return;
     }
     let tmp = TempDir::new("filters");

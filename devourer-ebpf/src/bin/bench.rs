@@ -59,7 +59,7 @@ mod baselines {
     }
 
     /// ... the agent's program up to a parsed packet (context, counters, scratch, parse,
-    /// filter and sampling checks), never touching the flow map ...
+    /// sampling check), never touching the flow map ...
     #[classifier]
     pub fn devourer_tc_parse(ctx: TcContext) -> i32 {
         tc::<ParseOnly>(&ctx, false);

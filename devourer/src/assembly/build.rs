@@ -259,6 +259,7 @@ pub fn parts(
         agent: p.flow.agent(),
         community_seed: p.flow.community_id_seed,
         sampling: p.flow.sampling,
+        filters: p.flow.filters.iter().map(|r| r.rule).collect(),
         filter_actions: p.flow.filters.iter().map(|r| r.action()).collect(),
         max_interface_names: p.flow.max_interface_names as usize,
         // No packets after detach: its flows are idle by then and out after a scan.

@@ -13,7 +13,6 @@ use std::{io, sync::Arc, time::Instant};
 
 use anyhow::{Context, Result};
 use devourer_common::{
-    filter::FilterCounts,
     flow::{OverflowKey, OverflowValue, REPLAY_SETS},
     payload::PayloadHeader,
 };
@@ -45,10 +44,6 @@ pub trait Kernel {
     /// Empties the wake-up ring; `true` when the program asked for an early eviction.
     fn woken(&mut self) -> bool;
     fn counters(&self) -> io::Result<KernelCounters>;
-    /// What each `--filter` rule matched.
-    fn filter_counts(&self) -> io::Result<FilterCounts> {
-        Ok(FilterCounts::default())
-    }
     /// Takes what the overflow map aggregated since the last call.
     fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>>;
     /// Forwards the program's own log lines, if it logs.
@@ -100,10 +95,6 @@ impl Kernel for Loaded {
 
     fn counters(&self) -> io::Result<KernelCounters> {
         self.counters.read()
-    }
-
-    fn filter_counts(&self) -> io::Result<FilterCounts> {
-        self.filter_counts.filter_counts()
     }
 
     fn take_overflow(&mut self) -> io::Result<Vec<(OverflowKey, OverflowValue)>> {
@@ -239,11 +230,7 @@ impl<K: Kernel> Assembly<K> {
             );
             self.last_map_full = counters.map_full();
         }
-        let filters = self
-            .kernel
-            .filter_counts()
-            .context("reading filter counts")?;
-        self.pipeline.update_metrics(&counters, &filters);
+        self.pipeline.update_metrics(&counters);
         self.pipeline
             .forget_gone_interfaces(std::time::Instant::now());
         Ok(())
@@ -287,6 +274,7 @@ impl<K: Kernel> Assembly<K> {
         }
         kernel.forward_log();
         let counters = kernel.counters().context("reading kernel counters")?;
+        let counters = pipeline.with_filtered(&counters);
         summary::kernel(&counters, pipeline.overflow_totals());
         let (records, dropped) = pipeline.finish(deadline);
         Ok(Finished {

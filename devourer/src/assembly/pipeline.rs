@@ -12,20 +12,24 @@ use std::{
 };
 
 use devourer_common::{
-    filter::FilterCounts,
-    flow::{OverflowKey, OverflowValue},
-    payload::PayloadHeader,
+    filter::FilterRule,
+    flow::{C_FILTERED, FlowKey, KEY_F_IPV6, OverflowKey, OverflowValue},
+    payload::{PAYLOAD_F_IPV6, PayloadHeader},
 };
 use lru::LruCache;
 
 use crate::{
-    base::{par, time::Clock},
+    base::{
+        net::{IPPROTO_TCP, IPPROTO_UDP},
+        par,
+        time::Clock,
+    },
     decode::{
         LogLine,
         dns::{DnsOutput, DnsTracker},
         http::{HttpOutput, HttpTracker},
     },
-    flow::{Emitted, FlowSource, FlowTable, Resolver, ScanStats, Status, Workload},
+    flow::{Emitted, Filters, FlowSource, FlowTable, Resolver, ScanStats, Status, Workload},
     k8s::Cluster,
     kernel::{events::PayloadKind, maps::KernelCounters},
     ops::metrics::Metrics,
@@ -43,6 +47,23 @@ fn interface_name(names: &LruCache<u32, Arc<str>>, default: &Arc<str>, ifindex: 
     names.peek(&ifindex).unwrap_or(default).clone()
 }
 
+/// The flow key of the packet a payload event came from.
+fn packet_key(h: &PayloadHeader) -> FlowKey {
+    FlowKey {
+        src_addr: h.src_addr,
+        dst_addr: h.dst_addr,
+        src_port: h.src_port,
+        dst_port: h.dst_port,
+        proto: h.proto,
+        flags: if h.flags & PAYLOAD_F_IPV6 != 0 {
+            KEY_F_IPV6
+        } else {
+            0
+        },
+        ..FlowKey::default()
+    }
+}
+
 /// What a pipeline is built from (see `assembly::build`).
 pub struct Parts {
     pub table: FlowTable,
@@ -57,7 +78,8 @@ pub struct Parts {
     pub community_seed: u16,
     /// `--sampling` (flow records carry it).
     pub sampling: u32,
-    /// Each `--filter` rule's action, in order (metric labels).
+    /// `--filter`: the rules in order, and each one's action (metric labels).
+    pub filters: Vec<FilterRule>,
     pub filter_actions: Vec<&'static str>,
     /// Interface name for indexes without one (`unknown` live, `pcap` offline).
     pub default_interface: &'static str,
@@ -78,6 +100,8 @@ pub struct Pipeline {
     agent: Arc<str>,
     community_seed: u16,
     sampling: u32,
+    /// `--filter`, decided on each record after the NAT join.
+    filters: Filters,
     filter_actions: Vec<&'static str>,
     default_interface: Arc<str>,
     /// ifindex -> interface name for records; the least recently named go first.
@@ -138,6 +162,7 @@ impl Pipeline {
             agent: p.agent.into(),
             community_seed: p.community_seed,
             sampling: p.sampling,
+            filters: Filters::new(p.filters),
             filter_actions: p.filter_actions,
             default_interface: p.default_interface.into(),
             names: LruCache::new(
@@ -236,15 +261,26 @@ impl Pipeline {
 
     /// Runs one payload event through its tracker; its records wait for [`Pipeline::emit`].
     pub fn payload(&mut self, kind: PayloadKind, h: &PayloadHeader, payload: &[u8]) {
+        // Text lines are per packet, each judged on its own tuple; records are judged at
+        // emission, after the DNAT copies joined (`emit`).
+        let dropped = !self.filters.is_empty() && self.filters.drops(&packet_key(h));
         match kind {
             PayloadKind::Dns => {
                 if let Some(dns) = &mut self.dns {
+                    let lines = self.dns_out.lines.len();
                     dns.on_event(h, payload, &mut self.dns_out);
+                    if dropped {
+                        self.dns_out.lines.truncate(lines);
+                    }
                 }
             }
             PayloadKind::Http => {
                 if let Some(http) = &mut self.http {
+                    let lines = self.http_out.lines.len();
                     http.on_event(h, payload, &mut self.http_out);
+                    if dropped {
+                        self.http_out.lines.truncate(lines);
+                    }
                 }
             }
         }
@@ -301,6 +337,15 @@ impl Pipeline {
         match kind {
             PayloadKind::Dns => {
                 let mut out = std::mem::take(&mut self.dns_out);
+                let filters = &self.filters;
+                out.txs.retain(|t| {
+                    let proto = if t.tcp { IPPROTO_TCP } else { IPPROTO_UDP };
+                    !filters.drops_exchange(
+                        proto,
+                        (t.client, t.client_port),
+                        (t.server, t.server_port),
+                    )
+                });
                 let lines = self.lines(std::mem::take(&mut out.lines));
                 self.send(Records::DnsLog(lines));
                 let mut records = Vec::with_capacity(out.txs.len());
@@ -310,7 +355,15 @@ impl Pipeline {
                 self.send(Records::Dns(Arc::new(records)))
             }
             PayloadKind::Http => {
-                let out = std::mem::take(&mut self.http_out);
+                let mut out = std::mem::take(&mut self.http_out);
+                let filters = &self.filters;
+                out.msgs.retain(|m| {
+                    !filters.drops_exchange(
+                        IPPROTO_TCP,
+                        (m.client, m.client_port),
+                        (m.server, m.server_port),
+                    )
+                });
                 let lines = self.lines(out.lines);
                 self.send(Records::HttpLog(lines));
                 let records = self.build(|cx| {
@@ -327,7 +380,11 @@ impl Pipeline {
     /// Flow records in pieces of at most [`EMIT_PIECE`], each built on up to
     /// `record_threads` threads, so that a flush of every flow never holds all its records
     /// at once.
-    fn emit_flows(&mut self, emitted: &[Emitted]) -> bool {
+    fn emit_flows(&mut self, mut emitted: Vec<Emitted>) -> bool {
+        // `--filter` decides each record on its key: the endpoints its client sent, before
+        // any NAT, whichever interfaces saw which view.
+        let filters = &mut self.filters;
+        emitted.retain(|e| !filters.drops_flow(e));
         let mut open = true;
         for piece in emitted.chunks(EMIT_PIECE) {
             let parts = self.build(|cx| {
@@ -388,7 +445,7 @@ impl Pipeline {
             .scan(src, now, pressure, &mut stats, &mut resolver)?;
         self.scan_stats = stats;
         self.count_traffic();
-        let open = self.emit_flows(&out);
+        let open = self.emit_flows(out);
         if let Some(m) = &self.metrics {
             m.scan_seconds.observe(started.elapsed().as_secs_f64());
         }
@@ -416,7 +473,7 @@ impl Pipeline {
         };
         let out = self.table.flush(src, status, &mut resolver, now)?;
         self.count_traffic();
-        Ok(self.emit_flows(&out) && open)
+        Ok(self.emit_flows(out) && open)
     }
 
     /// Adds what the table read this scan to the per-interface traffic counters.
@@ -445,12 +502,12 @@ impl Pipeline {
     }
 
     /// Copies what the stages counted into the metrics.
-    pub fn update_metrics(&self, kernel: &KernelCounters, filters: &FilterCounts) {
+    pub fn update_metrics(&self, kernel: &KernelCounters) {
         let Some(m) = &self.metrics else {
             return;
         };
-        m.kernel(kernel);
-        m.filters(&self.filter_actions, filters);
+        m.kernel(&self.with_filtered(kernel));
+        m.filters(&self.filter_actions, self.filters.counts());
         m.flows_active.set(self.table.len() as i64);
         m.map_entries.set(self.scan_stats.kernel_entries as i64);
         if let Some(dns) = &self.dns {
@@ -461,6 +518,15 @@ impl Pipeline {
         }
         m.limits(&self.limit_hits());
         m.nat(&self.table.nat_stats());
+    }
+
+    /// The kernel's counters with `filtered` filled in: the packets of the records the
+    /// `--filter` rules dropped (decided here, after the NAT join; the kernel counts them
+    /// like any packet).
+    pub fn with_filtered(&self, kernel: &KernelCounters) -> KernelCounters {
+        let mut k = *kernel;
+        k.0[C_FILTERED as usize] = self.filters.filtered();
+        k
     }
 
     /// What each bound cut so far, by the flag that sets it.

@@ -61,7 +61,6 @@ impl PipelineArgs {
         o.http_cap = self.http.http_cap;
         o.http_ring_bytes = self.http.http_ring_size;
         o.per_interface = self.flow.count_per_interface;
-        o.filters = self.flow.filters.iter().map(|r| r.rule).collect();
         o.sampling = self.flow.sampling;
         // Replay runs the program of its mode alone; live, XDP mode also runs TC (egress, and
         // ingress on bridges), TC mode never XDP.
@@ -141,12 +140,13 @@ pub struct FlowArgs {
     #[arg(long, env = "DEVOURER_CONNTRACK_RETRIES", default_value_t = 3,
           value_parser = clap::value_parser!(u8).range(0..=20))]
     pub conntrack_retries: u8,
-    /// A rule deciding which packets are recorded (repeatable, in order; the first that
+    /// A rule deciding which conversations are recorded (repeatable, in order; the first that
     /// matches decides, no match keeps): `keep` or `drop`, then any of `proto P` (tcp, udp,
     /// icmp, icmpv6), `net CIDR` (either address), `port N` or `port N-M` (either port); at
     /// most 16.
-    /// Evaluated in the kernel; dropped packets are counted per rule, never recorded, and
-    /// still reach the host.
+    /// Decided once per conversation on the tuple its client sent (before NAT); what each
+    /// rule matched is counted, dropped conversations are never recorded and still reach the
+    /// host.
     #[arg(long = "filter", env = "DEVOURER_FILTER", value_delimiter = ';', value_parser = filter::parse_rule)]
     pub filters: Vec<filter::Rule>,
     /// Count one packet in N, at random, in the kernel (flow records carry `sampling`: N, to

@@ -1,5 +1,5 @@
 //! `--filter` rules as written (`keep|drop [proto P] [net CIDR] [port N[-M]]`), parsed into the
-//! form the kernel program evaluates ([`FilterRule`]).
+//! form the flow stage evaluates ([`FilterRule`]).
 
 use std::{fmt, net::IpAddr};
 
@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use super::values::BadValue;
 
-/// One rule, as given and as the kernel takes it.
+/// One rule, as given and as the flow stage evaluates it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub text: String,

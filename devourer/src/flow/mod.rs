@@ -10,6 +10,7 @@
 //! that moment. The next packet creates a fresh entry whose first timestamp is exact.
 
 mod entry;
+mod filter;
 pub mod nat;
 mod store;
 mod table;
@@ -20,6 +21,7 @@ use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP};
 
 pub use self::{
     entry::{MAX_HOOKS, canonical, sum_per_cpu},
+    filter::Filters,
     table::{FlowTable, ScanStats},
 };
 use crate::kernel::maps::KernelFlows;

@@ -575,6 +575,55 @@ fn the_translated_copy_of_a_nat_connection_is_not_a_second_record() {
     assert_eq!((s.lookups, s.translated, s.merged), (2, 2, 1));
 }
 
+/// The filter rules of `text` (`;` between rules).
+fn filters(text: &str) -> Filters {
+    Filters::new(
+        text.split(';')
+            .map(|r| crate::config::filter::parse_rule(r).unwrap().rule)
+            .collect(),
+    )
+}
+
+#[test]
+fn a_drop_rule_on_the_port_the_client_sent_drops_the_joined_record_and_counts_its_packets_once() {
+    let mut t = nat_table();
+    let mut m = FakeMap::new();
+    let (pre, post) = (key(1, 1000, 3, 80, 6), key(7, 1000, 9, 8000, 6));
+    for (i, k) in [pre, post].into_iter().enumerate() {
+        m.packet(0, k, S + i as u64, 60, 0x02, VAL_F_SYN);
+        m.packet(0, rev(k), S + 10 + i as u64, 60, 0x12, 0);
+    }
+    scan(&mut t, &mut m, 2 * S);
+    let out = scan(&mut t, &mut m, 30 * S);
+    assert_eq!(out.len(), 1, "{out:?}");
+    // A rule on the backend's port (after DNAT) does not match what the client sent.
+    let mut after = filters("drop port 8000");
+    assert!(!after.drops_flow(&out[0]));
+    assert_eq!((after.filtered(), after.counts().packets[0]), (0, 0));
+    // The Service's port does, once for both views; a later rule is never reached.
+    let mut f = filters("keep proto udp;drop port 80;drop proto tcp");
+    assert!(f.drops_flow(&out[0]));
+    assert_eq!(f.filtered(), 2, "one SYN and one SYN-ACK, not each view's");
+    assert_eq!(f.counts().packets[..3], [0, 2, 0]);
+    assert_eq!(f.counts().bytes[1], 120);
+}
+
+#[test]
+fn an_exchange_is_judged_on_the_client_and_the_server_it_asked() {
+    let f = filters("keep net 10.0.0.53;drop port 53");
+    let (client, dns) = (
+        ("10.1.0.5".parse().unwrap(), 40000),
+        ("10.96.0.10".parse().unwrap(), 53),
+    );
+    assert!(f.drops_exchange(17, client, dns));
+    assert!(
+        !f.drops_exchange(17, client, ("10.0.0.53".parse().unwrap(), 53)),
+        "the first rule that matches decides"
+    );
+    assert!(!filters("drop proto udp").drops_exchange(6, client, dns));
+    assert!(!Filters::default().drops_exchange(17, client, dns));
+}
+
 #[test]
 fn a_translated_flow_seen_alone_is_recorded_with_its_original_endpoints() {
     let mut t = nat_table();

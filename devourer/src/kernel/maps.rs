@@ -10,12 +10,9 @@ use aya::{
     Pod,
     maps::{Map, MapData},
 };
-use devourer_common::{
-    filter::{FilterCounts, MAX_FILTER_RULES},
-    flow::{
-        C_MAP_FULL, COUNTERS, COUNTERS_LEN, Counter, CounterBlock, FlowKey, FlowValue, OverflowKey,
-        OverflowValue,
-    },
+use devourer_common::flow::{
+    C_MAP_FULL, COUNTERS, COUNTERS_LEN, Counter, CounterBlock, FlowKey, FlowValue, OverflowKey,
+    OverflowValue,
 };
 
 use super::sys as bpf_sys;
@@ -214,7 +211,7 @@ impl KernelCounters {
     }
 }
 
-/// A one-slot per-CPU array read as every CPU's value (the counters, the filter counts).
+/// A one-slot per-CPU array read as every CPU's value (the counters).
 pub struct Counters {
     data: MapData,
     ncpus: usize,
@@ -230,18 +227,6 @@ impl Counters {
             return Ok(Vec::new());
         }
         Ok(buf.chunks_exact(stride).map(read_pod::<T>).collect())
-    }
-
-    /// What each filter rule matched, summed over CPUs.
-    pub fn filter_counts(&self) -> io::Result<FilterCounts> {
-        let mut sum = FilterCounts::default();
-        for c in self.per_cpu::<FilterCounts>()? {
-            for i in 0..MAX_FILTER_RULES {
-                sum.packets[i] += c.packets[i];
-                sum.bytes[i] += c.bytes[i];
-            }
-        }
-        Ok(sum)
     }
 
     pub fn new(map: Map, ncpus: usize) -> io::Result<Self> {

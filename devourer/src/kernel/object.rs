@@ -13,10 +13,7 @@ use aya::{
     util::KernelVersion,
 };
 use devourer_common::{
-    filter::{
-        FILTER_COUNTS_MAP, FilterRule, GLOBAL_FILTER_COUNT, GLOBAL_FILTERS, GLOBAL_SAMPLING,
-        GLOBAL_SAMPLING_SEED, MAX_FILTER_RULES, OFFLINE_SAMPLING_SEED,
-    },
+    filter::{GLOBAL_SAMPLING, GLOBAL_SAMPLING_SEED, OFFLINE_SAMPLING_SEED},
     flow::{
         COUNTERS_MAP, FLOWS_B_MAP, FLOWS_MAP, GLOBAL_ALTERNATE, GLOBAL_HOOK_HORIZON_NS,
         GLOBAL_HOOK_MEMORY, GLOBAL_HOOK_REFRESH_SHIFT, GLOBAL_OFFLINE, GLOBAL_PER_INTERFACE,
@@ -120,8 +117,6 @@ pub struct LoadOptions {
     pub percpu_map_entries: u32,
     /// Count on every interface (the interface in the flow key) instead of once per node.
     pub per_interface: bool,
-    /// `--filter` rules, in order (at most `MAX_FILTER_RULES`).
-    pub filters: Vec<FilterRule>,
     /// `--sampling N` (1: every packet).
     pub sampling: u32,
     /// The key of the hash that picks the packets sampling counts: random per agent, fixed
@@ -149,7 +144,6 @@ impl LoadOptions {
             http_ring_bytes: DEFAULT_HTTP_RING_BYTES,
             percpu_map_entries: 1,
             per_interface: false,
-            filters: Vec::new(),
             sampling: 1,
             sampling_seed: if offline {
                 OFFLINE_SAMPLING_SEED
@@ -172,8 +166,6 @@ pub struct Loaded {
     /// Which set the agent reads: 0 (`flows`, `overflow`) or offline replay's 1.
     pub reading: u32,
     pub counters: Counters,
-    /// What each `--filter` rule matched.
-    pub filter_counts: Counters,
     pub wakeup: RingBuf<MapData>,
     pub dns: RingBuf<MapData>,
     pub http: RingBuf<MapData>,
@@ -270,11 +262,6 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let refresh_shift: u32 = 63 - (opts.hook_horizon_ns / 2).max(2).leading_zeros();
     let alternate_flag: u8 = alternate.into();
     let xdp_load_bytes: u8 = features.xdp_load_bytes.into();
-    let mut filters = [FilterRule::default(); MAX_FILTER_RULES];
-    for (slot, rule) in filters.iter_mut().zip(&opts.filters) {
-        *slot = *rule;
-    }
-    let filter_count = opts.filters.len().min(MAX_FILTER_RULES) as u32;
     // Only offline replay, and live counting that alternates, count in the other map sets.
     let (second_entries, second_overflow) = if opts.offline || alternate {
         (opts.flow_map_entries, OVERFLOW_MAP_ENTRIES)
@@ -282,8 +269,6 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         (1, 1)
     };
     let mut ebpf = EbpfLoader::new()
-        .override_global(GLOBAL_FILTERS, &filters, true)
-        .override_global(GLOBAL_FILTER_COUNT, &filter_count, true)
         .override_global(GLOBAL_SAMPLING, &opts.sampling, true)
         .override_global(GLOBAL_SAMPLING_SEED, &opts.sampling_seed, true)
         .override_global(GLOBAL_OFFLINE, &offline, true)
@@ -354,8 +339,6 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let overflow_b = hash_reader(&mut ebpf, OVERFLOW_B_MAP, ncpus, second_overflow)?;
     let counters = Counters::new(take(&mut ebpf, COUNTERS_MAP)?, ncpus)
         .map_err(|e| LoadError::Map(COUNTERS_MAP, e))?;
-    let filter_counts = Counters::new(take(&mut ebpf, FILTER_COUNTS_MAP)?, ncpus)
-        .map_err(|e| LoadError::Map(FILTER_COUNTS_MAP, e))?;
     let wakeup = RingBuf::try_from(take(&mut ebpf, WAKEUP_RING)?).map_err(classify)?;
     let dns = RingBuf::try_from(take(&mut ebpf, DNS_RING)?).map_err(classify)?;
     let http = RingBuf::try_from(take(&mut ebpf, HTTP_RING)?).map_err(classify)?;
@@ -380,7 +363,6 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         overflow_b,
         reading: 0,
         counters,
-        filter_counts,
         wakeup,
         dns,
         http,

@@ -83,29 +83,6 @@ pub fn run() -> Result<Vec<Row>> {
     }
     rows.extend(breakdown(&lines)?);
     rows.extend(candidates(&lines)?);
-    let none = case(&lines, "filters: tc existing flow, no rules", "ns")?;
-    rows.push(row(
-        "filters: tc existing flow, no rules",
-        none,
-        "ns/pkt",
-        None,
-        "baseline: the agent's program without --filter, median of three interleaved rounds",
-    ));
-    let sixteen = case(
-        &lines,
-        "filters: tc existing flow, 16 rules none matching",
-        "ns",
-    )?;
-    rows.push(row(
-        "filters: tc existing flow, 16 rules none matching",
-        sixteen,
-        "ns/pkt",
-        Some(("filters: tc existing flow, no rules", none)),
-        &format!(
-            "{:+.0} ns for the most rules, every one compared in full",
-            sixteen - none
-        ),
-    ));
     Ok(rows)
 }
 
