@@ -529,7 +529,7 @@ impl Pipeline {
         k
     }
 
-    /// What each bound cut so far, by the flag that sets it.
+    /// What each bound cut so far, by the flag that sets it (or the constant, `http_max_held`).
     pub fn limit_hits(&self) -> Vec<(&'static str, u64)> {
         let mut hits = vec![("max_flows", self.table.table_full())];
         if let Some(dns) = &self.dns {
@@ -543,7 +543,10 @@ impl Pipeline {
             ]);
         }
         if let Some(http) = &self.http {
-            hits.push(("http_max_pending", http.stats.evicted));
+            hits.extend([
+                ("http_max_pending", http.stats.evicted),
+                ("http_max_held", http.stats.released_early),
+            ]);
         }
         hits
     }

@@ -371,7 +371,7 @@ impl Metrics {
             ),
             limit_hits: r.counters(
                 "devourer_limit_hits_total",
-                "What a configured bound cut, by the flag that sets it (max_flows: flows emitted early as table_full; dns_max_pending: queries ended as lost; dns_max_tcp_streams, dns_tcp_max_bytes, dns_tcp_idle_timeout: DNS-over-TCP connections forgotten; dns_tcp_max_message: messages kept in part; http_max_pending: requests forgotten).",
+                "What a configured bound cut, by the flag that sets it (max_flows: flows emitted early as table_full; dns_max_pending: queries ended as lost; dns_max_tcp_streams, dns_tcp_max_bytes, dns_tcp_idle_timeout: DNS-over-TCP connections forgotten; dns_tcp_max_message: messages kept in part; http_max_pending: requests forgotten; http_max_held: requests emitted before their wait for a DNAT copy ended, past 4096 held).",
                 &["limit"],
             ),
             conntrack_lookups: r.counters(

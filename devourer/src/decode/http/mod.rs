@@ -82,6 +82,9 @@ pub struct HttpStats {
     pub not_http: HashMap<&'static str, u64>,
     /// Messages of a connection a DNAT copied: in their original's record.
     pub xlat_copies: u64,
+    /// Requests emitted before their wait for a DNAT copy ended, to hold no more than
+    /// [`MAX_HELD`] (a copy arriving later is a record of its own).
+    pub released_early: u64,
 }
 
 #[derive(Debug, Default)]
@@ -265,6 +268,7 @@ impl HttpTracker {
             return;
         }
         if self.held.len() >= MAX_HELD {
+            self.stats.released_early += 1;
             self.release_at(0, out);
         }
         self.held.push_back((key, msg));

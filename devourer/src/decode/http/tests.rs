@@ -335,3 +335,32 @@ fn a_request_through_a_dnat_is_one_record_naming_its_backend() {
     t.expire(5_000_000_000 + XLAT_JOIN_NS, &mut out);
     assert_eq!((out.msgs.len(), out.msgs[4].xlat), (5, None));
 }
+
+#[test]
+fn requests_held_for_a_dnat_copy_are_bounded_and_those_sent_early_are_counted() {
+    let mut t = HttpTracker::new(
+        HttpConfig {
+            timeout_ns: 30_000_000_000,
+            max_connections: 2 * MAX_HELD,
+            max_pending_bytes: 1 << 24,
+            text_log: false,
+        },
+        LocalAddrs::new(Vec::new()),
+    );
+    let mut out = HttpOutput::default();
+    for i in 0..MAX_HELD as u16 + 10 {
+        t.on_event(
+            &seg(1_000 + u64::from(i), (CLIENT, 10_000 + i), (SERVER, 80)),
+            b"GET / HTTP/1.1\r\n\r\n",
+            &mut out,
+        );
+    }
+    assert_eq!(out.msgs.len(), 10, "the oldest go out at once");
+    assert_eq!(out.msgs[0].client_port, 10_000);
+    assert_eq!(t.stats.released_early, 10);
+    t.expire(
+        1_000 + XLAT_JOIN_NS + u64::from(MAX_HELD as u16 + 10),
+        &mut out,
+    );
+    assert_eq!(out.msgs.len(), MAX_HELD + 10, "the rest after their wait");
+}
