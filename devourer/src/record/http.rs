@@ -1,21 +1,21 @@
 //! HTTP request and response records (`type: "http"`, packetlog httplog fields).
 
-use serde::Serialize;
-
-use super::{ExchangeHead, RecordContext, id::http_id};
+use super::{
+    ExchangeHead, RecordContext,
+    fields::{Fields, Record},
+    id::http_id,
+};
 use crate::{
     base::net::IPPROTO_TCP,
     decode::http::{HttpMsg, message::Message},
 };
 
 /// An HTTP request or response (`type: "http"`, packetlog httplog fields).
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HttpRecord {
-    #[serde(flatten)]
     pub head: ExchangeHead,
     pub role: &'static str,
-    /// `request` or `response`.
-    #[serde(rename = "kind")]
+    /// `request` or `response` (the `kind` field).
     pub message: &'static str,
     /// Requests: theirs; responses: the matched request's.
     pub method: Option<String>,
@@ -31,6 +31,25 @@ pub struct HttpRecord {
     pub latency: Option<f64>,
     /// Fields cut short by the segment's end, the capture cap or the length limits.
     pub truncated: Vec<&'static str>,
+}
+
+impl Record for HttpRecord {
+    fn fields<F: Fields>(&self, o: &mut F) {
+        self.head.fields(o);
+        o.str("role", self.role);
+        o.str("kind", self.message);
+        o.opt_str("method", self.method.as_deref());
+        o.opt_str("target", self.target.as_deref());
+        o.opt_str("version", self.version.as_deref());
+        o.opt_str("host", self.host.as_deref());
+        o.opt_str("user_agent", self.user_agent.as_deref());
+        o.opt_uint("status_code", self.status_code.map(u64::from));
+        o.opt_str("reason", self.reason.as_deref());
+        o.opt_uint("content_length", self.content_length);
+        o.opt_str("content_type", self.content_type.as_deref());
+        o.float("latency", self.latency);
+        o.strs("truncated", &self.truncated);
+    }
 }
 
 impl HttpRecord {

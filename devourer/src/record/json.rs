@@ -1,7 +1,9 @@
-//! Hand-written JSON for the records written most (flows and DNS transactions): byte for byte
-//! what serde_json writes for them (tested against it), without its per-byte escaping of every
-//! key and the map machinery `#[serde(flatten)]` brings. Keys are static and need no escaping;
+//! The records' JSON encoding ([`Fields`] for a JSON object): what serde_json would write for
+//! the same fields (strings escaped exactly as it escapes them, tested), without its per-byte
+//! escaping of every key and its map machinery. Keys are static and need no escaping;
 //! string values take a fast path when they need none and serde_json's escaping otherwise.
+
+use super::fields::{Fields, Nested, Record};
 
 /// A JSON object being written to `out`.
 pub struct Object<'a> {
@@ -40,14 +42,28 @@ impl<'a> Object<'a> {
         self.out.extend_from_slice(json.as_bytes());
     }
 
+    /// Appends `r` as one JSON object.
+    #[inline]
+    pub fn write<R: Record>(r: &R, out: &mut Vec<u8>) {
+        let mut o = Object::open(out);
+        r.fields(&mut o);
+        o.close();
+    }
+
+    pub fn close(self) {
+        self.out.push(b'}');
+    }
+}
+
+impl Fields for Object<'_> {
     #[inline(always)]
-    pub fn str(&mut self, key: &'static str, value: &str) {
+    fn str(&mut self, key: &'static str, value: &str) {
         self.key(key);
         string(self.out, value);
     }
 
     #[inline(always)]
-    pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) {
+    fn opt_str(&mut self, key: &'static str, value: Option<&str>) {
         self.key(key);
         match value {
             Some(v) => string(self.out, v),
@@ -56,14 +72,14 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub fn uint<I: itoa::Integer>(&mut self, key: &'static str, value: I) {
+    fn uint(&mut self, key: &'static str, value: u64) {
         self.key(key);
         self.out
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     #[inline(always)]
-    pub fn opt_uint<I: itoa::Integer>(&mut self, key: &'static str, value: Option<I>) {
+    fn opt_uint(&mut self, key: &'static str, value: Option<u64>) {
         match value {
             Some(v) => self.uint(key, v),
             None => {
@@ -74,54 +90,50 @@ impl<'a> Object<'a> {
     }
 
     #[inline(always)]
-    pub fn bool(&mut self, key: &'static str, value: bool) {
+    fn time(&mut self, key: &'static str, value: &str) {
+        self.str(key, value);
+    }
+
+    /// serde_json's float formatting, `null` for what JSON cannot hold.
+    fn float(&mut self, key: &'static str, value: Option<f64>) {
+        self.key(key);
+        serde_json::to_writer(&mut *self.out, &value).expect("a number serialises");
+    }
+
+    #[inline(always)]
+    fn bool(&mut self, key: &'static str, value: bool) {
         self.key(key);
         self.out
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
-    /// A number other than an integer: written by serde_json (its float formatting, `null`
-    /// for what JSON cannot hold).
-    pub fn number<T: serde::Serialize>(&mut self, key: &'static str, value: &T) {
-        self.key(key);
-        serde_json::to_writer(&mut *self.out, value).expect("a number serialises");
-    }
-
-    /// An array of strings.
-    pub fn strs(&mut self, key: &'static str, items: &[String]) {
+    fn strs<S: AsRef<str>>(&mut self, key: &'static str, items: &[S]) {
         self.key(key);
         self.out.push(b'[');
         for (i, item) in items.iter().enumerate() {
             if i > 0 {
                 self.out.push(b',');
             }
-            string(self.out, item);
+            string(self.out, item.as_ref());
         }
         self.out.push(b']');
     }
 
-    /// An array of objects, each written by `each`.
-    pub fn objects<T>(
-        &mut self,
-        key: &'static str,
-        items: &[T],
-        each: impl Fn(&mut Object<'_>, &T),
-    ) {
+    fn objects<T: Nested>(&mut self, key: &'static str, items: &[T]) {
         self.key(key);
         self.out.push(b'[');
         for (i, item) in items.iter().enumerate() {
             if i > 0 {
                 self.out.push(b',');
             }
-            let mut o = Object::open(self.out);
-            each(&mut o, item);
-            o.close();
+            Object::write(item, self.out);
         }
         self.out.push(b']');
     }
 
-    pub fn close(self) {
-        self.out.push(b'}');
+    #[inline(always)]
+    fn nulls(&mut self, _keys: &[&'static str], json: &'static str) {
+        self.fields(json);
     }
 }
 
@@ -158,18 +170,6 @@ fn needs_escape(b: &[u8]) -> bool {
         .remainder()
         .iter()
         .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
-}
-
-/// Test helper: `write` gives exactly serde_json's bytes for `record`.
-#[cfg(test)]
-pub fn assert_same_as_serde<T: serde::Serialize>(record: &T, write: impl Fn(&T, &mut Vec<u8>)) {
-    let mut ours = Vec::new();
-    write(record, &mut ours);
-    let theirs = serde_json::to_vec(record).expect("serialises");
-    assert_eq!(
-        String::from_utf8(ours).expect("UTF-8"),
-        String::from_utf8(theirs).expect("UTF-8")
-    );
 }
 
 #[cfg(test)]

@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use serde::{Serialize, ser::SerializeMap};
-
-use super::json::Object;
+use super::fields::{Fields, Record};
 use crate::flow::Workload;
 
 /// One side's field names, in column order.
@@ -56,7 +54,7 @@ pub const FLOW_SIDES: [Side; 2] = [side!("src"), side!("dst")];
 /// The fields of DNS and HTTP records.
 pub const EXCHANGE_SIDES: [Side; 2] = [side!("client"), side!("server")];
 
-/// Both sides' Kubernetes objects, written flat into the record (`#[serde(flatten)]`).
+/// Both sides' Kubernetes objects, written flat into the record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct K8sFields {
     keys: &'static [Side; 2],
@@ -97,22 +95,14 @@ impl XlatK8s {
     fn entries(&self) -> impl Iterator<Item = (&'static str, Option<&str>)> {
         XLAT_KEYS.into_iter().zip(values(self.0.as_deref()))
     }
+}
 
-    /// Writes the five fields into a record's JSON object, as serde's flatten does.
-    pub fn write_json(&self, o: &mut Object<'_>) {
+/// The five fields, flat in their record.
+impl Record for XlatK8s {
+    fn fields<F: Fields>(&self, o: &mut F) {
         for (k, v) in self.entries() {
             o.opt_str(k, v);
         }
-    }
-}
-
-impl Serialize for XlatK8s {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(XLAT_KEYS.len()))?;
-        for (k, v) in self.entries() {
-            map.serialize_entry(k, &v)?;
-        }
-        map.end()
     }
 }
 
@@ -128,20 +118,12 @@ fn values(w: Option<&Workload>) -> [Option<&str>; 6] {
     ]
 }
 
-impl K8sFields {
-    /// The twelve fields in column order, each with its value (`None`: unknown).
-    fn entries(&self) -> impl Iterator<Item = (&'static str, Option<&str>)> {
-        self.keys
-            .iter()
-            .zip(&self.sides)
-            .flat_map(|(names, side)| names.keys.iter().copied().zip(values(side.as_deref())))
-    }
-
-    /// Writes the twelve fields into a record's JSON object, as serde's flatten does.
-    pub fn write_json(&self, o: &mut Object<'_>) {
+/// The twelve fields, flat in their record; a side with nothing known at once.
+impl Record for K8sFields {
+    fn fields<F: Fields>(&self, o: &mut F) {
         for (names, side) in self.keys.iter().zip(&self.sides) {
             match side.as_deref() {
-                None => o.fields(names.nulls),
+                None => o.nulls(&names.keys, names.nulls),
                 w => {
                     for (k, v) in names.keys.iter().zip(values(w)) {
                         o.opt_str(k, v);
@@ -152,19 +134,10 @@ impl K8sFields {
     }
 }
 
-impl Serialize for K8sFields {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(12))?;
-        for (k, v) in self.entries() {
-            map.serialize_entry(k, &v)?;
-        }
-        map.end()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::json::Object;
 
     #[test]
     fn both_sides_are_written_flat_with_nulls_where_unknown() {
@@ -176,18 +149,23 @@ mod tests {
             node: Some("node-1".into()),
             service: Some("web".into()),
         };
-        let v = serde_json::to_value(K8sFields::flow(Some(Arc::new(pod)), None)).unwrap();
+        let json = |f: &K8sFields| {
+            let mut out = Vec::new();
+            Object::write(f, &mut out);
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()
+        };
+        let v = json(&K8sFields::flow(Some(Arc::new(pod)), None));
         assert_eq!(v["src_k8s_namespace"], "shop");
         assert_eq!(v["src_k8s_owner_kind"], "Deployment");
         assert_eq!(v["src_k8s_service"], "web");
         assert!(v["dst_k8s_pod"].is_null());
         assert_eq!(v.as_object().unwrap().len(), 12);
-        let v = serde_json::to_value(K8sFields::exchange(None, None)).unwrap();
+        let v = json(&K8sFields::exchange(None, None));
         assert!(v["client_k8s_node"].is_null() && v["server_k8s_owner"].is_null());
     }
 
     #[test]
-    fn the_written_fields_are_serdes_bytes_known_or_not() {
+    fn every_encoding_holds_the_same_fields_known_or_not() {
         let pod = || {
             Arc::new(Workload {
                 namespace: Some("a\"b".into()),
@@ -203,14 +181,9 @@ mod tests {
                 K8sFields::flow(a.clone(), b.clone()),
                 K8sFields::exchange(a.clone(), b.clone()),
             ] {
-                let mut out = Vec::new();
-                let mut o = Object::open(&mut out);
-                f.write_json(&mut o);
-                o.close();
-                assert_eq!(
-                    String::from_utf8(out).unwrap(),
-                    serde_json::to_string(&f).unwrap()
-                );
+                // JSON writes unknown sides at once, msgpack field by field.
+                crate::record::fields::tests::assert_encodings_agree(&f);
+                crate::record::fields::tests::assert_encodings_agree(&XlatK8s(a.clone()));
             }
         }
     }

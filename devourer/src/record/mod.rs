@@ -4,6 +4,7 @@
 
 pub mod community;
 pub mod dns;
+pub mod fields;
 pub mod flow;
 pub mod http;
 pub mod id;
@@ -13,10 +14,12 @@ pub mod overflow;
 
 use std::{net::IpAddr, sync::Arc};
 
-use serde::Serialize;
-
-use self::id::RecordId;
 pub use self::{dns::DnsRecord, flow::FlowRecord, http::HttpRecord, overflow::OverflowRecord};
+use self::{
+    fields::{Fields, Record},
+    id::RecordId,
+    json::Object,
+};
 use crate::{
     base::{
         inline::AddrText,
@@ -41,9 +44,8 @@ pub struct RecordContext<'a> {
 }
 
 /// The fields DNS and HTTP records open with: which exchange, seen where and when.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExchangeHead {
-    #[serde(rename = "type")]
     pub kind: &'static str,
     pub id: RecordId,
     pub agent: Arc<str>,
@@ -56,13 +58,11 @@ pub struct ExchangeHead {
     /// Community ID v1 of the connection ([`community`]).
     pub community_id: community::CommunityId,
     /// `client_k8s_*`/`server_k8s_*`: the Kubernetes objects of both ends.
-    #[serde(flatten)]
     pub k8s: k8s::K8sFields,
     /// Where a DNAT sent the exchange (a Service's backend; `server` is what the client
     /// asked for), else null; `xlat_server_k8s_*`: its Kubernetes object.
     pub xlat_server: Option<AddrText>,
     pub xlat_server_port: Option<u16>,
-    #[serde(flatten)]
     pub xlat_k8s: k8s::XlatK8s,
 }
 
@@ -106,22 +106,44 @@ impl ExchangeHead {
         }
     }
 
-    /// Writes the head's fields into a record's JSON object, as serde's flatten does.
-    pub fn write_json(&self, o: &mut json::Object<'_>) {
+    /// A head of no exchange (`kind` records' columns are read from it).
+    pub fn sample(kind: &'static str) -> Self {
+        Self {
+            kind,
+            id: Default::default(),
+            agent: "".into(),
+            interface: "".into(),
+            time: Default::default(),
+            client: Default::default(),
+            client_port: 0,
+            server: Default::default(),
+            server_port: 0,
+            community_id: Default::default(),
+            k8s: k8s::K8sFields::exchange(None, None),
+            xlat_server: None,
+            xlat_server_port: None,
+            xlat_k8s: Default::default(),
+        }
+    }
+}
+
+/// The head's fields, first in its record.
+impl Record for ExchangeHead {
+    fn fields<F: Fields>(&self, o: &mut F) {
         o.str("type", self.kind);
         o.str("id", &self.id);
         o.str("agent", &self.agent);
         o.str("interface", &self.interface);
-        o.str("time", &self.time);
+        o.time("time", &self.time);
         o.str("client", &self.client);
-        o.uint("client_port", self.client_port);
+        o.uint("client_port", self.client_port.into());
         o.str("server", &self.server);
-        o.uint("server_port", self.server_port);
+        o.uint("server_port", self.server_port.into());
         o.str("community_id", &self.community_id);
-        self.k8s.write_json(o);
+        self.k8s.fields(o);
         o.opt_str("xlat_server", self.xlat_server.as_deref());
-        o.opt_uint("xlat_server_port", self.xlat_server_port);
-        self.xlat_k8s.write_json(o);
+        o.opt_uint("xlat_server_port", self.xlat_server_port.map(u64::from));
+        self.xlat_k8s.fields(o);
     }
 }
 
@@ -330,43 +352,67 @@ impl<'a> Batch<'a> {
         self.len() == 0
     }
 
-    /// The records as JSON values (text lines have no JSON form and give none).
-    pub fn json_values(&self) -> Vec<serde_json::Value> {
-        fn values<T: serde::Serialize>(records: &[T]) -> Vec<serde_json::Value> {
-            records
-                .iter()
-                .map(|r| serde_json::to_value(r).expect("records serialise"))
-                .collect()
+    /// Walks each record's fields with `e` (text lines have no fields
+    /// and give none); returns how many records it walked.
+    pub fn encode<E: Encoder>(&self, e: &mut E) -> usize {
+        fn all<T: Record, E: Encoder>(records: &[T], e: &mut E) -> usize {
+            for r in records {
+                e.record(r);
+            }
+            records.len()
         }
         match self {
-            Self::Flow(r) => values(r),
-            Self::Overflow(r) => values(r),
-            Self::Dns(r) => values(r),
-            Self::Http(r) => values(r),
-            Self::DnsLog(_) | Self::HttpLog(_) => Vec::new(),
+            Self::Flow(r) => all(r, e),
+            Self::Overflow(r) => all(r, e),
+            Self::Dns(r) => all(r, e),
+            Self::Http(r) => all(r, e),
+            Self::DnsLog(_) | Self::HttpLog(_) => 0,
         }
     }
 
     /// Appends the records as JSON lines (text lines have no JSON form and add nothing);
     /// returns how many were written.
     pub fn write_json(&self, out: &mut Vec<u8>) -> usize {
-        /// One line per record, each written by `write` (flows and DNS by hand, see [`json`]).
-        fn lines<T>(records: &[T], out: &mut Vec<u8>, write: fn(&T, &mut Vec<u8>)) -> usize {
-            for r in records {
-                write(r, out);
-                out.push(b'\n');
-            }
-            records.len()
-        }
-        fn serde_lines<T: serde::Serialize>(r: &T, out: &mut Vec<u8>) {
-            serde_json::to_writer(out, r).expect("records serialise");
-        }
-        match self {
-            Self::Flow(r) => lines(r, out, FlowRecord::write_json),
-            Self::Overflow(r) => lines(r, out, serde_lines),
-            Self::Dns(r) => lines(r, out, DnsRecord::write_json),
-            Self::Http(r) => lines(r, out, serde_lines),
-            Self::DnsLog(_) | Self::HttpLog(_) => 0,
-        }
+        self.encode(&mut JsonLines(out))
+    }
+}
+
+/// What turns a batch's records into bytes, one at a time ([`Batch::encode`]).
+pub trait Encoder {
+    fn record<R: Record>(&mut self, r: &R);
+}
+
+/// JSON lines.
+pub struct JsonLines<'a>(pub &'a mut Vec<u8>);
+
+impl Encoder for JsonLines<'_> {
+    #[inline]
+    fn record<R: Record>(&mut self, r: &R) {
+        Object::write(r, self.0);
+        self.0.push(b'\n');
+    }
+}
+
+/// JSON lines without the `type` field (BigQuery rows: the table is the type).
+pub struct RowLines<'a>(pub &'a mut Vec<u8>);
+
+impl Encoder for RowLines<'_> {
+    fn record<R: Record>(&mut self, r: &R) {
+        let mut o = Object::open(self.0);
+        r.fields(&mut fields::Without {
+            inner: &mut o,
+            key: "type",
+        });
+        o.close();
+        self.0.push(b'\n');
+    }
+}
+
+/// msgpack maps, one after another.
+pub struct MsgpackMaps<'a>(pub &'a mut Vec<u8>);
+
+impl Encoder for MsgpackMaps<'_> {
+    fn record<R: Record>(&mut self, r: &R) {
+        fields::Msgpack::write(r, self.0);
     }
 }

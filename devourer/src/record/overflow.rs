@@ -5,18 +5,20 @@
 use std::sync::Arc;
 
 use devourer_common::flow::{OverflowKey, OverflowValue};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{RecordContext, id::hex16};
+use super::{
+    RecordContext,
+    fields::{Fields, Record},
+    id::hex16,
+};
 use crate::base::{
     net::protocol_name,
     time::{Timestamp, rfc3339},
 };
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverflowRecord {
-    #[serde(rename = "type")]
     pub kind: &'static str,
     pub id: super::id::RecordId,
     pub agent: Arc<str>,
@@ -28,7 +30,34 @@ pub struct OverflowRecord {
     pub bytes: u64,
 }
 
+impl Record for OverflowRecord {
+    fn fields<F: Fields>(&self, o: &mut F) {
+        o.str("type", self.kind);
+        o.str("id", &self.id);
+        o.str("agent", &self.agent);
+        o.str("interface", &self.interface);
+        o.str("protocol", &self.protocol);
+        o.time("time", &self.time);
+        o.uint("packets", self.packets);
+        o.uint("bytes", self.bytes);
+    }
+}
+
 impl OverflowRecord {
+    /// A record of nothing: what the columns of every overflow record are read from.
+    pub fn sample() -> Self {
+        Self {
+            kind: "overflow",
+            id: Default::default(),
+            agent: "".into(),
+            interface: "".into(),
+            protocol: "udp".into(),
+            time: Default::default(),
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
     /// The record of what `k` aggregated until the scan at `now_ns` (program clock).
     pub fn new(k: &OverflowKey, v: &OverflowValue, now_ns: u64, cx: &RecordContext<'_>) -> Self {
         let mut h = Sha256::new();

@@ -215,10 +215,19 @@ mod tests {
             pieces.iter().map(Batch::len).collect::<Vec<_>>(),
             [CHUNK, CHUNK, 5]
         );
-        let ids: Vec<String> = pieces
-            .iter()
-            .flat_map(|b| b.json_values())
-            .map(|v| v["id"].as_str().unwrap().to_owned())
+        let mut lines = Vec::new();
+        for b in &pieces {
+            b.write_json(&mut lines);
+        }
+        let ids: Vec<String> = lines
+            .split(|&c| c == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_slice::<serde_json::Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
         assert_eq!(
             ids,

@@ -25,7 +25,7 @@ use super::{
     Sink, SinkReport, Status,
     spool::{Limits, Spool, rejects::Rejects},
 };
-use crate::record::{Batch, Kind};
+use crate::record::{Batch, Kind, RowLines};
 
 /// Where and how to stream.
 #[derive(Clone, Debug)]
@@ -224,16 +224,8 @@ impl BqSink {
         if batch.is_empty() {
             return;
         }
-        let values = batch.json_values();
-        let n = values.len() as u64;
-        let mut lines = Vec::with_capacity(values.len() * 400);
-        for mut v in values {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("type");
-            }
-            serde_json::to_writer(&mut lines, &v).expect("values serialise");
-            lines.push(b'\n');
-        }
+        let mut lines = Vec::with_capacity(batch.len() * 400);
+        let n = batch.encode(&mut RowLines(&mut lines)) as u64;
         match self.spool.append(kind.spool_name(), &lines) {
             Ok(true) => BqStats::add(&self.stats.rows_spooled, n),
             Ok(false) => {

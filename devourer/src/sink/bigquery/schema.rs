@@ -8,6 +8,11 @@ use gcp_bigquery_client::model::{
     time_partitioning::TimePartitioning,
 };
 
+use crate::record::{
+    DnsRecord, FlowRecord, OverflowRecord,
+    fields::{Column, Columns, Type},
+};
+
 /// Which records a table holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TableKind {
@@ -33,145 +38,40 @@ impl TableKind {
     }
 }
 
-/// (column, type, repeated) in record order.
-pub fn columns(kind: TableKind) -> &'static [(&'static str, &'static str, bool)] {
-    match kind {
-        TableKind::Flow => &[
-            ("id", "STRING", false),
-            ("seq", "INTEGER", false),
-            ("agent", "STRING", false),
-            ("interface", "STRING", false),
-            ("protocol", "STRING", false),
-            ("src_addr", "STRING", false),
-            ("dst_addr", "STRING", false),
-            ("src_port", "INTEGER", false),
-            ("dst_port", "INTEGER", false),
-            ("icmp_type", "INTEGER", false),
-            ("icmp_code", "INTEGER", false),
-            ("vlan", "INTEGER", false),
-            ("first_seen_at", "TIMESTAMP", false),
-            ("last_seen_at", "TIMESTAMP", false),
-            ("src_bytes", "INTEGER", false),
-            ("dst_bytes", "INTEGER", false),
-            ("src_packets", "INTEGER", false),
-            ("dst_packets", "INTEGER", false),
-            ("status", "STRING", false),
-            ("src_name", "STRING", false),
-            ("dst_name", "STRING", false),
-            ("tcp_flags", "INTEGER", false),
-            ("interfaces", "RECORD", true),
-            ("community_id", "STRING", false),
-            ("sampling", "INTEGER", false),
-            ("xlat_src_addr", "STRING", false),
-            ("xlat_src_port", "INTEGER", false),
-            ("xlat_dst_addr", "STRING", false),
-            ("xlat_dst_port", "INTEGER", false),
-            ("tunnel", "STRING", false),
-            ("src_k8s_namespace", "STRING", false),
-            ("src_k8s_pod", "STRING", false),
-            ("src_k8s_owner_kind", "STRING", false),
-            ("src_k8s_owner", "STRING", false),
-            ("src_k8s_node", "STRING", false),
-            ("src_k8s_service", "STRING", false),
-            ("dst_k8s_namespace", "STRING", false),
-            ("dst_k8s_pod", "STRING", false),
-            ("dst_k8s_owner_kind", "STRING", false),
-            ("dst_k8s_owner", "STRING", false),
-            ("dst_k8s_node", "STRING", false),
-            ("dst_k8s_service", "STRING", false),
-        ],
-        TableKind::Dns => &[
-            ("id", "STRING", false),
-            ("agent", "STRING", false),
-            ("interface", "STRING", false),
-            ("time", "TIMESTAMP", false),
-            ("client", "STRING", false),
-            ("client_port", "INTEGER", false),
-            ("server", "STRING", false),
-            ("server_port", "INTEGER", false),
-            ("community_id", "STRING", false),
-            ("client_k8s_namespace", "STRING", false),
-            ("client_k8s_pod", "STRING", false),
-            ("client_k8s_owner_kind", "STRING", false),
-            ("client_k8s_owner", "STRING", false),
-            ("client_k8s_node", "STRING", false),
-            ("client_k8s_service", "STRING", false),
-            ("server_k8s_namespace", "STRING", false),
-            ("server_k8s_pod", "STRING", false),
-            ("server_k8s_owner_kind", "STRING", false),
-            ("server_k8s_owner", "STRING", false),
-            ("server_k8s_node", "STRING", false),
-            ("server_k8s_service", "STRING", false),
-            ("xlat_server", "STRING", false),
-            ("xlat_server_port", "INTEGER", false),
-            ("xlat_server_k8s_namespace", "STRING", false),
-            ("xlat_server_k8s_pod", "STRING", false),
-            ("xlat_server_k8s_owner_kind", "STRING", false),
-            ("xlat_server_k8s_owner", "STRING", false),
-            ("xlat_server_k8s_node", "STRING", false),
-            ("transport", "STRING", false),
-            ("msg_id", "INTEGER", false),
-            ("q_name", "STRING", false),
-            ("q_type", "STRING", false),
-            ("q_class", "STRING", false),
-            ("rcode", "STRING", false),
-            ("answers", "STRING", true),
-            ("latency", "FLOAT", false),
-            ("status", "STRING", false),
-            ("role", "STRING", false),
-            ("cut", "BOOLEAN", false),
-        ],
-        TableKind::Overflow => &[
-            ("id", "STRING", false),
-            ("agent", "STRING", false),
-            ("interface", "STRING", false),
-            ("protocol", "STRING", false),
-            ("time", "TIMESTAMP", false),
-            ("packets", "INTEGER", false),
-            ("bytes", "INTEGER", false),
-        ],
-    }
+/// The table's columns in record order: its records' fields ([`crate::record::fields`])
+/// without `type` (the table is the type).
+pub fn columns(kind: TableKind) -> Vec<Column> {
+    let all = match kind {
+        TableKind::Flow => Columns::of(&FlowRecord::sample()),
+        TableKind::Dns => Columns::of(&DnsRecord::sample()),
+        TableKind::Overflow => Columns::of(&OverflowRecord::sample()),
+    };
+    all.into_iter().filter(|c| c.name != "type").collect()
 }
 
-fn field_type(t: &str) -> FieldType {
+fn field_type(t: Type) -> FieldType {
     match t {
-        "INTEGER" => FieldType::Integer,
-        "TIMESTAMP" => FieldType::Timestamp,
-        "FLOAT" => FieldType::Float,
-        "BOOLEAN" => FieldType::Boolean,
-        "RECORD" => FieldType::Record,
-        _ => FieldType::String,
+        Type::String => FieldType::String,
+        Type::Integer => FieldType::Integer,
+        Type::Timestamp => FieldType::Timestamp,
+        Type::Float => FieldType::Float,
+        Type::Boolean => FieldType::Boolean,
+        Type::Record => FieldType::Record,
     }
 }
 
-fn field(name: &str, t: &str, repeated: bool) -> TableFieldSchema {
-    let mut f = TableFieldSchema::new(name, field_type(t));
-    f.mode = Some(if repeated { "REPEATED" } else { "NULLABLE" }.to_owned());
-    if t == "RECORD" {
-        f.fields = Some(
-            subfields(name)
-                .iter()
-                .map(|(n, t)| field(n, t, false))
-                .collect(),
-        );
+fn field(c: &Column) -> TableFieldSchema {
+    let mut f = TableFieldSchema::new(c.name, field_type(c.ty));
+    f.mode = Some(if c.repeated { "REPEATED" } else { "NULLABLE" }.to_owned());
+    if c.ty == Type::Record {
+        f.fields = Some(c.fields.iter().map(field).collect());
     }
     f
 }
 
-/// The fields of a RECORD column.
-fn subfields(column: &str) -> &'static [(&'static str, &'static str)] {
-    match column {
-        "interfaces" => &[("interface", "STRING"), ("direction", "STRING")],
-        _ => &[],
-    }
-}
-
 /// The table devourer creates: partitioned by day on the record's time, clustered by addresses.
 pub fn new_table(project: &str, dataset: &str, table: &str, kind: TableKind) -> Table {
-    let fields = columns(kind)
-        .iter()
-        .map(|(n, t, r)| field(n, t, *r))
-        .collect();
+    let fields = columns(kind).iter().map(field).collect();
     let (part, cluster) = match kind {
         TableKind::Flow => ("first_seen_at", ["src_addr", "dst_addr"]),
         TableKind::Dns => ("time", ["client", "server"]),
@@ -232,13 +132,14 @@ pub fn upgrade(existing: &Table, kind: TableKind) -> Result<Upgrade, TypeConflic
         .unwrap_or_default();
     let mut conflicts = Vec::new();
     let mut missing = Vec::new();
-    for (name, t, _) in columns(kind) {
+    for c in columns(kind) {
+        let (name, t) = (c.name, c.ty.name());
         match have.iter().find(|(n, _)| n == name) {
             Some((_, ht)) if !same_type(ht, t) => {
                 conflicts.push(format!("{name} is {ht}, devourer writes {t}"));
             }
             Some(_) => {}
-            None => missing.push((*name).to_owned()),
+            None => missing.push(name.to_owned()),
         }
     }
     if !conflicts.is_empty() {
@@ -254,9 +155,9 @@ pub fn upgrade(existing: &Table, kind: TableKind) -> Result<Upgrade, TypeConflic
 /// The existing table with our missing columns appended (for tables.patch).
 pub fn with_columns(mut existing: Table, kind: TableKind, missing: &[String]) -> Table {
     let fields = existing.schema.fields.get_or_insert_with(Vec::new);
-    for (n, t, r) in columns(kind) {
-        if missing.iter().any(|m| m == n) {
-            fields.push(field(n, t, *r));
+    for c in columns(kind) {
+        if missing.iter().any(|m| m == c.name) {
+            fields.push(field(&c));
         }
     }
     existing
@@ -264,105 +165,59 @@ pub fn with_columns(mut existing: Table, kind: TableKind, missing: &[String]) ->
 
 #[cfg(test)]
 mod tests {
-    use serde::Serialize;
-
     use super::*;
-    use crate::record::{
-        DnsRecord, ExchangeHead, FlowRecord,
-        k8s::{FLOW_SIDES, K8sFields},
-    };
+    use crate::record::k8s::{EXCHANGE_SIDES, FLOW_SIDES};
 
-    fn keys<T: Serialize>(r: &T) -> Vec<String> {
-        let v = serde_json::to_value(r).unwrap();
-        v.as_object()
-            .unwrap()
-            .keys()
-            .filter(|k| *k != "type")
-            .cloned()
-            .collect()
+    /// A column of one value.
+    fn col(name: &'static str, t: &str) -> TableFieldSchema {
+        let ty = match t {
+            "INTEGER" => Type::Integer,
+            "TIMESTAMP" => Type::Timestamp,
+            _ => Type::String,
+        };
+        field(&Column {
+            name,
+            ty,
+            repeated: false,
+            fields: Vec::new(),
+        })
     }
 
     #[test]
-    fn columns_are_the_record_fields() {
-        let flow = FlowRecord {
-            kind: "flow",
-            id: Default::default(),
-            seq: 0,
-            agent: "".into(),
-            interface: "".into(),
-            protocol: "tcp".into(),
-            src_addr: Default::default(),
-            dst_addr: Default::default(),
-            src_port: 0,
-            dst_port: 0,
-            icmp_type: None,
-            icmp_code: None,
-            vlan: None,
-            first_seen_at: Default::default(),
-            last_seen_at: Default::default(),
-            src_bytes: 0,
-            dst_bytes: 0,
-            src_packets: 0,
-            dst_packets: 0,
-            status: "shutdown",
-            src_name: None,
-            dst_name: None,
-            tcp_flags: 0,
-            interfaces: Vec::new(),
-            community_id: Default::default(),
-            sampling: 1,
-            xlat_src_addr: None,
-            xlat_src_port: None,
-            xlat_dst_addr: None,
-            xlat_dst_port: None,
-            tunnel: None,
-            k8s: K8sFields::flow(None, None),
-        };
-        let mut a = keys(&flow);
-        let mut b: Vec<String> = columns(TableKind::Flow)
-            .iter()
-            .map(|c| c.0.to_owned())
-            .collect();
-        a.sort();
-        b.sort();
-        assert_eq!(a, b);
-        let dns = DnsRecord {
-            head: ExchangeHead {
-                kind: "dns",
-                id: Default::default(),
-                agent: "".into(),
-                interface: "".into(),
-                time: Default::default(),
-                client: Default::default(),
-                client_port: 0,
-                server: Default::default(),
-                server_port: 0,
-                community_id: Default::default(),
-                k8s: K8sFields::exchange(None, None),
-                xlat_server: None,
-                xlat_server_port: None,
-                xlat_k8s: Default::default(),
-            },
-            transport: "udp",
-            msg_id: 0,
-            q_name: None,
-            q_type: None,
-            q_class: None,
-            rcode: None,
-            answers: vec![],
-            latency: None,
-            status: "lost",
-            role: "client",
-            cut: false,
-        };
-        let mut a = keys(&dns);
-        let mut b: Vec<String> = columns(TableKind::Dns)
-            .iter()
-            .map(|c| c.0.to_owned())
-            .collect();
-        a.sort();
-        b.sort();
-        assert_eq!(a, b);
+    fn the_tables_hold_design_md_s_columns_with_their_types() {
+        let names = |k| columns(k).iter().map(|c| c.name).collect::<Vec<_>>();
+        let dns = names(TableKind::Dns);
+        assert_eq!(dns[..4], ["id", "agent", "interface", "time"]);
+        assert!(
+            EXCHANGE_SIDES
+                .iter()
+                .flat_map(|s| s.keys)
+                .all(|k| dns.contains(&k))
+        );
+        assert!(
+            FLOW_SIDES
+                .iter()
+                .flat_map(|s| s.keys)
+                .all(|k| names(TableKind::Flow).contains(&k))
+        );
+        assert_eq!(
+            names(TableKind::Overflow),
+            [
+                "id",
+                "agent",
+                "interface",
+                "protocol",
+                "time",
+                "packets",
+                "bytes"
+            ]
+        );
+        let ty = |k, n: &str| columns(k).into_iter().find(|c| c.name == n).unwrap();
+        assert_eq!(ty(TableKind::Flow, "first_seen_at").ty, Type::Timestamp);
+        assert_eq!(ty(TableKind::Dns, "latency").ty, Type::Float);
+        assert_eq!(ty(TableKind::Dns, "cut").ty, Type::Boolean);
+        let answers = ty(TableKind::Dns, "answers");
+        assert_eq!((answers.ty, answers.repeated), (Type::String, true));
     }
 
     #[test]
@@ -383,7 +238,7 @@ mod tests {
             ("dst_packets", "INTEGER"),
             ("status", "STRING"),
         ];
-        let fields = go.iter().map(|(n, t)| field(n, t, false)).collect();
+        let fields = go.iter().map(|(n, t)| col(n, t)).collect();
         let t = Table::new("p", "d", "flow_logs", TableSchema::new(fields));
         let Upgrade::AddColumns(missing) = upgrade(&t, TableKind::Flow).unwrap() else {
             panic!("columns to add");
@@ -440,7 +295,7 @@ mod tests {
             "p",
             "d",
             "flow_logs",
-            TableSchema::new(vec![field("src_port", "STRING", false)]),
+            TableSchema::new(vec![col("src_port", "STRING")]),
         );
         let err = upgrade(&bad, TableKind::Flow).unwrap_err();
         assert!(
