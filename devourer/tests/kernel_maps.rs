@@ -2,7 +2,7 @@
 //! CPUs meet in the shared flow map's one value, a deleted entry's counts do not come back
 //! when its key is reused, lookup-and-delete returns everything, and replay frames up to the
 //! cut length are accepted by BPF_PROG_TEST_RUN; replay frames marked for the second map
-//! set count only there; the verifier accepts the programs with the most filter rules.
+//! set count only there; the verifier accepts every program, live and offline.
 
 use devourer::{
     flow::FlowSource,

@@ -13,8 +13,8 @@ use std::{
 
 use devourer_common::{
     filter::FilterRule,
-    flow::{C_FILTERED, FlowKey, KEY_F_IPV6, OverflowKey, OverflowValue},
-    payload::{PAYLOAD_F_IPV6, PayloadHeader},
+    flow::{C_FILTERED, OverflowKey, OverflowValue},
+    payload::PayloadHeader,
 };
 use lru::LruCache;
 
@@ -45,23 +45,6 @@ const EMIT_PIECE: usize = 16_384;
 /// The name records give interface `ifindex`.
 fn interface_name(names: &LruCache<u32, Arc<str>>, default: &Arc<str>, ifindex: u32) -> Arc<str> {
     names.peek(&ifindex).unwrap_or(default).clone()
-}
-
-/// The flow key of the packet a payload event came from.
-fn packet_key(h: &PayloadHeader) -> FlowKey {
-    FlowKey {
-        src_addr: h.src_addr,
-        dst_addr: h.dst_addr,
-        src_port: h.src_port,
-        dst_port: h.dst_port,
-        proto: h.proto,
-        flags: if h.flags & PAYLOAD_F_IPV6 != 0 {
-            KEY_F_IPV6
-        } else {
-            0
-        },
-        ..FlowKey::default()
-    }
 }
 
 /// What a pipeline is built from (see `assembly::build`).
@@ -261,26 +244,15 @@ impl Pipeline {
 
     /// Runs one payload event through its tracker; its records wait for [`Pipeline::emit`].
     pub fn payload(&mut self, kind: PayloadKind, h: &PayloadHeader, payload: &[u8]) {
-        // Text lines are per packet, each judged on its own tuple; records are judged at
-        // emission, after the DNAT copies joined (`emit`).
-        let dropped = !self.filters.is_empty() && self.filters.drops(&packet_key(h));
         match kind {
             PayloadKind::Dns => {
                 if let Some(dns) = &mut self.dns {
-                    let lines = self.dns_out.lines.len();
                     dns.on_event(h, payload, &mut self.dns_out);
-                    if dropped {
-                        self.dns_out.lines.truncate(lines);
-                    }
                 }
             }
             PayloadKind::Http => {
                 if let Some(http) = &mut self.http {
-                    let lines = self.http_out.lines.len();
                     http.on_event(h, payload, &mut self.http_out);
-                    if dropped {
-                        self.http_out.lines.truncate(lines);
-                    }
                 }
             }
         }
@@ -322,10 +294,17 @@ impl Pipeline {
         self.sinks.write(&records)
     }
 
+    /// The text lines `--filter` keeps (each judged on its own endpoints: a DNS packet's, an
+    /// HTTP message's as its client sent it), with wall-clock times.
     fn lines(&self, lines: Vec<LogLine>) -> Arc<Vec<LogRecord>> {
         Arc::new(
             lines
                 .into_iter()
+                .filter(|l| {
+                    !self
+                        .filters
+                        .drops_exchange(l.ends.proto, l.ends.src, l.ends.dst)
+                })
                 .map(|l| LogRecord::new(l, self.clock))
                 .collect(),
         )

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use clap::FromArgMatches;
 use devourer_common::{
-    flow::{C_MAP_FULL, COUNTERS_LEN, FlowKey, FlowValue, VAL_F_SYN},
+    flow::{C_FILTERED, C_MAP_FULL, COUNTERS_LEN, FlowKey, FlowValue, VAL_F_SYN},
     payload::{PAYLOAD_HEADER_LEN, PayloadHeader},
 };
 use serde_json::Value;
@@ -149,7 +149,15 @@ fn counted(first: u64, last: u64, bytes: u64, packets: u64, flags: u8) -> FlowVa
 }
 
 fn replay_args(out: &std::path::Path, log_dir: &std::path::Path) -> PipelineArgs {
-    let argv = [
+    replay_args_with(out, log_dir, &[])
+}
+
+fn replay_args_with(
+    out: &std::path::Path,
+    log_dir: &std::path::Path,
+    extra: &[&str],
+) -> PipelineArgs {
+    let mut argv = vec![
         "devourer",
         "read",
         "unused.pcap",
@@ -162,6 +170,7 @@ fn replay_args(out: &std::path::Path, log_dir: &std::path::Path) -> PipelineArgs
         "--idle-timeout",
         "30s",
     ];
+    argv.extend_from_slice(extra);
     let m = command().try_get_matches_from(argv).unwrap();
     let Command::Read(r) = Cli::from_arg_matches(&m).unwrap().command else {
         panic!("read")
@@ -395,5 +404,88 @@ fn what_the_overflow_map_held_becomes_overflow_records_at_each_scan() {
     );
     assert_eq!(r["time"], "2023-11-14T22:13:21.000000Z");
     assert_eq!(r["id"].as_str().unwrap().len(), 32);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_drop_rule_leaves_no_record_or_line_and_counts_each_dropped_packet_once() {
+    let dir = std::env::temp_dir().join(format!("devourer-assembly-filter-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("records.jsonl");
+    let p = replay_args_with(
+        &out,
+        &dir.join("dnslog"),
+        &[
+            "--filter",
+            "keep net 10.0.0.99/32",
+            "--filter",
+            "drop port 53",
+        ],
+    );
+    let mut kernel = FakeKernel::default();
+    let (c_dns, r_dns) = ((CLIENT, 40000), (RESOLVER, 53));
+    kernel.dns.push_back(ring_record(
+        T0,
+        c_dns,
+        r_dns,
+        &query(7, "www.example.com", 1),
+    ));
+    kernel.dns.push_back(ring_record(
+        T0 + 2_000_000,
+        r_dns,
+        c_dns,
+        &response(
+            7,
+            0,
+            "www.example.com",
+            1,
+            &[a("www.example.com", 300, SERVER)],
+        ),
+    ));
+    kernel
+        .flows
+        .insert(direction(c_dns, r_dns, 17), counted(T0, T0, 60, 1, 0));
+    kernel.flows.insert(
+        direction(r_dns, c_dns, 17),
+        counted(T0 + 2_000_000, T0 + 2_000_000, 120, 2, 0),
+    );
+    let (c, s) = ((CLIENT, 50000), (SERVER, 443));
+    kernel.flows.insert(
+        direction(c, s, 6),
+        counted(T0 + 5 * S, T0 + 6 * S, 600, 6, VAL_F_SYN),
+    );
+    kernel.flows.insert(
+        direction(s, c, 6),
+        counted(T0 + 5 * S, T0 + 6 * S, 9000, 7, 0),
+    );
+
+    let mut agent = Assembly::new(kernel, &p, REPLAY, None).unwrap();
+    assert_eq!(agent.payloads(PayloadKind::Dns, 10), 2);
+    assert!(agent.scan(T0 + 7 * S, false).unwrap());
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let done = agent
+        .shutdown(Status::EndOfInput, || T0 + 8 * S, deadline)
+        .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let recs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 1, "only the HTTPS flow: {text}");
+    assert_eq!(
+        (recs[0]["type"].as_str(), recs[0]["dst_port"].as_u64()),
+        (Some("flow"), Some(443))
+    );
+    assert_eq!(done.records, 1);
+    assert_eq!(
+        done.counters.0[C_FILTERED as usize], 3,
+        "the query and both answer packets"
+    );
+    let lines = std::fs::read_to_string(dir.join("dnslog/dns-20231114-22.log")).unwrap_or_default();
+    assert!(
+        lines.is_empty(),
+        "no text line of the dropped lookup: {lines}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

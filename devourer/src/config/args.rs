@@ -103,8 +103,9 @@ pub struct FlowArgs {
           value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_interface_names: u64,
     /// Kernel flow map capacity (entries, one per flow direction). Its memory, whatever the
-    /// CPU count: about (entries + CPUs) x 152 bytes plus 16 bytes per bucket (entries rounded
-    /// up to a power of two), ~11 MiB at the default (`devourer_kernel_map_bytes`).
+    /// CPU count: about (entries + CPUs) x 160 bytes plus 16 bytes per bucket (entries rounded
+    /// up to a power of two), ~11 MiB at the default, and as many entries of 112 bytes for the
+    /// counting hooks' memory, ~8 MiB (`devourer_kernel_map_bytes`).
     #[arg(long, env = "DEVOURER_FLOW_MAP_ENTRIES", default_value_t = DEFAULT_FLOW_MAP_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub flow_map_entries: u32,
@@ -149,8 +150,9 @@ pub struct FlowArgs {
     /// host.
     #[arg(long = "filter", env = "DEVOURER_FILTER", value_delimiter = ';', value_parser = filter::parse_rule)]
     pub filters: Vec<filter::Rule>,
-    /// Count one packet in N, at random, in the kernel (flow records carry `sampling`: N, to
-    /// scale by); DNS and HTTP payloads are not sampled. 1: every packet.
+    /// Count one packet in N in the kernel, picked by a keyed hash of the packet so that every
+    /// interface decides alike (flow records carry `sampling`: N, to scale by); DNS and HTTP
+    /// payloads are not sampled. 1: every packet.
     #[arg(long, env = "DEVOURER_SAMPLING", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub sampling: u32,

@@ -87,14 +87,9 @@ impl Filters {
     }
 
     /// Whether the first rule that matches `key` drops it (nothing counted).
-    pub fn drops(&self, key: &FlowKey) -> bool {
+    fn drops(&self, key: &FlowKey) -> bool {
         self.first_match(key)
             .is_some_and(|(_, r)| r.action == RULE_DROP)
-    }
-
-    /// Whether there is any rule.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
     }
 
     /// Packets and bytes each rule matched so far.

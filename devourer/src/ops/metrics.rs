@@ -88,7 +88,7 @@ impl RecordMetrics {
         Self {
             flow_packets: r.counters(
                 "devourer_packets_total",
-                "Packets counted, by the interface that counted them (once per node: the first that saw the flow), updated every scan; summed over time, what the flow records carry.",
+                "Packets counted, by the interface that counted them (once per node: the first that saw the flow), updated every scan; summed over time, what the flow records carry plus what --filter dropped (kernel event filtered).",
                 &["interface"],
             ),
             flow_bytes: r.counters(

@@ -99,7 +99,7 @@ fn breakdown(lines: &[serde_json::Value]) -> Result<Vec<Row>> {
         (
             "parse",
             "+ parse",
-            "context fields, counters and scratch lookups, Ethernet/IP/TCP parse, filter and sampling checks",
+            "context fields, counters and scratch lookups, Ethernet/IP/TCP parse, sampling check",
         ),
         (
             "lookup",

@@ -55,6 +55,7 @@ pub fn line(ts_ns: u64, src: &str, dst: &str, role: Role, m: &DnsMessage) -> Log
         ts_ns,
         kind,
         body: b,
+        ends: Default::default(),
     }
 }
 

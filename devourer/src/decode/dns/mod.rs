@@ -23,7 +23,7 @@ use self::{
     names::{Asker, NameCache},
     tcp::{StreamKey, TcpLimits, TcpStreams},
 };
-use super::LogLine;
+use super::{Ends, LogLine};
 use crate::base::{
     local::{LocalAddrs, Role},
     net::{IPPROTO_TCP, ip},
@@ -224,13 +224,19 @@ impl DnsTracker {
         };
         let role = self.local.role(&client, &server);
         if self.cfg.text_log {
-            out.lines.push(line(
+            let mut l = line(
                 h.ts_ns,
                 &endpoint(src, h.src_port),
                 &endpoint(dst, h.dst_port),
                 role,
                 &m,
-            ));
+            );
+            l.ends = Ends {
+                src: (src, h.src_port),
+                dst: (dst, h.dst_port),
+                proto: h.proto,
+            };
+            out.lines.push(l);
         }
         let key = TxKey {
             client: if m.response { h.dst_addr } else { h.src_addr },

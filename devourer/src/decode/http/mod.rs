@@ -16,11 +16,11 @@ use std::{
 use devourer_common::payload::{PAYLOAD_F_IPV6, PayloadHeader};
 
 use self::message::{Message, Request, parse_segment};
-use super::LogLine;
+use super::{Ends, LogLine};
 use crate::base::{
     hash::FastMap,
     local::{LocalAddrs, Role},
-    net::ip,
+    net::{IPPROTO_TCP, ip},
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -409,6 +409,11 @@ pub fn line(m: &HttpMsg) -> LogLine {
         ts_ns: m.time_ns,
         kind,
         body,
+        ends: Ends {
+            src: (m.client, m.client_port),
+            dst: (m.server, m.server_port),
+            proto: IPPROTO_TCP,
+        },
     }
 }
 
