@@ -242,4 +242,29 @@ mod tests {
         assert!(check_count(&many).is_err());
         assert!(check_count(&many[..16]).is_ok());
     }
+
+    /// The `Filters` of `text` (`;` between rules), as the flow stage gets them.
+    fn filters(text: &str) -> crate::flow::Filters {
+        crate::flow::Filters::new(
+            text.split(';')
+                .map(|r| parse_rule(r).unwrap().rule)
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn an_exchange_is_judged_on_the_client_and_the_server_it_asked() {
+        let f = filters("keep net 10.0.0.53;drop port 53");
+        let (client, dns) = (
+            ("10.1.0.5".parse().unwrap(), 40000),
+            ("10.96.0.10".parse().unwrap(), 53),
+        );
+        assert!(f.drops_exchange(17, client, dns));
+        assert!(
+            !f.drops_exchange(17, client, ("10.0.0.53".parse().unwrap(), 53)),
+            "the first rule that matches decides"
+        );
+        assert!(!filters("drop proto udp").drops_exchange(6, client, dns));
+        assert!(!crate::flow::Filters::default().drops_exchange(17, client, dns));
+    }
 }

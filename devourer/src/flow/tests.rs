@@ -575,13 +575,17 @@ fn the_translated_copy_of_a_nat_connection_is_not_a_second_record() {
     assert_eq!((s.lookups, s.translated, s.merged), (2, 2, 1));
 }
 
-/// The filter rules of `text` (`;` between rules).
-fn filters(text: &str) -> Filters {
-    Filters::new(
-        text.split(';')
-            .map(|r| crate::config::filter::parse_rule(r).unwrap().rule)
-            .collect(),
-    )
+/// A `--filter` rule on a protocol (0: any) and a port (0: any).
+fn rule(drop: bool, proto: u8, port: u16) -> devourer_common::filter::FilterRule {
+    use devourer_common::filter::{FilterRule, RULE_DROP, RULE_KEEP};
+    FilterRule {
+        action: if drop { RULE_DROP } else { RULE_KEEP },
+        proto,
+        has_port: u8::from(port != 0),
+        port_lo: port,
+        port_hi: port,
+        ..FilterRule::default()
+    }
 }
 
 #[test]
@@ -597,31 +601,19 @@ fn a_drop_rule_on_the_port_the_client_sent_drops_the_joined_record_and_counts_it
     let out = scan(&mut t, &mut m, 30 * S);
     assert_eq!(out.len(), 1, "{out:?}");
     // A rule on the backend's port (after DNAT) does not match what the client sent.
-    let mut after = filters("drop port 8000");
+    let mut after = Filters::new(vec![rule(true, 0, 8000)]);
     assert!(!after.drops_flow(&out[0]));
     assert_eq!((after.filtered(), after.counts().packets[0]), (0, 0));
     // The Service's port does, once for both views; a later rule is never reached.
-    let mut f = filters("keep proto udp;drop port 80;drop proto tcp");
+    let mut f = Filters::new(vec![
+        rule(false, 17, 0),
+        rule(true, 0, 80),
+        rule(true, 6, 0),
+    ]);
     assert!(f.drops_flow(&out[0]));
     assert_eq!(f.filtered(), 2, "one SYN and one SYN-ACK, not each view's");
     assert_eq!(f.counts().packets[..3], [0, 2, 0]);
     assert_eq!(f.counts().bytes[1], 120);
-}
-
-#[test]
-fn an_exchange_is_judged_on_the_client_and_the_server_it_asked() {
-    let f = filters("keep net 10.0.0.53;drop port 53");
-    let (client, dns) = (
-        ("10.1.0.5".parse().unwrap(), 40000),
-        ("10.96.0.10".parse().unwrap(), 53),
-    );
-    assert!(f.drops_exchange(17, client, dns));
-    assert!(
-        !f.drops_exchange(17, client, ("10.0.0.53".parse().unwrap(), 53)),
-        "the first rule that matches decides"
-    );
-    assert!(!filters("drop proto udp").drops_exchange(6, client, dns));
-    assert!(!Filters::default().drops_exchange(17, client, dns));
 }
 
 #[test]
