@@ -1288,3 +1288,110 @@ fn the_capture_directory_is_capped() {
         "{body}"
     );
 }
+
+/// tests/fake_cloudshark.py in B: CloudShark's upload API on B's loopback, port 8088.
+fn cloudshark(od: &Od, token: &str, store: &Path) -> Bg {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fake_cloudshark.py");
+    let mut cmd = od.link.b.cmd("python3");
+    cmd.arg(script)
+        .args(["8088", token])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let bg = Bg::spawn(cmd, "fake CloudShark");
+    let up = wait_for(Duration::from_secs(10), || {
+        od.link
+            .b
+            .cmd("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://127.0.0.1:8088/api/v1/{token}/info/none"))
+            .output()
+            .is_ok_and(|o| o.stdout == b"404")
+    });
+    assert!(up, "the CloudShark stand-in answers");
+    bg
+}
+
+#[test]
+fn cloudshark_holds_each_capture_byte_for_byte_with_its_tags_and_a_dead_one_falls_back_to_local() {
+    if !require_root(
+        "cloudshark_holds_each_capture_byte_for_byte_with_its_tags_and_a_dead_one_falls_back_to_local",
+    ) {
+        return;
+    }
+    const CS_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let secrets = TempDir::new("cloudshark");
+    std::fs::write(secrets.path("token"), format!("{CS_TOKEN}\n")).unwrap();
+    let store = secrets.path("uploads");
+    std::fs::create_dir_all(&store).unwrap();
+    let od = Od::with(
+        "snaplength = 1500",
+        &format!(
+            "[capture.cloudshark]\nurl = \"http://127.0.0.1:8088/\"\ntoken_file = \"{}\"\ntimeout = 5\ntags = \"site:lab\"\nallow_http = true\n",
+            secrets.path("token").display()
+        ),
+        &[],
+    );
+    let cs = cloudshark(&od, CS_TOKEN, &store);
+    let iface = od.link.if_b.clone();
+    let s = od.capture(
+        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":3,"alertid":12,"tags":"blah,tagme"}}"#),
+        || od.ping(5, 0.05, 56),
+    );
+    assert_eq!(s["state"], "done", "{s}\n{}", od.log_text());
+    let f = &s["files"][0];
+    let id = f["cloudshark_id"].as_str().expect("a CloudShark id");
+    assert_eq!(
+        f["cloudshark_url"],
+        format!("http://127.0.0.1:8088/captures/{id}"),
+        "{f}"
+    );
+    // What CloudShark holds is the file kept locally (local_dir is configured), byte for byte.
+    let held = std::fs::read(store.join(format!("{id}.pcap"))).unwrap();
+    let local = std::fs::read(f["local_path"].as_str().expect("a local copy")).unwrap();
+    assert_eq!(held, local);
+    assert_eq!(tshark_frames(&store.join(format!("{id}.pcap"))).len(), 3);
+    // The request's tags, the configured ones, then pcapdaemon's, read back through the API.
+    let (code, info) = od.http(&[&format!(
+        "http://127.0.0.1:8088/api/v1/{CS_TOKEN}/info/{id}"
+    )]);
+    assert_eq!(code, 200, "{info}");
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        info["tags"],
+        format!("blah,tagme,site:lab,node:{NODE},interface:{iface},snaplength:1500")
+    );
+    assert!(
+        info["filename"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{NODE}_{iface}_12_")),
+        "{info}"
+    );
+    assert_eq!(od.metric("devourer_captures_total", "\"uploaded\""), 1);
+    assert!(
+        !od.log_text().contains(CS_TOKEN),
+        "the token is never logged"
+    );
+
+    // CloudShark gone: two failed attempts, then the file stays in the local directory.
+    drop(cs);
+    let s = od.capture(
+        &format!(r#"{{"node":"any","interface":["{iface}"],"bpf":"icmp","packets":2}}"#),
+        || od.ping(3, 0.05, 56),
+    );
+    assert_eq!(s["state"], "failed", "{s}");
+    let f = &s["files"][0];
+    assert!(
+        f["error"].as_str().unwrap().starts_with("cloudshark"),
+        "{f}"
+    );
+    assert!(f["cloudshark_id"].is_null(), "{f}");
+    let local = f["local_path"].as_str().expect("kept locally");
+    assert_eq!(tshark_frames(Path::new(local)).len(), 2);
+    assert_eq!(
+        od.metric("devourer_captures_total", "upload_failed_kept_locally"),
+        1
+    );
+    assert!(!od.log_text().contains(CS_TOKEN), "nor in errors");
+}

@@ -194,6 +194,54 @@ pub struct CaptureSection {
     /// More destinations a request may pick by `"destination": NAME`.
     #[serde(default)]
     pub destination: Vec<S3Section>,
+    /// CloudShark, where every capture is uploaded too (pcapdaemon's upload).
+    pub cloudshark: Option<CloudsharkSection>,
+}
+
+/// `[capture.cloudshark]`: the administrator's CloudShark (a request cannot name another, nor
+/// a token). Each capture file is uploaded there, with retries like S3's (`upload_attempts`,
+/// `retry_base`, `retry_max`); one that fails for good is kept in the local directory.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudsharkSection {
+    /// The service's base URL (`https://www.cloudshark.org`, or an appliance's).
+    pub url: String,
+    /// A file holding the API token (the configuration never holds the token itself).
+    pub token_file: PathBuf,
+    /// Time limit of one upload attempt (a number of seconds, or `"90s"`).
+    #[serde(
+        default = "defaults::cloudshark_timeout",
+        deserialize_with = "duration"
+    )]
+    pub timeout: Duration,
+    /// Tags added to every upload's (comma-separated), after the request's.
+    #[serde(default)]
+    pub tags: String,
+    /// Allow a plain `http://` URL (off: only `https://`).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+impl CloudsharkSection {
+    /// The URL is `https://` (or `http://` where allowed) and has a host; the timeout is
+    /// not zero.
+    fn check(&self) -> Result<(), BadValue> {
+        let scheme_ok = self.url.starts_with("https://")
+            || (self.allow_http && self.url.starts_with("http://"));
+        let host = self.url.split("://").nth(1).unwrap_or_default();
+        if !scheme_ok || host.trim_matches('/').is_empty() {
+            return Err(BadValue(format!(
+                "[capture.cloudshark] url {:?} must be https://HOST (http:// with allow_http = true)",
+                self.url
+            )));
+        }
+        if self.timeout.is_zero() {
+            return Err(BadValue(
+                "[capture.cloudshark] timeout must be greater than zero".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 mod defaults {
@@ -238,6 +286,9 @@ mod defaults {
         5
     }
     pub fn upload_timeout() -> Duration {
+        d(60)
+    }
+    pub fn cloudshark_timeout() -> Duration {
         d(60)
     }
     pub fn ping_interval() -> Duration {
@@ -557,6 +608,9 @@ pub fn resolve(
         )));
     }
     capture.check_destinations()?;
+    if let Some(c) = &capture.cloudshark {
+        c.check()?;
+    }
     if capture.max_duration.is_zero() || capture.max_timeout.is_zero() {
         return Err(BadValue(
             "[capture] durations must be greater than zero".into(),

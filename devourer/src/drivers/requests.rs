@@ -27,13 +27,39 @@ pub async fn start(
     use anyhow::Context;
 
     use crate::{
-        ondemand::{Service, api, redis, sqs},
+        ondemand::{Service, api, cloudshark::Cloudshark, redis, sqs},
         ops::endpoint::Refusals,
     };
     let Some(cfg) = cfg else {
         return Ok(None);
     };
-    let svc = Service::new(cfg.clone(), node.clone(), Some(metrics.clone()));
+    let cloudshark = match &cfg.capture.cloudshark {
+        Some(c) => {
+            let token = std::fs::read_to_string(&c.token_file)
+                .with_context(|| {
+                    format!(
+                        "reading the CloudShark token file {}",
+                        c.token_file.display()
+                    )
+                })?
+                .trim()
+                .to_owned();
+            if token.is_empty()
+                || !token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                bail!(
+                    "the CloudShark token in {} must be one line of letters, digits, - and _",
+                    c.token_file.display()
+                );
+            }
+            tracing::info!(url = c.url, "captures are uploaded to CloudShark");
+            Some(Cloudshark::new(c, token).context("the CloudShark client")?)
+        }
+        None => None,
+    };
+    let svc = Service::new(cfg.clone(), cloudshark, node.clone(), Some(metrics.clone()));
     if let Some(url) = cfg.redis_url.clone() {
         let listener = tokio::spawn(redis::listen(
             svc.clone(),

@@ -1,6 +1,6 @@
 //! Packet capture on request (pcapdaemon): requests arrive over Redis pub/sub, SQS or the HTTP API,
 //! are checked and clamped to the admin limits, capture into memory on each named interface,
-//! and end as pcap files in a local directory and/or an S3 bucket. A bad request is rejected
+//! and end as pcap files in a local directory, an S3 bucket and/or CloudShark. A bad request is rejected
 //! and counted; the agent keeps running. Request checks build everywhere (the settings are in
 //! `config::requests`); the capture itself needs the `capture-requests` feature (libpcap).
 
@@ -8,6 +8,8 @@ pub mod request;
 
 #[cfg(feature = "capture-requests")]
 pub mod api;
+#[cfg(feature = "capture-requests")]
+pub mod cloudshark;
 #[cfg(feature = "capture-requests")]
 pub mod redis;
 #[cfg(feature = "capture-requests")]

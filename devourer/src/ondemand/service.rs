@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
+    cloudshark::Cloudshark,
     request::{self, Context, Decision, NodePatterns, Plan, Reject},
     sniff,
     store::{self, Retry},
@@ -42,18 +43,22 @@ pub struct FileStatus {
     pub kernel_dropped: u32,
     pub local_path: Option<String>,
     pub s3_url: Option<String>,
+    /// CloudShark's id of the uploaded file, and where to view it.
+    pub cloudshark_id: Option<String>,
+    pub cloudshark_url: Option<String>,
     pub error: Option<String>,
 }
 
 impl FileStatus {
     /// Where the file ended up, as the `devourer_captures_total` label.
     pub fn result(&self) -> &'static str {
-        match (&self.error, &self.s3_url, &self.local_path) {
-            (None, None, _) => "written",
-            // Uploaded; a failed local copy (in `error`) lost nothing.
-            (_, Some(_), _) => "uploaded",
-            (Some(_), None, Some(_)) => "upload_failed_kept_locally",
-            (Some(_), None, None) => "failed",
+        let uploaded = self.s3_url.is_some() || self.cloudshark_url.is_some();
+        match (&self.error, uploaded, &self.local_path) {
+            (None, false, _) => "written",
+            // Uploaded; a failed local copy or other upload (in `error`) lost nothing.
+            (_, true, _) => "uploaded",
+            (Some(_), false, Some(_)) => "upload_failed_kept_locally",
+            (Some(_), false, None) => "failed",
         }
     }
 }
@@ -168,6 +173,8 @@ impl Rate {
 
 struct Inner {
     cfg: RequestsConfig,
+    /// `[capture.cloudshark]`, with its token.
+    cloudshark: Option<Cloudshark>,
     node: String,
     metrics: Option<Arc<Metrics>>,
     cancel: AtomicBool,
@@ -187,7 +194,12 @@ pub struct Service(Arc<Inner>);
 
 impl Service {
     /// The service, with its worker started on the current tokio runtime.
-    pub fn new(cfg: RequestsConfig, node: String, metrics: Option<Arc<Metrics>>) -> Self {
+    pub fn new(
+        cfg: RequestsConfig,
+        cloudshark: Option<Cloudshark>,
+        node: String,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         let memory = Arc::new(sniff::Memory::new(cfg.capture.limits().max_memory));
         let (queue, jobs) = mpsc::channel(cfg.capture.max_queued_requests.max(1));
         let svc = Self(Arc::new(Inner {
@@ -195,6 +207,7 @@ impl Service {
             rate: Mutex::new(Rate::new(cfg.capture.max_requests_per_second)),
             queue,
             nodes: NodePatterns::default(),
+            cloudshark,
             cfg,
             node,
             metrics,
@@ -363,7 +376,7 @@ impl Service {
                 .await
                 .map_err(|e| Reject::Filter(escape_str(&e.0, 256)))?;
         }
-        if plan.s3.is_none() || cfg.local_copy {
+        if self.keeps_locally(&plan) {
             let held = store::dir_bytes(&cfg.local_dir);
             if held >= cfg.capture.max_local_bytes {
                 return Err(Refused::LocalFull(held, cfg.capture.max_local_bytes));
@@ -537,6 +550,12 @@ impl Service {
         files
     }
 
+    /// Whether `plan`'s files go to the local directory whatever the uploads do: it is
+    /// configured, or nothing else takes them (a failed upload lands there too).
+    fn keeps_locally(&self, plan: &Plan) -> bool {
+        (plan.s3.is_none() && self.0.cloudshark.is_none()) || self.0.cfg.local_copy
+    }
+
     /// Writes and/or uploads one interface's capture, filling in where it went.
     async fn store(
         &self,
@@ -555,16 +574,16 @@ impl Service {
                 return;
             }
         };
-        let mut keep_local = plan.s3.is_none() || cfg.local_copy;
+        let mut keep_local = self.keeps_locally(plan);
+        let retry = Retry {
+            attempts: cfg.capture.upload_attempts.max(1),
+            base: cfg.capture.retry_base,
+            max: cfg.capture.retry_max,
+            timeout: cfg.capture.upload_timeout,
+        };
         if let Some(t) = &plan.s3 {
             // The capture's id makes the key unique: an object is never overwritten.
             let key = store::object_key(t, &store::object_name(&name, id));
-            let retry = Retry {
-                attempts: cfg.capture.upload_attempts.max(1),
-                base: cfg.capture.retry_base,
-                max: cfg.capture.retry_max,
-                timeout: cfg.capture.upload_timeout,
-            };
             let t0 = Instant::now();
             match store::upload(
                 store::from_env(),
@@ -590,6 +609,35 @@ impl Service {
                 Err(e) => {
                     tracing::error!(id, bucket = %t.bucket, key, "upload failed for good ({e}); keeping the capture in {}", cfg.local_dir.display());
                     f.error = Some(format!("upload: {e}"));
+                    keep_local = true;
+                }
+            }
+        }
+        if let Some(cs) = &self.0.cloudshark {
+            let tags = cs.tags(plan.tags.as_deref(), &self.0.node, &c.iface, plan.snap);
+            match cs.upload(&name, &bytes, &tags, retry, &self.0.cancel).await {
+                Ok(u) => {
+                    tracing::info!(
+                        id,
+                        cloudshark_id = u.id,
+                        url = u.url,
+                        packets = f.packets,
+                        "capture uploaded to CloudShark"
+                    );
+                    f.cloudshark_id = Some(u.id);
+                    f.cloudshark_url = Some(u.url);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        id,
+                        "CloudShark upload failed for good ({e}); keeping the capture in {}",
+                        cfg.local_dir.display()
+                    );
+                    let prev = f.error.take();
+                    f.error = Some(match prev {
+                        Some(p) => format!("{p}; cloudshark: {e}"),
+                        None => format!("cloudshark: {e}"),
+                    });
                     keep_local = true;
                 }
             }

@@ -222,18 +222,22 @@ pub async fn upload(
         if attempt >= attempts {
             return Err(UploadError::Put(last));
         }
-        {
-            let jitter = wait.mul_f64(fastrand::f64() * 0.2);
-            let until = tokio::time::Instant::now() + wait + jitter;
-            while tokio::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(100).min(wait + jitter)).await;
-            }
-            if stop.load(Ordering::Relaxed) {
-                return Err(UploadError::ShuttingDown(last));
-            }
-            wait = (wait * 2).min(retry.max);
+        if !pause(wait, stop).await {
+            return Err(UploadError::ShuttingDown(last));
         }
+        wait = (wait * 2).min(retry.max);
     }
+}
+
+/// Waits `wait` and up to a fifth more (jitter) before an upload's next attempt; `false` as
+/// soon as `stop` is set (shutdown).
+pub async fn pause(wait: Duration, stop: &AtomicBool) -> bool {
+    let jitter = wait.mul_f64(fastrand::f64() * 0.2);
+    let until = tokio::time::Instant::now() + wait + jitter;
+    while tokio::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100).min(wait + jitter)).await;
+    }
+    !stop.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
