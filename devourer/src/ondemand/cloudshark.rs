@@ -195,3 +195,45 @@ impl Cloudshark {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(tags: &str) -> CloudsharkSection {
+        CloudsharkSection {
+            url: "https://cs.example/".into(),
+            token_file: "/dev/null".into(),
+            timeout: Duration::from_secs(5),
+            tags: tags.into(),
+            allow_http: false,
+        }
+    }
+
+    #[test]
+    fn tags_are_the_requests_then_the_configured_then_pcapdaemons() {
+        let cs = Cloudshark::new(&section("site:lab,"), "t".into()).unwrap();
+        assert_eq!(
+            cs.tags(Some("blah,tagme"), "node-1", "eth0", 1500),
+            "blah,tagme,site:lab,node:node-1,interface:eth0,snaplength:1500"
+        );
+        let bare = Cloudshark::new(&section(""), "t".into()).unwrap();
+        assert_eq!(
+            bare.tags(None, "n", "lo", 64),
+            "node:n,interface:lo,snaplength:64"
+        );
+        assert_eq!(bare.base, "https://cs.example", "no doubled slash in URLs");
+    }
+
+    #[test]
+    fn only_failures_that_may_pass_are_retried() {
+        let refused = |status| UploadError::Refused {
+            status,
+            reason: String::new(),
+        };
+        assert!(refused(503).transient() && refused(429).transient());
+        assert!(!refused(401).transient() && !refused(400).transient());
+        assert!(UploadError::Transport("reset".into()).transient());
+        assert!(!UploadError::BadAnswer("x".into()).transient());
+    }
+}
