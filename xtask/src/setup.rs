@@ -77,7 +77,18 @@ const TEST_PYTHON_MODULES: &[(&str, &str)] = &[
     ("kubernetes_validate", "kubernetes-validate"),
     ("yaml", "pyyaml"),
     ("moto.server", "moto[server]"),
+    ("msgpack", "msgpack"),
+    // The official fluentd client the Forward receiver of the tests is checked against.
+    ("fluent.sender", "fluent-logger==0.11.1"),
 ];
+
+/// The official Node.js fluentd client (npm), installed under target/ for the tests.
+const NPM_FLUENT_LOGGER: &str = "@fluent-org/logger@1.0.10";
+
+/// Where the tests' npm packages go (`node_modules` inside).
+fn npm_prefix() -> std::path::PathBuf {
+    workspace_root().join("target/test-npm")
+}
 
 /// The toolchain channel pinned in devourer-ebpf/rust-toolchain.toml.
 pub fn ebpf_toolchain() -> Result<String> {
@@ -286,7 +297,33 @@ pub fn setup_tests() -> Result<()> {
         apt_install(&missing).context("installing the tests' Debian packages")?;
     }
     python_packages()?;
+    npm_packages()?;
     cargo_fuzz()
+}
+
+/// The official Node.js fluentd client, for the Forward receiver's check (Node.js from
+/// Debian when the machine has none).
+fn npm_packages() -> Result<()> {
+    let prefix = npm_prefix();
+    if prefix
+        .join("node_modules/@fluent-org/logger/package.json")
+        .exists()
+    {
+        return Ok(());
+    }
+    if !quiet_ok(Command::new("npm").arg("--version")) {
+        eprintln!("xtask: installing nodejs and npm: the official Node.js fluentd client");
+        apt_install(&["nodejs".to_owned(), "npm".to_owned()])
+            .context("installing Node.js for the Forward tests")?;
+    }
+    std::fs::create_dir_all(&prefix).with_context(|| format!("creating {}", prefix.display()))?;
+    run_cmd(
+        Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .arg(NPM_FLUENT_LOGGER),
+    )
+    .context("installing the npm fluentd client")
 }
 
 /// zig (PyPI `ziglang`) and cargo-zigbuild: the aarch64 static agent is cross-built with zig

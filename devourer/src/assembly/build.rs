@@ -9,7 +9,7 @@ use super::{Driver, pipeline::Parts};
 use crate::{
     base::{local::LocalAddrs, time::nanos},
     config::{
-        BqArgs, DnsArgs, HttpArgs, PipelineArgs,
+        BqArgs, DnsArgs, FluentArgs, HttpArgs, PipelineArgs,
         values::{LogTz, Output},
     },
     decode::{
@@ -24,7 +24,9 @@ use crate::{
     ops::metrics::Metrics,
     sink::{
         QueueLimits, Sink, Sinks,
+        fluent::{FluentConfig, FluentSink},
         jsonl::{JsonLinesSink, Target},
+        spool::Limits,
         textlog::TextLog,
     },
 };
@@ -174,6 +176,45 @@ fn bigquery(
     )
 }
 
+/// The Forward output to `addr`, its shared key read from its file.
+fn fluent(f: &FluentArgs, addr: &str, agent: &str) -> Result<Box<dyn Sink>> {
+    let shared_key = match &f.fluent_shared_key_file {
+        Some(path) => {
+            let key = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the Forward shared key {}", path.display()))?
+                .trim()
+                .to_owned();
+            if key.is_empty() {
+                anyhow::bail!("the Forward shared key file {} is empty", path.display());
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    if f.fluent_backoff_base > f.fluent_backoff_max || f.fluent_timeout.is_zero() {
+        anyhow::bail!(
+            "--fluent-backoff-base must be at most --fluent-backoff-max, and --fluent-timeout above zero"
+        );
+    }
+    let cfg = FluentConfig {
+        addr: addr.to_owned(),
+        tag_prefix: f.fluent_tag_prefix.clone(),
+        shared_key,
+        hostname: agent.to_owned(),
+        spool_dir: f.fluent_spool_dir.clone(),
+        spool_max_bytes: f.fluent_spool_max_bytes,
+        batch: Limits {
+            rows: f.fluent_batch_records as usize,
+            bytes: f.fluent_batch_bytes,
+            age: f.fluent_flush_interval,
+        },
+        timeout: f.fluent_timeout,
+        backoff_base: f.fluent_backoff_base,
+        backoff_max: f.fluent_backoff_max,
+    };
+    Ok(Box::new(FluentSink::start(cfg)?))
+}
+
 /// How much may wait for each sink: live, a bounded queue that drops (and counts) when the
 /// sink stalls; a replay waits for its sinks instead, so that no record of a file is lost.
 fn queue_limits(driver: &Driver) -> QueueLimits {
@@ -204,6 +245,9 @@ fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> R
     }
     if let Some((project, dataset)) = p.bq.destination()? {
         wanted.push(bigquery(&p.bq, project, dataset, metrics)?);
+    }
+    if let Some(addr) = &p.fluent.fluent {
+        wanted.push(fluent(&p.fluent, addr, &p.flow.agent())?);
     }
     let local_tz = p.dns.log_tz == LogTz::Local;
     if !p.http.ports().is_empty()

@@ -42,6 +42,8 @@ pub struct PipelineArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub bq: BqArgs,
+    #[command(flatten)]
+    pub fluent: FluentArgs,
 }
 
 impl PipelineArgs {
@@ -413,6 +415,50 @@ pub struct BqArgs {
     /// are dropped and counted.
     #[arg(long, env = "DEVOURER_BQ_DEAD_LETTER_MAX_BYTES", default_value = "100M", value_parser = parse_bytes)]
     pub bq_dead_letter_max_bytes: u64,
+}
+
+/// fluentd's Forward output.
+#[derive(Debug, Args, Clone)]
+pub struct FluentArgs {
+    /// Send records to a fluentd Forward receiver at HOST:PORT (fluentd's in_forward, Fluent
+    /// Bit's forward input), each message acknowledged, through a durable spool.
+    #[arg(long, env = "DEVOURER_FLUENT")]
+    pub fluent: Option<String>,
+    /// Prepended to every tag with a dot (`devourer` gives `devourer.flow.log`).
+    #[arg(long, env = "DEVOURER_FLUENT_TAG_PREFIX", default_value = "")]
+    pub fluent_tag_prefix: String,
+    /// A file holding the receiver's `<security> shared_key`: the handshake (HELO, PING,
+    /// PONG) proves both ends hold it.
+    #[arg(long, env = "DEVOURER_FLUENT_SHARED_KEY_FILE")]
+    pub fluent_shared_key_file: Option<PathBuf>,
+    /// Events wait here until the receiver acknowledges them (kept across restarts).
+    #[arg(
+        long,
+        env = "DEVOURER_FLUENT_SPOOL_DIR",
+        default_value = "/var/lib/devourer/spool-fluent"
+    )]
+    pub fluent_spool_dir: PathBuf,
+    /// The Forward spool's size cap; past it new events are dropped and counted.
+    #[arg(long, env = "DEVOURER_FLUENT_SPOOL_MAX_BYTES", default_value = "1G", value_parser = parse_bytes)]
+    pub fluent_spool_max_bytes: u64,
+    /// Send a message at least this often.
+    #[arg(long, env = "DEVOURER_FLUENT_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub fluent_flush_interval: Duration,
+    /// Events per message at most.
+    #[arg(long, env = "DEVOURER_FLUENT_BATCH_RECORDS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub fluent_batch_records: u64,
+    /// Bytes per message at most (of the spooled events).
+    #[arg(long, env = "DEVOURER_FLUENT_BATCH_BYTES", default_value = "4M", value_parser = parse_bytes)]
+    pub fluent_batch_bytes: u64,
+    /// Connecting, writing a message and waiting for its ack: each at most this long.
+    #[arg(long, env = "DEVOURER_FLUENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub fluent_timeout: Duration,
+    /// First wait after a failure; doubles up to --fluent-backoff-max (with jitter).
+    #[arg(long, env = "DEVOURER_FLUENT_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub fluent_backoff_base: Duration,
+    #[arg(long, env = "DEVOURER_FLUENT_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub fluent_backoff_max: Duration,
 }
 
 impl BqArgs {

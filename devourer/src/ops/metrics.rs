@@ -55,6 +55,8 @@ pub struct Metrics {
     sink_rows: IntCounterVec,
     sink_dropped: IntCounterVec,
     sink_queue: IntGaugeVec,
+    sink_spool_bytes: IntGaugeVec,
+    sink_last_success: IntGaugeVec,
     spool_bytes: IntGauge,
     bq_last_success: IntGauge,
     sink_request_seconds: HistogramVec,
@@ -355,6 +357,26 @@ impl Metrics {
                 "devourer_spool_bytes",
                 "Bytes waiting in the BigQuery spool.",
             ),
+            sink_spool_bytes: r.add(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "devourer_sink_spool_bytes",
+                        "Bytes waiting in a spooling sink's spool (bigquery, fluent).",
+                    ),
+                    &["sink"],
+                )
+                .expect("metric"),
+            ),
+            sink_last_success: r.add(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "devourer_sink_last_success_timestamp_seconds",
+                        "When a remote sink's destination last acknowledged a batch (Unix time, 0: never).",
+                    ),
+                    &["sink"],
+                )
+                .expect("metric"),
+            ),
             bq_last_success: r.gauge(
                 "devourer_bigquery_last_success_timestamp_seconds",
                 "When BigQuery last acknowledged a batch (Unix time, 0: never).",
@@ -513,10 +535,20 @@ impl Metrics {
             );
         }
         if let Some(b) = report.spool_bytes {
-            self.spool_bytes.set(b as i64);
+            self.sink_spool_bytes
+                .with_label_values(&[sink])
+                .set(b as i64);
+            if sink == "bigquery" {
+                self.spool_bytes.set(b as i64);
+            }
         }
         if let Some(t) = report.last_success {
-            self.bq_last_success.set(t as i64);
+            self.sink_last_success
+                .with_label_values(&[sink])
+                .set(t as i64);
+            if sink == "bigquery" {
+                self.bq_last_success.set(t as i64);
+            }
         }
     }
 

@@ -24,9 +24,12 @@ use super::{
     BqConfig, BqStats, RequestObserver, TableKind,
     schema::{self, Upgrade},
 };
-use crate::sink::spool::{
-    Segment, Spool,
-    rejects::{Kept, Rejects, is_row},
+use crate::sink::{
+    backoff::Backoff,
+    spool::{
+        Segment, Spool,
+        rejects::{Kept, Rejects, is_row},
+    },
 };
 
 pub(super) struct Sender {
@@ -37,32 +40,6 @@ pub(super) struct Sender {
     pub deadline: Arc<Mutex<Option<Instant>>>,
     pub on_request: Option<RequestObserver>,
     pub rejects: Rejects,
-}
-
-/// Exponential backoff with jitter: base, 2×base, ... up to max; each wait is 50–100% of that.
-struct Backoff {
-    base: Duration,
-    max: Duration,
-    step: u32,
-}
-
-impl Backoff {
-    fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max, step: 0 }
-    }
-
-    fn next(&mut self) -> Duration {
-        let full = self
-            .base
-            .saturating_mul(1u32 << self.step.min(20))
-            .min(self.max);
-        self.step += 1;
-        full.mul_f64(0.5 + fastrand::f64() * 0.5)
-    }
-
-    fn reset(&mut self) {
-        self.step = 0;
-    }
 }
 
 /// BigQuery cannot be used with this configuration (a column of the wrong type, a missing
@@ -163,11 +140,7 @@ impl Sender {
     }
 
     async fn main(self, setup: mpsc::Sender<Result<(), Fatal>>) {
-        let mut backoff = Backoff {
-            base: self.cfg.backoff_base,
-            max: self.cfg.backoff_max,
-            step: 0,
-        };
+        let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max);
         let client = loop {
             match self.client().await {
                 Ok(c) => break c,
@@ -176,7 +149,7 @@ impl Sender {
                     if self.past_deadline() {
                         return;
                     }
-                    self.pause(backoff.next()).await;
+                    self.pause(backoff.wait()).await;
                 }
             }
         };
@@ -196,7 +169,7 @@ impl Sender {
                     if self.past_deadline() {
                         return;
                     }
-                    self.pause(backoff.next()).await;
+                    self.pause(backoff.wait()).await;
                 }
             }
         };
@@ -240,17 +213,17 @@ impl Sender {
             let (backoff, at) = tables.get_mut(&seg.table).expect("a spool table");
             match self.send(&client, &seg, settling).await {
                 Ok(true) => backoff.reset(),
-                Ok(false) => *at = Instant::now() + backoff.next(),
+                Ok(false) => *at = Instant::now() + backoff.wait(),
                 Err(Failure::NotFound(msg)) => {
                     tracing::warn!(table = %seg.table, "BigQuery: {msg}; checking the table again");
                     if let Ok(true) = self.ensure_tables(&client).await {
                         settle_until = Some(Instant::now() + self.cfg.schema_settle);
                     }
-                    *at = Instant::now() + backoff.next();
+                    *at = Instant::now() + backoff.wait();
                 }
                 Err(Failure::Retry(msg) | Failure::Invalid(msg)) => {
                     tracing::warn!(table = %seg.table, "BigQuery insert failed: {msg}; retrying");
-                    *at = Instant::now() + backoff.next();
+                    *at = Instant::now() + backoff.wait();
                 }
             }
             if self.past_deadline() {
