@@ -6,7 +6,9 @@ gzip), EventTime (msgpack extension 0) and integer times, answers `chunk` option
 refused with PONG false and the connection closed). Every event is appended to OUT as one
 JSON line {"tag":..,"time":[sec,nsec],"record":{..},"mode":..}, flushed before the ack.
 
-Usage: fake_fluentd.py PORT OUT [--shared-key KEY] [--hostname NAME]
+With --tls-cert and --tls-key it speaks TLS (fluentd's `<transport tls>`).
+
+Usage: fake_fluentd.py PORT OUT [--shared-key KEY] [--hostname NAME] [--tls-cert PEM --tls-key PEM]
 """
 
 import argparse
@@ -15,6 +17,7 @@ import hashlib
 import json
 import os
 import socketserver
+import ssl
 import threading
 
 import msgpack
@@ -24,7 +27,13 @@ ap.add_argument("port", type=int)
 ap.add_argument("out")
 ap.add_argument("--shared-key")
 ap.add_argument("--hostname", default="fake-fluentd")
+ap.add_argument("--tls-cert")
+ap.add_argument("--tls-key")
 args = ap.parse_args()
+tls = None
+if args.tls_cert:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(args.tls_cert, args.tls_key)
 lock = threading.Lock()
 
 
@@ -91,6 +100,11 @@ def digest(salt, hostname, nonce, key):
 
 class Handler(socketserver.BaseRequestHandler):
     def handle(self):
+        if tls:
+            try:
+                self.request = tls.wrap_socket(self.request, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
         sock = self.request
         u = unpacker()
         if args.shared_key:

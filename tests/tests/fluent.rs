@@ -10,11 +10,23 @@ use std::{
     time::Duration,
 };
 
-use devourer_tests::*;
+use devourer_tests::{frames::*, *};
+use pcap_file::DataLink;
 use serde_json::Value;
 
 /// tests/fake_fluentd.py on `port` in `ns` (the root namespace for `None`), events to `out`.
 fn receiver(ns: Option<&Netns>, port: u16, out: &Path, key: Option<&str>) -> Bg {
+    receiver_with(ns, port, out, key, &[])
+}
+
+/// [`receiver`] with more of its arguments.
+fn receiver_with(
+    ns: Option<&Netns>,
+    port: u16,
+    out: &Path,
+    key: Option<&str>,
+    more: &[&str],
+) -> Bg {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fake_fluentd.py");
     let mut cmd = match ns {
         Some(n) => n.cmd("python3"),
@@ -24,7 +36,7 @@ fn receiver(ns: Option<&Netns>, port: u16, out: &Path, key: Option<&str>) -> Bg 
     if let Some(k) = key {
         cmd.args(["--shared-key", k]);
     }
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(more).stdout(Stdio::null()).stderr(Stdio::null());
     let bg = Bg::spawn(cmd, "fake fluentd");
     let check = format!("ss -ltn | grep -q '127.0.0.1:{port} '");
     let up = wait_for(Duration::from_secs(10), || {
@@ -245,4 +257,79 @@ fn every_record_reaches_fluentd_once_with_its_tag_across_a_receiver_restart() {
         log_text.contains("Forward:"),
         "the outage was seen and retried: {log_text}"
     );
+}
+
+#[test]
+fn records_reach_a_tls_receiver_whose_certificate_chains_to_the_given_ca_and_no_other() {
+    if !require_root(
+        "records_reach_a_tls_receiver_whose_certificate_chains_to_the_given_ca_and_no_other",
+    ) {
+        return;
+    }
+    let tmp = TempDir::new("fluent-tls");
+    // A private CA and a server certificate for 127.0.0.1, made with openssl; and another CA.
+    sh(&format!(
+        "cd {d} && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=test-ca 2>/dev/null \
+         && openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other.pem -days 2 -subj /CN=other-ca 2>/dev/null \
+         && openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null \
+         && printf 'subjectAltName=IP:127.0.0.1\\n' > ext \
+         && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext 2>/dev/null",
+        d = tmp.path("").display()
+    ));
+    let pem = |f: &str| tmp.path(f).display().to_string();
+    let port = 24800 + (std::process::id() % 500) as u16;
+    let fwd = tmp.path("forward.jsonl");
+    let _r = receiver_with(
+        None,
+        port,
+        &fwd,
+        None,
+        &["--tls-cert", &pem("srv.pem"), "--tls-key", &pem("srv.key")],
+    );
+    // Ten UDP flows, replayed.
+    let frames: Vec<Vec<u8>> = (0..10u16)
+        .map(|i| eth4(&ipv4(A4, B4, 17, &udp(40000 + i, 53, b"x"), 0, 0)))
+        .collect();
+    let pcap = tmp.path("flows.pcap");
+    write_pcap(&pcap, DataLink::ETHERNET, &frames, 1_700_000_000);
+    let addr = format!("127.0.0.1:{port}");
+    let read = |ca: &str, spool: &str| {
+        devourer_read(
+            &pcap,
+            &[
+                "--fluent",
+                &addr,
+                "--fluent-tls",
+                "--fluent-ca-file",
+                &pem(ca),
+                "--fluent-spool-dir",
+                &pem(spool),
+                "--fluent-backoff-base",
+                "100ms",
+                "--fluent-backoff-max",
+                "200ms",
+                "--shutdown-timeout",
+                "3s",
+            ],
+        )
+    };
+    let (status, out, err) = read("ca.pem", "spool");
+    assert!(status.success(), "{err}");
+    let recs = records(&out);
+    assert_eq!(recs.len(), 10, "{err}");
+    let got: Vec<Value> = events(&fwd)
+        .into_iter()
+        .map(|e| e["record"].clone())
+        .collect();
+    assert_eq!(got, recs, "every record over TLS, in order\n{err}");
+    // A receiver whose certificate the CA given did not sign gets nothing; the records wait
+    // in the spool for the next start.
+    let (status, _, err) = read("other.pem", "spool-other");
+    assert!(status.success(), "{err}");
+    assert_eq!(events(&fwd).len(), 10, "nothing more: {err}");
+    assert!(
+        err.contains("certificate") || err.contains("Certificate"),
+        "{err}"
+    );
+    assert!(err.contains("stay in the Forward spool"), "{err}");
 }

@@ -24,7 +24,7 @@ use crate::{
     ops::metrics::Metrics,
     sink::{
         QueueLimits, Sink, Sinks,
-        fluent::{FluentConfig, FluentSink},
+        fluent::{FluentConfig, FluentSink, TlsConfig},
         jsonl::{JsonLinesSink, Target},
         spool::Limits,
         textlog::TextLog,
@@ -201,6 +201,10 @@ fn fluent(f: &FluentArgs, addr: &str, agent: &str) -> Result<Box<dyn Sink>> {
         tag_prefix: f.fluent_tag_prefix.clone(),
         shared_key,
         hostname: agent.to_owned(),
+        tls: f.fluent_tls.then(|| TlsConfig {
+            ca_file: f.fluent_ca_file.clone(),
+            server_name: f.fluent_tls_server_name.clone(),
+        }),
         spool_dir: f.fluent_spool_dir.clone(),
         spool_max_bytes: f.fluent_spool_max_bytes,
         batch: Limits {

@@ -431,6 +431,16 @@ pub struct FluentArgs {
     /// PONG) proves both ends hold it.
     #[arg(long, env = "DEVOURER_FLUENT_SHARED_KEY_FILE")]
     pub fluent_shared_key_file: Option<PathBuf>,
+    /// TLS to the receiver (fluentd's `<transport tls>`), its certificate checked against
+    /// --fluent-ca-file or the system's CA certificates.
+    #[arg(long, env = "DEVOURER_FLUENT_TLS")]
+    pub fluent_tls: bool,
+    /// CA certificates (PEM) the receiver's certificate must chain to (with --fluent-tls).
+    #[arg(long, env = "DEVOURER_FLUENT_CA_FILE", requires = "fluent_tls")]
+    pub fluent_ca_file: Option<PathBuf>,
+    /// The name the receiver's certificate must carry (default: the host of --fluent).
+    #[arg(long, env = "DEVOURER_FLUENT_TLS_SERVER_NAME", requires = "fluent_tls")]
+    pub fluent_tls_server_name: Option<String>,
     /// Events wait here until the receiver acknowledges them (kept across restarts).
     #[arg(
         long,

@@ -7,6 +7,7 @@
 //! event as one base64 line, per tag.
 
 mod sender;
+mod tls;
 pub mod wire;
 
 use std::{
@@ -43,6 +44,9 @@ pub struct FluentConfig {
     pub shared_key: Option<String>,
     /// The name the handshake gives for this end (the agent's name).
     pub hostname: String,
+    /// TLS to the receiver: its certificate checked against these CA certificates (a PEM
+    /// file), or the system's when `None`.
+    pub tls: Option<TlsConfig>,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     /// A message holds at most this many events and bytes, and waits at most this long.
@@ -51,6 +55,14 @@ pub struct FluentConfig {
     pub timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+}
+
+/// `--fluent-tls`.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    /// The name the receiver's certificate must carry (default: the host of `addr`).
+    pub server_name: Option<String>,
 }
 
 impl FluentConfig {

@@ -15,7 +15,7 @@ use std::{
 
 use base64::Engine;
 
-use super::{FluentConfig, FluentStats, add, wire};
+use super::{FluentConfig, FluentStats, add, tls, wire};
 use crate::sink::{
     backoff::Backoff,
     spool::{Segment, Spool},
@@ -31,7 +31,7 @@ pub(super) struct Sender {
 
 /// A connection to the receiver: its reader (acks) and the stream it writes to.
 struct Conn {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn tls::Stream>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +120,13 @@ impl Sender {
         s.set_read_timeout(Some(self.cfg.timeout)).map_err(fail)?;
         s.set_write_timeout(Some(self.cfg.timeout)).map_err(fail)?;
         s.set_nodelay(true).map_err(fail)?;
+        let host = self
+            .cfg
+            .addr
+            .rsplit_once(':')
+            .map_or(&*self.cfg.addr, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let s = tls::wrap(self.cfg.tls.as_ref(), host, s).map_err(fail)?;
         add(&self.stats.connects, 1);
         let mut reader = BufReader::new(s);
         if let Some(key) = &self.cfg.shared_key {
@@ -181,7 +188,7 @@ impl Sender {
 }
 
 /// A buffered reader and its stream's writer as one, for the handshake.
-struct Both<'a>(&'a mut BufReader<TcpStream>);
+struct Both<'a>(&'a mut BufReader<Box<dyn tls::Stream>>);
 
 impl Read for Both<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
