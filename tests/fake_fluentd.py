@@ -80,11 +80,12 @@ def events_of(msg):
     if isinstance(second, list):
         return "Forward", tag, [(e[0], e[1]) for e in second], option
     if isinstance(second, (bytes, str)):
+        # The spec's entries are bin; some clients send str.
+        mode = "PackedForward" if isinstance(second, bytes) else "PackedForward(str)"
         data = second.encode() if isinstance(second, str) else second
-        mode = "PackedForward"
         if option.get("compressed") == "gzip":
             data = gzip.decompress(data)
-            mode = "CompressedPackedForward"
+            mode = "Compressed" + mode
         u = unpacker()
         u.feed(data)
         return mode, tag, [(e[0], e[1]) for e in u], option
@@ -124,8 +125,18 @@ class Handler(socketserver.BaseRequestHandler):
                 return
             mode, tag, events, option = events_of(msg)
             with lock, open(args.out, "a") as f:
+                size_ok = option.get("size", len(events)) == len(events)
                 for t, record in events:
-                    f.write(json.dumps({"tag": tag, "time": time_of(t), "record": record, "mode": mode}) + "\n")
+                    line = {
+                        "tag": tag,
+                        "time": time_of(t),
+                        "event_time": isinstance(t, EventTime),
+                        "record": record,
+                        "mode": mode,
+                        "size_ok": size_ok,
+                        "acked": "chunk" in option,
+                    }
+                    f.write(json.dumps(line) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             if "chunk" in option:

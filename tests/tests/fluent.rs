@@ -245,9 +245,16 @@ fn every_record_reaches_fluentd_once_with_its_tag_across_a_receiver_restart() {
             _ => "devourer.overflow.log",
         };
         assert_eq!(e["tag"], tag, "{e}");
-        assert_eq!(e["mode"], "PackedForward");
+        assert_eq!(e["mode"], "PackedForward", "entries as bin: {e}");
+        assert_eq!(
+            (&e["event_time"], &e["size_ok"], &e["acked"]),
+            (&Value::Bool(true), &Value::Bool(true), &Value::Bool(true)),
+            "EventTime, the size option, an ack asked for: {e}"
+        );
         *seen.entry(id.to_owned()).or_default() += 1;
     }
+    // Sent again only what a lost ack may cover: never more than twice here.
+    assert!(seen.values().all(|&n| n <= 2), "{seen:?}");
     let missing: Vec<&String> = want.keys().filter(|id| !seen.contains_key(*id)).collect();
     assert!(
         missing.is_empty(),

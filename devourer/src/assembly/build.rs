@@ -207,6 +207,7 @@ fn fluent(f: &FluentArgs, addr: &str, agent: &str) -> Result<Box<dyn Sink>> {
         }),
         spool_dir: f.fluent_spool_dir.clone(),
         spool_max_bytes: f.fluent_spool_max_bytes,
+        quarantine_max_bytes: f.fluent_quarantine_max_bytes,
         batch: Limits {
             rows: f.fluent_batch_records as usize,
             bytes: f.fluent_batch_bytes,

@@ -451,6 +451,10 @@ pub struct FluentArgs {
     /// The Forward spool's size cap; past it new events are dropped and counted.
     #[arg(long, env = "DEVOURER_FLUENT_SPOOL_MAX_BYTES", default_value = "1G", value_parser = parse_bytes)]
     pub fluent_spool_max_bytes: u64,
+    /// Cap of the quarantine file in the Forward spool directory (spool lines that are not
+    /// events: torn by a crash, corrupt); past it they are dropped and counted.
+    #[arg(long, env = "DEVOURER_FLUENT_QUARANTINE_MAX_BYTES", default_value = "100M", value_parser = parse_bytes)]
+    pub fluent_quarantine_max_bytes: u64,
     /// Send a message at least this often.
     #[arg(long, env = "DEVOURER_FLUENT_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub fluent_flush_interval: Duration,

@@ -4,7 +4,10 @@
 //! are retried with backoff like S3 uploads; other refusals (a bad token, a file it rejects)
 //! end at once. The token is never logged (it is in the URL: errors are shown without it).
 
-use std::{sync::atomic::AtomicBool, time::Duration};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -72,9 +75,14 @@ fn transport(e: reqwest::Error) -> UploadError {
 impl Cloudshark {
     /// The client for `[capture.cloudshark]`, with `token` (read from its `token_file`).
     pub fn new(s: &CloudsharkSection, token: String) -> Result<Self, reqwest::Error> {
+        // No redirects (the URL holds the token: a redirect would carry it, in the Referer
+        // too, wherever it pointed) and no plain http unless allowed.
         let client = reqwest::Client::builder()
             .timeout(s.timeout)
             .connect_timeout(s.timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
+            .https_only(!s.allow_http)
             .build()?;
         Ok(Self {
             base: s.url.trim_end_matches('/').to_owned(),
@@ -100,8 +108,15 @@ impl Cloudshark {
     }
 
     /// One attempt.
-    async fn post(&self, name: &str, bytes: &[u8], tags: &str) -> Result<Uploaded, UploadError> {
-        let file = reqwest::multipart::Part::bytes(bytes.to_vec())
+    async fn post(
+        &self,
+        name: &str,
+        bytes: &bytes::Bytes,
+        tags: &str,
+    ) -> Result<Uploaded, UploadError> {
+        // The file image is shared, not copied, by each attempt.
+        let len = bytes.len() as u64;
+        let file = reqwest::multipart::Part::stream_with_length(bytes.clone(), len)
             .file_name(name.to_owned())
             .mime_str("application/vnd.tcpdump.pcap")
             .map_err(transport)?;
@@ -170,7 +185,7 @@ impl Cloudshark {
     pub async fn upload(
         &self,
         name: &str,
-        bytes: &[u8],
+        bytes: &bytes::Bytes,
         tags: &str,
         retry: Retry,
         stop: &AtomicBool,
@@ -180,6 +195,12 @@ impl Cloudshark {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // Stopping: the file goes to the local directory at once instead.
+            if stop.load(Ordering::Relaxed) {
+                return Err(UploadError::ShuttingDown(Box::new(UploadError::Transport(
+                    "the agent is stopping".into(),
+                ))));
+            }
             let e = match self.post(name, bytes, tags).await {
                 Ok(u) => return Ok(u),
                 Err(e) => e,

@@ -342,6 +342,18 @@ mod tests {
         assert_eq!(tunnel(17, 40000, 53), None);
     }
 
+    /// The JSON line, byte for byte: field order, escaping, nulls and numbers as the JSON
+    /// lines have had them (consumers parse these lines; a change here is a format change).
+    #[test]
+    fn the_json_line_is_byte_for_byte_the_established_format() {
+        let mut out = Vec::new();
+        crate::record::json::Object::write(&record(5), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"type":"flow","id":"00000000000000000000000000000005","seq":39595,"agent":"","interface":"eth0","protocol":"tcp","src_addr":"10.0.0.1","dst_addr":"fd00::2","src_port":655,"dst_port":65535,"icmp_type":null,"icmp_code":0,"vlan":null,"first_seen_at":"2026-12-05T23:59:59.123456Z","last_seen_at":"2026-12-06T00:00:00Z","src_bytes":18446744073709551610,"dst_bytes":0,"src_packets":5,"dst_packets":1099511627776,"status":"active_timeout","src_name":"a\"quoted\" name","dst_name":null,"tcp_flags":511,"interfaces":[{"interface":"","direction":"ingress"}],"community_id":"1:LQU9qZlK+B5F3KDmev6m5PMibrg=","sampling":6,"xlat_src_addr":"192.0.2.1","xlat_src_port":null,"xlat_dst_addr":null,"xlat_dst_port":null,"tunnel":null,"src_k8s_namespace":null,"src_k8s_pod":null,"src_k8s_owner_kind":null,"src_k8s_owner":null,"src_k8s_node":null,"src_k8s_service":null,"dst_k8s_namespace":null,"dst_k8s_pod":"a\"quoted\" name","dst_k8s_owner_kind":"Deployment","dst_k8s_owner":null,"dst_k8s_node":"node-1","dst_k8s_service":null}"#
+        );
+    }
+
     #[test]
     fn every_encoding_holds_every_field_with_the_same_value() {
         for i in 0..256 {

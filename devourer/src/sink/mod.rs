@@ -4,12 +4,12 @@
 //! thread of its own behind a bounded queue ([`queue`]), so no sink can stall counting;
 //! adding a destination (Kafka, OTLP, ...) is one new module implementing [`Sink`].
 
-pub mod backoff;
 #[cfg(feature = "bigquery")]
 pub mod bigquery;
 pub mod fluent;
 pub mod jsonl;
 pub mod queue;
+pub mod remote;
 pub mod spool;
 pub mod textlog;
 

@@ -9,7 +9,7 @@ mod sender;
 use std::{
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
@@ -23,6 +23,7 @@ pub use self::schema::TableKind;
 pub use super::RequestObserver;
 use super::{
     Sink, SinkReport, Status,
+    remote::Shutdown,
     spool::{Limits, Spool, rejects::Rejects},
 };
 use crate::record::{Batch, Kind, RowLines};
@@ -100,8 +101,7 @@ impl BqStats {
 pub struct BqSink {
     spool: Arc<Spool>,
     pub stats: Arc<BqStats>,
-    stop: Arc<AtomicBool>,
-    deadline: Arc<Mutex<Option<Instant>>>,
+    shutdown: Shutdown,
     thread: Option<JoinHandle<()>>,
     warned_full: AtomicBool,
     /// The sender thread ended (a fatal set-up error, or shutdown).
@@ -168,16 +168,14 @@ impl BqSink {
         }
         let spool = Arc::new(spool);
         let stats = Arc::new(BqStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let deadline = Arc::new(Mutex::new(None));
+        let shutdown = Shutdown::default();
         let (setup_tx, setup_rx) = mpsc::channel();
         let wait = cfg.setup_wait;
         let rejects = Rejects::new(cfg.dead_letter.clone(), cfg.dead_letter_max_bytes);
         let s = sender::Sender {
             spool: spool.clone(),
             stats: stats.clone(),
-            stop: stop.clone(),
-            deadline: deadline.clone(),
+            shutdown: shutdown.clone(),
             on_request,
             rejects,
             cfg,
@@ -204,8 +202,7 @@ impl BqSink {
         Ok(Self {
             spool,
             stats,
-            stop,
-            deadline,
+            shutdown,
             thread: Some(thread),
             warned_full: AtomicBool::new(false),
             sender_done,
@@ -272,19 +269,10 @@ impl Sink for BqSink {
     /// Seals what is open and sends until `deadline`; what is left stays in the spool for the
     /// next start.
     fn finish(mut self: Box<Self>, deadline: Instant) -> u64 {
-        *self.deadline.lock().expect("deadline lock") = Some(deadline);
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            // A request in flight may take up to --bq-timeout: never wait past the deadline.
-            // Its rows stay in the spool (sent again at the next start; insertIds de-duplicate).
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                tracing::warn!("BigQuery did not answer by the shutdown deadline: stopping anyway");
-            }
+        // A request in flight may take up to --bq-timeout: never wait past the deadline. Its
+        // rows stay in the spool (sent again at the next start; insertIds de-duplicate).
+        if !self.shutdown.stop_by(deadline, self.thread.take()) {
+            tracing::warn!("BigQuery did not answer by the shutdown deadline: stopping anyway");
         }
         let left = self.spool.bytes();
         let s = &self.stats;

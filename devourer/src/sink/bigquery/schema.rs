@@ -183,6 +183,125 @@ mod tests {
         })
     }
 
+    /// Every column as the tables had them before the columns were derived from the records
+    /// (name, type, repeated), in order: a table created then must take today's rows.
+    #[test]
+    fn the_derived_columns_are_the_tables_columns_exactly() {
+        type Golden<'a> = &'a [(&'a str, &'a str, bool)];
+        let golden: [(TableKind, Golden<'_>); 3] = [
+            (
+                TableKind::Flow,
+                &[
+                    ("id", "STRING", false),
+                    ("seq", "INTEGER", false),
+                    ("agent", "STRING", false),
+                    ("interface", "STRING", false),
+                    ("protocol", "STRING", false),
+                    ("src_addr", "STRING", false),
+                    ("dst_addr", "STRING", false),
+                    ("src_port", "INTEGER", false),
+                    ("dst_port", "INTEGER", false),
+                    ("icmp_type", "INTEGER", false),
+                    ("icmp_code", "INTEGER", false),
+                    ("vlan", "INTEGER", false),
+                    ("first_seen_at", "TIMESTAMP", false),
+                    ("last_seen_at", "TIMESTAMP", false),
+                    ("src_bytes", "INTEGER", false),
+                    ("dst_bytes", "INTEGER", false),
+                    ("src_packets", "INTEGER", false),
+                    ("dst_packets", "INTEGER", false),
+                    ("status", "STRING", false),
+                    ("src_name", "STRING", false),
+                    ("dst_name", "STRING", false),
+                    ("tcp_flags", "INTEGER", false),
+                    ("interfaces", "RECORD", true),
+                    ("community_id", "STRING", false),
+                    ("sampling", "INTEGER", false),
+                    ("xlat_src_addr", "STRING", false),
+                    ("xlat_src_port", "INTEGER", false),
+                    ("xlat_dst_addr", "STRING", false),
+                    ("xlat_dst_port", "INTEGER", false),
+                    ("tunnel", "STRING", false),
+                    ("src_k8s_namespace", "STRING", false),
+                    ("src_k8s_pod", "STRING", false),
+                    ("src_k8s_owner_kind", "STRING", false),
+                    ("src_k8s_owner", "STRING", false),
+                    ("src_k8s_node", "STRING", false),
+                    ("src_k8s_service", "STRING", false),
+                    ("dst_k8s_namespace", "STRING", false),
+                    ("dst_k8s_pod", "STRING", false),
+                    ("dst_k8s_owner_kind", "STRING", false),
+                    ("dst_k8s_owner", "STRING", false),
+                    ("dst_k8s_node", "STRING", false),
+                    ("dst_k8s_service", "STRING", false),
+                ][..],
+            ),
+            (
+                TableKind::Dns,
+                &[
+                    ("id", "STRING", false),
+                    ("agent", "STRING", false),
+                    ("interface", "STRING", false),
+                    ("time", "TIMESTAMP", false),
+                    ("client", "STRING", false),
+                    ("client_port", "INTEGER", false),
+                    ("server", "STRING", false),
+                    ("server_port", "INTEGER", false),
+                    ("community_id", "STRING", false),
+                    ("client_k8s_namespace", "STRING", false),
+                    ("client_k8s_pod", "STRING", false),
+                    ("client_k8s_owner_kind", "STRING", false),
+                    ("client_k8s_owner", "STRING", false),
+                    ("client_k8s_node", "STRING", false),
+                    ("client_k8s_service", "STRING", false),
+                    ("server_k8s_namespace", "STRING", false),
+                    ("server_k8s_pod", "STRING", false),
+                    ("server_k8s_owner_kind", "STRING", false),
+                    ("server_k8s_owner", "STRING", false),
+                    ("server_k8s_node", "STRING", false),
+                    ("server_k8s_service", "STRING", false),
+                    ("xlat_server", "STRING", false),
+                    ("xlat_server_port", "INTEGER", false),
+                    ("xlat_server_k8s_namespace", "STRING", false),
+                    ("xlat_server_k8s_pod", "STRING", false),
+                    ("xlat_server_k8s_owner_kind", "STRING", false),
+                    ("xlat_server_k8s_owner", "STRING", false),
+                    ("xlat_server_k8s_node", "STRING", false),
+                    ("transport", "STRING", false),
+                    ("msg_id", "INTEGER", false),
+                    ("q_name", "STRING", false),
+                    ("q_type", "STRING", false),
+                    ("q_class", "STRING", false),
+                    ("rcode", "STRING", false),
+                    ("answers", "STRING", true),
+                    ("latency", "FLOAT", false),
+                    ("status", "STRING", false),
+                    ("role", "STRING", false),
+                    ("cut", "BOOLEAN", false),
+                ][..],
+            ),
+            (
+                TableKind::Overflow,
+                &[
+                    ("id", "STRING", false),
+                    ("agent", "STRING", false),
+                    ("interface", "STRING", false),
+                    ("protocol", "STRING", false),
+                    ("time", "TIMESTAMP", false),
+                    ("packets", "INTEGER", false),
+                    ("bytes", "INTEGER", false),
+                ][..],
+            ),
+        ];
+        for (kind, want) in golden {
+            let got: Vec<(&str, &str, bool)> = columns(kind)
+                .iter()
+                .map(|c| (c.name, c.ty.name(), c.repeated))
+                .collect();
+            assert_eq!(got, want, "{kind:?}");
+        }
+    }
+
     #[test]
     fn the_tables_hold_design_md_s_columns_with_their_types() {
         let names = |k| columns(k).iter().map(|c| c.name).collect::<Vec<_>>();

@@ -6,11 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    sync::{Arc, atomic::Ordering, mpsc},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -25,7 +21,7 @@ use super::{
     schema::{self, Upgrade},
 };
 use crate::sink::{
-    backoff::Backoff,
+    remote::{Backoff, Shutdown},
     spool::{
         Segment, Spool,
         rejects::{Kept, Rejects, is_row},
@@ -36,8 +32,7 @@ pub(super) struct Sender {
     pub cfg: BqConfig,
     pub spool: Arc<Spool>,
     pub stats: Arc<BqStats>,
-    pub stop: Arc<AtomicBool>,
-    pub deadline: Arc<Mutex<Option<Instant>>>,
+    pub shutdown: Shutdown,
     pub on_request: Option<RequestObserver>,
     pub rejects: Rejects,
 }
@@ -86,16 +81,11 @@ fn classify(e: &BQError) -> Failure {
 
 impl Sender {
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.shutdown.stopping()
     }
 
     fn past_deadline(&self) -> bool {
-        self.stopping()
-            && self
-                .deadline
-                .lock()
-                .expect("deadline lock")
-                .is_some_and(|d| Instant::now() >= d)
+        self.shutdown.past_deadline()
     }
 
     /// Sleeps `d`, or less when shutting down past the deadline.

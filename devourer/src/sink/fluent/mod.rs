@@ -14,7 +14,7 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -26,7 +26,8 @@ use base64::Engine;
 
 use super::{
     Sink, SinkReport, Status,
-    spool::{Limits, Spool},
+    remote::Shutdown,
+    spool::{Limits, Spool, rejects::Rejects},
 };
 use crate::record::{Batch, Kind, fields::Record};
 
@@ -49,6 +50,9 @@ pub struct FluentConfig {
     pub tls: Option<TlsConfig>,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
+    /// Spool lines that are not events go to `quarantine.jsonl` in the spool directory, at
+    /// most this many bytes.
+    pub quarantine_max_bytes: u64,
     /// A message holds at most this many events and bytes, and waits at most this long.
     pub batch: Limits,
     /// Connecting, writing a message and waiting for its ack, each at most this long.
@@ -102,8 +106,7 @@ fn add(c: &AtomicU64, n: u64) {
 pub struct FluentSink {
     spool: Arc<Spool>,
     stats: Arc<FluentStats>,
-    stop: Arc<AtomicBool>,
-    deadline: Arc<Mutex<Option<Instant>>>,
+    shutdown: Shutdown,
     thread: Option<JoinHandle<()>>,
     warned_full: AtomicBool,
 }
@@ -150,14 +153,18 @@ impl FluentSink {
         }
         let spool = Arc::new(spool);
         let stats = Arc::new(FluentStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let deadline = Arc::new(Mutex::new(None));
+        let shutdown = Shutdown::default();
+        let rejects = Rejects::capped_by(
+            cfg.spool_dir.join("dead-letter.jsonl"),
+            cfg.quarantine_max_bytes,
+            "--fluent-quarantine-max-bytes",
+        );
         let s = sender::Sender {
+            rejects,
             cfg,
             spool: spool.clone(),
             stats: stats.clone(),
-            stop: stop.clone(),
-            deadline: deadline.clone(),
+            shutdown: shutdown.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("fluent-sender".into())
@@ -166,8 +173,7 @@ impl FluentSink {
         Ok(Self {
             spool,
             stats,
-            stop,
-            deadline,
+            shutdown,
             thread: Some(thread),
             warned_full: AtomicBool::new(false),
         })
@@ -253,19 +259,10 @@ impl Sink for FluentSink {
     /// Seals what is open and sends until `deadline`; what is left stays in the spool for the
     /// next start.
     fn finish(mut self: Box<Self>, deadline: Instant) -> u64 {
-        *self.deadline.lock().expect("deadline lock") = Some(deadline);
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                tracing::warn!(
-                    "the Forward receiver did not acknowledge by the shutdown deadline: stopping anyway"
-                );
-            }
+        if !self.shutdown.stop_by(deadline, self.thread.take()) {
+            tracing::warn!(
+                "the Forward receiver did not acknowledge by the shutdown deadline: stopping anyway"
+            );
         }
         let s = &self.stats;
         let left = self.spool.bytes();

@@ -1,94 +1,176 @@
 //! The Forward sender thread: sends sealed spool segments, oldest first, one PackedForward
 //! message each, over one connection kept open between them; a segment leaves the spool only
-//! once its ack came. A failure (no connection, no ack in time, a refused handshake) closes
-//! the connection and the same segment is sent again after a backoff.
+//! once its ack came. Each tag has its own backoff (a message the receiver keeps refusing
+//! holds up only its tag). A failure (no connection, no ack in time, a refused handshake)
+//! closes the connection and the same segment is sent again after its tag's backoff; a
+//! connection the receiver closed while idle is replaced at once. Spool lines that are not
+//! events (torn by a crash, corrupt) go to the quarantine file, never to the receiver.
 
 use std::{
-    io::{BufReader, Read, Write},
-    net::{TcpStream, ToSocketAddrs},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    collections::BTreeMap,
+    io::{self, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream, ToSocketAddrs},
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use base64::Engine;
+use rmpv::Value;
 
 use super::{FluentConfig, FluentStats, add, tls, wire};
 use crate::sink::{
-    backoff::Backoff,
-    spool::{Segment, Spool},
+    remote::{Backoff, Shutdown},
+    spool::{
+        Segment, Spool,
+        rejects::{Kept, Rejects},
+    },
 };
 
 pub(super) struct Sender {
     pub cfg: FluentConfig,
     pub spool: Arc<Spool>,
     pub stats: Arc<FluentStats>,
-    pub stop: Arc<AtomicBool>,
-    pub deadline: Arc<Mutex<Option<Instant>>>,
+    pub shutdown: Shutdown,
+    pub rejects: Rejects,
 }
 
-/// A connection to the receiver: its reader (acks) and the stream it writes to.
+/// A connection to the receiver: the stream (plain or TLS) behind a reader for its answers,
+/// the socket itself (for timeouts), and whether a message went over it already.
 struct Conn {
-    reader: BufReader<Box<dyn tls::Stream>>,
+    reader: BufReader<Timed>,
+    used: bool,
+}
+
+/// The stream, each read and write bounded by one deadline for the whole exchange (a
+/// receiver that trickles bytes cannot hold the sender past `--fluent-timeout`).
+struct Timed {
+    stream: Box<dyn tls::Stream>,
+    socket: TcpStream,
+    deadline: Instant,
+}
+
+impl Timed {
+    fn remaining(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no answer within --fluent-timeout",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.set_read_timeout(Some(self.remaining()?))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.socket.set_write_timeout(Some(self.remaining()?))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.socket.set_write_timeout(Some(self.remaining()?))?;
+        self.stream.flush()
+    }
+}
+
+/// A reader and its stream's writer as one (for the handshake).
+struct Both<'a>(&'a mut BufReader<Timed>);
+
+impl Read for Both<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Both<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.get_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.get_mut().flush()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 enum SendError {
     #[error("connecting to {0}: {1}")]
-    Connect(String, std::io::Error),
+    Connect(String, io::Error),
     #[error("{0}")]
     Wire(#[from] wire::WireError),
     #[error("reading the spool: {0}")]
-    Spool(std::io::Error),
+    Spool(io::Error),
+}
+
+/// Whether a decoded spool line is one event: `[EventTime or integer time, map]`, nothing
+/// after it.
+fn is_event(bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    match rmpv::decode::read_value(&mut rest) {
+        Ok(Value::Array(a)) if rest.is_empty() && a.len() == 2 => {
+            matches!(a[0], Value::Ext(0, ref t) if t.len() == 8) && matches!(a[1], Value::Map(_))
+        }
+        _ => false,
+    }
 }
 
 impl Sender {
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.shutdown.stopping()
     }
 
     fn past_deadline(&self) -> bool {
-        self.stopping()
-            && self
-                .deadline
-                .lock()
-                .expect("deadline lock")
-                .is_some_and(|d| Instant::now() >= d)
-    }
-
-    /// Sleeps `d`, or less when shutting down past the deadline.
-    fn pause(&self, d: Duration) {
-        let until = Instant::now() + d;
-        while Instant::now() < until && !self.past_deadline() {
-            std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
-        }
+        self.shutdown.past_deadline()
     }
 
     pub fn run(self) {
         for torn in self.spool.take_torn() {
-            add(&self.stats.quarantined, 1);
-            tracing::warn!(
-                tag = torn.table,
-                bytes = torn.bytes.len(),
-                "a torn Forward spool line (a crash during an append) was dropped"
-            );
+            self.quarantine(&torn.table, "torn (a crash during an append)", &torn.bytes);
         }
-        let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max);
+        let mut tags: BTreeMap<String, (Backoff, Instant)> = self
+            .spool
+            .tables()
+            .into_iter()
+            .map(|t| {
+                let b = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max);
+                (t, (b, Instant::now()))
+            })
+            .collect();
         let mut conn: Option<Conn> = None;
         loop {
             if let Err(e) = self.spool.seal_due(self.stopping()) {
                 tracing::error!("sealing a Forward spool segment failed: {e}");
             }
-            let Some(seg) = self.spool.next() else {
-                if self.past_deadline() || self.stopping() {
+            let now = Instant::now();
+            let ready = tags
+                .iter()
+                .filter(|(_, (_, at))| *at <= now)
+                .filter_map(|(t, _)| self.spool.next_of(t))
+                .min_by(|a, b| a.path.file_name().cmp(&b.path.file_name()));
+            let Some(seg) = ready else {
+                if self.past_deadline() || (self.stopping() && self.spool.next().is_none()) {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             };
-            match self.deliver(&mut conn, &seg) {
+            let (backoff, at) = tags.get_mut(&seg.table).expect("a spool table");
+            let mut result = self.deliver(&mut conn, &seg);
+            // A connection kept open between messages may have been closed by the receiver
+            // meanwhile: one more try at once, on a fresh one.
+            if result.is_err() && conn.as_ref().is_some_and(|c| c.used) {
+                conn = None;
+                result = self.deliver(&mut conn, &seg);
+            }
+            match result {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     conn = None;
@@ -98,7 +180,7 @@ impl Sender {
                         addr = self.cfg.addr,
                         "Forward: {e}; sending again after a pause"
                     );
-                    self.pause(backoff.wait());
+                    *at = Instant::now() + backoff.wait();
                 }
             }
             if self.past_deadline() {
@@ -107,33 +189,64 @@ impl Sender {
         }
     }
 
+    /// The receiver's addresses, each tried in turn.
     fn connect(&self) -> Result<Conn, SendError> {
         let fail = |e| SendError::Connect(self.cfg.addr.clone(), e);
-        let addr = self
-            .cfg
-            .addr
-            .to_socket_addrs()
-            .map_err(fail)?
-            .next()
-            .ok_or_else(|| fail(std::io::Error::other("no address")))?;
-        let s = TcpStream::connect_timeout(&addr, self.cfg.timeout).map_err(fail)?;
-        s.set_read_timeout(Some(self.cfg.timeout)).map_err(fail)?;
-        s.set_write_timeout(Some(self.cfg.timeout)).map_err(fail)?;
-        s.set_nodelay(true).map_err(fail)?;
+        let addrs: Vec<SocketAddr> = self.cfg.addr.to_socket_addrs().map_err(fail)?.collect();
+        let mut last = io::Error::other("no address");
+        let socket = addrs
+            .iter()
+            .find_map(|a| match TcpStream::connect_timeout(a, self.cfg.timeout) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    last = e;
+                    None
+                }
+            })
+            .ok_or_else(|| fail(last))?;
+        socket.set_nodelay(true).map_err(fail)?;
+        let deadline = Instant::now() + self.cfg.timeout;
         let host = self
             .cfg
             .addr
             .rsplit_once(':')
             .map_or(&*self.cfg.addr, |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let s = tls::wrap(self.cfg.tls.as_ref(), host, s).map_err(fail)?;
+        let clone = socket.try_clone().map_err(fail)?;
+        // The TLS handshake within the same deadline.
+        clone
+            .set_read_timeout(Some(self.cfg.timeout))
+            .map_err(fail)?;
+        clone
+            .set_write_timeout(Some(self.cfg.timeout))
+            .map_err(fail)?;
+        let stream = tls::wrap(self.cfg.tls.as_ref(), host, socket).map_err(fail)?;
         add(&self.stats.connects, 1);
-        let mut reader = BufReader::new(s);
+        let mut reader = BufReader::new(Timed {
+            stream,
+            socket: clone,
+            deadline,
+        });
         if let Some(key) = &self.cfg.shared_key {
-            let mut both = Both(&mut reader);
-            wire::handshake(&mut both, &self.cfg.hostname, key)?;
+            wire::handshake(&mut Both(&mut reader), &self.cfg.hostname, key)?;
         }
-        Ok(Conn { reader })
+        Ok(Conn {
+            reader,
+            used: false,
+        })
+    }
+
+    fn quarantine(&self, tag: &str, why: &str, raw: &[u8]) {
+        add(&self.stats.quarantined, 1);
+        match self.rejects.quarantine(tag, why, raw) {
+            Ok(Kept::Stored) => tracing::warn!(
+                tag,
+                file = %self.rejects.quarantine_path().display(),
+                "a Forward spool line that is no event ({why}) was quarantined"
+            ),
+            Ok(Kept::Full) => {}
+            Err(e) => tracing::error!(tag, "quarantining a Forward spool line failed: {e}"),
+        }
     }
 
     /// Sends one segment and waits for its ack; then it leaves the spool.
@@ -141,19 +254,14 @@ impl Sender {
         let text = std::fs::read(&seg.path).map_err(SendError::Spool)?;
         let mut events = Vec::with_capacity(text.len());
         let mut count = 0usize;
+        let mut bad = Vec::new();
         for l in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             match base64::engine::general_purpose::STANDARD.decode(l) {
-                Ok(e) if rmpv::decode::read_value(&mut &e[..]).is_ok() => {
+                Ok(e) if is_event(&e) => {
                     events.extend_from_slice(&e);
                     count += 1;
                 }
-                _ => {
-                    add(&self.stats.quarantined, 1);
-                    tracing::warn!(
-                        tag = seg.table,
-                        "a Forward spool line that is no event was skipped"
-                    );
-                }
+                _ => bad.push(l),
             }
         }
         if count > 0 {
@@ -161,17 +269,16 @@ impl Sender {
                 *conn = Some(self.connect()?);
             }
             let c = conn.as_mut().expect("connected");
+            c.reader.get_mut().deadline = Instant::now() + self.cfg.timeout;
             let chunk = wire::chunk_id();
             let message = wire::packed_forward(&self.cfg.tag(&seg.table), &events, count, &chunk);
-            let sent = c
-                .reader
-                .get_mut()
-                .write_all(&message)
-                .and_then(|()| c.reader.get_mut().flush());
-            if let Err(e) = sent
+            let w = c.reader.get_mut();
+            let sent = w.write_all(&message).and_then(|()| w.flush());
+            let acked = sent
                 .map_err(wire::WireError::Io)
-                .and_then(|()| wire::read_ack(&mut c.reader, &chunk))
-            {
+                .and_then(|()| wire::read_ack(&mut c.reader, &chunk));
+            c.used = true;
+            if let Err(e) = acked {
                 add(&self.stats.retried, count as u64);
                 return Err(e.into());
             }
@@ -183,25 +290,32 @@ impl Sender {
                 .last_success
                 .store(now.as_secs(), Ordering::Relaxed);
         }
+        // Acknowledged (or nothing to send): what was not an event is kept aside first.
+        for l in bad {
+            self.quarantine(&seg.table, "not an event", l);
+        }
         self.spool.done(seg).map_err(SendError::Spool)
     }
 }
 
-/// A buffered reader and its stream's writer as one, for the handshake.
-struct Both<'a>(&'a mut BufReader<Box<dyn tls::Stream>>);
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
 
-impl Read for Both<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
-    }
-}
+    use super::*;
+    use crate::record::OverflowRecord;
 
-impl Write for Both<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.get_mut().write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.get_mut().flush()
+    #[test]
+    fn only_a_whole_event_passes_for_one() {
+        let mut e = Vec::new();
+        wire::event(&mut e, SystemTime::now(), &OverflowRecord::sample());
+        assert!(is_event(&e));
+        let mut trailing = e.clone();
+        trailing.push(0xc0);
+        assert!(!is_event(&trailing), "bytes after it");
+        assert!(!is_event(&e[..e.len() - 1]), "cut short");
+        let mut int = Vec::new();
+        rmp::encode::write_uint(&mut int, 7).unwrap();
+        assert!(!is_event(&int), "a bare value");
     }
 }

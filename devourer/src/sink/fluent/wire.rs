@@ -84,10 +84,10 @@ pub fn read_ack(r: &mut impl Read, chunk: &str) -> Result<(), WireError> {
     let v = read_value(r)?;
     let ack = v
         .as_map()
-        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("ack")))
-        .and_then(|(_, v)| v.as_str());
+        .and_then(|m| m.iter().find(|(k, _)| bytes(k) == Some(b"ack")))
+        .and_then(|(_, v)| bytes(v));
     match ack {
-        Some(a) if a == chunk => Ok(()),
+        Some(a) if a == chunk.as_bytes() => Ok(()),
         _ => Err(WireError::Protocol(format!(
             "expected the ack of {chunk}, got {v}"
         ))),

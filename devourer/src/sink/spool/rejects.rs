@@ -26,6 +26,8 @@ pub struct Rejects {
     dead_letter: PathBuf,
     quarantine: PathBuf,
     max_bytes: u64,
+    /// The flag that sets `max_bytes` (named when the cap is hit).
+    flag: &'static str,
     warned_full: AtomicBool,
 }
 
@@ -37,11 +39,17 @@ impl Rejects {
     /// `dead_letter` is the dead-letter file; the quarantine file is `quarantine.jsonl` beside
     /// it. Each holds at most `max_bytes`.
     pub fn new(dead_letter: PathBuf, max_bytes: u64) -> Self {
+        Self::capped_by(dead_letter, max_bytes, "--bq-dead-letter-max-bytes")
+    }
+
+    /// [`Self::new`], the cap set by `flag`.
+    pub fn capped_by(dead_letter: PathBuf, max_bytes: u64, flag: &'static str) -> Self {
         let quarantine = dead_letter.with_file_name("quarantine.jsonl");
         Self {
             dead_letter,
             quarantine,
             max_bytes,
+            flag,
             warned_full: AtomicBool::new(false),
         }
     }
@@ -83,7 +91,8 @@ impl Rejects {
             if !self.warned_full.swap(true, Ordering::Relaxed) {
                 tracing::error!(
                     file = %path.display(),
-                    "the reject file is full (--bq-dead-letter-max-bytes): rejected rows are dropped and counted"
+                    flag = self.flag,
+                    "the reject file is full: rejected rows are dropped and counted"
                 );
             }
             return Ok(Kept::Full);
