@@ -163,14 +163,16 @@ fn devourer_transactions(recs: &[Value]) -> Vec<(Tx, Option<f64>)> {
     txs
 }
 
-/// How far a latency may be from tshark's: 1 ms, or `DEVOURER_LATENCY_TOLERANCE_MS` where the
+/// How far a latency may be from tshark's: 2 ms, or `DEVOURER_LATENCY_TOLERANCE_MS` where the
 /// kernel matrix runs this test under software emulation (the program's and tcpdump's clocks
-/// are read several emulated instructions apart there).
+/// are read several emulated instructions apart there). The program stamps a packet at its
+/// hook and tcpdump at its own tap, a softirq apart at worst: a CI run saw 1.02 ms between
+/// them once in XDP mode; pairing the wrong packets is off by far more.
 fn latency_tolerance() -> f64 {
     std::env::var("DEVOURER_LATENCY_TOLERANCE_MS")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.001, |ms| ms / 1000.0)
+        .map_or(0.002, |ms| ms / 1000.0)
 }
 
 fn assert_same_transactions(ours: &[(Tx, Option<f64>)], oracle: &[(Tx, Option<f64>)], what: &str) {
