@@ -478,11 +478,12 @@ pub fn tunnel_headers<P: Packet>(p: &P, out: &Parsed) -> u32 {
     let Some(t) = Tunnel::of(k.proto, k.src_port, k.dst_port) else {
         return 0;
     };
-    if out.payload_off > MAX_OUTER_HEADERS {
-        return 0;
-    }
+    // No early return for a longer offset: after a comparison the compiler drops the mask,
+    // and older verifiers (6.1) then lose the offset's bound and refuse the packet read. The
+    // mask stays; what a longer offset would read is discarded instead.
     let off = (out.payload_off & MAX_OUTER_HEADERS) as usize;
-    inner_headers(p, t, k.proto, off).map_or(0, |end| (end - off) as u32)
+    let within = u32::from(out.payload_off <= MAX_OUTER_HEADERS);
+    inner_headers(p, t, k.proto, off).map_or(0, |end| (end - off) as u32) * within
 }
 
 /// Where the inner transport payload of tunnel `t` starts, its outer payload at `off`.

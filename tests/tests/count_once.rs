@@ -148,7 +148,7 @@ impl Over {
         if made {
             ns.sh(&format!(
                 "ethtool -K {dev} {OFFLOADS_OFF} >/dev/null 2>&1 || true
-                 sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1
+                 echo 1 > /proc/sys/net/ipv6/conf/{dev}/disable_ipv6
                  ip addr add {inner}/24 dev {dev}
                  ip link set {dev} up"
             ));
@@ -204,7 +204,7 @@ fn counted_once_over(over: Over, test: &str) {
             ns.sh(&format!(
                 "ip addr add {ul}/24 dev {dev}
                  ethtool -K {dev} {OFFLOADS_OFF} >/dev/null 2>&1 || true
-                 sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1
+                 echo 1 > /proc/sys/net/ipv6/conf/{dev}/disable_ipv6
                  ip link set {dev} up"
             ));
         }
