@@ -17,12 +17,15 @@ fn main() -> ExitCode {
     };
     let filter = EnvFilter::try_from_env("DEVOURER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        // The Kafka client logs each connection it opens, and each of its own retries; the
+        // sink and the trigger say when a request failed for good.
+        .unwrap_or_else(|_| EnvFilter::new("info,rskafka=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    devourer::base::tls::install_default_provider();
     let res = match cli.command {
         Command::Capture(args) => devourer::drivers::live::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Read(args) => devourer::drivers::replay::run(*args),

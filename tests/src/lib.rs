@@ -16,6 +16,7 @@ use serde_json::Value;
 pub mod bigquery;
 pub mod frames;
 pub mod k8s;
+pub mod kafka;
 pub mod node;
 pub mod vm;
 

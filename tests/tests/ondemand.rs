@@ -57,6 +57,8 @@ struct Od {
     link: Link,
     dir: TempDir,
     redis: Option<Bg>,
+    /// Servers started before the agent (a Kafka broker).
+    servers: Vec<Bg>,
     _discard: Bg,
     agent: Option<Bg>,
     log: PathBuf,
@@ -80,9 +82,20 @@ impl Od {
 
     /// [`Od::new`] with more `[capture.*]` tables (upload destinations).
     fn with(limits: &str, tables: &str, env: &[(&str, &str)]) -> Self {
+        Self::build(limits, tables, env, |_| Vec::new())
+    }
+
+    /// [`Od::with`], with servers `before` starts in B before the agent.
+    fn build(
+        limits: &str,
+        tables: &str,
+        env: &[(&str, &str)],
+        before: impl FnOnce(&Netns) -> Vec<Bg>,
+    ) -> Self {
         let link = Link::new();
         let dir = TempDir::new("ondemand");
         let redis = redis_server(&link.b);
+        let servers = before(&link.b);
         // A UDP sink on B's discard port, so the UDP traffic below draws no ICMP errors.
         let mut discard = link.b.cmd("python3");
         discard.args([
@@ -123,6 +136,7 @@ impl Od {
             link,
             dir,
             redis: Some(redis),
+            servers,
             _discard: discard,
             agent: Some(agent),
             log,
@@ -1394,4 +1408,96 @@ fn cloudshark_holds_each_capture_byte_for_byte_with_its_tags_and_a_dead_one_fall
         1
     );
     assert!(!od.log_text().contains(CS_TOKEN), "nor in errors");
+}
+
+/// The capture file of alert `alertid` in the capture directory, once there.
+fn capture_of(od: &Od, alertid: u32) -> PathBuf {
+    let prefix = format!("{NODE}_{}_{alertid}_", od.link.if_b);
+    let mut found = None;
+    let written = wait_for(Duration::from_secs(10), || {
+        found = std::fs::read_dir(od.caps()).ok().and_then(|d| {
+            d.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with(&prefix)
+            })
+        });
+        found.is_some()
+    });
+    assert!(written, "capture {alertid}: {}", od.log_text());
+    found.unwrap()
+}
+
+#[test]
+fn a_kafka_request_on_any_partition_captures_as_a_redis_one_and_a_broker_restart_is_retried() {
+    if !require_root(
+        "a_kafka_request_on_any_partition_captures_as_a_redis_one_and_a_broker_restart_is_retried",
+    ) {
+        return;
+    }
+    use devourer_tests::kafka::{publish, tansu};
+    let od = Od::build(
+        "max_packets = 1000",
+        "[capture.kafka]\nbrokers = [\"127.0.0.1:19092\"]\ntimeout = \"2s\"\nmax_wait = \"200ms\"\nmetadata_interval = \"1s\"\n",
+        &[],
+        |ns| vec![tansu(ns, 19092)],
+    );
+    let connected = |up: u64| {
+        wait_for(Duration::from_secs(15), || {
+            od.try_metric("devourer_capture_kafka_connected", "") == Some(up)
+        })
+    };
+    assert!(connected(1), "reading the topic: {}", od.log_text());
+    let request = |alertid: u32| {
+        format!(
+            r#"{{"nodere":"^test-","alias":["public"],"bpf":"icmp","packets":6,"alertid":{alertid}}}"#
+        )
+    };
+    // Each request on a different partition of the auto-created topic (4 partitions), one
+    // for another node, one that is no text; then the same request over Redis.
+    let kafka = |partition: u32, msg: &[u8]| publish(&od.link.b, 19092, "capture", partition, msg);
+    kafka(0, br#"{"node":"elsewhere","interface":["lo"],"packets":1}"#);
+    kafka(1, &[0xff, 0xfe, 0x00]);
+    let mut files = Vec::new();
+    for (alertid, via) in [(31, "kafka 3"), (32, "redis"), (33, "kafka 2")] {
+        match via {
+            "redis" => od.publish(&request(alertid)),
+            "kafka 3" => kafka(3, request(alertid).as_bytes()),
+            _ => {
+                // The broker restarts (its log lost): the trigger retries, counted, and reads
+                // the new log from its start.
+                let broker = od.servers.first().unwrap();
+                broker.signal(libc::SIGKILL);
+                assert!(connected(0), "the broker's loss is seen: {}", od.log_text());
+                let _again = tansu(&od.link.b, 19092);
+                assert!(connected(1), "read again: {}", od.log_text());
+                kafka(2, request(alertid).as_bytes());
+                std::thread::sleep(Duration::from_millis(500));
+                od.ping(10, 0.05, 56);
+                files.push(capture_of(&od, alertid));
+                continue;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        od.ping(10, 0.05, 56);
+        files.push(capture_of(&od, alertid));
+    }
+    // The same capture, whichever way the request came: six ICMP packets of the interface.
+    for f in &files {
+        let protos = tshark_frames(f);
+        assert_eq!(protos.len(), 6, "{}: {protos:?}", f.display());
+        assert!(protos.iter().all(|p| p.contains(":ip:icmp")), "{protos:?}");
+    }
+    assert_eq!(
+        od.metric("devourer_capture_requests_total", "\"accepted\""),
+        3
+    );
+    assert_eq!(
+        od.metric("devourer_capture_requests_total", "other_node"),
+        1
+    );
+    assert_eq!(od.metric("devourer_capture_requests_total", "bad_json"), 1);
+    assert!(od.metric("devourer_capture_kafka_errors_total", "") >= 1);
 }

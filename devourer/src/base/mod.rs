@@ -10,3 +10,4 @@ pub mod net;
 pub mod par;
 pub mod text;
 pub mod time;
+pub mod tls;

@@ -44,6 +44,8 @@ pub struct PipelineArgs {
     pub bq: BqArgs,
     #[command(flatten)]
     pub fluent: FluentArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 impl PipelineArgs {
@@ -473,6 +475,96 @@ pub struct FluentArgs {
     pub fluent_backoff_base: Duration,
     #[arg(long, env = "DEVOURER_FLUENT_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
     pub fluent_backoff_max: Duration,
+}
+
+/// Kafka export.
+#[derive(Debug, Args, Clone)]
+pub struct KafkaArgs {
+    /// Send records to Kafka: bootstrap brokers as HOST:PORT, comma-separated. Each record's
+    /// JSON line is a record value in its kind's topic, keyed by community_id, through a
+    /// durable spool (at least once).
+    #[arg(long, env = "DEVOURER_KAFKA_BROKERS", value_delimiter = ',')]
+    pub kafka_brokers: Vec<String>,
+    #[arg(
+        long,
+        env = "DEVOURER_KAFKA_TOPIC_FLOWS",
+        default_value = "devourer-flows"
+    )]
+    pub kafka_topic_flows: String,
+    #[arg(long, env = "DEVOURER_KAFKA_TOPIC_DNS", default_value = "devourer-dns")]
+    pub kafka_topic_dns: String,
+    #[arg(
+        long,
+        env = "DEVOURER_KAFKA_TOPIC_HTTP",
+        default_value = "devourer-http"
+    )]
+    pub kafka_topic_http: String,
+    #[arg(
+        long,
+        env = "DEVOURER_KAFKA_TOPIC_OVERFLOW",
+        default_value = "devourer-overflow"
+    )]
+    pub kafka_topic_overflow: String,
+    /// TLS to the brokers, their certificates checked against --kafka-ca-file or the
+    /// system's CA certificates.
+    #[arg(long, env = "DEVOURER_KAFKA_TLS")]
+    pub kafka_tls: bool,
+    /// CA certificates (PEM) the brokers' certificates must chain to (with --kafka-tls).
+    #[arg(long, env = "DEVOURER_KAFKA_CA_FILE", requires = "kafka_tls")]
+    pub kafka_ca_file: Option<PathBuf>,
+    /// SASL: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with --kafka-sasl-username and
+    /// --kafka-sasl-password-file).
+    #[arg(long, env = "DEVOURER_KAFKA_SASL_MECHANISM", requires_all = ["kafka_sasl_username", "kafka_sasl_password_file"])]
+    pub kafka_sasl_mechanism: Option<String>,
+    #[arg(
+        long,
+        env = "DEVOURER_KAFKA_SASL_USERNAME",
+        requires = "kafka_sasl_mechanism"
+    )]
+    pub kafka_sasl_username: Option<String>,
+    /// A file holding the SASL password.
+    #[arg(
+        long,
+        env = "DEVOURER_KAFKA_SASL_PASSWORD_FILE",
+        requires = "kafka_sasl_mechanism"
+    )]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+    /// Compression of record batches: lz4, gzip or none.
+    #[arg(long, env = "DEVOURER_KAFKA_COMPRESSION", default_value = "lz4")]
+    pub kafka_compression: String,
+    /// Records wait here until the brokers acknowledge them (kept across restarts).
+    #[arg(
+        long,
+        env = "DEVOURER_KAFKA_SPOOL_DIR",
+        default_value = "/var/lib/devourer/spool-kafka"
+    )]
+    pub kafka_spool_dir: PathBuf,
+    /// The Kafka spool's size cap; past it new records are dropped and counted.
+    #[arg(long, env = "DEVOURER_KAFKA_SPOOL_MAX_BYTES", default_value = "1G", value_parser = parse_bytes)]
+    pub kafka_spool_max_bytes: u64,
+    /// Cap of the quarantine file in the Kafka spool directory (spool lines that are not
+    /// records: torn by a crash, corrupt); past it they are dropped and counted.
+    #[arg(long, env = "DEVOURER_KAFKA_QUARANTINE_MAX_BYTES", default_value = "100M", value_parser = parse_bytes)]
+    pub kafka_quarantine_max_bytes: u64,
+    /// Produce at least this often.
+    #[arg(long, env = "DEVOURER_KAFKA_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub kafka_flush_interval: Duration,
+    /// Records per batch at most (split over the partitions).
+    #[arg(long, env = "DEVOURER_KAFKA_BATCH_RECORDS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub kafka_batch_records: u64,
+    /// Bytes of JSON per batch at most, before compression (keep it under the brokers'
+    /// message.max.bytes, 1 MiB by default, for records that do not compress).
+    #[arg(long, env = "DEVOURER_KAFKA_BATCH_BYTES", default_value = "900K", value_parser = parse_bytes)]
+    pub kafka_batch_bytes: u64,
+    /// Connecting, each metadata lookup and each produce request: at most this long.
+    #[arg(long, env = "DEVOURER_KAFKA_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub kafka_timeout: Duration,
+    /// First wait after a failure; doubles up to --kafka-backoff-max (with jitter).
+    #[arg(long, env = "DEVOURER_KAFKA_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub kafka_backoff_base: Duration,
+    #[arg(long, env = "DEVOURER_KAFKA_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub kafka_backoff_max: Duration,
 }
 
 impl BqArgs {

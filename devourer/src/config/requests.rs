@@ -189,6 +189,8 @@ pub struct CaptureSection {
     pub redis: Option<RedisSection>,
     /// Requests from an SQS queue (pcapdaemon's trigger).
     pub sqs: Option<SqsSection>,
+    /// Requests from a Kafka topic (pcapdaemon's `[kafka]` trigger).
+    pub kafka: Option<KafkaSection>,
     /// The default upload destination: captures go there unless a request picks another.
     pub s3: Option<S3Section>,
     /// More destinations a request may pick by `"destination": NAME`.
@@ -246,6 +248,18 @@ impl CloudsharkSection {
 
 mod defaults {
     use super::*;
+    pub fn kafka_topic() -> String {
+        "capture".into()
+    }
+    pub fn kafka_timeout() -> Duration {
+        d(10)
+    }
+    pub fn kafka_max_wait() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn kafka_metadata_interval() -> Duration {
+        d(30)
+    }
     pub fn max_packets() -> u64 {
         50_000
     }
@@ -378,6 +392,89 @@ impl SqsSection {
                 "[capture.sqs] chunk_size {} is not 1-10",
                 self.chunk_size
             )));
+        }
+        Ok(())
+    }
+}
+
+/// `[capture.kafka]`: every node must see every request, so by default each reads every
+/// partition of the topic from its newest offsets, without a consumer group (a group shares
+/// the partitions out, one node each). The request is the message value.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Bootstrap brokers, `HOST:PORT`.
+    pub brokers: Vec<String>,
+    #[serde(default = "defaults::kafka_topic")]
+    pub topic: String,
+    /// TLS to the brokers, checked against `ca_file` or the system's CA certificates.
+    #[serde(default)]
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with `sasl_username` and `sasl_password_file`.
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password_file: Option<PathBuf>,
+    /// A consumer group, per node (`{agent}` in it): refused by this build, whose Kafka
+    /// client has no group protocol; without one every node reads every partition.
+    pub group: Option<String>,
+    /// Connecting and each request at most this long.
+    #[serde(default = "defaults::kafka_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// How long one fetch waits for a new request on a partition.
+    #[serde(default = "defaults::kafka_max_wait", deserialize_with = "duration")]
+    pub max_wait: Duration,
+    /// How often the topic's partitions are listed again (new ones are read from their
+    /// start).
+    #[serde(
+        default = "defaults::kafka_metadata_interval",
+        deserialize_with = "duration"
+    )]
+    pub metadata_interval: Duration,
+}
+
+impl KafkaSection {
+    fn check(&self) -> Result<(), BadValue> {
+        let bad = |m: String| Err(BadValue(format!("[capture.kafka] {m}")));
+        if self.brokers.is_empty()
+            || self
+                .brokers
+                .iter()
+                .any(|b| b.trim().is_empty() || !b.contains(':'))
+        {
+            return bad(format!("brokers must be HOST:PORT, got {:?}", self.brokers));
+        }
+        if self.topic.trim().is_empty() {
+            return bad("topic is empty".into());
+        }
+        if self.ca_file.is_some() && !self.tls {
+            return bad("ca_file needs tls = true".into());
+        }
+        let sasl = [
+            self.sasl_mechanism.is_some(),
+            self.sasl_username.is_some(),
+            self.sasl_password_file.is_some(),
+        ];
+        if sasl.iter().any(|&b| b) && !sasl.iter().all(|&b| b) {
+            return bad(
+                "SASL needs sasl_mechanism, sasl_username and sasl_password_file together".into(),
+            );
+        }
+        if let Some(g) = &self.group {
+            if !g.contains("{agent}") {
+                return bad(format!(
+                    "group {g:?} has no {{agent}}: one group for all nodes would hand each request to one node only"
+                ));
+            }
+            return bad(format!(
+                "group {g:?}: consumer groups are not supported by this build's Kafka client; leave group out (every node then reads every partition from its newest offsets)"
+            ));
+        }
+        if self.timeout.is_zero() || self.max_wait.is_zero() || self.metadata_interval.is_zero() {
+            return bad("timeout, max_wait and metadata_interval must be greater than zero".into());
+        }
+        if self.max_wait > Duration::from_secs(60) {
+            return bad("max_wait must be at most 60s".into());
         }
         Ok(())
     }
@@ -592,11 +689,18 @@ pub fn resolve(
         .map(str::to_owned)
         .or_else(|| capture.redis.as_ref().map(|r| r.channel.clone()))
         .unwrap_or_else(defaults::channel);
-    if redis_url.is_none() && sections.api.is_none() && capture.sqs.is_none() {
+    if redis_url.is_none()
+        && sections.api.is_none()
+        && capture.sqs.is_none()
+        && capture.kafka.is_none()
+    {
         return Ok(None);
     }
     if let Some(sqs) = &capture.sqs {
         sqs.check()?;
+    }
+    if let Some(k) = &capture.kafka {
+        k.check()?;
     }
     // On loopback too: every host-network pod of a node shares it.
     if let Some(api) = &sections.api
@@ -651,6 +755,24 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kafka_topic_alone_turns_requests_on_and_a_group_shared_by_nodes_is_refused() {
+        let cfg = |k: &str| {
+            let s = read_sections(&format!("[capture.kafka]\n{k}\n")).map_err(|e| e.0)?;
+            resolve(&s, None, None, None).map_err(|e| e.0)
+        };
+        let r = cfg(r#"brokers = ["127.0.0.1:9092"]"#).unwrap().unwrap();
+        let k = r.capture.kafka.unwrap();
+        assert_eq!((k.topic.as_str(), k.group), ("capture", None));
+        let shared = cfg("brokers = [\"b:9092\"]\ngroup = \"capture\"").unwrap_err();
+        assert!(shared.contains("{agent}"), "{shared}");
+        let per_node = cfg("brokers = [\"b:9092\"]\ngroup = \"devourer-{agent}\"").unwrap_err();
+        assert!(per_node.contains("not supported"), "{per_node}");
+        assert!(cfg(r#"brokers = ["nohost"]"#).is_err());
+        assert!(cfg("brokers = [\"b:9092\"]\nsasl_mechanism = \"PLAIN\"").is_err());
+        assert!(cfg("brokers = [\"b:9092\"]\nca_file = \"/ca.pem\"").is_err());
+    }
 
     #[test]
     fn an_sqs_queue_alone_turns_requests_on_and_its_bounds_are_checked() {

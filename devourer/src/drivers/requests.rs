@@ -92,6 +92,9 @@ pub async fn start(
             }
         });
     }
+    if let Some(k) = cfg.capture.kafka.clone() {
+        start_kafka(&svc, k, &node, &cfg)?;
+    }
     if let Some(a) = &cfg.api {
         let f = a
             .token_file
@@ -159,4 +162,50 @@ pub async fn stop(requests: Option<Requests>, deadline: std::time::Instant) {
     }
     #[cfg(not(feature = "capture-requests"))]
     let _ = (requests, deadline);
+}
+
+/// The Kafka trigger, reading every partition of its topic.
+#[cfg(all(feature = "capture-requests", feature = "kafka"))]
+fn start_kafka(
+    svc: &crate::ondemand::Service,
+    k: crate::config::requests::KafkaSection,
+    node: &str,
+    cfg: &RequestsConfig,
+) -> Result<()> {
+    let sasl = match (&k.sasl_mechanism, &k.sasl_username, &k.sasl_password_file) {
+        (Some(m), Some(u), Some(p)) => Some((m.as_str(), u.as_str(), p.as_path())),
+        _ => None,
+    };
+    let connect = crate::assembly::build::kafka_connect(
+        &k.brokers,
+        k.tls.then(|| k.ca_file.clone()),
+        sasl,
+        node,
+        k.timeout,
+    )?;
+    let listener = tokio::spawn(crate::ondemand::kafka::listen(
+        svc.clone(),
+        k,
+        connect,
+        cfg.capture.retry_base,
+        cfg.capture.retry_max,
+    ));
+    tokio::spawn(async move {
+        if let Err(e) = listener.await {
+            tracing::error!("the Kafka capture-request listener died: {e}; no more Kafka requests");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(all(feature = "capture-requests", not(feature = "kafka")))]
+fn start_kafka(
+    _svc: &crate::ondemand::Service,
+    _k: crate::config::requests::KafkaSection,
+    _node: &str,
+    _cfg: &RequestsConfig,
+) -> Result<()> {
+    bail!(
+        "[capture.kafka] is configured, but this build has no Kafka client (built without the kafka feature)"
+    )
 }

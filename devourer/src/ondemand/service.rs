@@ -294,6 +294,16 @@ impl Service {
         }
     }
 
+    /// The Kafka trigger reads its topic (`true`), or lost its brokers (counted as an error).
+    pub fn kafka_connected(&self, connected: bool) {
+        if let Some(m) = &self.0.metrics {
+            m.capture.kafka_connected.set(i64::from(connected));
+            if !connected {
+                m.capture.kafka_errors.inc();
+            }
+        }
+    }
+
     fn count(&self, outcome: &str) {
         if let Some(m) = &self.0.metrics {
             m.capture.requests.with_label_values(&[outcome]).inc();

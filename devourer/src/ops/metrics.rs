@@ -57,6 +57,7 @@ pub struct Metrics {
     sink_queue: IntGaugeVec,
     sink_spool_bytes: IntGaugeVec,
     sink_last_success: IntGaugeVec,
+    sink_table_rows: IntCounterVec,
     spool_bytes: IntGauge,
     bq_last_success: IntGauge,
     sink_request_seconds: HistogramVec,
@@ -138,6 +139,11 @@ pub struct CaptureMetrics {
     pub redis_subscribed: IntGauge,
     /// Subscriptions made (the first, then one per reconnect).
     pub redis_subscriptions: IntCounter,
+    /// 1 while the Kafka trigger reads its topic.
+    pub kafka_connected: IntGauge,
+    /// Failures of the Kafka trigger (unreachable brokers, refused requests); each is
+    /// retried after a backoff.
+    pub kafka_errors: IntCounter,
     /// Memory held by captures in flight.
     pub memory: IntGauge,
 }
@@ -166,6 +172,14 @@ impl CaptureMetrics {
             redis_subscriptions: r.counter(
                 "devourer_capture_redis_subscriptions_total",
                 "Subscriptions to the Redis capture channel (the first, then one per reconnect).",
+            ),
+            kafka_connected: r.gauge(
+                "devourer_capture_kafka_connected",
+                "1 while the Kafka capture trigger reads every partition of its topic, else 0.",
+            ),
+            kafka_errors: r.counter(
+                "devourer_capture_kafka_errors_total",
+                "Failures of the Kafka capture trigger (brokers unreachable or refusing), each retried after a backoff.",
             ),
             memory: r.gauge(
                 "devourer_capture_memory_bytes",
@@ -361,7 +375,7 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "devourer_sink_spool_bytes",
-                        "Bytes waiting in a spooling sink's spool (bigquery, fluent).",
+                        "Bytes waiting in a spooling sink's spool (bigquery, fluent, kafka).",
                     ),
                     &["sink"],
                 )
@@ -376,6 +390,11 @@ impl Metrics {
                     &["sink"],
                 )
                 .expect("metric"),
+            ),
+            sink_table_rows: r.counters(
+                "devourer_sink_table_records_total",
+                "Records by sink, destination table or topic (kafka: the configured topics), and outcome (spooled, sent, retried, quarantined, dropped).",
+                &["sink", "table", "outcome"],
             ),
             bq_last_success: r.gauge(
                 "devourer_bigquery_last_success_timestamp_seconds",
@@ -531,6 +550,15 @@ impl Metrics {
             self.sync(
                 &format!("sink/{sink}/{outcome}"),
                 &self.sink_rows.with_label_values(&[sink, outcome]),
+                *total,
+            );
+        }
+        for (table, outcome, total) in &report.by_table {
+            self.sync(
+                &format!("sink_table/{sink}/{table}/{outcome}"),
+                &self
+                    .sink_table_rows
+                    .with_label_values(&[sink, table, outcome]),
                 *total,
             );
         }

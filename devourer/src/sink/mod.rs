@@ -8,6 +8,8 @@
 pub mod bigquery;
 pub mod fluent;
 pub mod jsonl;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod queue;
 pub mod remote;
 pub mod spool;
@@ -36,6 +38,9 @@ pub struct SinkReport {
     pub last_success: Option<u64>,
     /// Records waiting in the sink's queue.
     pub queued: u64,
+    /// Counts by destination table or topic and outcome, for a sink with several
+    /// (`devourer_sink_table_records_total{sink, table, outcome}`).
+    pub by_table: Vec<(String, &'static str, u64)>,
 }
 
 impl SinkReport {

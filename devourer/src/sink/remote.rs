@@ -1,7 +1,10 @@
 //! What the remote sinks' sender threads share: exponential backoff with jitter for their
-//! retries, and the shutdown they are told of ([`Shutdown`]).
+//! retries, the shutdown they are told of ([`Shutdown`]), and the loop that sends a spool's
+//! segments with a backoff per table ([`drain`]).
 
 use std::{
+    collections::BTreeMap,
+    fmt::Display,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -9,6 +12,8 @@ use std::{
     thread::JoinHandle,
     time::{Duration, Instant},
 };
+
+use super::spool::{Segment, Spool};
 
 /// Exponential backoff with jitter: base, 2×base, ... up to max; each wait is 50–100% of that.
 pub struct Backoff {
@@ -76,5 +81,64 @@ impl Shutdown {
             let _ = t.join();
         }
         done
+    }
+}
+
+/// What a sender does with one sealed segment.
+pub trait Deliver {
+    type Error: Display;
+
+    /// Sends `seg` and, once its destination acknowledged it, takes it out of the spool.
+    fn deliver(&mut self, seg: &Segment) -> Result<(), Self::Error>;
+
+    /// `seg` failed with `e` (count it, drop the connection); it is sent again after its
+    /// table's backoff.
+    fn failed(&mut self, seg: &Segment, e: Self::Error);
+}
+
+/// Sends the spool's sealed segments, oldest first, until told to stop (then what is left,
+/// until the deadline). Each table has its own backoff: a table its destination keeps
+/// refusing holds up only itself.
+pub fn drain(
+    spool: &Spool,
+    shutdown: &Shutdown,
+    base: Duration,
+    max: Duration,
+    label: &str,
+    d: &mut impl Deliver,
+) {
+    let mut tables: BTreeMap<String, (Backoff, Instant)> = spool
+        .tables()
+        .into_iter()
+        .map(|t| (t, (Backoff::new(base, max), Instant::now())))
+        .collect();
+    loop {
+        if let Err(e) = spool.seal_due(shutdown.stopping()) {
+            tracing::error!(sink = label, "sealing a spool segment failed: {e}");
+        }
+        let now = Instant::now();
+        let ready = tables
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .filter_map(|(t, _)| spool.next_of(t))
+            .min_by(|a, b| a.path.file_name().cmp(&b.path.file_name()));
+        let Some(seg) = ready else {
+            if shutdown.past_deadline() || (shutdown.stopping() && spool.next().is_none()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let (backoff, at) = tables.get_mut(&seg.table).expect("a spool table");
+        match d.deliver(&seg) {
+            Ok(()) => backoff.reset(),
+            Err(e) => {
+                d.failed(&seg, e);
+                *at = Instant::now() + backoff.wait();
+            }
+        }
+        if shutdown.past_deadline() {
+            return;
+        }
     }
 }

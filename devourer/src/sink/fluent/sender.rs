@@ -7,7 +7,6 @@
 //! events (torn by a crash, corrupt) go to the quarantine file, never to the receiver.
 
 use std::{
-    collections::BTreeMap,
     io::{self, BufReader, Read, Write},
     net::{SocketAddr, TcpStream, ToSocketAddrs},
     sync::{Arc, atomic::Ordering},
@@ -19,7 +18,7 @@ use rmpv::Value;
 
 use super::{FluentConfig, FluentStats, add, tls, wire};
 use crate::sink::{
-    remote::{Backoff, Shutdown},
+    remote::{self, Shutdown},
     spool::{
         Segment, Spool,
         rejects::{Kept, Rejects},
@@ -122,71 +121,49 @@ fn is_event(bytes: &[u8]) -> bool {
     }
 }
 
+/// The sender and its connection, kept open between messages.
+struct Connected {
+    sender: Sender,
+    conn: Option<Conn>,
+}
+
+impl remote::Deliver for Connected {
+    type Error = SendError;
+
+    fn deliver(&mut self, seg: &Segment) -> Result<(), SendError> {
+        let result = self.sender.deliver(&mut self.conn, seg);
+        // A connection kept open between messages may have been closed by the receiver
+        // meanwhile: one more try at once, on a fresh one.
+        if result.is_err() && self.conn.as_ref().is_some_and(|c| c.used) {
+            self.conn = None;
+            return self.sender.deliver(&mut self.conn, seg);
+        }
+        result
+    }
+
+    fn failed(&mut self, seg: &Segment, e: SendError) {
+        self.conn = None;
+        add(&self.sender.stats.errors, 1);
+        tracing::warn!(
+            tag = seg.table,
+            addr = self.sender.cfg.addr,
+            "Forward: {e}; sending again after a pause"
+        );
+    }
+}
+
 impl Sender {
-    fn stopping(&self) -> bool {
-        self.shutdown.stopping()
-    }
-
-    fn past_deadline(&self) -> bool {
-        self.shutdown.past_deadline()
-    }
-
     pub fn run(self) {
         for torn in self.spool.take_torn() {
             self.quarantine(&torn.table, "torn (a crash during an append)", &torn.bytes);
         }
-        let mut tags: BTreeMap<String, (Backoff, Instant)> = self
-            .spool
-            .tables()
-            .into_iter()
-            .map(|t| {
-                let b = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max);
-                (t, (b, Instant::now()))
-            })
-            .collect();
-        let mut conn: Option<Conn> = None;
-        loop {
-            if let Err(e) = self.spool.seal_due(self.stopping()) {
-                tracing::error!("sealing a Forward spool segment failed: {e}");
-            }
-            let now = Instant::now();
-            let ready = tags
-                .iter()
-                .filter(|(_, (_, at))| *at <= now)
-                .filter_map(|(t, _)| self.spool.next_of(t))
-                .min_by(|a, b| a.path.file_name().cmp(&b.path.file_name()));
-            let Some(seg) = ready else {
-                if self.past_deadline() || (self.stopping() && self.spool.next().is_none()) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            };
-            let (backoff, at) = tags.get_mut(&seg.table).expect("a spool table");
-            let mut result = self.deliver(&mut conn, &seg);
-            // A connection kept open between messages may have been closed by the receiver
-            // meanwhile: one more try at once, on a fresh one.
-            if result.is_err() && conn.as_ref().is_some_and(|c| c.used) {
-                conn = None;
-                result = self.deliver(&mut conn, &seg);
-            }
-            match result {
-                Ok(()) => backoff.reset(),
-                Err(e) => {
-                    conn = None;
-                    add(&self.stats.errors, 1);
-                    tracing::warn!(
-                        tag = seg.table,
-                        addr = self.cfg.addr,
-                        "Forward: {e}; sending again after a pause"
-                    );
-                    *at = Instant::now() + backoff.wait();
-                }
-            }
-            if self.past_deadline() {
-                return;
-            }
-        }
+        let (spool, shutdown) = (self.spool.clone(), self.shutdown.clone());
+        let (base, max) = (self.cfg.backoff_base, self.cfg.backoff_max);
+        let mut d = Connected {
+            sender: self,
+            conn: None,
+        };
+        remote::drain(&spool, &shutdown, base, max, "fluent", &mut d);
     }
 
     /// The receiver's addresses, each tried in turn.

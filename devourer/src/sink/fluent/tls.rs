@@ -13,55 +13,19 @@ impl<T: io::Read + io::Write + Send> Stream for T {}
 
 #[cfg(feature = "fluent-tls")]
 mod imp {
-    use std::{io, net::TcpStream, sync::Arc};
+    use std::{io, net::TcpStream};
 
-    use rustls::{
-        ClientConfig, ClientConnection, RootCertStore, StreamOwned,
-        pki_types::{CertificateDer, ServerName, pem::PemObject},
-    };
+    use rustls::{ClientConnection, StreamOwned, pki_types::ServerName};
 
     use super::{Stream, TlsConfig};
 
-    fn roots(cfg: &TlsConfig) -> io::Result<RootCertStore> {
-        let mut roots = RootCertStore::empty();
-        match &cfg.ca_file {
-            Some(path) => {
-                for cert in CertificateDer::pem_file_iter(path)
-                    .map_err(|e| io::Error::other(format!("reading {}: {e}", path.display())))?
-                {
-                    let cert = cert.map_err(|e| {
-                        io::Error::other(format!("a certificate in {}: {e}", path.display()))
-                    })?;
-                    roots.add(cert).map_err(io::Error::other)?;
-                }
-            }
-            None => {
-                for cert in rustls_native_certs::load_native_certs().certs {
-                    // A system certificate rustls cannot use is skipped, as browsers do.
-                    let _ = roots.add(cert);
-                }
-            }
-        }
-        if roots.is_empty() {
-            return Err(io::Error::other(
-                "no CA certificate to check the receiver's with",
-            ));
-        }
-        Ok(roots)
-    }
-
     /// TLS over `tcp` to `host` (the certificate's name, unless the configuration names one).
     pub fn wrap(cfg: &TlsConfig, host: &str, tcp: TcpStream) -> io::Result<Box<dyn Stream>> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(io::Error::other)?
-            .with_root_certificates(roots(cfg)?)
-            .with_no_client_auth();
+        let config = crate::base::tls::client_config(cfg.ca_file.as_deref())?;
         let name = cfg.server_name.as_deref().unwrap_or(host).to_owned();
         let name = ServerName::try_from(name.clone())
             .map_err(|e| io::Error::other(format!("TLS server name {name:?}: {e}")))?;
-        let conn = ClientConnection::new(Arc::new(config), name).map_err(io::Error::other)?;
+        let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
         let mut s = StreamOwned::new(conn, tcp);
         // The handshake now, so that a bad certificate is reported as such.
         while s.conn.is_handshaking() {
