@@ -7,13 +7,15 @@
 # Run on a host (or as the DaemonSet in deploy/kubernetes):
 #   docker run --rm --network host --cap-drop ALL --cap-add BPF --cap-add NET_ADMIN \
 #     --cap-add PERFMON devourer capture -i eth0
-# The static binary is built without capture on request (libpcap has no static musl build
-# on Debian): see README, "Capture on request".
+# Capture on request is in: libpcap is built statically from Debian's source package (with
+# flex and bison); it needs CAP_NET_RAW too (--cap-add NET_RAW, or the
+# deploy/kubernetes-capture variant of the DaemonSet). See README, "Capture on request".
 
 FROM --platform=$BUILDPLATFORM rust:1.95-bookworm AS build
 ARG TARGETARCH
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools ca-certificates python3-pip \
+    flex bison make \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

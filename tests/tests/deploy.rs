@@ -335,6 +335,16 @@ fn every_kustomization_applies_to_a_real_api_server_and_grants_exactly_what_the_
     );
     assert_eq!(mon.len(), 1);
     assert_eq!(mon[0]["kind"], "ServiceMonitor");
+    // Capture on request: the base again, its DaemonSet with NET_RAW added and nothing else.
+    let capture = apply_and_check(&ns, &api, &tmp, &repo().join("deploy/kubernetes-capture"));
+    let ds = capture.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let caps = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"];
+    assert_eq!(
+        caps["add"],
+        serde_json::json!(["BPF", "NET_ADMIN", "PERFMON", "NET_RAW"]),
+        "{caps}"
+    );
+    assert_eq!(capture.len(), base.len(), "the same objects as the base");
 
     // The DaemonSet's ServiceAccount may list and watch what the agent watches, and nothing
     // else: no get, no writes, no secrets, no EndpointSlices.

@@ -5,6 +5,7 @@ mod bench;
 mod compare;
 mod demo;
 mod fuzz;
+mod libpcap;
 mod setup;
 mod vm;
 
@@ -251,10 +252,11 @@ impl Arch {
     }
 }
 
-/// Builds the static agent (what the Dockerfile copies) and returns its path. It lacks
-/// capture on request, which needs libpcap. aarch64 is cross-built from x86_64 with zig as its
-/// C compiler and linker (cargo-zigbuild; zig from PyPI): Debian has no aarch64 musl cross
-/// toolchain, and a static glibc breaks NSS. The eBPF object is the same for both.
+/// Builds the static agent (what the Dockerfile copies) and returns its path, capture on
+/// request included (libpcap built statically from Debian's source, [`libpcap`]). aarch64 is
+/// cross-built from x86_64 with zig as its C compiler and linker (cargo-zigbuild; zig from
+/// PyPI): Debian has no aarch64 musl cross toolchain, and a static glibc breaks NSS. The eBPF
+/// object is the same for both.
 fn build_static(arch: Arch) -> Result<PathBuf> {
     let triple = arch.triple();
     run_cmd(Command::new("rustup").args(["target", "add", triple]))?;
@@ -265,21 +267,26 @@ fn build_static(arch: Arch) -> Result<PathBuf> {
         "devourer",
         "--target",
         triple,
-        // libpcap (capture on request) has no static musl build on Debian.
         "--no-default-features",
         "--features",
-        "bigquery,k8s,fluent-tls,kafka",
+        "bigquery,k8s,fluent-tls,kafka,capture-requests",
     ];
+    let (pcap_dir, pcap_version) = libpcap::static_libpcap(arch)?;
     match arch {
         Arch::X86_64 => run_cmd(
             cargo()
                 .args(features)
-                .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
+                .env("CC_x86_64_unknown_linux_musl", "musl-gcc")
+                .env("LIBPCAP_LIBDIR", &pcap_dir)
+                .env("LIBPCAP_VER", &pcap_version),
         )?,
         Arch::Aarch64 => {
             setup::zig()?;
             let mut zig = cargo();
-            zig.arg("zigbuild").args(&features[1..]);
+            zig.arg("zigbuild")
+                .args(&features[1..])
+                .env("LIBPCAP_LIBDIR", &pcap_dir)
+                .env("LIBPCAP_VER", &pcap_version);
             run_cmd(&mut zig)?;
         }
     }
@@ -310,8 +317,8 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
         ]))?;
         // The fuzz targets.
         run_cmd(cargo().args(["clippy", "-p", "devourer-fuzz", "--", "-D", "warnings"]))?;
-        // The agent without capture on request (what the static binary is), and without
-        // any optional part (what the fuzz targets link).
+        // The agent without capture on request (a build on a host without libpcap), and
+        // without any optional part (what the fuzz targets link).
         for features in [&["--features", "bigquery"][..], &[]] {
             run_cmd(
                 cargo()

@@ -107,12 +107,12 @@ pub fn ebpf_toolchain() -> Result<String> {
         .with_context(|| format!("no channel in {}", path.display()))
 }
 
-fn quiet_ok(cmd: &mut Command) -> bool {
+pub(crate) fn quiet_ok(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())
 }
 
 /// Debian packages from `wanted` that dpkg does not list as installed.
-fn missing_debian(wanted: &[&str]) -> Vec<String> {
+pub(crate) fn missing_debian(wanted: &[&str]) -> Vec<String> {
     wanted
         .iter()
         .filter(|p| {
@@ -120,7 +120,9 @@ fn missing_debian(wanted: &[&str]) -> Vec<String> {
                 .args(["-W", "-f=${Status}", p])
                 .output()
                 .is_ok_and(|o| {
-                    o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with("installed")
+                    // "install ok installed"; a package dpkg knows but lacks is
+                    // "unknown ok not-installed", which also ends in "installed".
+                    o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with(" installed")
                 })
         })
         .map(|p| (*p).to_owned())
@@ -129,7 +131,7 @@ fn missing_debian(wanted: &[&str]) -> Vec<String> {
 
 /// Installs Debian packages with apt-get (through sudo when not root), updating the package
 /// lists first when the install cannot find them (a fresh machine has none).
-fn apt_install(packages: &[String]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[String]) -> Result<()> {
     if packages.is_empty() {
         return Ok(());
     }
