@@ -119,8 +119,12 @@ counters! {
     C_SEEN_FULL = 16, "seen_full", "seen_full", "Sightings on another interface not listed: the flow's interface list was full.";
     C_FILTERED = 17, "filtered", "filtered", "Packets of the conversations a --filter rule dropped (the agent decides, on the client's tuple before NAT, and fills this in): in no flow, DNS or HTTP record.";
     C_SAMPLED_OUT = 18, "sampled_out", "sampled_out", "Packets --sampling left uncounted (their flows' times and flags still noted).";
+    C_DROPS = 19, "drops", "drops", "Packets the kernel dropped with a reason (kfree_skb, 5.17 and newer), on any interface or none.";
+    C_DROPS_UNKEYED = 20, "drops_unkeyed", "drops_unkeyed", "Dropped packets without an IP flow tuple to attribute (not IP, headers not set or unreadable): counted by reason only.";
+    C_DROPS_MAP_FULL = 21, "drops_map_full", "drops_map_full", "Dropped packets the full drop map refused: counted by reason only.";
+    C_DROP_REASONS_FULL = 22, "drop_reasons_full", "drop_reasons_full", "Dropped packets whose reason the full per-reason map refused: counted only here.";
 }
-pub const COUNTERS_LEN: u32 = 19;
+pub const COUNTERS_LEN: u32 = 23;
 
 const _: () = {
     let mut i = 0;

@@ -4,6 +4,8 @@
 //! accessors in `main.rs`) and in host unit tests over byte slices.
 #![no_std]
 
+pub mod drop;
+
 use devourer_common::{
     flow::{FlowKey, KEY_F_IPV6, VAL_F_ICMP, VAL_F_SYN, VLAN_SEEN},
     tunnel::{IPPROTO_GRE, IPPROTO_IPIP, IPPROTO_IPV6, Tunnel},

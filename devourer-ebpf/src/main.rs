@@ -13,6 +13,8 @@
 #[cfg(target_arch = "bpf")]
 mod access;
 #[cfg(target_arch = "bpf")]
+mod drops;
+#[cfg(target_arch = "bpf")]
 mod program;
 
 #[cfg(not(target_arch = "bpf"))]

@@ -285,6 +285,21 @@ impl Ctr {
         COUNTERS.get_ptr_mut(0).map(Ctr)
     }
 
+    /// Adds one to a counter atomically: for programs that may run while a counting program
+    /// is between a read and a write of the same slot on this CPU (the drop tracepoint).
+    #[inline(always)]
+    pub fn bump_atomic(idx: u32) {
+        if let Some(c) = Self::get() {
+            // SAFETY: this CPU's slot, index below COUNTERS_LEN (a C_* constant).
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    &raw mut (*c.0).c[idx as usize],
+                    1,
+                )
+            };
+        }
+    }
+
     #[inline(always)]
     pub fn add(&self, idx: u32, n: u64) {
         // SAFETY: this CPU's slot; only this CPU writes it and programs do not nest on one CPU

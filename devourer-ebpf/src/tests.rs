@@ -9,7 +9,7 @@ use etherparse::{PacketBuilder, VlanId};
 
 use super::*;
 
-struct Bytes<'a>(&'a [u8]);
+pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
 
 impl Packet for Bytes<'_> {
     fn at<T: Copy>(&self, off: usize) -> Option<*const T> {
@@ -22,7 +22,7 @@ impl Packet for Bytes<'_> {
     }
 }
 
-fn run(frame: &[u8]) -> Result<Parsed, Skip> {
+pub(crate) fn run(frame: &[u8]) -> Result<Parsed, Skip> {
     run_hint(frame, None)
 }
 

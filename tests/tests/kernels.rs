@@ -2,7 +2,8 @@
 //! 6.1 of Debian 12, COS and Amazon Linux 2023; 6.12; and arm64), booted under QEMU with
 //! software emulation (`devourer_tests::vm`), each running the agent built on this host. On
 //! each: the TC and XDP programs load and attach on a veth pair and count ping, HTTP, iperf3 and
-//! UDP traffic equal to tcpdump's capture of it; the crafted and the live test captures replay
+//! UDP traffic equal to tcpdump's capture of it; an nftables rule's drops are on their flow with
+//! the kernel's reason (6.1 and newer); the crafted and the live test captures replay
 //! to records identical to this host's (the `id` and `agent` fields aside); DNS transactions
 //! come through the ring. One test, one line of output, per kernel.
 
@@ -133,6 +134,11 @@ fn guest_script(caps: &Captures) -> String {
             "live_tc_counts_match_tcpdump_and_sigterm_flushes live_xdp_counts_match_tcpdump_and_sigterm_flushes",
         ),
         ("dns", "dns_transactions_match_tshark_in_tc_mode"),
+        // Skips itself where the kernel has no drop reasons (5.10: the agent says so).
+        (
+            "drops",
+            "packets_an_nftables_rule_drops_are_on_their_flow_with_the_kernels_reason_and_its_counts",
+        ),
         (
             "count_once",
             "a_packet_on_a_vlan_device_and_its_tagged_parent_counts_once_with_its_tag $L3_TUNNELS wireguard_inner_traffic_counts_once_and_the_outer_copy_is_marked_wireguard",
@@ -179,7 +185,7 @@ fn matrix(kernel: &str) {
         "{test}: the guest did not finish:\n{}",
         &run.console[run.console.len().saturating_sub(4000)..]
     );
-    for binary in ["live", "dns", "count_once"] {
+    for binary in ["live", "dns", "drops", "count_once"] {
         assert_eq!(
             run.file(&format!("test-{binary}.rc")).trim(),
             "0",

@@ -27,7 +27,7 @@ const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("curl", "HTTP traffic"),
     ("iputils-ping", "ICMP traffic"),
     ("iproute2", "network namespaces and veth pairs"),
-    ("nftables", "NAT in the node topology tests"),
+    ("nftables", "NAT in the node topology tests; counted drops"),
     ("ethtool", "turning offloads off on veths"),
     ("python3", "web server, fake BigQuery"),
     ("ca-certificates", "TLS to the package registries"),

@@ -14,6 +14,9 @@
 #[path = "../access.rs"]
 mod access;
 #[cfg(target_arch = "bpf")]
+#[path = "../drops.rs"]
+mod drops;
+#[cfg(target_arch = "bpf")]
 #[path = "../program.rs"]
 mod program;
 

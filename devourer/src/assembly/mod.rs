@@ -20,7 +20,7 @@ use devourer_common::{
 use self::pipeline::Pipeline;
 use crate::{
     config::PipelineArgs,
-    flow::{FlowSource, Status},
+    flow::{FlowSource, Status, drops::Drop},
     kernel::{
         events::{self, PayloadKind},
         maps::{KernelCounters, take_overflow},
@@ -60,6 +60,18 @@ pub trait Kernel {
     /// Whether live counting alternates map sets (each scan then drains a whole set).
     fn alternates(&self) -> bool {
         false
+    }
+    /// Whether the kernel reports drops (records then carry them).
+    fn follows_drops(&self) -> bool {
+        false
+    }
+    /// Takes the drops by tuple and reason since the last call.
+    fn take_drops(&mut self) -> io::Result<Vec<Drop>> {
+        Ok(Vec::new())
+    }
+    /// Every drop so far by reason: (name, packets, bytes).
+    fn drop_totals(&mut self) -> io::Result<Vec<(&'static str, u64, u64)>> {
+        Ok(Vec::new())
     }
 }
 
@@ -126,6 +138,18 @@ impl Kernel for Loaded {
             log.flush();
         }
     }
+
+    fn follows_drops(&self) -> bool {
+        self.drops.is_some()
+    }
+
+    fn take_drops(&mut self) -> io::Result<Vec<Drop>> {
+        self.drops.as_mut().map_or(Ok(Vec::new()), |d| d.take())
+    }
+
+    fn drop_totals(&mut self) -> io::Result<Vec<(&'static str, u64, u64)>> {
+        self.drops.as_mut().map_or(Ok(Vec::new()), |d| d.totals())
+    }
 }
 
 /// Which driver runs the assembly; the parts that differ between them follow from it.
@@ -177,9 +201,13 @@ impl<K: Kernel> Assembly<K> {
         metrics: Option<Arc<Metrics>>,
     ) -> Result<Self> {
         let parts = build::parts(p, &driver, metrics, kernel.alternates())?;
+        let mut pipeline = Pipeline::new(parts);
+        if kernel.follows_drops() {
+            pipeline.follow_drops();
+        }
         Ok(Self {
             kernel,
-            pipeline: Pipeline::new(parts),
+            pipeline,
             last_map_full: 0,
         })
     }
@@ -213,7 +241,12 @@ impl<K: Kernel> Assembly<K> {
         self.kernel.forward_log();
         // Where counting alternates map sets, the scan reads the set it just left, whole.
         self.kernel.flip()?;
-        let open = self.pipeline.scan(self.kernel.flows(), now, pressure)?;
+        // Drops first: a dropped packet was counted before it was dropped, so its flow is in
+        // the flow map read after.
+        let drops = self.kernel.take_drops()?;
+        let open = self
+            .pipeline
+            .scan(self.kernel.flows(), now, pressure, &drops)?;
         let overflow = self.kernel.take_overflow()?;
         Ok(self.pipeline.emit_overflow(&overflow, now) && open)
     }
@@ -231,6 +264,8 @@ impl<K: Kernel> Assembly<K> {
             self.last_map_full = counters.map_full();
         }
         self.pipeline.update_metrics(&counters);
+        let drops = self.kernel.drop_totals().context("reading the drop map")?;
+        self.pipeline.update_drop_metrics(&drops);
         self.pipeline
             .forget_gone_interfaces(std::time::Instant::now());
         Ok(())
@@ -255,15 +290,20 @@ impl<K: Kernel> Assembly<K> {
             ..
         } = self;
         let now = now();
+        let drops = kernel.take_drops().context("reading the drop map")?;
         if kernel.flip().context("switching map sets")? {
             // The set counted in since the last scan, then every open flow.
             pipeline
-                .scan(kernel.flows(), now, false)
+                .scan(kernel.flows(), now, false, &drops)
                 .context("reading the last map set")?;
+            pipeline
+                .flush(kernel.flows(), status, now, &[])
+                .context("flushing the flow map")?;
+        } else {
+            pipeline
+                .flush(kernel.flows(), status, now, &drops)
+                .context("flushing the flow map")?;
         }
-        pipeline
-            .flush(kernel.flows(), status, now)
-            .context("flushing the flow map")?;
         let overflow = kernel.take_overflow().context("reading the overflow map")?;
         pipeline.emit_overflow(&overflow, now);
         if let Some(dns) = pipeline.dns() {

@@ -29,7 +29,9 @@ use crate::{
         dns::{DnsOutput, DnsTracker},
         http::{HttpOutput, HttpTracker},
     },
-    flow::{Emitted, Filters, FlowSource, FlowTable, Resolver, ScanStats, Status, Workload},
+    flow::{
+        Emitted, Filters, FlowSource, FlowTable, Resolver, ScanStats, Status, Workload, drops::Drop,
+    },
     k8s::Cluster,
     kernel::{events::PayloadKind, maps::KernelCounters},
     ops::metrics::Metrics,
@@ -403,7 +405,14 @@ impl Pipeline {
 
     /// One scan at `now`: lost DNS queries and forgotten HTTP requests, then due flows.
     /// `Ok(false)` when an output closed.
-    pub fn scan(&mut self, src: &mut dyn FlowSource, now: u64, pressure: bool) -> io::Result<bool> {
+    /// `drops`: what the kernel dropped since the last scan (read before the flow map).
+    pub fn scan(
+        &mut self,
+        src: &mut dyn FlowSource,
+        now: u64,
+        pressure: bool,
+        drops: &[Drop],
+    ) -> io::Result<bool> {
         let started = Instant::now();
         if let Some(dns) = &mut self.dns {
             dns.expire(now, &mut self.dns_out);
@@ -421,7 +430,7 @@ impl Pipeline {
         };
         let out = self
             .table
-            .scan(src, now, pressure, &mut stats, &mut resolver)?;
+            .scan(src, now, pressure, &mut stats, &mut resolver, drops)?;
         self.scan_stats = stats;
         self.count_traffic();
         let open = self.emit_flows(out);
@@ -438,6 +447,7 @@ impl Pipeline {
         src: &mut dyn FlowSource,
         status: Status,
         now: u64,
+        drops: &[Drop],
     ) -> io::Result<bool> {
         if let Some(dns) = &mut self.dns {
             dns.flush(&mut self.dns_out);
@@ -450,7 +460,7 @@ impl Pipeline {
             dns: self.dns.as_mut(),
             cluster: self.cluster.as_deref(),
         };
-        let out = self.table.flush(src, status, &mut resolver, now)?;
+        let out = self.table.flush(src, status, &mut resolver, now, drops)?;
         self.count_traffic();
         Ok(self.emit_flows(out) && open)
     }
@@ -497,6 +507,19 @@ impl Pipeline {
         }
         m.limits(&self.limit_hits());
         m.nat(&self.table.nat_stats());
+        m.drop_attribution(&self.table.drop_stats());
+    }
+
+    /// The kernel's drops by reason so far into `devourer_drops_total`.
+    pub fn update_drop_metrics(&self, totals: &[(&'static str, u64, u64)]) {
+        if let Some(m) = &self.metrics {
+            m.drops(totals);
+        }
+    }
+
+    /// Records carry drops from now on (the kernel reports them).
+    pub fn follow_drops(&mut self) {
+        self.table.follow_drops();
     }
 
     /// The kernel's counters with `filtered` filled in: the packets of the records the

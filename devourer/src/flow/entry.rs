@@ -8,6 +8,7 @@ use smallvec::SmallVec;
 
 use super::{
     Emitted, Resolver, Status, Workload,
+    drops::FlowDrops,
     nat::{Nat, endpoint_addr},
 };
 use crate::base::net::key_addr;
@@ -200,6 +201,8 @@ pub(super) struct Flow {
     pub(super) started: bool,
     /// Its last record is cut: the scan's closing sweep removes it.
     pub(super) ended: bool,
+    /// Drops attributed since its last record (boxed: few flows have any).
+    pub(super) drops: Option<Box<FlowDrops>>,
 }
 
 /// A flow's translation, as far as it is known.
@@ -274,6 +277,7 @@ impl Flow {
             duplicate: false,
             started: false,
             ended: false,
+            drops: None,
         }
     }
 
@@ -464,6 +468,7 @@ impl Flow {
             dst_k8s: self.workloads[dst].clone(),
             xlat_src: None,
             xlat_dst: None,
+            drops: None,
         };
         if let NatState::Translated(n) = &self.nat {
             // Record endpoints are the pre-translation ones; translated sides go to xlat_*.
@@ -495,6 +500,7 @@ impl Flow {
         rec.last_ns = cur[0].last_ns.max(cur[1].last_ns);
         rec.src = cur[src];
         rec.dst = cur[1 - src];
+        rec.drops = self.drops.take().map(|d| *d);
         self.seq += 1;
         for d in &mut self.dirs {
             d.counts = Counts::default();

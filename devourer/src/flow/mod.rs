@@ -9,6 +9,7 @@
 //! carries are the folded entries plus the entries still live at the cut, which are deleted at
 //! that moment. The next packet creates a fresh entry whose first timestamp is exact.
 
+pub mod drops;
 mod entry;
 mod filter;
 pub mod nat;
@@ -166,6 +167,9 @@ pub struct Emitted {
     /// key then holds the endpoints before translation).
     pub xlat_src: Option<nat::Endpoint>,
     pub xlat_dst: Option<nat::Endpoint>,
+    /// The drops attributed to the flow since its last record; `None` when drops are not
+    /// followed (a kernel without drop reasons, a replay).
+    pub drops: Option<drops::FlowDrops>,
 }
 
 impl Emitted {

@@ -7,6 +7,7 @@ use devourer_common::flow::{FlowKey, FlowValue};
 
 use super::{
     Emitted, FlowSource, Resolver, Status, TableConfig,
+    drops::{Drop, DropStats, FlowDrops},
     entry::{Flow, NatState, canonical, counts_nothing, directional},
     nat::{Answer, Endpoint, Nat, NatLookup, NatStats, interpret, may_be_tracked, tuple},
     store::Flows,
@@ -42,15 +43,26 @@ pub struct FlowTable {
     tally: Tally,
 }
 
-/// What the table counts besides records: conntrack lookups and traffic per interface.
+/// What the table counts besides records: conntrack lookups, traffic per interface, drops.
 #[derive(Default)]
 struct Tally {
     nat: NatStats,
+    /// Drops are followed: records carry them (zero when there were none).
+    drops_on: bool,
+    drops: DropStats,
     /// Packets and bytes read since the metrics last took them, by counting interface.
     traffic: FastMap<u32, (u64, u64)>,
 }
 
 impl Tally {
+    /// A start record: no drops yet, zero where drops are followed.
+    fn with_drops(&self, mut rec: Emitted) -> Emitted {
+        if self.drops_on {
+            rec.drops = Some(FlowDrops::default());
+        }
+        rec
+    }
+
     /// Counts a failed conntrack call for `flows` flows (warning at the first); the error
     /// back when it is one that will not go away.
     fn lookup_failed(&mut self, e: Error, flows: usize) -> Option<Error> {
@@ -102,6 +114,76 @@ impl FlowTable {
     pub fn with_nat(mut self, lookup: NatLookup) -> Self {
         self.nat = Some(lookup);
         self
+    }
+
+    /// Records carry drops (the kernel reports them): zero where a flow had none.
+    pub fn follow_drops(&mut self) {
+        self.tally.drops_on = true;
+    }
+
+    /// Dropped packets attributed to flows or not, so far.
+    pub fn drop_stats(&self) -> DropStats {
+        self.tally.drops
+    }
+
+    /// Adds each drop to the flow of its tuple (either direction): a NAT'd copy's to the flow
+    /// whose records carry it. Counting per interface, a tuple is looked for on every
+    /// interface's flow (the drop program does not know the interface).
+    fn attribute_drops(&mut self, drops: &[Drop]) {
+        if drops.is_empty() {
+            return;
+        }
+        // Counting per interface, every key names its interface.
+        let per_interface: Option<FastMap<FlowKey, FlowKey>> = self
+            .flows
+            .iter()
+            .next()
+            .is_some_and(|f| f.key.ifindex != 0)
+            .then(|| {
+                self.flows
+                    .iter()
+                    .map(|f| {
+                        (
+                            FlowKey {
+                                ifindex: 0,
+                                ..f.key
+                            },
+                            f.key,
+                        )
+                    })
+                    .collect()
+            });
+        for d in drops {
+            let (mut ck, _) = canonical(&d.key);
+            if let Some(keys) = &per_interface {
+                match keys.get(&ck) {
+                    Some(k) => ck = *k,
+                    None => {
+                        self.tally.drops.unattributed += d.packets;
+                        continue;
+                    }
+                }
+            }
+            let twin = match self.flows.get_mut(&ck) {
+                Some(f) if f.duplicate => match &f.nat {
+                    NatState::Translated(n) => Some(n.twin(&f.key)),
+                    _ => None,
+                },
+                Some(f) => {
+                    f.drops.get_or_insert_default().add(d);
+                    self.tally.drops.attributed += d.packets;
+                    continue;
+                }
+                None => None,
+            };
+            match twin.and_then(|t| self.flows.get_mut(&t)) {
+                Some(f) => {
+                    f.drops.get_or_insert_default().add(d);
+                    self.tally.drops.attributed += d.packets;
+                }
+                None => self.tally.drops.unattributed += d.packets,
+            }
+        }
     }
 
     /// Conntrack lookups and joined records so far.
@@ -276,12 +358,15 @@ impl FlowTable {
         out: &mut Vec<Emitted>,
     ) {
         if start_records && !flow.started && !flow.duplicate {
-            out.push(flow.start(names, now));
+            out.push(tally.with_drops(flow.start(names, now)));
         }
         tally.take_traffic(flow);
-        let Some(rec) = flow.cut(status, names, now) else {
+        let Some(mut rec) = flow.cut(status, names, now) else {
             return;
         };
+        if tally.drops_on {
+            rec.drops.get_or_insert_default();
+        }
         if flow.duplicate {
             tally.nat.merged += 1;
             tally.nat.merged_packets += rec.src.packets + rec.dst.packets;
@@ -409,6 +494,8 @@ impl FlowTable {
     /// or when the map is nearly full, the least recently active half) or, with
     /// [`TableConfig::drain`], take every entry, and return the records that are due, in a
     /// deterministic order.
+    /// `drops`: what the kernel dropped since the last scan, read before the flow map (so a
+    /// dropped packet's flow, counted before it was dropped, is in the table).
     pub fn scan(
         &mut self,
         src: &mut dyn FlowSource,
@@ -416,6 +503,7 @@ impl FlowTable {
         pressure: bool,
         stats: &mut ScanStats,
         names: &mut dyn Resolver,
+        drops: &[Drop],
     ) -> io::Result<Vec<Emitted>> {
         if self.cfg.drain {
             stats.kernel_entries = self.take_all(src, stats)?;
@@ -423,6 +511,7 @@ impl FlowTable {
             self.read_and_evict(src, now, pressure, stats)?;
         }
         self.translate();
+        self.attribute_drops(drops);
         // One walk for what each flow needs every scan (the flows are megabytes: every walk
         // over them costs): its new traffic into the sums (after `translate`, so a NAT
         // duplicate found this scan adds nothing; one whose lookup waits adds its packets
@@ -444,7 +533,7 @@ impl FlowTable {
                 continue;
             }
             if cfg.start_records && !flow.started && settled && !flow.duplicate {
-                out.push(flow.start(names, now));
+                out.push(self.tally.with_drops(flow.start(names, now)));
             }
             if let Some(status) = cfg.due(flow, now) {
                 due.push((flow.record_first_ns(), flow.key, status, i as u32));
@@ -536,7 +625,9 @@ impl FlowTable {
         status: Status,
         names: &mut dyn Resolver,
         now: u64,
+        drops: &[Drop],
     ) -> io::Result<Vec<Emitted>> {
+        self.attribute_drops(drops);
         let flows = &mut self.flows;
         src.take_all(&mut |k, v| fold_deleted(flows, &k, &v))?;
         self.translate();

@@ -107,7 +107,7 @@ fn rev(k: FlowKey) -> FlowKey {
 }
 
 fn scan(t: &mut FlowTable, m: &mut FakeMap, now: u64) -> Vec<Emitted> {
-    t.scan(m, now, false, &mut ScanStats::default(), &mut NoNames)
+    t.scan(m, now, false, &mut ScanStats::default(), &mut NoNames, &[])
         .unwrap()
 }
 
@@ -397,7 +397,7 @@ fn pressure_evicts_the_least_recently_active_half_without_losing_counts() {
     }
     let mut st = ScanStats::default();
     assert!(
-        t.scan(&mut m, 2 * S, true, &mut st, &mut NoNames)
+        t.scan(&mut m, 2 * S, true, &mut st, &mut NoNames, &[])
             .unwrap()
             .is_empty()
     );
@@ -407,7 +407,7 @@ fn pressure_evicts_the_least_recently_active_half_without_losing_counts() {
         "the newest stay"
     );
     let out = t
-        .flush(&mut m, Status::Shutdown, &mut NoNames, 2 * S)
+        .flush(&mut m, Status::Shutdown, &mut NoNames, 2 * S, &[])
         .unwrap();
     assert_eq!(out.len(), 8);
     assert!(
@@ -425,7 +425,7 @@ fn flush_emits_every_open_flow_in_a_stable_order() {
             m.packet(usize::from(i) % NCPU, key(i, 10, 200, 20, 17), S, 1, 0, 0);
         }
         scan(&mut t, &mut m, 2 * S);
-        t.flush(&mut m, Status::EndOfInput, &mut NoNames, 2 * S)
+        t.flush(&mut m, Status::EndOfInput, &mut NoNames, 2 * S, &[])
             .unwrap()
     };
     let a = run();
@@ -472,12 +472,26 @@ fn a_flow_takes_names_when_it_starts_and_fills_unknown_ones_at_emit() {
         (client, "laptop.lan", 5 * S),
     ]);
     m.packet(0, k, S, 60, 0x02, VAL_F_SYN);
-    t.scan(&mut m, 2 * S, false, &mut ScanStats::default(), &mut book)
-        .unwrap();
+    t.scan(
+        &mut m,
+        2 * S,
+        false,
+        &mut ScanStats::default(),
+        &mut book,
+        &[],
+    )
+    .unwrap();
     // The server's address now means something else: the flow keeps its first name.
     book.0[0].1 = "other.example.com";
     let out = t
-        .scan(&mut m, 20 * S, false, &mut ScanStats::default(), &mut book)
+        .scan(
+            &mut m,
+            20 * S,
+            false,
+            &mut ScanStats::default(),
+            &mut book,
+            &[],
+        )
         .unwrap();
     assert_eq!(out[0].dst_name.as_deref(), Some("www.example.com"));
     assert_eq!(out[0].src_name.as_deref(), Some("laptop.lan"));
@@ -515,7 +529,7 @@ fn a_full_table_emits_its_least_recently_active_flows_early_and_loses_no_packet(
     m.packet(0, key(10, 1000, 1, 53, 17), 6 * S, 100, 0, 0);
     let mut all = out;
     all.extend(
-        t.flush(&mut m, Status::Shutdown, &mut NoNames, 7 * S)
+        t.flush(&mut m, Status::Shutdown, &mut NoNames, 7 * S, &[])
             .unwrap(),
     );
     let packets: u64 = all.iter().map(|e| e.src.packets + e.dst.packets).sum();
@@ -624,7 +638,7 @@ fn a_translated_flow_seen_alone_is_recorded_with_its_original_endpoints() {
     m.packet(0, post, S, 60, 0x02, VAL_F_SYN);
     m.packet(0, rev(post), S + 10, 60, 0x12, 0);
     let out = t
-        .flush(&mut m, Status::Shutdown, &mut NoNames, 2 * S)
+        .flush(&mut m, Status::Shutdown, &mut NoNames, 2 * S, &[])
         .unwrap();
     assert_eq!(out.len(), 1);
     assert_is_the_service_connection(&out[0]);
@@ -673,7 +687,7 @@ fn a_start_record_comes_once_per_flow_when_first_seen_with_zero_counters() {
     let k2 = key(3, 1000, 4, 53, 17);
     m.packet(0, k2, 61 * S, 80, 0, 0);
     let out = t
-        .flush(&mut m, Status::EndOfInput, &mut NoNames, 62 * S)
+        .flush(&mut m, Status::EndOfInput, &mut NoNames, 62 * S, &[])
         .unwrap();
     let statuses: Vec<Status> = out.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [Status::Start, Status::EndOfInput]);
@@ -845,4 +859,104 @@ fn a_lookup_failing_past_its_retries_is_emitted_unjoined_and_counted_as_given_up
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].xlat_dst, None, "unjoined");
     assert_eq!(t.nat_stats().gave_up, 1);
+}
+
+fn drop(key: FlowKey, reason: &'static str, packets: u64) -> drops::Drop {
+    drops::Drop {
+        key,
+        reason,
+        packets,
+        bytes: packets * 60,
+    }
+}
+
+#[test]
+fn drops_go_to_the_flow_of_their_tuple_either_way_and_other_tuples_are_only_counted() {
+    let mut t = FlowTable::new(cfg());
+    t.follow_drops();
+    let mut m = FakeMap::new();
+    let k = FlowKey {
+        ifindex: 0,
+        ..key(1, 1000, 2, 53, 17)
+    };
+    m.packet(0, k, S, 100, 0, 0);
+    m.packet(1, rev(k), S + 1, 100, 0, 0);
+    let stranger = FlowKey {
+        ifindex: 0,
+        ..key(9, 1, 9, 2, 17)
+    };
+    let drops = [
+        drop(rev(k), "NETFILTER_DROP", 3),
+        drop(k, "TCP_CSUM", 1),
+        drop(stranger, "NO_SOCKET", 5),
+    ];
+    let out = t
+        .scan(
+            &mut m,
+            2 * S,
+            false,
+            &mut ScanStats::default(),
+            &mut NoNames,
+            &drops,
+        )
+        .unwrap();
+    assert!(out.is_empty());
+    assert_eq!(
+        t.drop_stats(),
+        drops::DropStats {
+            attributed: 4,
+            unattributed: 5
+        }
+    );
+    let out = t
+        .flush(&mut m, Status::Shutdown, &mut NoNames, 3 * S, &[])
+        .unwrap();
+    assert_eq!(out.len(), 1, "a dropped tuple no flow holds makes no flow");
+    let d = out[0].drops.as_ref().unwrap();
+    assert_eq!((d.packets, d.bytes), (4, 240));
+    assert_eq!(d.top(), vec![("NETFILTER_DROP", 3), ("TCP_CSUM", 1)]);
+}
+
+#[test]
+fn counting_per_interface_a_drop_finds_its_tuple_on_any_interface() {
+    let mut t = FlowTable::new(cfg());
+    t.follow_drops();
+    let mut m = FakeMap::new();
+    let k = key(1, 1000, 2, 80, 6);
+    m.packet(0, k, S, 100, 0x02, VAL_F_SYN);
+    scan(&mut t, &mut m, S + 1);
+    let out = t
+        .flush(
+            &mut m,
+            Status::Shutdown,
+            &mut NoNames,
+            2 * S,
+            &[drop(FlowKey { ifindex: 0, ..k }, "NETFILTER_DROP", 2)],
+        )
+        .unwrap();
+    assert_eq!(out[0].drops.as_ref().unwrap().packets, 2);
+}
+
+#[test]
+fn records_carry_zero_drops_when_drops_are_followed_and_none_when_not() {
+    for follow in [false, true] {
+        let mut t = FlowTable::new(TableConfig {
+            start_records: true,
+            ..cfg()
+        });
+        if follow {
+            t.follow_drops();
+        }
+        let mut m = FakeMap::new();
+        m.packet(0, key(1, 1, 2, 2, 17), S, 100, 0, 0);
+        let mut out = scan(&mut t, &mut m, S + 1);
+        out.extend(
+            t.flush(&mut m, Status::Shutdown, &mut NoNames, 2 * S, &[])
+                .unwrap(),
+        );
+        assert_eq!(out.len(), 2, "a start record and a flow record");
+        for r in out {
+            assert_eq!(r.drops, follow.then(drops::FlowDrops::default), "{r:?}");
+        }
+    }
 }

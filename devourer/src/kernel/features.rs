@@ -28,16 +28,20 @@ pub struct Features {
     pub xdp_test_run_ctx: bool,
     /// TCX links (6.6): without them, TC programs attach as netlink clsact filters.
     pub tcx: bool,
+    /// A drop reason on the `kfree_skb` tracepoint (5.17), and the drop program attached to
+    /// it: without it, records carry no drops (null) and nothing counts them. Set at load.
+    pub drop_reason: bool,
 }
 
 impl Features {
     /// Every feature, as the metric and the start-up line name it.
-    pub fn list(&self) -> [(&'static str, bool); 4] {
+    pub fn list(&self) -> [(&'static str, bool); 5] {
         [
             ("lookup_and_delete", self.lookup_and_delete),
             ("xdp_load_bytes", self.xdp_load_bytes),
             ("xdp_test_run_ctx", self.xdp_test_run_ctx),
             ("tcx", self.tcx),
+            ("drop_reason", self.drop_reason),
         ]
     }
 
@@ -48,6 +52,7 @@ impl Features {
             xdp_load_bytes: xdp_program(true).is_ok(),
             xdp_test_run_ctx: probe_xdp_test_run_ctx(),
             tcx: KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)),
+            drop_reason: false,
         }
     }
 
@@ -56,7 +61,8 @@ impl Features {
         let missing: Vec<&str> = self
             .list()
             .into_iter()
-            .filter(|(_, on)| !on)
+            // Drops are said at load, with the reason.
+            .filter(|(name, on)| !on && *name != "drop_reason")
             .map(|(name, _)| match name {
                 "lookup_and_delete" => {
                     "no atomic lookup-and-delete of hash entries (5.14): counting alternates two map sets (twice the flow maps' memory)"

@@ -13,6 +13,10 @@ use aya::{
     util::KernelVersion,
 };
 use devourer_common::{
+    drop::{
+        DROP_REASONS_ENTRIES, DROP_REASONS_MAP, DROPS_MAP, DROPS_MAP_ENTRIES, GLOBAL_SKB_OFFSETS,
+        SkbOffsets,
+    },
     filter::{GLOBAL_SAMPLING, GLOBAL_SAMPLING_SEED, OFFLINE_SAMPLING_SEED},
     flow::{
         COUNTERS_MAP, FLOWS_B_MAP, FLOWS_MAP, GLOBAL_ALTERNATE, GLOBAL_HOOK_HORIZON_NS,
@@ -28,6 +32,7 @@ use devourer_common::{
 };
 
 use super::{
+    drops::{DropProbe, Support},
     features::{Features, MIN_KERNEL},
     log::KernelLog,
     maps::{Counters, HashReader, KernelFlows},
@@ -125,6 +130,8 @@ pub struct LoadOptions {
     /// The programs to load: only those the run uses (each costs its verification, and one
     /// a run does not use may need what an older kernel lacks).
     pub programs: Vec<&'static str>,
+    /// Report the kernel's drops with their reasons where it has them (live only).
+    pub drops: bool,
 }
 
 impl LoadOptions {
@@ -151,6 +158,7 @@ impl LoadOptions {
                 fastrand::u64(..)
             },
             programs: vec![PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP],
+            drops: !offline,
         }
     }
 }
@@ -176,6 +184,8 @@ pub struct Loaded {
     pub features: Features,
     /// Live counting alternates the map sets (kernels without atomic lookup-and-delete).
     pub alternation: Option<Alternation>,
+    /// The drop program, attached where the kernel reports drop reasons.
+    pub drops: Option<DropProbe>,
 }
 
 fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -268,7 +278,32 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     } else {
         (1, 1)
     };
+    // Drops: where this kernel's kfree_skb carries a reason, the drop program's offsets from
+    // its BTF; elsewhere the program stays unloaded and its maps at one entry.
+    let drop_support = if opts.drops && !opts.offline {
+        match Support::running() {
+            Ok(s) => Some(s),
+            Err(why) => {
+                tracing::info!("kernel drops are not reported: {why}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let skb_offsets = drop_support
+        .as_ref()
+        .map_or(SkbOffsets::ZERO, |s| s.offsets);
+    let (drop_entries, reason_entries) = if drop_support.is_some() {
+        (DROPS_MAP_ENTRIES, DROP_REASONS_ENTRIES)
+    } else {
+        (1, 1)
+    };
     let mut ebpf = EbpfLoader::new()
+        // Only the agent's object has the drop program.
+        .override_global(GLOBAL_SKB_OFFSETS, &skb_offsets, false)
+        .map_max_entries(DROPS_MAP, drop_entries)
+        .map_max_entries(DROP_REASONS_MAP, reason_entries)
         .override_global(GLOBAL_SAMPLING, &opts.sampling, true)
         .override_global(GLOBAL_SAMPLING_SEED, &opts.sampling_seed, true)
         .override_global(GLOBAL_OFFLINE, &offline, true)
@@ -331,6 +366,13 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
 
     let ncpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Map("possible cpus", e))?;
+    let drops = drop_support.and_then(|s| {
+        DropProbe::attach(&mut ebpf, ncpus, s.names)
+            .inspect_err(|why| tracing::warn!("kernel drops are not reported: {why}"))
+            .ok()
+    });
+    let mut features = features;
+    features.drop_reason = drops.is_some();
     let take =
         |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Missing(name));
     let flows = hash_reader(&mut ebpf, FLOWS_MAP, ncpus, opts.flow_map_entries)?;
@@ -370,6 +412,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         ncpus,
         features,
         alternation,
+        drops,
     })
 }
 
@@ -434,7 +477,22 @@ pub fn map_bytes(opts: &LoadOptions, ncpus: u64, sets: u64) -> u64 {
     } else {
         0
     };
-    (flows + overflow) * sets.max(1) + hooks + rings + per_cpu * ncpus
+    // The drop maps (where the kernel reports drops: live, 5.17 and newer), per-CPU values.
+    let drops = if opts.drops && !opts.offline {
+        let value = size(size_of::<devourer_common::drop::DropValue>());
+        let key = size(size_of::<devourer_common::drop::DropKey>());
+        let (tuples, reasons) = (
+            u64::from(DROPS_MAP_ENTRIES),
+            u64::from(DROP_REASONS_ENTRIES),
+        );
+        hash_map_bytes(tuples, ncpus, key, 8)
+            + tuples * ncpus * value
+            + hash_map_bytes(reasons, ncpus, 4, 8)
+            + reasons * ncpus * value
+    } else {
+        0
+    };
+    (flows + overflow) * sets.max(1) + hooks + rings + per_cpu * ncpus + drops
 }
 
 fn page_size() -> u32 {

@@ -19,7 +19,7 @@ use prometheus::{
 
 use crate::{
     decode::dns::{DnsStats, message::ParseError},
-    flow::{Status, nat::NatStats},
+    flow::{Status, drops::DropStats, nat::NatStats},
     kernel::maps::KernelCounters,
     record::Batch,
     sink::{RequestObserver, SinkReport},
@@ -67,6 +67,9 @@ pub struct Metrics {
     filter_bytes: IntCounterVec,
     nat_duplicates: IntCounter,
     conntrack_walks: IntCounter,
+    drops: IntCounterVec,
+    drop_bytes: IntCounterVec,
+    drop_attribution: IntCounterVec,
     pub interfaces: IntGauge,
     /// 1 for each feature newer than the floor the running kernel has, 0 where devourer falls
     /// back (`kernel::features`).
@@ -434,6 +437,21 @@ impl Metrics {
                 "devourer_nat_duplicates_total",
                 "Records not emitted: the translated copy of a connection whose pre-translation flow is recorded (its packets are counted there).",
             ),
+            drops: r.counters(
+                "devourer_drops_total",
+                "Packets the kernel dropped, by its reason (the running kernel's enum skb_drop_reason names, without SKB_DROP_REASON_; SUBSYS_* for a subsystem's own reasons), on any interface or none (5.17 and newer).",
+                &["reason"],
+            ),
+            drop_bytes: r.counters(
+                "devourer_drop_bytes_total",
+                "Bytes of the packets the kernel dropped (their length when freed), by reason.",
+                &["reason"],
+            ),
+            drop_attribution: r.counters(
+                "devourer_drops_attributed_total",
+                "Dropped packets with an IP tuple, by whether a flow in the table held it (flow: in that flow's record; no_flow: no monitored interface counted the packet, so only devourer_drops_total has it).",
+                &["outcome"],
+            ),
             conntrack_walks: r.counter(
                 "devourer_conntrack_walks_total",
                 "Filtered walks of the kernel's whole conntrack table (ICMP query flows' lookups; at most --conntrack-walks-per-scan per scan).",
@@ -643,6 +661,33 @@ impl Metrics {
         }
         self.sync("nat_duplicates", &self.nat_duplicates, s.merged);
         self.sync("conntrack_walks", &self.conntrack_walks, s.walks);
+    }
+
+    /// The kernel's drops so far by reason (a bounded label set: the kernel enum's names).
+    pub fn drops(&self, totals: &[(&'static str, u64, u64)]) {
+        for &(reason, packets, bytes) in totals {
+            self.sync(
+                &format!("drops/{reason}"),
+                &self.drops.with_label_values(&[reason]),
+                packets,
+            );
+            self.sync(
+                &format!("drop_bytes/{reason}"),
+                &self.drop_bytes.with_label_values(&[reason]),
+                bytes,
+            );
+        }
+    }
+
+    /// Dropped packets attributed to flows, or not, so far.
+    pub fn drop_attribution(&self, s: &DropStats) {
+        for (outcome, total) in [("flow", s.attributed), ("no_flow", s.unattributed)] {
+            self.sync(
+                &format!("drop_attribution/{outcome}"),
+                &self.drop_attribution.with_label_values(&[outcome]),
+                total,
+            );
+        }
     }
 
     /// Removes the series of an interface that is gone (pod veths come and go).

@@ -64,8 +64,37 @@ pub struct FlowRecord {
     /// null for other traffic: its packets are also the inner flows on the tunnel's own
     /// device, so a sum that counts each byte once skips records with `tunnel` set.
     pub tunnel: Option<&'static str>,
+    /// Packets of the flow the kernel dropped since its last record, and their bytes (their
+    /// length when freed); null where drops are not reported (kernels before 5.17, replays).
+    pub drops_packets: Option<u64>,
+    pub drops_bytes: Option<u64>,
+    /// The most frequent reasons of those drops (at most three, most first).
+    pub drop_reasons: Vec<DropReason>,
     /// `src_k8s_*`/`dst_k8s_*`: the Kubernetes objects of both ends.
     pub k8s: K8sFields,
+}
+
+/// One reason the kernel dropped a flow's packets for (its `enum skb_drop_reason` name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropReason {
+    pub reason: &'static str,
+    pub packets: u64,
+}
+
+impl Record for DropReason {
+    fn fields<F: Fields>(&self, o: &mut F) {
+        o.str("reason", self.reason);
+        o.uint("packets", self.packets);
+    }
+}
+
+impl Nested for DropReason {
+    fn sample() -> Self {
+        Self {
+            reason: "NOT_SPECIFIED",
+            packets: 0,
+        }
+    }
 }
 
 /// One interface a flow crossed, and which way.
@@ -121,6 +150,9 @@ impl Record for FlowRecord {
         o.opt_str("xlat_dst_addr", self.xlat_dst_addr.as_deref());
         o.opt_uint("xlat_dst_port", self.xlat_dst_port.map(u64::from));
         o.opt_str("tunnel", self.tunnel);
+        o.opt_uint("drops_packets", self.drops_packets);
+        o.opt_uint("drops_bytes", self.drops_bytes);
+        o.objects("drop_reasons", &self.drop_reasons);
         self.k8s.fields(o);
     }
 }
@@ -176,6 +208,9 @@ impl FlowRecord {
             xlat_dst_addr: None,
             xlat_dst_port: None,
             tunnel: None,
+            drops_packets: None,
+            drops_bytes: None,
+            drop_reasons: Vec::new(),
             k8s: K8sFields::flow(None, None),
         }
     }
@@ -236,6 +271,14 @@ impl FlowRecord {
                 .xlat_dst
                 .and_then(|(_, p)| has_ports(k.proto).then_some(p)),
             tunnel: tunnel(k.proto, k.src_port, k.dst_port),
+            drops_packets: e.drops.as_ref().map(|d| d.packets),
+            drops_bytes: e.drops.as_ref().map(|d| d.bytes),
+            drop_reasons: e.drops.as_ref().map_or_else(Vec::new, |d| {
+                d.top()
+                    .into_iter()
+                    .map(|(reason, packets)| DropReason { reason, packets })
+                    .collect()
+            }),
             k8s: K8sFields::flow(e.src_k8s.clone(), e.dst_k8s.clone()),
         }
     }
@@ -321,6 +364,22 @@ mod tests {
             xlat_dst_addr: some(4).then(|| "198.51.100.7".into()),
             xlat_dst_port: some(5).then_some(0),
             tunnel: some(6).then_some("wireguard"),
+            drops_packets: some(7).then_some(3),
+            drops_bytes: some(7).then_some(180),
+            drop_reasons: if some(7) {
+                vec![
+                    DropReason {
+                        reason: "NETFILTER_DROP",
+                        packets: 2,
+                    },
+                    DropReason {
+                        reason: "TCP_CSUM",
+                        packets: 1,
+                    },
+                ]
+            } else {
+                Vec::new()
+            },
             k8s: K8sFields::flow(src_k8s, dst_k8s),
         }
     }
@@ -350,7 +409,7 @@ mod tests {
         crate::record::json::Object::write(&record(5), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"type":"flow","id":"00000000000000000000000000000005","seq":39595,"agent":"","interface":"eth0","protocol":"tcp","src_addr":"10.0.0.1","dst_addr":"fd00::2","src_port":655,"dst_port":65535,"icmp_type":null,"icmp_code":0,"vlan":null,"first_seen_at":"2026-12-05T23:59:59.123456Z","last_seen_at":"2026-12-06T00:00:00Z","src_bytes":18446744073709551610,"dst_bytes":0,"src_packets":5,"dst_packets":1099511627776,"status":"active_timeout","src_name":"a\"quoted\" name","dst_name":null,"tcp_flags":511,"interfaces":[{"interface":"","direction":"ingress"}],"community_id":"1:LQU9qZlK+B5F3KDmev6m5PMibrg=","sampling":6,"xlat_src_addr":"192.0.2.1","xlat_src_port":null,"xlat_dst_addr":null,"xlat_dst_port":null,"tunnel":null,"src_k8s_namespace":null,"src_k8s_pod":null,"src_k8s_owner_kind":null,"src_k8s_owner":null,"src_k8s_node":null,"src_k8s_service":null,"dst_k8s_namespace":null,"dst_k8s_pod":"a\"quoted\" name","dst_k8s_owner_kind":"Deployment","dst_k8s_owner":null,"dst_k8s_node":"node-1","dst_k8s_service":null}"#
+            r#"{"type":"flow","id":"00000000000000000000000000000005","seq":39595,"agent":"","interface":"eth0","protocol":"tcp","src_addr":"10.0.0.1","dst_addr":"fd00::2","src_port":655,"dst_port":65535,"icmp_type":null,"icmp_code":0,"vlan":null,"first_seen_at":"2026-12-05T23:59:59.123456Z","last_seen_at":"2026-12-06T00:00:00Z","src_bytes":18446744073709551610,"dst_bytes":0,"src_packets":5,"dst_packets":1099511627776,"status":"active_timeout","src_name":"a\"quoted\" name","dst_name":null,"tcp_flags":511,"interfaces":[{"interface":"","direction":"ingress"}],"community_id":"1:LQU9qZlK+B5F3KDmev6m5PMibrg=","sampling":6,"xlat_src_addr":"192.0.2.1","xlat_src_port":null,"xlat_dst_addr":null,"xlat_dst_port":null,"tunnel":null,"drops_packets":null,"drops_bytes":null,"drop_reasons":[],"src_k8s_namespace":null,"src_k8s_pod":null,"src_k8s_owner_kind":null,"src_k8s_owner":null,"src_k8s_node":null,"src_k8s_service":null,"dst_k8s_namespace":null,"dst_k8s_pod":"a\"quoted\" name","dst_k8s_owner_kind":"Deployment","dst_k8s_owner":null,"dst_k8s_node":"node-1","dst_k8s_service":null}"#
         );
     }
 

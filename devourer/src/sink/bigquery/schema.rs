@@ -222,6 +222,9 @@ mod tests {
                     ("xlat_dst_addr", "STRING", false),
                     ("xlat_dst_port", "INTEGER", false),
                     ("tunnel", "STRING", false),
+                    ("drops_packets", "INTEGER", false),
+                    ("drops_bytes", "INTEGER", false),
+                    ("drop_reasons", "RECORD", true),
                     ("src_k8s_namespace", "STRING", false),
                     ("src_k8s_pod", "STRING", false),
                     ("src_k8s_owner_kind", "STRING", false),
@@ -382,6 +385,9 @@ mod tests {
                 "xlat_dst_addr",
                 "xlat_dst_port",
                 "tunnel",
+                "drops_packets",
+                "drops_bytes",
+                "drop_reasons",
             ]
             .into_iter()
             .chain(FLOW_SIDES.iter().flat_map(|s| s.keys))
