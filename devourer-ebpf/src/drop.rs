@@ -18,16 +18,20 @@ pub trait Mem {
 }
 
 /// The flow key of the packet whose network header `m` reads (`protocol`: the `sk_buff`'s
-/// EtherType, network byte order already swapped), `None` for what is not IPv4 or IPv6.
+/// EtherType, network byte order already swapped) and its IP-layer length as its header
+/// states it (the bytes the counting program counts; 0 for an IPv6 jumbogram), `None` for
+/// what is not IPv4 or IPv6.
 #[inline(always)]
-pub fn drop_key<M: Mem>(m: &M, protocol: u16) -> Option<FlowKey> {
+pub fn drop_key<M: Mem>(m: &M, protocol: u16) -> Option<(FlowKey, u32)> {
     let mut key = Parsed::EMPTY.key;
+    let len;
     match protocol {
         ETH_P_IP => {
             let h: [u8; 20] = m.bytes(0)?;
-            if h[0] >> 4 != 4 {
+            if h[0] >> 4 != 4 || h[0] & 0x0f < 5 {
                 return None;
             }
+            len = u16::from_be_bytes([h[2], h[3]]) as u32;
             let src = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
             let dst = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
             set_addr(&mut key.src_addr, v4_mapped(src));
@@ -43,6 +47,8 @@ pub fn drop_key<M: Mem>(m: &M, protocol: u16) -> Option<FlowKey> {
             if h[0] >> 4 != 6 {
                 return None;
             }
+            let payload = u16::from_be_bytes([h[4], h[5]]) as u32;
+            len = if payload == 0 { 0 } else { payload + 40 };
             let mut src = [0u8; 16];
             let mut dst = [0u8; 16];
             src.copy_from_slice(&h[8..24]);
@@ -66,7 +72,7 @@ pub fn drop_key<M: Mem>(m: &M, protocol: u16) -> Option<FlowKey> {
                         l4 += 8;
                         if u16::from_be_bytes([f[2], f[3]]) >> 3 != 0 {
                             key.proto = next;
-                            return Some(key);
+                            return Some((key, len));
                         }
                     }
                     51 => {
@@ -87,7 +93,7 @@ pub fn drop_key<M: Mem>(m: &M, protocol: u16) -> Option<FlowKey> {
         }
         _ => return None,
     }
-    Some(key)
+    Some((key, len))
 }
 
 /// The ports of the protocols the counting program reads them for (ICMP keys have none).
@@ -124,8 +130,12 @@ mod tests {
     /// The drop program's key equals the counting parser's for the same packet.
     fn same_key(frame: &[u8], ethertype: u16) {
         let parsed = run(frame).unwrap();
-        let got = drop_key(&Slice(&frame[14..]), ethertype).unwrap();
+        let (got, len) = drop_key(&Slice(&frame[14..]), ethertype).unwrap();
         assert_eq!(got, parsed.key);
+        assert_eq!(
+            len, parsed.bytes,
+            "the IP length the counting program counts"
+        );
     }
 
     #[test]
@@ -164,7 +174,10 @@ mod tests {
         let mut h = [0u8; 20];
         h[0] = 0x45;
         h[9] = IPPROTO_TCP;
-        let k = drop_key(&Slice(&h), ETH_P_IP).unwrap();
+        let (k, _) = drop_key(&Slice(&h), ETH_P_IP).unwrap();
         assert_eq!((k.proto, k.src_port, k.dst_port), (IPPROTO_TCP, 0, 0));
+        // A header length under five words is no IPv4 header.
+        h[0] = 0x44;
+        assert_eq!(drop_key(&Slice(&h), ETH_P_IP), None);
     }
 }

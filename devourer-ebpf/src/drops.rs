@@ -4,7 +4,10 @@
 //! attribute to the flow that counted the packet. Runs only when the kernel frees a packet
 //! as dropped: nothing on the counting path.
 
-use core::ptr::read_volatile;
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr::read_volatile,
+};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -59,14 +62,16 @@ pub fn devourer_kfree_skb(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Adds `v` to `map`'s entry for `key`, creating it; false when the map is full.
+/// Adds `v` to `map`'s entry for `key`, creating it; false when the map is full. Atomic adds:
+/// on kernels before 6.1 a drop in softirq can run this program on top of a run of it on the
+/// same CPU.
 #[inline(always)]
 fn add<K>(map: &PerCpuHashMap<K, DropValue>, key: &K, v: &DropValue) -> bool {
     if let Some(e) = map.get_ptr_mut(key) {
-        // SAFETY: a per-CPU value: this CPU's alone.
+        // SAFETY: a valid per-CPU value pointer from the map.
         unsafe {
-            (*e).packets += v.packets;
-            (*e).bytes += v.bytes;
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*e).packets, v.packets);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*e).bytes, v.bytes);
         }
         return true;
     }
@@ -84,16 +89,8 @@ fn dropped(skb: u64, reason: u32) {
     if off.len == 0 || skb == 0 {
         return;
     }
-    let len: u32 = field(skb, off.len).unwrap_or(0);
-    let v = DropValue {
-        packets: 1,
-        bytes: len as u64,
-    };
-    Ctr::bump_atomic(C_DROPS);
-    if !add(&DROP_REASONS, &reason, &v) {
-        Ctr::bump_atomic(C_DROP_REASONS_FULL);
-    }
-    let key = (|| {
+    let skb_len: u32 = field(skb, off.len).unwrap_or(0);
+    let keyed = (|| {
         let head: u64 = field(skb, off.head)?;
         let nh: u16 = field(skb, off.network_header)?;
         let proto: u16 = field(skb, off.protocol)?;
@@ -102,7 +99,18 @@ fn dropped(skb: u64, reason: u32) {
         }
         drop_key(&Kernel(head + nh as u64), u16::from_be(proto))
     })();
-    let Some(key) = key else {
+    // IP-layer bytes, as flows count them (the buffer's length where the header states none:
+    // a jumbogram, or no IP).
+    let ip_len = keyed.map_or(0, |(_, l)| l);
+    let v = DropValue {
+        packets: 1,
+        bytes: if ip_len != 0 { ip_len } else { skb_len } as u64,
+    };
+    Ctr::bump_atomic(C_DROPS);
+    if !add(&DROP_REASONS, &reason, &v) {
+        Ctr::bump_atomic(C_DROP_REASONS_FULL);
+    }
+    let Some((key, _)) = keyed else {
         Ctr::bump_atomic(C_DROPS_UNKEYED);
         return;
     };

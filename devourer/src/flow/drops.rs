@@ -7,7 +7,7 @@
 pub use crate::kernel::drops::Drop;
 
 /// Distinct reasons a flow keeps between two records; drops of further reasons still count in
-/// its totals.
+/// its totals (and one more frequent than the rarest kept takes its place).
 pub const MAX_REASONS: usize = 8;
 /// Reasons a record lists (the most frequent).
 pub const TOP_REASONS: usize = 3;
@@ -29,6 +29,12 @@ impl FlowDrops {
             r.1 += d.packets;
         } else if self.reasons.len() < MAX_REASONS {
             self.reasons.push((d.reason, d.packets));
+        } else if let Some(least) = self.reasons.iter_mut().min_by_key(|r| r.1)
+            && least.1 < d.packets
+        {
+            // A frequent late reason takes the place of the rarest (whose packets stay in
+            // the totals).
+            *least = (d.reason, d.packets);
         }
     }
 
@@ -48,6 +54,9 @@ pub struct DropStats {
     pub attributed: u64,
     /// Dropped packets of tuples no flow in the table holds.
     pub unattributed: u64,
+    /// Dropped packets attributed to a flow that ended before another record of it was due
+    /// (the drop was read at the scan after the record that counted the packet).
+    pub unrecorded: u64,
 }
 
 #[cfg(test)]
@@ -84,5 +93,9 @@ mod tests {
         }
         assert_eq!(f.reasons.len(), MAX_REASONS);
         assert_eq!(f.packets, names.len() as u64);
+        // A late reason more frequent than any kept replaces the rarest and leads the list.
+        f.add(&drop("late", 5));
+        assert_eq!(f.top()[0], ("late", 5));
+        assert_eq!(f.packets, names.len() as u64 + 5);
     }
 }

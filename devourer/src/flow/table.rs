@@ -569,12 +569,22 @@ impl FlowTable {
         // Ended flows, and those whose record was cut at an active timeout and that went quiet
         // afterwards.
         let idle = self.cfg.idle_timeout;
-        self.flows.retain(|f| {
+        let keep = |f: &Flow| {
             !f.ended
                 && (f.has_live()
                     || f.record_first_ns() != 0
                     || now.saturating_sub(f.last_seen) < idle)
-        });
+        };
+        // Drops read after a flow's last record (its packet counted in that record, its drop
+        // read at the next scan) leave with it: counted, not silent.
+        for f in self.flows.iter() {
+            if let Some(d) = &f.drops
+                && !keep(f)
+            {
+                self.tally.drops.unrecorded += d.packets;
+            }
+        }
+        self.flows.retain(|f| keep(f));
         self.cap(src, names, now, &mut out)?;
         sort_records(&mut out);
         stats.emitted += out.len();
@@ -627,15 +637,19 @@ impl FlowTable {
         now: u64,
         drops: &[Drop],
     ) -> io::Result<Vec<Emitted>> {
-        self.attribute_drops(drops);
         let flows = &mut self.flows;
         src.take_all(&mut |k, v| fold_deleted(flows, &k, &v))?;
         self.translate();
+        // After the last read and the NAT join, as in a scan.
+        self.attribute_drops(drops);
         let mut out = Vec::new();
         let modes = (self.nat.is_some(), self.cfg.start_records);
         for mut flow in self.flows.take_all() {
             // An entry read earlier but gone from the map now: its last read is what it held.
             flow.end_live();
+            if flow.drops.is_some() && flow.current().iter().all(|c| c.packets == 0) {
+                self.tally.drops.unrecorded += flow.drops.as_ref().map_or(0, |d| d.packets);
+            }
             Self::cut_into(
                 &mut self.tally,
                 modes,

@@ -905,7 +905,8 @@ fn drops_go_to_the_flow_of_their_tuple_either_way_and_other_tuples_are_only_coun
         t.drop_stats(),
         drops::DropStats {
             attributed: 4,
-            unattributed: 5
+            unattributed: 5,
+            unrecorded: 0
         }
     );
     let out = t
@@ -959,4 +960,36 @@ fn records_carry_zero_drops_when_drops_are_followed_and_none_when_not() {
             assert_eq!(r.drops, follow.then(drops::FlowDrops::default), "{r:?}");
         }
     }
+}
+
+#[test]
+fn a_drop_read_after_its_flows_last_record_is_counted_when_the_flow_ends_without_another() {
+    let mut t = FlowTable::new(cfg());
+    t.follow_drops();
+    let mut m = FakeMap::new();
+    let k = FlowKey {
+        ifindex: 0,
+        ..key(1, 1000, 2, 53, 17)
+    };
+    m.packet(0, k, S, 100, 0, 0);
+    // The packet's record is cut at idle timeout; its drop is read only at a later scan.
+    let out = scan(&mut t, &mut m, 12 * S);
+    assert_eq!(out.len(), 1);
+    let out = t
+        .scan(
+            &mut m,
+            12 * S + 1,
+            false,
+            &mut ScanStats::default(),
+            &mut NoNames,
+            &[drop(k, "NO_SOCKET", 1)],
+        )
+        .unwrap();
+    assert!(out.is_empty());
+    let s = t.drop_stats();
+    assert_eq!(
+        (s.attributed + s.unattributed, s.unattributed + s.unrecorded),
+        (1, 1),
+        "{s:?}"
+    );
 }

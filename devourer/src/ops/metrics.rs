@@ -449,7 +449,7 @@ impl Metrics {
             ),
             drop_attribution: r.counters(
                 "devourer_drops_attributed_total",
-                "Dropped packets with an IP tuple, by whether a flow in the table held it (flow: in that flow's record; no_flow: no monitored interface counted the packet, so only devourer_drops_total has it).",
+                "Dropped packets with an IP tuple, by whether a flow in the table held it (flow: added to that flow; no_flow: no monitored interface counted the packet, so only devourer_drops_total has it; unrecorded: added to a flow that ended before another record of it, so in no record).",
                 &["outcome"],
             ),
             conntrack_walks: r.counter(
@@ -681,7 +681,11 @@ impl Metrics {
 
     /// Dropped packets attributed to flows, or not, so far.
     pub fn drop_attribution(&self, s: &DropStats) {
-        for (outcome, total) in [("flow", s.attributed), ("no_flow", s.unattributed)] {
+        for (outcome, total) in [
+            ("flow", s.attributed),
+            ("no_flow", s.unattributed),
+            ("unrecorded", s.unrecorded),
+        ] {
             self.sync(
                 &format!("drop_attribution/{outcome}"),
                 &self.drop_attribution.with_label_values(&[outcome]),
