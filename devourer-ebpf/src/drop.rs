@@ -21,9 +21,12 @@ pub trait Mem {
 /// EtherType, network byte order already swapped) and its IP-layer length as its header
 /// states it (the bytes the counting program counts; 0 for an IPv6 jumbogram), `None` for
 /// what is not IPv4 or IPv6.
+///
+/// The key is written into `key` (which the caller initialises: on the kernel's older verifiers
+/// a value returned inside an `Option` can be read from stack the path never wrote).
 #[inline(always)]
-pub fn drop_key<M: Mem>(m: &M, protocol: u16) -> Option<(FlowKey, u32)> {
-    let mut key = Parsed::EMPTY.key;
+pub fn drop_key<M: Mem>(m: &M, protocol: u16, key: &mut FlowKey) -> Option<u32> {
+    *key = Parsed::EMPTY.key;
     let len;
     match protocol {
         ETH_P_IP => {
@@ -39,7 +42,7 @@ pub fn drop_key<M: Mem>(m: &M, protocol: u16) -> Option<(FlowKey, u32)> {
             key.proto = h[9];
             let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
             if frag_off == 0 {
-                ports(m, ((h[0] & 0x0f) as usize) * 4, &mut key);
+                ports(m, ((h[0] & 0x0f) as usize) * 4, key);
             }
         }
         ETH_P_IPV6 => {
@@ -72,7 +75,7 @@ pub fn drop_key<M: Mem>(m: &M, protocol: u16) -> Option<(FlowKey, u32)> {
                         l4 += 8;
                         if u16::from_be_bytes([f[2], f[3]]) >> 3 != 0 {
                             key.proto = next;
-                            return Some((key, len));
+                            return Some(len);
                         }
                     }
                     51 => {
@@ -88,12 +91,12 @@ pub fn drop_key<M: Mem>(m: &M, protocol: u16) -> Option<(FlowKey, u32)> {
             }
             key.proto = next;
             if !walked_all {
-                ports(m, l4, &mut key);
+                ports(m, l4, key);
             }
         }
         _ => return None,
     }
-    Some((key, len))
+    Some(len)
 }
 
 /// The ports of the protocols the counting program reads them for (ICMP keys have none).
@@ -130,7 +133,8 @@ mod tests {
     /// The drop program's key equals the counting parser's for the same packet.
     fn same_key(frame: &[u8], ethertype: u16) {
         let parsed = run(frame).unwrap();
-        let (got, len) = drop_key(&Slice(&frame[14..]), ethertype).unwrap();
+        let mut got = FlowKey::default();
+        let len = drop_key(&Slice(&frame[14..]), ethertype, &mut got).unwrap();
         assert_eq!(got, parsed.key);
         assert_eq!(
             len, parsed.bytes,
@@ -167,17 +171,18 @@ mod tests {
 
     #[test]
     fn what_is_not_ip_or_is_cut_short_has_no_key() {
-        assert_eq!(drop_key(&Slice(&[0x45; 10]), ETH_P_IP), None);
-        assert_eq!(drop_key(&Slice(&[0x45; 40]), 0x0806), None);
-        assert_eq!(drop_key(&Slice(&[0x65; 40]), ETH_P_IP), None);
+        let mut k = FlowKey::default();
+        assert_eq!(drop_key(&Slice(&[0x45; 10]), ETH_P_IP, &mut k), None);
+        assert_eq!(drop_key(&Slice(&[0x45; 40]), 0x0806, &mut k), None);
+        assert_eq!(drop_key(&Slice(&[0x65; 40]), ETH_P_IP, &mut k), None);
         // A header without its ports: the addresses still name the flow, ports 0.
         let mut h = [0u8; 20];
         h[0] = 0x45;
         h[9] = IPPROTO_TCP;
-        let (k, _) = drop_key(&Slice(&h), ETH_P_IP).unwrap();
+        drop_key(&Slice(&h), ETH_P_IP, &mut k).unwrap();
         assert_eq!((k.proto, k.src_port, k.dst_port), (IPPROTO_TCP, 0, 0));
         // A header length under five words is no IPv4 header.
         h[0] = 0x44;
-        assert_eq!(drop_key(&Slice(&h), ETH_P_IP), None);
+        assert_eq!(drop_key(&Slice(&h), ETH_P_IP, &mut k), None);
     }
 }

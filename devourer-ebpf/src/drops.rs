@@ -18,9 +18,12 @@ use aya_ebpf::{
 };
 use devourer_common::{
     drop::{DROP_REASONS_ENTRIES, DROPS_MAP_ENTRIES, DropKey, DropValue, SkbOffsets},
-    flow::{C_DROP_REASONS_FULL, C_DROPS, C_DROPS_MAP_FULL, C_DROPS_UNKEYED},
+    flow::{C_DROP_REASONS_FULL, C_DROPS, C_DROPS_MAP_FULL, C_DROPS_UNKEYED, FlowKey},
 };
-use devourer_ebpf::drop::{Mem, drop_key};
+use devourer_ebpf::{
+    Parsed,
+    drop::{Mem, drop_key},
+};
 
 use crate::program::Ctr;
 
@@ -90,18 +93,15 @@ fn dropped(skb: u64, reason: u32) {
         return;
     }
     let skb_len: u32 = field(skb, off.len).unwrap_or(0);
-    let keyed = (|| {
-        let head: u64 = field(skb, off.head)?;
-        let nh: u16 = field(skb, off.network_header)?;
-        let proto: u16 = field(skb, off.protocol)?;
-        if head == 0 || nh == 0xffff {
-            return None;
-        }
-        drop_key(&Kernel(head + nh as u64), u16::from_be(proto))
-    })();
+    // Every byte of the key written before any path reads it (see `drop_key`).
+    let mut dk = DropKey {
+        key: Parsed::EMPTY.key,
+        reason,
+    };
+    let keyed = key_of(skb, &off, &mut dk.key);
     // IP-layer bytes, as flows count them (the buffer's length where the header states none:
     // a jumbogram, or no IP).
-    let ip_len = keyed.map_or(0, |(_, l)| l);
+    let ip_len = keyed.unwrap_or(0);
     let v = DropValue {
         packets: 1,
         bytes: if ip_len != 0 { ip_len } else { skb_len } as u64,
@@ -110,11 +110,23 @@ fn dropped(skb: u64, reason: u32) {
     if !add(&DROP_REASONS, &reason, &v) {
         Ctr::bump_atomic(C_DROP_REASONS_FULL);
     }
-    let Some((key, _)) = keyed else {
+    if keyed.is_none() {
         Ctr::bump_atomic(C_DROPS_UNKEYED);
         return;
-    };
-    if !add(&DROPS, &DropKey { key, reason }, &v) {
+    }
+    if !add(&DROPS, &dk, &v) {
         Ctr::bump_atomic(C_DROPS_MAP_FULL);
     }
+}
+
+/// Writes the dropped packet's flow key into `key`; its IP length, `None` without one.
+#[inline(always)]
+fn key_of(skb: u64, off: &SkbOffsets, key: &mut FlowKey) -> Option<u32> {
+    let head: u64 = field(skb, off.head)?;
+    let nh: u16 = field(skb, off.network_header)?;
+    let proto: u16 = field(skb, off.protocol)?;
+    if head == 0 || nh == 0xffff {
+        return None;
+    }
+    drop_key(&Kernel(head + nh as u64), u16::from_be(proto), key)
 }
