@@ -154,29 +154,21 @@ impl FlowTable {
                     .collect()
             });
         for d in drops {
-            let (mut ck, _) = canonical(&d.key);
-            if let Some(keys) = &per_interface {
-                match keys.get(&ck) {
-                    Some(k) => ck = *k,
-                    None => {
-                        self.tally.drops.unattributed += d.packets;
-                        continue;
-                    }
-                }
-            }
-            let twin = match self.flows.get_mut(&ck) {
+            let (ck, _) = canonical(&d.key);
+            let ck = match &per_interface {
+                Some(keys) => keys.get(&ck).copied(),
+                None => Some(ck),
+            };
+            // A NAT'd copy's drops go to the flow whose records carry the connection.
+            let target = ck.and_then(|ck| match self.flows.get_mut(&ck) {
                 Some(f) if f.duplicate => match &f.nat {
                     NatState::Translated(n) => Some(n.twin(&f.key)),
                     _ => None,
                 },
-                Some(f) => {
-                    f.drops.get_or_insert_default().add(d);
-                    self.tally.drops.attributed += d.packets;
-                    continue;
-                }
+                Some(_) => Some(ck),
                 None => None,
-            };
-            match twin.and_then(|t| self.flows.get_mut(&t)) {
+            });
+            match target.and_then(|t| self.flows.get_mut(&t)) {
                 Some(f) => {
                     f.drops.get_or_insert_default().add(d);
                     self.tally.drops.attributed += d.packets;

@@ -411,7 +411,6 @@ mod tests {
         b.words(&[0, ptr, 0, ptr, 0, ptr, 0, reason]);
         let fptr = b.ty("", KIND_PTR, 0, false, proto);
         b.ty("btf_trace_kfree_skb", KIND_TYPEDEF, 0, false, fptr);
-        let _ = u32_;
         b.build()
     }
 
@@ -465,8 +464,7 @@ mod tests {
         let u8_ = b.int("u8", 1);
         let u16_ = b.int("__u16", 2);
         // struct s { u8 a:3; u8 b:5; __u16 network_header; } with kflag: sizes in the top byte.
-        let id = b.ty("s", KIND_STRUCT, 3, true, 4);
-        let _ = id;
+        b.ty("s", KIND_STRUCT, 3, true, 4);
         for (n, t, bits) in [
             ("a", u8_, 3 << 24),
             ("b", u8_, 5 << 24 | 3),

@@ -41,7 +41,7 @@ pub struct Support {
 /// Reason values to names, from `enum skb_drop_reason` (and, for subsystem-coded reasons
 /// in the upper 16 bits, `enum skb_drop_reason_subsys`). Names are leaked once at start: a
 /// few hundred short strings shared by every record.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ReasonNames {
     names: HashMap<u32, &'static str>,
     subsystems: HashMap<u32, &'static str>,
@@ -85,15 +85,6 @@ impl ReasonNames {
             .get(&(value >> 16))
             .copied()
             .unwrap_or(UNKNOWN)
-    }
-
-    /// Every name a reason can have here (the metric's label set).
-    pub fn len(&self) -> usize {
-        self.names.len() + self.subsystems.len() + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
