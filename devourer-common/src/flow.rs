@@ -123,8 +123,12 @@ counters! {
     C_DROPS_UNKEYED = 20, "drops_unkeyed", "drops_unkeyed", "Dropped packets without an IP flow tuple to attribute (not IP, headers not set or unreadable): counted by reason only.";
     C_DROPS_MAP_FULL = 21, "drops_map_full", "drops_map_full", "Dropped packets the full drop map refused: counted by reason only.";
     C_DROP_REASONS_FULL = 22, "drop_reasons_full", "drop_reasons_full", "Dropped packets whose reason the full per-reason map refused: counted only here.";
+    C_RETRANSMITS = 23, "tcp_retransmits", "tcp_retransmits", "TCP segments the kernel retransmitted (tcp_retransmit_skb), on any socket.";
+    C_RETRANSMITS_MAP_FULL = 24, "retransmits_map_full", "retransmits_map_full", "Retransmitted segments the full retransmit map refused: counted only here.";
+    C_SRTT_LOOKUPS = 25, "srtt_lookups", "srtt_lookups", "Socket lookups for a TCP flow's smoothed RTT (at most one per flow direction per sampling period).";
+    C_SRTT_MISSES = 26, "srtt_misses", "srtt_misses", "Socket lookups that found no socket with an RTT (not local, not in the peer's namespace, or not established).";
 }
-pub const COUNTERS_LEN: u32 = 23;
+pub const COUNTERS_LEN: u32 = 27;
 
 const _: () = {
     let mut i = 0;
@@ -192,11 +196,24 @@ pub struct FlowValue {
     pub marks: u64,
     /// The interface and hook ([`hook`]) that counts this direction: the first that saw it.
     pub counted_on: u32,
-    /// The other interfaces and hooks that saw it, not counted there (0: a free slot).
-    pub seen_on: [u32; SEEN_SLOTS],
     /// The VLAN tag a hook saw last on this direction, or'd with [`VLAN_SEEN`] (0: none).
     pub vlan: u16,
     pub _pad: u16,
+    /// TCP handshake, at the counting hook: when this direction last sent a SYN (bare, or a
+    /// SYN-ACK; 0: neither). In the first cache line with the counts: every TCP packet reads
+    /// it.
+    pub syn_ns: u64,
+    /// When this direction first sent a TCP segment with ACK and without SYN (the one that
+    /// completes a handshake it took part in; 0: none yet).
+    pub ack_ns: u64,
+    /// The other interfaces and hooks that saw it, not counted there (0: a free slot).
+    pub seen_on: [u32; SEEN_SLOTS],
+    /// The kernel's smoothed RTT of the socket behind this direction (`srtt_us >> 3`, in
+    /// microseconds), sampled at the counting hook at most once per sampling period: the last
+    /// sample (0: none). The agent reads it each scan.
+    pub srtt_last_us: u32,
+    /// Samples taken (the agent sees whether a new one came since its last read).
+    pub srtt_samples: u32,
 }
 
 /// [`FlowValue::marks`]: eleven flags, each in a nibble of its own.
@@ -340,7 +357,9 @@ mod user {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 64);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 88);
+// What every counted packet touches stays in the first 64 bytes.
+const _: () = assert!(core::mem::offset_of!(FlowValue, ack_ns) == 56);
 const _: () = assert!(core::mem::offset_of!(FlowValue, marks) == 32);
 const _: () = assert!(core::mem::size_of::<OverflowKey>() == 8);
 const _: () = assert!(core::mem::size_of::<XdpReplayMeta>() == 24);

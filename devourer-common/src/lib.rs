@@ -5,6 +5,7 @@ pub mod drop;
 pub mod filter;
 pub mod flow;
 pub mod payload;
+pub mod tcp;
 pub mod tunnel;
 
 #[cfg(feature = "user")]

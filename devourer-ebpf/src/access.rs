@@ -9,16 +9,20 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use devourer_common::{
-    flow::{CB_WIRE_LEN, XdpReplayMeta},
+    flow::{CB_WIRE_LEN, FlowKey, FlowValue, XdpReplayMeta},
     payload::PAYLOAD_CAP_MAX,
 };
 use devourer_ebpf::Packet;
 
 use crate::program::{offline, xdp_load_bytes};
 
-/// Copies `len` (1..=PAYLOAD_CAP_MAX) bytes at `off` of the packet into `dst`.
+/// What the counting program does with a packet besides parsing it: copies `len`
+/// (1..=PAYLOAD_CAP_MAX) bytes at `off` into `dst`, and samples the smoothed RTT of the socket
+/// behind a flow direction (TC alone can look sockets up).
 pub trait CopyOut {
     fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool;
+
+    fn sample_srtt(&self, _v: *mut FlowValue, _key: &FlowKey, _hook: u32) {}
 }
 
 /// TC accessor: direct packet access for the linear part, `bpf_skb_load_bytes` past it.
@@ -33,6 +37,11 @@ impl CopyOut for TcPacket<'_> {
     fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool {
         // SAFETY: dst points at PAYLOAD_CAP_MAX writable bytes and len was bounded by the caller.
         unsafe { bpf_skb_load_bytes(self.ctx.skb.skb as *const _, off, dst.cast(), len) == 0 }
+    }
+
+    #[inline(always)]
+    fn sample_srtt(&self, v: *mut FlowValue, key: &FlowKey, hook: u32) {
+        crate::rtt::sample_srtt(self.ctx.skb.skb, v, key, hook);
     }
 }
 

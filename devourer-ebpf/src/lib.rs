@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod drop;
+pub mod sock;
 
 use devourer_common::{
     flow::{FlowKey, KEY_F_IPV6, VAL_F_ICMP, VAL_F_SYN, VLAN_SEEN},

@@ -16,6 +16,10 @@ mod access;
 mod drops;
 #[cfg(target_arch = "bpf")]
 mod program;
+#[cfg(target_arch = "bpf")]
+mod retransmits;
+#[cfg(target_arch = "bpf")]
+mod rtt;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -47,7 +47,10 @@ use devourer_ebpf::{
     zeroed,
 };
 
-use crate::access::{CopyOut, TcPacket, XdpPacket};
+use crate::{
+    access::{CopyOut, TcPacket, XdpPacket},
+    rtt::{note_handshake, srtt_due},
+};
 
 const EEXIST: i32 = 17;
 /// Least time between two log lines from one CPU about malformed packets (debug logging).
@@ -289,12 +292,18 @@ impl Ctr {
     /// is between a read and a write of the same slot on this CPU (the drop tracepoint).
     #[inline(always)]
     pub fn bump_atomic(idx: u32) {
+        Self::add_atomic(idx, 1);
+    }
+
+    /// Adds `n` to a counter atomically (see [`Ctr::bump_atomic`]).
+    #[inline(always)]
+    pub fn add_atomic(idx: u32, n: u64) {
         if let Some(c) = Self::get() {
             // SAFETY: this CPU's slot, index below COUNTERS_LEN (a C_* constant).
             unsafe {
                 atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
                     &raw mut (*c.0).c[idx as usize],
-                    1,
+                    n,
                 )
             };
         }
@@ -360,11 +369,22 @@ pub fn devourer_xdp(ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// What [`FlowStore::record`] did with a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Not counted here: seen already where its flow is counted (so is its payload).
+    No,
+    /// Counted at this hook, which alone then sends its payload.
+    Yes,
+    /// Counted into the live entry it points at, whose socket's smoothed RTT is due for a
+    /// sample.
+    Sample(*mut FlowValue),
+}
+
 /// Where a parsed packet is counted: the agent's shared flow map ([`Shared`]), or a variant
-/// the benchmark object compares it with. Returns whether this hook counted the packet (the
-/// first to see its flow), which alone then sends its payload.
+/// the benchmark object compares it with.
 pub trait FlowStore {
-    fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool;
+    fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> Counted;
 }
 
 /// The shared flow map.
@@ -372,7 +392,7 @@ pub struct Shared;
 
 impl FlowStore for Shared {
     #[inline(always)]
-    fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
+    fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> Counted {
         record(maps, p, ts, segs, hook, ctr)
     }
 }
@@ -518,9 +538,11 @@ fn account<P: Packet + CopyOut, S: FlowStore, const L3: bool>(
                 parsed.bytes = 0;
                 segs = 0;
             }
-            if !S::record(maps, parsed, ts, segs, hook, &ctr) {
+            match S::record(maps, parsed, ts, segs, hook, &ctr) {
                 // Seen already where its flow is counted: so is its payload.
-                return;
+                Counted::No => return,
+                Counted::Yes => {}
+                Counted::Sample(v) => p.sample_srtt(v, &parsed.key, hook),
             }
             // SAFETY: a load-time constant array.
             let ports = unsafe { read_volatile(&DEVOURER_DNS_PORTS) };
@@ -607,6 +629,7 @@ pub fn add(v: &mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
     }
     v.bytes += p.bytes as u64;
     v.packets += segs;
+    note_handshake(v, p.tcp_flags, ts);
     let bits = mark_bits(p);
     if bits != 0 {
         let present = marks::present(v.marks);
@@ -630,6 +653,7 @@ pub fn add_shared(v: *mut FlowValue, p: &Parsed, ts: u64, segs: u64) {
         if ts > (*v).last_ns {
             (*v).last_ns = ts;
         }
+        note_handshake(v, p.tcp_flags, ts);
         let bits = mark_bits(p);
         if bits != 0 {
             // A flag is added once, when its nibble reads zero (most packets of a connection
@@ -660,7 +684,8 @@ fn note_vlan(v: *mut FlowValue, p: &Parsed) {
 }
 
 /// A packet at `hook` for an existing entry: counted if `hook` is where its flow is counted,
-/// else `hook` is listed among the others that saw it. Whether it was counted.
+/// else `hook` is listed among the others that saw it. Whether it was counted (and whether its
+/// socket's RTT is due for a sample).
 #[inline(always)]
 fn count_or_note(
     v: *mut FlowValue,
@@ -669,7 +694,7 @@ fn count_or_note(
     hook: u32,
     maps: MapSet,
     ctr: &Ctr,
-) -> bool {
+) -> Counted {
     // SAFETY: a live map value; `counted_on` is set once, at insert.
     if unsafe { (*v).counted_on } == hook {
         if let Some(hooks) = maps.hooks {
@@ -689,8 +714,13 @@ fn count_or_note(
                 remember(hooks, &p.key, hook, ts);
             }
         }
+        let due = srtt_due(v, p, ts);
         add_shared(v, p, ts, segs);
-        return true;
+        return if due {
+            Counted::Sample(v)
+        } else {
+            Counted::Yes
+        };
     }
     ctr.add(C_REPEATS, segs);
     // The tag a VLAN device's parent sees (the device itself sees the packet untagged).
@@ -699,19 +729,19 @@ fn count_or_note(
     let seen = unsafe { &mut (*v).seen_on };
     for slot in seen.iter_mut().take(SEEN_SLOTS) {
         if *slot == hook {
-            return false;
+            return Counted::No;
         }
         if *slot == 0 {
             *slot = hook;
-            return false;
+            return Counted::No;
         }
     }
     ctr.add(C_SEEN_FULL, 1);
-    false
+    Counted::No
 }
 
 #[inline(always)]
-fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
+fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> Counted {
     let key = &p.key;
     let ifindex = hook >> 1;
     if let Some(v) = maps.flows.get_ptr_mut(key) {
@@ -734,10 +764,10 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
         fresh.seen_on[0] = hook;
     }
     match maps.flows.insert(key, fresh, BPF_NOEXIST as u64) {
-        Ok(()) if counted => true,
+        Ok(()) if counted => Counted::Yes,
         Ok(()) => {
             ctr.add(C_REPEATS, segs);
-            false
+            Counted::No
         }
         Err(e) if e == -EEXIST => {
             // Another CPU created the entry between our lookup and insert.
@@ -756,7 +786,7 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
         // The map is full and the packet is a copy: nothing to count, only its hook is lost.
         Err(_) => {
             ctr.add(C_REPEATS, segs);
-            false
+            Counted::No
         }
     }
 }
@@ -862,10 +892,10 @@ fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_kind: u64, ctr:
 /// agent to evict early. Whether the packet was counted: by the flow map's first-hook rule,
 /// only at the hook that counts its flow direction (a copy at another interface is a repeat).
 #[inline(always)]
-pub fn overflow(maps: MapSet, p: &Parsed, ts: u64, hook: u32, segs: u64, ctr: &Ctr) -> bool {
+pub fn overflow(maps: MapSet, p: &Parsed, ts: u64, hook: u32, segs: u64, ctr: &Ctr) -> Counted {
     if counting_hook(maps, &p.key, hook, ts) != hook {
         ctr.add(C_REPEATS, segs);
-        return false;
+        return Counted::No;
     }
     ctr.add(C_MAP_FULL, segs);
     let map = maps.overflow;
@@ -904,7 +934,7 @@ pub fn overflow(maps: MapSet, p: &Parsed, ts: u64, hook: u32, segs: u64, ctr: &C
         ctr.add(C_OVERFLOW_FULL_BYTES, p.bytes as u64);
     }
     wake(ts, ctr);
-    true
+    Counted::Yes
 }
 
 /// At most one wake-up per CPU per interval: a full map must not turn into an event per packet.

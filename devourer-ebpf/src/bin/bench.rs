@@ -19,6 +19,12 @@ mod drops;
 #[cfg(target_arch = "bpf")]
 #[path = "../program.rs"]
 mod program;
+#[cfg(target_arch = "bpf")]
+#[path = "../retransmits.rs"]
+mod retransmits;
+#[cfg(target_arch = "bpf")]
+#[path = "../rtt.rs"]
+mod rtt;
 
 #[cfg(target_arch = "bpf")]
 #[expect(
@@ -38,7 +44,7 @@ mod baselines {
     use devourer_common::flow::{FlowKey, FlowValue};
     use devourer_ebpf::{Parsed, zeroed};
 
-    use crate::program::{Ctr, FlowStore, MapSet, TC_NEXT, add, overflow, tc};
+    use crate::program::{Counted, Ctr, FlowStore, MapSet, TC_NEXT, add, overflow, tc};
 
     /// Programs that do nothing: the baselines of the kernel-cost benchmark.
     #[classifier]
@@ -80,8 +86,8 @@ mod baselines {
 
     impl FlowStore for ParseOnly {
         #[inline(always)]
-        fn record(_: MapSet, _: &Parsed, _: u64, _: u64, _: u32, _: &Ctr) -> bool {
-            false
+        fn record(_: MapSet, _: &Parsed, _: u64, _: u64, _: u32, _: &Ctr) -> Counted {
+            Counted::No
         }
     }
 
@@ -89,12 +95,12 @@ mod baselines {
 
     impl FlowStore for LookupOnly {
         #[inline(always)]
-        fn record(maps: MapSet, p: &Parsed, _: u64, _: u64, _: u32, _: &Ctr) -> bool {
+        fn record(maps: MapSet, p: &Parsed, _: u64, _: u64, _: u32, _: &Ctr) -> Counted {
             if let Some(v) = maps.flows.get_ptr_mut(&p.key) {
                 // SAFETY: a live map value; read as the agent's program reads it first.
                 let _ = unsafe { read_volatile(&(*v).counted_on) };
             }
-            false
+            Counted::No
         }
     }
 
@@ -117,24 +123,24 @@ mod baselines {
 
     impl FlowStore for PerCpu {
         #[inline(always)]
-        fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> bool {
+        fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) -> Counted {
             let key = &p.key;
             if let Some(v) = FLOWS_PERCPU.get_ptr_mut(key) {
                 // SAFETY: this CPU's slot of a live entry.
                 add(unsafe { &mut *v }, p, ts, segs);
-                return true;
+                return Counted::Yes;
             }
             let mut slot = core::mem::MaybeUninit::<FlowValue>::uninit();
             // SAFETY: all-zero is a valid FlowValue (plain integers).
             let fresh = unsafe { zeroed(&mut slot) };
             add(fresh, p, ts, segs);
             match FLOWS_PERCPU.insert(key, fresh, BPF_NOEXIST as u64) {
-                Ok(()) => true,
+                Ok(()) => Counted::Yes,
                 Err(e) if e == -EEXIST => match FLOWS_PERCPU.get_ptr_mut(key) {
                     // SAFETY: as above.
                     Some(v) => {
                         add(unsafe { &mut *v }, p, ts, segs);
-                        true
+                        Counted::Yes
                     }
                     None => overflow(maps, p, ts, hook, segs, ctr),
                 },

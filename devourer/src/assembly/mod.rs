@@ -20,7 +20,7 @@ use devourer_common::{
 use self::pipeline::Pipeline;
 use crate::{
     config::PipelineArgs,
-    flow::{FlowSource, Status, drops::Drop},
+    flow::{FlowSource, Reports, Status, drops::Drop},
     kernel::{
         events::{self, PayloadKind},
         maps::{KernelCounters, take_overflow},
@@ -72,6 +72,17 @@ pub trait Kernel {
     /// Every drop so far by reason: (name, packets, bytes).
     fn drop_totals(&mut self) -> io::Result<Vec<(&'static str, u64, u64)>> {
         Ok(Vec::new())
+    }
+    /// Whether the kernel reports TCP retransmissions (TCP records then carry them).
+    fn follows_retransmits(&self) -> bool {
+        false
+    }
+    /// What the kernel reported by tuple since the last call: drops, then retransmissions.
+    fn take_reports(&mut self) -> io::Result<Reports> {
+        Ok(Reports {
+            drops: self.take_drops()?,
+            retransmits: Vec::new(),
+        })
     }
 }
 
@@ -150,6 +161,20 @@ impl Kernel for Loaded {
     fn drop_totals(&mut self) -> io::Result<Vec<(&'static str, u64, u64)>> {
         self.drops.as_mut().map_or(Ok(Vec::new()), |d| d.totals())
     }
+
+    fn follows_retransmits(&self) -> bool {
+        self.retransmits.is_some()
+    }
+
+    fn take_reports(&mut self) -> io::Result<Reports> {
+        Ok(Reports {
+            drops: self.take_drops()?,
+            retransmits: self
+                .retransmits
+                .as_mut()
+                .map_or(Ok(Vec::new()), |r| r.take())?,
+        })
+    }
 }
 
 /// Which driver runs the assembly; the parts that differ between them follow from it.
@@ -205,6 +230,9 @@ impl<K: Kernel> Assembly<K> {
         if kernel.follows_drops() {
             pipeline.follow_drops();
         }
+        if kernel.follows_retransmits() {
+            pipeline.follow_retransmits();
+        }
         Ok(Self {
             kernel,
             pipeline,
@@ -242,11 +270,11 @@ impl<K: Kernel> Assembly<K> {
         // Where counting alternates map sets, the scan reads the set it just left, whole.
         self.kernel.flip()?;
         // Drops first: a dropped packet was counted before it was dropped, so its flow is in
-        // the flow map read after.
-        let drops = self.kernel.take_drops()?;
+        // the flow map read after (a retransmitted segment likewise).
+        let reports = self.kernel.take_reports()?;
         let open = self
             .pipeline
-            .scan(self.kernel.flows(), now, pressure, &drops)?;
+            .scan(self.kernel.flows(), now, pressure, &reports)?;
         let overflow = self.kernel.take_overflow()?;
         Ok(self.pipeline.emit_overflow(&overflow, now) && open)
     }
@@ -290,18 +318,20 @@ impl<K: Kernel> Assembly<K> {
             ..
         } = self;
         let now = now();
-        let drops = kernel.take_drops().context("reading the drop map")?;
+        let reports = kernel
+            .take_reports()
+            .context("reading the drop and retransmit maps")?;
         if kernel.flip().context("switching map sets")? {
             // The set counted in since the last scan, then every open flow.
             pipeline
-                .scan(kernel.flows(), now, false, &drops)
+                .scan(kernel.flows(), now, false, &reports)
                 .context("reading the last map set")?;
             pipeline
-                .flush(kernel.flows(), status, now, &[])
+                .flush(kernel.flows(), status, now, &Reports::default())
                 .context("flushing the flow map")?;
         } else {
             pipeline
-                .flush(kernel.flows(), status, now, &drops)
+                .flush(kernel.flows(), status, now, &reports)
                 .context("flushing the flow map")?;
         }
         let overflow = kernel.take_overflow().context("reading the overflow map")?;

@@ -30,7 +30,7 @@ use crate::{
         http::{HttpOutput, HttpTracker},
     },
     flow::{
-        Emitted, Filters, FlowSource, FlowTable, Resolver, ScanStats, Status, Workload, drops::Drop,
+        Emitted, Filters, FlowSource, FlowTable, Reports, Resolver, ScanStats, Status, Workload,
     },
     k8s::Cluster,
     kernel::{events::PayloadKind, maps::KernelCounters},
@@ -405,13 +405,14 @@ impl Pipeline {
 
     /// One scan at `now`: lost DNS queries and forgotten HTTP requests, then due flows.
     /// `Ok(false)` when an output closed.
-    /// `drops`: what the kernel dropped since the last scan (read before the flow map).
+    /// `reports`: what the kernel dropped and retransmitted since the last scan (read before
+    /// the flow map).
     pub fn scan(
         &mut self,
         src: &mut dyn FlowSource,
         now: u64,
         pressure: bool,
-        drops: &[Drop],
+        reports: &Reports,
     ) -> io::Result<bool> {
         let started = Instant::now();
         if let Some(dns) = &mut self.dns {
@@ -430,7 +431,7 @@ impl Pipeline {
         };
         let out = self
             .table
-            .scan(src, now, pressure, &mut stats, &mut resolver, drops)?;
+            .scan(src, now, pressure, &mut stats, &mut resolver, reports)?;
         self.scan_stats = stats;
         self.count_traffic();
         let open = self.emit_flows(out);
@@ -447,7 +448,7 @@ impl Pipeline {
         src: &mut dyn FlowSource,
         status: Status,
         now: u64,
-        drops: &[Drop],
+        reports: &Reports,
     ) -> io::Result<bool> {
         if let Some(dns) = &mut self.dns {
             dns.flush(&mut self.dns_out);
@@ -460,7 +461,7 @@ impl Pipeline {
             dns: self.dns.as_mut(),
             cluster: self.cluster.as_deref(),
         };
-        let out = self.table.flush(src, status, &mut resolver, now, drops)?;
+        let out = self.table.flush(src, status, &mut resolver, now, reports)?;
         self.count_traffic();
         Ok(self.emit_flows(out) && open)
     }
@@ -508,6 +509,7 @@ impl Pipeline {
         m.limits(&self.limit_hits());
         m.nat(&self.table.nat_stats());
         m.drop_attribution(&self.table.drop_stats());
+        m.retransmit_attribution(self.table.retransmit_stats());
     }
 
     /// The kernel's drops by reason so far into `devourer_drops_total`.
@@ -515,6 +517,11 @@ impl Pipeline {
         if let Some(m) = &self.metrics {
             m.drops(totals);
         }
+    }
+
+    /// TCP records carry retransmissions from now on (the kernel reports them).
+    pub fn follow_retransmits(&mut self) {
+        self.table.follow_retransmits();
     }
 
     /// Records carry drops from now on (the kernel reports them).
@@ -533,7 +540,12 @@ impl Pipeline {
 
     /// What each bound cut so far, by the flag that sets it (or the constant, `http_max_held`).
     pub fn limit_hits(&self) -> Vec<(&'static str, u64)> {
-        let mut hits = vec![("max_flows", self.table.table_full())];
+        let mut hits = vec![
+            ("max_flows", self.table.table_full()),
+            // Interfaces whose peer namespace the kernel's map had no room for (their pods'
+            // sockets sample no RTT).
+            ("peer_netns_entries", crate::kernel::netns::refused()),
+        ];
         if let Some(dns) = &self.dns {
             let t = dns.tcp_stats();
             hits.extend([

@@ -66,6 +66,8 @@ impl PipelineArgs {
         o.http_ring_bytes = self.http.http_ring_size;
         o.per_interface = self.flow.count_per_interface;
         o.sampling = self.flow.sampling;
+        // One RTT sample per flow direction per scan at most.
+        o.srtt_period_ns = nanos(self.flow.scan_interval);
         // Replay runs the program of its mode alone; live, XDP mode also runs TC (egress, and
         // ingress on bridges), TC mode never XDP.
         o.programs = match (offline, self.flow.mode) {
@@ -107,8 +109,8 @@ pub struct FlowArgs {
           value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_interface_names: u64,
     /// Kernel flow map capacity (entries, one per flow direction). Its memory, whatever the
-    /// CPU count: about (entries + CPUs) x 160 bytes plus 16 bytes per bucket (entries rounded
-    /// up to a power of two), ~11 MiB at the default, and as many entries of 112 bytes for the
+    /// CPU count: about (entries + CPUs) x 192 bytes plus 16 bytes per bucket (entries rounded
+    /// up to a power of two), ~13 MiB at the default, and as many entries of 112 bytes for the
     /// counting hooks' memory, ~8 MiB (`devourer_kernel_map_bytes`).
     #[arg(long, env = "DEVOURER_FLOW_MAP_ENTRIES", default_value_t = DEFAULT_FLOW_MAP_ENTRIES,
           value_parser = clap::value_parser!(u32).range(16..=16_777_216))]

@@ -115,6 +115,12 @@ pub struct LiveArgs {
     /// Serve /metrics (and the probes) here (`off` to disable).
     #[arg(long, env = "DEVOURER_METRICS_ADDR", default_value = "0.0.0.0:9402", value_parser = parse_metrics_addr)]
     pub metrics_addr: MetricsAddr,
+    /// Series the per-workload metrics (TCP retransmits and RTT, drops by source and
+    /// destination workload) may hold together, at most; the label sets past it are added to
+    /// the `other` series and counted in `devourer_metrics_series_dropped_total`.
+    #[arg(long, env = "DEVOURER_METRICS_MAX_SERIES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub metrics_max_series: u64,
     /// Records that may wait for each sink (each runs on a thread of its own) before new
     /// ones are dropped for that sink and counted (`devourer_sink_dropped_total{sink}`).
     #[arg(long, env = "DEVOURER_SINK_QUEUE_RECORDS", alias = "output-queue", default_value_t = 65_536,

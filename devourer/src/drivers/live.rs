@@ -91,6 +91,9 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     }
     drop_capabilities(&args, link, requests_cfg.as_ref())?;
     let metrics = Metrics::new();
+    metrics
+        .workloads
+        .set_max_series(args.metrics_max_series as usize);
     metrics.map_capacity.set(i64::from(p.flow.flow_map_entries));
     let ncpus = agent_ncpus as u64;
     metrics

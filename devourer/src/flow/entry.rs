@@ -10,10 +10,12 @@ use super::{
     Emitted, Resolver, Status, Workload,
     drops::FlowDrops,
     nat::{Nat, endpoint_addr},
+    tcp::{Handshake, Samples, Srtt, TcpHealth, failed, handshake_rtt, sent_here},
 };
 use crate::base::net::key_addr;
 
 const TCP_FIN: u16 = 0x01;
+const IPPROTO_TCP: u8 = 6;
 const TCP_RST: u16 = 0x04;
 
 /// Sums one entry's per-CPU slots: counts add up, the first packet is the earliest slot's.
@@ -50,9 +52,20 @@ fn merge_value(a: &mut FlowValue, b: &FlowValue) {
     }
     let mut sum = Counts::of(a);
     sum.add(b, b.packets, b.bytes);
+    let earliest = |x: u64, y: u64| if x == 0 || (y != 0 && y < x) { y } else { x };
+    let newer = if b.srtt_samples > a.srtt_samples {
+        b.srtt_last_us
+    } else {
+        a.srtt_last_us
+    };
+    // Per-CPU slots of one direction: its last SYN, its first ACK, the newer sample.
     *a = FlowValue {
         seen_on: a.seen_on,
         vlan: if a.vlan != 0 { a.vlan } else { b.vlan },
+        syn_ns: a.syn_ns.max(b.syn_ns),
+        ack_ns: earliest(a.ack_ns, b.ack_ns),
+        srtt_last_us: newer,
+        srtt_samples: a.srtt_samples + b.srtt_samples,
         ..sum.value(a.counted_on)
     };
 }
@@ -137,6 +150,10 @@ pub(super) struct Dir {
     pub(super) counted_on: u32,
     /// Packets and bytes read from the kernel since the traffic metrics last took them.
     pub(super) unreported: (u64, u64),
+    /// Its TCP handshake times over the flow's life.
+    pub(super) handshake: Handshake,
+    /// Its socket's RTT samples since the last record.
+    pub(super) samples: Samples,
 }
 
 impl Dir {
@@ -154,6 +171,8 @@ impl Dir {
     fn observe(&mut self, v: &FlowValue, live: bool) {
         let (p0, b0) = self.live.unwrap_or((0, 0));
         let (p, b) = (v.packets.saturating_sub(p0), v.bytes.saturating_sub(b0));
+        self.handshake.observe(v);
+        self.samples.observe(v, self.live.is_some(), live);
         self.counts.add(v, p, b);
         self.unreported.0 += p;
         self.unreported.1 += b;
@@ -203,6 +222,11 @@ pub(super) struct Flow {
     pub(super) ended: bool,
     /// Drops attributed since its last record (boxed: few flows have any).
     pub(super) drops: Option<Box<FlowDrops>>,
+    /// TCP segments the kernel retransmitted since its last record, either way.
+    pub(super) retransmits: u64,
+    /// RTT samples of its translated copy's sockets (a pod's, behind DNAT) since its last
+    /// record.
+    pub(super) nat_samples: Option<Srtt>,
 }
 
 /// A flow's translation, as far as it is known.
@@ -278,7 +302,21 @@ impl Flow {
             started: false,
             ended: false,
             drops: None,
+            retransmits: 0,
+            nat_samples: None,
         }
+    }
+
+    /// Takes the RTT samples of both directions since the last record (a NAT duplicate's go
+    /// to its twin, whose records carry the connection).
+    pub(super) fn take_samples(&mut self) -> Option<Srtt> {
+        let [a, b] = &mut self.dirs;
+        merge_srtt(a.samples.srtt.take(), b.samples.srtt.take())
+    }
+
+    /// Adds RTT samples of this flow's translated copy.
+    pub(super) fn add_nat_samples(&mut self, s: Srtt) {
+        self.nat_samples = Some(self.nat_samples.map_or(s, |old| old.then(s)));
     }
 
     /// Takes the packets and bytes counted since the last call, by the interface that counted
@@ -469,6 +507,7 @@ impl Flow {
             xlat_src: None,
             xlat_dst: None,
             drops: None,
+            tcp: None,
         };
         if let NatState::Translated(n) = &self.nat {
             // Record endpoints are the pre-translation ones; translated sides go to xlat_*.
@@ -478,6 +517,34 @@ impl Flow {
             rec.xlat_dst = (n.post[dst] != n.pre[dst]).then_some(n.post[dst]);
         }
         rec
+    }
+
+    /// The TCP health a record with `src` as the initiator carries: the handshake (once
+    /// known), the RTT samples and retransmissions since the last record (taken), and whether
+    /// the connection failed.
+    fn tcp_health(&mut self, src: usize, status: Status) -> TcpHealth {
+        let (c, s) = (&self.dirs[src], &self.dirs[1 - src]);
+        let here = |d: &Dir| sent_here(d.counted_on, &crate::kernel::netns::has_peer);
+        let local = (here(c), here(s));
+        let own = merge_srtt(c.samples.srtt, s.samples.srtt);
+        let health = TcpHealth {
+            handshake_rtt_ns: handshake_rtt(&c.handshake, &s.handshake, local),
+            srtt: match (own, self.nat_samples.take()) {
+                (Some(o), Some(n)) => Some(n.then(o)),
+                (o, n) => o.or(n),
+            },
+            retransmits: Some(std::mem::take(&mut self.retransmits)),
+            failed: failed(
+                (c.ever_flags & VAL_F_SYN != 0, c.ever_tcp),
+                s.ever_tcp,
+                &s.handshake,
+                status == Status::IdleTimeout,
+            ),
+        };
+        for d in &mut self.dirs {
+            d.samples.srtt = None;
+        }
+        health
     }
 
     /// Builds the record for what the flow holds now and starts the next one.
@@ -501,10 +568,22 @@ impl Flow {
         rec.src = cur[src];
         rec.dst = cur[1 - src];
         rec.drops = self.drops.take().map(|d| *d);
+        if self.key.proto == IPPROTO_TCP {
+            rec.tcp = Some(self.tcp_health(src, status));
+        }
         self.seq += 1;
         for d in &mut self.dirs {
             d.counts = Counts::default();
         }
         Some(rec)
+    }
+}
+
+/// Both ends' samples (where both sockets are local): the least and greatest of either, the
+/// initiator's last.
+fn merge_srtt(client: Option<Srtt>, server: Option<Srtt>) -> Option<Srtt> {
+    match (client, server) {
+        (Some(c), Some(s)) => Some(s.then(c)),
+        (one, None) | (None, one) => one,
     }
 }

@@ -15,6 +15,7 @@ mod filter;
 pub mod nat;
 mod store;
 mod table;
+pub mod tcp;
 
 use std::{io, net::IpAddr, sync::Arc};
 
@@ -46,6 +47,14 @@ pub trait FlowSource {
         }
         Ok(())
     }
+}
+
+/// What the kernel reported by tuple since the last scan, added to the flows of those tuples:
+/// dropped packets, and retransmitted TCP segments.
+#[derive(Clone, Debug, Default)]
+pub struct Reports {
+    pub drops: Vec<drops::Drop>,
+    pub retransmits: Vec<crate::kernel::tcp::Retransmit>,
 }
 
 /// Where flows get the names of their addresses (the DNS name cache, the Kubernetes objects
@@ -170,6 +179,8 @@ pub struct Emitted {
     /// The drops attributed to the flow since its last record; `None` when drops are not
     /// followed (a kernel without drop reasons, a replay).
     pub drops: Option<drops::FlowDrops>,
+    /// A TCP flow's health (`None` for other protocols and start records).
+    pub tcp: Option<tcp::TcpHealth>,
 }
 
 impl Emitted {

@@ -6,11 +6,12 @@ use std::io;
 use devourer_common::flow::{FlowKey, FlowValue};
 
 use super::{
-    Emitted, FlowSource, Resolver, Status, TableConfig,
-    drops::{Drop, DropStats, FlowDrops},
+    Emitted, FlowSource, Reports, Resolver, Status, TableConfig,
+    drops::{DropStats, FlowDrops},
     entry::{Flow, NatState, canonical, counts_nothing, directional},
     nat::{Answer, Endpoint, Nat, NatLookup, NatStats, interpret, may_be_tracked, tuple},
     store::Flows,
+    tcp::Srtt,
 };
 use crate::{
     base::hash::FastMap,
@@ -50,6 +51,10 @@ struct Tally {
     /// Drops are followed: records carry them (zero when there were none).
     drops_on: bool,
     drops: DropStats,
+    /// Retransmissions are followed: TCP records carry them (zero when there were none).
+    retransmits_on: bool,
+    /// Retransmitted segments added to a flow, and of tuples no flow holds.
+    retransmits: (u64, u64),
     /// Packets and bytes read since the metrics last took them, by counting interface.
     traffic: FastMap<u32, (u64, u64)>,
 }
@@ -121,16 +126,27 @@ impl FlowTable {
         self.tally.drops_on = true;
     }
 
+    /// Records carry retransmitted segments (the kernel reports them).
+    pub fn follow_retransmits(&mut self) {
+        self.tally.retransmits_on = true;
+    }
+
+    /// Retransmitted segments added to flows, and of tuples no flow held, so far.
+    pub fn retransmit_stats(&self) -> (u64, u64) {
+        self.tally.retransmits
+    }
+
     /// Dropped packets attributed to flows or not, so far.
     pub fn drop_stats(&self) -> DropStats {
         self.tally.drops
     }
 
-    /// Adds each drop to the flow of its tuple (either direction): a NAT'd copy's to the flow
-    /// whose records carry it. Counting per interface, a tuple is looked for on every
-    /// interface's flow (the drop program does not know the interface).
-    fn attribute_drops(&mut self, drops: &[Drop]) {
-        if drops.is_empty() {
+    /// Adds what the kernel reported by tuple to the flows of those tuples (either direction):
+    /// a NAT'd copy's to the flow whose records carry the connection. Counting per interface,
+    /// a tuple is looked for on every interface's flow (the reporting programs do not know the
+    /// interface).
+    fn attribute(&mut self, reports: &Reports) {
+        if reports.drops.is_empty() && reports.retransmits.is_empty() {
             return;
         }
         // Counting per interface, every key names its interface.
@@ -153,22 +169,8 @@ impl FlowTable {
                     })
                     .collect()
             });
-        for d in drops {
-            let (ck, _) = canonical(&d.key);
-            let ck = match &per_interface {
-                Some(keys) => keys.get(&ck).copied(),
-                None => Some(ck),
-            };
-            // A NAT'd copy's drops go to the flow whose records carry the connection.
-            let target = ck.and_then(|ck| match self.flows.get_mut(&ck) {
-                Some(f) if f.duplicate => match &f.nat {
-                    NatState::Translated(n) => Some(n.twin(&f.key)),
-                    _ => None,
-                },
-                Some(_) => Some(ck),
-                None => None,
-            });
-            match target.and_then(|t| self.flows.get_mut(&t)) {
+        for d in &reports.drops {
+            match self.flow_of(&d.key, per_interface.as_ref()) {
                 Some(f) => {
                     f.drops.get_or_insert_default().add(d);
                     self.tally.drops.attributed += d.packets;
@@ -176,6 +178,47 @@ impl FlowTable {
                 None => self.tally.drops.unattributed += d.packets,
             }
         }
+        for r in &reports.retransmits {
+            match self.flow_of(&r.key, per_interface.as_ref()) {
+                Some(f) => {
+                    f.retransmits += r.segments;
+                    self.tally.retransmits.0 += r.segments;
+                }
+                None => self.tally.retransmits.1 += r.segments,
+            }
+        }
+    }
+
+    /// Adds the RTT samples of NAT duplicates (their sockets: a pod's behind DNAT) to their
+    /// twins, whose records carry the connection.
+    fn add_nat_samples(&mut self, moved: Vec<(FlowKey, Srtt)>) {
+        for (twin, s) in moved {
+            if let Some(t) = self.flows.get_mut(&twin) {
+                t.add_nat_samples(s);
+            }
+        }
+    }
+
+    /// The flow whose records carry the connection of tuple `key` (either direction).
+    fn flow_of(
+        &mut self,
+        key: &FlowKey,
+        per_interface: Option<&FastMap<FlowKey, FlowKey>>,
+    ) -> Option<&mut Flow> {
+        let (ck, _) = canonical(key);
+        let ck = match per_interface {
+            Some(keys) => *keys.get(&ck)?,
+            None => ck,
+        };
+        // A NAT'd copy's reports go to the flow whose records carry the connection.
+        let target = match self.flows.get_mut(&ck)? {
+            f if f.duplicate => match &f.nat {
+                NatState::Translated(n) => n.twin(&f.key),
+                _ => return None,
+            },
+            _ => ck,
+        };
+        self.flows.get_mut(&target)
     }
 
     /// Conntrack lookups and joined records so far.
@@ -359,6 +402,11 @@ impl FlowTable {
         if tally.drops_on {
             rec.drops.get_or_insert_default();
         }
+        if !tally.retransmits_on
+            && let Some(t) = &mut rec.tcp
+        {
+            t.retransmits = None;
+        }
         if flow.duplicate {
             tally.nat.merged += 1;
             tally.nat.merged_packets += rec.src.packets + rec.dst.packets;
@@ -486,8 +534,9 @@ impl FlowTable {
     /// or when the map is nearly full, the least recently active half) or, with
     /// [`TableConfig::drain`], take every entry, and return the records that are due, in a
     /// deterministic order.
-    /// `drops`: what the kernel dropped since the last scan, read before the flow map (so a
-    /// dropped packet's flow, counted before it was dropped, is in the table).
+    /// `reports`: what the kernel dropped and retransmitted since the last scan, read before
+    /// the flow map (so a dropped packet's flow, counted before it was dropped, is in the
+    /// table).
     pub fn scan(
         &mut self,
         src: &mut dyn FlowSource,
@@ -495,7 +544,7 @@ impl FlowTable {
         pressure: bool,
         stats: &mut ScanStats,
         names: &mut dyn Resolver,
-        drops: &[Drop],
+        reports: &Reports,
     ) -> io::Result<Vec<Emitted>> {
         if self.cfg.drain {
             stats.kernel_entries = self.take_all(src, stats)?;
@@ -503,7 +552,7 @@ impl FlowTable {
             self.read_and_evict(src, now, pressure, stats)?;
         }
         self.translate();
-        self.attribute_drops(drops);
+        self.attribute(reports);
         // One walk for what each flow needs every scan (the flows are megabytes: every walk
         // over them costs): its new traffic into the sums (after `translate`, so a NAT
         // duplicate found this scan adds nothing; one whose lookup waits adds its packets
@@ -512,8 +561,12 @@ impl FlowTable {
         let (cfg, nat_on) = (self.cfg, self.nat.is_some());
         let mut out = Vec::new();
         let mut due: Vec<(u64, FlowKey, Status, u32)> = Vec::new();
+        let mut nat_samples = Vec::new();
         for (i, flow) in self.flows.iter_mut().enumerate() {
             self.tally.take_traffic(flow);
+            if flow.duplicate {
+                nat_samples.extend(duplicate_samples(flow));
+            }
             if !flow.named {
                 flow.resolve(names, now);
             }
@@ -531,6 +584,7 @@ impl FlowTable {
                 due.push((flow.record_first_ns(), flow.key, status, i as u32));
             }
         }
+        self.add_nat_samples(nat_samples);
         // Cut in about the order records are sorted in, so that sorting them (a few hundred
         // bytes each) usually finds them in order already.
         due.sort_unstable_by_key(|&(first, ck, ..)| (first, ck));
@@ -627,13 +681,20 @@ impl FlowTable {
         status: Status,
         names: &mut dyn Resolver,
         now: u64,
-        drops: &[Drop],
+        reports: &Reports,
     ) -> io::Result<Vec<Emitted>> {
         let flows = &mut self.flows;
         src.take_all(&mut |k, v| fold_deleted(flows, &k, &v))?;
         self.translate();
         // After the last read and the NAT join, as in a scan.
-        self.attribute_drops(drops);
+        self.attribute(reports);
+        let nat_samples: Vec<_> = self
+            .flows
+            .iter_mut()
+            .filter(|f| f.duplicate)
+            .filter_map(duplicate_samples)
+            .collect();
+        self.add_nat_samples(nat_samples);
         let mut out = Vec::new();
         let modes = (self.nat.is_some(), self.cfg.start_records);
         for mut flow in self.flows.take_all() {
@@ -655,6 +716,15 @@ impl FlowTable {
         sort_records(&mut out);
         Ok(out)
     }
+}
+
+/// A NAT duplicate's RTT samples since the last scan, with its twin's key.
+fn duplicate_samples(f: &mut Flow) -> Option<(FlowKey, Srtt)> {
+    let twin = match &f.nat {
+        NatState::Translated(n) => n.twin(&f.key),
+        _ => return None,
+    };
+    f.take_samples().map(|s| (twin, s))
 }
 
 /// A flow's translation from what conntrack answered (never `Later`).

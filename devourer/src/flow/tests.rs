@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP, VAL_F_SYN};
 
 use super::*;
+use crate::kernel::tcp::Retransmit;
 
 const S: u64 = 1_000_000_000;
 const NCPU: usize = 4;
@@ -52,6 +53,14 @@ impl FakeMap {
         slot.bytes += bytes;
         slot.packets += 1;
         slot.add_flags(tcp, flags);
+        // What the counting program notes of a handshake (see devourer-ebpf's rtt.rs).
+        if tcp & 0x04 == 0 {
+            if tcp & 0x02 != 0 {
+                slot.syn_ns = ts;
+            } else if tcp & 0x12 == 0x10 && slot.ack_ns == 0 {
+                slot.ack_ns = ts;
+            }
+        }
     }
 }
 
@@ -107,8 +116,15 @@ fn rev(k: FlowKey) -> FlowKey {
 }
 
 fn scan(t: &mut FlowTable, m: &mut FakeMap, now: u64) -> Vec<Emitted> {
-    t.scan(m, now, false, &mut ScanStats::default(), &mut NoNames, &[])
-        .unwrap()
+    t.scan(
+        m,
+        now,
+        false,
+        &mut ScanStats::default(),
+        &mut NoNames,
+        &Reports::default(),
+    )
+    .unwrap()
 }
 
 /// A kernel value of `packets` ICMP packets of type `ty` (`None`: not ICMP) from `first` to
@@ -397,9 +413,16 @@ fn pressure_evicts_the_least_recently_active_half_without_losing_counts() {
     }
     let mut st = ScanStats::default();
     assert!(
-        t.scan(&mut m, 2 * S, true, &mut st, &mut NoNames, &[])
-            .unwrap()
-            .is_empty()
+        t.scan(
+            &mut m,
+            2 * S,
+            true,
+            &mut st,
+            &mut NoNames,
+            &Reports::default()
+        )
+        .unwrap()
+        .is_empty()
     );
     assert_eq!(m.entries.len(), 4);
     assert!(
@@ -407,7 +430,13 @@ fn pressure_evicts_the_least_recently_active_half_without_losing_counts() {
         "the newest stay"
     );
     let out = t
-        .flush(&mut m, Status::Shutdown, &mut NoNames, 2 * S, &[])
+        .flush(
+            &mut m,
+            Status::Shutdown,
+            &mut NoNames,
+            2 * S,
+            &Reports::default(),
+        )
         .unwrap();
     assert_eq!(out.len(), 8);
     assert!(
@@ -425,8 +454,14 @@ fn flush_emits_every_open_flow_in_a_stable_order() {
             m.packet(usize::from(i) % NCPU, key(i, 10, 200, 20, 17), S, 1, 0, 0);
         }
         scan(&mut t, &mut m, 2 * S);
-        t.flush(&mut m, Status::EndOfInput, &mut NoNames, 2 * S, &[])
-            .unwrap()
+        t.flush(
+            &mut m,
+            Status::EndOfInput,
+            &mut NoNames,
+            2 * S,
+            &Reports::default(),
+        )
+        .unwrap()
     };
     let a = run();
     assert_eq!(a.len(), 50);
@@ -478,7 +513,7 @@ fn a_flow_takes_names_when_it_starts_and_fills_unknown_ones_at_emit() {
         false,
         &mut ScanStats::default(),
         &mut book,
-        &[],
+        &Reports::default(),
     )
     .unwrap();
     // The server's address now means something else: the flow keeps its first name.
@@ -490,7 +525,7 @@ fn a_flow_takes_names_when_it_starts_and_fills_unknown_ones_at_emit() {
             false,
             &mut ScanStats::default(),
             &mut book,
-            &[],
+            &Reports::default(),
         )
         .unwrap();
     assert_eq!(out[0].dst_name.as_deref(), Some("www.example.com"));
@@ -529,8 +564,14 @@ fn a_full_table_emits_its_least_recently_active_flows_early_and_loses_no_packet(
     m.packet(0, key(10, 1000, 1, 53, 17), 6 * S, 100, 0, 0);
     let mut all = out;
     all.extend(
-        t.flush(&mut m, Status::Shutdown, &mut NoNames, 7 * S, &[])
-            .unwrap(),
+        t.flush(
+            &mut m,
+            Status::Shutdown,
+            &mut NoNames,
+            7 * S,
+            &Reports::default(),
+        )
+        .unwrap(),
     );
     let packets: u64 = all.iter().map(|e| e.src.packets + e.dst.packets).sum();
     assert_eq!(packets, 11);
@@ -638,7 +679,13 @@ fn a_translated_flow_seen_alone_is_recorded_with_its_original_endpoints() {
     m.packet(0, post, S, 60, 0x02, VAL_F_SYN);
     m.packet(0, rev(post), S + 10, 60, 0x12, 0);
     let out = t
-        .flush(&mut m, Status::Shutdown, &mut NoNames, 2 * S, &[])
+        .flush(
+            &mut m,
+            Status::Shutdown,
+            &mut NoNames,
+            2 * S,
+            &Reports::default(),
+        )
         .unwrap();
     assert_eq!(out.len(), 1);
     assert_is_the_service_connection(&out[0]);
@@ -687,7 +734,13 @@ fn a_start_record_comes_once_per_flow_when_first_seen_with_zero_counters() {
     let k2 = key(3, 1000, 4, 53, 17);
     m.packet(0, k2, 61 * S, 80, 0, 0);
     let out = t
-        .flush(&mut m, Status::EndOfInput, &mut NoNames, 62 * S, &[])
+        .flush(
+            &mut m,
+            Status::EndOfInput,
+            &mut NoNames,
+            62 * S,
+            &Reports::default(),
+        )
         .unwrap();
     let statuses: Vec<Status> = out.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [Status::Start, Status::EndOfInput]);
@@ -897,7 +950,10 @@ fn drops_go_to_the_flow_of_their_tuple_either_way_and_other_tuples_are_only_coun
             false,
             &mut ScanStats::default(),
             &mut NoNames,
-            &drops,
+            &Reports {
+                drops: drops.to_vec(),
+                ..Reports::default()
+            },
         )
         .unwrap();
     assert!(out.is_empty());
@@ -910,7 +966,13 @@ fn drops_go_to_the_flow_of_their_tuple_either_way_and_other_tuples_are_only_coun
         }
     );
     let out = t
-        .flush(&mut m, Status::Shutdown, &mut NoNames, 3 * S, &[])
+        .flush(
+            &mut m,
+            Status::Shutdown,
+            &mut NoNames,
+            3 * S,
+            &Reports::default(),
+        )
         .unwrap();
     assert_eq!(out.len(), 1, "a dropped tuple no flow holds makes no flow");
     let d = out[0].drops.as_ref().unwrap();
@@ -932,7 +994,10 @@ fn counting_per_interface_a_drop_finds_its_tuple_on_any_interface() {
             Status::Shutdown,
             &mut NoNames,
             2 * S,
-            &[drop(FlowKey { ifindex: 0, ..k }, "NETFILTER_DROP", 2)],
+            &Reports {
+                drops: vec![drop(FlowKey { ifindex: 0, ..k }, "NETFILTER_DROP", 2)],
+                ..Reports::default()
+            },
         )
         .unwrap();
     assert_eq!(out[0].drops.as_ref().unwrap().packets, 2);
@@ -952,8 +1017,14 @@ fn records_carry_zero_drops_when_drops_are_followed_and_none_when_not() {
         m.packet(0, key(1, 1, 2, 2, 17), S, 100, 0, 0);
         let mut out = scan(&mut t, &mut m, S + 1);
         out.extend(
-            t.flush(&mut m, Status::Shutdown, &mut NoNames, 2 * S, &[])
-                .unwrap(),
+            t.flush(
+                &mut m,
+                Status::Shutdown,
+                &mut NoNames,
+                2 * S,
+                &Reports::default(),
+            )
+            .unwrap(),
         );
         assert_eq!(out.len(), 2, "a start record and a flow record");
         for r in out {
@@ -982,7 +1053,10 @@ fn a_drop_read_after_its_flows_last_record_is_counted_when_the_flow_ends_without
             false,
             &mut ScanStats::default(),
             &mut NoNames,
-            &[drop(k, "NO_SOCKET", 1)],
+            &Reports {
+                drops: vec![drop(k, "NO_SOCKET", 1)],
+                ..Reports::default()
+            },
         )
         .unwrap();
     assert!(out.is_empty());
@@ -992,4 +1066,118 @@ fn a_drop_read_after_its_flows_last_record_is_counted_when_the_flow_ends_without
         (1, 1),
         "{s:?}"
     );
+}
+
+#[test]
+fn a_tcp_record_carries_its_handshake_rtt_retransmits_and_srtt_and_udp_none() {
+    let mut t = FlowTable::new(cfg());
+    t.follow_retransmits();
+    let mut m = FakeMap::new();
+    let k = key(1, 40000, 2, 443, 6);
+    m.packet(0, k, S, 60, 0x02, VAL_F_SYN);
+    m.packet(0, rev(k), S + 40_000_000, 60, 0x12, 0);
+    m.packet(0, k, S + 40_020_000, 52, 0x10, 0);
+    m.entries.get_mut(&k).unwrap()[0].srtt_samples = 1;
+    m.entries.get_mut(&k).unwrap()[0].srtt_last_us = 41_000;
+    let u = key(1, 5000, 3, 53, 17);
+    m.packet(0, u, S, 60, 0, 0);
+    scan(&mut t, &mut m, S + 50_000_000);
+    let r = Retransmit {
+        key: FlowKey { ifindex: 0, ..k },
+        segments: 3,
+    };
+    let out = t
+        .flush(
+            &mut m,
+            Status::Shutdown,
+            &mut NoNames,
+            2 * S,
+            &Reports {
+                retransmits: vec![
+                    r,
+                    Retransmit {
+                        key: rev(r.key),
+                        segments: 1,
+                    },
+                ],
+                ..Reports::default()
+            },
+        )
+        .unwrap();
+    let tcp = out.iter().find(|e| e.key.proto == 6).unwrap();
+    let h = tcp.tcp.unwrap();
+    assert_eq!(h.handshake_rtt_ns, Some(40_000_000));
+    assert_eq!(h.retransmits, Some(4), "both sides' retransmissions");
+    assert_eq!(
+        h.srtt.map(|s| (s.min_us, s.max_us, s.last_us)),
+        Some((41_000, 41_000, 41_000))
+    );
+    assert!(!h.failed);
+    assert_eq!(out.iter().find(|e| e.key.proto == 17).unwrap().tcp, None);
+    assert_eq!(t.retransmit_stats(), (4, 0));
+}
+
+#[test]
+fn a_syn_answered_by_reset_fails_and_retransmits_are_null_when_not_reported() {
+    let mut t = FlowTable::new(cfg());
+    let mut m = FakeMap::new();
+    let k = key(1, 40001, 2, 81, 6);
+    m.packet(0, k, S, 60, 0x02, VAL_F_SYN);
+    m.packet(0, rev(k), S + 1000, 40, 0x14, 0);
+    let out = t
+        .flush(
+            &mut m,
+            Status::Shutdown,
+            &mut NoNames,
+            2 * S,
+            &Reports::default(),
+        )
+        .unwrap();
+    let h = out[0].tcp.unwrap();
+    assert!(h.failed);
+    assert_eq!(
+        (h.handshake_rtt_ns, h.retransmits, h.srtt),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn a_syn_never_answered_fails_only_at_its_last_record() {
+    let mut t = FlowTable::new(cfg());
+    let mut m = FakeMap::new();
+    let k = key(1, 40002, 2, 82, 6);
+    m.packet(0, k, S, 60, 0x02, VAL_F_SYN);
+    m.packet(0, k, 2 * S, 60, 0x02, VAL_F_SYN);
+    let out = scan(&mut t, &mut m, 13 * S);
+    assert_eq!(out.len(), 1, "idle timeout");
+    assert!(out[0].tcp.unwrap().failed);
+}
+
+#[test]
+fn rtt_samples_of_the_translated_copy_reach_the_record_of_the_connection() {
+    let mut t = nat_table();
+    let mut m = FakeMap::new();
+    let pre = key(1, 1000, 3, 80, 6);
+    let post = key(7, 1000, 9, 8000, 6);
+    for (i, k) in [pre, post].into_iter().enumerate() {
+        m.packet(0, k, S + i as u64, 60, 0x02, VAL_F_SYN);
+        m.packet(0, rev(k), S + 10 + i as u64, 60, 0x12, 0);
+    }
+    // Only the backend's socket (behind DNAT) is local: sampled on the translated copy.
+    let backend = m.entries.get_mut(&rev(post)).unwrap();
+    backend[0].srtt_samples = 1;
+    backend[0].srtt_last_us = 2500;
+    scan(&mut t, &mut m, 2 * S);
+    let out = t
+        .flush(
+            &mut m,
+            Status::Shutdown,
+            &mut NoNames,
+            3 * S,
+            &Reports::default(),
+        )
+        .unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    let s = out[0].tcp.unwrap().srtt.unwrap();
+    assert_eq!((s.min_us, s.max_us, s.last_us), (2500, 2500, 2500));
 }

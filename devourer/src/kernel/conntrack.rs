@@ -372,7 +372,7 @@ impl Conntrack {
 }
 
 /// The netlink messages of one datagram: (type, sequence number, body).
-fn messages(mut rest: &[u8]) -> impl Iterator<Item = Result<(u16, u32, &[u8]), Error>> {
+pub(super) fn messages(mut rest: &[u8]) -> impl Iterator<Item = Result<(u16, u32, &[u8]), Error>> {
     std::iter::from_fn(move || {
         if rest.len() < 16 {
             return None;
@@ -517,7 +517,7 @@ fn v6(a: IpAddr) -> Ipv6Addr {
 }
 
 /// Netlink attributes in `b`: (type without flags, payload). Stops at the first malformed one.
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(super) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if b.len() < 4 {
             return None;

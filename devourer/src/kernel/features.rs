@@ -31,17 +31,21 @@ pub struct Features {
     /// A drop reason on the `kfree_skb` tracepoint (5.17), and the drop program attached to
     /// it: without it, records carry no drops (null) and nothing counts them. Set at load.
     pub drop_reason: bool,
+    /// The `tcp_retransmit_skb` tracepoint, and the retransmit program attached to it:
+    /// without it, records carry no retransmits (null). Set at load.
+    pub tcp_retransmits: bool,
 }
 
 impl Features {
     /// Every feature, as the metric and the start-up line name it.
-    pub fn list(&self) -> [(&'static str, bool); 5] {
+    pub fn list(&self) -> [(&'static str, bool); 6] {
         [
             ("lookup_and_delete", self.lookup_and_delete),
             ("xdp_load_bytes", self.xdp_load_bytes),
             ("xdp_test_run_ctx", self.xdp_test_run_ctx),
             ("tcx", self.tcx),
             ("drop_reason", self.drop_reason),
+            ("tcp_retransmits", self.tcp_retransmits),
         ]
     }
 
@@ -53,6 +57,7 @@ impl Features {
             xdp_test_run_ctx: probe_xdp_test_run_ctx(),
             tcx: KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)),
             drop_reason: false,
+            tcp_retransmits: false,
         }
     }
 
@@ -61,8 +66,8 @@ impl Features {
         let missing: Vec<&str> = self
             .list()
             .into_iter()
-            // Drops are said at load, with the reason.
-            .filter(|(name, on)| !on && *name != "drop_reason")
+            // Drops and retransmits are said at load, with the reason.
+            .filter(|(name, on)| !on && *name != "drop_reason" && *name != "tcp_retransmits")
             .map(|(name, _)| match name {
                 "lookup_and_delete" => {
                     "no atomic lookup-and-delete of hash entries (5.14): counting alternates two map sets (twice the flow maps' memory)"

@@ -66,6 +66,7 @@ impl Attached {
 
     pub fn attach(&mut self, ebpf: &mut Ebpf, iface: &str) -> Result<(), AttachError> {
         let a = attach::attach(ebpf, iface, self.mode, self.link)?;
+        super::netns::note_peer(ebpf, a.ifindex);
         tracing::info!(interface = %a.iface, ifindex = a.ifindex, hooks = ?a.hooks, "attached");
         self.map.insert(iface.to_owned(), a);
         Ok(())
@@ -74,6 +75,7 @@ impl Attached {
     /// Detaches from every interface (at shutdown: nothing is counted after the final read).
     pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
         for (_, a) in std::mem::take(&mut self.map) {
+            super::netns::forget_peer(ebpf, a.ifindex);
             attach::detach(ebpf, a);
         }
     }
@@ -91,14 +93,23 @@ impl Attached {
         for name in &gone {
             if let Some(a) = self.map.remove(name) {
                 tracing::info!(interface = %name, "interface gone: letting go");
+                super::netns::forget_peer(ebpf, a.ifindex);
                 attach::detach(ebpf, a);
             }
         }
         for name in wanted {
-            if !self.map.contains_key(name)
-                && let Err(e) = self.attach(ebpf, name)
-            {
-                tracing::warn!(interface = %name, "cannot attach yet: {e}");
+            match self.map.get(name) {
+                // A veth created in this namespace has its peer moved out after: asked
+                // again while it has none.
+                Some(a) if !super::netns::has_peer(a.ifindex) => {
+                    super::netns::note_peer(ebpf, a.ifindex);
+                }
+                Some(_) => {}
+                None => {
+                    if let Err(e) = self.attach(ebpf, name) {
+                        tracing::warn!(interface = %name, "cannot attach yet: {e}");
+                    }
+                }
             }
         }
         gone

@@ -29,6 +29,10 @@ use devourer_common::{
         DNS_RING, GLOBAL_DNS_CAP, GLOBAL_DNS_PORTS, GLOBAL_HTTP_CAP, GLOBAL_HTTP_PORTS,
         GLOBAL_RB_FLAGS, HTTP_RING, PAYLOAD_CAP_MAX, PORT_SLOTS,
     },
+    tcp::{
+        GLOBAL_SOCK_OFFSETS, GLOBAL_SRTT_SHIFT, PEER_NETNS_ENTRIES, PEER_NETNS_MAP,
+        RETRANSMITS_ENTRIES, RETRANSMITS_MAP, SockOffsets,
+    },
 };
 
 use super::{
@@ -37,6 +41,7 @@ use super::{
     log::KernelLog,
     maps::{Counters, HashReader, KernelFlows},
     sets::Alternation,
+    tcp::RetransmitProbe,
 };
 
 /// The agent's kernel program, built by build.rs for bpfel-unknown-none.
@@ -132,6 +137,11 @@ pub struct LoadOptions {
     pub programs: Vec<&'static str>,
     /// Report the kernel's drops with their reasons where it has them (live only).
     pub drops: bool,
+    /// Report TCP retransmissions and sample sockets' smoothed RTT (live only).
+    pub tcp_health: bool,
+    /// The least time between two smoothed-RTT samples of one flow direction (the scan
+    /// interval: at most one sample per flow per scan).
+    pub srtt_period_ns: u64,
 }
 
 impl LoadOptions {
@@ -159,6 +169,8 @@ impl LoadOptions {
             },
             programs: vec![PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_XDP],
             drops: !offline,
+            tcp_health: !offline,
+            srtt_period_ns: 1_000_000_000,
         }
     }
 }
@@ -186,6 +198,8 @@ pub struct Loaded {
     pub alternation: Option<Alternation>,
     /// The drop program, attached where the kernel reports drop reasons.
     pub drops: Option<DropProbe>,
+    /// The retransmit program, attached where the kernel has the tracepoint and BTF.
+    pub retransmits: Option<RetransmitProbe>,
 }
 
 fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -299,9 +313,42 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     } else {
         (1, 1)
     };
+    // TCP health: the retransmit program's offsets from BTF (else it stays unloaded), and the
+    // counting program's RTT sampling period as a power of two at least the period.
+    let tcp_health = opts.tcp_health && !opts.offline;
+    let sock_offsets = if tcp_health {
+        super::tcp::running()
+            .inspect_err(|why| tracing::info!("TCP retransmits are not reported: {why}"))
+            .ok()
+    } else {
+        None
+    };
+    let srtt_shift: u32 = if tcp_health {
+        64 - opts.srtt_period_ns.max(2).saturating_sub(1).leading_zeros()
+    } else {
+        0
+    };
     let mut ebpf = EbpfLoader::new()
         // Only the agent's object has the drop program.
         .override_global(GLOBAL_SKB_OFFSETS, &skb_offsets, false)
+        .override_global(
+            GLOBAL_SOCK_OFFSETS,
+            &sock_offsets.unwrap_or(SockOffsets::ZERO),
+            false,
+        )
+        .override_global(GLOBAL_SRTT_SHIFT, &srtt_shift, false)
+        .map_max_entries(
+            RETRANSMITS_MAP,
+            if sock_offsets.is_some() {
+                RETRANSMITS_ENTRIES
+            } else {
+                1
+            },
+        )
+        .map_max_entries(
+            PEER_NETNS_MAP,
+            if tcp_health { PEER_NETNS_ENTRIES } else { 1 },
+        )
         .map_max_entries(DROPS_MAP, drop_entries)
         .map_max_entries(DROP_REASONS_MAP, reason_entries)
         .override_global(GLOBAL_SAMPLING, &opts.sampling, true)
@@ -371,8 +418,14 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
             .inspect_err(|why| tracing::warn!("kernel drops are not reported: {why}"))
             .ok()
     });
+    let retransmits = sock_offsets.and_then(|_| {
+        RetransmitProbe::attach(&mut ebpf, ncpus)
+            .inspect_err(|why| tracing::warn!("TCP retransmits are not reported: {why}"))
+            .ok()
+    });
     let mut features = features;
     features.drop_reason = drops.is_some();
+    features.tcp_retransmits = retransmits.is_some();
     let take =
         |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Missing(name));
     let flows = hash_reader(&mut ebpf, FLOWS_MAP, ncpus, opts.flow_map_entries)?;
@@ -413,6 +466,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         features,
         alternation,
         drops,
+        retransmits,
     })
 }
 
@@ -492,7 +546,18 @@ pub fn map_bytes(opts: &LoadOptions, ncpus: u64, sets: u64) -> u64 {
     } else {
         0
     };
-    (flows + overflow) * sets.max(1) + hooks + rings + per_cpu * ncpus + drops
+    // The retransmit map (shared values) and the peer namespaces, where TCP health is on.
+    let tcp = if opts.tcp_health && !opts.offline {
+        hash_map_bytes(
+            u64::from(RETRANSMITS_ENTRIES),
+            ncpus,
+            size(size_of::<FlowKey>()),
+            8,
+        ) + hash_map_bytes(u64::from(PEER_NETNS_ENTRIES), ncpus, 4, 4)
+    } else {
+        0
+    };
+    (flows + overflow) * sets.max(1) + hooks + rings + per_cpu * ncpus + drops + tcp
 }
 
 fn page_size() -> u32 {

@@ -70,10 +70,13 @@ pub struct Metrics {
     drops: IntCounterVec,
     drop_bytes: IntCounterVec,
     drop_attribution: IntCounterVec,
+    retransmit_attribution: IntCounterVec,
     pub interfaces: IntGauge,
     /// 1 for each feature newer than the floor the running kernel has, 0 where devourer falls
     /// back (`kernel::features`).
     pub kernel_feature: IntGaugeVec,
+    /// TCP health and drops by workload, under the series budget.
+    pub workloads: super::workloads::WorkloadMetrics,
     /// Last absolute values of counters kept elsewhere, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
 }
@@ -447,6 +450,11 @@ impl Metrics {
                 "Bytes of the packets the kernel dropped (their length when freed), by reason.",
                 &["reason"],
             ),
+            retransmit_attribution: r.counters(
+                "devourer_tcp_retransmits_attributed_total",
+                "Retransmitted TCP segments the kernel reported, by whether a flow in the table held their socket's tuple (flow: on that flow's records; no_flow: no monitored interface counted the connection).",
+                &["outcome"],
+            ),
             drop_attribution: r.counters(
                 "devourer_drops_attributed_total",
                 "Dropped packets with an IP tuple, by whether a flow in the table held it (flow: added to that flow; no_flow: no monitored interface counted the packet, so only devourer_drops_total has it; unrecorded: added to a flow that ended before another record of it, so in no record).",
@@ -470,6 +478,7 @@ impl Metrics {
                 )
                 .expect("metric"),
             ),
+            workloads: super::workloads::WorkloadMetrics::new(&r.0),
             seen: Mutex::new(HashMap::new()),
             registry: r.0,
         };
@@ -694,6 +703,17 @@ impl Metrics {
         }
     }
 
+    /// Retransmitted segments added to flows, and of tuples no flow held, so far.
+    pub fn retransmit_attribution(&self, (flow, no_flow): (u64, u64)) {
+        for (outcome, total) in [("flow", flow), ("no_flow", no_flow)] {
+            self.sync(
+                &format!("retransmit_attribution/{outcome}"),
+                &self.retransmit_attribution.with_label_values(&[outcome]),
+                total,
+            );
+        }
+    }
+
     /// Removes the series of an interface that is gone (pod veths come and go).
     pub fn forget_interface(&self, name: &str) {
         let _ = self.records.flow_packets.remove_label_values(&[name]);
@@ -715,6 +735,7 @@ impl Metrics {
                         .flows_emitted
                         .with_label_values(&[r.status])
                         .inc();
+                    self.workloads.flow(r);
                 }
             }
             Batch::Dns(records) => {

@@ -41,6 +41,13 @@ pub trait Fields {
     /// A number other than an integer (null for what JSON cannot hold).
     fn float(&mut self, key: &'static str, v: Option<f64>);
     fn bool(&mut self, key: &'static str, v: bool);
+    /// A boolean that may be null.
+    fn opt_bool(&mut self, key: &'static str, v: Option<bool>) {
+        match v {
+            Some(b) => self.bool(key, b),
+            None => self.opt_str(key, None),
+        }
+    }
     /// An array of strings.
     fn strs<S: AsRef<str>>(&mut self, key: &'static str, v: &[S]);
     /// An array of objects.
@@ -116,6 +123,9 @@ impl Fields for Columns {
         self.push(key, Type::Float, false);
     }
     fn bool(&mut self, key: &'static str, _: bool) {
+        self.push(key, Type::Boolean, false);
+    }
+    fn opt_bool(&mut self, key: &'static str, _: Option<bool>) {
         self.push(key, Type::Boolean, false);
     }
     fn strs<S: AsRef<str>>(&mut self, key: &'static str, _: &[S]) {

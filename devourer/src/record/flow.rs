@@ -22,7 +22,7 @@ use crate::{
     kernel::conntrack::has_ports,
 };
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FlowRecord {
     pub kind: &'static str,
     pub id: RecordId,
@@ -70,6 +70,16 @@ pub struct FlowRecord {
     pub drops_bytes: Option<u64>,
     /// The most frequent reasons of those drops (at most three, most first).
     pub drop_reasons: Vec<DropReason>,
+    /// TCP health, in seconds (null for other protocols and where not measured): the
+    /// handshake's round trip at the counting hook; the smoothed RTT of the local socket(s)
+    /// since the last record (least, greatest, last sample); retransmitted segments since the
+    /// last record (null where the kernel does not report them); a SYN answered by RST or never.
+    pub tcp_handshake_rtt: Option<f64>,
+    pub tcp_srtt_min: Option<f64>,
+    pub tcp_srtt_max: Option<f64>,
+    pub tcp_srtt_last: Option<f64>,
+    pub tcp_retransmits: Option<u64>,
+    pub tcp_failed: Option<bool>,
     /// `src_k8s_*`/`dst_k8s_*`: the Kubernetes objects of both ends.
     pub k8s: K8sFields,
 }
@@ -153,6 +163,12 @@ impl Record for FlowRecord {
         o.opt_uint("drops_packets", self.drops_packets);
         o.opt_uint("drops_bytes", self.drops_bytes);
         o.objects("drop_reasons", &self.drop_reasons);
+        o.float("tcp_handshake_rtt", self.tcp_handshake_rtt);
+        o.float("tcp_srtt_min", self.tcp_srtt_min);
+        o.float("tcp_srtt_max", self.tcp_srtt_max);
+        o.float("tcp_srtt_last", self.tcp_srtt_last);
+        o.opt_uint("tcp_retransmits", self.tcp_retransmits);
+        o.opt_bool("tcp_failed", self.tcp_failed);
         self.k8s.fields(o);
     }
 }
@@ -211,6 +227,12 @@ impl FlowRecord {
             drops_packets: None,
             drops_bytes: None,
             drop_reasons: Vec::new(),
+            tcp_handshake_rtt: None,
+            tcp_srtt_min: None,
+            tcp_srtt_max: None,
+            tcp_srtt_last: None,
+            tcp_retransmits: None,
+            tcp_failed: None,
             k8s: K8sFields::flow(None, None),
         }
     }
@@ -218,6 +240,8 @@ impl FlowRecord {
     pub fn new(e: &Emitted, cx: &RecordContext<'_>) -> Self {
         let k = &e.key;
         let icmp = e.icmp();
+        let tcp = e.tcp.as_ref();
+        let srtt = tcp.and_then(|t| t.srtt);
         Self {
             kind: "flow",
             // A start record's id differs from its flow's first record's (BigQuery would
@@ -279,9 +303,25 @@ impl FlowRecord {
                     .map(|(reason, packets)| DropReason { reason, packets })
                     .collect()
             }),
+            tcp_handshake_rtt: tcp.and_then(|t| t.handshake_rtt_ns).map(secs),
+            tcp_srtt_min: srtt.map(|s| micros(s.min_us)),
+            tcp_srtt_max: srtt.map(|s| micros(s.max_us)),
+            tcp_srtt_last: srtt.map(|s| micros(s.last_us)),
+            tcp_retransmits: tcp.and_then(|t| t.retransmits),
+            tcp_failed: tcp.map(|t| t.failed),
             k8s: K8sFields::flow(e.src_k8s.clone(), e.dst_k8s.clone()),
         }
     }
+}
+
+/// Nanoseconds as seconds.
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// Microseconds as seconds.
+fn micros(us: u32) -> f64 {
+    f64::from(us) / 1e6
 }
 
 /// The `tunnel` a flow of `proto` between these ports carries, by name.
@@ -380,6 +420,12 @@ mod tests {
             } else {
                 Vec::new()
             },
+            tcp_handshake_rtt: some(0).then_some(0.012_5),
+            tcp_srtt_min: some(1).then_some(0.01),
+            tcp_srtt_max: some(1).then_some(0.250_001),
+            tcp_srtt_last: some(1).then_some(0.1),
+            tcp_retransmits: some(2).then_some(4),
+            tcp_failed: some(3).then_some(i.is_multiple_of(2)),
             k8s: K8sFields::flow(src_k8s, dst_k8s),
         }
     }
@@ -409,7 +455,7 @@ mod tests {
         crate::record::json::Object::write(&record(5), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"type":"flow","id":"00000000000000000000000000000005","seq":39595,"agent":"","interface":"eth0","protocol":"tcp","src_addr":"10.0.0.1","dst_addr":"fd00::2","src_port":655,"dst_port":65535,"icmp_type":null,"icmp_code":0,"vlan":null,"first_seen_at":"2026-12-05T23:59:59.123456Z","last_seen_at":"2026-12-06T00:00:00Z","src_bytes":18446744073709551610,"dst_bytes":0,"src_packets":5,"dst_packets":1099511627776,"status":"active_timeout","src_name":"a\"quoted\" name","dst_name":null,"tcp_flags":511,"interfaces":[{"interface":"","direction":"ingress"}],"community_id":"1:LQU9qZlK+B5F3KDmev6m5PMibrg=","sampling":6,"xlat_src_addr":"192.0.2.1","xlat_src_port":null,"xlat_dst_addr":null,"xlat_dst_port":null,"tunnel":null,"drops_packets":null,"drops_bytes":null,"drop_reasons":[],"src_k8s_namespace":null,"src_k8s_pod":null,"src_k8s_owner_kind":null,"src_k8s_owner":null,"src_k8s_node":null,"src_k8s_service":null,"dst_k8s_namespace":null,"dst_k8s_pod":"a\"quoted\" name","dst_k8s_owner_kind":"Deployment","dst_k8s_owner":null,"dst_k8s_node":"node-1","dst_k8s_service":null}"#
+            r#"{"type":"flow","id":"00000000000000000000000000000005","seq":39595,"agent":"","interface":"eth0","protocol":"tcp","src_addr":"10.0.0.1","dst_addr":"fd00::2","src_port":655,"dst_port":65535,"icmp_type":null,"icmp_code":0,"vlan":null,"first_seen_at":"2026-12-05T23:59:59.123456Z","last_seen_at":"2026-12-06T00:00:00Z","src_bytes":18446744073709551610,"dst_bytes":0,"src_packets":5,"dst_packets":1099511627776,"status":"active_timeout","src_name":"a\"quoted\" name","dst_name":null,"tcp_flags":511,"interfaces":[{"interface":"","direction":"ingress"}],"community_id":"1:LQU9qZlK+B5F3KDmev6m5PMibrg=","sampling":6,"xlat_src_addr":"192.0.2.1","xlat_src_port":null,"xlat_dst_addr":null,"xlat_dst_port":null,"tunnel":null,"drops_packets":null,"drops_bytes":null,"drop_reasons":[],"tcp_handshake_rtt":0.0125,"tcp_srtt_min":null,"tcp_srtt_max":null,"tcp_srtt_last":null,"tcp_retransmits":4,"tcp_failed":null,"src_k8s_namespace":null,"src_k8s_pod":null,"src_k8s_owner_kind":null,"src_k8s_owner":null,"src_k8s_node":null,"src_k8s_service":null,"dst_k8s_namespace":null,"dst_k8s_pod":"a\"quoted\" name","dst_k8s_owner_kind":"Deployment","dst_k8s_owner":null,"dst_k8s_node":"node-1","dst_k8s_service":null}"#
         );
     }
 

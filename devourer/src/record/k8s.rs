@@ -69,6 +69,11 @@ impl K8sFields {
         }
     }
 
+    /// The source's and destination's objects (a flow's), or the client's and server's.
+    pub fn sides(&self) -> &[Option<Arc<Workload>>; 2] {
+        &self.sides
+    }
+
     pub fn exchange(client: Option<Arc<Workload>>, server: Option<Arc<Workload>>) -> Self {
         Self {
             keys: &EXCHANGE_SIDES,

@@ -225,6 +225,12 @@ mod tests {
                     ("drops_packets", "INTEGER", false),
                     ("drops_bytes", "INTEGER", false),
                     ("drop_reasons", "RECORD", true),
+                    ("tcp_handshake_rtt", "FLOAT", false),
+                    ("tcp_srtt_min", "FLOAT", false),
+                    ("tcp_srtt_max", "FLOAT", false),
+                    ("tcp_srtt_last", "FLOAT", false),
+                    ("tcp_retransmits", "INTEGER", false),
+                    ("tcp_failed", "BOOLEAN", false),
                     ("src_k8s_namespace", "STRING", false),
                     ("src_k8s_pod", "STRING", false),
                     ("src_k8s_owner_kind", "STRING", false),
@@ -388,6 +394,12 @@ mod tests {
                 "drops_packets",
                 "drops_bytes",
                 "drop_reasons",
+                "tcp_handshake_rtt",
+                "tcp_srtt_min",
+                "tcp_srtt_max",
+                "tcp_srtt_last",
+                "tcp_retransmits",
+                "tcp_failed",
             ]
             .into_iter()
             .chain(FLOW_SIDES.iter().flat_map(|s| s.keys))
