@@ -22,7 +22,7 @@
 use std::time::Instant;
 
 use devourer::{
-    flow::{FlowSource, FlowTable, NoNames, ScanStats, Status, TableConfig},
+    flow::{FlowSource, FlowTable, NoNames, Reports, ScanStats, Status, TableConfig},
     kernel::{
         object::{
             self as loader, LoadOptions, PROG_CLOCK_TC, PROG_EMPTY_TC, PROG_EMPTY_XDP,
@@ -163,6 +163,7 @@ fn main() {
     if want("--per-packet") {
         breakdown(&mut loaded, &v4);
         candidates(&mut loaded, &v4);
+        rtt_sample(&opts, &v4);
     }
 
     if want("--replay-floor") {
@@ -178,6 +179,19 @@ fn main() {
     if want("--scan") {
         scan(&mut loaded);
     }
+}
+
+/// What one smoothed-RTT sample costs the counting path: the agent's TC program loaded to
+/// sample at every packet (the live agent samples a flow direction at most once per scan
+/// interval), its socket lookup missing as test runs have no socket, beside the same program
+/// sampling as the agent does.
+fn rtt_sample(opts: &LoadOptions, v4: &[u8]) {
+    let mut every = opts.clone();
+    every.srtt_period_ns = 2;
+    let sampling = loader::load_bench(&every).expect("loading (root?)");
+    let fd = sampling.prog_fd(PROG_TC_INGRESS).unwrap();
+    let ns = test_run_repeat(fd, v4, &[], REPEAT).expect("test run").1 as f64;
+    report("tc existing flow, IPv4 TCP, RTT sampled every packet", ns);
 }
 
 /// Runs `NEW_FLOWS` distinct packets once each through `empty` and `prog`, then again through
@@ -443,13 +457,26 @@ fn scan(loaded: &mut loader::Loaded) {
     let mut st = ScanStats::default();
     let start = Instant::now();
     table
-        .scan(&mut loaded.flows, now, false, &mut st, &mut NoNames)
+        .scan(
+            &mut loaded.flows,
+            now,
+            false,
+            &mut st,
+            &mut NoNames,
+            &Reports::default(),
+        )
         .expect("scan");
     report("scan 100k flows: read", start.elapsed().as_nanos() as f64);
     assert_eq!(st.kernel_entries, SCAN_FLOWS as usize);
     let start = Instant::now();
     let out = table
-        .flush(&mut loaded.flows, Status::Shutdown, &mut NoNames, now)
+        .flush(
+            &mut loaded.flows,
+            Status::Shutdown,
+            &mut NoNames,
+            now,
+            &Reports::default(),
+        )
         .expect("flush");
     report(
         "scan 100k flows: evict all",

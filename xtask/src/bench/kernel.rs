@@ -81,6 +81,22 @@ pub fn run() -> Result<Vec<Row>> {
             "goal ≤ 5×, like for like",
         ));
     }
+    let existing = case(&lines, "tc existing flow, IPv4 TCP", "ns")?;
+    let sampled = case(
+        &lines,
+        "tc existing flow, IPv4 TCP, RTT sampled every packet",
+        "ns",
+    )?;
+    rows.push(row(
+        "tc RTT sample (socket lookup) on every packet",
+        sampled,
+        "ns/pkt",
+        Some(("tc existing flow, IPv4 TCP", existing)),
+        &format!(
+            "{:+.0} ns per sample, paid at most once per flow direction per scan interval; the drop and retransmit programs run only on their own events (nothing on this path)",
+            sampled - existing
+        ),
+    ));
     rows.extend(breakdown(&lines)?);
     rows.extend(candidates(&lines)?);
     Ok(rows)
@@ -109,7 +125,7 @@ fn breakdown(lines: &[serde_json::Value]) -> Result<Vec<Row>> {
         (
             "full",
             "+ count (the agent's program)",
-            "counting hook check, atomic adds of bytes and packets, times and flags",
+            "counting hook check, atomic adds of bytes and packets, times and flags, TCP handshake notes and the RTT sampling check",
         ),
     ];
     let mut rows = Vec::new();
