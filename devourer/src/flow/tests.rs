@@ -98,6 +98,12 @@ impl FlowSource for FakeMap {
     }
 }
 
+/// Flushes the table with no kernel reports.
+fn flush(t: &mut FlowTable, m: &mut FakeMap, status: Status, now: u64) -> Vec<Emitted> {
+    t.flush(m, status, &mut NoNames, now, &Reports::default())
+        .unwrap()
+}
+
 fn key(a: u8, ap: u16, b: u8, bp: u16, proto: u8) -> FlowKey {
     let mut k = FlowKey {
         src_port: ap,
@@ -429,15 +435,7 @@ fn pressure_evicts_the_least_recently_active_half_without_losing_counts() {
         m.entries.keys().all(|k| k.src_port >= 1004),
         "the newest stay"
     );
-    let out = t
-        .flush(
-            &mut m,
-            Status::Shutdown,
-            &mut NoNames,
-            2 * S,
-            &Reports::default(),
-        )
-        .unwrap();
+    let out = flush(&mut t, &mut m, Status::Shutdown, 2 * S);
     assert_eq!(out.len(), 8);
     assert!(
         out.iter()
@@ -454,14 +452,7 @@ fn flush_emits_every_open_flow_in_a_stable_order() {
             m.packet(usize::from(i) % NCPU, key(i, 10, 200, 20, 17), S, 1, 0, 0);
         }
         scan(&mut t, &mut m, 2 * S);
-        t.flush(
-            &mut m,
-            Status::EndOfInput,
-            &mut NoNames,
-            2 * S,
-            &Reports::default(),
-        )
-        .unwrap()
+        flush(&mut t, &mut m, Status::EndOfInput, 2 * S)
     };
     let a = run();
     assert_eq!(a.len(), 50);
@@ -563,16 +554,7 @@ fn a_full_table_emits_its_least_recently_active_flows_early_and_loses_no_packet(
     // A later packet of an evicted flow starts a new record; nothing is counted twice.
     m.packet(0, key(10, 1000, 1, 53, 17), 6 * S, 100, 0, 0);
     let mut all = out;
-    all.extend(
-        t.flush(
-            &mut m,
-            Status::Shutdown,
-            &mut NoNames,
-            7 * S,
-            &Reports::default(),
-        )
-        .unwrap(),
-    );
+    all.extend(flush(&mut t, &mut m, Status::Shutdown, 7 * S));
     let packets: u64 = all.iter().map(|e| e.src.packets + e.dst.packets).sum();
     assert_eq!(packets, 11);
 }
@@ -610,16 +592,23 @@ fn nat_table() -> FlowTable {
     })
 }
 
-#[test]
-fn the_translated_copy_of_a_nat_connection_is_not_a_second_record() {
-    let mut t = nat_table();
-    let mut m = FakeMap::new();
+/// The service connection of [`nat_table`] seen both before NAT and after (a SYN and its
+/// SYN-ACK each): its two keys, before and after.
+fn nat_pair(m: &mut FakeMap) -> (FlowKey, FlowKey) {
     let pre = key(1, 1000, 3, 80, 6);
     let post = key(7, 1000, 9, 8000, 6);
     for (i, k) in [pre, post].into_iter().enumerate() {
         m.packet(0, k, S + i as u64, 60, 0x02, VAL_F_SYN);
         m.packet(0, rev(k), S + 10 + i as u64, 60, 0x12, 0);
     }
+    (pre, post)
+}
+
+#[test]
+fn the_translated_copy_of_a_nat_connection_is_not_a_second_record() {
+    let mut t = nat_table();
+    let mut m = FakeMap::new();
+    nat_pair(&mut m);
     assert!(scan(&mut t, &mut m, 2 * S).is_empty());
     let traffic: u64 = t.take_traffic().iter().map(|x| x.1).sum();
     assert_eq!(traffic, 2, "the copy's packets are not counted again");
@@ -647,11 +636,7 @@ fn rule(drop: bool, proto: u8, port: u16) -> devourer_common::filter::FilterRule
 fn a_drop_rule_on_the_port_the_client_sent_drops_the_joined_record_and_counts_its_packets_once() {
     let mut t = nat_table();
     let mut m = FakeMap::new();
-    let (pre, post) = (key(1, 1000, 3, 80, 6), key(7, 1000, 9, 8000, 6));
-    for (i, k) in [pre, post].into_iter().enumerate() {
-        m.packet(0, k, S + i as u64, 60, 0x02, VAL_F_SYN);
-        m.packet(0, rev(k), S + 10 + i as u64, 60, 0x12, 0);
-    }
+    nat_pair(&mut m);
     scan(&mut t, &mut m, 2 * S);
     let out = scan(&mut t, &mut m, 30 * S);
     assert_eq!(out.len(), 1, "{out:?}");
@@ -678,15 +663,7 @@ fn a_translated_flow_seen_alone_is_recorded_with_its_original_endpoints() {
     let post = key(7, 1000, 9, 8000, 6);
     m.packet(0, post, S, 60, 0x02, VAL_F_SYN);
     m.packet(0, rev(post), S + 10, 60, 0x12, 0);
-    let out = t
-        .flush(
-            &mut m,
-            Status::Shutdown,
-            &mut NoNames,
-            2 * S,
-            &Reports::default(),
-        )
-        .unwrap();
+    let out = flush(&mut t, &mut m, Status::Shutdown, 2 * S);
     assert_eq!(out.len(), 1);
     assert_is_the_service_connection(&out[0]);
 }
@@ -733,15 +710,7 @@ fn a_start_record_comes_once_per_flow_when_first_seen_with_zero_counters() {
     // A flow seen and finished within one scan: its start first, then its record.
     let k2 = key(3, 1000, 4, 53, 17);
     m.packet(0, k2, 61 * S, 80, 0, 0);
-    let out = t
-        .flush(
-            &mut m,
-            Status::EndOfInput,
-            &mut NoNames,
-            62 * S,
-            &Reports::default(),
-        )
-        .unwrap();
+    let out = flush(&mut t, &mut m, Status::EndOfInput, 62 * S);
     let statuses: Vec<Status> = out.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [Status::Start, Status::EndOfInput]);
 }
@@ -883,12 +852,7 @@ fn flaky_nat_table(failures: usize) -> FlowTable {
 fn a_failed_conntrack_lookup_is_retried_and_the_flow_waits_to_be_emitted_joined() {
     let mut t = flaky_nat_table(2);
     let mut m = FakeMap::new();
-    let pre = key(1, 1000, 3, 80, 6);
-    let post = key(7, 1000, 9, 8000, 6);
-    for (i, k) in [pre, post].into_iter().enumerate() {
-        m.packet(0, k, S + i as u64, 60, 0x02, VAL_F_SYN);
-        m.packet(0, rev(k), S + 10 + i as u64, 60, 0x12, 0);
-    }
+    nat_pair(&mut m);
     // Two failed scans, both flows idle long since: nothing is emitted unjoined meanwhile.
     assert!(scan(&mut t, &mut m, 200 * S).is_empty());
     assert!(scan(&mut t, &mut m, 201 * S).is_empty());
@@ -965,15 +929,7 @@ fn drops_go_to_the_flow_of_their_tuple_either_way_and_other_tuples_are_only_coun
             unrecorded: 0
         }
     );
-    let out = t
-        .flush(
-            &mut m,
-            Status::Shutdown,
-            &mut NoNames,
-            3 * S,
-            &Reports::default(),
-        )
-        .unwrap();
+    let out = flush(&mut t, &mut m, Status::Shutdown, 3 * S);
     assert_eq!(out.len(), 1, "a dropped tuple no flow holds makes no flow");
     let d = out[0].drops.as_ref().unwrap();
     assert_eq!((d.packets, d.bytes), (4, 240));
@@ -1016,16 +972,7 @@ fn records_carry_zero_drops_when_drops_are_followed_and_none_when_not() {
         let mut m = FakeMap::new();
         m.packet(0, key(1, 1, 2, 2, 17), S, 100, 0, 0);
         let mut out = scan(&mut t, &mut m, S + 1);
-        out.extend(
-            t.flush(
-                &mut m,
-                Status::Shutdown,
-                &mut NoNames,
-                2 * S,
-                &Reports::default(),
-            )
-            .unwrap(),
-        );
+        out.extend(flush(&mut t, &mut m, Status::Shutdown, 2 * S));
         assert_eq!(out.len(), 2, "a start record and a flow record");
         for r in out {
             assert_eq!(r.drops, follow.then(drops::FlowDrops::default), "{r:?}");
@@ -1124,15 +1071,7 @@ fn a_syn_answered_by_reset_fails_and_retransmits_are_null_when_not_reported() {
     let k = key(1, 40001, 2, 81, 6);
     m.packet(0, k, S, 60, 0x02, VAL_F_SYN);
     m.packet(0, rev(k), S + 1000, 40, 0x14, 0);
-    let out = t
-        .flush(
-            &mut m,
-            Status::Shutdown,
-            &mut NoNames,
-            2 * S,
-            &Reports::default(),
-        )
-        .unwrap();
+    let out = flush(&mut t, &mut m, Status::Shutdown, 2 * S);
     let h = out[0].tcp.unwrap();
     assert!(h.failed);
     assert_eq!(
@@ -1157,26 +1096,13 @@ fn a_syn_never_answered_fails_only_at_its_last_record() {
 fn rtt_samples_of_the_translated_copy_reach_the_record_of_the_connection() {
     let mut t = nat_table();
     let mut m = FakeMap::new();
-    let pre = key(1, 1000, 3, 80, 6);
-    let post = key(7, 1000, 9, 8000, 6);
-    for (i, k) in [pre, post].into_iter().enumerate() {
-        m.packet(0, k, S + i as u64, 60, 0x02, VAL_F_SYN);
-        m.packet(0, rev(k), S + 10 + i as u64, 60, 0x12, 0);
-    }
+    let (_, post) = nat_pair(&mut m);
     // Only the backend's socket (behind DNAT) is local: sampled on the translated copy.
     let backend = m.entries.get_mut(&rev(post)).unwrap();
     backend[0].srtt_samples = 1;
     backend[0].srtt_last_us = 2500;
     scan(&mut t, &mut m, 2 * S);
-    let out = t
-        .flush(
-            &mut m,
-            Status::Shutdown,
-            &mut NoNames,
-            3 * S,
-            &Reports::default(),
-        )
-        .unwrap();
+    let out = flush(&mut t, &mut m, Status::Shutdown, 3 * S);
     assert_eq!(out.len(), 1, "{out:?}");
     let s = out[0].tcp.unwrap().srtt.unwrap();
     assert_eq!((s.min_us, s.max_us, s.last_us), (2500, 2500, 2500));
