@@ -121,6 +121,10 @@ pub struct LiveArgs {
     #[arg(long, env = "DEVOURER_METRICS_MAX_SERIES", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub metrics_max_series: u64,
+    /// How long a per-workload label set may go unobserved before a new one may take its room
+    /// under --metrics-max-series (its series are then removed).
+    #[arg(long, env = "DEVOURER_METRICS_SERIES_IDLE", default_value = "1h", value_parser = values::parse_duration)]
+    pub metrics_series_idle: std::time::Duration,
     /// Records that may wait for each sink (each runs on a thread of its own) before new
     /// ones are dropped for that sink and counted (`devourer_sink_dropped_total{sink}`).
     #[arg(long, env = "DEVOURER_SINK_QUEUE_RECORDS", alias = "output-queue", default_value_t = 65_536,

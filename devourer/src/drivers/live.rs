@@ -94,6 +94,7 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     metrics
         .workloads
         .set_max_series(args.metrics_max_series as usize);
+    metrics.workloads.set_series_idle(args.metrics_series_idle);
     metrics.map_capacity.set(i64::from(p.flow.flow_map_entries));
     let ncpus = agent_ncpus as u64;
     metrics

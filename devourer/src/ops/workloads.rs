@@ -2,7 +2,9 @@
 //! source and destination workload, from the flow records on their way to the sinks. Workload
 //! labels come from traffic (pod and owner names), so together they hold at most
 //! `--metrics-max-series` series; a label set past the budget is added to the `other` series
-//! (every label `other`) and counted in `devourer_metrics_series_dropped_total`.
+//! (every label `other`) and counted in `devourer_metrics_series_dropped_total`. A label set not
+//! observed for `--metrics-series-idle` (a pod long gone) gives its room back when a new one
+//! needs it: its series are removed, as an interface's are when it goes.
 
 use std::{
     collections::HashMap,
@@ -10,6 +12,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
@@ -18,6 +21,11 @@ use crate::{flow::Workload, record::flow::FlowRecord};
 
 /// The budget `--metrics-max-series` defaults to.
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
+/// How long a label set may go unobserved before its room may be taken
+/// (`--metrics-series-idle`).
+pub const DEFAULT_SERIES_IDLE: Duration = Duration::from_secs(3600);
+/// Least time between two sweeps for idle label sets (each walks them all).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// The label value of the series that holds what is past the budget.
 pub const OTHER: &str = "other";
 const LABELS: [&str; 4] = [
@@ -62,11 +70,12 @@ pub struct WorkloadMetrics {
     held: Mutex<Held>,
 }
 
-#[derive(Default)]
 struct Held {
-    /// Label sets admitted, with the metrics each is admitted to (bits).
-    sets: HashMap<Labels, u8>,
+    /// Label sets admitted: the metrics each is admitted to (bits), when it was last observed.
+    sets: HashMap<Labels, (u8, Instant)>,
     series: usize,
+    idle: Duration,
+    last_sweep: Option<Instant>,
 }
 
 fn other() -> Labels {
@@ -118,7 +127,12 @@ impl WorkloadMetrics {
             drops,
             dropped_series,
             max_series: AtomicUsize::new(DEFAULT_MAX_SERIES),
-            held: Mutex::default(),
+            held: Mutex::new(Held {
+                sets: HashMap::new(),
+                series: 0,
+                idle: DEFAULT_SERIES_IDLE,
+                last_sweep: None,
+            }),
         };
         // The `other` series exist from the start (at zero): what is past the budget always
         // has somewhere to go, and every family is served before its first observation.
@@ -129,8 +143,10 @@ impl WorkloadMetrics {
         }
         {
             let mut held = m.held.lock().expect("not poisoned");
-            held.sets
-                .insert(other(), RETRANSMITS | DROPS | HANDSHAKE | SMOOTHED);
+            held.sets.insert(
+                other(),
+                (RETRANSMITS | DROPS | HANDSHAKE | SMOOTHED, Instant::now()),
+            );
             held.series = 2 + 2 * rtt_cost();
         }
         m
@@ -141,21 +157,76 @@ impl WorkloadMetrics {
         self.max_series.store(max.max(1), Ordering::Relaxed);
     }
 
+    /// Sets how long a label set may go unobserved before its room may be taken
+    /// (`--metrics-series-idle`).
+    pub fn set_series_idle(&self, idle: Duration) {
+        self.held.lock().expect("not poisoned").idle = idle;
+    }
+
     /// Whether `labels` has series of its own in `metric` (a bit; `cost` series per label
-    /// set): yes while within the budget, else its observations go to the `other` set
-    /// (counted).
+    /// set): yes while within the budget (after idle label sets gave their room back), else
+    /// its observations go to the `other` set (counted).
     fn admit(&self, metric: u8, labels: &Labels, cost: usize) -> bool {
+        let now = Instant::now();
         let mut held = self.held.lock().expect("not poisoned");
-        if held.sets.get(labels).is_some_and(|m| m & metric != 0) {
+        if let Some((bits, seen)) = held.sets.get_mut(labels)
+            && *bits & metric != 0
+        {
+            *seen = now;
             return true;
         }
-        if held.series + cost > self.max_series.load(Ordering::Relaxed) {
+        let max = self.max_series.load(Ordering::Relaxed);
+        if held.series + cost > max {
+            self.sweep(&mut held, now);
+        }
+        if held.series + cost > max {
             self.dropped_series.inc();
             return false;
         }
         held.series += cost;
-        *held.sets.entry(labels.clone()).or_default() |= metric;
+        let e = held.sets.entry(labels.clone()).or_insert((0, now));
+        e.0 |= metric;
+        e.1 = now;
         true
+    }
+
+    /// Removes the label sets not observed for the idle time (never `other`), their series
+    /// with them; at most once per [`SWEEP_EVERY`].
+    fn sweep(&self, held: &mut Held, now: Instant) {
+        if held
+            .last_sweep
+            .is_some_and(|t| now.duration_since(t) < SWEEP_EVERY.min(held.idle))
+        {
+            return;
+        }
+        held.last_sweep = Some(now);
+        let (idle, other) = (held.idle, other());
+        let gone: Vec<(Labels, u8)> = held
+            .sets
+            .iter()
+            .filter(|(l, (_, seen))| **l != other && now.duration_since(*seen) >= idle)
+            .map(|(l, (bits, _))| (l.clone(), *bits))
+            .collect();
+        for (l, bits) in gone {
+            held.sets.remove(&l);
+            let v = [&*l[0], &*l[1], &*l[2], &*l[3]];
+            if bits & RETRANSMITS != 0 {
+                let _ = self.retransmits.remove_label_values(&v);
+                held.series -= 1;
+            }
+            if bits & DROPS != 0 {
+                let _ = self.drops.remove_label_values(&v);
+                held.series -= 1;
+            }
+            for (kind, bit) in RTT_KINDS.into_iter().zip([HANDSHAKE, SMOOTHED]) {
+                if bits & bit != 0 {
+                    let _ = self
+                        .rtt
+                        .remove_label_values(&[v[0], v[1], v[2], v[3], kind]);
+                    held.series -= rtt_cost();
+                }
+            }
+        }
     }
 
     /// The label values `labels` is observed under in `metric`.
@@ -263,6 +334,22 @@ mod tests {
         assert!(t.contains(r#"devourer_tcp_retransmits_total{dst_namespace="other",dst_workload="other",src_namespace="other",src_workload="other"} 9"#), "{t}");
         assert!(t.contains("devourer_metrics_series_dropped_total 2"), "{t}");
         assert!(!t.contains("api") && !t.contains("\"db\""), "{t}");
+    }
+
+    #[test]
+    fn an_idle_label_set_gives_its_room_to_a_new_one() {
+        let r = Registry::new();
+        let m = WorkloadMetrics::new(&r);
+        m.set_max_series(2 + 2 * rtt_cost() + 1);
+        m.flow(&rec("cronjob-1", 1, None));
+        m.flow(&rec("cronjob-2", 1, None));
+        assert!(text(&r).contains("devourer_metrics_series_dropped_total 1"));
+        m.set_series_idle(Duration::ZERO);
+        m.flow(&rec("cronjob-3", 1, None));
+        let t = text(&r);
+        assert!(t.contains(r#"src_workload="cronjob-3"} 1"#), "{t}");
+        assert!(!t.contains("cronjob-1"), "the idle set's series went: {t}");
+        assert!(t.contains("devourer_metrics_series_dropped_total 1"), "{t}");
     }
 
     #[test]
