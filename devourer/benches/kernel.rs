@@ -16,8 +16,14 @@
 //!   object from `../shared/peers/`), each existing-flow, new-flow and two-CPU case
 //!   interleaved over three rounds.
 //!
+//! - the drop and retransmit programs, per event, from the kernel's own run-time statistics
+//!   (BPF_STATS_RUN_TIME) while real events happen: datagrams to a closed loopback port (each
+//!   freed as dropped), and a TCP transfer in a namespace of its own whose nftables rule drops
+//!   data segments (each retransmitted). They run only on these events: nothing on the
+//!   counting path.
+//!
 //! Prints one JSON object per case: {"case", "ns"}. Arguments pick sections (`--per-packet`,
-//! `--replay-floor`, `--scan`); none runs all.
+//! `--events`, `--replay-floor`, `--scan`); none runs all.
 
 use std::time::Instant;
 
@@ -166,6 +172,10 @@ fn main() {
         rtt_sample(&opts, &v4);
     }
 
+    if want("--events") {
+        event_costs(&loaded);
+    }
+
     if want("--replay-floor") {
         let file = args
             .iter()
@@ -192,6 +202,71 @@ fn rtt_sample(opts: &LoadOptions, v4: &[u8]) {
     let fd = sampling.prog_fd(PROG_TC_INGRESS).unwrap();
     let ns = test_run_repeat(fd, v4, &[], REPEAT).expect("test run").1 as f64;
     report("tc existing flow, IPv4 TCP, RTT sampled every packet", ns);
+}
+
+/// (run time, runs) of a loaded program so far, as the kernel counts them.
+fn runs(loaded: &loader::Loaded, name: &str) -> Option<(u64, u64)> {
+    let info = loaded.ebpf.program(name)?.info().ok()?;
+    Some((info.run_time().as_nanos() as u64, info.run_count()))
+}
+
+/// Mean ns per run of `name` over what `events` makes happen.
+fn per_event(loaded: &loader::Loaded, name: &str, events: impl FnOnce()) -> Option<f64> {
+    let (t0, n0) = runs(loaded, name)?;
+    events();
+    let (t1, n1) = runs(loaded, name)?;
+    (n1 > n0).then(|| (t1 - t0) as f64 / (n1 - n0) as f64)
+}
+
+fn event_costs(loaded: &loader::Loaded) {
+    // Run-time statistics are on while the fd is held.
+    let Ok(_stats) = aya::sys::enable_stats(aya::sys::Stats::RunTime) else {
+        eprintln!("no BPF run-time statistics on this kernel: event costs skipped");
+        return;
+    };
+    let drops = per_event(loaded, "devourer_kfree_skb", || {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port")
+            .port();
+        for _ in 0..20_000 {
+            let _ = sock.send_to(&[0u8; 64], ("127.0.0.1", closed));
+        }
+    });
+    if let Some(ns) = drops {
+        report("drop program, per dropped packet", ns);
+    }
+    let retransmits = per_event(loaded, "devourer_tcp_retransmit", || {
+        let ns = "dvbench-rtx";
+        let script = format!(
+            "ip netns add {ns} && ip -n {ns} link set lo up
+             ip netns exec {ns} nft add table inet b
+             ip netns exec {ns} nft add chain inet b in '{{ type filter hook input priority 0; }}'
+             ip netns exec {ns} nft add rule inet b in tcp dport 7100 meta length gt 200 numgen random mod 10 == 0 drop
+             ip netns exec {ns} timeout 60 python3 -c \"
+import socket, threading
+l = socket.socket(); l.bind(('127.0.0.1', 7100)); l.listen(1)
+def serve():
+    c, _ = l.accept()
+    while c.recv(65536):
+        pass
+    c.close()
+t = threading.Thread(target=serve); t.start()
+s = socket.create_connection(('127.0.0.1', 7100))
+s.sendall(b'x' * 3000000)
+s.close()
+t.join()
+\"
+             ip netns del {ns}"
+        );
+        let _ = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .status();
+    });
+    if let Some(ns) = retransmits {
+        report("retransmit program, per retransmission", ns);
+    }
 }
 
 /// Runs `NEW_FLOWS` distinct packets once each through `empty` and `prog`, then again through

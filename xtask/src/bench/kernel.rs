@@ -99,6 +99,36 @@ pub fn run() -> Result<Vec<Row>> {
     ));
     rows.extend(breakdown(&lines)?);
     rows.extend(candidates(&lines)?);
+    rows.extend(events(existing)?);
+    Ok(rows)
+}
+
+/// The drop and retransmit programs per event (they run on nothing else), beside a counted
+/// packet's cost.
+fn events(counted: f64) -> Result<Vec<Row>> {
+    let lines = bench_lines("kernel", &["--events"])?;
+    let mut rows = Vec::new();
+    for (c, what) in [
+        (
+            "drop program, per dropped packet",
+            "kfree_skb: a reason and a tuple read from the sk_buff, two per-CPU map adds",
+        ),
+        (
+            "retransmit program, per retransmission",
+            "tcp_retransmit_skb: the socket's tuple read, one shared map add",
+        ),
+    ] {
+        // Kernels without run-time statistics report none: the row is left out.
+        if let Ok(v) = case(&lines, c, "ns") {
+            rows.push(row(
+                c,
+                v,
+                "ns/event",
+                Some(("tc existing flow, IPv4 TCP", counted)),
+                &format!("{what}; nothing on the counting path"),
+            ));
+        }
+    }
     Ok(rows)
 }
 
