@@ -92,9 +92,10 @@ pub struct TcpHealth {
 }
 
 /// Whether a direction counted at `hook` is sent from this node: first seen leaving one of its
-/// devices, or entering a veth from its peer (a pod). `has_peer` tells the veths.
+/// devices (a packet that came in was counted where it entered), or entering a veth from its
+/// peer (a pod). `has_peer` tells the veths.
 pub(super) fn sent_here(hook: u32, has_peer: &dyn Fn(u32) -> bool) -> bool {
-    hook != 0 && ((hook & HOOK_EGRESS != 0) != has_peer(hook >> 1))
+    hook != 0 && (hook & HOOK_EGRESS != 0 || has_peer(hook >> 1))
 }
 
 /// The handshake's round trip as the counting hooks saw it: of its two legs, SYN (the last) to
@@ -224,8 +225,8 @@ mod tests {
         assert!(!sent_here(3 << 1, &veth), "entering eth0");
         assert!(sent_here(7 << 1, &veth), "entering a veth from its pod");
         assert!(
-            !sent_here(7 << 1 | HOOK_EGRESS, &veth),
-            "leaving into the pod"
+            sent_here(7 << 1 | HOOK_EGRESS, &veth),
+            "the node's own packet, first seen leaving into the pod"
         );
         assert!(!sent_here(0, &veth));
     }
