@@ -139,14 +139,7 @@ impl DropProbe {
     /// Loads and attaches the drop program of a loaded object (its offsets set at load) and
     /// takes its maps.
     pub fn attach(ebpf: &mut Ebpf, ncpus: usize, names: ReasonNames) -> Result<Self, String> {
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut(PROG_KFREE_SKB)
-            .ok_or("the object has no drop program")?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
-        prog.load().map_err(|e| format!("loading: {e}"))?;
-        prog.attach("kfree_skb")
-            .map_err(|e| format!("attaching: {e}"))?;
+        attach_raw_tracepoint(ebpf, PROG_KFREE_SKB, "kfree_skb")?;
         Ok(Self {
             drops: reader(ebpf, DROPS_MAP, ncpus, DROPS_MAP_ENTRIES)?,
             totals: reader(ebpf, DROP_REASONS_MAP, ncpus, DROP_REASONS_ENTRIES)?,
@@ -189,12 +182,30 @@ impl DropProbe {
     }
 }
 
-fn reader<K: Copy>(
+/// Loads raw tracepoint program `name` of a loaded object and attaches it to `tracepoint`.
+pub(super) fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &str,
+    tracepoint: &str,
+) -> Result<(), String> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("the object has no program {name}"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| format!("loading {name}: {e}"))?;
+    prog.attach(tracepoint)
+        .map_err(|e| format!("attaching to {tracepoint}: {e}"))?;
+    Ok(())
+}
+
+/// Takes hash map `name` out of a loaded object, to be read as one of `entries` entries.
+pub(super) fn reader<K: Copy, V: Copy>(
     ebpf: &mut Ebpf,
     name: &str,
     ncpus: usize,
     entries: u32,
-) -> Result<HashReader<K, DropValue>, String> {
+) -> Result<HashReader<K, V>, String> {
     let map = ebpf
         .take_map(name)
         .ok_or_else(|| format!("no map {name}"))?;

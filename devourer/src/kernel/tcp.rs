@@ -5,7 +5,7 @@
 
 use std::io;
 
-use aya::{Ebpf, programs::RawTracePoint};
+use aya::Ebpf;
 use devourer_common::{
     flow::FlowKey,
     tcp::{
@@ -14,7 +14,11 @@ use devourer_common::{
     },
 };
 
-use super::{btf::Btf, maps::HashReader};
+use super::{
+    btf::Btf,
+    drops::{attach_raw_tracepoint, reader},
+    maps::HashReader,
+};
 
 /// The tracepoint the program attaches to.
 const TRACEPOINT: &str = "tcp_retransmit_skb";
@@ -81,25 +85,11 @@ impl RetransmitProbe {
     /// Loads and attaches the retransmit program of a loaded object (its offsets set at load)
     /// and takes its map.
     pub fn attach(ebpf: &mut Ebpf, ncpus: usize) -> Result<Self, String> {
-        for (name, tracepoint) in [
-            (PROG_TCP_RETRANSMIT, TRACEPOINT),
-            (PROG_TCP_RETRANSMIT_SYNACK, "tcp_retransmit_synack"),
-        ] {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or("the object has no retransmit program")?
-                .try_into()
-                .map_err(|e| format!("{e}"))?;
-            prog.load().map_err(|e| format!("loading {name}: {e}"))?;
-            prog.attach(tracepoint)
-                .map_err(|e| format!("attaching to {tracepoint}: {e}"))?;
-        }
-        let map = ebpf
-            .take_map(RETRANSMITS_MAP)
-            .ok_or_else(|| format!("no map {RETRANSMITS_MAP}"))?;
-        let map = HashReader::new(map, ncpus, RETRANSMITS_ENTRIES as usize)
-            .map_err(|e| format!("{RETRANSMITS_MAP}: {e}"))?;
-        Ok(Self { map })
+        attach_raw_tracepoint(ebpf, PROG_TCP_RETRANSMIT, TRACEPOINT)?;
+        attach_raw_tracepoint(ebpf, PROG_TCP_RETRANSMIT_SYNACK, "tcp_retransmit_synack")?;
+        Ok(Self {
+            map: reader(ebpf, RETRANSMITS_MAP, ncpus, RETRANSMITS_ENTRIES)?,
+        })
     }
 
     /// Takes the retransmitted segments by tuple since the last call.
