@@ -67,10 +67,29 @@ fn metrics_equal_the_traffic_sent_and_health_endpoints_answer() {
             .filter(|r| r["type"] == "flow" && r["status"] == "idle_timeout")
             .count() as f64
     };
-    let recs = records(&std::fs::read(&out).unwrap());
-    let s = scrape(&link.a, &format!("{base}/metrics"));
-    std::thread::sleep(Duration::from_millis(500));
-    let later = records(&std::fs::read(&out).unwrap());
+    // The sink counts a row once its write returned, so a row can be in the file a moment
+    // before it is counted: the scrape is taken again until it falls between two reads of
+    // the file that agree (nothing written in between).
+    let written_rows = |s: &prometheus_parse::Scrape| {
+        value(
+            s,
+            "devourer_sink_rows_total",
+            &[("sink", "jsonl"), ("outcome", "written")],
+        )
+        .unwrap()
+    };
+    let (mut recs, mut s, mut later);
+    let mut tries = 0;
+    loop {
+        recs = records(&std::fs::read(&out).unwrap());
+        s = scrape(&link.a, &format!("{base}/metrics"));
+        std::thread::sleep(Duration::from_millis(500));
+        later = records(&std::fs::read(&out).unwrap());
+        tries += 1;
+        if (recs.len() == later.len() && written_rows(&s) == recs.len() as f64) || tries == 10 {
+            break;
+        }
+    }
     let flows: Vec<_> = recs.iter().filter(|r| r["type"] == "flow").collect();
     let pkts: u64 = flows
         .iter()
@@ -112,12 +131,7 @@ fn metrics_equal_the_traffic_sent_and_health_endpoints_answer() {
         value(&s, "devourer_kernel_map_capacity", &[]),
         Some(65536.0)
     );
-    let written = value(
-        &s,
-        "devourer_sink_rows_total",
-        &[("sink", "jsonl"), ("outcome", "written")],
-    )
-    .unwrap();
+    let written = written_rows(&s);
     assert!(
         (recs.len() as f64..=later.len() as f64).contains(&written),
         "{written} rows counted written, {} to {} in the file",
