@@ -272,3 +272,101 @@ pub fn flows_and_lookups(flows: u16, lookups: u16, poison: Option<u16>) -> Vec<V
     }
     f
 }
+
+/// The crafted mix: VLAN and QinQ tags, IPv4 options and fragments, IPv6 extension headers
+/// and fragments, ICMP errors quoting other flows, echo requests, a jumbo frame, GRE.
+pub fn crafted() -> Vec<Vec<u8>> {
+    let mut f = Vec::new();
+    // 802.1Q VLAN 100, both directions of a UDP exchange.
+    f.push(eth(
+        &[(0x8100, 100)],
+        0x0800,
+        &ipv4(A4, B4, 17, &udp(5000, 53, &[1; 30]), 0, 0),
+    ));
+    f.push(eth(
+        &[(0x8100, 100)],
+        0x0800,
+        &ipv4(B4, A4, 17, &udp(53, 5000, &[2; 90]), 0, 0),
+    ));
+    // QinQ: 802.1ad outer 200, 802.1Q inner 300, TCP over IPv6.
+    let syn = ipv6(A6, B6, 6, &[], &tcp(40000, 443, 0x02, &[]));
+    f.push(eth(&[(0x88a8, 200), (0x8100, 300)], 0x86dd, &syn));
+    let synack = ipv6(B6, A6, 6, &[], &tcp(443, 40000, 0x12, &[]));
+    f.push(eth(&[(0x88a8, 200), (0x8100, 300)], 0x86dd, &synack));
+    // Same addresses and ports untagged: a different flow.
+    f.push(eth6(&ipv6(
+        A6,
+        B6,
+        6,
+        &[],
+        &tcp(40000, 443, 0x10, &[7; 100]),
+    )));
+    // IPv4 with 12 bytes of options.
+    f.push(eth4(&ipv4(A4, B4, 17, &udp(6000, 7000, &[3; 10]), 3, 0)));
+    // IPv4 fragments: first (MF, offset 0) carries the UDP header, the rest have no ports.
+    f.push(eth4(&ipv4(
+        A4,
+        B4,
+        17,
+        &udp(6001, 7001, &[4; 1000]),
+        0,
+        0x2000,
+    )));
+    f.push(eth4(&ipv4(A4, B4, 17, &[5; 800], 0, 0x2000 | 126)));
+    f.push(eth4(&ipv4(A4, B4, 17, &[6; 300], 0, 226)));
+    // IPv6: hop-by-hop then destination options then UDP.
+    let mut e = ext(60, 0);
+    e.extend(ext(17, 1));
+    f.push(eth6(&ipv6(A6, B6, 0, &e, &udp(8000, 8001, &[8; 20]))));
+    // IPv6 routing header (type 4, segments left 0) then TCP.
+    let mut rh = vec![6, 2, 4, 0, 0, 0, 0, 0];
+    rh.extend_from_slice(&A6);
+    f.push(eth6(&ipv6(A6, B6, 43, &rh, &tcp(1234, 80, 0x18, &[9; 50]))));
+    // IPv6 fragments: first with the UDP header, a later one without.
+    let fh_first = [17, 0, 0x00, 0x01, 0, 0, 0, 42];
+    f.push(eth6(&ipv6(
+        A6,
+        B6,
+        44,
+        &fh_first,
+        &udp(9000, 9001, &[10; 200]),
+    )));
+    let fh_later = [17, 0, 0x00, 0xd0, 0, 0, 0, 42];
+    f.push(eth6(&ipv6(A6, B6, 44, &fh_later, &[11; 100])));
+    // ICMP port unreachable quoting the VLAN-less UDP flow's header: counted as ICMP only.
+    let quoted = ipv4(A4, B4, 17, &udp(6000, 7000, &[3; 10]), 0, 0);
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[..28]);
+    f.push(eth4(&ipv4(B4, A4, 1, &icmp, 0, 0)));
+    // ICMPv6 destination unreachable quoting an IPv6 UDP header, and an echo request.
+    let q6 = ipv6(A6, B6, 17, &[], &udp(8000, 8001, &[]));
+    let mut icmp6 = vec![1, 4, 0, 0, 0, 0, 0, 0];
+    icmp6.extend_from_slice(&q6);
+    f.push(eth6(&ipv6(B6, A6, 58, &[], &icmp6)));
+    f.push(eth6(&ipv6(
+        A6,
+        B6,
+        58,
+        &[],
+        &[128, 0, 0, 0, 0, 1, 0, 1, 0xab, 0xcd],
+    )));
+    // A jumbo frame (8 KiB of UDP payload): replayed cut, counted by its IP length.
+    f.push(eth4(&ipv4(
+        A4,
+        B4,
+        17,
+        &udp(11000, 11001, &vec![12; 8000]),
+        0,
+        0,
+    )));
+    // GRE: no ports, protocol by number.
+    f.push(eth4(&ipv4(
+        A4,
+        B4,
+        47,
+        &[0, 0, 0x08, 0x00, 0x45, 0, 0, 20],
+        0,
+        0,
+    )));
+    f
+}

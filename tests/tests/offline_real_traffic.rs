@@ -2,54 +2,9 @@
 //! to many ports) made by tcpdump and dumpcap in test namespaces: per-direction bytes and
 //! packets must equal tshark's, in TC and in XDP mode.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use devourer_tests::*;
-
-/// Generates the traffic mix from namespace A to B, with a capture running on B's side.
-fn capture_mix(link: &Link, pcap: &std::path::Path, pcapng: bool) {
-    let b = &link.b;
-    let servers = start_servers(b);
-    let (ip4b, ip6b) = (&link.ip4_b, &link.ip6_b);
-    let cap = if pcapng {
-        let mut c = b.cmd("dumpcap");
-        c.args(["-q", "-i", &link.if_b, "-w"])
-            .arg(pcap)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let bg = Bg::spawn(c, "dumpcap");
-        assert!(
-            wait_for(Duration::from_secs(10), || pcap
-                .metadata()
-                .is_ok_and(|m| m.len() > 0)),
-            "dumpcap writing"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        bg
-    } else {
-        tcpdump(b, &link.if_b, pcap)
-    };
-    link.a.sh(&format!(
-        "ping -c 4 -i 0.2 -s 200 {ip4b} >/dev/null
-         ping -6 -c 3 -i 0.2 {ip6b} >/dev/null
-         curl -sf -o /dev/null http://{ip4b}:8000/
-         curl -sf -o /dev/null 'http://[{ip6b}]:8000/'
-         iperf3 -c {ip4b} -p 5201 -n 2M -l 16K >/dev/null
-         python3 - <<'EOF'
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for port in range(20000, 20120):
-    s.sendto(b'x' * (port % 97), ('{ip4b}', port))
-s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-for port in range(21000, 21030):
-    s6.sendto(b'y' * 40, ('{ip6b}', port))
-EOF
-         sleep 0.5"
-    ));
-    // SIGINT lets both capture tools flush their files.
-    cap.stop(libc::SIGINT, Duration::from_secs(10));
-    drop(servers);
-}
 
 fn check_modes(pcap: &std::path::Path, link: &Link, expect_iface: &str) {
     let addrs = link.addrs();

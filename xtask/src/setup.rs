@@ -45,6 +45,14 @@ const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "wg: WireGuard devices in the matrix's count-once tests",
     ),
     ("musl-tools", "the static binary of the container image"),
+    (
+        "nfdump",
+        "nfcapd and nfdump: the IPFIX collector the export is checked against",
+    ),
+    (
+        "pmacct",
+        "nfacctd: a second IPFIX collector, reading devourer's own elements",
+    ),
     ("systemd", "systemd-analyze verify of the unit"),
     ("libpcap-dev", "capture on request (linked)"),
     ("redis-server", "capture requests over Redis"),

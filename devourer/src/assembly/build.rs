@@ -9,7 +9,7 @@ use super::{Driver, pipeline::Parts};
 use crate::{
     base::{local::LocalAddrs, time::nanos},
     config::{
-        BqArgs, DnsArgs, FluentArgs, HttpArgs, KafkaArgs, PipelineArgs,
+        BqArgs, DnsArgs, FluentArgs, HttpArgs, IpfixArgs, KafkaArgs, PipelineArgs,
         values::{LogTz, Output},
     },
     decode::{
@@ -25,6 +25,7 @@ use crate::{
     sink::{
         QueueLimits, Sink, Sinks,
         fluent::{FluentConfig, FluentSink, TlsConfig},
+        ipfix::{IpfixConfig, IpfixSink},
         jsonl::{JsonLinesSink, Target},
         spool::Limits,
         textlog::TextLog,
@@ -319,6 +320,27 @@ fn kafka(_k: &KafkaArgs, _agent: &str) -> Result<Box<dyn Sink>> {
     )
 }
 
+fn ipfix(a: &IpfixArgs, url: &str) -> Result<Box<dyn Sink>> {
+    let (transport, addr) =
+        IpfixConfig::parse_url(url).map_err(|e| anyhow::anyhow!("--ipfix: {e}"))?;
+    if a.ipfix_backoff_base > a.ipfix_backoff_max || a.ipfix_timeout.is_zero() {
+        anyhow::bail!(
+            "--ipfix-backoff-base must be at most --ipfix-backoff-max, and --ipfix-timeout above zero"
+        );
+    }
+    Ok(Box::new(IpfixSink::new(IpfixConfig {
+        transport,
+        addr,
+        domain_id: a.ipfix_domain_id,
+        template_interval: a.ipfix_template_interval,
+        mtu: a.ipfix_mtu as usize,
+        enterprise_number: a.ipfix_enterprise_number,
+        timeout: a.ipfix_timeout,
+        backoff_base: a.ipfix_backoff_base,
+        backoff_max: a.ipfix_backoff_max,
+    })))
+}
+
 /// How much may wait for each sink: live, a bounded queue that drops (and counts) when the
 /// sink stalls; a replay waits for its sinks instead, so that no record of a file is lost.
 fn queue_limits(driver: &Driver) -> QueueLimits {
@@ -355,6 +377,9 @@ fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> R
     }
     if !p.kafka.kafka_brokers.is_empty() {
         wanted.push(kafka(&p.kafka, &p.flow.agent())?);
+    }
+    if let Some(url) = &p.ipfix.ipfix {
+        wanted.push(ipfix(&p.ipfix, url)?);
     }
     let local_tz = p.dns.log_tz == LogTz::Local;
     if !p.http.ports().is_empty()

@@ -73,9 +73,28 @@ pub fn protocol_name(proto: u8) -> std::borrow::Cow<'static, str> {
     }
 }
 
+/// The protocol number [`protocol_name`] named (`None` for any other text).
+pub fn protocol_number(name: &str) -> Option<u8> {
+    match name {
+        "tcp" => Some(IPPROTO_TCP),
+        "udp" => Some(IPPROTO_UDP),
+        "icmp" => Some(IPPROTO_ICMP),
+        "icmpv6" => Some(IPPROTO_ICMPV6),
+        n => n.parse().ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocol_numbers_read_back_their_names() {
+        for p in 0..=u8::MAX {
+            assert_eq!(protocol_number(&protocol_name(p)), Some(p));
+        }
+        assert_eq!(protocol_number("sctp"), None);
+    }
 
     #[test]
     fn addresses_print_as_std_prints_them() {

@@ -72,6 +72,51 @@ pub fn rfc3339(ns_since_epoch: u64) -> Timestamp {
     Timestamp::from_ascii(&b)
 }
 
+/// Milliseconds since the epoch of a time [`rfc3339`] wrote (`None` for any other text):
+/// what exporters with integer times (IPFIX) carry, equal to the record's own field.
+pub fn rfc3339_millis(t: &str) -> Option<u64> {
+    let b = t.as_bytes();
+    let shape = b.len() == 27
+        && [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (26, b'Z'),
+        ]
+        .iter()
+        .all(|&(i, c)| b[i] == c);
+    if !shape {
+        return None;
+    }
+    let num = |at: usize, width: usize| -> Option<u64> {
+        b[at..at + width].iter().try_fold(0u64, |v, &d| {
+            d.is_ascii_digit().then(|| v * 10 + u64::from(d - b'0'))
+        })
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (h, m, s, micros) = (num(11, 2)?, num(14, 2)?, num(17, 2)?, num(20, 6)?);
+    if !(1970..=9999).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let secs = days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s;
+    Some(secs * 1000 + micros / 1000)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date on or after it (the inverse of
+/// [`civil_from_days`], Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y % 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`,
 /// for days on or after the epoch).
 fn civil_from_days(days: u64) -> (u32, u32, u32) {
@@ -170,6 +215,35 @@ mod tests {
         }
         for ns in cases {
             assert_eq!(rfc3339(ns), humantime(ns), "{ns} ns");
+        }
+    }
+
+    #[test]
+    fn millis_read_back_what_rfc3339_wrote() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ns = x % 8_000_000_000_000_000_000;
+            assert_eq!(
+                rfc3339_millis(&rfc3339(ns)),
+                Some(ns / 1_000_000),
+                "{ns} ns"
+            );
+        }
+        assert_eq!(rfc3339_millis("1970-01-01T00:00:00.000999Z"), Some(0));
+        assert_eq!(
+            rfc3339_millis("2024-02-29T23:59:59.999999Z"),
+            Some(1_709_251_199_999)
+        );
+        for bad in [
+            "",
+            "2024-02-29 23:59:59.999999Z",
+            "2024-13-01T00:00:00.000000Z",
+            "2024-01-01T00:00:00.00000xZ",
+        ] {
+            assert_eq!(rfc3339_millis(bad), None, "{bad}");
         }
     }
 

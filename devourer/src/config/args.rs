@@ -46,6 +46,8 @@ pub struct PipelineArgs {
     pub fluent: FluentArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub ipfix: IpfixArgs,
 }
 
 impl PipelineArgs {
@@ -477,6 +479,40 @@ pub struct FluentArgs {
     pub fluent_backoff_base: Duration,
     #[arg(long, env = "DEVOURER_FLUENT_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
     pub fluent_backoff_max: Duration,
+}
+
+/// IPFIX export.
+#[derive(Debug, Args, Clone)]
+pub struct IpfixArgs {
+    /// Export flow records as IPFIX (RFC 7011) biflows to a collector: udp://HOST:PORT or
+    /// tcp://HOST:PORT (nfcapd, nfacctd, ...). Best effort: nothing is spooled.
+    #[arg(long, env = "DEVOURER_IPFIX")]
+    pub ipfix: Option<String>,
+    /// The observation domain id in every message header.
+    #[arg(long, env = "DEVOURER_IPFIX_DOMAIN_ID", default_value_t = 0)]
+    pub ipfix_domain_id: u32,
+    /// Over UDP, the templates are sent again this often (over TCP, once per connection).
+    #[arg(long, env = "DEVOURER_IPFIX_TEMPLATE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub ipfix_template_interval: Duration,
+    /// The most bytes of one IPFIX message (a record that alone is larger goes alone).
+    #[arg(long, env = "DEVOURER_IPFIX_MTU", default_value_t = 1400,
+          value_parser = clap::value_parser!(u64).range(512..=65_535))]
+    pub ipfix_mtu: u64,
+    /// The private enterprise number of devourer's own elements (names, Kubernetes fields,
+    /// Community ID). The default is IANA's number for documentation (RFC 5612): devourer has
+    /// none registered.
+    #[arg(long, env = "DEVOURER_IPFIX_ENTERPRISE_NUMBER", default_value_t = 32473,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub ipfix_enterprise_number: u32,
+    /// Connecting (TCP) and writing one message, each at most this long.
+    #[arg(long, env = "DEVOURER_IPFIX_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub ipfix_timeout: Duration,
+    /// First wait before connecting again after a failure; doubles up to
+    /// --ipfix-backoff-max (with jitter). Records meanwhile are dropped and counted.
+    #[arg(long, env = "DEVOURER_IPFIX_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub ipfix_backoff_base: Duration,
+    #[arg(long, env = "DEVOURER_IPFIX_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub ipfix_backoff_max: Duration,
 }
 
 /// Kafka export.

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-pub use self::args::{BqArgs, DnsArgs, FlowArgs, FluentArgs, HttpArgs, KafkaArgs, PipelineArgs};
+pub use self::args::{
+    BqArgs, DnsArgs, FlowArgs, FluentArgs, HttpArgs, IpfixArgs, KafkaArgs, PipelineArgs,
+};
 use self::values::{MetricsAddr, parse_metrics_addr};
 
 #[derive(Debug, Parser)]

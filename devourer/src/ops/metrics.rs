@@ -58,6 +58,7 @@ pub struct Metrics {
     sink_spool_bytes: IntGaugeVec,
     sink_last_success: IntGaugeVec,
     sink_table_rows: IntCounterVec,
+    sink_messages: IntCounterVec,
     spool_bytes: IntGauge,
     bq_last_success: IntGauge,
     sink_request_seconds: HistogramVec,
@@ -402,6 +403,11 @@ impl Metrics {
                 "Records by sink, destination table or topic (kafka: the configured topics), and outcome (spooled, sent, retried, quarantined, dropped).",
                 &["sink", "table", "outcome"],
             ),
+            sink_messages: r.counters(
+                "devourer_sink_messages_total",
+                "Messages a sink without acknowledgements sent, by outcome (ipfix: sent, error).",
+                &["sink", "outcome"],
+            ),
             bq_last_success: r.gauge(
                 "devourer_bigquery_last_success_timestamp_seconds",
                 "When BigQuery last acknowledged a batch (Unix time, 0: never).",
@@ -586,6 +592,13 @@ impl Metrics {
                 &self
                     .sink_table_rows
                     .with_label_values(&[sink, table, outcome]),
+                *total,
+            );
+        }
+        for (outcome, total) in &report.messages {
+            self.sync(
+                &format!("sink_messages/{sink}/{outcome}"),
+                &self.sink_messages.with_label_values(&[sink, outcome]),
                 *total,
             );
         }

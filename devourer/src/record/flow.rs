@@ -29,6 +29,9 @@ pub struct FlowRecord {
     pub seq: u32,
     pub agent: Arc<str>,
     pub interface: Arc<str>,
+    /// The counting interface's index: not a field of the record's own encodings (its name
+    /// is), but IPFIX's `ingressInterface`.
+    pub ifindex: u32,
     pub protocol: Cow<'static, str>,
     pub src_addr: AddrText,
     pub dst_addr: AddrText,
@@ -198,6 +201,7 @@ impl FlowRecord {
             seq: 0,
             agent: "".into(),
             interface: "".into(),
+            ifindex: 0,
             protocol: "tcp".into(),
             src_addr: Default::default(),
             dst_addr: Default::default(),
@@ -259,6 +263,7 @@ impl FlowRecord {
             seq: e.seq,
             agent: cx.agent.clone(),
             interface: (cx.interface_name)(e.interface),
+            ifindex: e.interface,
             protocol: protocol_name(k.proto),
             src_addr: addr_text(key_addr(k, k.src_addr)),
             dst_addr: addr_text(key_addr(k, k.dst_addr)),
@@ -369,6 +374,7 @@ mod tests {
             seq: i as u32 * 7919,
             agent: s(0).into(),
             interface: s(1).into(),
+            ifindex: i as u32,
             protocol: if some(0) {
                 "tcp".into()
             } else {

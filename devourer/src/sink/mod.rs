@@ -2,11 +2,12 @@
 //! ([`textlog`]) and BigQuery ([`bigquery`], in front of which a durable [`spool`] keeps every
 //! row until it is acknowledged). Each sink declares which record kinds it takes and runs on a
 //! thread of its own behind a bounded queue ([`queue`]), so no sink can stall counting;
-//! adding a destination (Kafka, OTLP, ...) is one new module implementing [`Sink`].
+//! adding a destination (Kafka, fluentd, IPFIX, ...) is one new module implementing [`Sink`].
 
 #[cfg(feature = "bigquery")]
 pub mod bigquery;
 pub mod fluent;
+pub mod ipfix;
 pub mod jsonl;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -41,6 +42,9 @@ pub struct SinkReport {
     /// Counts by destination table or topic and outcome, for a sink with several
     /// (`devourer_sink_table_records_total{sink, table, outcome}`).
     pub by_table: Vec<(String, &'static str, u64)>,
+    /// Messages by outcome, for a sink that sends without acknowledgement (IPFIX:
+    /// `devourer_sink_messages_total{sink, outcome}`).
+    pub messages: Vec<(&'static str, u64)>,
 }
 
 impl SinkReport {
