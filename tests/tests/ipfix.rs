@@ -307,3 +307,218 @@ fn names_and_community_ids_reach_nfacctd_as_the_description_file_declares_them()
     drop(collector);
     assert_eq!(exported, json, "nfacctd's flows, then the JSON records'");
 }
+
+/// The test collector (`tests/ipfix_collector.py`, written from RFC 7011) on `port` in `ns`,
+/// appending what it reads to `out`.
+fn tcp_collector(ns: &Netns, port: u16, out: &Path) -> Bg {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ipfix_collector.py");
+    let mut c = ns.cmd("python3");
+    c.arg(script)
+        .arg(port.to_string())
+        .arg(out)
+        .stdout(std::process::Stdio::null());
+    let bg = Bg::spawn(c, "IPFIX collector");
+    let bound = wait_for(Duration::from_secs(10), || {
+        !ns.sh(&format!("ss -Hltn 'sport = :{port}'"))
+            .stdout
+            .is_empty()
+    });
+    assert!(bound, "collector listening on {port}");
+    bg
+}
+
+/// Every message the collector read, in order.
+fn messages(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn data_records(msgs: &[Value]) -> Vec<Value> {
+    msgs.iter()
+        .flat_map(|m| m["records"].as_array().unwrap().clone())
+        .collect()
+}
+
+#[test]
+fn live_export_over_tcp_reconnects_and_each_connection_starts_with_templates_at_sequence_zero() {
+    if !require_root(
+        "live_export_over_tcp_reconnects_and_each_connection_starts_with_templates_at_sequence_zero",
+    ) {
+        return;
+    }
+    let tmp = TempDir::new("ipfix-tcp");
+    let link = Link::new();
+    let collected = tmp.path("collected.jsonl");
+    std::fs::write(&collected, "").unwrap();
+    let port = 29_954;
+    let collector = tcp_collector(&link.a, port, &collected);
+    let (out, log) = (tmp.path("out.jsonl"), tmp.path("agent.log"));
+    let url = format!("tcp://127.0.0.1:{port}");
+    let agent = start_capture(
+        &link.a,
+        &[
+            &[
+                "-i",
+                &link.if_a,
+                "--ipfix",
+                &url,
+                "--ipfix-domain-id",
+                "7",
+                "--ipfix-backoff-base",
+                "100ms",
+                "--ipfix-backoff-max",
+                "200ms",
+                "--metrics-addr",
+                "127.0.0.1:9405",
+            ][..],
+            &QUICK_TIMEOUTS,
+        ]
+        .concat(),
+        Some(&out),
+        &log,
+    );
+    let icmp_exported = |n: usize| {
+        wait_for(Duration::from_secs(15), || {
+            data_records(&messages(&collected))
+                .iter()
+                .filter(|r| r["4"] == 1)
+                .count()
+                >= n
+        })
+    };
+    let ping = |count: u32| {
+        link.a
+            .sh(&format!("ping -c {count} -i 0.1 {} >/dev/null", link.ip4_b));
+    };
+    ping(3);
+    assert!(
+        icmp_exported(1),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+
+    // The collector goes away: records meanwhile are lost (written into the closed
+    // connection, or refused), and counted.
+    drop(collector);
+    for i in 0..3 {
+        link.a.sh(&format!(
+            "echo x > /dev/udp/{}/{}; sleep 1.5",
+            link.ip4_b,
+            30_000 + i
+        ));
+    }
+    let metrics = |name: &str| {
+        let (_, text) = http_get(&link.a, "http://127.0.0.1:9405/metrics");
+        series(&text, name).unwrap_or(0.0)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || metrics(
+            r#"devourer_sink_rows_total{outcome="dropped",sink="ipfix"}"#
+        ) >= 1.0),
+        "records lost while the collector was away are counted"
+    );
+    assert!(metrics(r#"devourer_sink_messages_total{outcome="error",sink="ipfix"}"#) >= 1.0);
+
+    // Back: a new connection, which starts with the templates and sequence number 0.
+    let collector = tcp_collector(&link.a, port, &collected);
+    ping(3);
+    assert!(
+        icmp_exported(2),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let stopped = agent.stop(libc::SIGTERM, Duration::from_secs(20));
+    assert!(stopped.status.success());
+    drop(collector);
+
+    let msgs = messages(&collected);
+    let connections: std::collections::BTreeSet<u64> = msgs
+        .iter()
+        .map(|m| m["connection"].as_u64().unwrap())
+        .collect();
+    assert_eq!(connections.len(), 2, "{msgs:?}");
+    for c in connections {
+        let mine: Vec<&Value> = msgs.iter().filter(|m| m["connection"] == c).collect();
+        assert_eq!(
+            mine[0]["sets"][0], 2,
+            "connection {c} starts with templates"
+        );
+        let mut seq = 0;
+        for m in &mine {
+            assert_eq!(m["domain"], 7);
+            assert_eq!(
+                m["sequence"], seq,
+                "connection {c}: data records sent before"
+            );
+            seq += m["records"].as_array().unwrap().len() as u64;
+        }
+    }
+
+    // What arrived equals the JSON records, and names the counting interface.
+    let ifindex: u64 = String::from_utf8_lossy(
+        &link
+            .a
+            .sh(&format!("cat /sys/class/net/{}/ifindex", link.if_a))
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    let recs = records(&std::fs::read(&out).unwrap());
+    let flows: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "flow" && r["status"] != "start")
+        .collect();
+    let exported = data_records(&msgs);
+    let mut matched = 0;
+    for x in &exported {
+        let j = flows
+            .iter()
+            .find(|r| {
+                (r["src_addr"] == x["8"] || r["src_addr"] == x["27"])
+                    && (r["dst_addr"] == x["12"] || r["dst_addr"] == x["28"])
+                    && r["src_port"] == x["7"]
+                    && r["dst_port"] == x["11"]
+                    && r["first_seen_at"].as_str().unwrap()[..23]
+                        == *ms_text(x["152"].as_u64().unwrap())
+            })
+            .unwrap_or_else(|| panic!("a JSON record for {x}"));
+        assert_eq!(
+            (&x["1"], &x["2"], &x["29305:1"], &x["29305:2"]),
+            (
+                &j["src_bytes"],
+                &j["src_packets"],
+                &j["dst_bytes"],
+                &j["dst_packets"]
+            ),
+            "{x} {j}"
+        );
+        assert_eq!(x["10"], ifindex, "ingressInterface");
+        assert_eq!(x["32473:103"], j["community_id"]);
+        matched += 1;
+    }
+    assert!(matched >= 2);
+    // Every record is accounted for: sent or dropped, as the sink's summary says.
+    let log = std::fs::read_to_string(&log).unwrap();
+    let summary = log
+        .lines()
+        .find(|l| l.contains("IPFIX export finished"))
+        .unwrap_or_else(|| panic!("the sink's summary in {log}"));
+    let sent = log_number(summary, "sent").unwrap();
+    let dropped = log_number(summary, "dropped").unwrap();
+    assert_eq!(sent + dropped, flows.len() as u64, "{log}");
+    assert!(exported.len() as u64 <= sent);
+}
+
+/// Milliseconds since the epoch as RFC 3339 cut to milliseconds (`2026-01-02T03:04:05.678`).
+fn ms_text(ms: u64) -> String {
+    let out = run(Command::new("date")
+        .env("TZ", "UTC")
+        .arg("-d")
+        .arg(format!("@{}.{:03}", ms / 1000, ms % 1000))
+        .arg("+%Y-%m-%dT%H:%M:%S.%3N"));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
