@@ -269,7 +269,7 @@ fn build_static(arch: Arch) -> Result<PathBuf> {
         triple,
         "--no-default-features",
         "--features",
-        "bigquery,k8s,fluent-tls,kafka,capture-requests",
+        "bigquery,k8s,fluent-tls,kafka,otlp,capture-requests",
     ];
     let (pcap_dir, pcap_version) = libpcap::static_libpcap(arch)?;
     match arch {

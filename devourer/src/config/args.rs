@@ -48,6 +48,8 @@ pub struct PipelineArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub ipfix: IpfixArgs,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
 }
 
 impl PipelineArgs {
@@ -479,6 +481,193 @@ pub struct FluentArgs {
     pub fluent_backoff_base: Duration,
     #[arg(long, env = "DEVOURER_FLUENT_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
     pub fluent_backoff_max: Duration,
+}
+
+/// OpenTelemetry (OTLP) export. Each setting left unset falls back to its standard
+/// `OTEL_EXPORTER_OTLP_*` variable, then to the default named here.
+#[derive(Debug, Args, Clone)]
+pub struct OtlpArgs {
+    /// Export records as OTLP log records and the agent's metrics as OTLP metrics to this
+    /// collector URL (http:// or https://), at least once through a spool. HTTP/protobuf
+    /// appends /v1/logs and /v1/metrics; gRPC uses it as is. Else OTEL_EXPORTER_OTLP_ENDPOINT
+    /// (OTEL_EXPORTER_OTLP_LOGS_ENDPOINT and _METRICS_ENDPOINT, used as they are, for one
+    /// signal each).
+    #[arg(long, env = "DEVOURER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// grpc or http/protobuf (else OTEL_EXPORTER_OTLP_PROTOCOL; default http/protobuf).
+    #[arg(long, env = "DEVOURER_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// Headers of every request, key=value,... percent-encoded (else
+    /// OTEL_EXPORTER_OTLP_HEADERS). Never logged.
+    #[arg(long, env = "DEVOURER_OTLP_HEADERS")]
+    pub otlp_headers: Option<String>,
+    /// CA certificates (PEM) an https:// collector's certificate must chain to (else
+    /// OTEL_EXPORTER_OTLP_CERTIFICATE, else the system's).
+    #[arg(long, env = "DEVOURER_OTLP_CA_FILE")]
+    pub otlp_ca_file: Option<PathBuf>,
+    /// gzip or none (else OTEL_EXPORTER_OTLP_COMPRESSION; default none).
+    #[arg(long, env = "DEVOURER_OTLP_COMPRESSION")]
+    pub otlp_compression: Option<String>,
+    /// Connecting and each request, at most this long (else OTEL_EXPORTER_OTLP_TIMEOUT in
+    /// milliseconds; default 10s).
+    #[arg(long, env = "DEVOURER_OTLP_TIMEOUT", value_parser = parse_duration)]
+    pub otlp_timeout: Option<Duration>,
+    /// The agent's metrics are exported this often, cumulative (else
+    /// OTEL_METRIC_EXPORT_INTERVAL in milliseconds; default 60s).
+    #[arg(long, env = "DEVOURER_OTLP_METRICS_INTERVAL", value_parser = parse_duration)]
+    pub otlp_metrics_interval: Option<Duration>,
+    /// Records wait here until the collector accepts them (kept across restarts).
+    #[arg(
+        long,
+        env = "DEVOURER_OTLP_SPOOL_DIR",
+        default_value = "/var/lib/devourer/spool-otlp"
+    )]
+    pub otlp_spool_dir: PathBuf,
+    /// The OTLP spool's size cap; past it new records are dropped and counted.
+    #[arg(long, env = "DEVOURER_OTLP_SPOOL_MAX_BYTES", default_value = "1G", value_parser = parse_bytes)]
+    pub otlp_spool_max_bytes: u64,
+    /// Cap of the dead-letter and quarantine files in the OTLP spool directory (records the
+    /// collector refused; spool lines that are not records).
+    #[arg(long, env = "DEVOURER_OTLP_QUARANTINE_MAX_BYTES", default_value = "100M", value_parser = parse_bytes)]
+    pub otlp_quarantine_max_bytes: u64,
+    /// Send a request at least this often.
+    #[arg(long, env = "DEVOURER_OTLP_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub otlp_flush_interval: Duration,
+    /// Log records per request at most.
+    #[arg(long, env = "DEVOURER_OTLP_BATCH_RECORDS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub otlp_batch_records: u64,
+    /// Bytes per request at most (of the spooled records; gRPC receivers take 4 MiB).
+    #[arg(long, env = "DEVOURER_OTLP_BATCH_BYTES", default_value = "3M", value_parser = parse_bytes)]
+    pub otlp_batch_bytes: u64,
+    /// First wait after a failure; doubles up to --otlp-backoff-max (with jitter).
+    #[arg(long, env = "DEVOURER_OTLP_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub otlp_backoff_base: Duration,
+    #[arg(long, env = "DEVOURER_OTLP_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub otlp_backoff_max: Duration,
+}
+
+/// The OTLP settings after the `OTEL_*` fallbacks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpSettings {
+    pub protocol: String,
+    pub logs_url: String,
+    pub metrics_url: String,
+    pub headers: String,
+    pub ca_file: Option<PathBuf>,
+    pub gzip: bool,
+    pub timeout: Duration,
+    pub metrics_interval: Duration,
+}
+
+impl OtlpArgs {
+    /// The settings when OTLP export is asked for (`None`: it is not), reading the standard
+    /// variables through `env` for what flags, `DEVOURER_*` and the file leave unset.
+    pub fn settings(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<OtlpSettings>, BadValue> {
+        let var = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let base = self
+            .otlp_endpoint
+            .clone()
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let (logs_var, metrics_var) = (
+            var("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"),
+            var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+        );
+        if base.is_none() && logs_var.is_none() {
+            return Ok(None);
+        }
+        let protocol = self
+            .otlp_protocol
+            .clone()
+            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .unwrap_or_else(|| "http/protobuf".into());
+        if !matches!(protocol.as_str(), "grpc" | "http/protobuf") {
+            return Err(BadValue(format!(
+                "--otlp-protocol {protocol:?}: expected grpc or http/protobuf"
+            )));
+        }
+        let http = protocol == "http/protobuf";
+        let signal = |explicit: Option<String>, path: &str| -> Option<String> {
+            explicit.or_else(|| {
+                base.as_ref().map(|b| {
+                    if http {
+                        format!("{}/{path}", b.trim_end_matches('/'))
+                    } else {
+                        b.clone()
+                    }
+                })
+            })
+        };
+        let logs_url = signal(logs_var, "v1/logs").unwrap_or_default();
+        // Only a logs endpoint given: its metrics sibling.
+        let metrics_url = signal(metrics_var, "v1/metrics").unwrap_or_else(|| {
+            logs_url
+                .strip_suffix("/v1/logs")
+                .filter(|_| http)
+                .map_or_else(|| logs_url.clone(), |b| format!("{b}/v1/metrics"))
+        });
+        for u in [&logs_url, &metrics_url] {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(BadValue(format!(
+                    "the OTLP endpoint {u:?}: expected an http:// or https:// URL"
+                )));
+            }
+        }
+        let compression = self
+            .otlp_compression
+            .clone()
+            .or_else(|| var("OTEL_EXPORTER_OTLP_COMPRESSION"))
+            .unwrap_or_else(|| "none".into());
+        let gzip = match compression.as_str() {
+            "gzip" => true,
+            "none" => false,
+            c => {
+                return Err(BadValue(format!(
+                    "--otlp-compression {c:?}: expected gzip or none"
+                )));
+            }
+        };
+        let millis = |k: &str, default: Duration| -> Result<Duration, BadValue> {
+            match var(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis)
+                    .ok_or_else(|| BadValue(format!("{k}={v:?}: expected milliseconds above 0"))),
+            }
+        };
+        let timeout = match self.otlp_timeout {
+            Some(t) => t,
+            None => millis("OTEL_EXPORTER_OTLP_TIMEOUT", Duration::from_secs(10))?,
+        };
+        let metrics_interval = match self.otlp_metrics_interval {
+            Some(t) => t,
+            None => millis("OTEL_METRIC_EXPORT_INTERVAL", Duration::from_secs(60))?,
+        };
+        Ok(Some(OtlpSettings {
+            protocol,
+            logs_url,
+            metrics_url,
+            headers: self
+                .otlp_headers
+                .clone()
+                .or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
+                .unwrap_or_default(),
+            ca_file: self
+                .otlp_ca_file
+                .clone()
+                .or_else(|| var("OTEL_EXPORTER_OTLP_CERTIFICATE").map(PathBuf::from)),
+            gzip,
+            timeout,
+            metrics_interval,
+        }))
+    }
 }
 
 /// IPFIX export.

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 pub use self::args::{
-    BqArgs, DnsArgs, FlowArgs, FluentArgs, HttpArgs, IpfixArgs, KafkaArgs, PipelineArgs,
+    BqArgs, DnsArgs, FlowArgs, FluentArgs, HttpArgs, IpfixArgs, KafkaArgs, OtlpArgs, OtlpSettings,
+    PipelineArgs,
 };
 use self::values::{MetricsAddr, parse_metrics_addr};
 
@@ -223,6 +224,88 @@ mod tests {
         assert_eq!(flow.mode, Mode::Xdp);
         assert_eq!(flow.evict_after(), Duration::from_secs(10));
         assert_eq!(c.pipeline.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn otlp_flags_win_over_the_standard_variables_which_win_over_the_defaults() {
+        let otlp = |argv: &[&str]| {
+            let mut a = vec!["devourer", "read", "x.pcap"];
+            a.extend_from_slice(argv);
+            let Command::Read(r) = parse(&a) else {
+                panic!("read")
+            };
+            r.pipeline.otlp
+        };
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(
+            otlp(&[]).settings(env(&[])).unwrap(),
+            None,
+            "off unless asked for"
+        );
+        let s = otlp(&[])
+            .settings(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+                ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:9/x"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "a=b"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.protocol, "http/protobuf");
+        assert_eq!(
+            (s.logs_url.as_str(), s.metrics_url.as_str()),
+            ("http://c:4318/v1/logs", "http://m:9/x")
+        );
+        assert_eq!(
+            (s.headers.as_str(), s.gzip, s.timeout),
+            ("a=b", true, Duration::from_millis(2500))
+        );
+        assert_eq!(s.metrics_interval, Duration::from_secs(60));
+        let s = otlp(&[
+            "--otlp-endpoint",
+            "https://g:4317",
+            "--otlp-protocol",
+            "grpc",
+            "--otlp-timeout",
+            "3s",
+        ])
+        .settings(env(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (s.protocol.as_str(), s.logs_url.as_str()),
+            ("grpc", "https://g:4317")
+        );
+        assert_eq!(
+            (s.metrics_url.as_str(), s.timeout),
+            ("https://g:4317", Duration::from_secs(3))
+        );
+        for bad in [
+            &["--otlp-endpoint", "c:4317"][..],
+            &["--otlp-endpoint", "http://c", "--otlp-protocol", "json"],
+            &["--otlp-endpoint", "http://c", "--otlp-compression", "zstd"],
+        ] {
+            assert!(otlp(bad).settings(env(&[])).is_err(), "{bad:?}");
+        }
+        assert!(
+            otlp(&[])
+                .settings(env(&[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+                    ("OTEL_METRIC_EXPORT_INTERVAL", "soon")
+                ]))
+                .is_err()
+        );
     }
 
     #[test]

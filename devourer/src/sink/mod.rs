@@ -11,6 +11,8 @@ pub mod ipfix;
 pub mod jsonl;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod queue;
 pub mod remote;
 pub mod spool;
