@@ -24,7 +24,7 @@ pub use super::RequestObserver;
 use super::{
     Sink, SinkReport, Status,
     remote::Shutdown,
-    spool::{Limits, Spool, rejects::Rejects},
+    spool::{Limits, Spool, intake::Intake, rejects::Rejects},
 };
 use crate::record::{Batch, Kind, RowLines};
 
@@ -103,7 +103,7 @@ pub struct BqSink {
     pub stats: Arc<BqStats>,
     shutdown: Shutdown,
     thread: Option<JoinHandle<()>>,
-    warned_full: AtomicBool,
+    intake: Intake,
     /// The sender thread ended (a fatal set-up error, or shutdown).
     sender_done: Arc<AtomicBool>,
 }
@@ -204,7 +204,7 @@ impl BqSink {
             stats,
             shutdown,
             thread: Some(thread),
-            warned_full: AtomicBool::new(false),
+            intake: Intake::new("BigQuery", "--spool-max-bytes"),
             sender_done,
         })
     }
@@ -223,23 +223,15 @@ impl BqSink {
         }
         let mut lines = Vec::with_capacity(batch.len() * 400);
         let n = batch.encode(&mut RowLines(&mut lines)) as u64;
-        match self.spool.append(kind.spool_name(), &lines) {
-            Ok(true) => BqStats::add(&self.stats.rows_spooled, n),
-            Ok(false) => {
-                BqStats::add(&self.stats.rows_dropped, n);
-                if !self.warned_full.swap(true, Ordering::Relaxed) {
-                    tracing::error!(
-                        "the BigQuery spool is full (--spool-max-bytes): new rows are dropped and counted"
-                    );
-                }
-            }
-            Err(e) => {
-                BqStats::add(&self.stats.rows_dropped, n);
-                tracing::error!(
-                    "writing to the BigQuery spool failed: {e}; rows dropped and counted"
-                );
-            }
-        }
+        let s = &self.stats;
+        self.intake.append(
+            &self.spool,
+            kind.spool_name(),
+            &lines,
+            n,
+            &s.rows_spooled,
+            &s.rows_dropped,
+        );
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
@@ -27,7 +27,7 @@ use base64::Engine;
 use super::{
     Sink, SinkReport, Status,
     remote::Shutdown,
-    spool::{Limits, Spool, rejects::Rejects},
+    spool::{Limits, Spool, intake::Intake, rejects::Rejects},
 };
 use crate::record::{Batch, Kind, fields::Record};
 
@@ -108,7 +108,7 @@ pub struct FluentSink {
     stats: Arc<FluentStats>,
     shutdown: Shutdown,
     thread: Option<JoinHandle<()>>,
-    warned_full: AtomicBool,
+    intake: Intake,
 }
 
 struct FluentStatus {
@@ -175,7 +175,7 @@ impl FluentSink {
             stats,
             shutdown,
             thread: Some(thread),
-            warned_full: AtomicBool::new(false),
+            intake: Intake::new("Forward", "--fluent-spool-max-bytes"),
         })
     }
 
@@ -214,23 +214,9 @@ impl FluentSink {
             Batch::DnsLog(_) | Batch::HttpLog(_) => {}
         }
         for (tag, (lines, n)) in by_tag {
-            match self.spool.append(tag, &lines) {
-                Ok(true) => add(&self.stats.spooled, n),
-                Ok(false) => {
-                    add(&self.stats.dropped, n);
-                    if !self.warned_full.swap(true, Ordering::Relaxed) {
-                        tracing::error!(
-                            "the Forward spool is full (--fluent-spool-max-bytes): new events are dropped and counted"
-                        );
-                    }
-                }
-                Err(e) => {
-                    add(&self.stats.dropped, n);
-                    tracing::error!(
-                        "writing to the Forward spool failed: {e}; events dropped and counted"
-                    );
-                }
-            }
+            let s = &self.stats;
+            self.intake
+                .append(&self.spool, tag, &lines, n, &s.spooled, &s.dropped);
         }
     }
 }

@@ -13,7 +13,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -25,7 +25,7 @@ use self::client::Connect;
 use super::{
     Sink, SinkReport, Status,
     remote::Shutdown,
-    spool::{Limits, Spool, rejects::Rejects},
+    spool::{Limits, Spool, intake::Intake, rejects::Rejects},
 };
 use crate::record::{Batch, JsonLines, Kind};
 
@@ -132,7 +132,7 @@ pub struct KafkaSink {
     topics: [String; 4],
     shutdown: Shutdown,
     thread: Option<JoinHandle<()>>,
-    warned_full: AtomicBool,
+    intake: Intake,
 }
 
 struct KafkaStatus {
@@ -199,7 +199,7 @@ impl KafkaSink {
             topics,
             shutdown,
             thread: Some(thread),
-            warned_full: AtomicBool::new(false),
+            intake: Intake::new("Kafka", "--kafka-spool-max-bytes"),
         })
     }
 }
@@ -226,23 +226,14 @@ impl Sink for KafkaSink {
         let mut lines = Vec::with_capacity(batch.len() * 1024);
         let n = batch.encode(&mut JsonLines(&mut lines)) as u64;
         let stats = self.stats.of(table);
-        match self.spool.append(table, &lines) {
-            Ok(true) => add(&stats.spooled, n),
-            Ok(false) => {
-                add(&stats.dropped, n);
-                if !self.warned_full.swap(true, Ordering::Relaxed) {
-                    tracing::error!(
-                        "the Kafka spool is full (--kafka-spool-max-bytes): new records are dropped and counted"
-                    );
-                }
-            }
-            Err(e) => {
-                add(&stats.dropped, n);
-                tracing::error!(
-                    "writing to the Kafka spool failed: {e}; records dropped and counted"
-                );
-            }
-        }
+        self.intake.append(
+            &self.spool,
+            table,
+            &lines,
+            n,
+            &stats.spooled,
+            &stats.dropped,
+        );
         true
     }
 

@@ -15,7 +15,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -30,7 +30,7 @@ use self::{attrs::LogRecords, client::ClientConfig};
 use super::{
     Sink, SinkReport, Status,
     remote::Shutdown,
-    spool::{Limits, Spool},
+    spool::{Limits, Spool, intake::Intake},
 };
 use crate::record::{Batch, Kind};
 
@@ -129,7 +129,7 @@ pub struct OtlpSink {
     stats: Arc<OtlpStats>,
     shutdown: Shutdown,
     threads: Vec<JoinHandle<()>>,
-    warned_full: AtomicBool,
+    intake: Intake,
 }
 
 impl OtlpSink {
@@ -165,7 +165,7 @@ impl OtlpSink {
             stats,
             shutdown,
             threads,
-            warned_full: AtomicBool::new(false),
+            intake: Intake::new("OTLP", "--otlp-spool-max-bytes"),
         })
     }
 
@@ -194,23 +194,9 @@ impl OtlpSink {
             lines.push(b'\n');
         }
         let n = logs.records.len() as u64;
-        match self.spool.append(table, &lines) {
-            Ok(true) => add(&self.stats.spooled, n),
-            Ok(false) => {
-                add(&self.stats.dropped, n);
-                if !self.warned_full.swap(true, Ordering::Relaxed) {
-                    tracing::error!(
-                        "the OTLP spool is full (--otlp-spool-max-bytes): new records are dropped and counted"
-                    );
-                }
-            }
-            Err(e) => {
-                add(&self.stats.dropped, n);
-                tracing::error!(
-                    "writing to the OTLP spool failed: {e}; records dropped and counted"
-                );
-            }
-        }
+        let s = &self.stats;
+        self.intake
+            .append(&self.spool, table, &lines, n, &s.spooled, &s.dropped);
     }
 }
 

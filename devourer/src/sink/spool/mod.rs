@@ -6,6 +6,7 @@
 //! it died) are sent first; a torn last line (a crash during an append) is cut off and handed
 //! back to be quarantined.
 
+pub mod intake;
 pub mod rejects;
 
 use std::{

@@ -1,0 +1,59 @@
+//! A sink's way into its spool: records appended and counted spooled, or dropped (the spool
+//! full, or a failed write) and counted, with an error logged (once while the spool is full).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::Spool;
+
+pub struct Intake {
+    /// The sink, as logs name it (`Kafka`, `OTLP`, ...).
+    sink: &'static str,
+    /// The flag that caps its spool.
+    flag: &'static str,
+    warned_full: AtomicBool,
+}
+
+impl Intake {
+    pub const fn new(sink: &'static str, flag: &'static str) -> Self {
+        Self {
+            sink,
+            flag,
+            warned_full: AtomicBool::new(false),
+        }
+    }
+
+    /// Appends the lines of `n` records to `table`, adding `n` to `spooled` or, when they
+    /// cannot be kept, to `dropped`.
+    pub fn append(
+        &self,
+        spool: &Spool,
+        table: &str,
+        lines: &[u8],
+        n: u64,
+        spooled: &AtomicU64,
+        dropped: &AtomicU64,
+    ) {
+        match spool.append(table, lines) {
+            Ok(true) => {
+                spooled.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(false) => {
+                dropped.fetch_add(n, Ordering::Relaxed);
+                if !self.warned_full.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        "the {} spool is full ({}): new records are dropped and counted",
+                        self.sink,
+                        self.flag
+                    );
+                }
+            }
+            Err(e) => {
+                dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(
+                    "writing to the {} spool failed: {e}; records dropped and counted",
+                    self.sink
+                );
+            }
+        }
+    }
+}
