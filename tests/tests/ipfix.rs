@@ -228,7 +228,7 @@ fn nfacctd(dir: &Path, port: u16, out: &Path) -> Bg {
 }
 
 /// The record fields exported as devourer's own elements.
-const OWN: [&str; 15] = [
+const OWN: [&str; 16] = [
     "src_name",
     "dst_name",
     "community_id",
@@ -244,6 +244,7 @@ const OWN: [&str; 15] = [
     "dst_k8s_owner",
     "dst_k8s_node",
     "dst_k8s_service",
+    "tunnel",
 ];
 
 #[test]
@@ -400,8 +401,8 @@ fn live_export_over_tcp_reconnects_and_each_connection_starts_with_templates_at_
         std::fs::read_to_string(&log).unwrap()
     );
 
-    // The collector goes away: records meanwhile are lost (written into the closed
-    // connection, or refused), and counted.
+    // The collector goes away: records meanwhile are lost (the connection is refused), and
+    // counted.
     drop(collector);
     for i in 0..3 {
         link.a.sh(&format!(
@@ -420,7 +421,9 @@ fn live_export_over_tcp_reconnects_and_each_connection_starts_with_templates_at_
         ) >= 1.0),
         "records lost while the collector was away are counted"
     );
-    assert!(metrics(r#"devourer_sink_messages_total{outcome="error",sink="ipfix"}"#) >= 1.0);
+    // The closed connection is seen before a batch is written into it: nothing is counted
+    // sent that the collector did not read.
+    assert!(metrics(r#"devourer_sink_messages_total{outcome="sent",sink="ipfix"}"#) >= 1.0);
 
     // Back: a new connection, which starts with the templates and sequence number 0.
     let collector = tcp_collector(&link.a, port, &collected);
@@ -510,7 +513,7 @@ fn live_export_over_tcp_reconnects_and_each_connection_starts_with_templates_at_
     let sent = log_number(summary, "sent").unwrap();
     let dropped = log_number(summary, "dropped").unwrap();
     assert_eq!(sent + dropped, flows.len() as u64, "{log}");
-    assert!(exported.len() as u64 <= sent);
+    assert_eq!(exported.len() as u64, sent, "what was counted sent arrived");
 }
 
 /// Milliseconds since the epoch as RFC 3339 cut to milliseconds (`2026-01-02T03:04:05.678`).

@@ -64,7 +64,6 @@ fn attribute(key: &str) -> String {
         ("method", "http.request.method"),
         ("status_code", "http.response.status_code"),
         ("user_agent", "user_agent.original"),
-        ("version", "network.protocol.version"),
     ];
     if let Some((_, a)) = named.iter().find(|(k, _)| *k == key) {
         return (*a).to_owned();
@@ -92,11 +91,18 @@ fn attribute(key: &str) -> String {
 }
 
 /// A JSON record as the attributes it must arrive with: nulls left out, an HTTP target as
-/// its path and query.
+/// its path and query, `HTTP/1.1` as the protocol's name and version.
 fn expected(rec: &Map<String, Value>) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for (k, v) in rec {
         if v.is_null() {
+            continue;
+        }
+        if k == "version"
+            && let Some(v) = v.as_str().and_then(|v| v.strip_prefix("HTTP/"))
+        {
+            out.insert("network.protocol.name".into(), json!("http"));
+            out.insert("network.protocol.version".into(), json!(v));
             continue;
         }
         if k == "target" {
@@ -223,8 +229,10 @@ fn every_record_is_one_log_record_with_equal_attributes_over_grpc_and_http() {
 }
 
 #[test]
-fn a_receiver_restarted_mid_run_loses_nothing_and_metrics_arrive_cumulative() {
-    if !require_root("a_receiver_restarted_mid_run_loses_nothing_and_metrics_arrive_cumulative") {
+fn a_receiver_restarted_mid_run_loses_nothing_and_metrics_arrive_cumulative_at_their_endpoint() {
+    if !require_root(
+        "a_receiver_restarted_mid_run_loses_nothing_and_metrics_arrive_cumulative_at_their_endpoint",
+    ) {
         return;
     }
     let tmp = TempDir::new("otlp-live");
@@ -232,19 +240,19 @@ fn a_receiver_restarted_mid_run_loses_nothing_and_metrics_arrive_cumulative() {
     let got = tmp.path("received.jsonl");
     let port = 29_970;
     let first = receiver(Some(&link.a), "grpc", port, &got);
+    // Metrics to an endpoint of their own, and everything set by the standard variables.
+    let got_metrics = tmp.path("metrics.jsonl");
+    let _metrics = receiver(Some(&link.a), "grpc", port + 1, &got_metrics);
     let (out, log) = (tmp.path("out.jsonl"), tmp.path("agent.log"));
     let endpoint = format!("http://127.0.0.1:{port}");
+    let metrics_endpoint = format!("http://127.0.0.1:{}", port + 1);
     let spool = tmp.path("spool");
-    let agent = start_capture(
+    let agent = start_capture_env(
         &link.a,
         &[
             &[
                 "-i",
                 &link.if_a,
-                "--otlp-endpoint",
-                &endpoint,
-                "--otlp-protocol",
-                "grpc",
                 "--otlp-spool-dir",
                 spool.to_str().unwrap(),
                 "--otlp-flush-interval",
@@ -253,10 +261,6 @@ fn a_receiver_restarted_mid_run_loses_nothing_and_metrics_arrive_cumulative() {
                 "100ms",
                 "--otlp-backoff-max",
                 "300ms",
-                "--otlp-timeout",
-                "2s",
-                "--otlp-metrics-interval",
-                "500ms",
                 "--metrics-addr",
                 "127.0.0.1:9406",
             ][..],
@@ -265,6 +269,13 @@ fn a_receiver_restarted_mid_run_loses_nothing_and_metrics_arrive_cumulative() {
         .concat(),
         Some(&out),
         &log,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", &metrics_endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ],
     );
     let ids_in = |path: &Path| -> std::collections::BTreeSet<String> {
         log_records(&requests(path))
@@ -321,10 +332,18 @@ fn a_receiver_restarted_mid_run_loses_nothing_and_metrics_arrive_cumulative() {
         "records the receiver never got: {missing:?}"
     );
 
-    // The agent's metrics, cumulative: counters as monotonic sums that never go down.
+    // The agent's metrics, at their own endpoint, cumulative: counters as monotonic sums that
+    // never go down.
+    assert!(
+        requests(&got).iter().all(|q| q["signal"] == "logs"),
+        "no metrics at the logs endpoint"
+    );
     let mut last = 0.0;
     let mut exports = 0;
-    for q in requests(&got).iter().filter(|q| q["signal"] == "metrics") {
+    for q in requests(&got_metrics)
+        .iter()
+        .filter(|q| q["signal"] == "metrics")
+    {
         let m = q["metrics"]
             .as_array()
             .unwrap()

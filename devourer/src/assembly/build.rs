@@ -25,7 +25,7 @@ use crate::{
     sink::{
         QueueLimits, Sink, Sinks,
         fluent::{FluentConfig, FluentSink, TlsConfig},
-        ipfix::{IpfixConfig, IpfixSink},
+        ipfix::{IpfixConfig, IpfixSink, Transport, encode},
         jsonl::{JsonLinesSink, Target},
         spool::Limits,
         textlog::TextLog,
@@ -328,6 +328,14 @@ fn ipfix(a: &IpfixArgs, url: &str) -> Result<Box<dyn Sink>> {
             "--ipfix-backoff-base must be at most --ipfix-backoff-max, and --ipfix-timeout above zero"
         );
     }
+    if transport == Transport::Udp && a.ipfix_mtu > 65_507 {
+        anyhow::bail!("--ipfix-mtu: at most 65507 over UDP (a datagram's largest payload)");
+    }
+    if a.ipfix_enterprise_number == encode::REVERSE_PEN {
+        anyhow::bail!(
+            "--ipfix-enterprise-number: 29305 is RFC 5103's number of reverse elements, not one of devourer's"
+        );
+    }
     Ok(Box::new(IpfixSink::new(IpfixConfig {
         transport,
         addr,
@@ -356,6 +364,10 @@ fn otlp(
     if a.otlp_backoff_base > a.otlp_backoff_max {
         anyhow::bail!("--otlp-backoff-base must be at most --otlp-backoff-max");
     }
+    // Spooled as base64: 4M of it is 3 MB of protobuf, under gRPC receivers' 4 MiB.
+    if a.otlp_batch_bytes > 4 << 20 {
+        anyhow::bail!("--otlp-batch-bytes: at most 4M (gRPC receivers refuse requests over 4 MiB)");
+    }
     let ca_pem = match &s.ca_file {
         Some(f) => Some(
             std::fs::read(f)
@@ -363,15 +375,23 @@ fn otlp(
         ),
         None => None,
     };
-    let gather: Option<crate::sink::otlp::Gather> = metrics.map(|m| {
-        let m = m.clone();
-        Arc::new(move || m.registry.gather()) as crate::sink::otlp::Gather
-    });
+    if s.metrics_url.is_none() && metrics.is_some() {
+        tracing::warn!(
+            "the OTLP logs endpoint {} does not end in /v1/logs: no endpoint for metrics can be told, so they are not exported (set OTEL_EXPORTER_OTLP_METRICS_ENDPOINT)",
+            s.logs_url
+        );
+    }
+    let gather: Option<crate::sink::otlp::Gather> =
+        metrics.filter(|_| s.metrics_url.is_some()).map(|m| {
+            let m = m.clone();
+            Arc::new(move || m.registry.gather()) as crate::sink::otlp::Gather
+        });
     let cfg = OtlpConfig {
         client: ClientConfig {
             protocol: Protocol::parse(&s.protocol).map_err(anyhow::Error::msg)?,
+            // Without a metrics endpoint nothing asks for one (`gather` is `None`).
+            metrics_url: s.metrics_url.clone().unwrap_or_else(|| s.logs_url.clone()),
             logs_url: s.logs_url,
-            metrics_url: s.metrics_url,
             headers: parse_pairs(&s.headers),
             ca_pem,
             gzip: s.gzip,

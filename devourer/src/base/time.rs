@@ -75,6 +75,11 @@ pub fn rfc3339(ns_since_epoch: u64) -> Timestamp {
 /// Milliseconds since the epoch of a time [`rfc3339`] wrote (`None` for any other text):
 /// what exporters with integer times (IPFIX) carry, equal to the record's own field.
 pub fn rfc3339_millis(t: &str) -> Option<u64> {
+    rfc3339_micros(t).map(|us| us / 1000)
+}
+
+/// Microseconds since the epoch of a time [`rfc3339`] wrote (`None` for any other text).
+pub fn rfc3339_micros(t: &str) -> Option<u64> {
     let b = t.as_bytes();
     let shape = b.len() == 27
         && [
@@ -102,7 +107,7 @@ pub fn rfc3339_millis(t: &str) -> Option<u64> {
         return None;
     }
     let secs = days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s;
-    Some(secs * 1000 + micros / 1000)
+    Some(secs * 1_000_000 + micros)
 }
 
 /// Days from 1970-01-01 to a proleptic Gregorian date on or after it (the inverse of

@@ -552,7 +552,8 @@ pub struct OtlpArgs {
 pub struct OtlpSettings {
     pub protocol: String,
     pub logs_url: String,
-    pub metrics_url: String,
+    /// `None`: no endpoint for metrics could be told (they are not exported).
+    pub metrics_url: Option<String>,
     pub headers: String,
     pub ca_file: Option<PathBuf>,
     pub gzip: bool,
@@ -568,15 +569,26 @@ impl OtlpArgs {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<OtlpSettings>, BadValue> {
         let var = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        let base = self
-            .otlp_endpoint
-            .clone()
-            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        let (logs_var, metrics_var) = (
-            var("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"),
-            var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
-        );
+        // The flag (or DEVOURER_OTLP_ENDPOINT, or the file) sets both signals' endpoints: the
+        // per-signal variables apply only without it.
+        let flag = self.otlp_endpoint.clone();
+        let (logs_var, metrics_var) = match flag {
+            Some(_) => (None, None),
+            None => (
+                var("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"),
+                var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+            ),
+        };
+        let base = flag.or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
         if base.is_none() && logs_var.is_none() {
+            if metrics_var.is_some() {
+                return Err(BadValue(
+                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT is set without an endpoint for logs \
+                     (--otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or \
+                     OTEL_EXPORTER_OTLP_LOGS_ENDPOINT): the OTLP export sends both"
+                        .into(),
+                ));
+            }
             return Ok(None);
         }
         let protocol = self
@@ -602,14 +614,18 @@ impl OtlpArgs {
             })
         };
         let logs_url = signal(logs_var, "v1/logs").unwrap_or_default();
-        // Only a logs endpoint given: its metrics sibling.
-        let metrics_url = signal(metrics_var, "v1/metrics").unwrap_or_else(|| {
-            logs_url
-                .strip_suffix("/v1/logs")
-                .filter(|_| http)
-                .map_or_else(|| logs_url.clone(), |b| format!("{b}/v1/metrics"))
+        // Only a logs endpoint given: over gRPC the same, over HTTP its /v1/metrics sibling
+        // when it ends in /v1/logs, else no metrics.
+        let metrics_url = signal(metrics_var, "v1/metrics").or_else(|| {
+            if http {
+                logs_url
+                    .strip_suffix("/v1/logs")
+                    .map(|b| format!("{b}/v1/metrics"))
+            } else {
+                Some(logs_url.clone())
+            }
         });
-        for u in [&logs_url, &metrics_url] {
+        for u in std::iter::once(&logs_url).chain(&metrics_url) {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return Err(BadValue(format!(
                     "the OTLP endpoint {u:?}: expected an http:// or https:// URL"

@@ -237,6 +237,9 @@ pub fn check(file: &Path, sub: &str, args: &[String]) -> Result<String, ConfigEr
     Ok(out)
 }
 
+/// Settings whose values are secrets in themselves (an API key in a header).
+const SECRET_VALUES: &[&str] = &["otlp_headers"];
+
 /// One line per setting: `key = value  # source`, where the key is the flag's file key.
 fn describe(sub: &Command, m: &ArgMatches, file_keys: &[String]) -> String {
     let mut out = String::new();
@@ -246,11 +249,20 @@ fn describe(sub: &Command, m: &ArgMatches, file_keys: &[String]) -> String {
             continue;
         }
         let Some(raw) = m.get_raw(id) else { continue };
-        // Credentials in a URL (the Redis password) are never printed.
-        let vals: Vec<String> = raw.map(|v| redact_url(&v.to_string_lossy())).collect();
         let key = arg
             .get_long()
             .map_or_else(|| id.to_owned(), |l| l.replace('-', "_"));
+        // Credentials in a URL (the Redis password) and request headers (an API key) are
+        // never printed.
+        let vals: Vec<String> = raw
+            .map(|v| {
+                if SECRET_VALUES.contains(&key.as_str()) {
+                    "(set; not shown)".to_owned()
+                } else {
+                    redact_url(&v.to_string_lossy())
+                }
+            })
+            .collect();
         let source = match m.value_source(id) {
             Some(ValueSource::CommandLine) => "flag",
             Some(ValueSource::EnvVariable) => "environment",
@@ -349,13 +361,17 @@ mod tests {
     }
 
     #[test]
-    fn config_check_never_prints_the_redis_password() {
+    fn config_check_never_prints_the_redis_password_or_the_otlp_headers() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/devourer.example.toml");
         let args = [
             "--capture-redis".to_owned(),
             "redis://:hunter2@10.0.0.1:6379".to_owned(),
+            "--otlp-headers".to_owned(),
+            "authorization=Bearer%20s3cret".to_owned(),
         ];
         let out = check(&example, "capture", &args).unwrap();
+        assert!(!out.contains("s3cret"), "{out}");
+        assert!(out.contains("otlp_headers = \"(set; not shown)\""), "{out}");
         assert!(
             out.contains("capture_redis = \"redis://***@10.0.0.1:6379\""),
             "{out}"

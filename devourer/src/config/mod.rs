@@ -261,8 +261,8 @@ mod tests {
             .unwrap();
         assert_eq!(s.protocol, "http/protobuf");
         assert_eq!(
-            (s.logs_url.as_str(), s.metrics_url.as_str()),
-            ("http://c:4318/v1/logs", "http://m:9/x")
+            (s.logs_url.as_str(), s.metrics_url.as_deref()),
+            ("http://c:4318/v1/logs", Some("http://m:9/x"))
         );
         assert_eq!(
             (s.headers.as_str(), s.gzip, s.timeout),
@@ -280,6 +280,15 @@ mod tests {
         .settings(env(&[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "1"),
+            // The flag sets both signals' endpoints: these do not apply.
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                "http://elsewhere:1/v1/logs",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://elsewhere:1/v1/metrics",
+            ),
         ]))
         .unwrap()
         .unwrap();
@@ -288,8 +297,32 @@ mod tests {
             ("grpc", "https://g:4317")
         );
         assert_eq!(
-            (s.metrics_url.as_str(), s.timeout),
-            ("https://g:4317", Duration::from_secs(3))
+            (s.metrics_url.as_deref(), s.timeout),
+            (Some("https://g:4317"), Duration::from_secs(3))
+        );
+        // A logs endpoint alone: over HTTP its /v1/metrics sibling, or no metrics.
+        let only_logs = |url: &'static str| {
+            otlp(&[])
+                .settings(move |k: &str| {
+                    (k == "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT").then(|| url.to_owned())
+                })
+                .unwrap()
+                .unwrap()
+                .metrics_url
+        };
+        assert_eq!(
+            only_logs("http://l:1/v1/logs").as_deref(),
+            Some("http://l:1/v1/metrics")
+        );
+        assert_eq!(only_logs("http://l:1/ingest"), None);
+        assert!(
+            otlp(&[])
+                .settings(env(&[(
+                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    "http://m:1"
+                )]))
+                .is_err(),
+            "metrics alone: said, not silently off"
         );
         for bad in [
             &["--otlp-endpoint", "c:4317"][..],

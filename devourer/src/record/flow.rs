@@ -50,6 +50,9 @@ pub struct FlowRecord {
     pub src_name: Option<Arc<str>>,
     pub dst_name: Option<Arc<str>>,
     pub tcp_flags: u16,
+    /// The initiator's and the responder's TCP flags apart (`tcp_flags` is both): not fields of
+    /// the record's own encodings, but IPFIX's `tcpControlBits` and its reverse.
+    pub side_tcp_flags: [u16; 2],
     /// Every interface that saw the flow and in which direction (packets entering it:
     /// `ingress`, leaving it: `egress`); the ones that counted it first.
     pub interfaces: Vec<Observed>,
@@ -220,6 +223,7 @@ impl FlowRecord {
             src_name: None,
             dst_name: None,
             tcp_flags: 0,
+            side_tcp_flags: [0; 2],
             interfaces: Vec::new(),
             community_id: Default::default(),
             sampling: 1,
@@ -282,6 +286,7 @@ impl FlowRecord {
             src_name: e.src_name.clone(),
             dst_name: e.dst_name.clone(),
             tcp_flags: e.tcp_flags(),
+            side_tcp_flags: [e.src.tcp_flags(), e.dst.tcp_flags()],
             interfaces: e.hooks.iter().map(|h| Observed::new(*h, cx)).collect(),
             sampling: cx.sampling,
             community_id: community_id(
@@ -397,6 +402,7 @@ mod tests {
             src_name: some(0).then(|| s(2).into()),
             dst_name: some(5).then(|| s(3).into()),
             tcp_flags: 0x1ff,
+            side_tcp_flags: [0x1f, 0x1ff],
             interfaces: (0..i % 4)
                 .map(|n| Observed {
                     interface: s(n).into(),

@@ -113,7 +113,11 @@ pub fn drain(
         .map(|t| (t, (Backoff::new(base, max), Instant::now())))
         .collect();
     loop {
-        if let Err(e) = spool.seal_due(shutdown.stopping()) {
+        // Read once: stopping seals every open segment, and only then may an empty spool end
+        // the loop (read twice, the stop could fall between the seal and the check, and the
+        // last records stay in an open segment unsent).
+        let stopping = shutdown.stopping();
+        if let Err(e) = spool.seal_due(stopping) {
             tracing::error!(sink = label, "sealing a spool segment failed: {e}");
         }
         let now = Instant::now();
@@ -123,7 +127,7 @@ pub fn drain(
             .filter_map(|(t, _)| spool.next_of(t))
             .min_by(|a, b| a.path.file_name().cmp(&b.path.file_name()));
         let Some(seg) = ready else {
-            if shutdown.past_deadline() || (shutdown.stopping() && spool.next().is_none()) {
+            if shutdown.past_deadline() || (stopping && spool.next().is_none()) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -31,7 +31,7 @@ const FIRST_TEMPLATE: u16 = 256;
 /// number with these element ids (`deploy/ipfix/primitives.lst` describes them for
 /// collectors). They start at 101: pmacct matches enterprise elements by id alone, and 1 and 2
 /// would be taken for the reverse counters (29305's 1 and 2) of the same template.
-pub const TEXTS: [(&str, u16); 15] = [
+pub const TEXTS: [(&str, u16); 16] = [
     ("src_name", 101),
     ("dst_name", 102),
     ("community_id", 103),
@@ -47,6 +47,7 @@ pub const TEXTS: [(&str, u16); 15] = [
     ("dst_k8s_owner", 113),
     ("dst_k8s_node", 114),
     ("dst_k8s_service", 115),
+    ("tunnel", 116),
 ];
 
 /// What one field of a data record holds.
@@ -65,6 +66,8 @@ enum Value {
     End,
     EndReason,
     TcpFlags,
+    ReverseTcpFlags,
+    Sampling,
     IcmpTypeCode,
     Vlan,
     Ingress,
@@ -115,6 +118,8 @@ impl Template {
             (iana(153, 8), Value::End),
             (iana(136, 1), Value::EndReason),
             (iana(6, 2), Value::TcpFlags),
+            (reverse(6, 2), Value::ReverseTcpFlags),
+            (iana(305, 4), Value::Sampling),
             (iana(pick(32, 139), 2), Value::IcmpTypeCode),
             (iana(58, 2), Value::Vlan),
             (iana(10, 4), Value::Ingress),
@@ -212,7 +217,7 @@ impl Fields for Texts {
     fn objects<T: Nested>(&mut self, _: &'static str, _: &[T]) {}
 }
 
-/// The most bytes of one string field (names and Kubernetes values are at most 253): 15 of
+/// The most bytes of one string field (names and Kubernetes values are at most 253): all of
 /// them and the fixed fields keep a record far below a message's 65,535 bytes.
 pub const MAX_TEXT: usize = 1024;
 
@@ -382,7 +387,9 @@ fn write_record(t: &Template, r: &FlowRecord, p: &Parsed, out: &mut Vec<u8>) {
             Value::Start => out.extend_from_slice(&p.start_ms.to_be_bytes()),
             Value::End => out.extend_from_slice(&p.end_ms.to_be_bytes()),
             Value::EndReason => out.push(p.reason),
-            Value::TcpFlags => out.extend_from_slice(&r.tcp_flags.to_be_bytes()),
+            Value::TcpFlags => out.extend_from_slice(&r.side_tcp_flags[0].to_be_bytes()),
+            Value::ReverseTcpFlags => out.extend_from_slice(&r.side_tcp_flags[1].to_be_bytes()),
+            Value::Sampling => out.extend_from_slice(&r.sampling.to_be_bytes()),
             Value::IcmpTypeCode => out.extend_from_slice(&icmp.to_be_bytes()),
             Value::Vlan => out.extend_from_slice(&r.vlan.unwrap_or(0).to_be_bytes()),
             Value::Ingress => out.extend_from_slice(&r.ifindex.to_be_bytes()),
@@ -468,6 +475,8 @@ impl Builder {
             return;
         }
         self.close_set();
+        // At most 16 strings of MAX_TEXT bytes and the fixed fields: far below 65,535.
+        debug_assert!(self.buf.len() <= usize::from(u16::MAX));
         let len = self.buf.len().min(usize::from(u16::MAX)) as u16;
         let mut h = [0u8; HEADER];
         h[0..2].copy_from_slice(&VERSION.to_be_bytes());
@@ -486,5 +495,78 @@ impl Builder {
     fn finish(mut self) -> Vec<Message> {
         self.close();
         self.messages
+    }
+}
+
+/// The worked example of RFC 7011 (appendix A.2.1's template, A.3's data set, header values
+/// the RFC leaves open at zero and observation domain 1), byte for byte.
+#[cfg(test)]
+mod rfc_7011 {
+    use super::*;
+
+    const EXAMPLE: &str = "000a 006c 0000 0000 0000 0000 0000 0001 \
+        0002 001c 0100 0005 0008 0004 000c 0004 000f 0004 0002 0004 0001 0004 \
+        0100 0040 \
+        c000 020c c000 02fe c000 0201 0000 1391 0051 8c81 \
+        c000 021b c000 0217 c000 0202 0000 02ec 0005 ef46 \
+        c000 0238 c000 0241 c000 0203 0000 0005 0000 1986";
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_rfcs_template_and_data_set_are_encoded_byte_for_byte() {
+        let spec = |id| Spec { id, len: 4, pen: 0 };
+        // sourceIPv4Address, destinationIPv4Address, ipNextHopIPv4Address, packetDeltaCount,
+        // octetDeltaCount: what each holds does not matter to the template record.
+        let t = Template {
+            id: 256,
+            fields: [8, 12, 15, 2, 1]
+                .into_iter()
+                .map(|id| (spec(id), Value::SrcAddr))
+                .collect(),
+        };
+        let e = Encoder::new(1, 1400, 32473);
+        let mut b = Builder::new(&e, 0);
+        let mut rec = Vec::new();
+        t.write(&mut rec);
+        b.push(TEMPLATE_SET, &rec, 0);
+        for (src, dst, hop, packets, octets) in [
+            (12u8, 254u8, 1u8, 5009u32, 5_344_385u32),
+            (27, 23, 2, 748, 388_934),
+            (56, 65, 3, 5, 6534),
+        ] {
+            rec.clear();
+            for host in [src, dst, hop] {
+                address(&mut rec, IpAddr::from([192, 0, 2, host]));
+            }
+            rec.extend_from_slice(&packets.to_be_bytes());
+            rec.extend_from_slice(&octets.to_be_bytes());
+            b.push(256, &rec, 1);
+        }
+        let m = b.finish();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].bytes, hex(EXAMPLE));
+        assert_eq!(m[0].records, 3);
+    }
+
+    #[test]
+    fn variable_lengths_take_one_byte_below_255_and_three_from_it() {
+        let mut out = Vec::new();
+        variable(&mut out, &[7; 254]);
+        assert_eq!(&out[..1], [254]);
+        assert_eq!(out.len(), 255);
+        out.clear();
+        variable(&mut out, &[7; 255]);
+        assert_eq!(&out[..3], [255, 0, 255]);
+        out.clear();
+        variable(&mut out, &[7; 300]);
+        assert_eq!(&out[..3], [255, 0x01, 0x2c]);
+        assert_eq!(out.len(), 303);
     }
 }

@@ -34,7 +34,8 @@ pub enum Transport {
 #[derive(Clone, Debug)]
 pub struct IpfixConfig {
     pub transport: Transport,
-    /// `HOST:PORT` of the collector (resolved on every connection).
+    /// `HOST:PORT` of the collector (resolved on every connection, and over UDP with every
+    /// template refresh).
     pub addr: String,
     /// The observation domain in every message header.
     pub domain_id: u32,
@@ -125,6 +126,8 @@ pub struct IpfixSink {
     retry_at: Instant,
     /// When the templates were last sent on this socket (`None`: not yet).
     templates_at: Option<Instant>,
+    /// The local port of the UDP socket, and whether it was IPv6.
+    udp_port: Option<(bool, u16)>,
     stats: Arc<Stats>,
 }
 
@@ -136,6 +139,7 @@ impl IpfixSink {
             retry_at: Instant::now(),
             socket: None,
             templates_at: None,
+            udp_port: None,
             stats: Arc::default(),
             cfg,
         }
@@ -147,14 +151,22 @@ impl IpfixSink {
         for a in addrs {
             let tried = match self.cfg.transport {
                 Transport::Udp => {
-                    let local: SocketAddr = if a.is_ipv6() {
-                        "[::]:0".parse().expect("address")
-                    } else {
-                        "0.0.0.0:0".parse().expect("address")
+                    // The port of the socket before (a refresh keeps the transport session
+                    // the collector knows), else any.
+                    let port = self.udp_port.filter(|(v6, _)| *v6 == a.is_ipv6());
+                    let any = |port: u16| -> SocketAddr {
+                        if a.is_ipv6() {
+                            (std::net::Ipv6Addr::UNSPECIFIED, port).into()
+                        } else {
+                            (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+                        }
                     };
-                    UdpSocket::bind(local)
-                        .and_then(|s| s.connect(a).map(|()| s))
-                        .map(Socket::Udp)
+                    port.map_or_else(
+                        || UdpSocket::bind(any(0)),
+                        |(_, p)| UdpSocket::bind(any(p)).or_else(|_| UdpSocket::bind(any(0))),
+                    )
+                    .and_then(|s| s.connect(a).map(|()| s))
+                    .map(Socket::Udp)
                 }
                 Transport::Tcp => TcpStream::connect_timeout(&a, self.cfg.timeout).and_then(|s| {
                     s.set_write_timeout(Some(self.cfg.timeout))?;
@@ -170,18 +182,56 @@ impl IpfixSink {
         Err(last)
     }
 
-    /// The open socket, connecting when due; templates sent first where due.
+    /// Whether a TCP collector closed its end (a write would still succeed once, into the
+    /// kernel's buffer, and the batch be lost uncounted): a peek that reads the end of the
+    /// stream, without waiting.
+    fn peer_closed(s: &TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        if s.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let closed = match s.peek(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        closed || s.set_nonblocking(false).is_err()
+    }
+
+    /// The open socket, connecting when due; templates sent first where due. Over UDP the
+    /// collector's name is looked up again with every template refresh (its address may
+    /// move), and data goes out even when the templates met an error (a late ICMP error of
+    /// an earlier datagram): the next batch sends them again.
     fn ready(&mut self, now: Instant) -> bool {
+        let udp_refresh = self.cfg.transport == Transport::Udp
+            && self
+                .templates_at
+                .is_some_and(|at| now.duration_since(at) >= self.cfg.template_interval);
+        let tcp_closed = matches!(&self.socket, Some(Socket::Tcp(s)) if Self::peer_closed(s));
+        if udp_refresh || tcp_closed {
+            if tcp_closed {
+                tracing::warn!(collector = %self.cfg.addr, "the IPFIX collector closed the connection");
+            }
+            self.socket = None;
+        }
         if self.socket.is_none() {
             if now < self.retry_at {
                 return false;
             }
             match self.connect() {
                 Ok(s) => {
-                    tracing::info!(collector = %self.cfg.addr, "IPFIX export connected");
+                    if let Socket::Udp(u) = &s
+                        && let Ok(local) = u.local_addr()
+                    {
+                        self.udp_port = Some((local.is_ipv6(), local.port()));
+                    } else {
+                        tracing::info!(collector = %self.cfg.addr, "IPFIX export connected");
+                    }
                     self.socket = Some(s);
                     self.templates_at = None;
-                    self.encoder.restart();
+                    if self.cfg.transport == Transport::Tcp {
+                        self.encoder.restart();
+                    }
                 }
                 Err(e) => {
                     self.retry_at = now + self.backoff.wait();
@@ -190,20 +240,18 @@ impl IpfixSink {
                 }
             }
         }
-        let due = match (self.templates_at, self.cfg.transport) {
-            (None, _) => true,
-            (Some(at), Transport::Udp) => now.duration_since(at) >= self.cfg.template_interval,
-            (Some(_), Transport::Tcp) => false,
-        };
-        if due {
+        if self.templates_at.is_none() {
+            let mut sent = true;
             for m in self.encoder.templates(export_secs()) {
-                if !self.send(&m) {
-                    return false;
-                }
+                sent &= self.send(&m);
             }
-            self.templates_at = Some(now);
+            if sent {
+                self.templates_at = Some(now);
+            } else if self.cfg.transport == Transport::Tcp {
+                return false;
+            }
         }
-        true
+        self.socket.is_some()
     }
 
     /// Sends one message; on failure counts it, and drops a TCP connection (the next write

@@ -161,6 +161,9 @@ fn a_flow_record_is_one_biflow_data_record_with_its_counts_times_and_names() {
     let mut r = flow("10.0.0.1", "10.0.0.2");
     r.dst_name = Some("dns.example".into());
     r.community_id = "1:abc".into();
+    r.tunnel = Some("vxlan");
+    r.side_tcp_flags = [0x02, 0x12];
+    r.sampling = 10;
     let (msgs, skipped) = e.data(&[r], 0);
     assert!(skipped.is_empty());
     assert_eq!(msgs.len(), 1);
@@ -187,6 +190,13 @@ fn a_flow_record_is_one_biflow_data_record_with_its_counts_times_and_names() {
     assert_eq!(get(102, 32473), b"dns.example");
     assert_eq!(get(101, 32473), b"");
     assert_eq!(get(103, 32473), b"1:abc");
+    assert_eq!(get(116, 32473), b"vxlan");
+    assert_eq!(
+        (uint(&get(6, 0)), uint(&get(6, 29305))),
+        (0x02, 0x12),
+        "each side's flags"
+    );
+    assert_eq!(uint(&get(305, 0)), 10, "samplingPacketInterval");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::{
 };
 
 use crate::{
-    base::time::rfc3339_millis,
+    base::time::rfc3339_micros,
     record::{
         Encoder,
         fields::{Fields, Nested, Record},
@@ -78,7 +78,7 @@ struct Attributes {
     nested: bool,
     /// The record's type and its time (for the log record's own fields).
     kind: Option<String>,
-    time_ms: Option<u64>,
+    time_us: Option<u64>,
     /// The address family of the record's first address, for `network.type`.
     family: Option<&'static str>,
 }
@@ -89,7 +89,7 @@ impl Attributes {
             out: Vec::new(),
             nested,
             kind: None,
-            time_ms: None,
+            time_us: None,
             family: None,
         }
     }
@@ -119,6 +119,18 @@ impl Fields for Attributes {
                 "type" => self.kind = Some(v.to_owned()),
                 "src_addr" | "client" if self.family.is_none() => {
                     self.family = Some(if v.contains(':') { "ipv6" } else { "ipv4" });
+                }
+                // `HTTP/1.1`: the protocol's name and its version, apart.
+                "version" if v.starts_with("HTTP/") => {
+                    self.put_as(
+                        "network.protocol.name".into(),
+                        Value::StringValue("http".into()),
+                    );
+                    self.put_as(
+                        "network.protocol.version".into(),
+                        Value::StringValue(v["HTTP/".len()..].to_owned()),
+                    );
+                    return;
                 }
                 // An HTTP request's target: its path and its query, apart.
                 "target" => {
@@ -150,7 +162,7 @@ impl Fields for Attributes {
     fn time(&mut self, key: &'static str, v: &str) {
         // The record's own time: a flow's last packet, a transaction's or a scan's time.
         if matches!(key, "last_seen_at" | "time") {
-            self.time_ms = rfc3339_millis(v);
+            self.time_us = rfc3339_micros(v);
         }
         self.put(key, Value::StringValue(v.to_owned()));
     }
@@ -201,7 +213,7 @@ pub fn log_record<R: Record>(r: &R, observed_ns: u64) -> LogRecord {
         });
     }
     LogRecord {
-        time_unix_nano: a.time_ms.map_or(0, |ms| ms * 1_000_000),
+        time_unix_nano: a.time_us.map_or(0, |us| us * 1000),
         observed_time_unix_nano: observed_ns,
         severity_number: SeverityNumber::Info as i32,
         severity_text: "INFO".into(),
@@ -226,13 +238,52 @@ impl Encoder for LogRecords {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{fields::Record, flow::FlowRecord};
+    use crate::record::flow::FlowRecord;
 
     fn get<'a>(l: &'a LogRecord, k: &str) -> Option<&'a Value> {
         l.attributes
             .iter()
             .find(|kv| kv.key == k)
             .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+    }
+
+    /// The keys of a record's non-null fields.
+    struct Present(Vec<&'static str>);
+
+    impl Fields for Present {
+        fn str(&mut self, key: &'static str, _: &str) {
+            self.0.push(key);
+        }
+        fn opt_str(&mut self, key: &'static str, v: Option<&str>) {
+            if v.is_some() {
+                self.0.push(key);
+            }
+        }
+        fn uint(&mut self, key: &'static str, _: u64) {
+            self.0.push(key);
+        }
+        fn opt_uint(&mut self, key: &'static str, v: Option<u64>) {
+            if v.is_some() {
+                self.0.push(key);
+            }
+        }
+        fn time(&mut self, key: &'static str, _: &str) {
+            self.0.push(key);
+        }
+        fn float(&mut self, key: &'static str, v: Option<f64>) {
+            if v.is_some() {
+                self.0.push(key);
+            }
+        }
+        fn bool(&mut self, key: &'static str, _: bool) {
+            self.0.push(key);
+        }
+        fn strs<S: AsRef<str>>(&mut self, key: &'static str, _: &[S]) {
+            self.0.push(key);
+        }
+        fn objects<T: Nested>(&mut self, key: &'static str, _: &[T]) {
+            self.0.push(key);
+        }
     }
 
     #[test]
@@ -260,7 +311,7 @@ mod tests {
         };
         let l = log_record(&r, 7);
         assert_eq!(l.event_name, "devourer.flow");
-        assert_eq!(l.time_unix_nano, 1_796_673_936_187_000_000);
+        assert_eq!(l.time_unix_nano, 1_796_673_936_187_999_000);
         assert_eq!(l.observed_time_unix_nano, 7);
         assert_eq!(
             get(&l, "source.address"),
@@ -280,13 +331,14 @@ mod tests {
             None,
             "null fields are left out"
         );
-        let mut names = crate::record::fields::Columns::default();
-        r.fields(&mut names);
-        let non_null = l.attributes.len() - 1;
-        assert!(
-            non_null < names.0.len(),
-            "{non_null} of {} fields",
-            names.0.len()
-        );
+        // Every field that is not null, and nothing else (but `network.type`).
+        let mut present = Present(Vec::new());
+        r.fields(&mut present);
+        let mut want: Vec<String> = present.0.iter().map(|k| attribute(k)).collect();
+        want.push("network.type".into());
+        let mut got: Vec<String> = l.attributes.iter().map(|kv| kv.key.clone()).collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
     }
 }

@@ -1,8 +1,14 @@
 //! The OTLP exporter's transport: gRPC (tonic, the official services of
 //! `opentelemetry-proto`) or HTTP/protobuf (`POST /v1/logs`, `/v1/metrics`), with headers,
-//! TLS, gzip and a timeout per request. Failures are sorted as the OTLP specification sorts
-//! them: retryable (no connection, gRPC UNAVAILABLE and its kin, HTTP 429/502/503/504) or not
-//! (the request itself is refused: it would be refused again).
+//! TLS, gzip and a timeout per request. The endpoints, headers and certificates are checked
+//! when the client is made (a mistake of the agent's configuration stops it at start, never
+//! sends records to the dead-letter file). Failures are sorted as the OTLP specification sorts
+//! them: retryable (no connection, gRPC UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
+//! ABORTED, CANCELLED, OUT_OF_RANGE, DATA_LOSS; HTTP 429, 502, 503, 504), also a collector
+//! that does not accept this agent yet (credentials, a path: UNAUTHENTICATED,
+//! PERMISSION_DENIED, NOT_FOUND, UNIMPLEMENTED; HTTP 401, 403, 404), which an operator fixes
+//! while records wait in the spool; anything else refuses the request itself (it would be
+//! refused again).
 
 use std::time::Duration;
 
@@ -68,100 +74,169 @@ pub enum ExportError {
 /// its message.
 pub type Accepted = (i64, String);
 
+/// One signal's gRPC endpoint and, once connected, its channel (kept between requests).
+struct GrpcTarget {
+    endpoint: Endpoint,
+    channel: Option<Channel>,
+}
+
 enum Transport {
-    Grpc(Option<Channel>),
+    /// Logs, then metrics (each signal may have an endpoint of its own).
+    Grpc(Box<[GrpcTarget; 2]>),
     Http(reqwest::Client),
 }
 
 pub struct Client {
     cfg: ClientConfig,
     transport: Transport,
+    metadata: tonic::metadata::MetadataMap,
+}
+
+/// Whether a gRPC status is worth sending again (see the module's comment).
+pub fn grpc_retryable(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Cancelled
+            | DeadlineExceeded
+            | ResourceExhausted
+            | Aborted
+            | OutOfRange
+            | Unavailable
+            | DataLoss
+            | Unauthenticated
+            | PermissionDenied
+            | Unimplemented
+            | NotFound
+    )
+}
+
+/// Whether an HTTP status is worth sending again (see the module's comment).
+pub fn http_retryable(status: u16) -> bool {
+    matches!(status, 401 | 403 | 404 | 429 | 502 | 503 | 504)
 }
 
 fn grpc_error(s: tonic::Status) -> ExportError {
-    use tonic::Code::*;
     let text = format!("gRPC {:?}: {}", s.code(), s.message());
-    match s.code() {
-        Cancelled | DeadlineExceeded | ResourceExhausted | Aborted | OutOfRange | Unavailable
-        | DataLoss | Unknown | Internal => ExportError::Retryable(text),
-        // A collector not ready for this agent (credentials, a path) may be once it is fixed:
-        // records wait in the spool rather than being lost.
-        Unauthenticated | PermissionDenied | Unimplemented | NotFound => {
-            ExportError::Retryable(text)
-        }
-        _ => ExportError::Refused(text),
+    // A status made here from a failed connection (tonic says Unknown: transport error, with
+    // the error as its source) is no answer of the collector: sent again.
+    let local = std::error::Error::source(&s).is_some();
+    if local || grpc_retryable(s.code()) {
+        ExportError::Retryable(text)
+    } else {
+        ExportError::Refused(text)
     }
 }
 
+/// The gRPC endpoint of `url`, TLS for https:// (the CA file's certificates, else the
+/// system's).
+fn grpc_endpoint(url: &str, cfg: &ClientConfig) -> Result<Endpoint, String> {
+    let mut e = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("the OTLP endpoint {url}: {e}"))?
+        .connect_timeout(cfg.timeout)
+        .timeout(cfg.timeout);
+    if url.starts_with("https://") {
+        let tls = match &cfg.ca_pem {
+            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        e = e
+            .tls_config(tls)
+            .map_err(|e| format!("TLS to the OTLP endpoint {url}: {e}"))?;
+    }
+    Ok(e)
+}
+
 impl Client {
+    /// Checks the endpoints, headers and certificates (an error names what is wrong).
     pub fn new(cfg: ClientConfig) -> Result<Self, String> {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        let mut http_headers = reqwest::header::HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let bad = |e: &dyn std::fmt::Display| format!("the OTLP header {k:?}: {e}");
+            let key =
+                MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|e| bad(&e))?;
+            metadata.insert(
+                key,
+                MetadataValue::try_from(v.as_str()).map_err(|e| bad(&e))?,
+            );
+            let name =
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| bad(&e))?;
+            let value = reqwest::header::HeaderValue::from_str(v).map_err(|e| bad(&e))?;
+            http_headers.insert(name, value);
+        }
         let transport = match cfg.protocol {
-            Protocol::Grpc => Transport::Grpc(None),
+            Protocol::Grpc => Transport::Grpc(Box::new([
+                GrpcTarget {
+                    endpoint: grpc_endpoint(&cfg.logs_url, &cfg)?,
+                    channel: None,
+                },
+                GrpcTarget {
+                    endpoint: grpc_endpoint(&cfg.metrics_url, &cfg)?,
+                    channel: None,
+                },
+            ])),
             Protocol::HttpProtobuf => {
+                for u in [&cfg.logs_url, &cfg.metrics_url] {
+                    reqwest::Url::parse(u).map_err(|e| format!("the OTLP endpoint {u}: {e}"))?;
+                }
+                // The CA file's certificates alone when one is given, else the system's.
                 let mut b = reqwest::Client::builder()
                     .timeout(cfg.timeout)
-                    .connect_timeout(cfg.timeout);
-                if let Some(pem) = &cfg.ca_pem {
-                    for c in reqwest::Certificate::from_pem_bundle(pem)
-                        .map_err(|e| format!("the OTLP CA file: {e}"))?
-                    {
-                        b = b.add_root_certificate(c);
-                    }
+                    .connect_timeout(cfg.timeout)
+                    .default_headers(http_headers)
+                    .tls_built_in_root_certs(false);
+                let roots: Vec<reqwest::Certificate> = match &cfg.ca_pem {
+                    Some(pem) => reqwest::Certificate::from_pem_bundle(pem)
+                        .map_err(|e| format!("the OTLP CA file: {e}"))?,
+                    None => rustls_native_certs::load_native_certs()
+                        .certs
+                        .iter()
+                        .filter_map(|c| reqwest::Certificate::from_der(c).ok())
+                        .collect(),
+                };
+                for c in roots {
+                    b = b.add_root_certificate(c);
                 }
                 Transport::Http(b.build().map_err(|e| format!("the OTLP client: {e}"))?)
             }
         };
-        Ok(Self { cfg, transport })
+        Ok(Self {
+            cfg,
+            transport,
+            metadata,
+        })
     }
 
-    /// A gRPC channel, connected on first use and kept.
-    async fn channel(&mut self) -> Result<Channel, ExportError> {
-        let Transport::Grpc(ch) = &mut self.transport else {
+    /// The gRPC channel of signal `i` (0 logs, 1 metrics), connected on first use and kept.
+    async fn channel(&mut self, i: usize) -> Result<Channel, ExportError> {
+        let Transport::Grpc(targets) = &mut self.transport else {
             unreachable!("gRPC channel of an HTTP client")
         };
-        if let Some(c) = ch {
+        let t = &mut targets[i];
+        if let Some(c) = &t.channel {
             return Ok(c.clone());
         }
-        let url = &self.cfg.logs_url;
-        let mut e = Endpoint::from_shared(url.clone())
-            .map_err(|e| ExportError::Refused(format!("{url}: {e}")))?
-            .connect_timeout(self.cfg.timeout)
-            .timeout(self.cfg.timeout);
-        if url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new();
-            tls = match &self.cfg.ca_pem {
-                Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
-                None => tls.with_native_roots(),
-            };
-            e = e
-                .tls_config(tls)
-                .map_err(|e| ExportError::Refused(format!("TLS to {url}: {e}")))?;
-        }
-        let c = e
-            .connect()
-            .await
-            .map_err(|e| ExportError::Retryable(format!("connecting to {url}: {e}")))?;
-        *ch = Some(c.clone());
+        let c = t.endpoint.connect().await.map_err(|e| {
+            ExportError::Retryable(format!("connecting to {}: {e}", t.endpoint.uri()))
+        })?;
+        t.channel = Some(c.clone());
         Ok(c)
     }
 
     /// `body` with the configured headers as gRPC metadata.
-    fn request<T>(&self, body: T) -> Result<tonic::Request<T>, ExportError> {
+    fn request<T>(&self, body: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(body);
-        for (k, v) in &self.cfg.headers {
-            let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                .map_err(|e| ExportError::Refused(format!("header {k}: {e}")))?;
-            let value = MetadataValue::try_from(v.as_str())
-                .map_err(|e| ExportError::Refused(format!("header {k}: {e}")))?;
-            r.metadata_mut().insert(key, value);
-        }
-        Ok(r)
+        *r.metadata_mut() = self.metadata.clone();
+        r
     }
 
-    /// A failed request drops the gRPC channel: the next one connects again.
+    /// A failed request drops the gRPC channels: the next one connects again.
     fn forget_channel(&mut self, e: &ExportError) {
-        if let (Transport::Grpc(ch), ExportError::Retryable(_)) = (&mut self.transport, e) {
-            *ch = None;
+        if let (Transport::Grpc(targets), ExportError::Retryable(_)) = (&mut self.transport, e) {
+            for t in targets.iter_mut() {
+                t.channel = None;
+            }
         }
     }
 
@@ -188,12 +263,12 @@ impl Client {
     }
 
     async fn grpc_logs(&mut self, req: ExportLogsServiceRequest) -> Result<Accepted, ExportError> {
-        let ch = self.channel().await?;
+        let ch = self.channel(0).await?;
         let mut c = LogsServiceClient::new(ch);
         if self.cfg.gzip {
             c = c.send_compressed(CompressionEncoding::Gzip);
         }
-        let resp = c.export(self.request(req)?).await.map_err(grpc_error)?;
+        let resp = c.export(self.request(req)).await.map_err(grpc_error)?;
         Ok(resp
             .into_inner()
             .partial_success
@@ -228,12 +303,12 @@ impl Client {
         &mut self,
         req: ExportMetricsServiceRequest,
     ) -> Result<Accepted, ExportError> {
-        let ch = self.channel().await?;
+        let ch = self.channel(1).await?;
         let mut c = MetricsServiceClient::new(ch);
         if self.cfg.gzip {
             c = c.send_compressed(CompressionEncoding::Gzip);
         }
-        let resp = c.export(self.request(req)?).await.map_err(grpc_error)?;
+        let resp = c.export(self.request(req)).await.map_err(grpc_error)?;
         Ok(resp
             .into_inner()
             .partial_success
@@ -250,9 +325,6 @@ impl Client {
         let mut req = client
             .post(url)
             .header("content-type", "application/x-protobuf");
-        for (k, v) in &self.cfg.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
         let body = if self.cfg.gzip {
             req = req.header("content-encoding", "gzip");
             gzip(&body)
@@ -282,4 +354,70 @@ fn gzip(body: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let _ = e.write_all(body);
     e.finish().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(protocol: Protocol, headers: &[(&str, &str)]) -> ClientConfig {
+        ClientConfig {
+            protocol,
+            logs_url: "http://127.0.0.1:4317".into(),
+            metrics_url: "http://127.0.0.1:4318".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            ca_pem: None,
+            gzip: false,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn the_specifications_transient_failures_and_an_unready_collector_are_retried() {
+        use tonic::Code::*;
+        for c in [
+            Unavailable,
+            DeadlineExceeded,
+            ResourceExhausted,
+            Aborted,
+            Unauthenticated,
+        ] {
+            assert!(grpc_retryable(c), "{c:?}");
+        }
+        for c in [
+            InvalidArgument,
+            Internal,
+            Unknown,
+            FailedPrecondition,
+            AlreadyExists,
+        ] {
+            assert!(!grpc_retryable(c), "{c:?}");
+        }
+        for s in [429, 502, 503, 504, 401] {
+            assert!(http_retryable(s), "{s}");
+        }
+        for s in [400, 413, 500, 501] {
+            assert!(!http_retryable(s), "{s}");
+        }
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::other("reset")));
+        assert_eq!(broken.code(), Unknown);
+        assert!(
+            matches!(grpc_error(broken), ExportError::Retryable(_)),
+            "a broken connection"
+        );
+        let answered = tonic::Status::new(Unknown, "the collector's own error");
+        assert!(matches!(grpc_error(answered), ExportError::Refused(_)));
+    }
+
+    #[test]
+    fn a_header_neither_grpc_nor_http_can_carry_stops_the_client_at_start() {
+        for p in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            assert!(Client::new(cfg(p, &[("x-tenant", "edge 1")])).is_ok());
+            assert!(Client::new(cfg(p, &[("x-tenant", "line\nbreak")])).is_err());
+            assert!(Client::new(cfg(p, &[("bad key", "v")])).is_err());
+        }
+    }
 }

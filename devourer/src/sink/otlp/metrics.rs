@@ -2,7 +2,9 @@
 //! counters as monotonic sums, gauges as gauges, histograms as explicit-bucket histograms
 //! (OTLP counts each bucket on its own where Prometheus counts up to each bound); labels
 //! become attributes. Exported every `--otlp-metrics-interval`; a failed export is not kept
-//! (the next one carries the same totals).
+//! (the next one carries the same totals). A series' start time is when the exporter first
+//! saw it, and again whenever it went down (a series removed and made again, its room given
+//! back under the series budget, starts from zero): a cumulative reset, as OTLP marks one.
 
 use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value::Value},
@@ -12,6 +14,34 @@ use opentelemetry_proto::tonic::{
     },
 };
 use prometheus::proto::{MetricFamily, MetricType};
+
+/// Each series' start time and last value, by name and labels: the series the agent has now
+/// (a gather's), so it holds no more than the registry does.
+#[derive(Default)]
+pub struct Starts(std::collections::HashMap<String, (u64, f64)>);
+
+impl Starts {
+    /// The start time of series `key` holding `value` at `now_ns`.
+    fn of(&mut self, key: String, value: f64, now_ns: u64, seen: &mut Self) -> u64 {
+        let start = match self.0.get(&key) {
+            Some(&(start, last)) if value >= last => start,
+            _ => now_ns,
+        };
+        seen.0.insert(key, (start, value));
+        start
+    }
+}
+
+fn series_key(name: &str, m: &prometheus::proto::Metric) -> String {
+    let mut k = name.to_owned();
+    for l in m.get_label() {
+        k.push('\u{1}');
+        k.push_str(l.name());
+        k.push('=');
+        k.push_str(l.value());
+    }
+    k
+}
 
 fn attributes(m: &prometheus::proto::Metric) -> Vec<KeyValue> {
     m.get_label()
@@ -26,55 +56,62 @@ fn attributes(m: &prometheus::proto::Metric) -> Vec<KeyValue> {
         .collect()
 }
 
-/// `families` as OTLP metrics, each point cumulative since `start_ns`, observed at `now_ns`.
-pub fn convert(families: &[MetricFamily], start_ns: u64, now_ns: u64) -> Vec<Metric> {
+/// `families` as OTLP metrics observed at `now_ns`, each point cumulative since its series'
+/// start (`starts`, kept between exports).
+pub fn convert(families: &[MetricFamily], starts: &mut Starts, now_ns: u64) -> Vec<Metric> {
     let cumulative = AggregationTemporality::Cumulative as i32;
-    families
-        .iter()
-        .filter_map(|f| {
-            let number = |v: f64, m: &prometheus::proto::Metric| NumberDataPoint {
-                attributes: attributes(m),
-                start_time_unix_nano: start_ns,
-                time_unix_nano: now_ns,
-                value: Some(number_data_point::Value::AsDouble(v)),
-                ..Default::default()
-            };
-            let data = match f.get_field_type() {
-                MetricType::COUNTER => Data::Sum(Sum {
-                    data_points: f
-                        .get_metric()
-                        .iter()
-                        .map(|m| number(m.get_counter().get_value(), m))
-                        .collect(),
-                    aggregation_temporality: cumulative,
-                    is_monotonic: true,
-                }),
-                MetricType::GAUGE => Data::Gauge(Gauge {
-                    data_points: f
-                        .get_metric()
-                        .iter()
-                        .map(|m| number(m.get_gauge().get_value(), m))
-                        .collect(),
-                }),
-                MetricType::HISTOGRAM => Data::Histogram(Histogram {
-                    data_points: f
-                        .get_metric()
-                        .iter()
-                        .map(|m| histogram(m, start_ns, now_ns))
-                        .collect(),
-                    aggregation_temporality: cumulative,
-                }),
-                // The agent registers neither summaries nor untyped metrics.
-                _ => return None,
-            };
-            Some(Metric {
-                name: f.name().to_owned(),
-                description: f.help().to_owned(),
-                data: Some(data),
-                ..Default::default()
-            })
-        })
-        .collect()
+    let mut seen = Starts::default();
+    let mut metrics = Vec::with_capacity(families.len());
+    for f in families {
+        let mut start = |m: &prometheus::proto::Metric, v: f64| {
+            starts.of(series_key(f.name(), m), v, now_ns, &mut seen)
+        };
+        let points = |start: &mut dyn FnMut(&prometheus::proto::Metric, f64) -> u64,
+                      value: fn(&prometheus::proto::Metric) -> f64| {
+            f.get_metric()
+                .iter()
+                .map(|m| NumberDataPoint {
+                    attributes: attributes(m),
+                    start_time_unix_nano: start(m, value(m)),
+                    time_unix_nano: now_ns,
+                    value: Some(number_data_point::Value::AsDouble(value(m))),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let data = match f.get_field_type() {
+            MetricType::COUNTER => Data::Sum(Sum {
+                data_points: points(&mut start, |m| m.get_counter().get_value()),
+                aggregation_temporality: cumulative,
+                is_monotonic: true,
+            }),
+            // A gauge has no start: it goes up and down.
+            MetricType::GAUGE => Data::Gauge(Gauge {
+                data_points: points(&mut |_, _| 0, |m| m.get_gauge().get_value()),
+            }),
+            MetricType::HISTOGRAM => Data::Histogram(Histogram {
+                data_points: f
+                    .get_metric()
+                    .iter()
+                    .map(|m| {
+                        let count = m.get_histogram().get_sample_count() as f64;
+                        histogram(m, start(m, count), now_ns)
+                    })
+                    .collect(),
+                aggregation_temporality: cumulative,
+            }),
+            // The agent registers neither summaries nor untyped metrics.
+            _ => continue,
+        };
+        metrics.push(Metric {
+            name: f.name().to_owned(),
+            description: f.help().to_owned(),
+            data: Some(data),
+            ..Default::default()
+        });
+    }
+    *starts = seen;
+    metrics
 }
 
 fn histogram(m: &prometheus::proto::Metric, start_ns: u64, now_ns: u64) -> HistogramDataPoint {
@@ -123,7 +160,8 @@ mod tests {
         for x in [0.5, 1.5, 1.7, 9.0] {
             h.observe(x);
         }
-        let ms = convert(&r.gather(), 1, 2);
+        let mut starts = Starts::default();
+        let ms = convert(&r.gather(), &mut starts, 2);
         let by = |n: &str| {
             ms.iter()
                 .find(|m| m.name == n)
@@ -150,7 +188,7 @@ mod tests {
                 s.data_points[0].start_time_unix_nano,
                 s.data_points[0].time_unix_nano
             ),
-            (1, 2)
+            (2, 2)
         );
         let Data::Gauge(g) = by("g") else {
             panic!("a gauge")
@@ -166,5 +204,40 @@ mod tests {
         assert_eq!(p.explicit_bounds, [1.0, 2.0]);
         assert_eq!(p.bucket_counts, [1, 2, 1]);
         assert_eq!((p.count, p.sum), (4, Some(12.7)));
+
+        // Later: a series that grew keeps its start; one that went down (made again) restarts.
+        c.with_label_values(&["v"]).inc();
+        c.with_label_values(&["w"]).inc();
+        let start_of = |ms: &[Metric], label: &str| {
+            let Some(Data::Sum(s)) = ms
+                .iter()
+                .find(|m| m.name == "c_total")
+                .unwrap()
+                .data
+                .clone()
+            else {
+                panic!("a sum")
+            };
+            let p = s
+                .data_points
+                .iter()
+                .find(|p| {
+                    p.attributes[0].value.as_ref().unwrap().value
+                        == Some(Value::StringValue(label.into()))
+                })
+                .unwrap()
+                .clone();
+            p.start_time_unix_nano
+        };
+        let ms = convert(&r.gather(), &mut starts, 3);
+        assert_eq!((start_of(&ms, "v"), start_of(&ms, "w")), (2, 3));
+        c.remove_label_values(&["v"]).unwrap();
+        c.with_label_values(&["v"]).inc();
+        let ms = convert(&r.gather(), &mut starts, 4);
+        assert_eq!(
+            (start_of(&ms, "v"), start_of(&ms, "w")),
+            (4, 3),
+            "v went from 6 to 1"
+        );
     }
 }

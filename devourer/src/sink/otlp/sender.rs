@@ -22,7 +22,7 @@ use prost::Message;
 use super::{
     Gather, OtlpConfig, OtlpStats, add,
     client::{Client, ExportError},
-    metrics::convert,
+    metrics::{Starts, convert},
     now_ns,
 };
 use crate::sink::{
@@ -231,7 +231,7 @@ pub(super) struct MetricSender {
     interval: Duration,
     stats: Arc<OtlpStats>,
     shutdown: Shutdown,
-    start_ns: u64,
+    starts: Starts,
 }
 
 impl MetricSender {
@@ -249,7 +249,7 @@ impl MetricSender {
             interval: cfg.metrics_interval,
             stats,
             shutdown,
-            start_ns: now_ns(),
+            starts: Starts::default(),
         })
     }
 
@@ -269,7 +269,7 @@ impl MetricSender {
     }
 
     fn export(&mut self) {
-        let metrics = convert(&(self.gather)(), self.start_ns, now_ns());
+        let metrics = convert(&(self.gather)(), &mut self.starts, now_ns());
         let req = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(self.resource.clone()),
