@@ -146,12 +146,8 @@ fn line<R: Record>(lines: &mut Vec<u8>, event: &mut Vec<u8>, at: SystemTime, r: 
 impl FluentSink {
     /// Opens the spool (what an earlier run left is sent first) and starts the sender.
     pub fn start(cfg: FluentConfig) -> Result<Self> {
-        let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, cfg.batch, &TAGS)
-            .with_context(|| format!("opening the Forward spool in {}", cfg.spool_dir.display()))?;
-        if spool.bytes() > 0 {
-            tracing::info!(bytes = spool.bytes(), dir = %cfg.spool_dir.display(), "the Forward spool holds events from an earlier run; sending them first");
-        }
-        let spool = Arc::new(spool);
+        let intake = Intake::new("Forward", "--fluent-spool-max-bytes");
+        let spool = intake.open(&cfg.spool_dir, cfg.spool_max_bytes, cfg.batch, &TAGS)?;
         let stats = Arc::new(FluentStats::default());
         let shutdown = Shutdown::default();
         let rejects = Rejects::capped_by(
@@ -175,7 +171,7 @@ impl FluentSink {
             stats,
             shutdown,
             thread: Some(thread),
-            intake: Intake::new("Forward", "--fluent-spool-max-bytes"),
+            intake,
         })
     }
 

@@ -165,12 +165,8 @@ impl Status for KafkaStatus {
 impl KafkaSink {
     /// Opens the spool (what an earlier run left is sent first) and starts the sender.
     pub fn start(cfg: KafkaConfig) -> Result<Self> {
-        let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, cfg.batch, &TABLES)
-            .with_context(|| format!("opening the Kafka spool in {}", cfg.spool_dir.display()))?;
-        if spool.bytes() > 0 {
-            tracing::info!(bytes = spool.bytes(), dir = %cfg.spool_dir.display(), "the Kafka spool holds records from an earlier run; sending them first");
-        }
-        let spool = Arc::new(spool);
+        let intake = Intake::new("Kafka", "--kafka-spool-max-bytes");
+        let spool = intake.open(&cfg.spool_dir, cfg.spool_max_bytes, cfg.batch, &TABLES)?;
         let stats = Arc::new(KafkaStats::default());
         let shutdown = Shutdown::default();
         let rejects = Rejects::capped_by(
@@ -199,7 +195,7 @@ impl KafkaSink {
             topics,
             shutdown,
             thread: Some(thread),
-            intake: Intake::new("Kafka", "--kafka-spool-max-bytes"),
+            intake,
         })
     }
 }

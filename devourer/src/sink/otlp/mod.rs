@@ -135,12 +135,8 @@ pub struct OtlpSink {
 impl OtlpSink {
     /// Opens the spool (what an earlier run left is sent first) and starts the senders.
     pub fn start(cfg: OtlpConfig) -> Result<Self> {
-        let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, cfg.batch, &TABLES)
-            .with_context(|| format!("opening the OTLP spool in {}", cfg.spool_dir.display()))?;
-        if spool.bytes() > 0 {
-            tracing::info!(bytes = spool.bytes(), dir = %cfg.spool_dir.display(), "the OTLP spool holds records from an earlier run; sending them first");
-        }
-        let spool = Arc::new(spool);
+        let intake = Intake::new("OTLP", "--otlp-spool-max-bytes");
+        let spool = intake.open(&cfg.spool_dir, cfg.spool_max_bytes, cfg.batch, &TABLES)?;
         let stats = Arc::new(OtlpStats::default());
         let shutdown = Shutdown::default();
         let mut threads = Vec::new();
@@ -165,7 +161,7 @@ impl OtlpSink {
             stats,
             shutdown,
             threads,
-            intake: Intake::new("OTLP", "--otlp-spool-max-bytes"),
+            intake,
         })
     }
 

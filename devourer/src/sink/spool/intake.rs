@@ -1,9 +1,17 @@
 //! A sink's way into its spool: records appended and counted spooled, or dropped (the spool
 //! full, or a failed write) and counted, with an error logged (once while the spool is full).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
 
-use super::Spool;
+use anyhow::Context;
+
+use super::{Limits, Spool};
 
 pub struct Intake {
     /// The sink, as logs name it (`Kafka`, `OTLP`, ...).
@@ -14,6 +22,23 @@ pub struct Intake {
 }
 
 impl Intake {
+    /// Opens (creating) `dir` as the sink's spool for `tables`; what an earlier run left there
+    /// is said, and sent first.
+    pub fn open(
+        &self,
+        dir: &Path,
+        max_bytes: u64,
+        limits: Limits,
+        tables: &[&str],
+    ) -> anyhow::Result<Arc<Spool>> {
+        let spool = Spool::open(dir, max_bytes, limits, tables)
+            .with_context(|| format!("opening the {} spool in {}", self.sink, dir.display()))?;
+        if spool.bytes() > 0 {
+            tracing::info!(bytes = spool.bytes(), dir = %dir.display(), "the {} spool holds records from an earlier run; sending them first", self.sink);
+        }
+        Ok(Arc::new(spool))
+    }
+
     pub const fn new(sink: &'static str, flag: &'static str) -> Self {
         Self {
             sink,
