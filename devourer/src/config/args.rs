@@ -582,12 +582,12 @@ impl OtlpArgs {
         let base = flag.or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
         if base.is_none() && logs_var.is_none() {
             if metrics_var.is_some() {
-                return Err(BadValue(
+                // Perhaps set for other software on the host: not a request to export.
+                tracing::warn!(
                     "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT is set without an endpoint for logs \
                      (--otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or \
-                     OTEL_EXPORTER_OTLP_LOGS_ENDPOINT): the OTLP export sends both"
-                        .into(),
-                ));
+                     OTEL_EXPORTER_OTLP_LOGS_ENDPOINT): no OTLP export"
+                );
             }
             return Ok(None);
         }

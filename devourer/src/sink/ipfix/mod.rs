@@ -126,8 +126,8 @@ pub struct IpfixSink {
     retry_at: Instant,
     /// When the templates were last sent on this socket (`None`: not yet).
     templates_at: Option<Instant>,
-    /// The local port of the UDP socket, and whether it was IPv6.
-    udp_port: Option<(bool, u16)>,
+    /// When the collector's name was last looked up (the socket connected).
+    connected_at: Instant,
     stats: Arc<Stats>,
 }
 
@@ -139,7 +139,7 @@ impl IpfixSink {
             retry_at: Instant::now(),
             socket: None,
             templates_at: None,
-            udp_port: None,
+            connected_at: Instant::now(),
             stats: Arc::default(),
             cfg,
         }
@@ -151,22 +151,14 @@ impl IpfixSink {
         for a in addrs {
             let tried = match self.cfg.transport {
                 Transport::Udp => {
-                    // The port of the socket before (a refresh keeps the transport session
-                    // the collector knows), else any.
-                    let port = self.udp_port.filter(|(v6, _)| *v6 == a.is_ipv6());
-                    let any = |port: u16| -> SocketAddr {
-                        if a.is_ipv6() {
-                            (std::net::Ipv6Addr::UNSPECIFIED, port).into()
-                        } else {
-                            (std::net::Ipv4Addr::UNSPECIFIED, port).into()
-                        }
+                    let any: SocketAddr = if a.is_ipv6() {
+                        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                    } else {
+                        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
                     };
-                    port.map_or_else(
-                        || UdpSocket::bind(any(0)),
-                        |(_, p)| UdpSocket::bind(any(p)).or_else(|_| UdpSocket::bind(any(0))),
-                    )
-                    .and_then(|s| s.connect(a).map(|()| s))
-                    .map(Socket::Udp)
+                    UdpSocket::bind(any)
+                        .and_then(|s| s.connect(a).map(|()| s))
+                        .map(Socket::Udp)
                 }
                 Transport::Tcp => TcpStream::connect_timeout(&a, self.cfg.timeout).and_then(|s| {
                     s.set_write_timeout(Some(self.cfg.timeout))?;
@@ -198,20 +190,47 @@ impl IpfixSink {
         closed || s.set_nonblocking(false).is_err()
     }
 
-    /// The open socket, connecting when due; templates sent first where due. Over UDP the
-    /// collector's name is looked up again with every template refresh (its address may
-    /// move), and data goes out even when the templates met an error (a late ICMP error of
-    /// an earlier datagram): the next batch sends them again.
-    fn ready(&mut self, now: Instant) -> bool {
-        let udp_refresh = self.cfg.transport == Transport::Udp
-            && self
-                .templates_at
-                .is_some_and(|at| now.duration_since(at) >= self.cfg.template_interval);
-        let tcp_closed = matches!(&self.socket, Some(Socket::Tcp(s)) if Self::peer_closed(s));
-        if udp_refresh || tcp_closed {
-            if tcp_closed {
-                tracing::warn!(collector = %self.cfg.addr, "the IPFIX collector closed the connection");
+    /// Over UDP, every template interval: the collector's name looked up again and the
+    /// socket connected to where it points now (the same socket, so the same local port: the
+    /// collector sees one session), the templates sent again. A failed lookup keeps the
+    /// socket as it was.
+    fn refresh_udp(&mut self, now: Instant) {
+        let Some(Socket::Udp(u)) = &self.socket else {
+            return;
+        };
+        if now.duration_since(self.connected_at) < self.cfg.template_interval {
+            return;
+        }
+        self.connected_at = now;
+        self.templates_at = None;
+        let local_v6 = u.local_addr().is_ok_and(|a| a.is_ipv6());
+        let found = self
+            .cfg
+            .addr
+            .to_socket_addrs()
+            .map(|mut addrs| addrs.find(|a| a.is_ipv6() == local_v6));
+        match found {
+            Ok(Some(a)) => {
+                if let Err(e) = u.connect(a) {
+                    tracing::warn!(collector = %self.cfg.addr, "IPFIX collector at {a}: {e}");
+                }
             }
+            Ok(None) => {
+                tracing::warn!(collector = %self.cfg.addr, "the IPFIX collector's name has no address of the socket's family now; sending where it pointed before")
+            }
+            Err(e) => {
+                tracing::warn!(collector = %self.cfg.addr, "looking the IPFIX collector up again failed ({e}); sending where it pointed before")
+            }
+        }
+    }
+
+    /// The open socket, connecting when due; templates sent first where due. Over UDP data
+    /// goes out even when the templates met an error (a late ICMP error of an earlier
+    /// datagram): the next batch sends them again.
+    fn ready(&mut self, now: Instant) -> bool {
+        self.refresh_udp(now);
+        if matches!(&self.socket, Some(Socket::Tcp(s)) if Self::peer_closed(s)) {
+            tracing::warn!(collector = %self.cfg.addr, "the IPFIX collector closed the connection; connecting again");
             self.socket = None;
         }
         if self.socket.is_none() {
@@ -220,14 +239,9 @@ impl IpfixSink {
             }
             match self.connect() {
                 Ok(s) => {
-                    if let Socket::Udp(u) = &s
-                        && let Ok(local) = u.local_addr()
-                    {
-                        self.udp_port = Some((local.is_ipv6(), local.port()));
-                    } else {
-                        tracing::info!(collector = %self.cfg.addr, "IPFIX export connected");
-                    }
+                    tracing::info!(collector = %self.cfg.addr, "IPFIX export connected");
                     self.socket = Some(s);
+                    self.connected_at = now;
                     self.templates_at = None;
                     if self.cfg.transport == Transport::Tcp {
                         self.encoder.restart();

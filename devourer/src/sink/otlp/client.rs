@@ -3,8 +3,9 @@
 //! TLS, gzip and a timeout per request. The endpoints, headers and certificates are checked
 //! when the client is made (a mistake of the agent's configuration stops it at start, never
 //! sends records to the dead-letter file). Failures are sorted as the OTLP specification sorts
-//! them: retryable (no connection, gRPC UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
-//! ABORTED, CANCELLED, OUT_OF_RANGE, DATA_LOSS; HTTP 429, 502, 503, 504), also a collector
+//! them: retryable (no connection, gRPC UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANCELLED,
+//! OUT_OF_RANGE, DATA_LOSS, RESOURCE_EXHAUSTED with RetryInfo; HTTP 429, 502, 503, 504), also
+//! a collector
 //! that does not accept this agent yet (credentials, a path: UNAUTHENTICATED,
 //! PERMISSION_DENIED, NOT_FOUND, UNIMPLEMENTED; HTTP 401, 403, 404), which an operator fixes
 //! while records wait in the spool; anything else refuses the request itself (it would be
@@ -111,6 +112,9 @@ pub fn grpc_retryable(code: tonic::Code) -> bool {
     )
 }
 
+/// The type of google.rpc.RetryInfo, as it stands in a status's details (an `Any`).
+const RETRY_INFO: &[u8] = b"google.rpc.RetryInfo";
+
 /// Whether an HTTP status is worth sending again (see the module's comment).
 pub fn http_retryable(status: u16) -> bool {
     matches!(status, 401 | 403 | 404 | 429 | 502 | 503 | 504)
@@ -121,7 +125,17 @@ fn grpc_error(s: tonic::Status) -> ExportError {
     // A status made here from a failed connection (tonic says Unknown: transport error, with
     // the error as its source) is no answer of the collector: sent again.
     let local = std::error::Error::source(&s).is_some();
-    if local || grpc_retryable(s.code()) {
+    // RESOURCE_EXHAUSTED is worth another try only when the collector says when (RetryInfo in
+    // the status details), as the specification has it; without, the request is too large.
+    let retry_info = s
+        .details()
+        .windows(RETRY_INFO.len())
+        .any(|w| w == RETRY_INFO);
+    let retryable = match s.code() {
+        tonic::Code::ResourceExhausted => retry_info,
+        c => grpc_retryable(c),
+    };
+    if local || retryable {
         ExportError::Retryable(text)
     } else {
         ExportError::Refused(text)
@@ -180,21 +194,34 @@ impl Client {
                 for u in [&cfg.logs_url, &cfg.metrics_url] {
                     reqwest::Url::parse(u).map_err(|e| format!("the OTLP endpoint {u}: {e}"))?;
                 }
-                // The CA file's certificates alone when one is given, else the system's.
+                // The CA file's certificates alone when one is given, else the system's (those
+                // rustls can use): for an https:// endpoint, at least one.
                 let mut b = reqwest::Client::builder()
                     .timeout(cfg.timeout)
                     .connect_timeout(cfg.timeout)
                     .default_headers(http_headers)
                     .tls_built_in_root_certs(false);
+                let https = [&cfg.logs_url, &cfg.metrics_url]
+                    .iter()
+                    .any(|u| u.starts_with("https://"));
                 let roots: Vec<reqwest::Certificate> = match &cfg.ca_pem {
                     Some(pem) => reqwest::Certificate::from_pem_bundle(pem)
                         .map_err(|e| format!("the OTLP CA file: {e}"))?,
-                    None => rustls_native_certs::load_native_certs()
+                    None if https => rustls_native_certs::load_native_certs()
                         .certs
-                        .iter()
-                        .filter_map(|c| reqwest::Certificate::from_der(c).ok())
+                        .into_iter()
+                        .filter(|c| rustls::RootCertStore::empty().add(c.clone()).is_ok())
+                        .filter_map(|c| reqwest::Certificate::from_der(&c).ok())
                         .collect(),
+                    None => Vec::new(),
                 };
+                if https && roots.is_empty() {
+                    return Err(
+                        "an https:// OTLP endpoint, and no CA certificate to check it against \
+                         (--otlp-ca-file, or the system's)"
+                            .into(),
+                    );
+                }
                 for c in roots {
                     b = b.add_root_certificate(c);
                 }
@@ -338,14 +365,16 @@ impl Client {
             .map_err(|e| ExportError::Retryable(format!("POST {url}: {e}")))?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.unwrap_or_default().to_vec();
-        match status {
-            200..=299 => Ok(bytes),
-            // As for gRPC: credentials and paths may be fixed; the records wait.
-            401 | 403 | 404 | 408 | 429 | 500..=599 => {
-                Err(ExportError::Retryable(format!("POST {url}: HTTP {status}")))
-            }
-            _ => Err(ExportError::Refused(format!("POST {url}: HTTP {status}"))),
-        }
+        http_outcome(status, url, bytes)
+    }
+}
+
+/// An HTTP answer: its body when accepted, else whether to send it again.
+fn http_outcome(status: u16, url: &str, body: Vec<u8>) -> Result<Vec<u8>, ExportError> {
+    match status {
+        200..=299 => Ok(body),
+        s if http_retryable(s) => Err(ExportError::Retryable(format!("POST {url}: HTTP {s}"))),
+        s => Err(ExportError::Refused(format!("POST {url}: HTTP {s}"))),
     }
 }
 
@@ -410,6 +439,25 @@ mod tests {
         );
         let answered = tonic::Status::new(Unknown, "the collector's own error");
         assert!(matches!(grpc_error(answered), ExportError::Refused(_)));
+        let too_large = tonic::Status::new(ResourceExhausted, "message larger than max");
+        assert!(matches!(grpc_error(too_large), ExportError::Refused(_)));
+        let later = tonic::Status::with_details(
+            ResourceExhausted,
+            "busy",
+            tonic::codegen::Bytes::from_static(
+                b"\x12\x2a\n(type.googleapis.com/google.rpc.RetryInfo",
+            ),
+        );
+        assert!(matches!(grpc_error(later), ExportError::Retryable(_)));
+        for (status, retried) in [(503, true), (500, false), (400, false), (401, true)] {
+            let r = http_outcome(status, "u", Vec::new());
+            assert_eq!(
+                matches!(r, Err(ExportError::Retryable(_))),
+                retried,
+                "{status}"
+            );
+        }
+        assert!(http_outcome(200, "u", vec![1]).is_ok());
     }
 
     #[test]

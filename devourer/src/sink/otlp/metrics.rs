@@ -16,18 +16,31 @@ use opentelemetry_proto::tonic::{
 use prometheus::proto::{MetricFamily, MetricType};
 
 /// Each series' start time and last value, by name and labels: the series the agent has now
-/// (a gather's), so it holds no more than the registry does.
-#[derive(Default)]
-pub struct Starts(std::collections::HashMap<String, (u64, f64)>);
+/// (a gather's), so it holds no more than the registry does. A series seen for the first time,
+/// or lower than before (made again from zero), starts at the previous export (at first, the
+/// exporter's start): its whole count falls in the interval that ends with this export. A
+/// series made again that is already past its old value cannot be told apart.
+pub struct Starts {
+    series: std::collections::HashMap<String, (u64, f64)>,
+    /// When the previous export was taken.
+    previous_ns: u64,
+}
 
 impl Starts {
-    /// The start time of series `key` holding `value` at `now_ns`.
-    fn of(&mut self, key: String, value: f64, now_ns: u64, seen: &mut Self) -> u64 {
-        let start = match self.0.get(&key) {
+    pub fn new(start_ns: u64) -> Self {
+        Self {
+            series: Default::default(),
+            previous_ns: start_ns,
+        }
+    }
+
+    /// The start time of series `key` holding `value`.
+    fn of(&self, key: String, value: f64, seen: &mut Self) -> u64 {
+        let start = match self.series.get(&key) {
             Some(&(start, last)) if value >= last => start,
-            _ => now_ns,
+            _ => self.previous_ns,
         };
-        seen.0.insert(key, (start, value));
+        seen.series.insert(key, (start, value));
         start
     }
 }
@@ -60,11 +73,11 @@ fn attributes(m: &prometheus::proto::Metric) -> Vec<KeyValue> {
 /// start (`starts`, kept between exports).
 pub fn convert(families: &[MetricFamily], starts: &mut Starts, now_ns: u64) -> Vec<Metric> {
     let cumulative = AggregationTemporality::Cumulative as i32;
-    let mut seen = Starts::default();
+    let mut seen = Starts::new(now_ns);
     let mut metrics = Vec::with_capacity(families.len());
     for f in families {
         let mut start = |m: &prometheus::proto::Metric, v: f64| {
-            starts.of(series_key(f.name(), m), v, now_ns, &mut seen)
+            starts.of(series_key(f.name(), m), v, &mut seen)
         };
         let points = |start: &mut dyn FnMut(&prometheus::proto::Metric, f64) -> u64,
                       value: fn(&prometheus::proto::Metric) -> f64| {
@@ -160,7 +173,7 @@ mod tests {
         for x in [0.5, 1.5, 1.7, 9.0] {
             h.observe(x);
         }
-        let mut starts = Starts::default();
+        let mut starts = Starts::new(1);
         let ms = convert(&r.gather(), &mut starts, 2);
         let by = |n: &str| {
             ms.iter()
@@ -188,7 +201,7 @@ mod tests {
                 s.data_points[0].start_time_unix_nano,
                 s.data_points[0].time_unix_nano
             ),
-            (2, 2)
+            (1, 2)
         );
         let Data::Gauge(g) = by("g") else {
             panic!("a gauge")
@@ -230,13 +243,13 @@ mod tests {
             p.start_time_unix_nano
         };
         let ms = convert(&r.gather(), &mut starts, 3);
-        assert_eq!((start_of(&ms, "v"), start_of(&ms, "w")), (2, 3));
+        assert_eq!((start_of(&ms, "v"), start_of(&ms, "w")), (1, 2));
         c.remove_label_values(&["v"]).unwrap();
         c.with_label_values(&["v"]).inc();
         let ms = convert(&r.gather(), &mut starts, 4);
         assert_eq!(
             (start_of(&ms, "v"), start_of(&ms, "w")),
-            (4, 3),
+            (3, 2),
             "v went from 6 to 1"
         );
     }

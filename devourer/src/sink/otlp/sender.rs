@@ -249,7 +249,7 @@ impl MetricSender {
             interval: cfg.metrics_interval,
             stats,
             shutdown,
-            starts: Starts::default(),
+            starts: Starts::new(now_ns()),
         })
     }
 

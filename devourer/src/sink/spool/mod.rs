@@ -318,16 +318,18 @@ impl Spool {
     /// Seals open segments older than the batch age (or all of them with `all`).
     pub fn seal_due(&self, all: bool) -> io::Result<()> {
         let mut g = self.lock();
+        // Each table on its own: one that cannot be sealed holds up only itself.
+        let mut first_error = None;
         for t in g.tables.values_mut() {
             let due = t
                 .open
                 .as_ref()
                 .is_some_and(|o| all || o.opened.elapsed() >= self.limits.age);
-            if due {
-                Self::seal(t)?;
+            if due && let Err(e) = Self::seal(t) {
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The oldest sealed segment of any table.
