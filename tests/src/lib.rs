@@ -258,6 +258,25 @@ impl Drop for Bg {
     }
 }
 
+/// Waits up to `timeout` until a socket listens on `port` (`transport` `tcp` or `udp`) in `ns`
+/// (`None`: this namespace); panics naming `what` when none does.
+pub fn await_listener(
+    ns: Option<&Netns>,
+    transport: &str,
+    port: u16,
+    timeout: Duration,
+    what: &str,
+) {
+    let flag = if transport == "udp" { "u" } else { "t" };
+    let query = format!("ss -Hl{flag}n 'sport = :{port}'");
+    let bound = wait_for(timeout, || {
+        !ns.map_or_else(|| sh(&query), |n| n.sh(&query))
+            .stdout
+            .is_empty()
+    });
+    assert!(bound, "{what} listening on {port}");
+}
+
 /// Starts tcpdump writing `file` in `ns` and waits until it is capturing.
 pub fn tcpdump(ns: &Netns, iface: &str, file: &Path) -> Bg {
     let mut cmd = ns.cmd("tcpdump");

@@ -140,10 +140,7 @@ fn nfcapd(dir: &Path, port: u16) -> Bg {
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped());
     let bg = Bg::spawn(c, "nfcapd");
-    let bound = wait_for(Duration::from_secs(10), || {
-        !sh(&format!("ss -Hlun 'sport = :{port}'")).stdout.is_empty()
-    });
-    assert!(bound, "nfcapd listening on {port}");
+    await_listener(None, "udp", port, Duration::from_secs(10), "nfcapd");
     bg
 }
 
@@ -220,10 +217,7 @@ fn nfacctd(dir: &Path, port: u16, out: &Path) -> Bg {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let bg = Bg::spawn(c, "nfacctd");
-    let bound = wait_for(Duration::from_secs(10), || {
-        !sh(&format!("ss -Hlun 'sport = :{port}'")).stdout.is_empty()
-    });
-    assert!(bound, "nfacctd listening on {port}");
+    await_listener(None, "udp", port, Duration::from_secs(10), "nfacctd");
     bg
 }
 
@@ -319,12 +313,7 @@ fn tcp_collector(ns: &Netns, port: u16, out: &Path) -> Bg {
         .arg(out)
         .stdout(std::process::Stdio::null());
     let bg = Bg::spawn(c, "IPFIX collector");
-    let bound = wait_for(Duration::from_secs(10), || {
-        !ns.sh(&format!("ss -Hltn 'sport = :{port}'"))
-            .stdout
-            .is_empty()
-    });
-    assert!(bound, "collector listening on {port}");
+    await_listener(Some(ns), "tcp", port, Duration::from_secs(10), "collector");
     bg
 }
 

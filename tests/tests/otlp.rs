@@ -19,13 +19,7 @@ fn receiver(ns: Option<&Netns>, mode: &str, port: u16, out: &Path) -> Bg {
         .arg(out)
         .stdout(std::process::Stdio::null());
     let bg = Bg::spawn(c, "OTLP receiver");
-    let listening = format!("ss -Hltn 'sport = :{port}'");
-    let bound = wait_for(Duration::from_secs(20), || {
-        !ns.map_or_else(|| sh(&listening), |n| n.sh(&listening))
-            .stdout
-            .is_empty()
-    });
-    assert!(bound, "receiver listening on {port}");
+    await_listener(ns, "tcp", port, Duration::from_secs(20), "receiver");
     bg
 }
 

@@ -267,6 +267,15 @@ impl Client {
         }
     }
 
+    /// A request's outcome: on a retryable failure the gRPC channels are dropped (the next
+    /// request connects again).
+    fn settle<T>(&mut self, r: Result<T, ExportError>) -> Result<T, ExportError> {
+        if let Err(e) = &r {
+            self.forget_channel(e);
+        }
+        r
+    }
+
     pub async fn export_logs(
         &mut self,
         req: ExportLogsServiceRequest,
@@ -276,32 +285,25 @@ impl Client {
             Protocol::HttpProtobuf => self
                 .http(&self.cfg.logs_url.clone(), req.encode_to_vec())
                 .await
-                .map(|b| {
-                    let resp = ExportLogsServiceResponse::decode(&*b).unwrap_or_default();
-                    resp.partial_success.map_or((0, String::new()), |p| {
-                        (p.rejected_log_records, p.error_message)
-                    })
-                }),
+                .map(|b| ExportLogsServiceResponse::decode(&*b).unwrap_or_default()),
         };
-        if let Err(e) = &r {
-            self.forget_channel(e);
-        }
-        r
+        self.settle(r).map(|resp| {
+            resp.partial_success.map_or((0, String::new()), |p| {
+                (p.rejected_log_records, p.error_message)
+            })
+        })
     }
 
-    async fn grpc_logs(&mut self, req: ExportLogsServiceRequest) -> Result<Accepted, ExportError> {
-        let ch = self.channel(0).await?;
-        let mut c = LogsServiceClient::new(ch);
+    async fn grpc_logs(
+        &mut self,
+        req: ExportLogsServiceRequest,
+    ) -> Result<ExportLogsServiceResponse, ExportError> {
+        let mut c = LogsServiceClient::new(self.channel(0).await?);
         if self.cfg.gzip {
             c = c.send_compressed(CompressionEncoding::Gzip);
         }
         let resp = c.export(self.request(req)).await.map_err(grpc_error)?;
-        Ok(resp
-            .into_inner()
-            .partial_success
-            .map_or((0, String::new()), |p| {
-                (p.rejected_log_records, p.error_message)
-            }))
+        Ok(resp.into_inner())
     }
 
     pub async fn export_metrics(
@@ -313,35 +315,25 @@ impl Client {
             Protocol::HttpProtobuf => self
                 .http(&self.cfg.metrics_url.clone(), req.encode_to_vec())
                 .await
-                .map(|b| {
-                    let resp = ExportMetricsServiceResponse::decode(&*b).unwrap_or_default();
-                    resp.partial_success.map_or((0, String::new()), |p| {
-                        (p.rejected_data_points, p.error_message)
-                    })
-                }),
+                .map(|b| ExportMetricsServiceResponse::decode(&*b).unwrap_or_default()),
         };
-        if let Err(e) = &r {
-            self.forget_channel(e);
-        }
-        r
+        self.settle(r).map(|resp| {
+            resp.partial_success.map_or((0, String::new()), |p| {
+                (p.rejected_data_points, p.error_message)
+            })
+        })
     }
 
     async fn grpc_metrics(
         &mut self,
         req: ExportMetricsServiceRequest,
-    ) -> Result<Accepted, ExportError> {
-        let ch = self.channel(1).await?;
-        let mut c = MetricsServiceClient::new(ch);
+    ) -> Result<ExportMetricsServiceResponse, ExportError> {
+        let mut c = MetricsServiceClient::new(self.channel(1).await?);
         if self.cfg.gzip {
             c = c.send_compressed(CompressionEncoding::Gzip);
         }
         let resp = c.export(self.request(req)).await.map_err(grpc_error)?;
-        Ok(resp
-            .into_inner()
-            .partial_success
-            .map_or((0, String::new()), |p| {
-                (p.rejected_data_points, p.error_message)
-            }))
+        Ok(resp.into_inner())
     }
 
     /// One HTTP/protobuf request; the answer's body.
