@@ -127,8 +127,11 @@ counters! {
     C_RETRANSMITS_MAP_FULL = 24, "retransmits_map_full", "retransmits_map_full", "Retransmitted segments the full retransmit map refused: counted only here.";
     C_SRTT_LOOKUPS = 25, "srtt_lookups", "srtt_lookups", "Socket lookups for a TCP flow's smoothed RTT (at most one per flow direction per sampling period).";
     C_SRTT_MISSES = 26, "srtt_misses", "srtt_misses", "Socket lookups that found no socket with an RTT (not local, not in the peer's namespace, or not established).";
+    C_TLS_EVENTS = 27, "tls_events", "tls_events", "TLS handshake payload events sent to the TLS ring.";
+    C_TLS_RING_FULL = 28, "tls_ring_full", "tls_ring_drops", "TLS handshake payload events refused by a full TLS ring.";
+    C_TLS_CUT = 29, "tls_cut", "tls_cut", "TLS handshake segments not forwarded whole: past the 16 KiB a flow direction forwards, or a super-packet past its 16 KiB.";
 }
-pub const COUNTERS_LEN: u32 = 27;
+pub const COUNTERS_LEN: u32 = 30;
 
 const _: () = {
     let mut i = 0;
@@ -198,7 +201,9 @@ pub struct FlowValue {
     pub counted_on: u32,
     /// The VLAN tag a hook saw last on this direction, or'd with [`VLAN_SEEN`] (0: none).
     pub vlan: u16,
-    pub _pad: u16,
+    /// Bytes of a TLS ClientHello this direction still forwards to the TLS ring (its first
+    /// record, at most [`crate::payload::TLS_STREAM_MAX`] bytes; 0: none pending).
+    pub tls_left: u16,
     /// TCP handshake, at the counting hook: when this direction last sent a SYN (bare, or a
     /// SYN-ACK; 0: neither). In the first cache line with the counts: every TCP packet reads
     /// it.

@@ -1,17 +1,21 @@
-//! Payload events: what the kernel program forwards to the agent for DNS ports (UDP and TCP)
-//! and HTTP ports (TCP segments that start a request or response). Each kind has a ring of its
-//! own, so a large download cannot crowd out DNS; both carry a [`PayloadHeader`] and the
-//! payload's first bytes.
+//! Payload events: what the kernel program forwards to the agent for DNS ports (UDP and TCP),
+//! HTTP ports (TCP segments that start a request or response) and TLS handshakes on any TCP
+//! port (a ClientHello's segments, a ServerHello's first). Each kind has a ring of its own, so
+//! a large download cannot crowd out DNS; all carry a [`PayloadHeader`] and the payload's
+//! first bytes.
 
 /// Ring buffer of DNS payload events ([`PayloadHeader`] + payload).
 pub const DNS_RING: &str = "DNS_EVENTS";
 /// Ring buffer of HTTP payload events ([`PayloadHeader`] + payload).
 pub const HTTP_RING: &str = "HTTP_EVENTS";
+/// Ring buffer of TLS handshake events ([`PayloadHeader`] + payload).
+pub const TLS_RING: &str = "TLS_EVENTS";
 /// Per-CPU scratch where one event is assembled before `bpf_ringbuf_output`.
 pub const PAYLOAD_SCRATCH_MAP: &str = "PAYLOAD_SCRATCH";
 
 pub const DEFAULT_DNS_RING_BYTES: u32 = 4 << 20;
 pub const DEFAULT_HTTP_RING_BYTES: u32 = 4 << 20;
+pub const DEFAULT_TLS_RING_BYTES: u32 = 4 << 20;
 /// Largest payload copied per packet, whatever the kind (enough for EDNS answers).
 pub const PAYLOAD_CAP_MAX: usize = 4096;
 /// Default payload bytes copied per HTTP segment (request line and the usual headers).
@@ -27,7 +31,16 @@ pub const GLOBAL_DNS_CAP: &str = "DEVOURER_DNS_CAP";
 pub const GLOBAL_HTTP_PORTS: &str = "DEVOURER_HTTP_PORTS";
 /// Load-time global (u32): payload bytes copied per HTTP segment, at most [`PAYLOAD_CAP_MAX`].
 pub const GLOBAL_HTTP_CAP: &str = "DEVOURER_HTTP_CAP";
-/// Load-time global (u64): flags for both rings' output (see [`BPF_RB_NO_WAKEUP`]).
+/// Load-time global (u8): 1 forwards TLS handshakes to the TLS ring, 0 turns it off.
+pub const GLOBAL_TLS: &str = "DEVOURER_TLS";
+/// Client bytes of a TLS handshake forwarded per flow direction at most (the first record of
+/// a ClientHello, up to this): what the agent reassembles.
+pub const TLS_STREAM_MAX: u32 = 16 * 1024;
+/// A direction's TCP payloads are looked at for a handshake's start only while its entry has
+/// counted at most this many packets (a ClientHello follows the handshake; a ServerHello
+/// answers it): later payloads cost one compare.
+pub const TLS_EARLY_PACKETS: u64 = 16;
+/// Load-time global (u64): flags for all rings' output (see [`BPF_RB_NO_WAKEUP`]).
 pub const GLOBAL_RB_FLAGS: &str = "DEVOURER_RB_FLAGS";
 /// No wake-up per event: for a reader that polls after every replayed frame anyway.
 pub const BPF_RB_NO_WAKEUP: u64 = 1;

@@ -20,6 +20,8 @@ mod program;
 mod retransmits;
 #[cfg(target_arch = "bpf")]
 mod rtt;
+#[cfg(target_arch = "bpf")]
+mod tls;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -6,8 +6,8 @@
 //! Count once per node: a packet crosses several attached interfaces on a node (a pod's veth,
 //! a bridge, the uplink). The flow key has no interface; the first interface and hook that
 //! sees a flow direction creates its entry and is the only one that counts it
-//! (`counted_on`); every other one only adds itself to `seen_on`. Payloads (DNS, HTTP) go to
-//! userspace from the counting hook alone. `DEVOURER_PER_INTERFACE` puts the interface back in
+//! (`counted_on`); every other one only adds itself to `seen_on`. Payloads (DNS, HTTP, TLS
+//! handshakes: see `tls`) go to userspace from the counting hook alone. `DEVOURER_PER_INTERFACE` puts the interface back in
 //! the key: every interface counts its own flows.
 #![expect(
     clippy::needless_borrows_for_generic_args,
@@ -31,11 +31,11 @@ use devourer_common::{
     flow::{
         C_DNS_CUT, C_DNS_EVENTS, C_DNS_RING_FULL, C_HTTP_CUT, C_HTTP_EVENTS, C_HTTP_RING_FULL,
         C_INSERT_RACE, C_MALFORMED, C_MAP_FULL, C_NON_IP, C_OVERFLOW_FULL_BYTES,
-        C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_REPEATS, C_SAMPLED_OUT, C_SEEN_FULL, C_WAKEUP_FAILED,
-        C_WAKEUPS, CB_IFINDEX, CB_MAP, CounterBlock, DEFAULT_FLOW_MAP_ENTRIES,
-        DEFAULT_HOOK_HORIZON_NS, DEFAULT_WAKE_INTERVAL_NS, FlowKey, FlowValue, KEY_F_IPV6,
-        OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, SEEN_SLOTS, VAL_F_ICMP,
-        WAKEUP_RING_BYTES, Wakeup, XdpReplayMeta, hook, marks,
+        C_OVERFLOW_FULL_PACKETS, C_PACKETS, C_REPEATS, C_SAMPLED_OUT, C_SEEN_FULL, C_TLS_EVENTS,
+        C_TLS_RING_FULL, C_WAKEUP_FAILED, C_WAKEUPS, CB_IFINDEX, CB_MAP, CounterBlock,
+        DEFAULT_FLOW_MAP_ENTRIES, DEFAULT_HOOK_HORIZON_NS, DEFAULT_WAKE_INTERVAL_NS, FlowKey,
+        FlowValue, KEY_F_IPV6, OVERFLOW_MAP_ENTRIES, OverflowKey, OverflowValue, SEEN_SLOTS,
+        VAL_F_ICMP, WAKEUP_RING_BYTES, Wakeup, XdpReplayMeta, hook, marks,
     },
     payload::{
         DEFAULT_HTTP_CAP, PAYLOAD_CAP_MAX, PAYLOAD_F_IPV6, PAYLOAD_HEADER_LEN, PORT_SLOTS,
@@ -43,13 +43,14 @@ use devourer_common::{
     },
 };
 use devourer_ebpf::{
-    Packet, Parsed, Skip, gso_segments, is_dns, is_http, parse, parse_l3, sample_hash, starts_http,
-    zeroed,
+    IPPROTO_TCP, Packet, Parsed, Skip, gso_segments, is_dns, is_http, parse, parse_l3, sample_hash,
+    starts_http, zeroed,
 };
 
 use crate::{
     access::{CopyOut, TcPacket, XdpPacket},
     rtt::{note_handshake, srtt_due},
+    tls::{CHUNK_SHIFT, tls_segment},
 };
 
 const EEXIST: i32 = 17;
@@ -249,6 +250,9 @@ static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map(name = "HTTP_EVENTS")]
 static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
+#[map(name = "TLS_EVENTS")]
+static TLS_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
 /// Where one payload event (DNS or HTTP) is assembled before it is output to its ring.
 #[map(name = "PAYLOAD_SCRATCH")]
 static PAYLOAD_SCRATCH: PerCpuArray<PayloadScratch> = PerCpuArray::with_max_entries(1, 0);
@@ -374,8 +378,9 @@ pub fn devourer_xdp(ctx: XdpContext) -> u32 {
 pub enum Counted {
     /// Not counted here: seen already where its flow is counted (so is its payload).
     No,
-    /// Counted at this hook, which alone then sends its payload.
-    Yes,
+    /// Counted at this hook, which alone then sends its payload: into the live entry it
+    /// points at (null where none is at hand: the overflow map, a benchmark's store).
+    Yes(*mut FlowValue),
     /// Counted into the live entry it points at, whose socket's smoothed RTT is due for a
     /// sample.
     Sample(*mut FlowValue),
@@ -538,12 +543,15 @@ fn account<P: Packet + CopyOut, S: FlowStore, const L3: bool>(
                 parsed.bytes = 0;
                 segs = 0;
             }
-            match S::record(maps, parsed, ts, segs, hook, &ctr) {
+            let v = match S::record(maps, parsed, ts, segs, hook, &ctr) {
                 // Seen already where its flow is counted: so is its payload.
                 Counted::No => return,
-                Counted::Yes => {}
-                Counted::Sample(v) => p.sample_srtt(v, &parsed.key, hook),
-            }
+                Counted::Yes(v) => v,
+                Counted::Sample(v) => {
+                    p.sample_srtt(v, &parsed.key, hook);
+                    v
+                }
+            };
             // SAFETY: a load-time constant array.
             let ports = unsafe { read_volatile(&DEVOURER_DNS_PORTS) };
             if is_dns(parsed, &ports) {
@@ -560,6 +568,9 @@ fn account<P: Packet + CopyOut, S: FlowStore, const L3: bool>(
                 {
                     payload_event(p, parsed, ts, ifindex as u64 | KIND_HTTP, &ctr);
                 }
+            }
+            if parsed.key.proto == IPPROTO_TCP && parsed.payload_len != 0 {
+                tls_segment(p, parsed, v, ts, ifindex, &ctr);
             }
         }
         Err(Skip::NonIp) => ctr.add(C_NON_IP, 1),
@@ -719,7 +730,7 @@ fn count_or_note(
         return if due {
             Counted::Sample(v)
         } else {
-            Counted::Yes
+            Counted::Yes(v)
         };
     }
     ctr.add(C_REPEATS, segs);
@@ -764,7 +775,13 @@ fn record(maps: MapSet, p: &Parsed, ts: u64, segs: u64, hook: u32, ctr: &Ctr) ->
         fresh.seen_on[0] = hook;
     }
     match maps.flows.insert(key, fresh, BPF_NOEXIST as u64) {
-        Ok(()) if counted => Counted::Yes,
+        // A new entry whose first packet carries payload (TCP Fast Open, a connection older
+        // than its entry): the entry, for the TLS ring's look at it.
+        Ok(()) if counted => Counted::Yes(if p.payload_len != 0 {
+            maps.flows.get_ptr_mut(key).unwrap_or_default()
+        } else {
+            core::ptr::null_mut()
+        }),
         Ok(()) => {
             ctr.add(C_REPEATS, segs);
             Counted::No
@@ -814,17 +831,28 @@ fn one_to_cap(len: u32) -> u32 {
     (len.wrapping_sub(1) & (PAYLOAD_CAP_MAX as u32 - 1)) + 1
 }
 
-/// `payload_event`'s kind, in bit 32 of its `if_kind` argument (the interface in bits 0..32).
+/// `payload_event`'s kind, in bits 32 and 33 of its `if_kind` argument (the interface in bits
+/// 0..32; a TLS event's chunk from [`CHUNK_SHIFT`]).
 const KIND_DNS: u64 = 0;
 const KIND_HTTP: u64 = 1 << 32;
+pub const KIND_TLS: u64 = 1 << 33;
 
-/// Forwards a packet's payload (up to the kind's cap) with its addresses to the DNS or the
-/// HTTP ring. A function of its own (a BPF-to-BPF call, at most five arguments, so interface
-/// and kind share one): inlined, it would push the packet path's stack frame past 512 bytes.
+/// Forwards a packet's payload (up to the kind's cap) with its addresses to the DNS, HTTP or
+/// TLS ring; a TLS event may be a later chunk of a super-packet's payload (its bytes from
+/// chunk * PAYLOAD_CAP_MAX on, its sequence number moved as far). A function of its own (a
+/// BPF-to-BPF call, at most five arguments, so interface, kind and chunk share one): inlined,
+/// it would push the packet path's stack frame past 512 bytes.
 #[inline(never)]
-fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_kind: u64, ctr: &Ctr) {
+pub fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_kind: u64, ctr: &Ctr) {
     let ifindex = if_kind as u32;
     let http = if_kind & KIND_HTTP != 0;
+    let tls = if_kind & KIND_TLS != 0;
+    // A TLS chunk's offset into the payload (0 for every other kind); at most 3 caps.
+    let skip = ((if_kind >> CHUNK_SHIFT) as u32 & 3) * PAYLOAD_CAP_MAX as u32;
+    if skip >= parsed.payload_len {
+        return;
+    }
+    let avail = parsed.payload_len - skip;
     let Some(scratch) = PAYLOAD_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -832,19 +860,21 @@ fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_kind: u64, ctr:
     let scratch = unsafe { &mut *scratch };
     // SAFETY: load-time constants.
     let cap = unsafe {
-        if http {
+        if tls {
+            PAYLOAD_CAP_MAX as u32
+        } else if http {
             read_volatile(&DEVOURER_HTTP_CAP)
         } else {
             read_volatile(&DEVOURER_DNS_CAP)
         }
     }
     .min(PAYLOAD_CAP_MAX as u32);
-    let len = parsed.payload_len.min(cap);
+    let len = avail.min(cap);
     if len == 0 || len > PAYLOAD_CAP_MAX as u32 {
         return;
     }
     let len = one_to_cap(len);
-    if !p.copy_out(parsed.payload_off, scratch.payload.as_mut_ptr(), len) {
+    if !p.copy_out(parsed.payload_off + skip, scratch.payload.as_mut_ptr(), len) {
         return;
     }
     let k = &parsed.key;
@@ -855,8 +885,8 @@ fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_kind: u64, ctr:
     h.src_port = k.src_port;
     h.dst_port = k.dst_port;
     h.ifindex = ifindex;
-    h.tcp_seq = parsed.tcp_seq;
-    h.payload_len = parsed.payload_len;
+    h.tcp_seq = parsed.tcp_seq.wrapping_add(skip);
+    h.payload_len = avail;
     h.cap_len = len as u16;
     h.proto = k.proto;
     h.flags = if k.flags & KEY_F_IPV6 != 0 {
@@ -872,15 +902,26 @@ fn payload_event<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, if_kind: u64, ctr:
     };
     // SAFETY: a load-time constant (the same wake-up policy for both rings).
     let flags = unsafe { read_volatile(&DEVOURER_RB_FLAGS) };
-    let (ring, sent, full, cut) = if http {
-        (&HTTP_EVENTS, C_HTTP_EVENTS, C_HTTP_RING_FULL, C_HTTP_CUT)
+    // A TLS event carries what its chunk holds; what a handshake does not send is counted
+    // where it is decided (`tls`).
+    let (ring, sent, full, cut) = if tls {
+        (&TLS_EVENTS, C_TLS_EVENTS, C_TLS_RING_FULL, None)
+    } else if http {
+        (
+            &HTTP_EVENTS,
+            C_HTTP_EVENTS,
+            C_HTTP_RING_FULL,
+            Some(C_HTTP_CUT),
+        )
     } else {
-        (&DNS_EVENTS, C_DNS_EVENTS, C_DNS_RING_FULL, C_DNS_CUT)
+        (&DNS_EVENTS, C_DNS_EVENTS, C_DNS_RING_FULL, Some(C_DNS_CUT))
     };
     match ring.output::<[u8]>(bytes, flags) {
         Ok(()) => {
             ctr.add(sent, 1);
-            if parsed.payload_len > len {
+            if let Some(cut) = cut
+                && avail > len
+            {
                 ctr.add(cut, 1);
             }
         }
@@ -934,7 +975,7 @@ pub fn overflow(maps: MapSet, p: &Parsed, ts: u64, hook: u32, segs: u64, ctr: &C
         ctr.add(C_OVERFLOW_FULL_BYTES, p.bytes as u64);
     }
     wake(ts, ctr);
-    Counted::Yes
+    Counted::Yes(core::ptr::null_mut())
 }
 
 /// At most one wake-up per CPU per interval: a full map must not turn into an event per packet.

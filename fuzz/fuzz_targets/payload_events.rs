@@ -1,5 +1,5 @@
 //! Ring records as the kernel would write them (a header, then payload): decoded and run
-//! through the DNS and HTTP decoders with small bounds, then expired and flushed.
+//! through the DNS, HTTP and TLS decoders with small bounds, then expired and flushed.
 #![no_main]
 
 use devourer::{
@@ -7,6 +7,7 @@ use devourer::{
     decode::{
         dns::{DnsConfig, DnsOutput, DnsTracker, tcp::TcpLimits},
         http::{HttpConfig, HttpOutput, HttpTracker},
+        tls::{TlsTracker, TlsTrackerConfig},
     },
     kernel::events::decode,
 };
@@ -39,6 +40,10 @@ fuzz_target!(|data: &[u8]| {
         },
         LocalAddrs::new(vec![]),
     );
+    let mut tls = TlsTracker::new(TlsTrackerConfig {
+        timeout_ns: 1_000,
+        max_pending_bytes: 20_000,
+    });
     let (mut d, mut h) = (DnsOutput::default(), HttpOutput::default());
     // Records back to back, each its header's cap_len long.
     let mut rest = data;
@@ -49,8 +54,12 @@ fuzz_target!(|data: &[u8]| {
         } else {
             http.on_event(&header, payload, &mut h);
         }
+        // Every record is a TLS event too (the tracker takes TCP ones only).
+        tls.on_event(&header, payload);
         dns.expire(header.ts_ns, &mut d);
         http.expire(header.ts_ns, &mut h);
+        tls.expire(header.ts_ns);
+        assert!(tls.pending().1 <= 20_000);
         assert!(dns.pending() <= 8 && dns.tcp_held_bytes() <= 4096);
         assert!(http.pending_bytes() <= 4096);
         rest = &rest[used.min(rest.len())..];

@@ -15,6 +15,7 @@ pub const TARGETS: &[&str] = &[
     "dns_message",
     "dns_tcp",
     "http_head",
+    "tls_hello",
     "payload_events",
     "capture_request",
     "spool_recovery",

@@ -25,6 +25,9 @@ mod retransmits;
 #[cfg(target_arch = "bpf")]
 #[path = "../rtt.rs"]
 mod rtt;
+#[cfg(target_arch = "bpf")]
+#[path = "../tls.rs"]
+mod tls;
 
 #[cfg(target_arch = "bpf")]
 #[expect(
@@ -128,19 +131,19 @@ mod baselines {
             if let Some(v) = FLOWS_PERCPU.get_ptr_mut(key) {
                 // SAFETY: this CPU's slot of a live entry.
                 add(unsafe { &mut *v }, p, ts, segs);
-                return Counted::Yes;
+                return Counted::Yes(core::ptr::null_mut());
             }
             let mut slot = core::mem::MaybeUninit::<FlowValue>::uninit();
             // SAFETY: all-zero is a valid FlowValue (plain integers).
             let fresh = unsafe { zeroed(&mut slot) };
             add(fresh, p, ts, segs);
             match FLOWS_PERCPU.insert(key, fresh, BPF_NOEXIST as u64) {
-                Ok(()) => Counted::Yes,
+                Ok(()) => Counted::Yes(core::ptr::null_mut()),
                 Err(e) if e == -EEXIST => match FLOWS_PERCPU.get_ptr_mut(key) {
                     // SAFETY: as above.
                     Some(v) => {
                         add(unsafe { &mut *v }, p, ts, segs);
-                        Counted::Yes
+                        Counted::Yes(core::ptr::null_mut())
                     }
                     None => overflow(maps, p, ts, hook, segs, ctr),
                 },

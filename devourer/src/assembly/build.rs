@@ -10,11 +10,13 @@ use crate::{
     base::{local::LocalAddrs, time::nanos},
     config::{
         BqArgs, DnsArgs, FluentArgs, HttpArgs, IpfixArgs, KafkaArgs, OtlpArgs, PipelineArgs,
+        TlsArgs,
         values::{LogTz, Output},
     },
     decode::{
         dns::{DnsConfig, DnsTracker, tcp::TcpLimits},
         http::{HttpConfig, HttpTracker},
+        tls::{TlsTracker, TlsTrackerConfig},
     },
     flow::{
         FlowTable, TableConfig,
@@ -108,6 +110,15 @@ fn http_tracker(h: &HttpArgs, local: LocalAddrs) -> Option<HttpTracker> {
             text_log: h.http_log_dir.is_some(),
         };
         HttpTracker::new(cfg, local)
+    })
+}
+
+fn tls_tracker(t: &TlsArgs) -> Option<TlsTracker> {
+    (!t.no_tls).then(|| {
+        TlsTracker::new(TlsTrackerConfig {
+            timeout_ns: nanos(t.tls_timeout),
+            max_pending_bytes: t.tls_max_pending_bytes as usize,
+        })
     })
 }
 
@@ -522,6 +533,7 @@ pub fn parts(
         record_threads: record_threads(driver),
         sinks: sinks(p, driver, metrics.as_ref())?,
         http: http_tracker(&p.http, local.clone()),
+        tls: tls_tracker(&p.tls),
         dns: dns_tracker(&p.dns, local),
         metrics,
         agent: p.flow.agent(),

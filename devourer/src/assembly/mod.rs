@@ -104,6 +104,7 @@ impl Kernel for Loaded {
         let ring = match kind {
             PayloadKind::Dns => &mut self.dns,
             PayloadKind::Http => &mut self.http,
+            PayloadKind::Tls => &mut self.tls,
         };
         events::drain(kind, ring, max, f)
     }
@@ -309,7 +310,7 @@ impl<K: Kernel> Assembly<K> {
         now: impl FnOnce() -> u64,
         deadline: Instant,
     ) -> Result<Finished> {
-        for kind in [PayloadKind::Dns, PayloadKind::Http] {
+        for kind in PayloadKind::ALL {
             self.payloads(kind, usize::MAX);
         }
         let Self {

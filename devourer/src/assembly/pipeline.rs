@@ -28,6 +28,7 @@ use crate::{
         LogLine,
         dns::{DnsOutput, DnsTracker},
         http::{HttpOutput, HttpTracker},
+        tls::TlsTracker,
     },
     flow::{
         Emitted, Filters, FlowSource, FlowTable, Reports, Resolver, ScanStats, Status, Workload,
@@ -57,6 +58,7 @@ pub struct Parts {
     pub sinks: Sinks,
     pub dns: Option<DnsTracker>,
     pub http: Option<HttpTracker>,
+    pub tls: Option<TlsTracker>,
     pub metrics: Option<Arc<Metrics>>,
     pub agent: String,
     /// Seed of the records' Community ID.
@@ -80,6 +82,7 @@ pub struct Pipeline {
     sinks: Sinks,
     dns: Option<DnsTracker>,
     http: Option<HttpTracker>,
+    tls: Option<TlsTracker>,
     metrics: Option<Arc<Metrics>>,
     /// Shared by every record (one reference count, no copy each).
     agent: Arc<str>,
@@ -143,6 +146,7 @@ impl Pipeline {
             sinks: p.sinks,
             dns: p.dns,
             http: p.http,
+            tls: p.tls,
             metrics: p.metrics,
             agent: p.agent.into(),
             community_seed: p.community_seed,
@@ -231,6 +235,10 @@ impl Pipeline {
         self.http.as_ref()
     }
 
+    pub fn tls(&self) -> Option<&TlsTracker> {
+        self.tls.as_ref()
+    }
+
     /// Re-reads this host's addresses (they decide DNS and HTTP roles).
     pub fn refresh_local_addrs(&mut self) {
         let locals = [
@@ -257,6 +265,11 @@ impl Pipeline {
                     http.on_event(h, payload, &mut self.http_out);
                 }
             }
+            PayloadKind::Tls => {
+                if let Some(tls) = &mut self.tls {
+                    tls.on_event(h, payload);
+                }
+            }
         }
     }
 
@@ -265,6 +278,8 @@ impl Pipeline {
         match kind {
             PayloadKind::Dns => self.dns_out.txs.len() + self.dns_out.lines.len(),
             PayloadKind::Http => self.http_out.msgs.len() + self.http_out.lines.len(),
+            // Handshakes become fields of flows: nothing of their own to write.
+            PayloadKind::Tls => 0,
         }
     }
 
@@ -355,6 +370,18 @@ impl Pipeline {
                 });
                 self.send(Records::Http(Arc::new(records)))
             }
+            PayloadKind::Tls => true,
+        }
+    }
+
+    /// Hands what TLS handshakes told to the flow table (for the scan that follows), after
+    /// giving up the ClientHellos still incomplete at `now`.
+    fn note_tls(&mut self, now: Option<u64>) {
+        if let Some(tls) = &mut self.tls {
+            if let Some(now) = now {
+                tls.expire(now);
+            }
+            self.table.note_tls(tls.take_found());
         }
     }
 
@@ -424,6 +451,7 @@ impl Pipeline {
         if !self.emit(PayloadKind::Dns) || !self.emit(PayloadKind::Http) {
             return Ok(false);
         }
+        self.note_tls(Some(now));
         let mut stats = self.scan_stats;
         let mut resolver = Names {
             dns: self.dns.as_mut(),
@@ -457,6 +485,7 @@ impl Pipeline {
             http.flush(&mut self.http_out);
         }
         let open = self.emit(PayloadKind::Dns) & self.emit(PayloadKind::Http);
+        self.note_tls(None);
         let mut resolver = Names {
             dns: self.dns.as_mut(),
             cluster: self.cluster.as_deref(),
@@ -510,6 +539,18 @@ impl Pipeline {
         m.nat(&self.table.nat_stats());
         m.drop_attribution(&self.table.drop_stats());
         m.retransmit_attribution(self.table.retransmit_stats());
+        if let Some(tls) = &self.tls {
+            let (flow, no_flow) = self.table.tls_stats();
+            let s = &tls.stats;
+            let mut outcomes = vec![
+                ("client_hello", s.client_hellos),
+                ("server_hello", s.server_hellos),
+                ("flow", flow),
+                ("no_flow", no_flow),
+            ];
+            outcomes.extend(s.failed.iter().map(|(k, v)| (*k, *v)));
+            m.tls(&outcomes, tls.pending().1);
+        }
     }
 
     /// The kernel's drops by reason so far into `devourer_drops_total`.

@@ -4,7 +4,7 @@
 
 use devourer_common::flow::{
     C_DNS_RING_FULL, C_HTTP_RING_FULL, C_OVERFLOW_FULL_BYTES, C_OVERFLOW_FULL_PACKETS,
-    OverflowValue,
+    C_TLS_RING_FULL, OverflowValue,
 };
 
 use crate::{
@@ -38,6 +38,7 @@ pub fn kernel(counters: &KernelCounters, overflow: OverflowValue) {
     for (index, flag, what) in [
         (C_DNS_RING_FULL, "--dns-ring-size", "DNS"),
         (C_HTTP_RING_FULL, "--http-ring-size", "HTTP"),
+        (C_TLS_RING_FULL, "--tls-ring-size", "TLS"),
     ] {
         if get(index) > 0 {
             tracing::error!(

@@ -33,6 +33,7 @@ struct FakeKernel {
     flows: BTreeMap<FlowKey, FlowValue>,
     dns: VecDeque<Vec<u8>>,
     http: VecDeque<Vec<u8>>,
+    tls: VecDeque<Vec<u8>>,
     wake: bool,
     counters: [u64; COUNTERS_LEN as usize],
     overflow: Vec<(OverflowKey, OverflowValue)>,
@@ -69,6 +70,7 @@ impl Kernel for FakeKernel {
         let ring = match kind {
             PayloadKind::Dns => &mut self.dns,
             PayloadKind::Http => &mut self.http,
+            PayloadKind::Tls => &mut self.tls,
         };
         let n = ring.len().min(max);
         for record in ring.drain(..n) {

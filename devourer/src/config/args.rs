@@ -41,6 +41,8 @@ pub struct PipelineArgs {
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub bq: BqArgs,
     #[command(flatten)]
     pub fluent: FluentArgs,
@@ -68,6 +70,8 @@ impl PipelineArgs {
         o.http_ports = self.http.ports();
         o.http_cap = self.http.http_cap;
         o.http_ring_bytes = self.http.http_ring_size;
+        o.tls = !self.tls.no_tls;
+        o.tls_ring_bytes = self.tls.tls_ring_size;
         o.per_interface = self.flow.count_per_interface;
         o.sampling = self.flow.sampling;
         // One RTT sample per flow direction per scan at most.
@@ -351,6 +355,25 @@ impl HttpArgs {
             None => Vec::new(),
         }
     }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TlsArgs {
+    /// Do not read TLS handshakes: flows carry no `tls_*` fields and are not named from their
+    /// server name.
+    #[arg(long, env = "DEVOURER_NO_TLS")]
+    pub no_tls: bool,
+    /// Size of the kernel's TLS ring buffer (power of two, e.g. 4M): ClientHello and
+    /// ServerHello segments on any TCP port.
+    #[arg(long, env = "DEVOURER_TLS_RING_SIZE", default_value = "4M", value_parser = parse_ring_size)]
+    pub tls_ring_size: u32,
+    /// A ClientHello still missing segments this long after its first is given up (counted).
+    #[arg(long, env = "DEVOURER_TLS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_timeout: Duration,
+    /// Bytes of ClientHellos being reassembled (16 KiB each at most), at most; past it the
+    /// oldest is given up (counted).
+    #[arg(long, env = "DEVOURER_TLS_MAX_PENDING_BYTES", default_value = "16M", value_parser = parse_bytes)]
+    pub tls_max_pending_bytes: u64,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -14,7 +14,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 pub use self::args::{
     BqArgs, DnsArgs, FlowArgs, FluentArgs, HttpArgs, IpfixArgs, KafkaArgs, OtlpArgs, OtlpSettings,
-    PipelineArgs,
+    PipelineArgs, TlsArgs,
 };
 use self::values::{MetricsAddr, parse_metrics_addr};
 

@@ -1,8 +1,10 @@
 //! Decoders of the payloads the kernel forwards: DNS transactions ([`dns`]) and HTTP
-//! messages ([`http`]), each with packetlog-style text lines ([`LogLine`]).
+//! messages ([`http`]), each with packetlog-style text lines ([`LogLine`]), and TLS
+//! handshakes ([`tls`]), which name flows.
 
 pub mod dns;
 pub mod http;
+pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr};
 

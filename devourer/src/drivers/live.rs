@@ -377,9 +377,10 @@ impl AsRawFd for RingFd {
 struct Events {
     dns: AsyncFd<RingFd>,
     http: AsyncFd<RingFd>,
+    tls: AsyncFd<RingFd>,
     /// A ring's last turn stopped at its bound: events wait without a new wake-up coming, so
     /// the ring counts as ready (beside whatever else is).
-    more: [bool; 2],
+    more: [bool; 3],
     wake: AsyncFd<RingFd>,
     links: Option<LinkWatch>,
     tick: Interval,
@@ -421,7 +422,8 @@ impl Events {
         Ok(Self {
             dns: fd(kernel.dns.as_raw_fd(), "DNS")?,
             http: fd(kernel.http.as_raw_fd(), "HTTP")?,
-            more: [false; 2],
+            tls: fd(kernel.tls.as_raw_fd(), "TLS")?,
+            more: [false; 3],
             wake: fd(kernel.wakeup.as_raw_fd(), "wake-up")?,
             links,
             tick,
@@ -444,10 +446,11 @@ impl Events {
     async fn next(&mut self) -> Result<Event> {
         let links = self.links.as_mut();
         let following = links.is_some();
-        let [dns_more, http_more] = self.more;
+        let [dns_more, http_more, tls_more] = self.more;
         tokio::select! {
             r = ready(&self.dns, dns_more) => r.map(|()| Event::Payload(PayloadKind::Dns)).context("waiting on the DNS ring"),
             r = ready(&self.http, http_more) => r.map(|()| Event::Payload(PayloadKind::Http)).context("waiting on the HTTP ring"),
+            r = ready(&self.tls, tls_more) => r.map(|()| Event::Payload(PayloadKind::Tls)).context("waiting on the TLS ring"),
             changed = async { links.expect("guarded").changed().await }, if following => {
                 if let Err(e) = changed {
                     tracing::warn!("netlink: {e}; interfaces are rescanned on every scan instead");

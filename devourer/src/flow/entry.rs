@@ -11,6 +11,7 @@ use super::{
     drops::FlowDrops,
     nat::{Nat, endpoint_addr},
     tcp::{Handshake, Samples, Srtt, TcpHealth, failed, handshake_rtt, sent_here},
+    tls::TlsInfo,
 };
 use crate::base::net::key_addr;
 
@@ -227,6 +228,8 @@ pub(super) struct Flow {
     /// RTT samples of its translated copy's sockets (a pod's, behind DNAT) since its last
     /// record.
     pub(super) nat_samples: Option<Srtt>,
+    /// What its TLS handshake said (every record carries it).
+    pub(super) tls: Option<Arc<TlsInfo>>,
 }
 
 /// A flow's translation, as far as it is known.
@@ -303,6 +306,7 @@ impl Flow {
             ended: false,
             drops: None,
             retransmits: 0,
+            tls: None,
             nat_samples: None,
         }
     }
@@ -508,6 +512,7 @@ impl Flow {
             xlat_dst: None,
             drops: None,
             tcp: None,
+            tls: self.tls.clone(),
         };
         if let NatState::Translated(n) = &self.nat {
             // Record endpoints are the pre-translation ones; translated sides go to xlat_*.

@@ -16,6 +16,7 @@ pub mod nat;
 mod store;
 mod table;
 pub mod tcp;
+pub mod tls;
 
 use std::{io, net::IpAddr, sync::Arc};
 
@@ -181,6 +182,8 @@ pub struct Emitted {
     pub drops: Option<drops::FlowDrops>,
     /// A TCP flow's health (`None` for other protocols and start records).
     pub tcp: Option<tcp::TcpHealth>,
+    /// What the flow's TLS handshake said, once seen.
+    pub tls: Option<Arc<tls::TlsInfo>>,
 }
 
 impl Emitted {

@@ -12,6 +12,7 @@ use super::{
     nat::{Answer, Endpoint, Nat, NatLookup, NatStats, interpret, may_be_tracked, tuple},
     store::Flows,
     tcp::Srtt,
+    tls::{TlsInfo, TlsSeen},
 };
 use crate::{
     base::hash::FastMap,
@@ -57,6 +58,10 @@ struct Tally {
     retransmits: (u64, u64),
     /// Packets and bytes read since the metrics last took them, by counting interface.
     traffic: FastMap<u32, (u64, u64)>,
+    /// What TLS handshakes told since the last scan (bounded by their decoder), and how many
+    /// reached a flow or none.
+    tls: Vec<TlsSeen>,
+    tls_attributed: (u64, u64),
 }
 
 impl Tally {
@@ -131,6 +136,17 @@ impl FlowTable {
         self.tally.retransmits_on = true;
     }
 
+    /// What TLS handshakes told, for the next scan to give to their flows (a handshake's
+    /// segments were counted before they were forwarded: their flow is in the kernel map).
+    pub fn note_tls(&mut self, seen: Vec<TlsSeen>) {
+        self.tally.tls.extend(seen);
+    }
+
+    /// TLS handshake messages that reached a flow, and that found none, so far.
+    pub fn tls_stats(&self) -> (u64, u64) {
+        self.tally.tls_attributed
+    }
+
     /// Retransmitted segments added to flows, and of tuples no flow held, so far.
     pub fn retransmit_stats(&self) -> (u64, u64) {
         self.tally.retransmits
@@ -146,7 +162,7 @@ impl FlowTable {
     /// a tuple is looked for on every interface's flow (the reporting programs do not know the
     /// interface).
     fn attribute(&mut self, reports: &Reports) {
-        if reports.drops.is_empty() && reports.retransmits.is_empty() {
+        if reports.drops.is_empty() && reports.retransmits.is_empty() && self.tally.tls.is_empty() {
             return;
         }
         // Counting per interface, every key names its interface.
@@ -185,6 +201,17 @@ impl FlowTable {
                     self.tally.retransmits.0 += r.segments;
                 }
                 None => self.tally.retransmits.1 += r.segments,
+            }
+        }
+        for t in std::mem::take(&mut self.tally.tls) {
+            match self.flow_of(&t.key, per_interface.as_ref()) {
+                Some(f) => {
+                    let mut info = f.tls.as_deref().cloned().unwrap_or_else(TlsInfo::default);
+                    info.note(&t.what);
+                    f.tls = Some(info.into());
+                    self.tally.tls_attributed.0 += 1;
+                }
+                None => self.tally.tls_attributed.1 += 1,
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Payload events from the kernel's DNS and HTTP rings: each ring record is a
+//! Payload events from the kernel's DNS, HTTP and TLS rings: each ring record is a
 //! [`PayloadHeader`] and the payload's first bytes. One reader for every ring and driver.
 
 use aya::maps::{MapData, RingBuf};
@@ -9,6 +9,11 @@ use devourer_common::payload::{PAYLOAD_HEADER_LEN, PayloadHeader};
 pub enum PayloadKind {
     Dns,
     Http,
+    Tls,
+}
+
+impl PayloadKind {
+    pub const ALL: [Self; 3] = [Self::Dns, Self::Http, Self::Tls];
 }
 
 /// Splits one ring record into its header and payload; `None` when it is too short.

@@ -26,8 +26,9 @@ use devourer_common::{
     },
     payload::{
         BPF_RB_NO_WAKEUP, DEFAULT_DNS_RING_BYTES, DEFAULT_HTTP_CAP, DEFAULT_HTTP_RING_BYTES,
-        DNS_RING, GLOBAL_DNS_CAP, GLOBAL_DNS_PORTS, GLOBAL_HTTP_CAP, GLOBAL_HTTP_PORTS,
-        GLOBAL_RB_FLAGS, HTTP_RING, PAYLOAD_CAP_MAX, PORT_SLOTS,
+        DEFAULT_TLS_RING_BYTES, DNS_RING, GLOBAL_DNS_CAP, GLOBAL_DNS_PORTS, GLOBAL_HTTP_CAP,
+        GLOBAL_HTTP_PORTS, GLOBAL_RB_FLAGS, GLOBAL_TLS, HTTP_RING, PAYLOAD_CAP_MAX, PORT_SLOTS,
+        TLS_RING,
     },
     tcp::{
         GLOBAL_SOCK_OFFSETS, GLOBAL_SRTT_SHIFT, PEER_NETNS_ENTRIES, PEER_NETNS_MAP,
@@ -123,6 +124,9 @@ pub struct LoadOptions {
     /// Payload bytes copied per HTTP segment.
     pub http_cap: u32,
     pub http_ring_bytes: u32,
+    /// Forward TLS handshakes (on any TCP port) to the TLS ring.
+    pub tls: bool,
+    pub tls_ring_bytes: u32,
     /// Entries of the bench object's per-CPU flow map (ignored by the agent's object).
     pub percpu_map_entries: u32,
     /// Count on every interface (the interface in the flow key) instead of once per node.
@@ -159,6 +163,8 @@ impl LoadOptions {
             http_ports: Vec::new(),
             http_cap: DEFAULT_HTTP_CAP,
             http_ring_bytes: DEFAULT_HTTP_RING_BYTES,
+            tls: true,
+            tls_ring_bytes: DEFAULT_TLS_RING_BYTES,
             percpu_map_entries: 1,
             per_interface: false,
             sampling: 1,
@@ -189,6 +195,7 @@ pub struct Loaded {
     pub wakeup: RingBuf<MapData>,
     pub dns: RingBuf<MapData>,
     pub http: RingBuf<MapData>,
+    pub tls: RingBuf<MapData>,
     /// The program's own log lines, when the agent logs `devourer::kernel` at debug.
     pub log: Option<KernelLog>,
     pub ncpus: usize,
@@ -366,6 +373,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(GLOBAL_RB_FLAGS, &rb_flags, true)
         .override_global(GLOBAL_HTTP_PORTS, &slots(&opts.http_ports), true)
         .override_global(GLOBAL_HTTP_CAP, &http_cap, true)
+        .override_global(GLOBAL_TLS, &u8::from(opts.tls), true)
         .override_global(AYA_LOG_LEVEL, &log_level, true)
         .map_max_entries(FLOWS_MAP, opts.flow_map_entries)
         .map_max_entries(FLOWS_B_MAP, second_entries)
@@ -388,6 +396,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
                 opts.http_ring_bytes
             },
         )
+        .map_max_entries(TLS_RING, tls_ring_bytes(opts))
         .map_max_entries(PERCPU_FLOWS_MAP, opts.percpu_map_entries.max(1))
         .load(object)
         .map_err(classify)?;
@@ -437,6 +446,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let wakeup = RingBuf::try_from(take(&mut ebpf, WAKEUP_RING)?).map_err(classify)?;
     let dns = RingBuf::try_from(take(&mut ebpf, DNS_RING)?).map_err(classify)?;
     let http = RingBuf::try_from(take(&mut ebpf, HTTP_RING)?).map_err(classify)?;
+    let tls = RingBuf::try_from(take(&mut ebpf, TLS_RING)?).map_err(classify)?;
     let log = if log_level > 0 {
         KernelLog::start(&mut ebpf)
     } else {
@@ -461,6 +471,7 @@ fn load_object(object: &[u8], opts: &LoadOptions) -> Result<Loaded, LoadError> {
         wakeup,
         dns,
         http,
+        tls,
         log,
         ncpus,
         features,
@@ -518,7 +529,10 @@ pub fn map_bytes(opts: &LoadOptions, ncpus: u64, sets: u64) -> u64 {
     } else {
         opts.http_ring_bytes
     };
-    let rings = u64::from(opts.dns_ring_bytes) + u64::from(http_ring) + 4096;
+    let rings = u64::from(opts.dns_ring_bytes)
+        + u64::from(http_ring)
+        + u64::from(tls_ring_bytes(opts))
+        + 4096;
     let per_cpu = size(size_of::<CounterBlock>() + size_of::<PayloadScratch>()) + 512;
     // The counting hooks' memory: a key and 16 bytes per flow map entry, in an LRU hash.
     let hooks = if opts.hook_memory && !opts.per_interface {
@@ -558,6 +572,15 @@ pub fn map_bytes(opts: &LoadOptions, ncpus: u64, sets: u64) -> u64 {
         0
     };
     (flows + overflow) * sets.max(1) + hooks + rings + per_cpu * ncpus + drops + tcp
+}
+
+/// The TLS ring's size: its smallest (one page) when TLS is off, nothing being sent to it.
+fn tls_ring_bytes(opts: &LoadOptions) -> u32 {
+    if opts.tls {
+        opts.tls_ring_bytes
+    } else {
+        page_size()
+    }
 }
 
 fn page_size() -> u32 {

@@ -72,6 +72,8 @@ pub struct Metrics {
     drop_bytes: IntCounterVec,
     drop_attribution: IntCounterVec,
     retransmit_attribution: IntCounterVec,
+    tls_messages: IntCounterVec,
+    tls_pending_bytes: IntGauge,
     pub interfaces: IntGauge,
     /// 1 for each feature newer than the floor the running kernel has, 0 where devourer falls
     /// back (`kernel::features`).
@@ -461,6 +463,15 @@ impl Metrics {
                 "Retransmitted TCP segments the kernel reported, by whether a flow in the table held their socket's tuple (flow: on that flow's records; no_flow: no monitored interface counted the connection).",
                 &["outcome"],
             ),
+            tls_messages: r.counters(
+                "devourer_tls_handshakes_total",
+                "TLS handshake messages from the TLS ring, by outcome (client_hello, server_hello: read; flow, no_flow: whether a flow in the table took what they said; incomplete, not_hello, malformed: read nothing; timeout: a ClientHello still missing segments after --tls-timeout; evicted: given up to stay within --tls-max-pending-bytes; fragmented: past 64 pieces; orphan: a segment whose ClientHello was not being reassembled; found_full: past 65536 waiting for a scan).",
+                &["outcome"],
+            ),
+            tls_pending_bytes: r.gauge(
+                "devourer_tls_pending_bytes",
+                "Bytes of ClientHellos being reassembled (at most --tls-max-pending-bytes).",
+            ),
             drop_attribution: r.counters(
                 "devourer_drops_attributed_total",
                 "Dropped packets with an IP tuple, by whether a flow in the table held it (flow: added to that flow; no_flow: no monitored interface counted the packet, so only devourer_drops_total has it; unrecorded: added to a flow that ended before another record of it, so in no record).",
@@ -725,6 +736,19 @@ impl Metrics {
                 total,
             );
         }
+    }
+
+    /// What the TLS decoder read and gave up so far, and where what it read went: `outcomes`
+    /// (name, total), and the bytes it holds now.
+    pub fn tls(&self, outcomes: &[(&'static str, u64)], pending_bytes: usize) {
+        for (outcome, total) in outcomes {
+            self.sync(
+                &format!("tls/{outcome}"),
+                &self.tls_messages.with_label_values(&[outcome]),
+                *total,
+            );
+        }
+        self.tls_pending_bytes.set(pending_bytes as i64);
     }
 
     /// Removes the series of an interface that is gone (pod veths come and go).

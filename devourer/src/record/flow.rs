@@ -48,7 +48,11 @@ pub struct FlowRecord {
     pub dst_packets: u64,
     pub status: &'static str,
     pub src_name: Option<Arc<str>>,
+    /// The destination's name: from the DNS answer its client was given, else the server name
+    /// its TLS ClientHello asked for.
     pub dst_name: Option<Arc<str>>,
+    /// Where `dst_name` came from: `dns` or `sni` (null when unnamed).
+    pub dst_name_source: Option<&'static str>,
     pub tcp_flags: u16,
     /// The initiator's and the responder's TCP flags apart (`tcp_flags` is both): not fields of
     /// the record's own encodings, but IPFIX's `tcpControlBits` and its reverse.
@@ -86,6 +90,16 @@ pub struct FlowRecord {
     pub tcp_srtt_last: Option<f64>,
     pub tcp_retransmits: Option<u64>,
     pub tcp_failed: Option<bool>,
+    /// The TLS ClientHello the client sent (null, or empty, where none was seen): the server
+    /// name, the application protocols offered, the highest version offered, its JA4
+    /// fingerprint, whether it was an Encrypted Client Hello's outer hello; and the version
+    /// the ServerHello chose.
+    pub tls_sni: Option<Arc<str>>,
+    pub tls_alpn: Vec<Arc<str>>,
+    pub tls_version: Option<&'static str>,
+    pub tls_version_negotiated: Option<&'static str>,
+    pub tls_ja4: Option<Arc<str>>,
+    pub tls_ech: Option<bool>,
     /// `src_k8s_*`/`dst_k8s_*`: the Kubernetes objects of both ends.
     pub k8s: K8sFields,
 }
@@ -157,6 +171,7 @@ impl Record for FlowRecord {
         o.str("status", self.status);
         o.opt_str("src_name", self.src_name.as_deref());
         o.opt_str("dst_name", self.dst_name.as_deref());
+        o.opt_str("dst_name_source", self.dst_name_source);
         o.uint("tcp_flags", self.tcp_flags.into());
         o.objects("interfaces", &self.interfaces);
         o.str("community_id", &self.community_id);
@@ -175,6 +190,12 @@ impl Record for FlowRecord {
         o.float("tcp_srtt_last", self.tcp_srtt_last);
         o.opt_uint("tcp_retransmits", self.tcp_retransmits);
         o.opt_bool("tcp_failed", self.tcp_failed);
+        o.opt_str("tls_sni", self.tls_sni.as_deref());
+        o.strs("tls_alpn", &self.tls_alpn);
+        o.opt_str("tls_version", self.tls_version);
+        o.opt_str("tls_version_negotiated", self.tls_version_negotiated);
+        o.opt_str("tls_ja4", self.tls_ja4.as_deref());
+        o.opt_bool("tls_ech", self.tls_ech);
         self.k8s.fields(o);
     }
 }
@@ -222,6 +243,7 @@ impl FlowRecord {
             status: "shutdown",
             src_name: None,
             dst_name: None,
+            dst_name_source: None,
             tcp_flags: 0,
             side_tcp_flags: [0; 2],
             interfaces: Vec::new(),
@@ -241,6 +263,12 @@ impl FlowRecord {
             tcp_srtt_last: None,
             tcp_retransmits: None,
             tcp_failed: None,
+            tls_sni: None,
+            tls_alpn: Vec::new(),
+            tls_version: None,
+            tls_version_negotiated: None,
+            tls_ja4: None,
+            tls_ech: None,
             k8s: K8sFields::flow(None, None),
         }
     }
@@ -250,6 +278,13 @@ impl FlowRecord {
         let icmp = e.icmp();
         let tcp = e.tcp.as_ref();
         let srtt = tcp.and_then(|t| t.srtt);
+        let tls = e.tls.as_deref();
+        let sni = tls.and_then(|t| t.sni.clone());
+        let (dst_name, dst_name_source) = match (&e.dst_name, sni) {
+            (Some(n), _) => (Some(n.clone()), Some("dns")),
+            (None, Some(sni)) => (Some(sni), Some("sni")),
+            (None, None) => (None, None),
+        };
         Self {
             kind: "flow",
             // A start record's id differs from its flow's first record's (BigQuery would
@@ -284,7 +319,8 @@ impl FlowRecord {
             dst_packets: e.dst.packets,
             status: e.status.as_str(),
             src_name: e.src_name.clone(),
-            dst_name: e.dst_name.clone(),
+            dst_name,
+            dst_name_source,
             tcp_flags: e.tcp_flags(),
             side_tcp_flags: [e.src.tcp_flags(), e.dst.tcp_flags()],
             interfaces: e.hooks.iter().map(|h| Observed::new(*h, cx)).collect(),
@@ -319,6 +355,12 @@ impl FlowRecord {
             tcp_srtt_last: srtt.map(|s| micros(s.last_us)),
             tcp_retransmits: tcp.and_then(|t| t.retransmits),
             tcp_failed: tcp.map(|t| t.failed),
+            tls_sni: tls.and_then(|t| t.sni.clone()),
+            tls_alpn: tls.map_or_else(Vec::new, |t| t.alpn.clone()),
+            tls_version: tls.and_then(|t| t.version),
+            tls_version_negotiated: tls.and_then(|t| t.version_negotiated),
+            tls_ja4: tls.and_then(|t| t.ja4.clone()),
+            tls_ech: tls.and_then(|t| t.ech),
             k8s: K8sFields::flow(e.src_k8s.clone(), e.dst_k8s.clone()),
         }
     }
@@ -401,6 +443,7 @@ mod tests {
             status: if some(4) { "end" } else { "active_timeout" },
             src_name: some(0).then(|| s(2).into()),
             dst_name: some(5).then(|| s(3).into()),
+            dst_name_source: some(5).then_some(if some(6) { "sni" } else { "dns" }),
             tcp_flags: 0x1ff,
             side_tcp_flags: [0x1f, 0x1ff],
             interfaces: (0..i % 4)
@@ -438,6 +481,12 @@ mod tests {
             tcp_srtt_last: some(1).then_some(0.1),
             tcp_retransmits: some(2).then_some(4),
             tcp_failed: some(3).then_some(i.is_multiple_of(2)),
+            tls_sni: some(4).then(|| s(4).into()),
+            tls_alpn: (0..i % 3).map(|n| s(n).into()).collect(),
+            tls_version: some(5).then_some("TLSv1.3"),
+            tls_version_negotiated: some(6).then_some("TLSv1.2"),
+            tls_ja4: some(4).then(|| "t13d1516h2_8daaf6152771_e5627efa2ab1".into()),
+            tls_ech: some(5).then_some(i.is_multiple_of(3)),
             k8s: K8sFields::flow(src_k8s, dst_k8s),
         }
     }
@@ -467,7 +516,7 @@ mod tests {
         crate::record::json::Object::write(&record(5), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"type":"flow","id":"00000000000000000000000000000005","seq":39595,"agent":"","interface":"eth0","protocol":"tcp","src_addr":"10.0.0.1","dst_addr":"fd00::2","src_port":655,"dst_port":65535,"icmp_type":null,"icmp_code":0,"vlan":null,"first_seen_at":"2026-12-05T23:59:59.123456Z","last_seen_at":"2026-12-06T00:00:00Z","src_bytes":18446744073709551610,"dst_bytes":0,"src_packets":5,"dst_packets":1099511627776,"status":"active_timeout","src_name":"a\"quoted\" name","dst_name":null,"tcp_flags":511,"interfaces":[{"interface":"","direction":"ingress"}],"community_id":"1:LQU9qZlK+B5F3KDmev6m5PMibrg=","sampling":6,"xlat_src_addr":"192.0.2.1","xlat_src_port":null,"xlat_dst_addr":null,"xlat_dst_port":null,"tunnel":null,"drops_packets":null,"drops_bytes":null,"drop_reasons":[],"tcp_handshake_rtt":0.0125,"tcp_srtt_min":null,"tcp_srtt_max":null,"tcp_srtt_last":null,"tcp_retransmits":4,"tcp_failed":null,"src_k8s_namespace":null,"src_k8s_pod":null,"src_k8s_owner_kind":null,"src_k8s_owner":null,"src_k8s_node":null,"src_k8s_service":null,"dst_k8s_namespace":null,"dst_k8s_pod":"a\"quoted\" name","dst_k8s_owner_kind":"Deployment","dst_k8s_owner":null,"dst_k8s_node":"node-1","dst_k8s_service":null}"#
+            r#"{"type":"flow","id":"00000000000000000000000000000005","seq":39595,"agent":"","interface":"eth0","protocol":"tcp","src_addr":"10.0.0.1","dst_addr":"fd00::2","src_port":655,"dst_port":65535,"icmp_type":null,"icmp_code":0,"vlan":null,"first_seen_at":"2026-12-05T23:59:59.123456Z","last_seen_at":"2026-12-06T00:00:00Z","src_bytes":18446744073709551610,"dst_bytes":0,"src_packets":5,"dst_packets":1099511627776,"status":"active_timeout","src_name":"a\"quoted\" name","dst_name":null,"dst_name_source":null,"tcp_flags":511,"interfaces":[{"interface":"","direction":"ingress"}],"community_id":"1:LQU9qZlK+B5F3KDmev6m5PMibrg=","sampling":6,"xlat_src_addr":"192.0.2.1","xlat_src_port":null,"xlat_dst_addr":null,"xlat_dst_port":null,"tunnel":null,"drops_packets":null,"drops_bytes":null,"drop_reasons":[],"tcp_handshake_rtt":0.0125,"tcp_srtt_min":null,"tcp_srtt_max":null,"tcp_srtt_last":null,"tcp_retransmits":4,"tcp_failed":null,"tls_sni":null,"tls_alpn":["","eth0"],"tls_version":null,"tls_version_negotiated":null,"tls_ja4":null,"tls_ech":null,"src_k8s_namespace":null,"src_k8s_pod":null,"src_k8s_owner_kind":null,"src_k8s_owner":null,"src_k8s_node":null,"src_k8s_service":null,"dst_k8s_namespace":null,"dst_k8s_pod":"a\"quoted\" name","dst_k8s_owner_kind":"Deployment","dst_k8s_owner":null,"dst_k8s_node":"node-1","dst_k8s_service":null}"#
         );
     }
 

@@ -429,7 +429,7 @@ impl Replay {
             return Ok(());
         }
         st.fed += 1;
-        for kind in [PayloadKind::Dns, PayloadKind::Http] {
+        for kind in PayloadKind::ALL {
             agent.payloads(kind, usize::MAX);
             if agent.pipeline.backlog(kind) >= EMIT_BATCH && !agent.pipeline.emit(kind) {
                 bail!("output closed");

@@ -31,7 +31,7 @@ const FIRST_TEMPLATE: u16 = 256;
 /// number with these element ids (`deploy/ipfix/primitives.lst` describes them for
 /// collectors). They start at 101: pmacct matches enterprise elements by id alone, and 1 and 2
 /// would be taken for the reverse counters (29305's 1 and 2) of the same template.
-pub const TEXTS: [(&str, u16); 16] = [
+pub const TEXTS: [(&str, u16); 23] = [
     ("src_name", 101),
     ("dst_name", 102),
     ("community_id", 103),
@@ -48,6 +48,15 @@ pub const TEXTS: [(&str, u16); 16] = [
     ("dst_k8s_node", 114),
     ("dst_k8s_service", 115),
     ("tunnel", 116),
+    ("dst_name_source", 117),
+    ("tls_sni", 118),
+    // Comma-separated.
+    ("tls_alpn", 119),
+    ("tls_version", 120),
+    ("tls_version_negotiated", 121),
+    ("tls_ja4", 122),
+    // `true` or `false`.
+    ("tls_ech", 123),
 ];
 
 /// What one field of a data record holds.
@@ -212,8 +221,15 @@ impl Fields for Texts {
     fn opt_uint(&mut self, _: &'static str, _: Option<u64>) {}
     fn time(&mut self, _: &'static str, _: &str) {}
     fn float(&mut self, _: &'static str, _: Option<f64>) {}
-    fn bool(&mut self, _: &'static str, _: bool) {}
-    fn strs<S: AsRef<str>>(&mut self, _: &'static str, _: &[S]) {}
+    fn bool(&mut self, key: &'static str, v: bool) {
+        self.str(key, if v { "true" } else { "false" });
+    }
+    fn strs<S: AsRef<str>>(&mut self, key: &'static str, v: &[S]) {
+        if TEXTS.iter().any(|(k, _)| *k == key) && !v.is_empty() {
+            let joined: Vec<&str> = v.iter().map(AsRef::as_ref).collect();
+            self.str(key, &joined.join(","));
+        }
+    }
     fn objects<T: Nested>(&mut self, _: &'static str, _: &[T]) {}
 }
 

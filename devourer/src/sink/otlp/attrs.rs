@@ -36,6 +36,7 @@ const NAMES: &[(&str, &str)] = &[
     ("status_code", "http.response.status_code"),
     ("user_agent", "user_agent.original"),
     ("version", "network.protocol.version"),
+    ("tls_sni", "tls.client.server_name"),
 ];
 
 /// The prefixes of the Kubernetes fields and the side they name.
@@ -129,6 +130,21 @@ impl Fields for Attributes {
                     self.put_as(
                         "network.protocol.version".into(),
                         Value::StringValue(v["HTTP/".len()..].to_owned()),
+                    );
+                    return;
+                }
+                // `TLSv1.3`: the protocol's name and its version, apart (OpenSSL's `TLSv1` is
+                // 1.0).
+                "tls_version_negotiated" => {
+                    let (name, version) = match v.strip_prefix("TLSv") {
+                        Some("1") => ("tls", "1.0"),
+                        Some(n) => ("tls", n),
+                        None => ("ssl", v.strip_prefix("SSLv").unwrap_or(v)),
+                    };
+                    self.put_as("tls.protocol.name".into(), Value::StringValue(name.into()));
+                    self.put_as(
+                        "tls.protocol.version".into(),
+                        Value::StringValue(version.into()),
                     );
                     return;
                 }
@@ -340,5 +356,29 @@ mod tests {
         want.sort();
         got.sort();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_tls_flow_names_its_server_and_splits_the_chosen_version() {
+        let string = |s: &str| Some(Value::StringValue(s.into()));
+        for (chosen, name, version) in [
+            ("TLSv1.3", "tls", "1.3"),
+            ("TLSv1", "tls", "1.0"),
+            ("SSLv3", "ssl", "3"),
+        ] {
+            let r = FlowRecord {
+                tls_sni: Some("api.example".into()),
+                tls_version_negotiated: Some(chosen),
+                ..FlowRecord::sample()
+            };
+            let l = log_record(&r, 0);
+            assert_eq!(
+                get(&l, "tls.client.server_name"),
+                string("api.example").as_ref()
+            );
+            assert_eq!(get(&l, "tls.protocol.name"), string(name).as_ref());
+            assert_eq!(get(&l, "tls.protocol.version"), string(version).as_ref());
+            assert_eq!(get(&l, "devourer.tls_version_negotiated"), None);
+        }
     }
 }

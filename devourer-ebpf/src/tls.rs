@@ -1,0 +1,127 @@
+//! TLS handshakes on any TCP port: which counted payloads of a flow direction go to the TLS
+//! ring. A segment that starts a handshake record holding a ClientHello (and the segments after
+//! it, until its record or 16 KiB of the stream went out), or one holding a ServerHello, while
+//! the direction's entry is young; nothing else, so a bulk transfer costs one compare a packet.
+
+use core::ptr::{read_volatile, write_volatile};
+
+use devourer_common::{
+    flow::{C_TLS_CUT, FlowValue},
+    payload::{PAYLOAD_CAP_MAX, TLS_EARLY_PACKETS, TLS_STREAM_MAX},
+};
+use devourer_ebpf::Parsed;
+
+use crate::{
+    access::CopyOut,
+    program::{Ctr, KIND_TLS, payload_event},
+};
+
+/// TLS record content type of a handshake.
+const HANDSHAKE: u8 = 0x16;
+/// Handshake message types.
+const CLIENT_HELLO: u8 = 1;
+const SERVER_HELLO: u8 = 2;
+/// Events one segment is forwarded in at most (a super-packet can hold a whole ClientHello).
+const CHUNKS: u32 = TLS_STREAM_MAX / PAYLOAD_CAP_MAX as u32;
+
+/// Whether TLS handshakes are forwarded (`--tls`, a load-time constant).
+#[unsafe(no_mangle)]
+static DEVOURER_TLS: u8 = 1;
+
+/// Looks at a TCP segment with payload counted into `v` at this hook, and forwards it to the
+/// TLS ring when it belongs to a handshake's start (see the module doc). `ifindex`: the
+/// counting interface, as the payload events carry it.
+#[inline(always)]
+pub fn tls_segment<P: CopyOut>(
+    p: &P,
+    parsed: &Parsed,
+    v: *mut FlowValue,
+    ts: u64,
+    ifindex: u32,
+    ctr: &Ctr,
+) {
+    // SAFETY: a load-time constant.
+    if unsafe { read_volatile(&DEVOURER_TLS) } == 0 || v.is_null() {
+        return;
+    }
+    // SAFETY: a live map value (a plain read: a racing CPU only repeats or skips a segment,
+    // which the agent's reassembly by sequence number absorbs).
+    let (left, packets) = unsafe { (read_volatile(&raw const (*v).tls_left), (*v).packets) };
+    let len = parsed.payload_len;
+    let want = if left != 0 {
+        // The rest of a ClientHello's record.
+        let rest = (left as u32).saturating_sub(len);
+        // SAFETY: as above.
+        unsafe { write_volatile(&raw mut (*v).tls_left, rest as u16) };
+        left as u32
+    } else if packets <= TLS_EARLY_PACKETS {
+        let Some(want) = hello(p, parsed, ctr) else {
+            return;
+        };
+        if want > len {
+            // SAFETY: as above; at most TLS_STREAM_MAX (< 65536).
+            unsafe { write_volatile(&raw mut (*v).tls_left, (want - len) as u16) };
+        }
+        want
+    } else {
+        return;
+    };
+    forward(p, parsed, ts, ifindex, want.min(len), ctr);
+}
+
+/// The stream bytes a segment that starts a handshake record wants forwarded: its ClientHello
+/// record (at most [`TLS_STREAM_MAX`]: a longer one is counted cut), or a ServerHello's segment;
+/// `None` for anything else.
+#[inline(always)]
+fn hello<P: CopyOut>(p: &P, parsed: &Parsed, ctr: &Ctr) -> Option<u32> {
+    if parsed.payload_len < 6 {
+        return None;
+    }
+    let mut h = [0u8; 8];
+    // Through the load helper: the payload offset is not a bounded packet offset.
+    if !p.copy_out(parsed.payload_off, h.as_mut_ptr(), 6) {
+        return None;
+    }
+    // A handshake record of SSL 3.0 to TLS 1.3 (whose records still say 3.1 to 3.3).
+    if h[0] != HANDSHAKE || h[1] != 3 || h[2] > 4 {
+        return None;
+    }
+    let record = 5 + u16::from_be_bytes([h[3], h[4]]) as u32;
+    match h[5] {
+        CLIENT_HELLO => {
+            if record > TLS_STREAM_MAX {
+                ctr.add(C_TLS_CUT, 1);
+            }
+            Some(record.min(TLS_STREAM_MAX))
+        }
+        // The ServerHello is what the agent reads of the server: its segment's first bytes.
+        SERVER_HELLO => Some(record.min(PAYLOAD_CAP_MAX as u32)),
+        _ => None,
+    }
+}
+
+/// Forwards the segment's first `len` payload bytes (or a little more: whole events) in events
+/// of at most [`PAYLOAD_CAP_MAX`], more than one only for a super-packet.
+#[inline(always)]
+fn forward<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, ifindex: u32, len: u32, ctr: &Ctr) {
+    let mut chunk = 0;
+    while chunk < CHUNKS {
+        if chunk * PAYLOAD_CAP_MAX as u32 >= len {
+            break;
+        }
+        payload_event(
+            p,
+            parsed,
+            ts,
+            ifindex as u64 | KIND_TLS | (chunk as u64) << CHUNK_SHIFT,
+            ctr,
+        );
+        chunk += 1;
+    }
+}
+
+/// Where `payload_event` finds a TLS event's chunk (its offset in the segment, in caps).
+pub const CHUNK_SHIFT: u32 = 34;
+
+const _: () =
+    assert!(TLS_STREAM_MAX < 1 << 16 && TLS_STREAM_MAX.is_multiple_of(PAYLOAD_CAP_MAX as u32));

@@ -1,0 +1,285 @@
+//! TLS: turns the kernel's TLS ring events (a ClientHello's segments from the first, up to
+//! 16 KiB of the client's stream; a ServerHello's first segment) into what flows carry: each
+//! ClientHello reassembled by sequence number, parsed ([`hello`]) and fingerprinted ([`ja4`]),
+//! and the version the server chose. Handshakes being reassembled are bounded in bytes and
+//! time; what a bound cuts is counted.
+
+pub mod hello;
+pub mod ja4;
+
+use std::collections::HashMap;
+
+use devourer_common::{
+    flow::{FlowKey, KEY_F_IPV6},
+    payload::{PAYLOAD_F_IPV6, PayloadHeader, TLS_STREAM_MAX},
+};
+use lru::LruCache;
+
+use crate::{
+    base::net::IPPROTO_TCP,
+    flow::tls::{Seen, TlsSeen},
+};
+
+#[derive(Clone, Copy, Debug)]
+pub struct TlsTrackerConfig {
+    /// A ClientHello still missing segments this long after its first is given up (ns).
+    pub timeout_ns: u64,
+    /// Bytes of ClientHellos being reassembled, at most; past it the oldest is given up.
+    pub max_pending_bytes: usize,
+}
+
+/// Out-of-order pieces one ClientHello keeps at most (a hello is a few segments).
+const MAX_PIECES: usize = 64;
+
+/// Findings waiting for the next scan at most (one per handshake message; a scan takes them
+/// every second); past it they are counted (`found_full`) and lost.
+const MAX_FOUND: usize = 65_536;
+
+#[derive(Clone, Debug, Default)]
+pub struct TlsStats {
+    pub events: u64,
+    /// ClientHellos and ServerHellos read.
+    pub client_hellos: u64,
+    pub server_hellos: u64,
+    /// Handshakes that gave nothing, by reason ([`hello::HelloError::as_str`], `timeout`,
+    /// `evicted` for the byte budget, `fragmented` past [`MAX_PIECES`] pieces, `orphan` for a
+    /// segment whose hello was not being
+    /// reassembled, `found_full` past [`MAX_FOUND`]).
+    pub failed: HashMap<&'static str, u64>,
+}
+
+/// One ClientHello being put together.
+struct Stream {
+    /// Sequence number of its first byte.
+    base: u32,
+    /// Its first record's length (header included), at most [`TLS_STREAM_MAX`].
+    want: usize,
+    /// The stream's bytes from `base` (zero where not arrived), and which ranges arrived.
+    bytes: Vec<u8>,
+    have: Vec<(usize, usize)>,
+    first_ns: u64,
+}
+
+impl Stream {
+    /// Copies a segment's bytes at `off` (past `want` cut off); false when it holds too many
+    /// pieces already.
+    fn put(&mut self, off: usize, data: &[u8]) -> bool {
+        let end = (off + data.len()).min(self.want);
+        if off >= end {
+            return true;
+        }
+        if self.have.len() >= MAX_PIECES {
+            return false;
+        }
+        self.bytes[off..end].copy_from_slice(&data[..end - off]);
+        self.have.push((off, end));
+        true
+    }
+
+    /// Whether every byte up to `want` arrived.
+    fn complete(&mut self) -> bool {
+        self.have.sort_unstable();
+        let mut reach = 0;
+        for &(a, b) in &self.have {
+            if a > reach {
+                return false;
+            }
+            reach = reach.max(b);
+        }
+        reach >= self.want
+    }
+}
+
+/// Tracks the handshakes of the TLS ring.
+pub struct TlsTracker {
+    cfg: TlsTrackerConfig,
+    /// By the client's direction of the connection; least recently started first out.
+    streams: LruCache<FlowKey, Stream>,
+    pending_bytes: usize,
+    found: Vec<TlsSeen>,
+    pub stats: TlsStats,
+}
+
+impl TlsTracker {
+    pub fn new(cfg: TlsTrackerConfig) -> Self {
+        Self {
+            cfg,
+            streams: LruCache::unbounded(),
+            pending_bytes: 0,
+            found: Vec::new(),
+            stats: TlsStats::default(),
+        }
+    }
+
+    /// Handles one ring event.
+    pub fn on_event(&mut self, h: &PayloadHeader, payload: &[u8]) {
+        self.stats.events += 1;
+        if h.proto != IPPROTO_TCP {
+            return;
+        }
+        let key = key_of(h);
+        // A handshake record's start: a hello of either side.
+        if payload.len() >= 6 && payload[0] == 0x16 && payload[1] == 3 {
+            match payload[5] {
+                1 => return self.start(key, h, payload),
+                2 => return self.server_hello(key, payload),
+                _ => {}
+            }
+        }
+        let Some(s) = self.streams.get_mut(&key) else {
+            self.fail("orphan");
+            return;
+        };
+        let off = h.tcp_seq.wrapping_sub(s.base) as usize;
+        if off < s.want && !s.put(off, payload) {
+            self.drop_stream(&key, "fragmented");
+            return;
+        }
+        self.finish_if_complete(key);
+    }
+
+    /// A ClientHello's first segment: reassembly starts (a retransmission of it only fills
+    /// its bytes again; a new hello at another sequence number starts over).
+    fn start(&mut self, key: FlowKey, h: &PayloadHeader, payload: &[u8]) {
+        if let Some(s) = self.streams.get_mut(&key)
+            && s.base == h.tcp_seq
+        {
+            if !s.put(0, payload) {
+                self.drop_stream(&key, "fragmented");
+                return;
+            }
+            return self.finish_if_complete(key);
+        }
+        let record = 5 + usize::from(u16::from_be_bytes([payload[3], payload[4]]));
+        let want = record.min(TLS_STREAM_MAX as usize);
+        if let Some(old) = self.streams.pop(&key) {
+            self.pending_bytes -= old.want;
+        }
+        let mut s = Stream {
+            base: h.tcp_seq,
+            want,
+            bytes: vec![0; want],
+            have: Vec::new(),
+            first_ns: h.ts_ns,
+        };
+        s.put(0, payload);
+        self.pending_bytes += want;
+        self.streams.push(key, s);
+        while self.pending_bytes > self.cfg.max_pending_bytes {
+            let Some((old, _)) = self.streams.peek_lru().map(|(k, s)| (*k, s.want)) else {
+                break;
+            };
+            self.drop_stream(&old, "evicted");
+        }
+        self.finish_if_complete(key);
+    }
+
+    fn finish_if_complete(&mut self, key: FlowKey) {
+        let Some(s) = self.streams.get_mut(&key) else {
+            return;
+        };
+        if !s.complete() {
+            return;
+        }
+        let s = self.streams.pop(&key).expect("present");
+        self.pending_bytes -= s.want;
+        match hello::client_hello(&s.bytes) {
+            Ok(info) => {
+                self.stats.client_hellos += 1;
+                self.push(TlsSeen {
+                    key,
+                    what: Seen::Client(info),
+                });
+            }
+            Err(e) => self.fail(e.as_str()),
+        }
+    }
+
+    /// A ServerHello (its segment's first bytes): the version it chose, for the connection
+    /// whose client it answers.
+    fn server_hello(&mut self, key: FlowKey, payload: &[u8]) {
+        match hello::server_version(payload) {
+            Ok(v) => {
+                self.stats.server_hellos += 1;
+                self.push(TlsSeen {
+                    key: reversed(&key),
+                    what: Seen::Server(v),
+                });
+            }
+            Err(e) => self.fail(e.as_str()),
+        }
+    }
+
+    fn push(&mut self, seen: TlsSeen) {
+        if self.found.len() >= MAX_FOUND {
+            self.fail("found_full");
+        } else {
+            self.found.push(seen);
+        }
+    }
+
+    fn drop_stream(&mut self, key: &FlowKey, why: &'static str) {
+        if let Some(s) = self.streams.pop(key) {
+            self.pending_bytes -= s.want;
+            self.fail(why);
+        }
+    }
+
+    fn fail(&mut self, why: &'static str) {
+        *self.stats.failed.entry(why).or_default() += 1;
+    }
+
+    /// Gives up the ClientHellos still missing segments after the timeout (at `now`, program
+    /// clock); what is complete was handed over already.
+    pub fn expire(&mut self, now: u64) {
+        while let Some((key, s)) = self.streams.peek_lru() {
+            if now.saturating_sub(s.first_ns) < self.cfg.timeout_ns {
+                break;
+            }
+            let key = *key;
+            self.drop_stream(&key, "timeout");
+        }
+    }
+
+    /// What the handshakes told since the last call, in arrival order.
+    pub fn take_found(&mut self) -> Vec<TlsSeen> {
+        std::mem::take(&mut self.found)
+    }
+
+    /// ClientHellos being reassembled, and their bytes.
+    pub fn pending(&self) -> (usize, usize) {
+        (self.streams.len(), self.pending_bytes)
+    }
+}
+
+/// The flow key of an event's direction (any interface).
+fn key_of(h: &PayloadHeader) -> FlowKey {
+    FlowKey {
+        src_addr: h.src_addr,
+        dst_addr: h.dst_addr,
+        src_port: h.src_port,
+        dst_port: h.dst_port,
+        ifindex: 0,
+        _pad: 0,
+        proto: h.proto,
+        flags: if h.flags & PAYLOAD_F_IPV6 != 0 {
+            KEY_F_IPV6
+        } else {
+            0
+        },
+    }
+}
+
+/// The other direction of `k`.
+fn reversed(k: &FlowKey) -> FlowKey {
+    FlowKey {
+        src_addr: k.dst_addr,
+        dst_addr: k.src_addr,
+        src_port: k.dst_port,
+        dst_port: k.src_port,
+        ..*k
+    }
+}
+
+#[cfg(test)]
+mod tests;

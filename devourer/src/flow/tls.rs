@@ -1,0 +1,56 @@
+//! What a flow's TLS handshake said (decoded from the TLS ring in `decode::tls`): the client's
+//! ClientHello and the version its server chose. Every record of the flow carries it.
+
+use std::sync::Arc;
+
+use devourer_common::flow::FlowKey;
+
+/// A flow's TLS handshake as records show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The server name the ClientHello asked for (with Encrypted Client Hello, the outer one).
+    pub sni: Option<Arc<str>>,
+    /// The application protocols it offered, in its order.
+    pub alpn: Vec<Arc<str>>,
+    /// The highest version it offered (`supported_versions`, else the hello's own), as OpenSSL
+    /// names it (`TLSv1.3`).
+    pub version: Option<&'static str>,
+    /// The version the ServerHello chose.
+    pub version_negotiated: Option<&'static str>,
+    /// The JA4 fingerprint of the ClientHello (FoxIO's specification).
+    pub ja4: Option<Arc<str>>,
+    /// The ClientHello carried an `encrypted_client_hello` extension (its outer hello: `sni` is
+    /// the public name).
+    pub ech: Option<bool>,
+}
+
+/// What one handshake message told about the connection of `key` (the client's direction:
+/// `src` is the client).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSeen {
+    pub key: FlowKey,
+    pub what: Seen,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// The ClientHello: every field but the negotiated version.
+    Client(TlsInfo),
+    /// The ServerHello's chosen version.
+    Server(&'static str),
+}
+
+impl TlsInfo {
+    /// Adds what a handshake message said (a ClientHello replaces the client's fields; a
+    /// ServerHello sets the negotiated version).
+    pub fn note(&mut self, seen: &Seen) {
+        match seen {
+            Seen::Client(c) => {
+                let negotiated = self.version_negotiated;
+                *self = c.clone();
+                self.version_negotiated = negotiated;
+            }
+            Seen::Server(v) => self.version_negotiated = Some(v),
+        }
+    }
+}
