@@ -129,7 +129,7 @@ counters! {
     C_SRTT_MISSES = 26, "srtt_misses", "srtt_misses", "Socket lookups that found no socket with an RTT (not local, not in the peer's namespace, or not established).";
     C_TLS_EVENTS = 27, "tls_events", "tls_events", "TLS handshake payload events sent to the TLS ring.";
     C_TLS_RING_FULL = 28, "tls_ring_full", "tls_ring_drops", "TLS handshake payload events refused by a full TLS ring.";
-    C_TLS_CUT = 29, "tls_cut", "tls_cut", "TLS handshake segments not forwarded whole: past the 16 KiB a flow direction forwards, or a super-packet past its 16 KiB.";
+    C_TLS_CUT = 29, "tls_cut", "tls_cut", "ClientHellos longer than the 16 KiB of stream a flow direction forwards: the rest is not sent.";
 }
 pub const COUNTERS_LEN: u32 = 30;
 

@@ -36,6 +36,27 @@ pub const GLOBAL_TLS: &str = "DEVOURER_TLS";
 /// Client bytes of a TLS handshake forwarded per flow direction at most (the first record of
 /// a ClientHello, up to this): what the agent reassembles.
 pub const TLS_STREAM_MAX: u32 = 16 * 1024;
+/// The stream bytes a ClientHello takes (at most [`TLS_STREAM_MAX`]), from its first record's
+/// length and its handshake message's: the record, or where the message goes on past it, the
+/// message with a header for each record it needs (records the size of the first). 0 for a
+/// record of no length.
+pub const fn hello_stream_len(record_len: u32, message_len: u32) -> u32 {
+    if record_len == 0 {
+        return 0;
+    }
+    let msg = 4 + message_len;
+    let want = if msg <= record_len {
+        5 + record_len
+    } else {
+        msg + 5 * msg.div_ceil(record_len)
+    };
+    if want > TLS_STREAM_MAX {
+        TLS_STREAM_MAX
+    } else {
+        want
+    }
+}
+
 /// A direction's TCP payloads are looked at for a handshake's start only while its entry has
 /// counted at most this many packets (a ClientHello follows the handshake; a ServerHello
 /// answers it): later payloads cost one compare.

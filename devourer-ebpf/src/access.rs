@@ -22,6 +22,12 @@ use crate::program::{offline, xdp_load_bytes};
 pub trait CopyOut {
     fn copy_out(&self, off: u32, dst: *mut u8, len: u32) -> bool;
 
+    /// Events a TLS handshake segment may be forwarded in at most: 0 where handshakes are not
+    /// looked at, 1 where a packet is one frame, more for a super-packet.
+    fn tls_chunks(&self) -> u32 {
+        4
+    }
+
     fn sample_srtt(&self, _v: *mut FlowValue, _key: &FlowKey, _hook: u32) {}
 }
 
@@ -101,6 +107,14 @@ impl CopyOut for XdpPacket<'_> {
         } else {
             copy_linear(self.0, off, dst, len)
         }
+    }
+
+    /// One event per frame; none where the kernel has no `bpf_xdp_load_bytes` (before 5.18):
+    /// each copy would walk [`copy_linear`]'s loop again, past what 5.10's verifier accepts.
+    /// TLS still reaches the agent from the TC hooks (egress, and ingress in TC mode).
+    #[inline(always)]
+    fn tls_chunks(&self) -> u32 {
+        if xdp_load_bytes() { 1 } else { 0 }
     }
 }
 

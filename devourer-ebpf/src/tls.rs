@@ -7,7 +7,7 @@ use core::ptr::{read_volatile, write_volatile};
 
 use devourer_common::{
     flow::{C_TLS_CUT, FlowValue},
-    payload::{PAYLOAD_CAP_MAX, TLS_EARLY_PACKETS, TLS_STREAM_MAX},
+    payload::{PAYLOAD_CAP_MAX, TLS_EARLY_PACKETS, TLS_STREAM_MAX, hello_stream_len},
 };
 use devourer_ebpf::Parsed;
 
@@ -40,72 +40,89 @@ pub fn tls_segment<P: CopyOut>(
     ifindex: u32,
     ctr: &Ctr,
 ) {
+    let chunks = p.tls_chunks();
     // SAFETY: a load-time constant.
-    if unsafe { read_volatile(&DEVOURER_TLS) } == 0 || v.is_null() {
+    if unsafe { read_volatile(&DEVOURER_TLS) } == 0 || v.is_null() || chunks == 0 {
         return;
     }
     // SAFETY: a live map value (a plain read: a racing CPU only repeats or skips a segment,
     // which the agent's reassembly by sequence number absorbs).
     let (left, packets) = unsafe { (read_volatile(&raw const (*v).tls_left), (*v).packets) };
-    let len = parsed.payload_len;
-    let want = if left != 0 {
-        // The rest of a ClientHello's record.
-        let rest = (left as u32).saturating_sub(len);
-        // SAFETY: as above.
-        unsafe { write_volatile(&raw mut (*v).tls_left, rest as u16) };
-        left as u32
-    } else if packets <= TLS_EARLY_PACKETS {
-        let Some(want) = hello(p, parsed, ctr) else {
-            return;
-        };
-        if want > len {
-            // SAFETY: as above; at most TLS_STREAM_MAX (< 65536).
-            unsafe { write_volatile(&raw mut (*v).tls_left, (want - len) as u16) };
-        }
-        want
-    } else {
+    if left == 0 && packets > TLS_EARLY_PACKETS {
         return;
+    }
+    let len = parsed.payload_len;
+    let want = match hello(p, parsed, ctr) {
+        // A hello starts here (a ClientHello again: a retransmission of its first segment
+        // starts the count over).
+        Some((want, client)) => {
+            if client {
+                let rest = want.saturating_sub(len);
+                // SAFETY: as above; at most TLS_STREAM_MAX (< 65536).
+                unsafe { write_volatile(&raw mut (*v).tls_left, rest as u16) };
+            }
+            want
+        }
+        // The rest of a ClientHello.
+        None if left != 0 => {
+            let rest = (left as u32).saturating_sub(len);
+            // SAFETY: as above.
+            unsafe { write_volatile(&raw mut (*v).tls_left, rest as u16) };
+            left as u32
+        }
+        None => return,
     };
-    forward(p, parsed, ts, ifindex, want.min(len), ctr);
+    forward(p, parsed, (ts, ifindex), want.min(len), chunks, ctr);
 }
 
-/// The stream bytes a segment that starts a handshake record wants forwarded: its ClientHello
-/// record (at most [`TLS_STREAM_MAX`]: a longer one is counted cut), or a ServerHello's segment;
-/// `None` for anything else.
+/// Whether a segment starts a hello, and the stream bytes it wants forwarded: a ClientHello's
+/// (its handshake message in its records, at most [`TLS_STREAM_MAX`]: a longer one is counted
+/// cut; `true`), or a ServerHello's segment (its first record's bytes in it; `false`).
 #[inline(always)]
-fn hello<P: CopyOut>(p: &P, parsed: &Parsed, ctr: &Ctr) -> Option<u32> {
-    if parsed.payload_len < 6 {
+fn hello<P: CopyOut>(p: &P, parsed: &Parsed, ctr: &Ctr) -> Option<(u32, bool)> {
+    if parsed.payload_len < 9 {
         return None;
     }
-    let mut h = [0u8; 8];
+    let mut h = [0u8; 12];
     // Through the load helper: the payload offset is not a bounded packet offset.
-    if !p.copy_out(parsed.payload_off, h.as_mut_ptr(), 6) {
+    if !p.copy_out(parsed.payload_off, h.as_mut_ptr(), 9) {
         return None;
     }
     // A handshake record of SSL 3.0 to TLS 1.3 (whose records still say 3.1 to 3.3).
     if h[0] != HANDSHAKE || h[1] != 3 || h[2] > 4 {
         return None;
     }
-    let record = 5 + u16::from_be_bytes([h[3], h[4]]) as u32;
+    let record = u16::from_be_bytes([h[3], h[4]]) as u32;
     match h[5] {
         CLIENT_HELLO => {
-            if record > TLS_STREAM_MAX {
+            let message = u32::from_be_bytes([0, h[6], h[7], h[8]]);
+            let want = hello_stream_len(record, message);
+            if want == 0 {
+                return None;
+            }
+            if want == TLS_STREAM_MAX {
                 ctr.add(C_TLS_CUT, 1);
             }
-            Some(record.min(TLS_STREAM_MAX))
+            Some((want, true))
         }
-        // The ServerHello is what the agent reads of the server: its segment's first bytes.
-        SERVER_HELLO => Some(record.min(PAYLOAD_CAP_MAX as u32)),
+        SERVER_HELLO => Some(((5 + record).min(PAYLOAD_CAP_MAX as u32), false)),
         _ => None,
     }
 }
 
 /// Forwards the segment's first `len` payload bytes (or a little more: whole events) in events
-/// of at most [`PAYLOAD_CAP_MAX`], more than one only for a super-packet.
+/// of at most [`PAYLOAD_CAP_MAX`], more than one (up to `chunks`) only for a super-packet.
 #[inline(always)]
-fn forward<P: CopyOut>(p: &P, parsed: &Parsed, ts: u64, ifindex: u32, len: u32, ctr: &Ctr) {
+fn forward<P: CopyOut>(
+    p: &P,
+    parsed: &Parsed,
+    (ts, ifindex): (u64, u32),
+    len: u32,
+    chunks: u32,
+    ctr: &Ctr,
+) {
     let mut chunk = 0;
-    while chunk < CHUNKS {
+    while chunk < CHUNKS && chunk < chunks {
         if chunk * PAYLOAD_CAP_MAX as u32 >= len {
             break;
         }

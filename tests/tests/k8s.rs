@@ -91,7 +91,10 @@ fn cluster_objects(k: &Kube) {
                       "ports": [{ "port": 80, "targetPort": 8000 }] }
         }));
     }
-    k.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": AGENT}}));
+    k.create(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": AGENT,
+        "labels": { "topology.kubernetes.io/zone": "zone-a" }}}),
+    );
     k.patch_status(
         ("v1", "Node"),
         None,
@@ -355,13 +358,19 @@ fn records_name_pods_workloads_services_and_nodes_through_ip_reuse_and_an_api_ou
 }
 
 #[test]
-fn cluster_mode_names_pods_of_other_nodes_and_node_mode_does_not() {
-    if !require_root("cluster_mode_names_pods_of_other_nodes_and_node_mode_does_not") {
+fn cluster_mode_names_pods_of_other_nodes_and_their_zones_and_node_mode_does_not() {
+    if !require_root(
+        "cluster_mode_names_pods_of_other_nodes_and_their_zones_and_node_mode_does_not",
+    ) {
         return;
     }
     let s = setup("k8s-cluster");
     cluster_objects(&s.admin);
-    // A pod of another node holds the outside's address.
+    // A pod of another node, in another zone, holds the outside's address.
+    s.admin.create(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-2",
+        "labels": { "topology.kubernetes.io/zone": "zone-b" }}}),
+    );
     let job = s.admin.create(json!({
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": { "name": "report", "namespace": "shop" },
@@ -399,13 +408,39 @@ fn cluster_mode_names_pods_of_other_nodes_and_node_mode_does_not() {
             "{mode}"
         );
         s.n.pods[0].sh(&format!("ping -q -c 2 -i 0.2 -W 1 {OUTSIDE_IP} >/dev/null"));
-        std::thread::sleep(Duration::from_millis(300));
+        let is_ping = |r: &Value| r["protocol"] == "icmp" && r["dst_addr"] == OUTSIDE_IP;
+        // Its record out (idle), the bytes between zones and workloads are in the metrics.
+        assert!(
+            wait_for(Duration::from_secs(20), || out_records(&out)
+                .iter()
+                .any(is_ping)),
+            "{mode}: no ping record"
+        );
+        let dst_zone = if mode == "cluster" { "zone-b" } else { "" };
+        let zone_bytes = metric(
+            &s.n,
+            &format!(r#"devourer_zone_bytes_total{{dst_zone="{dst_zone}",src_zone="zone-a"}}"#),
+        );
+        let (dst_ns, dst_w, scope) = if mode == "cluster" {
+            ("shop", "report", "cross_zone")
+        } else {
+            // 192.168.77.2, private and no one's.
+            ("", "", "other")
+        };
+        let workload_bytes = metric(
+            &s.n,
+            &format!(
+                r#"devourer_workload_bytes_total{{dst_namespace="{dst_ns}",dst_workload="{dst_w}",scope="{scope}",src_namespace="shop",src_workload="web"}}"#
+            ),
+        );
         a.stop(libc::SIGTERM, Duration::from_secs(20));
         let recs = out_records(&out);
-        let ping = recs
-            .iter()
-            .find(|r| r["protocol"] == "icmp" && r["dst_addr"] == OUTSIDE_IP)
-            .unwrap_or_else(|| panic!("{mode}: no ping record"));
+        let ping = recs.iter().find(|r| is_ping(r)).expect("the ping record");
+        let bytes =
+            (ping["src_bytes"].as_u64().unwrap() + ping["dst_bytes"].as_u64().unwrap()) as f64;
+        assert_eq!(zone_bytes, Some(bytes), "{mode}: {ping}");
+        assert_eq!(workload_bytes, Some(bytes), "{mode}: {ping}");
+        assert_eq!(ping["src_k8s_zone"], "zone-a", "{mode}: {ping}");
         assert_eq!(ping["src_k8s_pod"], "web-6d4f-abcde", "{mode}: {ping}");
         if mode == "node" {
             let early = recs
@@ -419,8 +454,10 @@ fn cluster_mode_names_pods_of_other_nodes_and_node_mode_does_not() {
             assert_eq!(ping["dst_k8s_owner_kind"], "Job", "{ping}");
             assert_eq!(ping["dst_k8s_owner"], "report", "{ping}");
             assert_eq!(ping["dst_k8s_node"], "node-2", "{ping}");
+            assert_eq!(ping["dst_k8s_zone"], "zone-b", "{ping}");
         } else {
             assert!(ping["dst_k8s_pod"].is_null(), "node mode: {ping}");
+            assert!(ping["dst_k8s_zone"].is_null(), "node mode: {ping}");
         }
     }
 }

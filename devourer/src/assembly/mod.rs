@@ -268,6 +268,10 @@ impl<K: Kernel> Assembly<K> {
     /// as overflow records; `Ok(false)` when an output closed.
     pub fn scan(&mut self, now: u64, pressure: bool) -> io::Result<bool> {
         self.kernel.forward_log();
+        // The handshakes waiting in their ring first (a few MiB at most): a hello was counted
+        // before it was forwarded, so its flow is in the map read after, and a flow cut in
+        // this scan still carries what its hello said.
+        self.payloads(PayloadKind::Tls, usize::MAX);
         // Where counting alternates map sets, the scan reads the set it just left, whole.
         self.kernel.flip()?;
         // Drops first: a dropped packet was counted before it was dropped, so its flow is in

@@ -105,8 +105,19 @@ const CLIENT: [u8; 4] = [10, 0, 0, 1];
 const RESOLVER: [u8; 4] = [10, 0, 0, 53];
 const SERVER: [u8; 4] = [192, 0, 2, 7];
 
-/// A ring record as the program writes it: header, then the payload.
+/// A ring record as the program writes it: header, then the payload (UDP).
 fn ring_record(ts: u64, src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+    tcp_record(ts, src, dst, payload, None)
+}
+
+/// [`ring_record`] of a TCP segment at sequence number `seq` (`None`: UDP).
+fn tcp_record(
+    ts: u64,
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    payload: &[u8],
+    seq: Option<u32>,
+) -> Vec<u8> {
     let h = PayloadHeader {
         ts_ns: ts,
         src_addr: v4(src.0),
@@ -116,7 +127,8 @@ fn ring_record(ts: u64, src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]
         ifindex: 1,
         payload_len: payload.len() as u32,
         cap_len: payload.len() as u16,
-        proto: 17,
+        proto: if seq.is_some() { 6 } else { 17 },
+        tcp_seq: seq.unwrap_or(0),
         ..PayloadHeader::default()
     };
     let mut out = vec![0u8; PAYLOAD_HEADER_LEN];
@@ -266,6 +278,96 @@ fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
     assert_eq!(lines.len(), 2, "{log}");
     assert!(lines[0].starts_with("22:13:20.000 10.0.0.1#40000 10.0.0.53#53 Q 0007"));
     assert!(lines[1].contains(" R 0007 00 1/1/0/0 www.example.com IN A 300 192.0.2.7"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_flow_dns_did_not_name_takes_its_server_name_from_its_client_hello() {
+    use crate::decode::tls::hello::tests::{ClientHelloBytes, server_hello};
+    let dir = std::env::temp_dir().join(format!("devourer-sni-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("records.jsonl");
+    let p = replay_args(&out, &dir.join("dnslog"));
+    let mut kernel = FakeKernel::default();
+    // www.example.com resolves to SERVER; its hello names another host. OTHER is asked by
+    // name only in its hello, sent in two segments.
+    const OTHER: [u8; 4] = [198, 51, 100, 9];
+    let (c_dns, r_dns) = ((CLIENT, 40000), (RESOLVER, 53));
+    kernel.dns.push_back(ring_record(
+        T0,
+        c_dns,
+        r_dns,
+        &query(7, "www.example.com", 1),
+    ));
+    let answer = [a("www.example.com", 300, SERVER)];
+    let resp = response(7, 0, "www.example.com", 1, &answer);
+    kernel
+        .dns
+        .push_back(ring_record(T0 + 1_000, r_dns, c_dns, &resp));
+    let (c1, s1) = ((CLIENT, 50000), (SERVER, 443));
+    let (c2, s2) = ((CLIENT, 50001), (OTHER, 8443));
+    for (c, s) in [(c1, s1), (c2, s2)] {
+        let v = counted(T0 + S, T0 + 2 * S, 600, 6, VAL_F_SYN);
+        kernel.flows.insert(direction(c, s, 6), v);
+        kernel
+            .flows
+            .insert(direction(s, c, 6), counted(T0 + S, T0 + 2 * S, 900, 5, 0));
+    }
+    let hello = |name: &str| ClientHelloBytes::spec_example(name).record();
+    kernel.tls.push_back(tcp_record(
+        T0 + S,
+        c1,
+        s1,
+        &hello("cdn.example.net"),
+        Some(1),
+    ));
+    let big = hello("api.example.org");
+    let (first, rest) = big.split_at(100);
+    kernel
+        .tls
+        .push_back(tcp_record(T0 + S, c2, s2, first, Some(7)));
+    kernel
+        .tls
+        .push_back(tcp_record(T0 + S, c2, s2, rest, Some(107)));
+    kernel
+        .tls
+        .push_back(tcp_record(T0 + S, s2, c2, &server_hello(0x0303), Some(1)));
+    let mut agent = Assembly::new(kernel, &p, REPLAY, None).unwrap();
+    assert_eq!(agent.payloads(PayloadKind::Dns, 10), 2);
+    assert_eq!(agent.payloads(PayloadKind::Tls, 10), 4);
+    assert!(agent.scan(T0 + 3 * S, false).unwrap());
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    agent
+        .shutdown(Status::EndOfInput, || T0 + 4 * S, deadline)
+        .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let flows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["type"] == "flow")
+        .collect();
+    let to = |port: u16| flows.iter().find(|f| f["dst_port"] == port).unwrap();
+    let named = to(443);
+    assert_eq!(named["dst_name"], "www.example.com", "{named}");
+    assert_eq!(named["dst_name_source"], "dns", "{named}");
+    assert_eq!(named["tls_sni"], "cdn.example.net", "{named}");
+    assert!(named["tls_version_negotiated"].is_null(), "{named}");
+    let sni = to(8443);
+    assert_eq!(sni["dst_name"], "api.example.org", "{sni}");
+    assert_eq!(sni["dst_name_source"], "sni", "{sni}");
+    assert_eq!(
+        sni["tls_alpn"],
+        serde_json::json!(["h2", "http/1.1"]),
+        "{sni}"
+    );
+    assert_eq!(sni["tls_version"], "TLSv1.3", "{sni}");
+    assert_eq!(sni["tls_version_negotiated"], "TLSv1.2", "{sni}");
+    assert_eq!(
+        sni["tls_ja4"], "t13d1516h2_8daaf6152771_e5627efa2ab1",
+        "{sni}"
+    );
+    assert_eq!(sni["tls_ech"], false, "{sni}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -131,6 +131,8 @@ async fn run_async(args: LiveArgs) -> Result<()> {
     let k8s = super::k8s::start(args.k8s.clone(), p.flow.agent(), metrics.clone());
     if let Some(cluster) = services.run(k8s).await?? {
         agent.pipeline.set_cluster(cluster);
+        // Bytes by zone and by workload: with the metadata that names them.
+        metrics.workloads.follow_zones();
         health.k8s_metadata.store(true, Ordering::Relaxed);
     }
     let mut events = Events::new(&agent.kernel, args.all_interfaces, p.flow.scan_interval)?;

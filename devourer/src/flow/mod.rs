@@ -81,6 +81,9 @@ pub struct Workload {
     pub node: Option<Arc<str>>,
     /// A Service selecting the pod, or the Service whose ClusterIP the address is.
     pub service: Option<Arc<str>>,
+    /// The zone of the pod's node, or of the node itself (its `topology.kubernetes.io/zone`
+    /// label).
+    pub zone: Option<Arc<str>>,
 }
 
 /// No names at all.

@@ -204,7 +204,17 @@ impl FlowTable {
             }
         }
         for t in std::mem::take(&mut self.tally.tls) {
-            match self.flow_of(&t.key, per_interface.as_ref()) {
+            // A handshake's key names the interface that counted it: the flow's own key when
+            // counting per interface, none otherwise.
+            let key = if per_interface.is_some() {
+                t.key
+            } else {
+                FlowKey {
+                    ifindex: 0,
+                    ..t.key
+                }
+            };
+            match self.flow_of(&key, None) {
                 Some(f) => {
                     let mut info = f.tls.as_deref().cloned().unwrap_or_else(TlsInfo::default);
                     info.note(&t.what);

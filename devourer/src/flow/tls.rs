@@ -22,6 +22,9 @@ pub struct TlsInfo {
     /// The ClientHello carried an `encrypted_client_hello` extension (its outer hello: `sni` is
     /// the public name).
     pub ech: Option<bool>,
+    /// The address and port that sent the ClientHello (the flow's initiator, unless the
+    /// orientation says otherwise: then the SNI names no destination).
+    pub client: Option<([u8; 16], u16)>,
 }
 
 /// What one handshake message told about the connection of `key` (the client's direction:
@@ -41,15 +44,17 @@ pub enum Seen {
 }
 
 impl TlsInfo {
-    /// Adds what a handshake message said (a ClientHello replaces the client's fields; a
-    /// ServerHello sets the negotiated version).
+    /// Adds what a handshake message said: the first ClientHello sets the client's fields (a
+    /// second one, after a HelloRetryRequest, changes nothing: JA4 fingerprints the first); a
+    /// ServerHello sets the negotiated version.
     pub fn note(&mut self, seen: &Seen) {
         match seen {
-            Seen::Client(c) => {
+            Seen::Client(c) if self.ja4.is_none() => {
                 let negotiated = self.version_negotiated;
                 *self = c.clone();
                 self.version_negotiated = negotiated;
             }
+            Seen::Client(_) => {}
             Seen::Server(v) => self.version_negotiated = Some(v),
         }
     }

@@ -77,6 +77,8 @@ pub struct ServiceInfo {
 pub struct NodeInfo {
     pub name: String,
     pub addrs: Vec<IpAddr>,
+    /// Its `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
 }
 
 /// What a watch reports of a ReplicaSet: its controller (a Deployment, usually).
@@ -156,6 +158,7 @@ struct Service {
 
 struct Node {
     addrs: Box<[IpAddr]>,
+    zone: Option<Str>,
     workload: Arc<Workload>,
     bytes: usize,
 }
@@ -172,6 +175,8 @@ pub struct Index {
     /// Every running pod that claims an address (usually one; two while a pod is replaced
     /// by another with its address), to pick the holder whatever the order of events.
     claims: FastMap<IpAddr, Vec<Key>>,
+    /// The pods on each node (to give them their node's zone when it changes).
+    node_pods: FastMap<Str, Vec<Key>>,
     services: BTreeMap<Key, Service>,
     service_ips: FastMap<IpAddr, Key>,
     nodes: BTreeMap<Str, Node>,
@@ -198,7 +203,7 @@ pub struct IndexStats {
 }
 
 /// The fixed part of a stored object of each kind, its map entries included.
-const POD_FIXED: usize = ENTRY * 2 + 32 + 2 * ARC_STR + std::mem::size_of::<Pod>();
+const POD_FIXED: usize = ENTRY * 2 + 32 + 4 * ARC_STR + std::mem::size_of::<Pod>();
 const SERVICE_FIXED: usize = ENTRY + 32 + 2 * ARC_STR + std::mem::size_of::<Service>();
 const NODE_FIXED: usize = ENTRY + ARC_STR + std::mem::size_of::<Node>();
 const RS_FIXED: usize = ENTRY + 4 * ARC_STR + 8;
@@ -215,6 +220,7 @@ impl Index {
             pods: BTreeMap::new(),
             pod_ips: FastMap::default(),
             claims: FastMap::default(),
+            node_pods: FastMap::default(),
             services: BTreeMap::new(),
             service_ips: FastMap::default(),
             nodes: BTreeMap::new(),
@@ -328,6 +334,7 @@ impl Index {
             Kind::Pod => {
                 if let Some(p) = self.pods.remove(&key) {
                     self.unclaim(&key, &p);
+                    self.leave_node(&key, &p);
                     self.account(kind, p.bytes, 0);
                 }
             }
@@ -342,6 +349,9 @@ impl Index {
                 if let Some(n) = self.nodes.remove(name) {
                     unindex(&mut self.node_ips, &key.1, &n.addrs);
                     self.account(kind, n.bytes, 0);
+                    if n.zone.is_some() {
+                        self.rename_node_pods(name);
+                    }
                 }
             }
             Kind::ReplicaSet => {
@@ -386,6 +396,7 @@ impl Index {
         }
         if let Some(prev) = self.pods.remove(&key) {
             self.unclaim(&key, &prev);
+            self.leave_node(&key, &prev);
         }
         let pod = Pod {
             node: info.node.as_deref().map(|n| self.strings.get(n)),
@@ -399,6 +410,12 @@ impl Index {
         };
         let workload = Arc::new(self.pod_workload(&key, &pod));
         let ips = pod.ips.clone();
+        if let Some(node) = &pod.node {
+            self.node_pods
+                .entry(node.clone())
+                .or_default()
+                .push(key.clone());
+        }
         self.account(Kind::Pod, old.unwrap_or(0), bytes);
         self.pods.insert(key.clone(), Pod { workload, ..pod });
         if indexed {
@@ -408,6 +425,18 @@ impl Index {
                     claims.push(key.clone());
                 }
                 self.elect(*ip);
+            }
+        }
+    }
+
+    /// Takes `key` (`p` as it was) off its node's list.
+    fn leave_node(&mut self, key: &Key, p: &Pod) {
+        if let Some(node) = &p.node
+            && let Some(list) = self.node_pods.get_mut(node)
+        {
+            list.retain(|k| k != key);
+            if list.is_empty() {
+                self.node_pods.remove(node);
             }
         }
     }
@@ -497,7 +526,7 @@ impl Index {
     pub fn apply_node(&mut self, info: NodeInfo) {
         self.listed(Kind::Node, "", &info.name);
         let name = self.strings.get(&info.name);
-        let bytes = NODE_FIXED + info.addrs.len() * ADDR + WORKLOAD;
+        let bytes = NODE_FIXED + info.addrs.len() * ADDR + WORKLOAD + ARC_STR;
         let old_bytes = self.nodes.get(&name).map(|n| n.bytes);
         if !self.admit(Kind::Node, old_bytes, bytes) {
             if old_bytes.is_some() {
@@ -512,19 +541,27 @@ impl Index {
         for a in &info.addrs {
             self.node_ips.insert(*a, name.clone());
         }
+        let zone = info.zone.as_deref().map(|z| self.strings.get(z));
+        // Pods on a node whose zone changed (or that came before their node) carry the new one.
+        let rezoned = old.as_ref().map_or(zone.is_some(), |o| o.zone != zone);
         self.account(Kind::Node, old.map_or(0, |o| o.bytes), bytes);
         let workload = Arc::new(Workload {
             node: Some(name.clone()),
+            zone: zone.clone(),
             ..Workload::default()
         });
         self.nodes.insert(
-            name,
+            name.clone(),
             Node {
                 addrs: info.addrs.into(),
+                zone,
                 workload,
                 bytes,
             },
         );
+        if rezoned {
+            self.rename_node_pods(&name);
+        }
     }
 
     pub fn apply_replicaset(&mut self, info: ReplicaSetInfo) {
@@ -555,6 +592,13 @@ impl Index {
             .filter(|(_, p)| which(p))
             .map(|(k, _)| k.clone());
         self.pending.extend(keys);
+    }
+
+    /// Queues the pods on node `name` for renaming (its zone changed).
+    fn rename_node_pods(&mut self, name: &str) {
+        if let Some(keys) = self.node_pods.get(name) {
+            self.pending.extend(keys.iter().cloned());
+        }
     }
 
     /// Rebuilds the workloads of up to `max` queued pods; whether more wait.
@@ -606,6 +650,11 @@ impl Index {
             .take_while(|((n, _), _)| n == ns)
             .find(|(_, s)| selects(&s.selector, &p.labels))
             .map(|((_, name), _)| name.clone());
+        let zone = p
+            .node
+            .as_ref()
+            .and_then(|n| self.nodes.get(n))
+            .and_then(|n| n.zone.clone());
         Workload {
             namespace: Some(ns.clone()),
             pod: Some(name.clone()),
@@ -613,6 +662,7 @@ impl Index {
             owner,
             node: p.node.clone(),
             service,
+            zone,
         }
     }
 }

@@ -264,6 +264,9 @@ fn service_info(x: &mut Index, s: Service) {
     });
 }
 
+/// The well-known label of a node's zone.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 fn node_info(x: &mut Index, n: Node) {
     let name = n.metadata.name.clone().unwrap_or_default();
     let status = n.status.unwrap_or_default();
@@ -272,9 +275,16 @@ fn node_info(x: &mut Index, n: Node) {
         .iter()
         .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
         .map(|a| a.address.as_str());
+    let zone = n
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ZONE_LABEL))
+        .cloned();
     x.apply_node(NodeInfo {
         name,
         addrs: addrs(ips),
+        zone,
     });
 }
 

@@ -1,5 +1,6 @@
 //! Per-workload metrics under one series budget: TCP retransmits, TCP round trips and drops by
-//! source and destination workload, from the flow records on their way to the sinks. Workload
+//! source and destination workload, and (with Kubernetes metadata) bytes between zones and
+//! between workloads by scope, from the flow records on their way to the sinks. Workload
 //! labels come from traffic (pod and owner names), so together they hold at most
 //! `--metrics-max-series` series; a label set past the budget is added to the `other` series
 //! (every label `other`) and counted in `devourer_metrics_series_dropped_total`. A label set not
@@ -8,9 +9,10 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -51,19 +53,30 @@ fn rtt_cost() -> usize {
 /// (its last sample per record).
 const RTT_KINDS: [&str; 2] = ["handshake", "smoothed"];
 
-/// One label set of the workload metrics (shared strings: cloning one is a reference count).
-type Labels = [Arc<str>; 4];
+/// One label set of the workload metrics (shared strings: cloning one is a reference count):
+/// the source's and destination's namespace and workload, and the scope of workload bytes
+/// (empty for the other metrics); for zone bytes the two zones, the rest empty.
+type Labels = [Arc<str>; 5];
+
+/// `scope` of `devourer_workload_bytes_total`.
+const SCOPES: [&str; 4] = ["same_zone", "cross_zone", "internet", OTHER];
 
 /// The metrics a label set may be admitted to, as bits of [`Held::sets`].
 const RETRANSMITS: u8 = 1;
 const DROPS: u8 = 2;
 const HANDSHAKE: u8 = 4;
 const SMOOTHED: u8 = 8;
+const ZONE_BYTES: u8 = 16;
+const WORKLOAD_BYTES: u8 = 32;
 
 pub struct WorkloadMetrics {
     retransmits: IntCounterVec,
     rtt: HistogramVec,
     drops: IntCounterVec,
+    zone_bytes: IntCounterVec,
+    workload_bytes: IntCounterVec,
+    /// Kubernetes metadata is on: bytes by zone and by workload are counted.
+    zones: AtomicBool,
     dropped_series: IntCounter,
     max_series: AtomicUsize,
     /// Series held per metric and label set (a histogram's buckets, sum and count each).
@@ -79,7 +92,24 @@ struct Held {
 }
 
 fn other() -> Labels {
-    std::array::from_fn(|_| Arc::from(OTHER))
+    let o: Arc<str> = Arc::from(OTHER);
+    [o.clone(), o.clone(), o.clone(), o, Arc::from("")]
+}
+
+/// The label set `metric`'s observations go to past the budget (`scope`: the workload bytes'
+/// own).
+fn other_of(metric: u8, scope: &Arc<str>) -> Labels {
+    let [a, b, c, d, e] = other();
+    match metric {
+        ZONE_BYTES => [a, b, e.clone(), e.clone(), e],
+        WORKLOAD_BYTES => [a, b, c, d, scope.clone()],
+        _ => [a, b, c, d, e],
+    }
+}
+
+/// Whether `l` is one of the `other` label sets (never swept).
+fn is_other(l: &Labels) -> bool {
+    &*l[0] == OTHER && &*l[1] == OTHER && (l[2].is_empty() || &*l[2] == OTHER)
 }
 
 impl WorkloadMetrics {
@@ -117,14 +147,35 @@ impl WorkloadMetrics {
             "Observations of per-workload label sets with no room under --metrics-max-series (each one counted), added to the `other` series instead.",
         )
         .expect("metric");
+        let zone_bytes = IntCounterVec::new(
+            Opts::new(
+                "devourer_zone_bytes_total",
+                "Bytes of flows (both directions) by the zone of their source and destination (the initiator as source; a pod's node's topology.kubernetes.io/zone label, a node's own; empty where unknown), from flow records. With Kubernetes metadata only.",
+            ),
+            &["src_zone", "dst_zone"],
+        )
+        .expect("metric");
+        let workload_bytes = IntCounterVec::new(
+            Opts::new(
+                "devourer_workload_bytes_total",
+                "Bytes of flows (both directions) by source and destination workload and scope: same_zone, cross_zone (both zones known), internet (an end that is no known pod, Service or node address and not private, CGNAT, link-local, loopback or multicast), other. With Kubernetes metadata only.",
+            ),
+            &[LABELS[0], LABELS[1], LABELS[2], LABELS[3], "scope"],
+        )
+        .expect("metric");
         add(Box::new(retransmits.clone()));
         add(Box::new(rtt.clone()));
         add(Box::new(drops.clone()));
+        add(Box::new(zone_bytes.clone()));
+        add(Box::new(workload_bytes.clone()));
         add(Box::new(dropped_series.clone()));
         let m = Self {
             retransmits,
             rtt,
             drops,
+            zone_bytes,
+            workload_bytes,
+            zones: AtomicBool::new(false),
             dropped_series,
             max_series: AtomicUsize::new(DEFAULT_MAX_SERIES),
             held: Mutex::new(Held {
@@ -155,6 +206,28 @@ impl WorkloadMetrics {
     /// Sets the budget (`--metrics-max-series`; the `other` series count in it).
     pub fn set_max_series(&self, max: usize) {
         self.max_series.store(max.max(1), Ordering::Relaxed);
+    }
+
+    /// Counts bytes by zone and by workload from now on (Kubernetes metadata is on); their
+    /// `other` series exist from then, in the budget.
+    pub fn follow_zones(&self) {
+        if self.zones.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let mut held = self.held.lock().expect("not poisoned");
+        self.zone_bytes.with_label_values(&[OTHER, OTHER]);
+        let now = Instant::now();
+        held.sets
+            .insert(other_of(ZONE_BYTES, &Arc::from("")), (ZONE_BYTES, now));
+        for scope in SCOPES {
+            self.workload_bytes
+                .with_label_values(&[OTHER, OTHER, OTHER, OTHER, scope]);
+            held.sets.insert(
+                other_of(WORKLOAD_BYTES, &Arc::from(scope)),
+                (WORKLOAD_BYTES, now),
+            );
+        }
+        held.series += 1 + SCOPES.len();
     }
 
     /// Sets how long a label set may go unobserved before its room may be taken
@@ -200,11 +273,11 @@ impl WorkloadMetrics {
             return;
         }
         held.last_sweep = Some(now);
-        let (idle, other) = (held.idle, other());
+        let idle = held.idle;
         let gone: Vec<(Labels, u8)> = held
             .sets
             .iter()
-            .filter(|(l, (_, seen))| **l != other && now.duration_since(*seen) >= idle)
+            .filter(|(l, (_, seen))| !is_other(l) && now.duration_since(*seen) >= idle)
             .map(|(l, (bits, _))| (l.clone(), *bits))
             .collect();
         for (l, bits) in gone {
@@ -218,6 +291,16 @@ impl WorkloadMetrics {
                 let _ = self.drops.remove_label_values(&v);
                 held.series -= 1;
             }
+            if bits & ZONE_BYTES != 0 {
+                let _ = self.zone_bytes.remove_label_values(&v[..2]);
+                held.series -= 1;
+            }
+            if bits & WORKLOAD_BYTES != 0 {
+                let _ = self
+                    .workload_bytes
+                    .remove_label_values(&[v[0], v[1], v[2], v[3], &l[4]]);
+                held.series -= 1;
+            }
             for (kind, bit) in RTT_KINDS.into_iter().zip([HANDSHAKE, SMOOTHED]) {
                 if bits & bit != 0 {
                     let _ = self
@@ -229,12 +312,13 @@ impl WorkloadMetrics {
         }
     }
 
-    /// The label values `labels` is observed under in `metric`.
-    fn values<'a>(&self, metric: u8, labels: &'a Labels, cost: usize) -> [&'a str; 4] {
+    /// The label set `labels` is observed under in `metric`: its own, or past the budget
+    /// `metric`'s `other` one.
+    fn values(&self, metric: u8, labels: &Labels, cost: usize) -> Labels {
         if self.admit(metric, labels, cost) {
-            [&labels[0], &labels[1], &labels[2], &labels[3]]
+            labels.clone()
         } else {
-            [OTHER; 4]
+            other_of(metric, &labels[4])
         }
     }
 
@@ -243,18 +327,31 @@ impl WorkloadMetrics {
         let retransmits = r.tcp_retransmits.unwrap_or(0);
         let drops = r.drops_packets.unwrap_or(0);
         let handshake = r.tcp_handshake_rtt.filter(|_| r.seq == 0);
-        if retransmits == 0 && drops == 0 && handshake.is_none() && r.tcp_srtt_last.is_none() {
+        let bytes = r.src_bytes.saturating_add(r.dst_bytes);
+        let zones = bytes > 0 && self.zones.load(Ordering::Relaxed);
+        if retransmits == 0
+            && drops == 0
+            && handshake.is_none()
+            && r.tcp_srtt_last.is_none()
+            && !zones
+        {
             return;
         }
         let [src, dst] = r.k8s.sides();
-        let labels = labels(src.as_deref(), dst.as_deref());
+        let mut labels = labels(src.as_deref(), dst.as_deref());
+        // The first `N` values of a label set.
+        fn first<const N: usize>(l: &Labels) -> [&str; N] {
+            std::array::from_fn(|i| &*l[i])
+        }
         if retransmits > 0 {
             let l = self.values(RETRANSMITS, &labels, 1);
-            self.retransmits.with_label_values(&l).inc_by(retransmits);
+            self.retransmits
+                .with_label_values(&first::<4>(&l))
+                .inc_by(retransmits);
         }
         if drops > 0 {
             let l = self.values(DROPS, &labels, 1);
-            self.drops.with_label_values(&l).inc_by(drops);
+            self.drops.with_label_values(&first::<4>(&l)).inc_by(drops);
         }
         let cost = rtt_cost();
         for ((kind, bit), v) in RTT_KINDS
@@ -263,15 +360,80 @@ impl WorkloadMetrics {
             .zip([handshake, r.tcp_srtt_last])
         {
             if let Some(v) = v {
-                let [a, b, c, d] = self.values(bit, &labels, cost);
+                let l = self.values(bit, &labels, cost);
+                let [a, b, c, d] = first::<4>(&l);
                 self.rtt.with_label_values(&[a, b, c, d, kind]).observe(v);
             }
+        }
+        if zones {
+            let zone = |w: &Option<Arc<Workload>>| {
+                w.as_ref()
+                    .and_then(|w| w.zone.clone())
+                    .unwrap_or_else(|| Arc::from(""))
+            };
+            let empty: Arc<str> = Arc::from("");
+            let z: Labels = [zone(src), zone(dst), empty.clone(), empty.clone(), empty];
+            let l = self.values(ZONE_BYTES, &z, 1);
+            self.zone_bytes
+                .with_label_values(&first::<2>(&l))
+                .inc_by(bytes);
+            labels[4] = Arc::from(scope(r));
+            let l = self.values(WORKLOAD_BYTES, &labels, 1);
+            self.workload_bytes
+                .with_label_values(&first::<5>(&l))
+                .inc_by(bytes);
+        }
+    }
+}
+
+/// Where a flow's bytes went: between two ends in one zone or two, to or from the internet (an
+/// end that is no Kubernetes object and whose address is public), or elsewhere.
+fn scope(r: &FlowRecord) -> &'static str {
+    let [src, dst] = r.k8s.sides();
+    let outside = |addr: &str, w: &Option<Arc<Workload>>| {
+        w.is_none() && addr.parse::<IpAddr>().is_ok_and(|a| public(&a))
+    };
+    if outside(&r.src_addr, src) || outside(&r.dst_addr, dst) {
+        return "internet";
+    }
+    let zone = |w: &Option<Arc<Workload>>| w.as_ref().and_then(|w| w.zone.clone());
+    match (zone(src), zone(dst)) {
+        (Some(a), Some(b)) if a == b => "same_zone",
+        (Some(_), Some(_)) => "cross_zone",
+        _ => OTHER,
+    }
+}
+
+/// An address of the internet: not private (RFC 1918, unique local), CGNAT (RFC 6598),
+/// link-local, loopback, multicast, broadcast or unspecified.
+fn public(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => {
+            let [a, b, ..] = v.octets();
+            !(v.is_private()
+                || (a == 100 && (64..128).contains(&b))
+                || v.is_link_local()
+                || v.is_loopback()
+                || v.is_multicast()
+                || v.is_broadcast()
+                || v.is_unspecified())
+        }
+        IpAddr::V6(v) => {
+            if let Some(v4) = v.to_ipv4_mapped() {
+                return public(&IpAddr::V4(v4));
+            }
+            let first = v.segments()[0];
+            !((first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || v.is_loopback()
+                || v.is_multicast()
+                || v.is_unspecified())
         }
     }
 }
 
 /// A flow's workload labels: each end's namespace and workload (its owner, else its pod, else
-/// the Service or node it is), empty where it is not a Kubernetes object.
+/// the Service or node it is), empty where it is not a Kubernetes object; the scope empty.
 fn labels(src: Option<&Workload>, dst: Option<&Workload>) -> Labels {
     let empty: Arc<str> = Arc::from("");
     let side = |w: Option<&Workload>| -> (Arc<str>, Arc<str>) {
@@ -286,7 +448,7 @@ fn labels(src: Option<&Workload>, dst: Option<&Workload>) -> Labels {
     };
     let (sn, sw) = side(src);
     let (dn, dw) = side(dst);
-    [sn, sw, dn, dw]
+    [sn, sw, dn, dw, empty]
 }
 
 #[cfg(test)]
@@ -350,6 +512,105 @@ mod tests {
         assert!(t.contains(r#"src_workload="cronjob-3"} 1"#), "{t}");
         assert!(!t.contains("cronjob-1"), "the idle set's series went: {t}");
         assert!(t.contains("devourer_metrics_series_dropped_total 1"), "{t}");
+    }
+
+    /// A flow of `bytes` from a pod of `src` in `src_zone` to `dst` (a pod in `dst_zone`, or
+    /// no object at `dst_addr`).
+    fn between(src_zone: &str, dst: Option<&str>, dst_addr: &str, bytes: u64) -> FlowRecord {
+        let pod = |owner: &str, zone: Option<&str>| {
+            Arc::new(Workload {
+                namespace: Some("shop".into()),
+                owner: Some(owner.into()),
+                zone: zone.map(Into::into),
+                ..Workload::default()
+            })
+        };
+        FlowRecord {
+            src_addr: "10.1.0.5".into(),
+            dst_addr: dst_addr.into(),
+            src_bytes: bytes,
+            dst_bytes: 1,
+            k8s: K8sFields::flow(
+                Some(pod("cart", Some(src_zone))),
+                dst.map(|z| pod("db", Some(z))),
+            ),
+            ..FlowRecord::sample()
+        }
+    }
+
+    #[test]
+    fn bytes_go_by_zone_and_by_workload_with_their_scope_once_zones_are_followed() {
+        let r = Registry::new();
+        let m = WorkloadMetrics::new(&r);
+        m.flow(&between("a", Some("a"), "10.1.0.6", 99));
+        assert!(
+            !text(&r).contains("devourer_zone_bytes_total{"),
+            "off without metadata"
+        );
+        m.follow_zones();
+        m.flow(&between("a", Some("a"), "10.1.0.6", 99));
+        m.flow(&between("a", Some("b"), "10.2.0.6", 9));
+        m.flow(&between("a", None, "203.0.113.9", 4));
+        m.flow(&between("a", None, "100.64.3.3", 2));
+        m.flow(&between("a", None, "::ffff:192.168.1.1", 2));
+        let t = text(&r);
+        assert!(
+            t.contains(r#"devourer_zone_bytes_total{dst_zone="a",src_zone="a"} 100"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"devourer_zone_bytes_total{dst_zone="b",src_zone="a"} 10"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"devourer_zone_bytes_total{dst_zone="",src_zone="a"} 11"#),
+            "{t}"
+        );
+        let bytes = |scope: &str, dst: &str| {
+            format!(
+                r#"devourer_workload_bytes_total{{dst_namespace="{ns}",dst_workload="{dst}",scope="{scope}",src_namespace="shop",src_workload="cart"}}"#,
+                ns = if dst.is_empty() { "" } else { "shop" }
+            )
+        };
+        assert!(
+            t.contains(&format!("{} 100", bytes("same_zone", "db"))),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("{} 10", bytes("cross_zone", "db"))),
+            "{t}"
+        );
+        assert!(t.contains(&format!("{} 5", bytes("internet", ""))), "{t}");
+        assert!(
+            t.contains(&format!("{} 6", bytes("other", ""))),
+            "CGNAT and private: {t}"
+        );
+        assert!(t.contains(r#"devourer_workload_bytes_total{dst_namespace="other",dst_workload="other",scope="internet",src_namespace="other",src_workload="other"} 0"#), "{t}");
+    }
+
+    #[test]
+    fn zone_label_sets_share_the_budget_and_overflow_to_other() {
+        let r = Registry::new();
+        let m = WorkloadMetrics::new(&r);
+        m.follow_zones();
+        // The `other` sets (2 + 2 histograms + 1 zone + 4 scopes) and room for two more.
+        m.set_max_series(2 + 2 * rtt_cost() + 5 + 2);
+        m.flow(&between("a", Some("a"), "10.1.0.6", 7));
+        m.flow(&between("a", Some("b"), "10.1.0.6", 7));
+        let t = text(&r);
+        assert!(
+            t.contains(r#"devourer_zone_bytes_total{dst_zone="a",src_zone="a"} 8"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"devourer_zone_bytes_total{dst_zone="other",src_zone="other"} 8"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"scope="cross_zone",src_namespace="other",src_workload="other"} 8"#),
+            "{t}"
+        );
+        assert!(t.contains("devourer_metrics_series_dropped_total 2"), "{t}");
     }
 
     #[test]

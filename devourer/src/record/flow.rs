@@ -18,7 +18,7 @@ use crate::{
         net::{addr_text, key_addr, protocol_name},
         time::{Timestamp, rfc3339},
     },
-    flow::{Emitted, Status},
+    flow::{Emitted, Status, Workload},
     kernel::conntrack::has_ports,
 };
 
@@ -279,7 +279,14 @@ impl FlowRecord {
         let tcp = e.tcp.as_ref();
         let srtt = tcp.and_then(|t| t.srtt);
         let tls = e.tls.as_deref();
-        let sni = tls.and_then(|t| t.sni.clone());
+        // The SNI names the destination when the destination is what the hello was sent to:
+        // its sender is the record's source (before or after NAT).
+        let from_src = |c: &([u8; 16], u16)| {
+            *c == (k.src_addr, k.src_port) || e.xlat_src.is_some_and(|x| x == *c)
+        };
+        let sni = tls
+            .filter(|t| t.client.as_ref().is_none_or(from_src))
+            .and_then(|t| t.sni.clone());
         let (dst_name, dst_name_source) = match (&e.dst_name, sni) {
             (Some(n), _) => (Some(n.clone()), Some("dns")),
             (None, Some(sni)) => (Some(sni), Some("sni")),
@@ -361,8 +368,27 @@ impl FlowRecord {
             tls_version_negotiated: tls.and_then(|t| t.version_negotiated),
             tls_ja4: tls.and_then(|t| t.ja4.clone()),
             tls_ech: tls.and_then(|t| t.ech),
-            k8s: K8sFields::flow(e.src_k8s.clone(), e.dst_k8s.clone()),
+            k8s: K8sFields::flow(e.src_k8s.clone(), backend_zone(e, cx)),
         }
+    }
+}
+
+/// The destination's object, with a Service's the zone of the backend a DNAT sent the flow to
+/// (a Service has none of its own: the bytes go where its backend is).
+fn backend_zone(e: &Emitted, cx: &RecordContext<'_>) -> Option<Arc<Workload>> {
+    let dst = e.dst_k8s.clone();
+    let (Some(w), Some((addr, _))) = (&dst, e.xlat_dst) else {
+        return dst;
+    };
+    if w.zone.is_some() || w.service.is_none() || w.pod.is_some() {
+        return dst;
+    }
+    match (cx.workload)(key_addr(&e.key, addr)).and_then(|b| b.zone.clone()) {
+        Some(zone) => Some(Arc::new(Workload {
+            zone: Some(zone),
+            ..(**w).clone()
+        })),
+        None => dst,
     }
 }
 
@@ -409,6 +435,7 @@ mod tests {
             owner: some(3).then(|| s(3).into()),
             node: Some("node-1".into()),
             service: some(4).then(|| s(4).into()),
+            zone: some(5).then(|| "zone-a".into()),
         };
         let (src_k8s, dst_k8s) = match i % 3 {
             0 => (None, None),
@@ -516,7 +543,7 @@ mod tests {
         crate::record::json::Object::write(&record(5), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"type":"flow","id":"00000000000000000000000000000005","seq":39595,"agent":"","interface":"eth0","protocol":"tcp","src_addr":"10.0.0.1","dst_addr":"fd00::2","src_port":655,"dst_port":65535,"icmp_type":null,"icmp_code":0,"vlan":null,"first_seen_at":"2026-12-05T23:59:59.123456Z","last_seen_at":"2026-12-06T00:00:00Z","src_bytes":18446744073709551610,"dst_bytes":0,"src_packets":5,"dst_packets":1099511627776,"status":"active_timeout","src_name":"a\"quoted\" name","dst_name":null,"dst_name_source":null,"tcp_flags":511,"interfaces":[{"interface":"","direction":"ingress"}],"community_id":"1:LQU9qZlK+B5F3KDmev6m5PMibrg=","sampling":6,"xlat_src_addr":"192.0.2.1","xlat_src_port":null,"xlat_dst_addr":null,"xlat_dst_port":null,"tunnel":null,"drops_packets":null,"drops_bytes":null,"drop_reasons":[],"tcp_handshake_rtt":0.0125,"tcp_srtt_min":null,"tcp_srtt_max":null,"tcp_srtt_last":null,"tcp_retransmits":4,"tcp_failed":null,"tls_sni":null,"tls_alpn":["","eth0"],"tls_version":null,"tls_version_negotiated":null,"tls_ja4":null,"tls_ech":null,"src_k8s_namespace":null,"src_k8s_pod":null,"src_k8s_owner_kind":null,"src_k8s_owner":null,"src_k8s_node":null,"src_k8s_service":null,"dst_k8s_namespace":null,"dst_k8s_pod":"a\"quoted\" name","dst_k8s_owner_kind":"Deployment","dst_k8s_owner":null,"dst_k8s_node":"node-1","dst_k8s_service":null}"#
+            r#"{"type":"flow","id":"00000000000000000000000000000005","seq":39595,"agent":"","interface":"eth0","protocol":"tcp","src_addr":"10.0.0.1","dst_addr":"fd00::2","src_port":655,"dst_port":65535,"icmp_type":null,"icmp_code":0,"vlan":null,"first_seen_at":"2026-12-05T23:59:59.123456Z","last_seen_at":"2026-12-06T00:00:00Z","src_bytes":18446744073709551610,"dst_bytes":0,"src_packets":5,"dst_packets":1099511627776,"status":"active_timeout","src_name":"a\"quoted\" name","dst_name":null,"dst_name_source":null,"tcp_flags":511,"interfaces":[{"interface":"","direction":"ingress"}],"community_id":"1:LQU9qZlK+B5F3KDmev6m5PMibrg=","sampling":6,"xlat_src_addr":"192.0.2.1","xlat_src_port":null,"xlat_dst_addr":null,"xlat_dst_port":null,"tunnel":null,"drops_packets":null,"drops_bytes":null,"drop_reasons":[],"tcp_handshake_rtt":0.0125,"tcp_srtt_min":null,"tcp_srtt_max":null,"tcp_srtt_last":null,"tcp_retransmits":4,"tcp_failed":null,"tls_sni":null,"tls_alpn":["","eth0"],"tls_version":null,"tls_version_negotiated":null,"tls_ja4":null,"tls_ech":null,"src_k8s_namespace":null,"src_k8s_pod":null,"src_k8s_owner_kind":null,"src_k8s_owner":null,"src_k8s_node":null,"src_k8s_service":null,"src_k8s_zone":null,"dst_k8s_namespace":null,"dst_k8s_pod":"a\"quoted\" name","dst_k8s_owner_kind":"Deployment","dst_k8s_owner":null,"dst_k8s_node":"node-1","dst_k8s_service":null,"dst_k8s_zone":null}"#
         );
     }
 

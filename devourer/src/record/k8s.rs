@@ -1,6 +1,6 @@
 //! The Kubernetes fields of a record: for each side (`src_`/`dst_` on flows, `client_`/`server_`
-//! on DNS and HTTP), the namespace, pod, owner kind and name, node and service, `null` where
-//! unknown.
+//! on DNS and HTTP), the namespace, pod, owner kind and name, node, service and zone, `null`
+//! where unknown.
 
 use std::sync::Arc;
 
@@ -8,10 +8,10 @@ use super::fields::{Fields, Record};
 use crate::flow::Workload;
 
 /// One side's field names, in column order.
-type Keys = [&'static str; 6];
+type Keys = [&'static str; 7];
 
 /// One side's field names and, for a side with nothing known (every record off Kubernetes),
-/// all six written as JSON at once.
+/// all seven written as JSON at once.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Side {
     pub keys: Keys,
@@ -28,6 +28,7 @@ macro_rules! side {
                 concat!($p, "_k8s_owner"),
                 concat!($p, "_k8s_node"),
                 concat!($p, "_k8s_service"),
+                concat!($p, "_k8s_zone"),
             ],
             nulls: concat!(
                 "\"",
@@ -42,7 +43,9 @@ macro_rules! side {
                 $p,
                 "_k8s_node\":null,\"",
                 $p,
-                "_k8s_service\":null"
+                "_k8s_service\":null,\"",
+                $p,
+                "_k8s_zone\":null"
             ),
         }
     };
@@ -111,8 +114,8 @@ impl Record for XlatK8s {
     }
 }
 
-/// One side's six values in column order (`None`: unknown, or no object at all).
-fn values(w: Option<&Workload>) -> [Option<&str>; 6] {
+/// One side's seven values in column order (`None`: unknown, or no object at all).
+fn values(w: Option<&Workload>) -> [Option<&str>; 7] {
     [
         w.and_then(|w| w.namespace.as_deref()),
         w.and_then(|w| w.pod.as_deref()),
@@ -120,10 +123,11 @@ fn values(w: Option<&Workload>) -> [Option<&str>; 6] {
         w.and_then(|w| w.owner.as_deref()),
         w.and_then(|w| w.node.as_deref()),
         w.and_then(|w| w.service.as_deref()),
+        w.and_then(|w| w.zone.as_deref()),
     ]
 }
 
-/// The twelve fields, flat in their record; a side with nothing known at once.
+/// The fourteen fields, flat in their record; a side with nothing known at once.
 impl Record for K8sFields {
     fn fields<F: Fields>(&self, o: &mut F) {
         for (names, side) in self.keys.iter().zip(&self.sides) {
@@ -153,6 +157,7 @@ mod tests {
             owner: Some("web".into()),
             node: Some("node-1".into()),
             service: Some("web".into()),
+            zone: Some("europe-west1-b".into()),
         };
         let json = |f: &K8sFields| {
             let mut out = Vec::new();
@@ -163,8 +168,9 @@ mod tests {
         assert_eq!(v["src_k8s_namespace"], "shop");
         assert_eq!(v["src_k8s_owner_kind"], "Deployment");
         assert_eq!(v["src_k8s_service"], "web");
+        assert_eq!(v["src_k8s_zone"], "europe-west1-b");
         assert!(v["dst_k8s_pod"].is_null());
-        assert_eq!(v.as_object().unwrap().len(), 12);
+        assert_eq!(v.as_object().unwrap().len(), 14);
         let v = json(&K8sFields::exchange(None, None));
         assert!(v["client_k8s_node"].is_null() && v["server_k8s_owner"].is_null());
     }
@@ -179,6 +185,7 @@ mod tests {
                 owner: None,
                 node: Some("node-1".into()),
                 service: None,
+                zone: Some("z".into()),
             })
         };
         for (a, b) in [(None, None), (Some(pod()), None), (None, Some(pod()))] {

@@ -44,7 +44,8 @@ impl HelloError {
 }
 
 /// The handshake message that starts `stream` (TLS records from the stream's first byte),
-/// its fragments joined across records; `Incomplete` until it is all there.
+/// its fragments joined across records; `Incomplete` until it is all there (a record may be
+/// cut after it: a ServerHello's segment with the start of the Certificate in its record).
 pub fn first_message(stream: &[u8]) -> Result<Vec<u8>, HelloError> {
     let mut msg = Vec::new();
     let mut rest = stream;
@@ -56,11 +57,8 @@ pub fn first_message(stream: &[u8]) -> Result<Vec<u8>, HelloError> {
             return Err(HelloError::NotHello);
         }
         let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
-        let Some(fragment) = rest.get(5..5 + len) else {
-            return Err(HelloError::Incomplete);
-        };
+        let fragment = &rest[5..rest.len().min(5 + len)];
         msg.extend_from_slice(fragment);
-        rest = &rest[5 + len..];
         if msg.len() >= 4 {
             let body = u32::from_be_bytes([0, msg[1], msg[2], msg[3]]) as usize;
             if msg.len() >= 4 + body {
@@ -68,6 +66,14 @@ pub fn first_message(stream: &[u8]) -> Result<Vec<u8>, HelloError> {
                 return Ok(msg);
             }
         }
+        if fragment.len() < len || len == 0 {
+            return Err(if len == 0 {
+                HelloError::Malformed
+            } else {
+                HelloError::Incomplete
+            });
+        }
+        rest = &rest[5 + len..];
     }
 }
 
@@ -155,6 +161,7 @@ pub fn client_hello(stream: &[u8]) -> Result<TlsInfo, HelloError> {
         version_negotiated: None,
         ja4: Some(fingerprint.into()),
         ech: Some(ech),
+        client: None,
     })
 }
 

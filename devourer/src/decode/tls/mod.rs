@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use devourer_common::{
     flow::{FlowKey, KEY_F_IPV6},
-    payload::{PAYLOAD_F_IPV6, PayloadHeader, TLS_STREAM_MAX},
+    payload::{PAYLOAD_F_IPV6, PayloadHeader, hello_stream_len},
 };
 use lru::LruCache;
 
@@ -30,6 +30,11 @@ pub struct TlsTrackerConfig {
 
 /// Out-of-order pieces one ClientHello keeps at most (a hello is a few segments).
 const MAX_PIECES: usize = 64;
+
+/// What a ClientHello being reassembled costs besides its bytes (its key and entry, the
+/// vectors' headers, its pieces at most), charged to the byte budget: a flood of tiny "hellos"
+/// is bounded by count too.
+const STREAM_COST: usize = 256 + MAX_PIECES * 16;
 
 /// Findings waiting for the next scan at most (one per handshake message; a scan takes them
 /// every second); past it they are counted (`found_full`) and lost.
@@ -52,7 +57,8 @@ pub struct TlsStats {
 struct Stream {
     /// Sequence number of its first byte.
     base: u32,
-    /// Its first record's length (header included), at most [`TLS_STREAM_MAX`].
+    /// The stream bytes its message takes in its records (`hello_stream_len`, at most
+    /// 16 KiB): nothing past it is kept.
     want: usize,
     /// The stream's bytes from `base` (zero where not arrived), and which ranges arrived.
     bytes: Vec<u8>,
@@ -76,17 +82,22 @@ impl Stream {
         true
     }
 
-    /// Whether every byte up to `want` arrived.
-    fn complete(&mut self) -> bool {
+    /// How far the bytes from the first arrived without a gap.
+    fn reach(&mut self) -> usize {
         self.have.sort_unstable();
         let mut reach = 0;
         for &(a, b) in &self.have {
             if a > reach {
-                return false;
+                break;
             }
             reach = reach.max(b);
         }
-        reach >= self.want
+        reach
+    }
+
+    /// What it is charged to the byte budget.
+    fn cost(&self) -> usize {
+        self.want + STREAM_COST
     }
 }
 
@@ -126,7 +137,8 @@ impl TlsTracker {
                 _ => {}
             }
         }
-        let Some(s) = self.streams.get_mut(&key) else {
+        // Looked up without making it recent: the oldest started go first.
+        let Some(s) = self.streams.peek_mut(&key) else {
             self.fail("orphan");
             return;
         };
@@ -141,7 +153,7 @@ impl TlsTracker {
     /// A ClientHello's first segment: reassembly starts (a retransmission of it only fills
     /// its bytes again; a new hello at another sequence number starts over).
     fn start(&mut self, key: FlowKey, h: &PayloadHeader, payload: &[u8]) {
-        if let Some(s) = self.streams.get_mut(&key)
+        if let Some(s) = self.streams.peek_mut(&key)
             && s.base == h.tcp_seq
         {
             if !s.put(0, payload) {
@@ -150,10 +162,18 @@ impl TlsTracker {
             }
             return self.finish_if_complete(key);
         }
-        let record = 5 + usize::from(u16::from_be_bytes([payload[3], payload[4]]));
-        let want = record.min(TLS_STREAM_MAX as usize);
+        // What the kernel forwards of it: its message in its records (see `hello_stream_len`).
+        let record = u32::from(u16::from_be_bytes([payload[3], payload[4]]));
+        let message = payload
+            .get(6..9)
+            .map_or(0, |m| u32::from_be_bytes([0, m[0], m[1], m[2]]));
+        let want = hello_stream_len(record, message) as usize;
+        if want == 0 {
+            self.fail(hello::HelloError::Malformed.as_str());
+            return;
+        }
         if let Some(old) = self.streams.pop(&key) {
-            self.pending_bytes -= old.want;
+            self.pending_bytes -= old.cost();
         }
         let mut s = Stream {
             base: h.tcp_seq,
@@ -163,10 +183,10 @@ impl TlsTracker {
             first_ns: h.ts_ns,
         };
         s.put(0, payload);
-        self.pending_bytes += want;
+        self.pending_bytes += s.cost();
         self.streams.push(key, s);
         while self.pending_bytes > self.cfg.max_pending_bytes {
-            let Some((old, _)) = self.streams.peek_lru().map(|(k, s)| (*k, s.want)) else {
+            let Some(old) = self.streams.peek_lru().map(|(k, _)| *k) else {
                 break;
             };
             self.drop_stream(&old, "evicted");
@@ -174,18 +194,23 @@ impl TlsTracker {
         self.finish_if_complete(key);
     }
 
+    /// Parses the ClientHello of `key` once its message arrived whole (up to its last byte
+    /// without a gap; what follows it in the stream is not waited for).
     fn finish_if_complete(&mut self, key: FlowKey) {
-        let Some(s) = self.streams.get_mut(&key) else {
+        let Some(s) = self.streams.peek_mut(&key) else {
             return;
         };
-        if !s.complete() {
-            return;
-        }
+        let reach = s.reach();
+        let outcome = match hello::client_hello(&s.bytes[..reach]) {
+            Err(hello::HelloError::Incomplete) if reach < s.want => return,
+            outcome => outcome,
+        };
         let s = self.streams.pop(&key).expect("present");
-        self.pending_bytes -= s.want;
-        match hello::client_hello(&s.bytes) {
-            Ok(info) => {
+        self.pending_bytes -= s.cost();
+        match outcome {
+            Ok(mut info) => {
                 self.stats.client_hellos += 1;
+                info.client = Some((key.src_addr, key.src_port));
                 self.push(TlsSeen {
                     key,
                     what: Seen::Client(info),
@@ -220,7 +245,7 @@ impl TlsTracker {
 
     fn drop_stream(&mut self, key: &FlowKey, why: &'static str) {
         if let Some(s) = self.streams.pop(key) {
-            self.pending_bytes -= s.want;
+            self.pending_bytes -= s.cost();
             self.fail(why);
         }
     }
@@ -246,20 +271,21 @@ impl TlsTracker {
         std::mem::take(&mut self.found)
     }
 
-    /// ClientHellos being reassembled, and their bytes.
+    /// ClientHellos being reassembled, and the bytes charged for them.
     pub fn pending(&self) -> (usize, usize) {
         (self.streams.len(), self.pending_bytes)
     }
 }
 
-/// The flow key of an event's direction (any interface).
+/// The flow key of an event's direction, with the interface that counted it (counting per
+/// interface, each interface's copy is a stream of its own and names its own flow).
 fn key_of(h: &PayloadHeader) -> FlowKey {
     FlowKey {
         src_addr: h.src_addr,
         dst_addr: h.dst_addr,
         src_port: h.src_port,
         dst_port: h.dst_port,
-        ifindex: 0,
+        ifindex: h.ifindex,
         _pad: 0,
         proto: h.proto,
         flags: if h.flags & PAYLOAD_F_IPV6 != 0 {

@@ -100,13 +100,13 @@ fn a_hello_missing_segments_times_out_and_the_byte_budget_evicts_the_oldest() {
     t.on_event(&h, &p);
     assert_eq!(t.stats.failed["orphan"], 1);
 
-    let mut t = tracker(rec.len() + 10);
+    let mut t = tracker(rec.len() + STREAM_COST + 10);
     let (h, p) = event(true, 1, 10, &rec[..1448]);
     t.on_event(&h, &p);
     let (mut h, p) = event(true, 1, 11, &rec[..1448]);
     h.src_port = 40001;
     t.on_event(&h, &p);
-    assert_eq!(t.pending(), (1, rec.len()));
+    assert_eq!(t.pending(), (1, rec.len() + STREAM_COST));
     assert_eq!(t.stats.failed["evicted"], 1);
     assert!(t.take_found().is_empty());
 }
@@ -121,15 +121,46 @@ fn other_payloads_and_broken_hellos_are_counted_not_found() {
     broken.extend_from_slice(&[0xff; 10]);
     let (h, p) = event(true, 1, 2, &broken);
     t.on_event(&h, &p);
-    // A record that says it is longer than the handshake message it holds.
+    // A record shorter than its message, whose next records never come.
     let mut short = ClientHelloBytes::spec_example("x").record();
     short.truncate(60);
     short[3..5].copy_from_slice(&55u16.to_be_bytes());
     let (mut h, p) = event(true, 1, 3, &short);
     h.src_port = 40001;
     t.on_event(&h, &p);
+    assert_eq!(t.pending().0, 1, "its next records may come");
+    t.expire(10_000);
     assert!(t.take_found().is_empty());
     assert_eq!(t.stats.failed["orphan"], 1);
     assert_eq!(t.stats.failed["malformed"], 1);
-    assert_eq!(t.stats.failed["incomplete"], 1);
+    assert_eq!(t.stats.failed["timeout"], 1);
+}
+
+#[test]
+fn a_hello_in_many_records_and_segments_and_a_server_hello_cut_by_its_segment_are_read() {
+    let mut t = tracker(1 << 20);
+    let hello = ClientHelloBytes::spec_example("records.example");
+    let stream = hello.records(60);
+    assert!(stream.len() > 4 * 65, "several records");
+    for (i, piece) in stream.chunks(100).enumerate() {
+        let (h, p) = event(true, 1 + 100 * i as u32, 10, piece);
+        t.on_event(&h, &p);
+    }
+    let found = t.take_found();
+    assert_eq!(found.len(), 1, "{:?}", t.stats);
+    let Seen::Client(info) = &found[0].what else {
+        panic!()
+    };
+    assert_eq!(info.sni.as_deref(), Some("records.example"));
+    // A ServerHello and the start of a Certificate in one record, cut by the segment's end.
+    let sh = server_hello(0x0304);
+    let mut rec = sh[..5].to_vec();
+    rec.extend_from_slice(&sh[5..]);
+    rec.extend_from_slice(&[11, 0, 0x0b, 0xb8]);
+    rec.extend_from_slice(&[0; 200]);
+    let len = (rec.len() - 5 + 2800) as u16;
+    rec[3..5].copy_from_slice(&len.to_be_bytes());
+    let (h, p) = event(false, 9, 11, &rec);
+    t.on_event(&h, &p);
+    assert_eq!(t.take_found()[0].what, Seen::Server("TLSv1.3"));
 }

@@ -59,6 +59,7 @@ fn a_pod_is_named_with_its_deployment_and_service() {
             owner: Some("web".into()),
             node: Some("node-1".into()),
             service: Some("web-svc".into()),
+            zone: None,
         }
     );
     let svc = x.lookup(ip("198.19.200.10")).unwrap();
@@ -95,13 +96,50 @@ fn nodes_and_host_network_pods_are_named_by_the_node() {
     x.apply_node(NodeInfo {
         name: "node-1".into(),
         addrs: vec![ip("192.0.2.10")],
+        zone: Some("zone-a".into()),
     });
     let mut agent = pod("kube-system", "devourer-x", "192.0.2.10");
     agent.host_network = true;
     x.apply_pod(agent);
     let w = x.lookup(ip("192.0.2.10")).unwrap();
     assert_eq!(w.node.as_deref(), Some("node-1"));
+    assert_eq!(w.zone.as_deref(), Some("zone-a"));
     assert_eq!(w.pod, None);
+}
+
+#[test]
+fn pods_carry_their_nodes_zone_whichever_comes_first_and_follow_its_changes() {
+    let mut x = Index::new(1 << 20);
+    // The pod before its node: no zone yet.
+    x.apply_pod(pod("shop", "web-a", "10.1.0.5"));
+    assert_eq!(x.lookup(ip("10.1.0.5")).unwrap().zone, None);
+    let node = |zone: Option<&str>| NodeInfo {
+        name: "node-1".into(),
+        addrs: vec![ip("192.0.2.10")],
+        zone: zone.map(Into::into),
+    };
+    x.apply_node(node(Some("zone-a")));
+    x.rename_pending(usize::MAX);
+    assert_eq!(
+        x.lookup(ip("10.1.0.5")).unwrap().zone.as_deref(),
+        Some("zone-a")
+    );
+    // A pod after its node takes the zone at once.
+    x.apply_pod(pod("shop", "web-b", "10.1.0.6"));
+    assert_eq!(
+        x.lookup(ip("10.1.0.6")).unwrap().zone.as_deref(),
+        Some("zone-a")
+    );
+    // Relabelled, then gone.
+    x.apply_node(node(Some("zone-b")));
+    x.rename_pending(usize::MAX);
+    assert_eq!(
+        x.lookup(ip("10.1.0.5")).unwrap().zone.as_deref(),
+        Some("zone-b")
+    );
+    x.remove(Kind::Node, "", "node-1");
+    x.rename_pending(usize::MAX);
+    assert_eq!(x.lookup(ip("10.1.0.6")).unwrap().zone, None);
 }
 
 #[test]

@@ -31,7 +31,7 @@ const FIRST_TEMPLATE: u16 = 256;
 /// number with these element ids (`deploy/ipfix/primitives.lst` describes them for
 /// collectors). They start at 101: pmacct matches enterprise elements by id alone, and 1 and 2
 /// would be taken for the reverse counters (29305's 1 and 2) of the same template.
-pub const TEXTS: [(&str, u16); 23] = [
+pub const TEXTS: [(&str, u16); 25] = [
     ("src_name", 101),
     ("dst_name", 102),
     ("community_id", 103),
@@ -57,6 +57,8 @@ pub const TEXTS: [(&str, u16); 23] = [
     ("tls_ja4", 122),
     // `true` or `false`.
     ("tls_ech", 123),
+    ("src_k8s_zone", 124),
+    ("dst_k8s_zone", 125),
 ];
 
 /// What one field of a data record holds.

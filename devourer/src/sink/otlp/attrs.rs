@@ -48,13 +48,14 @@ const SIDES: [(&str, &str); 4] = [
 ];
 
 /// A Kubernetes field's attribute, after its side's prefix.
-const K8S: [(&str, &str); 6] = [
+const K8S: [(&str, &str); 7] = [
     ("namespace", "namespace.name"),
     ("pod", "pod.name"),
     ("owner_kind", "owner.kind"),
     ("owner", "owner.name"),
     ("node", "node.name"),
     ("service", "service.name"),
+    ("zone", "zone"),
 ];
 
 /// The attribute of record field `key`.
@@ -312,7 +313,8 @@ mod tests {
             "devourer.server.k8s.owner.kind"
         );
         assert_eq!(attribute("src_bytes"), "devourer.src_bytes");
-        assert_eq!(attribute("src_k8s_zone"), "devourer.src_k8s_zone");
+        assert_eq!(attribute("src_k8s_zone"), "devourer.source.k8s.zone");
+        assert_eq!(attribute("tls_ja4"), "devourer.tls_ja4");
     }
 
     #[test]
