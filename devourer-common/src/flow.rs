@@ -201,9 +201,11 @@ pub struct FlowValue {
     pub counted_on: u32,
     /// The VLAN tag a hook saw last on this direction, or'd with [`VLAN_SEEN`] (0: none).
     pub vlan: u16,
-    /// Bytes of a TLS ClientHello this direction still forwards to the TLS ring (its first
-    /// record, at most [`crate::payload::TLS_STREAM_MAX`] bytes; 0: none pending).
-    pub tls_left: u16,
+    /// Where the ClientHello this direction forwards to the TLS ring ends: the low 16 bits of
+    /// the sequence number after its last byte (at most [`crate::payload::TLS_STREAM_MAX`]
+    /// past its first; 0: none, 1 for an end of 0). A segment that starts before it is
+    /// forwarded, whatever the order segments come in.
+    pub tls_end: u16,
     /// TCP handshake, at the counting hook: when this direction last sent a SYN (bare, or a
     /// SYN-ACK; 0: neither). In the first cache line with the counts: every TCP packet reads
     /// it.

@@ -36,31 +36,33 @@ pub const GLOBAL_TLS: &str = "DEVOURER_TLS";
 /// Client bytes of a TLS handshake forwarded per flow direction at most (the first record of
 /// a ClientHello, up to this): what the agent reassembles.
 pub const TLS_STREAM_MAX: u32 = 16 * 1024;
-/// The stream bytes a ClientHello takes (at most [`TLS_STREAM_MAX`]), from its first record's
-/// length and its handshake message's: the record, or where the message goes on past it, the
-/// message with a header for each record it needs (records the size of the first). 0 for a
-/// record of no length.
+/// The stream bytes a ClientHello takes, from its first record's length and its handshake
+/// message's: the record, or where the message goes on past it, the message with a header for
+/// each record it needs (records the size of the first). 0 for a record of no length. What is
+/// forwarded and kept of it stops at [`TLS_STREAM_MAX`].
 pub const fn hello_stream_len(record_len: u32, message_len: u32) -> u32 {
     if record_len == 0 {
         return 0;
     }
     let msg = 4 + message_len;
-    let want = if msg <= record_len {
+    if msg <= record_len {
         5 + record_len
     } else {
         msg + 5 * msg.div_ceil(record_len)
-    };
-    if want > TLS_STREAM_MAX {
-        TLS_STREAM_MAX
-    } else {
-        want
     }
 }
+
+/// Packets of a flow direction after which a ClientHello still being forwarded is given up:
+/// the early ones, and as many segments as the agent keeps pieces of one hello (a client
+/// sending its hello in tiny segments cannot fill the ring).
+pub const TLS_HELLO_PACKETS: u64 = TLS_EARLY_PACKETS + 64;
 
 /// A direction's TCP payloads are looked at for a handshake's start only while its entry has
 /// counted at most this many packets (a ClientHello follows the handshake; a ServerHello
 /// answers it): later payloads cost one compare.
 pub const TLS_EARLY_PACKETS: u64 = 16;
+
+const _: () = assert!(TLS_STREAM_MAX < 1 << 15);
 /// Load-time global (u64): flags for all rings' output (see [`BPF_RB_NO_WAKEUP`]).
 pub const GLOBAL_RB_FLAGS: &str = "DEVOURER_RB_FLAGS";
 /// No wake-up per event: for a reader that polls after every replayed frame anyway.

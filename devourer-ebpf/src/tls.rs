@@ -1,13 +1,17 @@
 //! TLS handshakes on any TCP port: which counted payloads of a flow direction go to the TLS
-//! ring. A segment that starts a handshake record holding a ClientHello (and the segments after
-//! it, until its record or 16 KiB of the stream went out), or one holding a ServerHello, while
-//! the direction's entry is young; nothing else, so a bulk transfer costs one compare a packet.
+//! ring. A segment that starts a handshake record holding a ClientHello, and every segment
+//! that starts before the end of that hello's message (its records, at most 16 KiB of the
+//! stream, whatever order they come in, within the direction's first packets), or one holding
+//! a ServerHello, while the direction's entry is young; nothing else, so a bulk transfer costs
+//! one compare a packet.
 
 use core::ptr::{read_volatile, write_volatile};
 
 use devourer_common::{
     flow::{C_TLS_CUT, FlowValue},
-    payload::{PAYLOAD_CAP_MAX, TLS_EARLY_PACKETS, TLS_STREAM_MAX, hello_stream_len},
+    payload::{
+        PAYLOAD_CAP_MAX, TLS_EARLY_PACKETS, TLS_HELLO_PACKETS, TLS_STREAM_MAX, hello_stream_len,
+    },
 };
 use devourer_ebpf::Parsed;
 
@@ -24,7 +28,7 @@ const SERVER_HELLO: u8 = 2;
 /// Events one segment is forwarded in at most (a super-packet can hold a whole ClientHello).
 const CHUNKS: u32 = TLS_STREAM_MAX / PAYLOAD_CAP_MAX as u32;
 
-/// Whether TLS handshakes are forwarded (`--tls`, a load-time constant).
+/// Whether TLS handshakes are forwarded (`--no-tls`, a load-time constant).
 #[unsafe(no_mangle)]
 static DEVOURER_TLS: u8 = 1;
 
@@ -45,32 +49,31 @@ pub fn tls_segment<P: CopyOut>(
     if unsafe { read_volatile(&DEVOURER_TLS) } == 0 || v.is_null() || chunks == 0 {
         return;
     }
-    // SAFETY: a live map value (a plain read: a racing CPU only repeats or skips a segment,
-    // which the agent's reassembly by sequence number absorbs).
-    let (left, packets) = unsafe { (read_volatile(&raw const (*v).tls_left), (*v).packets) };
-    if left == 0 && packets > TLS_EARLY_PACKETS {
+    // SAFETY: a live map value (plain reads and a plain store: two CPUs racing on one flow's
+    // hello at most forward a segment twice, which the agent's reassembly absorbs).
+    let (end, packets) = unsafe { (read_volatile(&raw const (*v).tls_end), (*v).packets) };
+    if packets > TLS_HELLO_PACKETS || (end == 0 && packets > TLS_EARLY_PACKETS) {
         return;
     }
     let len = parsed.payload_len;
-    let want = match hello(p, parsed, ctr) {
-        // A hello starts here (a ClientHello again: a retransmission of its first segment
-        // starts the count over).
-        Some((want, client)) => {
-            if client {
-                let rest = want.saturating_sub(len);
-                // SAFETY: as above; at most TLS_STREAM_MAX (< 65536).
-                unsafe { write_volatile(&raw mut (*v).tls_left, rest as u16) };
+    // How far this segment starts before the hello's end (mod 2^16; the hello spans less).
+    let before = end.wrapping_sub(parsed.tcp_seq as u16) as u32;
+    let want = if end != 0 && before != 0 && before <= TLS_STREAM_MAX {
+        // Part of the hello (a retransmission of any of its segments too).
+        before
+    } else {
+        let Some((want, client)) = hello(p, parsed, ctr) else {
+            return;
+        };
+        if client {
+            let mut e = parsed.tcp_seq.wrapping_add(want) as u16;
+            if e == 0 {
+                e = 1;
             }
-            want
-        }
-        // The rest of a ClientHello.
-        None if left != 0 => {
-            let rest = (left as u32).saturating_sub(len);
             // SAFETY: as above.
-            unsafe { write_volatile(&raw mut (*v).tls_left, rest as u16) };
-            left as u32
+            unsafe { write_volatile(&raw mut (*v).tls_end, e) };
         }
-        None => return,
+        want
     };
     forward(p, parsed, (ts, ifindex), want.min(len), chunks, ctr);
 }
@@ -100,10 +103,10 @@ fn hello<P: CopyOut>(p: &P, parsed: &Parsed, ctr: &Ctr) -> Option<(u32, bool)> {
             if want == 0 {
                 return None;
             }
-            if want == TLS_STREAM_MAX {
+            if want > TLS_STREAM_MAX {
                 ctr.add(C_TLS_CUT, 1);
             }
-            Some((want, true))
+            Some((want.min(TLS_STREAM_MAX), true))
         }
         SERVER_HELLO => Some(((5 + record).min(PAYLOAD_CAP_MAX as u32), false)),
         _ => None,
@@ -140,5 +143,4 @@ fn forward<P: CopyOut>(
 /// Where `payload_event` finds a TLS event's chunk (its offset in the segment, in caps).
 pub const CHUNK_SHIFT: u32 = 34;
 
-const _: () =
-    assert!(TLS_STREAM_MAX < 1 << 16 && TLS_STREAM_MAX.is_multiple_of(PAYLOAD_CAP_MAX as u32));
+const _: () = assert!(TLS_STREAM_MAX.is_multiple_of(PAYLOAD_CAP_MAX as u32));

@@ -5,7 +5,9 @@
 //! - existing flow: one packet repeated (the first run creates the entry, the rest update it);
 //! - new flow: distinct packets, one run each (every run inserts), against the empty program
 //!   run the same way;
-//! - DNS: a port-53 query repeated (each run also copies the payload to the DNS ring).
+//! - DNS: a port-53 query repeated (each run also copies the payload to the DNS ring);
+//! - TLS: new flows whose first segment is a ClientHello (each run inserts, looks at the hello
+//!   and copies it to the TLS ring), beside new flows of plain segments run the same way.
 //!
 //! - replay floor: a test_run call of the empty program, timed from userspace (with
 //!   `--replay-floor FILE`: every frame of a capture, read and framed as `devourer read` does);
@@ -73,12 +75,28 @@ fn ipv6(next: u8, l4: &[u8]) -> Vec<u8> {
 }
 
 fn tcp(sport: u16, dport: u16) -> Vec<u8> {
+    tcp_with(sport, dport, &[0u8; 40])
+}
+
+fn tcp_with(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut t = sport.to_be_bytes().to_vec();
     t.extend_from_slice(&dport.to_be_bytes());
     t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
-    t.extend_from_slice(&[0u8; 40]);
+    t.extend_from_slice(payload);
     t
 }
+
+/// A ClientHello's record of 512 bytes, whole in one segment (its body zeros: the kernel reads
+/// only the headers).
+fn client_hello() -> Vec<u8> {
+    let mut h = vec![0x16, 3, 1, 0x01, 0xfb, 1, 0, 0x01, 0xf7];
+    h.resize(512, 0);
+    h
+}
+
+/// Flows a TLS case opens: their hellos (about 600 bytes each in the ring) stay below the 4 MiB
+/// ring.
+const TLS_FLOWS: u16 = 6_000;
 
 fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut u = sport.to_be_bytes().to_vec();
@@ -161,6 +179,28 @@ fn main() {
         report(&format!("{hook} empty, one run per packet"), empty1);
         report(&format!("{hook} new flow"), new);
         report(&format!("{hook} existing flow, one run per packet"), again);
+        loaded
+            .flows
+            .take_all(&mut |_, _| {})
+            .expect("emptying the flow map");
+        // New flows whose first segment is a ClientHello, beside new flows of as long plain
+        // segments, interleaved; each hello goes to the ring, emptied after.
+        let hello = client_hello();
+        let plain = vec![0u8; hello.len()];
+        let (mut with_hello, mut without) = (0.0, 0.0);
+        for i in 0..TLS_FLOWS {
+            let a = eth(0x0800, &[], &ipv4(6, &tcp_with(1024 + i, 8443, &hello)));
+            let b = eth(0x0800, &[], &ipv4(6, &tcp_with(1024 + i, 9443, &plain)));
+            with_hello += run(prog, &a, 1);
+            without += run(prog, &b, 1);
+        }
+        let k = f64::from(TLS_FLOWS);
+        report(&format!("{hook} new flow, plain segment"), without / k);
+        report(
+            &format!("{hook} new flow, a ClientHello to the ring"),
+            with_hello / k,
+        );
+        while loaded.tls.next().is_some() {}
         loaded
             .flows
             .take_all(&mut |_, _| {})

@@ -309,6 +309,9 @@ fn records_name_pods_workloads_services_and_nodes_through_ip_reuse_and_an_api_ou
         assert_eq!(f["dst_k8s_owner_kind"], "StatefulSet", "{f}");
         assert_eq!(f["dst_k8s_owner"], "db", "{f}");
         assert_eq!(f["dst_k8s_service"], "db", "{f}");
+        // Both on this node, in its zone.
+        assert_eq!(f["src_k8s_zone"], "zone-a", "{f}");
+        assert_eq!(f["dst_k8s_zone"], "zone-a", "{f}");
     }
     // Flows that began while db-1 held the address are db-1's; none later is db-0's.
     let later = u64::from(renamed)..40023;

@@ -162,6 +162,15 @@ fn counted(first: u64, last: u64, bytes: u64, packets: u64, flags: u8) -> FlowVa
     v
 }
 
+/// An empty directory of this test's own and the records file in it.
+fn scratch(what: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("devourer-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("records.jsonl");
+    (dir, out)
+}
+
 fn replay_args(out: &std::path::Path, log_dir: &std::path::Path) -> PipelineArgs {
     replay_args_with(out, log_dir, &[])
 }
@@ -194,10 +203,7 @@ fn replay_args_with(
 
 #[test]
 fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
-    let dir = std::env::temp_dir().join(format!("devourer-assembly-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("records.jsonl");
+    let (dir, out) = scratch("assembly");
     let p = replay_args(&out, &dir.join("dnslog"));
 
     let mut kernel = FakeKernel::default();
@@ -284,10 +290,7 @@ fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
 #[test]
 fn a_flow_dns_did_not_name_takes_its_server_name_from_its_client_hello() {
     use crate::decode::tls::hello::tests::{ClientHelloBytes, server_hello};
-    let dir = std::env::temp_dir().join(format!("devourer-sni-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("records.jsonl");
+    let (dir, out) = scratch("sni");
     let p = replay_args(&out, &dir.join("dnslog"));
     let mut kernel = FakeKernel::default();
     // www.example.com resolves to SERVER; its hello names another host. OTHER is asked by
@@ -373,10 +376,7 @@ fn a_flow_dns_did_not_name_takes_its_server_name_from_its_client_hello() {
 
 #[test]
 fn a_spoofed_unsolicited_answer_does_not_rename_a_flow() {
-    let dir = std::env::temp_dir().join(format!("devourer-spoof-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("records.jsonl");
+    let (dir, out) = scratch("spoof");
     let p = replay_args(&out, &dir.join("dnslog"));
     let mut kernel = FakeKernel::default();
     // An answer nobody asked for claims the server is www.bank.example.
@@ -419,10 +419,8 @@ fn a_spoofed_unsolicited_answer_does_not_rename_a_flow() {
 
 #[test]
 fn a_detached_interface_loses_its_series_once_its_flows_are_out_unless_it_comes_back() {
-    let dir = std::env::temp_dir().join(format!("devourer-gone-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = replay_args(&dir.join("records.jsonl"), &dir.join("dnslog"));
+    let (dir, out) = scratch("gone");
+    let p = replay_args(&out, &dir.join("dnslog"));
     let mut kernel = FakeKernel::default();
     for (port, ifindex) in [(50000, 1), (50001, 2)] {
         let mut k = direction((CLIENT, port), (SERVER, 443), 6);
@@ -466,10 +464,7 @@ fn a_detached_interface_loses_its_series_once_its_flows_are_out_unless_it_comes_
 
 #[test]
 fn what_the_overflow_map_held_becomes_overflow_records_at_each_scan() {
-    let dir = std::env::temp_dir().join(format!("devourer-overflow-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("records.jsonl");
+    let (dir, out) = scratch("overflow");
     let p = replay_args(&out, &dir.join("dnslog"));
     let mut kernel = FakeKernel::default();
     let k = OverflowKey {
@@ -513,10 +508,7 @@ fn what_the_overflow_map_held_becomes_overflow_records_at_each_scan() {
 
 #[test]
 fn a_drop_rule_leaves_no_record_or_line_and_counts_each_dropped_packet_once() {
-    let dir = std::env::temp_dir().join(format!("devourer-assembly-filter-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("records.jsonl");
+    let (dir, out) = scratch("assembly-filter");
     let p = replay_args_with(
         &out,
         &dir.join("dnslog"),

@@ -255,7 +255,8 @@ pub fn canonical(k: &FlowKey) -> (FlowKey, usize) {
     }
 }
 
-pub(super) fn reverse(k: &FlowKey) -> FlowKey {
+/// The other direction of `k`.
+pub fn reverse(k: &FlowKey) -> FlowKey {
     FlowKey {
         src_addr: k.dst_addr,
         dst_addr: k.src_addr,

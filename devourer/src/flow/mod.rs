@@ -23,7 +23,7 @@ use std::{io, net::IpAddr, sync::Arc};
 use devourer_common::flow::{FlowKey, FlowValue, VAL_F_ICMP};
 
 pub use self::{
-    entry::{MAX_HOOKS, canonical, sum_per_cpu},
+    entry::{MAX_HOOKS, canonical, reverse, sum_per_cpu},
     filter::Filters,
     table::{FlowTable, ScanStats},
 };

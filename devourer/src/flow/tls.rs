@@ -59,3 +59,27 @@ impl TlsInfo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_client_hello_stays_and_a_server_hello_adds_its_version_in_any_order() {
+        let hello = |sni: &str, ja4: &str| {
+            Seen::Client(TlsInfo {
+                sni: Some(sni.into()),
+                ja4: Some(ja4.into()),
+                ..TlsInfo::default()
+            })
+        };
+        let mut t = TlsInfo::default();
+        t.note(&Seen::Server("TLSv1.3"));
+        t.note(&hello("first.example", "t13d_a"));
+        // After a HelloRetryRequest, the second hello changes nothing.
+        t.note(&hello("second.example", "t13d_b"));
+        assert_eq!(t.sni.as_deref(), Some("first.example"));
+        assert_eq!(t.ja4.as_deref(), Some("t13d_a"));
+        assert_eq!(t.version_negotiated, Some("TLSv1.3"));
+    }
+}

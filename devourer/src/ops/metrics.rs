@@ -465,7 +465,7 @@ impl Metrics {
             ),
             tls_messages: r.counters(
                 "devourer_tls_handshakes_total",
-                "TLS handshake messages from the TLS ring, by outcome (client_hello, server_hello: read; flow, no_flow: whether a flow in the table took what they said; incomplete, not_hello, malformed: read nothing; timeout: a ClientHello still missing segments after --tls-timeout; evicted: given up to stay within --tls-max-pending-bytes; fragmented: past 64 pieces; orphan: a segment whose ClientHello was not being reassembled; found_full: past 65536 waiting for a scan).",
+                "TLS handshake messages from the TLS ring, by outcome (client_hello, server_hello: read; flow, no_flow: whether a flow in the table took what they said; incomplete, not_hello, malformed: read nothing; timeout: a ClientHello still missing segments after --tls-timeout; evicted: given up to stay within --tls-max-pending-bytes; fragmented: past 64 pieces; orphan: a segment whose ClientHello was not being reassembled; repeated: a retransmitted segment of a ClientHello read already; found_full: past 65536 waiting for a scan).",
                 &["outcome"],
             ),
             tls_pending_bytes: r.gauge(

@@ -77,6 +77,8 @@ pub struct WorkloadMetrics {
     workload_bytes: IntCounterVec,
     /// Kubernetes metadata is on: bytes by zone and by workload are counted.
     zones: AtomicBool,
+    /// [`SCOPES`], made once.
+    scopes: [Arc<str>; 4],
     dropped_series: IntCounter,
     max_series: AtomicUsize,
     /// Series held per metric and label set (a histogram's buckets, sum and count each).
@@ -176,6 +178,7 @@ impl WorkloadMetrics {
             zone_bytes,
             workload_bytes,
             zones: AtomicBool::new(false),
+            scopes: SCOPES.map(Arc::from),
             dropped_series,
             max_series: AtomicUsize::new(DEFAULT_MAX_SERIES),
             held: Mutex::new(Held {
@@ -366,18 +369,25 @@ impl WorkloadMetrics {
             }
         }
         if zones {
+            // Labels' strings shared, not made again for each record.
+            let empty = &labels[4];
             let zone = |w: &Option<Arc<Workload>>| {
                 w.as_ref()
                     .and_then(|w| w.zone.clone())
-                    .unwrap_or_else(|| Arc::from(""))
+                    .unwrap_or_else(|| empty.clone())
             };
-            let empty: Arc<str> = Arc::from("");
-            let z: Labels = [zone(src), zone(dst), empty.clone(), empty.clone(), empty];
+            let z: Labels = [
+                zone(src),
+                zone(dst),
+                empty.clone(),
+                empty.clone(),
+                empty.clone(),
+            ];
             let l = self.values(ZONE_BYTES, &z, 1);
             self.zone_bytes
                 .with_label_values(&first::<2>(&l))
                 .inc_by(bytes);
-            labels[4] = Arc::from(scope(r));
+            labels[4] = self.scopes[scope(r)].clone();
             let l = self.values(WORKLOAD_BYTES, &labels, 1);
             self.workload_bytes
                 .with_label_values(&first::<5>(&l))
@@ -386,21 +396,22 @@ impl WorkloadMetrics {
     }
 }
 
-/// Where a flow's bytes went: between two ends in one zone or two, to or from the internet (an
-/// end that is no Kubernetes object and whose address is public), or elsewhere.
-fn scope(r: &FlowRecord) -> &'static str {
+/// Where a flow's bytes went (its index in [`SCOPES`]): between two ends in one zone or two,
+/// to or from the internet (an end that is no Kubernetes object and whose address is public),
+/// or elsewhere.
+fn scope(r: &FlowRecord) -> usize {
     let [src, dst] = r.k8s.sides();
     let outside = |addr: &str, w: &Option<Arc<Workload>>| {
         w.is_none() && addr.parse::<IpAddr>().is_ok_and(|a| public(&a))
     };
     if outside(&r.src_addr, src) || outside(&r.dst_addr, dst) {
-        return "internet";
+        return 2;
     }
     let zone = |w: &Option<Arc<Workload>>| w.as_ref().and_then(|w| w.zone.clone());
     match (zone(src), zone(dst)) {
-        (Some(a), Some(b)) if a == b => "same_zone",
-        (Some(_), Some(_)) => "cross_zone",
-        _ => OTHER,
+        (Some(a), Some(b)) if a == b => 0,
+        (Some(_), Some(_)) => 1,
+        _ => 3,
     }
 }
 

@@ -518,6 +518,129 @@ mod tests {
         }
     }
 
+    /// A record of a flow from 10.0.0.1:40000 to `dst` (the key's, before NAT), its DNS name,
+    /// its hello sent from `client`, its destination's object and the address a DNAT sent it
+    /// to (whose object is in zone-b).
+    fn built(
+        dns: Option<&str>,
+        client: ([u8; 16], u16),
+        dst_k8s: Option<Workload>,
+        xlat: Option<[u8; 16]>,
+    ) -> FlowRecord {
+        use devourer_common::flow::{FlowKey, FlowValue};
+
+        use crate::flow::tls::TlsInfo;
+        let v4 = |a: [u8; 4]| {
+            let mut x = [0u8; 16];
+            x[10..12].copy_from_slice(&[0xff, 0xff]);
+            x[12..].copy_from_slice(&a);
+            x
+        };
+        let key = FlowKey {
+            src_addr: v4([10, 0, 0, 1]),
+            dst_addr: v4([198, 19, 0, 10]),
+            src_port: 40000,
+            dst_port: 443,
+            proto: 6,
+            ..FlowKey::default()
+        };
+        let e = Emitted {
+            key,
+            interface: 1,
+            hooks: Vec::new(),
+            vlan: None,
+            seq: 0,
+            flow_start_ns: 1,
+            first_ns: 1,
+            last_ns: 2,
+            src: FlowValue::default(),
+            dst: FlowValue::default(),
+            status: Status::IdleTimeout,
+            src_name: None,
+            dst_name: dns.map(Into::into),
+            src_k8s: None,
+            dst_k8s: dst_k8s.map(Arc::new),
+            xlat_src: None,
+            xlat_dst: xlat.map(|a| (a, 8443)),
+            drops: None,
+            tcp: None,
+            tls: Some(Arc::new(TlsInfo {
+                sni: Some("api.example".into()),
+                client: Some(client),
+                ..TlsInfo::default()
+            })),
+        };
+        let backend = v4([10, 1, 0, 9]);
+        let workload = |a: std::net::IpAddr| {
+            (a == key_addr(&key, backend)).then(|| {
+                Arc::new(Workload {
+                    pod: Some("db-0".into()),
+                    zone: Some("zone-b".into()),
+                    ..Workload::default()
+                })
+            })
+        };
+        let agent: Arc<str> = "a".into();
+        let name = |_: u32| -> Arc<str> { "eth0".into() };
+        let cx = RecordContext {
+            agent: &agent,
+            clock: Default::default(),
+            interface_name: &name,
+            community_seed: 0,
+            sampling: 1,
+            workload: &workload,
+        };
+        FlowRecord::new(&e, &cx)
+    }
+
+    #[test]
+    fn dst_name_is_dns_first_then_the_sni_of_a_hello_its_source_sent() {
+        let src = |k: u8| {
+            let mut x = [0u8; 16];
+            x[10..12].copy_from_slice(&[0xff, 0xff]);
+            x[12..].copy_from_slice(&[10, 0, 0, k]);
+            x
+        };
+        let r = built(Some("www.example"), (src(1), 40000), None, None);
+        assert_eq!(
+            (r.dst_name.as_deref(), r.dst_name_source),
+            (Some("www.example"), Some("dns"))
+        );
+        assert_eq!(r.tls_sni.as_deref(), Some("api.example"));
+        let r = built(None, (src(1), 40000), None, None);
+        assert_eq!(
+            (r.dst_name.as_deref(), r.dst_name_source),
+            (Some("api.example"), Some("sni"))
+        );
+        // A hello the destination sent names no destination.
+        let r = built(None, ([9; 16], 443), None, None);
+        assert_eq!((r.dst_name.as_deref(), r.dst_name_source), (None, None));
+        assert_eq!(r.tls_sni.as_deref(), Some("api.example"));
+    }
+
+    #[test]
+    fn a_service_flow_takes_the_zone_of_the_backend_its_dnat_chose() {
+        let svc = || Workload {
+            namespace: Some("shop".into()),
+            service: Some("db".into()),
+            ..Workload::default()
+        };
+        let mut backend = [0u8; 16];
+        backend[10..12].copy_from_slice(&[0xff, 0xff]);
+        backend[12..].copy_from_slice(&[10, 1, 0, 9]);
+        let r = built(None, ([0; 16], 0), Some(svc()), Some(backend));
+        let [_, dst] = r.k8s.sides();
+        let dst = dst.as_deref().unwrap();
+        assert_eq!(dst.zone.as_deref(), Some("zone-b"));
+        assert_eq!(dst.service.as_deref(), Some("db"));
+        assert_eq!(dst.pod, None, "still the Service's record");
+        // No translation, or a backend of no known zone: the Service as it is.
+        let r = built(None, ([0; 16], 0), Some(svc()), None);
+        assert_eq!(r.k8s.sides()[1].as_deref().unwrap().zone, None);
+        let r = built(None, ([0; 16], 0), Some(svc()), Some([7; 16]));
+        assert_eq!(r.k8s.sides()[1].as_deref().unwrap().zone, None);
+    }
+
     #[test]
     fn tunnels_are_told_by_protocol_and_well_known_port() {
         assert_eq!(tunnel(4, 0, 0), Some("ipip"));

@@ -66,6 +66,18 @@ pub fn run() -> Result<Vec<Row>> {
             Some((&empty1_name, empty1)),
             "the same 20k packets again: cold caches, like the new-flow runs",
         ));
+        let plain = ns("new flow, plain segment")?;
+        let hello = ns("new flow, a ClientHello to the ring")?;
+        rows.push(row(
+            &format!("{hook} new flow, a ClientHello to the ring"),
+            hello,
+            "ns/pkt",
+            Some((&format!("{hook} new flow, plain segment"), plain)),
+            &format!(
+                "{:+.0} ns per TLS handshake over a plain first segment (the hello's headers read, 512 bytes copied to the TLS ring; once per connection); a later segment pays one compare, in the existing-flow case",
+                hello - plain
+            ),
+        ));
         rows.push(row(
             &format!("{hook} new flow vs existing flow, same packet repeated"),
             new,

@@ -7,17 +7,20 @@
 pub mod hello;
 pub mod ja4;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, num::NonZeroUsize};
 
 use devourer_common::{
     flow::{FlowKey, KEY_F_IPV6},
-    payload::{PAYLOAD_F_IPV6, PayloadHeader, hello_stream_len},
+    payload::{PAYLOAD_F_IPV6, PayloadHeader, TLS_STREAM_MAX, hello_stream_len},
 };
 use lru::LruCache;
 
 use crate::{
     base::net::IPPROTO_TCP,
-    flow::tls::{Seen, TlsSeen},
+    flow::{
+        reverse,
+        tls::{Seen, TlsSeen},
+    },
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +39,9 @@ const MAX_PIECES: usize = 64;
 /// is bounded by count too.
 const STREAM_COST: usize = 256 + MAX_PIECES * 16;
 
+/// Hellos remembered as read, at most (a retransmission comes within a few round trips).
+const DONE_KEPT: usize = 4096;
+
 /// Findings waiting for the next scan at most (one per handshake message; a scan takes them
 /// every second); past it they are counted (`found_full`) and lost.
 const MAX_FOUND: usize = 65_536;
@@ -49,7 +55,8 @@ pub struct TlsStats {
     /// Handshakes that gave nothing, by reason ([`hello::HelloError::as_str`], `timeout`,
     /// `evicted` for the byte budget, `fragmented` past [`MAX_PIECES`] pieces, `orphan` for a
     /// segment whose hello was not being
-    /// reassembled, `found_full` past [`MAX_FOUND`]).
+    /// reassembled, `repeated` for a retransmitted segment of a hello read already,
+    /// `found_full` past [`MAX_FOUND`]).
     pub failed: HashMap<&'static str, u64>,
 }
 
@@ -107,6 +114,9 @@ pub struct TlsTracker {
     /// By the client's direction of the connection; least recently started first out.
     streams: LruCache<FlowKey, Stream>,
     pending_bytes: usize,
+    /// The hellos read lately (first sequence number and length): their retransmitted
+    /// segments are told from strays.
+    done: LruCache<FlowKey, (u32, u32)>,
     found: Vec<TlsSeen>,
     pub stats: TlsStats,
 }
@@ -117,6 +127,7 @@ impl TlsTracker {
             cfg,
             streams: LruCache::unbounded(),
             pending_bytes: 0,
+            done: LruCache::new(NonZeroUsize::new(DONE_KEPT).expect("non-zero")),
             found: Vec::new(),
             stats: TlsStats::default(),
         }
@@ -129,6 +140,18 @@ impl TlsTracker {
             return;
         }
         let key = key_of(h);
+        // Part of a hello being reassembled (whatever its bytes look like). Looked up without
+        // making it recent: the oldest started go first.
+        if let Some(s) = self.streams.peek_mut(&key) {
+            let off = h.tcp_seq.wrapping_sub(s.base) as usize;
+            if off < s.want {
+                if !s.put(off, payload) {
+                    self.drop_stream(&key, "fragmented");
+                    return;
+                }
+                return self.finish_if_complete(key);
+            }
+        }
         // A handshake record's start: a hello of either side.
         if payload.len() >= 6 && payload[0] == 0x16 && payload[1] == 3 {
             match payload[5] {
@@ -137,37 +160,29 @@ impl TlsTracker {
                 _ => {}
             }
         }
-        // Looked up without making it recent: the oldest started go first.
-        let Some(s) = self.streams.peek_mut(&key) else {
-            self.fail("orphan");
-            return;
-        };
-        let off = h.tcp_seq.wrapping_sub(s.base) as usize;
-        if off < s.want && !s.put(off, payload) {
-            self.drop_stream(&key, "fragmented");
-            return;
-        }
-        self.finish_if_complete(key);
+        // A segment of a hello read already (retransmitted), or of none.
+        let done = self.done.peek(&key).copied();
+        let repeat = done.is_some_and(|(base, want)| h.tcp_seq.wrapping_sub(base) < want);
+        self.fail(if repeat { "repeated" } else { "orphan" });
     }
 
-    /// A ClientHello's first segment: reassembly starts (a retransmission of it only fills
-    /// its bytes again; a new hello at another sequence number starts over).
+    /// A ClientHello's first segment: reassembly starts (a new hello at another sequence
+    /// number starts over; the first segment of one read already is a retransmission).
     fn start(&mut self, key: FlowKey, h: &PayloadHeader, payload: &[u8]) {
-        if let Some(s) = self.streams.peek_mut(&key)
-            && s.base == h.tcp_seq
+        if self
+            .done
+            .peek(&key)
+            .is_some_and(|(base, _)| *base == h.tcp_seq)
         {
-            if !s.put(0, payload) {
-                self.drop_stream(&key, "fragmented");
-                return;
-            }
-            return self.finish_if_complete(key);
+            self.fail("repeated");
+            return;
         }
         // What the kernel forwards of it: its message in its records (see `hello_stream_len`).
         let record = u32::from(u16::from_be_bytes([payload[3], payload[4]]));
         let message = payload
             .get(6..9)
             .map_or(0, |m| u32::from_be_bytes([0, m[0], m[1], m[2]]));
-        let want = hello_stream_len(record, message) as usize;
+        let want = hello_stream_len(record, message).min(TLS_STREAM_MAX) as usize;
         if want == 0 {
             self.fail(hello::HelloError::Malformed.as_str());
             return;
@@ -207,6 +222,7 @@ impl TlsTracker {
         };
         let s = self.streams.pop(&key).expect("present");
         self.pending_bytes -= s.cost();
+        self.done.put(key, (s.base, s.want as u32));
         match outcome {
             Ok(mut info) => {
                 self.stats.client_hellos += 1;
@@ -227,7 +243,7 @@ impl TlsTracker {
             Ok(v) => {
                 self.stats.server_hellos += 1;
                 self.push(TlsSeen {
-                    key: reversed(&key),
+                    key: reverse(&key),
                     what: Seen::Server(v),
                 });
             }
@@ -293,17 +309,6 @@ fn key_of(h: &PayloadHeader) -> FlowKey {
         } else {
             0
         },
-    }
-}
-
-/// The other direction of `k`.
-fn reversed(k: &FlowKey) -> FlowKey {
-    FlowKey {
-        src_addr: k.dst_addr,
-        dst_addr: k.src_addr,
-        src_port: k.dst_port,
-        dst_port: k.src_port,
-        ..*k
     }
 }
 
