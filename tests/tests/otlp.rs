@@ -58,6 +58,7 @@ fn attribute(key: &str) -> String {
         ("method", "http.request.method"),
         ("status_code", "http.response.status_code"),
         ("user_agent", "user_agent.original"),
+        ("tls_sni", "tls.client.server_name"),
     ];
     if let Some((_, a)) = named.iter().find(|(k, _)| *k == key) {
         return (*a).to_owned();
@@ -76,6 +77,7 @@ fn attribute(key: &str) -> String {
                 "owner" => "owner.name",
                 "node" => "node.name",
                 "service" => "service.name",
+                "zone" => "zone",
                 _ => continue,
             };
             return format!("devourer.{side}.k8s.{a}");
@@ -85,7 +87,7 @@ fn attribute(key: &str) -> String {
 }
 
 /// A JSON record as the attributes it must arrive with: nulls left out, an HTTP target as
-/// its path and query, `HTTP/1.1` as the protocol's name and version.
+/// its path and query, `HTTP/1.1` and `TLSv1.3` as the protocol's name and version.
 fn expected(rec: &Map<String, Value>) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for (k, v) in rec {
@@ -97,6 +99,17 @@ fn expected(rec: &Map<String, Value>) -> BTreeMap<String, Value> {
         {
             out.insert("network.protocol.name".into(), json!("http"));
             out.insert("network.protocol.version".into(), json!(v));
+            continue;
+        }
+        if k == "tls_version_negotiated" {
+            let v = v.as_str().unwrap();
+            let (name, version) = match v.strip_prefix("TLSv") {
+                Some("1") => ("tls", "1.0"),
+                Some(n) => ("tls", n),
+                None => ("ssl", v.trim_start_matches("SSLv")),
+            };
+            out.insert("tls.protocol.name".into(), json!(name));
+            out.insert("tls.protocol.version".into(), json!(version));
             continue;
         }
         if k == "target" {
