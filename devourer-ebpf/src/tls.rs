@@ -58,6 +58,12 @@ pub fn tls_segment<P: CopyOut>(
     let len = parsed.payload_len;
     // How far this segment starts before the hello's end (mod 2^16; the hello spans less).
     let before = end.wrapping_sub(parsed.tcp_seq as u16) as u32;
+    if end != 0 && (before == 0 || before > 1 << 15) {
+        // The client went on past its hello (a round trip later, once the server answered):
+        // the hello is over, and a segment far ahead is never taken for part of it.
+        // SAFETY: as above.
+        unsafe { write_volatile(&raw mut (*v).tls_end, 0) };
+    }
     let want = if end != 0 && before != 0 && before <= TLS_STREAM_MAX {
         // Part of the hello (a retransmission of any of its segments too).
         before
