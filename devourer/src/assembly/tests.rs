@@ -138,6 +138,19 @@ fn tcp_record(
     out
 }
 
+/// The client asks the resolver for www.example.com at T0 and hears SERVER `after_ns` later
+/// (ring records in the DNS ring).
+fn resolve_server(kernel: &mut FakeKernel, after_ns: u64) {
+    let (c_dns, r_dns) = ((CLIENT, 40000), (RESOLVER, 53));
+    let asked = query(7, "www.example.com", 1);
+    kernel.dns.push_back(ring_record(T0, c_dns, r_dns, &asked));
+    let answer = [a("www.example.com", 300, SERVER)];
+    let told = response(7, 0, "www.example.com", 1, &answer);
+    kernel
+        .dns
+        .push_back(ring_record(T0 + after_ns, r_dns, c_dns, &told));
+}
+
 fn direction(src: ([u8; 4], u16), dst: ([u8; 4], u16), proto: u8) -> FlowKey {
     FlowKey {
         src_addr: v4(src.0),
@@ -208,25 +221,7 @@ fn fake_kernel_entries_and_payloads_come_out_as_records_and_text_lines() {
 
     let mut kernel = FakeKernel::default();
     // The client resolves www.example.com (answer 192.0.2.7), then connects to it.
-    let (c_dns, r_dns) = ((CLIENT, 40000), (RESOLVER, 53));
-    kernel.dns.push_back(ring_record(
-        T0,
-        c_dns,
-        r_dns,
-        &query(7, "www.example.com", 1),
-    ));
-    kernel.dns.push_back(ring_record(
-        T0 + 2_000_000,
-        r_dns,
-        c_dns,
-        &response(
-            7,
-            0,
-            "www.example.com",
-            1,
-            &[a("www.example.com", 300, SERVER)],
-        ),
-    ));
+    resolve_server(&mut kernel, 2_000_000);
     let (c, s) = ((CLIENT, 50000), (SERVER, 443));
     kernel.flows.insert(
         direction(c, s, 6),
@@ -296,18 +291,7 @@ fn a_flow_dns_did_not_name_takes_its_server_name_from_its_client_hello() {
     // www.example.com resolves to SERVER; its hello names another host. OTHER is asked by
     // name only in its hello, sent in two segments.
     const OTHER: [u8; 4] = [198, 51, 100, 9];
-    let (c_dns, r_dns) = ((CLIENT, 40000), (RESOLVER, 53));
-    kernel.dns.push_back(ring_record(
-        T0,
-        c_dns,
-        r_dns,
-        &query(7, "www.example.com", 1),
-    ));
-    let answer = [a("www.example.com", 300, SERVER)];
-    let resp = response(7, 0, "www.example.com", 1, &answer);
-    kernel
-        .dns
-        .push_back(ring_record(T0 + 1_000, r_dns, c_dns, &resp));
+    resolve_server(&mut kernel, 1_000);
     let (c1, s1) = ((CLIENT, 50000), (SERVER, 443));
     let (c2, s2) = ((CLIENT, 50001), (OTHER, 8443));
     for (c, s) in [(c1, s1), (c2, s2)] {

@@ -14,6 +14,9 @@ use crate::flow::tls::TlsInfo;
 
 /// TLS record content type of a handshake.
 const HANDSHAKE: u8 = 0x16;
+/// Handshake message types.
+const CLIENT_HELLO: u8 = 1;
+const SERVER_HELLO: u8 = 2;
 /// Extension types read here.
 const SUPPORTED_VERSIONS: u16 = 0x002b;
 const ENCRYPTED_CLIENT_HELLO: u16 = 0xfe0d;
@@ -96,11 +99,7 @@ pub fn client_hello(stream: &[u8]) -> Result<TlsInfo, HelloError> {
     let Ok((_, TlsMessage::Handshake(TlsMessageHandshake::ClientHello(ch)))) =
         parse_tls_message_handshake(&msg)
     else {
-        return Err(if msg.first() == Some(&1) {
-            HelloError::Malformed
-        } else {
-            HelloError::NotHello
-        });
+        return Err(unread(&msg, CLIENT_HELLO));
     };
     let ciphers: Vec<u16> = ch.ciphers.iter().map(|c| c.0).collect();
     let mut types = Vec::new();
@@ -109,16 +108,10 @@ pub fn client_hello(stream: &[u8]) -> Result<TlsInfo, HelloError> {
     let mut alpn: Vec<&[u8]> = Vec::new();
     let mut sni = None;
     let mut ech = false;
-    let mut raw = ch.ext.unwrap_or_default();
     // Walked one extension at a time: every type counts for JA4 even where its content does
     // not parse.
-    while raw.len() >= 4 {
-        let ty = u16::from_be_bytes([raw[0], raw[1]]);
-        let len = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
-        let Some(one) = raw.get(..4 + len) else {
-            return Err(HelloError::Malformed);
-        };
-        raw = &raw[4 + len..];
+    for e in extensions(ch.ext.unwrap_or_default()) {
+        let (ty, one) = e?;
         types.push(ty);
         if is_grease(ty) {
             continue;
@@ -172,25 +165,46 @@ pub fn server_version(stream: &[u8]) -> Result<&'static str, HelloError> {
     let Ok((_, TlsMessage::Handshake(TlsMessageHandshake::ServerHello(sh)))) =
         parse_tls_message_handshake(&msg)
     else {
-        return Err(if msg.first() == Some(&2) {
-            HelloError::Malformed
-        } else {
-            HelloError::NotHello
-        });
+        return Err(unread(&msg, SERVER_HELLO));
     };
-    let mut raw = sh.ext.unwrap_or_default();
-    while raw.len() >= 4 {
-        let ty = u16::from_be_bytes([raw[0], raw[1]]);
-        let len = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
-        let Some(data) = raw.get(4..4 + len) else {
-            return Err(HelloError::Malformed);
-        };
-        if ty == SUPPORTED_VERSIONS && data.len() == 2 {
-            return Ok(version_name(u16::from_be_bytes([data[0], data[1]])));
+    for e in extensions(sh.ext.unwrap_or_default()) {
+        let (ty, one) = e?;
+        if let [_, _, _, _, a, b] = *one
+            && ty == SUPPORTED_VERSIONS
+        {
+            return Ok(version_name(u16::from_be_bytes([a, b])));
         }
-        raw = &raw[4 + len..];
     }
     Ok(version_name(sh.version.0))
+}
+
+/// Why tls-parser read no hello of type `ty` from handshake message `msg`: one that says it
+/// is that hello is malformed, anything else is not it.
+fn unread(msg: &[u8], ty: u8) -> HelloError {
+    if msg.first() == Some(&ty) {
+        HelloError::Malformed
+    } else {
+        HelloError::NotHello
+    }
+}
+
+/// A hello's extension block, one extension at a time: its type and its bytes, header
+/// included. One that runs past the block is `Malformed` (and ends the walk); fewer than four
+/// bytes left end it too.
+fn extensions(mut raw: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), HelloError>> {
+    std::iter::from_fn(move || {
+        if raw.len() < 4 {
+            return None;
+        }
+        let ty = u16::from_be_bytes([raw[0], raw[1]]);
+        let len = usize::from(u16::from_be_bytes([raw[2], raw[3]]));
+        let Some(one) = raw.get(..4 + len) else {
+            raw = &[];
+            return Some(Err(HelloError::Malformed));
+        };
+        raw = &raw[4 + len..];
+        Some(Ok((ty, one)))
+    })
 }
 
 /// Bytes from the wire as a record's string: at most [`MAX_NAME`] bytes, invalid UTF-8

@@ -31,18 +31,8 @@ const ALPN: u16 = 0x0010;
 
 /// `t13d1516h2_8daaf6152771_e5627efa2ab1`.
 pub fn ja4(h: &Hello<'_>) -> String {
-    let ciphers: Vec<u16> = h
-        .ciphers
-        .iter()
-        .copied()
-        .filter(|&c| !is_grease(c))
-        .collect();
-    let exts: Vec<u16> = h
-        .extensions
-        .iter()
-        .copied()
-        .filter(|&e| !is_grease(e))
-        .collect();
+    let ciphers = without_grease(h.ciphers);
+    let exts = without_grease(h.extensions);
     let sni = if exts.contains(&SNI) { 'd' } else { 'i' };
     let mut out = format!(
         "t{}{sni}{:02}{:02}{}_",
@@ -60,12 +50,7 @@ pub fn ja4(h: &Hello<'_>) -> String {
         .filter(|&e| e != SNI && e != ALPN)
         .collect();
     sorted.sort_unstable();
-    let sigs: Vec<u16> = h
-        .sig_algs
-        .iter()
-        .copied()
-        .filter(|&s| !is_grease(s))
-        .collect();
+    let sigs = without_grease(h.sig_algs);
     let mut c = hex_list(&sorted);
     if !sorted.is_empty() && !sigs.is_empty() {
         c.push('_');
@@ -73,6 +58,11 @@ pub fn ja4(h: &Hello<'_>) -> String {
     }
     out.push_str(&hash12(&c));
     out
+}
+
+/// `v` in its order, GREASE values left out.
+fn without_grease(v: &[u16]) -> Vec<u16> {
+    v.iter().copied().filter(|&x| !is_grease(x)).collect()
 }
 
 /// The version's two characters.

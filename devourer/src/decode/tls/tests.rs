@@ -2,6 +2,7 @@ use super::{
     hello::tests::{ClientHelloBytes, server_hello},
     *,
 };
+use crate::flow::tls::TlsInfo;
 
 fn tracker(max_pending_bytes: usize) -> TlsTracker {
     TlsTracker::new(TlsTrackerConfig {
@@ -39,6 +40,16 @@ fn event(client: bool, seq: u32, ts: u64, payload: &[u8]) -> (PayloadHeader, Vec
     (h, payload.to_vec())
 }
 
+/// The one thing the tracker found: a ClientHello, and its key.
+fn the_client_hello(t: &mut TlsTracker) -> (FlowKey, TlsInfo) {
+    let found = t.take_found();
+    assert_eq!(found.len(), 1, "{:?}", t.stats);
+    match &found[0].what {
+        Seen::Client(info) => (found[0].key, info.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn big_hello() -> Vec<u8> {
     let mut h = ClientHelloBytes::spec_example("big.example");
     let protos: Vec<Vec<u8>> = (0..300)
@@ -66,14 +77,10 @@ fn a_hello_in_segments_out_of_order_and_repeated_is_read_once_whole() {
         let (h, p) = event(true, pieces[i].0, 10, pieces[i].1);
         t.on_event(&h, &p);
     }
-    let found = t.take_found();
-    assert_eq!(found.len(), 1, "{:?}", t.stats);
-    let Seen::Client(info) = &found[0].what else {
-        panic!()
-    };
+    let (key, info) = the_client_hello(&mut t);
     assert_eq!(info.sni.as_deref(), Some("big.example"));
     assert_eq!(info.alpn.len(), hello::MAX_ALPN);
-    assert_eq!(found[0].key.src_port, 40000);
+    assert_eq!(key.src_port, 40000);
     assert_eq!(t.pending(), (0, 0));
     // The ServerHello is told for the client's direction.
     let (h, p) = event(false, 5, 11, &server_hello(0x0304));
@@ -146,11 +153,7 @@ fn a_hello_in_many_records_and_segments_and_a_server_hello_cut_by_its_segment_ar
         let (h, p) = event(true, 1 + 100 * i as u32, 10, piece);
         t.on_event(&h, &p);
     }
-    let found = t.take_found();
-    assert_eq!(found.len(), 1, "{:?}", t.stats);
-    let Seen::Client(info) = &found[0].what else {
-        panic!()
-    };
+    let (_, info) = the_client_hello(&mut t);
     assert_eq!(info.sni.as_deref(), Some("records.example"));
     // A ServerHello and the start of a Certificate in one record, cut by the segment's end.
     let sh = server_hello(0x0304);
