@@ -118,6 +118,16 @@ fn cargo() -> Command {
     c
 }
 
+/// `cargo` for a whole test run: no incremental cache, which a run from a clean clone never
+/// reuses and which made up a third of its `target/` (CI's disk is not unlimited).
+fn ci_cargo() -> Command {
+    let mut c = cargo();
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
+    c
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions; declared here to avoid a libc dependency.
     unsafe extern "C" {
@@ -303,7 +313,7 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
                 .current_dir(workspace_root())
                 .args(["run", &tc, "cargo", "fmt", "--all", "--", "--check"]),
         )?;
-        run_cmd(cargo().args([
+        run_cmd(ci_cargo().args([
             "clippy",
             "--workspace",
             "--exclude",
@@ -316,12 +326,12 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
             "warnings",
         ]))?;
         // The fuzz targets.
-        run_cmd(cargo().args(["clippy", "-p", "devourer-fuzz", "--", "-D", "warnings"]))?;
+        run_cmd(ci_cargo().args(["clippy", "-p", "devourer-fuzz", "--", "-D", "warnings"]))?;
         // The agent without capture on request (a build on a host without libpcap), and
         // without any optional part (what the fuzz targets link).
         for features in [&["--features", "bigquery"][..], &[]] {
             run_cmd(
-                cargo()
+                ci_cargo()
                     .args(["clippy", "-p", "devourer", "--no-default-features"])
                     .args(features)
                     .args(["--lib", "--", "-D", "warnings"]),
@@ -347,7 +357,7 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
     let filter: Vec<String> = filter.into_iter().collect();
     // Unit tests: the agent, shared types, xtask.
     run_cmd(
-        cargo()
+        ci_cargo()
             .args(["test", "--workspace", "--exclude", "devourer-ebpf"])
             .args([
                 "--exclude",
@@ -360,7 +370,7 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
     )?;
     // The kernel program's parser, on the host.
     run_cmd(
-        cargo()
+        ci_cargo()
             .args(["test", "-p", "devourer-ebpf", "--lib", "--"])
             .args(&filter),
     )?;
@@ -370,7 +380,7 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
         fuzz::fuzz(None, 30)?;
     }
     // End-to-end: the real binary against real traffic in network namespaces, as root.
-    run_cmd(cargo().args(["build", "-p", "devourer"]))?;
+    run_cmd(ci_cargo().args(["build", "-p", "devourer"]))?;
     if !is_root() {
         eprintln!(
             "xtask: not root, so the end-to-end tests (BPF programs, network namespaces) will skip; run as root for them"
@@ -383,7 +393,7 @@ fn test(no_lint: bool, filter: Option<String>) -> Result<()> {
     let kernels = vm_dir();
     vm::prepare(&kernels).context("preparing the kernel matrix")?;
     run_cmd(
-        cargo()
+        ci_cargo()
             .env("DEVOURER_BIN", &bin)
             .env("DEVOURER_STATIC_BIN", &static_bin)
             .env("DEVOURER_STATIC_AARCH64_BIN", &static_aarch64)
