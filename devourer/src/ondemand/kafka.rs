@@ -32,10 +32,12 @@ const FETCH_BYTES: i32 = 1 << 20;
 /// The next offset to read in each partition, kept across reconnects.
 type Offsets = Arc<Mutex<BTreeMap<i32, i64>>>;
 
-/// Why the reading stopped: the partitions changed (read again at once) or a failure.
+/// Why the reading stopped: the partitions changed (read again at once), a failure to connect,
+/// or the loss of a connection that worked (the backoff starts again from its base).
 enum Stop {
     Repartitioned,
     Failed(KafkaError),
+    Lost(KafkaError),
 }
 
 impl From<KafkaError> for Stop {
@@ -56,7 +58,9 @@ pub async fn listen(
     let mut wait = base;
     let mut started = false;
     loop {
-        match read(&svc, &cfg, &connect, &offsets, &mut started).await {
+        let stop = read(&svc, &cfg, &connect, &offsets, &mut started).await;
+        let lost = matches!(stop, Stop::Lost(_));
+        match stop {
             Stop::Repartitioned => {
                 tracing::info!(
                     topic = cfg.topic,
@@ -64,7 +68,10 @@ pub async fn listen(
                 );
                 wait = base;
             }
-            Stop::Failed(e) => {
+            Stop::Failed(e) | Stop::Lost(e) => {
+                if lost {
+                    wait = base;
+                }
                 svc.kafka_connected(false);
                 tracing::warn!(topic = cfg.topic, brokers = ?connect.brokers, retry_in = ?wait, "Kafka unavailable: {e}");
                 let jitter = wait.mul_f64(fastrand::f64() * 0.2);
@@ -141,8 +148,8 @@ async fn read(
             done = readers.join_next() => {
                 // A reader ends only on an error (dropping the set stops the others).
                 return match done {
-                    Some(Ok(e)) => e.into(),
-                    Some(Err(e)) => Stop::Failed(KafkaError::Other(format!("a partition reader died: {e}"))),
+                    Some(Ok(e)) => Stop::Lost(e),
+                    Some(Err(e)) => Stop::Lost(KafkaError::Other(format!("a partition reader died: {e}"))),
                     None => Stop::Repartitioned,
                 };
             }
@@ -150,7 +157,7 @@ async fn read(
                 match connect.partitions(&client, &cfg.topic).await {
                     Ok(now) if now != parts => return Stop::Repartitioned,
                     Ok(_) => {}
-                    Err(e) => return e.into(),
+                    Err(e) => return Stop::Lost(e),
                 }
             }
         }
