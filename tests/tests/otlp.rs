@@ -68,6 +68,7 @@ fn attribute(key: &str) -> String {
         ("dst_k8s_", "destination"),
         ("client_k8s_", "client"),
         ("server_k8s_", "server"),
+        ("xlat_server_k8s_", "xlat_server"),
     ] {
         if let Some(rest) = key.strip_prefix(prefix) {
             let a = match rest {

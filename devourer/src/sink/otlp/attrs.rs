@@ -40,11 +40,12 @@ const NAMES: &[(&str, &str)] = &[
 ];
 
 /// The prefixes of the Kubernetes fields and the side they name.
-const SIDES: [(&str, &str); 4] = [
+const SIDES: [(&str, &str); 5] = [
     ("src_k8s_", "devourer.source.k8s."),
     ("dst_k8s_", "devourer.destination.k8s."),
     ("client_k8s_", "devourer.client.k8s."),
     ("server_k8s_", "devourer.server.k8s."),
+    ("xlat_server_k8s_", "devourer.xlat_server.k8s."),
 ];
 
 /// A Kubernetes field's attribute, after its side's prefix.
@@ -311,6 +312,10 @@ mod tests {
         assert_eq!(
             attribute("server_k8s_owner_kind"),
             "devourer.server.k8s.owner.kind"
+        );
+        assert_eq!(
+            attribute("xlat_server_k8s_pod"),
+            "devourer.xlat_server.k8s.pod.name"
         );
         assert_eq!(attribute("src_bytes"), "devourer.src_bytes");
         assert_eq!(attribute("src_k8s_zone"), "devourer.source.k8s.zone");
