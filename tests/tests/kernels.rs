@@ -15,18 +15,21 @@ use pcap_file::DataLink;
 
 /// The crafted and the live test captures, made once, and this host's records of them.
 struct Captures {
-    /// Where they are (kept for the whole run).
-    _dir: TempDir,
     files: Vec<PathBuf>,
 }
 
 fn captures() -> &'static Captures {
     static C: OnceLock<Captures> = OnceLock::new();
     C.get_or_init(|| {
-        let dir = TempDir::new("matrix-captures");
+        // A static is never dropped, so not a TempDir: one fixed directory under the target
+        // dir, made afresh by each run, leaves nothing behind in /tmp.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("matrix-captures");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("captures dir");
+        let dir = |name: &str| dir.join(name);
         // Crafted: flows and DNS lookups, VLAN and QinQ, IPv6 with an extension header, a
         // first and a later fragment, a truncated frame.
-        let crafted = dir.path("crafted.pcap");
+        let crafted = dir("crafted.pcap");
         let mut frames = flows_and_lookups(40, 20, None);
         let udp4 = ipv4(
             A4,
@@ -57,7 +60,7 @@ fn captures() -> &'static Captures {
         frames.push(eth4(&ipv4(A4, B4, 6, &tcp(8000, 80, 0x02, &[]), 0, 0))[..30].to_vec());
         write_pcap(&crafted, DataLink::ETHERNET, &frames, 1_700_000_000);
         // Live: real traffic between two namespaces, as tcpdump saw it.
-        let live = dir.path("live.pcap");
+        let live = dir("live.pcap");
         let link = Link::new();
         let dump = tcpdump(&link.a, &link.if_a, &live);
         let servers = start_servers(&link.b);
@@ -72,7 +75,6 @@ fn captures() -> &'static Captures {
         drop(servers);
         dump.stop(libc::SIGINT, Duration::from_secs(10));
         Captures {
-            _dir: dir,
             files: vec![crafted, live],
         }
     })
