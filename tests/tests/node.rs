@@ -323,16 +323,24 @@ fn masqueraded_and_service_dnat_connections_are_one_record_with_the_translated_e
 }
 
 /// Five lookups and an HTTP request from a pod through a Service address DNAT'd to a backend
-/// outside: each packet crosses the pod's veth before translation and the uplink after it,
-/// and each transaction is one record, to the Service address the pod asked, naming the
-/// backend in `xlat_server*`. Oracle: dig and curl in the pod.
+/// outside, and two lookups straight to it: each packet crosses the pod's veth before
+/// translation and the uplink after it, and each transaction is one record, under the pod's
+/// address, to the address the pod asked, naming the backend in `xlat_server*` where a DNAT
+/// changed it; with the pods masqueraded on the uplink (the node's address on the copy) too.
+/// Oracle: dig and curl in the pod.
 #[test]
 fn dns_and_http_through_a_service_are_one_record_each_naming_the_backend() {
     if !require_root("dns_and_http_through_a_service_are_one_record_each_naming_the_backend") {
         return;
     }
+    for masquerade in [false, true] {
+        lookups_through_a_service(masquerade);
+    }
+}
+
+fn lookups_through_a_service(masquerade: bool) {
     let tmp = TempDir::new("node-svc-dns");
-    let n = Node::new(false);
+    let n = Node::new(masquerade);
     n.service_proto(SERVICE_IP, "udp", 53, 53);
     n.service(80, 8000);
     let _web = start_servers(&n.outside);
@@ -371,12 +379,13 @@ fn dns_and_http_through_a_service_are_one_record_each_naming_the_backend() {
     );
     let answers = n.pods[0].sh(&format!(
         "for i in 1 2 3 4 5; do dig +short +tries=1 +time=2 @{SERVICE_IP} svc.test; done
+         for i in 1 2; do dig +short +tries=1 +time=2 @{OUTSIDE_IP} direct.svc.test; done
          curl -sf -o /dev/null http://{SERVICE_IP}:80/"
     ));
     assert_eq!(
         String::from_utf8_lossy(&answers.stdout).lines().count(),
-        5,
-        "dig answered every lookup"
+        7,
+        "dig answered every lookup (masquerade {masquerade})"
     );
     std::thread::sleep(Duration::from_millis(300));
     agent.stop(libc::SIGTERM, Duration::from_secs(20));
@@ -386,7 +395,11 @@ fn dns_and_http_through_a_service_are_one_record_each_naming_the_backend() {
         .iter()
         .filter(|r| r["type"] == "dns" && r["q_name"] == "svc.test")
         .collect();
-    assert_eq!(dns.len(), 5, "one record per lookup: {dns:#?}\n{log}");
+    assert_eq!(
+        dns.len(),
+        5,
+        "one record per lookup (masquerade {masquerade}): {dns:#?}\n{log}"
+    );
     for r in &dns {
         assert_eq!(
             (&r["client"], &r["server"], &r["server_port"], &r["status"]),
@@ -404,12 +417,40 @@ fn dns_and_http_through_a_service_are_one_record_each_naming_the_backend() {
             "{r}"
         );
     }
+    let direct: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "dns" && r["q_name"] == "direct.svc.test")
+        .collect();
+    assert_eq!(
+        direct.len(),
+        2,
+        "one record per direct lookup (masquerade {masquerade}): {direct:#?}"
+    );
+    for r in &direct {
+        assert_eq!(
+            (&r["client"], &r["server"], &r["xlat_server"]),
+            (
+                &Value::from(POD_IPS[0]),
+                &Value::from(OUTSIDE_IP),
+                &Value::Null
+            ),
+            "{r}"
+        );
+    }
     let http: Vec<&Value> = recs.iter().filter(|r| r["type"] == "http").collect();
-    assert_eq!(http.len(), 2, "the request and its response: {http:#?}");
+    assert_eq!(
+        http.len(),
+        2,
+        "the request and its response (masquerade {masquerade}): {http:#?}"
+    );
     for r in &http {
         assert_eq!(
-            (&r["server"], &r["server_port"]),
-            (&Value::from(SERVICE_IP), &Value::from(80))
+            (&r["client"], &r["server"], &r["server_port"]),
+            (
+                &Value::from(POD_IPS[0]),
+                &Value::from(SERVICE_IP),
+                &Value::from(80)
+            )
         );
         assert_eq!(
             (&r["xlat_server"], &r["xlat_server_port"]),

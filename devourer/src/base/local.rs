@@ -72,7 +72,13 @@ impl LocalAddrs {
     }
 
     pub fn contains(&self, ip: &IpAddr) -> bool {
-        self.addrs.contains(ip) || self.nets.iter().any(|n| n.contains(ip))
+        self.is_own(ip) || self.nets.iter().any(|n| n.contains(ip))
+    }
+
+    /// One of this host's own interface addresses (not merely inside `--local-net`, whose
+    /// ranges hold other machines and pods too).
+    pub fn is_own(&self, ip: &IpAddr) -> bool {
+        self.addrs.contains(ip)
     }
 
     /// This host's side of an exchange between `client` and `server` (DNS, HTTP).

@@ -2,8 +2,10 @@
 //! question; retransmitted queries keep the first query's time; unanswered queries expire as
 //! lost; the table is bounded (the oldest expire first when it is full). A query seen again
 //! moments later from the same client port, with the same id and question, to another server
-//! is the copy a DNAT made (a Service address translated to a backend): it joins the first as
-//! its translated server, and whichever copy's response comes first answers the transaction.
+//! is the copy a DNAT made (a Service address translated to a backend); from another client
+//! address on another interface, the copy a masquerade (SNAT) made, with or without a DNAT.
+//! A copy joins the first query (naming the backend as its translated server when the server
+//! changed), and whichever copy's response comes first answers the transaction.
 
 use std::{
     collections::{VecDeque, hash_map::Entry},
@@ -24,12 +26,17 @@ pub struct TxKey {
     pub id: u16,
 }
 
-/// A query's client side: what a DNAT of its server leaves as it was.
-type ClientKey = ([u8; 16], u16, u8, u16);
+/// What a DNAT of a query's server and a masquerade of its client leave as it was: the client
+/// port (nftables keeps it unless it is taken), the transport and the id.
+type PortKey = (u16, u8, u16);
 
-fn client_key(k: &TxKey) -> ClientKey {
-    (k.client, k.client_port, k.proto, k.id)
+fn port_key(k: &TxKey) -> PortKey {
+    (k.client_port, k.proto, k.id)
 }
+
+/// Pending queries indexed under one [`PortKey`], at most (a resolver asking every
+/// nameserver at once from one socket has a few; past it the oldest can no longer be joined).
+const MAX_SAME_PORT: usize = 4;
 
 /// How long after a query its translated copy may come: a packet crosses a node's interfaces
 /// within microseconds.
@@ -72,8 +79,9 @@ pub struct Matcher {
     timeout_ns: u64,
     max_pending: usize,
     pending: FastMap<TxKey, Pending>,
-    /// The pending query under each client side (at most one entry per pending query).
-    by_client: FastMap<ClientKey, TxKey>,
+    /// The pending queries under each [`PortKey`] (each at most once, at most
+    /// [`MAX_SAME_PORT`]).
+    by_port: FastMap<PortKey, Vec<TxKey>>,
     /// A translated copy's key -> its query's (at most one per pending query).
     copies: FastMap<TxKey, TxKey>,
     /// (first_ns, seq, key) in arrival order, for expiry; stale items are skipped.
@@ -91,7 +99,7 @@ impl Matcher {
             timeout_ns,
             max_pending,
             pending: FastMap::default(),
-            by_client: FastMap::default(),
+            by_port: FastMap::default(),
             copies: FastMap::default(),
             order: VecDeque::new(),
             answered: Recent::new(max_pending),
@@ -129,12 +137,8 @@ impl Matcher {
             self.stats.retransmits += 1;
             return lost;
         }
-        if let Some(&orig) = self.by_client.get(&client_key(&key))
-            && orig != key
+        if let Some(orig) = self.original_of(&key, &question, ts, ifindex)
             && let Some(p) = self.pending.get_mut(&orig)
-            && p.xlat.is_none()
-            && p.question.same(&question)
-            && ts.saturating_sub(p.first_ns) <= XLAT_JOIN_NS
         {
             p.xlat = Some(key);
             self.copies.insert(key, orig);
@@ -174,7 +178,11 @@ impl Matcher {
                 seq,
             },
         );
-        self.by_client.insert(client_key(&key), key);
+        let same_port = self.by_port.entry(port_key(&key)).or_default();
+        if same_port.len() >= MAX_SAME_PORT {
+            same_port.remove(0);
+        }
+        same_port.push(key);
         self.order.push_back((ts, seq, key));
         if self.order.len() > 4 * self.max_pending + 1024 {
             let pending = &self.pending;
@@ -182,6 +190,40 @@ impl Matcher {
                 .retain(|(_, seq, k)| pending.get(k).is_some_and(|p| p.seq == *seq));
         }
         lost
+    }
+
+    /// The pending query `key` (asked at `ts`, seen on `ifindex`) is a translated copy of, if
+    /// any: one asked just before under the same client port, id and question, not yet joined,
+    /// to another server from the same client (a DNAT), or from another client address on
+    /// another interface (a masquerade). The likeliest first: the same server (a masquerade
+    /// alone), then the same client (a DNAT alone), then both translated.
+    fn original_of(
+        &self,
+        key: &TxKey,
+        question: &Question,
+        ts: u64,
+        ifindex: u32,
+    ) -> Option<TxKey> {
+        let candidates = self.by_port.get(&port_key(key))?;
+        candidates
+            .iter()
+            .filter(|orig| *orig != key)
+            .filter_map(|orig| {
+                let p = self.pending.get(orig)?;
+                let fits = p.xlat.is_none()
+                    && p.question.same(question)
+                    && ts.saturating_sub(p.first_ns) <= XLAT_JOIN_NS;
+                let same_server = (orig.server, orig.server_port) == (key.server, key.server_port);
+                let rank = match (orig.client == key.client, same_server) {
+                    (true, _) => 1,
+                    (false, _) if p.ifindex == ifindex => return None,
+                    (false, true) => 0,
+                    (false, false) => 2,
+                };
+                fits.then_some((rank, *orig))
+            })
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, orig)| orig)
     }
 
     /// A response; `question` is its question, if it has one. A translated copy's response
@@ -223,11 +265,14 @@ impl Matcher {
         Some((*key, p))
     }
 
-    /// Forgets the client-side and copy links of a query taken out.
+    /// Forgets the index and copy links of a query taken out.
     fn unlink(&mut self, key: &TxKey, p: &Pending) {
-        let ck = client_key(key);
-        if self.by_client.get(&ck) == Some(key) {
-            self.by_client.remove(&ck);
+        let pk = port_key(key);
+        if let Some(same_port) = self.by_port.get_mut(&pk) {
+            same_port.retain(|k| k != key);
+            if same_port.is_empty() {
+                self.by_port.remove(&pk);
+            }
         }
         if let Some(copy) = p.xlat {
             self.copies.remove(&copy);
@@ -474,6 +519,38 @@ mod tests {
         m.query(key(4), q("e.example", 1), 10 * S, 1, false);
         m.query(copy(4), q("e.example", 1), 12 * S, 1, false);
         assert_eq!((m.len(), m.stats.xlat_joined), (4, 2));
-        assert!(m.by_client.len() <= m.len() && m.copies.is_empty());
+        assert!(m.by_port.len() <= m.len() && m.copies.is_empty());
+    }
+
+    /// `key(id)` as the uplink saw it after a masquerade: the node's address, the same port.
+    fn masqueraded(k: TxKey) -> TxKey {
+        TxKey {
+            client: [7; 16],
+            ..k
+        }
+    }
+
+    #[test]
+    fn a_masqueraded_copy_joins_its_query_only_from_another_interface() {
+        let mut m = Matcher::new(5 * S, 100);
+        // A pod's query, then its copy leaving the uplink under the node's address.
+        m.query(key(1), q("a.example", 1), S, 1, false);
+        m.query(masqueraded(key(1)), q("a.example", 1), S + 5_000, 2, false);
+        assert_eq!((m.len(), m.stats.xlat_joined), (1, 1));
+        match m.response(masqueraded(key(1)), None) {
+            ResponseMatch::Matched(k, p) => {
+                assert_eq!((k, p.xlat), (key(1), Some(masqueraded(key(1)))))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.response(key(1), None), ResponseMatch::Duplicate);
+        // A Service's DNAT and the masquerade together: both ends translated.
+        m.query(key(2), q("b.example", 1), 2 * S, 1, false);
+        m.query(masqueraded(copy(2)), q("b.example", 1), 2 * S + 1, 2, false);
+        assert_eq!((m.len(), m.stats.xlat_joined), (1, 2));
+        // Another client on the same interface with the same port and id is someone else.
+        m.query(masqueraded(key(3)), q("c.example", 1), 3 * S, 1, false);
+        m.query(key(3), q("c.example", 1), 3 * S + 1, 1, false);
+        assert_eq!((m.len(), m.stats.xlat_joined), (3, 2));
     }
 }

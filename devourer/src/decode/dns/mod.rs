@@ -10,6 +10,8 @@ pub mod tcp;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
+mod tests;
+#[cfg(test)]
 pub mod testwire;
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
@@ -117,9 +119,12 @@ pub struct DnsTracker {
     pub stats: DnsStats,
 }
 
-/// Whether an event's addresses are IPv6.
-fn event_v6(h: &PayloadHeader) -> bool {
-    h.flags & PAYLOAD_F_IPV6 != 0
+/// The server a query's translated copy went to, when it is not the one the client asked (a
+/// masquerade alone translates only the client).
+fn translated_server(p: &Pending, server: IpAddr, port: u16) -> Option<(IpAddr, u16)> {
+    let copy = p.xlat?;
+    let to = (ip(&copy.server, p.v6), copy.server_port);
+    (to != (server, port)).then_some(to)
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {
@@ -142,12 +147,13 @@ impl DnsTracker {
         self.matcher.len()
     }
 
-    /// Whose resolutions `client`'s are: this host's (any of its addresses, loopback
-    /// included), its own, or anyone's with `--dns-names shared`.
+    /// Whose resolutions `client`'s are: this host's (any of its own addresses, loopback
+    /// included; not every address of `--local-net`, which holds pods and other machines),
+    /// its own, or anyone's with `--dns-names shared`.
     fn asker(&self, client: IpAddr) -> Asker {
         if self.cfg.shared_names {
             Asker::Anyone
-        } else if client.is_loopback() || self.local.contains(&client) {
+        } else if client.is_loopback() || self.local.is_own(&client) {
             Asker::Host
         } else {
             Asker::Client(client)
@@ -259,8 +265,9 @@ impl DnsTracker {
         }
         match self.matcher.response(key, m.question.as_ref()) {
             ResponseMatch::Matched(asked, p) => {
-                // Under the endpoints the client sent it to (a translated copy's response
-                // answers the client's query).
+                // Under the endpoints the client sent it from and to (a translated copy's
+                // response answers the client's query).
+                let (client, cport) = (ip(&asked.client, v6), asked.client_port);
                 let (server, sport) = (ip(&asked.server, v6), asked.server_port);
                 let role = self.local.role(&client, &server);
                 // Names only from answers to queries we saw: an unsolicited (spoofed)
@@ -299,8 +306,7 @@ impl DnsTracker {
     ) -> DnsTx {
         let xlat = query
             .as_ref()
-            .and_then(|p| p.xlat)
-            .map(|k| (ip(&k.server, event_v6(h)), k.server_port));
+            .and_then(|p| translated_server(p, server, sport));
         let query = query.map(|p| (p.first_ns, p.ifindex, p.question));
         DnsTx {
             status: if query.is_some() {
@@ -330,6 +336,7 @@ impl DnsTracker {
         let client = ip(&k.client, p.v6);
         let server = ip(&k.server, p.v6);
         let role = self.local.role(&client, &server);
+        let xlat = translated_server(&p, server, k.server_port);
         let tx = DnsTx {
             status: TxStatus::Lost,
             time_ns: p.first_ns,
@@ -346,7 +353,7 @@ impl DnsTracker {
             role,
             ifindex: p.ifindex,
             cut: false,
-            xlat: p.xlat.map(|x| (ip(&x.server, p.v6), x.server_port)),
+            xlat,
         };
         self.push(tx, out);
     }

@@ -3,8 +3,10 @@
 //! records, matches responses to requests per connection in order (pipelining), and produces
 //! packetlog-style log lines. A request is held for a moment ([`XLAT_JOIN_NS`]) before it is
 //! emitted: the same request seen again from the same client port to another server is the
-//! copy a DNAT made (a Service address translated to a backend), so the first names the
-//! backend as its translated server and the copy's connection emits nothing.
+//! copy a DNAT made (a Service address translated to a backend), and from another client
+//! address on another interface the copy a masquerade made (with or without a DNAT), so the
+//! first names the backend (if any) as its translated server and the copy's connection emits
+//! nothing.
 
 pub mod message;
 
@@ -113,10 +115,12 @@ impl Waiting {
 struct Conn {
     queue: VecDeque<Waiting>,
     last_ns: u64,
-    /// The client's connection this one is the DNAT'd copy of: its messages are not emitted.
+    /// The client's connection this one is the translated copy of: its messages are not
+    /// emitted.
     copy_of: Option<ConnKey>,
-    /// Where a DNAT sent this connection (its copy's server).
-    xlat: Option<(IpAddr, u16)>,
+    /// This connection's copy is known: `Some(None)` when only its client was translated (a
+    /// masquerade), else where a DNAT sent it (the copy's server).
+    xlat: Option<Option<(IpAddr, u16)>>,
 }
 
 pub struct HttpTracker {
@@ -204,7 +208,7 @@ impl HttpTracker {
                     if let Some(conn) = self.conns.get_mut(&key) {
                         conn.last_ns = conn.last_ns.max(h.ts_ns);
                         copy = conn.copy_of.is_some();
-                        msg.xlat = conn.xlat;
+                        msg.xlat = conn.xlat.flatten();
                         let w = if interim {
                             conn.queue
                                 .front()
@@ -245,17 +249,25 @@ impl HttpTracker {
             return;
         }
         if let Some(x) = conn.and_then(|c| c.xlat) {
-            msg.xlat = Some(x);
+            msg.xlat = x;
             self.push(msg, out);
             return;
         }
+        // The copy of a held request: the same bytes from the same client port, to another
+        // server from the same client (a DNAT) or from another client address on another
+        // interface (a masquerade, with or without a DNAT).
         let original = self.held.iter().position(|(k, m)| {
-            k.0 == c && k.1 == cp && (k.2, k.3) != (s, sp) && m.message == msg.message
+            let translated = if k.0 == c {
+                (k.2, k.3) != (s, sp)
+            } else {
+                m.ifindex != msg.ifindex
+            };
+            k.1 == cp && translated && m.message == msg.message
         });
         if let Some(i) = original {
             let orig = self.held[i].0;
-            let backend = (msg.server, msg.server_port);
-            self.held[i].1.xlat = Some(backend);
+            let backend = ((s, sp) != (orig.2, orig.3)).then_some((msg.server, msg.server_port));
+            self.held[i].1.xlat = backend;
             if let Some(conn) = self.conns.get_mut(&orig) {
                 conn.xlat = Some(backend);
             }

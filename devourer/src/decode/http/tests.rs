@@ -336,6 +336,51 @@ fn a_request_through_a_dnat_is_one_record_naming_its_backend() {
     assert_eq!((out.msgs.len(), out.msgs[4].xlat), (5, None));
 }
 
+/// A request leaving a pod's veth and, masqueraded, the uplink (the node's address, the same
+/// port, another interface), to an outside server and through a Service: one request record
+/// and one response record each, under the pod's address, naming a backend only where a DNAT
+/// changed the server. The same bytes from another client on the same interface stay apart.
+#[test]
+fn a_masqueraded_request_is_one_record_under_the_pods_address() {
+    const NODE: [u8; 4] = [192, 168, 77, 1];
+    const SERVICE: ([u8; 4], u16) = ([10, 96, 0, 10], 80);
+    const BACKEND: ([u8; 4], u16) = ([192, 168, 77, 2], 8000);
+    let on = |h: PayloadHeader, ifindex: u32| PayloadHeader { ifindex, ..h };
+    let mut t = tracker(&[]);
+    let mut out = HttpOutput::default();
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    for (port, to) in [(5000, BACKEND), (5001, SERVICE)] {
+        let get = format!("GET /{port} HTTP/1.1\r\nHost: web\r\n\r\n");
+        t.on_event(
+            &on(seg(1_000, (CLIENT, port), to), 3),
+            get.as_bytes(),
+            &mut out,
+        );
+        t.on_event(
+            &on(seg(1_010, (NODE, port), BACKEND), 4),
+            get.as_bytes(),
+            &mut out,
+        );
+        t.on_event(&on(seg(5_000, BACKEND, (NODE, port)), 4), ok, &mut out);
+        t.on_event(&on(seg(5_010, to, (CLIENT, port)), 3), ok, &mut out);
+    }
+    t.flush(&mut out);
+    assert_eq!(out.msgs.len(), 4, "{:#?}", out.msgs);
+    for m in &out.msgs {
+        assert_eq!(m.client, ip(&mapped(CLIENT), false), "{m:?}");
+        let dnat = m.client_port == 5001;
+        let expected = dnat.then(|| (ip(&mapped(BACKEND.0), false), 8000));
+        assert_eq!(m.xlat, expected, "{m:?}");
+    }
+    assert_eq!(t.stats.xlat_copies, 4);
+    // Another client on the same interface sending the same bytes from the same port.
+    let get = b"GET / HTTP/1.1\r\n\r\n";
+    t.on_event(&on(seg(9_000, (CLIENT, 7000), BACKEND), 3), get, &mut out);
+    t.on_event(&on(seg(9_010, (NODE, 7000), BACKEND), 3), get, &mut out);
+    t.flush(&mut out);
+    assert_eq!((out.msgs.len(), t.stats.xlat_copies), (6, 4));
+}
+
 #[test]
 fn requests_held_for_a_dnat_copy_are_bounded_and_those_sent_early_are_counted() {
     let mut t = HttpTracker::new(
