@@ -134,7 +134,7 @@ pub struct FlowArgs {
     #[arg(long, env = "DEVOURER_NO_CONNTRACK")]
     pub no_conntrack: bool,
     /// Flows looked up in conntrack per scan at most (new flows past it wait for the next scan;
-    /// those emitted first count in `devourer_conntrack_lookups_total{outcome="skipped"}`).
+    /// those emitted first count in `devourer_conntrack_lookups_total{result="skipped"}`).
     #[arg(long, env = "DEVOURER_CONNTRACK_LOOKUPS_PER_SCAN", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub conntrack_lookups_per_scan: u64,
@@ -150,7 +150,7 @@ pub struct FlowArgs {
     #[arg(long, env = "DEVOURER_CONNTRACK_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub conntrack_timeout: Duration,
     /// How many times a failed conntrack lookup is asked again, a scan apart, before its flow
-    /// is emitted unjoined (`devourer_conntrack_lookups_total{outcome="gave_up"}`); its records
+    /// is emitted unjoined (`devourer_conntrack_lookups_total{result="gave_up"}`); its records
     /// wait for the answer meanwhile.
     #[arg(long, env = "DEVOURER_CONNTRACK_RETRIES", default_value_t = 3,
           value_parser = clap::value_parser!(u8).range(0..=20))]

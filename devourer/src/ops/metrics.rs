@@ -431,8 +431,8 @@ impl Metrics {
             ),
             conntrack_lookups: r.counters(
                 "devourer_conntrack_lookups_total",
-                "Flows looked up in conntrack to join NAT'd connections, by outcome (translated, not_translated, error: a failed attempt, asked again up to --conntrack-retries; skipped: emitted before their turn, --conntrack-lookups-per-scan; gave_up: emitted unjoined once every retry failed).",
-                &["outcome"],
+                "Flows looked up in conntrack to join NAT'd connections, by result (translated, not_translated, error: a failed attempt, asked again up to --conntrack-retries; skipped: emitted before their turn, --conntrack-lookups-per-scan; gave_up: emitted unjoined once every retry failed).",
+                &["result"],
             ),
             filter_packets: r.counters(
                 "devourer_filter_packets_total",
