@@ -92,8 +92,15 @@ pub enum LoadError {
         "not permitted to load eBPF programs: devourer needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root)"
     )]
     Permission(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("loading the eBPF object failed (map creation or verifier)")]
-    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(
+        "loading the eBPF object failed on kernel {kernel} (map creation or the verifier; devourer supports {}.{} and newer, README's kernel table lists each feature it needs)",
+        MIN_KERNEL.0, MIN_KERNEL.1
+    )]
+    Load {
+        kernel: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
     #[error("reading map {0} failed")]
@@ -226,8 +233,17 @@ pub(super) fn classify(e: impl std::error::Error + Send + Sync + 'static) -> Loa
     if is_eperm(&e) {
         LoadError::Permission(Box::new(e))
     } else {
-        LoadError::Load(Box::new(e))
+        LoadError::Load {
+            kernel: running_kernel(),
+            source: Box::new(e),
+        }
     }
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+fn running_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|e| format!("(unknown: {e})"), |r| r.trim().to_owned())
 }
 
 pub fn check_kernel() -> Result<KernelVersion, LoadError> {
