@@ -31,7 +31,7 @@ const FIRST_TEMPLATE: u16 = 256;
 /// number with these element ids (`deploy/ipfix/primitives.lst` describes them for
 /// collectors). They start at 101: pmacct matches enterprise elements by id alone, and 1 and 2
 /// would be taken for the reverse counters (29305's 1 and 2) of the same template.
-pub const TEXTS: [(&str, u16); 25] = [
+pub const TEXTS: [(&str, u16); 27] = [
     ("src_name", 101),
     ("dst_name", 102),
     ("community_id", 103),
@@ -59,7 +59,40 @@ pub const TEXTS: [(&str, u16); 25] = [
     ("tls_ech", 123),
     ("src_k8s_zone", 124),
     ("dst_k8s_zone", 125),
+    // `true` or `false`.
+    ("tcp_failed", 131),
+    // The three most frequent, `REASON:packets` comma-separated.
+    ("drop_reasons", 132),
 ];
+
+/// Numeric record fields without a standard element, exported as unsigned integers of the
+/// given length under the agent's enterprise number: the TCP round trips in microseconds (0:
+/// none measured; one measured is at least 1) and the retransmitted segments. A flow's drops
+/// have standard elements (`droppedOctetDeltaCount` 132, `droppedPacketDeltaCount` 133).
+pub const NUMBERS: [(&str, u16, u16); 5] = [
+    ("tcp_handshake_rtt_us", 126, 4),
+    ("tcp_srtt_min_us", 127, 4),
+    ("tcp_srtt_max_us", 128, 4),
+    ("tcp_srtt_last_us", 129, 4),
+    ("tcp_retransmits", 130, 8),
+];
+
+/// The value of `NUMBERS[i]` in `r`.
+fn number(r: &FlowRecord, i: usize) -> u64 {
+    let micros = |secs: Option<f64>| {
+        secs.map_or(0, |s| {
+            ((s * 1e6).round() as u64).clamp(1, u64::from(u32::MAX))
+        })
+    };
+    match NUMBERS[i].0 {
+        "tcp_handshake_rtt_us" => micros(r.tcp_handshake_rtt),
+        "tcp_srtt_min_us" => micros(r.tcp_srtt_min),
+        "tcp_srtt_max_us" => micros(r.tcp_srtt_max),
+        "tcp_srtt_last_us" => micros(r.tcp_srtt_last),
+        "tcp_retransmits" => r.tcp_retransmits.unwrap_or(0),
+        other => unreachable!("no value for {other}"),
+    }
+}
 
 /// What one field of a data record holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +119,12 @@ enum Value {
     NatDstAddr,
     NatSrcPort,
     NatDstPort,
+    DroppedOctets,
+    DroppedPackets,
     /// The string field `TEXTS[i]`.
     Text(usize),
+    /// The numeric field `NUMBERS[i]`.
+    Number(usize),
 }
 
 /// One field specifier of a template: element id, length, enterprise number (0: IANA's).
@@ -134,6 +171,8 @@ impl Template {
             (iana(pick(32, 139), 2), Value::IcmpTypeCode),
             (iana(58, 2), Value::Vlan),
             (iana(10, 4), Value::Ingress),
+            (iana(132, 8), Value::DroppedOctets),
+            (iana(133, 8), Value::DroppedPackets),
         ];
         if nat {
             fields.extend([
@@ -150,6 +189,14 @@ impl Template {
                 pen,
             };
             fields.push((spec, Value::Text(i)));
+        }
+        for (i, (_, id, len)) in NUMBERS.iter().enumerate() {
+            let spec = Spec {
+                id: *id,
+                len: *len,
+                pen,
+            };
+            fields.push((spec, Value::Number(i)));
         }
         Self {
             id: FIRST_TEMPLATE + u16::from(v6) * 2 + u16::from(nat),
@@ -231,6 +278,57 @@ impl Fields for Texts {
             let joined: Vec<&str> = v.iter().map(AsRef::as_ref).collect();
             self.str(key, &joined.join(","));
         }
+    }
+    fn objects<T: Nested>(&mut self, key: &'static str, v: &[T]) {
+        if TEXTS.iter().any(|(k, _)| *k == key) && !v.is_empty() {
+            let mut joined = Joined::default();
+            for o in v {
+                joined.0.push(Vec::new());
+                o.fields(&mut joined);
+            }
+            let text: Vec<String> = joined.0.iter().map(|o| o.join(":")).collect();
+            self.str(key, &text.join(","));
+        }
+    }
+}
+
+/// The values of objects' fields, one list per object.
+#[derive(Default)]
+struct Joined(Vec<Vec<String>>);
+
+impl Joined {
+    fn value(&mut self, v: &dyn std::fmt::Display) {
+        if let Some(o) = self.0.last_mut() {
+            o.push(v.to_string());
+        }
+    }
+}
+
+impl Fields for Joined {
+    fn str(&mut self, _: &'static str, v: &str) {
+        self.value(&v);
+    }
+    fn opt_str(&mut self, _: &'static str, v: Option<&str>) {
+        self.value(&v.unwrap_or(""));
+    }
+    fn uint(&mut self, _: &'static str, v: u64) {
+        self.value(&v);
+    }
+    fn opt_uint(&mut self, _: &'static str, v: Option<u64>) {
+        self.value(&v.map_or(String::new(), |v| v.to_string()));
+    }
+    fn time(&mut self, _: &'static str, v: &str) {
+        self.value(&v);
+    }
+    fn float(&mut self, _: &'static str, v: Option<f64>) {
+        self.value(&v.map_or(String::new(), |v| v.to_string()));
+    }
+    fn bool(&mut self, _: &'static str, v: bool) {
+        self.value(&v);
+    }
+    fn strs<S: AsRef<str>>(&mut self, _: &'static str, v: &[S]) {
+        let v: Vec<&str> = v.iter().map(AsRef::as_ref).collect();
+        self.value(&v.join(" "));
     }
     fn objects<T: Nested>(&mut self, _: &'static str, _: &[T]) {}
 }
@@ -419,7 +517,17 @@ fn write_record(t: &Template, r: &FlowRecord, p: &Parsed, out: &mut Vec<u8>) {
             Value::NatDstPort => {
                 out.extend_from_slice(&r.xlat_dst_port.unwrap_or(r.dst_port).to_be_bytes())
             }
+            Value::DroppedOctets => {
+                out.extend_from_slice(&r.drops_bytes.unwrap_or(0).to_be_bytes())
+            }
+            Value::DroppedPackets => {
+                out.extend_from_slice(&r.drops_packets.unwrap_or(0).to_be_bytes())
+            }
             Value::Text(i) => variable(out, texts.get(i)),
+            Value::Number(i) => {
+                let v = number(r, i).to_be_bytes();
+                out.extend_from_slice(&v[v.len() - usize::from(NUMBERS[i].2)..]);
+            }
         }
     }
 }

@@ -111,7 +111,13 @@ fn templates_name_every_element_with_its_enterprise_and_reverse_counters_under_2
     for m in e.templates(1_700_000_000) {
         c.read(&m.bytes);
     }
-    assert_eq!(c.headers, [(10, c.headers[0].1, 1_700_000_000, 0, 9)]);
+    // Four templates take more than one message of 1,400 bytes: each is numbered 0, as
+    // templates are no data records.
+    assert!(!c.headers.is_empty());
+    for h in &c.headers {
+        assert_eq!(*h, (10, h.1, 1_700_000_000, 0, 9));
+        assert!(h.1 <= 1400);
+    }
     assert_eq!(
         c.templates.keys().copied().collect::<Vec<_>>(),
         [256, 257, 258, 259]
@@ -147,7 +153,7 @@ fn templates_name_every_element_with_its_enterprise_and_reverse_counters_under_2
     }
     assert_eq!(
         nat6.iter().filter(|((_, pen), _)| *pen == 32473).count(),
-        TEXTS.len()
+        TEXTS.len() + NUMBERS.len()
     );
 }
 
@@ -197,6 +203,53 @@ fn a_flow_record_is_one_biflow_data_record_with_its_counts_times_and_names() {
         "each side's flags"
     );
     assert_eq!(uint(&get(305, 0)), 10, "samplingPacketInterval");
+}
+
+#[test]
+fn drops_go_in_the_standard_elements_and_tcp_health_in_own_ones() {
+    use crate::record::flow::DropReason;
+    let mut e = Encoder::new(0, 1400, 32473);
+    let mut c = Collector::default();
+    for m in e.templates(0) {
+        c.read(&m.bytes);
+    }
+    let r = FlowRecord {
+        drops_packets: Some(4),
+        drops_bytes: Some(336),
+        drop_reasons: vec![
+            DropReason {
+                reason: "NETFILTER_DROP",
+                packets: 3,
+            },
+            DropReason {
+                reason: "TCP_CSUM",
+                packets: 1,
+            },
+        ],
+        tcp_handshake_rtt: Some(0.000_250_4),
+        tcp_srtt_min: Some(0.000_000_1),
+        tcp_srtt_max: Some(0.02),
+        tcp_srtt_last: None,
+        tcp_retransmits: Some(2),
+        tcp_failed: Some(false),
+        ..flow("192.0.2.1", "198.51.100.2")
+    };
+    let (msgs, _) = e.data(&[r], 0);
+    c.read(&msgs[0].bytes);
+    let f = &c.records[0].1;
+    assert_eq!((uint(&f[&(132, 0)]), uint(&f[&(133, 0)])), (336, 4));
+    let own = |name: &str| {
+        let id = NUMBERS.iter().find(|(n, ..)| *n == name).unwrap().1;
+        uint(&f[&(id, 32473)])
+    };
+    // Microseconds; one under a microsecond is 1, none measured 0.
+    assert_eq!(own("tcp_handshake_rtt_us"), 250);
+    assert_eq!(own("tcp_srtt_min_us"), 1);
+    assert_eq!(own("tcp_srtt_max_us"), 20_000);
+    assert_eq!(own("tcp_srtt_last_us"), 0);
+    assert_eq!(own("tcp_retransmits"), 2);
+    assert_eq!(f[&(131, 32473)], b"false");
+    assert_eq!(f[&(132, 32473)], b"NETFILTER_DROP:3,TCP_CSUM:1");
 }
 
 #[test]
@@ -290,9 +343,12 @@ fn start_and_malformed_records_are_not_exported_and_long_names_are_cut_on_a_char
 fn the_collectors_description_file_lists_every_own_element() {
     let file = include_str!("../../../../deploy/ipfix/primitives.lst");
     let rules: Vec<&str> = file.lines().filter(|l| !l.starts_with('!')).collect();
-    let want: Vec<String> = TEXTS
+    let texts = TEXTS
         .iter()
-        .map(|(name, id)| format!("name={name}\tfield_type=32473:{id}\tlen=vlen\tsemantics=str"))
-        .collect();
+        .map(|(name, id)| format!("name={name}\tfield_type=32473:{id}\tlen=vlen\tsemantics=str"));
+    let numbers = NUMBERS.iter().map(|(name, id, len)| {
+        format!("name={name}\tfield_type=32473:{id}\tlen={len}\tsemantics=u_int")
+    });
+    let want: Vec<String> = texts.chain(numbers).collect();
     assert_eq!(rules, want);
 }
