@@ -97,7 +97,10 @@ pub struct Parsed {
     /// TCP sequence number (0 for other protocols).
     pub tcp_seq: u32,
     /// What tells packets of a flow apart besides `tcp_seq` and length, the same at every hook
-    /// (NAT leaves it): the IPv4 identification, the IPv6 flow label.
+    /// (NAT leaves it): the IPv4 identification or the IPv6 flow label, mixed with the TCP
+    /// acknowledgement number, or the ICMP header's second word (an echo's id and sequence),
+    /// or the UDP length and checksum (pure ACKs, pings and datagrams of one size under IPv6,
+    /// or from sockets that leave the IPv4 id 0, would otherwise all hash alike).
     pub ident: u32,
 }
 
@@ -412,7 +415,9 @@ fn parse_l4<P: Packet>(
             // ports | sequence | ack | offset, flags, window
             let ports = bytes4(p, off).ok_or(Skip::Malformed)?;
             let seq = bytes4(p, off + 4).ok_or(Skip::Malformed)?;
+            let ack = bytes4(p, off + 8).ok_or(Skip::Malformed)?;
             let w3 = bytes4(p, off + 12).ok_or(Skip::Malformed)?;
+            out.ident ^= u32::from_be_bytes(ack).rotate_left(12);
             let t = [w3[0], w3[1]];
             out.key.src_port = be16([ports[0], ports[1]]);
             out.key.dst_port = be16([ports[2], ports[3]]);
@@ -432,6 +437,9 @@ fn parse_l4<P: Packet>(
             let u = bytes4(p, off).ok_or(Skip::Malformed)?;
             out.key.src_port = be16([u[0], u[1]]);
             out.key.dst_port = be16([u[2], u[3]]);
+            if let Some(w) = bytes4(p, off + 4) {
+                out.ident ^= u32::from_be_bytes(w).rotate_left(12);
+            }
             if out.key.proto == IPPROTO_UDP {
                 out.seg_hdr += 8;
                 payload(off + 8, ip_end, out);
@@ -602,6 +610,9 @@ fn icmp<P: Packet>(p: &P, off: usize, out: &mut Parsed) -> Result<(), Skip> {
     out.icmp_type = t[0];
     out.icmp_code = t[1];
     out.val_flags |= VAL_F_ICMP;
+    if let Some(w) = bytes4(p, off + 4) {
+        out.ident ^= u32::from_be_bytes(w).rotate_left(12);
+    }
     Ok(())
 }
 
