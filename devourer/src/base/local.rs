@@ -55,6 +55,8 @@ pub fn hostname() -> String {
 pub struct LocalAddrs {
     nets: Vec<IpNet>,
     addrs: HashSet<IpAddr>,
+    /// The interfaces' addresses were read (live).
+    interfaces_read: bool,
 }
 
 impl LocalAddrs {
@@ -62,12 +64,14 @@ impl LocalAddrs {
         Self {
             nets,
             addrs: HashSet::new(),
+            interfaces_read: false,
         }
     }
 
     /// Replaces the interface addresses with the ones the host has now.
     pub fn refresh_from_interfaces(&mut self) -> io::Result<()> {
         self.addrs = interface_addrs()?;
+        self.interfaces_read = true;
         Ok(())
     }
 
@@ -75,10 +79,15 @@ impl LocalAddrs {
         self.is_own(ip) || self.nets.iter().any(|n| n.contains(ip))
     }
 
-    /// One of this host's own interface addresses (not merely inside `--local-net`, whose
-    /// ranges hold other machines and pods too).
+    /// One of this host's own addresses: live, an interface's (not merely one inside
+    /// `--local-net`, whose ranges hold pods and other machines too); offline, where no
+    /// interface is read, `--local-net` is all there is to say which are the host's.
     pub fn is_own(&self, ip: &IpAddr) -> bool {
-        self.addrs.contains(ip)
+        if self.interfaces_read {
+            self.addrs.contains(ip)
+        } else {
+            self.nets.iter().any(|n| n.contains(ip))
+        }
     }
 
     /// This host's side of an exchange between `client` and `server` (DNS, HTTP).

@@ -49,10 +49,17 @@ pub struct Pending {
     pub question: Question,
     pub ifindex: u32,
     pub v6: bool,
-    /// Its translated copy's key (the backend as its server), when a DNAT made one.
+    /// The translated copy naming its backend (the first whose server is not the one the
+    /// client asked; else the first copy, a masquerade's).
     pub xlat: Option<TxKey>,
+    /// Every translated copy joined to it (a packet may be seen after a DNAT, then again
+    /// after a masquerade too), at most [`MAX_COPIES`].
+    copies: Vec<TxKey>,
     seq: u64,
 }
+
+/// Translated copies joined to one query, at most.
+const MAX_COPIES: usize = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResponseMatch {
@@ -140,7 +147,11 @@ impl Matcher {
         if let Some(orig) = self.original_of(&key, &question, ts, ifindex)
             && let Some(p) = self.pending.get_mut(&orig)
         {
-            p.xlat = Some(key);
+            let asked = (orig.server, orig.server_port);
+            if p.xlat.is_none_or(|x| (x.server, x.server_port) == asked) {
+                p.xlat = Some(key);
+            }
+            p.copies.push(key);
             self.copies.insert(key, orig);
             self.stats.xlat_joined += 1;
             return lost;
@@ -175,6 +186,7 @@ impl Matcher {
                 ifindex,
                 v6,
                 xlat: None,
+                copies: Vec::new(),
                 seq,
             },
         );
@@ -193,8 +205,8 @@ impl Matcher {
     }
 
     /// The pending query `key` (asked at `ts`, seen on `ifindex`) is a translated copy of, if
-    /// any: one asked just before under the same client port, id and question, not yet joined,
-    /// to another server from the same client (a DNAT), or from another client address on
+    /// any: one asked just before under the same client port, id and question (a copy of it
+    /// may have joined already: a DNAT's, then a masquerade's), to another server from the same client (a DNAT), or from another client address on
     /// another interface (a masquerade). The likeliest first: the same server (a masquerade
     /// alone), then the same client (a DNAT alone), then both translated.
     fn original_of(
@@ -210,7 +222,7 @@ impl Matcher {
             .filter(|orig| *orig != key)
             .filter_map(|orig| {
                 let p = self.pending.get(orig)?;
-                let fits = p.xlat.is_none()
+                let fits = p.copies.len() < MAX_COPIES
                     && p.question.same(question)
                     && ts.saturating_sub(p.first_ns) <= XLAT_JOIN_NS;
                 let same_server = (orig.server, orig.server_port) == (key.server, key.server_port);
@@ -237,7 +249,7 @@ impl Matcher {
             let p = e.remove();
             self.unlink(&orig, &p);
             self.answered.remember(self.pending.hasher().hash_one(orig));
-            if let Some(copy) = p.xlat {
+            for copy in &p.copies {
                 self.answered.remember(self.pending.hasher().hash_one(copy));
             }
             return ResponseMatch::Matched(orig, p);
@@ -274,8 +286,8 @@ impl Matcher {
                 self.by_port.remove(&pk);
             }
         }
-        if let Some(copy) = p.xlat {
-            self.copies.remove(&copy);
+        for copy in &p.copies {
+            self.copies.remove(copy);
         }
     }
 
@@ -548,9 +560,21 @@ mod tests {
         m.query(key(2), q("b.example", 1), 2 * S, 1, false);
         m.query(masqueraded(copy(2)), q("b.example", 1), 2 * S + 1, 2, false);
         assert_eq!((m.len(), m.stats.xlat_joined), (1, 2));
+        // Seen after the DNAT (the bridge), then after the masquerade too (the uplink): both
+        // copies join the one query, which names the DNAT's backend.
+        m.query(key(4), q("d.example", 1), 4 * S, 1, false);
+        m.query(copy(4), q("d.example", 1), 4 * S + 1, 3, false);
+        m.query(masqueraded(copy(4)), q("d.example", 1), 4 * S + 2, 2, false);
+        assert_eq!((m.len(), m.stats.xlat_joined), (2, 4));
+        match m.response(masqueraded(copy(4)), None) {
+            ResponseMatch::Matched(k, p) => assert_eq!((k, p.xlat), (key(4), Some(copy(4)))),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.response(copy(4), None), ResponseMatch::Duplicate);
+        assert_eq!(m.response(key(4), None), ResponseMatch::Duplicate);
         // Another client on the same interface with the same port and id is someone else.
         m.query(masqueraded(key(3)), q("c.example", 1), 3 * S, 1, false);
         m.query(key(3), q("c.example", 1), 3 * S + 1, 1, false);
-        assert_eq!((m.len(), m.stats.xlat_joined), (3, 2));
+        assert_eq!((m.len(), m.stats.xlat_joined), (3, 4));
     }
 }

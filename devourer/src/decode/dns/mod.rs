@@ -148,8 +148,8 @@ impl DnsTracker {
     }
 
     /// Whose resolutions `client`'s are: this host's (any of its own addresses, loopback
-    /// included; not every address of `--local-net`, which holds pods and other machines),
-    /// its own, or anyone's with `--dns-names shared`.
+    /// included; live, not every address of `--local-net`, which holds pods and other
+    /// machines), its own, or anyone's with `--dns-names shared`.
     fn asker(&self, client: IpAddr) -> Asker {
         if self.cfg.shared_names {
             Asker::Anyone

@@ -25,6 +25,12 @@ fn addr(a: [u8; 4]) -> IpAddr {
 }
 
 fn tracker(local_nets: &[&str]) -> DnsTracker {
+    tracker_with(LocalAddrs::new(
+        local_nets.iter().map(|n| n.parse().unwrap()).collect(),
+    ))
+}
+
+fn tracker_with(local: LocalAddrs) -> DnsTracker {
     DnsTracker::new(
         DnsConfig {
             timeout_ns: 5_000_000_000,
@@ -39,7 +45,7 @@ fn tracker(local_nets: &[&str]) -> DnsTracker {
             shared_names: false,
             text_log: false,
         },
-        LocalAddrs::new(local_nets.iter().map(|n| n.parse().unwrap()).collect()),
+        local,
     )
 }
 
@@ -70,7 +76,7 @@ fn send(
 #[test]
 fn a_lookup_masqueraded_on_the_uplink_is_one_record_under_the_pods_address() {
     // To the resolver outside (masquerade alone), then through a Service (DNAT and
-    // masquerade): the pod's veth (ifindex 3) sees each query first, the uplink (4) after.
+    // masquerade): the pod's veth (ifindex 3) sees each query first, the uplink (4) last.
     for (id, asked) in [(1, RESOLVER), (2, SERVICE)] {
         let mut t = tracker(&[]);
         let mut out = DnsOutput::default();
@@ -78,6 +84,10 @@ fn a_lookup_masqueraded_on_the_uplink_is_one_record_under_the_pods_address() {
         let q = query(id, "svc.test", 1);
         let r = response(id, 0, "svc.test", 1, &[a("svc.test", 30, [192, 0, 2, 80])]);
         send(&mut t, (pod, (asked, 53)), 3, 1_000, &q, &mut out);
+        if asked == SERVICE {
+            // The bridge sees it after the DNAT, before the masquerade.
+            send(&mut t, (pod, (RESOLVER, 53)), 2, 1_005, &q, &mut out);
+        }
         send(&mut t, (node, (RESOLVER, 53)), 4, 1_010, &q, &mut out);
         send(&mut t, ((RESOLVER, 53), node), 4, 9_000, &r, &mut out);
         send(&mut t, ((asked, 53), pod), 3, 9_010, &r, &mut out);
@@ -101,8 +111,10 @@ fn a_lookup_masqueraded_on_the_uplink_is_one_record_under_the_pods_address() {
 }
 
 #[test]
-fn a_local_net_does_not_make_its_addresses_share_one_name_cache() {
-    let mut t = tracker(&["10.0.0.0/8"]);
+fn live_a_local_net_does_not_make_its_addresses_share_one_name_cache() {
+    let mut local = LocalAddrs::new(vec!["10.0.0.0/8".parse().unwrap()]);
+    local.refresh_from_interfaces().unwrap();
+    let mut t = tracker_with(local);
     let mut out = DnsOutput::default();
     let a_pod = ([10, 244, 1, 2], 40000);
     let q = query(7, "mine.test", 1);

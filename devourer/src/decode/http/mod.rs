@@ -266,17 +266,19 @@ impl HttpTracker {
         });
         if let Some(i) = original {
             let orig = self.held[i].0;
+            // The first copy whose server is not the one asked names the backend. The request
+            // stays held for the rest of its wait: a packet may be seen after a DNAT, then
+            // again after a masquerade.
             let backend = ((s, sp) != (orig.2, orig.3)).then_some((msg.server, msg.server_port));
-            self.held[i].1.xlat = backend;
+            let held = &mut self.held[i].1;
+            held.xlat = held.xlat.or(backend);
             if let Some(conn) = self.conns.get_mut(&orig) {
-                conn.xlat = Some(backend);
+                conn.xlat = Some(conn.xlat.flatten().or(backend));
             }
             if let Some(conn) = self.conns.get_mut(&key) {
                 conn.copy_of = Some(orig);
             }
             self.stats.xlat_copies += 1;
-            // Joined: it need not wait any longer.
-            self.release_at(i, out);
             return;
         }
         if self.held.len() >= MAX_HELD {
