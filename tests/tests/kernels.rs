@@ -21,9 +21,10 @@ struct Captures {
 fn captures() -> &'static Captures {
     static C: OnceLock<Captures> = OnceLock::new();
     C.get_or_init(|| {
-        // A static is never dropped, so not a TempDir: one fixed directory under the target
-        // dir, made afresh by each run, leaves nothing behind in /tmp.
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("matrix-captures");
+        // A static is never dropped, so not a TempDir: a directory of this run's under the
+        // target dir (not /tmp, where each run would leave one behind).
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("matrix-captures-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("captures dir");
         let dir = |name: &str| dir.join(name);

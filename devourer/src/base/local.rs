@@ -79,6 +79,11 @@ impl LocalAddrs {
         self.is_own(ip) || self.nets.iter().any(|n| n.contains(ip))
     }
 
+    /// Live: the interfaces' addresses were read (offline, only `--local-net` is known).
+    pub fn is_live(&self) -> bool {
+        self.interfaces_read
+    }
+
     /// One of this host's own addresses: live, an interface's (not merely one inside
     /// `--local-net`, whose ranges hold pods and other machines too); offline, where no
     /// interface is read, `--local-net` is all there is to say which are the host's.

@@ -33,7 +33,8 @@ const FETCH_BYTES: i32 = 1 << 20;
 type Offsets = Arc<Mutex<BTreeMap<i32, i64>>>;
 
 /// Why the reading stopped: the partitions changed (read again at once), a failure to connect,
-/// or the loss of a connection that worked (the backoff starts again from its base).
+/// or the loss of a connection that was made (the backoff starts again from its base if the
+/// connection lasted longer than the wait before it).
 enum Stop {
     Repartitioned,
     Failed(KafkaError),
@@ -58,8 +59,11 @@ pub async fn listen(
     let mut wait = base;
     let mut started = false;
     loop {
+        let began = tokio::time::Instant::now();
         let stop = read(&svc, &cfg, &connect, &offsets, &mut started).await;
-        let lost = matches!(stop, Stop::Lost(_));
+        // A connection that worked for longer than the wait before it: the broker came back.
+        // (One that fails at once, a fetch refused by an ACL, say, keeps backing off.)
+        let lost = matches!(stop, Stop::Lost(_)) && began.elapsed() >= wait;
         match stop {
             Stop::Repartitioned => {
                 tracing::info!(

@@ -34,8 +34,20 @@ fn port_key(k: &TxKey) -> PortKey {
     (k.client_port, k.proto, k.id)
 }
 
+/// Where a query was seen: what tells a translated copy from another client's query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub ifindex: u32,
+    /// Its client is one of this host's own addresses (a masquerade writes the node's).
+    pub own_client: bool,
+    /// Interfaces tell hooks apart (live): a copy comes from another interface than its
+    /// query. Offline, a capture of one interface holds a DNAT's copies on that one.
+    pub live: bool,
+}
+
 /// Pending queries indexed under one [`PortKey`], at most (a resolver asking every
-/// nameserver at once from one socket has a few; past it the oldest can no longer be joined).
+/// nameserver at once from one socket has a few, each its own query live; past it the oldest
+/// can no longer be joined).
 const MAX_SAME_PORT: usize = 4;
 
 /// How long after a query its translated copy may come: a packet crosses a node's interfaces
@@ -130,9 +142,11 @@ impl Matcher {
         key: TxKey,
         question: Question,
         ts: u64,
-        ifindex: u32,
+        at: impl Into<Seen>,
         v6: bool,
     ) -> Vec<(TxKey, Pending)> {
+        let at = at.into();
+        let ifindex = at.ifindex;
         let mut lost = Vec::new();
         if let Some(&orig) = self.copies.get(&key)
             && self
@@ -144,7 +158,7 @@ impl Matcher {
             self.stats.retransmits += 1;
             return lost;
         }
-        if let Some(orig) = self.original_of(&key, &question, ts, ifindex)
+        if let Some(orig) = self.original_of(&key, &question, ts, at)
             && let Some(p) = self.pending.get_mut(&orig)
         {
             let asked = (orig.server, orig.server_port);
@@ -209,13 +223,7 @@ impl Matcher {
     /// may have joined already: a DNAT's, then a masquerade's), to another server from the same client (a DNAT), or from another client address on
     /// another interface (a masquerade). The likeliest first: the same server (a masquerade
     /// alone), then the same client (a DNAT alone), then both translated.
-    fn original_of(
-        &self,
-        key: &TxKey,
-        question: &Question,
-        ts: u64,
-        ifindex: u32,
-    ) -> Option<TxKey> {
+    fn original_of(&self, key: &TxKey, question: &Question, ts: u64, at: Seen) -> Option<TxKey> {
         let candidates = self.by_port.get(&port_key(key))?;
         candidates
             .iter()
@@ -226,9 +234,11 @@ impl Matcher {
                     && p.question.same(question)
                     && ts.saturating_sub(p.first_ns) <= XLAT_JOIN_NS;
                 let same_server = (orig.server, orig.server_port) == (key.server, key.server_port);
+                let other_interface = p.ifindex != at.ifindex;
                 let rank = match (orig.client == key.client, same_server) {
+                    (true, _) if at.live && !other_interface => return None,
                     (true, _) => 1,
-                    (false, _) if p.ifindex == ifindex => return None,
+                    (false, _) if !other_interface || !at.own_client => return None,
                     (false, true) => 0,
                     (false, false) => 2,
                 };
@@ -356,6 +366,19 @@ impl Recent {
         let (at, v) = self.slot(hash);
         if self.slots[at] == v {
             self.slots[at] = 0;
+        }
+    }
+}
+
+/// A query seen on `ifindex` in a replay of one interface, its client this host's when it is
+/// the tests' masqueraded address.
+#[cfg(test)]
+impl From<u32> for Seen {
+    fn from(ifindex: u32) -> Self {
+        Self {
+            ifindex,
+            own_client: true,
+            live: false,
         }
     }
 }
@@ -572,9 +595,29 @@ mod tests {
         }
         assert_eq!(m.response(copy(4), None), ResponseMatch::Duplicate);
         assert_eq!(m.response(key(4), None), ResponseMatch::Duplicate);
+        // Live, one client asking two servers from one socket on one interface (a resolver
+        // asking every nameserver at once) is no DNAT.
+        let live = |ifindex| Seen {
+            ifindex,
+            own_client: false,
+            live: true,
+        };
+        m.query(key(5), q("e.example", 1), 5 * S, live(1), false);
+        m.query(copy(5), q("e.example", 1), 5 * S + 1, live(1), false);
+        assert_eq!((m.len(), m.stats.xlat_joined), (3, 4));
+        // Nor is another client on another interface whose address is not this host's.
+        m.query(
+            masqueraded(key(6)),
+            q("f.example", 1),
+            6 * S,
+            live(2),
+            false,
+        );
+        m.query(key(6), q("f.example", 1), 6 * S + 1, live(1), false);
+        assert_eq!((m.len(), m.stats.xlat_joined), (5, 4));
         // Another client on the same interface with the same port and id is someone else.
         m.query(masqueraded(key(3)), q("c.example", 1), 3 * S, 1, false);
         m.query(key(3), q("c.example", 1), 3 * S + 1, 1, false);
-        assert_eq!((m.len(), m.stats.xlat_joined), (3, 4));
+        assert_eq!((m.len(), m.stats.xlat_joined), (7, 4));
     }
 }

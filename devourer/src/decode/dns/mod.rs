@@ -20,7 +20,7 @@ use devourer_common::payload::{PAYLOAD_F_IPV6, PayloadHeader};
 
 use self::{
     logline::line,
-    matcher::{Matcher, Pending, ResponseMatch, TxKey},
+    matcher::{Matcher, Pending, ResponseMatch, Seen, TxKey},
     message::{Answer, DnsMessage, Question, parse},
     names::{Asker, NameCache},
     tcp::{StreamKey, TcpLimits, TcpStreams},
@@ -258,7 +258,12 @@ impl DnsTracker {
                 qtype: 0,
                 qclass: 0,
             });
-            for (k, p) in self.matcher.query(key, q, h.ts_ns, h.ifindex, v6) {
+            let at = Seen {
+                ifindex: h.ifindex,
+                own_client: self.local.is_own(&client),
+                live: self.local.is_live(),
+            };
+            for (k, p) in self.matcher.query(key, q, h.ts_ns, at, v6) {
                 self.emit_lost(k, p, out);
             }
             return;

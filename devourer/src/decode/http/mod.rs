@@ -3,7 +3,7 @@
 //! records, matches responses to requests per connection in order (pipelining), and produces
 //! packetlog-style log lines. A request is held for a moment ([`XLAT_JOIN_NS`]) before it is
 //! emitted: the same request seen again from the same client port to another server is the
-//! copy a DNAT made (a Service address translated to a backend), and from another client
+//! copy a DNAT made (a Service address translated to a backend), and from this host's own
 //! address on another interface the copy a masquerade made (with or without a DNAT), so the
 //! first names the backend (if any) as its translated server and the copy's connection emits
 //! nothing.
@@ -250,20 +250,29 @@ impl HttpTracker {
         }
         if let Some(x) = conn.and_then(|c| c.xlat) {
             msg.xlat = x;
-            self.push(msg, out);
+            // Behind its connection's earlier request if that one still waits for copies:
+            // records keep their order.
+            if self.held.iter().any(|(k, _)| *k == key) {
+                self.held.push_back((key, msg));
+            } else {
+                self.push(msg, out);
+            }
             return;
         }
-        // The copy of a held request: the same bytes from the same client port, to another
-        // server from the same client (a DNAT) or from another client address on another
-        // interface (a masquerade, with or without a DNAT).
-        let original = self.held.iter().position(|(k, m)| {
-            let translated = if k.0 == c {
-                (k.2, k.3) != (s, sp)
-            } else {
-                m.ifindex != msg.ifindex
-            };
-            k.1 == cp && translated && m.message == msg.message
-        });
+        // The copy of a held request: the same request from the same client port, to another
+        // server from the same client (a DNAT), or from this host's own address on another
+        // interface (a masquerade, with or without a DNAT); the same client first.
+        let copy_of = |same_client: bool| {
+            self.held.iter().position(|(k, m)| {
+                let translated = if same_client {
+                    k.0 == c && (k.2, k.3) != (s, sp)
+                } else {
+                    k.0 != c && m.ifindex != msg.ifindex && self.local.is_own(&msg.client)
+                };
+                k.1 == cp && translated && m.message == msg.message
+            })
+        };
+        let original = copy_of(true).or_else(|| copy_of(false));
         if let Some(i) = original {
             let orig = self.held[i].0;
             // The first copy whose server is not the one asked names the backend. The request
@@ -370,7 +379,11 @@ impl HttpTracker {
                 .pop_front_if(|w| now.saturating_sub(w.time_ns) >= timeout)
             {
                 bytes += w.bytes();
-                gone += 1;
+                // A copy's request was answered on its original's connection (a copy seen
+                // between a DNAT and a masquerade sees no response of its own).
+                if c.copy_of.is_none() {
+                    gone += 1;
+                }
             }
             !c.queue.is_empty()
         });

@@ -346,7 +346,8 @@ fn a_masqueraded_request_is_one_record_under_the_pods_address() {
     const SERVICE: ([u8; 4], u16) = ([10, 96, 0, 10], 80);
     const BACKEND: ([u8; 4], u16) = ([192, 168, 77, 2], 8000);
     let on = |h: PayloadHeader, ifindex: u32| PayloadHeader { ifindex, ..h };
-    let mut t = tracker(&[]);
+    // The node's own address (offline, --local-net says which are the host's).
+    let mut t = tracker(&["192.168.77.1/32"]);
     let mut out = HttpOutput::default();
     let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     for (port, to) in [(5000, BACKEND), (5001, SERVICE)] {
@@ -382,8 +383,45 @@ fn a_masqueraded_request_is_one_record_under_the_pods_address() {
     let get = b"GET / HTTP/1.1\r\n\r\n";
     t.on_event(&on(seg(9_000, (CLIENT, 7000), BACKEND), 3), get, &mut out);
     t.on_event(&on(seg(9_010, (NODE, 7000), BACKEND), 3), get, &mut out);
+    // Nor does another client on another interface unless its address is this host's.
+    t.on_event(&on(seg(9_100, (CLIENT, 7001), BACKEND), 3), get, &mut out);
+    t.on_event(
+        &on(seg(9_110, ([203, 0, 113, 9], 7001), BACKEND), 4),
+        get,
+        &mut out,
+    );
     t.flush(&mut out);
-    assert_eq!((out.msgs.len(), t.stats.xlat_copies), (6, 5));
+    assert_eq!((out.msgs.len(), t.stats.xlat_copies), (8, 5));
+    // Those four are unanswered; the copy between the DNAT and the masquerade, which saw no
+    // response of its own, is not.
+    t.expire(u64::MAX / 2, &mut out);
+    assert_eq!(t.stats.unanswered, 4);
+}
+
+/// A pipelined second request on a connection whose first still waits for copies goes out
+/// behind the first, naming the same backend.
+#[test]
+fn a_request_behind_a_held_one_keeps_its_place() {
+    const SERVICE: ([u8; 4], u16) = ([10, 96, 0, 10], 80);
+    const BACKEND: ([u8; 4], u16) = ([10, 244, 1, 9], 8080);
+    let mut t = tracker(&[]);
+    let mut out = HttpOutput::default();
+    let (first, second) = (b"GET /1 HTTP/1.1\r\n\r\n", b"GET /2 HTTP/1.1\r\n\r\n");
+    t.on_event(&seg(1_000, (CLIENT, 5000), SERVICE), first, &mut out);
+    t.on_event(&seg(1_010, (CLIENT, 5000), BACKEND), first, &mut out);
+    t.on_event(&seg(2_000, (CLIENT, 5000), SERVICE), second, &mut out);
+    t.on_event(&seg(2_010, (CLIENT, 5000), BACKEND), second, &mut out);
+    t.flush(&mut out);
+    let targets: Vec<_> = out
+        .msgs
+        .iter()
+        .map(|m| match &m.message {
+            Message::Request(r) => r.target.clone(),
+            Message::Response(_) => None,
+        })
+        .collect();
+    assert_eq!(targets, [Some("/1".to_owned()), Some("/2".to_owned())]);
+    assert!(out.msgs.iter().all(|m| m.xlat.is_some()));
 }
 
 #[test]
