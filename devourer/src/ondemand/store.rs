@@ -76,6 +76,12 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 /// sees half a capture. An existing file of that name gets a numbered sibling instead. A file
 /// that would take the directory past `max_bytes` is not written (`StorageFull`).
 pub fn write_local(dir: &Path, name: &str, bytes: &[u8], max_bytes: u64) -> io::Result<PathBuf> {
+    // Captures end in parallel: the check and the write are one step, or two files that each
+    // fit could together pass the cap.
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = WRITING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     files::create_dir_all(dir)?;
     let held = dir_bytes(dir);
     if held + bytes.len() as u64 > max_bytes {
@@ -322,6 +328,25 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn captures_ending_together_never_take_the_directory_past_its_cap() {
+        let dir = std::env::temp_dir().join(format!("devourer-store-cap-{}", std::process::id()));
+        let written: usize = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..16)
+                .map(|i| {
+                    let dir = &dir;
+                    s.spawn(move || write_local(dir, &format!("{i}.pcap"), &[0; 100], 1000))
+                })
+                .collect();
+            writers
+                .into_iter()
+                .map(|w| w.join().unwrap().is_ok() as usize)
+                .sum()
+        });
+        assert_eq!((written, dir_bytes(&dir)), (10, 1000));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
