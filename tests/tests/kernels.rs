@@ -22,7 +22,7 @@ fn captures() -> &'static Captures {
     static C: OnceLock<Captures> = OnceLock::new();
     C.get_or_init(|| {
         // A static is never dropped, so not a TempDir: a directory of this run's under the
-        // target dir (not /tmp, where each run would leave one behind).
+        // target dir's tmp (which `cargo clean` empties), not in /tmp.
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("matrix-captures-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

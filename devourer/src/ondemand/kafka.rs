@@ -34,11 +34,12 @@ type Offsets = Arc<Mutex<BTreeMap<i32, i64>>>;
 
 /// Why the reading stopped: the partitions changed (read again at once), a failure to connect,
 /// or the loss of a connection that was made (the backoff starts again from its base if the
-/// connection lasted longer than the wait before it).
+/// connection stayed up longer than the last wait).
 enum Stop {
     Repartitioned,
     Failed(KafkaError),
-    Lost(KafkaError),
+    /// With how long the connection had been up.
+    Lost(KafkaError, Duration),
 }
 
 impl From<KafkaError> for Stop {
@@ -57,13 +58,13 @@ pub async fn listen(
 ) {
     let offsets: Offsets = Arc::default();
     let mut wait = base;
+    let mut slept = Duration::ZERO;
     let mut started = false;
     loop {
-        let began = tokio::time::Instant::now();
         let stop = read(&svc, &cfg, &connect, &offsets, &mut started).await;
-        // A connection that worked for longer than the wait before it: the broker came back.
-        // (One that fails at once, a fetch refused by an ACL, say, keeps backing off.)
-        let lost = matches!(stop, Stop::Lost(_)) && began.elapsed() >= wait;
+        // A connection that stayed up longer than the last wait: the broker came back. (One
+        // that fails at once, a fetch refused by an ACL, say, keeps backing off.)
+        let lost = matches!(stop, Stop::Lost(_, up) if up >= slept);
         match stop {
             Stop::Repartitioned => {
                 tracing::info!(
@@ -72,14 +73,15 @@ pub async fn listen(
                 );
                 wait = base;
             }
-            Stop::Failed(e) | Stop::Lost(e) => {
+            Stop::Failed(e) | Stop::Lost(e, _) => {
                 if lost {
                     wait = base;
                 }
                 svc.kafka_connected(false);
                 tracing::warn!(topic = cfg.topic, brokers = ?connect.brokers, retry_in = ?wait, "Kafka unavailable: {e}");
                 let jitter = wait.mul_f64(fastrand::f64() * 0.2);
-                tokio::time::sleep(wait + jitter).await;
+                slept = wait + jitter;
+                tokio::time::sleep(slept).await;
                 wait = (wait * 2).min(max);
             }
         }
@@ -139,6 +141,7 @@ async fn read(
     }
     *started = true;
     svc.kafka_connected(true);
+    let connected = tokio::time::Instant::now();
     tracing::info!(
         topic = cfg.topic,
         partitions = parts.len(),
@@ -152,8 +155,11 @@ async fn read(
             done = readers.join_next() => {
                 // A reader ends only on an error (dropping the set stops the others).
                 return match done {
-                    Some(Ok(e)) => Stop::Lost(e),
-                    Some(Err(e)) => Stop::Lost(KafkaError::Other(format!("a partition reader died: {e}"))),
+                    Some(Ok(e)) => Stop::Lost(e, connected.elapsed()),
+                    Some(Err(e)) => Stop::Lost(
+                        KafkaError::Other(format!("a partition reader died: {e}")),
+                        connected.elapsed(),
+                    ),
                     None => Stop::Repartitioned,
                 };
             }
@@ -161,7 +167,7 @@ async fn read(
                 match connect.partitions(&client, &cfg.topic).await {
                     Ok(now) if now != parts => return Stop::Repartitioned,
                     Ok(_) => {}
-                    Err(e) => return Stop::Lost(e),
+                    Err(e) => return Stop::Lost(e, connected.elapsed()),
                 }
             }
         }

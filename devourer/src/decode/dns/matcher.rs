@@ -2,8 +2,9 @@
 //! question; retransmitted queries keep the first query's time; unanswered queries expire as
 //! lost; the table is bounded (the oldest expire first when it is full). A query seen again
 //! moments later from the same client port, with the same id and question, to another server
-//! is the copy a DNAT made (a Service address translated to a backend); from another client
-//! address on another interface, the copy a masquerade (SNAT) made, with or without a DNAT.
+//! is the copy a DNAT made (a Service address translated to a backend); from this host's own
+//! address, the copy a masquerade (SNAT) made, with or without a DNAT (live, a copy comes from
+//! another interface than its query).
 //! A copy joins the first query (naming the backend as its translated server when the server
 //! changed), and whichever copy's response comes first answers the transaction.
 
@@ -155,6 +156,16 @@ impl Matcher {
                 .is_some_and(|p| p.question.same(&question))
         {
             // The copy of a retransmission.
+            self.stats.retransmits += 1;
+            return lost;
+        }
+        if self
+            .pending
+            .get(&key)
+            .is_some_and(|p| p.question.same(&question))
+        {
+            // A retransmission (or the query seen again on another interface), never a copy
+            // of another query.
             self.stats.retransmits += 1;
             return lost;
         }
@@ -604,6 +615,10 @@ mod tests {
         };
         m.query(key(5), q("e.example", 1), 5 * S, live(1), false);
         m.query(copy(5), q("e.example", 1), 5 * S + 1, live(1), false);
+        assert_eq!((m.len(), m.stats.xlat_joined), (3, 4));
+        // A query seen again on another interface (counting per interface) is that query
+        // again, not a DNAT copy of the other one its socket sent.
+        m.query(key(5), q("e.example", 1), 5 * S + 2, live(2), false);
         assert_eq!((m.len(), m.stats.xlat_joined), (3, 4));
         // Nor is another client on another interface whose address is not this host's.
         m.query(

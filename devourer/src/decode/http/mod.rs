@@ -253,21 +253,23 @@ impl HttpTracker {
             // Behind its connection's earlier request if that one still waits for copies:
             // records keep their order.
             if self.held.iter().any(|(k, _)| *k == key) {
-                self.held.push_back((key, msg));
+                self.hold(key, msg, out);
             } else {
                 self.push(msg, out);
             }
             return;
         }
         // The copy of a held request: the same request from the same client port, to another
-        // server from the same client (a DNAT), or from this host's own address on another
-        // interface (a masquerade, with or without a DNAT); the same client first.
+        // server from the same client (a DNAT), or from this host's own address (a masquerade,
+        // with or without a DNAT); live, on another interface; the same client first.
+        let live = self.local.is_live();
         let copy_of = |same_client: bool| {
             self.held.iter().position(|(k, m)| {
+                let elsewhere = m.ifindex != msg.ifindex;
                 let translated = if same_client {
-                    k.0 == c && (k.2, k.3) != (s, sp)
+                    k.0 == c && (k.2, k.3) != (s, sp) && (elsewhere || !live)
                 } else {
-                    k.0 != c && m.ifindex != msg.ifindex && self.local.is_own(&msg.client)
+                    k.0 != c && elsewhere && self.local.is_own(&msg.client)
                 };
                 k.1 == cp && translated && m.message == msg.message
             })
@@ -279,17 +281,29 @@ impl HttpTracker {
             // stays held for the rest of its wait: a packet may be seen after a DNAT, then
             // again after a masquerade.
             let backend = ((s, sp) != (orig.2, orig.3)).then_some((msg.server, msg.server_port));
-            let held = &mut self.held[i].1;
-            held.xlat = held.xlat.or(backend);
+            // Every request of the connection still held names it (pipelined ones too).
+            for (_, m) in self.held.iter_mut().filter(|(k, _)| *k == orig) {
+                m.xlat = m.xlat.or(backend);
+            }
             if let Some(conn) = self.conns.get_mut(&orig) {
                 conn.xlat = Some(conn.xlat.flatten().or(backend));
             }
             if let Some(conn) = self.conns.get_mut(&key) {
                 conn.copy_of = Some(orig);
+                // Its original's connection waits for the response: a copy queues nothing (a
+                // copy seen between a DNAT and a masquerade sees no response of its own).
+                if let Some(w) = conn.queue.pop_back() {
+                    self.pending_bytes -= w.bytes();
+                }
             }
             self.stats.xlat_copies += 1;
             return;
         }
+        self.hold(key, msg, out);
+    }
+
+    /// Holds a request for its copies (past [`MAX_HELD`], the oldest held goes out at once).
+    fn hold(&mut self, key: ConnKey, msg: HttpMsg, out: &mut HttpOutput) {
         if self.held.len() >= MAX_HELD {
             self.stats.released_early += 1;
             self.release_at(0, out);
@@ -324,6 +338,9 @@ impl HttpTracker {
         }
         let conn = self.conns.entry(key).or_default();
         conn.last_ns = conn.last_ns.max(time_ns);
+        if conn.copy_of.is_some() {
+            return;
+        }
         if conn.queue.len() >= MAX_QUEUE
             && let Some(w) = conn.queue.pop_front()
         {
@@ -379,13 +396,11 @@ impl HttpTracker {
                 .pop_front_if(|w| now.saturating_sub(w.time_ns) >= timeout)
             {
                 bytes += w.bytes();
-                // A copy's request was answered on its original's connection (a copy seen
-                // between a DNAT and a masquerade sees no response of its own).
-                if c.copy_of.is_none() {
-                    gone += 1;
-                }
+                gone += 1;
             }
-            !c.queue.is_empty()
+            // A copy's connection, with nothing queued, is kept as long as a request would
+            // be: its responses must still be known for a copy's.
+            !c.queue.is_empty() || c.copy_of.is_some() && now.saturating_sub(c.last_ns) < timeout
         });
         self.pending_bytes -= bytes;
         self.stats.unanswered += gone;

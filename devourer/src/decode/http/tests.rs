@@ -422,6 +422,16 @@ fn a_request_behind_a_held_one_keeps_its_place() {
         .collect();
     assert_eq!(targets, [Some("/1".to_owned()), Some("/2".to_owned())]);
     assert!(out.msgs.iter().all(|m| m.xlat.is_some()));
+    // Both requests before either copy (pipelined in one segment): both name the backend.
+    let mut t = tracker(&[]);
+    let mut out = HttpOutput::default();
+    t.on_event(&seg(1_000, (CLIENT, 6000), SERVICE), first, &mut out);
+    t.on_event(&seg(1_001, (CLIENT, 6000), SERVICE), second, &mut out);
+    t.on_event(&seg(1_010, (CLIENT, 6000), BACKEND), first, &mut out);
+    t.on_event(&seg(1_011, (CLIENT, 6000), BACKEND), second, &mut out);
+    t.flush(&mut out);
+    assert_eq!(out.msgs.len(), 2, "{:#?}", out.msgs);
+    assert!(out.msgs.iter().all(|m| m.xlat.is_some()), "{:#?}", out.msgs);
 }
 
 #[test]
