@@ -359,6 +359,17 @@ pub const QUICK_TIMEOUTS: [&str; 6] = [
     "200ms",
 ];
 
+/// How long an agent may take to load its programs and attach: 20 s, or
+/// `DEVOURER_START_TIMEOUT_SECS` (the kernel matrix's VMs emulate their CPU, and an old
+/// kernel's verifier takes its time there).
+pub fn start_timeout() -> Duration {
+    let secs = std::env::var("DEVOURER_START_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    Duration::from_secs(secs)
+}
+
 /// [`start_capture`] with extra environment variables.
 pub fn start_capture_env(
     ns: &Netns,
@@ -378,7 +389,7 @@ pub fn start_capture_env(
         })
         .stderr(std::fs::File::create(log).expect("log file"));
     let bg = Bg::spawn(cmd, "devourer capture");
-    let ready = wait_for(Duration::from_secs(20), || {
+    let ready = wait_for(start_timeout(), || {
         std::fs::read_to_string(log).is_ok_and(|l| l.contains("capturing"))
     });
     assert!(

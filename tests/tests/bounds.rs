@@ -223,7 +223,7 @@ fn shutdown_keeps_one_deadline_with_a_hung_bigquery_and_a_stuck_output() {
         .stderr(std::fs::File::create(&log).unwrap());
     let pipeline = Bg::spawn(cmd, "agent | sleep");
     assert!(
-        wait_for(Duration::from_secs(20), || std::fs::read_to_string(&log)
+        wait_for(start_timeout(), || std::fs::read_to_string(&log)
             .is_ok_and(|l| l.contains("capturing"))),
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()

@@ -124,7 +124,7 @@ fn test_binary(name: &str) -> PathBuf {
 fn guest_script(caps: &Captures) -> String {
     let bin = devourer_bin();
     let mut s = format!(
-        "export DEVOURER_BIN={bin} PATH=/usr/sbin:/usr/bin:/sbin:/bin RUST_BACKTRACE=1 DEVOURER_LATENCY_TOLERANCE_MS=25 DEVOURER_REQUIRE_DEVICES=1\n",
+        "export DEVOURER_BIN={bin} PATH=/usr/sbin:/usr/bin:/sbin:/bin RUST_BACKTRACE=1 DEVOURER_LATENCY_TOLERANCE_MS=25 DEVOURER_REQUIRE_DEVICES=1 DEVOURER_START_TIMEOUT_SECS=120\n",
         bin = bin.display()
     );
     // A known gap, in README: on 5.10 the TC program of an IPIP or GRE device sees the packets
@@ -184,7 +184,7 @@ fn matrix(kernel: &str) {
         return;
     };
     let caps = captures();
-    let run = vm.run(&guest_script(caps), Duration::from_secs(600));
+    let run = vm.run(&guest_script(caps), Duration::from_secs(900));
     let tail = |name: &str| {
         let t = run.file(name);
         let n = t.len().saturating_sub(4000);
