@@ -181,11 +181,8 @@ impl Matcher {
             self.stats.xlat_joined += 1;
             return lost;
         }
+        // The same key with the same question returned above as a retransmission.
         if let Entry::Occupied(e) = self.pending.entry(key) {
-            if e.get().question.same(&question) {
-                self.stats.retransmits += 1;
-                return lost;
-            }
             self.stats.id_reuse += 1;
             let p = e.remove();
             self.unlink(&key, &p);
